@@ -1,0 +1,5 @@
+import sys
+
+from e2mc.cli import main
+
+sys.exit(main())
