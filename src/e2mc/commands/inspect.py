@@ -1,0 +1,70 @@
+"""``e2mc inspect`` (what is in a checkpoint) and ``e2mc export`` (write it in another layout)."""
+
+from __future__ import annotations
+
+import argparse
+
+EXPORT_CHOICES = ("original", "safetensors", "vicreg", "swav", "simsiam", "torchvision", "timm",
+                  "lightning", "e2mc", "state_dict")
+
+
+def _load_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", default=None, help="force the checkpoint layout (default: detect)")
+    p.add_argument("--method", default=None, choices=("vicreg", "swav", "simsiam"),
+                   help="method whose heads to build/check (default: the checkpoint's)")
+    p.add_argument("--arch", default=None, help="backbone arch (default: detected from the weights)")
+    p.add_argument("--fresh-heads", action="store_true",
+                   help="on a method mismatch, drop the checkpoint's heads and build new ones")
+
+
+def register(subparsers) -> None:
+    """Add the ``inspect`` and ``export`` sub-commands."""
+    p = subparsers.add_parser("inspect", help="show what a checkpoint holds and how e2mc loads it")
+    p.add_argument("path", help="checkpoint file, or random:<arch> / torchvision:<arch> / timm:<name>")
+    _load_args(p)
+    p.add_argument("--json", action="store_true", help="print the load report as JSON")
+    p.set_defaults(func=run_inspect)
+
+    p = subparsers.add_parser("export", help="write a checkpoint in its original or another layout")
+    p.add_argument("checkpoint", help="checkpoint file (any supported layout)")
+    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--to", default="original", choices=EXPORT_CHOICES,
+                   help="layout to write (default: the one it was loaded from)")
+    p.add_argument("--with-optimizer", action="store_true",
+                   help="also write the optimizer state stored in the input (where the layout has one)")
+    _load_args(p)
+    p.set_defaults(func=run_export)
+
+
+def _load(args):
+    from e2mc.models.checkpoints import load_model
+
+    return load_model(args.path if hasattr(args, "path") else args.checkpoint, method=args.method,
+                      arch=args.arch, format=args.format, fresh_heads=args.fresh_heads)
+
+
+def run_inspect(args) -> int:
+    """Print the load report (text or JSON) of a checkpoint."""
+    import json
+
+    model, report = _load(args)
+    if args.json:
+        d = report.to_dict()
+        d["parameters"] = {"backbone": sum(p.numel() for p in model.backbone.parameters()),
+                           **{h: sum(p.numel() for p in getattr(model, h).parameters()) for h in model.head_names}}
+        print(json.dumps(d, indent=2))
+    else:
+        print(report.summary())
+        print(f"parameters : {sum(p.numel() for p in model.parameters()):,}")
+    return 0
+
+
+def run_export(args) -> int:
+    """Load a checkpoint and write it in the requested layout."""
+    from e2mc.models.export import export_model
+
+    model, report = _load(args)
+    opt = report.optimizer_state if args.with_optimizer else None
+    out = export_model(model, report, args.out, format=args.to, optimizer_state=opt)
+    print(f"wrote {out} ({args.to if args.to != 'original' else report.format} layout, from {report.format})")
+    return 0

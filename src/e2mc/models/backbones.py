@@ -1,0 +1,184 @@
+"""Backbones: feature extractors that map images (N, 3, H, W) to pooled features (N, out_dim).
+
+Three families, one entry point, :func:`build_backbone`:
+
+* torchvision ResNets (``resnet18/34/50/101/152``, ``wide_resnet50_2``, ``wide_resnet101_2``).
+  Module names are torchvision's (``conv1, bn1, layer1..4``) and the classifier is removed
+  (``fc = nn.Identity()``), so an official VICReg ``resnet50.pth`` loads with no key mapping.
+* ``resnet_mini`` (or ``resnet_mini:16-32-64``): a small CIFAR-style ResNet, one BasicBlock per
+  stage, strides 1/2/2, 3x3 stem; fast on CPU at 16-32 px. Same key naming scheme.
+* ``timm:<name>``: any timm model, created with ``num_classes=0`` (pooled features).
+
+Nothing is downloaded unless ``pretrained=True``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from e2mc.errors import CheckpointError, ConfigError
+
+TORCHVISION_RESNETS = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+)
+MINI_DEFAULT_WIDTHS = (32, 64, 128)
+
+
+class ResNetMini(nn.Module):
+    """Small CIFAR-style ResNet: 3x3 stem, one BasicBlock per stage, strides 1, 2, 2, ...
+
+    Key names follow torchvision (``conv1``, ``bn1``, ``layer1.0.conv1`` ...), so the weight
+    detection in :mod:`e2mc.models.adapters` reads it like any other ResNet.
+
+    Example:
+        >>> net = ResNetMini((16, 32, 64))
+        >>> net(torch.zeros(2, 3, 16, 16)).shape
+        torch.Size([2, 64])
+    """
+
+    def __init__(self, widths: tuple[int, ...] = MINI_DEFAULT_WIDTHS):
+        super().__init__()
+        from torchvision.models.resnet import BasicBlock
+
+        widths = tuple(int(w) for w in widths)
+        if not widths or any(w <= 0 for w in widths):
+            raise ConfigError(f"resnet_mini widths must be positive integers, got {widths}")
+        self.widths = widths
+        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        in_ch = widths[0]
+        for i, width in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            down = None
+            if stride != 1 or in_ch != width:
+                down = nn.Sequential(
+                    nn.Conv2d(in_ch, width, 1, stride, bias=False), nn.BatchNorm2d(width)
+                )
+            self.add_module(f"layer{i + 1}", nn.Sequential(BasicBlock(in_ch, width, stride, down)))
+            in_ch = width
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.out_dim = widths[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return pooled features (N, widths[-1])."""
+        x = self.relu(self.bn1(self.conv1(x)))
+        for i in range(len(self.widths)):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return torch.flatten(self.avgpool(x), 1)
+
+
+def parse_mini_widths(arch: str) -> tuple[int, ...]:
+    """Widths of a ``resnet_mini[:w1-w2-...]`` arch string."""
+    if arch == "resnet_mini":
+        return MINI_DEFAULT_WIDTHS
+    spec = arch.split(":", 1)[1] if ":" in arch else ""
+    try:
+        return tuple(int(w) for w in spec.split("-"))
+    except ValueError:
+        raise ConfigError(
+            f"bad resnet_mini width spec {arch!r}; write e.g. 'resnet_mini:16-32-64'"
+        ) from None
+
+
+def canonical_arch(arch: str) -> str:
+    """Arch string in canonical form (``resnet_mini`` -> ``resnet_mini:32-64-128``)."""
+    if arch == "resnet_mini" or arch.startswith("resnet_mini:"):
+        return "resnet_mini:" + "-".join(str(w) for w in parse_mini_widths(arch))
+    return arch
+
+
+def _torchvision_resnet(arch: str, cifar_stem: bool, pretrained: bool, **kw) -> nn.Module:
+    import torchvision
+
+    weights = None
+    if pretrained:
+        weights = "DEFAULT"
+    try:
+        net = torchvision.models.get_model(arch, weights=weights, **kw)
+    except Exception as exc:  # offline download, hash mismatch, ...
+        if not pretrained:
+            raise
+        raise CheckpointError(
+            f"could not get torchvision's pretrained weights for {arch} ({type(exc).__name__}: "
+            f"{exc}); e2mc does not need the internet: pass a local checkpoint file instead"
+        ) from exc
+    net.fc = nn.Identity()
+    if cifar_stem:
+        net.conv1 = nn.Conv2d(3, net.conv1.out_channels, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+    net.out_dim = net.inplanes  # channels after layer4 == fc.in_features
+    return net
+
+
+def _timm_model(name: str, pretrained: bool, img_size: int | None, **kw) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name):
+        raise ConfigError(f"timm has no model {name!r}; see timm.list_models() for the names")
+    if img_size is not None:
+        kw["img_size"] = img_size
+    try:
+        net = timm.create_model(name, pretrained=pretrained, num_classes=0, **kw)
+    except TypeError as exc:
+        raise ConfigError(f"timm model {name!r} does not accept {sorted(kw)}: {exc}") from exc
+    except Exception as exc:
+        if not pretrained:
+            raise
+        raise CheckpointError(
+            f"could not get timm's pretrained weights for {name} ({type(exc).__name__}: {exc}); "
+            "e2mc does not need the internet: pass a local checkpoint file instead"
+        ) from exc
+    net.out_dim = int(net.num_features)
+    return net
+
+
+def build_backbone(
+    arch: str,
+    *,
+    cifar_stem: bool = False,
+    pretrained: bool = False,
+    img_size: int | None = None,
+    **kw,
+) -> nn.Module:
+    """Build a backbone; its ``forward`` maps (N, 3, H, W) to pooled features (N, out_dim).
+
+    Args:
+        arch: ``resnet18|34|50|101|152``, ``wide_resnet50_2``, ``wide_resnet101_2``,
+            ``resnet_mini`` / ``resnet_mini:16-32-64``, or ``timm:<model name>``.
+        cifar_stem: torchvision ResNets only: 3x3 stride-1 ``conv1`` without bias and no max-pool
+            (for 32 px images). ``resnet_mini`` always has a 3x3 stem.
+        pretrained: download the library's pretrained weights (needs the internet; offline it
+            raises :class:`CheckpointError`). Default: random init, nothing is downloaded.
+        img_size: timm only: input size the model is built for (e.g. 32 for a ViT on CIFAR).
+        **kw: passed to the torchvision / timm constructor (e.g. ``dynamic_img_size=True``).
+
+    Returns:
+        the module, with attribute ``out_dim``.
+
+    Example:
+        >>> net = build_backbone("resnet18", cifar_stem=True)
+        >>> net.out_dim
+        512
+    """
+    if not isinstance(arch, str) or not arch:
+        raise ConfigError(f"arch must be a non-empty string, got {arch!r}")
+    if arch.startswith("timm:"):
+        return _timm_model(arch[5:], pretrained, img_size, **kw)
+    if arch == "resnet_mini" or arch.startswith("resnet_mini:"):
+        if pretrained:
+            raise CheckpointError("resnet_mini has no pretrained weights; use pretrained=False")
+        return ResNetMini(parse_mini_widths(arch))
+    if arch in TORCHVISION_RESNETS:
+        return _torchvision_resnet(arch, cifar_stem, pretrained, **kw)
+    raise ConfigError(
+        f"unknown arch {arch!r}; use one of {', '.join(TORCHVISION_RESNETS)}, "
+        "resnet_mini[:w1-w2-w3] or timm:<model name>"
+    )

@@ -1,0 +1,299 @@
+"""Load any supported checkpoint (or a hub name) into an :class:`SSLModel`, with a report.
+
+Safety: files are read with ``torch.load(..., map_location="cpu", weights_only=True)`` (a
+pickle that would run code is refused) or with safetensors. Loading is all-or-nothing: the model
+is built, every key and shape is checked, then ``load_state_dict(strict=True)`` runs once.
+
+Method mismatch policy: asking for ``method="swav"`` on a SimSiam checkpoint raises a
+CheckpointError, unless ``fresh_heads=True``: then the checkpoint's heads are dropped (listed in
+``report.dropped``) and the requested method's heads are built fresh (``report.heads_built``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from e2mc.errors import CheckpointError
+from e2mc.models.adapters import ADAPTERS, Parts
+from e2mc.models.layouts import CLASSIFIER_PREFIXES, detect_arch, infer_head_sizes
+from e2mc.models.backbones import canonical_arch
+from e2mc.models.model import SSLModel
+
+WARMUP_NOTE = "warm up heads with the backbone frozen before continued training"
+NAME_PREFIXES = ("random:", "torchvision:", "timm:")
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_model` found and did.
+
+    ``missing``: model keys absent from the file that were filled (e.g. ``num_batches_tracked``;
+    fresh heads are listed in ``heads_built`` instead). ``unexpected``: file keys the model has no
+    place for (always also in ``dropped``). ``optimizer_state`` (not in :meth:`to_dict`): the
+    optimizer state stored in the file, for training to reuse if it wants.
+    """
+
+    path: str
+    format: str
+    arch: str | None = None
+    method: str | None = None
+    cifar_stem: bool = False
+    heads: list = field(default_factory=list)
+    heads_built: list = field(default_factory=list)
+    head_sizes: dict = field(default_factory=dict)
+    missing: list = field(default_factory=list)
+    unexpected: list = field(default_factory=list)
+    shape_mismatches: list = field(default_factory=list)
+    dropped: list = field(default_factory=list)
+    epoch: int | None = None
+    notes: list = field(default_factory=list)
+    layout: dict = field(default_factory=dict)
+    optimizer_state: Any = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (without the optimizer state; ``has_optimizer_state`` instead)."""
+        d = asdict(self)
+        d.pop("optimizer_state")
+        d["has_optimizer_state"] = self.optimizer_state is not None
+        d["shape_mismatches"] = [[k, list(a), list(b)] for k, a, b in self.shape_mismatches]
+        return json.loads(json.dumps(d, default=str))
+
+    def summary(self) -> str:
+        """Human-readable multi-line text."""
+        def few(xs, n=5):
+            return ", ".join(map(str, xs[:n])) + (f", ... ({len(xs)} in all)" if len(xs) > n else "") or "-"
+
+        lines = [
+            f"checkpoint : {self.path}",
+            f"format     : {self.format}",
+            f"arch       : {self.arch}{' (CIFAR stem)' if self.cifar_stem else ''}",
+            f"method     : {self.method or '-'}",
+            f"heads      : {few(self.heads)}" + (f"  (built fresh: {few(self.heads_built)})" if self.heads_built else ""),
+            f"head sizes : {json.dumps(self.head_sizes) if self.head_sizes else '-'}",
+            f"epoch      : {self.epoch if self.epoch is not None else '-'}",
+            f"missing    : {few(self.missing)}",
+            f"unexpected : {few(self.unexpected)}",
+            f"dropped    : {few(self.dropped)}",
+            f"optimizer  : {'stored' if self.optimizer_state is not None else '-'}",
+        ]
+        lines += [f"note       : {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[Any, dict | None]:
+    """``(object, metadata)`` of a file, read safely (metadata: safetensors only, else ``None``).
+
+    Raises CheckpointError naming the file when it is missing, truncated, not a checkpoint, or a
+    pickle that would run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if path.suffix == ".safetensors" or (head[8:9] == b"{" and not head.startswith(b"PK")):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        except Exception as exc:
+            raise CheckpointError(f"cannot read {path} as safetensors (truncated or not safetensors?): {exc}") from exc
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True), None
+    except Exception as exc:  # torch raises many types for garbage: be explicit about the cause
+        msg = str(exc)
+        if isinstance(exc, pickle.UnpicklingError) and ("Unsupported global" in msg or "GLOBAL" in msg):
+            code = next((ln.strip() for ln in msg.splitlines() if "Unsupported global" in ln), msg[:200])
+            raise CheckpointError(
+                f"refused to load {path}: its pickle references code or objects beyond plain tensors "
+                f"({code}). e2mc never unpickles code. If you trust the file, re-save only its tensors "
+                "(torch.save(state_dict)) and load that."
+            ) from exc
+        first = msg.splitlines()[0][:200] if msg.strip() else "no data"
+        raise CheckpointError(
+            f"cannot read {path}: not a PyTorch checkpoint, or truncated ({type(exc).__name__}: {first})"
+        ) from exc
+
+
+def detect_format(obj, arch: str | None = None) -> str:
+    """Name of the adapter that recognises ``obj``; CheckpointError naming the closest layout."""
+    scores = {name: a.detect(obj) for name, a in ADAPTERS.items()}
+    if arch and arch.startswith("timm:") and scores["torchvision"] >= 0.5:
+        scores["timm"] = 0.65
+    best = max(scores, key=scores.get)
+    if scores[best] >= 0.5:
+        return best
+    keys = list(obj)[:8] if isinstance(obj, dict) else []
+    near = max(ADAPTERS.values(), key=lambda a: a.closeness(obj))
+    got = set(obj) if isinstance(obj, dict) else set()
+    raise CheckpointError(
+        f"unrecognised checkpoint layout (top-level keys: {keys or type(obj).__name__}). Closest known "
+        f"layout: {near.name} = {near.description}; it expects {sorted(set(near.expected) - got)[:6]} "
+        f"which are missing. Force a layout with format= (--format) if you know it."
+    )
+
+
+def _fill(model: SSLModel, parts: Parts, report: LoadReport) -> dict:
+    """Assemble the full state dict; raise on anything that would leave the model half-loaded."""
+    expected = model.state_dict()
+    loaded = {f"backbone.{k}": v for k, v in parts.backbone.items()}
+    for h, sd in parts.heads.items():
+        loaded.update({f"{h}.{k}": v for k, v in sd.items()})
+    for k in [k for k in loaded if k not in expected]:
+        if k.startswith("backbone.") and k[9:].startswith(CLASSIFIER_PREFIXES):
+            report.unexpected.append(k[9:])
+            report.dropped.append(k[9:])
+            del loaded[k]
+    extra = [k for k in loaded if k not in expected]
+    for h in report.heads_built:
+        loaded.update({k: v for k, v in expected.items() if k.startswith(h + ".")})
+    loaded = {k: v.to(expected[k].dtype) if k in expected else v for k, v in loaded.items()}
+    missing = [k for k in expected if k not in loaded]
+    for k in [k for k in missing if k.endswith("num_batches_tracked")]:
+        loaded[k] = torch.zeros_like(expected[k])
+        report.missing.append(k)
+    missing = [k for k in missing if k not in loaded]
+    report.shape_mismatches = [
+        (k, tuple(loaded[k].shape), tuple(expected[k].shape))
+        for k in loaded if k in expected and loaded[k].shape != expected[k].shape
+    ]
+    if missing or extra or report.shape_mismatches:
+        bad = [f"{k}: file {a} vs model {b}" for k, a, b in report.shape_mismatches[:3]]
+        raise CheckpointError(
+            f"{report.path} does not fit {report.arch} (method {report.method}): "
+            f"{len(missing)} missing keys {missing[:3]}, {len(extra)} unexpected keys {extra[:3]}, "
+            f"{len(report.shape_mismatches)} shape mismatches {bad}. Nothing was loaded; check --arch "
+            "(leave it out to detect it from the weights) and --method."
+        )
+    return loaded
+
+
+def model_from_parts(parts: Parts, *, fmt: str, path: str = "<object>", arch=None, method=None,
+                     cifar_stem=None, fresh_heads=False, head_sizes=None) -> tuple[SSLModel, LoadReport]:
+    """Build the SSLModel a split checkpoint describes and load it all-or-nothing."""
+    det_arch, det_stem = detect_arch(parts.backbone) if parts.backbone else (None, None)
+    if arch and det_arch and canonical_arch(arch) != canonical_arch(det_arch):
+        raise CheckpointError(f"arch mismatch: the weights in {path} look like {det_arch}, not {arch}; "
+                              "leave --arch out to use the detected one")
+    if parts.arch and det_arch and canonical_arch(parts.arch) != canonical_arch(det_arch):
+        parts.notes.append(f"the file says arch {parts.arch} but its weights are {det_arch}; using {det_arch}")
+        parts.arch = None
+    arch = arch or parts.arch or det_arch
+    if not arch:
+        raise CheckpointError(f"cannot tell the architecture of {path} from its weights; pass arch= (--arch)")
+    stem = cifar_stem if cifar_stem is not None else (parts.cifar_stem if parts.cifar_stem is not None else bool(det_stem))
+    ckpt_method = parts.method or ("vicreg" if set(parts.heads) == {"projector"} else None)
+    report = LoadReport(path=str(path), format=fmt, arch=arch, cifar_stem=bool(stem), epoch=parts.epoch,
+                        dropped=list(parts.dropped), notes=list(parts.notes), layout=dict(parts.layout),
+                        optimizer_state=parts.optimizer)
+    heads = dict(parts.heads)
+    if method and ckpt_method and heads and method != ckpt_method:
+        if not fresh_heads:
+            raise CheckpointError(
+                f"{path} holds {ckpt_method} heads ({', '.join(heads)}) but method {method!r} was asked; pass "
+                f"method={ckpt_method!r}, or fresh_heads=True (--fresh-heads) to keep only the backbone and build new heads")
+        report.dropped += [f"{h}.{k}" for h, sd in heads.items() for k in sd]
+        report.notes.append(f"dropped the checkpoint's {ckpt_method} heads; built {method} heads fresh")
+        heads = {}
+    method = method or ckpt_method
+    report.method = method
+    sizes = dict(parts.head_sizes or {}) if parts.method == method else {}
+    sizes.update(infer_head_sizes(method, heads) if method else {})
+    sizes.update(head_sizes or {})
+    on_meta = not arch.startswith("timm:") and all(h in heads for h in _method_heads(method))
+    with torch.device("meta") if on_meta else contextlib.nullcontext():  # skip a useless random init
+        model = SSLModel.build(method, arch, cifar_stem=report.cifar_stem, **sizes)
+    report.head_sizes = dict(model.head_sizes)
+    report.heads = [h for h in model.head_names if h in heads]
+    report.heads_built = [h for h in model.head_names if h not in heads]
+    parts.heads = {h: sd for h, sd in heads.items() if h in model.head_names}
+    report.dropped += [f"{h}.{k}" for h, sd in heads.items() if h not in model.head_names for k in sd]
+    if report.heads_built:
+        report.notes.append(f"heads built fresh: {', '.join(report.heads_built)}; {WARMUP_NOTE}")
+    model.load_state_dict(_fill(model, parts, report), strict=True, assign=on_meta)
+    if on_meta and any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise CheckpointError(f"internal error: {arch} has tensors outside its state dict; report this")
+    return model, report
+
+
+def _method_heads(method):
+    from e2mc.models.heads import METHOD_HEADS
+
+    return METHOD_HEADS.get(method, ()) if method else ()
+
+
+def _from_name(name: str, method, cifar_stem, head_sizes) -> tuple[SSLModel, LoadReport]:
+    kind, arch = name.split(":", 1)
+    arch = "timm:" + arch if kind == "timm" else arch
+    model = SSLModel.build(method, arch, cifar_stem=bool(cifar_stem), **(head_sizes or {}))
+    report = LoadReport(path=name, format="random", arch=arch, method=method, cifar_stem=bool(cifar_stem),
+                        heads_built=model.head_names, head_sizes=dict(model.head_sizes))
+    note = "random initialisation"
+    if kind == "torchvision" and not cifar_stem:
+        note = _cached_torchvision(model, arch) or note
+    elif kind in ("torchvision", "timm"):
+        note += f" ({kind} pretrained weights are not fetched offline; pass a local checkpoint file for them)"
+    report.notes.append(note)
+    if model.head_names:
+        report.notes.append(f"heads built fresh: {', '.join(model.head_names)}; {WARMUP_NOTE}")
+    return model, report
+
+
+def _cached_torchvision(model: SSLModel, arch: str) -> str | None:
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    if not file.is_file():
+        return f"random initialisation (torchvision weights {file.name} are not in the local cache; nothing downloaded)"
+    sd = {k: v for k, v in read_checkpoint(file)[0].items() if not k.startswith("fc.")}
+    model.backbone.load_state_dict(sd, strict=True)
+    return f"torchvision pretrained weights from the local cache {file}"
+
+
+def load_model(path_or_name, method: str | None = None, arch: str | None = None, format: str | None = None,
+               cifar_stem: bool | None = None, fresh_heads: bool = False,
+               head_sizes: dict | None = None) -> tuple[SSLModel, LoadReport]:
+    """Load a checkpoint file or hub name into an :class:`SSLModel` and say what happened.
+
+    Args:
+        path_or_name: a file (any layout in :mod:`e2mc.models.adapters`), or ``random:<arch>``,
+            ``torchvision:<arch>``, ``timm:<name>`` (random init unless pretrained weights sit in
+            the local torchvision cache; the report says which).
+        method: ``vicreg``/``swav``/``simsiam``; default: the checkpoint's. Heads the checkpoint
+            lacks are built fresh (``report.heads_built``; warm them up before training).
+        arch: default: detected from the weights (mismatch with the weights is an error).
+        format: force a layout (``ADAPTERS`` name); default: detected.
+        cifar_stem: default: detected (3x3 ``conv1``) or stored.
+        fresh_heads: on a method mismatch, drop the checkpoint's heads and build new ones.
+        head_sizes: sizes for heads built fresh (see ``e2mc.models.heads``).
+
+    Example:
+        >>> model, report = load_model("random:resnet_mini", method="vicreg")
+        >>> report.heads_built
+        ['projector']
+    """
+    text = str(path_or_name)
+    if not os.path.exists(text) and text.startswith(NAME_PREFIXES):
+        return _from_name(text, method, cifar_stem, head_sizes)
+    obj, meta = read_checkpoint(text)
+    if format is not None and format not in ADAPTERS and format != "safetensors":
+        raise CheckpointError(f"unknown format {format!r}; known: {', '.join(ADAPTERS)}, safetensors")
+    fmt = format if format not in (None, "safetensors") else detect_format(obj, arch or (meta or {}).get("arch"))
+    parts = ADAPTERS[fmt].split(obj)
+    if meta is not None:
+        parts.arch = parts.arch or meta.get("arch") or None
+        if "cifar_stem" in meta:
+            parts.cifar_stem = meta["cifar_stem"] == "True"
+        fmt = "safetensors"
+        parts.layout["source_format"] = meta.get("format")
+    return model_from_parts(parts, fmt=fmt, path=text, arch=arch, method=method, cifar_stem=cifar_stem,
+                            fresh_heads=fresh_heads, head_sizes=head_sizes)

@@ -1,0 +1,113 @@
+"""Write a model back in the layout it came from (or another), atomically.
+
+``export_model(model, report, path)`` writes the layout of ``report.format`` (VICReg full with
+``epoch``, SwAV raw ``module.*``, SimSiam ``state_dict`` with ``module.encoder.fc.*``, torchvision
+backbone, Lightning, e2mc, ...), so the file drops into the user's existing pipeline.
+``save_backbone_safetensors`` writes the plain backbone with metadata (arch, cifar_stem, format).
+
+The optimizer state loaded from a checkpoint belongs to the weights *at load time*: it is only
+written when passed explicitly (``optimizer_state=report.optimizer_state`` to reproduce the
+original file, or the state of the optimizer that trained the exported weights).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from e2mc.errors import CheckpointError
+from e2mc.models.adapters import ADAPTERS
+from e2mc.models.layouts import HEADS, join_flat, sub
+
+METHOD_FORMATS = {"vicreg": "vicreg", "swav": "swav", "simsiam": "simsiam"}
+EXPORT_TARGETS = ("original", "safetensors", *ADAPTERS)
+
+
+def model_state(model) -> tuple[dict, dict]:
+    """``(backbone, heads)`` state dicts of an SSLModel, detached on the CPU."""
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    heads = {h: sub(sd, h + ".") for h in HEADS}
+    return sub(sd, "backbone."), {h: d for h, d in heads.items() if d}
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
+    """Call ``write(tmp)`` on a temp file in ``path``'s folder, then ``os.replace`` it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _save_safetensors(tensors: dict, path, metadata: dict) -> Path:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    meta = {k: str(v) for k, v in metadata.items() if v is not None}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def save_backbone_safetensors(model, path: str | os.PathLike, source_format: str | None = None) -> Path:
+    """Plain backbone state dict in safetensors, metadata ``arch``, ``cifar_stem``, ``format``.
+
+    Example:
+        >>> save_backbone_safetensors(model, "resnet50_e2mc.safetensors")  # doctest: +SKIP
+    """
+    backbone, _ = model_state(model)
+    meta = {"arch": getattr(model, "arch", None), "cifar_stem": bool(getattr(model, "cifar_stem", False)),
+            "format": source_format or "e2mc", "method": getattr(model, "method", None)}
+    return _save_safetensors(backbone, path, meta)
+
+
+def export_model(model, report=None, path: str | os.PathLike = "model.pt", format: str | None = None, *,
+                 epoch: int | None = None, optimizer_state: Any = None) -> Path:
+    """Write ``model`` to ``path`` in a checkpoint layout; returns the path.
+
+    Args:
+        model: an :class:`~e2mc.models.model.SSLModel`.
+        report: the :class:`~e2mc.models.checkpoints.LoadReport` it was loaded with (gives the
+            original layout, epoch, ...); ``None`` for a model built from scratch.
+        format: ``None``/``"original"`` (the layout it was loaded from; ``e2mc`` when unknown),
+            ``"safetensors"`` (backbone only) or an adapter name: ``vicreg``, ``swav``,
+            ``simsiam``, ``torchvision``, ``timm``, ``lightning``, ``e2mc``, ``state_dict``.
+        epoch: epoch to store (default: the loaded one).
+        optimizer_state: written where the layout has an optimizer (default: none written).
+    """
+    source = getattr(report, "format", None)
+    fmt = format or "original"
+    if fmt == "original":
+        fmt = source if source and source != "random" else "e2mc"
+    layout = dict(getattr(report, "layout", None) or {})
+    if fmt == "safetensors":
+        if format in (None, "original") and layout.get("kind") not in (None, "backbone"):
+            backbone, heads = model_state(model)
+            meta = {"arch": model.arch, "cifar_stem": model.cifar_stem, "format": layout.get("source_format")}
+            return _save_safetensors(join_flat(backbone, heads, layout), path, meta)
+        return save_backbone_safetensors(model, path, source_format=layout.get("source_format") or source)
+    if fmt not in ADAPTERS:
+        raise CheckpointError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_TARGETS)}")
+    wants = {v: k for k, v in METHOD_FORMATS.items()}.get(fmt)
+    if wants and model.method not in (None, wants):
+        raise CheckpointError(
+            f"the model has {model.method} heads; the {fmt} layout holds {wants} heads. Export with "
+            "format='torchvision' or 'safetensors' for the backbone alone, or 'e2mc' for everything")
+    backbone, heads = model_state(model)
+    meta = {
+        "method": model.method, "arch": model.arch, "cifar_stem": model.cifar_stem,
+        "head_sizes": model.head_sizes, "optimizer": optimizer_state, "source_format": source,
+        "epoch": epoch if epoch is not None else getattr(report, "epoch", None),
+        "layout": layout if source == fmt else None,
+    }
+    obj = ADAPTERS[fmt].pack(backbone, heads, meta)
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
