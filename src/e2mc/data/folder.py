@@ -1,0 +1,275 @@
+"""Image folders: scanning, robust decoding, the in-memory cache and the streaming dataset.
+
+API summary
+-----------
+- ``scan_folder(root, split) -> FolderScan`` finds the layout: ``<root>/<split>/<class>/*``,
+  ``<root>/<class>/*`` (no split folders) or a flat folder of images (labels -1).
+- ``decode_files(paths, size, on_error) -> (uint8 (N, 3, size, size), kept_indices, skipped)``
+  decodes with torchvision (batched JPEG decode, per-file fallback, PIL for other formats),
+  resizes the shorter side to ``size`` (antialiased) and centre-crops.
+- ``load_cached(key_parts, cache_dir)`` / ``save_cached(...)``: ``.npy`` + ``.json`` files written
+  atomically (temp file + ``os.replace``) under the cache dir, keyed by a SHA-1 of the resolved
+  path, split, size and the file list with sizes and mtimes (any change re-decodes).
+- ``StreamingImageFolder(samples, classes, load_size, ...)``: decode at ``__getitem__`` for folders
+  too large for memory (ImageNet). Each item is resized (shorter side ``load_size``) and
+  centre-cropped to a fixed ``load_size`` square so batches stack; the random-resized crop of the
+  views then happens on the device. A ``transform`` (e.g. ``torchvision.transforms.v2
+  .RandomResizedCrop(224)``) may replace that default inside the DataLoader worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+
+log = logging.getLogger(__name__)
+# torchvision 0.29 deprecates its image codecs in favour of torchcodec; they still work and are
+# the fastest decoder here, so silence that one warning (PIL remains the fallback).
+_TV_DEPRECATION = ".*image decoding and encoding capabilities of TorchVision are deprecated.*"
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+LAYOUT_HELP = (
+    "Expected <root>/<split>/<class>/*.jpg|png (e.g. train/, val/), <root>/<class>/*.jpg|png, "
+    "or a flat folder of images (no labels)."
+)
+
+
+@dataclass
+class FolderScan:
+    """Result of :func:`scan_folder`: file paths, labels (-1 when flat) and class names."""
+
+    root: str
+    paths: list[str]
+    targets: list[int]
+    classes: list[str] = field(default_factory=list)
+    layout: str = "classes"  # "split/classes", "classes" or "flat"
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
+
+
+def _images_in(directory: str) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f))
+    return out
+
+
+def _class_dirs(directory: str) -> list[str]:
+    return sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+
+
+def scan_folder(root: str, split: str = "train") -> FolderScan:
+    """Find the images of ``split`` under ``root``; raise DataError when none are found."""
+    root = os.path.abspath(os.path.expanduser(str(root)))
+    if not os.path.isdir(root):
+        raise DataError(f"Image folder {root!r} does not exist. {LAYOUT_HELP}")
+    base, layout = root, "classes"
+    if os.path.isdir(os.path.join(root, split)) and _class_dirs(os.path.join(root, split)):
+        base, layout = os.path.join(root, split), "split/classes"
+    classes = _class_dirs(base)
+    paths: list[str] = []
+    targets: list[int] = []
+    kept: list[str] = []
+    for name in classes:
+        files = _images_in(os.path.join(base, name))
+        if files:
+            targets.extend([len(kept)] * len(files))
+            paths.extend(files)
+            kept.append(name)
+    if not paths:  # flat folder: images directly under base, no classes
+        paths = [os.path.join(base, f) for f in sorted(os.listdir(base)) if _is_image(f)]
+        paths = [p for p in paths if os.path.isfile(p)]
+        targets, kept, layout = [-1] * len(paths), [], "flat"
+    if not paths:
+        raise DataError(f"No images found in {base!r} (split {split!r}). {LAYOUT_HELP}")
+    return FolderScan(base, paths, targets, kept, layout)
+
+
+def _resize_center(img: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize the shorter side of (…, 3, H, W) uint8 to ``size`` (antialiased), centre-crop."""
+    from torchvision.transforms.v2 import functional as F
+
+    h, w = img.shape[-2:]
+    if (h, w) == (size, size):
+        return img
+    if min(h, w) != size:
+        img = F.resize(img, size, antialias=True)
+    return F.center_crop(img, [size, size])
+
+
+def decode_one(path: str, data: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Decode one image file to uint8 RGB (3, H, W); raises on unreadable data."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_TV_DEPRECATION)
+            data = read_file(path) if data is None else data
+            return decode_image(data, mode=ImageReadMode.RGB)
+    except Exception:  # formats torchvision cannot decode: fall back to PIL
+        from PIL import Image
+
+        with open(path, "rb") as fh:
+            pil = Image.open(io.BytesIO(fh.read())).convert("RGB")
+        return torch.from_numpy(np.array(pil)).permute(2, 0, 1).contiguous()
+
+
+def decode_files(paths: Sequence[str], size: int, on_error: str = "skip", chunk: int = 4096):
+    """Decode and resize ``paths`` to (N, 3, size, size) uint8.
+
+    Returns ``(images, kept, skipped)`` where ``kept`` indexes ``paths`` for the rows of
+    ``images`` and ``skipped`` lists unreadable files (``on_error="skip"``). With
+    ``on_error="raise"`` the first unreadable file raises DataError naming it.
+    JPEGs are decoded in batches by ``torchvision.io.decode_jpeg``; a batch with a bad file
+    falls back to per-file decoding so only that file is lost.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_TV_DEPRECATION)
+        return _decode_files(paths, size, on_error, chunk)
+
+
+def _decode_files(paths, size, on_error, chunk):
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    kept: list[int] = []
+    skipped: list[str] = []
+    for start in range(0, len(paths), chunk):
+        idx = list(range(start, min(start + chunk, len(paths))))
+        datas, imgs = {}, {}
+        for i in idx:
+            try:
+                datas[i] = read_file(paths[i])
+            except Exception as exc:
+                _fail(paths[i], exc, on_error, skipped)
+        jpgs = [i for i in datas if paths[i].lower().endswith((".jpg", ".jpeg"))]
+        if jpgs:
+            try:
+                for i, im in zip(jpgs, decode_jpeg([datas[i] for i in jpgs], mode=ImageReadMode.RGB)):
+                    imgs[i] = im
+            except Exception:
+                imgs = {}
+        for i in idx:
+            if i in datas and i not in imgs:
+                try:
+                    imgs[i] = decode_one(paths[i], datas[i])
+                except Exception as exc:
+                    _fail(paths[i], exc, on_error, skipped)
+        for i in sorted(imgs):
+            out[len(kept)] = _resize_center(imgs[i], size)
+            kept.append(i)
+    return out[: len(kept)], kept, skipped
+
+
+def _fail(path: str, exc: Exception, on_error: str, skipped: list) -> None:
+    if on_error == "raise":
+        raise DataError(f"Cannot read image {path!r}: {exc}. Remove or replace the file, "
+                        "or pass on_error='skip' to skip unreadable images.") from exc
+    skipped.append(path)
+
+
+def cache_key(parts: dict, paths: Sequence[str]) -> str:
+    """SHA-1 over ``parts`` and each file's path, size and mtime (any change gives a new key)."""
+    h = hashlib.sha1(json.dumps(parts, sort_keys=True).encode())
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def default_cache_dir() -> str:
+    """``$E2MC_CACHE/datasets`` if set, else ``~/.cache/e2mc/datasets``."""
+    base = os.environ.get("E2MC_CACHE")
+    return os.path.join(base, "datasets") if base else os.path.expanduser("~/.cache/e2mc/datasets")
+
+
+def load_cached(cache_dir: str, stem: str):
+    """Return ``(images uint8 tensor, meta dict)`` from the cache, or None when absent/corrupt."""
+    npy, meta = os.path.join(cache_dir, stem + ".npy"), os.path.join(cache_dir, stem + ".json")
+    if not (os.path.isfile(npy) and os.path.isfile(meta)):
+        return None
+    try:
+        with open(meta) as fh:
+            info = json.load(fh)
+        return torch.from_numpy(np.load(npy)), info
+    except Exception as exc:  # a damaged cache is rebuilt, never fatal
+        log.warning("ignoring unreadable dataset cache %s: %s", npy, exc)
+        return None
+
+
+def _atomic_write(path: str, write: Callable) -> None:
+    d = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_cached(cache_dir: str, stem: str, images: torch.Tensor, meta: dict) -> None:
+    """Write ``<stem>.npy`` then ``<stem>.json`` atomically; failures only log a warning."""
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        _atomic_write(os.path.join(cache_dir, stem + ".npy"), lambda fh: np.save(fh, images.numpy()))
+        _atomic_write(os.path.join(cache_dir, stem + ".json"),
+                      lambda fh: fh.write(json.dumps(meta).encode()))
+    except OSError as exc:
+        log.warning("could not write dataset cache under %s: %s", cache_dir, exc)
+
+
+class StreamingImageFolder(Dataset):
+    """Images decoded at ``__getitem__`` (for folders too large for memory).
+
+    Items are ``(uint8 (3, load_size, load_size), label)``: shorter side resized to
+    ``load_size`` and centre-cropped, unless ``transform`` (applied to the decoded uint8 image,
+    e.g. ``v2.RandomResizedCrop``) is given; it must return a fixed size. Unreadable files:
+    ``on_error="skip"`` returns the next readable sample (i+1, i+2, … deterministically) and
+    appends the bad path to ``.skipped`` (per process: DataLoader workers keep their own list);
+    ``on_error="raise"`` raises DataError naming the file.
+    """
+
+    def __init__(self, samples, classes, load_size=256, transform=None, on_error="skip", info=None):
+        self.samples = list(samples)
+        self.targets = [int(t) for _, t in self.samples]
+        self.classes = list(classes)
+        self.load_size = int(load_size)
+        self.transform = transform
+        self.on_error = on_error
+        self.skipped: list[str] = []
+        self.info = info
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        for k in range(len(self.samples)):
+            path, target = self.samples[(index + k) % len(self.samples)]
+            try:
+                img = decode_one(path)
+            except Exception as exc:
+                _fail(path, exc, self.on_error, self.skipped)
+                log.warning("skipping unreadable image %s (%d so far)", path, len(self.skipped))
+                continue
+            img = self.transform(img) if self.transform is not None else _resize_center(img, self.load_size)
+            return img, int(target)
+        raise DataError("No readable image in the dataset; check the files.")
