@@ -1,0 +1,129 @@
+"""``e2mc evaluate``, ``e2mc compare`` and ``e2mc report``: thin wrappers around
+``e2mc.evaluate.api.evaluate``, ``e2mc.evaluate.compare.compare`` and ``e2mc.report.write_report``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+DEFAULT_PROTOCOLS = "knn,linear,fewshot,rankme"
+
+
+def _csv(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _ints(s: str) -> list[int]:
+    try:
+        return [int(x) for x in _csv(s)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="digits", help="evaluation dataset spec (digits, cifar10, a folder, ...)")
+    p.add_argument("--protocols", type=_csv, default=_csv(DEFAULT_PROTOCOLS),
+                   help="comma-separated: knn,linear,linear_finetune,fewshot,semisup,rankme,entropy,uniformity,spectrum")
+    p.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=10, help="epochs for linear_finetune and semisup")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default $E2MC_CACHE/features)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def register(subparsers) -> None:
+    """Add the ``evaluate``, ``compare`` and ``report`` sub-commands."""
+    p = subparsers.add_parser("evaluate", help="evaluate one checkpoint (kNN, linear, few-shot, RankMe, ...)")
+    p.add_argument("checkpoint", help="checkpoint file or run folder")
+    _common(p)
+    p.set_defaults(func=_evaluate)
+
+    p = subparsers.add_parser("compare", help="evaluate several checkpoints with the same protocols and seeds")
+    p.add_argument("arms", nargs="+", help="checkpoint, run folder, or name=ckpt1,ckpt2 (several training seeds)")
+    p.add_argument("--names", type=_csv, default=None, help="comma-separated arm names")
+    p.add_argument("--out", default=None, help="folder for comparison.json, comparison.md and the report")
+    _common(p)
+    p.set_defaults(func=_compare)
+
+    p = subparsers.add_parser("report", help="write report.md/report.html from a comparison JSON and run folders")
+    p.add_argument("inputs", nargs="+", help="comparison.json written by `e2mc compare` and/or run folders")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_report)
+
+
+def _kwargs(args) -> dict:
+    return dict(protocols=args.protocols, seeds=args.seeds, device=args.device, batch_size=args.batch_size,
+                image_size=args.image_size, cache_dir=args.cache_dir, epochs=args.epochs)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if isinstance(v, list) and v and isinstance(v[0], (int, float)) and len(v) <= 5:
+        return "[" + ", ".join(f"{x:.4f}" if isinstance(x, float) else str(x) for x in v) + "]"
+    if isinstance(v, (list, dict)):
+        return f"<{len(v)} items>"
+    return str(v)
+
+
+def _evaluate(args) -> int:
+    from e2mc.evaluate.api import evaluate
+
+    res = evaluate(args.checkpoint, args.dataset, **_kwargs(args))
+    if args.json:
+        print(json.dumps(res, default=float))
+        return 0
+    for proto, metrics in res.items():
+        if proto == "meta":
+            continue
+        print(f"[{proto}]")
+        for k, v in metrics.items():
+            if k not in ("per_seed", "subsets", "marginals_sample", "indices"):
+                print(f"  {k:32s} {_fmt(v)}")
+    return 0
+
+
+def _compare(args) -> int:
+    from pathlib import Path
+
+    from e2mc.evaluate.compare import compare
+
+    res = compare(args.arms, names=args.names, dataset=args.dataset, **_kwargs(args))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        res.to_json(out / "comparison.json")
+        (out / "comparison.md").write_text(res.to_markdown())
+        from e2mc.report import write_report
+
+        write_report(out, res)
+        print(f"wrote {out / 'comparison.json'}, {out / 'report.md'}, {out / 'report.html'}", file=sys.stderr)
+    print(res.to_json() if args.json else res.to_markdown())
+    return 0
+
+
+def _report(args) -> int:
+    from pathlib import Path
+
+    from e2mc.errors import DataError
+    from e2mc.evaluate.compare import ComparisonResult
+    from e2mc.report import write_report
+
+    comparison, runs = None, []
+    for item in args.inputs:
+        p = Path(item)
+        if p.is_file() and p.suffix == ".json":
+            if comparison is not None:
+                raise DataError("pass at most one comparison JSON to `e2mc report`")
+            comparison = ComparisonResult.from_json(str(p))
+        elif p.is_dir():
+            runs.append(p)
+        else:
+            raise DataError(f"{item} is neither a comparison .json nor a run folder")
+    paths = write_report(args.out, comparison, runs=runs)
+    for k, v in paths.items():
+        print(f"{k}: {v}")
+    return 0

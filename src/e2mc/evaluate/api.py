@@ -1,0 +1,148 @@
+"""``evaluate``: one call from a checkpoint (or model) to a dict of evaluation results.
+
+The evaluation dataset is independent of the dataset the model was trained on (transfer is just
+another ``dataset`` argument). Results: ``{protocol: {metric: value, ...}}``; seeded protocols
+(``fewshot``, ``semisup``) also carry ``"per_seed": {metric: [value per seed]}`` and ``"seeds"``.
+Deterministic protocols (``knn``, ``linear`` with its selection split seeded by ``seeds[0]``,
+``rankme``, ``entropy``, ``uniformity``, ``spectrum``) give one value each.
+
+Example:
+    >>> res = evaluate("run/checkpoints/last.pt", "digits", protocols=("knn", "rankme"))  # doctest: +SKIP
+    >>> res["knn"]["top1_k20"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+
+from e2mc.errors import ConfigError, DataError
+
+PROTOCOLS = ("knn", "linear", "linear_finetune", "fewshot", "semisup", "rankme", "entropy", "uniformity", "spectrum")
+_METHOD_TRANSFORM = {"vicreg": "sigmoid", "swav": "gaussian_cdf", "simsiam": "gaussian_cdf"}
+
+
+def _load(checkpoint_or_model, device):
+    if isinstance(checkpoint_or_model, (str, os.PathLike)):
+        from e2mc.models.checkpoints import load_model
+
+        path = str(checkpoint_or_model)
+        if os.path.isdir(path):
+            path = os.path.join(path, "checkpoints", "last.pt")
+        if not os.path.exists(path):
+            if ":" in path and not os.path.dirname(path):  # a hub name such as random:resnet_mini
+                return load_model(path)[0], None
+            raise DataError(f"checkpoint {path} does not exist; pass a checkpoint file or a run folder")
+        return load_model(path)[0], path
+    return checkpoint_or_model, None
+
+
+def _datasets(dataset, train_split, test_split, image_size):
+    if isinstance(dataset, (tuple, list)) and len(dataset) == 2:
+        return dataset[0], dataset[1], "custom"
+    if not isinstance(dataset, (str, os.PathLike)):
+        raise ConfigError("dataset must be a spec string (e.g. 'digits', 'cifar10', a folder) or a (train, test) pair")
+    from e2mc.data.datasets import build_dataset
+
+    return (build_dataset(str(dataset), train_split, image_size=image_size),
+            build_dataset(str(dataset), test_split, image_size=image_size), str(dataset))
+
+
+def evaluate(
+    checkpoint_or_model,
+    dataset="digits",
+    *,
+    train_split: str = "train",
+    test_split: str = "test",
+    protocols: Sequence[str] = ("knn", "linear", "fewshot", "rankme"),
+    seeds: Sequence[int] = (0, 1, 2),
+    device: str | None = None,
+    batch_size: int = 256,
+    image_size: int | None = None,
+    cache_dir: str | None = None,
+    ks: Sequence[int] = (10, 20, 100, 200),
+    shots: Sequence[int] = (1, 5, 10, 25),
+    epochs: int = 10,
+    use_cache: bool = True,
+) -> dict:
+    """Evaluate a checkpoint file, run folder or in-memory ``SSLModel`` with the given protocols.
+
+    Args:
+        dataset: spec for ``e2mc.data.build_dataset`` (any dataset: transfer evaluation), or a
+            ``(train_dataset, test_dataset)`` pair of datasets yielding ``(uint8 image, label)``.
+        protocols: names from ``PROTOCOLS``.
+        seeds: draws for ``fewshot``/``semisup``; ``seeds[0]`` seeds the linear probe's split.
+        epochs: for ``linear_finetune`` and ``semisup``.
+    Returns:
+        ``{protocol: {metric: value}}`` plus ``"meta"`` (checkpoint, dataset, seeds).
+    """
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise ConfigError(f"unknown protocol(s) {unknown}; choose from {', '.join(PROTOCOLS)}")
+    if not seeds:
+        raise ConfigError("seeds must contain at least one integer")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, path = _load(checkpoint_or_model, device)
+    train_ds, test_ds, spec = _datasets(dataset, train_split, test_split, image_size)
+    has_proj = getattr(model, "projector", None) is not None
+    which = ("backbone", "projector") if has_proj and (set(protocols) & {"entropy", "uniformity", "rankme", "spectrum"}) \
+        else ("backbone",)
+    kw = dict(batch_size=batch_size, device=device, which=which, cache_dir=cache_dir, use_cache=use_cache,
+              cache_key_parts=(spec,))
+    need_train = set(protocols) & {"knn", "linear", "fewshot"}
+    from e2mc.evaluate.features import extract_features, file_sha256
+
+    kw["model_hash"] = file_sha256(path) if path is not None else None  # else: hash of the state dict
+    train_f = extract_features(model, train_ds, **kw) if need_train else None
+    test_f = extract_features(model, test_ds, **kw)
+    out: dict = {"meta": {"checkpoint": path if path is not None else str(checkpoint_or_model)[:200], "dataset": spec, "train_split": train_split, "test_split": test_split,
+                          "seeds": [int(s) for s in seeds], "n_train": len(train_ds), "n_test": len(test_ds)}}
+    for p in protocols:
+        out[p] = _run(p, model, train_f, test_f, train_ds, test_ds, seeds, ks, shots, epochs, device, batch_size,
+                      image_size)
+    return out
+
+
+def _run(p, model, train_f, test_f, train_ds, test_ds, seeds, ks, shots, epochs, device, batch_size, image_size):
+    from e2mc.evaluate import metrics
+
+    if p == "knn":
+        from e2mc.evaluate.knn import knn_classify
+
+        acc = knn_classify(train_f["backbone"], train_f.labels, test_f["backbone"], test_f.labels, ks=ks)
+        return {f"top1_k{k}": v for k, v in acc.items()}
+    if p == "linear":
+        from e2mc.evaluate.linear import linear_probe
+
+        return linear_probe(train_f["backbone"], train_f.labels, test_f["backbone"], test_f.labels, seed=seeds[0])
+    if p == "fewshot":
+        from e2mc.evaluate.fewshot import fewshot
+
+        return fewshot(train_f["backbone"], train_f.labels, test_f["backbone"], test_f.labels, shots=shots, seeds=seeds)
+    if p == "linear_finetune":
+        from e2mc.evaluate.linear import linear_probe_finetune
+
+        return linear_probe_finetune(model, train_ds, test_ds, epochs, batch_size=batch_size, device=device,
+                                     image_size=image_size, seed=seeds[0])
+    if p == "semisup":
+        from e2mc.evaluate.semisup import semisup
+
+        return semisup(model, train_ds, test_ds, seeds=seeds, epochs=epochs, batch_size=batch_size, device=device,
+                       image_size=image_size)
+    names = list(test_f.features)
+    if p == "rankme":
+        return {n: metrics.rankme(test_f[n]) for n in names}
+    if p == "uniformity":
+        return {n: metrics.uniformity(test_f[n][:4096]) for n in names}
+    if p == "spectrum":
+        return {n: metrics.singular_values(test_f[n]).tolist() for n in names}
+    # entropy: on the projector (E2MC's input), with the method's transform
+    if "projector" not in test_f.features:
+        raise DataError("entropy needs a projector; this model has none (evaluate rankme/uniformity instead)")
+    transform = _METHOD_TRANSFORM.get(getattr(model, "method", None) or "", "sigmoid")
+    z = test_f["projector"]
+    mapped = metrics.get_mapped(z[:, :4], transform)
+    return {"entropy": metrics.marginal_entropy(z, transform), "covariance": metrics.e2mc_covariance(z, transform),
+            "transform": transform, "marginals_sample": [[round(float(v), 4) for v in col[:1000]] for col in mapped.T]}

@@ -1,0 +1,191 @@
+"""Compare several checkpoints ("arms") with the same protocols, dataset and seeds.
+
+Each arm is one checkpoint or several (e.g. continued-training seeds: ``"e2mc=a.pt,b.pt,c.pt"``);
+a run folder stands for its ``checkpoints/last.pt``. For every numeric metric the table gives
+the arm's mean, std (ddof=1) and n, and the difference to the FIRST arm with a 95% t-interval:
+
+* one checkpoint per arm and a seeded protocol (few-shot, semi-sup): values per evaluation seed,
+  difference paired over seeds (the same subsets are drawn for every arm);
+* several checkpoints per arm: one value per checkpoint (averaged over evaluation seeds),
+  Welch (unpaired) interval over training seeds — what a paper comparison needs;
+* deterministic protocols (kNN, linear, RankMe) with one checkpoint give n=1: no std, no interval.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+from e2mc.errors import ConfigError, DataError
+from e2mc.evaluate.stats import paired_difference, summarize, welch_difference
+
+_NOT_METRICS = {"seed", "epochs", "weight_decay", "val_top1", "train_loss"}
+
+
+def parse_arm(spec) -> tuple[str | None, list]:
+    """``"name=p1,p2"`` -> ("name", [p1, p2]); ``"p1,p2"`` -> (None, [...]); a list -> (None, list)."""
+    if isinstance(spec, (list, tuple)):
+        return None, list(spec)
+    if isinstance(spec, (str, os.PathLike)):
+        s = str(spec)
+        name = None
+        if "=" in s and not os.path.exists(s):
+            name, s = s.split("=", 1)
+        return name, [p for p in s.split(",") if p]
+    return None, [spec]  # an in-memory model
+
+
+def resolve_checkpoint(path) -> str:
+    """A run folder -> its ``checkpoints/last.pt``; a file -> itself. Raises DataError if absent."""
+    p = str(path)
+    if os.path.isdir(p):
+        p = os.path.join(p, "checkpoints", "last.pt")
+    if not os.path.isfile(p):
+        raise DataError(f"no checkpoint at {p}; pass a checkpoint file or a run folder with checkpoints/last.pt")
+    return p
+
+
+def metric_values(result: dict) -> dict[str, list[float]]:
+    """``{"protocol/metric": [values]}`` from one ``evaluate`` result (per-seed lists where present)."""
+    out = {}
+    for proto, res in result.items():
+        if proto == "meta" or not isinstance(res, dict):
+            continue
+        per_seed = res.get("per_seed", {})
+        for k, v in res.items():
+            if k in _NOT_METRICS or isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            out[f"{proto}/{k}"] = [float(x) for x in per_seed.get(k, [v])]
+    return out
+
+
+@dataclass
+class ComparisonResult:
+    """Per-arm evaluation results and the comparison table (``rows``)."""
+
+    names: list[str]
+    checkpoints: list[list[str]]
+    dataset: str
+    protocols: list[str]
+    seeds: list[int]
+    results: list[list[dict]]
+    rows: list[dict] = field(default_factory=list)
+
+    def metrics(self) -> list[str]:
+        """Metric names in table order."""
+        seen: list[str] = []
+        for r in self.rows:
+            if r["metric"] not in seen:
+                seen.append(r["metric"])
+        return seen
+
+    def row(self, arm: str, metric: str) -> dict | None:
+        """The table row of one arm and metric, or None."""
+        return next((r for r in self.rows if r["arm"] == arm and r["metric"] == metric), None)
+
+    def to_markdown(self) -> str:
+        """Two Markdown tables (rows = arms, columns = metrics): values, then differences to arm 1."""
+        mets = self.metrics()
+        head = "| arm | " + " | ".join(mets) + " |\n|---|" + "---|" * len(mets) + "\n"
+        lines = [f"Dataset `{self.dataset}`, seeds {self.seeds}. Cells: mean ± std (n).", "", head.rstrip("\n")]
+        for a in self.names:
+            cells = []
+            for m in mets:
+                r = self.row(a, m)
+                cells.append("" if r is None else f"{r['mean']:.4f}" + ("" if r["std"] is None else f" ± {r['std']:.4f}")
+                             + f" (n={r['n']})")
+            lines.append(f"| {a} | " + " | ".join(cells) + " |")
+        lines += ["", f"Difference to `{self.names[0]}` with 95% t-interval ({'; '.join(self._kinds())}).", "",
+                  head.rstrip("\n")]
+        for a in self.names[1:]:
+            cells = []
+            for m in mets:
+                r = self.row(a, m)
+                if r is None or r["diff"] is None:
+                    cells.append("")
+                elif r["diff_low"] is None:
+                    cells.append(f"{r['diff']:+.4f} (no interval, n=1)")
+                else:
+                    cells.append(f"{r['diff']:+.4f} [{r['diff_low']:+.4f}, {r['diff_high']:+.4f}]")
+            lines.append(f"| {a} | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    def _kinds(self) -> list[str]:
+        return sorted({r["diff_kind"] for r in self.rows if r.get("diff_kind")}) or ["none"]
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        """JSON text of everything (written to ``path`` too when given)."""
+        text = json.dumps(asdict(self), indent=1, default=float)
+        if path is not None:
+            with open(path, "w") as f:
+                f.write(text)
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str) -> "ComparisonResult":
+        """Read what :meth:`to_json` wrote (JSON text or a file path)."""
+        text = open(text_or_path).read() if os.path.exists(str(text_or_path)) else text_or_path
+        try:
+            return cls(**json.loads(text))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise DataError(f"not a comparison JSON written by `e2mc compare`: {exc}") from exc
+
+
+def build_rows(names: Sequence[str], results: Sequence[Sequence[dict]]) -> list[dict]:
+    """Summaries per arm and metric, with differences to the first arm (see module docstring)."""
+    per_arm = []
+    for arm_results in results:
+        vals = [metric_values(r) for r in arm_results]
+        mets = {m for v in vals for m in v}
+        if len(vals) == 1:
+            per_arm.append({m: (vals[0][m], True) for m in mets})
+        else:
+            per_arm.append({m: ([sum(v[m]) / len(v[m]) for v in vals if m in v], False) for m in mets})
+    order = list(dict.fromkeys(m for r in results[0] for m in metric_values(r)))
+    rows = []
+    for name, arm in zip(names, per_arm):
+        for m in order + sorted(set(arm) - set(order)):
+            if m not in arm:
+                continue
+            xs, paired = arm[m]
+            s = summarize(xs)
+            row = {"arm": name, "metric": m, "mean": s.mean, "std": s.std, "n": s.n, "low": s.low, "high": s.high,
+                   "values": xs, "diff": None, "diff_low": None, "diff_high": None, "diff_kind": None}
+            ref = per_arm[0].get(m)
+            if name != names[0] and ref is not None:
+                both_paired = paired and ref[1] and len(xs) == len(ref[0]) and len(xs) > 1
+                d = paired_difference(ref[0], xs) if both_paired else welch_difference(ref[0], xs)
+                row.update(diff=d.mean, diff_low=d.low, diff_high=d.high,
+                           diff_kind="paired over evaluation seeds" if both_paired else
+                           ("Welch over checkpoints" if d.low is not None else "n=1: no interval"))
+            rows.append(row)
+    return rows
+
+
+def compare(checkpoints: Sequence, names: Sequence[str] | None = None, dataset="digits", *,
+            protocols: Sequence[str] = ("knn", "linear", "fewshot", "rankme"), seeds: Sequence[int] = (0, 1, 2),
+            **evaluate_kwargs) -> ComparisonResult:
+    """Evaluate every arm with the same protocols/seeds/dataset and build the comparison table.
+
+    ``checkpoints``: one entry per arm: a checkpoint file, a run folder, ``"name=p1,p2,..."``, a
+    list of paths, or an in-memory model. ``evaluate_kwargs`` go to :func:`e2mc.evaluate.api.evaluate`.
+    """
+    from e2mc.evaluate.api import evaluate
+
+    if not checkpoints:
+        raise ConfigError("compare needs at least one checkpoint")
+    arms = [parse_arm(c) for c in checkpoints]
+    if names is not None and len(names) != len(arms):
+        raise ConfigError(f"{len(names)} names for {len(arms)} arms; give one name per arm")
+    final_names = list(names) if names is not None else [
+        n or (os.path.basename(os.path.normpath(str(p[0]))) if isinstance(p[0], (str, os.PathLike)) else f"arm{i}")
+        for i, (n, p) in enumerate(arms)]
+    if len(set(final_names)) != len(final_names):
+        final_names = [f"{n}#{i}" for i, n in enumerate(final_names)]
+    paths = [[resolve_checkpoint(p) if isinstance(p, (str, os.PathLike)) else p for p in ps] for _, ps in arms]
+    results = [[evaluate(p, dataset, protocols=protocols, seeds=seeds, **evaluate_kwargs) for p in ps] for ps in paths]
+    return ComparisonResult(final_names, [[str(p) if isinstance(p, str) else type(p).__name__ for p in ps] for ps in paths],
+                            str(dataset) if isinstance(dataset, (str, os.PathLike)) else "custom",
+                            list(protocols), [int(s) for s in seeds], results, build_rows(final_names, results))

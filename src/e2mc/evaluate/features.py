@@ -1,0 +1,232 @@
+"""Frozen-feature extraction with an on-disk cache.
+
+``extract_features`` runs a model in eval mode without gradients over a dataset of
+``(uint8 (3, H, W), label)`` items, applies the evaluation transform before the model, and
+returns float32 features per requested output (``"backbone"``: pooled ``model.embed(x)``;
+``"projector"``: ``model.projector`` applied to those). Results are cached as safetensors under
+``cache_dir`` (default ``$E2MC_CACHE/features`` or ``~/.cache/e2mc/features``), keyed by the
+checkpoint's sha256 (file bytes, streamed; the state dict's bytes for an in-memory model), the
+dataset identity (name, split, size, image size), the transform and ``which``. Entries are
+written atomically (temp file + ``os.replace``), and only after a successful, finite extraction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from e2mc.errors import DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class FeatureSet:
+    """Features per output name (float32 (N, D)) and int64 labels (N,)."""
+
+    features: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    key: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.features[name]
+
+
+def default_cache_dir() -> Path:
+    """``$E2MC_CACHE/features`` if set, else ``~/.cache/e2mc/features``."""
+    root = os.environ.get("E2MC_CACHE")
+    return Path(root) / "features" if root else Path.home() / ".cache" / "e2mc" / "features"
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def state_dict_sha256(module: torch.nn.Module) -> str:
+    """sha256 over a module's state dict (names, dtypes, shapes and bytes, in key order)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def dataset_identity(dataset) -> dict:
+    """What identifies a dataset for the cache: name, split, size and image size (from ``.info``)."""
+    info = getattr(dataset, "info", None)
+    return {
+        "name": str(getattr(info, "name", type(dataset).__name__)),
+        "split": str(getattr(info, "split", "")),
+        "n": len(dataset),
+        "image_size": getattr(info, "image_size", None),
+    }
+
+
+def default_transform(dataset) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+    """The evaluation transform for ``dataset`` and a string naming it (for the cache key).
+
+    Uses ``e2mc.data.views.eval_transform(batch, dataset.info)`` when available; otherwise scales
+    uint8 to [0, 1] and normalises with ``info.mean/std`` (ImageNet statistics without ``info``).
+    """
+    info = getattr(dataset, "info", None)
+    try:
+        from e2mc.data.views import eval_transform
+    except ImportError:
+        eval_transform = None
+    if eval_transform is not None and info is not None:
+        size = getattr(info, "image_size", None)
+        desc = f"eval_transform(size={size},mean={info.mean},std={info.std})"
+        return (lambda b: eval_transform(b, info, image_size=size)), desc
+    mean = tuple(getattr(info, "mean", IMAGENET_MEAN))
+    std = tuple(getattr(info, "std", IMAGENET_STD))
+
+    def scale(batch: torch.Tensor) -> torch.Tensor:
+        m = torch.tensor(mean, device=batch.device).view(1, -1, 1, 1)
+        s = torch.tensor(std, device=batch.device).view(1, -1, 1, 1)
+        return (batch.float() / 255.0 - m) / s
+
+    return scale, f"scale(mean={mean},std={std})"
+
+
+def _resolve_amp(amp_dtype, device: torch.device):
+    if amp_dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else None
+    if isinstance(amp_dtype, str):
+        amp_dtype = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+                     "float16": torch.float16, "fp32": None, "float32": None, "none": None}.get(amp_dtype.lower(), "?")
+        if amp_dtype == "?":
+            raise DataError("amp_dtype must be one of bf16, fp16, fp32 (or a torch dtype / None)")
+    return None if amp_dtype == torch.float32 else amp_dtype
+
+
+def _forward(model, x: torch.Tensor, which: Sequence[str]) -> dict[str, torch.Tensor]:
+    feats = model.embed(x) if hasattr(model, "embed") else model(x)
+    out = {"backbone": feats}
+    if "projector" in which:
+        out["projector"] = model.projector(feats)
+    return {k: out[k] for k in which}
+
+
+@torch.no_grad()
+def extract_features(
+    model,
+    dataset,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    which: Sequence[str] = ("backbone",),
+    amp_dtype=None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    cache_key_parts: Sequence[str] = (),
+    num_workers: int = 0,
+    model_hash: str | None = None,
+) -> FeatureSet:
+    """Extract frozen features of ``dataset`` with ``model`` (an ``SSLModel`` or a checkpoint path).
+
+    Args:
+        which: outputs to keep, from ``("backbone", "projector")``.
+        amp_dtype: autocast dtype; None = bf16 on CUDA, float32 on CPU. Pass ``torch.bfloat16``
+            (or ``"bf16"``) to use bf16 autocast on CPU. Features are returned in float32.
+        transform: batch transform uint8 -> normalised float; default :func:`default_transform`.
+        cache_dir / use_cache: where and whether to cache; ``cache_key_parts`` adds strings to the key.
+        model_hash: the model's identity for the cache key when passing an in-memory model that was
+            loaded from a file (e.g. :func:`file_sha256` of it); default: hash of the state dict.
+
+    Raises:
+        DataError: extraction failed or gave non-finite features (no cache entry is written).
+    """
+    which = tuple(which)
+    if not which or any(w not in ("backbone", "projector") for w in which):
+        raise DataError(f"features: which must be a subset of ('backbone', 'projector'), got {which}")
+    device = torch.device(device)
+    ckpt_hash = model_hash
+    if isinstance(model, (str, os.PathLike)):
+        from e2mc.models.checkpoints import load_model
+
+        ckpt_hash = file_sha256(model)
+        model = load_model(str(model))[0]
+    if ckpt_hash is None:
+        ckpt_hash = state_dict_sha256(model)
+    if "projector" in which and getattr(model, "projector", None) is None:
+        raise DataError("features: 'projector' requested but the model has no projector; use which=('backbone',)")
+    if transform is None:
+        transform, tdesc = default_transform(dataset)
+    else:
+        tdesc = getattr(transform, "__qualname__", repr(transform))
+    amp = _resolve_amp(amp_dtype, device)
+    key_obj = {"model": ckpt_hash, "data": dataset_identity(dataset), "transform": tdesc, "which": list(which),
+               "amp": str(amp), "extra": [str(p) for p in cache_key_parts]}
+    key = hashlib.sha256(json.dumps(key_obj, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    cache_path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    entry = cache_path / f"{key}.safetensors"
+    if use_cache and entry.exists():
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(entry))
+        labels = tensors.pop("__labels__")
+        return FeatureSet({k: tensors[k] for k in which}, labels, key, {**key_obj, "cached": True})
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    was_training = model.training
+    model.eval().to(device)
+    chunks: dict[str, list[torch.Tensor]] = {w: [] for w in which}
+    labels = []
+    i = 0
+    try:
+        for i, (images, target) in enumerate(loader):
+            x = transform(images.to(device, non_blocking=True))
+            with torch.autocast(device_type=device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                out = _forward(model, x, which)
+            for w in which:
+                chunks[w].append(out[w].float().flatten(1).cpu())
+            labels.append(torch.as_tensor(target).long().cpu())
+    except DataError:
+        raise
+    except Exception as exc:  # anything the model/data raise becomes a user-facing error
+        raise DataError(f"feature extraction failed at batch {i}: {exc}; "
+                        "check that the images match the model (size, channels) and the checkpoint loads") from exc
+    finally:
+        model.train(was_training)
+    if not labels:
+        raise DataError("feature extraction: the dataset is empty; check the dataset path and split")
+    feats = {w: torch.cat(chunks[w]) for w in which}
+    for w, f in feats.items():
+        if not torch.isfinite(f).all():
+            bad = int((~torch.isfinite(f)).any(dim=1).sum())
+            raise DataError(f"feature extraction: {bad} samples have NaN/inf {w} features; the checkpoint may be "
+                            "broken or diverged, or try amp_dtype='fp32'. Nothing was cached.")
+    fs = FeatureSet(feats, torch.cat(labels), key, {**key_obj, "cached": False})
+    if use_cache:
+        _save_atomic(entry, fs)
+    return fs
+
+
+def _save_atomic(entry: Path, fs: FeatureSet) -> None:
+    from safetensors.torch import save_file
+
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=entry.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({**{k: v.contiguous() for k, v in fs.features.items()}, "__labels__": fs.labels.contiguous()}, tmp)
+        os.replace(tmp, entry)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+from e2mc.errors import DataError
+from e2mc.evaluate.features import extract_features, file_sha256, state_dict_sha256
+
+
+def test_extract_matches_manual_forward_and_caches(tiny_net, colour_data, tmp_path):
+    train, _ = colour_data
+    fs = extract_features(tiny_net, train, batch_size=7, which=("backbone", "projector"), cache_dir=tmp_path)
+    assert fs["backbone"].shape == (60, 8) and fs["projector"].shape == (60, 6)
+    assert fs.labels.dtype == torch.int64 and torch.equal(fs.labels, train.tensors[1])
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    tiny_net.eval()
+    with torch.no_grad():
+        ref = tiny_net.embed((train.tensors[0].float() / 255 - mean) / std)
+    assert torch.allclose(fs["backbone"], ref, atol=1e-5)
+    assert tiny_net.training is False  # mode restored (it was eval here)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+    again = extract_features(tiny_net, train, batch_size=7, which=("backbone", "projector"), cache_dir=tmp_path)
+    assert again.meta["cached"] and torch.equal(again["backbone"], fs["backbone"])
+    # a different model gets a different key
+    other = type(tiny_net)(seed=1)
+    extract_features(other, train, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 2
+
+
+def test_hashes(tmp_path, tiny_net):
+    p = tmp_path / "w.bin"
+    p.write_bytes(b"abc")
+    assert file_sha256(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert state_dict_sha256(tiny_net) == state_dict_sha256(type(tiny_net)(seed=0))
+    assert state_dict_sha256(tiny_net) != state_dict_sha256(type(tiny_net)(seed=2))
+
+
+class _NaNNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 4)
+
+    def embed(self, x):
+        return self.lin(x.mean(dim=(2, 3))) * float("nan")
+
+
+class _Broken(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(5, 4)
+
+    def embed(self, x):
+        return self.lin(x.mean(dim=(2, 3)))  # 3 channels into a 5-input layer
+
+
+@pytest.mark.parametrize("net,match", [(_NaNNet, "NaN"), (_Broken, "failed at batch 0")])
+def test_failed_extraction_writes_no_cache(net, match, colour_data, tmp_path):
+    with pytest.raises(DataError, match=match):
+        extract_features(net(), colour_data[0], cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_projector_missing(colour_data, tmp_path):
+    with pytest.raises(DataError, match="no projector"):
+        extract_features(_Broken(), colour_data[0], which=("projector",), cache_dir=tmp_path)
+
+
+def test_bf16_autocast_close(tiny_net, colour_data, tmp_path):
+    a = extract_features(tiny_net, colour_data[0], use_cache=False)
+    b = extract_features(tiny_net, colour_data[0], amp_dtype="bf16", use_cache=False)
+    assert b["backbone"].dtype == torch.float32
+    assert torch.allclose(a["backbone"], b["backbone"], atol=0.05, rtol=0.05)

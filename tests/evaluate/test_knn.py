@@ -1,0 +1,64 @@
+import math
+
+import pytest
+import torch
+
+from e2mc.errors import DataError
+from e2mc.evaluate.knn import knn_classify
+
+
+def _naive_knn(train_x, train_y, test_x, test_y, k, t):
+    correct = 0
+    for q, y in zip(test_x.tolist(), test_y.tolist()):
+        qn = math.sqrt(sum(v * v for v in q))
+        sims = []
+        for x, lab in zip(train_x.tolist(), train_y.tolist()):
+            xn = math.sqrt(sum(v * v for v in x))
+            sims.append((sum(a * b for a, b in zip(q, x)) / (qn * xn), lab))
+        sims.sort(key=lambda p: -p[0])
+        votes = {}
+        for s, lab in sims[:k]:
+            votes[lab] = votes.get(lab, 0.0) + math.exp(s / t)
+        correct += max(votes, key=votes.get) == y
+    return correct / len(test_y)
+
+
+@pytest.fixture
+def problem():
+    torch.manual_seed(0)
+    centers = torch.randn(4, 6)
+    ytr = torch.randint(0, 4, (120,))
+    yte = torch.randint(0, 4, (40,))
+    return centers[ytr] + 1.2 * torch.randn(120, 6), ytr, centers[yte] + 1.2 * torch.randn(40, 6), yte
+
+
+def test_knn_matches_naive_loop(problem):
+    xtr, ytr, xte, yte = problem
+    got = knn_classify(xtr, ytr, xte, yte, ks=(1, 5, 20), temperature=0.07, chunk_size=7)
+    for k in (1, 5, 20):
+        assert got[k] == pytest.approx(_naive_knn(xtr, ytr, xte, yte, k, 0.07))
+
+
+def test_knn_matches_sklearn_weighted(problem):
+    neighbors = pytest.importorskip("sklearn.neighbors")
+    xtr, ytr, xte, yte = problem
+    t = 0.5
+    clf = neighbors.KNeighborsClassifier(n_neighbors=10, metric="cosine", algorithm="brute",
+                                         weights=lambda d: __import__("numpy").exp((1 - d) / t))
+    clf.fit(xtr.numpy(), ytr.numpy())
+    ref = float((clf.predict(xte.numpy()) == yte.numpy()).mean())
+    assert knn_classify(xtr, ytr, xte, yte, ks=(10,), temperature=t)[10] == pytest.approx(ref)
+
+
+def test_knn_errors(problem):
+    xtr, ytr, xte, yte = problem
+    with pytest.raises(DataError, match="exceeds"):
+        knn_classify(xtr[:5], ytr[:5], xte, yte, ks=(10,))
+    with pytest.raises(DataError, match="missing"):
+        knn_classify(xtr, torch.full_like(ytr, -1), xte, yte, ks=(1,))
+    with pytest.raises(DataError, match="one class"):
+        knn_classify(xtr, torch.zeros_like(ytr), xte, yte, ks=(1,))
+    bad = xte.clone()
+    bad[3, 2] = float("nan")
+    with pytest.raises(DataError, match="NaN"):
+        knn_classify(xtr, ytr, bad, yte, ks=(1,))

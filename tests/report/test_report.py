@@ -1,0 +1,76 @@
+import base64
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from e2mc.evaluate.compare import ComparisonResult, build_rows
+from e2mc.report import write_report
+
+
+def _comparison():
+    rng = np.random.default_rng(0)
+
+    def result(shift):
+        u = rng.random((200, 4)) ** (1 + shift)
+        return {"knn": {"top1_k20": 0.7 + shift},
+                "fewshot": {"top1_5shot": 0.6 + shift, "per_seed": {"top1_5shot": [0.58 + shift, 0.6 + shift, 0.63 + shift]}},
+                "rankme": {"backbone": 30.0 + 10 * shift},
+                "spectrum": {"backbone": sorted((rng.random(64) ** (4 - 2 * shift)).tolist(), reverse=True)},
+                "entropy": {"entropy": -0.3 + shift, "marginals_sample": u.T.tolist()}}
+
+    results = [[result(0.0)], [result(0.05)]]
+    names = ["vicreg", "vicreg+e2mc"]
+    return ComparisonResult(names, [["a.pt"], ["b.pt"]], "digits", ["knn", "fewshot", "rankme", "spectrum", "entropy"],
+                            [0, 1, 2], results, build_rows(names, results))
+
+
+def _run(tmp_path, name, scale):
+    d = tmp_path / name
+    d.mkdir()
+    cols = ["wall_time", "epoch", "step", "phase", "loss", "vicreg", "e2mc_entropy", "lr", "img_per_s", "rankme",
+            "entropy", "uniformity"]
+    with open(d / "metrics.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for s in range(10):
+            w.writerow([s, s // 5, s * 10, "train", 10 - s * scale, 8 - s * scale, -0.5 + 0.04 * s, 0.1, 500,
+                        "" if s % 5 else 20 + s, "" if s % 5 else -0.4 + 0.02 * s, "" if s % 5 else -3 + 0.1 * s])
+    return d
+
+
+def test_report_renders(tmp_path):
+    runs = [_run(tmp_path, "run_a", 0.5), _run(tmp_path, "run_b", 0.7)]
+    paths = write_report(tmp_path / "out", _comparison(), runs=runs)
+    for key in ("markdown", "html", "training", "accuracy", "spectrum", "marginals"):
+        assert paths[key].exists() and paths[key].stat().st_size > 0
+    html = paths["html"].read_text()
+    assert html.count("data:image/png;base64,") == 4 and "<table>" in html
+    b64 = html.split("data:image/png;base64,")[1].split("'")[0]
+    assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n"
+    md = paths["markdown"].read_text()
+    assert "| arm |" in md and "| vicreg+e2mc |" in md and "![" in md
+
+
+def test_report_cli_from_json(tmp_path):
+    comp = _comparison()
+    comp.to_json(tmp_path / "comparison.json")
+    run = _run(tmp_path, "run_a", 0.5)
+    out = subprocess.run([sys.executable, "-m", "e2mc", "report", "--out", str(tmp_path / "rep"),
+                          str(tmp_path / "comparison.json"), str(run)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "rep" / "report.html").exists()
+    bad = subprocess.run([sys.executable, "-m", "e2mc", "report", "--out", str(tmp_path / "rep2"),
+                          str(tmp_path / "nope")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "neither" in bad.stderr
+
+
+def test_report_needs_input(tmp_path):
+    from e2mc.errors import DataError
+
+    with pytest.raises(DataError, match="nothing to report"):
+        write_report(tmp_path, None)
+    json.dumps(_comparison().rows)
