@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import simsiam_head_shapes, swav_shapes, vicreg_projector_shapes
+from .conftest import simsiam_head_shapes, swav_shapes, vicreg_projector_shapes
 
 from e2mc.errors import CheckpointError, ConfigError
 from e2mc.models.backbones import build_backbone

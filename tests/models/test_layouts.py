@@ -3,7 +3,7 @@ loaded tensors, the report and the export round trip (load -> export -> load).""
 
 import pytest
 import torch
-from conftest import rand_like_sd, simsiam_head_shapes, swav_shapes, vicreg_projector_shapes
+from .conftest import rand_like_sd, simsiam_head_shapes, swav_shapes, vicreg_projector_shapes
 
 from e2mc.models.checkpoints import load_model
 from e2mc.models.export import export_model

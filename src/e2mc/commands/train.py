@@ -1,0 +1,97 @@
+"""``e2mc pretrain`` and ``e2mc continue``: translate arguments into a RunConfig and train.
+
+Multi-GPU / multi-node: launch through torchrun, e.g.
+``torchrun --nproc_per_node=2 -m e2mc continue ckpt.pth --recipe vicreg_e2mc_imagenet``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+_SHORTCUTS = (  # (flag, config key, type)
+    ("--dataset", "data.dataset", str), ("--arch", "model.arch", str), ("--epochs", "train.epochs", int),
+    ("--batch-size", "optim.batch_size", int), ("--lr", "optim.lr", float), ("--device", "train.device", str),
+    ("--precision", "train.precision", str), ("--seed", "train.seed", int),
+)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--config", metavar="FILE", help="YAML run config")
+    src.add_argument("--recipe", metavar="NAME", help="bundled recipe (`e2mc recipes` lists them)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set optim.lr=0.1 (repeatable)")
+    p.add_argument("--out", metavar="DIR", help="run folder (default: from the config)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    for flag, key, tp in _SHORTCUTS:
+        p.add_argument(flag, type=tp, default=None, help=f"shortcut for --set {key}=...")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``pretrain`` and ``continue`` parsers."""
+    p = sub.add_parser("pretrain", help="pre-train an SSL model (VICReg, SwAV, SimSiam)",
+                       description="Pre-train from scratch (or model.init) with a recipe or config.")
+    _common(p)
+    p.add_argument("--method", choices=("vicreg", "swav", "simsiam"), help="shortcut for method.name")
+    p.set_defaults(func=run, mode="pretrain")
+    c = sub.add_parser("continue", help="continue pre-training a checkpoint with E2MC (or another add-on)",
+                       description="Continue pre-training a checkpoint (official VICReg/SwAV/SimSiam layouts, "
+                                   "e2mc runs, torchvision/timm names) with an add-on.")
+    c.add_argument("checkpoint", nargs="?", help="checkpoint file or name (random:ARCH, torchvision:ARCH)")
+    _common(c)
+    c.add_argument("--method", choices=("vicreg", "swav", "simsiam"), help="SSL method (default: the config's)")
+    c.add_argument("--addon", choices=("e2mc", "vc", "uniformity", "mmcr", "none"))
+    c.add_argument("--entropy-weight", type=float)
+    c.add_argument("--cov-weight", type=float)
+    c.add_argument("--transform", choices=("sigmoid", "gaussian_cdf", "identity"))
+    c.set_defaults(func=run, mode="continue")
+
+
+def overrides_from_args(args: argparse.Namespace) -> list[str]:
+    """The ``key=value`` overrides the arguments ask for (explicit ``--set`` last, so it wins)."""
+    out = [f"mode={args.mode}"]
+    for flag, key, _ in _SHORTCUTS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            out.append(f"{key}={value}")
+    pairs = [("method", "method.name"), ("addon", "addon.name"), ("entropy_weight", "addon.entropy_weight"),
+             ("cov_weight", "addon.cov_weight"), ("transform", "addon.transform"),
+             ("checkpoint", "model.init")]
+    for attr, key in pairs:
+        value = getattr(args, attr, None)
+        if value is not None:
+            out.append(f"{key}={value}")
+    if args.out:
+        out.append(f"out.dir={args.out}")
+    if args.resume:
+        out.append("out.resume=true")
+    return out + list(args.overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Resolve the config and train; print the run folder."""
+    from e2mc.config import load_config
+    from e2mc.errors import ConfigError
+    from e2mc.train.loop import Trainer
+
+    source = args.config or args.recipe
+    if args.config and not os.path.isfile(args.config):
+        raise ConfigError(f"--config {args.config}: no such file; check the path or use --recipe NAME")
+    if source is None and args.resume and args.out and os.path.isfile(os.path.join(args.out, "config.yaml")):
+        source = os.path.join(args.out, "config.yaml")  # resume with the run's own config
+    if args.mode == "continue" and not args.checkpoint and source is None:
+        raise ConfigError("continue needs a checkpoint: `e2mc continue CHECKPOINT [--method ...]`, or a "
+                          "--recipe/--config that sets model.init")
+    if args.mode == "continue" and args.checkpoint and not os.path.exists(args.checkpoint) \
+            and ":" not in args.checkpoint:
+        raise ConfigError(f"checkpoint {args.checkpoint} not found; give the path of a .pth/.pt/.safetensors "
+                          "file or a name like torchvision:resnet50")
+    cfg = load_config(source, overrides_from_args(args))
+    trainer = Trainer(cfg)
+    run_dir = trainer.fit()
+    if trainer.stop_requested:
+        print(f"interrupted; checkpoint saved. Resume with: e2mc {args.mode} --out {run_dir} --resume")
+        return 3
+    print(run_dir)
+    return 0

@@ -1,0 +1,47 @@
+"""Bundled training recipes (YAML). ``list_recipes()`` names them; ``load_recipe(name)`` gives a
+``RunConfig``. Each file's header comment says where its numbers come from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from e2mc.errors import ConfigError
+
+_DIR = Path(__file__).parent
+
+
+def _names() -> list[str]:
+    return sorted(p.stem for p in _DIR.glob("*.yaml"))
+
+
+def _summary(path: Path) -> str:
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def list_recipes() -> dict[str, str]:
+    """``{name: one-line summary}`` of the bundled recipes."""
+    return {name: _summary(_DIR / f"{name}.yaml") for name in _names()}
+
+
+def recipe_path(name: str) -> Path:
+    """Path of the recipe ``name`` (with or without ``.yaml``); ``ConfigError`` listing the names."""
+    stem = str(name)[:-5] if str(name).endswith(".yaml") else str(name)
+    path = _DIR / f"{stem}.yaml"
+    if not path.is_file():
+        import difflib
+
+        close = difflib.get_close_matches(stem, _names(), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown recipe {name!r}.{hint} Available: {', '.join(_names())} "
+                          "(`e2mc recipes` lists them; or pass a YAML file path)")
+    return path
+
+
+def load_recipe(name: str, overrides: list[str] | dict | None = None):
+    """The recipe ``name`` as a resolved ``RunConfig`` (plus optional overrides)."""
+    from e2mc.config import load_config
+
+    return load_config(recipe_path(name), overrides)

@@ -1,0 +1,149 @@
+"""Process-group setup/teardown for ``torchrun`` and DDP wrapping.
+
+``torchrun --nproc_per_node=K e2mc continue CKPT ...`` sets ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; ``setup()`` reads them and initialises the
+default group (NCCL on CUDA, gloo on CPU). Multi-node runs need nothing special: start torchrun
+on every node with ``--nnodes N --node_rank i --master_addr HOST --master_port PORT`` (or
+``--rdzv_endpoint``) and the same env arrives here. Without these variables everything is a
+single process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from e2mc.errors import ConfigError
+
+
+@dataclass
+class DistInfo:
+    """Where this process sits: rank, world size, local rank, device, and whether we own the group."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0 (the only rank that writes files, logs and progress bars)."""
+        return self.rank == 0
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """``"auto"`` -> ``cuda:LOCAL_RANK`` when CUDA is available, else CPU; otherwise ``torch.device(name)``."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device cuda asked for but CUDA is not available; use --device cpu")
+        if dev.index is None:
+            dev = torch.device(f"cuda:{local_rank}")
+    return dev
+
+
+def setup(device: str = "auto") -> DistInfo:
+    """Initialise the default process group from torchrun's env (no-op for one process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device, local_rank)
+    if world <= 1:
+        return DistInfo(device=dev)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    owns = False
+    if not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        for key in ("MASTER_ADDR", "MASTER_PORT", "RANK"):
+            if key not in os.environ:
+                raise ConfigError(f"WORLD_SIZE={world} but {key} is not set; launch with torchrun")
+        kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+        dist.init_process_group(backend=backend, **kwargs)
+        owns = True
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
+                    device=dev, owns_group=owns)
+
+
+def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
+    """Wrap ``model`` in DDP when running on several processes (identity otherwise).
+
+    Only parameters with ``requires_grad`` at wrap time are synchronised, so the loop re-wraps
+    after the heads warm-up unfreezes the backbone.
+    """
+    if info.world_size <= 1:
+        return model
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+
+def convert_sync_bn(model: nn.Module, info: DistInfo) -> nn.Module:
+    """Replace BatchNorm layers by SyncBatchNorm (only meaningful with several processes)."""
+    if info.world_size <= 1:
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait for all ranks (no-op on one process)."""
+    if info.world_size > 1 and dist.is_initialized():
+        dist.barrier()
+
+
+def any_flag(flag: bool, info: DistInfo) -> bool:
+    """True when ``flag`` is set on any rank (so every rank stops/saves at the same step)."""
+    if info.world_size <= 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=info.device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def teardown(info: DistInfo) -> None:
+    """Destroy the process group if ``setup`` created it."""
+    if info.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class ShardedEpochSampler(torch.utils.data.Sampler):
+    """Per-epoch permutation (seeded by ``seed + epoch``) cut into global batches, sharded by rank.
+
+    Each global batch of ``batch_size * world_size`` indices is split into contiguous per-rank
+    slices, so the batch the criteria gather across ranks is exactly the batch one process with
+    ``batch_size * world_size`` would see, in the same order. Incomplete global batches are
+    dropped. ``set_epoch(epoch, start_batch)`` skips the first ``start_batch`` batches (mid-epoch
+    resume).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.batch_size, self.seed = int(n), int(batch_size), int(seed)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.epoch, self.start_batch = 0, 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Full global batches per epoch."""
+        return self.n // (self.batch_size * self.world_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Choose the epoch's permutation and the first batch to yield."""
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(self.n, generator=g)
+        gb, b = self.batch_size * self.world_size, self.batch_size
+        for i in range(self.start_batch, self.batches_per_epoch):
+            yield from perm[i * gb + self.rank * b: i * gb + (self.rank + 1) * b].tolist()
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch - self.start_batch) * self.batch_size

@@ -1,0 +1,395 @@
+"""The training loop: ``Trainer(config).fit()``.
+
+Setup (``e2mc.train.setup``) builds the model, data, views, criteria, optimiser and run folder;
+this module runs the steps: heads warm-up (backbone frozen, BN in eval mode), epochs with AMP
+and DDP, logging without per-step host syncs (loss terms are kept as device tensors and read
+every ``log_every`` steps, where the NaN/Inf check also happens), label-free metrics per epoch,
+atomic checkpoints (per ``checkpoint_every_epochs``, at the end, on SIGUSR1, and on
+SIGTERM/SIGINT before a clean exit).
+
+Resume is exact, also mid-epoch: a checkpoint stores the epoch, the batch position inside it,
+the optimiser/scheduler/scaler state and every rank's RNG states; the sampler's order is a pure
+function of ``(seed, epoch)``. On one CPU with ``train.deterministic`` a resumed run gives
+bit-identical weights to one never stopped. An interruption during the heads warm-up saves
+nothing; resuming then restarts the run (the warm-up is short).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from e2mc.config import E2MC_DEFAULTS, RunConfig
+from e2mc.criteria import SwAVQueue, default_m
+from e2mc.data import ViewGenerator, build_dataset, eval_transform
+from e2mc.errors import ConfigError, CriterionInputError, TrainingDiverged
+from e2mc.methods import get_method
+from e2mc.models.checkpoints import load_model
+from e2mc.models.model import SSLModel
+from e2mc.train import distributed as D
+from e2mc.train import monitor
+from e2mc.train import run as R
+from e2mc.train.optim import build_optimizer, build_scheduler
+
+
+class TrainerSetup(R.RunFolderMixin):
+    """Builds everything a run needs from a ``RunConfig`` (the ``Trainer`` adds the steps)."""
+
+    def __init__(self, config: RunConfig, model_fn: Callable | None = None,
+                 views_fn: Callable | None = None, quiet: bool = False) -> None:
+        cfg = self.cfg = config
+        self.quiet = quiet
+        self.method = get_method(cfg.method.name)
+        self.dist = D.setup(cfg.train.device)
+        self.device = self.dist.device
+        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.precision]
+        if cfg.train.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        self.run_dir = Path(cfg.out.dir)
+        last = self.run_dir / "checkpoints" / "last.pt"
+        resuming = cfg.out.resume and last.exists()
+        restart = cfg.out.resume and not resuming  # interrupted before its first checkpoint
+        if not resuming:  # every rank checks before rank 0 creates anything
+            R.check_run_dir(self.run_dir, cfg.out.overwrite or restart)
+        D.barrier(self.dist)
+        if self.dist.is_main:
+            R.prepare_run_dir(self.run_dir, resuming, cfg.out.overwrite or restart)
+        D.barrier(self.dist)
+        torch.manual_seed(cfg.train.seed)  # same model init on every rank
+        random.seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        # data
+        d = cfg.data
+        self.dataset = build_dataset(d.dataset, d.split, root=d.root, image_size=d.image_size,
+                                     cache_dir=d.cache_dir, on_error=d.on_error, limit=d.limit)
+        info = self.dataset.info
+        self.image_size = d.image_size or info.image_size
+        self.per_device_batch = cfg.optim.batch_size
+        self.global_batch = self.per_device_batch * self.dist.world_size
+        self.sampler = D.ShardedEpochSampler(len(self.dataset), self.per_device_batch, cfg.train.seed,
+                                             self.dist.rank, self.dist.world_size)
+        self._check_batch()
+        self.loader = DataLoader(self.dataset, batch_size=self.per_device_batch, sampler=self.sampler,
+                                 num_workers=d.num_workers, pin_memory=self.device.type == "cuda",
+                                 generator=torch.Generator().manual_seed(cfg.train.seed),
+                                 persistent_workers=d.num_workers > 0)
+        self.views = views_fn or ViewGenerator(cfg.method.views or self.method.views, self.image_size,
+                                               info.mean, info.std, self.device)
+        # model
+        self._build_model(resuming)
+        if model_fn is not None:
+            self.model = model_fn(self.model)
+        self.method.check_model(self.model)
+        if cfg.model.sync_bn:
+            self.model = D.convert_sync_bn(self.model, self.dist)
+        self.model.to(self.device)
+        if cfg.train.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.need_warmup = bool(self.heads_built) and cfg.mode == "continue" and cfg.train.head_warmup_steps > 0
+        self.criterion = self.method.build_criterion(cfg).to(self.device)
+        self.addon = self.method.build_addon(cfg).to(self.device)
+        self.queue = None
+        if self.method.name == "swav" and cfg.method.queue_length > 0:
+            dim = self.model.prototypes.weight.shape[1]
+            self.queue = SwAVQueue(cfg.method.queue_length, dim, len(cfg.method.crops_for_assign)).to(self.device)
+        # optimisation
+        self.lr = self._scaled_lr()
+        self.optimizer = self.make_optimizer(self.model)
+        steps = self.sampler.batches_per_epoch * cfg.train.epochs
+        total = min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
+        warm = min(int(round(cfg.optim.warmup_epochs * self.sampler.batches_per_epoch)), max(total, 1))
+        self.scheduler = build_scheduler(cfg.optim.schedule, self.optimizer, total_steps=max(total, 1),
+                                         warmup_steps=warm)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
+        # state
+        self.epoch = self.global_step = self.step_in_epoch = self.run_step = 0
+        self.warmup_done = False
+        self.stop_requested = self.save_requested = False
+        self._pending: list[dict] = []
+        self._t_last = time.perf_counter()
+        if resuming:
+            R.restore_state(self, R.load_checkpoint(last))
+            self.log(f"resumed from {last}: epoch {self.epoch}, step {self.global_step}")
+        elif cfg.out.resume:
+            self.log(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'} yet; starting the run")
+        self.ddp_model = D.wrap_ddp(self.model, self.dist)
+        self.metrics = R.MetricsLog(self.run_dir / "metrics.csv") if self.dist.is_main else None
+        self.tb = self._tensorboard()
+        self.bar = None
+        if self.dist.is_main and sys.stderr.isatty() and not quiet:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=self.global_step, unit="step", dynamic_ncols=True)
+        self.monitor = None
+        if self.dist.is_main and cfg.train.probe_size > 1:
+            idx = monitor.probe_indices(len(self.dataset), cfg.train.probe_size, cfg.train.seed)
+            self.monitor = monitor.ProbeMonitor(
+                self.dataset, idx, lambda b: eval_transform(b, info, self.image_size), self.device,
+                entropy_transform=cfg.addon.transform or E2MC_DEFAULTS[cfg.method.name][2])
+        if self.dist.is_main:
+            self._write_run_files()
+
+    def _build_model(self, resuming: bool) -> None:
+        cfg, m = self.cfg, self.cfg.model
+        self.heads_built: list = []
+        self.source_format, self.source_epoch, self.report = None, None, None
+        if resuming:  # rebuild the architecture from the checkpoint; weights come in restore_state
+            state = R.load_checkpoint(self.run_dir / "checkpoints" / "last.pt")
+            R.check_resume_config(state.get("config", {}), cfg)
+            self.model = SSLModel.build(cfg.method.name, state["arch"], cifar_stem=state["cifar_stem"],
+                                        **state["head_sizes"])
+            self.source_format, self.source_epoch = state.get("source_format"), state.get("source_epoch")
+            return
+        if cfg.mode == "pretrain" and m.init.startswith("random:"):
+            self.model = SSLModel.build(cfg.method.name, m.arch or m.init.split(":", 1)[1],
+                                        cifar_stem=m.cifar_stem, **m.head_sizes)
+            self.source_format = "random"
+            return
+        self.model, self.report = load_model(m.init, method=cfg.method.name, arch=m.arch, format=m.format,
+                                             cifar_stem=m.cifar_stem or None, head_sizes=m.head_sizes or None)
+        self.heads_built = list(self.report.heads_built)
+        self.source_format, self.source_epoch = self.report.format, self.report.epoch
+
+    def _check_batch(self) -> None:
+        n, gb = len(self.dataset), self.global_batch
+        if self.sampler.batches_per_epoch == 0:
+            raise ConfigError(f"the dataset has {n} images, fewer than one global batch of {gb}; "
+                              "lower optim.batch_size or use more data (data.limit)")
+        if gb < 2:
+            raise ConfigError("the global batch must hold at least 2 images; raise optim.batch_size")
+        if self.cfg.addon.name == "e2mc":
+            m = self.cfg.addon.m if self.cfg.addon.m is not None else default_m(gb)
+            if gb <= m:
+                raise ConfigError(f"E2MC's m-spacing entropy needs more samples than the spacing: global "
+                                  f"batch {gb} <= m={m}; raise optim.batch_size or lower addon.m")
+
+    def _scaled_lr(self) -> float:
+        o = self.cfg.optim
+        ratio = self.global_batch / o.base_batch
+        return o.lr * {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}[o.lr_scaling]
+
+    def make_optimizer(self, model_or_params: Any) -> torch.optim.Optimizer:
+        """The configured optimiser over a model or a parameter list (at the scaled LR)."""
+        o = self.cfg.optim
+        return build_optimizer(o.name, model_or_params, lr=self.lr, weight_decay=o.weight_decay,
+                               momentum=o.momentum)
+
+
+class Trainer(TrainerSetup):
+    """Runs one training run described by a ``RunConfig``.
+
+    Args:
+        config: the resolved ``RunConfig`` (see ``e2mc.config.load_config``).
+        model_fn: optional ``(SSLModel) -> SSLModel`` applied right after the model is built or
+            loaded (before the optimiser and DDP), e.g. to swap layers in experiments.
+        views_fn: optional ``(uint8 batch on device) -> list of float views`` replacing the
+            method's augmentation.
+
+    Example:
+        >>> cfg = load_config("digits_vicreg_pretrain", ["train.max_steps=2"])  # doctest: +SKIP
+        >>> run_dir = Trainer(cfg).fit()                                          # doctest: +SKIP
+    """
+
+    # ---------------------------------------------------------------- one step (hot path)
+    def train_step(self, images: torch.Tensor, model: torch.nn.Module | None = None,
+                   optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None) -> dict:
+        """One optimisation step on a uint8 batch; returns the detached loss terms (device tensors)."""
+        model = model or self.ddp_model
+        optimizer = optimizer or self.optimizer
+        views = self.views(images.to(self.device, non_blocking=True))
+        if self.cfg.train.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        self.method.before_forward(self.model)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            out = model(views)
+        use_queue = self.queue is not None and self.run_step >= self.cfg.method.queue_start_step
+        protos = self.model.prototypes.weight if self.model.prototypes is not None else None
+        try:
+            terms = self.method.compute_loss(out, self.criterion, self.addon,
+                                             self.queue if use_queue else None, protos)
+        except CriterionInputError as exc:
+            if any(not torch.isfinite(z).all() for z in out.get("z", out["features"])):
+                self._diverged(self.global_step + 1, "model output", str(exc))
+            raise
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms["loss"]).backward()
+        self.method.after_backward(self.model, self.run_step, self.cfg)
+        if self.cfg.train.grad_clip:
+            self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        if scheduler is not None:
+            scheduler.step()
+        self.run_step += 1
+        return {k: v.detach() for k, v in terms.items()}
+
+    # ---------------------------------------------------------------- the run
+    def fit(self):
+        """Run warm-up (if heads were built), the epochs and the checkpoints; return the run folder."""
+        old = self._install_signals()
+        try:
+            if self.need_warmup and not self.warmup_done:
+                self._warmup()
+            if self.global_step == 0 and self.epoch == 0:
+                self._epoch_metrics("init")
+            while self.epoch < self.cfg.train.epochs and not self._done():
+                self._run_epoch()
+                if self.stop_requested:
+                    break
+            if not self.stop_requested:
+                self.save(final=True)
+        finally:
+            self._restore_signals(old)
+            self._close()
+        return self.run_dir
+
+    def _done(self) -> bool:
+        ms = self.cfg.train.max_steps
+        return ms is not None and self.global_step >= ms
+
+    def _run_epoch(self) -> None:
+        self.sampler.set_epoch(self.epoch, self.step_in_epoch)
+        self.model.train()
+        for images, _ in self.loader:
+            terms = self.train_step(images, scheduler=self.scheduler)
+            self.global_step += 1
+            self.step_in_epoch += 1
+            self._pending.append(terms)
+            if self.bar is not None:
+                self.bar.update(1)
+            if self.global_step % self.cfg.train.log_every == 0:
+                self._flush("train")
+            save_now, stop = D.any_flag(self.save_requested, self.dist), D.any_flag(self.stop_requested, self.dist)
+            if save_now or stop or self._done():
+                self.save_requested = False
+                self.stop_requested = stop
+                self.save()
+                if stop:
+                    self.log(f"stopped by signal at epoch {self.epoch} step {self.global_step}; "
+                             f"resume with --resume (run folder {self.run_dir})")
+                if stop or self._done():
+                    return
+        self._flush("train")
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self._epoch_metrics("epoch")
+        every = max(1, self.cfg.train.checkpoint_every_epochs)
+        if self.epoch % every == 0 or self.epoch == self.cfg.train.epochs:
+            self.save(epoch_file=True)
+
+    def _warmup(self) -> None:
+        """Train only the heads for ``head_warmup_steps`` (backbone frozen, its BN in eval mode)."""
+        steps = self.cfg.train.head_warmup_steps
+        self.log(f"heads warm-up: {steps} steps on {', '.join(self.heads_built)} (backbone frozen)")
+        backbone = self.model.backbone
+        backbone.requires_grad_(False)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = self.make_optimizer(params)
+        warm_model = D.wrap_ddp(self.model, self.dist)
+        self.sampler.set_epoch(10**6)  # its own data order, independent of the epochs
+        done = 0
+        while done < steps:
+            for images, _ in self.loader:
+                self.model.train()
+                backbone.eval()
+                self._pending.append(self.train_step(images, model=warm_model, optimizer=opt))
+                done += 1
+                if done % self.cfg.train.log_every == 0 or done == steps:
+                    self._flush("warmup", step=done)
+                if done >= steps or self.stop_requested:
+                    break
+            if self.sampler.batches_per_epoch == 0 or self.stop_requested:
+                break
+        backbone.requires_grad_(True)
+        self.model.train()
+        self.run_step = 0  # SwAV prototype freezing counts iterations of the main phase
+        self.warmup_done = True
+        self.ddp_model = D.wrap_ddp(self.model, self.dist)
+
+    # ---------------------------------------------------------------- logging and checks
+    def _flush(self, phase: str, step: int | None = None) -> None:
+        """Read the pending per-step terms (one host sync), check them, write one log row."""
+        if not self._pending:
+            return
+        keys = list(self._pending[0])
+        table = torch.stack([torch.stack([t[k].float() for k in keys]) for t in self._pending]).cpu()
+        n = table.shape[0]
+        last_step = (step if step is not None else self.global_step)
+        if not torch.isfinite(table).all():
+            bad_row, bad_col = (~torch.isfinite(table)).nonzero()[0].tolist()
+            self._pending = []
+            self._diverged(last_step - n + 1 + bad_row, keys[bad_col], f"value {table[bad_row, bad_col]}")
+        now = time.perf_counter()
+        elapsed = max(now - self._t_last, 1e-9)
+        self._t_last = now
+        self._pending = []
+        means = table.mean(dim=0).tolist()
+        row = {"epoch": self.epoch, "step": last_step, "phase": phase, **dict(zip(keys, means)),
+               "lr": self.optimizer.param_groups[0]["lr"],
+               "img_per_s": n * self.global_batch / elapsed}
+        self.write_row(row, keys)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{row['loss']:.4g}", img_s=f"{row['img_per_s']:.0f}", refresh=False)
+        elif self.dist.is_main:
+            self.log(f"[{phase}] epoch {self.epoch} step {last_step} loss {row['loss']:.5g} "
+                     f"lr {row['lr']:.3g} {row['img_per_s']:.0f} img/s")
+
+    def _diverged(self, step: int, term: str, detail: str) -> None:
+        last = self.run_dir / "checkpoints" / "last.pt"
+        where = f"the last good checkpoint is {last} (kept intact)" if last.exists() else \
+            "no checkpoint was written yet"
+        raise TrainingDiverged(
+            f"training diverged: {term} is not finite at step {step} ({detail}); {where}. Lower "
+            "optim.lr, set train.grad_clip, use precision fp32/bf16 instead of fp16, or check the data")
+
+    def _epoch_metrics(self, phase: str) -> None:
+        if not self.dist.is_main or self.monitor is None:
+            self._t_last = time.perf_counter()
+            return
+        metrics = self.monitor(self.model, self.amp_dtype)
+        self.write_row({"epoch": self.epoch, "step": self.global_step, "phase": phase, **metrics})
+        self.log(f"[{phase}] epoch {self.epoch} " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        self._t_last = time.perf_counter()  # metric time does not count against img/s
+
+    # ---------------------------------------------------------------- signals
+    def _install_signals(self) -> dict:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        old = {}
+
+        def stop(signum, frame):  # noqa: ARG001
+            self.stop_requested = True
+
+        def save(signum, frame):  # noqa: ARG001
+            self.save_requested = True
+
+        for sig, fn in ((signal.SIGTERM, stop), (signal.SIGINT, stop), (getattr(signal, "SIGUSR1", None), save)):
+            if sig is not None:
+                old[sig] = signal.signal(sig, fn)
+        return old
+
+    @staticmethod
+    def _restore_signals(old: dict) -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def stderr_is_tty() -> bool:
+    """Whether progress bars should be drawn (a terminal on stderr)."""
+    return sys.stderr.isatty()
+

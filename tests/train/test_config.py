@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from e2mc.config import E2MC_DEFAULTS, RunConfig, load_config
+from e2mc.errors import ConfigError
+from e2mc.recipes import list_recipes, load_recipe, recipe_path
+from e2mc.train.run import prepare_run_dir
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["optim.lr=0.1", "train.epochs=3", "train.channels_last=true",
+                             "addon.m=None", "model.head_sizes={projector: [8, 8]}"])
+    assert isinstance(cfg, RunConfig)
+    assert cfg.optim.lr == 0.1 and cfg.train.epochs == 3 and cfg.train.channels_last is True
+    assert cfg.addon.m is None and cfg.model.head_sizes == {"projector": [8, 8]}
+
+
+@pytest.mark.parametrize("method", ["vicreg", "swav", "simsiam"])
+def test_method_defaults_applied_only_when_unset(method):
+    cfg = load_config(None, [f"method.name={method}"])
+    assert (cfg.addon.entropy_weight, cfg.addon.cov_weight, cfg.addon.transform) == E2MC_DEFAULTS[method]
+    cfg = load_config(None, [f"method.name={method}", "addon.entropy_weight=3"])
+    assert cfg.addon.entropy_weight == 3.0 and cfg.addon.cov_weight == E2MC_DEFAULTS[method][1]
+
+
+def test_paper_defaults_table():
+    assert E2MC_DEFAULTS == {"vicreg": (10.0, 1.0, "sigmoid"), "swav": (10.0, 1.0, "gaussian_cdf"),
+                             "simsiam": (1.0, 25.0, "gaussian_cdf")}
+
+
+def test_schedule_default_depends_on_mode():
+    assert load_config(None, ["mode=continue"]).optim.schedule == "constant"
+    assert load_config(None, ["mode=continue"]).optim.warmup_epochs == 0
+    assert load_config(None, ["mode=pretrain"]).optim.schedule == "warmup_cosine"
+
+
+def test_unknown_key_suggests_close_match():
+    with pytest.raises(ConfigError, match=r"'optim\.lr'.*Valid keys"):
+        load_config(None, ["optim.lrr=0.1"])
+    with pytest.raises(ConfigError, match="Did you mean 'train'"):
+        load_config({"trian": {"epochs": 2}})
+
+
+def test_bad_values():
+    with pytest.raises(ConfigError, match="cannot read 'abc' as float"):
+        load_config(None, ["optim.lr=abc"])
+    with pytest.raises(ConfigError, match="use one of"):
+        load_config(None, ["method.name=byol"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["optim.lr"])
+
+
+def test_yaml_roundtrip(tmp_path):
+    cfg = load_config(None, ["optim.lr=0.123", "method.name=swav"])
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(path).to_dict() == cfg.to_dict()
+
+
+def test_missing_file_and_recipe():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("/nope/config.yaml")
+    with pytest.raises(ConfigError, match="Did you mean 'vicreg_e2mc_imagenet'"):
+        recipe_path("vicreg_e2mc_imagnet")
+
+
+def test_recipes_load():
+    names = list_recipes()
+    for n in ("vicreg_e2mc_imagenet", "swav_e2mc_imagenet", "simsiam_e2mc_imagenet",
+              "digits_vicreg_pretrain", "digits_vicreg_e2mc", "cifar10_vicreg_pretrain", "cifar10_vicreg_e2mc"):
+        assert n in names and names[n]
+    v = load_recipe("vicreg_e2mc_imagenet")
+    assert v.mode == "continue" and v.optim.schedule == "constant" and v.optim.name == "lars"
+    assert v.optim.batch_size * 2 == 512 and v.addon.entropy_weight == 10 and v.addon.transform == "sigmoid"
+    s = load_recipe("swav_e2mc_imagenet")
+    assert s.addon.transform == "gaussian_cdf" and s.method.freeze_prototypes_iters > 0
+    assert load_recipe("simsiam_e2mc_imagenet").addon.cov_weight == 25
+
+
+def test_output_folder_holding_a_run(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({}, tmp_path / "checkpoints" / "last.pt")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        prepare_run_dir(tmp_path, resume=False, overwrite=False)
+    prepare_run_dir(tmp_path, resume=True, overwrite=False)  # resume is allowed
+    (tmp_path / "notes.txt").write_text("mine")
+    prepare_run_dir(tmp_path, resume=False, overwrite=True)
+    assert not (tmp_path / "checkpoints" / "last.pt").exists() and (tmp_path / "notes.txt").exists()

@@ -1,0 +1,161 @@
+"""End-to-end tests of the Trainer on digits (tiny resnet_mini, 16 px, CPU)."""
+
+import os
+import signal
+
+import pytest
+import torch
+
+from e2mc.errors import ConfigError, TrainingDiverged
+from e2mc.train.loop import Trainer
+from e2mc.train.run import load_checkpoint, read_metrics
+
+
+
+def _weights(run_dir, name="last.pt"):
+    return load_checkpoint(run_dir / "checkpoints" / name)["model"]
+
+
+def _cheap_views(x):
+    """Deterministic, augmentation-free views (keeps the test fast and its loss curve smooth)."""
+    v = (x.float() / 255.0 - 0.5) / 0.25
+    return [v, v.flip(3)]
+
+
+def test_loss_decreases_on_a_fixed_batch(tmp_path, tiny):
+    """VICReg loss of two fixed views of a fixed batch drops after 40 steps of training."""
+    cfg = tiny(tmp_path / "r", "train.epochs=5", "data.limit=512", "data.image_size=8", "optim.name=adamw",
+                "optim.lr=3e-3", "optim.weight_decay=0", "train.log_every=8", "train.probe_size=0")
+    t = Trainer(cfg, quiet=True, views_fn=_cheap_views)
+    batch = torch.stack([t.dataset[i][0] for i in range(128)])
+    views = t.views(batch)
+
+    def loss_now():
+        t.model.train()
+        with torch.no_grad():
+            return float(t.method.compute_loss(t.model(views), t.criterion, t.addon)["loss"])
+
+    before = loss_now()
+    t.fit()
+    after = loss_now()
+    assert after < before - 0.5, (before, after)
+    rows = [r for r in read_metrics(tmp_path / "r" / "metrics.csv") if r["phase"] == "train"]
+    assert rows and all(float(r["img_per_s"]) > 0 for r in rows)
+    assert {"base.invariance", "base.variance", "addon", "lr"} <= set(rows[0])
+
+
+def test_run_folder_layout_and_checkpoint_format(tmp_path, tiny):
+    out = tmp_path / "r"
+    Trainer(tiny(out, "train.max_steps=2", "train.epochs=1", "addon.name=e2mc"), quiet=True).fit()
+    assert (out / "config.yaml").is_file() and (out / "metrics.csv").is_file()
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)  # plain data only
+    for key in ("e2mc_version", "format", "method", "arch", "cifar_stem", "head_sizes", "model",
+                "optimizer", "scaler", "epoch", "step", "rng", "config", "source_format"):
+        assert key in state
+    assert state["format"] == "e2mc" and state["step"] == 2
+    phases = [r["phase"] for r in read_metrics(out / "metrics.csv")]
+    assert phases[0] == "init" and phases.count("train") == 2
+    assert not [p for p in os.listdir(out / "checkpoints") if p.endswith(".tmp")]
+    with pytest.raises(ConfigError, match="already holds a run"):
+        Trainer(tiny(out, "train.max_steps=1"), quiet=True)
+
+
+def test_resume_gives_identical_weights(tmp_path, tiny):
+    common = ["train.deterministic=true", "train.epochs=2", "data.limit=256", "optim.name=lars"]
+    Trainer(tiny(tmp_path / "a", *common), quiet=True).fit()
+    Trainer(tiny(tmp_path / "b", *common[:1], "train.epochs=1", *common[2:]), quiet=True).fit()
+    Trainer(tiny(tmp_path / "b", *common, "out.resume=true"), quiet=True).fit()
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["epoch"] == 2
+
+
+def test_sigterm_mid_epoch_then_resume_is_identical(tmp_path, tiny):
+    """A SIGTERM at step 3 of epoch 0 checkpoints and exits; resuming ends where a straight run ends."""
+    common = ["train.deterministic=true", "train.epochs=1", "data.limit=384"]
+    Trainer(tiny(tmp_path / "a", *common), quiet=True).fit()
+    t = Trainer(tiny(tmp_path / "b", *common), quiet=True)
+    real, calls = t.views, []
+
+    def views(x):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(x)
+
+    t.views = views
+    t.fit()
+    assert t.stop_requested
+    st = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert (st["epoch"], st["step_in_epoch"]) == (0, 3)
+    Trainer(tiny(tmp_path / "b", *common, "out.resume=true"), quiet=True).fit()
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_stops_with_last_good_checkpoint_intact(tmp_path, tiny):
+    out = tmp_path / "r"
+    t = Trainer(tiny(out, "train.epochs=3", "data.limit=256"), quiet=True)
+    real, calls = t.views, []
+
+    def views(x):  # poison the input of the 6th step (epoch 1, after epoch 0's checkpoint)
+        calls.append(1)
+        v = real(x)
+        return [vi * float("nan") for vi in v] if len(calls) == 6 else v
+
+    t.views = views
+    with pytest.raises(TrainingDiverged, match=r"step 6.*last good checkpoint"):
+        t.fit()
+    good = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert good["step"] == 4 and all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())
+
+
+def test_batch_too_small_for_entropy(tmp_path, tiny):
+    with pytest.raises(ConfigError, match="m-spacing"):
+        Trainer(tiny(tmp_path / "r", "optim.batch_size=8", "addon.m=8"), quiet=True)
+
+
+def test_heads_warmup_keeps_backbone(tmp_path, tiny):
+    """Continuing from a model whose heads are built fresh warms them up with the backbone frozen."""
+    out = tmp_path / "r"
+    cfg = tiny(out, "train.epochs=0", "train.head_warmup_steps=4", mode="continue")
+    t = Trainer(cfg, quiet=True)
+    assert t.need_warmup and t.heads_built == ["projector"]
+    bb = {k: v.clone() for k, v in t.model.backbone.state_dict().items()}
+    head = {k: v.clone() for k, v in t.model.projector.state_dict().items()}
+    t.fit()
+    after = t.model.backbone.state_dict()
+    assert all(torch.equal(bb[k], after[k]) for k in bb)  # weights and BN statistics
+    assert not all(torch.equal(head[k], t.model.projector.state_dict()[k]) for k in head)
+    assert all(p.requires_grad for p in t.model.backbone.parameters())
+    rows = read_metrics(out / "metrics.csv")
+    assert [r["step"] for r in rows if r["phase"] == "warmup"] == ["1", "2", "3", "4"]
+
+
+@pytest.mark.parametrize("method", ["swav", "simsiam"])
+def test_other_methods_run(tmp_path, method, tiny):
+    extra = ["model.head_sizes={}"]
+    if method == "swav":
+        extra += ["method.freeze_prototypes_iters=2", "method.queue_length=128",
+                  "model.head_sizes={hidden: 32, out: 16, prototypes: 20}"]
+    t = Trainer(tiny(tmp_path / "r", f"method.name={method}", "train.max_steps=3", *extra), quiet=True)
+    if method == "swav":
+        import torch.nn.functional as F
+
+        p0 = F.normalize(t.model.prototypes.weight.detach().clone(), dim=1)
+        seen = []
+        orig = t.method.after_backward
+
+        def spy(model, step, cfg):
+            orig(model, step, cfg)
+            seen.append((step, model.prototypes.weight.grad is None))
+
+        object.__setattr__(t.method, "after_backward", spy)
+    t.fit()
+    rows = [r for r in read_metrics(tmp_path / "r" / "metrics.csv") if r["phase"] == "train"]
+    assert len(rows) == 3 and all(r["addon.entropy"] for r in rows)
+    if method == "swav":
+        assert seen == [(0, True), (1, True), (2, False)]  # frozen for the first 2 steps of this run
+        st = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
+        assert st["swav_queue"] is not None and int(st["swav_queue"]["filled"]) == 128
+        assert not torch.allclose(p0, st["model"]["prototypes.weight"])
