@@ -39,7 +39,7 @@ def test_compare_table_with_differences(colour_data, tmp_path, make_tiny_net):
     k = res.row("e2mc", "knn/top1_k5")
     assert k["n"] == 1 and k["diff_low"] is None and "no interval" in k["diff_kind"]
     md = res.to_markdown()
-    assert "| arm |" in md and "| e2mc |" in md and "fewshot/top1_2shot" in md
+    assert "| metric | base | e2mc | e2mc − base |" in md and "| fewshot/top1_2shot (%) | 100.00 ± 0.00 (3) |" in md
     back = ComparisonResult.from_json(res.to_json())
     assert back.rows == json.loads(res.to_json())["rows"]
 

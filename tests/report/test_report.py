@@ -52,7 +52,7 @@ def test_report_renders(tmp_path):
     b64 = html.split("data:image/png;base64,")[1].split("'")[0]
     assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n"
     md = paths["markdown"].read_text()
-    assert "| arm |" in md and "| vicreg+e2mc |" in md and "![" in md
+    assert "| metric |" in md and "vicreg+e2mc" in md and "![" in md
 
 
 def test_report_cli_from_json(tmp_path):

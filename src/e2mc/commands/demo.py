@@ -31,11 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: ./e2mc-demo-<date>-<time>)")
     p.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="training seeds of each arm (default 0,1,2)")
-    p.add_argument("--pretrain-epochs", type=int, default=20, help="epochs of the VICReg start (default 20)")
-    p.add_argument("--continue-epochs", type=int, default=5, help="epochs of each continuation (default 5)")
+    p.add_argument("--pretrain-epochs", type=int, default=40, help="epochs of the VICReg start (default 40)")
+    p.add_argument("--continue-epochs", type=int, default=10, help="epochs of each continuation (default 10)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="where the pre-trained start is cached (default $E2MC_CACHE or ~/.cache/e2mc)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for torch (default 1: fastest for this tiny model on a shared machine; "
+                        "0 keeps torch's default)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every training stage, e.g. --set train.max_steps=2 (repeatable)")
     p.set_defaults(func=run)
@@ -59,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     cfg = DemoConfig(out=out, seeds=args.seeds, pretrain_epochs=args.pretrain_epochs,
                      continue_epochs=args.continue_epochs, cache_dir=args.cache_dir, device=args.device,
+                     threads=args.threads or None,
                      extra=extra)
     run_demo(cfg)
     return 0

@@ -22,6 +22,11 @@ from e2mc.errors import ConfigError, DataError
 from e2mc.evaluate.stats import paired_difference, summarize, welch_difference
 
 _NOT_METRICS = {"seed", "epochs", "weight_decay", "val_top1", "train_loss"}
+_ACCURACY_PROTOCOLS = ("knn/", "linear/", "linear_finetune/", "fewshot/", "semisup/")
+
+
+def _is_accuracy(metric: str) -> bool:
+    return metric.startswith(_ACCURACY_PROTOCOLS)
 
 
 def parse_arm(spec) -> tuple[str | None, list]:
@@ -85,31 +90,35 @@ class ComparisonResult:
         """The table row of one arm and metric, or None."""
         return next((r for r in self.rows if r["arm"] == arm and r["metric"] == metric), None)
 
-    def to_markdown(self) -> str:
-        """Two Markdown tables (rows = arms, columns = metrics): values, then differences to arm 1."""
-        mets = self.metrics()
-        head = "| arm | " + " | ".join(mets) + " |\n|---|" + "---|" * len(mets) + "\n"
-        lines = [f"Dataset `{self.dataset}`, seeds {self.seeds}. Cells: mean ± std (n).", "", head.rstrip("\n")]
-        for a in self.names:
-            cells = []
-            for m in mets:
+    def to_markdown(self, metrics: Sequence[str] | None = None) -> str:
+        """Markdown table, one row per metric and one column per arm: mean ± std (n), and for
+        every arm after the first its difference to the first with a 95% t-interval.
+
+        Accuracies (kNN, linear, few-shot, semi-supervised) are shown in percent.
+        """
+        mets = [m for m in self.metrics() if metrics is None or m in metrics]
+        ref = self.names[0]
+        head = ["metric", *self.names] + [f"{a} − {ref}" for a in self.names[1:]]
+        lines = [f"Dataset `{self.dataset}`, evaluation seeds {self.seeds}. Cells: mean ± std (n); "
+                 f"differences with 95% t-interval ({'; '.join(self._kinds())}). Accuracies in %.", "",
+                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for m in mets:
+            scale, fmt = (100.0, ".2f") if _is_accuracy(m) else (1.0, ".4g")
+            cells = [m + (" (%)" if scale == 100.0 else "")]
+            for a in self.names:
                 r = self.row(a, m)
-                cells.append("" if r is None else f"{r['mean']:.4f}" + ("" if r["std"] is None else f" ± {r['std']:.4f}")
-                             + f" (n={r['n']})")
-            lines.append(f"| {a} | " + " | ".join(cells) + " |")
-        lines += ["", f"Difference to `{self.names[0]}` with 95% t-interval ({'; '.join(self._kinds())}).", "",
-                  head.rstrip("\n")]
-        for a in self.names[1:]:
-            cells = []
-            for m in mets:
+                cells.append("" if r is None else f"{scale * r['mean']:{fmt}}"
+                             + ("" if r["std"] is None else f" ± {scale * r['std']:{fmt}}") + f" ({r['n']})")
+            for a in self.names[1:]:
                 r = self.row(a, m)
                 if r is None or r["diff"] is None:
                     cells.append("")
                 elif r["diff_low"] is None:
-                    cells.append(f"{r['diff']:+.4f} (no interval, n=1)")
+                    cells.append(f"{scale * r['diff']:+{fmt}} (n=1, no interval)")
                 else:
-                    cells.append(f"{r['diff']:+.4f} [{r['diff_low']:+.4f}, {r['diff_high']:+.4f}]")
-            lines.append(f"| {a} | " + " | ".join(cells) + " |")
+                    cells.append(f"{scale * r['diff']:+{fmt}} [{scale * r['diff_low']:+{fmt}}, "
+                                 f"{scale * r['diff_high']:+{fmt}}]")
+            lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
     def _kinds(self) -> list[str]:
