@@ -315,7 +315,7 @@ class RunFolderMixin:
     def log(self, msg: str) -> None:
         """A log line on stderr (rank 0 only)."""
         if self.dist.is_main and not self.quiet:
-            (self.bar.write if self.bar is not None else lambda s: print(s, file=sys.stderr, flush=True))(msg)
+            (self.bar.write if getattr(self, "bar", None) is not None else lambda s: print(s, file=sys.stderr, flush=True))(msg)
 
     def save(self, final: bool = False, epoch_file: bool = False) -> None:
         """Write ``checkpoints/last.pt`` (and ``epoch_XXXX.pt``) atomically, after a finiteness check."""

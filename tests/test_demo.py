@@ -1,0 +1,62 @@
+"""The demo end to end on a tiny budget: the structure of results.json, the honesty of the
+verdict, the report files, and the cache of the pre-trained start."""
+
+import json
+
+import pytest
+
+from e2mc.cli import main
+from e2mc.demo import BASE, E2MC_ARM, START
+
+
+def _run(out, cache, capsys):
+    code = main(["demo", "--out", str(out), "--cache-dir", str(cache), "--seeds", "0,1",
+                 "--pretrain-epochs", "1", "--continue-epochs", "1", "--set", "train.max_steps=3"])
+    assert code == 0
+    return capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def demo_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    return root / "out", root / "cache"
+
+
+def test_demo_results_report_and_verdict(demo_dirs, capsys):
+    out, cache = demo_dirs
+    printed = _run(out, cache, capsys)
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["arms"]) == {BASE, E2MC_ARM, START}
+    assert results["n_seeds"] == {BASE: 2, E2MC_ARM: 2, START: 1}
+    for arm, metrics in results["arms"].items():
+        for name in ("knn/top1_k20", "linear/top1", "rankme/backbone"):
+            cell = metrics[name]
+            assert set(cell) == {"mean", "std", "n"}
+            assert cell["n"] == (1 if arm == START else 2)
+    head = results["headline"]
+    # The headline is E2MC minus base-only, paired by seed, recomputed here from the raw values.
+    diffs = [e - b for b, e in zip(head["base"], head["e2mc"])]
+    assert head["difference"] == pytest.approx(sum(diffs) / len(diffs))
+    assert head["low"] <= head["difference"] <= head["high"]
+    if head["low"] > 0:
+        assert head["verdict"].startswith("E2MC helps")
+    elif head["high"] < 0:
+        assert head["verdict"].startswith("E2MC hurts")
+    else:
+        assert head["verdict"].startswith("no clear difference")
+    for name in ("report.md", "report.html", "accuracy.png", "comparison.json"):
+        assert (out / name).stat().st_size > 0
+    assert "| metric |" in printed and "Headline" in printed
+
+
+def test_demo_reuses_cached_start(demo_dirs, tmp_path, capsys):
+    _, cache = demo_dirs
+    printed = _run(tmp_path / "again", cache, capsys)
+    assert "found in the cache" in printed
+
+
+def test_demo_refuses_non_empty_out(tmp_path, capsys):
+    (tmp_path / "x").write_text("keep me")
+    assert main(["demo", "--out", str(tmp_path)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (tmp_path / "x").read_text() == "keep me"
