@@ -1,6 +1,6 @@
 """Forward+backward time of every criterion at a few (N, D), as ratios to the VICReg loss.
 
-Usage: python benchmarks/bench_criteria.py [--repeats 5] [--out benchmarks/results/criteria_cpu.md]
+Usage: python benchmarks/bench_criteria.py [--repeats 5] [--threads N] [--out benchmarks/results/criteria_cpu.md]
 Two views of (N, D) leaf embeddings; SwAV scores come from L2-normalised embeddings and a
 (K=3000, D) prototype matrix (the matmul is timed too). Median of ``repeats`` after a warm-up.
 """
@@ -94,12 +94,23 @@ def machine() -> str:
             f"torch {torch.__version__}; Python {platform.python_version()}")
 
 
+def load_average() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="torch threads (1 gives stable timings on a shared machine)")
     args = ap.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
+    load_before = load_average()
+    start = time.perf_counter()
     gen = torch.Generator().manual_seed(0)
     table: dict[str, dict] = {}
     for n, d in SHAPES:
@@ -111,7 +122,9 @@ def main() -> None:
     lines = [
         "# Criteria speed on CPU (forward + backward, two views)", "",
         f"Command: `python {' '.join(sys.argv)}`  ", f"Date: {datetime.date.today().isoformat()}  ",
-        f"Machine: {machine()}", "",
+        f"Machine: {machine()}  ",
+        f"Load average (1, 5, 15 min) before: {load_before}; after: {load_average()}; "
+        f"wall {time.perf_counter() - start:.0f} s", "",
         f"Median of {args.repeats} round-robin repeats after one warm-up. Each cell: time in ms and, in "
         "brackets, the ratio to `VICRegLoss` at the same (N, D).", "",
         "| criterion | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols),

@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from e2mc.criteria.entropy import check_views
 from e2mc.criteria.vicreg import covariance_term, variance_hinge
@@ -93,6 +94,42 @@ class UniformityAddon(nn.Module):
         return {"loss": self.weight * uni, "uniformity": uni.detach()}
 
 
+class _NuclearNorm(torch.autograd.Function):
+    """``||X||_*`` of an (N, D) matrix through the min(N, D)-sized R of a QR factorisation."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        wide = x.shape[0] < x.shape[1]
+        q, r = torch.linalg.qr(x.t() if wide else x)  # same singular values as x
+        u, s, vh = torch.linalg.svd(r)
+        # x = (q u) s vh (tall) or its transpose (wide); the gradient of sum(s) is U V^T of x.
+        ctx.save_for_backward(q, u @ vh)
+        ctx.wide = wide
+        return s.sum()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        q, p = ctx.saved_tensors
+        g = q @ p
+        return grad * (g.t() if ctx.wide else g)
+
+
+def nuclear_norm(x: torch.Tensor) -> torch.Tensor:
+    """Nuclear norm (sum of singular values) of a 2-D tensor, differentiably.
+
+    Computed from the SVD of the R factor of a QR of ``x^T`` (N < D) or ``x`` (N >= D): an
+    exact min(N, D)-sized problem instead of a full SVD of the (N, D) matrix. The gradient is
+    ``U V^T`` of ``x`` (``torch.linalg.svdvals``' gradient), which stays finite at repeated or
+    zero singular values (there it is a valid subgradient).
+
+    Example:
+        >>> float(nuclear_norm(torch.eye(3) * 2))
+        6.0
+    """
+    return _NuclearNorm.apply(x)
+
+
 class MMCRAddon(nn.Module):
     """Maximum manifold capacity (Yerxa et al. 2023): maximise the nuclear norm of centroids.
 
@@ -115,7 +152,7 @@ class MMCRAddon(nn.Module):
                             enabled=False):
             zs = _prepare(views, "MMCRAddon", self.gather)
             centroids = torch.stack([F.normalize(z, dim=1) for z in zs]).mean(dim=0)
-            nuc = torch.linalg.svdvals(centroids).sum()
+            nuc = nuclear_norm(centroids)
         return {"loss": -self.weight * nuc, "nuclear_norm": nuc.detach()}
 
 

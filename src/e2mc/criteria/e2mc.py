@@ -7,13 +7,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from e2mc.criteria.entropy import (
-    check_views,
-    default_m,
-    get_transform,
-    m_spacing_entropy,
-    offdiag_cov_sq_sum,
-)
+from e2mc.criteria.entropy import check_views, default_m, get_transform
+from e2mc.criteria.kernels import E2MCStats
 from e2mc.distributed import gather_with_grad
 from e2mc.errors import ConfigError, CriterionInputError
 
@@ -31,7 +26,9 @@ class E2MC(nn.Module):
     ``("mean", "sum")`` averages the entropy over views and sums the covariance.
 
     ``loss = cov_weight * covariance - entropy_weight * entropy``. All math runs in float32 with
-    autocast disabled. The spacing used in the last call is stored in ``self.last_m`` and
+    autocast disabled, in one fused autograd node (``kernels.E2MCStats``: one packed sort for
+    all views, closed-form backward); the entropy is computed before centring (it is
+    translation invariant), which only changes float rounding. The spacing used in the last call is stored in ``self.last_m`` and
     returned as ``"m"``.
 
     Ties (e.g. fp16/bf16 projector outputs) give zero spacings; ``eps`` keeps the loss and the
@@ -94,24 +91,17 @@ class E2MC(nn.Module):
         """Compute the E2MC loss of a list of per-view (N, D) embeddings."""
         check_views(views, "E2MC")
         device = views[0].device
-        entropies, covs = [], []
-        m_used = None
         with torch.autocast(device_type=device.type, enabled=False):
-            for z in views:
-                z = gather_with_grad(z) if self.gather else z
-                n, d = z.shape
-                m_used = self.m if self.m is not None else default_m(n)
-                if n <= m_used:
-                    raise CriterionInputError(
-                        f"E2MC needs more samples than the spacing: N={n} <= m={m_used}; "
-                        "use a larger batch or a smaller m"
-                    )
-                u = self.transform(z.float())
-                u = u - u.mean(dim=0, keepdim=True)
-                entropies.append(m_spacing_entropy(u, m_used, self.eps).mean())
-                covs.append(offdiag_cov_sq_sum(u, n - 1) / d)
-            ent = torch.stack(entropies)
-            cov = torch.stack(covs)
+            zs = [gather_with_grad(z) if self.gather else z for z in views]
+            n, d = zs[0].shape
+            m_used = self.m if self.m is not None else default_m(n)
+            if n <= m_used:
+                raise CriterionInputError(
+                    f"E2MC needs more samples than the spacing: N={n} <= m={m_used}; "
+                    "use a larger batch or a smaller m"
+                )
+            # One autograd node for all views: packed sort + closed-form backward (kernels.py).
+            ent, cov = E2MCStats.apply(self.transform_name, self.transform, m_used, self.eps, *zs)
             ent = ent.mean() if self.view_reduction[0] == "mean" else ent.sum()
             cov = cov.mean() if self.view_reduction[1] == "mean" else cov.sum()
             loss = self.cov_weight * cov - self.entropy_weight * ent
