@@ -21,7 +21,7 @@ from typing import Sequence
 from e2mc.errors import ConfigError, DataError
 from e2mc.evaluate.stats import paired_difference, summarize, welch_difference
 
-_NOT_METRICS = {"seed", "epochs", "weight_decay", "val_top1", "train_loss"}
+_NOT_METRICS = {"seed", "epochs", "weight_decay", "val_top1", "train_loss", "selected_at_grid_edge"}
 _ACCURACY_PROTOCOLS = ("knn/", "linear/", "linear_finetune/", "fewshot/", "semisup/")
 
 

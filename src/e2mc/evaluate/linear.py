@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from e2mc.errors import DataError
 from e2mc.evaluate.knn import check_features
 
-DEFAULT_WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+DEFAULT_WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
 def stratified_split(labels: torch.Tensor, val_fraction: float = 0.1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,6 +136,8 @@ def linear_probe(
         "weight_decay": wd,
         "val_top1_per_weight_decay": {float(v): float(a) for v, a in zip(weight_decays, val_acc)},
         "selection": f"held-out {val_fraction:.0%} stratified split of train (seed {seed})",
+        # the selected penalty is the grid's largest or smallest: widen ``weight_decays``
+        "selected_at_grid_edge": len(weight_decays) > 1 and best in (0, len(weight_decays) - 1),
         "seed": int(seed),
     }
 

@@ -50,6 +50,9 @@ def plot_training_curves(runs: Mapping[str, list[dict]], path: str | Path) -> Pa
     ncol = min(3, len(cols))
     nrow = math.ceil(len(cols) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), squeeze=False)
+    # one colour per run in every panel (a run without a column, e.g. no add-on, leaves a gap)
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = {name: palette[i % len(palette)] for i, name in enumerate(runs)}
     for ax, col in zip(axes.flat, cols):
         for name, rows in runs.items():
             pts = [(_num(r.get("step")) if _num(r.get("step")) is not None else _num(r.get("epoch")), _num(r.get(col)))
@@ -57,14 +60,15 @@ def plot_training_curves(runs: Mapping[str, list[dict]], path: str | Path) -> Pa
             pts = [(x, y) for x, y in pts if x is not None and y is not None]
             if pts:
                 xs, ys = zip(*sorted(pts))
-                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=name)
+                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=name, color=colours[name])
         ax.set_title(col)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(cols):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
-    fig.suptitle("Training: loss terms and label-free metrics")
+    handles = [plt.Line2D([], [], color=colours[n], marker="o", ms=3, label=n) for n in runs]
+    fig.legend(handles=handles, loc="upper right", fontsize=8, ncol=min(3, len(handles)))
+    fig.suptitle("Training: loss terms and label-free metrics", x=0.3, ha="left")
     return _save(fig, path)
 
 
