@@ -5,7 +5,8 @@ API summary
 - ``build_dataset(spec, split="train", *, root=None, image_size=None, cache_dir=None,
   on_error="skip", download=False, limit=None, max_memory_gb=2.0) -> Dataset``
   ``spec``: ``"digits"`` (scikit-learn, embedded), ``"cifar10"``, ``"cifar100"``, ``"stl10"``
-  (train/test/unlabeled), ``"imagenet"`` (train/val) or a path to an image folder.
+  (train/test/unlabeled), ``"imagenet"`` (train/val), a path to an image folder, or a
+  JSON split file (index subsets of another dataset's split; see ``splits.py``).
   Items ``(uint8 (3, H, W), int label)``, label -1 when unknown; attributes ``.classes``,
   ``.targets``, ``.info`` (:class:`DatasetInfo`), ``.skipped`` (unreadable files).
 - ``ArrayDataset(images, targets, classes, info)``: in-memory uint8 (N, 3, H, W) images.
@@ -35,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import DataError
 from . import folder as _folder
+from . import splits as _splits
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +266,11 @@ def build_dataset(spec, split: str = "train", *, root=None, image_size=None, cac
     if image_size is not None and (int(image_size) != image_size or image_size < 1):
         raise DataError(f"image_size must be a positive integer, got {image_size!r}.")
     key = str(spec).lower()
+    if _splits.is_split_file(spec):  # a JSON split file: index subsets of another dataset's split
+        ds = _splits.split_dataset(spec, split, lambda s, sp: build_dataset(
+            s, sp, root=root, image_size=image_size, cache_dir=cache_dir, on_error=on_error,
+            download=download, max_memory_gb=max_memory_gb))
+        return ds.subset(balanced_subset(ds.targets, limit)) if limit else ds
     if key == "digits":
         ds = _digits(split, image_size)
     elif key in _STATS:

@@ -1,0 +1,109 @@
+"""Tables and JSON of the arms: mean, std, n per arm and the difference to base-only.
+
+Differences are paired by training seed (``e2mc.evaluate.stats.paired_difference`` over the seeds
+both arms have) when there are at least two common seeds; otherwise Welch over checkpoints when
+both arms have two or more; otherwise the bare difference of means (n=1: no interval).
+"""
+
+from __future__ import annotations
+
+from e2mc.evaluate.compare import metric_values
+from e2mc.evaluate.stats import paired_difference, summarize, welch_difference
+
+TABLE_METRICS = ("knn/top1_k20", "knn/top1_k200", "linear/top1", "rankme/backbone", "rankme/projector")
+START = "start"
+_ACCURACY = ("knn/", "linear/", "linear_finetune/", "fewshot/", "semisup/")
+
+
+def _is_accuracy(metric: str) -> bool:
+    return metric.startswith(_ACCURACY)
+
+
+def difference(ref: dict[int, float], arm: dict[int, float]) -> dict:
+    """``arm - ref`` where both map training seed -> value (see module docstring)."""
+    common = sorted(set(ref) & set(arm))
+    if len(common) >= 2:
+        d = paired_difference([ref[s] for s in common], [arm[s] for s in common])
+        kind = f"paired over seeds {common}"
+    else:
+        d = welch_difference(list(ref.values()), list(arm.values()))
+        kind = "Welch over checkpoints" if d.low is not None else "n=1: no interval"
+    return {"mean": d.mean, "low": d.low, "high": d.high, "n": d.n, "kind": kind}
+
+
+def summarise(per_label: dict[str, dict[int, dict]], reference: dict[str, str | None]) -> dict:
+    """``{label: {metric: {"mean", "std", "n", "values", "seeds", "diff"}}}``.
+
+    ``per_label[label][seed]`` is one ``evaluate`` result; ``reference[label]`` names the label it
+    is compared with (None: no difference).
+    """
+    values = {lab: {seed: {m: sum(v) / len(v) for m, v in metric_values(res).items()} for seed, res in runs.items()}
+              for lab, runs in per_label.items()}
+    out: dict = {}
+    for lab, by_seed in values.items():
+        mets = list(dict.fromkeys(m for r in by_seed.values() for m in r))
+        ref = reference.get(lab)
+        rows = {}
+        for m in mets:
+            seeds = sorted(s for s in by_seed if m in by_seed[s])
+            xs = [by_seed[s][m] for s in seeds]
+            s = summarize(xs)
+            row = {"mean": s.mean, "std": s.std, "n": s.n, "values": xs, "seeds": seeds, "diff": None}
+            if ref is not None and ref in values and ref != lab:
+                ref_vals = {sd: r[m] for sd, r in values[ref].items() if m in r}
+                if ref_vals:
+                    row["diff"] = difference(ref_vals, {sd: by_seed[sd][m] for sd in seeds})
+            rows[m] = row
+        out[lab] = rows
+    return out
+
+
+def _fmt(m: str, x: float | None, signed: bool = False) -> str:
+    if x is None:
+        return "n/a"
+    scale, fmt = (100.0, ".2f") if _is_accuracy(m) else (1.0, ".4g")
+    return f"{scale * x:{'+' if signed else ''}{fmt}}"
+
+
+def to_markdown(summary: dict, metrics=TABLE_METRICS, title: str = "", notes: list[str] = ()) -> str:
+    """Two tables: mean ± std (n) per arm, and the difference to the reference with a 95% interval."""
+    labels = list(summary)
+    mets = [m for m in metrics if any(m in summary[lab] for lab in labels)]
+    head = "| arm | " + " | ".join(m + (" (%)" if _is_accuracy(m) else "") for m in mets) + " |"
+    sep = "|---|" + "---|" * len(mets)
+    lines = [f"# {title}", ""] if title else []
+    lines += [*notes, "", "Mean ± std (n training seeds); accuracies in %.", "", head, sep]
+    for lab in labels:
+        cells = []
+        for m in mets:
+            r = summary[lab].get(m)
+            cells.append("" if r is None else _fmt(m, r["mean"]) + ("" if r["std"] is None else f" ± {_fmt(m, r['std'])}")
+                         + f" ({r['n']})")
+        lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+    lines += ["", "Difference to base-only (arm − base), 95% t-interval; paired by training seed where "
+              "both arms share at least two seeds.", "", head, sep]
+    for lab in labels:
+        cells = []
+        any_diff = False
+        for m in mets:
+            d = (summary[lab].get(m) or {}).get("diff")
+            if d is None:
+                cells.append("")
+                continue
+            any_diff = True
+            cells.append(_fmt(m, d["mean"], True) + (" (n=1)" if d["low"] is None else
+                                                      f" [{_fmt(m, d['low'], True)}, {_fmt(m, d['high'], True)}]"))
+        if any_diff:
+            lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def select_best(summary: dict, arm_of: dict[str, str], arm: str = "e2mc", criterion: str = "knn/top1_k20") -> dict | None:
+    """The label of ``arm`` with the highest mean ``criterion`` (ties: first label), with its row."""
+    cands = [(summary[lab][criterion]["mean"], lab) for lab in summary
+             if arm_of.get(lab) == arm and criterion in summary[lab]]
+    if not cands:
+        return None
+    best = max(cands, key=lambda c: c[0])[1]
+    return {"label": best, "criterion": criterion, "row": summary[best][criterion],
+            "ranking": [lab for _, lab in sorted(cands, key=lambda c: -c[0])]}

@@ -1,0 +1,120 @@
+"""Split files: named index subsets of one split of a dataset, usable as a dataset spec.
+
+A split file is JSON ``{"format": "e2mc-split", "version": 1, "dataset": SPEC, "source_split":
+"train", "n_source": N, "seed": S, "splits": {"train": [...], "test": [...]}}``. Passing its path
+as the dataset spec (``build_dataset("holdout.json", "train")``, ``data.dataset=holdout.json``,
+``evaluate(ckpt, "holdout.json")``) gives the rows of ``source_split`` listed under that split
+name. This is how hyperparameters are chosen on a held-out part of a TRAINING split: train on
+``"train"`` (e.g. 45,000 CIFAR-10 images), evaluate on ``"test"`` (the other 5,000), and never
+touch the real test split while choosing.
+
+The subset keeps the source's normalisation statistics (``info.mean/std``), so a model sees the
+same input scale in both parts; ``info.name`` carries a digest of the indices, so cached
+features of different split files never collide.
+
+Example:
+    >>> keep, held = stratified_holdout([0, 0, 0, 0, 1, 1, 1, 1], 4, seed=0)
+    >>> len(keep), len(held), sorted(set(keep) | set(held)) == list(range(8))
+    (4, 4, True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from ..errors import DataError
+
+FORMAT = "e2mc-split"
+
+
+def stratified_holdout(targets: Sequence[int], n_holdout: int, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Seeded stratified split of ``range(len(targets))`` into (keep, holdout), both sorted.
+
+    Each class gives ``n_holdout * share`` rows to the holdout (largest-remainder rounding, so the
+    total is exactly ``n_holdout``), drawn by a permutation seeded with ``seed``.
+    """
+    n = len(targets)
+    if not 0 < int(n_holdout) < n:
+        raise DataError(f"n_holdout must be between 1 and {n - 1} (the split has {n} rows), got {n_holdout}.")
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        by_class.setdefault(int(t), []).append(i)
+    classes = sorted(by_class)
+    exact = [n_holdout * len(by_class[c]) / n for c in classes]
+    quota = [int(q) for q in exact]
+    order = sorted(range(len(classes)), key=lambda j: (-(exact[j] - quota[j]), classes[j]))
+    for j in order[: n_holdout - sum(quota)]:
+        quota[j] += 1
+    g = torch.Generator().manual_seed(int(seed))
+    holdout: list[int] = []
+    for c, q in zip(classes, quota):
+        rows = by_class[c]
+        perm = torch.randperm(len(rows), generator=g).tolist()
+        holdout.extend(rows[p] for p in perm[:q])
+    held = set(holdout)
+    return [i for i in range(n) if i not in held], sorted(holdout)
+
+
+def digest(indices: Sequence[int]) -> str:
+    """Short sha256 of an index list (identifies a subset in cache keys and names)."""
+    return hashlib.sha256(json.dumps([int(i) for i in indices]).encode()).hexdigest()[:10]
+
+
+def write_split_file(path: str | os.PathLike, dataset: str, targets: Sequence[int], n_holdout: int,
+                     seed: int = 0, source_split: str = "train") -> Path:
+    """Write a split file whose ``"test"`` is a stratified holdout of ``n_holdout`` rows and whose
+    ``"train"`` is the rest; ``targets`` are the labels of ``dataset``'s ``source_split``."""
+    keep, held = stratified_holdout(targets, n_holdout, seed)
+    obj = {"format": FORMAT, "version": 1, "dataset": str(dataset), "source_split": source_split,
+           "n_source": len(targets), "seed": int(seed), "splits": {"train": keep, "test": held}}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+    return path
+
+
+def is_split_file(spec) -> bool:
+    """True when ``spec`` is the path of a JSON split file."""
+    s = str(spec)
+    return s.endswith(".json") and os.path.isfile(os.path.expanduser(s))
+
+
+def read_split_file(path: str | os.PathLike) -> dict:
+    """Parse and check a split file; DataError naming what is wrong."""
+    try:
+        obj = json.loads(Path(path).expanduser().read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read split file {path}: {exc}") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT or not isinstance(obj.get("splits"), dict):
+        raise DataError(f"{path} is not an e2mc split file (needs format={FORMAT!r} and 'splits'); "
+                        "write one with e2mc.data.splits.write_split_file")
+    return obj
+
+
+def split_dataset(path, split: str, build: Callable[[str, str], object]):
+    """The rows of split file ``path`` listed under ``split``; ``build(spec, split)`` builds the source."""
+    obj = read_split_file(path)
+    if split not in obj["splits"]:
+        raise DataError(f"split file {path} has splits {sorted(obj['splits'])}, not {split!r}.")
+    source = build(obj["dataset"], obj.get("source_split", "train"))
+    if not hasattr(source, "subset"):
+        raise DataError(f"split files need an in-memory dataset; {obj['dataset']} streams from disk.")
+    n_source = obj.get("n_source")
+    if n_source is not None and len(source) != int(n_source):
+        raise DataError(f"split file {path} was written for {n_source} rows of {obj['dataset']} "
+                        f"({obj.get('source_split')}), which now has {len(source)}; write a new split file.")
+    idx = [int(i) for i in obj["splits"][split]]
+    if idx and (min(idx) < 0 or max(idx) >= len(source)):
+        raise DataError(f"split file {path}: indices outside 0..{len(source) - 1}.")
+    ds = source.subset(idx)
+    ds.info.name = f"{source.info.name}@{digest(idx)}"
+    ds.info.split = split
+    return ds

@@ -1,0 +1,153 @@
+"""The CIFAR reproduction harness (benchmarks/reproduce), run end to end on the embedded digits.
+
+A 3-step pre-training is the "start"; it is exported to fp16 safetensors, continued in two arms
+x two seeds (2 steps each), evaluated and tabulated; a second invocation must skip every arm.
+Also: split files (the held-out part of a training split), --select mode, the curve script.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from scipy import stats
+
+import e2mc
+from benchmarks.reproduce import arms, curve
+from benchmarks.reproduce.export_start import export_start
+from e2mc.data.datasets import build_dataset
+from e2mc.data.splits import stratified_holdout, write_split_file
+from e2mc.errors import ConfigError, DataError
+from e2mc.evaluate.features import file_sha256
+
+TINY = ["--recipe", "digits_vicreg_e2mc", "--batch-size", "128", "--lr", "0.1", "--epochs", "1",
+        "--set", "train.probe_size=0", "--set", "train.log_every=1000", "--protocols", "knn,linear,rankme"]
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("repro")
+    run = e2mc.pretrain("digits_vicreg_pretrain", train__max_steps=3, train__epochs=1, train__device="cpu",
+                        train__probe_size=0, out__dir=str(root / "pretrain"))
+    info = export_start(run / "checkpoints" / "last.pt", root / "starts" / "digits", log=lambda *_: None)
+    return root, info
+
+
+def test_stratified_holdout_matches_class_shares():
+    targets = [0] * 50 + [1] * 30 + [2] * 20
+    keep, held = stratified_holdout(targets, 10, seed=3)
+    assert len(held) == 10 and sorted(keep + held) == list(range(100))
+    assert [sum(targets[i] == c for i in held) for c in range(3)] == [5, 3, 2]  # 10 * share, exact
+    assert stratified_holdout(targets, 10, seed=3) == (keep, held)
+    assert stratified_holdout(targets, 10, seed=4)[1] != held
+    with pytest.raises(DataError):
+        stratified_holdout(targets, 100)
+
+
+def test_split_file_is_a_dataset_spec(tmp_path):
+    base = build_dataset("digits", "train")
+    path = write_split_file(tmp_path / "split.json", "digits", base.targets, 200, seed=0)
+    tr, te = build_dataset(str(path), "train"), build_dataset(str(path), "test")
+    held = json.loads(path.read_text())["splits"]["test"]
+    assert len(te) == 200 and len(tr) == len(base) - 200
+    assert torch.equal(te.images, base.images[held]) and te.targets == [base.targets[i] for i in held]
+    assert te.info.mean == base.info.mean and te.info.name != tr.info.name != base.info.name
+    with pytest.raises(DataError, match="splits"):
+        build_dataset(str(path), "val")
+    bad = json.loads(path.read_text())
+    bad["n_source"] = 5
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(DataError, match="write a new split file"):
+        build_dataset(str(tmp_path / "bad.json"), "train")
+
+
+def test_export_start_is_small_fp16_and_loadable(start):
+    root, info = start
+    path = root / "starts" / "digits" / "model.safetensors"
+    meta = json.loads((root / "starts" / "digits" / "start.json").read_text())
+    assert meta["sha256"] == file_sha256(path)
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    assert {t.dtype for t in tensors.values() if t.is_floating_point()} == {torch.float16}
+    assert any(k.startswith("projector.") for k in tensors) and meta["heads"] == ["projector"]
+    raw = torch.load(root / "pretrain" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    k = next(k for k in raw if k.endswith("conv1.weight"))
+    assert torch.equal(tensors[k], raw[k].half())
+    assert meta["source_epoch"] == 0 and meta["seed"] == 0 and meta["size_bytes"] == path.stat().st_size
+
+
+def test_arms_end_to_end_resumable(start):
+    root, _ = start
+    out = root / "arms"
+    argv = ["--start", str(root / "starts" / "digits"), "--out", str(out), "--arms", "base,e2mc",
+            "--seeds", "0,1", "--set", "train.max_steps=2", *TINY]
+    res = arms.main(argv, log=lambda *_: None)
+    assert set(res["arms"]) == {"start", "base", "e2mc"}
+    for metric in ("knn/top1_k20", "knn/top1_k200", "linear/top1", "rankme/backbone", "rankme/projector"):
+        row = res["arms"]["e2mc"][metric]
+        base = res["arms"]["base"][metric]
+        assert row["n"] == 2 and row["seeds"] == [0, 1] and res["arms"]["start"][metric]["n"] == 1
+        d = [b - a for a, b in zip(base["values"], row["values"])]  # independent paired t-interval
+        half = stats.t.ppf(0.975, 1) * (abs(d[0] - d[1]) / math.sqrt(2)) / math.sqrt(2)
+        assert row["diff"]["mean"] == pytest.approx(sum(d) / 2)
+        assert row["diff"]["high"] - row["diff"]["mean"] == pytest.approx(half, abs=1e-9)
+        assert row["diff"]["kind"].startswith("paired")
+        assert math.isclose(row["mean"], sum(row["values"]) / 2)
+    assert res["reference"] == {"start": "base", "base": None, "e2mc": "base"}
+    assert set(res["wall_time_s"]["train"]) == {"base-seed0", "base-seed1", "e2mc-seed0", "e2mc-seed1"}
+    for f in ("table.md", "results.json", "comparison.json", "report/report.md", "report/accuracy.png"):
+        assert (out / f).is_file(), f
+    cfg = (out / "runs" / "e2mc-seed1" / "config.yaml").read_text()
+    assert "entropy_weight: 10.0" in cfg and "seed: 1" in cfg and "model.safetensors" in cfg
+    assert "name: none" in (out / "runs" / "base-seed0" / "config.yaml").read_text()
+
+    # second invocation: everything is skipped, nothing retrained; a half-finished run resumes
+    stamp = (out / "runs" / "base-seed0" / "checkpoints" / "last.pt").stat().st_mtime_ns
+    marker = out / "runs" / "e2mc-seed1" / "harness.json"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "done": False}))
+    lines: list[str] = []
+    res2 = arms.main(argv, log=lines.append)
+    assert sum(line.startswith("skip ") for line in lines) == 3
+    assert any(line.startswith("resume e2mc seed 1") for line in lines)
+    assert (out / "runs" / "base-seed0" / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp
+    assert len(res2["invocations"]) == 2 and res2["arms"]["base"] == res["arms"]["base"]
+
+    with pytest.raises(ConfigError, match="other settings"):
+        arms.main([a if a != "1" else "2" for a in argv], log=lambda *_: None)  # --epochs 2 in the same --out
+
+
+def test_select_mode_uses_train_holdout_and_picks_a_setting(start):
+    root, _ = start
+    out = root / "select"
+    res = arms.main(["--start", str(root / "starts" / "digits"), "--out", str(out), "--arms", "base,e2mc",
+                     "--seeds", "0", "--select", "--holdout", "300", "--entropy-weight", "5,10",
+                     "--protocols", "knn,rankme", *TINY[:-2]], log=lambda *_: None)
+    assert set(res["arms"]) == {"start", "base-lr0.1@ep1", "e2mc-lr0.1-ew5-cw1@ep1", "e2mc-lr0.1-ew10-cw1@ep1"}
+    assert res["settings"]["eval_data"].endswith("split.json") and res["mode"] == "select"
+    assert res["reference"]["e2mc-lr0.1-ew5-cw1@ep1"] == "base-lr0.1@ep1"
+    k20 = {lab: r["knn/top1_k20"]["mean"] for lab, r in res["arms"].items() if lab.startswith("e2mc")}
+    assert res["selection"]["label"] == max(k20, key=k20.get)
+    ev = json.loads(next((out / "evals").glob("*.json")).read_text())["result"]["meta"]
+    assert ev["n_test"] == 300 and ev["n_train"] == len(build_dataset("digits", "train")) - 300
+
+
+def test_curve_appends_new_epochs_only(start, tmp_path):
+    root, _ = start
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(root / "pretrain" / "config.yaml", run / "config.yaml")
+    for e in (1, 2):
+        shutil.copy(root / "pretrain" / "checkpoints" / "last.pt", run / "checkpoints" / f"epoch_{e:04d}.pt")
+    c = curve.update_curve(run, tmp_path / "curve", log=lambda *_: None)
+    assert [p["epoch"] for p in c["points"]] == [1, 2]
+    m1, m2 = (p["metrics"] for p in c["points"])
+    assert m1 == m2 and 0 < m1["knn/top1_k20"] <= 1 and m1["rankme/projector"] > 1  # same weights, same numbers
+    lines: list[str] = []
+    curve.update_curve(run, tmp_path / "curve", log=lines.append)
+    assert lines[0].startswith("0 new epoch")
+    assert all((tmp_path / f"curve.{x}").is_file() for x in ("json", "md", "png"))
