@@ -11,8 +11,16 @@ from e2mc.commands import COMMAND_MODULES
 from e2mc.errors import E2MCError
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line that points at ``--help``."""
+
+    def error(self, message: str):  # noqa: D102 - argparse API
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The top-level parser with every available sub-command registered."""
+    parser = _Parser(
         prog="e2mc",
         description="Continue pre-training self-supervised encoders with E2MC, evaluate, compare, export.",
     )
@@ -30,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 user error, 3 interrupted run, 130 ^C)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
@@ -43,6 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"e2mc {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `e2mc ... | head`: the reader left; not an error of ours
+        import os
+
+        try:  # silence the flush at exit (Python's documented recipe)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a real file (tests, notebooks)
+            pass
+        return 0
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ class ModelConfig:
     cifar_stem: bool = False
     format: Optional[str] = None
     head_sizes: dict = field(default_factory=dict)
+    fresh_heads: bool = False  # on a method mismatch: keep the backbone, build new heads
     sync_bn: bool = False
 
 
@@ -167,6 +168,10 @@ _CHOICES = {
 }
 
 
+_AT_LEAST_ONE = ("train.max_steps", "train.log_every", "train.checkpoint_every_epochs",
+                 "optim.batch_size", "optim.base_batch", "data.num_workers")
+
+
 def _suggest(key: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -243,6 +248,9 @@ def _set(obj: Any, parts: list[str], value: Any, full: str) -> None:
     choices = _CHOICES.get(full)
     if choices is not None and value not in choices:
         raise ConfigError(f"{full}={value!r} is not valid; use one of {list(choices)}.")
+    low = 0 if full == "data.num_workers" else 1
+    if full in _AT_LEAST_ONE and value is not None and value < low:
+        raise ConfigError(f"{full}={value} is not valid; give an integer >= {low}")
     setattr(obj, head, value)
 
 
@@ -323,7 +331,11 @@ def load_config(path_or_recipe: str | Path | dict | RunConfig | None = None,
 def _read_source(src: str) -> str:
     path = Path(src).expanduser()
     if path.is_file():
-        return path.read_text()
+        try:
+            return path.read_text()
+        except UnicodeDecodeError:
+            raise ConfigError(f"config {src} is not a YAML text file; pass a .yaml run config (a checkpoint "
+                              "goes to `e2mc continue CHECKPOINT`)") from None
     if path.suffix in (".yaml", ".yml") or "/" in src:
         raise ConfigError(f"config file {src} not found; check the path or use a recipe name "
                           "(`e2mc recipes` lists them)")

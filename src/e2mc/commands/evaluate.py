@@ -89,8 +89,11 @@ def _evaluate(args) -> int:
 def _compare(args) -> int:
     from pathlib import Path
 
+    from e2mc.errors import ConfigError
     from e2mc.evaluate.compare import compare
 
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a file; give a folder for comparison.json and the report")
     res = compare(args.arms, names=args.names, dataset=args.dataset, **_kwargs(args))
     if args.out:
         out = Path(args.out)
@@ -112,6 +115,8 @@ def _report(args) -> int:
     from e2mc.evaluate.compare import ComparisonResult
     from e2mc.report import write_report
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise DataError(f"--out {args.out} is a file; give a folder for report.md/report.html")
     comparison, runs = None, []
     for item in args.inputs:
         p = Path(item)
@@ -121,8 +126,12 @@ def _report(args) -> int:
             comparison = ComparisonResult.from_json(str(p))
         elif p.is_dir():
             runs.append(p)
+        elif not p.exists():
+            raise DataError(f"{item} does not exist (neither a comparison .json nor a run folder); pass the "
+                            "comparison.json written by `e2mc compare --out DIR` and/or run folders")
         else:
-            raise DataError(f"{item} is neither a comparison .json nor a run folder")
+            raise DataError(f"{item} is neither a comparison .json nor a run folder; pass the comparison.json "
+                            "written by `e2mc compare --out DIR` and/or run folders")
     paths = write_report(args.out, comparison, runs=runs)
     for k, v in paths.items():
         print(f"{k}: {v}")

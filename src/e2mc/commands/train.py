@@ -40,7 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "e2mc runs, torchvision/timm names) with an add-on.")
     c.add_argument("checkpoint", nargs="?", help="checkpoint file or name (random:ARCH, torchvision:ARCH)")
     _common(c)
-    c.add_argument("--method", choices=("vicreg", "swav", "simsiam"), help="SSL method (default: the config's)")
+    c.add_argument("--method", choices=("vicreg", "swav", "simsiam"),
+                   help="SSL method (default: the recipe/config's, else the checkpoint's)")
+    c.add_argument("--fresh-heads", action="store_true", default=None,
+                   help="when --method differs from the checkpoint's: keep its backbone, build new heads")
     c.add_argument("--addon", choices=("e2mc", "vc", "uniformity", "mmcr", "none"))
     c.add_argument("--entropy-weight", type=float)
     c.add_argument("--cov-weight", type=float)
@@ -57,7 +60,7 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
             out.append(f"{key}={value}")
     pairs = [("method", "method.name"), ("addon", "addon.name"), ("entropy_weight", "addon.entropy_weight"),
              ("cov_weight", "addon.cov_weight"), ("transform", "addon.transform"),
-             ("checkpoint", "model.init")]
+             ("checkpoint", "model.init"), ("fresh_heads", "model.fresh_heads")]
     for attr, key in pairs:
         value = getattr(args, attr, None)
         if value is not None:
@@ -78,8 +81,13 @@ def run(args: argparse.Namespace) -> int:
     source = args.config or args.recipe
     if args.config and not os.path.isfile(args.config):
         raise ConfigError(f"--config {args.config}: no such file; check the path or use --recipe NAME")
-    if source is None and args.resume and args.out and os.path.isfile(os.path.join(args.out, "config.yaml")):
-        source = os.path.join(args.out, "config.yaml")  # resume with the run's own config
+    if args.resume and source is None:  # resume with the run's own config
+        if not args.out:
+            raise ConfigError(f"--resume needs the run folder: `e2mc {args.mode} --out RUN_DIR --resume`")
+        source = os.path.join(args.out, "config.yaml")
+        if not os.path.isfile(source):
+            raise ConfigError(f"--resume: {args.out} holds no run to resume (no config.yaml); check --out, "
+                              "or drop --resume to start a new run")
     if args.mode == "continue" and not args.checkpoint and source is None:
         raise ConfigError("continue needs a checkpoint: `e2mc continue CHECKPOINT [--method ...]`, or a "
                           "--recipe/--config that sets model.init")
@@ -87,11 +95,18 @@ def run(args: argparse.Namespace) -> int:
             and ":" not in args.checkpoint:
         raise ConfigError(f"checkpoint {args.checkpoint} not found; give the path of a .pth/.pt/.safetensors "
                           "file or a name like torchvision:resnet50")
+    if args.mode == "continue" and args.checkpoint and not args.method and source is None:
+        from e2mc.models.checkpoints import checkpoint_method
+
+        args.method = checkpoint_method(args.checkpoint)  # continue the checkpoint's own method
     cfg = load_config(source, overrides_from_args(args))
     trainer = Trainer(cfg)
     run_dir = trainer.fit()
+    main = trainer.dist.is_main  # under torchrun, only rank 0 speaks
     if trainer.stop_requested:
-        print(f"interrupted; checkpoint saved. Resume with: e2mc {args.mode} --out {run_dir} --resume")
+        if main:
+            print(f"interrupted; checkpoint saved. Resume with: e2mc {args.mode} --out {run_dir} --resume")
         return 3
-    print(run_dir)
+    if main:
+        print(run_dir)
     return 0

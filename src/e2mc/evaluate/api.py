@@ -16,8 +16,6 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-import torch
-
 from e2mc.errors import ConfigError, DataError
 
 PROTOCOLS = ("knn", "linear", "linear_finetune", "fewshot", "semisup", "rankme", "entropy", "uniformity", "spectrum")
@@ -83,7 +81,9 @@ def evaluate(
         raise ConfigError(f"unknown protocol(s) {unknown}; choose from {', '.join(PROTOCOLS)}")
     if not seeds:
         raise ConfigError("seeds must contain at least one integer")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from e2mc.train.distributed import pick_device
+
+    device = str(pick_device(device or "auto"))  # ConfigError for an unknown or absent device
     model, path = _load(checkpoint_or_model, device)
     train_ds, test_ds, spec = _datasets(dataset, train_split, test_split, image_size)
     has_proj = getattr(model, "projector", None) is not None

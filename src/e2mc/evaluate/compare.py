@@ -139,7 +139,8 @@ class ComparisonResult:
         try:
             return cls(**json.loads(text))
         except (json.JSONDecodeError, TypeError) as exc:
-            raise DataError(f"not a comparison JSON written by `e2mc compare`: {exc}") from exc
+            raise DataError(f"not a comparison JSON written by `e2mc compare` ({exc}); pass the comparison.json "
+                            "that `e2mc compare --out DIR` wrote") from exc
 
 
 def build_rows(names: Sequence[str], results: Sequence[Sequence[dict]]) -> list[dict]:

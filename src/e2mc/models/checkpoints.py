@@ -88,14 +88,26 @@ class LoadReport:
         return "\n".join(lines)
 
 
+def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
+    """``path`` itself, or ``<path>/checkpoints/last.pt`` for a run folder; CheckpointError otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        last = path / "checkpoints" / "last.pt"
+        if not last.is_file():
+            raise CheckpointError(f"{path} is a folder without checkpoints/last.pt; pass a checkpoint file "
+                                  "(.pth/.pt/.safetensors) or a run folder written by `e2mc pretrain/continue`")
+        return last
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}; check the path, or pass a run folder")
+    return path
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[Any, dict | None]:
     """``(object, metadata)`` of a file, read safely (metadata: safetensors only, else ``None``).
 
     Raises CheckpointError naming the file when it is missing, truncated, not a checkpoint, or a
     pickle that would run code."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
+    path = resolve_checkpoint_path(path)
     with open(path, "rb") as fh:
         head = fh.read(9)
     if path.suffix == ".safetensors" or (head[8:9] == b"{" and not head.startswith(b"PK")):
@@ -119,7 +131,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[Any, dict | None]:
             ) from exc
         first = msg.splitlines()[0][:200] if msg.strip() else "no data"
         raise CheckpointError(
-            f"cannot read {path}: not a PyTorch checkpoint, or truncated ({type(exc).__name__}: {first})"
+            f"cannot read {path}: not a PyTorch checkpoint, or truncated ({type(exc).__name__}: {first}); "
+            "pass a .pth/.pt/.safetensors checkpoint (re-download or re-export it if it is cut short)"
         ) from exc
 
 
@@ -190,7 +203,7 @@ def model_from_parts(parts: Parts, *, fmt: str, path: str = "<object>", arch=Non
     if not arch:
         raise CheckpointError(f"cannot tell the architecture of {path} from its weights; pass arch= (--arch)")
     stem = cifar_stem if cifar_stem is not None else (parts.cifar_stem if parts.cifar_stem is not None else bool(det_stem))
-    ckpt_method = parts.method or ("vicreg" if set(parts.heads) == {"projector"} else None)
+    ckpt_method = _parts_method(parts)
     report = LoadReport(path=str(path), format=fmt, arch=arch, cifar_stem=bool(stem), epoch=parts.epoch,
                         dropped=list(parts.dropped), notes=list(parts.notes), layout=dict(parts.layout),
                         optimizer_state=parts.optimizer)
@@ -198,8 +211,9 @@ def model_from_parts(parts: Parts, *, fmt: str, path: str = "<object>", arch=Non
     if method and ckpt_method and heads and method != ckpt_method:
         if not fresh_heads:
             raise CheckpointError(
-                f"{path} holds {ckpt_method} heads ({', '.join(heads)}) but method {method!r} was asked; pass "
-                f"method={ckpt_method!r}, or fresh_heads=True (--fresh-heads) to keep only the backbone and build new heads")
+                f"{path} holds {ckpt_method} heads ({', '.join(heads)}) but method {method!r} was asked; use "
+                f"--method {ckpt_method} (method={ckpt_method!r}), or --fresh-heads (fresh_heads=True) to keep "
+                f"only the backbone and build new {method} heads")
         report.dropped += [f"{h}.{k}" for h, sd in heads.items() for k in sd]
         report.notes.append(f"dropped the checkpoint's {ckpt_method} heads; built {method} heads fresh")
         heads = {}
@@ -222,6 +236,20 @@ def model_from_parts(parts: Parts, *, fmt: str, path: str = "<object>", arch=Non
     if on_meta and any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         raise CheckpointError(f"internal error: {arch} has tensors outside its state dict; report this")
     return model, report
+
+
+def _parts_method(parts: Parts) -> str | None:
+    return parts.method or ("vicreg" if set(parts.heads) == {"projector"} else None)
+
+
+def checkpoint_method(path_or_name, format: str | None = None) -> str | None:
+    """The SSL method whose heads a checkpoint holds; ``None`` for a backbone alone or a hub name."""
+    text = str(path_or_name)
+    if not os.path.exists(text) and text.startswith(NAME_PREFIXES):
+        return None
+    obj, meta = read_checkpoint(text)
+    fmt = format if format not in (None, "safetensors") else detect_format(obj, (meta or {}).get("arch"))
+    return _parts_method(ADAPTERS[fmt].split(obj))
 
 
 def _method_heads(method):
@@ -284,6 +312,7 @@ def load_model(path_or_name, method: str | None = None, arch: str | None = None,
     text = str(path_or_name)
     if not os.path.exists(text) and text.startswith(NAME_PREFIXES):
         return _from_name(text, method, cifar_stem, head_sizes)
+    text = str(resolve_checkpoint_path(text))
     obj, meta = read_checkpoint(text)
     if format is not None and format not in ADAPTERS and format != "safetensors":
         raise CheckpointError(f"unknown format {format!r}; known: {', '.join(ADAPTERS)}, safetensors")

@@ -37,15 +37,24 @@ def model_state(model) -> tuple[dict, dict]:
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     """Call ``write(tmp)`` on a temp file in ``path``'s folder, then ``os.replace`` it to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give a file path to write, e.g. {path / 'model.pth'}")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; follow the umask like open() does
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(exc, OSError):  # permissions, a file where a folder should be, disk full
+            raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}; choose a writable "
+                                  "file path with free space") from None
         raise
     return path
 

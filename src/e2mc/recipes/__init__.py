@@ -14,11 +14,18 @@ def _names() -> list[str]:
     return sorted(p.stem for p in _DIR.glob("*.yaml"))
 
 
-def _summary(path: Path) -> str:
+def _summary(path: Path, width: int = 110) -> str:
+    """First sentence of the file's header comment, cut at a word near ``width`` characters."""
+    words = []
     for line in path.read_text().splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-    return ""
+        if not line.startswith("#"):
+            break
+        words.append(line.lstrip("# ").strip())
+    text = " ".join(w for w in words if w)
+    text = text.split(". ", 1)[0].rstrip(".")
+    if len(text) > width:
+        text = text[: text.rfind(" ", 0, width - 3)].rstrip(",:;") + "..."
+    return text
 
 
 def list_recipes() -> dict[str, str]:

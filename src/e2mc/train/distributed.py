@@ -83,7 +83,15 @@ def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
     if info.world_size <= 1:
         return model
     ids = [info.device.index] if info.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    ddp = nn.parallel.DistributedDataParallel
+    # no buffer broadcast per forward (BN statistics stay per rank, as in the reference code); newer
+    # torch names it forward_sync_buffers and deprecates broadcast_buffers with a warning per rank.
+    # (It syncs buffers once at wrap time: harmless, every rank holds the same model then.)
+    import inspect
+
+    key = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters \
+        else "broadcast_buffers"
+    return ddp(model, device_ids=ids, **{key: False})
 
 
 def convert_sync_bn(model: nn.Module, info: DistInfo) -> nn.Module:

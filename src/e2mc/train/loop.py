@@ -60,6 +60,9 @@ class TrainerSetup(R.RunFolderMixin):
         last = self.run_dir / "checkpoints" / "last.pt"
         resuming = cfg.out.resume and last.exists()
         restart = cfg.out.resume and not resuming  # interrupted before its first checkpoint
+        if restart and not (self.run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume: {self.run_dir} holds no run to resume (no config.yaml, no "
+                              "checkpoints/last.pt); check --out, or drop --resume to start a new run")
         if not resuming:  # every rank checks before rank 0 creates anything
             R.check_run_dir(self.run_dir, cfg.out.overwrite or restart)
         D.barrier(self.dist)
@@ -157,7 +160,8 @@ class TrainerSetup(R.RunFolderMixin):
             self.source_format = "random"
             return
         self.model, self.report = load_model(m.init, method=cfg.method.name, arch=m.arch, format=m.format,
-                                             cifar_stem=m.cifar_stem or None, head_sizes=m.head_sizes or None)
+                                             cifar_stem=m.cifar_stem or None, head_sizes=m.head_sizes or None,
+                                             fresh_heads=m.fresh_heads)
         self.heads_built = list(self.report.heads_built)
         self.source_format, self.source_epoch = self.report.format, self.report.epoch
 

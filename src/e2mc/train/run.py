@@ -67,11 +67,16 @@ def git_commit() -> str | None:
         return None
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_bytes(path: Path, write_fn: Any) -> None:
     """Write a file atomically: ``write_fn(fileobj)`` into a temp file, fsync, ``os.replace``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; run files follow the umask like open()
         with os.fdopen(fd, "wb") as f:
             write_fn(f)
             f.flush()
@@ -263,6 +268,9 @@ RESUME_KEYS = (("method", "name"), ("data", "dataset"), ("optim", "batch_size"),
 
 def check_resume_config(stored: dict, cfg: Any) -> None:
     """``ConfigError`` when the settings that define a run differ from the checkpoint's."""
+    if stored.get("mode") and stored["mode"] != cfg.mode:
+        raise ConfigError(f"the run in {cfg.out.dir} is a {stored['mode']} run; resume it with "
+                          f"`e2mc {stored['mode']} --out {cfg.out.dir} --resume`")
     diffs = []
     for sec, key in RESUME_KEYS:
         old, new = stored.get(sec, {}).get(key), getattr(getattr(cfg, sec), key)
