@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from e2mc.errors import DataError
 from e2mc.evaluate.knn import check_features
 
-DEFAULT_WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+DEFAULT_WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
 def stratified_split(labels: torch.Tensor, val_fraction: float = 0.1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
