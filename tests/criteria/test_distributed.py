@@ -8,7 +8,6 @@ averaging of a shared parameter's gradient gives exactly the single-process grad
 
 import os
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp

@@ -63,7 +63,7 @@ def test_two_gloo_processes_match_one(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     env_cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-               f"--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script)]
+               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script)]
     ddp = subprocess.run(env_cmd + [str(tmp_path / "ddp"), "32"], capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "64"],

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 
 from e2mc.errors import DataError
-from e2mc.evaluate.knn import check_features
+from e2mc.evaluate.knn import check_labelled
 from e2mc.evaluate.linear import _standardize, batched_logits, fit_logistic
 from e2mc.evaluate.stats import summarize
 
@@ -72,15 +72,9 @@ def fewshot(
     {"top1_{k}shot": [acc per seed]}, "seeds": [...], "weight_decay": wd}`` (plus ``"indices":
     {"{k}shot": {seed: [...]}}`` with ``return_indices``).
     """
-    train_y = torch.as_tensor(train_y).long()
-    test_y = torch.as_tensor(test_y).long()
-    check_features(train_x, train_y, "few-shot train")
-    check_features(test_x, test_y, "few-shot test")
-    if train_y.unique().numel() < 2:
-        raise DataError("few-shot: the training labels contain one class only")
+    train_y, test_y, c = check_labelled(train_x, train_y, test_x, test_y, "few-shot")
     if not seeds:
         raise DataError("few-shot: pass at least one seed")
-    c = int(max(train_y.max(), test_y.max())) + 1
     out: dict = {"per_seed": {}, "seeds": [int(s) for s in seeds], "weight_decay": float(weight_decay)}
     indices: dict = {}
     for k in shots:

@@ -44,6 +44,24 @@ def check_features(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
         )
 
 
+def check_labelled(train_x, train_y, test_x, test_y, what: str, num_classes: int | None = None):
+    """Validate a labelled train/test feature pair for a supervised protocol.
+
+    Returns ``(train_y, test_y, num_classes)`` with the labels as int64 tensors; raises
+    ``DataError`` for unusable features or labels, or a training set with one class only.
+    """
+    train_y = torch.as_tensor(train_y).long()
+    test_y = torch.as_tensor(test_y).long()
+    check_features(train_x, train_y, f"{what} train")
+    check_features(test_x, test_y, f"{what} test")
+    if train_x.shape[1] != test_x.shape[1]:
+        raise DataError(f"{what}: train dim {train_x.shape[1]} != test dim {test_x.shape[1]}; use features of one model")
+    if train_y.unique().numel() < 2:
+        raise DataError(f"{what}: the training labels contain one class only; accuracy would be meaningless")
+    c = int(num_classes) if num_classes is not None else int(max(train_y.max(), test_y.max())) + 1
+    return train_y, test_y, c
+
+
 def knn_classify(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
@@ -67,23 +85,15 @@ def knn_classify(
     Returns:
         ``{k: accuracy in [0, 1]}``.
     """
-    train_y = torch.as_tensor(train_y).long()
-    test_y = torch.as_tensor(test_y).long()
-    check_features(train_x, train_y, "kNN train")
-    check_features(test_x, test_y, "kNN test")
-    if train_x.shape[1] != test_x.shape[1]:
-        raise DataError(f"kNN: train dim {train_x.shape[1]} != test dim {test_x.shape[1]}; use features of one model")
+    train_y, test_y, c = check_labelled(train_x, train_y, test_x, test_y, "kNN", num_classes)
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise DataError(f"kNN: ks must be positive integers, got {ks}")
     n_train = train_x.shape[0]
     if ks[-1] > n_train:
         raise DataError(f"kNN: k={ks[-1]} exceeds the {n_train} training samples; pass ks no larger than {n_train}")
-    if train_y.unique().numel() < 2:
-        raise DataError("kNN: the training labels contain one class only; accuracy would be meaningless")
     if temperature <= 0:
         raise DataError(f"kNN: temperature must be > 0, got {temperature}")
-    c = int(num_classes) if num_classes is not None else int(max(train_y.max(), test_y.max())) + 1
 
     train_n = F.normalize(train_x.float(), dim=1)
     test_n = F.normalize(test_x.float(), dim=1)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from e2mc.errors import DataError
-from e2mc.evaluate.knn import check_features
+from e2mc.evaluate.knn import check_labelled
 
 DEFAULT_WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
@@ -105,15 +105,9 @@ def linear_probe(
     accuracy, "weight_decay": the selected penalty, "val_top1_per_weight_decay": {wd: acc},
     "selection": "held-out 10% stratified split of train", "seed": seed}``.
     """
-    train_y = torch.as_tensor(train_y).long()
-    test_y = torch.as_tensor(test_y).long()
-    check_features(train_x, train_y, "linear-probe train")
-    check_features(test_x, test_y, "linear-probe test")
-    if train_y.unique().numel() < 2:
-        raise DataError("linear probe: the training labels contain one class only; nothing to classify")
+    train_y, test_y, c = check_labelled(train_x, train_y, test_x, test_y, "linear probe", num_classes)
     if not weight_decays:
         raise DataError("linear probe: weight_decays is empty; pass at least one value")
-    c = int(num_classes) if num_classes is not None else int(max(train_y.max(), test_y.max())) + 1
     train_x = train_x.float()
 
     # 1) selection on a split of the training set only
