@@ -157,6 +157,18 @@ def test_resume_says_where_it_resumed(runs, tmp_path):
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
 
 
+def test_auto_resume_starts_then_resumes(tmp_path):
+    run = tmp_path / "requeued"
+    argv = ("pretrain", "--recipe", "digits_vicreg_pretrain", *SETS, "--out", run, "--auto-resume")
+    code, _, err = cli(*argv)  # first launch: nothing to resume, the run starts
+    assert code == 0, err
+    assert "resumed from" not in err
+    code, _, err = cli(*argv, "--set", "train.max_steps=2")  # requeued: same command resumes
+    assert code == 0, err
+    assert "resumed from" in err and "step 1" in err
+    fails("pretrain", "--auto-resume", must=("needs the run folder",))
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_absent_device(runs):
     msg = "CUDA is not available"

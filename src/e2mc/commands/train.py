@@ -24,6 +24,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="override any config key, e.g. --set optim.lr=0.1 (repeatable)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: from the config)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    p.add_argument("--auto-resume", action="store_true",
+                   help="resume when --out already holds a checkpoint of this run, else start it "
+                        "(for cluster jobs that are requeued with the same command)")
     for flag, key, tp in _SHORTCUTS:
         p.add_argument(flag, type=tp, default=None, help=f"shortcut for --set {key}=...")
 
@@ -79,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
     from e2mc.train.loop import Trainer
 
     source = args.config or args.recipe
+    if args.auto_resume:
+        if not args.out:
+            raise ConfigError(f"--auto-resume needs the run folder: `e2mc {args.mode} ... --out RUN_DIR --auto-resume`")
+        args.resume = args.resume or os.path.isfile(os.path.join(args.out, "checkpoints", "last.pt"))
     if args.config and not os.path.isfile(args.config):
         raise ConfigError(f"--config {args.config}: no such file; check the path or use --recipe NAME")
     if args.resume and source is None:  # resume with the run's own config
