@@ -86,3 +86,23 @@ def test_output_folder_holding_a_run(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     prepare_run_dir(tmp_path, resume=False, overwrite=True)
     assert not (tmp_path / "checkpoints" / "last.pt").exists() and (tmp_path / "notes.txt").exists()
+
+
+def test_resume_refuses_a_changed_schedule_but_allows_extending_a_constant_lr():
+    """The restored scheduler keeps its own step function, so a changed epoch count, warm-up or LR
+    would be silently ignored: refused for a shaped schedule, allowed for a constant one."""
+    import pytest
+
+    from e2mc.config import load_config
+    from e2mc.errors import ConfigError
+    from e2mc.train.run import check_resume_config
+
+    pre = load_config(None, ["mode=pretrain", "train.epochs=30"])
+    stored = pre.to_dict()
+    with pytest.raises(ConfigError, match="train.epochs: checkpoint 30, now 20"):
+        check_resume_config(stored, load_config(None, ["mode=pretrain", "train.epochs=20"]))
+    with pytest.raises(ConfigError, match="optim.lr"):
+        check_resume_config(stored, load_config(None, ["mode=pretrain", "train.epochs=30", "optim.lr=0.5"]))
+    check_resume_config(stored, load_config(None, ["mode=pretrain", "train.epochs=30"]))  # same: fine
+    cont = load_config(None, ["mode=continue", "train.epochs=2"])
+    check_resume_config(cont.to_dict(), load_config(None, ["mode=continue", "train.epochs=5"]))

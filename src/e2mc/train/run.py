@@ -263,7 +263,10 @@ def restore_state(t: Any, state: dict) -> None:
 
 
 RESUME_KEYS = (("method", "name"), ("data", "dataset"), ("optim", "batch_size"), ("train", "seed"),
-               ("addon", "name"))
+               ("addon", "name"), ("optim", "lr"), ("optim", "schedule"))
+# The scheduler's state (restored on resume) carries its step function, so these would be silently
+# ignored if they changed; with a constant LR they do not shape it and may change (extend a run).
+SCHEDULE_KEYS = (("train", "epochs"), ("optim", "warmup_epochs"))
 
 
 def check_resume_config(stored: dict, cfg: Any) -> None:
@@ -272,7 +275,8 @@ def check_resume_config(stored: dict, cfg: Any) -> None:
         raise ConfigError(f"the run in {cfg.out.dir} is a {stored['mode']} run; resume it with "
                           f"`e2mc {stored['mode']} --out {cfg.out.dir} --resume`")
     diffs = []
-    for sec, key in RESUME_KEYS:
+    keys = RESUME_KEYS + (SCHEDULE_KEYS if (cfg.optim.schedule or "constant") != "constant" else ())
+    for sec, key in keys:
         old, new = stored.get(sec, {}).get(key), getattr(getattr(cfg, sec), key)
         if old is not None and old != new:
             diffs.append(f"{sec}.{key}: checkpoint {old!r}, now {new!r}")
