@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
 from e2mc.criteria.kernels import SpacingEntropy
@@ -83,33 +82,6 @@ def _check_finite(x: torch.Tensor, what: str) -> None:
             f"{what} contains NaN or Inf values; check the model output (lower the learning "
             "rate, or enable gradient clipping / fp32) before computing the loss"
         )
-
-
-class _NumpySortRows(torch.autograd.Function):
-    """Row-wise sort of a CPU float tensor through numpy's SIMD argsort (several times faster
-    than ``torch.sort`` on CPU); backward scatters the gradient back to the original places."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        xn = x.detach().numpy()
-        idx = np.argsort(xn, axis=1)
-        ctx.save_for_backward(torch.from_numpy(idx))
-        return torch.from_numpy(np.take_along_axis(xn, idx, axis=1))
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        (idx,) = ctx.saved_tensors
-        return torch.zeros_like(grad).scatter_(1, idx, grad)
-
-
-def sort_rows(x: torch.Tensor) -> torch.Tensor:
-    """Sort each row of a 2-D tensor (ascending), differentiably.
-
-    CPU float tensors go through numpy's vectorised argsort; other devices use ``torch.sort``.
-    """
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
-        return _NumpySortRows.apply(x)
-    return torch.sort(x, dim=1).values
 
 
 def m_spacing_entropy(x: torch.Tensor, m: int | None = None, eps: float = 1e-8) -> torch.Tensor:
