@@ -151,3 +151,41 @@ def test_curve_appends_new_epochs_only(start, tmp_path):
     curve.update_curve(run, tmp_path / "curve", log=lines.append)
     assert lines[0].startswith("0 new epoch")
     assert all((tmp_path / f"curve.{x}").is_file() for x in ("json", "md", "png"))
+
+
+def test_plan_transform_and_m_grid_label_only_when_given():
+    base = ["--start", "s", "--out", "o", "--epochs", "1", "--lr", "0.03", "--seeds", "0"]
+    jobs = arms.plan(arms.parse(base + ["--arms", "base,e2mc"]))
+    e2 = next(j for j in jobs if j["arm"] == "e2mc")
+    assert "addon.transform" not in e2["overrides"] and "addon.m" not in e2["overrides"]  # old run folders match
+    jobs = arms.plan(arms.parse(base + ["--arms", "base,e2mc", "--select", "--transform", "sigmoid,gaussian_cdf",
+                                       "--m", "8"]))
+    labels = sorted(j["label"] for j in jobs)
+    assert labels == ["base-lr0.03", "e2mc-lr0.03-ew10-cw1-cdf-m8", "e2mc-lr0.03-ew10-cw1-sig-m8"]
+    cdf = next(j for j in jobs if j["label"].endswith("cdf-m8"))
+    assert cdf["overrides"]["addon.transform"] == "gaussian_cdf" and cdf["overrides"]["addon.m"] == 8
+    base_job = next(j for j in jobs if j["arm"] == "base")
+    assert "addon.transform" not in base_job["overrides"]  # the grid touches E2MC arms only
+    with pytest.raises(ConfigError, match="grid"):
+        arms.plan(arms.parse(base + ["--transform", "sigmoid,gaussian_cdf"]))
+
+
+def test_components_first_step_vs_last_epoch_mean(tmp_path):
+    from benchmarks.reproduce import components
+
+    head = "wall_time,epoch,step,phase,loss,base.covariance,addon.covariance,rankme\n"
+    rows = ["1,0,0,init,,,,200\n", "2,0,20,train,5,0.8,0.003,\n", "3,0,40,train,5,0.9,0.004,\n",
+            "4,1,60,train,5,2.0,0.006,\n", "5,1,80,train,5,3.0,,\n", "6,2,80,epoch,,,,210\n"]
+    for seed, scale in ((0, 1.0), (1, 3.0)):
+        run = tmp_path / "runs" / f"e2mc-seed{seed}"
+        run.mkdir(parents=True)
+        (run / "metrics.csv").write_text(head + "".join(r.replace("0.8,", f"{0.8 * scale},") for r in rows))
+        (run / "harness.json").write_text(json.dumps({"label": "e2mc", "seed": seed, "done": True}))
+    table = components.main([str(tmp_path)])
+    comp = table["e2mc"]["components"]
+    assert table["e2mc"]["seeds"] == [0, 1]
+    assert comp["base.covariance"]["first"] == pytest.approx((0.8 + 2.4) / 2)  # first train row, seed mean
+    assert comp["base.covariance"]["last_epoch"] == pytest.approx(2.5)  # epoch 1 rows: (2 + 3) / 2
+    assert comp["addon.covariance"] == {"first": 0.003, "last_epoch": pytest.approx(0.006)}  # blank cell skipped
+    assert "rankme" not in comp and "addon.entropy" not in comp
+    assert "| e2mc | 0,1 |" in (tmp_path / "components.md").read_text()

@@ -37,6 +37,7 @@ ARMS: dict[str, dict] = {
     "mmcr": {"addon.name": "mmcr"},
 }
 BASE = "base"
+TRANSFORM_TAGS = {"sigmoid": "sig", "gaussian_cdf": "cdf", "identity": "id"}
 
 
 def _floats(text: str) -> list[float]:
@@ -58,22 +59,33 @@ def plan(args) -> list[dict]:
     unknown = [a for a in args.arms if a not in ARMS]
     if unknown:
         raise ConfigError(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
-    if not args.select and max(len(args.lr), len(args.entropy_weight), len(args.cov_weight)) > 1:
-        raise ConfigError("lists of --lr / --entropy-weight / --cov-weight are a grid: only with --select")
+    if not args.select and max(len(args.lr), len(args.entropy_weight), len(args.cov_weight), len(args.transform),
+                               len(args.m)) > 1:
+        raise ConfigError("lists of --lr / --entropy-weight / --cov-weight / --transform / --m are a grid: "
+                          "only with --select")
     jobs = []
     for arm in args.arms:
         e2mc_arm = ARMS[arm].get("addon.name") == "e2mc"
-        grid = [(lr, ew, cw) for lr in args.lr for ew in (args.entropy_weight if e2mc_arm else [None])
-                for cw in (args.cov_weight if e2mc_arm else [None])]
-        for lr, ew, cw in grid:
+        ew_, cw_, tr_, m_ = ((args.entropy_weight, args.cov_weight, args.transform, args.m) if e2mc_arm
+                             else ([None], [None], [None], [None]))
+        grid = [(lr, ew, cw, tr, m) for lr in args.lr for ew in ew_ for cw in cw_ for tr in tr_ for m in m_]
+        for lr, ew, cw, tr, m in grid:
             over = {"optim.lr": lr}
             if e2mc_arm:
                 over.update({"addon.entropy_weight": ew, "addon.cov_weight": cw})
+                # transform / m enter the overrides (and the label) only when asked for, so run folders
+                # made before these options existed keep matching their harness.json
+                if tr is not None:
+                    over["addon.transform"] = tr
+                if m is not None:
+                    over["addon.m"] = m
             over.update(ARMS[arm])
             label = arm
             if args.select:
                 label += f"-lr{_num(lr)}" + (f"-ew{_num(over['addon.entropy_weight'])}-cw{_num(over['addon.cov_weight'])}"
                                              if e2mc_arm else "")
+                label += f"-{TRANSFORM_TAGS.get(tr, tr)}" if tr is not None else ""
+                label += f"-m{m}" if m is not None else ""
             for seed in args.seeds:
                 jobs.append({"arm": arm, "label": label, "seed": seed, "lr": lr, "overrides": over,
                              "dir": Path(args.out) / "runs" / f"{label}-seed{seed}"})
@@ -219,6 +231,11 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--entropy-weight", type=_floats, default=[10.0], help="E2MC entropy weight (grid with --select)")
     ap.add_argument("--cov-weight", type=_floats, default=[1.0], help="E2MC covariance weight (grid with --select)")
+    ap.add_argument("--transform", type=lambda s: [t for t in s.split(",") if t], default=[None],
+                    help="E2MC transform(s): sigmoid, gaussian_cdf, identity (default: the recipe's; grid with "
+                         "--select)")
+    ap.add_argument("--m", type=_ints, default=[None],
+                    help="E2MC m-spacing(s) (default: round(sqrt(N)); grid with --select)")
     ap.add_argument("--recipe", default="cifar10_vicreg_e2mc", help="continue recipe every arm starts from")
     ap.add_argument("--dataset", default=None, help="training data spec (default: the start's pre-training data)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="extra override key=value for every arm")

@@ -8,7 +8,7 @@ import sys
 
 from e2mc import __version__
 from e2mc.commands import COMMAND_MODULES
-from e2mc.errors import E2MCError
+from e2mc.errors import E2MCError, RunInterrupted
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except RunInterrupted as exc:  # a signal stopped a run started through the Python API (e.g. the demo)
+        print(f"e2mc {args.command}: {exc}; rerun the same command to resume", file=sys.stderr)
+        return 3
     except E2MCError as exc:
         print(f"e2mc {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -24,3 +24,16 @@ class CriterionInputError(E2MCError, ValueError):
 
 class TrainingDiverged(E2MCError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class RunInterrupted(E2MCError):
+    """A training run was stopped by SIGTERM/SIGINT after saving a checkpoint; resume it.
+
+    Raised by the Python API (``pretrain`` / ``continue_training``) so that a caller never takes a
+    stopped run for a finished one. ``run_dir`` is the run folder to resume (``out.resume``).
+    """
+
+    def __init__(self, run_dir, epoch: int, step: int):
+        self.run_dir, self.epoch, self.step = run_dir, epoch, step
+        super().__init__(f"run stopped by a signal at epoch {epoch} step {step}; a checkpoint is saved. "
+                         f"Resume with out.resume=True (CLI: --out {run_dir} --resume)")

@@ -93,6 +93,30 @@ def test_sigterm_mid_epoch_then_resume_is_identical(tmp_path, tiny):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_api_raises_run_interrupted_and_resumes(tmp_path, tiny, monkeypatch):
+    """The Python API never returns a signal-stopped run as if it had finished (callers would mark it done)."""
+    from e2mc import pretrain
+    from e2mc.errors import RunInterrupted
+
+    cfg = tiny(tmp_path / "r", "train.epochs=1", "data.limit=256")
+    real, calls = Trainer.train_step, []
+
+    def step(self, images, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, images, **kw)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    with pytest.raises(RunInterrupted, match="--resume") as info:
+        pretrain(cfg)
+    assert info.value.run_dir == tmp_path / "r" and info.value.step == 2
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["step"] == 2
+    cfg.out.resume = True
+    assert pretrain(cfg) == tmp_path / "r"  # resumed to the end: returns normally
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["epoch"] == 1
+
+
 def test_nan_stops_with_last_good_checkpoint_intact(tmp_path, tiny):
     out = tmp_path / "r"
     t = Trainer(tiny(out, "train.epochs=3", "data.limit=256"), quiet=True)

@@ -32,10 +32,10 @@ def pretrain(config_or_path: str | Path | dict | RunConfig | None = None, **over
 
     ``config_or_path``: a ``RunConfig``, a dict, a YAML path or a recipe name. Keyword overrides
     use ``__`` or dots for sections: ``pretrain("digits_vicreg_pretrain", train__epochs=1)``.
+    Raises :class:`~e2mc.errors.RunInterrupted` when SIGTERM/SIGINT stopped the run (a checkpoint
+    is saved first; resume with ``out__resume=True``).
     """
-    from e2mc.train.loop import Trainer
-
-    return Path(Trainer(build_config("pretrain", config_or_path, **overrides)).fit())
+    return _fit(build_config("pretrain", config_or_path, **overrides))
 
 
 def continue_training(config_or_path: str | Path | dict | RunConfig | None = None, **overrides: Any) -> Path:
@@ -43,7 +43,18 @@ def continue_training(config_or_path: str | Path | dict | RunConfig | None = Non
 
     Defaults for continued training: constant LR, no LR warm-up; fresh heads (backbone-only
     checkpoints) are warmed up for ``train.head_warmup_steps`` with the backbone frozen.
+    Raises :class:`~e2mc.errors.RunInterrupted` like :func:`pretrain`.
     """
+    return _fit(build_config("continue", config_or_path, **overrides))
+
+
+def _fit(cfg: RunConfig) -> Path:
+    """Train; raise :class:`~e2mc.errors.RunInterrupted` if a signal stopped the run before its end."""
+    from e2mc.errors import RunInterrupted
     from e2mc.train.loop import Trainer
 
-    return Path(Trainer(build_config("continue", config_or_path, **overrides)).fit())
+    trainer = Trainer(cfg)
+    run_dir = Path(trainer.fit())
+    if trainer.stop_requested:
+        raise RunInterrupted(run_dir, trainer.epoch, trainer.global_step)
+    return run_dir
