@@ -189,3 +189,19 @@ def test_components_first_step_vs_last_epoch_mean(tmp_path):
     assert comp["addon.covariance"] == {"first": 0.003, "last_epoch": pytest.approx(0.006)}  # blank cell skipped
     assert "rankme" not in comp and "addon.entropy" not in comp
     assert "| e2mc | 0,1 |" in (tmp_path / "components.md").read_text()
+
+
+def test_summary_rows_in_points_with_interval_and_terms(tmp_path):
+    from benchmarks.reproduce import summary
+
+    row = {"mean": 0.55, "seeds": [0, 1], "diff": {"mean": 0.005, "low": 0.0001, "high": 0.0099}}
+    res = {"arms": {"start": {"knn/top1_k20": {"mean": 0.5, "seeds": [0]}},
+                    "base": {"knn/top1_k20": {"mean": 0.545, "seeds": [0, 1], "diff": None}},
+                    "e2mc@ep2": {"knn/top1_k20": row, "rankme/backbone": {"mean": 240.04, "seeds": [0, 1]}}},
+           "reference": {"start": "base", "base": None, "e2mc@ep2": "base"}}
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    (tmp_path / "components.json").write_text(json.dumps(
+        {"e2mc": {"seeds": [0, 1], "components": {"base.covariance": {"first": 0.8, "last_epoch": 2.414}}}}))
+    (r,) = summary.rows_of(tmp_path)  # start and base (no reference) are not rows
+    assert r[:4] == [tmp_path.name, "e2mc@ep2", "0,1", "+0.50 [+0.01, +0.99]"]
+    assert r[6] == "240.0" and r[8] == "2.41" and r[7] == r[9] == ""
