@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 
 import pytest
 import torch
@@ -205,3 +206,23 @@ def test_summary_rows_in_points_with_interval_and_terms(tmp_path):
     (r,) = summary.rows_of(tmp_path)  # start and base (no reference) are not rows
     assert r[:4] == [tmp_path.name, "e2mc@ep2", "0,1", "+0.50 [+0.01, +0.99]"]
     assert r[6] == "240.0" and r[8] == "2.41" and r[7] == r[9] == ""
+
+
+def test_run_one_keeps_seconds_of_a_stopped_run_and_leaves_it_not_done(tmp_path, monkeypatch):
+    from e2mc.errors import RunInterrupted
+
+    def stopped(*_, **kw):
+        time.sleep(0.3)  # the part trained before the signal
+        raise RunInterrupted(kw["out.dir"], 0, 3)
+
+    monkeypatch.setattr(e2mc, "continue_training", stopped)
+    job = {"arm": "e2mc", "label": "e2mc", "seed": 0, "overrides": {"addon.name": "e2mc"}, "dir": tmp_path / "r"}
+    with pytest.raises(RunInterrupted):
+        arms.run_one(job, {"recipe": "digits_vicreg_e2mc"}, log=lambda *_: None)
+    state = json.loads((tmp_path / "r" / "harness.json").read_text())
+    assert state["done"] is False and state["train_seconds"] >= 0.2 and "finished" not in state
+    state["train_seconds"] = 12.5  # as if the stopped part had taken 12.5 s: a rerun adds to it
+    (tmp_path / "r" / "harness.json").write_text(json.dumps(state))
+    with pytest.raises(RunInterrupted):
+        arms.run_one(job, {"recipe": "digits_vicreg_e2mc"}, log=lambda *_: None)
+    assert json.loads((tmp_path / "r" / "harness.json").read_text())["train_seconds"] >= 12.7

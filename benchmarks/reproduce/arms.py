@@ -113,8 +113,13 @@ def run_one(job: dict, common: dict, log=print) -> float:
     resume = (run_dir / "checkpoints" / "last.pt").is_file()  # interrupted: resume; else (re)start clean
     log(f"{'resume' if resume else 'train'} {job['label']} seed {job['seed']} -> {run_dir}")
     t0 = time.perf_counter()
-    continue_training(common["recipe"], **{k: v for k, v in over.items() if k != "recipe"},
-                      out__resume=resume, out__overwrite=not resume)
+    try:
+        continue_training(common["recipe"], **{k: v for k, v in over.items() if k != "recipe"},
+                          out__resume=resume, out__overwrite=not resume)
+    except BaseException:  # stopped (RunInterrupted, ^C) or failed: keep the seconds spent so far, not done
+        state["train_seconds"] = round(state["train_seconds"] + time.perf_counter() - t0, 1)
+        write_json(marker, {**state, "done": False})
+        raise
     dt = time.perf_counter() - t0
     state.update(done=True, train_seconds=round(state["train_seconds"] + dt, 1),
                  finished=time.strftime("%Y-%m-%d %H:%M:%S"))

@@ -12,7 +12,6 @@ does the entropy term do to VICReg's invariance / covariance terms?).
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 from pathlib import Path
 
@@ -28,8 +27,9 @@ def read_components(metrics_csv: str | Path, columns=COLUMNS) -> dict[str, dict[
     ``first`` is the first logged training row; ``last_epoch`` the mean over the training rows of
     the last epoch that has any. Columns that are empty throughout are left out.
     """
-    with open(metrics_csv, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r.get("phase") == "train"]
+    from e2mc.train.run import read_metrics
+
+    rows = [r for r in read_metrics(metrics_csv) if r.get("phase") == "train"]
     if not rows:
         return {}
     last_ep = rows[-1]["epoch"]

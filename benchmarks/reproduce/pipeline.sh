@@ -4,9 +4,9 @@
 # Issue 7 pipeline after pre-training: export start -> held-out selection -> test arms (3 seeds)
 # -> curve -> ablation arms. Each step is resumable; rerun the script after an interruption.
 set -euo pipefail
-cd /work/main
+cd "$(dirname "$0")/../.."   # the repository root
 export OMP_NUM_THREADS=2
-R=/work/e2mc-runs
+R=${RUNS:-/work/e2mc-runs}   # run folders (large; not in git)
 START=benchmarks/starts/cifar10_vicreg_r18
 LR=0.03
 log() { echo "[$(date +%H:%M:%S)] $*"; }
@@ -21,9 +21,9 @@ log select
 python -m benchmarks.reproduce.arms --select --holdout 5000 --start $START --arms base,e2mc --seeds 0 \
     --epochs 2 --lr $LR --entropy-weight 5,10,20 --cov-weight 1 --protocols knn,rankme --threads 2 \
     --out $R/select --title "Selection on 5,000 held-out training images"
-read EW EP < <(python - <<'PY'
-import json, re
-sel = json.load(open("/work/e2mc-runs/select/results.json"))["selection"]
+read EW EP < <(R=$R python - <<'PY'
+import json, os, re
+sel = json.load(open(os.path.join(os.environ["R"], "select", "results.json")))["selection"]
 lab = sel["label"]
 ew = re.search(r"-ew([0-9.e+-]+)-cw", lab).group(1)
 ep = re.search(r"@ep(\d+)", lab).group(1)

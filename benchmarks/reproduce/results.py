@@ -58,7 +58,8 @@ def summarise(per_label: dict[str, dict[int, dict]], reference: dict[str, str | 
     return out
 
 
-def _fmt(m: str, x: float | None, signed: bool = False) -> str:
+def fmt_value(m: str, x: float | None, signed: bool = False) -> str:
+    """A metric value as the tables print it: accuracies in points (x100, 2 decimals), the rest 4 digits."""
     if x is None:
         return "n/a"
     scale, fmt = (100.0, ".2f") if _is_accuracy(m) else (1.0, ".4g")
@@ -77,7 +78,7 @@ def to_markdown(summary: dict, metrics=TABLE_METRICS, title: str = "", notes: li
         cells = []
         for m in mets:
             r = summary[lab].get(m)
-            cells.append("" if r is None else _fmt(m, r["mean"]) + ("" if r["std"] is None else f" ± {_fmt(m, r['std'])}")
+            cells.append("" if r is None else fmt_value(m, r["mean"]) + ("" if r["std"] is None else f" ± {fmt_value(m, r['std'])}")
                          + f" ({r['n']})")
         lines.append(f"| {lab} | " + " | ".join(cells) + " |")
     lines += ["", "Difference to base-only (arm − base), 95% t-interval; paired by training seed where "
@@ -91,8 +92,8 @@ def to_markdown(summary: dict, metrics=TABLE_METRICS, title: str = "", notes: li
                 cells.append("")
                 continue
             any_diff = True
-            cells.append(_fmt(m, d["mean"], True) + (" (n=1)" if d["low"] is None else
-                                                      f" [{_fmt(m, d['low'], True)}, {_fmt(m, d['high'], True)}]"))
+            cells.append(fmt_value(m, d["mean"], True) + (" (n=1)" if d["low"] is None else
+                                                      f" [{fmt_value(m, d['low'], True)}, {fmt_value(m, d['high'], True)}]"))
         if any_diff:
             lines.append(f"| {lab} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

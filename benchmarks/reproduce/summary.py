@@ -10,19 +10,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from benchmarks.reproduce import results as R
 from benchmarks.reproduce.common import read_json
 
 METRICS = ("knn/top1_k20", "knn/top1_k200", "linear/top1")
 TERMS = ("base.invariance", "base.covariance", "addon.covariance")
 
 
-def _diff(row: dict | None) -> str:
+def _diff(metric: str, row: dict | None) -> str:
     d = (row or {}).get("diff")
     if not d:
         return ""
-    text = f"{100 * d['mean']:+.2f}"
+    text = R.fmt_value(metric, d["mean"], signed=True)
     if d.get("low") is not None:
-        text += f" [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
+        text += f" [{R.fmt_value(metric, d['low'], signed=True)}, {R.fmt_value(metric, d['high'], signed=True)}]"
     return text
 
 
@@ -39,7 +40,7 @@ def rows_of(folder: str | Path) -> list[list[str]]:
         seeds = next(iter(mets.values()))["seeds"]
         run_label = label.split("@")[0]
         terms = comp.get(run_label, {}).get("components", {})
-        out.append([folder.name, label, ",".join(map(str, seeds)), *[_diff(mets.get(m)) for m in METRICS],
+        out.append([folder.name, label, ",".join(map(str, seeds)), *[_diff(m, mets.get(m)) for m in METRICS],
                     f"{mets['rankme/backbone']['mean']:.1f}" if "rankme/backbone" in mets else "",
                     *[f"{terms[t]['last_epoch']:.3g}" if t in terms else "" for t in TERMS]])
     return out
