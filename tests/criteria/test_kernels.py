@@ -106,3 +106,64 @@ def test_nuclear_norm_gradient_finite_at_rank_deficiency():
     z = torch.ones(6, 4, requires_grad=True)  # identical rows: MMCR of collapsed embeddings
     MMCRAddon()([z, z])["loss"].backward()
     assert torch.isfinite(z.grad).all()
+
+
+@pytest.mark.parametrize("transform, lo, hi, sf", [
+    ("sigmoid", 17.0, 30.0, lambda v: __import__("scipy.special").special.expit(-v)),
+    ("gaussian_cdf", 5.6, 8.0, lambda v: __import__("scipy.stats").stats.norm.sf(v)),
+])
+def test_e2mc_spacings_exact_where_float32_transform_saturates(transform, lo, hi, sf):
+    """Past |z| ~ 16.6 (sigmoid) / 5.4 (normal CDF) float32 T(z) is exactly 1.0, so a naive
+    estimator sees only ties; the kernel must give scipy's float64 spacings there."""
+    import numpy as np
+
+    n, m = 64, 8
+    g = torch.Generator().manual_seed(4)
+    z = lo + (hi - lo) * torch.rand(n, 3, generator=g)
+    assert bool((_REF_TRANSFORMS[transform](z) == 1.0).all())  # fully saturated in float32
+    out = E2MC(transform=transform, m=m, gather=False, entropy_weight=1.0, cov_weight=0.0)([z])
+    s = np.sort(z.double().numpy(), axis=0)
+    tail = sf(s)  # 1 - T(z), precise in float64
+    ref = np.log((n + 1) / m * (tail[:-m] - tail[m:]) + 1e-8).mean(axis=0).mean()
+    assert float(out["entropy"]) == pytest.approx(ref, abs=2e-3)
+    assert float(out["tied"]) == 0.0 and float(out["saturated"]) == 1.0
+    # the negative tail is the mirror image
+    out_neg = E2MC(transform=transform, m=m, gather=False)([-z])
+    assert float(out_neg["entropy"]) == pytest.approx(ref, abs=2e-3)
+
+
+def test_e2mc_reports_ties():
+    z = torch.zeros(16, 4)
+    z[:8] = 1.0  # two values per column: every spacing within a block is zero
+    out = E2MC(transform="sigmoid", m=4, gather=False)([z])
+    # 12 spacings per column, of which only those crossing the two blocks (4) are non-zero
+    assert float(out["tied"]) == pytest.approx(8 / 12)
+    assert float(out["saturated"]) == 0.0
+
+
+@pytest.mark.parametrize("transform", ["sigmoid", "gaussian_cdf"])
+def test_e2mc_gradient_finite_and_signed_in_saturated_tail(transform):
+    """The slope at saturated values comes from the small side of the CDF: still positive."""
+    z = torch.linspace(20.0, 40.0, 32).unsqueeze(1).repeat(1, 2) if transform == "sigmoid" \
+        else torch.linspace(6.0, 9.0, 32).unsqueeze(1).repeat(1, 2)
+    z = z.clone().requires_grad_()
+    E2MC(transform=transform, m=4, gather=False, cov_weight=0.0)([z])["loss"].backward()
+    assert torch.isfinite(z.grad).all() and bool((z.grad != 0).any())
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "gaussian_cdf"])
+@pytest.mark.parametrize("m", [1, 3, 9])
+def test_box_spacings_match_float64_differences(name, m):
+    """Spacings across 0 (the band where the indicator jumps), signed zeros, ties and all-negative
+    / all-positive rows, against T(hi) - T(lo) in float64."""
+    from e2mc.criteria.kernels import box_spacings
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 10, generator=g).round(decimals=1)
+    x[0, :3] = torch.tensor([-0.0, 0.0, -0.0])
+    x[1] = x[1].abs() + 0.1  # no negatives
+    x[2] = -x[2].abs() - 0.1  # no non-negatives
+    vals = torch.sort(x, dim=1).values
+    diff, _ = box_spacings(name, vals, m)
+    ref_t = _REF_TRANSFORMS[name](vals.double())
+    torch.testing.assert_close(diff.double(), ref_t[:, m:] - ref_t[:, :-m], rtol=1e-5, atol=1e-6)

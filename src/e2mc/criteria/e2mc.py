@@ -29,7 +29,12 @@ class E2MC(nn.Module):
     autocast disabled, in one fused autograd node (``kernels.E2MCStats``: one packed sort for
     all views, closed-form backward); the entropy is computed before centring (it is
     translation invariant), which only changes float rounding. The spacing used in the last call is stored in ``self.last_m`` and
-    returned as ``"m"``.
+    returned as ``"m"``. The box transforms' spacings are computed from the sorted ``Z`` on the
+    small side of the CDF (``kernels.box_spacings``), so values in the float32-saturated tails
+    (sigmoid beyond |z| ~ 16.6, the normal CDF beyond ~5.4) keep distinct, exact spacings.
+    ``"tied"`` (fraction of zero spacings) and ``"saturated"`` (fraction of values within float32
+    resolution of the box edge, where the transform's slope is < 6e-8; both read
+    on at most ~256 columns per view) are logged so a user sees when the estimator degenerates.
 
     Ties (e.g. fp16/bf16 projector outputs) give zero spacings; ``eps`` keeps the loss and the
     float32 gradient finite, but a tie's gradient is large, about
@@ -101,7 +106,7 @@ class E2MC(nn.Module):
                     "use a larger batch or a smaller m"
                 )
             # One autograd node for all views: packed sort + closed-form backward (kernels.py).
-            ent, cov = E2MCStats.apply(self.transform_name, self.transform, m_used, self.eps, *zs)
+            ent, cov, tied, sat = E2MCStats.apply(self.transform_name, self.transform, m_used, self.eps, *zs)
             ent = ent.mean() if self.view_reduction[0] == "mean" else ent.sum()
             cov = cov.mean() if self.view_reduction[1] == "mean" else cov.sum()
             loss = self.cov_weight * cov - self.entropy_weight * ent
@@ -110,5 +115,7 @@ class E2MC(nn.Module):
             "loss": loss,
             "entropy": ent.detach(),
             "covariance": cov.detach(),
+            "tied": tied,
+            "saturated": sat,
             "m": torch.tensor(float(m_used), device=device),
         }

@@ -29,6 +29,8 @@ from e2mc.errors import ConfigError
 _LOW31 = 0x7FFFFFFF
 _SLOPE_NAMES = frozenset({"sigmoid", "gaussian_cdf", "identity"})
 _SQRT_2PI = 2.5066282746310002
+_SQRT_HALF = 0.7071067811865476
+_F32_EDGE = 2.0**-24  # float32 T(z) = 1 / (1 + s / (1 - s)) is exactly 1.0 for s below ~this
 
 
 def _order_key(bits: torch.Tensor, nonneg: bool) -> torch.Tensor:
@@ -64,9 +66,49 @@ def sort_columns(us: list[torch.Tensor], nonneg: bool = False) -> tuple[torch.Te
 
 def spacing_logs(vals: torch.Tensor, m: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``a = (N+1)/m * (x_(i+m) - x_(i)) + eps`` of sorted rows, and ``mean_i log a`` per row."""
-    n = vals.shape[1]
-    a = (vals[:, m:] - vals[:, :-m]).mul_((n + 1) / m).add_(eps)
+    return _logs_of_spacings(vals[:, m:] - vals[:, :-m], vals.shape[1], m, eps)
+
+
+def _logs_of_spacings(diff: torch.Tensor, n: int, m: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    a = diff.mul_((n + 1) / m).add_(eps)
     return a, torch.log(a).mean(dim=1)
+
+
+def lower_tail(name: str, z: torch.Tensor) -> torch.Tensor:
+    """``T(-|z|)`` of the box transform ``name``, accurate in float32 far into the tail (torch's
+    float32 ``ndtr`` is 0 below -5.5; ``erfc`` keeps 1e-38)."""
+    if name == "sigmoid":
+        return z.abs().neg_().sigmoid_()
+    return torch.special.erfc(z.abs().mul_(_SQRT_HALF)).mul_(0.5)
+
+
+def box_spacings(name: str, zs_sorted: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``T(z_(i+m)) - T(z_(i))`` of rows of sorted z, for a CDF ``T`` with ``T(-z) = 1 - T(z)``.
+
+    Computing ``T(z)`` and subtracting loses the upper tail in float32: ``sigmoid(z)`` rounds to
+    exactly 1.0 for z > ~16.6 and ``ndtr(z)`` for |z| > ~5.4, so distinct z give tied values and
+    zero spacings there. Here only the small side ``s = T(-|z|)`` (precise down to 1e-38) is
+    evaluated and ``T(z) = [z >= 0] + q`` with ``q = -s`` for z >= 0, ``q = s`` otherwise, so the
+    spacing is ``(q_hi - q_lo) + ([hi >= 0] - [lo >= 0])``: within one tail it subtracts two small
+    numbers exactly. The indicator term is 1 only on the spacings that straddle 0, a band of at
+    most m per row starting m before the row's first non-negative value (rows are sorted), so it
+    is added at those few positions rather than over the whole array. Sorting z (not T(z)) keeps
+    the order of saturated values. Returns the spacings and ``s``.
+    """
+    rows, n = zs_sorted.shape
+    s = lower_tail(name, zs_sorted)
+    q = torch.where(zs_sorted < 0, s, s.neg())
+    diff = q[:, m:] - q[:, :-m]
+    first_pos = torch.searchsorted(zs_sorted, zs_sorted.new_zeros(rows, 1))  # (rows, 1)
+    band = first_pos - m + torch.arange(m, device=zs_sorted.device)  # lower indices i of the band
+    inside = (band >= 0) & (band < n - m)
+    diff.scatter_add_(1, band.clamp_(0, n - m - 1), inside.to(diff.dtype))
+    return diff, s
+
+
+def _sampled_rows(rows: int, views: int) -> slice:
+    """Every k-th row of a (views * D, ...) array, at most ~256 per view (cheap diagnostics)."""
+    return slice(None, None, max(1, rows // (256 * views)))
 
 
 def spacing_grad(
@@ -118,11 +160,13 @@ def _offdiag_grad(uc: torch.Tensor, mat: torch.Tensor, diag: torch.Tensor) -> to
     return (uc @ mat).mul_(4.0)
 
 
-def _transform_slope(name: str, saved: torch.Tensor) -> torch.Tensor:
-    """Derivative of the transform, from ``u`` (sigmoid) or ``z`` (gaussian_cdf)."""
+def _transform_slope(name: str, z: torch.Tensor) -> torch.Tensor:
+    """Derivative of the transform at ``z`` (sigmoid: ``s (1 - s)`` with ``s = sigmoid(-|z|)``,
+    which stays positive where ``sigmoid(z)`` itself has rounded to 1)."""
     if name == "sigmoid":
-        return saved * (1.0 - saved)
-    return torch.exp(saved * saved * -0.5).div_(_SQRT_2PI)
+        s = lower_tail(name, z)
+        return s.sub_(s * s)
+    return torch.exp(z * z * -0.5).div_(_SQRT_2PI)
 
 
 class E2MCStats(torch.autograd.Function):
@@ -131,7 +175,12 @@ class E2MCStats(torch.autograd.Function):
     ``forward(name, transform, m, eps, *zs)``: ``u = transform(z.float())``; entropy = mean over
     columns of the m-spacing entropy of ``u`` (translation invariant, so computed before
     centring); covariance = ``sum_{i != j} cov(u)_ij^2 / D`` with ``cov = uc^T uc / (N - 1)``.
-    Returns two (V,) float32 tensors.
+    For the box transforms the columns of ``z`` are sorted and the spacings taken with
+    ``box_spacings`` (exact in the saturated tails). Returns the (V,) entropies and covariances,
+    and two scalars without gradient, diagnostics of a degenerating estimator: the fraction of
+    zero spacings (``tied``) and of values within float32 resolution of the box edge,
+    ``T(-|z|) <= 2^-24`` (``saturated``: a float32 ``T(z)`` is 1.0 there in the upper tail and the
+    transform's slope is < 6e-8). Both are read on every k-th column (at most ~256 per view).
     """
 
     @staticmethod
@@ -143,12 +192,24 @@ class E2MCStats(torch.autograd.Function):
                 f"transform {name!r}; use one of those"
             )
         n, d = zs[0].shape
+        views = len(zs)
         zf = [z.float() for z in zs]
         us = [transform(z) for z in zf]
-        vals, idx = sort_columns(us, nonneg=name in ("sigmoid", "gaussian_cdf"))
-        a, h = spacing_logs(vals, m, eps)
+        rows = _sampled_rows(views * d, views)
+        if name == "identity":
+            vals, idx = sort_columns(us)
+            diff = vals[:, m:] - vals[:, :-m]
+            saturated = vals.new_zeros(())
+        else:
+            vals, idx = sort_columns(zf)
+            diff, edge = box_spacings(name, vals, m)
+            saturated = (edge[rows] <= _F32_EDGE).float().mean()
+            del edge
         del vals
-        ent = h.view(len(zs), d).mean(dim=1)
+        tied = (diff[rows] == 0).float().mean()
+        a, h = _logs_of_spacings(diff, n, m, eps)
+        del diff
+        ent = h.view(views, d).mean(dim=1)
         scale = 1.0 / ((n - 1) ** 2 * d)
         covs, saved = [], []
         for u in us:
@@ -157,13 +218,14 @@ class E2MCStats(torch.autograd.Function):
             covs.append(total * scale)
             saved += [uc, mat, diag]
         ctx.name, ctx.m, ctx.scale, ctx.dtypes = name, m, scale, [z.dtype for z in zs]
-        derivs = zf if name == "gaussian_cdf" else us if name == "sigmoid" else []
+        derivs = zf if name != "identity" else []
         ctx.save_for_backward(a, idx, *saved, *derivs)
-        return ent, torch.stack(covs)
+        ctx.mark_non_differentiable(tied, saturated)
+        return ent, torch.stack(covs), tied, saturated
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_ent: torch.Tensor, g_cov: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, g_ent: torch.Tensor, g_cov: torch.Tensor, *_: torch.Tensor):  # type: ignore[override]
         a, idx, *rest = ctx.saved_tensors
         views = len(ctx.dtypes)
         saved, derivs = rest[: 3 * views], rest[3 * views :]

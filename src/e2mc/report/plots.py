@@ -33,12 +33,14 @@ def _num(v) -> float | None:
 
 
 def curve_columns(runs: Mapping[str, list[dict]]) -> list[str]:
-    """Numeric columns worth plotting over training: loss terms first, then label-free metrics."""
+    """Numeric columns worth plotting over training: loss terms first, then label-free metrics.
+    A column that holds one value in every run (e.g. ``addon.m``, or ``addon.tied`` at 0) is left out."""
     cols: list[str] = []
     for rows in runs.values():
         for c in (rows[0].keys() if rows else []):
             if c not in NON_CURVE_COLUMNS and c not in cols and any(_num(r.get(c)) is not None for r in rows):
                 cols.append(c)
+    cols = [c for c in cols if len({_num(r.get(c)) for rows in runs.values() for r in rows} - {None}) > 1]
     return [c for c in cols if c not in METRIC_COLUMNS] + [c for c in METRIC_COLUMNS if c in cols]
 
 
