@@ -168,13 +168,21 @@ def test_e2mc_own_checkpoint(tmp_path):
     torch.manual_seed(0)
     src = SSLModel.build("swav", "resnet18", cifar_stem=True, hidden=64, out=16, prototypes=30)
     obj = {"e2mc_version": "0.1.0", "format": "e2mc", "method": "swav", "arch": "resnet18", "cifar_stem": True,
-           "head_sizes": src.head_sizes, "model": src.state_dict(), "epoch": 3, "step": 30, "source_format": "swav"}
+           "head_sizes": src.head_sizes, "model": src.state_dict(), "epoch": 3, "step": 30, "source_format": "random"}
     torch.save(obj, tmp_path / "last.pt")
     model, report = load_model(tmp_path / "last.pt")
     assert (report.format, report.arch, report.cifar_stem, report.method) == ("e2mc", "resnet18", True, "swav")
     assert model.backbone.conv1.kernel_size == (3, 3) and isinstance(model.backbone.maxpool, torch.nn.Identity)
     assert report.head_sizes == {"hidden": 64, "out": 16, "prototypes": 30}
     assert_round_trip(tmp_path, model, report, obj, get=lambda o: o["model"])
+    # a run continued from an official SwAV file goes back to SwAV's layout, 10 + 3 epochs on
+    torch.save({**obj, "source_format": "swav", "source_epoch": 10,
+                "source_layout": {"kind": "swav", "module_prefix": True, "wrapped": True}}, tmp_path / "run.pt")
+    model, report = load_model(tmp_path / "run.pt")
+    export_model(model, report, tmp_path / "swav.pth")
+    written = torch.load(tmp_path / "swav.pth", weights_only=True)
+    assert written["epoch"] == 13 and "module.prototypes.weight" in written["state_dict"]
+    assert torch.equal(written["state_dict"]["module.conv1.weight"], obj["model"]["backbone.conv1.weight"])
 
 
 def test_safetensors_backbone(tmp_path, r18_trunk):

@@ -61,10 +61,11 @@ def run_inspect(args) -> int:
 
 def run_export(args) -> int:
     """Load a checkpoint and write it in the requested layout."""
-    from e2mc.models.export import export_model
+    from e2mc.models.export import export_model, resolve_target
 
     model, report = _load(args)
     opt = report.optimizer_state if args.with_optimizer else None
     out = export_model(model, report, args.out, format=args.to, optimizer_state=opt)
-    print(f"wrote {out} ({args.to if args.to != 'original' else report.format} layout, from {report.format})")
+    fmt, _, _, epoch = resolve_target(report, args.to)
+    print(f"wrote {out} ({fmt} layout{'' if epoch is None else f', epoch {epoch}'}, from {report.format})")
     return 0

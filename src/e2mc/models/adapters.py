@@ -120,11 +120,15 @@ class E2MCAdapter(Adapter):
     def split(self, obj):
         if not is_tensor_dict(obj.get("model")):
             raise CheckpointError("e2mc checkpoint without a 'model' state dict")
-        return _flat_parts(
+        parts = _flat_parts(
             obj["model"], "model", method=obj.get("method"), arch=obj.get("arch"),
             cifar_stem=obj.get("cifar_stem"), head_sizes=obj.get("head_sizes"),
             epoch=_epoch(obj), optimizer=obj.get("optimizer"),
         )
+        # where a run came from: export --to original writes that layout again
+        parts.layout.update(source_format=obj.get("source_format"), source_epoch=obj.get("source_epoch"),
+                            source_layout=dict(obj.get("source_layout") or {}))
+        return parts
 
     def pack(self, backbone, heads, meta):
         from e2mc import __version__

@@ -79,6 +79,30 @@ def save_backbone_safetensors(model, path: str | os.PathLike, source_format: str
     return _save_safetensors(backbone, path, meta)
 
 
+def resolve_target(report, format: str | None = None, epoch: int | None = None) -> tuple[str, str | None, dict, int | None]:
+    """``(format, source format, source layout, epoch)`` that ``export_model`` writes for ``format``.
+
+    ``None``/``"original"`` is the layout the model was loaded from; for an e2mc run checkpoint it
+    is the layout the run was continued from (a VICReg ``resnet50_fullckpt.pth`` comes back as
+    one), with ``epoch`` = the source's epoch + the epochs run. ``e2mc`` when nothing is known.
+    """
+    source = getattr(report, "format", None)
+    layout = dict(getattr(report, "layout", None) or {})
+    fmt = format or "original"
+    origin = layout.get("source_format") if source == "e2mc" else None
+    if origin in ("random", "e2mc", "safetensors"):
+        origin = None  # nothing to go back to (a safetensors source keeps its own metadata)
+    if fmt == "original":
+        fmt = origin or (source if source and source != "random" else "e2mc")
+    if origin and fmt != "e2mc":  # leaving a run checkpoint for a published layout
+        done, before = getattr(report, "epoch", None), layout.get("source_epoch")
+        if epoch is None and done is not None and before is not None:
+            epoch = int(before) + int(done)
+        if fmt == origin:
+            source, layout = origin, dict(layout.get("source_layout") or {})
+    return fmt, source, layout, epoch
+
+
 def export_model(model, report=None, path: str | os.PathLike = "model.pt", format: str | None = None, *,
                  epoch: int | None = None, optimizer_state: Any = None) -> Path:
     """Write ``model`` to ``path`` in a checkpoint layout; returns the path.
@@ -87,17 +111,15 @@ def export_model(model, report=None, path: str | os.PathLike = "model.pt", forma
         model: an :class:`~e2mc.models.model.SSLModel`.
         report: the :class:`~e2mc.models.checkpoints.LoadReport` it was loaded with (gives the
             original layout, epoch, ...); ``None`` for a model built from scratch.
-        format: ``None``/``"original"`` (the layout it was loaded from; ``e2mc`` when unknown),
+        format: ``None``/``"original"`` (the layout it was loaded from; for an e2mc run checkpoint,
+            the layout the run was continued from, with epoch = source epoch + epochs run;
+            ``e2mc`` when unknown),
             ``"safetensors"`` (backbone only) or an adapter name: ``vicreg``, ``swav``,
             ``simsiam``, ``torchvision``, ``timm``, ``lightning``, ``e2mc``, ``state_dict``.
         epoch: epoch to store (default: the loaded one).
         optimizer_state: written where the layout has an optimizer (default: none written).
     """
-    source = getattr(report, "format", None)
-    fmt = format or "original"
-    if fmt == "original":
-        fmt = source if source and source != "random" else "e2mc"
-    layout = dict(getattr(report, "layout", None) or {})
+    fmt, source, layout, epoch = resolve_target(report, format, epoch)
     if fmt == "safetensors":
         if format in (None, "original") and layout.get("kind") not in (None, "backbone"):
             backbone, heads = model_state(model)

@@ -147,12 +147,14 @@ class TrainerSetup(R.RunFolderMixin):
         cfg, m = self.cfg, self.cfg.model
         self.heads_built: list = []
         self.source_format, self.source_epoch, self.report = None, None, None
+        self.source_layout: dict = {}  # the loaded file's layout, so export --to original can rewrite it
         if resuming:  # rebuild the architecture from the checkpoint; weights come in restore_state
             state = R.load_checkpoint(self.run_dir / "checkpoints" / "last.pt")
             R.check_resume_config(state.get("config", {}), cfg)
             self.model = SSLModel.build(cfg.method.name, state["arch"], cifar_stem=state["cifar_stem"],
                                         **state["head_sizes"])
             self.source_format, self.source_epoch = state.get("source_format"), state.get("source_epoch")
+            self.source_layout = dict(state.get("source_layout") or {})
             return
         if cfg.mode == "pretrain" and m.init.startswith("random:"):
             self.model = SSLModel.build(cfg.method.name, m.arch or m.init.split(":", 1)[1],
@@ -164,6 +166,7 @@ class TrainerSetup(R.RunFolderMixin):
                                              fresh_heads=m.fresh_heads)
         self.heads_built = list(self.report.heads_built)
         self.source_format, self.source_epoch = self.report.format, self.report.epoch
+        self.source_layout = {k: v for k, v in self.report.layout.items() if isinstance(v, (str, bool, int, type(None)))}
 
     def _check_batch(self) -> None:
         n, gb = len(self.dataset), self.global_batch

@@ -237,6 +237,7 @@ def build_state(t: Any, epoch_file: bool = False) -> dict:
         "rng": {"per_rank": rng_all}, "world_size": t.dist.world_size,
         "swav_queue": t.queue.state_dict() if t.queue is not None else None,
         "config": t.cfg.to_dict(), "source_format": t.source_format, "source_epoch": t.source_epoch,
+        "source_layout": dict(t.source_layout),
     }
 
 
