@@ -98,3 +98,79 @@ def get_mapped(z: torch.Tensor, transform: str = "sigmoid") -> torch.Tensor:
     from e2mc.criteria.entropy import get_transform
 
     return get_transform(transform)(_check_2d(z).detach().float())
+
+
+def _effective_rank(eigs: torch.Tensor, eps: float = 1e-7) -> float:
+    """``exp(-sum_k p_k log p_k)`` with ``p_k = e_k / sum(e) + eps`` (RankMe's form) of non-negative values."""
+    eigs = eigs.clamp_min(0)
+    total = eigs.sum()
+    if total <= 0:
+        raise CriterionInputError("effective rank of an all-zero spectrum: the representation has collapsed")
+    p = eigs / total + eps
+    return float(torch.exp(-(p * torch.log(p)).sum()))
+
+
+def lidar(z: torch.Tensor, n_views: int, delta: float = 1e-4, eps: float = 1e-7) -> float:
+    """LiDAR (Thilak et al., ICLR 2024): effective rank of the LDA matrix of surrogate classes.
+
+    ``z`` holds ``n`` surrogate classes of ``n_views`` rows each, class-major (rows
+    ``i * n_views ... (i + 1) * n_views - 1`` are the augmentations of image ``i``). With class
+    means ``mu_i`` and their mean ``mu``:
+    ``S_b = sum_i (mu_i - mu)(mu_i - mu)^T / (n - 1)``,
+    ``S_w = sum_ij (z_ij - mu_i)(z_ij - mu_i)^T / (n (n_views - 1)) + delta I``, and LiDAR is the
+    effective rank (``p_k = lambda_k / sum(lambda) + eps``) of the eigenvalues ``lambda`` of
+    ``S_w^{-1/2} S_b S_w^{-1/2}``. Computed in float64; at most ``min(n - 1, D)``.
+    """
+    z = _check_2d(z, min_rows=4).detach().to(torch.float64)
+    if n_views < 2 or z.shape[0] % n_views or z.shape[0] // n_views < 2:
+        raise CriterionInputError(
+            f"lidar needs at least 2 images x at least 2 views, rows grouped per image; got {z.shape[0]} rows "
+            f"with n_views={n_views}")
+    n, d = z.shape[0] // n_views, z.shape[1]
+    x = z.view(n, n_views, d)
+    means = x.mean(dim=1)
+    between = means - means.mean(dim=0)
+    s_b = between.T @ between / (n - 1)
+    within = (x - means.unsqueeze(1)).reshape(-1, d)
+    s_w = within.T @ within / (n * (n_views - 1)) + delta * torch.eye(d, dtype=z.dtype, device=z.device)
+    w_vals, w_vecs = torch.linalg.eigh(s_w)
+    inv_sqrt = (w_vecs * w_vals.rsqrt()) @ w_vecs.T
+    return _effective_rank(torch.linalg.eigvalsh(inv_sqrt @ s_b @ inv_sqrt), eps)
+
+
+def covariance_spectrum(z: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues (descending, float64) of the covariance ``zc^T zc / (N - 1)`` of centred ``z``."""
+    z = _check_2d(z, min_rows=2).detach().to(torch.float64)
+    zc = z - z.mean(dim=0)
+    return torch.linalg.svdvals(zc).pow(2).div(z.shape[0] - 1)
+
+
+def alpha_req(z: torch.Tensor, fit_range: tuple[int, int] | None = None) -> dict:
+    """alpha-ReQ (Agrawal et al., NeurIPS 2022): power-law decay ``lambda_k ~ k^-alpha`` of the
+    covariance eigenspectrum, by least squares of ``log lambda_k`` on ``log k``.
+
+    ``fit_range = (k_min, k_max)``: 1-based ranks, both included. Default ``(2, r // 2)`` with
+    ``r = min(N - 1, D)``: the top eigenvalue and the bottom half (where a finite sample's spectrum
+    falls off a cliff) are left out. The range depends only on the shape, never on the values,
+    so calls on the same shape always fit the same ranks. Ranks whose eigenvalue is not positive
+    are dropped from the fit. Returns ``{"alpha", "r2", "k_min", "k_max"}``.
+    """
+    eigs = covariance_spectrum(z)
+    r = min(z.shape[0] - 1, z.shape[1])
+    k_min, k_max = fit_range if fit_range is not None else (2, max(r // 2, 4))
+    k_min, k_max = int(k_min), min(int(k_max), r)
+    if k_min < 1 or k_max - k_min < 2:
+        raise CriterionInputError(
+            f"alpha_req fit range ({k_min}, {k_max}) must hold at least 3 ranks within 1..{r}; pass "
+            "more samples / dimensions or a wider fit_range")
+    lam = eigs[k_min - 1 : k_max]
+    k = torch.arange(k_min, k_max + 1, dtype=torch.float64, device=lam.device)[lam > 0]
+    lam = lam[lam > 0]
+    if lam.numel() < 3:
+        raise CriterionInputError("alpha_req: fewer than 3 positive eigenvalues in the fit range; the representation has collapsed")
+    x, y = torch.log(k), torch.log(lam)
+    xc, yc = x - x.mean(), y - y.mean()
+    slope = (xc * yc).sum() / (xc * xc).sum()
+    resid = yc - slope * xc
+    r2 = 1.0 - float((resid * resid).sum() / (yc * yc).sum()) if float((yc * yc).sum()) > 0 else 1.0
+    return {"alpha": float(-slope), "r2": r2, "k_min": k_min, "k_max": k_max}
