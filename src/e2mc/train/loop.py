@@ -75,7 +75,8 @@ class TrainerSetup(R.RunFolderMixin):
         # data
         d = cfg.data
         self.dataset = build_dataset(d.dataset, d.split, root=d.root, image_size=d.image_size,
-                                     cache_dir=d.cache_dir, on_error=d.on_error, limit=d.limit)
+                                     cache_dir=d.cache_dir, on_error=d.on_error, limit=d.limit,
+                                     download=d.download)
         info = self.dataset.info
         self.image_size = d.image_size or info.image_size
         self.per_device_batch = cfg.optim.batch_size
