@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from sklearn import neighbors
 
 from e2mc.errors import DataError
 from e2mc.evaluate.knn import knn_classify
@@ -40,7 +41,6 @@ def test_knn_matches_naive_loop(problem):
 
 
 def test_knn_matches_sklearn_weighted(problem):
-    neighbors = pytest.importorskip("sklearn.neighbors")
     xtr, ytr, xte, yte = problem
     t = 0.5
     clf = neighbors.KNeighborsClassifier(n_neighbors=10, metric="cosine", algorithm="brute",
