@@ -55,3 +55,17 @@ def test_pairs_with_different_class_lists_are_refused(tiny_net, colour_data):
     with pytest.raises(DataError, match=r"different class lists \(3 vs 2 classes; index 0 is 'a' vs 'b'\)"):
         evaluate(tiny_net, (train, test), protocols=("knn",), ks=(1,), seeds=(0,), device="cpu", use_cache=False)
 
+
+
+def test_cached_features_never_carry_stale_labels(tmp_path, tiny_net):
+    """Relabelling a dataset (e.g. a fixed class list) must not reuse features cached with old labels."""
+    from e2mc.data.datasets import build_dataset
+    from e2mc.evaluate.features import extract_features
+
+    ds = build_dataset("digits", "test", image_size=8, limit=30)
+    first = extract_features(tiny_net, ds, cache_dir=tmp_path)
+    assert first.labels.tolist() == ds.targets
+    ds.targets = [(t + 1) % 10 for t in ds.targets]
+    again = extract_features(tiny_net, ds, cache_dir=tmp_path)
+    assert again.labels.tolist() == ds.targets and again.key != first.key
+    assert extract_features(tiny_net, ds, cache_dir=tmp_path).meta["cached"]  # the cache still works
