@@ -69,12 +69,14 @@ def test_knn_and_label_free_metrics_follow_the_features_device(problem):
     xtr, ytr, xte, yte = problem
     ref_knn = knn_classify(xtr, ytr, xte, yte.tolist(), ks=(1, 5))
     ref_sub = balanced_subset(ytr, per_class=3, seed=1)
-    ref_m = (metrics.rankme(xtr), metrics.uniformity(xtr), metrics.alignment(xtr, xtr + 0.1))
+    ref_m = (metrics.rankme(xtr), metrics.uniformity(xtr), metrics.alignment(xtr, xtr + 0.1),
+             metrics.marginal_entropy(xtr), metrics.e2mc_covariance(xtr))
     torch.set_default_device("meta")
     try:
         got_knn = knn_classify(xtr, ytr, xte, yte.tolist(), ks=(1, 5))
         got_sub = balanced_subset(ytr, per_class=3, seed=1)
-        got_m = (metrics.rankme(xtr), metrics.uniformity(xtr), metrics.alignment(xtr, xtr + 0.1))
+        got_m = (metrics.rankme(xtr), metrics.uniformity(xtr), metrics.alignment(xtr, xtr + 0.1),
+                 metrics.marginal_entropy(xtr), metrics.e2mc_covariance(xtr))
     finally:
         torch.set_default_device(None)
     assert got_knn == ref_knn and got_sub.device == ytr.device and torch.equal(got_sub, ref_sub)
