@@ -40,7 +40,8 @@ class DataConfig:
 
     dataset: str = "digits"
     split: str = "train"
-    root: Optional[str] = None
+    root: Optional[str] = None  # where torchvision datasets live (default $E2MC_CACHE/datasets/<name>)
+    download: bool = False  # let torchvision download cifar10/cifar100/stl10 into root if missing
     image_size: Optional[int] = None
     limit: Optional[int] = None
     cache_dir: Optional[str] = None

@@ -1,13 +1,10 @@
 import json
 
 import pytest
-import torch
 
 from e2mc.errors import ConfigError, DataError
 from e2mc.evaluate.api import evaluate
 from e2mc.evaluate.compare import ComparisonResult, build_rows, compare, metric_values, parse_arm
-from e2mc.evaluate.linear import linear_probe_finetune
-from e2mc.evaluate.semisup import semisup
 
 
 def test_evaluate_structure(tiny_net, colour_data, tmp_path):
@@ -64,15 +61,3 @@ def test_parse_arm_and_metric_values(tmp_path):
     with pytest.raises(DataError, match="no checkpoint"):
         compare([str(tmp_path / "missing.pt")], dataset="digits")
 
-
-def test_semisup_and_finetune_run_one_epoch(tiny_net, colour_data):
-    train, test = colour_data
-    before = {k: v.clone() for k, v in tiny_net.state_dict().items()}
-    res = semisup(tiny_net, train, test, fractions=(0.1, 0.5), seeds=(0,), epochs=1, batch_size=8)
-    assert set(res["subsets"]) == {"10pct", "50pct"}
-    idx = torch.tensor(res["subsets"]["10pct"]["0"])
-    assert torch.bincount(train.tensors[1][idx]).tolist() == [2, 2, 2]
-    assert 0 <= res["top1_10pct"] <= 1 and res["reported"] == "last epoch"
-    lin = linear_probe_finetune(tiny_net, train, test, epochs=1, batch_size=16)
-    assert 0 <= lin["top1"] <= 1 and lin["reported"] == "last epoch"
-    assert all(torch.equal(v, tiny_net.state_dict()[k]) for k, v in before.items())  # caller's model untouched

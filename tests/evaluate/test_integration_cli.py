@@ -1,12 +1,10 @@
 """End to end with the teammates' modules: a real e2mc checkpoint, the digits dataset, the CLI."""
 
 import json
-import pytest
 import torch
 
-checkpoints = pytest.importorskip("e2mc.models.checkpoints")
-datasets = pytest.importorskip("e2mc.data.datasets")
-pytest.importorskip("sklearn")
+from e2mc.data import datasets
+from e2mc.models import checkpoints
 
 
 def _checkpoint(path, seed):

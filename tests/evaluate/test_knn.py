@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from sklearn import neighbors
 
 from e2mc.errors import DataError
 from e2mc.evaluate.knn import knn_classify
@@ -40,7 +41,6 @@ def test_knn_matches_naive_loop(problem):
 
 
 def test_knn_matches_sklearn_weighted(problem):
-    neighbors = pytest.importorskip("sklearn.neighbors")
     xtr, ytr, xte, yte = problem
     t = 0.5
     clf = neighbors.KNeighborsClassifier(n_neighbors=10, metric="cosine", algorithm="brute",
@@ -50,10 +50,41 @@ def test_knn_matches_sklearn_weighted(problem):
     assert knn_classify(xtr, ytr, xte, yte, ks=(10,), temperature=t)[10] == pytest.approx(ref)
 
 
+def test_knn_clips_k_to_the_training_size_with_a_warning(problem):
+    xtr, ytr, xte, yte = problem
+    with pytest.warns(UserWarning, match=r"k=50, 200 > the 30 training samples; using k=30.*--ks"):
+        got = knn_classify(xtr[:30], ytr[:30], xte, yte, ks=(200, 1, 50))
+    assert sorted(got) == [1, 30]  # keyed by the k actually used, never by the k asked
+    assert got[30] == pytest.approx(_naive_knn(xtr[:30], ytr[:30], xte, yte, 30, 0.07))
+    assert got[1] == pytest.approx(_naive_knn(xtr[:30], ytr[:30], xte, yte, 1, 0.07))
+
+
+def test_knn_and_label_free_metrics_follow_the_features_device(problem):
+    """Tensors made without ``device=`` land on the default device: with the default set to "meta"
+    and the features on the CPU, any such tensor (e.g. a vote buffer) breaks the computation,
+    exactly as a CPU-built buffer breaks CUDA features."""
+    from e2mc.evaluate import metrics
+    from e2mc.evaluate.fewshot import balanced_subset
+
+    xtr, ytr, xte, yte = problem
+    ref_knn = knn_classify(xtr, ytr, xte, yte.tolist(), ks=(1, 5))
+    ref_sub = balanced_subset(ytr, per_class=3, seed=1)
+    ref_m = (metrics.rankme(xtr), metrics.uniformity(xtr), metrics.alignment(xtr, xtr + 0.1),
+             metrics.marginal_entropy(xtr), metrics.e2mc_covariance(xtr))
+    torch.set_default_device("meta")
+    try:
+        got_knn = knn_classify(xtr, ytr, xte, yte.tolist(), ks=(1, 5))
+        got_sub = balanced_subset(ytr, per_class=3, seed=1)
+        got_m = (metrics.rankme(xtr), metrics.uniformity(xtr), metrics.alignment(xtr, xtr + 0.1),
+                 metrics.marginal_entropy(xtr), metrics.e2mc_covariance(xtr))
+    finally:
+        torch.set_default_device(None)
+    assert got_knn == ref_knn and got_sub.device == ytr.device and torch.equal(got_sub, ref_sub)
+    assert got_m == pytest.approx(ref_m)
+
+
 def test_knn_errors(problem):
     xtr, ytr, xte, yte = problem
-    with pytest.raises(DataError, match="exceeds"):
-        knn_classify(xtr[:5], ytr[:5], xte, yte, ks=(10,))
     with pytest.raises(DataError, match="missing"):
         knn_classify(xtr, torch.full_like(ytr, -1), xte, yte, ks=(1,))
     with pytest.raises(DataError, match="one class"):

@@ -59,7 +59,6 @@ def test_bad_inputs():
 
 
 def test_marginal_entropy_and_covariance():
-    pytest.importorskip("e2mc.criteria.entropy")
     torch.manual_seed(0)
     # logit of uniform samples -> sigmoid gives U(0,1): entropy ~ 0; independent -> covariance ~ 0
     u = torch.rand(4096, 3).clamp(1e-6, 1 - 1e-6)

@@ -126,9 +126,12 @@ def test_schedules_match_closed_form(kind, warm, final):
             t = min(s - warm, 11 - warm)
             ref = 2.0 * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * t / (11 - warm))))
         assert lr == pytest.approx(ref, abs=1e-12), (s, lr, ref)
-    if kind == "cosine":
-        assert seen[0] == pytest.approx(2.0) and seen[11] == pytest.approx(0.2)
-        assert seen[5] == pytest.approx(2.0 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 5 / 11))))
+    # hand-computed values (independent of the formula above)
+    literal = {("constant", 0): {0: 2.0, 12: 2.0}, ("constant", 2): {0: 1.0, 1: 2.0, 2: 2.0},
+               ("cosine", 0): {0: 2.0, 11: 0.2, 12: 0.2},
+               # warm-up 2/3, 4/3, 2; then half way through the 8 cosine steps: 2 * 0.5 = 1
+               ("warmup_cosine", 3): {0: 2 / 3, 1: 4 / 3, 2: 2.0, 3: 2.0, 7: 1.0, 11: 0.0}}[(kind, warm)]
+    assert {s: seen[s] for s in literal} == pytest.approx(literal, abs=1e-12)
 
 
 def test_scheduler_state_round_trip_and_errors():
@@ -149,4 +152,28 @@ def test_scheduler_state_round_trip_and_errors():
         build_scheduler("warmup_cosine", opt, 10, warmup_steps=11)
     with pytest.raises(ConfigError, match="Unknown schedule"):
         build_scheduler("step", opt, 10)
-    assert scaled_lr(0.3, 512) == pytest.approx(0.6) and scaled_lr(1.0, 64, reference=128) == 0.5
+    with pytest.raises(ConfigError, match="Unknown LR scaling"):
+        scaled_lr(0.1, 64, rule="log")
+
+
+@pytest.mark.parametrize("rule,batch,base,expected", [
+    ("none", 64, 256, 0.05), ("linear", 64, 256, 0.0125), ("sqrt", 64, 256, 0.025),
+    ("linear", 64, 16, 0.2), ("sqrt", 64, 16, 0.1),
+])
+def test_trainer_scales_the_learning_rate(tmp_path, tiny, rule, batch, base, expected):
+    """The LR a tiny run actually uses (optimiser groups, run_info, metrics.csv) against hand-computed
+    values: lr 0.05 at global batch 64 with base_batch 256 is 0.05 * 64/256 (linear) or
+    0.05 * sqrt(64/256) (sqrt)."""
+    import yaml
+
+    from e2mc.train.loop import Trainer
+    from e2mc.train.run import read_metrics
+
+    out = tmp_path / "r"
+    t = Trainer(tiny(out, f"optim.lr_scaling={rule}", f"optim.base_batch={base}", f"optim.batch_size={batch}",
+                     "optim.lr=0.05", "optim.warmup_epochs=0", "train.max_steps=1", "train.probe_size=0"), quiet=True)
+    assert [g["lr"] for g in t.optimizer.param_groups] == pytest.approx([expected] * len(t.optimizer.param_groups))
+    assert yaml.safe_load((out / "config.yaml").read_text())["run_info"]["effective_lr"] == pytest.approx(expected)
+    t.fit()
+    rows = [r for r in read_metrics(out / "metrics.csv") if r["phase"] == "train"]
+    assert len(rows) == 1 and float(rows[0]["lr"]) == pytest.approx(expected)

@@ -32,6 +32,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=10, help="epochs for linear_finetune and semisup")
     p.add_argument("--cache-dir", default=None, help="feature cache (default $E2MC_CACHE/features)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--ks", type=_ints, default=[10, 20, 100, 200],
+                   help="comma-separated kNN neighbour counts (default 10,20,100,200; clipped to the training size)")
+    p.add_argument("--test-split", default="test", help="split to score (default test; e.g. val for ImageNet)")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding cifar10/cifar100/stl10/imagenet (default $E2MC_CACHE/datasets/<name>)")
+    p.add_argument("--download", action="store_true",
+                   help="let torchvision download cifar10/cifar100/stl10 into the data root if missing")
 
 
 def register(subparsers) -> None:
@@ -56,7 +63,8 @@ def register(subparsers) -> None:
 
 def _kwargs(args) -> dict:
     return dict(protocols=args.protocols, seeds=args.seeds, device=args.device, batch_size=args.batch_size,
-                image_size=args.image_size, cache_dir=args.cache_dir, epochs=args.epochs)
+                image_size=args.image_size, cache_dir=args.cache_dir, epochs=args.epochs, ks=args.ks,
+                test_split=args.test_split, root=args.data_root, download=args.download)
 
 
 def _fmt(v) -> str:

@@ -13,6 +13,7 @@ _SHORTCUTS = (  # (flag, config key, type)
     ("--dataset", "data.dataset", str), ("--arch", "model.arch", str), ("--epochs", "train.epochs", int),
     ("--batch-size", "optim.batch_size", int), ("--lr", "optim.lr", float), ("--device", "train.device", str),
     ("--precision", "train.precision", str), ("--seed", "train.seed", int),
+    ("--data-root", "data.root", str),
 )
 
 
@@ -29,6 +30,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "(for cluster jobs that are requeued with the same command)")
     for flag, key, tp in _SHORTCUTS:
         p.add_argument(flag, type=tp, default=None, help=f"shortcut for --set {key}=...")
+    p.add_argument("--download", action="store_true", default=None,
+                   help="let torchvision download cifar10/cifar100/stl10 if missing (--set data.download=true)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,7 +66,7 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
             out.append(f"{key}={value}")
     pairs = [("method", "method.name"), ("addon", "addon.name"), ("entropy_weight", "addon.entropy_weight"),
              ("cov_weight", "addon.cov_weight"), ("transform", "addon.transform"),
-             ("checkpoint", "model.init"), ("fresh_heads", "model.fresh_heads")]
+             ("checkpoint", "model.init"), ("fresh_heads", "model.fresh_heads"), ("download", "data.download")]
     for attr, key in pairs:
         value = getattr(args, attr, None)
         if value is not None:

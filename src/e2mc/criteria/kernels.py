@@ -50,7 +50,7 @@ def sort_columns(us: list[torch.Tensor], nonneg: bool = False) -> tuple[torch.Te
     if us[0].device.type != "cpu" or sys.byteorder != "little":
         vals, idx = torch.sort(torch.cat([u.t() for u in us]), dim=1)
         return vals, idx
-    keys = torch.empty((rows, n), dtype=torch.int64)
+    keys = torch.empty((rows, n), dtype=torch.int64, device="cpu")  # this path is the CPU's
     words = keys.view(torch.int32).view(rows, n, 2)  # little endian: [..., 0] low, [..., 1] high
     start = 0
     for u in us:
@@ -58,7 +58,7 @@ def sort_columns(us: list[torch.Tensor], nonneg: bool = False) -> tuple[torch.Te
         bits = u.t().contiguous().view(torch.int32)
         words[start : start + d, :, 1].copy_(_order_key(bits, nonneg))
         start += d
-    words[:, :, 0].copy_(torch.arange(n, dtype=torch.int32))
+    words[:, :, 0].copy_(torch.arange(n, dtype=torch.int32, device="cpu"))
     keys.numpy().sort(axis=1)
     vals = _order_key(words[:, :, 1], nonneg).view(torch.float32)
     return vals, keys & 0xFFFFFFFF

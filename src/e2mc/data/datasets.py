@@ -20,8 +20,10 @@ API summary
 
 Folders whose decoded size at ``image_size`` is at most ``max_memory_gb`` are decoded once into
 an ``ArrayDataset`` and cached as ``.npy`` (see ``folder.py``); larger ones (ImageNet) become a
-``StreamingImageFolder`` with a fixed ``load_size`` (``image_size`` or 256). Mean/std of a folder
-are measured on the split loaded (streaming folders use the ImageNet constants).
+``StreamingImageFolder`` with a fixed ``load_size`` (``image_size`` or 256). Mean/std and the
+image size of a folder are those of its ``train`` split, for every split (so train and test are
+normalised alike; streaming folders use the ImageNet constants). Class indices of a folder follow
+one class list shared by all its splits (see ``folder.scan_folder``).
 """
 
 from __future__ import annotations
@@ -102,7 +104,9 @@ class ArrayDataset(Dataset):
 def channel_stats(images: torch.Tensor):
     """Per-channel mean and std of uint8 (N, 3, H, W) images in [0, 1] scale.
 
-    Exact: computed from the 256-bin histogram of each channel (float64 sums).
+    Exact: computed from the 256-bin histogram of each channel (float64 sums). A channel that is
+    constant over the images gets std ``1/255`` (one grey level) instead of 0, so normalising
+    never divides by zero.
     """
     levels = torch.arange(256, dtype=torch.float64) / 255.0
     mean, std = [], []
@@ -112,7 +116,7 @@ def channel_stats(images: torch.Tensor):
         m = (counts * levels).sum() / n
         var = (counts * (levels - m) ** 2).sum() / n
         mean.append(round(float(m), 6))
-        std.append(round(float(var.sqrt()), 6))
+        std.append(round(max(float(var.sqrt()), 1.0 / 255.0), 6))
     return tuple(mean), tuple(std)
 
 
@@ -170,13 +174,15 @@ def _torchvision(name: str, split: str, root: Optional[str], image_size, downloa
     from torchvision import datasets as tvd
 
     if split not in _SPLITS[name]:
-        raise DataError(f"{name} has splits {_SPLITS[name]}, not {split!r}.")
+        raise DataError(f"{name} has splits {_SPLITS[name]}, not {split!r}; pick one (e2mc evaluate/compare: "
+                        f"--test-split {_SPLITS[name][1]}; training: --set data.split=NAME).")
     root = os.path.abspath(os.path.expanduser(root or os.path.join(_folder.default_cache_dir(), name)))
     mean, std = _STATS[name]
     if name == "imagenet":
         return _imagenet(root, split, image_size)
-    hint = (f"{name} ({split}) was not found under {root!r}. Pass download=True (CLI: --download) "
-            f"to let torchvision download it there, or point root= at a folder that holds it.")
+    hint = (f"{name} ({split}) was not found under {root!r}: pass --download (config: data.download=true; "
+            f"Python: download=True) to let torchvision download it there, or point --data-root (config: "
+            f"data.root; Python: root=) at a folder that holds it.")
     try:
         if name in ("cifar10", "cifar100"):
             cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
@@ -220,7 +226,10 @@ def _image_folder(path, split, image_size, cache_dir, on_error, limit, max_memor
     paths = [scan.paths[i] for i in keep]
     targets = [scan.targets[i] for i in keep]
     name = os.path.basename(os.path.normpath(path)) or "folder"
-    size = image_size
+    size, ref = image_size, None
+    if split != "train" and scan.layout != "flat":  # size and normalisation of the training split
+        ref = _image_folder(path, "train", image_size, cache_dir, on_error, limit, max_memory_gb).info
+        size = ref.image_size
     if size is None:  # the shorter side of the first readable image
         for p in paths:
             try:
@@ -236,7 +245,8 @@ def _image_folder(path, split, image_size, cache_dir, on_error, limit, max_memor
         return _folder.StreamingImageFolder(zip(paths, targets), scan.classes, size,
                                             on_error=on_error, info=info)
     cache_dir = cache_dir or _folder.default_cache_dir()
-    parts = {"root": scan.root, "split": split, "size": size, "v": 1}
+    parts = {"root": scan.root, "split": split, "size": size, "classes": scan.classes, "v": 2,
+             "stats_from": None if ref is None else [ref.mean, ref.std]}
     stem = f"{name}-{split}-{size}-{_folder.cache_key(parts, paths)}"
     hit = _folder.load_cached(cache_dir, stem)
     if hit is not None:
@@ -249,7 +259,7 @@ def _image_folder(path, split, image_size, cache_dir, on_error, limit, max_memor
         log.warning("skipped %d unreadable image(s) in %s, e.g. %s", len(skipped), scan.root, skipped[0])
     if not kept:
         raise DataError(f"None of the {len(paths)} images in {scan.root!r} could be read.")
-    mean, std = channel_stats(images)
+    mean, std = channel_stats(images) if ref is None else (tuple(ref.mean), tuple(ref.std))
     info = DatasetInfo(name, split, n_classes, size, mean, std, len(kept))
     ds = ArrayDataset(images, [targets[i] for i in kept], scan.classes, info, skipped)
     meta = {"info": info.to_dict(), "targets": ds.targets, "classes": ds.classes, "skipped": skipped}

@@ -3,7 +3,9 @@
 API summary
 -----------
 - ``scan_folder(root, split) -> FolderScan`` finds the layout: ``<root>/<split>/<class>/*``,
-  ``<root>/<class>/*`` (no split folders) or a flat folder of images (labels -1).
+  ``<root>/<class>/*`` (no split folders: only the ``train`` split exists) or a flat folder of
+  images (labels -1). Class indices follow one list shared by all splits (``train/``'s sorted
+  class folders); a missing split or a class unknown to ``train/`` raises ``DataError``.
 - ``decode_files(paths, size, on_error) -> (uint8 (N, 3, size, size), kept_indices, skipped)``
   decodes with torchvision (batched JPEG decode, per-file fallback, PIL for other formats),
   resizes the shorter side to ``size`` (antialiased) and centre-crops.
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 _TV_DEPRECATION = ".*image decoding and encoding capabilities of TorchVision are deprecated.*"
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+SPLIT_DIRS = ("train", "val", "test")  # folder names that make a <root>/<split>/<class>/ layout
 LAYOUT_HELP = (
     "Expected <root>/<split>/<class>/*.jpg|png (e.g. train/, val/), <root>/<class>/*.jpg|png, "
     "or a flat folder of images (no labels)."
@@ -74,31 +77,87 @@ def _class_dirs(directory: str) -> list[str]:
     return sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
 
 
+def _has_image(directory: str) -> bool:
+    """True as soon as one image is found under ``directory`` (stops early on large folders)."""
+    for _, dirnames, filenames in os.walk(directory, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if any(_is_image(f) for f in filenames):
+            return True
+    return False
+
+
+def split_dirs(root: str, split: str = "train") -> list[str]:
+    """The split folders (``SPLIT_DIRS`` and ``split``) present directly under ``root``."""
+    names = dict.fromkeys((*SPLIT_DIRS, split))
+    return [s for s in names if os.path.isdir(os.path.join(root, s))]
+
+
 def scan_folder(root: str, split: str = "train") -> FolderScan:
-    """Find the images of ``split`` under ``root``; raise DataError when none are found."""
+    """Find the images of ``split`` under ``root``; raise DataError when none are found.
+
+    Class indices come from ONE list shared by every split: the sorted class folders of
+    ``train/`` (empty ones included, so a class without training images never shifts the
+    others), or of ``split`` itself when there is no ``train/``. A class with images in another
+    split but no ``train/`` folder is an error; one whose ``train/`` folder is empty gets a
+    warning (no classifier can predict it). A split that does not exist is an error: a folder
+    never evaluates on its training images.
+    """
     root = os.path.abspath(os.path.expanduser(str(root)))
     if not os.path.isdir(root):
         raise DataError(f"Image folder {root!r} does not exist. {LAYOUT_HELP}")
-    base, layout = root, "classes"
-    if os.path.isdir(os.path.join(root, split)) and _class_dirs(os.path.join(root, split)):
-        base, layout = os.path.join(root, split), "split/classes"
+    present = split_dirs(root, split)
+    if present and split not in present:
+        where = ", ".join(f"{s}/" for s in present)
+        what, hint = (("training", " (training: --set data.split=NAME)") if split == "train" else
+                      ("held-out", " (e2mc evaluate/compare: --test-split NAME)"))
+        raise DataError(f"Image folder {root!r} has no {split!r} split ({os.path.join(root, split)} does not "
+                        f"exist; it has {where}): put {what} images in {os.path.join(root, split, '<class>')}/, "
+                        f"or pick an existing split{hint}.")
+    if not present and split != "train":
+        raise DataError(f"Image folder {root!r} has no {split!r} split: its images are not in split folders, and "
+                        f"evaluating on them would score the training images. Move them into "
+                        f"{os.path.join(root, 'train', '<class>')}/ and held-out ones into "
+                        f"{os.path.join(root, split, '<class>')}/.")
+    base, layout = (os.path.join(root, split), "split/classes") if present else (root, "classes")
     classes = _class_dirs(base)
+    if present and split != "train" and "train" in present:
+        classes = _check_against_train(root, base, split, classes)
     paths: list[str] = []
     targets: list[int] = []
-    kept: list[str] = []
-    for name in classes:
-        files = _images_in(os.path.join(base, name))
-        if files:
-            targets.extend([len(kept)] * len(files))
-            paths.extend(files)
-            kept.append(name)
+    for index, name in enumerate(classes):
+        files = _images_in(os.path.join(base, name)) if os.path.isdir(os.path.join(base, name)) else []
+        targets.extend([index] * len(files))
+        paths.extend(files)
     if not paths:  # flat folder: images directly under base, no classes
         paths = [os.path.join(base, f) for f in sorted(os.listdir(base)) if _is_image(f)]
         paths = [p for p in paths if os.path.isfile(p)]
-        targets, kept, layout = [-1] * len(paths), [], "flat"
+        targets, classes, layout = [-1] * len(paths), [], "flat"
     if not paths:
         raise DataError(f"No images found in {base!r} (split {split!r}). {LAYOUT_HELP}")
-    return FolderScan(base, paths, targets, kept, layout)
+    return FolderScan(base, paths, targets, classes, layout)
+
+
+def _names(names: list[str], at_most: int = 8) -> str:
+    shown = ", ".join(names[:at_most])
+    return f"[{shown}, ... {len(names)} in all]" if len(names) > at_most else f"[{shown}]"
+
+
+def _check_against_train(root: str, base: str, split: str, here: list[str]) -> list[str]:
+    """The class list of ``train/``; DataError for classes of ``split`` that ``train/`` lacks."""
+    train = os.path.join(root, "train")
+    classes = _class_dirs(train)
+    unknown = [c for c in here if c not in classes and _has_image(os.path.join(base, c))]
+    if unknown:
+        raise DataError(f"{split}/ of {root!r} has class folder(s) {_names(unknown)} that train/ lacks (train/ "
+                        f"has {_names(classes)}); no classifier trained on train/ can predict them: add their training "
+                        f"images to {os.path.join(train, '<class>')}/ or remove them from {split}/.")
+    empty = [c for c in here if c in classes and not _has_image(os.path.join(train, c))
+             and _has_image(os.path.join(base, c))]
+    if empty:
+        warnings.warn(f"{root!r}: class(es) {_names(empty)} have images in {split}/ but none in train/; their indices "
+                      f"are kept, but no classifier trained on train/ can predict them (accuracy counts them "
+                      f"as errors). Add training images to {os.path.join(train, '<class>')}/.", stacklevel=3)
+    return classes
 
 
 def _resize_center(img: torch.Tensor, size: int) -> torch.Tensor:
@@ -180,7 +239,7 @@ def _decode_files(paths, size, on_error, chunk):
 def _fail(path: str, exc: Exception, on_error: str, skipped: list) -> None:
     if on_error == "raise":
         raise DataError(f"Cannot read image {path!r}: {exc}. Remove or replace the file, "
-                        "or pass on_error='skip' to skip unreadable images.") from exc
+                        "or skip unreadable images (training: --set data.on_error=skip; Python: on_error='skip').") from exc
     skipped.append(path)
 
 

@@ -37,15 +37,25 @@ def _load(checkpoint_or_model, device):
     return checkpoint_or_model, None
 
 
-def _datasets(dataset, train_split, test_split, image_size):
+def _datasets(dataset, train_split, test_split, image_size, root=None, download=False):
     if isinstance(dataset, (tuple, list)) and len(dataset) == 2:
-        return dataset[0], dataset[1], "custom"
-    if not isinstance(dataset, (str, os.PathLike)):
+        train, test, spec = dataset[0], dataset[1], "custom"
+    elif not isinstance(dataset, (str, os.PathLike)):
         raise ConfigError("dataset must be a spec string (e.g. 'digits', 'cifar10', a folder) or a (train, test) pair")
-    from e2mc.data.datasets import build_dataset
+    else:
+        from e2mc.data.datasets import build_dataset
 
-    return (build_dataset(str(dataset), train_split, image_size=image_size),
-            build_dataset(str(dataset), test_split, image_size=image_size), str(dataset))
+        kw = dict(image_size=image_size, root=root, download=download)
+        train, test, spec = (build_dataset(str(dataset), train_split, **kw),
+                             build_dataset(str(dataset), test_split, **kw), str(dataset))
+    a, b = list(getattr(train, "classes", None) or []), list(getattr(test, "classes", None) or [])
+    if a and b and a != b:  # the same index must mean the same class in both splits
+        i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        first = f"{a[i] if i < len(a) else None!r} vs {b[i] if i < len(b) else None!r}"
+        raise DataError(f"the {train_split} and {test_split} datasets have different class lists ({len(a)} vs "
+                        f"{len(b)} classes; index {i} is {first}), so their labels disagree; build both with one "
+                        "class list (same names, same order)")
+    return train, test, spec
 
 
 def evaluate(
@@ -64,6 +74,8 @@ def evaluate(
     shots: Sequence[int] = (1, 5, 10, 25),
     epochs: int = 10,
     use_cache: bool = True,
+    root: str | None = None,
+    download: bool = False,
 ) -> dict:
     """Evaluate a checkpoint file, run folder or in-memory ``SSLModel`` with the given protocols.
 
@@ -73,6 +85,9 @@ def evaluate(
         protocols: names from ``PROTOCOLS``.
         seeds: draws for ``fewshot``/``semisup``; ``seeds[0]`` seeds the linear probe's split.
         epochs: for ``linear_finetune`` and ``semisup``.
+        ks: kNN neighbour counts (each clipped, with a warning, to the training-set size).
+        root, download: where torchvision datasets (cifar10, cifar100, stl10, imagenet) live,
+            and whether torchvision may download them there (``build_dataset``'s arguments).
     Returns:
         ``{protocol: {metric: value}}`` plus ``"meta"`` (checkpoint, dataset, seeds).
     """
@@ -85,7 +100,7 @@ def evaluate(
 
     device = str(pick_device(device or "auto"))  # ConfigError for an unknown or absent device
     model, path = _load(checkpoint_or_model, device)
-    train_ds, test_ds, spec = _datasets(dataset, train_split, test_split, image_size)
+    train_ds, test_ds, spec = _datasets(dataset, train_split, test_split, image_size, root, download)
     has_proj = getattr(model, "projector", None) is not None
     which = ("backbone", "projector") if has_proj and (set(protocols) & {"entropy", "uniformity", "rankme", "spectrum"}) \
         else ("backbone",)

@@ -67,14 +67,22 @@ def state_dict_sha256(module: torch.nn.Module) -> str:
 
 
 def dataset_identity(dataset) -> dict:
-    """What identifies a dataset for the cache: name, split, size and image size (from ``.info``)."""
+    """What identifies a dataset for the cache: name, split, size and image size (from ``.info``),
+    and a digest of its class names and labels (cached labels can never disagree with the dataset's)."""
     info = getattr(dataset, "info", None)
-    return {
+    ident = {
         "name": str(getattr(info, "name", type(dataset).__name__)),
         "split": str(getattr(info, "split", "")),
         "n": len(dataset),
         "image_size": getattr(info, "image_size", None),
     }
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        labels = torch.as_tensor(targets, device="cpu").long() if not torch.is_tensor(targets) else targets.cpu().long()
+        h = hashlib.sha256(json.dumps([str(c) for c in getattr(dataset, "classes", None) or []]).encode())
+        h.update(labels.contiguous().numpy().tobytes())
+        ident["labels"] = h.hexdigest()[:16]
+    return ident
 
 
 def default_transform(dataset) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:

@@ -1,7 +1,8 @@
 """Class-balanced subsets and k-shot logistic regression on cached features.
 
 ``balanced_subset`` draws the same number of samples from every class with a seeded generator,
-so the same (labels, size, seed) always gives the same indices. ``fewshot`` fits an
+so the same (labels, size, seed) always gives the same indices, on any device (the draw is made
+by a CPU generator; the indices live on the labels' device). ``fewshot`` fits an
 L2-regularised multinomial logistic regression on k labelled samples per class (features
 standardised with the k-shot set's statistics; a fixed penalty, since there is no data left to
 select one) and scores the full test set; this is repeated for every seed and summarised as the
@@ -32,7 +33,7 @@ def balanced_subset(labels, per_class: int | None = None, fraction: float | None
 
     Raises ``DataError`` if a class has fewer samples than asked or labels are missing (-1).
     """
-    labels = torch.as_tensor(labels).long()
+    labels = torch.as_tensor(labels, device=labels.device if torch.is_tensor(labels) else "cpu").long()
     if (per_class is None) == (fraction is None):
         raise DataError("balanced_subset: pass exactly one of per_class or fraction")
     if (labels < 0).any():
@@ -51,7 +52,9 @@ def balanced_subset(labels, per_class: int | None = None, fraction: float | None
         if idx.numel() < per_class:
             raise DataError(f"balanced_subset: class {c} has {idx.numel()} samples, fewer than the {per_class} asked; "
                             "use fewer shots or a smaller fraction")
-        chosen.append(idx[torch.randperm(idx.numel(), generator=g)[:per_class]])
+        # the draw is made on the CPU generator whatever the labels' device: same subset everywhere
+        perm = torch.randperm(idx.numel(), generator=g, device="cpu")[:per_class]
+        chosen.append(idx[perm.to(idx.device)])
     return torch.cat(chosen).sort().values
 
 

@@ -5,9 +5,10 @@ for its label with weight ``exp(sim / T)``; the class with the largest summed we
 Several k are evaluated in one pass: the top ``max(ks)`` neighbours are found once per query
 chunk and sliced for each k.
 
-Policy for bad input: a k larger than the number of training samples raises ``DataError``
-(silently clipping would report a different k than asked); missing labels (-1), a training set
-with one class only and non-finite features raise ``DataError`` too.
+Policy for bad input: a k larger than the number of training samples is clipped to that number
+with a warning, and the result is keyed by the k actually used (asking for k=200 with 84 training
+samples gives the key 84, never 200); missing labels (-1), a training set with one class only and
+non-finite features raise ``DataError``. Everything is computed on the features' device.
 
 Example:
     >>> import torch
@@ -19,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
@@ -50,8 +52,8 @@ def check_labelled(train_x, train_y, test_x, test_y, what: str, num_classes: int
     Returns ``(train_y, test_y, num_classes)`` with the labels as int64 tensors; raises
     ``DataError`` for unusable features or labels, or a training set with one class only.
     """
-    train_y = torch.as_tensor(train_y).long()
-    test_y = torch.as_tensor(test_y).long()
+    train_y = torch.as_tensor(train_y, device=train_x.device).long()  # labels live with the features
+    test_y = torch.as_tensor(test_y, device=test_x.device).long()
     check_features(train_x, train_y, f"{what} train")
     check_features(test_x, test_y, f"{what} test")
     if train_x.shape[1] != test_x.shape[1]:
@@ -83,7 +85,7 @@ def knn_classify(
         num_classes: defaults to ``max(label) + 1``.
 
     Returns:
-        ``{k: accuracy in [0, 1]}``.
+        ``{k: accuracy in [0, 1]}`` for the k used (each asked k clipped to the training size).
     """
     train_y, test_y, c = check_labelled(train_x, train_y, test_x, test_y, "kNN", num_classes)
     ks = sorted({int(k) for k in ks})
@@ -91,12 +93,16 @@ def knn_classify(
         raise DataError(f"kNN: ks must be positive integers, got {ks}")
     n_train = train_x.shape[0]
     if ks[-1] > n_train:
-        raise DataError(f"kNN: k={ks[-1]} exceeds the {n_train} training samples; pass ks no larger than {n_train}")
+        big = [k for k in ks if k > n_train]
+        warnings.warn(f"kNN: k={', '.join(map(str, big))} > the {n_train} training samples; using k={n_train} "
+                      f"(reported as top1_k{n_train}); pass smaller ks (CLI: --ks) to choose", stacklevel=2)
+        ks = sorted({min(k, n_train) for k in ks})
     if temperature <= 0:
         raise DataError(f"kNN: temperature must be > 0, got {temperature}")
 
     train_n = F.normalize(train_x.float(), dim=1)
-    test_n = F.normalize(test_x.float(), dim=1)
+    test_n = F.normalize(test_x.float().to(train_n.device), dim=1)
+    train_y, test_y = train_y.to(train_n.device), test_y.to(train_n.device)
     kmax = ks[-1]
     correct = {k: 0 for k in ks}
     for start in range(0, test_n.shape[0], chunk_size):
@@ -106,7 +112,7 @@ def knn_classify(
         weight = (top_sim / temperature).exp()
         target = test_y[start : start + chunk_size]
         for k in ks:
-            votes = torch.zeros(q.shape[0], c, dtype=torch.float32)
+            votes = torch.zeros(q.shape[0], c, dtype=weight.dtype, device=weight.device)
             votes.scatter_add_(1, top_lab[:, :k], weight[:, :k])
             correct[k] += int((votes.argmax(dim=1) == target).sum())
     n_test = test_n.shape[0]

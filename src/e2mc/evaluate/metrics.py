@@ -12,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -69,7 +71,7 @@ def uniformity(z: torch.Tensor, t: float = 2.0) -> float:
     z = _check_2d(z, min_rows=2)
     x = F.normalize(z.detach().double(), dim=1)
     sq = torch.pdist(x, p=2).pow(2)  # the N(N-1)/2 pairs i<j
-    return float(torch.logsumexp(-t * sq, dim=0) - torch.log(torch.tensor(float(sq.numel()), dtype=torch.float64)))
+    return float(torch.logsumexp(-t * sq, dim=0)) - math.log(sq.numel())
 
 
 def marginal_entropy(z: torch.Tensor, transform: str = "sigmoid", m: int | None = None) -> float:

@@ -27,10 +27,10 @@ from e2mc.evaluate.stats import summarize
 def dataset_labels(ds) -> torch.Tensor:
     """Labels of a dataset as int64: ``.targets``, a ``TensorDataset``'s second tensor, or a scan."""
     if hasattr(ds, "targets"):
-        return torch.as_tensor(list(ds.targets) if not torch.is_tensor(ds.targets) else ds.targets).long()
+        return torch.as_tensor(list(ds.targets) if not torch.is_tensor(ds.targets) else ds.targets, device="cpu").long()
     if isinstance(ds, torch.utils.data.TensorDataset) and len(ds.tensors) > 1:
-        return ds.tensors[1].long()
-    return torch.tensor([int(ds[i][1]) for i in range(len(ds))], dtype=torch.long)
+        return ds.tensors[1].long().cpu()
+    return torch.tensor([int(ds[i][1]) for i in range(len(ds))], dtype=torch.long, device="cpu")
 
 
 def augment(batch: torch.Tensor, size: int, scale=(0.08, 1.0)) -> torch.Tensor:
@@ -52,7 +52,7 @@ def _accuracy(model, head, loader, transform, device) -> float:
     correct = total = 0
     for images, target in loader:
         logits = head(_embed(model, transform(images.to(device))).flatten(1))
-        correct += int((logits.argmax(1).cpu() == torch.as_tensor(target)).sum())
+        correct += int((logits.argmax(1) == torch.as_tensor(target, device=logits.device)).sum())
         total += len(target)
     return correct / max(total, 1)
 
@@ -110,7 +110,7 @@ def train_classifier(model, train_ds, test_ds, epochs: int, *, freeze_backbone: 
                 x = transform(augment(images, size).to(device))
                 with torch.set_grad_enabled(not freeze_backbone):
                     feats = _embed(net, x).flatten(1)
-                loss = F.cross_entropy(head(feats), torch.as_tensor(target).long().to(device))
+                loss = F.cross_entropy(head(feats), torch.as_tensor(target, device=device).long())
                 if not torch.isfinite(loss):
                     raise DataError("classifier training diverged (NaN loss); lower the learning rates")
                 opt.zero_grad(set_to_none=True)

@@ -38,7 +38,7 @@ from e2mc.models.model import SSLModel
 from e2mc.train import distributed as D
 from e2mc.train import monitor
 from e2mc.train import run as R
-from e2mc.train.optim import build_optimizer, build_scheduler
+from e2mc.train.optim import build_optimizer, build_scheduler, scaled_lr
 
 
 class TrainerSetup(R.RunFolderMixin):
@@ -75,7 +75,8 @@ class TrainerSetup(R.RunFolderMixin):
         # data
         d = cfg.data
         self.dataset = build_dataset(d.dataset, d.split, root=d.root, image_size=d.image_size,
-                                     cache_dir=d.cache_dir, on_error=d.on_error, limit=d.limit)
+                                     cache_dir=d.cache_dir, on_error=d.on_error, limit=d.limit,
+                                     download=d.download)
         info = self.dataset.info
         self.image_size = d.image_size or info.image_size
         self.per_device_batch = cfg.optim.batch_size
@@ -107,7 +108,8 @@ class TrainerSetup(R.RunFolderMixin):
             dim = self.model.prototypes.weight.shape[1]
             self.queue = SwAVQueue(cfg.method.queue_length, dim, len(cfg.method.crops_for_assign)).to(self.device)
         # optimisation
-        self.lr = self._scaled_lr()
+        o = cfg.optim
+        self.lr = scaled_lr(o.lr, self.global_batch, o.base_batch, o.lr_scaling)
         self.optimizer = self.make_optimizer(self.model)
         steps = self.sampler.batches_per_epoch * cfg.train.epochs
         total = min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
@@ -180,11 +182,6 @@ class TrainerSetup(R.RunFolderMixin):
             if gb <= m:
                 raise ConfigError(f"E2MC's m-spacing entropy needs more samples than the spacing: global "
                                   f"batch {gb} <= m={m}; raise optim.batch_size or lower addon.m")
-
-    def _scaled_lr(self) -> float:
-        o = self.cfg.optim
-        ratio = self.global_batch / o.base_batch
-        return o.lr * {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}[o.lr_scaling]
 
     def make_optimizer(self, model_or_params: Any) -> torch.optim.Optimizer:
         """The configured optimiser over a model or a parameter list (at the scaled LR)."""

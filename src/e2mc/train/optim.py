@@ -12,7 +12,8 @@ API summary
 - ``build_scheduler(kind, optimizer, total_steps, warmup_steps=0, final_lr_ratio=0.0)`` ->
   ``torch.optim.lr_scheduler.LambdaLR`` stepped once per optimiser step; ``kind`` in
   constant, cosine, warmup_cosine. ``lr_factor(kind, step, ...)`` is the closed form.
-- ``scaled_lr(base_lr, global_batch, reference=256) = base_lr * global_batch / reference``.
+- ``scaled_lr(base_lr, global_batch, reference=256, rule="linear")``: the LR for the global batch
+  (``none`` | ``linear`` | ``sqrt`` relative to ``reference``); the Trainer's ``optim.lr_scaling``.
 
 LARS (VICReg's): for a parameter p with gradient g, ``d = g + wd * p``, trust ratio
 ``q = eta * ||p|| / ||d||`` (1 when either norm is 0), ``mu = momentum * mu + q * d``,
@@ -187,8 +188,18 @@ def build_scheduler(kind: str, optimizer: torch.optim.Optimizer, total_steps: in
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
 
 
-def scaled_lr(base_lr: float, global_batch: int, reference: int = 256) -> float:
-    """Linear scaling rule: ``base_lr * global_batch / reference``."""
+LR_SCALINGS = ("none", "linear", "sqrt")
+
+
+def scaled_lr(base_lr: float, global_batch: int, reference: int = 256, rule: str = "linear") -> float:
+    """The learning rate for ``global_batch`` (what the Trainer uses, ``optim.lr_scaling``).
+
+    ``none``: ``base_lr``; ``linear``: ``base_lr * global_batch / reference``; ``sqrt``:
+    ``base_lr * sqrt(global_batch / reference)``.
+    """
     if global_batch < 1 or reference < 1:
         raise ConfigError(f"global_batch and reference must be >= 1, got {global_batch}, {reference}.")
-    return base_lr * global_batch / reference
+    if rule not in LR_SCALINGS:
+        raise ConfigError(f"Unknown LR scaling {rule!r}; choose one of {LR_SCALINGS}.")
+    ratio = global_batch / reference
+    return base_lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[rule]
