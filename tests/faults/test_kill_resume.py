@@ -20,12 +20,13 @@ def test_kill_nine_anywhere_then_resume_equals_an_uninterrupted_run(tmp_path):
     Trainer(tiny_config(ref), quiet=True).fit()
     run, rng = tmp_path / "run", random.Random(11)
     # seeded kill points: a real kill -9 from outside at a random moment, then faults inside the
-    # child: mid checkpoint write (a part of the bytes in the temp file), at a training step, and
-    # right after a checkpoint file is in place (last.pt newer than the epoch file)
-    faults = ["external", f"write:{rng.randint(1, 3)}:{rng.uniform(0.1, 0.9):.2f}", f"step:{rng.randint(1, 4)}",
-              "replace:1", "none"]
+    # child: mid checkpoint write (a part of the bytes in the temp file) and right after a
+    # checkpoint file is in place (last.pt newer than the epoch file). Each launch costs ~5 s of
+    # importing torch, so the list stays short.
+    faults = ["external", f"write:{rng.randint(1, 3)}:{rng.uniform(0.1, 0.9):.2f}", f"replace:{rng.randint(1, 2)}",
+              "none"]
     argv = ["pretrain", *SETS, "--out", run, "--auto-resume", "--set", "out.overwrite=true"]
-    killed, logs = 0, []
+    killed, logs = 0, []  # (fault, exit code, stderr tail) per launch
     for fault in faults:
         if fault == "external":
             proc = child("none", *argv, wait=False)
@@ -39,14 +40,13 @@ def test_kill_nine_anywhere_then_resume_equals_an_uninterrupted_run(tmp_path):
         else:
             res = child(fault, *argv)
             rc, err = res.returncode, res.stderr
-        logs.append((fault, rc, err[-2000:]))
+        logs.append((fault, rc, err))
         killed += rc == -signal.SIGKILL
         assert rc in (0, -signal.SIGKILL), logs
         if rc == 0:
             break
-    assert killed >= 3 and logs[-1][1] == 0, logs
-    if any(f.startswith("write") and rc == -signal.SIGKILL for f, rc, _ in logs):
-        assert any("removed 1 temp file(s) left by an interrupted write" in e for _, _, e in logs), logs
+    assert killed == len(faults) - 1 and logs[-1][1] == 0, logs  # every fault hit, then the run ended
+    assert "removed 1 temp file(s) left by an interrupted write" in logs[2][2], logs  # the mid-write kill's
     assert not _leftovers(run)
     assert same_weights(weights(ref), weights(run))
     assert same_weights(weights(ref, "epoch_0003.pt"), weights(run, "epoch_0003.pt"))
