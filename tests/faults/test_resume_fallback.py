@@ -63,8 +63,11 @@ def test_no_usable_checkpoint_deletes_nothing(runs, tmp_path):
     with pytest.raises(CheckpointError, match=r"no usable checkpoint.*last.pt is unreadable.*epoch_0002.pt "
                                               r"is unreadable.*nothing was changed.*out.overwrite=true"):
         Trainer(tiny_config(run, "out.resume=true"), quiet=True)
-    for p in (run / "checkpoints").glob("*.pt"):
+    for p in (run / "checkpoints").glob("epoch_*.pt"):
         p.unlink()
+    with pytest.raises(CheckpointError, match=r"no usable checkpoint.*last.pt is unreadable"):  # alone
+        Trainer(tiny_config(run, "out.resume=true"), quiet=True)
+    (run / "checkpoints" / "last.pt").unlink()
     before = _snapshot(run)
     with pytest.raises(ConfigError, match=r"holds config.yaml, metrics.csv but no checkpoint.*nothing was "
                                           r"changed.*out.overwrite=true.*another --out"):

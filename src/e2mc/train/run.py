@@ -257,7 +257,7 @@ def find_resume_checkpoint(run_dir: str | Path) -> tuple[Path, dict, list[str]] 
             passed.append(f"{p.name} holds non-finite values ({bad})")
             continue
         return p, state, passed
-    if len(candidates) == 1:
+    if not any(p.is_file() for p in candidates):
         return None
     raise CheckpointError(f"--resume: no usable checkpoint in {ck} ({'; '.join(passed)}); nothing was changed. "
                           "Start the run again without --resume and with --set out.overwrite=true (replaces "
