@@ -78,12 +78,27 @@ def test_poisoned_state_after_a_good_checkpoint(tmp_path, poison):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_0001.pt", "last.pt"]
 
 
-def test_huge_lr_diverges_without_a_bad_checkpoint(tmp_path):
-    """A valid but absurd LR (1e30): the run stops with TrainingDiverged; whatever is on disk is finite."""
+@pytest.mark.parametrize("optim", [("sgd", "1e30"), ("lars", "1e4")])
+def test_huge_lr_diverges_without_a_bad_checkpoint(tmp_path, optim):
+    """Valid but absurd LRs: the run stops with TrainingDiverged, and every checkpoint on disk is
+    finite AND still gives finite eval-mode features (LARS 1e4 first makes 1e15-scale weights that
+    are finite but break evaluate)."""
     run = tmp_path / "r"
     with pytest.raises(TrainingDiverged, match=r"training diverged.*(last good checkpoint is|no good checkpoint)"):
-        Trainer(tiny_config(run, "optim.lr=1e30", "optim.name=sgd"), quiet=True).fit()
+        Trainer(tiny_config(run, f"optim.name={optim[0]}", f"optim.lr={optim[1]}", "optim.batch_size=64"),
+                quiet=True).fit()
     assert _all_finite_on_disk(run)
+    from e2mc.data import build_dataset, eval_transform
+    from e2mc.models.model import SSLModel
+
+    ds = build_dataset("digits", "train", image_size=8, limit=8)
+    x = eval_transform(torch.stack([ds[i][0] for i in range(8)]), ds.info, 8)
+    for p in (run / "checkpoints").glob("*.pt"):
+        st = load_checkpoint(p)
+        m = SSLModel.build(st["method"], st["arch"], cifar_stem=st["cifar_stem"], **st["head_sizes"])
+        m.load_state_dict(st["model"])
+        with torch.no_grad():
+            assert torch.isfinite(m.eval().backbone(x)).all(), p
 
 
 def test_cli_lr_inf_exits_2_without_a_checkpoint(tmp_path):

@@ -215,6 +215,28 @@ class TrainerSetup(R.RunFolderMixin):
         self.heads_built = list(self.report.heads_built)
         self.source_format, self.source_epoch = self.report.format, self.report.epoch
 
+    def _probe_nonfinite(self) -> str | None:
+        """What is not finite in the eval-mode output of the model about to be saved, on 8 fixed
+        images (rank 0's model; fp32), else None. Catches weights that are finite but exploded
+        (1e15-scale after a huge LR): they pass ``nonfinite`` yet give NaN features in evaluate."""
+        if not self.dist.is_main:
+            return None
+        if getattr(self, "_sanity_images", None) is None:
+            self._sanity_images = torch.stack([self.dataset[i][0] for i in range(min(8, len(self.dataset)))])
+        x = eval_transform(self._sanity_images.to(self.device), self.dataset.info, self.image_size)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                f = self.model.backbone(x)
+                z = self.model.projector(f) if self.model.projector is not None else None
+        finally:
+            self.model.train(was_training)
+        for name, t in (("backbone features", f), ("projector output", z)):
+            if t is not None and not bool(torch.isfinite(t).all()):
+                return f"the eval-mode {name} of 8 fixed images"
+        return None
+
     def _check_batch(self) -> None:
         n, gb = len(self.dataset), self.global_batch
         if self.sampler.batches_per_epoch == 0:

@@ -613,14 +613,14 @@ class RunFolderMixin:
         """Write ``checkpoints/last.pt`` (and ``epoch_XXXX.pt``) atomically, after finiteness checks.
 
         Raises:
-            TrainingDiverged: the loss, or any parameter, buffer, optimiser/scaler/queue value, is
-                NaN/Inf; nothing is written (on any rank).
+            TrainingDiverged: the loss, any parameter, buffer, optimiser/scaler/queue value, or
+                the eval-mode output on a fixed batch is NaN/Inf; nothing is written (on any rank).
         """
         from e2mc.train.distributed import any_flag, main_first
 
         self._flush("train")  # raises TrainingDiverged before a bad state reaches the disk
         state = build_state(self, epoch_file)
-        bad = nonfinite(state)
+        bad = nonfinite(state) or self._probe_nonfinite()
         if any_flag(bad is not None, self.dist):
             self._diverged(self.global_step, bad or "the state of another rank",
                            "found before writing a checkpoint; nothing was written")
