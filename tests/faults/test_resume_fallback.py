@@ -84,3 +84,18 @@ def test_resume_drops_rows_of_a_killed_attempt(runs, tmp_path):
         f.write("1.0,2,9,train,1,2,3\n1.0,2,10,tra")  # a killed attempt's row and a half row
     Trainer(tiny_config(run, "out.resume=true"), quiet=True).fit()
     assert comparable(read_metrics(run / "metrics.csv")) == comparable(read_metrics(runs / "full" / "metrics.csv"))
+
+
+def test_metrics_log_cut_by_rows_or_by_step(tmp_path):
+    """keep_rows (what checkpoints store) wins; checkpoints of older e2mc versions cut by step."""
+    from e2mc.train.run import MetricsLog
+
+    path = tmp_path / "metrics.csv"
+    text = "wall_time,epoch,step,phase\r\n1,0,0,init\r\n2,0,1,train\r\n3,0,2,train\r\n4,1,2,epoch\r\n5,1,3,train\r\n6,1,4,tr"
+    for kw, steps in (({"keep_rows": 3}, ["0", "1", "2"]), ({"keep_step": 2}, ["0", "1", "2", "2"]),
+                      ({}, ["0", "1", "2", "2", "3"])):
+        path.write_text(text, newline="")
+        log = MetricsLog(path, **kw)
+        assert [r["step"] for r in read_metrics(path)] == steps and log.rows == len(steps)
+        log.write({"epoch": 1, "step": 9, "phase": "train"}, terms=[])
+        assert read_metrics(path)[-1]["step"] == "9" and log.rows == len(steps) + 1

@@ -94,7 +94,7 @@ class TrainerSetup(R.RunFolderMixin):
                     files = ", ".join(R.run_files(path)) or "no run files"
                     raise ConfigError(
                         f"--resume: {path} holds {files} but no checkpoint (the run stopped before its first "
-                        "checkpoint); nothing was changed. Start it again without --resume and with --set "
+                        "checkpoint, or its checkpoints were removed); nothing was changed. Start it again without --resume and with --set "
                         "out.overwrite=true (replaces these files), or choose another --out")
                 ckpt, _, passed = found
                 if passed:
