@@ -75,7 +75,7 @@ def pretrained_start(cfg: DemoConfig, log: Callable[[str], None] = print) -> Pat
     if done.is_file() and ckpt.is_file():
         log(f"[1/4] pre-trained start found in the cache: {run_dir}")
         return run_dir
-    resume = (run_dir / "checkpoints" / "last.pt").is_file()
+    resume = any((run_dir / "checkpoints").glob("*.pt"))  # last.pt, else the newest epoch_N.pt
     log(f"[1/4] pre-training the start with VICReg for {cfg.pretrain_epochs} epochs "
         f"({'resuming' if resume else 'cached afterwards'}): {run_dir}")
     pretrain(cfg.pretrain_recipe, **{k.replace(".", "__"): v for k, v in overrides.items()},

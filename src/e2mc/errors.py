@@ -23,7 +23,19 @@ class CriterionInputError(E2MCError, ValueError):
 
 
 class TrainingDiverged(E2MCError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss, or the state about to be checkpointed, became NaN or infinite; nothing non-finite
+    is written and the last good checkpoint is kept."""
+
+
+class RunIOError(E2MCError):
+    """Reading or writing a run folder failed (disk full, read-only, permission denied, ...).
+
+    The message names what failed and where; atomic writes leave the previous file intact.
+    """
+
+
+class RunLocked(E2MCError):
+    """Another e2mc process holds the run folder's lock (two runs on one ``--out``)."""
 
 
 class RunInterrupted(E2MCError):

@@ -24,7 +24,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set optim.lr=0.1 (repeatable)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: from the config)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from checkpoints/last.pt (else its newest usable epoch_N.pt)")
     p.add_argument("--auto-resume", action="store_true",
                    help="resume when --out already holds a checkpoint of this run, else start it "
                         "(for cluster jobs that are requeued with the same command)")
@@ -88,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
     if args.auto_resume:
         if not args.out:
             raise ConfigError(f"--auto-resume needs the run folder: `e2mc {args.mode} ... --out RUN_DIR --auto-resume`")
-        args.resume = args.resume or os.path.isfile(os.path.join(args.out, "checkpoints", "last.pt"))
+        import glob
+
+        args.resume = args.resume or bool(glob.glob(os.path.join(glob.escape(args.out), "checkpoints", "*.pt")))
     if args.config and not os.path.isfile(args.config):
         raise ConfigError(f"--config {args.config}: no such file; check the path or use --recipe NAME")
     if args.resume and source is None:  # resume with the run's own config

@@ -116,6 +116,26 @@ def any_flag(flag: bool, info: DistInfo) -> bool:
     return bool(t.item() > 0)
 
 
+def main_first(info: DistInfo, fn) -> None:
+    """Run ``fn()`` on rank 0 while the other ranks wait; if it raises, every rank raises.
+
+    Rank 0 re-raises its own exception; the others raise an ``E2MCError`` pointing at rank 0's
+    message, so no rank hangs in a later collective.
+    """
+    err = None
+    if info.is_main:
+        try:
+            fn()
+        except Exception as exc:  # re-raised below, after telling the other ranks
+            err = exc
+    if any_flag(err is not None, info):
+        if err is not None:
+            raise err
+        from e2mc.errors import E2MCError
+
+        raise E2MCError(f"rank {info.rank}: rank 0 failed while preparing or writing the run folder (see its error)")
+
+
 def teardown(info: DistInfo) -> None:
     """Destroy the process group if ``setup`` created it."""
     if info.owns_group and dist.is_initialized():

@@ -10,8 +10,10 @@ SIGTERM/SIGINT before a clean exit).
 Resume is exact, also mid-epoch: a checkpoint stores the epoch, the batch position inside it,
 the optimiser/scheduler/scaler state and every rank's RNG states; the sampler's order is a pure
 function of ``(seed, epoch)``. On one CPU with ``train.deterministic`` a resumed run gives
-bit-identical weights to one never stopped. An interruption during the heads warm-up saves
-nothing; resuming then restarts the run (the warm-up is short).
+bit-identical weights to one never stopped. A run killed before its first checkpoint cannot be
+resumed (``--resume`` refuses and deletes nothing); start it again with ``out.overwrite``.
+Resume falls back to the newest usable ``epoch_N.pt`` when ``last.pt`` is missing or unreadable.
+No checkpoint holding a NaN/Inf parameter, buffer or optimiser value is ever written.
 """
 
 from __future__ import annotations
@@ -57,18 +59,64 @@ class TrainerSetup(R.RunFolderMixin):
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         self.run_dir = Path(cfg.out.dir)
-        last = self.run_dir / "checkpoints" / "last.pt"
-        resuming = cfg.out.resume and last.exists()
-        restart = cfg.out.resume and not resuming  # interrupted before its first checkpoint
-        if restart and not (self.run_dir / "config.yaml").is_file():
-            raise ConfigError(f"--resume: {self.run_dir} holds no run to resume (no config.yaml, no "
+        found = self._open_run_dir()  # takes the run folder's lock
+        try:
+            self._build(found, model_fn, views_fn)
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _open_run_dir(self) -> tuple | None:
+        """Lock the run folder (rank 0) before touching any file in it, then find the checkpoint to
+        resume (``(path, state)``) or make the folder ready for a new run (``None``).
+
+        Nothing is deleted unless ``out.overwrite``; a folder that holds run files but no usable
+        checkpoint is refused on ``--resume``.
+        """
+        cfg, path = self.cfg, self.run_dir
+        R.check_out_path(path)
+        ck = path / "checkpoints"
+        if cfg.out.resume and not (path / "config.yaml").is_file() and not list(ck.glob("*.pt")):
+            raise ConfigError(f"--resume: {path} holds no run to resume (no config.yaml, no "
                               "checkpoints/last.pt); check --out, or drop --resume to start a new run")
-        if not resuming:  # every rank checks before rank 0 creates anything
-            R.check_run_dir(self.run_dir, cfg.out.overwrite or restart)
-        D.barrier(self.dist)
-        if self.dist.is_main:
-            R.prepare_run_dir(self.run_dir, resuming, cfg.out.overwrite or restart)
-        D.barrier(self.dist)
+        self._lock = None
+        self.last_good = None
+
+        def lock() -> None:
+            self._lock = R.RunLock.acquire(path, self.log)
+
+        D.main_first(self.dist, lock)
+        try:
+            found = None
+            if cfg.out.resume:
+                found = R.find_resume_checkpoint(path)  # every rank reads the same files
+                if found is None:
+                    files = ", ".join(R.run_files(path)) or "no run files"
+                    raise ConfigError(
+                        f"--resume: {path} holds {files} but no checkpoint (the run stopped before its first "
+                        "checkpoint, or its checkpoints were removed); nothing was changed. Start it again without --resume and with --set "
+                        "out.overwrite=true (replaces these files), or choose another --out")
+                ckpt, _, passed = found
+                if passed:
+                    self.log(f"--resume: {'; '.join(passed)}; resuming from {ckpt} instead")
+            else:  # every rank checks before rank 0 creates anything
+                R.check_run_dir(path, cfg.out.overwrite)
+
+            def tidy() -> None:
+                removed = R.remove_temp_files(path)
+                if removed:
+                    self.log(f"removed {len(removed)} temp file(s) left by an interrupted write: {', '.join(removed)}")
+                R.prepare_run_dir(path, found is not None, cfg.out.overwrite)
+
+            D.main_first(self.dist, tidy)
+            return None if found is None else found[:2]
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _build(self, found: tuple | None, model_fn: Callable | None, views_fn: Callable | None) -> None:
+        cfg, quiet = self.cfg, self.quiet
+        resuming = found is not None
         torch.manual_seed(cfg.train.seed)  # same model init on every rank
         random.seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
@@ -91,7 +139,7 @@ class TrainerSetup(R.RunFolderMixin):
         self.views = views_fn or ViewGenerator(cfg.method.views or self.method.views, self.image_size,
                                                info.mean, info.std, self.device)
         # model
-        self._build_model(resuming)
+        self._build_model(found)
         if model_fn is not None:
             self.model = model_fn(self.model)
         self.method.check_model(self.model)
@@ -123,13 +171,15 @@ class TrainerSetup(R.RunFolderMixin):
         self.stop_requested = self.save_requested = False
         self._pending: list[dict] = []
         self._t_last = time.perf_counter()
+        keep: dict = {}
         if resuming:
-            R.restore_state(self, R.load_checkpoint(last))
-            self.log(f"resumed from {last}: epoch {self.epoch}, step {self.global_step}")
-        elif cfg.out.resume:
-            self.log(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'} yet; starting the run")
+            ckpt, state = found
+            R.restore_state(self, state)
+            self.last_good = ckpt
+            keep = {"keep_rows": state.get("metrics_rows"), "keep_step": self.global_step}
+            self.log(f"resumed from {ckpt}: epoch {self.epoch}, step {self.global_step}")
         self.ddp_model = D.wrap_ddp(self.model, self.dist)
-        self.metrics = R.MetricsLog(self.run_dir / "metrics.csv") if self.dist.is_main else None
+        self.metrics = R.MetricsLog(self.run_dir / "metrics.csv", **keep) if self.dist.is_main else None
         self.tb = self._tensorboard()
         self.bar = None
         if self.dist.is_main and sys.stderr.isatty() and not quiet:
@@ -145,13 +195,13 @@ class TrainerSetup(R.RunFolderMixin):
         if self.dist.is_main:
             self._write_run_files()
 
-    def _build_model(self, resuming: bool) -> None:
+    def _build_model(self, found: tuple | None) -> None:
         cfg, m = self.cfg, self.cfg.model
         self.heads_built: list = []
         self.source_format, self.source_epoch, self.report = None, None, None
         self.source_layout: dict = {}  # the loaded file's layout, so export --to original can rewrite it
-        if resuming:  # rebuild the architecture from the checkpoint; weights come in restore_state
-            state = R.load_checkpoint(self.run_dir / "checkpoints" / "last.pt")
+        if found is not None:  # rebuild the architecture from the checkpoint; weights come in restore_state
+            state = found[1]
             R.check_resume_config(state.get("config", {}), cfg)
             self.model = SSLModel.build(cfg.method.name, state["arch"], cifar_stem=state["cifar_stem"],
                                         **state["head_sizes"])
@@ -169,6 +219,28 @@ class TrainerSetup(R.RunFolderMixin):
         self.heads_built = list(self.report.heads_built)
         self.source_format, self.source_epoch = self.report.format, self.report.epoch
         self.source_layout = {k: v for k, v in self.report.layout.items() if isinstance(v, (str, bool, int, type(None)))}
+
+    def _probe_nonfinite(self) -> str | None:
+        """What is not finite in the eval-mode output of the model about to be saved, on 8 fixed
+        images (rank 0's model; fp32), else None. Catches weights that are finite but exploded
+        (1e15-scale after a huge LR): they pass ``nonfinite`` yet give NaN features in evaluate."""
+        if not self.dist.is_main:
+            return None
+        if getattr(self, "_sanity_images", None) is None:
+            self._sanity_images = torch.stack([self.dataset[i][0] for i in range(min(8, len(self.dataset)))])
+        x = eval_transform(self._sanity_images.to(self.device), self.dataset.info, self.image_size)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                f = self.model.backbone(x)
+                z = self.model.projector(f) if self.model.projector is not None else None
+        finally:
+            self.model.train(was_training)
+        for name, t in (("backbone features", f), ("projector output", z)):
+            if t is not None and not bool(torch.isfinite(t).all()):
+                return f"the eval-mode {name} of 8 fixed images"
+        return None
 
     def _check_batch(self) -> None:
         n, gb = len(self.dataset), self.global_batch
@@ -352,9 +424,9 @@ class Trainer(TrainerSetup):
                      f"lr {row['lr']:.3g} {row['img_per_s']:.0f} img/s")
 
     def _diverged(self, step: int, term: str, detail: str) -> None:
-        last = self.run_dir / "checkpoints" / "last.pt"
-        where = f"the last good checkpoint is {last} (kept intact)" if last.exists() else \
-            "no checkpoint was written yet"
+        good = self.last_good  # the checkpoint resumed from or last written: both checked finite
+        where = f"the last good checkpoint is {good} (kept intact)" if good is not None else \
+            "no good checkpoint of this run exists yet (none was written)"
         raise TrainingDiverged(
             f"training diverged: {term} is not finite at step {step} ({detail}); {where}. Lower "
             "optim.lr, set train.grad_clip, use precision fp32/bf16 instead of fp16, or check the data")
