@@ -11,8 +11,6 @@ from e2mc.cli import main
 from e2mc.errors import CheckpointError
 from e2mc.models.checkpoints import load_model
 
-MARKER = {}
-
 
 class _Evil:
     """Unpickling this the unsafe way runs ``os.system`` (touches a marker file)."""

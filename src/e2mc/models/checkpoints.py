@@ -138,15 +138,25 @@ def _pickle_globals(data: bytes) -> list[str] | None:
 
     stream, names, seen_one = io.BytesIO(data), [], False
     for _ in range(4):
-        strings: list[str] = []
+        pushed: list = []  # strings pushed, in order (None for other values), following the memo
+        memo: dict = {}
         try:
             for op, arg, _pos in pickletools.genops(stream):
-                if isinstance(arg, str) and "UNICODE" in op.name:
-                    strings.append(arg)
-                elif op.name in ("GLOBAL", "INST"):
+                name = op.name
+                if "UNICODE" in name or name.endswith("STRING"):
+                    pushed.append(str(arg))
+                elif name == "MEMOIZE":
+                    memo[len(memo)] = pushed[-1] if pushed else None
+                elif name.endswith("PUT"):
+                    memo[arg] = pushed[-1] if pushed else None
+                elif name.endswith("GET"):
+                    pushed.append(memo.get(arg))
+                elif name in ("GLOBAL", "INST"):
                     names.append(str(arg).replace(" ", "."))
-                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif name == "STACK_GLOBAL" and len(pushed) >= 2 and None not in pushed[-2:]:
+                    names.append(f"{pushed[-2]}.{pushed[-1]}")
+                else:
+                    pushed.append(None)
         except Exception:  # not (or no longer) a pickle
             return names if seen_one else None
         seen_one = True
