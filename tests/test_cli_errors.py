@@ -76,7 +76,7 @@ def test_missing_checkpoint_and_wrong_paths(runs, tmp_path):
     fails("evaluate", missing, must=(str(missing), "does not exist", "run folder"))
     fails("compare", ckpt(runs), missing, must=(str(missing), "run folder"))
     fails("report", tmp_path / "nope.json", "--out", tmp_path / "r", must=("does not exist", "e2mc compare --out"))
-    fails("inspect", runs / "notes.pt", must=("not a PyTorch checkpoint", "pass a .pth/.pt/.safetensors"))
+    fails("inspect", runs / "notes.pt", must=("not a PyTorch/safetensors checkpoint", "pass a .pth/.pt/.safetensors"))
     fails("inspect", runs / "empty", must=("folder without checkpoints/last.pt", "run folder"))
     fails("report", ckpt(runs), "--out", tmp_path / "r", must=("neither a comparison .json", "e2mc compare"))
     fails("pretrain", "--config", missing.with_suffix(".yaml"), must=("no such file", "--recipe"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,8 +170,62 @@ _CHOICES = {
 }
 
 
-_AT_LEAST_ONE = ("train.max_steps", "train.log_every", "train.checkpoint_every_epochs",
-                 "optim.batch_size", "optim.base_batch", "data.num_workers")
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric field: finite, ``lo`` <(=) value <(=) ``hi``; ``None`` when optional."""
+
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_open: bool = False  # value must be > lo (not >=)
+    hi_open: bool = False
+    optional: bool = False  # None allowed (its meaning is in the field's comment)
+
+    def ok(self, v) -> bool:
+        if v is None:
+            return self.optional
+        if isinstance(v, bool) or not math.isfinite(v):
+            return False
+        return (v > self.lo if self.lo_open else v >= self.lo) and (v < self.hi if self.hi_open else v <= self.hi)
+
+    def describe(self, integer: bool = False) -> str:
+        parts = [f"{'>' if self.lo_open else '>='} {self.lo:g}"] if self.lo > -math.inf else []
+        parts += [f"{'<' if self.hi_open else '<='} {self.hi:g}"] if self.hi < math.inf else []
+        text = ("an integer" if integer else "a finite number") + (" " + " and ".join(parts) if parts else "")
+        return text + (" (or null)" if self.optional else "")
+
+
+POSITIVE, NON_NEGATIVE, AT_LEAST_ONE = Range(0, lo_open=True), Range(0), Range(1)
+# Every int/float field of the run config and its allowed range, checked by ``validate`` after the
+# YAML, overrides and CLI flags are applied (tests check that no numeric field is missing here).
+# optim.lr: > 0 and <= 1000 (a larger base LR is a typo in every known recipe, and overflows some
+# optimisers). train.grad_clip: null or 0 = no clipping, > 0 = max gradient norm.
+RANGES: dict[str, Range] = {
+    "data.image_size": Range(8, 4096, optional=True),
+    "data.limit": Range(1, optional=True),
+    "data.num_workers": Range(0, 256),
+    "method.sim_weight": NON_NEGATIVE, "method.var_weight": NON_NEGATIVE, "method.cov_weight": NON_NEGATIVE,
+    "method.temperature": POSITIVE, "method.sinkhorn_epsilon": POSITIVE,
+    "method.sinkhorn_iterations": AT_LEAST_ONE, "method.queue_length": NON_NEGATIVE,
+    "method.queue_start_step": NON_NEGATIVE, "method.freeze_prototypes_iters": NON_NEGATIVE,
+    "addon.entropy_weight": Range(0, optional=True), "addon.cov_weight": Range(0, optional=True),
+    "addon.m": Range(1, optional=True),
+    "optim.lr": Range(0, 1000, lo_open=True), "optim.weight_decay": NON_NEGATIVE,
+    "optim.momentum": Range(0, 1, hi_open=True), "optim.warmup_epochs": Range(0, optional=True),
+    "optim.batch_size": AT_LEAST_ONE, "optim.base_batch": AT_LEAST_ONE,
+    "train.epochs": AT_LEAST_ONE, "train.seed": Range(0, 2**32 - 1), "train.grad_clip": Range(0, optional=True),
+    "train.head_warmup_steps": NON_NEGATIVE, "train.probe_size": NON_NEGATIVE, "train.log_every": AT_LEAST_ONE,
+    "train.checkpoint_every_epochs": AT_LEAST_ONE, "train.max_steps": Range(1, optional=True),
+}
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check every numeric field against ``RANGES``; ConfigError naming the key, value and range."""
+    for key, rng in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not rng.ok(value):
+            raise ConfigError(f"{key}={value} is out of range; give {rng.describe(isinstance(value, int))}")
+    return cfg
 
 
 def _suggest(key: str, valid: list[str]) -> str:
@@ -211,9 +266,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if not isinstance(value, tp):
                 raise ValueError(value)
             return value
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         name = getattr(tp, "__name__", str(tp))
-        raise ConfigError(f"{key}: cannot read {value!r} as {name}; give a {name} value") from None
+        raise ConfigError(f"{key}: cannot read {value!r} as {name}; give a finite {name} value") from None
     return value
 
 
@@ -249,9 +304,9 @@ def _set(obj: Any, parts: list[str], value: Any, full: str) -> None:
     choices = _CHOICES.get(full)
     if choices is not None and value not in choices:
         raise ConfigError(f"{full}={value!r} is not valid; use one of {list(choices)}.")
-    low = 0 if full == "data.num_workers" else 1
-    if full in _AT_LEAST_ONE and value is not None and value < low:
-        raise ConfigError(f"{full}={value} is not valid; give an integer >= {low}")
+    rng = RANGES.get(full)
+    if rng is not None and not rng.ok(value):
+        raise ConfigError(f"{full}={value} is out of range; give {rng.describe(tp is int)}")
     setattr(obj, head, value)
 
 
@@ -304,8 +359,11 @@ def load_config(path_or_recipe: str | Path | dict | RunConfig | None = None,
     to the field's type) or a dict ``{"optim.lr": 0.1}``. Method defaults for E2MC are applied
     last, only to fields still unset.
 
+    Every numeric value is checked against ``RANGES`` (finite, in range) as it is set and once
+    more on the final config.
+
     Raises:
-        ConfigError: unknown key (with a suggestion), bad value, missing file or recipe.
+        ConfigError: unknown key (with a suggestion), bad or out-of-range value, missing file or recipe.
     """
     cfg = RunConfig()
     if isinstance(path_or_recipe, (RunConfig, dict)):
@@ -326,7 +384,7 @@ def load_config(path_or_recipe: str | Path | dict | RunConfig | None = None,
     items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
     for key, value in items:
         _set(cfg, key.split("."), value, key)
-    return apply_method_defaults(cfg)
+    return validate(apply_method_defaults(cfg))
 
 
 def _read_source(src: str) -> str:

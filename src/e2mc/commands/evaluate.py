@@ -31,6 +31,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--epochs", type=int, default=10, help="epochs for linear_finetune and semisup")
     p.add_argument("--cache-dir", default=None, help="feature cache (default $E2MC_CACHE/features)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--ks", type=_ints, default=[10, 20, 100, 200],
                    help="comma-separated kNN neighbour counts (default 10,20,100,200; clipped to the training size)")
@@ -63,8 +64,9 @@ def register(subparsers) -> None:
 
 def _kwargs(args) -> dict:
     return dict(protocols=args.protocols, seeds=args.seeds, device=args.device, batch_size=args.batch_size,
-                image_size=args.image_size, cache_dir=args.cache_dir, epochs=args.epochs, ks=args.ks,
-                test_split=args.test_split, root=args.data_root, download=args.download)
+                image_size=args.image_size, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+                epochs=args.epochs, ks=args.ks, test_split=args.test_split, root=args.data_root,
+                download=args.download)
 
 
 def _fmt(v) -> str:

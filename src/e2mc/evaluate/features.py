@@ -8,12 +8,16 @@ returns float32 features per requested output (``"backbone"``: pooled ``model.em
 checkpoint's sha256 (file bytes, streamed; the state dict's bytes for an in-memory model), the
 dataset identity (name, split, size, image size), the transform and ``which``. Entries are
 written atomically (temp file + ``os.replace``), and only after a successful, finite extraction.
+An entry that cannot be read or does not hold finite ``(N, D)`` features of every requested output
+and ``(N,)`` labels is reported in one warning line, deleted and recomputed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -23,6 +27,8 @@ from typing import Callable, Sequence
 import torch
 
 from e2mc.errors import DataError
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -185,11 +191,9 @@ def extract_features(
     cache_path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     entry = cache_path / f"{key}.safetensors"
     if use_cache and entry.exists():
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(entry))
-        labels = tensors.pop("__labels__")
-        return FeatureSet({k: tensors[k] for k in which}, labels, key, {**key_obj, "cached": True})
+        cached = _load_entry(entry, which, len(dataset))
+        if cached is not None:
+            return FeatureSet(cached[0], cached[1], key, {**key_obj, "cached": True})
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     was_training = model.training
@@ -226,15 +230,47 @@ def extract_features(
     return fs
 
 
+def _load_entry(entry: Path, which: Sequence[str], n: int):
+    """``(features, labels)`` of a cache entry, or None after deleting an unreadable or incomplete one
+    (truncated, garbage, an output or the labels missing, wrong shapes, non-finite): it is recomputed."""
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(entry))
+        labels = tensors.get("__labels__")
+        if labels is None or labels.dtype != torch.int64 or tuple(labels.shape) != (n,):
+            raise ValueError(f"labels missing or not ({n},) int64")
+        for w in which:
+            f = tensors.get(w)
+            if f is None:
+                raise ValueError(f"no {w!r} features")
+            if f.dtype != torch.float32 or f.dim() != 2 or f.shape[0] != n or not torch.isfinite(f).all():
+                raise ValueError(f"{w!r} features are not finite float32 ({n}, D) but {f.dtype} {tuple(f.shape)}")
+        feats = {w: tensors[w] for w in which}
+    except Exception as exc:  # safetensors raises its own error type for truncated/garbage files
+        reason = str(exc).splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        log.warning("feature cache entry %s is unreadable or incomplete (%s); deleting it and recomputing",
+                    entry, reason)
+        with contextlib.suppress(OSError):
+            entry.unlink()
+        return None
+    return feats, labels
+
+
 def _save_atomic(entry: Path, fs: FeatureSet) -> None:
+    """Write a cache entry through a temp file + ``os.replace``; a failed write only warns (the cache
+    is an optimisation: the features are still returned)."""
     from safetensors.torch import save_file
 
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=entry.parent, suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.name}.", suffix=".tmp")
+        os.close(fd)
         save_file({**{k: v.contiguous() for k, v in fs.features.items()}, "__labels__": fs.labels.contiguous()}, tmp)
         os.replace(tmp, entry)
+    except OSError as exc:
+        log.warning("could not write the feature cache entry %s (%s); continuing without caching it", entry, exc)
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pickle
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,21 +119,90 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[Any, dict | None]:
         except Exception as exc:
             raise CheckpointError(f"cannot read {path} as safetensors (truncated or not safetensors?): {exc}") from exc
     try:
-        return torch.load(path, map_location="cpu", weights_only=True), None
-    except Exception as exc:  # torch raises many types for garbage: be explicit about the cause
-        msg = str(exc)
-        if isinstance(exc, pickle.UnpicklingError) and ("Unsupported global" in msg or "GLOBAL" in msg):
-            code = next((ln.strip() for ln in msg.splitlines() if "Unsupported global" in ln), msg[:200])
-            raise CheckpointError(
-                f"refused to load {path}: its pickle references code or objects beyond plain tensors "
-                f"({code}). e2mc never unpickles code. If you trust the file, re-save only its tensors "
-                "(torch.save(state_dict)) and load that."
-            ) from exc
-        first = msg.splitlines()[0][:200] if msg.strip() else "no data"
-        raise CheckpointError(
-            f"cannot read {path}: not a PyTorch checkpoint, or truncated ({type(exc).__name__}: {first}); "
-            "pass a .pth/.pt/.safetensors checkpoint (re-download or re-export it if it is cut short)"
-        ) from exc
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: noise
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True), None
+    except Exception as exc:  # torch raises many types for garbage; its text suggests unsafe loading: not shown
+        raise CheckpointError(describe_unreadable(path, exc)) from None
+
+
+# Globals a plain tensor checkpoint's pickle may name (what torch's weights-only loader rebuilds).
+_PLAIN_MODULES = ("torch", "collections", "_codecs")
+
+
+def _pickle_globals(data: bytes) -> list[str] | None:
+    """``module.name`` of every global a pickle stream imports (GLOBAL, STACK_GLOBAL, INST), scanning
+    up to 4 consecutive pickles (torch's legacy format); None when ``data`` does not start with one."""
+    import io
+    import pickletools
+
+    stream, names, seen_one = io.BytesIO(data), [], False
+    for _ in range(4):
+        pushed: list = []  # strings pushed, in order (None for other values), following the memo
+        memo: dict = {}
+        try:
+            for op, arg, _pos in pickletools.genops(stream):
+                name = op.name
+                if "UNICODE" in name or name.endswith("STRING"):
+                    pushed.append(str(arg))
+                elif name == "MEMOIZE":
+                    memo[len(memo)] = pushed[-1] if pushed else None
+                elif name.endswith("PUT"):
+                    memo[arg] = pushed[-1] if pushed else None
+                elif name.endswith("GET"):
+                    pushed.append(memo.get(arg))
+                elif name in ("GLOBAL", "INST"):
+                    names.append(str(arg).replace(" ", "."))
+                elif name == "STACK_GLOBAL" and len(pushed) >= 2 and None not in pushed[-2:]:
+                    names.append(f"{pushed[-2]}.{pushed[-1]}")
+                else:
+                    pushed.append(None)
+        except Exception:  # not (or no longer) a pickle
+            return names if seen_one else None
+        seen_one = True
+        if stream.tell() >= len(data):
+            break
+    return names
+
+
+def describe_unreadable(path: Path, exc: Exception) -> str:
+    """One line saying what ``path`` is when torch.load(weights_only=True) refused it."""
+    import zipfile
+
+    fix = "pass a .pth/.pt/.safetensors checkpoint (re-download or re-export it if it is cut short)"
+    size = path.stat().st_size
+    if size == 0:
+        return f"cannot read {path}: not a PyTorch/safetensors checkpoint (empty file); {fix}"
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    data = None
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                pkl = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                data = zf.read(pkl) if pkl else None
+        except (zipfile.BadZipFile, OSError, EOFError):
+            return f"cannot read {path}: not a PyTorch/safetensors checkpoint (or truncated: a zip archive cut short); {fix}"
+    elif size <= 1 << 28:  # maybe a plain or legacy-torch pickle: scan its opcodes (nothing is executed)
+        data = path.read_bytes()
+    names = _pickle_globals(data) if data else None
+    unsafe = sorted({n for n in names or () if n.split(".")[0] not in _PLAIN_MODULES})
+    if unsafe:
+        shown = ", ".join(unsafe[:4]) + (f", ... ({len(unsafe)} in all)" if len(unsafe) > 4 else "")
+        return (f"{path} holds pickled Python objects that could run code when loaded ({shown}); e2mc loads only "
+                "plain tensors and will not execute it. Use a checkpoint that holds only tensors (e.g. "
+                "torch.save(model.state_dict()) from a trusted source), or a .safetensors file")
+    if names is not None:
+        return (f"cannot read {path}: a Python pickle that is not a PyTorch checkpoint e2mc can read "
+                f"({type(exc).__name__}); {fix}")
+    text = head.decode("utf-8", "ignore")
+    if len(text) >= len(head) // 2 and all(c.isprintable() or c in "\t\r\n" for c in text):
+        return f"cannot read {path}: not a PyTorch/safetensors checkpoint (a text file); {fix}"
+    detail = type(exc).__name__
+    msg = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+    if msg and "weights_only" not in msg and "Weights only" not in msg:
+        detail += f": {msg}"
+    return f"cannot read {path}: not a PyTorch/safetensors checkpoint (or truncated) ({detail}); {fix}"
 
 
 def detect_format(obj, arch: str | None = None) -> str:

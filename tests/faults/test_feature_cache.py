@@ -1,0 +1,121 @@
+"""Issue 11 item 7: a broken feature-cache entry is reported, deleted and recomputed; --no-cache."""
+
+import logging
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from e2mc.cli import main
+from e2mc.evaluate.features import extract_features
+from tests.evaluate.conftest import TinyNet, colour_dataset
+
+WHICH = ("backbone", "projector")
+
+
+def _truncate(p):
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def _garbage(p):
+    p.write_bytes(b"\x00\xff" * 300)
+
+
+def _empty(p):
+    p.write_bytes(b"")
+
+
+def _no_projector(p):
+    t = load_file(str(p))
+    del t["projector"]
+    save_file(t, str(p))
+
+
+def _wrong_n(p):
+    t = load_file(str(p))
+    save_file({k: v[:-3].contiguous() for k, v in t.items()}, str(p))
+
+
+def _no_labels(p):
+    t = load_file(str(p))
+    del t["__labels__"]
+    save_file(t, str(p))
+
+
+def _nan_features(p):
+    t = load_file(str(p))
+    t["backbone"][0, 0] = float("nan")
+    save_file(t, str(p))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _garbage, _empty, _no_projector, _wrong_n, _no_labels, _nan_features])
+def test_broken_entry_is_reported_deleted_and_recomputed(tmp_path, caplog, damage):
+    net, data = TinyNet(0), colour_dataset(10, seed=0)
+    first = extract_features(net, data, which=WHICH, cache_dir=tmp_path)
+    (entry,) = tmp_path.glob("*.safetensors")
+    damage(entry)
+    with caplog.at_level(logging.WARNING, logger="e2mc.evaluate.features"):
+        again = extract_features(net, data, which=WHICH, cache_dir=tmp_path)
+    fresh = extract_features(TinyNet(0), data, which=WHICH, use_cache=False)  # independent computation
+    assert not again.meta["cached"]
+    for w in WHICH:
+        assert torch.equal(again[w], fresh[w]) and torch.equal(again[w], first[w])
+    assert torch.equal(again.labels, fresh.labels)
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert "\n" not in msg and str(entry) in msg and "recomputing" in msg
+    # the entry was rewritten whole: the next call reads it from the cache
+    third = extract_features(net, data, which=WHICH, cache_dir=tmp_path)
+    assert third.meta["cached"] and torch.equal(third["projector"], fresh["projector"])
+
+
+def test_unwritable_cache_warns_and_still_returns_features(tmp_path, caplog):
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should be")
+    net, data = TinyNet(0), colour_dataset(5, seed=0)
+    with caplog.at_level(logging.WARNING, logger="e2mc.evaluate.features"):
+        fs = extract_features(net, data, cache_dir=blocker / "sub")
+    assert fs["backbone"].shape == (15, 8) and "could not write the feature cache" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """One fixed random resnet_mini checkpoint file (a random: name would differ on every call)."""
+    from e2mc.models.checkpoints import load_model
+    from e2mc.models.export import export_model
+
+    torch.manual_seed(0)
+    model, report = load_model("random:resnet_mini:8-8-8", method="vicreg", head_sizes={"projector": [16, 16]})
+    return export_model(model, report, tmp_path_factory.mktemp("ckpt") / "model.pt", format="e2mc")
+
+
+def _evaluate(ckpt, cache, *extra, command="evaluate"):
+    return main([command, str(ckpt), "--dataset", "digits", "--protocols", "rankme", "--seeds", "0",
+                 "--image-size", "8", "--cache-dir", str(cache), *extra])
+
+
+def test_cli_no_cache_writes_nothing(ckpt, tmp_path, capsys):
+    torch.set_num_threads(1)
+    assert _evaluate(ckpt, tmp_path / "c1", "--no-cache") == 0
+    assert not (tmp_path / "c1").exists()
+    assert _evaluate(ckpt, tmp_path / "c2") == 0
+    assert len(list((tmp_path / "c2").glob("*.safetensors"))) == 1
+    out = capsys.readouterr().out
+    a, b = [line for line in out.splitlines() if "backbone" in line]
+    assert a == b  # same model, same result with and without the cache
+
+
+def test_cli_broken_entry_then_evaluate_still_works(ckpt, tmp_path, capsys, caplog):
+    torch.set_num_threads(1)
+    assert _evaluate(ckpt, tmp_path) == 0
+    (entry,) = tmp_path.glob("*.safetensors")
+    _truncate(entry)
+    with caplog.at_level(logging.WARNING, logger="e2mc.evaluate.features"):
+        assert _evaluate(ckpt, tmp_path) == 0
+    assert "unreadable or incomplete" in caplog.text and "Traceback" not in capsys.readouterr().err
+    assert load_file(str(entry))["__labels__"].numel() > 0  # rewritten whole
+
+
+def test_cli_compare_has_no_cache(ckpt, tmp_path):
+    torch.set_num_threads(1)
+    assert _evaluate(ckpt, tmp_path / "c", "--no-cache", command="compare") == 0
+    assert not (tmp_path / "c").exists()
