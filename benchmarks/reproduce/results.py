@@ -78,7 +78,7 @@ def to_markdown(summary: dict, metrics=TABLE_METRICS, title: str = "", notes: li
         lines.append(f"| {lab} | " + " | ".join(cells) + " |")
     lines += ["", "Difference to base-only (arm − base), 95% t-interval (`e2mc.evaluate.stats`): paired by training "
               "seed when both arms have the same seeds, Welch otherwise; the last column names the test.", "",
-              head[:-1] + " | test |", sep + "---|"]
+              head[:-1] + "| test |", sep + "---|"]
     for lab in labels:
         cells = []
         kinds: list[str] = []
