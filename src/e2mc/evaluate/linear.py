@@ -128,7 +128,7 @@ def linear_probe(
     Convergence (see :func:`fit_logistic`): ``convergence`` holds each penalty's state in the
     selection fit, ``refit`` the selected penalty's refit on the full training set; ``converged``
     is True when both fits of the selected penalty reached the tolerance. When it is False the
-    probe logs a one-line warning (raise ``max_iter``).
+    probe logs a one-line warning.
     """
     train_y, test_y, c = check_labelled(train_x, train_y, test_x, test_y, "linear probe", num_classes)
     if not weight_decays:
@@ -152,10 +152,11 @@ def linear_probe(
     top1 = float((batched_logits(xte, w1, b1)[:, 0].argmax(dim=1) == test_y).float().mean())
     converged = info["converged"][best] and info1["converged"][0]
     if not converged:
-        log.warning("linear probe: L-BFGS did not converge at the selected weight decay %g in %d iterations "
-                    "(max |gradient| %.2g > %g): its accuracy may be off; raise max_iter "
-                    "(Python: e2mc.evaluate.linear.linear_probe(..., max_iter=2000))", wd, max_iter,
-                    max(info["grad_max"][best], info1["grad_max"][0]), info["tol"])
+        log.warning("linear probe: L-BFGS did not converge at the selected weight decay %g (max |gradient| %.2g > %g "
+                    "after %d + %d refit iterations, cap %d): its accuracy may be off; if it stopped at the cap, "
+                    "raise max_iter (Python: e2mc.evaluate.linear.linear_probe(..., max_iter=%d))", wd,
+                    max(info["grad_max"][best], info1["grad_max"][0]), info["tol"], info["iterations"],
+                    info1["iterations"], max_iter, 4 * max_iter)
     return {
         "top1": top1,
         "val_top1": float(val_acc[best]),
