@@ -107,7 +107,9 @@ def main() -> int:
     res = linear_probe(xtr, ytr, xte, yte)
     dt = time.perf_counter() - t0
     rows.append(("linear probe", f"same features; {len(res['val_top1_per_weight_decay'])} weight decays in one L-BFGS pass on 90% + refit on 100%",
-                 f"{dt:.1f} s", f"top1 {res['top1']:.3f} (wd {res['weight_decay']:g})"))
+                 f"{dt:.1f} s", f"top1 {res['top1']:.3f} (wd {res['weight_decay']:g}); L-BFGS iterations "
+                 f"{res.get('iterations', 'n/a')} + refit {res.get('refit', {}).get('iterations', 'n/a')}, "
+                 f"converged {res.get('converged', 'n/a')}"))
 
     cpu = platform.processor() or platform.machine()
     lines = ["# Evaluation speed (CPU)", "",

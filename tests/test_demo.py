@@ -4,6 +4,7 @@ verdict, the report files, and the cache of the pre-trained start."""
 import json
 
 import pytest
+from scipy import stats
 
 from e2mc.cli import main
 from e2mc.demo import BASE, E2MC_ARM, START
@@ -34,16 +35,21 @@ def test_demo_results_report_and_verdict(demo_dirs, capsys):
             assert set(cell) == {"mean", "std", "n"}
             assert cell["n"] == (1 if arm == START else 2)
     head = results["headline"]
-    # The headline is E2MC minus base-only, paired by seed, recomputed here from the raw values.
+    # The headline is E2MC minus base-only, paired by training seed: recomputed here with scipy
+    # from the per-seed numbers results.json stores.
+    assert head["base_seeds"] == head["e2mc_seeds"] == [0, 1] and head["kind"] == "paired, n=2"
     diffs = [e - b for b, e in zip(head["base"], head["e2mc"])]
     assert head["difference"] == pytest.approx(sum(diffs) / len(diffs))
-    assert head["low"] <= head["difference"] <= head["high"]
-    if head["low"] > 0:
-        assert head["verdict"].startswith("E2MC helps")
-    elif head["high"] < 0:
-        assert head["verdict"].startswith("E2MC hurts")
-    else:
-        assert head["verdict"].startswith("no clear difference")
+    if max(diffs) - min(diffs) > 1e-9:
+        ci = stats.ttest_rel(head["e2mc"], head["base"]).confidence_interval(0.95)
+        assert (head["low"], head["high"]) == (float(ci.low), float(ci.high))
+    else:  # no spread: the degenerate interval
+        assert head["low"] == pytest.approx(head["difference"]) and head["high"] == pytest.approx(head["difference"])
+    expected = ("E2MC helps" if head["low"] > 0 else "E2MC hurts" if head["high"] < 0 else "no clear difference")
+    assert head["verdict"].startswith(expected)
+    assert f"[{100 * head['low']:+.2f}, {100 * head['high']:+.2f}]: {head['verdict']}" in printed
+    # the table's cell for the same difference shows the same interval and test
+    assert f"[{100 * head['low']:+.2f}, {100 * head['high']:+.2f}] (paired, n=2)" in printed
     for name in ("report.md", "report.html", "accuracy.png", "comparison.json"):
         assert (out / name).stat().st_size > 0
     assert "| metric |" in printed and "Headline" in printed

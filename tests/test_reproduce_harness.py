@@ -17,7 +17,7 @@ import torch
 from scipy import stats
 
 import e2mc
-from benchmarks.reproduce import arms, curve
+from benchmarks.reproduce import arms, curve, restat
 from benchmarks.reproduce.export_start import export_start
 from e2mc.data.datasets import build_dataset
 from e2mc.data.splits import stratified_holdout, write_split_file
@@ -103,6 +103,12 @@ def test_arms_end_to_end_resumable(start):
     assert set(res["wall_time_s"]["train"]) == {"base-seed0", "base-seed1", "e2mc-seed0", "e2mc-seed1"}
     for f in ("table.md", "results.json", "comparison.json", "report/report.md", "report/accuracy.png"):
         assert (out / f).is_file(), f
+    # the report pairs by training seed like the table; recomputing the stored numbers changes nothing
+    comp = json.loads((out / "comparison.json").read_text())
+    assert comp["train_seeds"] == [[0, 1], [0, 1], [0]]
+    assert next(r for r in comp["rows"] if r["arm"] == "e2mc")["diff_kind"] == "paired, n=2"
+    table = (out / "table.md").read_text()
+    assert restat.restat(out, log=lambda *_: None) == [] and (out / "table.md").read_text() == table
     cfg = (out / "runs" / "e2mc-seed1" / "config.yaml").read_text()
     assert "entropy_weight: 10.0" in cfg and "seed: 1" in cfg and "model.safetensors" in cfg
     assert "name: none" in (out / "runs" / "base-seed0" / "config.yaml").read_text()

@@ -207,8 +207,9 @@ def report(args, per_label, arm_of, eval_seconds, runs, settings, log=print) -> 
                                                 notes=notes))
     names = [lab for lab in order if lab != R.START] + [R.START]
     res = [[per_label[lab][s] for s in sorted(per_label[lab])] for lab in names]
+    seeds = [sorted(per_label[lab]) for lab in names]  # training seeds: the report pairs by them
     comp = ComparisonResult(names, [[lab] for lab in names], settings["eval_data"], list(args.protocols), [0], res,
-                            build_rows(names, res))
+                            build_rows(names, res, seeds), seeds)
     comp.to_json(out / "comparison.json")
     write_report(out / "report", comp, runs=runs, title=args.title or "e2mc arms")
     log((out / "table.md").read_text())

@@ -1,14 +1,15 @@
 """Tables and JSON of the arms: mean, std, n per arm and the difference to base-only.
 
-Differences are paired by training seed (``e2mc.evaluate.stats.paired_difference`` over the seeds
-both arms have) when there are at least two common seeds; otherwise Welch over checkpoints when
-both arms have two or more; otherwise the bare difference of means (n=1: no interval).
+Differences follow ``e2mc.evaluate.stats.difference``, the rule of ``e2mc compare`` and the demo:
+paired by training seed when both arms have the same set of seeds (at least two), Welch when
+both have two or more values otherwise, else the bare difference of means (n=1: no interval).
 """
 
 from __future__ import annotations
 
 from e2mc.evaluate.compare import metric_values
-from e2mc.evaluate.stats import paired_difference, summarize, welch_difference
+from e2mc.evaluate.stats import difference as stats_difference
+from e2mc.evaluate.stats import summarize
 
 TABLE_METRICS = ("knn/top1_k20", "knn/top1_k200", "linear/top1", "rankme/backbone", "rankme/projector")
 START = "start"
@@ -21,14 +22,8 @@ def _is_accuracy(metric: str) -> bool:
 
 def difference(ref: dict[int, float], arm: dict[int, float]) -> dict:
     """``arm - ref`` where both map training seed -> value (see module docstring)."""
-    common = sorted(set(ref) & set(arm))
-    if len(common) >= 2:
-        d = paired_difference([ref[s] for s in common], [arm[s] for s in common])
-        kind = f"paired over seeds {common}"
-    else:
-        d = welch_difference(list(ref.values()), list(arm.values()))
-        kind = "Welch over checkpoints" if d.low is not None else "n=1: no interval"
-    return {"mean": d.mean, "low": d.low, "high": d.high, "n": d.n, "kind": kind}
+    d = stats_difference(ref, arm)
+    return {"mean": d.mean, "low": d.low, "high": d.high, "n": d.n, "kind": d.kind}
 
 
 def summarise(per_label: dict[str, dict[int, dict]], reference: dict[str, str | None]) -> dict:
@@ -81,21 +76,22 @@ def to_markdown(summary: dict, metrics=TABLE_METRICS, title: str = "", notes: li
             cells.append("" if r is None else fmt_value(m, r["mean"]) + ("" if r["std"] is None else f" ± {fmt_value(m, r['std'])}")
                          + f" ({r['n']})")
         lines.append(f"| {lab} | " + " | ".join(cells) + " |")
-    lines += ["", "Difference to base-only (arm − base), 95% t-interval; paired by training seed where "
-              "both arms share at least two seeds.", "", head, sep]
+    lines += ["", "Difference to base-only (arm − base), 95% t-interval (`e2mc.evaluate.stats`): paired by training "
+              "seed when both arms have the same seeds, Welch otherwise; the last column names the test.", "",
+              head[:-1] + "| test |", sep + "---|"]
     for lab in labels:
         cells = []
-        any_diff = False
+        kinds: list[str] = []
         for m in mets:
             d = (summary[lab].get(m) or {}).get("diff")
             if d is None:
                 cells.append("")
                 continue
-            any_diff = True
+            kinds += [d["kind"]] if d["kind"] not in kinds else []
             cells.append(fmt_value(m, d["mean"], True) + (" (n=1)" if d["low"] is None else
                                                       f" [{fmt_value(m, d['low'], True)}, {fmt_value(m, d['high'], True)}]"))
-        if any_diff:
-            lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+        if kinds:
+            lines.append(f"| {lab} | " + " | ".join(cells) + f" | {'; '.join(kinds)} |")
     return "\n".join(lines) + "\n"
 
 

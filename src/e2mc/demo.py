@@ -6,8 +6,9 @@
 3. Evaluate the start and every continued checkpoint with kNN, the linear probe and RankMe.
 4. Print the comparison, write ``results.json`` and the report (Markdown, HTML, PNGs).
 
-The verdict is computed, never assumed: E2MC minus base-only, paired over seeds, with a 95%
-t-interval; the demo says "no clear difference" when the interval contains zero.
+The verdict is computed, never assumed: E2MC minus base-only with a 95% t-interval, taken from the
+comparison table's row (``e2mc.evaluate.stats``: paired by training seed, as both arms share the
+seeds); the demo says "no clear difference" when the interval contains zero.
 """
 
 from __future__ import annotations
@@ -106,25 +107,21 @@ def continue_arms(cfg: DemoConfig, start: Path, log: Callable[[str], None] = pri
 
 
 def headline(comparison, protocol: str = HEADLINE[0], metric: str = HEADLINE[1]) -> dict:
-    """E2MC minus base-only on one metric, paired over training seeds, with a 95% t-interval."""
-    from e2mc.evaluate.compare import metric_values
-    from e2mc.evaluate.stats import paired_difference
-
+    """E2MC minus base-only on one metric: the comparison table's own difference and interval
+    (paired by training seed when both arms have the same seeds, Welch otherwise)."""
     key = f"{protocol}/{metric}"
-    per_arm = {name: [metric_values(r)[key][0] for r in results]
-               for name, results in zip(comparison.names, comparison.results)}
-    base, e2mc = per_arm[BASE], per_arm[E2MC_ARM]
-    d = paired_difference(base, e2mc)
-    if d.low is None:
+    base, row = comparison.row(BASE, key), comparison.row(E2MC_ARM, key)
+    if row["diff_low"] is None:
         verdict = "only one seed: no interval, no verdict (run with more seeds)"
-    elif d.low > 0:
+    elif row["diff_low"] > 0:
         verdict = "E2MC helps: the 95% interval of the difference is above zero"
-    elif d.high < 0:
+    elif row["diff_high"] < 0:
         verdict = "E2MC hurts: the 95% interval of the difference is below zero"
     else:
         verdict = "no clear difference: the 95% interval of the difference contains zero"
-    return {"metric": key, "base": base, "e2mc": e2mc, "difference": d.mean, "low": d.low, "high": d.high,
-            "n": len(base), "verdict": verdict}
+    return {"metric": key, "base": base["values"], "e2mc": row["values"], "base_seeds": base["train_seeds"],
+            "e2mc_seeds": row["train_seeds"], "difference": row["diff"], "low": row["diff_low"],
+            "high": row["diff_high"], "kind": row["diff_kind"], "n": len(base["values"]), "verdict": verdict}
 
 
 def summarise(comparison) -> dict:
@@ -184,7 +181,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     log("")
     lo = "n/a" if head["low"] is None else f"{100 * head['low']:+.2f}"
     hi = "n/a" if head["high"] is None else f"{100 * head['high']:+.2f}"
-    log(f"Headline ({head['metric']}, {head['n']} seeds, paired by seed): E2MC - base-only = "
+    log(f"Headline ({head['metric']}, {head['n']} seeds, {head['kind']}): E2MC - base-only = "
         f"{100 * head['difference']:+.2f} points, 95% CI [{lo}, {hi}]: {head['verdict']}.")
     log(f"Wall time {results['wall_time_s']['total']:.0f} s. Results: {cfg.out / 'results.json'}; "
         f"report: {paths.get('html', cfg.out)}")

@@ -2,10 +2,11 @@ import math
 
 import pytest
 import torch
+from scipy import stats
 
 from e2mc.errors import DataError
 from e2mc.evaluate.fewshot import balanced_subset, fewshot
-from e2mc.evaluate.stats import paired_difference, summarize, welch_difference
+from e2mc.evaluate.stats import difference, paired_difference, summarize, welch_difference
 
 
 def test_balanced_subset_balanced_and_reproducible():
@@ -30,20 +31,22 @@ def test_balanced_subset_errors():
 
 def test_fewshot_structure_and_seeds():
     torch.manual_seed(0)
-    c = 4 * torch.randn(3, 4)
-    ytr, yte = torch.arange(3).repeat(20), torch.arange(3).repeat(10)
-    xtr, xte = c[ytr] + torch.randn(60, 4), c[yte] + torch.randn(30, 4)
+    c = 2 * torch.randn(3, 4)
+    ytr, yte = torch.arange(3).repeat(20), torch.arange(3).repeat(30)
+    xtr, xte = c[ytr] + torch.randn(60, 4), c[yte] + torch.randn(90, 4)
     res = fewshot(xtr, ytr, xte, yte, shots=(1, 5), seeds=(0, 1, 2), return_indices=True)
-    assert len(res["per_seed"]["top1_5shot"]) == 3
-    assert res["top1_5shot"] == pytest.approx(sum(res["per_seed"]["top1_5shot"]) / 3)
-    assert res["top1_5shot"] > 0.8
-    lo, hi = res["top1_5shot_ci95"]
-    assert lo <= res["top1_5shot"] <= hi
+    accs = res["per_seed"]["top1_5shot"]
+    assert len(accs) == 3 and len(set(accs)) > 1  # the seeds draw different subsets: a real spread
+    assert res["top1_5shot"] == pytest.approx(sum(accs) / 3)
+    assert res["top1_5shot"] > 0.6
+    # the stored interval is the t-interval of the per-seed accuracies, recomputed here by hand
+    m = sum(accs) / 3
+    sem = math.sqrt(sum((a - m) ** 2 for a in accs) / 2) / math.sqrt(3)
+    assert res["top1_5shot_ci95"] == pytest.approx([m - stats.t.ppf(0.975, 2) * sem, m + stats.t.ppf(0.975, 2) * sem])
     assert res["indices"]["5shot"]["1"] == balanced_subset(ytr, per_class=5, seed=1).tolist()
 
 
 def test_summarize_vs_scipy_by_hand():
-    stats = pytest.importorskip("scipy.stats")
     xs = [0.81, 0.84, 0.80, 0.86]
     s = summarize(xs)
     m = sum(xs) / 4
@@ -56,7 +59,6 @@ def test_summarize_vs_scipy_by_hand():
 
 
 def test_paired_and_welch_differences():
-    stats = pytest.importorskip("scipy.stats")
     a, b = [0.80, 0.82, 0.79], [0.83, 0.84, 0.83]
     d = paired_difference(a, b)
     diffs = [y - x for x, y in zip(a, b)]
@@ -68,3 +70,27 @@ def test_paired_and_welch_differences():
     assert (w.low, w.high) == pytest.approx((ref.low, ref.high))
     with pytest.raises(DataError, match="same seeds"):
         paired_difference([1.0, 2.0], [1.0])
+
+
+def test_difference_pairs_by_seed_only_when_the_seed_sets_match():
+    # hand-listed per-seed values; the arm's seeds come in another order: pairing is by seed
+    ref = {0: 0.801, 1: 0.822, 2: 0.795, 3: 0.810}
+    arm = {3: 0.829, 1: 0.835, 0: 0.826, 2: 0.811}
+    d = difference(ref, arm)
+    seeds = [0, 1, 2, 3]
+    ci = stats.ttest_rel([arm[s] for s in seeds], [ref[s] for s in seeds]).confidence_interval(0.95)
+    assert d.kind == "paired, n=4"
+    assert (d.low, d.high) == (float(ci.low), float(ci.high))  # exactly scipy's numbers
+    assert d.mean == pytest.approx((0.826 + 0.835 + 0.811 + 0.829 - 0.801 - 0.822 - 0.795 - 0.810) / 4)
+    # one seed differs: the samples are unpaired -> Welch on all values
+    arm2 = {0: 0.826, 1: 0.835, 2: 0.811, 7: 0.829}
+    w = difference(ref, arm2)
+    ci = stats.ttest_ind(list(arm2.values()), list(ref.values()), equal_var=False).confidence_interval(0.95)
+    assert w.kind == "Welch, n=4 vs 4" and (w.low, w.high) == (float(ci.low), float(ci.high))
+    # unknown seeds: Welch too; one value on a side: no interval
+    assert difference([0.8, 0.82], [0.83, 0.84], [None, None], [None, None]).kind.startswith("Welch")
+    one = difference([0.8], [0.83, 0.84], [0], [0, 1])
+    assert one.low is None and one.kind == "n=1: no interval" and one.mean == pytest.approx(0.035)
+    # no spread: the degenerate interval (scipy would return NaN)
+    flat = difference({0: 0.5, 1: 0.6}, {0: 0.7, 1: 0.8})
+    assert (flat.low, flat.high) == pytest.approx((0.2, 0.2))

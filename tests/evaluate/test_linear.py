@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from e2mc.errors import DataError
-from e2mc.evaluate.linear import fit_logistic, linear_probe, stratified_split
+from e2mc.evaluate.linear import MAX_ITER, fit_logistic, linear_probe, stratified_split
 
 
 def _toy(seed=0, n=300, d=5, c=3, noise=0.8):
@@ -62,3 +62,53 @@ def test_linear_probe_errors():
         linear_probe(x, torch.zeros_like(y), x, y)
     with pytest.raises(DataError, match="missing"):
         linear_probe(x, y, x, torch.full_like(y, -1))
+
+
+def _digits_pixels():
+    """scikit-learn's digits as raw pixels: first 1200 images train, the other 597 test; pixels
+    constant on the training images are dropped (standardising them would divide by ~0)."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x, y = torch.tensor(x, dtype=torch.float32), torch.tensor(y)
+    keep = x[:1200].std(0) > 0
+    return x[:1200, keep], y[:1200], x[1200:, keep], y[1200:]
+
+
+def test_linear_probe_matches_sklearn_on_digits_at_the_selected_penalty():
+    from sklearn.linear_model import LogisticRegression
+
+    xtr, ytr, xte, yte = _digits_pixels()
+    res = linear_probe(xtr, ytr, xte, yte)
+    assert res["converged"] and all(v["converged"] for v in res["convergence"].values())
+    # the same standardisation (training mean / unbiased std) and e2mc's objective
+    # mean CE + wd/2 ||W||^2  ==  (C * sum CE + 1/2 ||W||^2) / (C n)  with  C = 1 / (n * wd)
+    mean, std = xtr.mean(0), xtr.std(0).clamp_min(1e-6)
+    ref = LogisticRegression(C=1.0 / (len(ytr) * res["weight_decay"]), max_iter=10000, tol=1e-8)
+    ref.fit(((xtr - mean) / std).numpy(), ytr.numpy())
+    ref_acc = float((ref.predict(((xte - mean) / std).numpy()) == yte.numpy()).mean())
+    assert res["top1"] > 0.85
+    assert abs(res["top1"] - ref_acc) <= 0.005  # within 0.5 points
+
+
+def test_convergence_is_reported_per_penalty_and_warned(caplog):
+    xtr, ytr, xte, yte = _digits_pixels()
+    wds = (1e-3, 1e-1)
+    with caplog.at_level("WARNING", logger="e2mc.evaluate.linear"):
+        short = linear_probe(xtr, ytr, xte, yte, weight_decays=wds, max_iter=3)
+    assert not short["converged"] and short["iterations"] == 3 and not short["refit"]["converged"]
+    assert [v["converged"] for v in short["convergence"].values()] == [False, False]
+    warned = [r.getMessage() for r in caplog.records if "did not converge" in r.getMessage()]
+    assert len(warned) == 1 and "\n" not in warned[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="e2mc.evaluate.linear"):
+        full = linear_probe(xtr, ytr, xte, yte, weight_decays=wds)
+    assert full["converged"] and full["iterations"] < MAX_ITER and not caplog.records
+    # the reported gradient is the objective's, written out by hand: X^T (softmax - onehot) / n + wd W
+    x = (xtr - xtr.mean(0)) / xtr.std(0)
+    w, b, info = fit_logistic(x, ytr, 10, wds, return_info=True)
+    for h, wd in enumerate(wds):
+        p = torch.softmax(x @ w[h] + b[h], dim=1) - torch.nn.functional.one_hot(ytr, 10)
+        g = max(float((x.T @ p / len(ytr) + wd * w[h]).abs().max()), float((p.mean(0)).abs().max()))
+        assert info["grad_max"][h] == pytest.approx(g, rel=0.05, abs=2e-6) and g <= info["tol"]
+        assert info["converged"][h]

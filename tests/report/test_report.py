@@ -72,5 +72,17 @@ def test_report_needs_input(tmp_path):
     from e2mc.errors import DataError
 
     with pytest.raises(DataError, match="nothing to report"):
-        write_report(tmp_path, None)
-    json.dumps(_comparison().rows)
+        write_report(tmp_path / "out", None)
+    assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_report_table_states_intervals_and_spread(tmp_path):
+    comp = _comparison()
+    assert json.loads(json.dumps(comp.rows, allow_nan=False)) == comp.rows  # JSON-safe: no NaN, no tensors
+    md = write_report(tmp_path, comp)["markdown"].read_text()
+    # one checkpoint per arm: kNN has n=1 (no interval); few-shot is paired over evaluation seeds,
+    # the per-seed differences are all +5 points, and the table says what that spread measures
+    assert "| knn/top1_k20 (%) | 70.00 (1) | 75.00 (1) | +5.00 (n=1, no interval) |" in md
+    assert ("| fewshot/top1_5shot (%) † | 60.33 ± 2.52 (3) | 65.33 ± 2.52 (3) | "
+            "+5.00 [+5.00, +5.00] (paired over evaluation seeds, n=3) |") in md
+    assert "evaluation noise, not training variance" in md

@@ -69,7 +69,15 @@ def _kwargs(args) -> dict:
                 download=args.download)
 
 
+def _convergence(v: dict) -> str:
+    return ("converged" if v["converged"] else "NOT converged") + f" (max |grad| {v['grad_max']:.1e})"
+
+
 def _fmt(v) -> str:
+    if isinstance(v, dict) and "converged" in v and "grad_max" in v:  # linear probe: the refit
+        return _convergence(v) + (f", {v['iterations']} iterations" if "iterations" in v else "")
+    if isinstance(v, dict) and v and all(isinstance(x, dict) and "converged" in x for x in v.values()):
+        return "; ".join(f"wd {k:g}: {_convergence(x)}" for k, x in v.items())  # per penalty
     if isinstance(v, float):
         return f"{v:.4f}"
     if isinstance(v, list) and v and isinstance(v[0], (int, float)) and len(v) <= 5:

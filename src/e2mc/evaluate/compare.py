@@ -2,13 +2,16 @@
 
 Each arm is one checkpoint or several (e.g. continued-training seeds: ``"e2mc=a.pt,b.pt,c.pt"``);
 a run folder stands for its ``checkpoints/last.pt``. For every numeric metric the table gives
-the arm's mean, std (ddof=1) and n, and the difference to the FIRST arm with a 95% t-interval:
+the arm's mean, std (ddof=1) and n, and the difference to the FIRST arm with a 95% t-interval
+(:mod:`e2mc.evaluate.stats`, the same rule as the demo and the benchmarks):
 
-* one checkpoint per arm and a seeded protocol (few-shot, semi-sup): values per evaluation seed,
-  difference paired over seeds (the same subsets are drawn for every arm);
-* several checkpoints per arm: one value per checkpoint (averaged over evaluation seeds),
-  Welch (unpaired) interval over training seeds — what a paper comparison needs;
-* deterministic protocols (kNN, linear, RankMe) with one checkpoint give n=1: no std, no interval.
+* several checkpoints per arm: one value per checkpoint (averaged over evaluation seeds); paired
+  by training seed (``config.train.seed`` of e2mc checkpoints) when both arms have the same set
+  of seeds, Welch otherwise — what a paper comparison needs;
+* one checkpoint in both arms and a seeded protocol (few-shot, semi-sup): values per evaluation
+  seed, paired over them (the same subsets are drawn for every arm). That spread is
+  evaluation-seed noise, not training variance, and the table says so;
+* one value on either side (deterministic protocols with one checkpoint): no std, no interval.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from e2mc.errors import ConfigError, DataError
-from e2mc.evaluate.stats import paired_difference, summarize, welch_difference
+from e2mc.evaluate.stats import difference, paired_difference, summarize
 
-_NOT_METRICS = {"seed", "epochs", "weight_decay", "val_top1", "train_loss", "selected_at_grid_edge"}
+_NOT_METRICS = {"seed", "epochs", "weight_decay", "val_top1", "train_loss", "selected_at_grid_edge", "iterations", "tol"}
+_FLAGS = ("linear/converged", "linear/selected_at_grid_edge")  # shown per arm, no difference
+EVAL_SEED_NOTE = "spread over evaluation seeds of one checkpoint: evaluation noise, not training variance"
 _ACCURACY_PROTOCOLS = ("knn/", "linear/", "linear_finetune/", "fewshot/", "semisup/")
 
 
@@ -52,6 +57,31 @@ def resolve_checkpoint(path) -> str:
     return p
 
 
+def training_seed(path) -> int | None:
+    """``config.train.seed`` of an e2mc checkpoint file; None when unknown (other formats, models)."""
+    if not isinstance(path, (str, os.PathLike)):
+        return None
+    from e2mc.models.checkpoints import read_checkpoint
+
+    try:
+        obj, _ = read_checkpoint(path)
+    except Exception:  # noqa: BLE001 - an unreadable seed only means "cannot pair"
+        return None
+    seed = ((obj.get("config") or {}).get("train") or {}).get("seed") if isinstance(obj, dict) else None
+    return int(seed) if isinstance(seed, (int, float)) and not isinstance(seed, bool) else None
+
+
+def flag_values(result: dict) -> dict[str, bool]:
+    """Boolean diagnostics shown in the table (linear probe: converged, selected_at_grid_edge)."""
+    out = {}
+    for name in _FLAGS:
+        proto, key = name.split("/")
+        v = (result.get(proto) or {}).get(key) if isinstance(result.get(proto), dict) else None
+        if isinstance(v, bool):
+            out[name] = v
+    return out
+
+
 def metric_values(result: dict) -> dict[str, list[float]]:
     """``{"protocol/metric": [values]}`` from one ``evaluate`` result (per-seed lists where present)."""
     out = {}
@@ -77,6 +107,7 @@ class ComparisonResult:
     seeds: list[int]
     results: list[list[dict]]
     rows: list[dict] = field(default_factory=list)
+    train_seeds: list[list[int | None]] = field(default_factory=list)  # per arm and checkpoint; None: unknown
 
     def metrics(self) -> list[str]:
         """Metric names in table order."""
@@ -92,19 +123,26 @@ class ComparisonResult:
 
     def to_markdown(self, metrics: Sequence[str] | None = None) -> str:
         """Markdown table, one row per metric and one column per arm: mean ± std (n), and for
-        every arm after the first its difference to the first with a 95% t-interval.
+        every arm after the first its difference to the first with a 95% t-interval and the test
+        that made it ("paired, n=3", "Welch, n=3 vs 2", ...).
 
-        Accuracies (kNN, linear, few-shot, semi-supervised) are shown in percent.
+        Accuracies (kNN, linear, few-shot, semi-supervised) are shown in percent. The linear
+        probe's flags (converged, selected_at_grid_edge) get a row each ("yes"/"no", or how many
+        checkpoints of the arm have the flag).
         """
         mets = [m for m in self.metrics() if metrics is None or m in metrics]
         ref = self.names[0]
         head = ["metric", *self.names] + [f"{a} − {ref}" for a in self.names[1:]]
-        lines = [f"Dataset `{self.dataset}`, evaluation seeds {self.seeds}. Cells: mean ± std (n); "
-                 f"differences with 95% t-interval ({'; '.join(self._kinds())}). Accuracies in %.", "",
-                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        intro = (f"Dataset `{self.dataset}`, evaluation seeds {self.seeds}. Cells: mean ± std (n); differences to "
+                 f"`{ref}` with a 95% t-interval, paired by training seed when both arms have the same seeds, "
+                 "Welch otherwise. Accuracies in %.")
+        if any(r.get("spread") == "evaluation seeds" and r["metric"] in mets for r in self.rows):
+            intro += f" Rows marked † have one checkpoint per arm: n counts evaluation seeds ({EVAL_SEED_NOTE})."
+        lines = [intro, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for m in mets:
             scale, fmt = (100.0, ".2f") if _is_accuracy(m) else (1.0, ".4g")
-            cells = [m + (" (%)" if scale == 100.0 else "")]
+            eval_spread = any(r.get("spread") == "evaluation seeds" for r in self.rows if r["metric"] == m)
+            cells = [m + (" (%)" if scale == 100.0 else "") + (" †" if eval_spread else "")]
             for a in self.names:
                 r = self.row(a, m)
                 cells.append("" if r is None else f"{scale * r['mean']:{fmt}}"
@@ -117,12 +155,15 @@ class ComparisonResult:
                     cells.append(f"{scale * r['diff']:+{fmt}} (n=1, no interval)")
                 else:
                     cells.append(f"{scale * r['diff']:+{fmt}} [{scale * r['diff_low']:+{fmt}}, "
-                                 f"{scale * r['diff_high']:+{fmt}}]")
+                                 f"{scale * r['diff_high']:+{fmt}}] ({r['diff_kind']})")
             lines.append("| " + " | ".join(cells) + " |")
+        for flag in _FLAGS:
+            per_arm = [[f[flag] for f in (flag_values(res) for res in arm) if flag in f] for arm in self.results]
+            if any(per_arm) and (metrics is None or any(m.startswith(flag.split("/")[0] + "/") for m in mets)):
+                cells = [flag] + [("yes" if v[0] else "no") if len(v) == 1 else (f"{sum(v)}/{len(v)} yes" if v else "")
+                                  for v in per_arm] + [""] * (len(self.names) - 1)
+                lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
-
-    def _kinds(self) -> list[str]:
-        return sorted({r["diff_kind"] for r in self.rows if r.get("diff_kind")}) or ["none"]
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         """JSON text of everything (written to ``path`` too when given)."""
@@ -143,33 +184,47 @@ class ComparisonResult:
                             "that `e2mc compare --out DIR` wrote") from exc
 
 
-def build_rows(names: Sequence[str], results: Sequence[Sequence[dict]]) -> list[dict]:
-    """Summaries per arm and metric, with differences to the first arm (see module docstring)."""
+def build_rows(names: Sequence[str], results: Sequence[Sequence[dict]],
+               train_seeds: Sequence[Sequence[int | None]] | None = None) -> list[dict]:
+    """Summaries per arm and metric, with differences to the first arm (see module docstring).
+
+    ``train_seeds[i][j]``: training seed of arm i's checkpoint j (None: unknown, no pairing).
+    """
+    seeds_of = [list(s) for s in train_seeds] if train_seeds else [[None] * len(r) for r in results]
     per_arm = []
-    for arm_results in results:
+    for arm_results, seeds in zip(results, seeds_of):
         vals = [metric_values(r) for r in arm_results]
         mets = {m for v in vals for m in v}
-        if len(vals) == 1:
-            per_arm.append({m: (vals[0][m], True) for m in mets})
+        if len(vals) == 1:  # one checkpoint: the values are per evaluation seed
+            per_arm.append({m: (vals[0][m], [seeds[0]], True) for m in mets})
         else:
-            per_arm.append({m: ([sum(v[m]) / len(v[m]) for v in vals if m in v], False) for m in mets})
+            per_arm.append({m: ([sum(v[m]) / len(v[m]) for v in vals if m in v],
+                                [s for v, s in zip(vals, seeds) if m in v], False) for m in mets})
     order = list(dict.fromkeys(m for r in results[0] for m in metric_values(r)))
     rows = []
     for name, arm in zip(names, per_arm):
         for m in order + sorted(set(arm) - set(order)):
             if m not in arm:
                 continue
-            xs, paired = arm[m]
+            xs, seeds, single = arm[m]
             s = summarize(xs)
+            spread = None if s.n < 2 else ("evaluation seeds" if single else "checkpoints")
             row = {"arm": name, "metric": m, "mean": s.mean, "std": s.std, "n": s.n, "low": s.low, "high": s.high,
-                   "values": xs, "diff": None, "diff_low": None, "diff_high": None, "diff_kind": None}
+                   "values": xs, "train_seeds": seeds, "spread": spread,
+                   "diff": None, "diff_low": None, "diff_high": None, "diff_kind": None}
             ref = per_arm[0].get(m)
             if name != names[0] and ref is not None:
-                both_paired = paired and ref[1] and len(xs) == len(ref[0]) and len(xs) > 1
-                d = paired_difference(ref[0], xs) if both_paired else welch_difference(ref[0], xs)
-                row.update(diff=d.mean, diff_low=d.low, diff_high=d.high,
-                           diff_kind="paired over evaluation seeds" if both_paired else
-                           ("Welch over checkpoints" if d.low is not None else "n=1: no interval"))
+                ref_xs, ref_seeds, ref_single = ref
+                if single and ref_single and len(xs) == len(ref_xs) > 1:
+                    d = paired_difference(ref_xs, xs)
+                    kind = f"paired over evaluation seeds, n={d.n}"
+                else:
+                    # a single checkpoint against several: its evaluation seeds are no training seeds
+                    a_xs = [s.mean] if single else xs
+                    r_xs = [sum(ref_xs) / len(ref_xs)] if ref_single else ref_xs
+                    d = difference(r_xs, a_xs, None if ref_single else ref_seeds, None if single else seeds)
+                    kind = d.kind
+                row.update(diff=d.mean, diff_low=d.low, diff_high=d.high, diff_kind=kind)
             rows.append(row)
     return rows
 
@@ -196,6 +251,8 @@ def compare(checkpoints: Sequence, names: Sequence[str] | None = None, dataset="
         final_names = [f"{n}#{i}" for i, n in enumerate(final_names)]
     paths = [[resolve_checkpoint(p) if isinstance(p, (str, os.PathLike)) else p for p in ps] for _, ps in arms]
     results = [[evaluate(p, dataset, protocols=protocols, seeds=seeds, **evaluate_kwargs) for p in ps] for ps in paths]
+    train_seeds = [[training_seed(p) for p in ps] for ps in paths]
     return ComparisonResult(final_names, [[str(p) if isinstance(p, str) else type(p).__name__ for p in ps] for ps in paths],
                             str(dataset) if isinstance(dataset, (str, os.PathLike)) else "custom",
-                            list(protocols), [int(s) for s in seeds], results, build_rows(final_names, results))
+                            list(protocols), [int(s) for s in seeds], results,
+                            build_rows(final_names, results, train_seeds), train_seeds)

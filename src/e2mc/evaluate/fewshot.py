@@ -88,7 +88,7 @@ def fewshot(
             if return_indices:
                 indices.setdefault(f"{k}shot", {})[str(seed)] = idx.tolist()
             xs, xt = _standardize(train_x[idx].float(), test_x.float())
-            w, b = fit_logistic(xs, train_y[idx], c, [weight_decay], max_iter)
+            w, b = fit_logistic(xs, train_y[idx], c, [weight_decay], max_iter, tol=1e-6)  # as before issue 12
             accs.append(float((batched_logits(xt, w, b)[:, 0].argmax(dim=1) == test_y).float().mean()))
         s = summarize(accs)
         out[key] = s.mean

@@ -1,27 +1,42 @@
-"""Summary statistics over seeds: mean, std, t-intervals, paired and Welch differences.
+"""The one place where e2mc computes spreads and intervals (compare, the demo, the benchmarks).
 
-All intervals are two-sided with Student's t quantiles (``scipy.stats.t``). With a single
-value (n = 1) the std and interval are ``None``: one number carries no spread.
+All intervals are two-sided Student-t intervals from ``scipy.stats``:
+
+* :func:`summarize`: one sample, ``ttest_1samp(xs, 0).confidence_interval``;
+* :func:`paired_difference`: ``ttest_rel(b, a).confidence_interval`` (same seeds, same order);
+* :func:`welch_difference`: ``ttest_ind(b, a, equal_var=False).confidence_interval``;
+* :func:`difference`: the rule every table uses — paired by training seed when both arms have
+  the same set of (known, distinct) training seeds, Welch otherwise — with a ``kind`` label
+  (``"paired, n=3"``, ``"Welch, n=3 vs 2"``, ``"n=1: no interval"``).
+
+With a single value (n = 1) the std and interval are ``None``: one number carries no spread.
+Values without spread (std 0 up to float rounding) give the degenerate interval ``[mean, mean]``
+(scipy would give NaN or warn about precision loss).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from e2mc.errors import DataError
 
 
 @dataclass
 class Summary:
-    """Mean, sample std (ddof=1), n and a two-sided confidence interval ``(low, high)``."""
+    """Mean, sample std (ddof=1), n and a two-sided confidence interval ``(low, high)``.
+
+    For differences: ``std`` is the std of the paired differences (paired) or the standard
+    error of the difference (Welch); ``kind`` says which test made the interval.
+    """
 
     mean: float
     std: float | None
     n: int
     low: float | None
     high: float | None
+    kind: str = ""
 
     def to_dict(self) -> dict:
         """Plain-dict form (JSON-friendly)."""
@@ -37,46 +52,92 @@ def _values(xs: Sequence[float], what: str) -> list[float]:
     return vals
 
 
-def _tq(confidence: float, df: float) -> float:
-    from scipy import stats
+def _mean_std(vals: list[float]) -> tuple[float, float | None]:
+    n = len(vals)
+    mean = math.fsum(vals) / n
+    return mean, (math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else None)
 
-    return float(stats.t.ppf(0.5 + confidence / 2.0, df))
+
+def _flat(std: float, mean: float) -> bool:
+    return std <= 1e-12 * max(1.0, abs(mean))
 
 
 def summarize(xs: Sequence[float], confidence: float = 0.95) -> Summary:
-    """Mean, std (ddof=1) and t-interval ``mean +- t_{(1+c)/2, n-1} * std / sqrt(n)``."""
+    """Mean, std (ddof=1) and the t-interval of the mean (``scipy.stats.ttest_1samp``)."""
+    from scipy import stats
+
     vals = _values(xs, "summarize")
-    n = len(vals)
-    mean = sum(vals) / n
-    if n < 2:
-        return Summary(mean, None, n, None, None)
-    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
-    half = _tq(confidence, n - 1) * std / math.sqrt(n)
-    return Summary(mean, std, n, mean - half, mean + half)
+    mean, std = _mean_std(vals)
+    if std is None:
+        return Summary(mean, None, 1, None, None, "n=1: no interval")
+    if _flat(std, mean):
+        return Summary(mean, 0.0, len(vals), mean, mean, f"t, n={len(vals)}")
+    ci = stats.ttest_1samp(vals, 0.0).confidence_interval(confidence)
+    return Summary(mean, std, len(vals), float(ci.low), float(ci.high), f"t, n={len(vals)}")
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Summary:
-    """Interval for mean(b - a) from paired values (same seeds, same order)."""
+    """Interval for mean(b - a) from paired values (same seeds, same order): ``ttest_rel(b, a)``."""
+    from scipy import stats
+
     va, vb = _values(a, "paired_difference a"), _values(b, "paired_difference b")
     if len(va) != len(vb):
         raise DataError(f"paired_difference: {len(va)} vs {len(vb)} values; pairing needs the same seeds for both arms")
-    return summarize([y - x for x, y in zip(va, vb)], confidence)
+    diffs = [y - x for x, y in zip(va, vb)]
+    mean, std = _mean_std(diffs)
+    n = len(diffs)
+    if std is None:
+        return Summary(mean, None, 1, None, None, "n=1: no interval")
+    if _flat(std, mean):
+        return Summary(mean, 0.0, n, mean, mean, f"paired, n={n}")
+    ci = stats.ttest_rel(vb, va).confidence_interval(confidence)
+    return Summary(mean, std, n, float(ci.low), float(ci.high), f"paired, n={n}")
 
 
 def welch_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Summary:
-    """Welch interval for mean(b) - mean(a) from unpaired samples (unequal variances).
+    """Welch interval for mean(b) - mean(a) from unpaired samples: ``ttest_ind(b, a, equal_var=False)``.
 
     ``std`` of the result is the standard error of the difference; ``n`` is ``min(n_a, n_b)``.
     """
+    from scipy import stats
+
     va, vb = _values(a, "welch_difference a"), _values(b, "welch_difference b")
-    sa, sb = summarize(va), summarize(vb)
-    diff = sb.mean - sa.mean
-    if sa.n < 2 or sb.n < 2:
-        return Summary(diff, None, min(sa.n, sb.n), None, None)
-    qa, qb = sa.std**2 / sa.n, sb.std**2 / sb.n
-    se = math.sqrt(qa + qb)
-    if se == 0:
-        return Summary(diff, 0.0, min(sa.n, sb.n), diff, diff)
-    df = (qa + qb) ** 2 / (qa**2 / (sa.n - 1) + qb**2 / (sb.n - 1))
-    half = _tq(confidence, df) * se
-    return Summary(diff, se, min(sa.n, sb.n), diff - half, diff + half)
+    (ma, sa), (mb, sb) = _mean_std(va), _mean_std(vb)
+    diff, n = mb - ma, min(len(va), len(vb))
+    if sa is None or sb is None:
+        return Summary(diff, None, n, None, None, "n=1: no interval")
+    kind = f"Welch, n={len(vb)} vs {len(va)}"
+    se = math.sqrt(sa**2 / len(va) + sb**2 / len(vb))
+    if _flat(se, diff):
+        return Summary(diff, 0.0, n, diff, diff, kind)
+    ci = stats.ttest_ind(vb, va, equal_var=False).confidence_interval(confidence)
+    return Summary(diff, se, n, float(ci.low), float(ci.high), kind)
+
+
+def _seed_keys(seeds) -> list | None:
+    if seeds is None or any(s is None for s in seeds) or len(set(seeds)) != len(seeds):
+        return None
+    return list(seeds)
+
+
+def difference(ref: Sequence[float] | Mapping, arm: Sequence[float] | Mapping, ref_seeds: Sequence | None = None,
+               arm_seeds: Sequence | None = None, confidence: float = 0.95) -> Summary:
+    """``arm - ref``: paired by training seed when both arms have the same set of seeds, else Welch.
+
+    ``ref`` / ``arm`` are value lists with their seeds in ``ref_seeds`` / ``arm_seeds`` (None or a
+    None entry: unknown), or dicts ``{seed: value}``. Pairing needs the same set of distinct,
+    known seeds on both sides and at least two of them; otherwise Welch over the two samples.
+    Either side with a single value: the difference of means with no interval.
+    """
+    if isinstance(ref, Mapping):
+        ref, ref_seeds = list(ref.values()), list(ref)
+    if isinstance(arm, Mapping):
+        arm, arm_seeds = list(arm.values()), list(arm)
+    ra, aa = _seed_keys(ref_seeds), _seed_keys(arm_seeds)
+    if ra is not None and aa is not None and len(ra) == len(ref) and len(aa) == len(arm) and set(ra) == set(aa) \
+            and len(ra) > 1:
+        by_ref = dict(zip(ra, ref))
+        by_arm = dict(zip(aa, arm))
+        order = sorted(ra, key=str)
+        return paired_difference([by_ref[s] for s in order], [by_arm[s] for s in order], confidence)
+    return welch_difference(ref, arm, confidence)
