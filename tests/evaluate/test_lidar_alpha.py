@@ -73,3 +73,22 @@ def test_alpha_req_fit_range_is_fixed_by_shape():
     assert (alpha_req(a)["k_min"], alpha_req(a)["k_max"]) == (alpha_req(b)["k_min"], alpha_req(b)["k_max"]) == (2, 15)
     with pytest.raises(CriterionInputError, match="fit range"):
         alpha_req(a, fit_range=(5, 6))
+
+
+def test_evaluate_lidar_and_alpha_req_protocols(tmp_path):
+    """The protocols on a real (tiny) model and the digits data: seeded, bounded, both heads."""
+    from e2mc.evaluate.api import evaluate
+    from e2mc.models.checkpoints import load_model
+
+    torch.manual_seed(0)
+    model, _ = load_model("random:resnet_mini:8-16-32", method="vicreg", head_sizes={"projector": (16, 16)})
+    kw = dict(protocols=("lidar", "alpha_req"), seeds=(3,), cache_dir=tmp_path, device="cpu", image_size=16,
+              lidar_images=20, lidar_views=4)
+    a = evaluate(model, "digits", **kw)
+    b = evaluate(model, "digits", **kw)
+    assert a["lidar"] == b["lidar"]  # same images, same augmentations
+    assert a["lidar"]["images"] == 20 and a["lidar"]["views"] == 4
+    assert 1.0 <= a["lidar"]["backbone"] <= 19 and 1.0 <= a["lidar"]["projector"] <= 16
+    assert a["alpha_req"]["ranks_backbone"] == "2-16" and 0 < a["alpha_req"]["r2_backbone"] <= 1
+    c = evaluate(model, "digits", **{**kw, "seeds": (4,)})
+    assert c["lidar"]["backbone"] != a["lidar"]["backbone"]  # another draw of images and views

@@ -24,7 +24,8 @@ def _ints(s: str) -> list[int]:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits", help="evaluation dataset spec (digits, cifar10, a folder, ...)")
     p.add_argument("--protocols", type=_csv, default=_csv(DEFAULT_PROTOCOLS),
-                   help="comma-separated: knn,linear,linear_finetune,fewshot,semisup,rankme,entropy,uniformity,spectrum")
+                   help="comma-separated: knn,linear,linear_finetune,fewshot,semisup,rankme,entropy,uniformity,"
+                        "spectrum,lidar,alpha_req (label-free: rankme, entropy, uniformity, lidar, alpha_req)")
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=256)
@@ -40,6 +41,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="folder holding cifar10/cifar100/stl10/imagenet (default $E2MC_CACHE/datasets/<name>)")
     p.add_argument("--download", action="store_true",
                    help="let torchvision download cifar10/cifar100/stl10 into the data root if missing")
+    p.add_argument("--lidar-images", type=int, default=500, metavar="N",
+                   help="LiDAR: surrogate classes = N test images (default 500) ...")
+    p.add_argument("--lidar-views", type=int, default=8, metavar="Q",
+                   help="... each augmented Q times with the model's training views (default 8)")
 
 
 def register(subparsers) -> None:
@@ -66,7 +71,7 @@ def _kwargs(args) -> dict:
     return dict(protocols=args.protocols, seeds=args.seeds, device=args.device, batch_size=args.batch_size,
                 image_size=args.image_size, cache_dir=args.cache_dir, use_cache=not args.no_cache,
                 epochs=args.epochs, ks=args.ks, test_split=args.test_split, root=args.data_root,
-                download=args.download)
+                download=args.download, lidar_images=args.lidar_images, lidar_views=args.lidar_views)
 
 
 def _convergence(v: dict) -> str:

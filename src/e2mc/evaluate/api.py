@@ -4,7 +4,8 @@ The evaluation dataset is independent of the dataset the model was trained on (t
 another ``dataset`` argument). Results: ``{protocol: {metric: value, ...}}``; seeded protocols
 (``fewshot``, ``semisup``) also carry ``"per_seed": {metric: [value per seed]}`` and ``"seeds"``.
 Deterministic protocols (``knn``, ``linear`` with its selection split seeded by ``seeds[0]``,
-``rankme``, ``entropy``, ``uniformity``, ``spectrum``) give one value each.
+``rankme``, ``entropy``, ``uniformity``, ``spectrum``, ``alpha_req``, and ``lidar`` with its
+images and augmentations seeded by ``seeds[0]``) give one value each.
 
 Example:
     >>> res = evaluate("run/checkpoints/last.pt", "digits", protocols=("knn", "rankme"))  # doctest: +SKIP
@@ -18,7 +19,9 @@ from typing import Sequence
 
 from e2mc.errors import ConfigError, DataError
 
-PROTOCOLS = ("knn", "linear", "linear_finetune", "fewshot", "semisup", "rankme", "entropy", "uniformity", "spectrum")
+PROTOCOLS = ("knn", "linear", "linear_finetune", "fewshot", "semisup", "rankme", "entropy", "uniformity", "spectrum",
+             "lidar", "alpha_req")
+_LABEL_FREE = {"entropy", "uniformity", "rankme", "spectrum", "alpha_req"}
 _METHOD_TRANSFORM = {"vicreg": "sigmoid", "swav": "gaussian_cdf", "simsiam": "gaussian_cdf"}
 
 
@@ -76,6 +79,8 @@ def evaluate(
     use_cache: bool = True,
     root: str | None = None,
     download: bool = False,
+    lidar_images: int = 500,
+    lidar_views: int = 8,
 ) -> dict:
     """Evaluate a checkpoint file, run folder or in-memory ``SSLModel`` with the given protocols.
 
@@ -88,6 +93,8 @@ def evaluate(
         ks: kNN neighbour counts (each clipped, with a warning, to the training-set size).
         root, download: where torchvision datasets (cifar10, cifar100, stl10, imagenet) live,
             and whether torchvision may download them there (``build_dataset``'s arguments).
+        lidar_images, lidar_views: LiDAR's surrogate classes: that many test images (seeded by
+            ``seeds[0]``), each augmented that many times with the model's training views.
     Returns:
         ``{protocol: {metric: value}}`` plus ``"meta"`` (checkpoint, dataset, seeds).
     """
@@ -102,8 +109,7 @@ def evaluate(
     model, path = _load(checkpoint_or_model, device)
     train_ds, test_ds, spec = _datasets(dataset, train_split, test_split, image_size, root, download)
     has_proj = getattr(model, "projector", None) is not None
-    which = ("backbone", "projector") if has_proj and (set(protocols) & {"entropy", "uniformity", "rankme", "spectrum"}) \
-        else ("backbone",)
+    which = ("backbone", "projector") if has_proj and (set(protocols) & _LABEL_FREE) else ("backbone",)
     kw = dict(batch_size=batch_size, device=device, which=which, cache_dir=cache_dir, use_cache=use_cache,
               cache_key_parts=(spec,))
     need_train = set(protocols) & {"knn", "linear", "fewshot"}
@@ -115,9 +121,23 @@ def evaluate(
     out: dict = {"meta": {"checkpoint": path if path is not None else str(checkpoint_or_model)[:200], "dataset": spec, "train_split": train_split, "test_split": test_split,
                           "seeds": [int(s) for s in seeds], "n_train": len(train_ds), "n_test": len(test_ds)}}
     for p in protocols:
+        if p == "lidar":
+            out[p] = _lidar(model, test_ds, lidar_images, lidar_views, image_size, device, batch_size, seeds[0])
+            continue
         out[p] = _run(p, model, train_f, test_f, train_ds, test_ds, seeds, ks, shots, epochs, device, batch_size,
                       image_size)
     return out
+
+
+def _lidar(model, dataset, n_images, n_views, image_size, device, batch_size, seed) -> dict:
+    from e2mc.evaluate import metrics
+    from e2mc.evaluate.surrogate import augmented_embeddings
+
+    emb = augmented_embeddings(model, dataset, n_images=n_images, n_views=n_views, image_size=image_size,
+                               device=device, batch_size=batch_size, seed=seed)
+    res: dict = {name: metrics.lidar(z, n_views) for name, z in emb.items()}
+    res.update(images=len(next(iter(emb.values()))) // n_views, views=n_views)
+    return res
 
 
 def _run(p, model, train_f, test_f, train_ds, test_ds, seeds, ks, shots, epochs, device, batch_size, image_size):
@@ -153,6 +173,12 @@ def _run(p, model, train_f, test_f, train_ds, test_ds, seeds, ks, shots, epochs,
         return {n: metrics.uniformity(test_f[n][:4096]) for n in names}
     if p == "spectrum":
         return {n: metrics.singular_values(test_f[n]).tolist() for n in names}
+    if p == "alpha_req":
+        fits = {n: metrics.alpha_req(test_f[n]) for n in names}
+        res = {n: f["alpha"] for n, f in fits.items()}
+        res.update({f"r2_{n}": f["r2"] for n, f in fits.items()})
+        res.update({f"ranks_{n}": f"{f['k_min']}-{f['k_max']}" for n, f in fits.items()})
+        return res
     # entropy: on the projector (E2MC's input), with the method's transform
     if "projector" not in test_f.features:
         raise DataError("entropy needs a projector; this model has none (evaluate rankme/uniformity instead)")

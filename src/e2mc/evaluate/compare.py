@@ -24,7 +24,8 @@ from typing import Sequence
 from e2mc.errors import ConfigError, DataError
 from e2mc.evaluate.stats import difference, paired_difference, summarize
 
-_NOT_METRICS = {"seed", "epochs", "weight_decay", "val_top1", "train_loss", "selected_at_grid_edge", "iterations", "tol"}
+_NOT_METRICS = {"seed", "epochs", "weight_decay", "val_top1", "train_loss", "selected_at_grid_edge", "iterations", "tol",
+                "images", "views"}  # LiDAR's surrogate-class counts
 _FLAGS = ("linear/converged", "linear/selected_at_grid_edge")  # shown per arm, no difference
 EVAL_SEED_NOTE = "spread over evaluation seeds of one checkpoint: evaluation noise, not training variance"
 _ACCURACY_PROTOCOLS = ("knn/", "linear/", "linear_finetune/", "fewshot/", "semisup/")
