@@ -1,6 +1,8 @@
 """Errors as a user meets them: every bad CLI input ends in ONE line on stderr that names the
 problem and the fix, no traceback, exit code 2. In-process ``e2mc.cli.main`` with tiny runs."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -167,6 +169,20 @@ def test_auto_resume_starts_then_resumes(tmp_path):
     assert code == 0, err
     assert "resumed from" in err and "step 1" in err
     fails("pretrain", "--auto-resume", must=("needs the run folder",))
+
+
+def test_auto_resume_restarts_only_its_own_run_killed_before_a_checkpoint(tmp_path):
+    run = tmp_path / "requeued"
+    argv = ("pretrain", "--recipe", "digits_vicreg_pretrain", *SETS, "--out", run, "--auto-resume")
+    assert cli(*argv)[0] == 0
+    shutil.rmtree(run / "checkpoints")  # as if killed before its first checkpoint: config.yaml, no .pt
+    before = (run / "config.yaml").read_text()
+    code, _, err = cli(*argv, "--set", "optim.lr=0.123")  # another run's settings: refused, nothing deleted
+    assert code == 2 and "already holds a run" in err, err
+    assert (run / "config.yaml").read_text() == before
+    code, _, err = cli(*argv)  # the same command again: the run starts over
+    assert code == 0 and "starting it again" in err, err
+    assert (run / "checkpoints" / "last.pt").is_file()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
