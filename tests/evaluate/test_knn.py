@@ -93,3 +93,22 @@ def test_knn_errors(problem):
     bad[3, 2] = float("nan")
     with pytest.raises(DataError, match="NaN"):
         knn_classify(xtr, ytr, bad, yte, ks=(1,))
+
+
+def test_linear_probe_and_fewshot_follow_the_features_device(problem):
+    """Same trap for the probes: nothing may be built on the default device instead of the features'."""
+    from e2mc.evaluate import metrics
+    from e2mc.evaluate.fewshot import fewshot
+    from e2mc.evaluate.linear import linear_probe
+
+    xtr, ytr, xte, yte = problem
+    ref = (linear_probe(xtr, ytr, xte, yte, weight_decays=(1e-3, 1e-1)),
+           fewshot(xtr, ytr, xte, yte, shots=(2,), seeds=(0,)), metrics.alpha_req(xtr), metrics.lidar(xtr[:40], 4))
+    torch.set_default_device("meta")
+    try:
+        got = (linear_probe(xtr, ytr, xte, yte, weight_decays=(1e-3, 1e-1)),
+               fewshot(xtr, ytr, xte, yte, shots=(2,), seeds=(0,)), metrics.alpha_req(xtr), metrics.lidar(xtr[:40], 4))
+    finally:
+        torch.set_default_device(None)
+    assert got[0]["top1"] == ref[0]["top1"] and got[1]["top1_2shot"] == ref[1]["top1_2shot"]
+    assert got[2] == pytest.approx(ref[2]) and got[3] == pytest.approx(ref[3])

@@ -39,12 +39,12 @@ GRAD_TOL = 1e-4  # converged: max |gradient| of the mean loss <= this (scikit-le
 def stratified_split(labels: torch.Tensor, val_fraction: float = 0.1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded stratified split of indices into (train_idx, val_idx); every class with >= 2
     samples contributes at least one validation sample and keeps at least one for training."""
-    labels = torch.as_tensor(labels).long()
-    g = torch.Generator().manual_seed(int(seed))
+    labels = torch.as_tensor(labels, device=labels.device if torch.is_tensor(labels) else "cpu").long()
+    g = torch.Generator().manual_seed(int(seed))  # a CPU stream: the same split on every device
     tr, va = [], []
     for c in labels.unique().tolist():
         idx = (labels == c).nonzero().flatten()
-        idx = idx[torch.randperm(idx.numel(), generator=g)]
+        idx = idx[torch.randperm(idx.numel(), generator=g, device="cpu").to(idx.device)]
         n_val = 0 if idx.numel() < 2 else min(idx.numel() - 1, max(1, round(val_fraction * idx.numel())))
         va.append(idx[:n_val])
         tr.append(idx[n_val:])
@@ -74,9 +74,9 @@ def fit_logistic(
     """
     n, d = x.shape
     h = len(weight_decays)
-    wd = torch.tensor([float(v) for v in weight_decays], dtype=x.dtype)
-    w = torch.zeros(h, d, num_classes, dtype=x.dtype, requires_grad=True)
-    b = torch.zeros(h, num_classes, dtype=x.dtype, requires_grad=True)
+    wd = torch.tensor([float(v) for v in weight_decays], dtype=x.dtype, device=x.device)
+    w = torch.zeros(h, d, num_classes, dtype=x.dtype, device=x.device, requires_grad=True)
+    b = torch.zeros(h, num_classes, dtype=x.dtype, device=x.device, requires_grad=True)
     y_rep = y.view(n, 1).expand(n, h)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, max_eval=2 * max_iter, history_size=10,
                             line_search_fn="strong_wolfe", tolerance_grad=tol if stop_tol is None else stop_tol,
