@@ -80,13 +80,15 @@ def test_poisoned_state_after_a_good_checkpoint(tmp_path, poison):
 
 @pytest.mark.parametrize("optim", [("sgd", "1e30"), ("lars", "1e4")])
 def test_huge_lr_diverges_without_a_bad_checkpoint(tmp_path, optim):
-    """Valid but absurd LRs: the run stops with TrainingDiverged, and every checkpoint on disk is
-    finite AND still gives finite eval-mode features (LARS 1e4 first makes 1e15-scale weights that
-    are finite but break evaluate)."""
+    """Absurd LRs: the run stops with TrainingDiverged, and every checkpoint on disk is finite AND
+    still gives finite eval-mode features (LARS 1e4 first makes 1e15-scale weights that are finite
+    but break evaluate). The LR is set past the config's range check (lr <= 1000): the guard must
+    hold on its own."""
     run = tmp_path / "r"
+    cfg = tiny_config(run, f"optim.name={optim[0]}", "optim.batch_size=64")
+    cfg.optim.lr = float(optim[1])
     with pytest.raises(TrainingDiverged, match=r"training diverged.*(last good checkpoint is|no good checkpoint)"):
-        Trainer(tiny_config(run, f"optim.name={optim[0]}", f"optim.lr={optim[1]}", "optim.batch_size=64"),
-                quiet=True).fit()
+        Trainer(cfg, quiet=True).fit()
     assert _all_finite_on_disk(run)
     from e2mc.data import build_dataset, eval_transform
     from e2mc.models.model import SSLModel
