@@ -6,7 +6,8 @@ from e2mc.cli import main
 from tests.models.conftest import rand_like_sd, trunk_shapes, vicreg_projector_shapes
 
 TINY = ["data.dataset=digits", "data.image_size=16", "data.limit=32", "optim.batch_size=16",
-        "optim.schedule=constant", "train.epochs=1", "train.probe_size=0", "train.tensorboard=false"]
+        "optim.schedule=constant", "optim.lr=0.001", "train.epochs=1", "train.probe_size=0",
+        "train.tensorboard=false"]
 
 
 def test_run_from_vicreg_full_checkpoint_exports_vicreg_layout(tmp_path, capsys):
