@@ -22,6 +22,14 @@ W, H, RED_COLS = 500, 375, 60
 NO_COLOUR = dict(jitter_p=0.0, gray_p=0.0, blur_p=(0.0,), solarize_p=(0.0,))  # crops untouched
 
 
+@pytest.fixture(autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 threads on the shared 2-core box spin-wait
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def red_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("redfolder")
@@ -157,3 +165,23 @@ def test_in_memory_datasets_keep_device_crops():
     assert training_dataset(ds, gen) is ds  # the stored image is the full image
     images, _ = next(iter(DataLoader(ds, batch_size=4)))
     assert [tuple(v.shape) for v in gen(images)] == [(4, 3, 16, 16)] * 2
+
+
+def test_trainer_streams_full_image_crops(red_folder, tmp_path):
+    from e2mc.config import load_config
+    from e2mc.data.views import LoaderCrops
+    from e2mc.train.loop import Trainer
+
+    # an extracted ImageNet folder always streams; at 64 px the views are 64 px crops of the full image
+    cfg = load_config(None, [
+        "data.dataset=imagenet", f"data.root={red_folder}", "data.image_size=64",
+        "model.init=random:resnet_mini:8-16-32", "model.head_sizes={projector: [32, 32]}",
+        "optim.batch_size=3", "addon.name=none", "train.max_steps=1", "train.probe_size=0",
+        "train.tensorboard=false", f"out.dir={tmp_path / 'run'}", "mode=pretrain"])
+    trainer = Trainer(cfg)
+    assert isinstance(trainer.loader.dataset.transform, LoaderCrops)
+    assert trainer.loader.dataset.transform.cfg is trainer.views.cfg  # one recipe for loader and device
+    images, _ = next(iter(trainer.loader))
+    assert [tuple(x.shape) for x in images] == [(3, 3, 64, 64)] * 2
+    trainer.fit()
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
