@@ -6,6 +6,7 @@ it could ever hold red; crops of the full image reach the border.
 """
 
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from torch.utils.data import DataLoader
 from e2mc.data.datasets import IMAGENET_MEAN, IMAGENET_STD, build_dataset
 from e2mc.data.folder import StreamingImageFolder
 from e2mc.data.views import ViewConfig, ViewGenerator, training_dataset, view_config
-from e2mc.errors import DataError
+from e2mc.errors import ConfigError, DataError
 
 W, H, RED_COLS = 500, 375, 60
 NO_COLOUR = dict(jitter_p=0.0, gray_p=0.0, blur_p=(0.0,), solarize_p=(0.0,))  # crops untouched
@@ -137,8 +138,8 @@ def test_loader_crops_follow_the_view_config():
     # one source of truth: a changed ViewConfig changes the worker crops
     cfg = ViewConfig("custom", large_size=40, n_large=1, large_scale=(0.5, 0.5), small_size=16, n_small=2,
                      small_scale=(0.01, 0.01), ratio=(1.0, 1.0))
-    crops = ViewGenerator(cfg, 64, IMAGENET_MEAN, IMAGENET_STD).loader_crops()
-    torch.manual_seed(0)
+    crops = pickle.loads(pickle.dumps(ViewGenerator(cfg, 64, IMAGENET_MEAN, IMAGENET_STD).loader_crops()))
+    torch.manual_seed(0)  # (pickled: spawn-started DataLoader workers receive it that way)
     out = crops(_ramp())
     assert [tuple(v.shape) for v in out] == [(3, 40, 40), (3, 16, 16), (3, 16, 16)]
     side = (0.5 * W * H) ** 0.5  # square crop of half the area: 306 px
@@ -157,6 +158,8 @@ def test_precropped_views_equal_the_crops_without_augmentation():
         torch.testing.assert_close(v, (c.float() / 255 - m) / s)
     with pytest.raises(DataError, match="training_dataset"):
         gen([crops[0]])  # one batch where the recipe makes two views
+    with pytest.raises(ConfigError, match="interpolation"):
+        ViewGenerator(ViewConfig(large_size=8, interpolation="lanczos"), 8, (0.5,) * 3, (0.2,) * 3)
 
 
 def test_in_memory_datasets_keep_device_crops():

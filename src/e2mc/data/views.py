@@ -197,6 +197,8 @@ class ViewGenerator:
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         cfg = self.cfg
+        if cfg.interpolation not in ("bilinear", "bicubic"):
+            raise ConfigError(f"interpolation {cfg.interpolation!r} is not supported; use 'bilinear' or 'bicubic'.")
         blur, sol = cfg.per_view(cfg.blur_p, "blur_p"), cfg.per_view(cfg.solarize_p, "solarize_p")
         self.specs = cfg.crop_specs()
         # consecutive views with the same parameters share one pipeline call (on a repeated batch,
