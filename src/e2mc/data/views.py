@@ -122,7 +122,7 @@ def view_config(recipe: str, image_size: int, **overrides) -> ViewConfig:
       0.4, 0.4, 0.1) p=0.8, RandomGrayscale 0.2, GaussianBlur sigma (.1, 2.) p=0.5
       (``simsiam/loader.py``), no solarisation.
     - ``swav``: facebookresearch/swav ``scripts/swav_800ep_pretrain.sh`` (commit 06b1b7c):
-      ``--nmb_crops 2 6 --size_crops 224 96 --min_scale_crops 0.14 0.05 --max_scale_crops 1. 0.14``;
+      nmb_crops 2 6, size_crops 224 96, min_scale_crops 0.14 0.05, max_scale_crops 1. 0.14;
       ``src/multicropdataset.py``: RandomResizedCrop (bilinear), get_color_distortion(s=1.0) =
       ColorJitter(0.8, 0.8, 0.8, 0.2) p=0.8 + RandomGrayscale 0.2, PILRandomGaussianBlur p=0.5
       radius U(0.1, 2.), no solarisation.
