@@ -20,7 +20,9 @@ API summary
 
 Folders whose decoded size at ``image_size`` is at most ``max_memory_gb`` are decoded once into
 an ``ArrayDataset`` and cached as ``.npy`` (see ``folder.py``); larger ones (ImageNet) become a
-``StreamingImageFolder`` with a fixed ``load_size`` (``image_size`` or 256). Mean/std and the
+``StreamingImageFolder`` with a fixed ``load_size`` (``image_size`` or 256) for evaluation; in
+training its workers cut the views' crops from the full image instead (``views.training_dataset``).
+Mean/std and the
 image size of a folder are those of its ``train`` split, for every split (so train and test are
 normalised alike; streaming folders use the ImageNet constants). Class indices of a folder follow
 one class list shared by all its splits (see ``folder.scan_folder``).

@@ -13,14 +13,16 @@ API summary
   atomically (temp file + ``os.replace``) under the cache dir, keyed by a SHA-1 of the resolved
   path, split, size and the file list with sizes and mtimes (any change re-decodes).
 - ``StreamingImageFolder(samples, classes, load_size, ...)``: decode at ``__getitem__`` for folders
-  too large for memory (ImageNet). Each item is resized (shorter side ``load_size``) and
-  centre-cropped to a fixed ``load_size`` square so batches stack; the random-resized crop of the
-  views then happens on the device. A ``transform`` (e.g. ``torchvision.transforms.v2
-  .RandomResizedCrop(224)``) may replace that default inside the DataLoader worker.
+  too large for memory (ImageNet). By default each item is resized (shorter side ``load_size``)
+  and centre-cropped to a fixed ``load_size`` square so batches stack (evaluation, probes). A
+  ``transform`` of the full decoded uint8 image replaces that inside the DataLoader worker;
+  training uses ``with_transform(views.LoaderCrops)`` (see ``views.training_dataset``), whose
+  items are the views' random-resized crops of the FULL image.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -300,8 +302,9 @@ class StreamingImageFolder(Dataset):
     """Images decoded at ``__getitem__`` (for folders too large for memory).
 
     Items are ``(uint8 (3, load_size, load_size), label)``: shorter side resized to
-    ``load_size`` and centre-cropped, unless ``transform`` (applied to the decoded uint8 image,
-    e.g. ``v2.RandomResizedCrop``) is given; it must return a fixed size. Unreadable files:
+    ``load_size`` and centre-cropped, unless ``transform`` (applied to the full decoded uint8
+    image, e.g. ``v2.RandomResizedCrop`` or ``views.LoaderCrops``) is given; it must return a
+    fixed size (a tensor, or a list of tensors: one per view). Unreadable files:
     ``on_error="skip"`` returns the next readable sample (i+1, i+2, … deterministically) and
     appends the bad path to ``.skipped`` (per process: DataLoader workers keep their own list);
     ``on_error="raise"`` raises DataError naming the file.
@@ -319,6 +322,12 @@ class StreamingImageFolder(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def with_transform(self, transform) -> "StreamingImageFolder":
+        """A shallow copy (same samples and info) whose items go through ``transform``."""
+        other = copy.copy(self)
+        other.transform = transform
+        return other
 
     def __getitem__(self, index: int):
         for k in range(len(self.samples)):

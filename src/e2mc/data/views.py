@@ -1,19 +1,34 @@
-"""Augmentation views per method, applied on the device to uint8 batches, per sample.
+"""Augmentation views per method: random-resized crops, then per-sample augmentation of uint8
+batches on the device.
 
 API summary
 -----------
-- ``ViewConfig``: one recipe (crop sizes/scales/counts, flip, colour jitter, grayscale, blur,
-  solarisation probabilities per view). ``view_config(recipe, image_size, **overrides)`` builds
-  the named recipe (``RECIPES``: ``"vicreg"``, ``"simsiam"``, ``"swav"``) for an image size.
-- ``ViewGenerator(recipe, image_size, mean, std, device)``; ``gen(batch_uint8, generator=None)
-  -> list[float (N, 3, h, w)]`` normalised views, large crops first.
+- ``ViewConfig``: one recipe (crop sizes/scales/counts/ratio/interpolation, flip, colour jitter,
+  grayscale, blur, solarisation probabilities per view); ``crop_specs()`` lists each view's
+  ``(size, scale)``. ``view_config(recipe, image_size, **overrides)`` builds the named recipe
+  (``RECIPES``: ``"vicreg"``, ``"simsiam"``, ``"swav"``) for an image size.
+- ``ViewGenerator(recipe, image_size, mean, std, device)``; ``gen(batch, generator=None)
+  -> list[float (N, 3, h, w)]`` normalised views, large crops first. ``batch`` is either one
+  uint8 (N, 3, H, W) batch (the crops are cut on the device) or a list with one uint8 batch per
+  view already cropped to the view's size (by ``LoaderCrops`` in the DataLoader workers); then
+  only flip, jitter, grayscale, blur and solarisation run on the device.
+- ``LoaderCrops(cfg)``: picklable worker transform, full decoded uint8 (3, H, W) image -> list
+  of uint8 crops, one per view (``torchvision.transforms.v2.RandomResizedCrop`` with the
+  recipe's size, scale, ratio and interpolation, antialiased). ``gen.loader_crops()`` gives the
+  one matching a generator's recipe (the crop parameters have one source: the ``ViewConfig``).
+- ``training_dataset(dataset, views)``: the dataset the training loader reads. Datasets that
+  decode per item (``StreamingImageFolder``: ImageNet, large folders) get ``LoaderCrops`` so the
+  crops come from the FULL decoded image, as in the official recipes; in-memory datasets
+  (``ArrayDataset``: digits, CIFAR, cached folders, where the stored image is the whole image)
+  are returned unchanged and cropped on the device.
 - ``eval_transform(batch_uint8, info_or_mean_std, image_size=None, crop_pct=0.875)``.
 
 Implementation: ``kornia.augmentation`` with ``same_on_batch=False`` (each image draws its own
 crop, flip, jitter, ... parameters). Measured on a 256x3x32x32 batch, 2-core CPU, the two
 VICReg views: kornia 39 ms vs 169 ms for a per-image ``torchvision.transforms.v2`` loop (v2 draws
 one set of parameters per call, so per-sample randomness needs the loop); under heavy load 363 vs
-2084 ms. Kornia's crop resampling has no antialias when shrinking (torchvision's has).
+2084 ms. Kornia's crop resampling has no antialias when shrinking (torchvision's has). In the
+workers each item is one image, so the per-image v2 crop costs nothing extra there.
 
 Size rule: the large crop is 224 when ``image_size >= 224`` and ``image_size`` otherwise (e.g.
 ImageNet stored at 256 -> 224 crops, CIFAR 32 -> 32). SwAV's small crops are
@@ -21,10 +36,12 @@ ImageNet stored at 256 -> 224 crops, CIFAR 32 -> 32). SwAV's small crops are
 Gaussian blur is off by default for images of at most 64 px (standard CIFAR practice); the
 kernel is ``0.1 * crop size`` rounded to odd.
 
-Randomness: parameters are drawn from the global torch RNG (of the batch's device: kornia samples
-on the device of the input). Under a fixed ``torch.manual_seed`` the views are reproducible. When
-``generator`` (a ``torch.Generator``) is passed, a seed is drawn from it and the views are made
-inside ``torch.random.fork_rng`` seeded with it, leaving the global RNG untouched.
+Randomness: on the device, parameters are drawn from the global torch RNG (of the batch's
+device: kornia samples on the device of the input). Under a fixed ``torch.manual_seed`` the views
+are reproducible. When ``generator`` (a ``torch.Generator``) is passed, a seed is drawn from it and
+the views are made inside ``torch.random.fork_rng`` seeded with it, leaving the global RNG
+untouched. ``LoaderCrops`` draws from the worker's torch RNG (seeded by the DataLoader from its
+``generator`` and the worker id; the main process's RNG when ``num_workers=0``).
 """
 
 from __future__ import annotations
@@ -60,11 +77,17 @@ class ViewConfig:
     blur_p: tuple = (0.0,)
     blur_sigma: tuple = (0.1, 2.0)
     solarize_p: tuple = (0.0,)
+    interpolation: str = "bilinear"  # resampling of the random-resized crop: "bilinear" | "bicubic"
 
     @property
     def num_views(self) -> int:
         """Total number of views (large + small)."""
         return self.n_large + self.n_small
+
+    def crop_specs(self) -> list[tuple[int, tuple]]:
+        """``(size, scale)`` of each view, large views first: the one list every crop is cut by."""
+        return ([(int(self.large_size), tuple(self.large_scale))] * self.n_large
+                + [(int(self.small_size), tuple(self.small_scale))] * self.n_small)
 
     def per_view(self, values: Sequence[float], what: str) -> list:
         """Expand a 1-entry tuple to all views; check the length otherwise."""
@@ -85,16 +108,35 @@ def crop_sizes(image_size: int) -> tuple[int, int]:
 
 
 def view_config(recipe: str, image_size: int, **overrides) -> ViewConfig:
-    """The named recipe (``"vicreg"``, ``"simsiam"``, ``"swav"``) scaled to ``image_size``."""
+    """The named recipe (``"vicreg"``, ``"simsiam"``, ``"swav"``) scaled to ``image_size``.
+
+    Values checked against the official code (crop sizes follow the size rule above; blur is
+    off at <= 64 px; all three flip with p=0.5 and use ratio (3/4, 4/3), torchvision's default):
+
+    - ``vicreg``: facebookresearch/vicreg ``augmentations.py`` (TrainTransform, commit 4e12602):
+      2 x RandomResizedCrop(224, default scale (0.08, 1), BICUBIC); ColorJitter(0.4, 0.4, 0.2,
+      0.1) p=0.8; RandomGrayscale 0.2; GaussianBlur sigma U(0.1, 2.0) with p=1.0 (view 1) and
+      0.1 (view 2); Solarization p=0.0 (view 1) and 0.2 (view 2).
+    - ``simsiam``: facebookresearch/simsiam ``main_simsiam.py`` (commit a7bc177): both views
+      RandomResizedCrop(224, scale=(0.2, 1.)) (0.2, not 0.08: the MoCo-v2 value), ColorJitter(0.4,
+      0.4, 0.4, 0.1) p=0.8, RandomGrayscale 0.2, GaussianBlur sigma (.1, 2.) p=0.5
+      (``simsiam/loader.py``), no solarisation.
+    - ``swav``: facebookresearch/swav ``scripts/swav_800ep_pretrain.sh`` (commit 06b1b7c):
+      nmb_crops 2 6, size_crops 224 96, min_scale_crops 0.14 0.05, max_scale_crops 1. 0.14;
+      ``src/multicropdataset.py``: RandomResizedCrop (bilinear), get_color_distortion(s=1.0) =
+      ColorJitter(0.8, 0.8, 0.8, 0.2) p=0.8 + RandomGrayscale 0.2, PILRandomGaussianBlur p=0.5
+      radius U(0.1, 2.), no solarisation.
+    """
     large, small = crop_sizes(image_size)
     small_img = image_size <= 64
-    if recipe == "vicreg":  # VICReg official: asymmetric blur/solarisation
+    if recipe == "vicreg":  # asymmetric blur/solarisation (vicreg augmentations.py)
         cfg = ViewConfig("vicreg", large, 2, (0.08, 1.0), jitter=(0.4, 0.4, 0.2, 0.1),
-                         blur_p=(0.0,) if small_img else (1.0, 0.1), solarize_p=(0.0, 0.2))
-    elif recipe == "simsiam":  # MoCo-v2 augmentations, both views alike
+                         blur_p=(0.0,) if small_img else (1.0, 0.1), solarize_p=(0.0, 0.2),
+                         interpolation="bicubic")
+    elif recipe == "simsiam":  # MoCo-v2 augmentations, both views alike (simsiam main_simsiam.py)
         cfg = ViewConfig("simsiam", large, 2, (0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1),
                          blur_p=(0.0 if small_img else 0.5,), solarize_p=(0.0,))
-    elif recipe == "swav":  # multi-crop, colour distortion strength 1.0
+    elif recipe == "swav":  # multi-crop 2x224 + 6x96, colour distortion strength 1.0 (swav 800 ep)
         cfg = ViewConfig("swav", large, 2, (0.14, 1.0), small, 6, (0.05, 0.14),
                          jitter=(0.8, 0.8, 0.8, 0.2), blur_p=(0.0 if small_img else 0.5,),
                          solarize_p=(0.0,))
@@ -103,12 +145,16 @@ def view_config(recipe: str, image_size: int, **overrides) -> ViewConfig:
     return replace(cfg, **overrides)
 
 
-def _pipeline(cfg: ViewConfig, size: int, scale, blur_p: float, solarize_p: float):
+def _pipeline(cfg: ViewConfig, size: int, scale, blur_p: float, solarize_p: float, crop: bool = True):
+    """The kornia ops of one view; ``crop=False`` when the crop was cut in the loader."""
     import kornia.augmentation as K
 
-    ops = [K.RandomResizedCrop((size, size), scale=tuple(scale), ratio=tuple(cfg.ratio),
-                               same_on_batch=False, cropping_mode="resample"),
-           K.RandomHorizontalFlip(p=cfg.flip_p)]
+    ops = []
+    if crop:
+        ops.append(K.RandomResizedCrop((size, size), scale=tuple(scale), ratio=tuple(cfg.ratio),
+                                       resample=cfg.interpolation, same_on_batch=False,
+                                       cropping_mode="resample"))
+    ops.append(K.RandomHorizontalFlip(p=cfg.flip_p))
     if cfg.jitter_p > 0 and any(cfg.jitter):
         b, c, s, h = cfg.jitter
         ops.append(K.ColorJitter(b, c, s, h, p=cfg.jitter_p))
@@ -122,6 +168,26 @@ def _pipeline(cfg: ViewConfig, size: int, scale, blur_p: float, solarize_p: floa
     return K.AugmentationSequential(*ops)
 
 
+class LoaderCrops:
+    """DataLoader-worker transform: full uint8 (3, H, W) image -> one uint8 crop per view.
+
+    Each view's ``RandomResizedCrop`` (``torchvision.transforms.v2``, antialiased) takes its size,
+    scale and ratio from ``cfg.crop_specs()`` / ``cfg.ratio`` and its resampling from
+    ``cfg.interpolation``, so the loader and the device pipelines share one recipe.
+    """
+
+    def __init__(self, cfg: ViewConfig):
+        from torchvision.transforms import InterpolationMode, v2
+
+        self.cfg = cfg
+        mode = InterpolationMode(cfg.interpolation)
+        self.crops = [v2.RandomResizedCrop(size, scale=scale, ratio=tuple(cfg.ratio), interpolation=mode,
+                                           antialias=True) for size, scale in cfg.crop_specs()]
+
+    def __call__(self, img: torch.Tensor) -> list[torch.Tensor]:
+        return [crop(img) for crop in self.crops]
+
+
 class ViewGenerator:
     """Make the recipe's views of a uint8 batch on ``device``; see the module docstring."""
 
@@ -131,23 +197,34 @@ class ViewGenerator:
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         cfg = self.cfg
+        if cfg.interpolation not in ("bilinear", "bicubic"):
+            raise ConfigError(f"interpolation {cfg.interpolation!r} is not supported; use 'bilinear' or 'bicubic'.")
         blur, sol = cfg.per_view(cfg.blur_p, "blur_p"), cfg.per_view(cfg.solarize_p, "solarize_p")
-        specs = [(cfg.large_size, tuple(cfg.large_scale))] * cfg.n_large
-        specs += [(cfg.small_size, tuple(cfg.small_scale))] * cfg.n_small
-        # consecutive views with the same parameters share one pipeline call on a repeated batch
-        self.groups: list[tuple[int, object]] = []
+        self.specs = cfg.crop_specs()
+        # consecutive views with the same parameters share one pipeline call (on a repeated batch,
+        # or on their loader crops concatenated); (count, crop on device, loader-cropped) per group
+        self.groups: list[tuple[int, object, object]] = []
         keys: list = []
-        for (size, scale), b, s in zip(specs, blur, sol):
+        for (size, scale), b, s in zip(self.specs, blur, sol):
             key = (size, scale, b, s)
             if keys and keys[-1] == key:
-                self.groups[-1] = (self.groups[-1][0] + 1, self.groups[-1][1])
+                count, crop_here, after_crop = self.groups[-1]
+                self.groups[-1] = (count + 1, crop_here, after_crop)
             else:
                 keys.append(key)
-                self.groups.append((1, _pipeline(cfg, size, scale, b, s).to(self.device)))
+                self.groups.append((1, _pipeline(cfg, size, scale, b, s).to(self.device),
+                                    _pipeline(cfg, size, scale, b, s, crop=False).to(self.device)))
 
-    def __call__(self, batch: torch.Tensor, generator: Optional[torch.Generator] = None):
-        """Views of ``batch`` (uint8 (N, 3, H, W)) as normalised float tensors, large first."""
-        if batch.ndim != 4 or batch.shape[1] != 3:
+    def loader_crops(self) -> LoaderCrops:
+        """The worker transform that cuts this recipe's crops from full decoded images."""
+        return LoaderCrops(self.cfg)
+
+    def __call__(self, batch, generator: Optional[torch.Generator] = None):
+        """Views of ``batch`` as normalised float tensors, large first: ``batch`` is uint8
+        (N, 3, H, W), or a list of uint8 batches already cropped, one per view."""
+        if isinstance(batch, (list, tuple)):
+            self._check_crops(batch)
+        elif batch.ndim != 4 or batch.shape[1] != 3:
             raise DataError(f"views need a batch (N, 3, H, W), got shape {tuple(batch.shape)}.")
         if generator is None:
             return self._views(batch)
@@ -157,16 +234,43 @@ class ViewGenerator:
             torch.manual_seed(seed)
             return self._views(batch)
 
+    def _check_crops(self, crops) -> None:
+        want = [(3, size, size) for size, _ in self.specs]
+        got = [tuple(c.shape[1:]) if c.ndim == 4 else tuple(c.shape) for c in crops]
+        if got != want:
+            raise DataError(f"the loader's crops have shapes {got} but the {self.cfg.name!r} views need "
+                            f"(N, {want}); build the training dataset with training_dataset(dataset, views).")
+
     @torch.no_grad()
-    def _views(self, batch: torch.Tensor) -> list[torch.Tensor]:
-        x = batch.to(self.device, non_blocking=True).float().div_(255.0)
+    def _views(self, batch) -> list[torch.Tensor]:
+        cropped = isinstance(batch, (list, tuple))
+        if cropped:
+            parts = [c.to(self.device, non_blocking=True) for c in batch]
+            n = parts[0].shape[0]
+        else:
+            x = batch.to(self.device, non_blocking=True).float().div_(255.0)
+            n = x.shape[0]
         out: list[torch.Tensor] = []
-        n = x.shape[0]
-        for count, pipe in self.groups:
-            xs = x if count == 1 else x.repeat(count, 1, 1, 1)
+        i = 0
+        for count, crop_here, after_crop in self.groups:
+            if cropped:
+                xs = (parts[i] if count == 1 else torch.cat(parts[i : i + count])).float().div_(255.0)
+                pipe = after_crop
+            else:
+                xs, pipe = (x if count == 1 else x.repeat(count, 1, 1, 1)), crop_here
+            i += count
             v = (pipe(xs).clamp_(0.0, 1.0) - self.mean) / self.std
             out.extend(v.split(n) if count > 1 else [v])
         return out
+
+
+def training_dataset(dataset, views):
+    """The dataset the training loader reads for ``views`` (see the module docstring): a copy of
+    a per-item-decoding dataset (``with_transform``) whose items are ``(list of uint8 crops, label)``
+    cut from the full image; any other dataset (or a custom views callable) unchanged."""
+    if isinstance(views, ViewGenerator) and hasattr(dataset, "with_transform"):
+        return dataset.with_transform(views.loader_crops())
+    return dataset
 
 
 def _stats(info_or_mean_std):

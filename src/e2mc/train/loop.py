@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from e2mc.config import E2MC_DEFAULTS, RunConfig
 from e2mc.criteria import SwAVQueue, default_m
-from e2mc.data import ViewGenerator, build_dataset, eval_transform
+from e2mc.data import ViewGenerator, build_dataset, eval_transform, training_dataset
 from e2mc.errors import ConfigError, CriterionInputError, TrainingDiverged
 from e2mc.methods import get_method
 from e2mc.models.checkpoints import load_model
@@ -132,12 +132,14 @@ class TrainerSetup(R.RunFolderMixin):
         self.sampler = D.ShardedEpochSampler(len(self.dataset), self.per_device_batch, cfg.train.seed,
                                              self.dist.rank, self.dist.world_size)
         self._check_batch()
-        self.loader = DataLoader(self.dataset, batch_size=self.per_device_batch, sampler=self.sampler,
-                                 num_workers=d.num_workers, pin_memory=self.device.type == "cuda",
-                                 generator=torch.Generator().manual_seed(cfg.train.seed),
-                                 persistent_workers=d.num_workers > 0)
         self.views = views_fn or ViewGenerator(cfg.method.views or self.method.views, self.image_size,
                                                info.mean, info.std, self.device)
+        # streaming datasets cut the views' crops from the full image in the workers
+        self.loader = DataLoader(training_dataset(self.dataset, self.views), batch_size=self.per_device_batch,
+                                 sampler=self.sampler, num_workers=d.num_workers,
+                                 pin_memory=self.device.type == "cuda",
+                                 generator=torch.Generator().manual_seed(cfg.train.seed),
+                                 persistent_workers=d.num_workers > 0)
         # model
         self._build_model(found)
         if model_fn is not None:
@@ -278,12 +280,15 @@ class Trainer(TrainerSetup):
     """
 
     # ---------------------------------------------------------------- one step (hot path)
-    def train_step(self, images: torch.Tensor, model: torch.nn.Module | None = None,
+    def train_step(self, images: torch.Tensor | list, model: torch.nn.Module | None = None,
                    optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None) -> dict:
-        """One optimisation step on a uint8 batch; returns the detached loss terms (device tensors)."""
+        """One optimisation step on a uint8 batch (or per-view crops); returns the detached loss terms (device tensors)."""
         model = model or self.ddp_model
         optimizer = optimizer or self.optimizer
-        views = self.views(images.to(self.device, non_blocking=True))
+        if isinstance(images, (list, tuple)):  # one uint8 batch per view, cropped in the loader
+            views = self.views([x.to(self.device, non_blocking=True) for x in images])
+        else:
+            views = self.views(images.to(self.device, non_blocking=True))
         if self.cfg.train.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         self.method.before_forward(self.model)
