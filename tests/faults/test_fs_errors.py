@@ -102,3 +102,21 @@ def test_real_full_and_read_only_tmpfs(tmp_path):
         one_line_error(code, err, str(mnt / "other"), "read-only")
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+
+def test_any_command_reports_a_refused_path_in_one_line(tmp_path, capsys, monkeypatch):
+    """An OSError that no layer translated (e.g. `e2mc report --out /proc/x`) is one line, exit 2."""
+    import errno
+
+    import e2mc.commands.inspect as inspect_cmd
+    from e2mc.cli import main
+
+    def refuse(args):
+        raise OSError(errno.EROFS, "Read-only file system", "/proc/x/report.md")
+
+    monkeypatch.setattr(inspect_cmd, "run_inspect", refuse)
+    assert main(["inspect", str(tmp_path / "any.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "/proc/x/report.md" in err[0] and "Read-only file system" in err[0]
+    assert "Traceback" not in err[0]

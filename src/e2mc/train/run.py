@@ -183,8 +183,10 @@ def load_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"checkpoint {path} not found; resume needs a run folder with checkpoints/last.pt")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt/truncated or foreign pickle
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    except Exception as exc:  # corrupt/truncated or foreign pickle: say what it is, never torch's unsafe hint
+        from e2mc.models.checkpoints import describe_unreadable
+
+        raise CheckpointError(describe_unreadable(path, exc)) from None
     if not isinstance(state, dict) or state.get("format") != "e2mc":
         raise CheckpointError(f"{path} is not an e2mc training checkpoint; use it as model.init instead")
     return state
