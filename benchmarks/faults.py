@@ -499,7 +499,7 @@ def _sigint(ctx: Ctx):
 @probe("crash", "ok", "stale .last.pt.*.tmp from a killed write, then --resume")
 def _stale_tmp(ctx: Ctx):
     run = ctx.copy_base(partial=True)
-    (run / "checkpoints" / ".last.pt.12345.tmp").write_bytes(b"\0" * 4096)
+    (run / "checkpoints" / ".last.pt.k3j_9xQa.tmp").write_bytes(b"\0" * 4096)  # mkstemp's naming
     p = ctx.cli("pretrain", "--out", run, "--resume")
     left = list(run.glob("checkpoints/.*.tmp"))
     return judge(ctx, p, "ok", extra_wrong="stale temp file not cleaned" if left else "")
