@@ -318,25 +318,35 @@ def ddp_child(out: str, batch: int, global_batch: int, arch: str, img: int, devi
     Trainer(cfg, model_fn=no_bn, views_fn=views, quiet=True).fit()
 
 
-def check_ddp(S, device, dry, tmp):
-    from e2mc.train.run import read_metrics
-
+def _ddp_setup(S, device):
     if device.type == "cuda" and torch.cuda.device_count() >= 2:
-        backend, dev2, dev1, how = "nccl", "auto", "cuda:0", "NCCL, 2 GPUs"
-    elif device.type == "cuda":
-        backend, dev2, dev1, how = "gloo", str(device), str(device), f"gloo, both processes on {device}"
-    else:
-        backend, dev2, dev1, how = "gloo", "cpu", "cpu", "gloo on CPU"
+        return "nccl", "auto", "cuda:0", "NCCL, 2 GPUs"
+    if device.type == "cuda":
+        return "gloo", str(device), str(device), f"gloo, both processes on {device}"
+    return "gloo", "cpu", "cpu", "gloo on CPU"
+
+
+def start_ddp(S, device, tmp) -> subprocess.Popen:
+    """Launch the 2-process run (torchrun) in the background; ``check_ddp`` waits for it."""
+    backend, dev2, _, _ = _ddp_setup(S, device)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1")
     b = S["ddp_batch"]
-    common = [str(2 * b), S["ddp_arch"], str(S["ddp_img"])]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-           "--master_addr=127.0.0.1", __file__, CHILD, str(tmp / "ddp2"), str(b), *common, dev2, backend]
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           "--master_addr=127.0.0.1", __file__, CHILD, str(tmp / "ddp2"), str(b), str(2 * b), S["ddp_arch"],
+           str(S["ddp_img"]), dev2, backend]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def check_ddp(S, device, dry, tmp, proc=None):
+    from e2mc.train.run import read_metrics
+
+    backend, _, dev1, how = _ddp_setup(S, device)
+    b = S["ddp_batch"]
+    p = proc or start_ddp(S, device, tmp)
     try:  # the 1-process reference runs here meanwhile (this process has its imports done)
         ddp_child(str(tmp / "ddp1"), 2 * b, 2 * b, S["ddp_arch"], S["ddp_img"], dev1, backend)
         text, _ = p.communicate(timeout=S["ddp_timeout"])
@@ -416,6 +426,9 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="e2mc_gpu_check_") as tmpdir:
         tmp = Path(tmpdir)
+        # dry run: start the 2-process run now, so its start-up overlaps the other checks (on a GPU it
+        # runs alone, last, so that it cannot disturb the timings of c and d)
+        ddp_proc = start_ddp(S, device, tmp) if args.dry_run and "e" in args.only else None
         for key, fn in (("a", check_sort), ("b", check_precision), ("cd", check_speed), ("e", check_ddp)):
             if not set(key) & set(args.only):
                 continue
@@ -424,6 +437,8 @@ def main(argv=None) -> int:
             try:
                 if key == "cd":
                     fn(S, device, args.dry_run, tmp, results)
+                elif key == "e":
+                    results[key] = fn(S, device, args.dry_run, tmp, ddp_proc)
                 else:
                     results[key] = fn(S, device, args.dry_run, tmp)
             except Exception as exc:  # recorded, and the next checks still run
@@ -437,6 +452,9 @@ def main(argv=None) -> int:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             write(out, header + [f"- wall time so far: {time.perf_counter() - start:.0f} s"], results)
+        if ddp_proc is not None and ddp_proc.poll() is None:  # check e was not reached
+            ddp_proc.kill()
+            ddp_proc.wait()
     print(f"wrote {out} ({time.perf_counter() - start:.0f} s)")
     bad = [k for k, (status, _) in results.items() if status in ("FAIL", "MISS")]
     return 1 if bad else 0
