@@ -404,6 +404,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes on CPU (gloo): checks the script end to end")
     ap.add_argument("--device", default=None, help="default: cuda (cpu with --dry-run)")
     ap.add_argument("--only", default="abcde", help="checks to run, e.g. 'ace'")
+    ap.add_argument("--batch", type=int, default=None, help="per-step batch of b-d (default 256; 8 with --dry-run), "
+                    "e.g. 128 on a GPU with less than ~40 GiB")
     args = ap.parse_args(argv)
     device = torch.device(args.device or ("cpu" if args.dry_run else "cuda"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -413,7 +415,9 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
-    S = DRY if args.dry_run else GPU
+    S = dict(DRY if args.dry_run else GPU)
+    if args.batch:
+        S["batch"] = args.batch
     torch.manual_seed(0)
     out = Path(args.out)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
@@ -421,7 +425,8 @@ def main(argv=None) -> int:
               f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}; device: {name} ({device}), "
               f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} CUDA device(s); torch {torch.__version__}, "
               f"CUDA {torch.version.cuda}; Python {platform.python_version()}",
-              f"- command: `python benchmarks/gpu/check.py{' --dry-run' if args.dry_run else ''} --out {args.out}`"]
+              f"- command: `python benchmarks/gpu/check.py{' --dry-run' if args.dry_run else ''}"
+              f"{f' --batch {args.batch}' if args.batch else ''} --out {args.out}`"]
     results: dict = {}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="e2mc_gpu_check_") as tmpdir:
