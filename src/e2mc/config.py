@@ -34,6 +34,16 @@ E2MC_DEFAULTS: dict[str, tuple[float, float, str]] = {
     "simsiam": (1.0, 25.0, "gaussian_cdf"),
 }
 
+# eps inside the log of the m-spacings (``addon.eps``). e2mc's own default, E2MC_EPS = 1e-8 (the
+# criterion's default), is a named choice: it keeps the estimator closest to the exact spacing
+# entropy. The paper's code uses larger values (PAPER_EPS): its VICReg script passes
+# ``--epsilon 1e-7``; its SwAV and SimSiam estimators use ``torch.finfo(torch.float32).eps``. Against
+# 1e-7, 1e-8 lowers a zero spacing's log by ln(10) ~ 2.3 nats and makes a tie's gradient larger.
+# The paper recipes set the paper's value.
+E2MC_EPS = 1e-8
+FLOAT32_EPS = 1.1920928955078125e-07  # torch.finfo(torch.float32).eps
+PAPER_EPS: dict[str, float] = {"vicreg": 1e-7, "swav": FLOAT32_EPS, "simsiam": FLOAT32_EPS}
+
 
 @dataclass
 class DataConfig:
@@ -90,6 +100,7 @@ class AddonConfig:
     entropy_weight: Optional[float] = None
     cov_weight: Optional[float] = None
     m: Optional[int] = None
+    eps: float = E2MC_EPS  # inside the log of the spacings; paper's code: PAPER_EPS[method]
     kwargs: dict = field(default_factory=dict)  # extra constructor arguments (vc, uniformity, mmcr)
 
 
@@ -106,6 +117,13 @@ class OptimConfig:
     batch_size: int = 256  # per device
     lr_scaling: str = "none"  # none | linear | sqrt  (relative to base_batch, global batch)
     base_batch: int = 256
+    # None: the optimiser's default (lars/sgd/adamw exclude biases and norm weights, ndim <= 1, from
+    # weight decay (and LARS's trust ratio); larc excludes nothing, as SwAV). false: decay everything.
+    exclude_bias_and_norm: Optional[bool] = None
+    # Continue mode: load the momentum (Adam moments) stored in the source checkpoint into the new
+    # optimiser (same kind, same parameter shapes; ConfigError otherwise). Resuming an e2mc run
+    # always restores its own optimiser, whatever this says.
+    restore_state: bool = False
 
 
 @dataclass
@@ -208,7 +226,7 @@ RANGES: dict[str, Range] = {
     "method.sinkhorn_iterations": AT_LEAST_ONE, "method.queue_length": NON_NEGATIVE,
     "method.queue_start_step": NON_NEGATIVE, "method.freeze_prototypes_iters": NON_NEGATIVE,
     "addon.entropy_weight": Range(0, optional=True), "addon.cov_weight": Range(0, optional=True),
-    "addon.m": Range(1, optional=True),
+    "addon.m": Range(1, optional=True), "addon.eps": Range(0, 1, lo_open=True),
     "optim.lr": Range(0, 1000, lo_open=True), "optim.weight_decay": NON_NEGATIVE,
     "optim.momentum": Range(0, 1, hi_open=True), "optim.warmup_epochs": Range(0, optional=True),
     "optim.batch_size": AT_LEAST_ONE, "optim.base_batch": AT_LEAST_ONE,

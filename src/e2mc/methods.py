@@ -69,7 +69,8 @@ class Method:
         a = cfg.addon
         kwargs = dict(a.kwargs)
         if a.name == "e2mc":
-            kwargs.update(transform=a.transform, entropy_weight=a.entropy_weight, cov_weight=a.cov_weight, m=a.m)
+            kwargs.update(transform=a.transform, entropy_weight=a.entropy_weight, cov_weight=a.cov_weight, m=a.m,
+                          eps=a.eps)
         return build_addon(a.name, **kwargs)
 
     def check_model(self, model: nn.Module) -> None:

@@ -89,7 +89,7 @@ class E2MC(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"transform={self.transform_name!r}, entropy_weight={self.entropy_weight}, "
-            f"cov_weight={self.cov_weight}, m={self.m}, view_reduction={self.view_reduction}"
+            f"cov_weight={self.cov_weight}, m={self.m}, eps={self.eps:g}, view_reduction={self.view_reduction}"
         )
 
     def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -40,7 +40,7 @@ from e2mc.models.model import SSLModel
 from e2mc.train import distributed as D
 from e2mc.train import monitor
 from e2mc.train import run as R
-from e2mc.train.optim import build_optimizer, build_scheduler, scaled_lr
+from e2mc.train.optim import build_optimizer, build_scheduler, restore_optimizer_state, scaled_lr
 
 
 class TrainerSetup(R.RunFolderMixin):
@@ -161,6 +161,8 @@ class TrainerSetup(R.RunFolderMixin):
         o = cfg.optim
         self.lr = scaled_lr(o.lr, self.global_batch, o.base_batch, o.lr_scaling)
         self.optimizer = self.make_optimizer(self.model)
+        if not resuming:
+            self._restore_source_optimizer()
         steps = self.sampler.batches_per_epoch * cfg.train.epochs
         total = min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
         warm = min(int(round(cfg.optim.warmup_epochs * self.sampler.batches_per_epoch)), max(total, 1))
@@ -261,7 +263,23 @@ class TrainerSetup(R.RunFolderMixin):
         """The configured optimiser over a model or a parameter list (at the scaled LR)."""
         o = self.cfg.optim
         return build_optimizer(o.name, model_or_params, lr=self.lr, weight_decay=o.weight_decay,
-                               momentum=o.momentum)
+                               momentum=o.momentum, exclude_bias_and_norm=o.exclude_bias_and_norm)
+
+    def _restore_source_optimizer(self) -> None:
+        """``optim.restore_state``: load the source checkpoint's optimiser state into the new
+        optimiser (continue mode; an e2mc resume restores its own state instead)."""
+        report = self.report
+        stored = report.optimizer_state if report is not None else None
+        if not self.cfg.optim.restore_state:
+            if stored is not None:
+                self.log(f"{report.path} stores an optimiser state; starting a fresh optimiser "
+                         "(optim.restore_state=false)")
+            return
+        if stored is None:
+            src = report.path if report is not None else self.cfg.model.init
+            raise ConfigError(f"optim.restore_state=true but {src} stores no optimiser state; use a full "
+                              "checkpoint, or set optim.restore_state=false to start a fresh optimiser")
+        self.log(restore_optimizer_state(self.optimizer, self.model, stored, source=report.path))
 
 
 class Trainer(TrainerSetup):

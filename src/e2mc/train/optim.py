@@ -14,6 +14,9 @@ API summary
   constant, cosine, warmup_cosine. ``lr_factor(kind, step, ...)`` is the closed form.
 - ``scaled_lr(base_lr, global_batch, reference=256, rule="linear")``: the LR for the global batch
   (``none`` | ``linear`` | ``sqrt`` relative to ``reference``); the Trainer's ``optim.lr_scaling``.
+- ``restore_optimizer_state(optimizer, model, stored, source=...)``: the per-parameter state
+  (momentum buffers / Adam moments) of a stored ``state_dict()``, possibly of another code base's
+  model, copied into ``optimizer`` (the Trainer's ``optim.restore_state``).
 
 LARS (VICReg's): for a parameter p with gradient g, ``d = g + wd * p``, trust ratio
 ``q = eta * ||p|| / ||d||`` (1 when either norm is 0), ``mu = momentum * mu + q * d``,
@@ -28,7 +31,7 @@ All state (momentum buffers, scheduler step) lives in ``state_dict()``.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Union
+from typing import Any, Iterable, Union
 
 import torch
 from torch import nn
@@ -133,6 +136,7 @@ def build_optimizer(name: str, model_or_params: Union[nn.Module, Iterable], lr: 
         exclude_bias_and_norm = name != "larc"
     if name == "larc":
         kw.setdefault("larc", True)
+        kw.setdefault("eps", 1e-8)  # apex LARC's eps (SwAV)
     groups = _params(model_or_params, weight_decay, exclude_bias_and_norm)
     if name in ("lars", "larc"):
         return LARS(groups, lr=lr, weight_decay=weight_decay, momentum=momentum,
@@ -203,3 +207,101 @@ def scaled_lr(base_lr: float, global_batch: int, reference: int = 256, rule: str
         raise ConfigError(f"Unknown LR scaling {rule!r}; choose one of {LR_SCALINGS}.")
     ratio = global_batch / reference
     return base_lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[rule]
+
+
+# Per-parameter state of each kind of optimiser: the key e2mc's optimiser uses, and the keys a
+# stored state may use for the same quantity. A heavy-ball buffer (``mu = momentum * mu + d``,
+# ``p -= lr * mu``) is the same in LARS/LARC (VICReg, e2mc), torch SGD and apex LARC (SwAV: an SGD).
+_MOMENTUM = ("mu", "momentum_buffer")
+_ADAM = ("exp_avg", "exp_avg_sq")
+
+
+def _target_keys(optimizer: torch.optim.Optimizer) -> tuple[str, tuple[str, ...]]:
+    if isinstance(optimizer, torch.optim.AdamW):
+        return "adam", _ADAM
+    if isinstance(optimizer, (LARS, torch.optim.SGD)):
+        if any(g.get("momentum", 0) == 0 for g in optimizer.param_groups):
+            raise ConfigError("optim.restore_state=true but optim.momentum=0 keeps no momentum to restore; "
+                              "set optim.momentum > 0 or optim.restore_state=false")
+        return "momentum", ("mu",) if isinstance(optimizer, LARS) else ("momentum_buffer",)
+    raise ConfigError(f"optim.restore_state: cannot restore the state of {type(optimizer).__name__}; "
+                      "set optim.restore_state=false")
+
+
+def _stored_kind(entries: list) -> str:
+    if all(any(isinstance(e.get(k), torch.Tensor) for k in _MOMENTUM) for e in entries):
+        return "momentum"
+    if all(all(isinstance(e.get(k), torch.Tensor) for k in _ADAM) for e in entries):
+        return "adam"
+    keys = set().union(*(e.keys() for e in entries))
+    return f"unknown ({', '.join(sorted(map(str, keys)))})"
+
+
+def restore_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, stored: Any, *,
+                            source: str = "the checkpoint") -> str:
+    """Copy the per-parameter state of a stored optimiser ``state_dict()`` into ``optimizer``.
+
+    Only the buffers move (momentum, or AdamW's moments and step); the new optimiser keeps its
+    configured LR, weight decay and momentum. A stored state names parameters by position: the
+    stored ``param_groups`` flattened in order. For the official VICReg/SwAV/SimSiam checkpoints
+    that is the source model's ``parameters()`` order (backbone in torchvision ResNet order, then
+    the heads), the order of ``model.parameters()``; for an e2mc checkpoint it is e2mc's own
+    parameter-group order. Both orders are tried: a mapping is used when the number of parameters
+    and every position's shape match (the shape is read from the stored buffer); when none
+    matches, or both match with different pairings, nothing is changed and ConfigError says what
+    differs. Returns a one-line summary.
+    """
+    off = "; set optim.restore_state=false to start a fresh optimiser"
+    if not (isinstance(stored, dict) and isinstance(stored.get("state"), dict)
+            and isinstance(stored.get("param_groups"), list)):
+        raise ConfigError(f"optim.restore_state: the optimiser state in {source} is not a state_dict "
+                          f"with 'state' and 'param_groups'{off}")
+    ids = [i for g in stored["param_groups"] for i in g.get("params", [])]
+    entries = [stored["state"].get(i, {}) for i in ids]
+    kind, keys = _target_keys(optimizer)
+    empty = sum(1 for e in entries if not e)
+    if empty or not ids:
+        raise ConfigError(f"optim.restore_state: the optimiser state in {source} holds no buffers for "
+                          f"{empty or 'any'} of its {len(ids)} parameters, so they cannot be matched{off}")
+    have = _stored_kind(entries)
+    if have != kind:
+        raise ConfigError(f"optim.restore_state: {source} stores {have} optimiser state but "
+                          f"optim.name={type(optimizer).__name__.lower()} keeps {kind} state{off}")
+    main = (lambda e: next(e[k] for k in _MOMENTUM if isinstance(e.get(k), torch.Tensor))) \
+        if kind == "momentum" else (lambda e: e["exp_avg"])
+    shapes = [tuple(main(e).shape) for e in entries]
+    in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    orders = {"model": [p for p in model.parameters() if id(p) in in_opt],
+              "optimiser": [p for g in optimizer.param_groups for p in g["params"]]}
+    fits, why = {}, []
+    for label, params in orders.items():
+        if len(params) != len(shapes):
+            why.append(f"{len(shapes)} stored vs {len(params)} trainable parameters")
+            continue
+        bad = next((i for i, p in enumerate(params) if tuple(p.shape) != shapes[i]), None)
+        if bad is None:
+            fits[label] = params
+        else:
+            p = params[bad]
+            why.append(f"in {label} order, position {bad} ({names.get(id(p), '?')}) is {tuple(p.shape)} "
+                       f"here but {shapes[bad]} stored")
+    if not fits:
+        raise ConfigError(f"optim.restore_state: the optimiser state in {source} does not fit this model: "
+                          f"{'; '.join(dict.fromkeys(why))}{off}")
+    pairings = {tuple(map(id, params)) for params in fits.values()}
+    if len(pairings) > 1:
+        raise ConfigError(f"optim.restore_state: the optimiser state in {source} fits this model in two "
+                          f"parameter orders with different pairings (ambiguous){off}")
+    label, params = next(iter(fits.items()))
+    for e, p in zip(entries, params):
+        state = optimizer.state[p]
+        if kind == "momentum":
+            state[keys[0]] = torch.empty_like(p).copy_(main(e))
+        else:
+            for k in _ADAM:
+                state[k] = torch.empty_like(p).copy_(e[k])
+            step = e.get("step", 0)
+            state["step"] = torch.as_tensor(float(step), dtype=torch.float32)
+    return (f"restored the optimiser state of {len(params)} parameters ({kind}, {label} order) "
+            f"from {source}")
