@@ -76,6 +76,7 @@ def evaluate(
     use_cache: bool = True,
     root: str | None = None,
     download: bool = False,
+    linear_solver: str = "auto",
 ) -> dict:
     """Evaluate a checkpoint file, run folder or in-memory ``SSLModel`` with the given protocols.
 
@@ -88,9 +89,15 @@ def evaluate(
         ks: kNN neighbour counts (each clipped, with a warning, to the training-set size).
         root, download: where torchvision datasets (cifar10, cifar100, stl10, imagenet) live,
             and whether torchvision may download them there (``build_dataset``'s arguments).
+        linear_solver: ``"auto"``, ``"lbfgs"`` or ``"streaming"`` for the ``linear`` protocol
+            (see :func:`e2mc.evaluate.linear.linear_probe`; the result names the one used).
     Returns:
         ``{protocol: {metric: value}}`` plus ``"meta"`` (checkpoint, dataset, seeds).
     """
+    from e2mc.evaluate.linear import SOLVERS
+
+    if linear_solver not in SOLVERS:
+        raise ConfigError(f"unknown linear_solver {linear_solver!r}; choose one of {', '.join(SOLVERS)}")
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown:
         raise ConfigError(f"unknown protocol(s) {unknown}; choose from {', '.join(PROTOCOLS)}")
@@ -116,11 +123,12 @@ def evaluate(
                           "seeds": [int(s) for s in seeds], "n_train": len(train_ds), "n_test": len(test_ds)}}
     for p in protocols:
         out[p] = _run(p, model, train_f, test_f, train_ds, test_ds, seeds, ks, shots, epochs, device, batch_size,
-                      image_size)
+                      image_size, linear_solver)
     return out
 
 
-def _run(p, model, train_f, test_f, train_ds, test_ds, seeds, ks, shots, epochs, device, batch_size, image_size):
+def _run(p, model, train_f, test_f, train_ds, test_ds, seeds, ks, shots, epochs, device, batch_size, image_size,
+         linear_solver="auto"):
     from e2mc.evaluate import metrics
 
     if p == "knn":
@@ -131,7 +139,8 @@ def _run(p, model, train_f, test_f, train_ds, test_ds, seeds, ks, shots, epochs,
     if p == "linear":
         from e2mc.evaluate.linear import linear_probe
 
-        return linear_probe(train_f["backbone"], train_f.labels, test_f["backbone"], test_f.labels, seed=seeds[0])
+        return linear_probe(train_f["backbone"], train_f.labels, test_f["backbone"], test_f.labels, seed=seeds[0],
+                            solver=linear_solver)
     if p == "fewshot":
         from e2mc.evaluate.fewshot import fewshot
 
