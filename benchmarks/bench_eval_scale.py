@@ -116,7 +116,8 @@ def main() -> int:
     with open(os.path.join(old_src, "knn_old.py"), "w") as f:  # kNN as it was before issue 17
         f.write(subprocess.run(["git", "show", "7aed61f:src/e2mc/evaluate/knn.py"], cwd=here, capture_output=True,
                                text=True, check=True).stdout)
-    runs = [("knn", int(n)) for n in args.knn_ns.split(",")] + [("linear", int(n)) for n in args.linear_ns.split(",")]
+    runs = ([("knn", int(n)) for n in args.knn_ns.split(",") if n] +
+            [("linear", int(n)) for n in args.linear_ns.split(",") if n])
     if args.old_knn_n:
         runs.insert(1, ("knn_old", args.old_knn_n))
     rows = []
