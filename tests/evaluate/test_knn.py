@@ -152,6 +152,6 @@ def test_knn_on_a_float16_memory_mapped_bank(tmp_path, problem):
     mm = np.lib.format.open_memmap(tmp_path / "bank.npy", mode="w+", dtype=np.float16, shape=tuple(xtr.shape))
     mm[:] = xtr.numpy()
     mm.flush()
-    bank = torch.from_numpy(np.load(tmp_path / "bank.npy", mmap_mode="r"))  # read-only map, no copy
+    bank = torch.from_numpy(np.load(tmp_path / "bank.npy", mmap_mode="r+"))  # mapped, no copy
     got = knn_classify(bank, ytr, xte, yte, ks=(1, 5), bank_chunk=16)
     assert got == _full_matrix_knn(xtr.half().float(), ytr, xte, yte, (1, 5), 0.07)

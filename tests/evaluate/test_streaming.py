@@ -55,7 +55,7 @@ def test_streaming_selection_never_sees_test_labels_and_reads_fp16_memmaps(tmp_p
     mm = np.lib.format.open_memmap(tmp_path / "f.npy", mode="w+", dtype=np.float16, shape=tuple(xtr.shape))
     mm[:] = xtr.numpy()
     mm.flush()
-    bank = torch.from_numpy(np.load(tmp_path / "f.npy", mmap_mode="r"))
+    bank = torch.from_numpy(np.load(tmp_path / "f.npy", mmap_mode="r+"))
     shuffled = yte[torch.randperm(len(yte), generator=torch.Generator().manual_seed(0))]
     res = linear_probe(bank, ytr, xte, shuffled, weight_decays=WDS, solver="streaming")
     stream = both[1]

@@ -4,7 +4,9 @@
     training mean/std. A sweep of L2 penalties is trained in ONE pass as a batched model with a
     (H, D, C) weight tensor (full-batch L-BFGS); the penalty is selected on a seeded, stratified
     held-out split of the TRAINING set, the chosen setting is refitted on the full training set,
-    and the test set is scored once. The test set never influences the selection.
+    and the test set is scored once. The test set never influences the selection. For large
+    problems (``solver="auto"``: L-BFGS's memory estimate above 1 GiB) the same protocol runs with
+    the mini-batch solver of :mod:`e2mc.evaluate.streaming` (memory flat in N).
 (b) ``linear_probe_finetune``: the paper's protocol for large data (frozen backbone in eval mode,
     random-resized-crop + flip on the fly, SGD with momentum and a cosine schedule); reports the
     LAST epoch, never the best.
