@@ -25,6 +25,16 @@ def test_evaluate_structure(tiny_net, colour_data, tmp_path):
 def test_evaluate_bad_protocol(tiny_net, colour_data):
     with pytest.raises(ConfigError, match="unknown protocol"):
         evaluate(tiny_net, colour_data, protocols=("knn", "bogus"))
+    with pytest.raises(ConfigError, match="unknown linear_solver 'sgd'"):
+        evaluate(tiny_net, colour_data, protocols=("linear",), linear_solver="sgd")
+
+
+def test_evaluate_passes_the_linear_solver(tiny_net, colour_data, tmp_path):
+    kw = dict(protocols=("linear",), cache_dir=tmp_path, device="cpu")
+    assert evaluate(tiny_net, colour_data, **kw)["linear"]["solver"] == "lbfgs"  # auto: a small problem
+    res = evaluate(tiny_net, colour_data, linear_solver="streaming", **kw)["linear"]
+    assert res["solver"] == "streaming" and res["converged"] is None and res["streaming"]["steps"] >= 1000
+    json.dumps(res)
 
 
 def test_compare_table_with_differences(colour_data, tmp_path, make_tiny_net):

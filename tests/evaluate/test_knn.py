@@ -112,3 +112,65 @@ def test_linear_probe_and_fewshot_follow_the_features_device(problem):
         torch.set_default_device(None)
     assert got[0]["top1"] == ref[0]["top1"] and got[1]["top1_2shot"] == ref[1]["top1_2shot"]
     assert got[2] == pytest.approx(ref[2]) and got[3] == pytest.approx(ref[3])
+
+
+def _full_matrix_topk(train_x, test_x, k):
+    """Reference: the whole (n_test, n_train) similarity matrix, ordered by (similarity desc,
+    training index asc) with one stable sort (the pre-streaming implementation held this matrix)."""
+    sim = torch.nn.functional.normalize(test_x.float(), dim=1) @ torch.nn.functional.normalize(train_x.float(), dim=1).T
+    order = sim.argsort(dim=1, descending=True, stable=True)[:, :k]
+    return sim.gather(1, order), order
+
+
+def _full_matrix_knn(train_x, train_y, test_x, test_y, ks, t):
+    """The pre-streaming knn_classify: top-max(ks) of the full similarity matrix, weighted votes."""
+    sim, idx = _full_matrix_topk(train_x, test_x, max(ks))
+    lab, w = train_y[idx], (sim / t).exp()
+    out = {}
+    for k in ks:
+        votes = torch.zeros(test_x.shape[0], int(train_y.max()) + 1).scatter_add_(1, lab[:, :k], w[:, :k])
+        out[k] = int((votes.argmax(1) == test_y).sum()) / test_y.shape[0]
+    return out
+
+
+@pytest.mark.parametrize("chunk_size,bank_chunk", [(7, 13), (1, 5), (64, 1000)])
+def test_streamed_topk_equals_the_full_matrix_with_ties_by_lower_index(chunk_size, bank_chunk):
+    from e2mc.evaluate.knn import knn_topk
+
+    g = torch.Generator().manual_seed(3)
+    # unit vectors with four entries +-0.5 among 8: every cosine is an exact multiple of 0.25,
+    # so whatever the matmul blocking, many similarities tie exactly (duplicated rows too)
+    def units(n):
+        signs = torch.randint(0, 2, (n, 8), generator=g).float() - 0.5
+        mask = torch.stack([torch.randperm(8, generator=g) < 4 for _ in range(n)])
+        return signs * mask
+    base = units(40)
+    xtr = torch.cat([base, base, base[:20]])
+    xte = torch.cat([units(25), base[:10]])
+    ref_v, ref_i = _full_matrix_topk(xtr, xte, 17)
+    got_v, got_i = knn_topk(xtr, xte, 17, chunk_size=chunk_size, bank_chunk=bank_chunk)
+    assert torch.equal(got_i, ref_i)
+    assert torch.allclose(got_v, ref_v, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk_size,bank_chunk", [(7, 13), (50, 31)])
+def test_streamed_knn_equals_the_full_matrix_knn_and_the_naive_loop(problem, chunk_size, bank_chunk):
+    xtr, ytr, xte, yte = problem
+    ks = (1, 5, 20)
+    got = knn_classify(xtr, ytr, xte, yte, ks=ks, chunk_size=chunk_size, bank_chunk=bank_chunk)
+    assert got == _full_matrix_knn(xtr, ytr, xte, yte, ks, 0.07)
+    assert got == knn_classify(xtr, ytr, xte, yte, ks=ks)  # chunk sizes never change the result
+    for k in ks:
+        assert got[k] == pytest.approx(_naive_knn(xtr, ytr, xte, yte, k, 0.07))
+
+
+def test_knn_on_a_float16_memory_mapped_bank(tmp_path, problem):
+    import numpy as np
+
+    xtr, ytr, xte, yte = problem
+    mm = np.lib.format.open_memmap(tmp_path / "bank.npy", mode="w+", dtype=np.float16, shape=tuple(xtr.shape))
+    mm[:] = xtr.numpy()
+    mm.flush()
+    bank = torch.from_numpy(np.load(tmp_path / "bank.npy", mmap_mode="r+"))  # mapped, no copy
+    got = knn_classify(bank, ytr, xte, yte, ks=(1, 5), bank_chunk=16)
+    assert got == _full_matrix_knn(xtr.half().float(), ytr, xte, yte, (1, 5), 0.07)

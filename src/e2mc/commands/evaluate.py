@@ -36,6 +36,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--ks", type=_ints, default=[10, 20, 100, 200],
                    help="comma-separated kNN neighbour counts (default 10,20,100,200; clipped to the training size)")
+    p.add_argument("--linear-solver", choices=("auto", "lbfgs", "streaming"), default="auto",
+                   help="linear probe solver: exact full-batch L-BFGS, mini-batch heads (memory flat in N), "
+                        "or auto (L-BFGS while its memory estimate is <= 1 GiB)")
     p.add_argument("--test-split", default="test", help="split to score (default test; e.g. val for ImageNet)")
     p.add_argument("--data-root", default=None,
                    help="folder holding cifar10/cifar100/stl10/imagenet (default $E2MC_CACHE/datasets/<name>)")
@@ -71,7 +74,8 @@ def _kwargs(args) -> dict:
     return dict(protocols=args.protocols, seeds=args.seeds, device=args.device, batch_size=args.batch_size,
                 image_size=args.image_size, cache_dir=args.cache_dir, use_cache=not args.no_cache,
                 epochs=args.epochs, ks=args.ks, test_split=args.test_split, root=args.data_root,
-                download=args.download, lidar_images=args.lidar_images, lidar_views=args.lidar_views)
+                download=args.download, lidar_images=args.lidar_images, lidar_views=args.lidar_views,
+                linear_solver=args.linear_solver)
 
 
 def _convergence(v: dict) -> str:

@@ -81,6 +81,7 @@ def evaluate(
     download: bool = False,
     lidar_images: int = 500,
     lidar_views: int = 8,
+    linear_solver: str = "auto",
 ) -> dict:
     """Evaluate a checkpoint file, run folder or in-memory ``SSLModel`` with the given protocols.
 
@@ -95,9 +96,15 @@ def evaluate(
             and whether torchvision may download them there (``build_dataset``'s arguments).
         lidar_images, lidar_views: LiDAR's surrogate classes: that many test images (seeded by
             ``seeds[0]``), each augmented that many times with the model's training views.
+        linear_solver: ``"auto"``, ``"lbfgs"`` or ``"streaming"`` for the ``linear`` protocol
+            (see :func:`e2mc.evaluate.linear.linear_probe`; the result names the one used).
     Returns:
         ``{protocol: {metric: value}}`` plus ``"meta"`` (checkpoint, dataset, seeds).
     """
+    from e2mc.evaluate.linear import SOLVERS
+
+    if linear_solver not in SOLVERS:
+        raise ConfigError(f"unknown linear_solver {linear_solver!r}; choose one of {', '.join(SOLVERS)}")
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown:
         raise ConfigError(f"unknown protocol(s) {unknown}; choose from {', '.join(PROTOCOLS)}")
@@ -125,7 +132,7 @@ def evaluate(
             out[p] = _lidar(model, test_ds, lidar_images, lidar_views, image_size, device, batch_size, seeds[0])
             continue
         out[p] = _run(p, model, train_f, test_f, train_ds, test_ds, seeds, ks, shots, epochs, device, batch_size,
-                      image_size)
+                      image_size, linear_solver)
     return out
 
 
@@ -140,7 +147,8 @@ def _lidar(model, dataset, n_images, n_views, image_size, device, batch_size, se
     return res
 
 
-def _run(p, model, train_f, test_f, train_ds, test_ds, seeds, ks, shots, epochs, device, batch_size, image_size):
+def _run(p, model, train_f, test_f, train_ds, test_ds, seeds, ks, shots, epochs, device, batch_size, image_size,
+         linear_solver="auto"):
     from e2mc.evaluate import metrics
 
     if p == "knn":
@@ -151,7 +159,8 @@ def _run(p, model, train_f, test_f, train_ds, test_ds, seeds, ks, shots, epochs,
     if p == "linear":
         from e2mc.evaluate.linear import linear_probe
 
-        return linear_probe(train_f["backbone"], train_f.labels, test_f["backbone"], test_f.labels, seed=seeds[0])
+        return linear_probe(train_f["backbone"], train_f.labels, test_f["backbone"], test_f.labels, seed=seeds[0],
+                            solver=linear_solver)
     if p == "fewshot":
         from e2mc.evaluate.fewshot import fewshot
 

@@ -5,7 +5,7 @@ so the same (labels, size, seed) always gives the same indices, on any device (t
 by a CPU generator; the indices live on the labels' device). ``fewshot`` fits an
 L2-regularised multinomial logistic regression on k labelled samples per class (features
 standardised with the k-shot set's statistics; a fixed penalty, since there is no data left to
-select one) and scores the full test set; this is repeated for every seed and summarised as the
+select one) and scores the full test set in row blocks; this is repeated for every seed and summarised as the
 mean with a 95% t-interval over seeds.
 
 Example:
@@ -23,7 +23,8 @@ import torch
 
 from e2mc.errors import DataError
 from e2mc.evaluate.knn import check_labelled
-from e2mc.evaluate.linear import _standardize, batched_logits, fit_logistic
+from e2mc.evaluate.linear import fit_logistic
+from e2mc.evaluate.streaming import accuracy_per_head
 from e2mc.evaluate.stats import summarize
 
 
@@ -87,9 +88,11 @@ def fewshot(
             idx = balanced_subset(train_y, per_class=int(k), seed=int(seed))
             if return_indices:
                 indices.setdefault(f"{k}shot", {})[str(seed)] = idx.tolist()
-            xs, xt = _standardize(train_x[idx].float(), test_x.float())
-            w, b = fit_logistic(xs, train_y[idx], c, [weight_decay], max_iter, tol=1e-6)  # as before issue 12
-            accs.append(float((batched_logits(xt, w, b)[:, 0].argmax(dim=1) == test_y).float().mean()))
+            sub = train_x[idx].float()
+            mean, std = sub.mean(dim=0), sub.std(dim=0).clamp_min(1e-6)  # as _standardize
+            w, b = fit_logistic((sub - mean) / std, train_y[idx], c, [weight_decay], max_iter, tol=1e-6)  # as before issue 12
+            # the test set is scored in row blocks (no float32 copy of a large memory-mapped test set)
+            accs.append(float(accuracy_per_head(test_x, test_y, None, w, b, mean, std)[0]))
         s = summarize(accs)
         out[key] = s.mean
         out[key + "_ci95"] = None if s.low is None else [s.low, s.high]

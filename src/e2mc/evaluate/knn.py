@@ -2,8 +2,12 @@
 
 Cosine similarity between L2-normalised features; each of the k nearest training samples votes
 for its label with weight ``exp(sim / T)``; the class with the largest summed weight wins.
-Several k are evaluated in one pass: the top ``max(ks)`` neighbours are found once per query
-chunk and sliced for each k.
+Several k are evaluated in one pass: the top ``max(ks)`` neighbours are found once and sliced
+for each k. The search streams over the training bank in chunks and keeps a running top-k for
+every query (memory ``n_test * k`` plus one ``chunk_size x bank_chunk`` similarity block; the full
+``n_test x n_train`` matrix is never held), so a memory-mapped fp16 bank of any size works.
+Neighbours with equal similarity are ordered by training index (the lower index first), so the
+result does not depend on the chunk sizes.
 
 Policy for bad input: a k larger than the number of training samples is clipped to that number
 with a warning, and the result is keyed by the k actually used (asking for k=200 with 84 training
@@ -37,13 +41,78 @@ def check_features(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
         raise DataError(f"{what}: {x.shape[0]} feature rows but labels of shape {tuple(y.shape)}; they must match")
     if x.shape[0] == 0:
         raise DataError(f"{what} set is empty; check the dataset split")
-    if not torch.isfinite(x).all():
+    if not all_finite(x):
         raise DataError(f"{what} features contain NaN/inf; re-extract them (the model or checkpoint may be broken)")
     if (y < 0).any():
         raise DataError(
             f"{what} labels are missing (-1) for {int((y < 0).sum())} samples; "
             "kNN/linear evaluation needs a labelled split (use a split with labels)"
         )
+
+
+def all_finite(x: torch.Tensor, rows: int = 65536) -> bool:
+    """``torch.isfinite(x).all()`` in row blocks (no N x D boolean copy of a large bank)."""
+    return all(bool(torch.isfinite(x[i : i + rows]).all()) for i in range(0, x.shape[0], rows))
+
+
+def _order(vals: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort rows given by similarity descending so that equal similarities are in ascending index
+    order (only the rows holding equal values are re-sorted)."""
+    rows = (vals[:, 1:] == vals[:, :-1]).any(dim=1).nonzero().flatten()
+    if rows.numel():
+        v, i = vals[rows], idx[rows]
+        o = i.argsort(dim=1)
+        v, i = v.gather(1, o), i.gather(1, o)
+        o = v.argsort(dim=1, descending=True, stable=True)
+        vals[rows], idx[rows] = v.gather(1, o), i.gather(1, o)
+    return vals, idx
+
+
+def _block_topk(sim: torch.Tensor, k: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of each row of a similarity block with ties broken by the lower column index,
+    returned ordered by (similarity descending, index ascending); indices shifted by ``offset``."""
+    k = min(k, sim.shape[1])
+    kk = min(k + 1, sim.shape[1])
+    vals, idx = sim.topk(kk, dim=1, largest=True, sorted=True)
+    # the (k+1)-th value equals the k-th: more columns than k reach it and topk may have picked
+    # any of them; take the lowest-index ones with a stable sort of those rows only
+    tied = (vals[:, k] == vals[:, k - 1]) if kk > k else torch.zeros(sim.shape[0], dtype=torch.bool, device=sim.device)
+    vals, idx = vals[:, :k], idx[:, :k]
+    if bool(tied.any()):
+        rows = tied.nonzero().flatten()
+        o = sim[rows].argsort(dim=1, descending=True, stable=True)[:, :k]
+        vals[rows], idx[rows] = sim[rows].gather(1, o), o
+    vals, idx = _order(vals, idx)
+    return vals, idx + offset
+
+
+def knn_topk(train_x: torch.Tensor, test_x: torch.Tensor, k: int, chunk_size: int = 1024,
+             bank_chunk: int = 32768) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine similarities and indices (n_test, k) of each query's k nearest training rows.
+
+    Streams the bank (``bank_chunk`` rows at a time, normalised in float32 on the bank's device)
+    and the queries (``chunk_size`` at a time), merging each block's top-k into a running top-k;
+    ties are broken by the lower training index. Rows of both may be any float dtype (fp16
+    memory-mapped banks are read chunk by chunk, never copied whole).
+    """
+    dev = train_x.device
+    n_test = test_x.shape[0]
+    best_v = torch.full((n_test, 0), float("-inf"), device=dev)
+    best_i = torch.zeros((n_test, 0), dtype=torch.long, device=dev)
+    queries = [F.normalize(test_x[s : s + chunk_size].to(dev).float(), dim=1) for s in range(0, n_test, chunk_size)]
+    for b0 in range(0, train_x.shape[0], bank_chunk):
+        bank = F.normalize(train_x[b0 : b0 + bank_chunk].to(dev).float(), dim=1)
+        new_v, new_i = [], []
+        for qi, q in enumerate(queries):
+            s = qi * chunk_size
+            v, i = _block_topk(q @ bank.T, k, b0)
+            # earlier chunks hold lower indices: a stable sort on similarity keeps index order
+            v, i = torch.cat([best_v[s : s + q.shape[0]], v], 1), torch.cat([best_i[s : s + q.shape[0]], i], 1)
+            o = v.argsort(dim=1, descending=True, stable=True)[:, :k]
+            new_v.append(v.gather(1, o))
+            new_i.append(i.gather(1, o))
+        best_v, best_i = torch.cat(new_v), torch.cat(new_i)
+    return best_v, best_i
 
 
 def check_labelled(train_x, train_y, test_x, test_y, what: str, num_classes: int | None = None):
@@ -73,6 +142,7 @@ def knn_classify(
     temperature: float = 0.07,
     chunk_size: int = 1024,
     num_classes: int | None = None,
+    bank_chunk: int = 32768,
 ) -> dict[int, float]:
     """Top-1 accuracy of temperature-weighted kNN for every k in ``ks``.
 
@@ -81,7 +151,9 @@ def knn_classify(
         train_y, test_y: (N,) int labels in ``[0, num_classes)``.
         ks: neighbour counts, evaluated together from one top-``max(ks)`` search.
         temperature: T in the vote weight ``exp(sim / T)``.
-        chunk_size: queries per similarity block; memory is about ``chunk_size * N_train * 4`` bytes.
+        chunk_size: queries per similarity block.
+        bank_chunk: training rows per similarity block; memory is about
+            ``chunk_size * bank_chunk * 4`` bytes plus ``n_test * max(ks) * 12`` for the running top-k.
         num_classes: defaults to ``max(label) + 1``.
 
     Returns:
@@ -100,20 +172,17 @@ def knn_classify(
     if temperature <= 0:
         raise DataError(f"kNN: temperature must be > 0, got {temperature}")
 
-    train_n = F.normalize(train_x.float(), dim=1)
-    test_n = F.normalize(test_x.float().to(train_n.device), dim=1)
-    train_y, test_y = train_y.to(train_n.device), test_y.to(train_n.device)
     kmax = ks[-1]
+    top_sim, top_idx = knn_topk(train_x, test_x, kmax, chunk_size, bank_chunk)
+    dev = top_sim.device
+    train_y, test_y = train_y.to(dev), test_y.to(dev)
     correct = {k: 0 for k in ks}
-    for start in range(0, test_n.shape[0], chunk_size):
-        q = test_n[start : start + chunk_size]
-        top_sim, top_idx = (q @ train_n.T).topk(kmax, dim=1, largest=True, sorted=True)
-        top_lab = train_y[top_idx]
-        weight = (top_sim / temperature).exp()
+    for start in range(0, top_sim.shape[0], chunk_size):
+        top_lab = train_y[top_idx[start : start + chunk_size]]
+        weight = (top_sim[start : start + chunk_size] / temperature).exp()
         target = test_y[start : start + chunk_size]
         for k in ks:
-            votes = torch.zeros(q.shape[0], c, dtype=weight.dtype, device=weight.device)
+            votes = torch.zeros(target.shape[0], c, dtype=weight.dtype, device=dev)
             votes.scatter_add_(1, top_lab[:, :k], weight[:, :k])
             correct[k] += int((votes.argmax(dim=1) == target).sum())
-    n_test = test_n.shape[0]
-    return {k: correct[k] / n_test for k in ks}
+    return {k: correct[k] / test_y.shape[0] for k in ks}

@@ -4,7 +4,9 @@
     training mean/std. A sweep of L2 penalties is trained in ONE pass as a batched model with a
     (H, D, C) weight tensor (full-batch L-BFGS); the penalty is selected on a seeded, stratified
     held-out split of the TRAINING set, the chosen setting is refitted on the full training set,
-    and the test set is scored once. The test set never influences the selection.
+    and the test set is scored once. The test set never influences the selection. For large
+    problems (``solver="auto"``: L-BFGS's memory estimate above 1 GiB) the same protocol runs with
+    the mini-batch solver of :mod:`e2mc.evaluate.streaming` (memory flat in N).
 (b) ``linear_probe_finetune``: the paper's protocol for large data (frozen backbone in eval mode,
     random-resized-crop + flip on the fly, SGD with momentum and a cosine schedule); reports the
     LAST epoch, never the best.
@@ -34,6 +36,24 @@ DEFAULT_WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 MAX_ITER = 1000  # L-BFGS iterations at most, a cap: the tolerance below normally stops it first
 # (the former fixed 100 left the strongest penalties short of it on digits and CIFAR-size features)
 GRAD_TOL = 1e-4  # converged: max |gradient| of the mean loss <= this (scikit-learn's default tol)
+SOLVERS = ("auto", "lbfgs", "streaming")
+LBFGS_MAX_BYTES = 1 << 30  # solver="auto": L-BFGS while its estimated working memory is at most this
+
+
+def lbfgs_bytes(n: int, d: int, c: int, h: int) -> int:
+    """Estimated working memory of the full-batch L-BFGS probe: logits, softmax and their
+    gradients for all penalties (4 x N x H x C floats) and standardised feature copies (3 x N x D)."""
+    return 4 * (4 * n * h * c + 3 * n * d)
+
+
+def choose_solver(solver: str, n: int, d: int, c: int, h: int) -> str:
+    """``"lbfgs"`` or ``"streaming"``: ``auto`` takes the exact L-BFGS solver when its working
+    memory (:func:`lbfgs_bytes`) is at most ``LBFGS_MAX_BYTES``, the streaming one otherwise."""
+    if solver not in SOLVERS:
+        raise DataError(f"linear probe: unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    if solver != "auto":
+        return solver
+    return "lbfgs" if lbfgs_bytes(n, d, c, h) <= LBFGS_MAX_BYTES else "streaming"
 
 
 def stratified_split(labels: torch.Tensor, val_fraction: float = 0.1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,8 +137,16 @@ def linear_probe(
     seed: int = 0,
     max_iter: int = MAX_ITER,
     num_classes: int | None = None,
+    solver: str = "auto",
+    streaming: dict | None = None,
 ) -> dict:
     """Logistic-regression probe with L2 selection on a held-out split of the training set.
+
+    ``solver``: ``"lbfgs"`` (exact, full batch), ``"streaming"`` (mini-batch heads, memory
+    independent of N: :mod:`e2mc.evaluate.streaming`, options in ``streaming``, e.g.
+    ``{"epochs": 10, "batch_size": 1024}``) or ``"auto"`` (:func:`choose_solver`); the result's
+    ``"solver"`` names the one used. The streaming solver reports ``converged: None`` (it runs a
+    fixed step budget; ``"streaming"`` holds its epochs, steps and step sizes).
 
     Returns ``{"top1": test accuracy of the refitted selected model, "val_top1": its held-out
     accuracy, "weight_decay": the selected penalty, "val_top1_per_weight_decay": {wd: acc},
@@ -133,12 +161,25 @@ def linear_probe(
     train_y, test_y, c = check_labelled(train_x, train_y, test_x, test_y, "linear probe", num_classes)
     if not weight_decays:
         raise DataError("linear probe: weight_decays is empty; pass at least one value")
-    train_x = train_x.float()
+    used = choose_solver(solver, train_x.shape[0], train_x.shape[1], c, len(weight_decays))
 
     # 1) selection on a split of the training set only
     tr_idx, va_idx = stratified_split(train_y, val_fraction, seed)
     if va_idx.numel() == 0:
         raise DataError("linear probe: too few training samples per class to hold out a validation split")
+    selection = f"held-out {val_fraction:.0%} stratified split of train (seed {seed})"
+    if used == "streaming":
+        from e2mc.evaluate.streaming import streaming_probe
+
+        r = streaming_probe(train_x, train_y, test_x, test_y, c, weight_decays, tr_idx.to(train_y.device),
+                            va_idx.to(train_y.device), seed=seed, **(streaming or {}))
+        return {"top1": r["top1"], "val_top1": float(r["val_acc"][r["best"]]),
+                "weight_decay": float(weight_decays[r["best"]]),
+                "val_top1_per_weight_decay": {float(v): float(a) for v, a in zip(weight_decays, r["val_acc"])},
+                "selection": selection, "selected_at_grid_edge": len(weight_decays) > 1 and r["best"] in (
+                    0, len(weight_decays) - 1), "seed": int(seed), "solver": "streaming", "converged": None,
+                "streaming": r["info"], "refit": {k: r["refit_info"][k] for k in ("epochs", "steps")}}
+    train_x = train_x.float()
     xtr, xva = _standardize(train_x[tr_idx], train_x[va_idx])
     w, b, info = fit_logistic(xtr, train_y[tr_idx], c, weight_decays, max_iter, return_info=True)
     val_acc = (batched_logits(xva, w, b).argmax(dim=2) == train_y[va_idx].view(-1, 1)).float().mean(dim=0)
@@ -162,10 +203,11 @@ def linear_probe(
         "val_top1": float(val_acc[best]),
         "weight_decay": wd,
         "val_top1_per_weight_decay": {float(v): float(a) for v, a in zip(weight_decays, val_acc)},
-        "selection": f"held-out {val_fraction:.0%} stratified split of train (seed {seed})",
+        "selection": selection,
         # the selected penalty is the grid's largest or smallest: widen ``weight_decays``
         "selected_at_grid_edge": len(weight_decays) > 1 and best in (0, len(weight_decays) - 1),
         "seed": int(seed),
+        "solver": "lbfgs",
         "converged": bool(converged),
         "convergence": {float(v): {"converged": ok, "grad_max": g}
                         for v, ok, g in zip(weight_decays, info["converged"], info["grad_max"])},

@@ -1,0 +1,168 @@
+"""Time and peak memory of extraction-free evaluation (kNN, linear probe) at growing N (issue 17).
+
+Features are SYNTHETIC and class-structured (class means ``randn(C, D)`` plus Gaussian noise),
+stored as a float16 memory-mapped ``.npy`` file, as the feature cache would hold them. Each
+configuration runs in a fresh subprocess; its peak memory is ``resource.getrusage(RUSAGE_SELF)
+.ru_maxrss`` (torch allocations included; tracemalloc would miss them), reported with the
+process's resident memory before the evaluation started (interpreter, torch, the mapped features
+it touched while writing them).
+
+    PYTHONPATH=src python3 benchmarks/bench_eval_scale.py --out benchmarks/results/eval_scale.md
+
+Options choose the sizes; ``--quick`` runs a tiny grid (a smoke test of the script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def make_features(path: str, n: int, d: int, c: int, seed: int, chunk: int = 16384):
+    """Class-structured synthetic features as a float16 .npy memmap, written in row blocks."""
+    import numpy as np
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(c, d, generator=torch.Generator().manual_seed(1234))
+    labels = torch.randint(0, c, (n,), generator=g)
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, d))
+    for s in range(0, n, chunk):
+        y = labels[s : s + chunk]
+        mm[s : s + len(y)] = (centers[y] + 2.0 * torch.randn(len(y), d, generator=g)).half().numpy()
+    mm.flush()
+    del mm
+    return torch.from_numpy(np.load(path, mmap_mode="r")), labels
+
+
+def one(args) -> dict:
+    """Run one configuration in this process and return its measurements."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    tmp = tempfile.mkdtemp(prefix="e2mc_scale_")
+    try:
+        xtr, ytr = make_features(os.path.join(tmp, "train.npy"), args.n, args.d, args.c, seed=0)
+        xte, yte = make_features(os.path.join(tmp, "test.npy"), args.n_test, args.d, args.c, seed=1)
+        rss0 = _rss_mb()
+        t0 = time.perf_counter()
+        if args.what == "knn":
+            from e2mc.evaluate.knn import knn_classify
+
+            res = knn_classify(xtr, ytr, xte, yte, ks=(20,), num_classes=args.c)
+        elif args.what == "knn_old":  # the implementation before issue 17 (full query x bank blocks)
+            sys.path.insert(0, args.old_src)
+            from knn_old import knn_classify as old
+
+            res = old(xtr.float(), ytr, xte.float(), yte, ks=(20,), num_classes=args.c)
+        else:
+            from e2mc.evaluate.linear import linear_probe
+
+            wds = tuple(float(v) for v in args.wds.split(","))
+            res = linear_probe(xtr, ytr, xte, yte, weight_decays=wds, solver="streaming", num_classes=args.c,
+                               streaming={"epochs": args.epochs, "min_steps": 0})
+            res = {"top1": res["top1"], "weight_decay": res["weight_decay"], "epochs": res["streaming"]["epochs"]}
+        dt = time.perf_counter() - t0
+    finally:
+        for f in os.listdir(tmp):
+            os.remove(os.path.join(tmp, f))
+        os.rmdir(tmp)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"what": args.what, "n": args.n, "n_test": args.n_test, "d": args.d, "c": args.c, "seconds": dt,
+            "rss_before_mb": rss0, "peak_mb": peak, "features_mb": (args.n + args.n_test) * args.d * 2 / 2**20,
+            "result": res}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--what", default="knn")
+    p.add_argument("--n", type=int, default=50000)
+    p.add_argument("--n-test", type=int, default=1000)
+    p.add_argument("--d", type=int, default=2048)
+    p.add_argument("--c", type=int, default=1000)
+    p.add_argument("--wds", default="1e-4,1e-3")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--old-src", default="")
+    p.add_argument("--knn-ns", default="50000,200000")
+    p.add_argument("--linear-ns", default="20000,50000")
+    p.add_argument("--old-knn-n", type=int, default=50000, help="also run the pre-issue-17 kNN at this N (0: no)")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(one(args)))
+        return 0
+    if args.quick:
+        args.knn_ns, args.linear_ns, args.d, args.c, args.n_test, args.old_knn_n = "2000,4000", "2000,4000", 64, 10, 200, 2000
+    here = os.path.dirname(os.path.abspath(__file__))
+    old_src = tempfile.mkdtemp(prefix="e2mc_oldknn_")
+    with open(os.path.join(old_src, "knn_old.py"), "w") as f:  # kNN as it was before issue 17
+        f.write(subprocess.run(["git", "show", "7aed61f:src/e2mc/evaluate/knn.py"], cwd=here, capture_output=True,
+                               text=True, check=True).stdout)
+    runs = ([("knn", int(n)) for n in args.knn_ns.split(",") if n] +
+            [("linear", int(n)) for n in args.linear_ns.split(",") if n])
+    if args.old_knn_n:
+        runs.insert(1, ("knn_old", args.old_knn_n))
+    rows = []
+    for what, n in runs:
+        cmd = [sys.executable, os.path.abspath(__file__), "--one", "--what", what, "--n", str(n), "--n-test",
+               str(args.n_test), "--d", str(args.d), "--c", str(args.c), "--wds", args.wds, "--epochs",
+               str(args.epochs), "--threads", str(args.threads), "--old-src", old_src]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode:
+            print(r.stderr[-2000:], file=sys.stderr)
+            return 1
+        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    md = render(rows, args)
+    if args.out:
+        tmp = args.out + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(md)
+        os.replace(tmp, args.out)
+    print(md)
+    return 0
+
+
+def render(rows, args) -> str:
+    lines = [
+        "# Evaluation at scale: time and peak memory (issue 17)",
+        "",
+        "SYNTHETIC class-structured features (class means randn(C, D) + 2.0 x Gaussian noise), float16 "
+        "memory-mapped .npy files; D = %d, C = %d classes, %d test points; %s." % (args.d, args.c, args.n_test, (
+            "kNN k=20, T=0.07; linear: streaming solver, %d penalties (%s) as heads, %d epoch(s) of the sweep "
+            "+ %d epoch(s) of the refit, batch 1024" % (len(args.wds.split(",")), args.wds, args.epochs, args.epochs))),
+        "",
+        "Machine: %s, %d CPU cores shared with other jobs (load varied), torch threads %d, Python %s." % (
+            platform.processor() or platform.machine(), os.cpu_count(), args.threads, platform.python_version()),
+        "Command: `PYTHONPATH=src python3 benchmarks/bench_eval_scale.py %s`" % " ".join(sys.argv[1:]),
+        "",
+        "| protocol | N | time (s) | peak RSS (MB) | RSS before eval (MB) | features on disk (MB) | result |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        name = {"knn": "kNN (streamed)", "knn_old": "kNN (before issue 17)", "linear": "linear (streaming)"}[r["what"]]
+        lines.append(f"| {name} | {r['n']:,} | {r['seconds']:.1f} | {r['peak_mb']:.0f} | {r['rss_before_mb']:.0f} | "
+                     f"{r['features_mb']:.0f} | {json.dumps(r['result'])} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
