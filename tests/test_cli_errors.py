@@ -178,11 +178,13 @@ def test_auto_resume_restarts_only_its_own_run_killed_before_a_checkpoint(tmp_pa
     shutil.rmtree(run / "checkpoints")  # as if killed before its first checkpoint: config.yaml, no .pt
     before = (run / "config.yaml").read_text()
     code, _, err = cli(*argv, "--set", "optim.lr=0.123")  # another run's settings: refused, nothing deleted
-    assert code == 2 and "already holds a run" in err, err
+    assert code == 2 and "is not this run's" in err and "nothing was changed" in err, err
     assert (run / "config.yaml").read_text() == before
     code, _, err = cli(*argv)  # the same command again: the run starts over
     assert code == 0 and "starting it again" in err, err
     assert (run / "checkpoints" / "last.pt").is_file()
+    kept = list((run / "stopped").glob("*/config.yaml"))  # the stopped attempt's files, set aside
+    assert len(kept) == 1 and kept[0].read_text() == before
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

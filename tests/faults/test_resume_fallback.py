@@ -69,10 +69,16 @@ def test_no_usable_checkpoint_deletes_nothing(runs, tmp_path):
         Trainer(tiny_config(run, "out.resume=true"), quiet=True)
     (run / "checkpoints" / "last.pt").unlink()
     before = _snapshot(run)
-    with pytest.raises(ConfigError, match=r"holds config.yaml, metrics.csv but no checkpoint.*nothing was "
-                                          r"changed.*out.overwrite=true.*another --out"):
-        Trainer(tiny_config(run, "out.resume=true"), quiet=True)
+    with pytest.raises(ConfigError, match=r"holds config.yaml, metrics.csv but no checkpoint.*not this run's.*"
+                                          r"nothing was changed.*out.overwrite=true.*another --out"):
+        Trainer(tiny_config(run, "out.resume=true", "optim.lr=0.07"), quiet=True)  # another run's settings
     assert _snapshot(run) == before  # metrics.csv and config.yaml untouched
+    metrics, config = (run / "metrics.csv").read_bytes(), (run / "config.yaml").read_bytes()
+    Trainer(tiny_config(run, "out.resume=true", "train.max_steps=1"), quiet=True).fit()  # this run: starts again
+    kept = list((run / "stopped").iterdir())
+    assert len(kept) == 1 and (kept[0] / "metrics.csv").read_bytes() == metrics  # set aside, not deleted
+    assert (kept[0] / "config.yaml").read_bytes() == config
+    assert [r["step"] for r in read_metrics(run / "metrics.csv")] == ["0", "1"]
     Trainer(tiny_config(run, "out.overwrite=true", "train.max_steps=1"), quiet=True).fit()  # asked for: replaced
     assert [r["step"] for r in read_metrics(run / "metrics.csv")] == ["0", "1"]
 

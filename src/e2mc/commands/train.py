@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 _SHORTCUTS = (  # (flag, config key, type)
     ("--dataset", "data.dataset", str), ("--arch", "model.arch", str), ("--epochs", "train.epochs", int),
@@ -80,29 +79,6 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
     return out + list(args.overrides)
 
 
-def _restart_if_same_run(cfg) -> None:
-    """``--auto-resume`` on a folder whose run stopped before its first checkpoint: start that run
-    again (``out.overwrite``) when its stored config is this one's, else leave the refusal to the
-    trainer (nothing is deleted for a different run)."""
-    import yaml
-
-    from e2mc.errors import ConfigError
-    from e2mc.train.run import check_resume_config
-
-    stored = os.path.join(cfg.out.dir, "config.yaml")
-    if not os.path.isfile(stored):
-        return
-    try:
-        with open(stored) as f:
-            old = yaml.safe_load(f) or {}
-        check_resume_config(old, cfg)
-    except (OSError, yaml.YAMLError, ConfigError):
-        return
-    print(f"--auto-resume: {cfg.out.dir} holds this run, stopped before its first checkpoint; starting it again",
-          file=sys.stderr)
-    cfg.out.overwrite = True
-
-
 def run(args: argparse.Namespace) -> int:
     """Resolve the config and train; print the run folder."""
     from e2mc.config import load_config
@@ -115,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--auto-resume needs the run folder: `e2mc {args.mode} ... --out RUN_DIR --auto-resume`")
         import glob
 
-        args.resume = args.resume or bool(glob.glob(os.path.join(glob.escape(args.out), "checkpoints", "*.pt")))
+        args.resume = args.resume or os.path.isfile(os.path.join(args.out, "config.yaml")) \
+            or bool(glob.glob(os.path.join(glob.escape(args.out), "checkpoints", "*.pt")))
     if args.config and not os.path.isfile(args.config):
         raise ConfigError(f"--config {args.config}: no such file; check the path or use --recipe NAME")
     if args.resume and source is None:  # resume with the run's own config
@@ -137,8 +114,6 @@ def run(args: argparse.Namespace) -> int:
 
         args.method = checkpoint_method(args.checkpoint)  # continue the checkpoint's own method
     cfg = load_config(source, overrides_from_args(args))
-    if args.auto_resume and not args.resume:
-        _restart_if_same_run(cfg)
     trainer = Trainer(cfg)
     run_dir = trainer.fit()
     main = trainer.dist.is_main  # under torchrun, only rank 0 speaks

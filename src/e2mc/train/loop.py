@@ -70,8 +70,10 @@ class TrainerSetup(R.RunFolderMixin):
         """Lock the run folder (rank 0) before touching any file in it, then find the checkpoint to
         resume (``(path, state)``) or make the folder ready for a new run (``None``).
 
-        Nothing is deleted unless ``out.overwrite``; a folder that holds run files but no usable
-        checkpoint is refused on ``--resume``.
+        Nothing is deleted unless ``out.overwrite``. On ``--resume``, a folder whose run stopped
+        before its first checkpoint (no checkpoint file, and its config.yaml is this run's) starts the
+        run again, its files moved to ``stopped/<time>/``; run files of another run, or checkpoint
+        files none of which is usable, are refused.
         """
         cfg, path = self.cfg, self.run_dir
         R.check_out_path(path)
@@ -87,18 +89,21 @@ class TrainerSetup(R.RunFolderMixin):
 
         D.main_first(self.dist, lock)
         try:
-            found = None
+            found, restart = None, False
             if cfg.out.resume:
                 found = R.find_resume_checkpoint(path)  # every rank reads the same files
-                if found is None:
+                if found is None and R.stored_config_matches(path, cfg):
+                    restart = True  # this run, stopped before its first checkpoint: start it again
+                elif found is None:
                     files = ", ".join(R.run_files(path)) or "no run files"
                     raise ConfigError(
-                        f"--resume: {path} holds {files} but no checkpoint (the run stopped before its first "
-                        "checkpoint, or its checkpoints were removed); nothing was changed. Start it again without --resume and with --set "
-                        "out.overwrite=true (replaces these files), or choose another --out")
-                ckpt, _, passed = found
-                if passed:
-                    self.log(f"--resume: {'; '.join(passed)}; resuming from {ckpt} instead")
+                        f"--resume: {path} holds {files} but no checkpoint, and its config.yaml is not this "
+                        "run's; nothing was changed. Resume with the run's own settings (drop --config/--set), "
+                        "start it again with --set out.overwrite=true (replaces these files), or choose another --out")
+                else:
+                    ckpt, _, passed = found
+                    if passed:
+                        self.log(f"--resume: {'; '.join(passed)}; resuming from {ckpt} instead")
             else:  # every rank checks before rank 0 creates anything
                 R.check_run_dir(path, cfg.out.overwrite)
 
@@ -106,6 +111,10 @@ class TrainerSetup(R.RunFolderMixin):
                 removed = R.remove_temp_files(path)
                 if removed:
                     self.log(f"removed {len(removed)} temp file(s) left by an interrupted write: {', '.join(removed)}")
+                if restart:
+                    kept = R.set_aside_attempt(path)
+                    self.log(f"--resume: {path} has no checkpoint yet (the run stopped before its first one); "
+                             f"starting it again{f' (the stopped attempt’s files are kept in {kept})' if kept else ''}")
                 R.prepare_run_dir(path, found is not None, cfg.out.overwrite)
 
             D.main_first(self.dist, tidy)

@@ -552,6 +552,35 @@ RESUME_KEYS = (("method", "name"), ("data", "dataset"), ("optim", "batch_size"),
 SCHEDULE_KEYS = (("train", "epochs"), ("optim", "warmup_epochs"))
 
 
+def stored_config_matches(run_dir: str | Path, cfg: Any) -> bool:
+    """True when ``run_dir/config.yaml`` is readable and describes the same run as ``cfg``
+    (``check_resume_config`` passes)."""
+    try:
+        with open(Path(run_dir) / "config.yaml") as f:
+            stored = yaml.safe_load(f) or {}
+        check_resume_config(stored, cfg)
+    except (OSError, yaml.YAMLError, ConfigError, AttributeError):
+        return False
+    return True
+
+
+def set_aside_attempt(run_dir: str | Path) -> Path | None:
+    """Move the run files of an attempt that left no checkpoint into ``run_dir/stopped/<time>/``
+    (nothing is deleted); the folder it made, or None when there was nothing to move."""
+    path = Path(run_dir)
+    files = [f for f in run_files(path) if f != "checkpoints"]
+    if not files:
+        return None
+    dest = path / "stopped" / time.strftime("%Y%m%d-%H%M%S")
+    try:
+        dest.mkdir(parents=True, exist_ok=False)
+        for f in files:
+            os.replace(path / f, dest / f)
+    except OSError as exc:
+        raise io_error("set aside the files of the stopped attempt in", dest, exc) from None
+    return dest
+
+
 def check_resume_config(stored: dict, cfg: Any) -> None:
     """``ConfigError`` when the settings that define a run differ from the checkpoint's."""
     if stored.get("mode") and stored["mode"] != cfg.mode:
