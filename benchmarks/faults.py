@@ -93,6 +93,27 @@ elif kind in ("metrics_enospc", "erofs"):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
         return real_mkdir(path, *a, **k)
     builtins.open, io.open, os.mkdir = fopen, fopen, mkdir
+    # e2mc appends to metrics.csv (and makes temp files) with os.open / os.write: fault those too
+    real_osopen, real_write, real_close, fds = os.open, os.write, os.close, set()
+    def osopen(path, flags, *a, **k):
+        writing = flags & (os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT)
+        if writing and kind == "erofs" and bad(path):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        fd = real_osopen(path, flags, *a, **k)
+        if writing and bad(path) and "metrics" in str(path):
+            fds.add(fd)
+        return fd
+    def oswrite(fd, data):
+        if fd in fds and kind == "metrics_enospc":
+            calls["n"] += 1
+            if calls["n"] >= n:  # half the row reaches the disk, then it is full
+                real_write(fd, bytes(data)[: len(data) // 2])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+    def osclose(fd):
+        fds.discard(fd)
+        return real_close(fd)
+    os.open, os.write, os.close = osopen, oswrite, osclose
 sys.argv = ["e2mc"] + sys.argv[1:]
 runpy.run_module("e2mc", run_name="__main__")
 """
