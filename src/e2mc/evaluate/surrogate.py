@@ -23,7 +23,8 @@ def augmented_embeddings(model, dataset, *, n_images: int = 500, n_views: int = 
     from e2mc.methods import get_method
 
     if n_views < 2 or n_images < 2:
-        raise ConfigError(f"lidar needs at least 2 images and 2 views per image, got {n_images} x {n_views}")
+        raise ConfigError(f"lidar needs at least 2 images and 2 views per image, got {n_images} x {n_views}; "
+                          "raise --lidar-images / --lidar-views (Python: lidar_images=, lidar_views=)")
     n = min(int(n_images), len(dataset))
     if n < 2:
         raise ConfigError(f"lidar needs at least 2 images; the dataset has {len(dataset)}")
