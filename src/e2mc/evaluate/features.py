@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -258,19 +257,15 @@ def _load_entry(entry: Path, which: Sequence[str], n: int):
 
 
 def _save_atomic(entry: Path, fs: FeatureSet) -> None:
-    """Write a cache entry through a temp file + ``os.replace``; a failed write only warns (the cache
-    is an optimisation: the features are still returned)."""
+    """Write a cache entry atomically (``models.export.atomic_write``); a failed write only warns (the
+    cache is an optimisation: the features are still returned)."""
     from safetensors.torch import save_file
 
-    tmp = None
+    from e2mc.errors import CheckpointError
+    from e2mc.models.export import atomic_write
+
+    tensors = {**{k: v.contiguous() for k, v in fs.features.items()}, "__labels__": fs.labels.contiguous()}
     try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.name}.", suffix=".tmp")
-        os.close(fd)
-        save_file({**{k: v.contiguous() for k, v in fs.features.items()}, "__labels__": fs.labels.contiguous()}, tmp)
-        os.replace(tmp, entry)
-    except OSError as exc:
+        atomic_write(entry, lambda tmp: save_file(tensors, tmp))
+    except CheckpointError as exc:  # atomic_write's one-line form of an OSError
         log.warning("could not write the feature cache entry %s (%s); continuing without caching it", entry, exc)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
