@@ -23,6 +23,7 @@ from typing import Any, Optional
 import yaml
 
 from e2mc.errors import ConfigError
+from e2mc.recipes import recipe_path
 
 METHOD_NAMES = ("vicreg", "swav", "simsiam")
 ADDON_NAMES = ("e2mc", "vc", "uniformity", "mmcr", "none")
@@ -416,6 +417,4 @@ def _read_source(src: str) -> str:
     if path.suffix in (".yaml", ".yml") or "/" in src:
         raise ConfigError(f"config file {src} not found; check the path or use a recipe name "
                           "(`e2mc recipes` lists them)")
-    from e2mc.recipes import recipe_path
-
     return recipe_path(src).read_text()

@@ -3,7 +3,7 @@ import torch
 
 from e2mc.config import E2MC_DEFAULTS, RunConfig, load_config
 from e2mc.errors import ConfigError
-from e2mc.recipes import list_recipes, load_recipe, recipe_path
+from e2mc.recipes import list_recipes, recipe_path
 from e2mc.train.run import prepare_run_dir
 
 
@@ -69,12 +69,12 @@ def test_recipes_load():
     for n in ("vicreg_e2mc_imagenet", "swav_e2mc_imagenet", "simsiam_e2mc_imagenet",
               "digits_vicreg_pretrain", "digits_vicreg_e2mc", "cifar10_vicreg_pretrain", "cifar10_vicreg_e2mc"):
         assert n in names and names[n]
-    v = load_recipe("vicreg_e2mc_imagenet")
+    v = load_config("vicreg_e2mc_imagenet")
     assert v.mode == "continue" and v.optim.schedule == "constant" and v.optim.name == "lars"
     assert v.optim.batch_size * 2 == 512 and v.addon.entropy_weight == 10 and v.addon.transform == "sigmoid"
-    s = load_recipe("swav_e2mc_imagenet")
+    s = load_config("swav_e2mc_imagenet")
     assert s.addon.transform == "gaussian_cdf" and s.method.freeze_prototypes_iters > 0
-    assert load_recipe("simsiam_e2mc_imagenet").addon.cov_weight == 25
+    assert load_config("simsiam_e2mc_imagenet").addon.cov_weight == 25
 
 
 def test_output_folder_holding_a_run(tmp_path):

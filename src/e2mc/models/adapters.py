@@ -3,7 +3,8 @@
 Each adapter recognises a loaded checkpoint object (``detect(obj) -> score in [0, 1]``), splits
 it into backbone + heads in e2mc naming (``split(obj) -> Parts``) and writes a model back in its
 layout (``pack(backbone, heads, meta) -> obj``). Building the model and checking keys/shapes is
-shared (:mod:`e2mc.models.checkpoints`), so ``to_model`` / ``export`` are thin.
+shared: :func:`e2mc.models.checkpoints.model_from_parts` and :func:`e2mc.models.export.export_model`
+use the registry; adapters import neither (no import circle).
 
 =============  =====================================================================================
 format         layout
@@ -96,18 +97,6 @@ class Adapter:
         keys = set(obj) if isinstance(obj, dict) else set()
         want = set(self.expected)
         return len(keys & want) / max(1, len(keys | want))
-
-    def to_model(self, obj, arch=None, method=None, **kw):
-        """``(SSLModel, LoadReport)`` from a loaded object in this layout (see ``load_model``)."""
-        from e2mc.models.checkpoints import model_from_parts
-
-        return model_from_parts(self.split(obj), fmt=self.name, arch=arch, method=method, **kw)
-
-    def export(self, model, report, path, **kw):
-        """Write ``model`` in this layout to ``path`` (see ``export_model``)."""
-        from e2mc.models.export import export_model
-
-        return export_model(model, report, path, format=self.name, **kw)
 
 
 class E2MCAdapter(Adapter):

@@ -1,5 +1,6 @@
-"""Bundled training recipes (YAML). ``list_recipes()`` names them; ``load_recipe(name)`` gives a
-``RunConfig``. Each file's header comment says where its numbers come from."""
+"""Bundled training recipes (YAML). ``list_recipes()`` names them; ``recipe_path(name)`` finds one
+(``e2mc.config.load_config(name)`` reads it as a ``RunConfig``). Data only: this package imports
+nothing of e2mc but its errors. Each file's header comment says where its numbers come from."""
 
 from __future__ import annotations
 
@@ -45,10 +46,3 @@ def recipe_path(name: str) -> Path:
         raise ConfigError(f"unknown recipe {name!r}.{hint} Available: {', '.join(_names())} "
                           "(`e2mc recipes` lists them; or pass a YAML file path)")
     return path
-
-
-def load_recipe(name: str, overrides: list[str] | dict | None = None):
-    """The recipe ``name`` as a resolved ``RunConfig`` (plus optional overrides)."""
-    from e2mc.config import load_config
-
-    return load_config(recipe_path(name), overrides)
