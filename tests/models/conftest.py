@@ -1,6 +1,7 @@
 """Fixtures for tests/models: checkpoints with the published key names and shapes.
 
-Key names and shapes are written out by hand from the published layouts (DESIGN.md), not with
+Key names and shapes are written out by hand from the published layouts (the official repositories' code, summarised in
+e2mc.models.adapters' table), not with
 e2mc's own head builders, so the tests check e2mc against the layouts, not against itself.
 """
 

@@ -3,7 +3,7 @@ the off-diagonal covariance penalty and the input checks.
 
 Pure math: no I/O, no globals beyond the constant transform table. Everything is computed in
 float32 with autocast disabled, whatever the input dtype (fp16/bf16 ties would otherwise give
-zero spacings and huge gradients; see DESIGN.md).
+zero spacings and huge gradients; docs/architecture.md, "Criteria call convention").
 
 The m-spacing estimator
 -----------------------
