@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from e2mc.data.datasets import (ArrayDataset, DatasetInfo, balanced_subset, build_dataset,
-                                channel_stats, make_loader)
+from e2mc.data.datasets import ArrayDataset, DatasetInfo, build_dataset, channel_stats, first_per_class
+from e2mc.train.distributed import ShardedEpochSampler
 from e2mc.errors import DataError
 
 CIFAR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "cifar10")
@@ -73,7 +73,7 @@ def test_limit_is_class_balanced():
     counts = Counter(ds.targets)
     assert len(ds) == 25 and ds.info.num_samples == 25
     assert sorted(counts.values()) == [2] * 5 + [3] * 5
-    assert balanced_subset([1, 1, 0, 0, 0, 2], 4) == [0, 2, 3, 5]
+    assert first_per_class([1, 1, 0, 0, 0, 2], 4) == [0, 2, 3, 5]
 
 
 def test_torchvision_cifar_missing_files_says_download(tmp_path):
@@ -100,18 +100,20 @@ def test_bad_arguments():
         ArrayDataset(torch.zeros(2, 3, 4, 4), [0, 1], [], None)
 
 
-def test_loader_deterministic_per_epoch():
-    ds = build_dataset("digits", "test", image_size=8)
-    def order(epoch, seed=3):
-        ld = make_loader(ds, 64, shuffle=True, seed=seed, drop_last=True)
-        ld.sampler.set_epoch(epoch)
-        return torch.cat([y for _, y in ld]).tolist(), len(ld)
-    a, n = order(0)
-    assert n == len(ds) // 64 and len(a) == n * 64
-    assert order(0)[0] == a and order(1)[0] != a and order(0, seed=4)[0] != a
-    ld = make_loader(ds, 100, shuffle=False, seed=0, drop_last=False)
-    xb, yb = next(iter(ld))
-    assert xb.shape == (100, 3, 8, 8) and yb.tolist() == ds.targets[:100]
+def test_training_sampler_deterministic_per_epoch_and_sharded():
+    """The trainer's sampler: order fixed by (seed, epoch); ranks split each global batch."""
+    def order(epoch, seed=3, rank=0, world=1, start=0):
+        s = ShardedEpochSampler(100, 8, seed, rank=rank, world_size=world)
+        s.set_epoch(epoch, start)
+        return list(s)
+    a = order(0)
+    assert len(a) == 96 and len(set(a)) == 96  # 12 full batches, no repeats, the rest dropped
+    assert order(0) == a and order(1) != a and order(0, seed=4) != a
+    assert a == torch.randperm(100, generator=torch.Generator().manual_seed(3))[:96].tolist()
+    r0, r1 = order(0, rank=0, world=2), order(0, rank=1, world=2)  # 6 global batches of 16
+    assert len(r0) == len(r1) == 48 and not set(r0) & set(r1)
+    assert r0[:8] + r1[:8] == a[:16] and r0[8:16] + r1[8:16] == a[16:32]
+    assert order(0, start=3) == a[24:]  # mid-epoch resume skips whole batches
 
 
 @pytest.mark.skipif(not os.path.isdir(CIFAR), reason="shared CIFAR-10 folder not present")

@@ -12,11 +12,9 @@ API summary
 - ``ArrayDataset(images, targets, classes, info)``: in-memory uint8 (N, 3, H, W) images.
 - ``DatasetInfo``: name, split, num_classes, image_size, mean, std (floats in [0, 1] scale),
   num_samples.
-- ``balanced_subset(targets, limit)``: indices of the first ``limit`` samples in class-balanced
-  (round-robin over classes) order, returned sorted.
-- ``make_loader(dataset, batch_size, *, shuffle, seed, drop_last, num_workers=0,
-  distributed=False)``: a DataLoader whose sampler has ``set_epoch(epoch)``; the order depends
-  only on (seed, epoch) (and rank/world size when distributed).
+- ``first_per_class(targets, limit)``: indices of the first ``limit`` samples in class-balanced
+  (round-robin over classes) order, returned sorted (``data.limit``; not a random draw: that is
+  :func:`e2mc.evaluate.fewshot.balanced_subset`).
 
 Folders whose decoded size at ``image_size`` is at most ``max_memory_gb`` are decoded once into
 an ``ArrayDataset`` and cached as ``.npy`` (see ``folder.py``); larger ones (ImageNet) become a
@@ -36,7 +34,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from ..errors import DataError
 from . import folder as _folder
@@ -122,7 +120,7 @@ def channel_stats(images: torch.Tensor):
     return tuple(mean), tuple(std)
 
 
-def balanced_subset(targets: Sequence[int], limit: int) -> list[int]:
+def first_per_class(targets: Sequence[int], limit: int) -> list[int]:
     """First ``limit`` indices in class-balanced round-robin order (classes sorted), sorted."""
     if limit is None or limit >= len(targets):
         return list(range(len(targets)))
@@ -224,7 +222,7 @@ def _imagenet(root: str, split: str, image_size) -> Dataset:
 
 def _image_folder(path, split, image_size, cache_dir, on_error, limit, max_memory_gb):
     scan = _folder.scan_folder(path, split)
-    keep = balanced_subset(scan.targets, limit) if limit else range(len(scan.paths))
+    keep = first_per_class(scan.targets, limit) if limit else range(len(scan.paths))
     paths = [scan.paths[i] for i in keep]
     targets = [scan.targets[i] for i in keep]
     name = os.path.basename(os.path.normpath(path)) or "folder"
@@ -282,7 +280,7 @@ def build_dataset(spec, split: str = "train", *, root=None, image_size=None, cac
         ds = _splits.split_dataset(spec, split, lambda s, sp: build_dataset(
             s, sp, root=root, image_size=image_size, cache_dir=cache_dir, on_error=on_error,
             download=download, max_memory_gb=max_memory_gb))
-        return ds.subset(balanced_subset(ds.targets, limit)) if limit else ds
+        return ds.subset(first_per_class(ds.targets, limit)) if limit else ds
     if key == "digits":
         ds = _digits(split, image_size)
     elif key in _STATS:
@@ -294,51 +292,10 @@ def build_dataset(spec, split: str = "train", *, root=None, image_size=None, cac
         raise DataError(f"Unknown dataset {spec!r}: use 'digits', 'cifar10', 'cifar100', "
                         "'stl10', 'imagenet' or the path of an image folder.")
     if limit and isinstance(ds, ArrayDataset):
-        ds = ds.subset(balanced_subset(ds.targets, limit))
+        ds = ds.subset(first_per_class(ds.targets, limit))
     elif limit:
-        keep = balanced_subset(ds.targets, limit)
+        keep = first_per_class(ds.targets, limit)
         ds.samples = [ds.samples[i] for i in keep]
         ds.targets = [ds.targets[i] for i in keep]
         ds.info.num_samples = len(keep)
     return ds
-
-
-class EpochSampler(Sampler):
-    """Indices in order, or permuted by a generator seeded with ``seed + epoch``."""
-
-    def __init__(self, n: int, shuffle: bool, seed: int):
-        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, int(seed), 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the permutation of ``epoch`` (call before iterating)."""
-        self.epoch = int(epoch)
-
-    def __iter__(self):
-        if not self.shuffle:
-            return iter(range(self.n))
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
-def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool,
-                num_workers: int = 0, distributed: bool = False, pin_memory=None) -> DataLoader:
-    """DataLoader with a deterministic sampler; call ``loader.sampler.set_epoch(e)`` each epoch.
-
-    With ``distributed=True`` the sampler is a ``DistributedSampler`` (same seed on every rank).
-    Worker seeds come from a generator seeded with ``seed``.
-    """
-    if batch_size < 1:
-        raise DataError(f"batch_size must be >= 1, got {batch_size}.")
-    if distributed:
-        from torch.utils.data.distributed import DistributedSampler
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
-    else:
-        sampler = EpochSampler(len(dataset), shuffle, seed)
-    g = torch.Generator().manual_seed(int(seed))
-    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                      num_workers=num_workers, generator=g, pin_memory=pin,
-                      persistent_workers=num_workers > 0)

@@ -47,19 +47,6 @@ def sub(sd: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
-def common_prefix(keys) -> str:
-    """Longest dotted prefix shared by all keys (``"model.module."``), or ``""``."""
-    parts = [k.split(".")[:-1] for k in keys]
-    if not parts:
-        return ""
-    out = []
-    for tokens in zip(*parts):
-        if len(set(tokens)) != 1:
-            break
-        out.append(tokens[0])
-    return "".join(t + "." for t in out)
-
-
 def flat_kind(sd: dict) -> str:
     """Kind of a flat dict whose ``module.`` prefix was already removed."""
     tops = {k.split(".", 1)[0] for k in sd}
