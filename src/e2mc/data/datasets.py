@@ -36,9 +36,9 @@ from typing import Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import DataError
-from . import folder as _folder
-from . import splits as _splits
+from e2mc.errors import DataError
+from e2mc.data import folder as _folder
+from e2mc.data import splits as _splits
 
 log = logging.getLogger(__name__)
 

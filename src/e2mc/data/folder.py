@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import DataError
+from e2mc.errors import DataError
 
 log = logging.getLogger(__name__)
 # torchvision 0.29 deprecates its image codecs in favour of torchcodec; they still work and are

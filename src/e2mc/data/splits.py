@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..errors import DataError
+from e2mc.errors import DataError
 
 FORMAT = "e2mc-split"
 

@@ -52,7 +52,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, DataError
+from e2mc.errors import ConfigError, DataError
 
 RECIPES = ("vicreg", "simsiam", "swav")
 

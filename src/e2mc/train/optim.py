@@ -36,7 +36,7 @@ from typing import Any, Iterable, Union
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from e2mc.errors import ConfigError
 
 OPTIMIZERS = ("lars", "larc", "sgd", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
