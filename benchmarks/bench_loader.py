@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from e2mc.fileio import atomic_write_text
+
 
 def make_jpegs(folder: str, n: int, seed: int = 0) -> list[str]:
     from PIL import Image, ImageFilter
@@ -94,9 +96,7 @@ def main() -> int:
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = args.out + ".tmp"
-        Path(tmp_out).write_text(text)
-        os.replace(tmp_out, args.out)
+        atomic_write_text(args.out, text)
     return 0
 
 

@@ -52,6 +52,8 @@ if (ROOT / "src" / "e2mc").is_dir():  # measure the tree this script sits in
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from e2mc.fileio import atomic_write_text  # noqa: E402
+
 GPU = dict(arch="resnet50", img=224, batch=256, proj=[8192, 8192, 8192], amp_steps=12, warm=3, steps=5,
            reps=3, sort_n=512, sort_d=2048, ddp_arch="resnet18", ddp_img=64, ddp_batch=16, ddp_timeout=240)
 DRY = dict(arch="resnet_mini:8-16-32", img=32, batch=8, proj=[64, 64], amp_steps=2, warm=1, steps=1, reps=1,
@@ -388,9 +390,7 @@ def write(path: Path, header: list[str], results: dict) -> None:
         if k in results:
             lines += [f"## {TITLES[k]}", "", f"**{results[k][0]}**", "", *results[k][1], ""]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(lines))
 
 
 def main(argv=None) -> int:

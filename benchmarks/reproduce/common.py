@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from e2mc.fileio import atomic_write_text
+
 SCHEMA = 1
 
 
@@ -53,13 +55,10 @@ def machine() -> dict:
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:
-    """Write JSON atomically (temp file + ``os.replace``)."""
+    """Write JSON atomically (:func:`e2mc.fileio.atomic_write_text`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(obj, indent=1, default=str) + "\n")
 
 
 def read_json(path: str | os.PathLike, default=None):

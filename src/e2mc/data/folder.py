@@ -10,7 +10,7 @@ API summary
   decodes with torchvision (batched JPEG decode, per-file fallback, PIL for other formats),
   resizes the shorter side to ``size`` (antialiased) and centre-crops.
 - ``load_cached(key_parts, cache_dir)`` / ``save_cached(...)``: ``.npy`` + ``.json`` files written
-  atomically (temp file + ``os.replace``) under the cache dir, keyed by a SHA-1 of the resolved
+  atomically (:mod:`e2mc.fileio`) under the cache dir, keyed by a SHA-1 of the resolved
   path, split, size and the file list with sizes and mtimes (any change re-decodes).
 - ``StreamingImageFolder(samples, classes, load_size, ...)``: decode at ``__getitem__`` for folders
   too large for memory (ImageNet). By default each item is resized (shorter side ``load_size``)
@@ -28,16 +28,16 @@ import io
 import json
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from e2mc.errors import DataError
+from e2mc.fileio import atomic_write_file
 
 log = logging.getLogger(__name__)
 # torchvision 0.29 deprecates its image codecs in favour of torchcodec; they still work and are
@@ -274,25 +274,12 @@ def load_cached(cache_dir: str, stem: str):
         return None
 
 
-def _atomic_write(path: str, write: Callable) -> None:
-    d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_cached(cache_dir: str, stem: str, images: torch.Tensor, meta: dict) -> None:
     """Write ``<stem>.npy`` then ``<stem>.json`` atomically; failures only log a warning."""
     try:
         os.makedirs(cache_dir, exist_ok=True)
-        _atomic_write(os.path.join(cache_dir, stem + ".npy"), lambda fh: np.save(fh, images.numpy()))
-        _atomic_write(os.path.join(cache_dir, stem + ".json"),
+        atomic_write_file(os.path.join(cache_dir, stem + ".npy"), lambda fh: np.save(fh, images.numpy()))
+        atomic_write_file(os.path.join(cache_dir, stem + ".json"),
                       lambda fh: fh.write(json.dumps(meta).encode()))
     except OSError as exc:
         log.warning("could not write dataset cache under %s: %s", cache_dir, exc)

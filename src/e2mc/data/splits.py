@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 import torch
 
 from e2mc.errors import DataError
+from e2mc.fileio import atomic_write_text
 
 FORMAT = "e2mc-split"
 
@@ -75,10 +76,7 @@ def write_split_file(path: str | os.PathLike, dataset: str, targets: Sequence[in
            "n_source": len(targets), "seed": int(seed), "splits": {"train": keep, "test": held}}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(obj))
 
 
 def is_split_file(spec) -> bool:

@@ -13,12 +13,12 @@ original file, or the state of the optimizer that trained the exported weights).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from e2mc import fileio
 from e2mc.errors import CheckpointError
 from e2mc.models.adapters import ADAPTERS
 from e2mc.models.layouts import HEADS, join_flat, sub
@@ -35,28 +35,17 @@ def model_state(model) -> tuple[dict, dict]:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
-    """Call ``write(tmp)`` on a temp file in ``path``'s folder, then ``os.replace`` it to ``path``."""
+    """:func:`e2mc.fileio.atomic_write` for a user-chosen output path: makes missing parent folders
+    and turns a refused write into a one-line ``CheckpointError``."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; give a file path to write, e.g. {path / 'model.pth'}")
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; follow the umask like open() does
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(exc, OSError):  # permissions, a file where a folder should be, disk full
-            raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}; choose a writable "
-                                  "file path with free space") from None
-        raise
-    return path
+        return fileio.atomic_write(path, write)
+    except OSError as exc:  # permissions, a file where a folder should be, disk full
+        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}; choose a writable "
+                              "file path with free space") from None
 
 
 def _save_safetensors(tensors: dict, path, metadata: dict) -> Path:

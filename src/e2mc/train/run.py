@@ -21,7 +21,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import torch
 import yaml
 
 from e2mc.errors import CheckpointError, ConfigError, RunIOError, RunLocked
+from e2mc.fileio import TEMP_NAME, atomic_write_file
 
 RUN_FILES = ("config.yaml", "load_report.json", "metrics.csv", "checkpoints", "tb")
 FIXED_COLUMNS = ("wall_time", "epoch", "step", "phase")
@@ -108,38 +108,20 @@ def git_commit() -> str | None:
         return None
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
 def atomic_write_bytes(path: Path, write_fn: Any) -> None:
-    """Write a file atomically: ``write_fn(fileobj)`` into a temp file, fsync, ``os.replace``.
+    """Write a run file atomically (:func:`e2mc.fileio.atomic_write_file`: temp file, fsync,
+    ``os.replace``, fsync of the folder) with ``write_fn(fileobj)``.
 
     Raises:
         RunIOError: the file system refused the write (disk full, read-only, permissions); the
             previous file at ``path`` is untouched and the temp file removed.
     """
-    path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise io_error("write", path, exc) from None
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; run files follow the umask like open()
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and any(m in str(exc) for m in _SHORT_WRITE)):
+        atomic_write_file(path, write_fn)
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, OSError) or any(m in str(exc) for m in _SHORT_WRITE):
             raise io_error("write", path, exc) from None
         raise
-
-
-_TEMP = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")  # the names atomic_write_bytes gives its temp files
 
 
 def remove_temp_files(run_dir: str | Path) -> list[str]:
@@ -152,7 +134,7 @@ def remove_temp_files(run_dir: str | Path) -> list[str]:
         if not folder.is_dir():
             continue
         for p in folder.iterdir():
-            if p.is_file() and _TEMP.fullmatch(p.name):
+            if p.is_file() and TEMP_NAME.fullmatch(p.name):
                 try:
                     p.unlink()
                 except OSError as exc:

@@ -1,0 +1,85 @@
+"""Atomic file writes: the one helper every file e2mc writes goes through.
+
+``atomic_write(path, write)`` calls ``write(tmp)`` with the path of a temp file in ``path``'s own
+folder, named ``.<name>.<8 random characters>.tmp`` (:data:`TEMP_NAME`), then
+
+1. ``fsync`` of the temp file (its bytes are on disk before it gets the final name),
+2. ``os.replace(tmp, path)`` (atomic on POSIX and Windows within one file system),
+3. ``fsync`` of the folder (the rename itself survives a power cut).
+
+A crash at any point leaves the old file or the new one, never a torn one; a killed write leaves
+at most a temp file, which :func:`e2mc.train.run.remove_temp_files` recognises by its name. On
+any error the temp file is removed and the exception propagates unchanged: each caller turns an
+``OSError`` into its own one-line error (``RunIOError`` for run files, ``CheckpointError`` for
+exports, a warning for caches). The file gets the permissions ``open()`` would give it (the umask),
+not ``mkstemp``'s 0600.
+
+>>> import tempfile, pathlib
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> atomic_write_text(d / "a.txt", "hello").name
+'a.txt'
+>>> (d / "a.txt").read_text(), [p.name for p in d.iterdir()]
+('hello', ['a.txt'])
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+TEMP_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")  # the names atomic_write gives its temp files
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        if directory:  # some platforms cannot open a folder; the rename is still atomic
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:  # a folder fsync refused (EINVAL on some file systems) is not an error
+            raise
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
+    """Write ``path`` atomically: ``write(tmp_path)``, fsync, ``os.replace``, fsync of the folder."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        write(tmp)
+        _fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_path(path.parent, directory=True)
+    return path
+
+
+def atomic_write_file(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+    """:func:`atomic_write` for writers that take an open binary file (``torch.save``, ``np.save``)."""
+    def to_file(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            write(fh)
+
+    return atomic_write(path, to_file)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """:func:`atomic_write` of a UTF-8 text."""
+    return atomic_write_file(path, lambda fh: fh.write(text.encode("utf-8")))
