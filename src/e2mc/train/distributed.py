@@ -72,10 +72,22 @@ def setup(device: str = "auto") -> DistInfo:
         kwargs = {"device_id": dev} if dev.type == "cuda" else {}
         dist.init_process_group(backend=backend, **kwargs)
         owns = True
-    # flags agreed on every step travel as CPU tensors: on NCCL through a gloo side group
-    cpu_group = None if "gloo" in str(dist.get_backend()).lower() else dist.new_group(backend="gloo")
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
-                    device=dev, owns_group=owns, cpu_group=cpu_group)
+                    device=dev, owns_group=owns, cpu_group=_cpu_group())
+
+
+_CPU_GROUPS: dict = {}
+
+
+def _cpu_group() -> Any:
+    """The group for small CPU tensors (per-step flags): None when the default group is gloo, else a
+    gloo side group, made once per default group (``new_group`` is collective: every rank calls it)."""
+    if "gloo" in str(dist.get_backend()).lower():
+        return None
+    world = dist.group.WORLD
+    if id(world) not in _CPU_GROUPS:
+        _CPU_GROUPS[id(world)] = (world, dist.new_group(backend="gloo"))
+    return _CPU_GROUPS[id(world)][1]
 
 
 def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
