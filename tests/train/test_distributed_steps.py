@@ -1,8 +1,9 @@
 """Lean distributed steps: what one training step communicates, and that 2 gloo processes give
 exactly what 1 process gives on the concatenated batch, for every method x add-on.
 
-All cases run in ONE spawn of 2 processes (one process group; one ``Trainer`` per case), then
-the single-process references run in this process.
+All cases run in ONE spawn of 2 processes (one process group; one ``Trainer`` per case); then
+the process group is destroyed and each of the 2 workers runs half of the single-process
+references (the same ``Trainer`` with the global batch of 16).
 
 Counting method (test_collectives_and_host_syncs_per_step; the same 2-step runs, step 1 without
 logging, step 2 with): inside the workers, ``torch.distributed.{all_reduce, all_gather,
@@ -186,15 +187,21 @@ def _worker(rank, tmp):
     for method in METHODS:
         for addon in ADDONS:
             results[(method, addon)] = run_case(f"{tmp}/r_{method}_{addon}", method, addon, B)
-    torch.save(results, f"{tmp}/rank{rank}.pt")
     dist.destroy_process_group()
+    os.environ["WORLD_SIZE"] = "1"  # now single processes: the references, half of them per worker
+    cases = [(m, a) for m in METHODS for a in ADDONS]
+    for method, addon in cases[rank::WS]:
+        results[("one", method, addon)] = run_case(f"{tmp}/one_{method}_{addon}", method, addon, WS * B)
+    torch.save(results, f"{tmp}/rank{rank}.pt")
 
 
 @pytest.fixture(scope="module")
 def spawned(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     mp.spawn(_worker, args=(str(tmp),), nprocs=WS, join=True)
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WS)]
+    res = [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WS)]
+    one = {k[1:]: v for r in res for k, v in r.items() if k[0] == "one"}
+    return {"ddp": [{k: v for k, v in r.items() if k[0] != "one"} for r in res], "one": one}
 
 
 def _close(a, b, what, rtol=2e-4, atol=1e-6):
@@ -203,10 +210,10 @@ def _close(a, b, what, rtol=2e-4, atol=1e-6):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_two_processes_equal_one_on_the_concatenated_batch(spawned, method, tmp_path):
+def test_two_processes_equal_one_on_the_concatenated_batch(spawned, method):
     for addon in ADDONS:
-        one = run_case(tmp_path / f"one_{addon}", method, addon, WS * B)
-        ddp = [spawned[r][(method, addon)] for r in range(WS)]
+        one = spawned["one"][(method, addon)]
+        ddp = [spawned["ddp"][r][(method, addon)] for r in range(WS)]
         case = f"{method}+{addon}"
         assert len(one["steps"]) == len(ddp[0]["steps"]) == 2
         for s in range(2):
@@ -240,14 +247,14 @@ def budget(method, addon):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_collectives_and_host_syncs_per_step(spawned, method, tmp_path):
+def test_collectives_and_host_syncs_per_step(spawned, method):
     for addon in ADDONS:
         for r in range(WS):
-            c1, c2 = (spawned[r][(method, addon)]["counts"][s] for s in (1, 2))
+            c1, c2 = (spawned["ddp"][r][(method, addon)]["counts"][s] for s in (1, 2))
             where = (method, addon, r, c1, c2)
             assert len(c1["collectives"]) <= budget(method, addon), where
             assert len(c2["collectives"]) <= budget(method, addon) + 1, where
             assert c1["syncs"] == [], where  # nothing read back to the host without logging
             assert c1["flag_syncs"] == c2["flag_syncs"] == ["tolist"], where  # any_flags: once per step
-    one = run_case(tmp_path / "one", method, "e2mc", WS * B)["counts"][1]  # one process: nothing at all
-    assert one == {"collectives": [], "syncs": [], "flag_syncs": []}, one
+        one = spawned["one"][(method, addon)]["counts"][1]  # one process: nothing at all
+        assert one == {"collectives": [], "syncs": [], "flag_syncs": []}, (method, addon, one)
