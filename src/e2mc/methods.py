@@ -102,17 +102,24 @@ class Method:
 
         Returns ``{"loss": base + addon (differentiable), "base", "addon", "base.<term>",
         "addon.<term>"}``; all but ``"loss"`` are detached. Criteria run in float32 themselves.
+        Under ``torchrun`` the views ``z`` are gathered once and shared by the base criterion and
+        the add-on (``e2mc.distributed.shared_gather``); the per-rank batches must have equal
+        sizes (the trainer's sampler drops incomplete global batches).
         """
-        if self.name == "vicreg":
-            base = criterion(out["z"][:2])
-            extra = addon(out["z"][:2])
-        elif self.name == "swav":
-            emb = [F.normalize(z.float(), dim=1) for z in out["z"]] if queue is not None else None
-            base = criterion(out["scores"], embeddings=emb, prototypes=prototypes, queue=queue)
-            extra = addon(out["z"][:2])  # 128-d projection before L2 normalisation, large crops
-        else:
-            base = criterion(out["z"][:2], out["p"][:2])
-            extra = addon(out["z"][:2])  # projector output, not the predictor's
+        from e2mc.distributed import shared_gather
+
+        zs = out["z"][:2]
+        with shared_gather(zs):  # the base loss and the add-on share one gather of z (when they gather)
+            if self.name == "vicreg":
+                base = criterion(zs)
+            elif self.name == "swav":
+                emb = [F.normalize(z.float(), dim=1) for z in out["z"]] if queue is not None else None
+                base = criterion(out["scores"], embeddings=emb, prototypes=prototypes, queue=queue)
+            else:
+                base = criterion(zs, out["p"][:2])
+            # VICReg: the expander output; SwAV: the 128-d projection before L2 normalisation of
+            # the large crops; SimSiam: the projector output, not the predictor's
+            extra = addon(zs)
         total = base["loss"] + extra["loss"]
         terms = {"loss": total, "base": base["loss"].detach(), "addon": extra["loss"].detach()}
         terms.update(_terms(base, "base"))

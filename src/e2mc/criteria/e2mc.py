@@ -117,5 +117,5 @@ class E2MC(nn.Module):
             "covariance": cov.detach(),
             "tied": tied,
             "saturated": sat,
-            "m": torch.tensor(float(m_used), device=device),
+            "m": torch.full((), float(m_used), device=device),  # a fill, not a host-to-device copy (no sync)
         }

@@ -24,8 +24,9 @@ useful for maximisation; the bias only matters when reporting absolute nats.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -71,7 +72,40 @@ def get_transform(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
         ) from None
 
 
+_DEFERRED: list[dict] = []
+
+
+@contextlib.contextmanager
+def deferred_finite_checks() -> Iterator[Callable[[], torch.Tensor | None]]:
+    """Inside the block the criteria's finiteness checks read nothing back to the host.
+
+    Each checked tensor (once, however many criteria check it) contributes its min and max;
+    the yielded function returns ONE 0-d float32 tensor on the device: 0.0 when every checked
+    tensor was finite, NaN otherwise (None when nothing was checked). The training loop keeps it
+    with the step's loss terms and reads it at the next logging step (``e2mc.train.loop``).
+    """
+    seen: dict = {}
+    _DEFERRED.append(seen)
+
+    def flag() -> torch.Tensor | None:
+        if not seen:
+            return None
+        ends = torch.cat([torch.stack(mm).float().reshape(-1) for _, mm in seen.values()])
+        return (ends * 0.0).sum()  # 0 * (+-inf or nan) = nan: non-finite iff some input was
+
+    try:
+        yield flag
+    finally:
+        _DEFERRED.pop()
+
+
 def _check_finite(x: torch.Tensor, what: str) -> None:
+    if _DEFERRED:  # deferred: one device flag per step (see deferred_finite_checks)
+        seen = _DEFERRED[-1]
+        if id(x) not in seen:
+            with torch.no_grad():
+                seen[id(x)] = (x, torch.aminmax(x.detach()))
+        return
     # One reduction pass: a sum is finite iff all values are finite, unless it overflows, in
     # which case the exact (two-pass) check decides.
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32

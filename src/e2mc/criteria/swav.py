@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from e2mc.criteria.entropy import check_views
-from e2mc.distributed import all_reduce_sum, gather_no_grad, gather_with_grad, is_distributed
+from e2mc.distributed import all_reduce_sum, gather_no_grad, gather_with_grad, is_distributed, rank, world_size
 from e2mc.errors import ConfigError, CriterionInputError
 
 
@@ -32,27 +32,36 @@ def sinkhorn_knopp(
     sample normalisation, so rows sum to exactly 1). With ``distributed=True`` the sums are
     all-reduced over ranks (``e2mc.distributed.all_reduce_sum``) and B is the global batch;
     on one process this is the same as ``distributed=False``. Float32, no gradient.
+
+    ``scores`` may also be (C, B, K): C independent problems (SwAV's assignment crops) solved
+    together, so the distributed sums of all of them share one all_reduce per normalisation
+    (1 max, 1 total, ``iterations`` prototype sums in all). Nothing is read back to the host.
     """
     with torch.autocast(device_type=scores.device.type, enabled=False):
         s = scores.detach().float()
+        single = s.dim() == 2
+        if single:
+            s = s.unsqueeze(0)
         # Subtracting the global max is exact after normalisation and avoids exp overflow.
-        smax = s.max().reshape(1)
+        smax = s.amax(dim=(1, 2))
         if distributed:
             smax = _all_reduce_max(smax)
-        q = torch.exp((s - smax) / epsilon).t()  # (K, B)
-        k = q.shape[0]
-        b_tensor = torch.tensor([float(q.shape[1])], device=q.device)
-        b = float((all_reduce_sum(b_tensor) if distributed else b_tensor).item())
-        total = q.sum()
-        q /= all_reduce_sum(total) if distributed else total
+        q = torch.exp((s - smax[:, None, None]) / epsilon).transpose(1, 2)  # (C, K, B)
+        k = q.shape[1]
+        head = torch.cat([q.sum(dim=(1, 2)), q.new_full((1,), float(q.shape[2]))])  # totals, B
+        if distributed:
+            all_reduce_sum(head)
+        total, b = head[:-1], head[-1]
+        q /= total[:, None, None]
         for _ in range(iterations):
-            rows = q.sum(dim=1, keepdim=True)
+            rows = q.sum(dim=2, keepdim=True)
             q /= all_reduce_sum(rows) if distributed else rows
             q /= k
-            q /= q.sum(dim=0, keepdim=True)
+            q /= q.sum(dim=1, keepdim=True)
             q /= b
         q *= b
-        return q.t()
+        q = q.transpose(1, 2)
+        return q[0] if single else q
 
 
 class SwAVQueue(nn.Module):
@@ -72,11 +81,16 @@ class SwAVQueue(nn.Module):
             )
         self.register_buffer("embeddings", torch.zeros(num_crops_for_assign, length, dim))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+        self._filled = 0  # host copy of ``filled``: checking ``full`` reads nothing from the device
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._filled = int(self.filled)
 
     @property
     def full(self) -> bool:
         """True once the queue holds ``length`` real embeddings."""
-        return int(self.filled) >= self.embeddings.shape[1]
+        return self._filled >= self.embeddings.shape[1]
 
     @torch.no_grad()
     def push(self, i: int, emb: torch.Tensor) -> None:
@@ -90,7 +104,36 @@ class SwAVQueue(nn.Module):
     @torch.no_grad()
     def advance(self, n: int) -> None:
         """Count ``n`` new embeddings (call once per step after pushing every block)."""
-        self.filled.fill_(min(int(self.filled) + n, self.embeddings.shape[1]))
+        self._filled = min(self._filled + int(n), self.embeddings.shape[1])
+        self.filled.fill_(self._filled)
+
+    def global_state(self, block: int) -> dict:
+        """The state one process on the concatenated batches would hold (world-size independent).
+
+        Under torchrun each rank keeps its own rows (``length`` per rank, pushed ``block`` at a
+        time, as official SwAV); this gathers them (a collective: every rank calls it) and
+        interleaves the ranks' blocks step by step, newest first. On one process: ``state_dict()``.
+        """
+        ws = world_size()
+        if ws == 1:
+            return self.state_dict()
+        c, length, d = self.embeddings.shape
+        rows = gather_no_grad(self.embeddings.transpose(0, 1).contiguous())  # (ws * length, c, d)
+        g = rows.reshape(ws, length // block, block, c, d).permute(3, 1, 0, 2, 4).reshape(c, ws * length, d)
+        return {"embeddings": g, "filled": self.filled * ws}
+
+    def load_global_state(self, state: dict, block: int) -> bool:
+        """Load a ``global_state`` (this rank's share of it); False, leaving the queue empty, when it
+        does not fit this run's queue (another queue length, world size or batch)."""
+        ws, r = world_size(), rank()
+        e = state["embeddings"]
+        c, length, d = self.embeddings.shape
+        if tuple(e.shape) != (c, ws * length, d) or (ws > 1 and length % block):
+            return False
+        if ws > 1:
+            e = e.reshape(c, length // block, ws, block, d)[:, :, r].reshape(c, length, d)
+        self.load_state_dict({"embeddings": e, "filled": torch.as_tensor(int(state["filled"]) // ws)})
+        return True
 
 
 class SwAVLoss(nn.Module):
@@ -100,13 +143,19 @@ class SwAVLoss(nn.Module):
     ``loss_i = mean_{v != i} mean_n -sum_k q_i[n, k] log_softmax(scores_v / temperature)[n, k]``;
     ``loss = mean_i loss_i``.
 
-    ``gather=True`` gathers the scores over ranks (with gradient) and computes codes and loss on
-    the global batch (every rank sees the same loss). ``gather=False`` is the official SwAV way:
-    local loss, Sinkhorn sums all-reduced over ranks; after DDP averaging the gradients agree.
+    ``gather=False`` (the default) is the official SwAV scheme (facebookresearch/swav,
+    ``main_swav.py``): each rank computes the loss of its LOCAL batch, with codes from a
+    distributed Sinkhorn (its sums all-reduced over ranks, B the global batch), and DDP averages
+    the gradients. The codes are those of one process on the concatenated batch, the mean of the
+    ranks' losses is its loss, and the averaged gradients are its gradients (equal per-rank
+    batches). ``gather=True`` gathers the scores over ranks (with gradient) and computes codes and
+    loss on the global batch on every rank (same result, V times the loss work per rank).
 
     With a full ``queue`` (``SwAVQueue``) the queue's scores ``queue @ prototypes.T`` are prepended
     before Sinkhorn and only the batch rows of the codes are kept; the queue is then updated with
-    the current ``embeddings`` of the assignment crops (detached, gathered when ``gather=True``).
+    the current ``embeddings`` of the assignment crops (detached; the local ones with
+    ``gather=False``, so each rank keeps its own rows and the ranks' queues together hold what one
+    process's queue would, when each rank's length is the global length / world size).
 
     Example:
         >>> scores = [torch.randn(16, 10) for _ in range(2)]
@@ -120,7 +169,7 @@ class SwAVLoss(nn.Module):
         sinkhorn_epsilon: float = 0.05,
         sinkhorn_iterations: int = 3,
         crops_for_assign: Sequence[int] = (0, 1),
-        gather: bool = True,
+        gather: bool = False,
     ) -> None:
         super().__init__()
         if temperature <= 0 or sinkhorn_epsilon <= 0 or sinkhorn_iterations < 1:
@@ -157,24 +206,24 @@ class SwAVLoss(nn.Module):
         with torch.autocast(device_type=scores[0].device.type, enabled=False):
             s = [(gather_with_grad(x) if self.gather else x).float() for x in scores]
             logp = [F.log_softmax(x / self.temperature, dim=1) for x in s]
-            loss = s[0].new_zeros(())
-            for qi, crop in enumerate(self.crops_for_assign):
-                with torch.no_grad():
-                    out = s[crop].detach()
-                    bsz = out.shape[0]
-                    if queue is not None:
-                        if queue.full:
-                            qs = queue.embeddings[qi].float() @ prototypes.detach().float().t()
-                            out = torch.cat([qs, out])
+            bsz = s[0].shape[0]
+            with torch.no_grad():
+                outs = [s[crop].detach() for crop in self.crops_for_assign]
+                if queue is not None:
+                    if queue.full:
+                        protos = prototypes.detach().float()
+                        outs = [torch.cat([queue.embeddings[qi].float() @ protos.t(), out])
+                                for qi, out in enumerate(outs)]
+                    for qi, crop in enumerate(self.crops_for_assign):
                         emb = embeddings[crop].detach()
                         queue.push(qi, gather_no_grad(emb) if self.gather else emb)
-                    q = sinkhorn_knopp(
-                        out, self.sinkhorn_epsilon, self.sinkhorn_iterations,
-                        distributed=not self.gather,
-                    )[-bsz:]
-                sub = [-(q * logp[v]).sum(dim=1).mean() for v in range(n_crops) if v != crop]
+                    queue.advance(bsz)
+                # all assignment crops in one Sinkhorn (one set of all_reduces when distributed)
+                codes = sinkhorn_knopp(torch.stack(outs), self.sinkhorn_epsilon, self.sinkhorn_iterations,
+                                       distributed=not self.gather)[:, -bsz:]
+            loss = s[0].new_zeros(())
+            for qi, crop in enumerate(self.crops_for_assign):
+                sub = [-(codes[qi] * logp[v]).sum(dim=1).mean() for v in range(n_crops) if v != crop]
                 loss = loss + torch.stack(sub).mean()
-            if queue is not None:
-                queue.advance(s[0].shape[0])
             loss = loss / len(self.crops_for_assign)
         return {"loss": loss}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
@@ -29,6 +30,7 @@ class DistInfo:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     owns_group: bool = False
+    cpu_group: Any = None  # a gloo group for small CPU agreements (None: the default group is gloo)
 
     @property
     def is_main(self) -> bool:
@@ -71,7 +73,21 @@ def setup(device: str = "auto") -> DistInfo:
         dist.init_process_group(backend=backend, **kwargs)
         owns = True
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
-                    device=dev, owns_group=owns)
+                    device=dev, owns_group=owns, cpu_group=_cpu_group())
+
+
+_CPU_GROUPS: dict = {}
+
+
+def _cpu_group() -> Any:
+    """The group for small CPU tensors (per-step flags): None when the default group is gloo, else a
+    gloo side group, made once per default group (``new_group`` is collective: every rank calls it)."""
+    if "gloo" in str(dist.get_backend()).lower():
+        return None
+    world = dist.group.WORLD
+    if id(world) not in _CPU_GROUPS:
+        _CPU_GROUPS[id(world)] = (world, dist.new_group(backend="gloo"))
+    return _CPU_GROUPS[id(world)][1]
 
 
 def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
@@ -107,13 +123,31 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def any_flag(flag: bool, info: DistInfo) -> bool:
-    """True when ``flag`` is set on any rank (so every rank stops/saves at the same step)."""
+def any_flags(flags: Sequence[bool], info: DistInfo) -> list[bool]:
+    """For each flag, True when it is set on any rank (so every rank stops/saves at the same step).
+
+    One all_reduce of a small CPU tensor (on GPUs through ``info.cpu_group``, a gloo group), so
+    reading the result never waits for the device.
+    """
     if info.world_size <= 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=info.device)
+        return [bool(f) for f in flags]
+    t = torch.tensor([1.0 if f else 0.0 for f in flags])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=info.cpu_group)
+    return [v > 0 for v in t.tolist()]
+
+
+def any_flag(flag: bool, info: DistInfo) -> bool:
+    """True when ``flag`` is set on any rank (see ``any_flags``)."""
+    return any_flags((flag,), info)[0]
+
+
+def mean_over_ranks(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The element-wise mean of ``t`` over ranks (``t`` itself on one process)."""
+    if info.world_size <= 1:
+        return t
+    t = t.clone()
     dist.all_reduce(t)
-    return bool(t.item() > 0)
+    return t / info.world_size
 
 
 def main_first(info: DistInfo, fn) -> None:

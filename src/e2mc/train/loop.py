@@ -2,8 +2,10 @@
 
 Setup (``e2mc.train.setup``) builds the model, data, views, criteria, optimiser and run folder;
 this module runs the steps: heads warm-up (backbone frozen, BN in eval mode), epochs with AMP
-and DDP, logging without per-step host syncs (loss terms are kept as device tensors and read
-every ``log_every`` steps, where the NaN/Inf check also happens), label-free metrics per epoch,
+and DDP, logging without per-step host syncs (loss terms and one flag saying whether the
+criteria's inputs were finite are kept as device tensors and read every ``log_every`` steps,
+where the NaN/Inf check also happens; under torchrun they are averaged over ranks there, so a
+local loss is logged as its global mean), label-free metrics per epoch,
 atomic checkpoints (per ``checkpoint_every_epochs``, at the end, on SIGUSR1, and on
 SIGTERM/SIGINT before a clean exit).
 
@@ -32,6 +34,7 @@ from torch.utils.data import DataLoader
 
 from e2mc.config import E2MC_DEFAULTS, RunConfig
 from e2mc.criteria import SwAVQueue, default_m
+from e2mc.criteria.entropy import deferred_finite_checks
 from e2mc.data import ViewGenerator, build_dataset, eval_transform, training_dataset
 from e2mc.errors import ConfigError, CriterionInputError, TrainingDiverged
 from e2mc.methods import get_method
@@ -41,6 +44,9 @@ from e2mc.train import distributed as D
 from e2mc.train import monitor
 from e2mc.train import run as R
 from e2mc.train.optim import build_optimizer, build_scheduler, restore_optimizer_state, scaled_lr
+
+
+INPUT_CHECK = "_inputs_finite"  # per-step flag: 0 when the criteria's inputs were finite, NaN otherwise
 
 
 class TrainerSetup(R.RunFolderMixin):
@@ -165,7 +171,7 @@ class TrainerSetup(R.RunFolderMixin):
         self.queue = None
         if self.method.name == "swav" and cfg.method.queue_length > 0:
             dim = self.model.prototypes.weight.shape[1]
-            self.queue = SwAVQueue(cfg.method.queue_length, dim, len(cfg.method.crops_for_assign)).to(self.device)
+            self.queue = SwAVQueue(self._queue_rows(), dim, len(cfg.method.crops_for_assign)).to(self.device)
         # optimisation
         o = cfg.optim
         self.lr = scaled_lr(o.lr, self.global_batch, o.base_batch, o.lr_scaling)
@@ -255,6 +261,20 @@ class TrainerSetup(R.RunFolderMixin):
                 return f"the eval-mode {name} of 8 fixed images"
         return None
 
+    def _queue_rows(self) -> int:
+        """Rows of the SwAV queue this rank keeps. Under torchrun each rank keeps its own rows
+        (official SwAV): ``queue_length`` rounded down to whole global batches, / world size."""
+        length, ws, gb = self.cfg.method.queue_length, self.dist.world_size, self.global_batch
+        if ws == 1:
+            return length
+        usable = length - length % gb
+        if usable == 0:
+            raise ConfigError(f"method.queue_length={length} is shorter than one global batch ({gb}); raise it "
+                              f"to a multiple of {gb} or set it to 0 (no queue)")
+        if usable != length:
+            self.log(f"method.queue_length {length} -> {usable}: whole global batches of {gb}, as official SwAV")
+        return usable // ws
+
     def _check_batch(self) -> None:
         n, gb = len(self.dataset), self.global_batch
         if self.sampler.batches_per_epoch == 0:
@@ -309,7 +329,9 @@ class Trainer(TrainerSetup):
     # ---------------------------------------------------------------- one step (hot path)
     def train_step(self, images: torch.Tensor | list, model: torch.nn.Module | None = None,
                    optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None) -> dict:
-        """One optimisation step on a uint8 batch (or per-view crops); returns the detached loss terms (device tensors)."""
+        """One optimisation step on a uint8 batch (or per-view crops); returns the detached loss terms
+        (device tensors) and, under ``INPUT_CHECK``, the flag of the criteria's finiteness checks.
+        Nothing is read back to the host (``_flush`` reads them at logging steps)."""
         model = model or self.ddp_model
         optimizer = optimizer or self.optimizer
         if isinstance(images, (list, tuple)):  # one uint8 batch per view, cropped in the loader
@@ -325,12 +347,14 @@ class Trainer(TrainerSetup):
         use_queue = self.queue is not None and self.run_step >= self.cfg.method.queue_start_step
         protos = self.model.prototypes.weight if self.model.prototypes is not None else None
         try:
-            terms = self.method.compute_loss(out, self.criterion, self.addon,
-                                             self.queue if use_queue else None, protos)
-        except CriterionInputError as exc:
+            with deferred_finite_checks() as inputs_finite:  # no host read: one flag, read when logging
+                terms = self.method.compute_loss(out, self.criterion, self.addon,
+                                                 self.queue if use_queue else None, protos)
+        except (CriterionInputError, RuntimeError) as exc:  # e.g. an SVD of NaN input
             if any(not torch.isfinite(z).all() for z in out.get("z", out["features"])):
                 self._diverged(self.global_step + 1, "model output", str(exc))
             raise
+        check = inputs_finite()
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms["loss"]).backward()
         self.method.after_backward(self.model, self.run_step, self.cfg)
@@ -342,7 +366,9 @@ class Trainer(TrainerSetup):
         if scheduler is not None:
             scheduler.step()
         self.run_step += 1
-        return {k: v.detach() for k, v in terms.items()}
+        kept = {INPUT_CHECK: check} if check is not None else {}
+        kept.update((k, v.detach()) for k, v in terms.items())
+        return kept
 
     # ---------------------------------------------------------------- the run
     def fit(self):
@@ -380,7 +406,7 @@ class Trainer(TrainerSetup):
                 self.bar.update(1)
             if self.global_step % self.cfg.train.log_every == 0:
                 self._flush("train")
-            save_now, stop = D.any_flag(self.save_requested, self.dist), D.any_flag(self.stop_requested, self.dist)
+            save_now, stop = D.any_flags((self.save_requested, self.stop_requested), self.dist)  # 1 per step
             if save_now or stop or self._done():
                 self.save_requested = False
                 self.stop_requested = stop
@@ -433,13 +459,20 @@ class Trainer(TrainerSetup):
         if not self._pending:
             return
         keys = list(self._pending[0])
-        table = torch.stack([torch.stack([t[k].float() for k in keys]) for t in self._pending]).cpu()
+        table = torch.stack([torch.stack([t[k].float() for k in keys]) for t in self._pending])
+        # local losses (SwAV, SimSiam) are logged as their mean over ranks, the global loss; a NaN
+        # on any rank stops every rank
+        table = D.mean_over_ranks(table, self.dist).cpu()
         n = table.shape[0]
         last_step = (step if step is not None else self.global_step)
         if not torch.isfinite(table).all():
             bad_row, bad_col = (~torch.isfinite(table)).nonzero()[0].tolist()
             self._pending = []
-            self._diverged(last_step - n + 1 + bad_row, keys[bad_col], f"value {table[bad_row, bad_col]}")
+            term = "model output" if keys[bad_col] == INPUT_CHECK else keys[bad_col]
+            self._diverged(last_step - n + 1 + bad_row, term, f"value {table[bad_row, bad_col]}")
+        if INPUT_CHECK in keys:
+            i = keys.index(INPUT_CHECK)
+            keys, table = keys[:i] + keys[i + 1:], torch.cat([table[:, :i], table[:, i + 1:]], dim=1)
         now = time.perf_counter()
         elapsed = max(now - self._t_last, 1e-9)
         self._t_last = now

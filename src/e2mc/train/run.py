@@ -498,7 +498,8 @@ def build_state(t: Any, epoch_file: bool = False) -> dict:
         "epoch": t.epoch, "step": t.global_step, "step_in_epoch": t.step_in_epoch,
         "run_step": t.run_step, "warmup_done": bool(t.warmup_done),
         "rng": {"per_rank": rng_all}, "world_size": t.dist.world_size,
-        "swav_queue": t.queue.state_dict() if t.queue is not None else None,
+        # the queue as one process would hold it (the ranks' own rows, gathered: a collective)
+        "swav_queue": t.queue.global_state(t.per_device_batch) if t.queue is not None else None,
         "config": t.cfg.to_dict(), "source_format": t.source_format, "source_epoch": t.source_epoch,
         "source_layout": dict(t.source_layout),
         "metrics_rows": t.metrics.rows if t.metrics is not None else None,
@@ -514,7 +515,9 @@ def restore_state(t: Any, state: dict) -> None:
     if state.get("scaler") and t.scaler.is_enabled():
         t.scaler.load_state_dict(state["scaler"])
     if t.queue is not None and state.get("swav_queue") is not None:
-        t.queue.load_state_dict(state["swav_queue"])
+        if not t.queue.load_global_state(state["swav_queue"], t.per_device_batch):
+            t.log("the checkpoint's SwAV queue does not fit this run's (another queue length, world size "
+                  "or batch): the queue starts empty")
     t.epoch, t.global_step = int(state["epoch"]), int(state["step"])
     t.step_in_epoch, t.run_step = int(state["step_in_epoch"]), int(state["run_step"])
     t.warmup_done = bool(state["warmup_done"])
