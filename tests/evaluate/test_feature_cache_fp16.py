@@ -2,6 +2,8 @@
 and the protocols give the float32 accuracies on fp16 features; bad input gets one-line errors."""
 
 import json
+import logging
+import os
 from collections import namedtuple
 
 import numpy as np
@@ -135,7 +137,7 @@ def test_features_that_do_not_fit_the_disk(tmp_path, monkeypatch):
         extract_features(TinyNet(0), data, which=WHICH, cache_dir=tmp_path / "c")
     msg = str(err.value)
     assert "\n" not in msg and "0.0 GiB free" in msg and "--no-cache" in msg and "--cache-dir" in msg
-    assert not any((tmp_path / "c").iterdir())  # nothing half-written left
+    assert not list((tmp_path / "c").glob("*/*"))  # nothing half-written left (only the entry's lock file)
     fs = extract_features(TinyNet(0), data, which=WHICH, use_cache=False)  # the way out the message names
     assert fs["backbone"].shape == (30, 8)
 
@@ -148,8 +150,32 @@ def test_fp16_overflow_and_nan_features_are_one_line_errors(tmp_path):
     data = colour_dataset(10, seed=0)
     with pytest.raises(DataError, match="beyond float16's range.*float32") as err:
         extract_features(Big(0), data, cache_dir=tmp_path)
-    assert "\n" not in str(err.value) and not any(tmp_path.iterdir())
+    assert "\n" not in str(err.value) and not list(tmp_path.glob("*/*"))
     assert extract_features(Big(0), data, cache_dir=tmp_path, cache_dtype="float32")["backbone"].abs().max() > 1e5
+
+
+def test_a_second_process_waits_for_the_entry_and_reads_it(tmp_path, caplog):
+    """While another process holds the entry's lock, extraction waits (one warning line) and
+    then reads that process's complete entry instead of writing into it."""
+    import fcntl
+    import threading
+
+    data = colour_dataset(10, seed=0)
+    first = extract_features(TinyNet(0), data, cache_dir=tmp_path)
+    (lock,) = tmp_path.glob("*.lock")
+    fd = os.open(lock, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # "another process" is extracting
+    box = {}
+    t = threading.Thread(target=lambda: box.update(fs=extract_features(TinyNet(0), data, cache_dir=tmp_path)))
+    with caplog.at_level(logging.WARNING, logger="e2mc.evaluate.features"):
+        t.start()
+        t.join(timeout=3)
+        assert t.is_alive() and "fs" not in box  # waiting
+        os.close(fd)  # the other process ends (or dies): its lock goes
+        t.join(timeout=60)
+    assert box["fs"].meta["cached"] and torch.equal(box["fs"]["backbone"], first["backbone"])
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert "another process is extracting" in msg
 
 
 def _blobs(n_per_class, c=5, d=32, seed=0, noise=3.0):
@@ -185,7 +211,8 @@ def test_knn_and_linear_on_fp16_features_match_float32():
     for k in (5, 20):
         assert abs(knn16[k] - knn32[k]) <= 1 / 300
     for solver in ("lbfgs", "streaming"):
-        kw = dict(weight_decays=(1e-3, 1e-1), solver=solver, streaming={"min_steps": 300} if solver == "streaming" else None)
+        kw = {"weight_decays": (1e-3, 1e-1), "solver": solver,
+              "streaming": {"min_steps": 300} if solver == "streaming" else None}
         a = linear_probe(xtr, ytr, xte, yte, **kw)
         b = linear_probe(h_tr, ytr, h_te, yte, **kw)
         assert 0.5 < a["top1"] < 0.99 and abs(a["top1"] - b["top1"]) <= 1 / 300, (solver, a["top1"], b["top1"])

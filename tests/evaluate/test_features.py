@@ -57,7 +57,7 @@ class _Broken(torch.nn.Module):
 def test_failed_extraction_writes_no_cache(net, match, colour_data, tmp_path):
     with pytest.raises(DataError, match=match):
         extract_features(net(), colour_data[0], cache_dir=tmp_path)
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.glob("*/*")) == []  # no entry (the key's lock file may remain)
 
 
 def test_projector_missing(colour_data, tmp_path):

@@ -15,7 +15,8 @@ first batch gives D (after checking the free disk space), filled batch by batch 
 ``numpy`` memory maps, and ``progress.json`` (rows written, ``complete``), rewritten atomically
 after the maps are flushed (msync) at most every ``PROGRESS_SECONDS`` and when extraction stops.
 An interrupted extraction (an exception, Ctrl-C, a kill) continues from the recorded rows on the
-next call. A complete entry is returned memory-mapped (copy-on-write: never copied whole into
+next call. A lock file per entry (``flock``) lets one process at a time extract or read it (a
+second one waits and then reads the result). A complete entry is returned memory-mapped (copy-on-write: never copied whole into
 memory, never modified on disk). An entry that cannot be read or does not hold finite features of
 the recorded shapes is reported in one warning line, deleted and recomputed. Non-finite features
 are an error (the entry is deleted: they would come back).
@@ -23,6 +24,7 @@ are an error (the entry is deleted: they would come back).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -214,55 +216,57 @@ def extract_features(
     if n == 0:
         raise DataError("feature extraction: the dataset is empty; check the dataset path and split")
     entry = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / key
-    sink = None
-    if use_cache:
-        sink = _Entry.open(entry, which, n, cache_dtype)
-        if sink is not None and sink.complete:
-            feats, labels = sink.result()
-            return FeatureSet(feats, labels, key, {**key_obj, "cached": True, "resumed_from": None})
-    start = sink.rows if sink is not None else 0
+    with contextlib.ExitStack() as stack:  # the entry's lock, held until the features are returned
+        use_cache = use_cache and _lock(stack, entry)
+        sink = None
+        if use_cache:
+            sink = _Entry.open(entry, which, n, cache_dtype)
+            if sink is not None and sink.complete:
+                feats, labels = sink.result()
+                return FeatureSet(feats, labels, key, {**key_obj, "cached": True, "resumed_from": None})
+        start = sink.rows if sink is not None else 0
 
-    data = dataset if start == 0 else torch.utils.data.Subset(dataset, range(start, n))
-    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    was_training = model.training
-    model.eval().to(device)
-    rows, i, t_rec = start, 0, time.monotonic()
-    try:
-        for i, (images, target) in enumerate(loader):
-            x = transform(images.to(device, non_blocking=True))
-            with torch.autocast(device_type=device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                out = _forward(model, x, which)
-            out = {w: out[w].float().flatten(1).cpu() for w in which}
-            _check_batch(out, rows, cache_dtype)
-            if sink is None:  # allocated once the first batch gives the feature dims
-                dims = {w: out[w].shape[1] for w in which}
-                sink = (_Entry.create(entry, which, dims, n, cache_dtype) if use_cache else None) or \
-                    _Memory(dims, n, cache_dtype)
-            sink.write(rows, out, torch.as_tensor(target).long().cpu())
-            rows += len(target)
-            if time.monotonic() - t_rec >= PROGRESS_SECONDS:
-                sink.record(rows)
-                t_rec = time.monotonic()
-    except _BadFeatures:
-        if isinstance(sink, _Entry):
-            sink.delete()  # deterministic: a resumed extraction would meet them again
-        raise
-    except BaseException as exc:  # Ctrl-C, a data or model error: keep the rows written for the next call
-        if sink is not None and rows > start:
-            sink.record(rows)
-        if isinstance(exc, DataError) or not isinstance(exc, Exception):
+        data = dataset if start == 0 else torch.utils.data.Subset(dataset, range(start, n))
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        was_training = model.training
+        model.eval().to(device)
+        rows, i, t_rec = start, 0, time.monotonic()
+        try:
+            for i, (images, target) in enumerate(loader):
+                x = transform(images.to(device, non_blocking=True))
+                with torch.autocast(device_type=device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    out = _forward(model, x, which)
+                out = {w: out[w].float().flatten(1).cpu() for w in which}
+                _check_batch(out, rows, cache_dtype)
+                if sink is None:  # allocated once the first batch gives the feature dims
+                    dims = {w: out[w].shape[1] for w in which}
+                    sink = (_Entry.create(entry, which, dims, n, cache_dtype) if use_cache else None) or \
+                        _Memory(dims, n, cache_dtype)
+                sink.write(rows, out, torch.as_tensor(target).long().cpu())
+                rows += len(target)
+                if time.monotonic() - t_rec >= PROGRESS_SECONDS:
+                    sink.record(rows)
+                    t_rec = time.monotonic()
+        except _BadFeatures:
+            if isinstance(sink, _Entry):
+                sink.delete()  # deterministic: a resumed extraction would meet them again
             raise
-        kept = f"; the {rows} rows extracted are cached and the next call continues from there" if (
-            isinstance(sink, _Entry) and rows) else ""
-        raise DataError(f"feature extraction failed at batch {i} (row {rows}): {exc}; check that the images match "
-                        f"the model (size, channels) and the checkpoint loads{kept}") from exc
-    finally:
-        model.train(was_training)
-    if rows != n:
-        raise DataError(f"feature extraction: the dataset gave {rows} samples but has length {n}; check the dataset")
-    sink.record(rows, complete=True)
-    feats, labels = sink.result()
-    return FeatureSet(feats, labels, key, {**key_obj, "cached": False, "resumed_from": start or None})
+        except BaseException as exc:  # Ctrl-C, a data or model error: keep the rows written for the next call
+            if sink is not None and rows > start:
+                sink.record(rows)
+            if isinstance(exc, DataError) or not isinstance(exc, Exception):
+                raise
+            kept = f"; the {rows} rows extracted are cached and the next call continues from there" if (
+                isinstance(sink, _Entry) and rows) else ""
+            raise DataError(f"feature extraction failed at batch {i} (row {rows}): {exc}; check that the images match "
+                            f"the model (size, channels) and the checkpoint loads{kept}") from exc
+        finally:
+            model.train(was_training)
+        if rows != n:
+            raise DataError(f"feature extraction: the dataset gave {rows} samples but has length {n}; check the dataset")
+        sink.record(rows, complete=True)
+        feats, labels = sink.result()
+        return FeatureSet(feats, labels, key, {**key_obj, "cached": False, "resumed_from": start or None})
 
 
 class _BadFeatures(DataError):
@@ -280,6 +284,29 @@ def _check_batch(out: dict[str, torch.Tensor], first_row: int, dtype: str) -> No
         if dtype == "float16" and top > float(np.finfo(np.float16).max):
             raise _BadFeatures(f"feature extraction: {w} features reach {top:.3g}, beyond float16's range (65504); "
                                "store them as float32 (cache_dtype='float32'; CLI: --feature-dtype float32)")
+
+
+def _lock(stack: contextlib.ExitStack, entry: Path) -> bool:
+    """Hold an exclusive lock (``<entry>.lock``, released by the OS if the process dies) while this
+    process reads or extracts ``entry``: two processes never write one entry, and the second one
+    reads the first one's result. False, with a warning, when the cache folder cannot be written."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return True
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(entry.parent / f"{entry.name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        log.warning("could not write the feature cache entry %s (%s); continuing without caching it", entry, exc)
+        return False
+    stack.callback(os.close, fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.warning("another process is extracting these features into %s; waiting for it to finish", entry)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    return True
 
 
 def _gib(b: float) -> str:
