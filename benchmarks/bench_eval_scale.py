@@ -6,7 +6,8 @@ of each N are written once by a separate process (``--make``) under ``--tmp-dir`
 after the last configuration using them. Each configuration then runs in a fresh subprocess that
 maps them read-only; its peak memory is ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (torch
 allocations and the mapped feature pages it touched included; tracemalloc would miss them),
-reported with the process's resident memory before the evaluation started. The subprocesses'
+reported with the process's resident memory before the evaluation started, and its CPU time
+(``time.process_time()``: far less sensitive than wall time to other jobs on a shared machine). The subprocesses'
 stderr (INFO logging: the streaming probe's progress lines) passes through to this one's.
 
     PYTHONPATH=src python3 benchmarks/bench_eval_scale.py --out benchmarks/results/eval_scale.md
@@ -168,6 +169,7 @@ def main() -> int:
                         os.remove(os.path.join(feat_dir, f"train_{n}{suffix}"))
     finally:
         shutil.rmtree(feat_dir, ignore_errors=True)
+        shutil.rmtree(old_src, ignore_errors=True)
     md = render(rows, args)
     if args.out:
         tmp = args.out + ".tmp"
