@@ -1,11 +1,14 @@
 """Time and peak memory of extraction-free evaluation (kNN, linear probe) at growing N (issue 17).
 
 Features are SYNTHETIC and class-structured (class means ``randn(C, D)`` plus Gaussian noise),
-stored as a float16 memory-mapped ``.npy`` file, as the feature cache would hold them. Each
-configuration runs in a fresh subprocess; its peak memory is ``resource.getrusage(RUSAGE_SELF)
-.ru_maxrss`` (torch allocations included; tracemalloc would miss them), reported with the
-process's resident memory before the evaluation started (interpreter, torch, the mapped features
-it touched while writing them).
+stored as a float16 memory-mapped ``.npy`` file, as the feature cache holds them. The features
+of each N are written once by a separate process (``--make``) under ``--tmp-dir`` and deleted
+after the last configuration using them. Each configuration then runs in a fresh subprocess that
+maps them read-only; its peak memory is ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (torch
+allocations and the mapped feature pages it touched included; tracemalloc would miss them),
+reported with the process's resident memory before the evaluation started, and its CPU time
+(``time.process_time()``: far less sensitive than wall time to other jobs on a shared machine). The subprocesses'
+stderr (INFO logging: the streaming probe's progress lines) passes through to this one's.
 
     PYTHONPATH=src python3 benchmarks/bench_eval_scale.py --out benchmarks/results/eval_scale.md
 
@@ -15,10 +18,12 @@ Options choose the sizes; ``--quick`` runs a tiny grid (a smoke test of the scri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,7 +39,8 @@ def _rss_mb() -> float:
 
 
 def make_features(path: str, n: int, d: int, c: int, seed: int, chunk: int = 16384):
-    """Class-structured synthetic features as a float16 .npy memmap, written in row blocks."""
+    """Class-structured synthetic features as a float16 .npy memmap, written in row blocks; the
+    labels go to ``path`` with ``.labels.npy``."""
     import numpy as np
     import torch
 
@@ -47,43 +53,52 @@ def make_features(path: str, n: int, d: int, c: int, seed: int, chunk: int = 163
         mm[s : s + len(y)] = (centers[y] + 2.0 * torch.randn(len(y), d, generator=g)).half().numpy()
     mm.flush()
     del mm
-    return torch.from_numpy(np.load(path, mmap_mode="r")), labels
+    np.save(path[: -len(".npy")] + ".labels.npy", labels.numpy())
+
+
+def load_features(path: str):
+    import warnings
+
+    import numpy as np
+    import torch
+
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # read-only on purpose
+    return (torch.from_numpy(np.load(path, mmap_mode="r")),
+            torch.from_numpy(np.load(path[: -len(".npy")] + ".labels.npy")))
 
 
 def one(args) -> dict:
-    """Run one configuration in this process and return its measurements."""
+    """Run one configuration in this process on the features under ``args.features_dir``."""
+    import logging
+
     import torch
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    tmp = tempfile.mkdtemp(prefix="e2mc_scale_")
-    try:
-        xtr, ytr = make_features(os.path.join(tmp, "train.npy"), args.n, args.d, args.c, seed=0)
-        xte, yte = make_features(os.path.join(tmp, "test.npy"), args.n_test, args.d, args.c, seed=1)
-        rss0 = _rss_mb()
-        t0 = time.perf_counter()
-        if args.what == "knn":
-            from e2mc.evaluate.knn import knn_classify
+    xtr, ytr = load_features(os.path.join(args.features_dir, f"train_{args.n}.npy"))
+    xte, yte = load_features(os.path.join(args.features_dir, f"test_{args.n_test}.npy"))
+    rss0 = _rss_mb()
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    if args.what == "knn":
+        from e2mc.evaluate.knn import knn_classify
 
-            res = knn_classify(xtr, ytr, xte, yte, ks=(20,), num_classes=args.c)
-        elif args.what == "knn_old":  # the implementation before issue 17 (full query x bank blocks)
-            sys.path.insert(0, args.old_src)
-            from knn_old import knn_classify as old
+        res = knn_classify(xtr, ytr, xte, yte, ks=(20,), num_classes=args.c)
+    elif args.what == "knn_old":  # the implementation before issue 17 (full query x bank blocks)
+        sys.path.insert(0, args.old_src)
+        from knn_old import knn_classify as old
 
-            res = old(xtr.float(), ytr, xte.float(), yte, ks=(20,), num_classes=args.c)
-        else:
-            from e2mc.evaluate.linear import linear_probe
+        res = old(xtr.float(), ytr, xte.float(), yte, ks=(20,), num_classes=args.c)
+    else:
+        from e2mc.evaluate.linear import linear_probe
 
-            wds = tuple(float(v) for v in args.wds.split(","))
-            res = linear_probe(xtr, ytr, xte, yte, weight_decays=wds, solver="streaming", num_classes=args.c,
-                               streaming={"epochs": args.epochs, "min_steps": 0})
-            res = {"top1": res["top1"], "weight_decay": res["weight_decay"], "epochs": res["streaming"]["epochs"]}
-        dt = time.perf_counter() - t0
-    finally:
-        for f in os.listdir(tmp):
-            os.remove(os.path.join(tmp, f))
-        os.rmdir(tmp)
+        wds = tuple(float(v) for v in args.wds.split(","))
+        res = linear_probe(xtr, ytr, xte, yte, weight_decays=wds, solver="streaming", num_classes=args.c,
+                           streaming={"epochs": args.epochs, "min_steps": 0})
+        res = {"top1": res["top1"], "weight_decay": res["weight_decay"], "epochs": res["streaming"]["epochs"]}
+    dt, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"what": args.what, "n": args.n, "n_test": args.n_test, "d": args.d, "c": args.c, "seconds": dt,
+            "cpu_seconds": cpu,
             "rss_before_mb": rss0, "peak_mb": peak, "features_mb": (args.n + args.n_test) * args.d * 2 / 2**20,
             "result": res}
 
@@ -91,6 +106,10 @@ def one(args) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--make", default="", help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--features-dir", default="", help=argparse.SUPPRESS)
+    p.add_argument("--tmp-dir", default=None, help="where the synthetic features are written (default: $TMPDIR)")
     p.add_argument("--what", default="knn")
     p.add_argument("--n", type=int, default=50000)
     p.add_argument("--n-test", type=int, default=1000)
@@ -106,6 +125,9 @@ def main() -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=None)
     args = p.parse_args()
+    if args.make:
+        make_features(args.make, args.n, args.d, args.c, args.seed)
+        return 0
     if args.one:
         print(json.dumps(one(args)))
         return 0
@@ -121,16 +143,33 @@ def main() -> int:
     if args.old_knn_n:
         runs.insert(1, ("knn_old", args.old_knn_n))
     rows = []
-    for what, n in runs:
-        cmd = [sys.executable, os.path.abspath(__file__), "--one", "--what", what, "--n", str(n), "--n-test",
-               str(args.n_test), "--d", str(args.d), "--c", str(args.c), "--wds", args.wds, "--epochs",
-               str(args.epochs), "--threads", str(args.threads), "--old-src", old_src]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode:
-            print(r.stderr[-2000:], file=sys.stderr)
-            return 1
-        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
-        print(json.dumps(rows[-1]), flush=True)
+    feat_dir = tempfile.mkdtemp(prefix="e2mc_scale_", dir=args.tmp_dir)
+    common = ["--d", str(args.d), "--c", str(args.c)]
+    try:
+        for i, (what, n) in enumerate(runs):
+            for nn, name, seed in ((n, f"train_{n}.npy", 0), (args.n_test, f"test_{args.n_test}.npy", 1)):
+                path = os.path.join(feat_dir, name)
+                if not os.path.exists(path):
+                    t0 = time.perf_counter()
+                    subprocess.run([sys.executable, os.path.abspath(__file__), "--make", path, "--n", str(nn),
+                                    "--seed", str(seed), *common], check=True)
+                    print(f"# wrote {path} ({nn} x {args.d} fp16) in {time.perf_counter() - t0:.0f} s",
+                          file=sys.stderr, flush=True)
+            cmd = [sys.executable, os.path.abspath(__file__), "--one", "--what", what, "--n", str(n), "--n-test",
+                   str(args.n_test), *common, "--wds", args.wds, "--epochs", str(args.epochs), "--threads",
+                   str(args.threads), "--old-src", old_src, "--features-dir", feat_dir]
+            r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # stderr (progress) passes through
+            if r.returncode:
+                return 1
+            rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), flush=True)
+            if all(m != n for _, m in runs[i + 1 :]):  # no later run uses this N: free the disk
+                for suffix in (".npy", ".labels.npy"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(feat_dir, f"train_{n}{suffix}"))
+    finally:
+        shutil.rmtree(feat_dir, ignore_errors=True)
+        shutil.rmtree(old_src, ignore_errors=True)
     md = render(rows, args)
     if args.out:
         tmp = args.out + ".tmp"
@@ -154,12 +193,13 @@ def render(rows, args) -> str:
             platform.processor() or platform.machine(), os.cpu_count(), args.threads, platform.python_version()),
         "Command: `PYTHONPATH=src python3 benchmarks/bench_eval_scale.py %s`" % " ".join(sys.argv[1:]),
         "",
-        "| protocol | N | time (s) | peak RSS (MB) | RSS before eval (MB) | features on disk (MB) | result |",
-        "|---|---|---|---|---|---|---|",
+        "| protocol | N | time (s) | CPU time (s) | peak RSS (MB) | RSS before eval (MB) | features on disk (MB) | result |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         name = {"knn": "kNN (streamed)", "knn_old": "kNN (before issue 17)", "linear": "linear (streaming)"}[r["what"]]
-        lines.append(f"| {name} | {r['n']:,} | {r['seconds']:.1f} | {r['peak_mb']:.0f} | {r['rss_before_mb']:.0f} | "
+        cpu = r.get("cpu_seconds", float("nan"))
+        lines.append(f"| {name} | {r['n']:,} | {r['seconds']:.1f} | {cpu:.0f} | {r['peak_mb']:.0f} | {r['rss_before_mb']:.0f} | "
                      f"{r['features_mb']:.0f} | {json.dumps(r['result'])} |")
     return "\n".join(lines) + "\n"
 

@@ -783,10 +783,10 @@ def _cache_probe(damage: str):
         first = ctx.cli("evaluate", ctx.base, *EVAL)
         if first.code != 0:
             return judge(ctx, first, "ok")
-        entries = list((ctx.tmp / "cache" / "features").glob("*.safetensors"))
+        entries = [p.parent for p in (ctx.tmp / "cache" / "features").glob("*/progress.json")]
         if not entries:
             return judge(ctx, first, "ok", extra_wrong="no cache entry written")
-        e = entries[0]
+        e = entries[0] / "backbone.npy"  # an entry: <output>.npy memory maps, labels.npy, progress.json
         data = e.read_bytes()
         if damage == "truncated":
             e.write_bytes(data[: len(data) // 2])
@@ -794,16 +794,11 @@ def _cache_probe(damage: str):
             e.write_bytes(os.urandom(len(data)))
         elif damage == "empty":
             e.write_bytes(b"")
-        else:
-            from safetensors.torch import load_file, save_file
-            t = load_file(str(e))
-            if damage == "no labels":
-                t.pop("__labels__")
-            elif damage == "wrong N":
-                t = {k: v[:-5].contiguous() for k, v in t.items()}
-            elif damage == "other outputs only":
-                t = {"__labels__": t["__labels__"], "projector": next(v for k, v in t.items() if k != "__labels__")}
-            save_file(t, str(e))
+        elif damage == "no labels":
+            (entries[0] / "labels.npy").unlink()
+        elif damage == "wrong N":
+            import numpy as np
+            np.save(e, np.load(e)[:-5])
         second = ctx.cli("evaluate", ctx.base, *EVAL)
         wrong = ""
         if second.code == 0:

@@ -33,7 +33,7 @@ def test_evaluate_checkpoint_on_digits(tmp_path):
     assert 0.3 < res["knn"]["top1_k20"] <= 1.0  # random conv features on digits are far above chance (0.1)
     assert 1 <= res["rankme"]["projector"] <= 32
     assert len(res["entropy"]["marginals_sample"]) == 4
-    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2  # train + test, cached once
+    assert len(list((tmp_path / "cache").glob("*/progress.json"))) == 2  # train + test, cached once
 
 
 def test_cli_evaluate_json_and_compare(tmp_path, capsys, monkeypatch):

@@ -1,10 +1,12 @@
-"""Issue 11 item 7: a broken feature-cache entry is reported, deleted and recomputed; --no-cache."""
+"""Issue 11 item 7: a broken feature-cache entry is reported, deleted and recomputed; --no-cache.
+(Issue 17: an entry is a folder of fp16 .npy memory maps with progress.json.)"""
 
+import json
 import logging
 
+import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from e2mc.cli import main
 from e2mc.evaluate.features import extract_features
@@ -14,49 +16,60 @@ WHICH = ("backbone", "projector")
 
 
 def _truncate(p):
-    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    f = p / "backbone.npy"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
 
 
 def _garbage(p):
-    p.write_bytes(b"\x00\xff" * 300)
+    (p / "backbone.npy").write_bytes(b"\x00\xff" * 300)
 
 
 def _empty(p):
-    p.write_bytes(b"")
+    (p / "backbone.npy").write_bytes(b"")
 
 
 def _no_projector(p):
-    t = load_file(str(p))
-    del t["projector"]
-    save_file(t, str(p))
+    (p / "projector.npy").unlink()
 
 
 def _wrong_n(p):
-    t = load_file(str(p))
-    save_file({k: v[:-3].contiguous() for k, v in t.items()}, str(p))
+    np.save(p / "backbone.npy", np.load(p / "backbone.npy")[:-3])
 
 
 def _no_labels(p):
-    t = load_file(str(p))
-    del t["__labels__"]
-    save_file(t, str(p))
+    (p / "labels.npy").unlink()
 
 
 def _nan_features(p):
-    t = load_file(str(p))
-    t["backbone"][0, 0] = float("nan")
-    save_file(t, str(p))
+    a = np.load(p / "backbone.npy", mmap_mode="r+")
+    a[0, 0] = np.nan
+    a.flush()
 
 
-@pytest.mark.parametrize("damage", [_truncate, _garbage, _empty, _no_projector, _wrong_n, _no_labels, _nan_features])
+def _bad_progress(p):
+    (p / "progress.json").write_text("{not json")
+
+
+def _progress_beyond_n(p):
+    prog = json.loads((p / "progress.json").read_text())
+    (p / "progress.json").write_text(json.dumps({**prog, "rows": prog["n"] + 5, "complete": False}))
+
+
+def _float32_file(p):  # the right shape, but not the recorded dtype
+    np.save(p / "backbone.npy", np.load(p / "backbone.npy").astype(np.float32))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _garbage, _empty, _no_projector, _wrong_n, _no_labels, _nan_features,
+                                    _bad_progress, _progress_beyond_n, _float32_file])
 def test_broken_entry_is_reported_deleted_and_recomputed(tmp_path, caplog, damage):
     net, data = TinyNet(0), colour_dataset(10, seed=0)
     first = extract_features(net, data, which=WHICH, cache_dir=tmp_path)
-    (entry,) = tmp_path.glob("*.safetensors")
+    first = {w: first[w].clone() for w in WHICH}  # the damage below edits the files these map
+    (entry,) = [p.parent for p in tmp_path.glob("*/progress.json")]
     damage(entry)
     with caplog.at_level(logging.WARNING, logger="e2mc.evaluate.features"):
         again = extract_features(net, data, which=WHICH, cache_dir=tmp_path)
-    fresh = extract_features(TinyNet(0), data, which=WHICH, use_cache=False)  # independent computation
+    fresh = extract_features(TinyNet(0), data, which=WHICH, use_cache=False)  # independent computation (fp16 too)
     assert not again.meta["cached"]
     for w in WHICH:
         assert torch.equal(again[w], fresh[w]) and torch.equal(again[w], first[w])
@@ -98,7 +111,7 @@ def test_cli_no_cache_writes_nothing(ckpt, tmp_path, capsys):
     assert _evaluate(ckpt, tmp_path / "c1", "--no-cache") == 0
     assert not (tmp_path / "c1").exists()
     assert _evaluate(ckpt, tmp_path / "c2") == 0
-    assert len(list((tmp_path / "c2").glob("*.safetensors"))) == 1
+    assert len(list((tmp_path / "c2").glob("*/progress.json"))) == 1
     out = capsys.readouterr().out
     a, b = [line for line in out.splitlines() if "backbone" in line]
     assert a == b  # same model, same result with and without the cache
@@ -107,12 +120,13 @@ def test_cli_no_cache_writes_nothing(ckpt, tmp_path, capsys):
 def test_cli_broken_entry_then_evaluate_still_works(ckpt, tmp_path, capsys, caplog):
     torch.set_num_threads(1)
     assert _evaluate(ckpt, tmp_path) == 0
-    (entry,) = tmp_path.glob("*.safetensors")
+    (entry,) = [p.parent for p in tmp_path.glob("*/progress.json")]
     _truncate(entry)
     with caplog.at_level(logging.WARNING, logger="e2mc.evaluate.features"):
         assert _evaluate(ckpt, tmp_path) == 0
     assert "unreadable or incomplete" in caplog.text and "Traceback" not in capsys.readouterr().err
-    assert load_file(str(entry))["__labels__"].numel() > 0  # rewritten whole
+    assert json.loads((entry / "progress.json").read_text())["complete"]  # rewritten whole
+    assert np.load(entry / "backbone.npy", mmap_mode="r").dtype == np.float16
 
 
 def test_cli_compare_has_no_cache(ckpt, tmp_path):

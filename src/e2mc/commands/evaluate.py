@@ -33,6 +33,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=10, help="epochs for linear_finetune and semisup")
     p.add_argument("--cache-dir", default=None, help="feature cache (default $E2MC_CACHE/features)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
+    p.add_argument("--feature-dtype", choices=("float16", "float32"), default="float16",
+                   help="how frozen features are stored, in the cache and in memory (default float16)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--ks", type=_ints, default=[10, 20, 100, 200],
                    help="comma-separated kNN neighbour counts (default 10,20,100,200; clipped to the training size)")
@@ -75,7 +77,7 @@ def _kwargs(args) -> dict:
                 image_size=args.image_size, cache_dir=args.cache_dir, use_cache=not args.no_cache,
                 epochs=args.epochs, ks=args.ks, test_split=args.test_split, root=args.data_root,
                 download=args.download, lidar_images=args.lidar_images, lidar_views=args.lidar_views,
-                linear_solver=args.linear_solver)
+                linear_solver=args.linear_solver, feature_dtype=args.feature_dtype)
 
 
 def _convergence(v: dict) -> str:

@@ -82,6 +82,7 @@ def evaluate(
     lidar_images: int = 500,
     lidar_views: int = 8,
     linear_solver: str = "auto",
+    feature_dtype: str = "float16",
 ) -> dict:
     """Evaluate a checkpoint file, run folder or in-memory ``SSLModel`` with the given protocols.
 
@@ -98,6 +99,8 @@ def evaluate(
             ``seeds[0]``), each augmented that many times with the model's training views.
         linear_solver: ``"auto"``, ``"lbfgs"`` or ``"streaming"`` for the ``linear`` protocol
             (see :func:`e2mc.evaluate.linear.linear_probe`; the result names the one used).
+        feature_dtype: ``"float16"`` or ``"float32"``: how the frozen features are stored (cache
+            and memory; :func:`e2mc.evaluate.features.extract_features`'s ``cache_dtype``).
     Returns:
         ``{protocol: {metric: value}}`` plus ``"meta"`` (checkpoint, dataset, seeds).
     """
@@ -118,7 +121,7 @@ def evaluate(
     has_proj = getattr(model, "projector", None) is not None
     which = ("backbone", "projector") if has_proj and (set(protocols) & _LABEL_FREE) else ("backbone",)
     kw = dict(batch_size=batch_size, device=device, which=which, cache_dir=cache_dir, use_cache=use_cache,
-              cache_key_parts=(spec,))
+              cache_key_parts=(spec,), cache_dtype=feature_dtype)
     need_train = set(protocols) & {"knn", "linear", "fewshot"}
     from e2mc.evaluate.features import extract_features, file_sha256
 

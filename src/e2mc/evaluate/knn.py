@@ -41,8 +41,10 @@ def check_features(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
         raise DataError(f"{what}: {x.shape[0]} feature rows but labels of shape {tuple(y.shape)}; they must match")
     if x.shape[0] == 0:
         raise DataError(f"{what} set is empty; check the dataset split")
-    if not all_finite(x):
-        raise DataError(f"{what} features contain NaN/inf; re-extract them (the model or checkpoint may be broken)")
+    bad = nonfinite_rows(x)
+    if bad:
+        raise DataError(f"{what} features: {bad} of {x.shape[0]} rows contain NaN/inf; re-extract them "
+                        "(the model or checkpoint may be broken)")
     if (y < 0).any():
         raise DataError(
             f"{what} labels are missing (-1) for {int((y < 0).sum())} samples; "
@@ -53,6 +55,11 @@ def check_features(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
 def all_finite(x: torch.Tensor, rows: int = 65536) -> bool:
     """``torch.isfinite(x).all()`` in row blocks (no N x D boolean copy of a large bank)."""
     return all(bool(torch.isfinite(x[i : i + rows]).all()) for i in range(0, x.shape[0], rows))
+
+
+def nonfinite_rows(x: torch.Tensor, rows: int = 65536) -> int:
+    """How many rows of ``x`` hold a NaN/inf, counted in row blocks."""
+    return sum(int((~torch.isfinite(x[i : i + rows])).any(dim=1).sum()) for i in range(0, x.shape[0], rows))
 
 
 def _order(vals: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

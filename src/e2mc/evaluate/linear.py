@@ -164,9 +164,13 @@ def linear_probe(
     used = choose_solver(solver, train_x.shape[0], train_x.shape[1], c, len(weight_decays))
 
     # 1) selection on a split of the training set only
+    counts = torch.bincount(train_y, minlength=c)
+    small = ((counts > 0) & (counts < 2)).nonzero().flatten().tolist()
+    if small:
+        raise DataError(f"linear probe: {len(small)} class(es) (e.g. class {small[0]}) have 1 training sample, fewer "
+                        "than the 2 the held-out selection split needs (one held out, one to train on); use a "
+                        "training split with at least 2 samples per class")
     tr_idx, va_idx = stratified_split(train_y, val_fraction, seed)
-    if va_idx.numel() == 0:
-        raise DataError("linear probe: too few training samples per class to hold out a validation split")
     selection = f"held-out {val_fraction:.0%} stratified split of train (seed {seed})"
     if used == "streaming":
         from e2mc.evaluate.streaming import streaming_probe

@@ -20,14 +20,19 @@ momentum live in memory besides the features themselves.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from typing import Sequence
 
 import torch
 
 from e2mc.errors import DataError
 
+log = logging.getLogger(__name__)
+
 CHUNK = 16384  # rows per block for statistics and scoring
+PROGRESS_SECONDS = 60.0  # a progress line (INFO) at most this often during a long fit
 
 
 def _take(x: torch.Tensor, idx: torch.Tensor | None, s: int, e: int) -> torch.Tensor:
@@ -94,7 +99,8 @@ def fit_streaming(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None, nu
     g = torch.Generator().manual_seed(int(seed))
     y = y.to(dev)
     step = 0
-    for _ in range(epochs):
+    t0 = t_log = time.monotonic()
+    for ep in range(epochs):
         perm = torch.randperm(n, generator=g)
         order = perm if idx is None else idx[perm]
         for s in range(0, n, batch_size):
@@ -111,6 +117,10 @@ def fit_streaming(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None, nu
             w -= scale * (gw + momentum * mw)  # Nesterov
             b -= scale * (gb + momentum * mb)
             step += 1
+            if time.monotonic() - t_log >= PROGRESS_SECONDS:
+                t_log = time.monotonic()
+                log.info("streaming linear probe: %d heads, epoch %d/%d, step %d/%d, %.0f s", h, ep + 1, epochs,
+                         step, total, t_log - t0)
         if not bool(torch.isfinite(w).all()):
             raise DataError("streaming linear probe diverged (non-finite weights); check the features for "
                             "huge values or pass a smaller lr_scale (linear_probe(..., streaming={'lr_scale': 0.3}))")
