@@ -40,7 +40,7 @@ _PUBLIC = {
     "pretrain": "e2mc.train.api",
     "continue_training": "e2mc.train.api",
     # evaluation
-    "rankme": "e2mc.evaluate.metrics",
+    "rankme": "e2mc.metrics",
     "evaluate": "e2mc.evaluate.api",
     "compare": "e2mc.evaluate.compare",
 }

@@ -13,6 +13,8 @@ from typing import Iterator, Sequence
 import torch
 import torch.distributed as dist
 
+from e2mc.errors import ConfigError
+
 
 def is_distributed() -> bool:
     """True when torch.distributed is initialised with more than one process."""
@@ -27,8 +29,20 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
-def is_main_process() -> bool:
-    return rank() == 0
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """``"auto"`` -> ``cuda:LOCAL_RANK`` when CUDA is available, else CPU; otherwise ``torch.device(name)``."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device cuda asked for but CUDA is not available; use --device cpu")
+        if dev.index is None:
+            dev = torch.device(f"cuda:{local_rank}")
+    return dev
 
 
 class _GatherWithGrad(torch.autograd.Function):

@@ -1,4 +1,4 @@
-"""Atomic file writes: the one helper every file e2mc writes goes through.
+"""Files: the one atomic write every file e2mc writes goes through, and the cache root.
 
 ``atomic_write(path, write)`` calls ``write(tmp)`` with the path of a temp file in ``path``'s own
 folder, named ``.<name>.<8 random characters>.tmp`` (:data:`TEMP_NAME`), then
@@ -51,6 +51,13 @@ def _fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def cache_root() -> Path:
+    """Where e2mc caches (datasets, features, the demo's start): ``$E2MC_CACHE`` if set, else
+    ``~/.cache/e2mc``. Each user keeps its own sub-folder (``datasets``, ``features``)."""
+    root = os.environ.get("E2MC_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "e2mc"
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:

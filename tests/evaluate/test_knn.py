@@ -63,8 +63,8 @@ def test_knn_and_label_free_metrics_follow_the_features_device(problem):
     """Tensors made without ``device=`` land on the default device: with the default set to "meta"
     and the features on the CPU, any such tensor (e.g. a vote buffer) breaks the computation,
     exactly as a CPU-built buffer breaks CUDA features."""
-    from e2mc.evaluate import metrics
-    from e2mc.evaluate.fewshot import balanced_subset
+    from e2mc import metrics
+    from e2mc.data.splits import balanced_subset
 
     xtr, ytr, xte, yte = problem
     ref_knn = knn_classify(xtr, ytr, xte, yte.tolist(), ks=(1, 5))
@@ -97,7 +97,7 @@ def test_knn_errors(problem):
 
 def test_linear_probe_and_fewshot_follow_the_features_device(problem):
     """Same trap for the probes: nothing may be built on the default device instead of the features'."""
-    from e2mc.evaluate import metrics
+    from e2mc import metrics
     from e2mc.evaluate.fewshot import fewshot
     from e2mc.evaluate.linear import linear_probe
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from e2mc.errors import CriterionInputError
-from e2mc.evaluate.metrics import alpha_req, covariance_spectrum, lidar
+from e2mc.metrics import alpha_req, covariance_spectrum, lidar
 
 
 def _entropy_rank(vals, eps=1e-7):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from e2mc.errors import CriterionInputError
-from e2mc.evaluate import metrics
+from e2mc import metrics
 
 
 def _with_singular_values(s, n=50, seed=0):

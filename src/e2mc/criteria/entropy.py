@@ -30,7 +30,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from e2mc.criteria.kernels import SpacingEntropy
+from e2mc.criteria.kernels import SpacingEntropy, offdiag_stats
 from e2mc.errors import ConfigError, CriterionInputError
 
 
@@ -161,15 +161,7 @@ def offdiag_cov_sq_sum(xc: torch.Tensor, denom: float) -> torch.Tensor:
     ``||X^T X||_F = ||X X^T||_F`` lets us use the (N, N) Gram matrix instead of the (D, D)
     covariance (D/N times fewer flops); the diagonal is the column sums of squares.
     """
-    n, d = xc.shape
-    diag = (xc * xc).sum(dim=0)
-    if 2 * n <= d:
-        gram = xc @ xc.t()
-        total = (gram * gram).sum() - (diag * diag).sum()
-    else:
-        cov = xc.t() @ xc
-        off = cov - torch.diag_embed(torch.diagonal(cov))
-        total = (off * off).sum()
+    total, _, _ = offdiag_stats(xc)
     return total / (denom * denom)
 
 

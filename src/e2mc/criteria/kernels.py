@@ -141,7 +141,7 @@ class SpacingEntropy(torch.autograd.Function):
         return spacing_grad(grad, a, idx, ctx.m).t(), None, None
 
 
-def _offdiag_stats(uc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def offdiag_stats(uc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(sum_{i != j} (uc^T uc)_ij^2, Gram-or-offdiag-cov, column sums of squares)``."""
     n, d = uc.shape
     diag = (uc * uc).sum(dim=0)
@@ -154,8 +154,8 @@ def _offdiag_stats(uc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
 
 
 def _offdiag_grad(uc: torch.Tensor, mat: torch.Tensor, diag: torch.Tensor) -> torch.Tensor:
-    """``d/d uc`` of ``sum_{i != j} (uc^T uc)_ij^2`` given ``_offdiag_stats``' matrices."""
-    if 2 * uc.shape[0] <= uc.shape[1]:  # same test as _offdiag_stats: mat is the Gram matrix
+    """``d/d uc`` of ``sum_{i != j} (uc^T uc)_ij^2`` given ``offdiag_stats``' matrices."""
+    if 2 * uc.shape[0] <= uc.shape[1]:  # same test as offdiag_stats: mat is the Gram matrix
         return (mat @ uc).sub_(uc * diag).mul_(4.0)
     return (uc @ mat).mul_(4.0)
 
@@ -214,7 +214,7 @@ class E2MCStats(torch.autograd.Function):
         covs, saved = [], []
         for u in us:
             uc = u - u.mean(dim=0, keepdim=True)
-            total, mat, diag = _offdiag_stats(uc)
+            total, mat, diag = offdiag_stats(uc)
             covs.append(total * scale)
             saved += [uc, mat, diag]
         ctx.name, ctx.m, ctx.scale, ctx.dtypes = name, m, scale, [z.dtype for z in zs]

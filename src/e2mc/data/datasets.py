@@ -14,7 +14,7 @@ API summary
   num_samples.
 - ``first_per_class(targets, limit)``: indices of the first ``limit`` samples in class-balanced
   (round-robin over classes) order, returned sorted (``data.limit``; not a random draw: that is
-  :func:`e2mc.evaluate.fewshot.balanced_subset`).
+  :func:`e2mc.data.splits.balanced_subset`).
 
 Folders whose decoded size at ``image_size`` is at most ``max_memory_gb`` are decoded once into
 an ``ArrayDataset`` and cached as ``.npy`` (see ``folder.py``); larger ones (ImageNet) become a
@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import Dataset
 
 from e2mc.errors import DataError
+from e2mc.fileio import cache_root
 from e2mc.data import folder as _folder
 from e2mc.data import splits as _splits
 
@@ -176,7 +177,7 @@ def _torchvision(name: str, split: str, root: Optional[str], image_size, downloa
     if split not in _SPLITS[name]:
         raise DataError(f"{name} has splits {_SPLITS[name]}, not {split!r}; pick one (e2mc evaluate/compare: "
                         f"--test-split {_SPLITS[name][1]}; training: --set data.split=NAME).")
-    root = os.path.abspath(os.path.expanduser(root or os.path.join(_folder.default_cache_dir(), name)))
+    root = os.path.abspath(os.path.expanduser(root or os.path.join(cache_root(), "datasets", name)))
     mean, std = _STATS[name]
     if name == "imagenet":
         return _imagenet(root, split, image_size)
@@ -244,7 +245,7 @@ def _image_folder(path, split, image_size, cache_dir, on_error, limit, max_memor
         info = DatasetInfo(name, split, n_classes, size, IMAGENET_MEAN, IMAGENET_STD, len(paths))
         return _folder.StreamingImageFolder(zip(paths, targets), scan.classes, size,
                                             on_error=on_error, info=info)
-    cache_dir = cache_dir or _folder.default_cache_dir()
+    cache_dir = cache_dir or str(cache_root() / "datasets")
     parts = {"root": scan.root, "split": split, "size": size, "classes": scan.classes, "v": 2,
              "stats_from": None if ref is None else [ref.mean, ref.std]}
     stem = f"{name}-{split}-{size}-{_folder.cache_key(parts, paths)}"

@@ -254,12 +254,6 @@ def cache_key(parts: dict, paths: Sequence[str]) -> str:
     return h.hexdigest()[:20]
 
 
-def default_cache_dir() -> str:
-    """``$E2MC_CACHE/datasets`` if set, else ``~/.cache/e2mc/datasets``."""
-    base = os.environ.get("E2MC_CACHE")
-    return os.path.join(base, "datasets") if base else os.path.expanduser("~/.cache/e2mc/datasets")
-
-
 def load_cached(cache_dir: str, stem: str):
     """Return ``(images uint8 tensor, meta dict)`` from the cache, or None when absent/corrupt."""
     npy, meta = os.path.join(cache_dir, stem + ".npy"), os.path.join(cache_dir, stem + ".json")

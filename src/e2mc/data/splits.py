@@ -116,3 +116,40 @@ def split_dataset(path, split: str, build: Callable[[str, str], object]):
     ds.info.name = f"{source.info.name}@{digest(idx)}"
     ds.info.split = split
     return ds
+
+
+def balanced_subset(labels, per_class: int | None = None, fraction: float | None = None, seed: int = 0) -> torch.Tensor:
+    """Sorted indices of a class-balanced subset: ``per_class`` samples of every class, or, with
+    ``fraction``, ``max(1, round(fraction * N / num_classes))`` samples of every class.
+
+    The draw uses a CPU generator seeded with ``seed``, so the same (labels, size, seed) gives the
+    same indices on any device (they live on the labels' device). Raises ``DataError`` if a class
+    has fewer samples than asked or labels are missing (-1).
+
+    >>> y = torch.arange(10).repeat(5)
+    >>> balanced_subset(y, per_class=2, seed=0).numel()
+    20
+    """
+    labels = torch.as_tensor(labels, device=labels.device if torch.is_tensor(labels) else "cpu").long()
+    if (per_class is None) == (fraction is None):
+        raise DataError("balanced_subset: pass exactly one of per_class or fraction")
+    if (labels < 0).any():
+        raise DataError("balanced_subset: some labels are missing (-1); use a labelled split")
+    classes = labels.unique()
+    if fraction is not None:
+        if not 0 < fraction <= 1:
+            raise DataError(f"balanced_subset: fraction must be in (0, 1], got {fraction}")
+        per_class = max(1, round(fraction * labels.numel() / classes.numel()))
+    if per_class < 1:
+        raise DataError(f"balanced_subset: per_class must be >= 1, got {per_class}")
+    g = torch.Generator().manual_seed(int(seed))
+    chosen = []
+    for c in classes.tolist():
+        idx = (labels == c).nonzero().flatten()
+        if idx.numel() < per_class:
+            raise DataError(f"balanced_subset: class {c} has {idx.numel()} samples, fewer than the {per_class} asked; "
+                            "use fewer shots or a smaller fraction")
+        # the draw is made on the CPU generator whatever the labels' device: same subset everywhere
+        perm = torch.randperm(idx.numel(), generator=g, device="cpu")[:per_class]
+        chosen.append(idx[perm.to(idx.device)])
+    return torch.cat(chosen).sort().values

@@ -113,7 +113,7 @@ def evaluate(
         raise ConfigError(f"unknown protocol(s) {unknown}; choose from {', '.join(PROTOCOLS)}")
     if not seeds:
         raise ConfigError("seeds must contain at least one integer")
-    from e2mc.train.distributed import pick_device
+    from e2mc.distributed import pick_device
 
     device = str(pick_device(device or "auto"))  # ConfigError for an unknown or absent device
     model, path = _load(checkpoint_or_model, device)
@@ -140,7 +140,7 @@ def evaluate(
 
 
 def _lidar(model, dataset, n_images, n_views, image_size, device, batch_size, seed) -> dict:
-    from e2mc.evaluate import metrics
+    from e2mc import metrics
     from e2mc.evaluate.surrogate import augmented_embeddings
 
     emb = augmented_embeddings(model, dataset, n_images=n_images, n_views=n_views, image_size=image_size,
@@ -152,7 +152,7 @@ def _lidar(model, dataset, n_images, n_views, image_size, device, batch_size, se
 
 def _run(p, model, train_f, test_f, train_ds, test_ds, seeds, ks, shots, epochs, device, batch_size, image_size,
          linear_solver="auto"):
-    from e2mc.evaluate import metrics
+    from e2mc import metrics
 
     if p == "knn":
         from e2mc.evaluate.knn import knn_classify
@@ -169,7 +169,7 @@ def _run(p, model, train_f, test_f, train_ds, test_ds, seeds, ks, shots, epochs,
 
         return fewshot(train_f["backbone"], train_f.labels, test_f["backbone"], test_f.labels, shots=shots, seeds=seeds)
     if p == "linear_finetune":
-        from e2mc.evaluate.linear import linear_probe_finetune
+        from e2mc.evaluate.semisup import linear_probe_finetune
 
         return linear_probe_finetune(model, train_ds, test_ds, epochs, batch_size=batch_size, device=device,
                                      image_size=image_size, seed=seeds[0])

@@ -39,12 +39,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from e2mc.data.datasets import IMAGENET_MEAN, IMAGENET_STD
 from e2mc.errors import DataError
+from e2mc.fileio import cache_root
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CACHE_DTYPES = {"float16": np.float16, "float32": np.float32}
 PROGRESS_SECONDS = 30.0  # how often (at most) a running extraction records its progress
 FORMAT = 2  # progress.json format (1 was one safetensors file per entry)
@@ -62,12 +62,6 @@ class FeatureSet:
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.features[name]
-
-
-def default_cache_dir() -> Path:
-    """``$E2MC_CACHE/features`` if set, else ``~/.cache/e2mc/features``."""
-    root = os.environ.get("E2MC_CACHE")
-    return Path(root) / "features" if root else Path.home() / ".cache" / "e2mc" / "features"
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -215,7 +209,7 @@ def extract_features(
     n = len(dataset)
     if n == 0:
         raise DataError("feature extraction: the dataset is empty; check the dataset path and split")
-    entry = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / key
+    entry = (Path(cache_dir) if cache_dir is not None else cache_root() / "features") / key
     with contextlib.ExitStack() as stack:  # the entry's lock, held until the features are returned
         use_cache = use_cache and _lock(stack, entry)
         sink = None

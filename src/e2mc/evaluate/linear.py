@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from e2mc.errors import DataError
 from e2mc.evaluate.knn import check_labelled
+from e2mc.evaluate.streaming import batched_logits, streaming_probe
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +122,6 @@ def fit_logistic(
     return w.detach(), b.detach(), info
 
 
-def batched_logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Logits (N, H, C) of H linear classifiers from one matmul: x (N, D), w (H, D, C), b (H, C)."""
-    h, d, c = w.shape
-    return (x @ w.permute(1, 0, 2).reshape(d, h * c)).view(-1, h, c) + b
-
-
 def linear_probe(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
@@ -173,7 +168,6 @@ def linear_probe(
     tr_idx, va_idx = stratified_split(train_y, val_fraction, seed)
     selection = f"held-out {val_fraction:.0%} stratified split of train (seed {seed})"
     if used == "streaming":
-        from e2mc.evaluate.streaming import streaming_probe
 
         r = streaming_probe(train_x, train_y, test_x, test_y, c, weight_decays, tr_idx.to(train_y.device),
                             va_idx.to(train_y.device), seed=seed, **(streaming or {}))
@@ -220,16 +214,3 @@ def linear_probe(
                   "iterations": info1["iterations"]},
         "tol": info["tol"],
     }
-
-
-def linear_probe_finetune(model, train_ds, test_ds, epochs: int = 100, *, lr: float = 0.1, momentum: float = 0.9,
-                          weight_decay: float = 0.0, batch_size: int = 256, device: str = "cpu",
-                          transform=None, image_size: int | None = None, seed: int = 0) -> dict:
-    """The paper's linear protocol: frozen backbone (eval-mode BN), RandomResizedCrop + flip on the
-    fly, SGD momentum with a cosine schedule; returns the LAST epoch's test accuracy
-    (``{"top1", "epochs", "reported": "last epoch"}``)."""
-    from e2mc.evaluate.semisup import train_classifier
-
-    return train_classifier(model, train_ds, test_ds, epochs=epochs, freeze_backbone=True, lr_head=lr, lr_backbone=0.0,
-                            momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, device=device,
-                            transform=transform, image_size=image_size, seed=seed)

@@ -4,7 +4,7 @@
 per sample), the evaluation transform for normalisation, SGD with momentum and a per-step cosine
 schedule, separate learning rates for head and backbone, and the LAST epoch's test accuracy
 (no selection on the test set). ``semisup`` fine-tunes the whole network on class-balanced
-label fractions (1% and 10% by default) drawn with :func:`e2mc.evaluate.fewshot.balanced_subset`
+label fractions (1% and 10% by default) drawn with :func:`e2mc.data.splits.balanced_subset`
 and writes the subset indices into the result so a run can be repeated exactly.
 """
 
@@ -20,7 +20,7 @@ from torch import nn
 
 from e2mc.errors import DataError
 from e2mc.evaluate.features import default_transform
-from e2mc.evaluate.fewshot import balanced_subset
+from e2mc.data.splits import balanced_subset
 from e2mc.evaluate.stats import summarize
 
 
@@ -153,3 +153,14 @@ def semisup(model, train_ds, test_ds, *, fractions: Sequence[float] = (0.01, 0.1
         out[key + "_ci95"] = None if s.low is None else [s.low, s.high]
         out["per_seed"][key] = accs
     return out
+
+
+def linear_probe_finetune(model, train_ds, test_ds, epochs: int = 100, *, lr: float = 0.1, momentum: float = 0.9,
+                          weight_decay: float = 0.0, batch_size: int = 256, device: str = "cpu",
+                          transform=None, image_size: int | None = None, seed: int = 0) -> dict:
+    """The paper's linear protocol: frozen backbone (eval-mode BN), RandomResizedCrop + flip on the
+    fly, SGD momentum with a cosine schedule; returns the LAST epoch's test accuracy
+    (``{"top1", "epochs", "reported": "last epoch"}``)."""
+    return train_classifier(model, train_ds, test_ds, epochs=epochs, freeze_backbone=True, lr_head=lr, lr_backbone=0.0,
+                            momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, device=device,
+                            transform=transform, image_size=image_size, seed=seed)

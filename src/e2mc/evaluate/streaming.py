@@ -129,10 +129,14 @@ def fit_streaming(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None, nu
     return w.view(d, h, c).permute(1, 0, 2).contiguous(), b.view(h, c), info
 
 
+def batched_logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Logits (N, H, C) of H linear classifiers from one matmul: x (N, D), w (H, D, C), b (H, C)."""
+    h, d, c = w.shape
+    return (x @ w.permute(1, 0, 2).reshape(d, h * c)).view(-1, h, c) + b
+
+
 def accuracy_per_head(x, y, idx, w, b, mean, std, chunk: int = CHUNK) -> torch.Tensor:
     """Accuracy (H,) of each head on rows ``idx`` of ``x`` (all rows if None), in row blocks."""
-    from e2mc.evaluate.linear import batched_logits
-
     dev = w.device
     n = x.shape[0] if idx is None else idx.numel()
     correct = torch.zeros(w.shape[0], device=dev)

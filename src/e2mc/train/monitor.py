@@ -1,7 +1,7 @@
 """Label-free metrics per epoch on a fixed probe subset (no labels, no augmentation).
 
 The probe is a fixed set of indices drawn once from the run's seed; images go through the eval
-transform only. Metrics come from ``e2mc.evaluate.metrics``: RankMe of backbone features and of
+transform only. Metrics come from ``e2mc.metrics``: RankMe of backbone features and of
 projector outputs, the E2MC marginal entropy of the mapped projector outputs, and uniformity of
 the (L2-normalised) projector outputs.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from e2mc.evaluate.metrics import marginal_entropy, rankme, uniformity
+from e2mc.metrics import marginal_entropy, rankme, uniformity
 
 
 def probe_indices(n: int, size: int, seed: int) -> list[int]:

@@ -4,7 +4,7 @@ Pure functions on tensors (no I/O). Inputs are embedding matrices ``z`` of shape
 
 Example:
     >>> import torch
-    >>> from e2mc.evaluate.metrics import rankme
+    >>> from e2mc.metrics import rankme
     >>> z = torch.randn(256, 32)
     >>> 1.0 <= rankme(z) <= 32.0
     True
@@ -12,11 +12,13 @@ Example:
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 
+from e2mc.criteria.addons import uniformity as uniformity_loss
+from e2mc.criteria.entropy import get_transform, m_spacing_entropy
+from e2mc.criteria.vicreg import covariance_term
 from e2mc.errors import CriterionInputError
 
 
@@ -68,16 +70,11 @@ def alignment(z1: torch.Tensor, z2: torch.Tensor, alpha: float = 2.0) -> float:
 
 def uniformity(z: torch.Tensor, t: float = 2.0) -> float:
     """Uniformity (Wang & Isola, 2020): log mean_{i<j} exp(-t ||z_i - z_j||^2), L2-normalised z."""
-    z = _check_2d(z, min_rows=2)
-    x = F.normalize(z.detach().double(), dim=1)
-    sq = torch.pdist(x, p=2).pow(2)  # the N(N-1)/2 pairs i<j
-    return float(torch.logsumexp(-t * sq, dim=0)) - math.log(sq.numel())
+    return float(uniformity_loss(_check_2d(z, min_rows=2).detach().double(), t))
 
 
 def marginal_entropy(z: torch.Tensor, transform: str = "sigmoid", m: int | None = None) -> float:
     """Mean m-spacing entropy of the 1-D marginals of ``transform(z)`` (the E2MC entropy term)."""
-    from e2mc.criteria.entropy import get_transform, m_spacing_entropy
-
     z = _check_2d(z, min_rows=2)
     u = get_transform(transform)(z.detach().float())
     return float(m_spacing_entropy(u, m=m).mean())
@@ -85,20 +82,12 @@ def marginal_entropy(z: torch.Tensor, transform: str = "sigmoid", m: int | None 
 
 def e2mc_covariance(z: torch.Tensor, transform: str = "sigmoid") -> float:
     """E2MC covariance term: sum of squared off-diagonal covariances of ``transform(z)``, over D."""
-    from e2mc.criteria.entropy import get_transform
-
     z = _check_2d(z, min_rows=2)
-    u = get_transform(transform)(z.detach().float()).double()
-    u = u - u.mean(dim=0, keepdim=True)
-    cov = u.T @ u / (u.shape[0] - 1)
-    off = cov - torch.diag(torch.diagonal(cov))
-    return float(off.pow(2).sum() / u.shape[1])
+    return float(covariance_term(get_transform(transform)(z.detach().float()).double()))
 
 
 def get_mapped(z: torch.Tensor, transform: str = "sigmoid") -> torch.Tensor:
     """``transform(z)`` in float32: the embeddings mapped into the box, as E2MC sees them."""
-    from e2mc.criteria.entropy import get_transform
-
     return get_transform(transform)(_check_2d(z).detach().float())
 
 
