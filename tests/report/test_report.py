@@ -86,3 +86,26 @@ def test_report_table_states_intervals_and_spread(tmp_path):
     assert ("| fewshot/top1_5shot (%) † | 60.33 ± 2.52 (3) | 65.33 ± 2.52 (3) | "
             "+5.00 [+5.00, +5.00] (paired over evaluation seeds, n=3) |") in md
     assert "evaluation noise, not training variance" in md
+
+
+def test_report_opens_with_the_headline_and_lists_each_run(tmp_path):
+    from e2mc.evaluate.compare import headline
+
+    comp = _comparison()
+    runs = []
+    for name, seed in (("run_a", 0), ("run_b", 1)):
+        d = _run(tmp_path, name, 0.5 + seed)
+        (d / "config.yaml").write_text(f"mode: continue\ntrain:\n  seed: {seed}\n  epochs: 1\n")
+        runs.append(d)
+    paths = write_report(tmp_path / "out", comp, runs=runs, wall_times={"pretrain": 12.34, "total": 56.7})
+    md = paths["markdown"].read_text()
+    head = headline(comp)
+    lines = [line for line in md.splitlines() if line.strip()]
+    assert lines[1] == f"**{head['text']}**"  # right under the title: the comparison's verdict
+    assert head["text"].startswith("Headline (knn/top1_k20, n=1: no interval): `vicreg+e2mc` − `vicreg` = +5.00 points")
+    assert "Wall time: pretrain 12 s, total 57 s." in md and "## How to read this" in md
+    # metrics.csv rows: steps 0..90, epochs 0..1, wall_time 0..9 s
+    assert "| `run_a` | run_a | 0 | 1 | 90 | 9.0 |" in md and "| `run_b` | run_b | 1 | 1 | 90 | 9.0 |" in md
+    assert "logged rows" not in md
+    html = paths["html"].read_text()
+    assert f"id='headline'>Headline (knn/top1_k20" in html

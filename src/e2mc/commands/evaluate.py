@@ -82,13 +82,18 @@ def _convergence(v: dict) -> str:
     return ("converged" if v["converged"] else "NOT converged") + f" (max |grad| {v['grad_max']:.1e})"
 
 
-def _fmt(v) -> str:
+def _fmt(v, metric: str = "") -> str:
+    from e2mc.evaluate.compare import is_accuracy
+    from e2mc.evaluate.stats import decimals_for, fmt_number
+
+    if isinstance(v, float) and is_accuracy(metric) and "top1" in metric:
+        return f"{fmt_number(100 * v, 2)} %"
+    if isinstance(v, float):
+        return fmt_number(v, decimals_for(v))
     if isinstance(v, dict) and "converged" in v and "grad_max" in v:  # linear probe: the refit
         return _convergence(v) + (f", {v['iterations']} iterations" if "iterations" in v else "")
     if isinstance(v, dict) and v and all(isinstance(x, dict) and "converged" in x for x in v.values()):
         return "; ".join(f"wd {k:g}: {_convergence(x)}" for k, x in v.items())  # per penalty
-    if isinstance(v, float):
-        return f"{v:.4f}"
     if isinstance(v, list) and v and isinstance(v[0], (int, float)) and len(v) <= 5:
         return "[" + ", ".join(f"{x:.4f}" if isinstance(x, float) else str(x) for x in v) + "]"
     if isinstance(v, (list, dict)):
@@ -109,7 +114,7 @@ def _evaluate(args) -> int:
         print(f"[{proto}]")
         for k, v in metrics.items():
             if k not in ("per_seed", "subsets", "marginals_sample", "indices"):
-                print(f"  {k:32s} {_fmt(v)}")
+                print(f"  {k:32s} {_fmt(v, f'{proto}/{k}')}")
     return 0
 
 
