@@ -60,5 +60,10 @@ def test_tour_runs_as_written(tmp_path, monkeypatch, capsys):
     for line in tour:
         code = main(_e2mc_args(line))
         assert code == 0, f"{line!r} exited {code}: {capsys.readouterr().err[-2000:]}"
-    assert (tmp_path / "runs" / "report" / "report.html").is_file()
+    report = tmp_path / "runs" / "cmp"  # `compare --out` writes the one report
+    html = (report / "report.html").read_text()
+    assert "Headline (knn/top1_k20" in html and "## Runs" in (report / "report.md").read_text()
+    for plot in ("training", "accuracy", "spectrum", "marginals"):  # the plots the README promises
+        assert (report / f"{plot}.png").is_file(), plot
+        assert f"({plot}.png)" in (report / "report.md").read_text()
     assert (tmp_path / "runs" / "e2mc_backbone.safetensors").is_file()

@@ -109,3 +109,16 @@ def test_report_opens_with_the_headline_and_lists_each_run(tmp_path):
     assert "logged rows" not in md
     html = paths["html"].read_text()
     assert f"id='headline'>Headline (knn/top1_k20" in html
+
+
+def test_report_regenerates_the_compare_report_in_place(tmp_path, capsys):
+    from e2mc.cli import main
+
+    comp = _comparison()
+    comp.to_json(tmp_path / "comparison.json")
+    first = write_report(tmp_path, comp)["markdown"].read_text()  # what `compare --out` writes
+    (tmp_path / "report.md").unlink()
+    assert main(["report", str(tmp_path / "comparison.json")]) == 0  # no --out: next to the JSON
+    assert (tmp_path / "report.md").read_text() == first
+    assert main(["report", str(tmp_path / "run_missing")]) == 2
+    assert "--out is needed" in capsys.readouterr().err

@@ -64,9 +64,11 @@ def register(subparsers) -> None:
     _common(p)
     p.set_defaults(func=_compare)
 
-    p = subparsers.add_parser("report", help="write report.md/report.html from a comparison JSON and run folders")
-    p.add_argument("inputs", nargs="+", help="comparison.json written by `e2mc compare` and/or run folders")
-    p.add_argument("--out", required=True, help="output folder")
+    p = subparsers.add_parser("report", help="regenerate the report of `compare --out` from its comparison.json")
+    p.add_argument("inputs", nargs="+", help="comparison.json written by `e2mc compare --out DIR` and/or run folders "
+                                             "(default: the run folders the compared checkpoints lie in)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: the folder of the comparison.json, i.e. regenerate in place)")
     p.set_defaults(func=_report)
 
 
@@ -130,11 +132,12 @@ def _compare(args) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        res.to_json(out / "comparison.json")
-        (out / "comparison.md").write_text(res.to_markdown())
         from e2mc.report import write_report
+        from e2mc.train.run import write_text_atomic
 
-        write_report(out, res)
+        res.to_json(out / "comparison.json")
+        write_text_atomic(out / "comparison.md", res.to_markdown())
+        write_report(out, res)  # the one report; `e2mc report OUT/comparison.json` regenerates it
         print(f"wrote {out / 'comparison.json'}, {out / 'report.md'}, {out / 'report.html'}", file=sys.stderr)
     print(res.to_json() if args.json else res.to_markdown())
     return 0
@@ -147,6 +150,11 @@ def _report(args) -> int:
     from e2mc.evaluate.compare import ComparisonResult
     from e2mc.report import write_report
 
+    jsons = [p for p in args.inputs if p.endswith(".json")]
+    if args.out is None:
+        if not jsons:
+            raise DataError("--out is needed when no comparison.json is given: `e2mc report RUN_DIR ... --out DIR`")
+        args.out = str(Path(jsons[0]).parent)  # regenerate the report next to its comparison.json
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise DataError(f"--out {args.out} is a file; give a folder for report.md/report.html")
     comparison, runs = None, []
