@@ -105,11 +105,14 @@ def continue_arms(cfg: DemoConfig, start: Path, log: Callable[[str], None] = pri
     ckpt = start / "checkpoints" / "last.pt"
     total = 2 * len(cfg.seeds)
     done = 0
+    t0 = time.perf_counter()
     for seed in cfg.seeds:
         for arm, addon in ((BASE, "none"), (E2MC_ARM, "e2mc")):
+            left = divmod(round((time.perf_counter() - t0) / done * (total - done)), 60) if done else None
             done += 1
             run_dir = cfg.out / "runs" / f"{arm.replace('+', '_')}-seed{seed}"
-            log(f"[2/4] continuing ({done}/{total}): {arm}, seed {seed}, {cfg.continue_epochs} epochs -> {run_dir}")
+            log(f"[2/4] continuing ({done}/{total}): {arm}, seed {seed}, {cfg.continue_epochs} epochs -> {run_dir}"
+                + ("" if left is None else f" (stage ETA {left[0]}:{left[1]:02d} at the pace so far)"))
             overrides = {"model.init": str(ckpt), "addon.name": addon, "train.seed": seed,
                          "train.epochs": cfg.continue_epochs, "train.device": cfg.device,
                          "out.dir": str(run_dir), **cfg.extra}
