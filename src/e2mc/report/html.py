@@ -165,7 +165,7 @@ def write_report(out_dir, comparison=None, runs: Sequence[str | os.PathLike] = (
 
     # blocks rendered both as Markdown and as HTML: (kind, payload)
     blocks: list[tuple[str, object]] = [("h1", title)]
-    if head is not None:
+    if head is not None and head.get("text"):
         blocks.append(("headline", head["text"]))
     if wall_times:
         blocks.append(("p", "Wall time: " + ", ".join(
