@@ -51,7 +51,7 @@ def test_compare_table_with_differences(colour_data, tmp_path, make_tiny_net):
     k = res.row("e2mc", "knn/top1_k5")
     assert k["n"] == 1 and k["diff_low"] is None and "no interval" in k["diff_kind"]
     md = res.to_markdown()
-    assert "| metric | base (n) | e2mc (n) | e2mc − base [95% CI] (test) |" in md and "| fewshot/top1_2shot (%) † | 100.00 ± 0.00 (3) |" in md
+    assert "| metric | base | e2mc | e2mc − base |" in md and "| fewshot/top1_2shot (%) † | 100.00 ± 0.00 (3) |" in md
     assert "evaluation noise, not training variance" in md
     back = ComparisonResult.from_json(res.to_json())
     assert back.rows == json.loads(res.to_json())["rows"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -110,6 +111,7 @@ class ComparisonResult:
     rows: list[dict] = field(default_factory=list)
     train_seeds: list[list[int | None]] = field(default_factory=list)  # per arm and checkpoint; None: unknown
     headline: dict | None = None  # a verdict set by its maker (the demo); else :func:`headline` computes one
+    wall_time_s: dict | None = None  # stage -> seconds (compare: evaluation; the demo: each stage), for the report
 
     def metrics(self) -> list[str]:
         """Metric names in table order."""
@@ -134,7 +136,7 @@ class ComparisonResult:
         """
         mets = [m for m in self.metrics() if metrics is None or m in metrics]
         ref = self.names[0]
-        head = ["metric", *[f"{a} (n)" for a in self.names]] + [f"{a} − {ref} [95% CI] (test)" for a in self.names[1:]]
+        head = ["metric", *self.names] + [f"{a} − {ref}" for a in self.names[1:]]
         intro = counts_note(self) + (f" Differences to `{ref}` with a 95% t-interval, paired by training seed when "
                                      "both arms have the same seeds, Welch otherwise. Accuracies in %.")
         if any(r.get("spread") == "evaluation seeds" and r["metric"] in mets for r in self.rows):
@@ -312,9 +314,11 @@ def compare(checkpoints: Sequence, names: Sequence[str] | None = None, dataset="
     if len(set(final_names)) != len(final_names):
         final_names = [f"{n}#{i}" for i, n in enumerate(final_names)]
     paths = [[resolve_checkpoint(p) if isinstance(p, (str, os.PathLike)) else p for p in ps] for _, ps in arms]
+    t0 = time.perf_counter()
     results = [[evaluate(p, dataset, protocols=protocols, seeds=seeds, **evaluate_kwargs) for p in ps] for ps in paths]
     train_seeds = [[training_seed(p) for p in ps] for ps in paths]
     return ComparisonResult(final_names, [[str(p) if isinstance(p, str) else type(p).__name__ for p in ps] for ps in paths],
                             str(dataset) if isinstance(dataset, (str, os.PathLike)) else "custom",
                             list(protocols), [int(s) for s in seeds], results,
-                            build_rows(final_names, results, train_seeds), train_seeds)
+                            build_rows(final_names, results, train_seeds), train_seeds,
+                            wall_time_s={"evaluate": round(time.perf_counter() - t0, 1)})

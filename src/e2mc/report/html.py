@@ -112,7 +112,7 @@ def write_report(out_dir, comparison=None, runs: Sequence[str | os.PathLike] = (
         marginals: name -> (N, d) mapped values (default: from the ``entropy`` protocol).
         headline: the verdict shown on top (default: ``comparison.headline``, else
             :func:`e2mc.evaluate.compare.headline`).
-        wall_times: stage -> seconds, shown under the headline (the demo's stages).
+        wall_times: stage -> seconds, shown under the headline (default: ``comparison.wall_time_s``).
     """
     from e2mc.evaluate.compare import headline as compute_headline
     from e2mc.evaluate.stats import fmt_number
@@ -136,6 +136,7 @@ def write_report(out_dir, comparison=None, runs: Sequence[str | os.PathLike] = (
         raise DataError("nothing to report: pass a comparison JSON and/or run folders")
     head = headline
     if comparison is not None:
+        wall_times = wall_times or comparison.wall_time_s
         spectra = spectra if spectra is not None else spectra_from(comparison)
         marginals = marginals if marginals is not None else marginals_from(comparison)
         head = head or comparison.headline or compute_headline(comparison)
