@@ -58,16 +58,18 @@ def test_tour_runs_as_written(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("E2MC_CACHE", str(tmp_path / "cache"))
     tour = _tour()
     assert len(tour) >= 8
-    said = {}
+    said, logged = {}, {}
     for line in tour:
         code = main(_e2mc_args(line))
         out, err = capsys.readouterr()
         assert code == 0, f"{line!r} exited {code}: {err[-2000:]}"
         said[line] = out
+        logged[line] = err
     # `continue` says what it loaded, the loss in use, and where to go next
     e2mc_run = next(out for line, out in said.items() if "--addon e2mc" in line)
-    assert "loaded:\n  checkpoint : runs/start/checkpoints/last.pt" in e2mc_run
-    assert "loss   : vicreg + e2mc (entropy_weight " in e2mc_run
+    e2mc_log = next(err for line, err in logged.items() if "--addon e2mc" in line)
+    assert "loaded:\n  checkpoint : runs/start/checkpoints/last.pt" in e2mc_log
+    assert "loss   : vicreg + e2mc (entropy_weight " in e2mc_log
     assert e2mc_run.strip().splitlines()[-1].startswith("done: continue vicreg + e2mc (")
     assert e2mc_run.strip().endswith("-> runs/e2mc (next: e2mc evaluate runs/e2mc --dataset digits)")
     # evaluate --json: indented like inspect --json, and says which evaluation seeds each protocol used

@@ -122,3 +122,14 @@ def test_report_regenerates_the_compare_report_in_place(tmp_path, capsys):
     assert (tmp_path / "report.md").read_text() == first
     assert main(["report", str(tmp_path / "run_missing")]) == 2
     assert "--out is needed" in capsys.readouterr().err
+
+
+def test_comparison_json_carries_wall_times_and_verdict_into_the_report(tmp_path):
+    comp = _comparison()
+    comp.wall_time_s = {"evaluate": 3.21, "total": 12.5}
+    comp.headline = {"text": "Headline (made by the demo): E2MC − base-only = +1.00 points"}
+    comp.to_json(tmp_path / "comparison.json")
+    again = ComparisonResult.from_json(str(tmp_path / "comparison.json"))
+    md = write_report(tmp_path / "r", again)["markdown"].read_text()
+    assert "**Headline (made by the demo): E2MC − base-only = +1.00 points**" in md
+    assert "Wall time: evaluate 3.2 s, total 12 s." in md  # 3.21 -> 3.2; 12.5 -> 12 (round half to even)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from e2mc.commands import add_command
 
@@ -143,8 +144,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(source, overrides_from_args(args))
     trainer = Trainer(cfg)
     main = trainer.dist.is_main  # under torchrun, only rank 0 speaks
-    if main:
-        print(start_summary(trainer), flush=True)
+    if main:  # on stderr with the run's other log lines; stdout gets the closing "done: ..." line
+        print(start_summary(trainer), file=sys.stderr, flush=True)
     run_dir = trainer.fit()
     if trainer.stop_requested:
         if main:
