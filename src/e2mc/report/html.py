@@ -223,8 +223,8 @@ def _render_md(blocks) -> str:
             md += [x, ""]
         elif kind == "ul":
             md += [f"- {i}" for i in x] + [""]
-        elif kind == "md":
-            md += [x, ""]
+        elif kind == "md":  # ends with its own newline (benchmarks/reproduce/restat.py rewrites it in place)
+            md += [x]
         elif kind == "table":
             md += ["| " + " | ".join(r) + " |" for r in x[:1]] + ["|" + "---|" * len(x[0])]
             md += ["| " + " | ".join(r) + " |" for r in x[1:]] + [""]
