@@ -60,7 +60,7 @@ def ckpt(runs, method="vicreg"):
 
 def test_usage_errors_are_one_line_pointing_at_help():
     fails("pretrin", must=("invalid choice", "'pretrain'", "e2mc --help"))
-    for argv, frag in ((["evaluate"], "checkpoint"), (["compare"], "arms"), (["report", "x.json"], "--out"),
+    for argv, frag in ((["evaluate"], "checkpoint"), (["compare"], "arms"), (["report"], "inputs"),
                        (["inspect"], "path"), (["export", "a.pt"], "--out"),
                        (["export", "a.pt", "--out", "b", "--to", "onnx"], "'safetensors'")):
         fails(*argv, must=("required" if frag != "'safetensors'" else "invalid choice", frag,

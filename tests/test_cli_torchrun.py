@@ -37,7 +37,9 @@ def test_torchrun_two_processes_through_the_cli(tmp_path, capsys):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.splitlines().count(str(out)) == 1, res.stdout  # rank 0 alone prints the run folder
+    done = [line for line in res.stdout.splitlines() if line.startswith("done: continue")]
+    assert len(done) == 1 and f"-> {out} (next: e2mc evaluate {out}" in done[0], res.stdout  # rank 0 alone
+    assert res.stderr.count("loaded:\n") == 1  # the load summary, from rank 0 alone
     assert "FutureWarning" not in res.stderr
     info = yaml.safe_load((out / "config.yaml").read_text())["run_info"]
     assert (info["world_size"], info["per_device_batch"], info["global_batch"]) == (2, 32, 64)

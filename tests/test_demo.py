@@ -53,12 +53,22 @@ def test_demo_results_report_and_verdict(demo_dirs, capsys):
     for name in ("report.md", "report.html", "accuracy.png", "comparison.json"):
         assert (out / name).stat().st_size > 0
     assert "| metric |" in printed and "Headline" in printed
+    # the same verdict on top of the report, with each stage's wall time (also in results.json)
+    assert head["text"] in printed and f"**{head['text']}**" in (out / "report.md").read_text()
+    assert head["text"].startswith("Headline (knn/top1_k20, paired, n=2): E2MC − base-only = ")
+    wall = results["wall_time_s"]
+    assert set(wall) == {"pretrain", "continue", "evaluate", "report", "total"} and not results["pretrain_cached"]
+    assert wall["total"] >= wall["pretrain"] + wall["continue"] + wall["evaluate"] + wall["report"] - 0.5
+    assert "Wall time: pretrain " in (out / "report.md").read_text()
+    assert "(stage ETA " in printed  # the continue stage's progress lines after the first run
 
 
 def test_demo_reuses_cached_start(demo_dirs, tmp_path, capsys):
     _, cache = demo_dirs
     printed = _run(tmp_path / "again", cache, capsys)
     assert "found in the cache" in printed
+    assert json.loads((tmp_path / "again" / "results.json").read_text())["pretrain_cached"] is True
+    assert "Wall time: pretrain (cached) " in (tmp_path / "again" / "report.md").read_text()
 
 
 def test_demo_refuses_non_empty_out(tmp_path, capsys):

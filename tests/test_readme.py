@@ -1,6 +1,7 @@
 """The README's promises: its test command is what CI runs, the tour runs as written, and every
 other e2mc command it shows parses with the real CLI (with real recipe names)."""
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -57,8 +58,29 @@ def test_tour_runs_as_written(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("E2MC_CACHE", str(tmp_path / "cache"))
     tour = _tour()
     assert len(tour) >= 8
+    said, logged = {}, {}
     for line in tour:
         code = main(_e2mc_args(line))
-        assert code == 0, f"{line!r} exited {code}: {capsys.readouterr().err[-2000:]}"
-    assert (tmp_path / "runs" / "report" / "report.html").is_file()
+        out, err = capsys.readouterr()
+        assert code == 0, f"{line!r} exited {code}: {err[-2000:]}"
+        said[line] = out
+        logged[line] = err
+    # `continue` says what it loaded, the loss in use, and where to go next
+    e2mc_run = next(out for line, out in said.items() if "--addon e2mc" in line)
+    e2mc_log = next(err for line, err in logged.items() if "--addon e2mc" in line)
+    assert "loaded:\n  checkpoint : runs/start/checkpoints/last.pt" in e2mc_log
+    assert "loss   : vicreg + e2mc (entropy_weight " in e2mc_log
+    assert e2mc_run.strip().splitlines()[-1].startswith("done: continue vicreg + e2mc (")
+    assert e2mc_run.strip().endswith("-> runs/e2mc (next: e2mc evaluate runs/e2mc --dataset digits)")
+    # evaluate --json: indented like inspect --json, and says which evaluation seeds each protocol used
+    ev = next(out for line, out in said.items() if line.startswith("e2mc evaluate"))
+    assert ev.startswith("{\n  \"meta\"")
+    assert json.loads(ev)["meta"]["seeds_used"] == {"knn": [], "linear": [0], "rankme": []}
+    assert next(out for line, out in said.items() if line.startswith("e2mc inspect")).startswith("{\n  \"")
+    report = tmp_path / "runs" / "cmp"  # `compare --out` writes the one report
+    html = (report / "report.html").read_text()
+    assert "Headline (knn/top1_k20" in html and "## Runs" in (report / "report.md").read_text()
+    for plot in ("training", "accuracy", "spectrum", "marginals"):  # the plots the README promises
+        assert (report / f"{plot}.png").is_file(), plot
+        assert f"({plot}.png)" in (report / "report.md").read_text()
     assert (tmp_path / "runs" / "e2mc_backbone.safetensors").is_file()

@@ -81,7 +81,8 @@ def restat(folder: str | Path, log=print) -> list[str]:
                         if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
         if html_path.is_file():
             html = html_path.read_text()
-            html_path.write_text(_replace_between(html, "<h2>Comparison</h2>", "<figure>", _md_to_html(comp.to_markdown())))
+            end = "<p>Arms:</p>" if "<p>Arms:</p>" in html else "<figure>"  # reports since issue 15 list arms, runs
+            html_path.write_text(_replace_between(html, "<h2>Comparison</h2>", end, _md_to_html(comp.to_markdown())))
     for ln in changed:
         log(ln)
     return changed

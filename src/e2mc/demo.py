@@ -59,6 +59,21 @@ def _start_overrides(cfg: DemoConfig) -> dict:
     return {"train.epochs": cfg.pretrain_epochs, "train.seed": 0, "train.device": cfg.device, **cfg.extra}
 
 
+def start_dir(cfg: DemoConfig) -> Path:
+    """The cache folder of the demo's start: keyed by the recipe, its overrides and the e2mc version."""
+    from e2mc.recipes import recipe_path
+
+    key_src = json.dumps([recipe_path(cfg.pretrain_recipe).read_text(), _start_overrides(cfg), __version__],
+                         sort_keys=True)
+    return _cache_root(cfg.cache_dir) / f"start-{hashlib.sha256(key_src.encode()).hexdigest()[:12]}"
+
+
+def start_cached(cfg: DemoConfig) -> bool:
+    """Whether the pre-trained start is complete in the cache (then the demo skips pre-training)."""
+    run_dir = start_dir(cfg)
+    return (run_dir / "DONE").is_file() and (run_dir / "checkpoints" / "last.pt").is_file()
+
+
 def pretrained_start(cfg: DemoConfig, log: Callable[[str], None] = print) -> Path:
     """The demo's starting checkpoint: pre-trained once, then reused from the cache.
 
@@ -66,14 +81,11 @@ def pretrained_start(cfg: DemoConfig, log: Callable[[str], None] = print) -> Pat
     pre-training resumes where it stopped.
     """
     from e2mc import pretrain
-    from e2mc.recipes import recipe_path
 
     overrides = _start_overrides(cfg)
-    key_src = json.dumps([recipe_path(cfg.pretrain_recipe).read_text(), overrides, __version__], sort_keys=True)
-    run_dir = _cache_root(cfg.cache_dir) / f"start-{hashlib.sha256(key_src.encode()).hexdigest()[:12]}"
+    run_dir = start_dir(cfg)
     done = run_dir / "DONE"
-    ckpt = run_dir / "checkpoints" / "last.pt"
-    if done.is_file() and ckpt.is_file():
+    if start_cached(cfg):
         log(f"[1/4] pre-trained start found in the cache: {run_dir}")
         return run_dir
     resume = any((run_dir / "checkpoints").glob("*.pt"))  # last.pt, else the newest epoch_N.pt
@@ -93,11 +105,14 @@ def continue_arms(cfg: DemoConfig, start: Path, log: Callable[[str], None] = pri
     ckpt = start / "checkpoints" / "last.pt"
     total = 2 * len(cfg.seeds)
     done = 0
+    t0 = time.perf_counter()
     for seed in cfg.seeds:
         for arm, addon in ((BASE, "none"), (E2MC_ARM, "e2mc")):
+            left = divmod(round((time.perf_counter() - t0) / done * (total - done)), 60) if done else None
             done += 1
             run_dir = cfg.out / "runs" / f"{arm.replace('+', '_')}-seed{seed}"
-            log(f"[2/4] continuing ({done}/{total}): {arm}, seed {seed}, {cfg.continue_epochs} epochs -> {run_dir}")
+            log(f"[2/4] continuing ({done}/{total}): {arm}, seed {seed}, {cfg.continue_epochs} epochs -> {run_dir}"
+                + ("" if left is None else f" (stage ETA {left[0]}:{left[1]:02d} at the pace so far)"))
             overrides = {"model.init": str(ckpt), "addon.name": addon, "train.seed": seed,
                          "train.epochs": cfg.continue_epochs, "train.device": cfg.device,
                          "out.dir": str(run_dir), **cfg.extra}
@@ -108,20 +123,17 @@ def continue_arms(cfg: DemoConfig, start: Path, log: Callable[[str], None] = pri
 
 def headline(comparison, protocol: str = HEADLINE[0], metric: str = HEADLINE[1]) -> dict:
     """E2MC minus base-only on one metric: the comparison table's own difference and interval
-    (paired by training seed when both arms have the same seeds, Welch otherwise)."""
+    (paired by training seed when both arms have the same seeds, Welch otherwise), with the verdict
+    and one-line text of :func:`e2mc.evaluate.compare.headline` (the same the report shows)."""
+    from e2mc.evaluate.compare import headline as comparison_headline
+
     key = f"{protocol}/{metric}"
     base, row = comparison.row(BASE, key), comparison.row(E2MC_ARM, key)
-    if row["diff_low"] is None:
-        verdict = "only one seed: no interval, no verdict (run with more seeds)"
-    elif row["diff_low"] > 0:
-        verdict = "E2MC helps: the 95% interval of the difference is above zero"
-    elif row["diff_high"] < 0:
-        verdict = "E2MC hurts: the 95% interval of the difference is below zero"
-    else:
-        verdict = "no clear difference: the 95% interval of the difference contains zero"
+    head = comparison_headline(comparison, E2MC_ARM, key, subject="E2MC", ref_label="base-only")
     return {"metric": key, "base": base["values"], "e2mc": row["values"], "base_seeds": base["train_seeds"],
             "e2mc_seeds": row["train_seeds"], "difference": row["diff"], "low": row["diff_low"],
-            "high": row["diff_high"], "kind": row["diff_kind"], "n": len(base["values"]), "verdict": verdict}
+            "high": row["diff_high"], "kind": row["diff_kind"], "n": len(base["values"]),
+            "verdict": head["verdict"], "text": head["text"]}
 
 
 def summarise(comparison) -> dict:
@@ -146,6 +158,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)
+    cached = start_cached(cfg)
     start = pretrained_start(cfg, log)
     t_start = time.perf_counter()
     arms = continue_arms(cfg, start, log)
@@ -158,10 +171,16 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
                          seeds=list(cfg.eval_seeds), device=cfg.device)
     t_eval = time.perf_counter()
     head = headline(comparison)
-    comparison.to_json(cfg.out / "comparison.json")
+    comparison.headline = head
+    wall = {"pretrain": round(t_start - t0, 1), "continue": round(t_arms - t_start, 1),
+            "evaluate": round(t_eval - t_arms, 1)}
     log("[4/4] writing the report")
-    paths = write_report(cfg.out, comparison, runs=[*arms[BASE], *arms[E2MC_ARM]],
-                         title="e2mc demo: VICReg continued with and without E2MC (digits)")
+    comparison.wall_time_s = {("pretrain (cached)" if cached else "pretrain"): wall["pretrain"],
+                              "continue": wall["continue"], "evaluate": wall["evaluate"],
+                              "total before the report": round(time.perf_counter() - t0, 1)}
+    comparison.to_json(cfg.out / "comparison.json")  # with its verdict and times: `e2mc report` regenerates the same
+    paths = write_report(cfg.out, comparison, title="e2mc demo: VICReg continued with and without E2MC (digits)")
+    wall.update(report=round(time.perf_counter() - t_eval, 1), total=round(time.perf_counter() - t0, 1))
     results = {
         "e2mc_version": __version__,
         "dataset": "digits (scikit-learn, embedded)",
@@ -169,20 +188,20 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
         "seeds": list(cfg.seeds),
         "n_seeds": {BASE: len(arms[BASE]), E2MC_ARM: len(arms[E2MC_ARM]), START: 1},
         "headline": head,
-        "wall_time_s": {"pretrain_or_cache": round(t_start - t0, 1), "continue": round(t_arms - t_start, 1),
-                        "evaluate": round(t_eval - t_arms, 1), "total": round(time.perf_counter() - t0, 1)},
+        "wall_time_s": wall,
+        "pretrain_cached": cached,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "start_checkpoint": str(start / "checkpoints" / "last.pt"),
         "report": {k: str(v) for k, v in paths.items()},
     }
-    (cfg.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    from e2mc.train.run import write_text_atomic
+
+    write_text_atomic(cfg.out / "results.json", json.dumps(results, indent=2, default=str))
     log("")
     log(comparison.to_markdown(metrics=TABLE_METRICS))
     log("")
-    lo = "n/a" if head["low"] is None else f"{100 * head['low']:+.2f}"
-    hi = "n/a" if head["high"] is None else f"{100 * head['high']:+.2f}"
-    log(f"Headline ({head['metric']}, {head['n']} seeds, {head['kind']}): E2MC - base-only = "
-        f"{100 * head['difference']:+.2f} points, 95% CI [{lo}, {hi}]: {head['verdict']}.")
-    log(f"Wall time {results['wall_time_s']['total']:.0f} s. Results: {cfg.out / 'results.json'}; "
+    log(head["text"])
+    log(f"Wall time {wall['total']:.0f} s (pre-train{' from the cache' if cached else ''} {wall['pretrain']:.0f} s, "
+        f"continue {wall['continue']:.0f} s, evaluate {wall['evaluate']:.0f} s). Results: {cfg.out / 'results.json'}; "
         f"report: {paths.get('html', cfg.out)}")
     return results

@@ -86,3 +86,50 @@ def test_report_table_states_intervals_and_spread(tmp_path):
     assert ("| fewshot/top1_5shot (%) † | 60.33 ± 2.52 (3) | 65.33 ± 2.52 (3) | "
             "+5.00 [+5.00, +5.00] (paired over evaluation seeds, n=3) |") in md
     assert "evaluation noise, not training variance" in md
+
+
+def test_report_opens_with_the_headline_and_lists_each_run(tmp_path):
+    from e2mc.evaluate.compare import headline
+
+    comp = _comparison()
+    runs = []
+    for name, seed in (("run_a", 0), ("run_b", 1)):
+        d = _run(tmp_path, name, 0.5 + seed)
+        (d / "config.yaml").write_text(f"mode: continue\ntrain:\n  seed: {seed}\n  epochs: 1\n")
+        runs.append(d)
+    paths = write_report(tmp_path / "out", comp, runs=runs, wall_times={"pretrain": 12.34, "total": 56.7})
+    md = paths["markdown"].read_text()
+    head = headline(comp)
+    lines = [line for line in md.splitlines() if line.strip()]
+    assert lines[1] == f"**{head['text']}**"  # right under the title: the comparison's verdict
+    assert head["text"].startswith("Headline (knn/top1_k20, n=1: no interval): `vicreg+e2mc` − `vicreg` = +5.00 points")
+    assert "Wall time: pretrain 12 s, total 57 s." in md and "## How to read this" in md
+    # metrics.csv rows: steps 0..90, epochs 0..1, wall_time 0..9 s
+    assert "| `run_a` | run_a | 0 | 1 | 90 | 9.0 |" in md and "| `run_b` | run_b | 1 | 1 | 90 | 9.0 |" in md
+    assert "logged rows" not in md
+    html = paths["html"].read_text()
+    assert f"id='headline'>Headline (knn/top1_k20" in html
+
+
+def test_report_regenerates_the_compare_report_in_place(tmp_path, capsys):
+    from e2mc.cli import main
+
+    comp = _comparison()
+    comp.to_json(tmp_path / "comparison.json")
+    first = write_report(tmp_path, comp)["markdown"].read_text()  # what `compare --out` writes
+    (tmp_path / "report.md").unlink()
+    assert main(["report", str(tmp_path / "comparison.json")]) == 0  # no --out: next to the JSON
+    assert (tmp_path / "report.md").read_text() == first
+    assert main(["report", str(tmp_path / "run_missing")]) == 2
+    assert "--out is needed" in capsys.readouterr().err
+
+
+def test_comparison_json_carries_wall_times_and_verdict_into_the_report(tmp_path):
+    comp = _comparison()
+    comp.wall_time_s = {"evaluate": 3.21, "total": 12.5}
+    comp.headline = {"text": "Headline (made by the demo): E2MC − base-only = +1.00 points"}
+    comp.to_json(tmp_path / "comparison.json")
+    again = ComparisonResult.from_json(str(tmp_path / "comparison.json"))
+    md = write_report(tmp_path / "r", again)["markdown"].read_text()
+    assert "**Headline (made by the demo): E2MC − base-only = +1.00 points**" in md
+    assert "Wall time: evaluate 3.2 s, total 12 s." in md  # 3.21 -> 3.2; 12.5 -> 12 (round half to even)

@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from e2mc.commands import add_command
+
 
 def _seeds(text: str) -> tuple[int, ...]:
     try:
@@ -18,15 +20,18 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
+    p = add_command(
+        sub, "demo",
         help="the whole idea in a few CPU minutes, offline (embedded digits data)",
         description=(
-            "Pre-train a small ResNet with VICReg on scikit-learn's digits (cached after the first run), "
-            "continue it with the base loss only and with base + E2MC for each seed, evaluate the start "
-            "and both arms (kNN, linear probe, RankMe), print the comparison and write results.json and "
-            "a report (Markdown, HTML, PNG) into --out."
+            "Pre-train a small ResNet with VICReg on scikit-learn's digits (cached after the first run),\n"
+            "continue it with the base loss only and with base + E2MC for each seed, evaluate the start\n"
+            "and both arms (kNN, linear probe, RankMe, entropy, spectrum), print the comparison and the\n"
+            "verdict, and write results.json (with each stage's wall time) and the report (Markdown,\n"
+            "HTML, PNG) into --out."
         ),
+        examples=["e2mc demo", "e2mc demo --out my-demo --seeds 0,1,2,3,4",
+                  "e2mc demo --pretrain-epochs 5 --continue-epochs 2 --seeds 0,1   # a quick look"],
     )
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: ./e2mc-demo-<date>-<time>)")

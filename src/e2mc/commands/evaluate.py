@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+from e2mc.commands import add_command
+
 DEFAULT_PROTOCOLS = "knn,linear,fewshot,rankme"
 
 
@@ -26,16 +28,21 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocols", type=_csv, default=_csv(DEFAULT_PROTOCOLS),
                    help="comma-separated: knn,linear,linear_finetune,fewshot,semisup,rankme,entropy,uniformity,"
                         "spectrum,lidar,alpha_req (label-free: rankme, entropy, uniformity, lidar, alpha_req)")
-    p.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--seeds", type=_ints, default=[0, 1, 2],
+                   help="comma-separated evaluation seeds (default 0,1,2): few-shot and semi-sup draw once per "
+                        "seed; the linear probe, fine-tuning and LiDAR use the first; kNN and label-free metrics "
+                        "none (JSON: meta.seeds_used)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass when extracting features")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="resize images to this side in pixels (default: the dataset's native size, e.g. 32 for "
+                        "CIFAR, 224 for ImageNet)")
     p.add_argument("--epochs", type=int, default=10, help="epochs for linear_finetune and semisup")
     p.add_argument("--cache-dir", default=None, help="feature cache (default $E2MC_CACHE/features)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     p.add_argument("--feature-dtype", choices=("float16", "float32"), default="float16",
-                   help="how frozen features are stored, in the cache and in memory (default float16)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+                   help="how frozen features are stored, in the cache and in memory")
+    p.add_argument("--json", action="store_true", help="print JSON (indented) instead of a table")
     p.add_argument("--ks", type=_ints, default=[10, 20, 100, 200],
                    help="comma-separated kNN neighbour counts (default 10,20,100,200; clipped to the training size)")
     p.add_argument("--linear-solver", choices=("auto", "lbfgs", "streaming"), default="auto",
@@ -54,21 +61,49 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers) -> None:
     """Add the ``evaluate``, ``compare`` and ``report`` sub-commands."""
-    p = subparsers.add_parser("evaluate", help="evaluate one checkpoint (kNN, linear, few-shot, RankMe, ...)")
+    p = add_command(
+        subparsers, "evaluate", help="evaluate one checkpoint (kNN, linear, few-shot, RankMe, ...)",
+        description="Evaluate one checkpoint (any supported layout, or a run folder) on a dataset with the\n"
+                    "chosen protocols. Features are extracted once and cached. Prints one block per protocol\n"
+                    "(accuracies in %), or with --json the full results (per-seed values, the probe's\n"
+                    "penalty and convergence, meta.seeds_used: which evaluation seeds each protocol used).",
+        examples=["e2mc evaluate runs/e2mc --dataset digits --protocols knn,linear,rankme",
+                  "e2mc evaluate resnet50.pth --dataset cifar10 --data-root /data/cifar10 --download --json",
+                  "e2mc evaluate ckpt.pth --dataset imagenet --test-split val --protocols knn,linear"])
     p.add_argument("checkpoint", help="checkpoint file or run folder")
     _common(p)
     p.set_defaults(func=_evaluate)
 
-    p = subparsers.add_parser("compare", help="evaluate several checkpoints with the same protocols and seeds")
+    p = add_command(
+        subparsers, "compare", help="evaluate several checkpoints with the same protocols and seeds",
+        description="Evaluate every arm with the same protocols, dataset and evaluation seeds and print a\n"
+                    "table: per arm mean ± std (n), where n counts the arm's checkpoints (training seeds),\n"
+                    "and each arm minus the first with a 95% t-interval (paired by training seed, else\n"
+                    "Welch). With --out it writes comparison.json, comparison.md and the report\n"
+                    "(report.md, report.html, PNGs): the one way to make a report.",
+        examples=["e2mc compare base=runs/base e2mc=runs/e2mc --dataset digits --out runs/cmp",
+                  "e2mc compare base=b_s0,b_s1,b_s2 e2mc=e_s0,e_s1,e_s2 --dataset cifar10 --protocols knn,linear",
+                  "e2mc compare a.pth b.pth --names vicreg,vicreg+e2mc --json"])
     p.add_argument("arms", nargs="+", help="checkpoint, run folder, or name=ckpt1,ckpt2 (several training seeds)")
-    p.add_argument("--names", type=_csv, default=None, help="comma-separated arm names")
-    p.add_argument("--out", default=None, help="folder for comparison.json, comparison.md and the report")
+    p.add_argument("--names", type=_csv, default=None, help="comma-separated arm names (default: from the arms)")
+    p.add_argument("--out", default=None, help="folder for comparison.json, comparison.md and the report "
+                                               "(default: print only)")
     _common(p)
     p.set_defaults(func=_compare)
 
-    p = subparsers.add_parser("report", help="write report.md/report.html from a comparison JSON and run folders")
-    p.add_argument("inputs", nargs="+", help="comparison.json written by `e2mc compare` and/or run folders")
-    p.add_argument("--out", required=True, help="output folder")
+    p = add_command(
+        subparsers, "report", help="regenerate the report of `compare --out` from its comparison.json",
+        description="Regenerate report.md, report.html and the PNGs from a comparison.json written by\n"
+                    "`e2mc compare --out DIR` (the same function compare used), in place by default.\n"
+                    "Run folders given after it replace the ones inferred from the checkpoints' paths;\n"
+                    "run folders alone give a report of training curves and runs.",
+        examples=["e2mc report runs/cmp/comparison.json",
+                  "e2mc report runs/cmp/comparison.json runs/base runs/e2mc --out runs/report",
+                  "e2mc report runs/base runs/e2mc --out runs/curves"])
+    p.add_argument("inputs", nargs="+", help="comparison.json written by `e2mc compare --out DIR` and/or run folders "
+                                             "(default: the run folders the compared checkpoints lie in)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: the folder of the comparison.json, i.e. regenerate in place)")
     p.set_defaults(func=_report)
 
 
@@ -84,13 +119,18 @@ def _convergence(v: dict) -> str:
     return ("converged" if v["converged"] else "NOT converged") + f" (max |grad| {v['grad_max']:.1e})"
 
 
-def _fmt(v) -> str:
+def _fmt(v, metric: str = "") -> str:
+    from e2mc.evaluate.compare import is_accuracy
+    from e2mc.evaluate.stats import decimals_for, fmt_number
+
+    if isinstance(v, float) and is_accuracy(metric) and "top1" in metric:
+        return f"{fmt_number(100 * v, 2)} %"
+    if isinstance(v, float):
+        return fmt_number(v, decimals_for(v))
     if isinstance(v, dict) and "converged" in v and "grad_max" in v:  # linear probe: the refit
         return _convergence(v) + (f", {v['iterations']} iterations" if "iterations" in v else "")
     if isinstance(v, dict) and v and all(isinstance(x, dict) and "converged" in x for x in v.values()):
         return "; ".join(f"wd {k:g}: {_convergence(x)}" for k, x in v.items())  # per penalty
-    if isinstance(v, float):
-        return f"{v:.4f}"
     if isinstance(v, list) and v and isinstance(v[0], (int, float)) and len(v) <= 5:
         return "[" + ", ".join(f"{x:.4f}" if isinstance(x, float) else str(x) for x in v) + "]"
     if isinstance(v, (list, dict)):
@@ -103,7 +143,7 @@ def _evaluate(args) -> int:
 
     res = evaluate(args.checkpoint, args.dataset, **_kwargs(args))
     if args.json:
-        print(json.dumps(res, default=float))
+        print(json.dumps(res, indent=2, default=float))
         return 0
     for proto, metrics in res.items():
         if proto == "meta":
@@ -111,7 +151,7 @@ def _evaluate(args) -> int:
         print(f"[{proto}]")
         for k, v in metrics.items():
             if k not in ("per_seed", "subsets", "marginals_sample", "indices"):
-                print(f"  {k:32s} {_fmt(v)}")
+                print(f"  {k:32s} {_fmt(v, f'{proto}/{k}')}")
     return 0
 
 
@@ -127,11 +167,12 @@ def _compare(args) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        res.to_json(out / "comparison.json")
-        (out / "comparison.md").write_text(res.to_markdown())
         from e2mc.report import write_report
+        from e2mc.train.run import write_text_atomic
 
-        write_report(out, res)
+        res.to_json(out / "comparison.json")
+        write_text_atomic(out / "comparison.md", res.to_markdown())
+        write_report(out, res)  # the one report; `e2mc report OUT/comparison.json` regenerates it
         print(f"wrote {out / 'comparison.json'}, {out / 'report.md'}, {out / 'report.html'}", file=sys.stderr)
     print(res.to_json() if args.json else res.to_markdown())
     return 0
@@ -144,6 +185,11 @@ def _report(args) -> int:
     from e2mc.evaluate.compare import ComparisonResult
     from e2mc.report import write_report
 
+    jsons = [p for p in args.inputs if p.endswith(".json")]
+    if args.out is None:
+        if not jsons:
+            raise DataError("--out is needed when no comparison.json is given: `e2mc report RUN_DIR ... --out DIR`")
+        args.out = str(Path(jsons[0]).parent)  # regenerate the report next to its comparison.json
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise DataError(f"--out {args.out} is a file; give a folder for report.md/report.html")
     comparison, runs = None, []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from e2mc.commands import add_command
+
 EXPORT_CHOICES = ("original", "safetensors", "vicreg", "swav", "simsiam", "torchvision", "timm",
                   "lightning", "e2mc", "state_dict")
 
@@ -19,13 +21,26 @@ def _load_args(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers) -> None:
     """Add the ``inspect`` and ``export`` sub-commands."""
-    p = subparsers.add_parser("inspect", help="show what a checkpoint holds and how e2mc loads it")
+    p = add_command(
+        subparsers, "inspect", help="show what a checkpoint holds and how e2mc loads it",
+        description="Load a checkpoint the way `continue`/`evaluate` would and print its load report:\n"
+                    "detected layout, architecture, method and heads, epoch, missing/unexpected/dropped keys,\n"
+                    "whether an optimizer state is stored, and the parameter counts. Nothing is written.",
+        examples=["e2mc inspect resnet50_fullckpt.pth", "e2mc inspect runs/e2mc/checkpoints/last.pt --json",
+                  "e2mc inspect torchvision:resnet50"])
     p.add_argument("path", help="checkpoint file, or random:<arch> / torchvision:<arch> / timm:<name>")
     _load_args(p)
     p.add_argument("--json", action="store_true", help="print the load report as JSON")
     p.set_defaults(func=run_inspect)
 
-    p = subparsers.add_parser("export", help="write a checkpoint in its original or another layout")
+    p = add_command(
+        subparsers, "export", help="write a checkpoint in its original or another layout",
+        description="Load a checkpoint (any supported layout) and write it atomically in its original\n"
+                    "layout (e.g. back to the official VICReg file it was continued from) or another one,\n"
+                    "e.g. a backbone-only safetensors file for downstream use.",
+        examples=["e2mc export runs/e2mc/checkpoints/last.pt --out vicreg_e2mc.pth",
+                  "e2mc export runs/e2mc/checkpoints/last.pt --to safetensors --out backbone.safetensors",
+                  "e2mc export runs/e2mc/checkpoints/last.pt --to torchvision --out resnet50.pth"])
     p.add_argument("checkpoint", help="checkpoint file (any supported layout)")
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--to", default="original", choices=EXPORT_CHOICES,

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+
+from e2mc.commands import add_command
 
 _SHORTCUTS = (  # (flag, config key, type)
     ("--dataset", "data.dataset", str), ("--arch", "model.arch", str), ("--epochs", "train.epochs", int),
@@ -23,7 +26,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     src.add_argument("--recipe", metavar="NAME", help="bundled recipe (`e2mc recipes` lists them)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set optim.lr=0.1 (repeatable)")
-    p.add_argument("--out", metavar="DIR", help="run folder (default: from the config)")
+    p.add_argument("--out", metavar="DIR", help="run folder (default: the config's out.dir, runs/run unless set)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from checkpoints/last.pt (else its newest usable epoch_N.pt)")
     p.add_argument("--auto-resume", action="store_true",
@@ -37,24 +40,49 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``pretrain`` and ``continue`` parsers."""
-    p = sub.add_parser("pretrain", help="pre-train an SSL model (VICReg, SwAV, SimSiam)",
-                       description="Pre-train from scratch (or model.init) with a recipe or config.")
+    p = add_command(
+        sub, "pretrain", help="pre-train an SSL model (VICReg, SwAV, SimSiam)",
+        description="Pre-train from scratch (or from model.init) with a bundled recipe or a YAML config;\n"
+                    "shortcut flags and --set override it. Writes a run folder (config.yaml, metrics.csv,\n"
+                    "checkpoints/) and ends with a 'done: ...' line naming it.",
+        examples=["e2mc pretrain --recipe digits_vicreg_pretrain --out runs/start --epochs 10",
+                  "e2mc pretrain --recipe cifar10_vicreg_pretrain --data-root /data/cifar10 --out runs/c10",
+                  "e2mc pretrain --out runs/start --resume   # continue an interrupted run"])
     _common(p)
-    p.add_argument("--method", choices=("vicreg", "swav", "simsiam"), help="shortcut for method.name")
+    p.add_argument("--method", choices=("vicreg", "swav", "simsiam"),
+                   help="shortcut for method.name (default: the recipe's/config's)")
     p.set_defaults(func=run, mode="pretrain")
-    c = sub.add_parser("continue", help="continue pre-training a checkpoint with E2MC (or another add-on)",
-                       description="Continue pre-training a checkpoint (official VICReg/SwAV/SimSiam layouts, "
-                                   "e2mc runs, torchvision/timm names) with an add-on.")
-    c.add_argument("checkpoint", nargs="?", help="checkpoint file or name (random:ARCH, torchvision:ARCH)")
+    c = add_command(
+        sub, "continue", help="continue pre-training a checkpoint with E2MC (or another add-on)",
+        usage="%(prog)s CHECKPOINT [options]\n       %(prog)s --recipe NAME | --config FILE [options]   "
+              "(when it sets model.init)",
+        description="Continue pre-training a checkpoint (official VICReg/SwAV/SimSiam layouts, e2mc runs,\n"
+                    "torchvision/timm names) with an add-on. Prints what it loaded (layout, heads, missing\n"
+                    "and dropped keys), the add-on and weights in use, and ends with a 'done: ...' line\n"
+                    "naming the run folder and the next command.",
+        examples=["e2mc continue resnet50_fullckpt.pth --recipe vicreg_e2mc_imagenet --data-root /data/imagenet",
+                  "e2mc continue runs/start/checkpoints/last.pt --method vicreg --addon e2mc --epochs 5 --out runs/e2mc",
+                  "e2mc continue runs/start/checkpoints/last.pt --addon none --out runs/base   # the control arm"])
+    c.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
+                   help="checkpoint file, run folder's checkpoint, or name (random:ARCH, torchvision:ARCH); "
+                        "required unless --recipe/--config sets model.init")
     _common(c)
     c.add_argument("--method", choices=("vicreg", "swav", "simsiam"),
                    help="SSL method (default: the recipe/config's, else the checkpoint's)")
     c.add_argument("--fresh-heads", action="store_true", default=None,
                    help="when --method differs from the checkpoint's: keep its backbone, build new heads")
-    c.add_argument("--addon", choices=("e2mc", "vc", "uniformity", "mmcr", "none"))
-    c.add_argument("--entropy-weight", type=float)
-    c.add_argument("--cov-weight", type=float)
-    c.add_argument("--transform", choices=("sigmoid", "gaussian_cdf", "identity"))
+    c.add_argument("--addon", choices=("e2mc", "vc", "uniformity", "mmcr", "none"),
+                   help="add-on loss next to the method's loss; none = the base loss only "
+                        "(default: the recipe's/config's addon.name, else e2mc)")
+    c.add_argument("--entropy-weight", type=float, metavar="W",
+                   help="weight of the add-on's entropy term (default: the recipe's, else the paper's value "
+                        "for the method; printed at the start)")
+    c.add_argument("--cov-weight", type=float, metavar="W",
+                   help="weight of the add-on's covariance term (default: the recipe's, else the paper's value "
+                        "for the method; printed at the start)")
+    c.add_argument("--transform", choices=("sigmoid", "gaussian_cdf", "identity"),
+                   help="map from projector outputs to [0, 1] before the entropy estimate (default: the "
+                        "recipe's, else the method's: sigmoid for VICReg)")
     c.set_defaults(func=run, mode="continue")
 
 
@@ -115,12 +143,38 @@ def run(args: argparse.Namespace) -> int:
         args.method = checkpoint_method(args.checkpoint)  # continue the checkpoint's own method
     cfg = load_config(source, overrides_from_args(args))
     trainer = Trainer(cfg)
-    run_dir = trainer.fit()
     main = trainer.dist.is_main  # under torchrun, only rank 0 speaks
+    if main:  # on stderr with the run's other log lines; stdout gets the closing "done: ..." line
+        print(start_summary(trainer), file=sys.stderr, flush=True)
+    run_dir = trainer.fit()
     if trainer.stop_requested:
         if main:
             print(f"interrupted; checkpoint saved. Resume with: e2mc {args.mode} --out {run_dir} --resume")
         return 3
     if main:
-        print(run_dir)
+        nxt = (f"e2mc evaluate {run_dir} --dataset {cfg.data.dataset}" if args.mode == "continue"
+               else f"e2mc continue {os.path.join(run_dir, 'checkpoints', 'last.pt')} --addon e2mc")
+        print(f"done: {args.mode} {cfg.method.name}{addon_text(cfg)}, "
+              f"{trainer.epoch} epochs, {trainer.global_step} steps -> {run_dir} (next: {nxt})")
     return 0
+
+
+def addon_text(cfg) -> str:
+    """``" + e2mc (entropy_weight 10, cov_weight 1, transform sigmoid)"``, or ``" (no add-on)"``."""
+    a = cfg.addon
+    if a.name == "none":
+        return " (no add-on: the base loss only)"
+    parts = [f"{k} {getattr(a, k):g}" if isinstance(getattr(a, k), float) else f"{k} {getattr(a, k)}"
+             for k in ("entropy_weight", "cov_weight", "transform") if getattr(a, k, None) is not None]
+    parts += [f"{k} {v}" for k, v in (a.kwargs or {}).items()] if getattr(a, "kwargs", None) else []
+    return f" + {a.name}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def start_summary(trainer) -> str:
+    """What the run starts from and trains with: the load report (continue) and the loss in use."""
+    cfg, lines = trainer.cfg, []
+    if trainer.report is not None:
+        lines += ["loaded:"] + [f"  {line}" for line in trainer.report.summary().splitlines()]
+    lines.append(f"loss   : {cfg.method.name}{addon_text(cfg)}")
+    lines.append(f"run    : {trainer.run_dir} ({cfg.train.epochs} epochs on {cfg.data.dataset})")
+    return "\n".join(lines)

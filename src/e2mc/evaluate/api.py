@@ -129,7 +129,8 @@ def evaluate(
     train_f = extract_features(model, train_ds, **kw) if need_train else None
     test_f = extract_features(model, test_ds, **kw)
     out: dict = {"meta": {"checkpoint": path if path is not None else str(checkpoint_or_model)[:200], "dataset": spec, "train_split": train_split, "test_split": test_split,
-                          "seeds": [int(s) for s in seeds], "n_train": len(train_ds), "n_test": len(test_ds)}}
+                          "seeds": [int(s) for s in seeds], "seeds_used": seeds_used(protocols, seeds),
+                          "n_train": len(train_ds), "n_test": len(test_ds)}}
     for p in protocols:
         if p == "lidar":
             out[p] = _lidar(model, test_ds, lidar_images, lidar_views, image_size, device, batch_size, seeds[0])
@@ -137,6 +138,17 @@ def evaluate(
         out[p] = _run(p, model, train_f, test_f, train_ds, test_ds, seeds, ks, shots, epochs, device, batch_size,
                       image_size, linear_solver)
     return out
+
+
+SEEDED_PROTOCOLS = ("fewshot", "semisup")  # one draw per evaluation seed
+FIRST_SEED_PROTOCOLS = ("linear", "linear_finetune", "lidar")  # seeds[0] only
+
+
+def seeds_used(protocols, seeds) -> dict[str, list[int]]:
+    """Which evaluation seeds each protocol used: every seed (few-shot, semi-sup: one draw each),
+    the first (linear probe split, fine-tuning, LiDAR's views) or none (deterministic protocols)."""
+    seeds = [int(s) for s in seeds]
+    return {p: seeds if p in SEEDED_PROTOCOLS else seeds[:1] if p in FIRST_SEED_PROTOCOLS else [] for p in protocols}
 
 
 def _lidar(model, dataset, n_images, n_views, image_size, device, batch_size, seed) -> dict:

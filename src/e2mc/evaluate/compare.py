@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from e2mc.errors import ConfigError, DataError
-from e2mc.evaluate.stats import difference, paired_difference, summarize
+from e2mc.evaluate.stats import difference, fmt_difference, fmt_estimate, paired_difference, summarize
 
 _NOT_METRICS = {"seed", "epochs", "weight_decay", "val_top1", "train_loss", "selected_at_grid_edge", "iterations", "tol",
                 "images", "views"}  # LiDAR's surrogate-class counts
@@ -31,7 +32,7 @@ EVAL_SEED_NOTE = "spread over evaluation seeds of one checkpoint: evaluation noi
 _ACCURACY_PROTOCOLS = ("knn/", "linear/", "linear_finetune/", "fewshot/", "semisup/")
 
 
-def _is_accuracy(metric: str) -> bool:
+def is_accuracy(metric: str) -> bool:
     return metric.startswith(_ACCURACY_PROTOCOLS)
 
 
@@ -109,6 +110,8 @@ class ComparisonResult:
     results: list[list[dict]]
     rows: list[dict] = field(default_factory=list)
     train_seeds: list[list[int | None]] = field(default_factory=list)  # per arm and checkpoint; None: unknown
+    headline: dict | None = None  # a verdict set by its maker (the demo); else :func:`headline` computes one
+    wall_time_s: dict | None = None  # stage -> seconds (compare: evaluation; the demo: each stage), for the report
 
     def metrics(self) -> list[str]:
         """Metric names in table order."""
@@ -134,29 +137,27 @@ class ComparisonResult:
         mets = [m for m in self.metrics() if metrics is None or m in metrics]
         ref = self.names[0]
         head = ["metric", *self.names] + [f"{a} − {ref}" for a in self.names[1:]]
-        intro = (f"Dataset `{self.dataset}`, evaluation seeds {self.seeds}. Cells: mean ± std (n); differences to "
-                 f"`{ref}` with a 95% t-interval, paired by training seed when both arms have the same seeds, "
-                 "Welch otherwise. Accuracies in %.")
+        intro = counts_note(self) + (f" Differences to `{ref}` with a 95% t-interval, paired by training seed when "
+                                     "both arms have the same seeds, Welch otherwise. Accuracies in %.")
         if any(r.get("spread") == "evaluation seeds" and r["metric"] in mets for r in self.rows):
             intro += f" Rows marked † have one checkpoint per arm: n counts evaluation seeds ({EVAL_SEED_NOTE})."
         lines = [intro, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for m in mets:
-            scale, fmt = (100.0, ".2f") if _is_accuracy(m) else (1.0, ".4g")
+            pct = is_accuracy(m)
             eval_spread = any(r.get("spread") == "evaluation seeds" for r in self.rows if r["metric"] == m)
-            cells = [m + (" (%)" if scale == 100.0 else "") + (" †" if eval_spread else "")]
+            cells = [m + (" (%)" if pct else "") + (" †" if eval_spread else "")]
             for a in self.names:
                 r = self.row(a, m)
-                cells.append("" if r is None else f"{scale * r['mean']:{fmt}}"
-                             + ("" if r["std"] is None else f" ± {scale * r['std']:{fmt}}") + f" ({r['n']})")
+                cells.append("" if r is None else fmt_estimate(r["mean"], r["std"], r["n"], percent=pct))
+            ref_row = self.row(ref, m)
             for a in self.names[1:]:
                 r = self.row(a, m)
                 if r is None or r["diff"] is None:
                     cells.append("")
-                elif r["diff_low"] is None:
-                    cells.append(f"{scale * r['diff']:+{fmt}} (n=1, no interval)")
-                else:
-                    cells.append(f"{scale * r['diff']:+{fmt}} [{scale * r['diff_low']:+{fmt}}, "
-                                 f"{scale * r['diff_high']:+{fmt}}] ({r['diff_kind']})")
+                    continue
+                text = fmt_difference(r["diff"], r["diff_low"], r["diff_high"], percent=pct,
+                                      ref=ref_row["mean"] if ref_row else None)
+                cells.append(text + (" (n=1, no interval)" if r["diff_low"] is None else f" ({r['diff_kind']})"))
             lines.append("| " + " | ".join(cells) + " |")
         for flag in _FLAGS:
             per_arm = [[f[flag] for f in (flag_values(res) for res in arm) if flag in f] for arm in self.results]
@@ -168,10 +169,11 @@ class ComparisonResult:
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         """JSON text of everything (written to ``path`` too when given)."""
-        text = json.dumps(asdict(self), indent=1, default=float)
+        text = json.dumps(asdict(self), indent=2, default=float)
         if path is not None:
-            with open(path, "w") as f:
-                f.write(text)
+            from e2mc.train.run import write_text_atomic
+
+            write_text_atomic(path, text)
         return text
 
     @classmethod
@@ -183,6 +185,67 @@ class ComparisonResult:
         except (json.JSONDecodeError, TypeError) as exc:
             raise DataError(f"not a comparison JSON written by `e2mc compare` ({exc}); pass the comparison.json "
                             "that `e2mc compare --out DIR` wrote") from exc
+
+
+def counts_note(comparison: "ComparisonResult") -> str:
+    """What the counts of a comparison mean: n per cell, training seeds, and which protocols used
+    which evaluation seeds (one sentence each; the table's intro and the report's "how to read")."""
+    from e2mc.evaluate.api import seeds_used
+
+    used = seeds_used(comparison.protocols, comparison.seeds)
+    every = [p for p, s in used.items() if len(s) > 1]
+    first = [p for p, s in used.items() if len(s) == 1]
+    fixed = [p for p, s in used.items() if not s]
+    parts = []
+    if every:
+        parts.append(f"{', '.join(every)}: one draw per evaluation seed {comparison.seeds}, averaged")
+    if first:
+        parts.append(f"{', '.join(first)}: evaluation seed {comparison.seeds[0]} only")
+    if fixed:
+        parts.append(f"{', '.join(fixed)}: deterministic, no seed")
+    seeds = sorted({s for arm in comparison.train_seeds for s in arm if s is not None})
+    trained = f" (training seeds {seeds})" if seeds else ""
+    return (f"Dataset `{comparison.dataset}`. Cells: mean ± std (n), n = checkpoints of the arm{trained}, "
+            f"one value each. Evaluation seeds: {'; '.join(parts)}.")
+
+
+HEADLINE_METRIC = "knn/top1_k20"
+
+
+def headline(comparison: "ComparisonResult", arm: str | None = None, metric: str | None = None, *,
+             subject: str | None = None, ref_label: str | None = None) -> dict | None:
+    """The comparison's verdict: ``arm`` (default: the second arm) minus the first arm on ``metric``
+    (default kNN@20, else the first accuracy, else the first metric), the table's own difference and
+    95% interval, a verdict and the one-line ``text`` that the terminal and the report print.
+    None when there is no second arm or no difference for that metric."""
+    if len(comparison.names) < 2:
+        return None
+    ref, arm = comparison.names[0], arm or comparison.names[1]
+    mets = comparison.metrics()
+    metric = metric or (HEADLINE_METRIC if HEADLINE_METRIC in mets else
+                        next((m for m in mets if is_accuracy(m)), mets[0] if mets else None))
+    base, row = comparison.row(ref, metric), comparison.row(arm, metric)
+    if base is None or row is None or row["diff"] is None:
+        return None
+    subject = subject or f"`{arm}`"
+    better = "helps" if is_accuracy(metric) else "is higher"
+    worse = "hurts" if is_accuracy(metric) else "is lower"
+    if row["diff_low"] is None:
+        verdict = "only one seed: no interval, no verdict (run with more seeds)"
+    elif row["diff_low"] > 0:
+        verdict = f"{subject} {better}: the 95% interval of the difference is above zero"
+    elif row["diff_high"] < 0:
+        verdict = f"{subject} {worse}: the 95% interval of the difference is below zero"
+    else:
+        verdict = "no clear difference: the 95% interval of the difference contains zero"
+    pct = is_accuracy(metric)
+    diff = fmt_difference(row["diff"], percent=pct, ref=base["mean"])
+    ends = [fmt_difference(v, percent=pct, ref=base["mean"]) if v is not None else "n/a"
+            for v in (row["diff_low"], row["diff_high"])]
+    text = (f"Headline ({metric}, {row['diff_kind']}): {subject} − {ref_label or f'`{ref}`'} = {diff}"
+            f"{' points' if pct else ''}, 95% CI [{ends[0]}, {ends[1]}]: {verdict}.")
+    return {"metric": metric, "arm": arm, "ref": ref, "difference": row["diff"], "low": row["diff_low"],
+            "high": row["diff_high"], "kind": row["diff_kind"], "n": row["n"], "verdict": verdict, "text": text}
 
 
 def build_rows(names: Sequence[str], results: Sequence[Sequence[dict]],
@@ -251,9 +314,11 @@ def compare(checkpoints: Sequence, names: Sequence[str] | None = None, dataset="
     if len(set(final_names)) != len(final_names):
         final_names = [f"{n}#{i}" for i, n in enumerate(final_names)]
     paths = [[resolve_checkpoint(p) if isinstance(p, (str, os.PathLike)) else p for p in ps] for _, ps in arms]
+    t0 = time.perf_counter()
     results = [[evaluate(p, dataset, protocols=protocols, seeds=seeds, **evaluate_kwargs) for p in ps] for ps in paths]
     train_seeds = [[training_seed(p) for p in ps] for ps in paths]
     return ComparisonResult(final_names, [[str(p) if isinstance(p, str) else type(p).__name__ for p in ps] for ps in paths],
                             str(dataset) if isinstance(dataset, (str, os.PathLike)) else "custom",
                             list(protocols), [int(s) for s in seeds], results,
-                            build_rows(final_names, results, train_seeds), train_seeds)
+                            build_rows(final_names, results, train_seeds), train_seeds,
+                            wall_time_s={"evaluate": round(time.perf_counter() - t0, 1)})

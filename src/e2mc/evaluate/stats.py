@@ -141,3 +141,52 @@ def difference(ref: Sequence[float] | Mapping, arm: Sequence[float] | Mapping, r
         order = sorted(ra, key=str)
         return paired_difference([by_ref[s] for s in order], [by_arm[s] for s in order], confidence)
     return welch_difference(ref, arm, confidence)
+
+
+# ------------------------------------------------------------------ formatting (one rule for every output)
+SIGNIFICANT = 4  # digits of a mean that are shown; its std, differences and intervals use the same decimals
+_MAX_DECIMALS = 8
+
+
+def decimals_for(ref: float | None, percent: bool = False) -> int:
+    """Decimals that show ``ref`` with :data:`SIGNIFICANT` significant digits (percentages: always 2).
+
+    ``decimals_for(15.56) == 2``, ``decimals_for(0.002351) == 6``, ``decimals_for(1234.5) == 0``.
+    """
+    if percent:
+        return 2
+    if ref is None or not math.isfinite(ref) or ref == 0:
+        return SIGNIFICANT
+    return int(min(_MAX_DECIMALS, max(0, SIGNIFICANT - 1 - math.floor(math.log10(abs(ref))))))
+
+
+def fmt_number(x: float | None, places: int, sign: bool = False) -> str:
+    """Fixed-point text of ``x`` with ``places`` decimals, never e-notation, no ``-0.00``; "n/a" for None/NaN."""
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    text = f"{x:{'+' if sign else ''}.{places}f}"
+    if float(text) == 0:  # -0.00 -> 0.00 (+0.00 with sign)
+        text = f"{0.0:{'+' if sign else ''}.{places}f}"
+    return text
+
+
+def fmt_estimate(mean: float, std: float | None = None, n: int | None = None, *, percent: bool = False) -> str:
+    """``"mean ± std (n)"`` with std rounded to the mean's precision; ``percent`` scales fractions by 100."""
+    k = 100.0 if percent else 1.0
+    places = decimals_for(k * mean, percent)
+    text = fmt_number(k * mean, places)
+    if std is not None:
+        text += f" ± {fmt_number(k * std, places)}"
+    return text + ("" if n is None else f" ({n})")
+
+
+def fmt_difference(diff: float, low: float | None = None, high: float | None = None, *, ref: float | None = None,
+                   percent: bool = False) -> str:
+    """``"+d [+low, +high]"`` (signed), rounded to the precision of ``ref`` (the compared means; default
+    ``diff`` itself) so that a difference reads in the same units as the cells it compares."""
+    k = 100.0 if percent else 1.0
+    places = decimals_for(k * (ref if ref is not None else diff), percent)
+    text = fmt_number(k * diff, places, sign=True)
+    if low is not None and high is not None:
+        text += f" [{fmt_number(k * low, places, sign=True)}, {fmt_number(k * high, places, sign=True)}]"
+    return text

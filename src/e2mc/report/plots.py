@@ -44,17 +44,50 @@ def curve_columns(runs: Mapping[str, list[dict]]) -> list[str]:
     return [c for c in cols if c not in METRIC_COLUMNS] + [c for c in METRIC_COLUMNS if c in cols]
 
 
-def plot_training_curves(runs: Mapping[str, list[dict]], path: str | Path) -> Path | None:
-    """One panel per loss term / label-free metric, x = epoch (fractional by step when present)."""
+Y_LABELS = {"loss": "total loss", "base": "base (SSL) loss", "addon": "add-on loss (weighted)",
+            "addon.entropy": "E2MC entropy term (nats)", "addon.covariance": "E2MC covariance term",
+            "addon.saturated": "fraction saturated", "addon.tied": "fraction tied",
+            "rankme": "RankMe, backbone (eff. rank)", "rankme_proj": "RankMe, projector (eff. rank)",
+            "entropy": "marginal entropy (nats)", "uniformity": "uniformity (lower: more uniform)"}
+
+
+def y_label(col: str) -> str:
+    """Axis label of a metrics.csv column (loss terms: which loss they belong to)."""
+    if col in Y_LABELS:
+        return Y_LABELS[col]
+    head, _, tail = col.partition(".")
+    return {"base": f"base loss: {tail}", "addon": f"add-on: {tail}"}.get(head, col) if tail else col
+
+
+def run_colours(arms: Mapping[str, str]) -> dict[str, tuple]:
+    """Run name -> RGB: one hue per arm (in order of appearance), lighter shades for its later runs."""
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    hue = {}
+    for arm in arms.values():
+        hue.setdefault(arm, matplotlib.colors.to_rgb(palette[len(hue) % len(palette)]))
+    out, seen = {}, {}
+    for run, arm in arms.items():
+        k = seen[arm] = seen.get(arm, -1) + 1
+        n = sum(1 for a in arms.values() if a == arm)
+        mix = 0.55 * k / max(n - 1, 1) if n > 1 else 0.0  # 0: the arm's colour; up to 55% towards white
+        out[run] = tuple(c + (1 - c) * mix for c in hue[arm])
+    return out
+
+
+def training_figure(runs: Mapping[str, list[dict]], arms: Mapping[str, str] | None = None,
+                    labels: Mapping[str, str] | None = None):
+    """The training-curves figure, or None: one panel per non-constant loss term / label-free metric,
+    x = step, one hue per arm (``arms``: run -> arm; default: each run its own arm), shades per seed."""
     cols = curve_columns(runs)
     if not cols:
         return None
+    arms = dict(arms or {}) or {name: name for name in runs}
+    arms = {name: arms.get(name, name) for name in runs}
+    labels = {name: (labels or {}).get(name, name) for name in runs}
+    colours = run_colours(arms)
     ncol = min(3, len(cols))
     nrow = math.ceil(len(cols) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), squeeze=False)
-    # one colour per run in every panel (a run without a column, e.g. no add-on, leaves a gap)
-    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    colours = {name: palette[i % len(palette)] for i, name in enumerate(runs)}
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow + 0.6), squeeze=False)
     for ax, col in zip(axes.flat, cols):
         for name, rows in runs.items():
             pts = [(_num(r.get("step")) if _num(r.get("step")) is not None else _num(r.get("epoch")), _num(r.get(col)))
@@ -62,45 +95,79 @@ def plot_training_curves(runs: Mapping[str, list[dict]], path: str | Path) -> Pa
             pts = [(x, y) for x, y in pts if x is not None and y is not None]
             if pts:
                 xs, ys = zip(*sorted(pts))
-                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=name, color=colours[name])
-        ax.set_title(col)
+                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=labels[name], color=colours[name])
+        ax.set_title(col, fontsize=10)
         ax.set_xlabel("step")
+        ax.set_ylabel(y_label(col), fontsize=8)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(cols):]:
         ax.axis("off")
-    handles = [plt.Line2D([], [], color=colours[n], marker="o", ms=3, label=n) for n in runs]
+    handles = [plt.Line2D([], [], color=colours[n], marker="o", ms=3, label=labels[n]) for n in runs]
     fig.legend(handles=handles, loc="upper right", fontsize=8, ncol=min(3, len(handles)))
-    fig.suptitle("Training: loss terms and label-free metrics", x=0.3, ha="left")
-    return _save(fig, path)
+    fig.suptitle("Training: loss terms and label-free metrics (colour: arm; shade: seed)", x=0.02, ha="left")
+    return fig
+
+
+def plot_training_curves(runs: Mapping[str, list[dict]], path: str | Path, arms: Mapping[str, str] | None = None,
+                         labels: Mapping[str, str] | None = None) -> Path | None:
+    """Save :func:`training_figure` to ``path`` (None when there is nothing to plot)."""
+    fig = training_figure(runs, arms, labels)
+    return None if fig is None else _save(fig, path)
+
+
+def accuracy_differences(arms: Sequence[str], metrics: Sequence[str], rows: Sequence[dict]) -> list[dict]:
+    """What :func:`accuracy_figure` plots: for each metric and each arm after the first, the
+    difference to the first arm and its 95% interval in percentage points (low/high None: n=1)."""
+    out = []
+    for m in metrics:
+        for arm in list(arms)[1:]:
+            r = next((r for r in rows if r["arm"] == arm and r["metric"] == m), None)
+            if r is None or r.get("diff") is None:
+                continue
+            lo, hi = r.get("diff_low"), r.get("diff_high")
+            out.append({"metric": m, "arm": arm, "diff": 100 * r["diff"], "low": None if lo is None else 100 * lo,
+                        "high": None if hi is None else 100 * hi, "kind": r.get("diff_kind")})
+    return out
+
+
+def accuracy_figure(arms: Sequence[str], metrics: Sequence[str], rows: Sequence[dict]):
+    """Each arm's accuracy minus the first arm's, in points, with its 95% t-interval (a dot without
+    bars where n=1) and a zero line; one row per metric, arms offset within it. None: no difference."""
+    data = accuracy_differences(arms, metrics, rows)
+    if not data:
+        return None
+    metrics = [m for m in metrics if any(d["metric"] == m for d in data)]
+    others = [a for a in list(arms)[1:] if any(d["arm"] == a for d in data)]
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, ax = plt.subplots(figsize=(6.5, 1.0 + 0.45 * len(metrics) * max(1, len(others))))
+    step = 0.7 / max(len(others), 1)
+    for i, arm in enumerate(others):
+        colour = palette[(i + 1) % len(palette)]  # arm i+1's hue, as in the training curves
+        pts = [(metrics.index(d["metric"]) + (i - (len(others) - 1) / 2) * step, d) for d in data if d["arm"] == arm]
+        with_ci = [(y, d) for y, d in pts if d["low"] is not None]
+        if with_ci:
+            ys, ds = zip(*with_ci)
+            ax.errorbar([d["diff"] for d in ds], ys, xerr=[[d["diff"] - d["low"] for d in ds],
+                                                          [d["high"] - d["diff"] for d in ds]],
+                        fmt="o", color=colour, capsize=4, label=f"{arm} − {arms[0]} (95% CI)")
+        no_ci = [(y, d) for y, d in pts if d["low"] is None]
+        if no_ci:
+            ax.plot([d["diff"] for _, d in no_ci], [y for y, _ in no_ci], "o", mfc="none", color=colour,
+                    label=f"{arm} − {arms[0]} (n=1, no interval)")
+    ax.axvline(0.0, color="black", linewidth=1)
+    ax.set_yticks(range(len(metrics)), metrics, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"difference to {arms[0]} (accuracy points)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title("Accuracy: difference to the first arm (interval right of 0: higher)", fontsize=10)
+    return fig
 
 
 def plot_accuracy(arms: Sequence[str], metrics: Sequence[str], rows: Sequence[dict], path: str | Path) -> Path | None:
-    """Grouped bars (one group per metric, one bar per arm) with 95% t-interval error bars
-    (none when n=1). ``rows`` are comparison rows with arm, metric, mean, low, high."""
-    metrics = list(metrics)
-    if not metrics:
-        return None
-    width = 0.8 / max(len(arms), 1)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(metrics) * max(1, len(arms)) / 2 + 2), 3.8))
-    x = np.arange(len(metrics))
-    for i, arm in enumerate(arms):
-        means, errs = [], [[], []]
-        for m in metrics:
-            r = next((r for r in rows if r["arm"] == arm and r["metric"] == m), None)
-            mean = r["mean"] if r else np.nan
-            means.append(mean)
-            lo = mean - r["low"] if r and r.get("low") is not None else np.nan  # n=1: no bar
-            hi = r["high"] - mean if r and r.get("high") is not None else np.nan
-            errs[0].append(lo)
-            errs[1].append(hi)
-        ax.bar(x + (i - (len(arms) - 1) / 2) * width, means, width, yerr=errs, capsize=3, label=arm)
-    ax.set_xticks(x, [m.replace("/", "\n") for m in metrics], fontsize=8)
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1.15)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper center", ncol=max(1, len(arms)), frameon=False)
-    ax.set_title("Accuracy per arm (bars: 95% t-interval over seeds)")
-    return _save(fig, path)
+    """Save :func:`accuracy_figure` to ``path`` (None when no arm has a difference to plot)."""
+    fig = accuracy_figure(arms, metrics, rows)
+    return None if fig is None else _save(fig, path)
 
 
 def plot_spectra(spectra: Mapping[str, Sequence[float]], path: str | Path) -> Path | None:

@@ -180,6 +180,7 @@ class TrainerSetup(R.RunFolderMixin):
             self._restore_source_optimizer()
         steps = self.sampler.batches_per_epoch * cfg.train.epochs
         total = min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
+        self.total_steps = total  # for the ETA of the progress lines
         warm = min(int(round(cfg.optim.warmup_epochs * self.sampler.batches_per_epoch)), max(total, 1))
         self.scheduler = build_scheduler(cfg.optim.schedule, self.optimizer, total_steps=max(total, 1),
                                          warmup_steps=warm)
@@ -485,7 +486,9 @@ class Trainer(TrainerSetup):
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{row['loss']:.4g}", img_s=f"{row['img_per_s']:.0f}", refresh=False)
         elif self.dist.is_main:
-            self.log(f"[{phase}] epoch {self.epoch} step {last_step} loss {row['loss']:.5g} "
+            left = divmod(round(max(self.total_steps - last_step, 0) * elapsed / n), 60)  # at this window's pace
+            eta = f"/{self.total_steps}, ETA {left[0]}:{left[1]:02d}" if phase == "train" else ""
+            self.log(f"[{phase}] epoch {self.epoch} step {last_step}{eta} loss {row['loss']:.5g} "
                      f"lr {row['lr']:.3g} {row['img_per_s']:.0f} img/s")
 
     def _diverged(self, step: int, term: str, detail: str) -> None:
