@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from e2mc import __version__
+from e2mc.fileio import cache_root
 
 START = "start"
 BASE = "vicreg"
@@ -49,9 +50,8 @@ class DemoConfig:
 
 
 def _cache_root(cache_dir: Path | None) -> Path:
-    import os
 
-    root = cache_dir or Path(os.environ.get("E2MC_CACHE", Path.home() / ".cache" / "e2mc"))
+    root = cache_dir or cache_root()
     return Path(root) / "demo"
 
 
@@ -146,10 +146,10 @@ def summarise(comparison) -> dict:
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     """Run the demo end to end; return what ``results.json`` holds."""
+    import torch
+
     from e2mc.evaluate.compare import compare
     from e2mc.report.html import write_report
-
-    import torch
 
     if cfg.threads:
         # The demo's model is tiny: with more than one OpenMP thread, any other busy process on

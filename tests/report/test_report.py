@@ -108,7 +108,7 @@ def test_report_opens_with_the_headline_and_lists_each_run(tmp_path):
     assert "| `run_a` | run_a | 0 | 1 | 90 | 9.0 |" in md and "| `run_b` | run_b | 1 | 1 | 90 | 9.0 |" in md
     assert "logged rows" not in md
     html = paths["html"].read_text()
-    assert f"id='headline'>Headline (knn/top1_k20" in html
+    assert "id='headline'>Headline (knn/top1_k20" in html
 
 
 def test_report_regenerates_the_compare_report_in_place(tmp_path, capsys):

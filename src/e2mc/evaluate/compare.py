@@ -23,7 +23,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from e2mc.errors import ConfigError, DataError
-from e2mc.evaluate.stats import difference, fmt_difference, fmt_estimate, paired_difference, summarize
+from e2mc.evaluate.stats import (
+    difference,
+    fmt_difference,
+    fmt_estimate,
+    paired_difference,
+    summarize,
+)
+from e2mc.fileio import atomic_write_text
 
 _NOT_METRICS = {"seed", "epochs", "weight_decay", "val_top1", "train_loss", "selected_at_grid_edge", "iterations", "tol",
                 "images", "views"}  # LiDAR's surrogate-class counts
@@ -171,9 +178,7 @@ class ComparisonResult:
         """JSON text of everything (written to ``path`` too when given)."""
         text = json.dumps(asdict(self), indent=2, default=float)
         if path is not None:
-            from e2mc.train.run import write_text_atomic
-
-            write_text_atomic(path, text)
+            atomic_write_text(path, text)
         return text
 
     @classmethod
