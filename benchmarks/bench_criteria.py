@@ -75,7 +75,7 @@ def time_cases(cases, z, repeats):
         return time.perf_counter() - t
 
     times: dict[str, list[float]] = {name: [] for name in cases}
-    for name, fn in cases.items():
+    for fn in cases.values():
         once(fn)  # warm-up
     for _ in range(repeats):
         for name, fn in cases.items():

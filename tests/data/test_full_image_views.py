@@ -74,7 +74,7 @@ def test_training_views_reach_the_border(red_folder, recipe, shapes):
     loader = DataLoader(training_dataset(ds, gen), batch_size=3)
     views = []
     for _ in range(5):
-        for images, labels in loader:
+        for images, _labels in loader:
             out = gen(images)
             assert [tuple(v.shape) for v in out] == shapes  # (c) count and shapes per method
             views.extend(out)

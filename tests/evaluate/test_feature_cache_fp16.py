@@ -26,7 +26,7 @@ def _entry(cache):
     return p
 
 
-def _interrupt_at(monkeypatch, k, exc=RuntimeError("simulated crash"), on_hit=None):
+def _interrupt_at(monkeypatch, k, exc=None, on_hit=None):
     """Make the k-th forward (0-based) of extract_features raise ``exc``; count the calls."""
     calls = []
     real = F._forward
@@ -35,7 +35,7 @@ def _interrupt_at(monkeypatch, k, exc=RuntimeError("simulated crash"), on_hit=No
         if len(calls) == k:
             if on_hit:
                 on_hit()
-            raise exc
+            raise exc if exc is not None else RuntimeError("simulated crash")
         calls.append(x.shape[0])
         return real(model, x, which)
 

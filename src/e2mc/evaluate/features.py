@@ -226,7 +226,7 @@ def extract_features(
         model.eval().to(device)
         rows, i, t_rec = start, 0, time.monotonic()
         try:
-            for i, (images, target) in enumerate(loader):
+            for i, (images, target) in enumerate(loader):  # noqa: B007 (i names a failed batch)
                 x = transform(images.to(device, non_blocking=True))
                 with torch.autocast(device_type=device.type, dtype=amp or torch.float32, enabled=amp is not None):
                     out = _forward(model, x, which)
