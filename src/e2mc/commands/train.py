@@ -53,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="when --method differs from the checkpoint's: keep its backbone, build new heads")
     c.add_argument("--addon", choices=("e2mc", "vc", "uniformity", "mmcr", "none"))
     c.add_argument("--entropy-weight", type=float)
-    c.add_argument("--cov-weight", type=float)
+    c.add_argument("--cov-weight", type=lambda s: s if s.strip().lower() == "auto" else float(s),
+                   help="E2MC covariance weight, or auto (addon.cov_fraction x the start's base loss)")
     c.add_argument("--transform", choices=("sigmoid", "gaussian_cdf", "identity"))
     c.set_defaults(func=run, mode="continue")
 
