@@ -11,4 +11,5 @@ COMMAND_MODULES = (
     "evaluate",
     "inspect",
     "recipes",
+    "tune",
 )
