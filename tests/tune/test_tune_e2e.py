@@ -16,7 +16,7 @@ from e2mc.tuning import probes as probes_mod
 
 SPACE = {"addons": ["none", "e2mc"], "e2mc": {"entropy_weight": [10], "cov_weight": [1, 1000]}, "epochs": 1,
          "set": {"optim.batch_size": 64, "train.probe_size": 0, "train.log_every": 1000}}
-LABEL_FREE = ("rankme", "entropy", "alpha_req")  # LiDAR (slower) is the selection rule of the resume test
+LABEL_FREE = ("rankme", "entropy", "lidar", "alpha_req")
 KW = dict(recipe="digits_vicreg_e2mc", holdout=120, train_images=192, workers=1, log=lambda *a: None)
 
 
@@ -66,7 +66,7 @@ def test_tune_outputs_ranked_table_and_schedule(tuned):
     assert res["chosen"]["label"] == best == res["probes"][0]["label"] and res["probes"][0]["rung"] == 1
     for p in res["probes"]:  # the score is held-out kNN@20 at the probe's last rung
         assert p["score"] == p["metrics"]["knn_top1_k20"]
-        assert set(p["metrics"]) == {"knn_top1_k20", "linear_top1", "rankme", "entropy", "alpha_req"}
+        assert set(p["metrics"]) == {"knn_top1_k20", "linear_top1", "rankme", "entropy", "lidar", "alpha_req"}
     assert res["cost"]["trained_epochs"] == pytest.approx((1 + 1 + 3) / 3)
     assert res["cost"]["full_grid_epochs"] == 3.0
     md = (out / "tune.md").read_text()
@@ -81,7 +81,7 @@ def test_kendall_tau_matches_scipy(tuned):
     _, _, res, _ = tuned
     rung0 = {p["label"]: p["metrics_by_steps"]["1"] for p in res["probes"]}
     knn = [m["knn_top1_k20"] for m in rung0.values()]
-    for metric in ("rankme", "entropy"):
+    for metric in ("rankme", "entropy", "lidar"):
         ref = stats.kendalltau([m[metric] for m in rung0.values()], knn).statistic
         got = res["kendall_tau"][metric]["tau"]
         assert (got is None and ref != ref) or got == pytest.approx(ref)
@@ -141,7 +141,7 @@ def test_interrupted_tune_resumes_and_skips_finished_probes(start, monkeypatch):
         return real(src, over, d)
 
     monkeypatch.setattr(probes_mod, "_train", flaky)
-    kw = {**KW, "label_free": (), "select": "label-free:lidar"}
+    kw = {**KW, "label_free": (), "select": "label-free:rankme", "eval_precision": "bf16"}
     with pytest.raises(KeyboardInterrupt):
         e2mc.tune(str(ckpt), "digits", out=out, space=space, **kw)
     first = calls[0]
@@ -153,8 +153,8 @@ def test_interrupted_tune_resumes_and_skips_finished_probes(start, monkeypatch):
     again = e2mc.tune(str(ckpt), "digits", out=out, space=space, **{**kw, "workers": 2})  # parallel path: all done
     assert {p["label"]: p["train_seconds"] for p in again["probes"]} == seconds
     assert again["chosen"]["label"] == res["chosen"]["label"]
-    r0 = res["rungs"][0]["scores"]  # chosen by LiDAR (backbone), not by kNN
-    assert r0 == {p["label"]: p["metrics_by_steps"]["1"]["lidar"] for p in res["probes"]}
+    r0 = res["rungs"][0]["scores"]  # chosen by RankMe (backbone), not by kNN
+    assert r0 == {p["label"]: p["metrics_by_steps"]["1"]["rankme"] for p in res["probes"]}
     assert res["chosen"]["label"] == max(r0, key=lambda lab: (r0[lab], -list(r0).index(lab)))
 
 
@@ -173,6 +173,8 @@ def test_bad_inputs_are_one_line_errors(start, tmp_path, capsys):
         e2mc.tune(str(ckpt), "digits", out=tmp_path / "c", space={"addons": ["none"]}, **KW)
     with pytest.raises(ConfigError, match="too small"):
         e2mc.tune(str(ckpt), "digits", out=tmp_path / "d", space=SPACE, budget=0.1, **KW)
+    with pytest.raises(ConfigError, match="label-free:<metric>"):
+        e2mc.tune(str(ckpt), "digits", out=tmp_path / "f", space=SPACE, select="label-free:knn", **KW)
     code = main(["tune", str(ckpt), "--dataset", "digits", "--out", str(tmp_path / "e"), "--budget", "0.1",
                  "--recipe", "digits_vicreg_e2mc", "--holdout", "120"])
     err = capsys.readouterr().err

@@ -82,6 +82,7 @@ def evaluate(
     lidar_images: int = 500,
     lidar_views: int = 8,
     linear_solver: str = "auto",
+    amp_dtype=None,
 ) -> dict:
     """Evaluate a checkpoint file, run folder or in-memory ``SSLModel`` with the given protocols.
 
@@ -98,6 +99,7 @@ def evaluate(
             ``seeds[0]``), each augmented that many times with the model's training views.
         linear_solver: ``"auto"``, ``"lbfgs"`` or ``"streaming"`` for the ``linear`` protocol
             (see :func:`e2mc.evaluate.linear.linear_probe`; the result names the one used).
+        amp_dtype: feature extraction's autocast (``extract_features``; None: bf16 on CUDA, fp32 on CPU).
     Returns:
         ``{protocol: {metric: value}}`` plus ``"meta"`` (checkpoint, dataset, seeds).
     """
@@ -118,7 +120,7 @@ def evaluate(
     has_proj = getattr(model, "projector", None) is not None
     which = ("backbone", "projector") if has_proj and (set(protocols) & _LABEL_FREE) else ("backbone",)
     kw = dict(batch_size=batch_size, device=device, which=which, cache_dir=cache_dir, use_cache=use_cache,
-              cache_key_parts=(spec,))
+              cache_key_parts=(spec,), amp_dtype=amp_dtype)
     need_train = set(protocols) & {"knn", "linear", "fewshot"}
     from e2mc.evaluate.features import extract_features, file_sha256
 

@@ -61,14 +61,8 @@ def verdict(rows: list[dict], arm: str) -> str:
     return f"`{arm}` − base-only: " + "; ".join(parts) + "."
 
 
-def run_confirm(out: Path, recipe, base: dict, points, arm, n: int, epochs: float, batch: int, n_train: int,
-                dataset: str, device, eval_batch_size: int, workers: int, threads, log=print) -> dict:
-    """Train both arms x ``n`` seeds, evaluate on the test split, compare; return the confirm section."""
-    from e2mc.errors import ConfigError
-    from e2mc.evaluate.compare import ComparisonResult, build_rows
-
-    if n < 1:
-        raise ConfigError(f"--confirm needs N >= 1 training seeds, got {n}")
+def confirm_jobs(out: Path, recipe, base: dict, arm, n: int, epochs: float, batch: int, n_train: int, threads=None):
+    """(arms, training jobs, steps, batches per epoch) of ``--confirm n``: base-only first, then ``arm``."""
     bpe = n_train // batch
     steps = max(1, round(epochs * bpe))
     base_over = {"addon.name": "none", **({"optim.lr": arm.overrides["optim.lr"]} if "optim.lr" in arm.overrides
@@ -78,6 +72,19 @@ def run_confirm(out: Path, recipe, base: dict, points, arm, n: int, epochs: floa
     jobs = [{"label": f"{name}-seed{s}", "dir": str(out / "confirm" / f"{name}-seed{s}"), "source": recipe,
              "overrides": {**common, **over, "train.seed": s}, "steps": steps, "eval": None, "threads": threads}
             for name, over in arms for s in range(n)]
+    return arms, jobs, steps, bpe
+
+
+def run_confirm(out: Path, recipe, base: dict, points, arm, n: int, epochs: float, batch: int, n_train: int,
+                dataset: str, device, eval_batch_size: int, workers: int, threads, log=print) -> dict:
+    """Train both arms x ``n`` seeds, evaluate on the test split, compare; return the confirm section."""
+    from e2mc.errors import ConfigError
+    from e2mc.evaluate.compare import ComparisonResult, build_rows
+
+    if n < 1:
+        raise ConfigError(f"--confirm needs N >= 1 training seeds, got {n}")
+    arms, jobs, steps, bpe = confirm_jobs(out, recipe, base, arm, n, epochs, batch, n_train, threads)
+    base_over = arms[0][1]
     t0 = time.perf_counter()
     recs = run_jobs(jobs, workers, log)
     train_s = sum(r["train_seconds"] for r in recs)
