@@ -62,6 +62,12 @@ def run_probe(job: dict) -> dict:
         raise ConfigError(f"{run_dir} holds a probe with other settings ({marker}); use another --out")
     rec = rec or {"label": job["label"], "overrides": job["overrides"], "steps": 0, "train_seconds": 0.0,
                   "eval_seconds": 0.0, "scores": {}}
+    if job.get("eval"):
+        if rec.get("eval") not in (None, job["eval"]):
+            raise ConfigError(f"probe {job['label']} in {run_dir} was scored with other evaluation settings "
+                              f"({rec['eval']}); rerun with the same flags (--select's metrics, --eval-precision, "
+                              "--lidar-images) or use another --out")
+        rec["eval"] = job["eval"]
     steps = int(job["steps"])
     trained_now = 0
     if rec["steps"] > steps and str(steps) not in rec["scores"]:
