@@ -156,6 +156,8 @@ def test_interrupted_tune_resumes_and_skips_finished_probes(start, monkeypatch):
     r0 = res["rungs"][0]["scores"]  # chosen by RankMe (backbone), not by kNN
     assert r0 == {p["label"]: p["metrics_by_steps"]["1"]["rankme"] for p in res["probes"]}
     assert res["chosen"]["label"] == max(r0, key=lambda lab: (r0[lab], -list(r0).index(lab)))
+    with pytest.raises(ConfigError, match="other evaluation settings"):  # scores are never mixed across settings
+        e2mc.tune(str(ckpt), "digits", out=out, space=space, **{**kw, "eval_precision": "fp32"})
 
 
 def test_bad_inputs_are_one_line_errors(start, tmp_path, capsys):
