@@ -7,6 +7,7 @@ folder, and writes ``summary.md``: whether successive halving chose the full gri
 the halving's choice has in the full grid.
 
     python -m benchmarks.reproduce.tune_evidence benchmarks/results/cifar10_vicreg_tune
+    python -m benchmarks.reproduce.tune_evidence benchmarks/results/cifar10_vicreg_tune --partial TUNE_OUT
 """
 
 from __future__ import annotations
@@ -44,8 +45,37 @@ def summarise(folder: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def partial(tune_out: Path) -> str:
+    """What the probes of an unfinished tune folder hold so far (``probes/*/probe.json``)."""
+    rows = []
+    for f in sorted(tune_out.glob("probes/*/probe.json")):
+        r = json.loads(f.read_text())
+        for steps, m in sorted(r["scores"].items(), key=lambda kv: int(kv[0])):
+            rows.append(f"| {r['label']} | {steps} | {100 * m.get('knn_top1_k20', float('nan')):.2f} | "
+                        f"{100 * m.get('linear_top1', float('nan')):.2f} | {m.get('rankme', float('nan')):.4g} | "
+                        f"{m.get('entropy', float('nan')):.4g} | {m.get('lidar', float('nan')):.4g} | "
+                        f"{m.get('alpha_req', float('nan')):.4g} | {r['train_seconds']:.0f} | {r['eval_seconds']:.0f} |")
+        if not r["scores"]:
+            rows.append(f"| {r['label']} | (trained to {r['steps']}, not scored yet) | | | | | | | "
+                        f"{r['train_seconds']:.0f} | {r['eval_seconds']:.0f} |")
+    start = tune_out / "start.json"
+    head = ["# Probes finished so far (unfinished tune)", ""]
+    if start.is_file():
+        m = json.loads(start.read_text())["metrics"]
+        head.append(f"Start on the held-out part: kNN@20 {100 * m['knn_top1_k20']:.2f}%, linear "
+                    f"{100 * m['linear_top1']:.2f}%, RankMe {m['rankme']:.4g}, entropy {m['entropy']:.4g}, "
+                    f"LiDAR {m['lidar']:.4g}, alpha-ReQ {m['alpha_req']:.4g}.")
+    return "\n".join(head + ["", "| probe | steps | kNN@20 % | linear % | RankMe | entropy | LiDAR | alpha-ReQ | "
+                                  "train s | eval s |", "|---|---|---|---|---|---|---|---|---|---|"] + rows) + "\n"
+
+
 if __name__ == "__main__":
     folder = Path(sys.argv[1])
+    if len(sys.argv) > 3 and sys.argv[2] == "--partial":
+        text = partial(Path(sys.argv[3]))
+        (folder / "partial.md").write_text(text)
+        print(text)
+        sys.exit(0)
     text = summarise(folder)
     (folder / "summary.md").write_text(text)
     print(text)
