@@ -285,7 +285,10 @@ def to_markdown(res: dict) -> str:
     if res.get("confirm"):
         cf = res["confirm"]
         lines += ["", f"## Confirmation on the test split ({cf['seeds']} training seeds, full train split, "
-                      f"{cf['epochs']:.3g} epochs)", "", cf["markdown"].rstrip(), "", cf["verdict"]]
+                      f"{cf['epochs']:.3g} epochs)", ""]
+        if cf["arm"] != ch["label"]:
+            lines += [f"The chosen setting is base-only, so the best add-on probe `{cf['arm']}` is confirmed against it.", ""]
+        lines += [cf["markdown"].rstrip(), "", cf["verdict"]]
     return "\n".join(lines) + "\n"
 
 
