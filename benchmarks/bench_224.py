@@ -51,6 +51,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loader import make_jpegs
 
+from e2mc.fileio import atomic_write_text
+
 
 def rss_peak_reset() -> bool:
     """Reset this process's peak RSS (VmHWM); False where the kernel does not allow it."""
@@ -327,9 +329,7 @@ def main(argv=None) -> int:
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = args.out + ".tmp"
-        Path(tmp_out).write_text(text)
-        os.replace(tmp_out, args.out)
+        atomic_write_text(args.out, text)
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)

@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from e2mc.criteria import (
-    E2MC, MMCRAddon, SimSiamLoss, SwAVLoss, UniformityAddon, VCAddon, VICRegLoss,
+    E2MC,
+    MMCRAddon,
+    SimSiamLoss,
+    SwAVLoss,
+    UniformityAddon,
+    VCAddon,
+    VICRegLoss,
 )
 from e2mc.criteria.vicreg import variance_hinge
 

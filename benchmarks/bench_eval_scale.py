@@ -29,6 +29,8 @@ import sys
 import tempfile
 import time
 
+from e2mc.fileio import atomic_write_text
+
 
 def _rss_mb() -> float:
     with open("/proc/self/status") as f:
@@ -172,10 +174,7 @@ def main() -> int:
         shutil.rmtree(old_src, ignore_errors=True)
     md = render(rows, args)
     if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(md)
-        os.replace(tmp, args.out)
+        atomic_write_text(args.out, md)
     print(md)
     return 0
 

@@ -275,11 +275,11 @@ def main(argv=None, log=print) -> dict | None:
     train_data = eval_data = str(dataset)
     if args.select:
         from e2mc.data.datasets import build_dataset
-        from e2mc.data.splits import write_split_file
+        from e2mc.tuning.scoring import holdout_split
 
         split = out / "split.json"
-        if not split.is_file():
-            write_split_file(split, dataset, build_dataset(dataset, "train").targets, args.holdout, args.holdout_seed)
+        if not split.is_file():  # the held-out rule of `e2mc tune` (a split file of the TRAIN split only)
+            holdout_split(split, dataset, build_dataset(dataset, "train").targets, args.holdout, args.holdout_seed)
         train_data = eval_data = str(split)
     sets = dict(parse_override(s) for s in args.sets)
     common = {"recipe": args.recipe, "model.init": str(start_model), "data.dataset": train_data,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from e2mc.evaluate.compare import metric_values
 from e2mc.evaluate.stats import difference as stats_difference
 from e2mc.evaluate.stats import summarize
+from e2mc.tuning.scoring import select_best  # noqa: F401 - the selection rule lives in the package (e2mc tune)
 
 TABLE_METRICS = ("knn/top1_k20", "knn/top1_k200", "linear/top1", "rankme/backbone", "rankme/projector")
 START = "start"
@@ -95,12 +96,3 @@ def to_markdown(summary: dict, metrics=TABLE_METRICS, title: str = "", notes: li
     return "\n".join(lines) + "\n"
 
 
-def select_best(summary: dict, arm_of: dict[str, str], arm: str = "e2mc", criterion: str = "knn/top1_k20") -> dict | None:
-    """The label of ``arm`` with the highest mean ``criterion`` (ties: first label), with its row."""
-    cands = [(summary[lab][criterion]["mean"], lab) for lab in summary
-             if arm_of.get(lab) == arm and criterion in summary[lab]]
-    if not cands:
-        return None
-    best = max(cands, key=lambda c: c[0])[1]
-    return {"label": best, "criterion": criterion, "row": summary[best][criterion],
-            "ranking": [lab for _, lab in sorted(cands, key=lambda c: -c[0])]}

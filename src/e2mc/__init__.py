@@ -43,6 +43,8 @@ _PUBLIC = {
     "rankme": "e2mc.metrics",
     "evaluate": "e2mc.evaluate.api",
     "compare": "e2mc.evaluate.compare",
+    # tuning
+    "tune": "e2mc.tuning.api",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

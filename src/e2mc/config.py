@@ -99,7 +99,8 @@ class AddonConfig:
     name: str = "e2mc"
     transform: Optional[str] = None
     entropy_weight: Optional[float] = None
-    cov_weight: Optional[float] = None
+    cov_weight: Optional[float] = None  # or "auto": measured on the start (e2mc.train.calibrate)
+    cov_fraction: float = 0.1  # cov_weight=auto: weighted covariance term / base loss at the start
     m: Optional[int] = None
     eps: float = E2MC_EPS  # inside the log of the spacings; paper's code: PAPER_EPS[method]
     kwargs: dict = field(default_factory=dict)  # extra constructor arguments (vc, uniformity, mmcr)
@@ -227,7 +228,7 @@ RANGES: dict[str, Range] = {
     "method.sinkhorn_iterations": AT_LEAST_ONE, "method.queue_length": NON_NEGATIVE,
     "method.queue_start_step": NON_NEGATIVE, "method.freeze_prototypes_iters": NON_NEGATIVE,
     "addon.entropy_weight": Range(0, optional=True), "addon.cov_weight": Range(0, optional=True),
-    "addon.m": Range(1, optional=True), "addon.eps": Range(0, 1, lo_open=True),
+    "addon.m": Range(1, optional=True), "addon.cov_fraction": POSITIVE, "addon.eps": Range(0, 1, lo_open=True),
     "optim.lr": Range(0, 1000, lo_open=True), "optim.weight_decay": NON_NEGATIVE,
     "optim.momentum": Range(0, 1, hi_open=True), "optim.warmup_epochs": Range(0, optional=True),
     "optim.batch_size": AT_LEAST_ONE, "optim.base_batch": AT_LEAST_ONE,
@@ -237,11 +238,17 @@ RANGES: dict[str, Range] = {
 }
 
 
+# Fields that also take the string "auto" (e2mc.train.calibrate measures them on the start checkpoint).
+AUTO_KEYS = ("addon.cov_weight",)
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Check every numeric field against ``RANGES``; ConfigError naming the key, value and range."""
     for key, rng in RANGES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
+        if key in AUTO_KEYS and value == "auto":
+            continue
         if not rng.ok(value):
             raise ConfigError(f"{key}={value} is out of range; give {rng.describe(isinstance(value, int))}")
     return cfg
@@ -319,6 +326,9 @@ def _set(obj: Any, parts: list[str], value: Any, full: str) -> None:
             d[".".join(parts[1:])] = value
             return
         raise ConfigError(f"{prefix + head} is a value, not a section; cannot set {full!r}")
+    if full in AUTO_KEYS and isinstance(value, str) and value.strip().lower() == "auto":
+        setattr(obj, head, "auto")
+        return
     value = _coerce(value, tp, full)
     choices = _CHOICES.get(full)
     if choices is not None and value not in choices:

@@ -62,14 +62,18 @@ class Method:
                                    crops_for_assign=tuple(m.crops_for_assign))
         return build_criterion("simsiam")
 
-    def build_addon(self, cfg: Any) -> nn.Module:
-        """Add-on from ``cfg.addon``; E2MC gets its (defaulted) typed fields, others ``kwargs``."""
+    def build_addon(self, cfg: Any, cov_weight: float | None = None) -> nn.Module:
+        """Add-on from ``cfg.addon``; E2MC gets its (defaulted) typed fields, others ``kwargs``.
+        ``cov_weight``: the measured value when ``addon.cov_weight`` is ``"auto"`` (``train.calibrate``)."""
         from e2mc.criteria import build_addon
 
         a = cfg.addon
         kwargs = dict(a.kwargs)
         if a.name == "e2mc":
-            kwargs.update(transform=a.transform, entropy_weight=a.entropy_weight, cov_weight=a.cov_weight, m=a.m,
+            cw = cov_weight if a.cov_weight == "auto" else a.cov_weight
+            if cw == "auto":
+                raise ConfigError("addon.cov_weight=auto is measured by the trainer; pass the measured value")
+            kwargs.update(transform=a.transform, entropy_weight=a.entropy_weight, cov_weight=cw, m=a.m,
                           eps=a.eps)
         return build_addon(a.name, **kwargs)
 

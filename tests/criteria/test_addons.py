@@ -6,7 +6,13 @@ import torch
 from scipy.spatial.distance import pdist
 
 from e2mc.criteria import (
-    ADDONS, E2MC, MMCRAddon, NoAddon, UniformityAddon, VCAddon, build_addon,
+    ADDONS,
+    E2MC,
+    MMCRAddon,
+    NoAddon,
+    UniformityAddon,
+    VCAddon,
+    build_addon,
 )
 from e2mc.errors import ConfigError, CriterionInputError
 

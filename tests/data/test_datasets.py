@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from e2mc.data.datasets import ArrayDataset, DatasetInfo, build_dataset, channel_stats, first_per_class
-from e2mc.train.distributed import ShardedEpochSampler
 from e2mc.errors import DataError
+from e2mc.train.distributed import ShardedEpochSampler
 
 CIFAR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "cifar10")
 

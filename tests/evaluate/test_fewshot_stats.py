@@ -4,8 +4,8 @@ import pytest
 import torch
 from scipy import stats
 
-from e2mc.errors import DataError
 from e2mc.data.splits import balanced_subset
+from e2mc.errors import DataError
 from e2mc.evaluate.fewshot import fewshot
 from e2mc.evaluate.stats import difference, paired_difference, summarize, welch_difference
 

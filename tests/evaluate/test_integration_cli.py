@@ -1,6 +1,7 @@
 """End to end with the teammates' modules: a real e2mc checkpoint, the digits dataset, the CLI."""
 
 import json
+
 import torch
 
 from e2mc.data import datasets

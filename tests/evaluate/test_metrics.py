@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from e2mc.errors import CriterionInputError
 from e2mc import metrics
+from e2mc.errors import CriterionInputError
 
 
 def _with_singular_values(s, n=50, seed=0):

@@ -15,8 +15,7 @@ from torch import nn
 
 from e2mc.data.datasets import build_dataset
 from e2mc.evaluate import semisup as semisup_mod
-from e2mc.evaluate.semisup import linear_probe_finetune
-from e2mc.evaluate.semisup import semisup
+from e2mc.evaluate.semisup import linear_probe_finetune, semisup
 
 
 class DigitNet(nn.Module):

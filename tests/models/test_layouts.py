@@ -3,10 +3,11 @@ loaded tensors, the report and the export round trip (load -> export -> load).""
 
 import pytest
 import torch
-from .conftest import rand_like_sd, simsiam_head_shapes, swav_shapes, vicreg_projector_shapes
 
 from e2mc.models.checkpoints import load_model
 from e2mc.models.export import export_model
+
+from .conftest import rand_like_sd, simsiam_head_shapes, swav_shapes, vicreg_projector_shapes
 
 
 def assert_loaded(model, trunk: dict, heads: dict):

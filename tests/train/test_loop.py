@@ -12,7 +12,6 @@ from e2mc.train.loop import Trainer
 from e2mc.train.run import load_checkpoint, read_metrics
 
 
-
 def _weights(run_dir, name="last.pt"):
     return load_checkpoint(run_dir / "checkpoints" / name)["model"]
 

@@ -8,8 +8,7 @@ import torch
 from torch import nn
 
 from e2mc.errors import ConfigError
-from e2mc.train.optim import (LARS, build_optimizer, build_scheduler, lr_factor, param_groups,
-                              scaled_lr)
+from e2mc.train.optim import LARS, build_optimizer, build_scheduler, lr_factor, param_groups, scaled_lr
 
 
 def _toy():

@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "evaluate",
     "inspect",
     "recipes",
+    "tune",
 )
 
 

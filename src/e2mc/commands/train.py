@@ -77,8 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--entropy-weight", type=float, metavar="W",
                    help="weight of the add-on's entropy term (default: the recipe's, else the paper's value "
                         "for the method; printed at the start)")
-    c.add_argument("--cov-weight", type=float, metavar="W",
-                   help="weight of the add-on's covariance term (default: the recipe's, else the paper's value "
+    c.add_argument("--cov-weight", type=lambda s: s if s.strip().lower() == "auto" else float(s), metavar="W",
+                   help="weight of the add-on's covariance term, or auto (addon.cov_fraction x the start's base "
+                        "loss / its covariance term; e2mc's choice) (default: the recipe's, else the paper's value "
                         "for the method; printed at the start)")
     c.add_argument("--transform", choices=("sigmoid", "gaussian_cdf", "identity"),
                    help="map from projector outputs to [0, 1] before the entropy estimate (default: the "

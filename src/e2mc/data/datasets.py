@@ -36,10 +36,10 @@ from typing import Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from e2mc.errors import DataError
-from e2mc.fileio import cache_root
 from e2mc.data import folder as _folder
 from e2mc.data import splits as _splits
+from e2mc.errors import DataError
+from e2mc.fileio import cache_root
 
 log = logging.getLogger(__name__)
 

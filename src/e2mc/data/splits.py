@@ -68,10 +68,14 @@ def digest(indices: Sequence[int]) -> str:
 
 
 def write_split_file(path: str | os.PathLike, dataset: str, targets: Sequence[int], n_holdout: int,
-                     seed: int = 0, source_split: str = "train") -> Path:
+                     seed: int = 0, source_split: str = "train", n_keep: int | None = None) -> Path:
     """Write a split file whose ``"test"`` is a stratified holdout of ``n_holdout`` rows and whose
-    ``"train"`` is the rest; ``targets`` are the labels of ``dataset``'s ``source_split``."""
+    ``"train"`` is the rest; ``targets`` are the labels of ``dataset``'s ``source_split``.
+    ``n_keep``: keep only that many of the rest in ``"train"`` (a stratified draw seeded by ``seed + 1``)."""
     keep, held = stratified_holdout(targets, n_holdout, seed)
+    if n_keep is not None and n_keep < len(keep):
+        _, sub = stratified_holdout([targets[i] for i in keep], int(n_keep), seed + 1)
+        keep = [keep[j] for j in sub]
     obj = {"format": FORMAT, "version": 1, "dataset": str(dataset), "source_split": source_split,
            "n_source": len(targets), "seed": int(seed), "splits": {"train": keep, "test": held}}
     path = Path(path)

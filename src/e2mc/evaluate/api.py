@@ -83,6 +83,7 @@ def evaluate(
     lidar_views: int = 8,
     linear_solver: str = "auto",
     feature_dtype: str = "float16",
+    amp_dtype=None,
 ) -> dict:
     """Evaluate a checkpoint file, run folder or in-memory ``SSLModel`` with the given protocols.
 
@@ -101,6 +102,7 @@ def evaluate(
             (see :func:`e2mc.evaluate.linear.linear_probe`; the result names the one used).
         feature_dtype: ``"float16"`` or ``"float32"``: how the frozen features are stored (cache
             and memory; :func:`e2mc.evaluate.features.extract_features`'s ``cache_dtype``).
+        amp_dtype: feature extraction's autocast (``extract_features``; None: bf16 on CUDA, fp32 on CPU).
     Returns:
         ``{protocol: {metric: value}}`` plus ``"meta"`` (checkpoint, dataset, seeds).
     """
@@ -121,7 +123,7 @@ def evaluate(
     has_proj = getattr(model, "projector", None) is not None
     which = ("backbone", "projector") if has_proj and (set(protocols) & _LABEL_FREE) else ("backbone",)
     kw = dict(batch_size=batch_size, device=device, which=which, cache_dir=cache_dir, use_cache=use_cache,
-              cache_key_parts=(spec,), cache_dtype=feature_dtype)
+              cache_key_parts=(spec,), cache_dtype=feature_dtype, amp_dtype=amp_dtype)
     need_train = set(protocols) & {"knn", "linear", "fewshot"}
     from e2mc.evaluate.features import extract_features, file_sha256
 

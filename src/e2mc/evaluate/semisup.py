@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from e2mc.data.splits import balanced_subset
 from e2mc.errors import DataError
 from e2mc.evaluate.features import default_transform
-from e2mc.data.splits import balanced_subset
 from e2mc.evaluate.stats import summarize
 
 

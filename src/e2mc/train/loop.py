@@ -45,7 +45,6 @@ from e2mc.train import monitor
 from e2mc.train import run as R
 from e2mc.train.optim import build_optimizer, build_scheduler, restore_optimizer_state, scaled_lr
 
-
 INPUT_CHECK = "_inputs_finite"  # per-step flag: 0 when the criteria's inputs were finite, NaN otherwise
 
 
@@ -167,7 +166,8 @@ class TrainerSetup(R.RunFolderMixin):
             self.model.to(memory_format=torch.channels_last)
         self.need_warmup = bool(self.heads_built) and cfg.mode == "continue" and cfg.train.head_warmup_steps > 0
         self.criterion = self.method.build_criterion(cfg).to(self.device)
-        self.addon = self.method.build_addon(cfg).to(self.device)
+        self.auto_cov_weight = self._auto_cov_weight(found)
+        self.addon = self.method.build_addon(cfg, cov_weight=self.auto_cov_weight).to(self.device)
         self.queue = None
         if self.method.name == "swav" and cfg.method.queue_length > 0:
             dim = self.model.prototypes.weight.shape[1]
@@ -214,6 +214,25 @@ class TrainerSetup(R.RunFolderMixin):
                 entropy_transform=cfg.addon.transform or E2MC_DEFAULTS[cfg.method.name][2])
         if self.dist.is_main:
             self._write_run_files()
+
+    def _auto_cov_weight(self, found: tuple | None) -> float | None:
+        """``addon.cov_weight: auto`` (``e2mc.train.calibrate``): the stored value on resume, else measured now."""
+        a = self.cfg.addon
+        if a.name != "e2mc" or a.cov_weight != "auto":
+            return None
+        if found is not None:
+            stored = found[1].get("auto_cov_weight")
+            if stored is None:
+                raise ConfigError(f"{found[0]} stores no measured cov_weight for addon.cov_weight=auto; resume with "
+                                  "the run's own config, or start a new --out")
+            return float(stored)
+        from e2mc.train.calibrate import auto_cov_weight, measure_terms
+
+        base, cov = measure_terms(self)
+        w = auto_cov_weight(base, cov, a.cov_fraction)
+        self.log(f"addon.cov_weight=auto: base loss {base:.5g}, E2MC covariance {cov:.5g} on the start -> "
+                 f"cov_weight {w:.5g} (covariance term = {a.cov_fraction:g} x base loss)")
+        return w
 
     def _build_model(self, found: tuple | None) -> None:
         cfg, m = self.cfg, self.cfg.model

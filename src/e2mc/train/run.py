@@ -503,6 +503,7 @@ def build_state(t: Any, epoch_file: bool = False) -> dict:
         "config": t.cfg.to_dict(), "source_format": t.source_format, "source_epoch": t.source_epoch,
         "source_layout": dict(t.source_layout),
         "metrics_rows": t.metrics.rows if t.metrics is not None else None,
+        "auto_cov_weight": getattr(t, "auto_cov_weight", None),
     }
 
 

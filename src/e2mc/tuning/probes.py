@@ -1,0 +1,123 @@
+"""Probes: real, resumable ``continue`` runs, trained up to a step count and scored there.
+
+A probe lives in ``OUT/probes/<label>/``: an e2mc run folder plus ``probe.json`` (its overrides,
+the steps trained, seconds spent, and its held-out/label-free metrics per step count). Asked for
+``steps``, a probe that has them already is skipped; one with ``checkpoints/last.pt`` is RESUMED
+(``out.resume``) up to ``train.max_steps = steps`` (successive halving's next rung adds epochs
+to the same run, it does not retrain); one without a checkpoint starts clean. Scores are stored
+per step count, so a rerun of ``e2mc tune`` re-trains and re-scores nothing.
+
+``run_jobs`` runs a rung's probes one after another in this process (``workers=1``) or in
+``workers`` spawned processes, each with ``threads`` torch threads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from e2mc.errors import ConfigError, E2MCError
+from e2mc.fileio import atomic_write_text
+
+
+def read_json(path, default=None):
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+def write_json(path, obj) -> Path:
+    """Atomic JSON write (:func:`e2mc.fileio.atomic_write_text`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(path, json.dumps(obj, indent=1, default=str) + "\n")
+
+
+def _train(source, overrides: dict, run_dir: Path) -> None:
+    from e2mc.train.api import continue_training
+
+    resume = (run_dir / "checkpoints" / "last.pt").is_file()
+    continue_training(source, **overrides, out__dir=str(run_dir), out__resume=resume, out__overwrite=not resume)
+    for p in (run_dir / "checkpoints").glob("epoch_*.pt"):  # last.pt is what rungs resume from
+        p.unlink()
+
+
+def run_probe(job: dict) -> dict:
+    """Train (or resume, or skip) one probe to ``job["steps"]`` and score it there; return its record.
+
+    ``job``: label, dir, source (recipe/config), overrides (without max_steps / out), steps,
+    eval (``evaluate`` keyword arguments incl. dataset and protocols; None: train only), threads.
+    """
+    if job.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(job["threads"]))
+    run_dir = Path(job["dir"])
+    marker = run_dir / "probe.json"
+    rec = read_json(marker)
+    if rec is not None and rec["overrides"] != job["overrides"]:
+        raise ConfigError(f"{run_dir} holds a probe with other settings ({marker}); use another --out")
+    rec = rec or {"label": job["label"], "overrides": job["overrides"], "steps": 0, "train_seconds": 0.0,
+                  "eval_seconds": 0.0, "scores": {}}
+    if job.get("eval"):
+        if rec.get("eval") not in (None, job["eval"]):
+            raise ConfigError(f"probe {job['label']} in {run_dir} was scored with other evaluation settings "
+                              f"({rec['eval']}); rerun with the same flags (--select's metrics, --eval-precision, "
+                              "--lidar-images) or use another --out")
+        rec["eval"] = job["eval"]
+    steps = int(job["steps"])
+    trained_now = 0
+    if rec["steps"] > steps and str(steps) not in rec["scores"]:
+        raise ConfigError(f"probe {job['label']} in {run_dir} is trained past step {steps} without a score there "
+                          "(another schedule used this folder); use another --out")
+    if rec["steps"] < steps:
+        t0 = time.perf_counter()
+        before = rec["steps"]
+        try:
+            _train(job["source"], {**job["overrides"], "train.max_steps": steps}, run_dir)
+        finally:
+            rec["train_seconds"] = round(rec["train_seconds"] + time.perf_counter() - t0, 2)
+            write_json(marker, rec)
+        rec["steps"] = steps
+        trained_now = steps - before
+        write_json(marker, rec)
+    if job.get("eval") and str(steps) not in rec["scores"]:
+        from e2mc.evaluate.api import evaluate
+        from e2mc.tuning.scoring import probe_metrics
+
+        kw = dict(job["eval"])
+        dataset, protocols = kw.pop("dataset"), kw.pop("protocols")
+        t0 = time.perf_counter()
+        res = evaluate(str(run_dir / "checkpoints" / "last.pt"), dataset, protocols=tuple(protocols), **kw)
+        dt = time.perf_counter() - t0
+        rec["scores"][str(steps)] = probe_metrics(res)
+        rec["eval_seconds"] = round(rec["eval_seconds"] + dt, 2)
+        write_json(marker, rec)
+    return {**rec, "trained_now": trained_now}
+
+
+def _worker(job: dict) -> dict:
+    try:
+        return run_probe(job)
+    except E2MCError as exc:  # carried back as text: some E2MCError subclasses do not pickle
+        return {"error": f"{type(exc).__name__}: {exc}", "label": job["label"]}
+
+
+def run_jobs(jobs: list[dict], workers: int = 1, log=print) -> list[dict]:
+    """Run the probes (in order with ``workers=1``; else in spawned processes); their records in job order."""
+    if workers <= 1 or len(jobs) <= 1:
+        out = []
+        for job in jobs:
+            log(f"probe {job['label']}: up to step {job['steps']}")
+            out.append(run_probe(job))
+        return out
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    log(f"{len(jobs)} probes in {min(workers, len(jobs))} processes: {', '.join(j['label'] for j in jobs)}")
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
+        out = list(pool.map(_worker, jobs))
+    failed = [r for r in out if "error" in r]
+    if failed:
+        raise E2MCError(f"probe {failed[0]['label']} failed: {failed[0]['error']}")
+    return out

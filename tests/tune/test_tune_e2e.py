@@ -1,0 +1,190 @@
+"""e2mc tune end to end on the embedded digits (tiny start, 3 probes of 1-4 steps)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from scipy import stats
+
+import e2mc
+from e2mc.cli import main
+from e2mc.errors import ConfigError, DataError
+from e2mc.tuning import probes as probes_mod
+
+SPACE = {"addons": ["none", "e2mc"], "e2mc": {"entropy_weight": [10], "cov_weight": [1, 1000]}, "epochs": 1,
+         "set": {"optim.batch_size": 64, "train.probe_size": 0, "train.log_every": 1000}}
+LABEL_FREE = ("rankme", "entropy", "lidar", "alpha_req")
+KW = dict(recipe="digits_vicreg_e2mc", holdout=120, train_images=192, workers=1, log=lambda *a: None)
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("tune")
+    run = e2mc.pretrain("digits_vicreg_pretrain", train__max_steps=3, train__epochs=1, train__device="cpu",
+                        train__probe_size=0, train__tensorboard=False, out__dir=str(root / "pretrain"))
+    return root, run / "checkpoints" / "last.pt"
+
+
+@pytest.fixture(scope="module")
+def tuned(start, monkeypatch_module):
+    """One tune (held-out selection, all label-free metrics), recording every dataset it builds."""
+    import e2mc.data.datasets as ds
+
+    root, ckpt = start
+    built = []
+    real = ds.build_dataset
+
+    def spy(spec, split="train", *a, **k):
+        built.append((str(spec), split))
+        return real(spec, split, *a, **k)
+
+    monkeypatch_module.setattr(ds, "build_dataset", spy)
+    res = e2mc.tune(str(ckpt), "digits", out=root / "out", space=SPACE, label_free=LABEL_FREE, **KW)
+    monkeypatch_module.setattr(ds, "build_dataset", real)
+    return root, ckpt, res, built
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def test_tune_outputs_ranked_table_and_schedule(tuned):
+    root, _, res, _ = tuned
+    out = root / "out"
+    assert json.loads((out / "tune.json").read_text())["chosen"]["label"] == res["chosen"]["label"]
+    # 3 probes, eta 3: rung 0 = 3 probes at 1/3 epoch (192 // 64 = 3 batches -> 1 step), rung 1 = 1 probe to 3 steps
+    assert [(s["probes"], s["steps"]) for s in res["schedule"]] == [(3, 1), (1, 3)]
+    r0 = res["rungs"][0]["scores"]
+    best = max(r0, key=lambda lab: (r0[lab], -list(r0).index(lab)))
+    assert res["chosen"]["label"] == best == res["probes"][0]["label"] and res["probes"][0]["rung"] == 1
+    for p in res["probes"]:  # the score is held-out kNN@20 at the probe's last rung
+        assert p["score"] == p["metrics"]["knn_top1_k20"]
+        assert set(p["metrics"]) == {"knn_top1_k20", "linear_top1", "rankme", "entropy", "lidar", "alpha_req"}
+    assert res["cost"]["trained_epochs"] == pytest.approx((1 + 1 + 3) / 3)
+    assert res["cost"]["full_grid_epochs"] == 3.0
+    md = (out / "tune.md").read_text()
+    assert "**Chosen: `" in md and "| rank | probe |" in md and "Kendall tau" in md
+    assert "<table>" in (out / "tune.html").read_text()
+    assert (out / "probes" / best / "checkpoints" / "last.pt").is_file()
+    step = torch.load(out / "probes" / best / "checkpoints" / "last.pt", weights_only=True)["step"]
+    assert step == 3  # resumed from rung 0's checkpoint up to rung 1, one run
+
+
+def test_kendall_tau_matches_scipy(tuned):
+    _, _, res, _ = tuned
+    rung0 = {p["label"]: p["metrics_by_steps"]["1"] for p in res["probes"]}
+    knn = [m["knn_top1_k20"] for m in rung0.values()]
+    for metric in ("rankme", "entropy", "lidar"):
+        ref = stats.kendalltau([m[metric] for m in rung0.values()], knn).statistic
+        got = res["kendall_tau"][metric]["tau"]
+        assert (got is None and ref != ref) or got == pytest.approx(ref)
+    ref = stats.kendalltau([-abs(m["alpha_req"] - 1) for m in rung0.values()], knn).statistic
+    assert res["kendall_tau"]["alpha_req"]["tau"] == pytest.approx(ref) or ref != ref
+
+
+def test_tuning_never_reads_the_test_split(tuned):
+    root, _, res, built = tuned
+    split = json.loads((root / "out" / "split.json").read_text())
+    assert split["source_split"] == "train" and split["dataset"] == "digits"
+    assert not set(split["splits"]["train"]) & set(split["splits"]["test"])
+    n_train = len(e2mc.build_dataset("digits", "train"))
+    assert max(split["splits"]["train"] + split["splits"]["test"]) < n_train
+    assert len(split["splits"]["test"]) == 120 and len(split["splits"]["train"]) == 192
+    assert built and all(spec.endswith("split.json") or split_name == "train" for spec, split_name in built)
+    assert ("digits", "test") not in built
+
+
+def test_rerun_skips_done_probes_and_confirm_gives_paired_intervals(tuned, monkeypatch):
+    root, ckpt, first, _ = tuned
+    trained = []
+    real = probes_mod._train
+    monkeypatch.setattr(probes_mod, "_train", lambda src, over, d: (trained.append(d.name), real(src, over, d))[1])
+    res = e2mc.tune(str(ckpt), "digits", out=root / "out", space=SPACE, confirm=2, confirm_epochs=0.1,
+                    label_free=LABEL_FREE, **KW)
+    assert all(name.startswith(("base-only-seed", res["confirm"]["arm"] + "-seed")) for name in trained)
+    assert sorted(trained) == sorted([f"base-only-seed{s}" for s in (0, 1)] + [f"{res['confirm']['arm']}-seed{s}"
+                                                                            for s in (0, 1)])
+    assert [p["metrics"] for p in res["probes"]] == [p["metrics"] for p in first["probes"]]
+    cf = res["confirm"]
+    assert cf["seeds"] == 2 and cf["steps"] == 2  # 0.1 epoch of 1347 // 64 = 21 batches
+    row = next(r for r in cf["rows"] if r["metric"] == "knn/top1_k20" and r["arm"] == cf["arm"])
+    base = next(r for r in json.loads((root / "out" / "confirm" / "comparison.json").read_text())["rows"]
+                if r["arm"] == "base-only" and r["metric"] == "knn/top1_k20")
+    d = [a - b for a, b in zip(row["values"], base["values"])]  # seeds 0, 1 in both arms: paired
+    t = stats.t.ppf(0.975, 1) * stats.tstd(d) / 2 ** 0.5
+    assert row["diff"] == pytest.approx(sum(d) / 2) and row["diff_kind"].startswith("paired")
+    if t > 0:
+        assert row["diff_low"] == pytest.approx(sum(d) / 2 - t) and row["diff_high"] == pytest.approx(sum(d) / 2 + t)
+    assert "Confirmation on the test split" in (root / "out" / "tune.md").read_text()
+
+
+def test_interrupted_tune_resumes_and_skips_finished_probes(start, monkeypatch):
+    root, ckpt = start
+    out = root / "interrupted"
+    space = {**SPACE, "e2mc": {"entropy_weight": [10], "cov_weight": [1, 100]}}
+    calls = []
+    stop = [True]
+    real = probes_mod._train
+
+    def flaky(src, over, d):
+        calls.append((d.name, over["train.max_steps"]))
+        if len(calls) == 2 and stop[0]:
+            stop[0] = False
+            raise KeyboardInterrupt  # stopped during the second probe
+        return real(src, over, d)
+
+    monkeypatch.setattr(probes_mod, "_train", flaky)
+    kw = {**KW, "label_free": (), "select": "label-free:rankme", "eval_precision": "bf16"}
+    with pytest.raises(KeyboardInterrupt):
+        e2mc.tune(str(ckpt), "digits", out=out, space=space, **kw)
+    first = calls[0]
+    calls.clear()
+    res = e2mc.tune(str(ckpt), "digits", out=out, space=space, **kw)
+    assert first not in calls and len([c for c in calls if c[1] == 1]) == 2  # the finished probe is skipped
+    seconds = {p["label"]: p["train_seconds"] for p in res["probes"]}
+    monkeypatch.setattr(probes_mod, "_train", real)
+    again = e2mc.tune(str(ckpt), "digits", out=out, space=space, **{**kw, "workers": 2})  # parallel path: all done
+    assert {p["label"]: p["train_seconds"] for p in again["probes"]} == seconds
+    assert again["chosen"]["label"] == res["chosen"]["label"]
+    r0 = res["rungs"][0]["scores"]  # chosen by RankMe (backbone), not by kNN
+    assert r0 == {p["label"]: p["metrics_by_steps"]["1"]["rankme"] for p in res["probes"]}
+    assert res["chosen"]["label"] == max(r0, key=lambda lab: (r0[lab], -list(r0).index(lab)))
+    with pytest.raises(ConfigError, match="other evaluation settings"):  # scores are never mixed across settings
+        e2mc.tune(str(ckpt), "digits", out=out, space=space, **{**kw, "eval_precision": "fp32"})
+
+
+def test_bad_inputs_are_one_line_errors(start, tmp_path, capsys):
+    root, ckpt = start
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(30):  # images without class folders: no labels
+        Image.fromarray((torch.rand(8, 8, 3) * 255).byte().numpy()).save(flat / f"{i}.png")
+    with pytest.raises(DataError, match="no labels and no label-free metric") as e:
+        e2mc.tune(str(ckpt), str(flat), out=tmp_path / "a", space=SPACE, **{**KW, "holdout": 10})
+    assert "\n" not in str(e.value)
+    with pytest.raises(DataError, match="too few for kNN@20"):
+        e2mc.tune(str(ckpt), "digits", out=tmp_path / "b", space=SPACE, **{**KW, "holdout": 5})
+    with pytest.raises(ConfigError, match="nothing to choose"):
+        e2mc.tune(str(ckpt), "digits", out=tmp_path / "c", space={"addons": ["none"]}, **KW)
+    with pytest.raises(ConfigError, match="too small"):
+        e2mc.tune(str(ckpt), "digits", out=tmp_path / "d", space=SPACE, budget=0.1, **KW)
+    with pytest.raises(ConfigError, match="label-free:<metric>"):
+        e2mc.tune(str(ckpt), "digits", out=tmp_path / "f", space=SPACE, select="label-free:knn", **KW)
+    code = main(["tune", str(ckpt), "--dataset", "digits", "--out", str(tmp_path / "e"), "--budget", "0.1",
+                 "--recipe", "digits_vicreg_e2mc", "--holdout", "120"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "too small" in err and "Traceback" not in err
+
+
+def test_cli_help_has_description_and_example(capsys):
+    with pytest.raises(SystemExit):
+        main(["tune", "--help"])
+    text = capsys.readouterr().out
+    assert "successive halving" in text and "examples:" in text and "space.yaml" in text and "e2mc tune " in text and "--confirm" in text
