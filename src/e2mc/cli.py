@@ -27,13 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"e2mc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"e2mc.commands.{name}")
-        except ModuleNotFoundError as exc:  # a command not built yet must not break the others
-            if exc.name != f"e2mc.commands.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"e2mc.commands.{name}").register(sub)
     return parser
 
 

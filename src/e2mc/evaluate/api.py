@@ -17,15 +17,15 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+from e2mc.config import E2MC_DEFAULTS
 from e2mc.errors import ConfigError, DataError
 
 PROTOCOLS = ("knn", "linear", "linear_finetune", "fewshot", "semisup", "rankme", "entropy", "uniformity", "spectrum",
              "lidar", "alpha_req")
 _LABEL_FREE = {"entropy", "uniformity", "rankme", "spectrum", "alpha_req"}
-_METHOD_TRANSFORM = {"vicreg": "sigmoid", "swav": "gaussian_cdf", "simsiam": "gaussian_cdf"}
 
 
-def _load(checkpoint_or_model, device):
+def _load(checkpoint_or_model):
     if isinstance(checkpoint_or_model, (str, os.PathLike)):
         from e2mc.models.checkpoints import load_model
 
@@ -118,7 +118,7 @@ def evaluate(
     from e2mc.distributed import pick_device
 
     device = str(pick_device(device or "auto"))  # ConfigError for an unknown or absent device
-    model, path = _load(checkpoint_or_model, device)
+    model, path = _load(checkpoint_or_model)
     train_ds, test_ds, spec = _datasets(dataset, train_split, test_split, image_size, root, download)
     has_proj = getattr(model, "projector", None) is not None
     which = ("backbone", "projector") if has_proj and (set(protocols) & _LABEL_FREE) else ("backbone",)
@@ -208,7 +208,7 @@ def _run(p, model, train_f, test_f, train_ds, test_ds, seeds, ks, shots, epochs,
     # entropy: on the projector (E2MC's input), with the method's transform
     if "projector" not in test_f.features:
         raise DataError("entropy needs a projector; this model has none (evaluate rankme/uniformity instead)")
-    transform = _METHOD_TRANSFORM.get(getattr(model, "method", None) or "", "sigmoid")
+    transform = E2MC_DEFAULTS.get(getattr(model, "method", None) or "", (None, None, "sigmoid"))[2]
     z = test_f["projector"]
     mapped = metrics.get_mapped(z[:, :4], transform)
     return {"entropy": metrics.marginal_entropy(z, transform), "covariance": metrics.e2mc_covariance(z, transform),

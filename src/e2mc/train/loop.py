@@ -404,7 +404,7 @@ class Trainer(TrainerSetup):
                 if self.stop_requested:
                     break
             if not self.stop_requested:
-                self.save(final=True)
+                self.save()
         finally:
             self._restore_signals(old)
             self._close()
@@ -550,9 +550,3 @@ class Trainer(TrainerSetup):
     def _restore_signals(old: dict) -> None:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-
-
-def stderr_is_tty() -> bool:
-    """Whether progress bars should be drawn (a terminal on stderr)."""
-    return sys.stderr.isatty()
-

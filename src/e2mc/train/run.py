@@ -474,7 +474,7 @@ def read_metrics(path: str | Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def build_state(t: Any, epoch_file: bool = False) -> dict:
+def build_state(t: Any) -> dict:
     """The e2mc checkpoint dict of a ``Trainer`` ``t`` (plain tensors and builtins only)."""
     import e2mc
 
@@ -627,7 +627,7 @@ class RunFolderMixin:
         if self.dist.is_main and not self.quiet:
             (self.bar.write if getattr(self, "bar", None) is not None else lambda s: print(s, file=sys.stderr, flush=True))(msg)
 
-    def save(self, final: bool = False, epoch_file: bool = False) -> None:
+    def save(self, epoch_file: bool = False) -> None:
         """Write ``checkpoints/last.pt`` (and ``epoch_XXXX.pt``) atomically, after finiteness checks.
 
         Raises:
@@ -637,7 +637,7 @@ class RunFolderMixin:
         from e2mc.train.distributed import any_flag, main_first
 
         self._flush("train")  # raises TrainingDiverged before a bad state reaches the disk
-        state = build_state(self, epoch_file)
+        state = build_state(self)
         bad = nonfinite(state) or self._probe_nonfinite()
         if any_flag(bad is not None, self.dist):
             self._diverged(self.global_step, bad or "the state of another rank",
