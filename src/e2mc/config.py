@@ -25,8 +25,14 @@ import yaml
 from e2mc.errors import ConfigError
 from e2mc.recipes import recipe_path
 
+# The names users may write, in one place that imports no torch (the CLI's choices come from here,
+# so `e2mc --help` stays instant); tests/train/test_config.py checks them against the registries
+# (methods.METHODS, criteria.ADDONS, criteria.entropy.TRANSFORMS, the optimiser builders).
 METHOD_NAMES = ("vicreg", "swav", "simsiam")
 ADDON_NAMES = ("e2mc", "vc", "uniformity", "mmcr", "none")
+TRANSFORM_NAMES = ("sigmoid", "gaussian_cdf", "identity")
+OPTIMIZER_NAMES = ("lars", "larc", "sgd", "adamw")
+SCHEDULE_NAMES = ("constant", "cosine", "warmup_cosine")
 
 # E2MC add-on defaults per method, from the paper's code: (entropy_weight, cov_weight, transform).
 E2MC_DEFAULTS: dict[str, tuple[float, float, str]] = {
@@ -181,8 +187,8 @@ class RunConfig:
 _CHOICES = {
     "method.name": METHOD_NAMES,
     "addon.name": ADDON_NAMES,
-    "optim.name": ("lars", "larc", "sgd", "adamw"),
-    "optim.schedule": ("constant", "cosine", "warmup_cosine"),
+    "optim.name": OPTIMIZER_NAMES,
+    "optim.schedule": SCHEDULE_NAMES,
     "optim.lr_scaling": ("none", "linear", "sqrt"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "data.on_error": ("raise", "skip"),

@@ -106,3 +106,27 @@ def test_resume_refuses_a_changed_schedule_but_allows_extending_a_constant_lr():
     check_resume_config(stored, load_config(None, ["mode=pretrain", "train.epochs=30"]))  # same: fine
     cont = load_config(None, ["mode=continue", "train.epochs=2"])
     check_resume_config(cont.to_dict(), load_config(None, ["mode=continue", "train.epochs=5"]))
+
+
+def test_config_names_are_the_registries():
+    """One source per name list: the light-weight tuples in config (the CLI's choices) equal the
+    registries that build the objects, so a method/add-on/transform/optimiser added to one and not
+    the other fails here."""
+    import torch
+
+    from e2mc import config
+    from e2mc.criteria import ADDONS
+    from e2mc.criteria.entropy import TRANSFORMS
+    from e2mc.criteria.kernels import _SLOPE_NAMES
+    from e2mc.methods import METHODS
+    from e2mc.train.optim import build_optimizer, build_scheduler
+
+    assert set(config.METHOD_NAMES) == set(METHODS)
+    assert set(config.ADDON_NAMES) == set(ADDONS)
+    assert set(config.TRANSFORM_NAMES) == set(TRANSFORMS) == set(_SLOPE_NAMES)
+    assert set(config.E2MC_DEFAULTS) == set(METHODS)
+    p = [torch.nn.Parameter(torch.ones(2))]
+    for name in config.OPTIMIZER_NAMES:  # every name builds
+        opt = build_optimizer(name, p, lr=0.1, weight_decay=0.0)
+    for kind in config.SCHEDULE_NAMES:
+        build_scheduler(kind, opt, total_steps=4)

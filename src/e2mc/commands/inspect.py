@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from e2mc.commands import add_command
+from e2mc.config import METHOD_NAMES
 
 EXPORT_CHOICES = ("original", "safetensors", "vicreg", "swav", "simsiam", "torchvision", "timm",
                   "lightning", "e2mc", "state_dict")
@@ -12,7 +13,7 @@ EXPORT_CHOICES = ("original", "safetensors", "vicreg", "swav", "simsiam", "torch
 
 def _load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default=None, help="force the checkpoint layout (default: detect)")
-    p.add_argument("--method", default=None, choices=("vicreg", "swav", "simsiam"),
+    p.add_argument("--method", default=None, choices=METHOD_NAMES,
                    help="method whose heads to build/check (default: the checkpoint's)")
     p.add_argument("--arch", default=None, help="backbone arch (default: detected from the weights)")
     p.add_argument("--fresh-heads", action="store_true",

@@ -11,6 +11,7 @@ import os
 import sys
 
 from e2mc.commands import add_command
+from e2mc.config import ADDON_NAMES, METHOD_NAMES, TRANSFORM_NAMES
 
 _SHORTCUTS = (  # (flag, config key, type)
     ("--dataset", "data.dataset", str), ("--arch", "model.arch", str), ("--epochs", "train.epochs", int),
@@ -49,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                   "e2mc pretrain --recipe cifar10_vicreg_pretrain --data-root /data/cifar10 --out runs/c10",
                   "e2mc pretrain --out runs/start --resume   # continue an interrupted run"])
     _common(p)
-    p.add_argument("--method", choices=("vicreg", "swav", "simsiam"),
+    p.add_argument("--method", choices=METHOD_NAMES,
                    help="shortcut for method.name (default: the recipe's/config's)")
     p.set_defaults(func=run, mode="pretrain")
     c = add_command(
@@ -67,11 +68,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="checkpoint file, run folder's checkpoint, or name (random:ARCH, torchvision:ARCH); "
                         "required unless --recipe/--config sets model.init")
     _common(c)
-    c.add_argument("--method", choices=("vicreg", "swav", "simsiam"),
+    c.add_argument("--method", choices=METHOD_NAMES,
                    help="SSL method (default: the recipe/config's, else the checkpoint's)")
     c.add_argument("--fresh-heads", action="store_true", default=None,
                    help="when --method differs from the checkpoint's: keep its backbone, build new heads")
-    c.add_argument("--addon", choices=("e2mc", "vc", "uniformity", "mmcr", "none"),
+    c.add_argument("--addon", choices=ADDON_NAMES,
                    help="add-on loss next to the method's loss; none = the base loss only "
                         "(default: the recipe's/config's addon.name, else e2mc)")
     c.add_argument("--entropy-weight", type=float, metavar="W",
@@ -81,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="weight of the add-on's covariance term, or auto (addon.cov_fraction x the start's base "
                         "loss / its covariance term; e2mc's choice) (default: the recipe's, else the paper's value "
                         "for the method; printed at the start)")
-    c.add_argument("--transform", choices=("sigmoid", "gaussian_cdf", "identity"),
+    c.add_argument("--transform", choices=TRANSFORM_NAMES,
                    help="map from projector outputs to [0, 1] before the entropy estimate (default: the "
                         "recipe's, else the method's: sigmoid for VICReg)")
     c.set_defaults(func=run, mode="continue")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from e2mc.config import METHOD_NAMES
+
 DESCRIPTION = """\
 Find which add-on (none, e2mc, vc, uniformity, mmcr) and which weights / LR improve THIS checkpoint,
 without touching its test split. Every point of the search space is a short, resumable `continue`
@@ -61,7 +63,7 @@ def register(sub) -> None:
                    help="then run the chosen setting and base-only with N seeds; evaluate once on the test split")
     p.add_argument("--confirm-epochs", type=float, default=None, help="epochs of the confirm runs (default: the space's)")
     p.add_argument("--recipe", metavar="NAME_OR_YAML", help="continue recipe or config every probe starts from")
-    p.add_argument("--method", choices=("vicreg", "swav", "simsiam"), help="SSL method (default: the checkpoint's)")
+    p.add_argument("--method", choices=METHOD_NAMES, help="SSL method (default: the checkpoint's)")
     p.add_argument("--holdout", type=int, default=None, metavar="N",
                    help="held-out TRAIN images for scoring (default: 10%% of the train split, at most 5000)")
     p.add_argument("--train-images", type=int, default=None, metavar="N",

@@ -36,10 +36,11 @@ from typing import Any, Iterable, Union
 import torch
 from torch import nn
 
+from e2mc.config import OPTIMIZER_NAMES, SCHEDULE_NAMES
 from e2mc.errors import ConfigError
 
-OPTIMIZERS = ("lars", "larc", "sgd", "adamw")
-SCHEDULES = ("constant", "cosine", "warmup_cosine")
+OPTIMIZERS = OPTIMIZER_NAMES
+SCHEDULES = SCHEDULE_NAMES
 
 
 def param_groups(model_or_params, weight_decay: float, exclude_bias_and_norm: bool = True) -> list:
