@@ -50,7 +50,6 @@ if (ROOT / "src" / "e2mc").is_dir():  # measure the tree this script sits in
     sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 from e2mc.fileio import atomic_write_text  # noqa: E402
 
@@ -297,19 +296,8 @@ def ddp_child(out: str, batch: int, global_batch: int, arch: str, img: int, devi
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and backend == "gloo" and not dist.is_initialized():
         dist.init_process_group("gloo")  # e2mc picks NCCL for CUDA; two ranks on one GPU need gloo
 
-    def no_bn(m):
-        for name, child in m.named_children():
-            if isinstance(child, nn.BatchNorm2d):
-                setattr(m, name, nn.GroupNorm(1, child.num_features))
-            elif isinstance(child, nn.BatchNorm1d):
-                setattr(m, name, nn.LayerNorm(child.num_features))
-            else:
-                no_bn(child)
-        return m
-
-    def views(x):
-        v = (x.float() / 255.0 - 0.5) / 0.25
-        return [v, v.flip(3)]
+    from e2mc.train.distributed import mirrored_views as views
+    from e2mc.train.distributed import per_sample_norms as no_bn
 
     batch, global_batch, img = int(batch), int(global_batch), int(img)
     cfg = load_config(None, [

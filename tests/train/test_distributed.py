@@ -20,24 +20,12 @@ from e2mc.train.run import read_metrics
 SCRIPT = textwrap.dedent('''
     import sys
     import torch
-    from torch import nn
     torch.set_num_threads(1)
     from e2mc.config import load_config
     from e2mc.train.loop import Trainer
 
-    def no_bn(m):
-        for name, child in m.named_children():
-            if isinstance(child, nn.BatchNorm2d):
-                setattr(m, name, nn.GroupNorm(1, child.num_features))
-            elif isinstance(child, nn.BatchNorm1d):
-                setattr(m, name, nn.LayerNorm(child.num_features))
-            else:
-                no_bn(child)
-        return m
-
-    def views(x):
-        v = (x.float() / 255.0 - 0.5) / 0.25
-        return [v, v.flip(3)]
+    from e2mc.train.distributed import mirrored_views as views
+    from e2mc.train.distributed import per_sample_norms as no_bn
 
     out, batch = sys.argv[1], sys.argv[2]
     cfg = load_config(None, ["data.dataset=digits", "data.image_size=8", "data.limit=256",

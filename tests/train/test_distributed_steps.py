@@ -28,7 +28,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
+
+from e2mc.train.distributed import mirrored_views, per_sample_norms
 
 WS, B = 2, 8  # 2 ranks x 8 images = one process with 16
 METHODS = ("vicreg", "swav", "simsiam")
@@ -39,22 +40,7 @@ COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "broadcast"
 SYNCS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu")
 
 
-def no_bn(m):
-    """Per-sample norms instead of BN (plain BN normalises each rank's half batch on its own)."""
-    for name, child in m.named_children():
-        if isinstance(child, nn.BatchNorm2d):
-            setattr(m, name, nn.GroupNorm(1, child.num_features))
-        elif isinstance(child, nn.BatchNorm1d):
-            setattr(m, name, nn.LayerNorm(child.num_features))
-        else:
-            no_bn(child)
-    return m
-
-
-def views(x):
-    """Deterministic views: each image gets the same views whichever rank draws it."""
-    v = (x.float() / 255.0 - 0.5) / 0.25
-    return [v, v.flip(3)]
+no_bn, views = per_sample_norms, mirrored_views
 
 
 def config(out, method, addon, batch, *extra):

@@ -194,3 +194,28 @@ class ShardedEpochSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return max(0, self.batches_per_epoch - self.start_batch) * self.batch_size
+
+
+def per_sample_norms(model: nn.Module) -> nn.Module:
+    """Replace every BatchNorm of ``model`` (in place) by a norm of each sample on its own:
+    ``GroupNorm(1, C)`` for 2-d maps, ``LayerNorm`` for vectors; returns ``model``.
+
+    With BatchNorm each rank normalises only its own part of the batch, so N processes cannot
+    equal one process on the concatenated batch; with per-sample norms they can. The
+    equivalence tests and the GPU check pass it as ``Trainer(model_fn=per_sample_norms)``.
+    """
+    for name, child in model.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(model, name, nn.GroupNorm(1, child.num_features))
+        elif isinstance(child, nn.BatchNorm1d):
+            setattr(model, name, nn.LayerNorm(child.num_features))
+        else:
+            per_sample_norms(child)
+    return model
+
+
+def mirrored_views(images: torch.Tensor) -> list[torch.Tensor]:
+    """Two deterministic views of a uint8 batch (the image, normalised, and its mirror image):
+    every image gets the same views whichever rank draws it (``Trainer(views_fn=mirrored_views)``)."""
+    v = (images.float() / 255.0 - 0.5) / 0.25
+    return [v, v.flip(3)]
