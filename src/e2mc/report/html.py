@@ -12,6 +12,7 @@ import numpy as np
 
 from e2mc.errors import DataError
 from e2mc.report import plots
+from e2mc.train.run import read_metrics
 
 
 def _accuracy_metrics(comparison) -> list[str]:
@@ -129,7 +130,7 @@ def write_report(out_dir, comparison=None, runs: Sequence[str | os.PathLike] = (
             raise DataError(f"no metrics.csv in {r}; pass run folders written by `e2mc pretrain/continue`")
         folder = csv_path.parent
         name = folder.name if folder.name not in run_rows else str(folder)
-        run_rows[name] = plots.read_metrics_csv(csv_path)
+        run_rows[name] = read_metrics(csv_path)
         run_arm[name] = known.get(str(folder.resolve()), folder.name)
         run_meta[name] = run_info(folder, run_rows[name])
     if comparison is None and not run_rows:

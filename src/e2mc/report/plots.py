@@ -3,7 +3,6 @@ singular-value spectra and histograms of mapped marginals."""
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -16,12 +15,6 @@ import numpy as np  # noqa: E402
 
 NON_CURVE_COLUMNS = {"wall_time", "epoch", "step", "phase", "lr", "img_per_s"}
 METRIC_COLUMNS = ("rankme", "rankme_proj", "entropy", "uniformity")
-
-
-def read_metrics_csv(path: str | Path) -> list[dict]:
-    """Rows of a run's ``metrics.csv`` as dicts of strings."""
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _num(v) -> float | None:
