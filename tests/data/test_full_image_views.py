@@ -23,12 +23,7 @@ W, H, RED_COLS = 500, 375, 60
 NO_COLOUR = dict(jitter_p=0.0, gray_p=0.0, blur_p=(0.0,), solarize_p=(0.0,))  # crops untouched
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 threads on the shared 2-core box spin-wait
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

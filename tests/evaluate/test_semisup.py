@@ -31,12 +31,7 @@ class DigitNet(nn.Module):
         return self.backbone(x)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 threads on a shared 2-core box spin-wait
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

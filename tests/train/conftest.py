@@ -1,7 +1,6 @@
 """Shared helpers for the training-engine tests: tiny configs on digits."""
 
 import pytest
-import torch
 
 from e2mc.config import load_config
 
@@ -13,11 +12,9 @@ TINY = [
 
 
 @pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 threads on the shared 2-core box spin-wait: 100x slower
+def _threads(one_torch_thread):
+    """Every test here runs with one torch thread (tests/conftest.py)."""
     yield
-    torch.set_num_threads(old)
 
 
 def tiny_config(out, *extra, mode="pretrain"):
