@@ -69,9 +69,9 @@ def main() -> int:
     ap.add_argument("--n-extract", type=int, default=1024)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    from e2mc.evaluate.features import extract_features
-    from e2mc.evaluate.knn import knn_classify
-    from e2mc.evaluate.linear import linear_probe
+    from e2mc.evaluation.features import extract_features
+    from e2mc.evaluation.knn import knn_classify
+    from e2mc.evaluation.linear import linear_probe
 
     rows = []
     if os.path.isdir(CIFAR):

@@ -82,7 +82,7 @@ def one(args) -> dict:
     rss0 = _rss_mb()
     t0, cpu0 = time.perf_counter(), time.process_time()
     if args.what == "knn":
-        from e2mc.evaluate.knn import knn_classify
+        from e2mc.evaluation.knn import knn_classify
 
         res = knn_classify(xtr, ytr, xte, yte, ks=(20,), num_classes=args.c)
     elif args.what == "knn_old":  # the implementation before issue 17 (full query x bank blocks)
@@ -91,7 +91,7 @@ def one(args) -> dict:
 
         res = old(xtr.float(), ytr, xte.float(), yte, ks=(20,), num_classes=args.c)
     else:
-        from e2mc.evaluate.linear import linear_probe
+        from e2mc.evaluation.linear import linear_probe
 
         wds = tuple(float(v) for v in args.wds.split(","))
         res = linear_probe(xtr, ytr, xte, yte, weight_decays=wds, solver="streaming", num_classes=args.c,

@@ -22,7 +22,7 @@ from benchmarks.reproduce.export_start import export_start
 from e2mc.data.datasets import build_dataset
 from e2mc.data.splits import stratified_holdout, write_split_file
 from e2mc.errors import ConfigError, DataError
-from e2mc.evaluate.features import file_sha256
+from e2mc.evaluation.features import file_sha256
 
 TINY = ["--recipe", "digits_vicreg_e2mc", "--batch-size", "128", "--lr", "0.1", "--epochs", "1",
         "--set", "train.probe_size=0", "--set", "train.log_every=1000", "--protocols", "knn,linear,rankme"]

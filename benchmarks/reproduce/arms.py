@@ -178,7 +178,7 @@ def reference_of(label: str, arm_of: dict, labels) -> str | None:
 
 def report(args, per_label, arm_of, eval_seconds, runs, settings, log=print) -> dict:
     """Write ``results.json``, ``table.md`` and the plots (``write_report``); return the JSON dict."""
-    from e2mc.evaluate.compare import ComparisonResult, build_rows
+    from e2mc.evaluation.compare import ComparisonResult, build_rows
     from e2mc.report.html import write_report
 
     out = Path(args.out)

@@ -69,7 +69,7 @@ def read_json(path: str | os.PathLike, default=None):
 
 def file_digest(path: str | os.PathLike) -> str:
     """sha256 of a file (e2mc's feature-cache hash, so both agree)."""
-    from e2mc.evaluate.features import file_sha256
+    from e2mc.evaluation.features import file_sha256
 
     return file_sha256(path)
 
@@ -77,7 +77,7 @@ def file_digest(path: str | os.PathLike) -> str:
 def cached_evaluate(checkpoint: str | os.PathLike, dataset: str, protocols, store: str | os.PathLike,
                     *, seeds=(0,), ks=(20, 200), batch_size: int = 256, feature_cache: bool = False,
                     log=print) -> tuple[dict, float]:
-    """``e2mc.evaluate.api.evaluate`` of one checkpoint, memoised in the JSON file ``store``.
+    """``e2mc.evaluation.api.evaluate`` of one checkpoint, memoised in the JSON file ``store``.
 
     The key is the checkpoint's sha256, the dataset spec, the protocols, seeds and ks, so a
     re-run (or an appended arm) evaluates only what is new. Returns (result, seconds spent now;
@@ -85,7 +85,7 @@ def cached_evaluate(checkpoint: str | os.PathLike, dataset: str, protocols, stor
     cache holds ~0.6 GB per checkpoint (train + test, backbone + projector), and this memo makes it
     redundant.
     """
-    from e2mc.evaluate.api import evaluate
+    from e2mc.evaluation.api import evaluate
 
     sha = file_digest(checkpoint)
     key = hashlib.sha256(json.dumps([sha, str(dataset), list(protocols), list(seeds), list(ks)]).encode()).hexdigest()[:24]

@@ -1,7 +1,7 @@
 """kNN@20/200 and RankMe of a pre-training run's epoch checkpoints: has the start flattened?
 
 Evaluates every ``RUN/checkpoints/epoch_XXXX.pt`` not yet in the curve file with
-``e2mc.evaluate.api.evaluate`` (kNN and RankMe by default), appends the points to
+``e2mc.evaluation.api.evaluate`` (kNN and RankMe by default), appends the points to
 ``OUT.json``, rewrites ``OUT.md`` and plots ``OUT.png``. Run it again while the run goes on: only
 new epochs are evaluated. ``--holdout N`` evaluates on a seeded stratified holdout of N TRAIN
 images instead (kNN bank: the other train images), written as a split file ``OUT.split.json``.
@@ -63,8 +63,8 @@ def eval_data_for(run: str | Path, out: Path, dataset: str | None, holdout: int 
 def update_curve(run, out, *, dataset=None, holdout=None, holdout_seed=0, protocols=("knn", "rankme"),
                  every=1, log=print) -> dict:
     """Evaluate the new epochs, write ``OUT.{json,md,png}``; return the curve dict."""
-    from e2mc.evaluate.api import evaluate
-    from e2mc.evaluate.compare import metric_values
+    from e2mc.evaluation.api import evaluate
+    from e2mc.evaluation.compare import metric_values
 
     out = Path(out)
     data = eval_data_for(run, out, dataset, holdout, holdout_seed)

@@ -1,4 +1,4 @@
-"""Recompute the statistics of stored ``arms.py`` results with the current ``e2mc.evaluate.stats``
+"""Recompute the statistics of stored ``arms.py`` results with the current ``e2mc.evaluation.stats``
 (no training, no evaluation: only the per-seed values that ``results.json`` and ``comparison.json``
 hold), and rewrite ``results.json``, ``table.md``, ``comparison.json`` and the comparison table in
 ``report/report.md`` / ``report/report.html`` (the figures are kept as they are: the training runs
@@ -50,7 +50,7 @@ def _replace_between(text: str, start: str, end: str, new: str) -> str:
 
 def restat(folder: str | Path, log=print) -> list[str]:
     """Recompute one results folder in place; return the changed table lines (``-old`` / ``+new``)."""
-    from e2mc.evaluate.compare import ComparisonResult, build_rows
+    from e2mc.evaluation.compare import ComparisonResult, build_rows
     from e2mc.report.html import _md_to_html
 
     folder = Path(folder)

@@ -1,15 +1,15 @@
 """Tables and JSON of the arms: mean, std, n per arm and the difference to base-only.
 
-Differences follow ``e2mc.evaluate.stats.difference``, the rule of ``e2mc compare`` and the demo:
+Differences follow ``e2mc.evaluation.stats.difference``, the rule of ``e2mc compare`` and the demo:
 paired by training seed when both arms have the same set of seeds (at least two), Welch when
 both have two or more values otherwise, else the bare difference of means (n=1: no interval).
 """
 
 from __future__ import annotations
 
-from e2mc.evaluate.compare import metric_values
-from e2mc.evaluate.stats import difference as stats_difference
-from e2mc.evaluate.stats import summarize
+from e2mc.evaluation.compare import metric_values
+from e2mc.evaluation.stats import difference as stats_difference
+from e2mc.evaluation.stats import summarize
 from e2mc.tuning.scoring import select_best  # noqa: F401 - the selection rule lives in the package (e2mc tune)
 
 TABLE_METRICS = ("knn/top1_k20", "knn/top1_k200", "linear/top1", "rankme/backbone", "rankme/projector")
@@ -77,7 +77,7 @@ def to_markdown(summary: dict, metrics=TABLE_METRICS, title: str = "", notes: li
             cells.append("" if r is None else fmt_value(m, r["mean"]) + ("" if r["std"] is None else f" ± {fmt_value(m, r['std'])}")
                          + f" ({r['n']})")
         lines.append(f"| {lab} | " + " | ".join(cells) + " |")
-    lines += ["", "Difference to base-only (arm − base), 95% t-interval (`e2mc.evaluate.stats`): paired by training "
+    lines += ["", "Difference to base-only (arm − base), 95% t-interval (`e2mc.evaluation.stats`): paired by training "
               "seed when both arms have the same seeds, Welch otherwise; the last column names the test.", "",
               head[:-1] + "| test |", sep + "---|"]
     for lab in labels:

@@ -41,8 +41,8 @@ _PUBLIC = {
     "continue_training": "e2mc.train.api",
     # evaluation
     "rankme": "e2mc.metrics",
-    "evaluate": "e2mc.evaluate.api",
-    "compare": "e2mc.evaluate.compare",
+    "evaluate": "e2mc.evaluation.api",
+    "compare": "e2mc.evaluation.compare",
     # tuning
     "tune": "e2mc.tuning.api",
 }

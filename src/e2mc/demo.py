@@ -7,7 +7,7 @@
 4. Print the comparison, write ``results.json`` and the report (Markdown, HTML, PNGs).
 
 The verdict is computed, never assumed: E2MC minus base-only with a 95% t-interval, taken from the
-comparison table's row (``e2mc.evaluate.stats``: paired by training seed, as both arms share the
+comparison table's row (``e2mc.evaluation.stats``: paired by training seed, as both arms share the
 seeds); the demo says "no clear difference" when the interval contains zero.
 """
 
@@ -124,8 +124,8 @@ def continue_arms(cfg: DemoConfig, start: Path, log: Callable[[str], None] = pri
 def headline(comparison, protocol: str = HEADLINE[0], metric: str = HEADLINE[1]) -> dict:
     """E2MC minus base-only on one metric: the comparison table's own difference and interval
     (paired by training seed when both arms have the same seeds, Welch otherwise), with the verdict
-    and one-line text of :func:`e2mc.evaluate.compare.headline` (the same the report shows)."""
-    from e2mc.evaluate.compare import headline as comparison_headline
+    and one-line text of :func:`e2mc.evaluation.compare.headline` (the same the report shows)."""
+    from e2mc.evaluation.compare import headline as comparison_headline
 
     key = f"{protocol}/{metric}"
     base, row = comparison.row(BASE, key), comparison.row(E2MC_ARM, key)
@@ -148,7 +148,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     """Run the demo end to end; return what ``results.json`` holds."""
     import torch
 
-    from e2mc.evaluate.compare import compare
+    from e2mc.evaluation.compare import compare
     from e2mc.report.html import write_report
 
     if cfg.threads:

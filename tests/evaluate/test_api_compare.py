@@ -5,8 +5,8 @@ import torch
 from scipy import stats
 
 from e2mc.errors import ConfigError, DataError
-from e2mc.evaluate.api import evaluate
-from e2mc.evaluate.compare import ComparisonResult, build_rows, compare, metric_values, parse_arm
+from e2mc.evaluation.api import evaluate
+from e2mc.evaluation.compare import ComparisonResult, build_rows, compare, metric_values, parse_arm
 
 
 def test_evaluate_structure(tiny_net, colour_data, tmp_path):

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from e2mc.errors import DataError
-from e2mc.evaluate import features as F
-from e2mc.evaluate.features import extract_features
-from e2mc.evaluate.knn import knn_classify
-from e2mc.evaluate.linear import linear_probe
+from e2mc.evaluation import features as F
+from e2mc.evaluation.features import extract_features
+from e2mc.evaluation.knn import knn_classify
+from e2mc.evaluation.linear import linear_probe
 from tests.evaluate.conftest import TinyNet, colour_dataset
 
 WHICH = ("backbone", "projector")
@@ -167,7 +167,7 @@ def test_a_second_process_waits_for_the_entry_and_reads_it(tmp_path, caplog):
     fcntl.flock(fd, fcntl.LOCK_EX)  # "another process" is extracting
     box = {}
     t = threading.Thread(target=lambda: box.update(fs=extract_features(TinyNet(0), data, cache_dir=tmp_path)))
-    with caplog.at_level(logging.WARNING, logger="e2mc.evaluate.features"):
+    with caplog.at_level(logging.WARNING, logger="e2mc.evaluation.features"):
         t.start()
         t.join(timeout=3)
         assert t.is_alive() and "fs" not in box  # waiting

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from e2mc.errors import DataError
-from e2mc.evaluate.features import extract_features, file_sha256, state_dict_sha256
+from e2mc.evaluation.features import extract_features, file_sha256, state_dict_sha256
 
 
 def test_extract_matches_manual_forward_and_caches(tiny_net, colour_data, tmp_path):

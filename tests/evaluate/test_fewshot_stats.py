@@ -6,8 +6,8 @@ from scipy import stats
 
 from e2mc.data.splits import balanced_subset
 from e2mc.errors import DataError
-from e2mc.evaluate.fewshot import fewshot
-from e2mc.evaluate.stats import difference, paired_difference, summarize, welch_difference
+from e2mc.evaluation.fewshot import fewshot
+from e2mc.evaluation.stats import difference, paired_difference, summarize, welch_difference
 
 
 def test_balanced_subset_balanced_and_reproducible():

@@ -10,7 +10,7 @@ import pytest
 
 from e2mc.cli import main
 from e2mc.errors import DataError
-from e2mc.evaluate.api import evaluate
+from e2mc.evaluation.api import evaluate
 from tests.data.test_folder_splits import make_colour_folder
 
 FULL = {"blue": 5, "green": 5, "red": 5}
@@ -60,7 +60,7 @@ def test_pairs_with_different_class_lists_are_refused(tiny_net, colour_data):
 def test_cached_features_never_carry_stale_labels(tmp_path, tiny_net):
     """Relabelling a dataset (e.g. a fixed class list) must not reuse features cached with old labels."""
     from e2mc.data.datasets import build_dataset
-    from e2mc.evaluate.features import extract_features
+    from e2mc.evaluation.features import extract_features
 
     ds = build_dataset("digits", "test", image_size=8, limit=30)
     first = extract_features(tiny_net, ds, cache_dir=tmp_path)

@@ -1,10 +1,10 @@
-"""The one number format (e2mc.evaluate.stats.fmt_*): std and intervals at the mean's precision,
+"""The one number format (e2mc.evaluation.stats.fmt_*): std and intervals at the mean's precision,
 no e-notation, accuracies in %; the compare table and the demo/report headline use it."""
 
 import pytest
 
-from e2mc.evaluate.compare import ComparisonResult, build_rows, headline
-from e2mc.evaluate.stats import decimals_for, fmt_difference, fmt_estimate, fmt_number
+from e2mc.evaluation.compare import ComparisonResult, build_rows, headline
+from e2mc.evaluation.stats import decimals_for, fmt_difference, fmt_estimate, fmt_number
 
 
 @pytest.mark.parametrize("ref, places", [(15.56, 2), (155.6, 1), (1234.5, 0), (0.002351, 6), (-4.218e-05, 8),

@@ -25,7 +25,7 @@ def _cli(capsys, *args):
 
 
 def test_evaluate_checkpoint_on_digits(tmp_path):
-    from e2mc.evaluate.api import evaluate
+    from e2mc.evaluation.api import evaluate
 
     ck = _checkpoint(tmp_path / "a.pt", 0)
     res = evaluate(ck, "digits", protocols=("knn", "rankme", "entropy"), ks=(5, 20), seeds=(0,),

@@ -5,7 +5,7 @@ import torch
 from sklearn import neighbors
 
 from e2mc.errors import DataError
-from e2mc.evaluate.knn import knn_classify
+from e2mc.evaluation.knn import knn_classify
 
 
 def _naive_knn(train_x, train_y, test_x, test_y, k, t):
@@ -98,8 +98,8 @@ def test_knn_errors(problem):
 def test_linear_probe_and_fewshot_follow_the_features_device(problem):
     """Same trap for the probes: nothing may be built on the default device instead of the features'."""
     from e2mc import metrics
-    from e2mc.evaluate.fewshot import fewshot
-    from e2mc.evaluate.linear import linear_probe
+    from e2mc.evaluation.fewshot import fewshot
+    from e2mc.evaluation.linear import linear_probe
 
     xtr, ytr, xte, yte = problem
     ref = (linear_probe(xtr, ytr, xte, yte, weight_decays=(1e-3, 1e-1)),
@@ -135,7 +135,7 @@ def _full_matrix_knn(train_x, train_y, test_x, test_y, ks, t):
 
 @pytest.mark.parametrize("chunk_size,bank_chunk", [(7, 13), (1, 5), (64, 1000)])
 def test_streamed_topk_equals_the_full_matrix_with_ties_by_lower_index(chunk_size, bank_chunk):
-    from e2mc.evaluate.knn import knn_topk
+    from e2mc.evaluation.knn import knn_topk
 
     g = torch.Generator().manual_seed(3)
     # unit vectors with four entries +-0.5 among 8: every cosine is an exact multiple of 0.25,

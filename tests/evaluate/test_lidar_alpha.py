@@ -77,7 +77,7 @@ def test_alpha_req_fit_range_is_fixed_by_shape():
 
 def test_evaluate_lidar_and_alpha_req_protocols(tmp_path):
     """The protocols on a real (tiny) model and the digits data: seeded, bounded, both heads."""
-    from e2mc.evaluate.api import evaluate
+    from e2mc.evaluation.api import evaluate
     from e2mc.models.checkpoints import load_model
 
     torch.manual_seed(0)

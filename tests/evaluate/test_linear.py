@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from e2mc.errors import DataError
-from e2mc.evaluate.linear import MAX_ITER, fit_logistic, linear_probe, stratified_split
+from e2mc.evaluation.linear import MAX_ITER, fit_logistic, linear_probe, stratified_split
 
 
 def _toy(seed=0, n=300, d=5, c=3, noise=0.8):
@@ -94,14 +94,14 @@ def test_linear_probe_matches_sklearn_on_digits_at_the_selected_penalty():
 def test_convergence_is_reported_per_penalty_and_warned(caplog):
     xtr, ytr, xte, yte = _digits_pixels()
     wds = (1e-3, 1e-1)
-    with caplog.at_level("WARNING", logger="e2mc.evaluate.linear"):
+    with caplog.at_level("WARNING", logger="e2mc.evaluation.linear"):
         short = linear_probe(xtr, ytr, xte, yte, weight_decays=wds, max_iter=3)
     assert not short["converged"] and short["iterations"] == 3 and not short["refit"]["converged"]
     assert [v["converged"] for v in short["convergence"].values()] == [False, False]
     warned = [r.getMessage() for r in caplog.records if "did not converge" in r.getMessage()]
     assert len(warned) == 1 and "\n" not in warned[0]
     caplog.clear()
-    with caplog.at_level("WARNING", logger="e2mc.evaluate.linear"):
+    with caplog.at_level("WARNING", logger="e2mc.evaluation.linear"):
         full = linear_probe(xtr, ytr, xte, yte, weight_decays=wds)
     assert full["converged"] and full["iterations"] < MAX_ITER and not caplog.records
     # the reported gradient is the objective's, written out by hand: X^T (softmax - onehot) / n + wd W

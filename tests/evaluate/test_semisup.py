@@ -1,4 +1,4 @@
-"""Fine-tuning protocols learn, and move the backbone only when they should (e2mc.evaluate.semisup).
+"""Fine-tuning protocols learn, and move the backbone only when they should (e2mc.evaluation.semisup).
 
 On digits (10 balanced classes: chance is 0.10), semi-supervised fine-tuning and the frozen
 linear protocol must beat chance by a wide margin; semisup must change the backbone's weights,
@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from e2mc.data.datasets import build_dataset
-from e2mc.evaluate import semisup as semisup_mod
-from e2mc.evaluate.semisup import linear_probe_finetune, semisup
+from e2mc.evaluation import semisup as semisup_mod
+from e2mc.evaluation.semisup import linear_probe_finetune, semisup
 
 
 class DigitNet(nn.Module):

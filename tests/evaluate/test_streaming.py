@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from e2mc.errors import DataError
-from e2mc.evaluate.linear import choose_solver, lbfgs_bytes, linear_probe
-from e2mc.evaluate.streaming import feature_stats
+from e2mc.evaluation.linear import choose_solver, lbfgs_bytes, linear_probe
+from e2mc.evaluation.streaming import feature_stats
 
 WDS = (1e-3, 1e-2, 1e-1)  # at 1e-4 the 1000-step budget stops 1.4 points short of the optimum here
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from e2mc.cli import main
-from e2mc.evaluate.features import extract_features
+from e2mc.evaluation.features import extract_features
 from tests.evaluate.conftest import TinyNet, colour_dataset
 
 WHICH = ("backbone", "projector")
@@ -67,7 +67,7 @@ def test_broken_entry_is_reported_deleted_and_recomputed(tmp_path, caplog, damag
     first = {w: first[w].clone() for w in WHICH}  # the damage below edits the files these map
     (entry,) = [p.parent for p in tmp_path.glob("*/progress.json")]
     damage(entry)
-    with caplog.at_level(logging.WARNING, logger="e2mc.evaluate.features"):
+    with caplog.at_level(logging.WARNING, logger="e2mc.evaluation.features"):
         again = extract_features(net, data, which=WHICH, cache_dir=tmp_path)
     fresh = extract_features(TinyNet(0), data, which=WHICH, use_cache=False)  # independent computation (fp16 too)
     assert not again.meta["cached"]
@@ -85,7 +85,7 @@ def test_unwritable_cache_warns_and_still_returns_features(tmp_path, caplog):
     blocker = tmp_path / "cache"
     blocker.write_text("a file where the cache folder should be")
     net, data = TinyNet(0), colour_dataset(5, seed=0)
-    with caplog.at_level(logging.WARNING, logger="e2mc.evaluate.features"):
+    with caplog.at_level(logging.WARNING, logger="e2mc.evaluation.features"):
         fs = extract_features(net, data, cache_dir=blocker / "sub")
     assert fs["backbone"].shape == (15, 8) and "could not write the feature cache" in caplog.text
 
@@ -122,7 +122,7 @@ def test_cli_broken_entry_then_evaluate_still_works(ckpt, tmp_path, capsys, capl
     assert _evaluate(ckpt, tmp_path) == 0
     (entry,) = [p.parent for p in tmp_path.glob("*/progress.json")]
     _truncate(entry)
-    with caplog.at_level(logging.WARNING, logger="e2mc.evaluate.features"):
+    with caplog.at_level(logging.WARNING, logger="e2mc.evaluation.features"):
         assert _evaluate(ckpt, tmp_path) == 0
     assert "unreadable or incomplete" in caplog.text and "Traceback" not in capsys.readouterr().err
     assert json.loads((entry / "progress.json").read_text())["complete"]  # rewritten whole

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from e2mc.evaluate.compare import ComparisonResult, build_rows
+from e2mc.evaluation.compare import ComparisonResult, build_rows
 from e2mc.report import write_report
 
 
@@ -89,7 +89,7 @@ def test_report_table_states_intervals_and_spread(tmp_path):
 
 
 def test_report_opens_with_the_headline_and_lists_each_run(tmp_path):
-    from e2mc.evaluate.compare import headline
+    from e2mc.evaluation.compare import headline
 
     comp = _comparison()
     runs = []

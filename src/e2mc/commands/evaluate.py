@@ -1,5 +1,5 @@
 """``e2mc evaluate``, ``e2mc compare`` and ``e2mc report``: thin wrappers around
-``e2mc.evaluate.api.evaluate``, ``e2mc.evaluate.compare.compare`` and ``e2mc.report.write_report``."""
+``e2mc.evaluation.api.evaluate``, ``e2mc.evaluation.compare.compare`` and ``e2mc.report.write_report``."""
 
 from __future__ import annotations
 
@@ -120,8 +120,8 @@ def _convergence(v: dict) -> str:
 
 
 def _fmt(v, metric: str = "") -> str:
-    from e2mc.evaluate.compare import is_accuracy
-    from e2mc.evaluate.stats import decimals_for, fmt_number
+    from e2mc.evaluation.compare import is_accuracy
+    from e2mc.evaluation.stats import decimals_for, fmt_number
 
     if isinstance(v, float) and is_accuracy(metric) and "top1" in metric:
         return f"{fmt_number(100 * v, 2)} %"
@@ -139,7 +139,7 @@ def _fmt(v, metric: str = "") -> str:
 
 
 def _evaluate(args) -> int:
-    from e2mc.evaluate.api import evaluate
+    from e2mc.evaluation.api import evaluate
 
     res = evaluate(args.checkpoint, args.dataset, **_kwargs(args))
     if args.json:
@@ -159,7 +159,7 @@ def _compare(args) -> int:
     from pathlib import Path
 
     from e2mc.errors import ConfigError
-    from e2mc.evaluate.compare import compare
+    from e2mc.evaluation.compare import compare
 
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out} is a file; give a folder for comparison.json and the report")
@@ -182,7 +182,7 @@ def _report(args) -> int:
     from pathlib import Path
 
     from e2mc.errors import DataError
-    from e2mc.evaluate.compare import ComparisonResult
+    from e2mc.evaluation.compare import ComparisonResult
     from e2mc.report import write_report
 
     jsons = [p for p in args.inputs if p.endswith(".json")]

@@ -106,17 +106,17 @@ def write_report(out_dir, comparison=None, runs: Sequence[str | os.PathLike] = (
     This is the one report writer: ``e2mc compare --out``, ``e2mc report`` and the demo call it.
 
     Args:
-        comparison: a :class:`e2mc.evaluate.compare.ComparisonResult` (or None).
+        comparison: a :class:`e2mc.evaluation.compare.ComparisonResult` (or None).
         runs: run folders holding ``metrics.csv`` (training curves and the runs table). Default:
             the run folders the comparison's checkpoints lie in (``RUN/checkpoints/*.pt``).
         spectra: name -> singular values (default: from the comparison's ``spectrum`` protocol).
         marginals: name -> (N, d) mapped values (default: from the ``entropy`` protocol).
         headline: the verdict shown on top (default: ``comparison.headline``, else
-            :func:`e2mc.evaluate.compare.headline`).
+            :func:`e2mc.evaluation.compare.headline`).
         wall_times: stage -> seconds, shown under the headline (default: ``comparison.wall_time_s``).
     """
-    from e2mc.evaluate.compare import headline as compute_headline
-    from e2mc.evaluate.stats import fmt_number
+    from e2mc.evaluation.compare import headline as compute_headline
+    from e2mc.evaluation.stats import fmt_number
     from e2mc.train.run import write_text_atomic
 
     out = Path(out_dir)

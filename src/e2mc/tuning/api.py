@@ -7,7 +7,7 @@ probe a resumable ``continue`` run on the rest, ``tuning.probes``) scored on the
 ranked table, chosen setting, Kendall tau of each label-free metric against held-out kNN@20
 (``tune.json``, ``tune.md``, ``tune.html``) -> optionally ``confirm``: the chosen setting and
 base-only (add-on none, same LR and epochs) with N training seeds on the full train split,
-evaluated once on the test split, with paired 95% intervals (``e2mc.evaluate.compare``).
+evaluated once on the test split, with paired 95% intervals (``e2mc.evaluation.compare``).
 
 Example:
     >>> res = e2mc.tune("start.safetensors", "cifar10", out="tune_out", budget=8)  # doctest: +SKIP
@@ -173,7 +173,7 @@ def tune(checkpoint, dataset, *, out, space=None, budget: float | str | None = N
 
 def _score_start(checkpoint, ev: dict, out: Path, log) -> dict:
     """The start checkpoint's metrics on the held-out part (memoised in ``out/start.json``)."""
-    from e2mc.evaluate.api import evaluate
+    from e2mc.evaluation.api import evaluate
 
     memo = read_json(out / "start.json")
     if memo is not None and memo.get("eval") == ev:

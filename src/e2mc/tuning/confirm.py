@@ -4,7 +4,7 @@ Both arms continue the start on the full train split with the same recipe, LR an
 = add-on none), for training seeds 0..N-1 (``OUT/confirm/<label>-seed<k>/``, resumable like the
 probes); each final checkpoint is evaluated once (kNN@20/200 with the full train split as bank,
 the linear probe, RankMe; memoised by checkpoint sha256 in ``OUT/evals/``), and the table is
-``e2mc.evaluate.compare``'s: differences to base-only with 95% t-intervals paired by training seed.
+``e2mc.evaluation.compare``'s: differences to base-only with 95% t-intervals paired by training seed.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ HEADLINE = ("knn/top1_k20", "knn/top1_k200", "linear/top1")
 
 def cached_evaluate(checkpoint, dataset: str, store: Path, device, batch_size: int, log=print) -> dict:
     """``evaluate`` of one checkpoint on the test split, memoised by its sha256 in ``store``."""
-    from e2mc.evaluate.api import evaluate
-    from e2mc.evaluate.features import file_sha256
+    from e2mc.evaluation.api import evaluate
+    from e2mc.evaluation.features import file_sha256
 
     sha = file_sha256(checkpoint)
     key = hashlib.sha256(json.dumps([sha, dataset, PROTOCOLS, KS]).encode()).hexdigest()[:24]
@@ -79,7 +79,7 @@ def run_confirm(out: Path, recipe, base: dict, points, arm, n: int, epochs: floa
                 dataset: str, device, eval_batch_size: int, workers: int, threads, log=print) -> dict:
     """Train both arms x ``n`` seeds, evaluate on the test split, compare; return the confirm section."""
     from e2mc.errors import ConfigError
-    from e2mc.evaluate.compare import ComparisonResult, build_rows
+    from e2mc.evaluation.compare import ComparisonResult, build_rows
 
     if n < 1:
         raise ConfigError(f"--confirm needs N >= 1 training seeds, got {n}")

@@ -82,7 +82,7 @@ def run_probe(job: dict) -> dict:
         trained_now = steps - before
         write_json(marker, rec)
     if job.get("eval") and str(steps) not in rec["scores"]:
-        from e2mc.evaluate.api import evaluate
+        from e2mc.evaluation.api import evaluate
         from e2mc.tuning.scoring import probe_metrics
 
         kw = dict(job["eval"])

@@ -16,10 +16,10 @@ import torch
 
 from e2mc.data.splits import balanced_subset
 from e2mc.errors import DataError
-from e2mc.evaluate.knn import check_labelled
-from e2mc.evaluate.linear import fit_logistic
-from e2mc.evaluate.stats import summarize
-from e2mc.evaluate.streaming import accuracy_per_head
+from e2mc.evaluation.knn import check_labelled
+from e2mc.evaluation.linear import fit_logistic
+from e2mc.evaluation.stats import summarize
+from e2mc.evaluation.streaming import accuracy_per_head
 
 
 def fewshot(

@@ -3,7 +3,7 @@
 Each arm is one checkpoint or several (e.g. continued-training seeds: ``"e2mc=a.pt,b.pt,c.pt"``);
 a run folder stands for its ``checkpoints/last.pt``. For every numeric metric the table gives
 the arm's mean, std (ddof=1) and n, and the difference to the FIRST arm with a 95% t-interval
-(:mod:`e2mc.evaluate.stats`, the same rule as the demo and the benchmarks):
+(:mod:`e2mc.evaluation.stats`, the same rule as the demo and the benchmarks):
 
 * several checkpoints per arm: one value per checkpoint (averaged over evaluation seeds); paired
   by training seed (``config.train.seed`` of e2mc checkpoints) when both arms have the same set
@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from e2mc.errors import ConfigError, DataError
-from e2mc.evaluate.stats import (
+from e2mc.evaluation.stats import (
     difference,
     fmt_difference,
     fmt_estimate,
@@ -195,7 +195,7 @@ class ComparisonResult:
 def counts_note(comparison: "ComparisonResult") -> str:
     """What the counts of a comparison mean: n per cell, training seeds, and which protocols used
     which evaluation seeds (one sentence each; the table's intro and the report's "how to read")."""
-    from e2mc.evaluate.api import seeds_used
+    from e2mc.evaluation.api import seeds_used
 
     used = seeds_used(comparison.protocols, comparison.seeds)
     every = [p for p, s in used.items() if len(s) > 1]
@@ -304,9 +304,9 @@ def compare(checkpoints: Sequence, names: Sequence[str] | None = None, dataset="
     """Evaluate every arm with the same protocols/seeds/dataset and build the comparison table.
 
     ``checkpoints``: one entry per arm: a checkpoint file, a run folder, ``"name=p1,p2,..."``, a
-    list of paths, or an in-memory model. ``evaluate_kwargs`` go to :func:`e2mc.evaluate.api.evaluate`.
+    list of paths, or an in-memory model. ``evaluate_kwargs`` go to :func:`e2mc.evaluation.api.evaluate`.
     """
-    from e2mc.evaluate.api import evaluate
+    from e2mc.evaluation.api import evaluate
 
     if not checkpoints:
         raise ConfigError("compare needs at least one checkpoint")

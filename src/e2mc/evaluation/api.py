@@ -99,14 +99,14 @@ def evaluate(
         lidar_images, lidar_views: LiDAR's surrogate classes: that many test images (seeded by
             ``seeds[0]``), each augmented that many times with the model's training views.
         linear_solver: ``"auto"``, ``"lbfgs"`` or ``"streaming"`` for the ``linear`` protocol
-            (see :func:`e2mc.evaluate.linear.linear_probe`; the result names the one used).
+            (see :func:`e2mc.evaluation.linear.linear_probe`; the result names the one used).
         feature_dtype: ``"float16"`` or ``"float32"``: how the frozen features are stored (cache
-            and memory; :func:`e2mc.evaluate.features.extract_features`'s ``cache_dtype``).
+            and memory; :func:`e2mc.evaluation.features.extract_features`'s ``cache_dtype``).
         amp_dtype: feature extraction's autocast (``extract_features``; None: bf16 on CUDA, fp32 on CPU).
     Returns:
         ``{protocol: {metric: value}}`` plus ``"meta"`` (checkpoint, dataset, seeds).
     """
-    from e2mc.evaluate.linear import SOLVERS
+    from e2mc.evaluation.linear import SOLVERS
 
     if linear_solver not in SOLVERS:
         raise ConfigError(f"unknown linear_solver {linear_solver!r}; choose one of {', '.join(SOLVERS)}")
@@ -125,7 +125,7 @@ def evaluate(
     kw = dict(batch_size=batch_size, device=device, which=which, cache_dir=cache_dir, use_cache=use_cache,
               cache_key_parts=(spec,), cache_dtype=feature_dtype, amp_dtype=amp_dtype)
     need_train = set(protocols) & {"knn", "linear", "fewshot"}
-    from e2mc.evaluate.features import extract_features, file_sha256
+    from e2mc.evaluation.features import extract_features, file_sha256
 
     kw["model_hash"] = file_sha256(path) if path is not None else None  # else: hash of the state dict
     train_f = extract_features(model, train_ds, **kw) if need_train else None
@@ -155,7 +155,7 @@ def seeds_used(protocols, seeds) -> dict[str, list[int]]:
 
 def _lidar(model, dataset, n_images, n_views, image_size, device, batch_size, seed) -> dict:
     from e2mc import metrics
-    from e2mc.evaluate.surrogate import augmented_embeddings
+    from e2mc.evaluation.surrogate import augmented_embeddings
 
     emb = augmented_embeddings(model, dataset, n_images=n_images, n_views=n_views, image_size=image_size,
                                device=device, batch_size=batch_size, seed=seed)
@@ -169,26 +169,26 @@ def _run(p, model, train_f, test_f, train_ds, test_ds, seeds, ks, shots, epochs,
     from e2mc import metrics
 
     if p == "knn":
-        from e2mc.evaluate.knn import knn_classify
+        from e2mc.evaluation.knn import knn_classify
 
         acc = knn_classify(train_f["backbone"], train_f.labels, test_f["backbone"], test_f.labels, ks=ks)
         return {f"top1_k{k}": v for k, v in acc.items()}
     if p == "linear":
-        from e2mc.evaluate.linear import linear_probe
+        from e2mc.evaluation.linear import linear_probe
 
         return linear_probe(train_f["backbone"], train_f.labels, test_f["backbone"], test_f.labels, seed=seeds[0],
                             solver=linear_solver)
     if p == "fewshot":
-        from e2mc.evaluate.fewshot import fewshot
+        from e2mc.evaluation.fewshot import fewshot
 
         return fewshot(train_f["backbone"], train_f.labels, test_f["backbone"], test_f.labels, shots=shots, seeds=seeds)
     if p == "linear_finetune":
-        from e2mc.evaluate.semisup import linear_probe_finetune
+        from e2mc.evaluation.semisup import linear_probe_finetune
 
         return linear_probe_finetune(model, train_ds, test_ds, epochs, batch_size=batch_size, device=device,
                                      image_size=image_size, seed=seeds[0])
     if p == "semisup":
-        from e2mc.evaluate.semisup import semisup
+        from e2mc.evaluation.semisup import semisup
 
         return semisup(model, train_ds, test_ds, seeds=seeds, epochs=epochs, batch_size=batch_size, device=device,
                        image_size=image_size)

@@ -20,8 +20,8 @@ from torch import nn
 
 from e2mc.data.splits import balanced_subset
 from e2mc.errors import DataError
-from e2mc.evaluate.features import default_transform
-from e2mc.evaluate.stats import summarize
+from e2mc.evaluation.features import default_transform
+from e2mc.evaluation.stats import summarize
 
 
 def dataset_labels(ds) -> torch.Tensor:

@@ -373,7 +373,7 @@ class _Entry:
         unreadable or inconsistent one is reported in one warning line and deleted."""
         if not path.exists():
             return None
-        from e2mc.evaluate.knn import all_finite
+        from e2mc.evaluation.knn import all_finite
 
         try:
             progress = json.loads((path / "progress.json").read_text())

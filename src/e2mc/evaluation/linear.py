@@ -6,7 +6,7 @@
     held-out split of the TRAINING set, the chosen setting is refitted on the full training set,
     and the test set is scored once. The test set never influences the selection. For large
     problems (``solver="auto"``: L-BFGS's memory estimate above 1 GiB) the same protocol runs with
-    the mini-batch solver of :mod:`e2mc.evaluate.streaming` (memory flat in N).
+    the mini-batch solver of :mod:`e2mc.evaluation.streaming` (memory flat in N).
 (b) ``linear_probe_finetune``: the paper's protocol for large data (frozen backbone in eval mode,
     random-resized-crop + flip on the fly, SGD with momentum and a cosine schedule); reports the
     LAST epoch, never the best.
@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from e2mc.errors import DataError
-from e2mc.evaluate.knn import check_labelled
-from e2mc.evaluate.streaming import batched_logits, streaming_probe
+from e2mc.evaluation.knn import check_labelled
+from e2mc.evaluation.streaming import batched_logits, streaming_probe
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def linear_probe(
     """Logistic-regression probe with L2 selection on a held-out split of the training set.
 
     ``solver``: ``"lbfgs"`` (exact, full batch), ``"streaming"`` (mini-batch heads, memory
-    independent of N: :mod:`e2mc.evaluate.streaming`, options in ``streaming``, e.g.
+    independent of N: :mod:`e2mc.evaluation.streaming`, options in ``streaming``, e.g.
     ``{"epochs": 10, "batch_size": 1024}``) or ``"auto"`` (:func:`choose_solver`); the result's
     ``"solver"`` names the one used. The streaming solver reports ``converged: None`` (it runs a
     fixed step budget; ``"streaming"`` holds its epochs, steps and step sizes).
@@ -193,7 +193,7 @@ def linear_probe(
     if not converged:
         log.warning("linear probe: L-BFGS did not converge at the selected weight decay %g (max |gradient| %.2g > %g "
                     "after %d + %d refit iterations, cap %d): its accuracy may be off; if it stopped at the cap, "
-                    "raise max_iter (Python: e2mc.evaluate.linear.linear_probe(..., max_iter=%d))", wd,
+                    "raise max_iter (Python: e2mc.evaluation.linear.linear_probe(..., max_iter=%d))", wd,
                     max(info["grad_max"][best], info1["grad_max"][0]), info["tol"], info["iterations"],
                     info1["iterations"], max_iter, 4 * max_iter)
     return {

@@ -1,6 +1,6 @@
 """Streaming linear probe on cached features: memory independent of N, time linear in N.
 
-The exact probe (:func:`e2mc.evaluate.linear.linear_probe` with L-BFGS) holds the logits of every
+The exact probe (:func:`e2mc.evaluation.linear.linear_probe` with L-BFGS) holds the logits of every
 penalty for the whole training set. This module fits the same objective,
 ``mean CE(x W_h + b_h, y) + wd_h / 2 * ||W_h||^2`` on standardised features, by mini-batch SGD
 (Nesterov momentum, cosine-decayed step size) with all penalties as parallel heads of ONE linear
