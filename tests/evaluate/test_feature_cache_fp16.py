@@ -91,6 +91,27 @@ def test_a_kill_loses_only_the_rows_after_the_last_record(tmp_path, monkeypatch)
     torch.testing.assert_close(fs["backbone"].float(), ref["backbone"].float(), atol=1e-3, rtol=1e-3)
 
 
+def test_model_runs_in_eval_mode_and_gets_its_mode_back_after_success_and_failure(tmp_path, monkeypatch):
+    """BN uses its running statistics during extraction (eval mode), and a model in train mode is in
+    train mode again afterwards, also when extraction fails half-way."""
+    data = colour_dataset(4, seed=0)
+    modes = []
+    real = F._forward
+    monkeypatch.setattr(F, "_forward", lambda model, x, which: modes.append(model.training) or real(model, x, which))
+    net = TinyNet(0).train()
+    fs = extract_features(net, data, batch_size=5, use_cache=False, transform=lambda b: b.float() / 255)
+    assert net.training and modes == [False, False, False]
+    with torch.no_grad():  # the reference: the same forward in eval mode, by hand, in one batch
+        ref = TinyNet(0).eval().embed(data.tensors[0].float() / 255)
+        in_train_mode = TinyNet(0).train().embed(data.tensors[0].float() / 255)
+    torch.testing.assert_close(fs["backbone"].float(), ref, atol=2e-3, rtol=2e-3)
+    assert not torch.allclose(in_train_mode, ref, atol=1e-2)  # the mode matters for this net
+    _interrupt_at(monkeypatch, 1)
+    with pytest.raises(DataError, match="failed at batch 1"):
+        extract_features(net, data, batch_size=5, cache_dir=tmp_path)
+    assert net.training
+
+
 def _mapped_files():
     out = {}
     with open("/proc/self/maps") as f:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -188,16 +189,7 @@ def extract_features(
     if cache_dtype not in CACHE_DTYPES:
         raise DataError(f"features: cache_dtype must be one of {', '.join(CACHE_DTYPES)}, got {cache_dtype!r}")
     device = torch.device(device)
-    ckpt_hash = model_hash
-    if isinstance(model, (str, os.PathLike)):
-        from e2mc.models.checkpoints import load_model
-
-        ckpt_hash = file_sha256(model)
-        model = load_model(str(model))[0]
-    if ckpt_hash is None:
-        ckpt_hash = state_dict_sha256(model)
-    if "projector" in which and getattr(model, "projector", None) is None:
-        raise DataError("features: 'projector' requested but the model has no projector; use which=('backbone',)")
+    model, ckpt_hash = _model_and_hash(model, model_hash, which)
     if transform is None:
         transform, tdesc = default_transform(dataset)
     else:
@@ -212,55 +204,87 @@ def extract_features(
     entry = (Path(cache_dir) if cache_dir is not None else cache_root() / "features") / key
     with contextlib.ExitStack() as stack:  # the entry's lock, held until the features are returned
         use_cache = use_cache and _lock(stack, entry)
-        sink = None
-        if use_cache:
-            sink = _Entry.open(entry, which, n, cache_dtype)
-            if sink is not None and sink.complete:
-                feats, labels = sink.result()
-                return FeatureSet(feats, labels, key, {**key_obj, "cached": True, "resumed_from": None})
+        sink = _Entry.open(entry, which, n, cache_dtype) if use_cache else None
+        if sink is not None and sink.complete:
+            feats, labels = sink.result()
+            return FeatureSet(feats, labels, key, {**key_obj, "cached": True, "resumed_from": None})
         start = sink.rows if sink is not None else 0
+
+        def allocate(dims: dict[str, int]) -> _Entry | _Memory:  # once the first batch gives the feature dims
+            return (_Entry.create(entry, which, dims, n, cache_dtype) if use_cache else None) or \
+                _Memory(dims, n, cache_dtype)
 
         data = dataset if start == 0 else torch.utils.data.Subset(dataset, range(start, n))
         loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        embed = functools.partial(_embed, model, transform=transform, which=which, device=device, amp=amp)
         was_training = model.training
         model.eval().to(device)
-        rows, i, t_rec = start, 0, time.monotonic()
         try:
-            for i, (images, target) in enumerate(loader):  # noqa: B007 (i names a failed batch)
-                x = transform(images.to(device, non_blocking=True))
-                with torch.autocast(device_type=device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    out = _forward(model, x, which)
-                out = {w: out[w].float().flatten(1).cpu() for w in which}
-                _check_batch(out, rows, cache_dtype)
-                if sink is None:  # allocated once the first batch gives the feature dims
-                    dims = {w: out[w].shape[1] for w in which}
-                    sink = (_Entry.create(entry, which, dims, n, cache_dtype) if use_cache else None) or \
-                        _Memory(dims, n, cache_dtype)
-                sink.write(rows, out, torch.as_tensor(target).long().cpu())
-                rows += len(target)
-                if time.monotonic() - t_rec >= PROGRESS_SECONDS:
-                    sink.record(rows)
-                    t_rec = time.monotonic()
-        except _BadFeatures:
-            if isinstance(sink, _Entry):
-                sink.delete()  # deterministic: a resumed extraction would meet them again
-            raise
-        except BaseException as exc:  # Ctrl-C, a data or model error: keep the rows written for the next call
-            if sink is not None and rows > start:
-                sink.record(rows)
-            if isinstance(exc, DataError) or not isinstance(exc, Exception):
-                raise
-            kept = f"; the {rows} rows extracted are cached and the next call continues from there" if (
-                isinstance(sink, _Entry) and rows) else ""
-            raise DataError(f"feature extraction failed at batch {i} (row {rows}): {exc}; check that the images match "
-                            f"the model (size, channels) and the checkpoint loads{kept}") from exc
+            sink = _fill(loader, embed, sink, allocate, start, n, cache_dtype)
         finally:
             model.train(was_training)
-        if rows != n:
-            raise DataError(f"feature extraction: the dataset gave {rows} samples but has length {n}; check the dataset")
-        sink.record(rows, complete=True)
         feats, labels = sink.result()
         return FeatureSet(feats, labels, key, {**key_obj, "cached": False, "resumed_from": start or None})
+
+
+def _model_and_hash(model, model_hash: str | None, which: tuple[str, ...]):
+    """The model (loaded when given a checkpoint path) and its identity for the cache key: the file's
+    sha256 for a path, else ``model_hash``, else the hash of its state dict."""
+    if isinstance(model, (str, os.PathLike)):
+        from e2mc.models.checkpoints import load_model
+
+        model_hash = file_sha256(model)
+        model = load_model(str(model))[0]
+    if model_hash is None:
+        model_hash = state_dict_sha256(model)
+    if "projector" in which and getattr(model, "projector", None) is None:
+        raise DataError("features: 'projector' requested but the model has no projector; use which=('backbone',)")
+    return model, model_hash
+
+
+def _embed(model, images: torch.Tensor, *, transform, which, device: torch.device, amp) -> dict[str, torch.Tensor]:
+    """One batch's features per output: float32, on the CPU, flattened to (B, D)."""
+    x = transform(images.to(device, non_blocking=True))
+    with torch.autocast(device_type=device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        out = _forward(model, x, which)
+    return {w: out[w].float().flatten(1).cpu() for w in which}
+
+
+def _fill(loader, embed, sink, allocate, start: int, n: int, dtype: str):
+    """Write the features (``embed(images)``) and labels of ``loader``'s batches (rows ``start`` to ``n``)
+    into ``sink`` (``allocate(dims)`` makes it at the first batch when there is none yet), recording the
+    progress at most every ``PROGRESS_SECONDS`` and when extraction stops; the sink, complete. On a
+    failure the rows written stay recorded (a cache entry resumes from them), except for bad features,
+    which delete the entry."""
+    rows, i, t_rec = start, 0, time.monotonic()
+    try:
+        for i, (images, target) in enumerate(loader):  # noqa: B007 (i names a failed batch)
+            out = embed(images)
+            _check_batch(out, rows, dtype)
+            if sink is None:
+                sink = allocate({w: f.shape[1] for w, f in out.items()})
+            sink.write(rows, out, torch.as_tensor(target).long().cpu())
+            rows += len(target)
+            if time.monotonic() - t_rec >= PROGRESS_SECONDS:
+                sink.record(rows)
+                t_rec = time.monotonic()
+    except _BadFeatures:
+        if isinstance(sink, _Entry):
+            sink.delete()  # deterministic: a resumed extraction would meet them again
+        raise
+    except BaseException as exc:  # Ctrl-C, a data or model error: keep the rows written for the next call
+        if sink is not None and rows > start:
+            sink.record(rows)
+        if isinstance(exc, DataError) or not isinstance(exc, Exception):
+            raise
+        kept = f"; the {rows} rows extracted are cached and the next call continues from there" if (
+            isinstance(sink, _Entry) and rows) else ""
+        raise DataError(f"feature extraction failed at batch {i} (row {rows}): {exc}; check that the images match "
+                        f"the model (size, channels) and the checkpoint loads{kept}") from exc
+    if rows != n:
+        raise DataError(f"feature extraction: the dataset gave {rows} samples but has length {n}; check the dataset")
+    sink.record(rows, complete=True)
+    return sink
 
 
 class _BadFeatures(DataError):
