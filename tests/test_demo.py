@@ -10,8 +10,8 @@ from e2mc.cli import main
 from e2mc.demo import BASE, E2MC_ARM, START
 
 
-def _run(out, cache, capsys):
-    code = main(["demo", "--out", str(out), "--cache-dir", str(cache), "--seeds", "0,1",
+def _run(out, cache, capsys, workers):
+    code = main(["demo", "--out", str(out), "--cache-dir", str(cache), "--seeds", "0,1", "--workers", str(workers),
                  "--pretrain-epochs", "1", "--continue-epochs", "1", "--set", "train.max_steps=3"])
     assert code == 0
     return capsys.readouterr().out
@@ -25,7 +25,7 @@ def demo_dirs(tmp_path_factory):
 
 def test_demo_results_report_and_verdict(demo_dirs, capsys):
     out, cache = demo_dirs
-    printed = _run(out, cache, capsys)
+    printed = _run(out, cache, capsys, workers=2)  # the 4 continuations in 2 spawned processes
     results = json.loads((out / "results.json").read_text())
     assert set(results["arms"]) == {BASE, E2MC_ARM, START}
     assert results["n_seeds"] == {BASE: 2, E2MC_ARM: 2, START: 1}
@@ -61,12 +61,20 @@ def test_demo_results_report_and_verdict(demo_dirs, capsys):
     assert wall["total"] >= wall["pretrain"] + wall["continue"] + wall["evaluate"] + wall["report"] - 0.5
     assert "Wall time: pretrain " in (out / "report.md").read_text()
     assert "(stage ETA " in printed  # the continue stage's progress lines after the first run
+    assert "in 2 processes" in printed
+    for run in ("vicreg-seed0", "vicreg_e2mc-seed1"):  # each parallel run's progress in its own log
+        assert "[train] epoch 0 step 3/3" in (out / "runs" / run / "train.log").read_text()
 
 
-def test_demo_reuses_cached_start(demo_dirs, tmp_path, capsys):
-    _, cache = demo_dirs
-    printed = _run(tmp_path / "again", cache, capsys)
+def test_demo_reuses_cached_start_and_one_process_gives_the_same_numbers(demo_dirs, tmp_path, capsys):
+    out, cache = demo_dirs
+    printed = _run(tmp_path / "again", cache, capsys, workers=1)
     assert "found in the cache" in printed
+    # The continuations are seeded: one after another in this process (--workers 1) they give
+    # exactly the numbers of the first test's 2 spawned processes.
+    assert "in 2 processes" not in printed and "continuing (4/4)" in printed
+    parallel = json.loads((out / "results.json").read_text())["arms"]
+    assert json.loads((tmp_path / "again" / "results.json").read_text())["arms"] == parallel
     assert json.loads((tmp_path / "again" / "results.json").read_text())["pretrain_cached"] is True
     assert "Wall time: pretrain (cached) " in (tmp_path / "again" / "report.md").read_text()
 

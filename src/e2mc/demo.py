@@ -46,6 +46,7 @@ class DemoConfig:
     cache_dir: Path | None = None
     device: str = "cpu"
     threads: int | None = 1  # intra-op CPU threads; 1 is robust on a shared machine (see run_demo)
+    workers: int | None = None  # processes for the continue stage; None: one per core (demo_workers)
     extra: dict = field(default_factory=dict)  # dotted overrides for both stages (tests: tiny runs)
 
 
@@ -97,27 +98,83 @@ def pretrained_start(cfg: DemoConfig, log: Callable[[str], None] = print) -> Pat
     return run_dir
 
 
-def continue_arms(cfg: DemoConfig, start: Path, log: Callable[[str], None] = print) -> dict[str, list[Path]]:
-    """Continue the start once per seed with the base loss only and with base + E2MC."""
+def _continue_run(job: dict) -> float:
+    """One continuation (a worker's job): ``continue_training`` with ``job``'s overrides; its seconds.
+
+    With ``job["log"]`` set (parallel runs), the run's progress lines go to that file rather than
+    interleaving with the other process's on the terminal."""
+    import contextlib
+
     from e2mc import continue_training
 
-    arms: dict[str, list[Path]] = {BASE: [], E2MC_ARM: []}
-    ckpt = start / "checkpoints" / "last.pt"
-    total = 2 * len(cfg.seeds)
-    done = 0
     t0 = time.perf_counter()
+    kwargs = {k.replace(".", "__"): v for k, v in job["overrides"].items()}
+    if job.get("log"):
+        Path(job["log"]).parent.mkdir(parents=True, exist_ok=True)
+        with open(job["log"], "w") as fh, contextlib.redirect_stderr(fh), contextlib.redirect_stdout(fh):
+            continue_training(job["recipe"], **kwargs)
+    else:
+        continue_training(job["recipe"], **kwargs)
+    return time.perf_counter() - t0
+
+
+def demo_workers(cfg: DemoConfig, jobs: int) -> int:
+    """Processes for the continue stage: ``cfg.workers``, else one per CPU core (at most ``jobs``)."""
+    import os
+
+    n = cfg.workers if cfg.workers else (os.cpu_count() or 1) // max(1, cfg.threads or 1)
+    return max(1, min(n, jobs))
+
+
+def continue_arms(cfg: DemoConfig, start: Path, log: Callable[[str], None] = print) -> dict[str, list[Path]]:
+    """Continue the start once per seed with the base loss only and with base + E2MC.
+
+    The runs are independent, so they run in parallel processes of ``cfg.threads`` threads each
+    (:func:`demo_workers`); every run is seeded, so the checkpoints are the same as one after another."""
+    from e2mc.workers import run_in_processes
+
+    ckpt = start / "checkpoints" / "last.pt"
+    jobs = []
     for seed in cfg.seeds:
         for arm, addon in ((BASE, "none"), (E2MC_ARM, "e2mc")):
-            left = divmod(round((time.perf_counter() - t0) / done * (total - done)), 60) if done else None
-            done += 1
             run_dir = cfg.out / "runs" / f"{arm.replace('+', '_')}-seed{seed}"
-            log(f"[2/4] continuing ({done}/{total}): {arm}, seed {seed}, {cfg.continue_epochs} epochs -> {run_dir}"
-                + ("" if left is None else f" (stage ETA {left[0]}:{left[1]:02d} at the pace so far)"))
-            overrides = {"model.init": str(ckpt), "addon.name": addon, "train.seed": seed,
-                         "train.epochs": cfg.continue_epochs, "train.device": cfg.device,
-                         "out.dir": str(run_dir), **cfg.extra}
-            continue_training(cfg.continue_recipe, **{k.replace(".", "__"): v for k, v in overrides.items()})
-            arms[arm].append(run_dir)
+            jobs.append({"arm": arm, "seed": seed, "dir": run_dir, "recipe": cfg.continue_recipe,
+                         "overrides": {"model.init": str(ckpt), "addon.name": addon, "train.seed": seed,
+                                       "train.epochs": cfg.continue_epochs, "train.device": cfg.device,
+                                       "out.dir": str(run_dir), **cfg.extra}})
+    total, workers = len(jobs), demo_workers(cfg, len(jobs))
+    t0 = time.perf_counter()
+    state = {"done": 0}
+
+    def eta() -> str:
+        done = state["done"]
+        if not done or done == total:
+            return ""
+        left = divmod(round((time.perf_counter() - t0) / done * (total - done)), 60)
+        return f" (stage ETA {left[0]}:{left[1]:02d} at the pace so far)"
+
+    def finished(i: int, seconds: float) -> None:
+        state["done"] += 1
+        job = jobs[i]
+        log(f"[2/4] finished ({state['done']}/{total}): {job['arm']}, seed {job['seed']} in {seconds:.0f} s"
+            + eta())
+
+    if workers > 1:
+        for job in jobs:
+            job["log"] = str(job["dir"] / "train.log")
+        log(f"[2/4] continuing {total} runs ({BASE} and {E2MC_ARM}, seeds {', '.join(map(str, cfg.seeds))}; "
+            f"{cfg.continue_epochs} epochs each) in {workers} processes of {cfg.threads or 'default'} thread(s); "
+            f"each run's log: {cfg.out / 'runs'}/<run>/train.log")
+        run_in_processes(_continue_run, jobs, workers, threads=cfg.threads, on_done=finished,
+                         label=lambda job: f"continuing {job['arm']} seed {job['seed']}")
+    else:
+        for i, job in enumerate(jobs):
+            log(f"[2/4] continuing ({i + 1}/{total}): {job['arm']}, seed {job['seed']}, {cfg.continue_epochs} "
+                f"epochs -> {job['dir']}" + eta())
+            finished(i, _continue_run(job))
+    arms: dict[str, list[Path]] = {BASE: [], E2MC_ARM: []}
+    for job in jobs:
+        arms[job["arm"]].append(job["dir"])
     return arms
 
 

@@ -188,3 +188,19 @@ def test_cli_help_has_description_and_example(capsys):
         main(["tune", "--help"])
     text = capsys.readouterr().out
     assert "successive halving" in text and "examples:" in text and "space.yaml" in text and "e2mc tune " in text and "--confirm" in text
+
+
+def test_a_second_tune_on_the_same_folder_is_refused(start, tmp_path):
+    """Two processes tuning into one folder would train the same probes twice and race on tune.json:
+    the folder is locked for the tune's life (here held by another open lock, as a second process would)."""
+    from e2mc.errors import RunLocked
+    from e2mc.train.run import RunLock
+
+    _, ckpt = start
+    held = RunLock.acquire(tmp_path / "busy")
+    try:
+        with pytest.raises(RunLocked, match="in use by another e2mc run"):
+            e2mc.tune(str(ckpt), "digits", out=tmp_path / "busy", space=SPACE, **KW)
+    finally:
+        held.release()
+    assert not (tmp_path / "busy" / "split.json").exists()  # refused before writing anything

@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads for torch (default 1: fastest for this tiny model on a shared machine; "
                         "0 keeps torch's default)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes for the independent continuations (2 arms x seeds), each with --threads "
+                        "threads (default 0: one per CPU core; 1: one after another in this process)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every training stage, e.g. --set train.max_steps=2 (repeatable)")
     p.set_defaults(func=run)
@@ -62,12 +65,13 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--set takes KEY=VALUE (e.g. train.max_steps=2), got {item!r}")
         key, value = item.split("=", 1)
         extra[key.strip()] = value
+    if args.workers < 0:
+        raise ConfigError("--workers must be 0 (one per CPU core) or a positive number of processes")
     for name in ("pretrain_epochs", "continue_epochs"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     cfg = DemoConfig(out=out, seeds=args.seeds, pretrain_epochs=args.pretrain_epochs,
                      continue_epochs=args.continue_epochs, cache_dir=args.cache_dir, device=args.device,
-                     threads=args.threads or None,
-                     extra=extra)
+                     threads=args.threads or None, workers=args.workers or None, extra=extra)
     run_demo(cfg)
     return 0

@@ -79,6 +79,7 @@ def tune(checkpoint, dataset, *, out, space=None, budget: float | str | None = N
     """
     from e2mc.config import load_config
     from e2mc.data.datasets import build_dataset
+    from e2mc.train.run import RunLock
 
     t_start = time.perf_counter()
     if not out:
@@ -109,66 +110,71 @@ def tune(checkpoint, dataset, *, out, space=None, budget: float | str | None = N
     if not labels and rule == "heldout":
         raise DataError(f"{dataset} has no labels and no label-free metric was chosen; use --select "
                         f"label-free:<metric> ({', '.join(scoring.LABEL_FREE)})")
-    n = len(source)
-    n_hold = holdout if holdout is not None else min(5000, max(scoring.K, round(0.1 * n)))
-    split = scoring.holdout_split(out / "split.json", str(dataset), source.targets, int(n_hold), seed, train_images,
-                                  need_labels=rule == "heldout")
-    n_probe = len(build_dataset(str(split), "train"))
-    bpe = n_probe // batch
-    if bpe < 1:
-        raise ConfigError(f"the probes' training part has {n_probe} images, fewer than one batch of {batch}; lower "
-                          "optim.batch_size (--set optim.batch_size=...) or use more training images")
-    points = sp.points
-    rungs = halving.schedule(len(points), sp.epochs, budget, eta)
-    steps = [max(1, round(r.epochs * bpe)) for r in rungs]
-    protocols = scoring.eval_protocols(labels, label_free)
-    ev = {"dataset": str(split), "protocols": list(protocols), "seeds": [seed], "ks": [scoring.K],
-          "device": device, "batch_size": eval_batch_size, "use_cache": False,
-          "lidar_images": min(int(lidar_images), int(n_hold)), "lidar_views": 8}
-    if eval_precision not in ("fp32", "bf16"):
-        raise ConfigError(f"eval_precision must be fp32 or bf16, got {eval_precision!r}")
-    if eval_precision == "bf16":
-        ev["amp_dtype"] = "bf16"
-    probe_over = {**base, "data.dataset": str(split), "data.split": "train", "train.epochs": math.ceil(sp.epochs),
-                  "train.checkpoint_every_epochs": 1000}
-    log(f"e2mc tune: {len(points)} probes, {len(rungs)} rung(s) at {', '.join(f'{r.epochs:.3g}' for r in rungs)} "
-        f"epoch(s) ({', '.join(map(str, steps))} steps of {batch}); budget {halving.cost(rungs):.3g} of "
-        f"{len(points) * sp.epochs:.3g} epochs (full grid); select {select}; held-out {n_hold} of {n} train images, "
-        f"probes train on {n_probe}")
-    start = _score_start(checkpoint, ev, out, log)
+    lock = RunLock.acquire(out, log)  # one tune per folder: a second process gets a clear error
+    try:
+        n = len(source)
+        n_hold = holdout if holdout is not None else min(5000, max(scoring.K, round(0.1 * n)))
+        split = scoring.holdout_split(out / "split.json", str(dataset), source.targets, int(n_hold), seed, train_images,
+                                      need_labels=rule == "heldout")
+        n_probe = len(build_dataset(str(split), "train"))
+        bpe = n_probe // batch
+        if bpe < 1:
+            raise ConfigError(f"the probes' training part has {n_probe} images, fewer than one batch of {batch}; lower "
+                              "optim.batch_size (--set optim.batch_size=...) or use more training images")
+        points = sp.points
+        rungs = halving.schedule(len(points), sp.epochs, budget, eta)
+        steps = [max(1, round(r.epochs * bpe)) for r in rungs]
+        protocols = scoring.eval_protocols(labels, label_free)
+        ev = {"dataset": str(split), "protocols": list(protocols), "seeds": [seed], "ks": [scoring.K],
+              "device": device, "batch_size": eval_batch_size, "use_cache": False,
+              "lidar_images": min(int(lidar_images), int(n_hold)), "lidar_views": 8}
+        if eval_precision not in ("fp32", "bf16"):
+            raise ConfigError(f"eval_precision must be fp32 or bf16, got {eval_precision!r}")
+        if eval_precision == "bf16":
+            ev["amp_dtype"] = "bf16"
+        probe_over = {**base, "data.dataset": str(split), "data.split": "train", "train.epochs": math.ceil(sp.epochs),
+                      "train.checkpoint_every_epochs": 1000}
+        log(f"e2mc tune: {len(points)} probes, {len(rungs)} rung(s) at {', '.join(f'{r.epochs:.3g}' for r in rungs)} "
+            f"epoch(s) ({', '.join(map(str, steps))} steps of {batch}); budget {halving.cost(rungs):.3g} of "
+            f"{len(points) * sp.epochs:.3g} epochs (full grid); select {select}; held-out {n_hold} of {n} train images, "
+            f"probes train on {n_probe}")
+        start = _score_start(checkpoint, ev, out, log)
 
-    by_label = {p.label: p for p in points}
-    order = [p.label for p in points]
-    alive = list(order)
-    records: dict[str, dict] = {}
-    rung_log = []
-    for k, st in enumerate(steps):
-        jobs = [{"label": lab, "dir": str(out / "probes" / lab), "source": recipe,
-                 "overrides": {**probe_over, **by_label[lab].overrides}, "steps": st, "eval": ev, "threads": threads}
-                for lab in alive]
-        for rec in run_jobs(jobs, workers, log):
-            records[rec["label"]] = rec
-        scores = {lab: scoring.score(records[lab]["scores"][str(st)], rule) for lab in alive}
-        rung_log.append({"rung": k, "epochs": st / bpe, "steps": st, "probes": list(alive), "scores": scores})
-        if k + 1 < len(rungs):
-            alive = halving.advance(scores, rungs[k + 1].probes, order)
-            log(f"rung {k}: {', '.join(alive)} advance")
-    final = rung_log[-1]
-    chosen_label = halving.advance(final["scores"], 1, order)[0]
-    result = _assemble(out, checkpoint, dataset, sp, select, rule, budget, eta, rungs, steps, bpe, n, n_hold, n_probe,
-                       split, by_label, order, records, rung_log, chosen_label, start, labels, label_free, recipe,
-                       method, t_start, workers)
-    if confirm:
-        from e2mc.tuning.confirm import run_confirm
+        by_label = {p.label: p for p in points}
+        order = [p.label for p in points]
+        alive = list(order)
+        records: dict[str, dict] = {}
+        rung_log = []
+        for k, st in enumerate(steps):
+            jobs = [{"label": lab, "dir": str(out / "probes" / lab), "source": recipe,
+                     "overrides": {**probe_over, **by_label[lab].overrides}, "steps": st, "eval": ev, "threads": threads}
+                    for lab in alive]
+            for rec in run_jobs(jobs, workers, log):
+                records[rec["label"]] = rec
+            scores = {lab: scoring.score(records[lab]["scores"][str(st)], rule) for lab in alive}
+            rung_log.append({"rung": k, "epochs": st / bpe, "steps": st, "probes": list(alive), "scores": scores})
+            if k + 1 < len(rungs):
+                alive = halving.advance(scores, rungs[k + 1].probes, order)
+                log(f"rung {k}: {', '.join(alive)} advance")
+        final = rung_log[-1]
+        chosen_label = halving.advance(final["scores"], 1, order)[0]
+        result = _assemble(out, checkpoint, dataset, sp, select, rule, budget, eta, rungs, steps, bpe, n, n_hold, n_probe,
+                           split, by_label, order, records, rung_log, chosen_label, start, labels, label_free, recipe,
+                           method, t_start, workers)
+        if confirm:
+            from e2mc.tuning.confirm import run_confirm
 
-        result["confirm"] = run_confirm(out, recipe, {**base, "data.dataset": str(dataset), "data.split": "train"},
-                                        points, by_label[result["confirm_arm"]], int(confirm),
-                                        sp.epochs if confirm_epochs is None else float(confirm_epochs), batch, n,
-                                        str(dataset), device, eval_batch_size, workers, threads, log)
-    result["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-    write_outputs(out, result)
-    log(f"chosen: {result['chosen']['label']} ({select}); wrote {out / 'tune.md'}")
-    return result
+            result["confirm"] = run_confirm(out, recipe, {**base, "data.dataset": str(dataset), "data.split": "train"},
+                                            points, by_label[result["confirm_arm"]], int(confirm),
+                                            sp.epochs if confirm_epochs is None else float(confirm_epochs), batch, n,
+                                            str(dataset), device, eval_batch_size, workers, threads, log)
+        result["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+        write_outputs(out, result)
+        log(f"chosen: {result['chosen']['label']} ({select}); wrote {out / 'tune.md'}")
+        return result
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _score_start(checkpoint, ev: dict, out: Path, log) -> dict:

@@ -17,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from e2mc.errors import ConfigError, E2MCError
+from e2mc.errors import ConfigError
 from e2mc.fileio import atomic_write_text
 
 
@@ -96,28 +96,15 @@ def run_probe(job: dict) -> dict:
     return {**rec, "trained_now": trained_now}
 
 
-def _worker(job: dict) -> dict:
-    try:
-        return run_probe(job)
-    except E2MCError as exc:  # carried back as text: some E2MCError subclasses do not pickle
-        return {"error": f"{type(exc).__name__}: {exc}", "label": job["label"]}
-
-
 def run_jobs(jobs: list[dict], workers: int = 1, log=print) -> list[dict]:
     """Run the probes (in order with ``workers=1``; else in spawned processes); their records in job order."""
+    from e2mc.workers import run_in_processes
+
     if workers <= 1 or len(jobs) <= 1:
         out = []
         for job in jobs:
             log(f"probe {job['label']}: up to step {job['steps']}")
             out.append(run_probe(job))
         return out
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
     log(f"{len(jobs)} probes in {min(workers, len(jobs))} processes: {', '.join(j['label'] for j in jobs)}")
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
-        out = list(pool.map(_worker, jobs))
-    failed = [r for r in out if "error" in r]
-    if failed:
-        raise E2MCError(f"probe {failed[0]['label']} failed: {failed[0]['error']}")
-    return out
+    return run_in_processes(run_probe, jobs, workers, label=lambda job: f"probe {job['label']}")
