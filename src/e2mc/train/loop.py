@@ -71,9 +71,20 @@ class TrainerSetup(R.RunFolderMixin):
     """
 
     state: RunState
-    model, optimizer, scheduler, scaler, queue = _InState(), _InState(), _InState(), _InState(), _InState()
-    epoch, global_step, step_in_epoch, run_step, warmup_done = _InState(), _InState(), _InState(), _InState(), _InState()
-    source_format, source_epoch, source_layout, auto_cov_weight = _InState(), _InState(), _InState(), _InState()
+    model = _InState()
+    optimizer = _InState()
+    scheduler = _InState()
+    scaler = _InState()
+    queue = _InState()
+    epoch = _InState()
+    global_step = _InState()
+    step_in_epoch = _InState()
+    run_step = _InState()
+    warmup_done = _InState()
+    source_format = _InState()
+    source_epoch = _InState()
+    source_layout = _InState()
+    auto_cov_weight = _InState()
 
     def __init__(self, config: RunConfig, model_fn: Callable | None = None,
                  views_fn: Callable | None = None, quiet: bool = False) -> None:
