@@ -59,5 +59,7 @@ def test_continue_picks_the_checkpoints_method(tmp_path):
     assert done["method"] == "simsiam" and set(done["head_sizes"]) == {"proj_hidden", "proj_dim", "pred_hidden"}
     with pytest.raises(ConfigError, match="needs a checkpoint"):
         continue_training(out__dir=str(tmp_path / "x"))
-    with pytest.raises(ConfigError, match="not found"):
-        continue_training(model__init=str(tmp_path / "missing.pth"), out__dir=str(tmp_path / "x"))
+    for source in (None, "digits_vicreg_e2mc"):  # checked before the run folder is made
+        with pytest.raises(ConfigError, match="missing.pth not found"):
+            continue_training(source, model__init=str(tmp_path / "missing.pth"), out__dir=str(tmp_path / "x"))
+    assert not (tmp_path / "x").exists()

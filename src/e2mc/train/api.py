@@ -42,8 +42,9 @@ def resolve_config(mode: str, source: Source, overrides: list[str] | dict[str, A
       or a checkpoint), else start it; an explicit ``out.resume`` wins. For jobs a scheduler requeues
       with the same call.
     - resuming without a ``source``: the run folder's own ``config.yaml``.
-    - ``continue`` without a ``source``: ``model.init`` is required (and must exist when a path); without
-      ``method.name`` the checkpoint's own method is continued (``checkpoints.checkpoint_method``).
+    - ``continue``: a ``model.init`` path must exist; without a ``source``, ``model.init`` is required
+      and, without ``method.name``, the checkpoint's own method is continued
+      (``checkpoints.checkpoint_method``).
 
     Only ``overrides`` are read for ``out.dir``, ``out.resume``, ``model.init`` and ``method.name``.
 
@@ -66,13 +67,13 @@ def resolve_config(mode: str, source: Source, overrides: list[str] | dict[str, A
             raise ConfigError(f"--resume: {out} holds no run to resume (no config.yaml); check --out, "
                               "or drop --resume to start a new run")
     init = given.get("model.init")
+    if mode == "continue" and init and not os.path.exists(str(init)) and ":" not in str(init):
+        raise ConfigError(f"checkpoint {init} not found; give the path of a .pth/.pt/.safetensors "
+                          "file or a name like torchvision:resnet50")
     if mode == "continue" and source is None:
         if not init:
             raise ConfigError("continue needs a checkpoint: `e2mc continue CHECKPOINT [--method ...]`, or a "
                               "--recipe/--config that sets model.init")
-        if not os.path.exists(str(init)) and ":" not in str(init):
-            raise ConfigError(f"checkpoint {init} not found; give the path of a .pth/.pt/.safetensors "
-                              "file or a name like torchvision:resnet50")
         if given.get("method.name") is None:
             from e2mc.models.checkpoints import checkpoint_method
 
