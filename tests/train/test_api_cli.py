@@ -13,7 +13,7 @@ TINY = [
 
 
 def test_api_overrides_and_run(tmp_path):
-    cfg = build_config("continue", None, optim__lr=0.5, **{"addon.name": "vc"})
+    cfg = build_config("continue", None, model__init="random:resnet_mini", optim__lr=0.5, **{"addon.name": "vc"})
     assert cfg.mode == "continue" and cfg.optim.lr == 0.5 and cfg.addon.name == "vc"
     kw = {k.replace(".", "__"): v for k, v in (o.split("=", 1) for o in TINY)}
     run = pretrain(None, **kw, train__max_steps=1, out__dir=str(tmp_path / "r"))

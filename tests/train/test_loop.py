@@ -50,15 +50,28 @@ def test_run_folder_layout_and_checkpoint_format(tmp_path, tiny):
     Trainer(tiny(out, "train.max_steps=2", "train.epochs=1", "addon.name=e2mc"), quiet=True).fit()
     assert (out / "config.yaml").is_file() and (out / "metrics.csv").is_file()
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)  # plain data only
-    for key in ("e2mc_version", "format", "method", "arch", "cifar_stem", "head_sizes", "model",
-                "optimizer", "scaler", "epoch", "step", "rng", "config", "source_format"):
-        assert key in state
+    assert list(state) == [  # the checkpoint format (docs/architecture.md): these keys, in this order
+        "e2mc_version", "format", "method", "arch", "cifar_stem", "head_sizes", "model", "optimizer",
+        "scheduler", "scaler", "epoch", "step", "step_in_epoch", "run_step", "warmup_done", "rng", "world_size",
+        "swav_queue", "config", "source_format", "source_epoch", "source_layout", "metrics_rows", "auto_cov_weight"]
     assert state["format"] == "e2mc" and state["step"] == 2
     phases = [r["phase"] for r in read_metrics(out / "metrics.csv")]
     assert phases[0] == "init" and phases.count("train") == 2
     assert not [p for p in os.listdir(out / "checkpoints") if p.endswith(".tmp")]
     with pytest.raises(ConfigError, match="already holds a run"):
         Trainer(tiny(out, "train.max_steps=1"), quiet=True)
+
+
+def test_trainer_attributes_of_the_run_state():
+    """Every field of RunState (what a checkpoint saves) reads as a Trainer attribute through
+    ``trainer.state``, and only those."""
+    import dataclasses
+
+    from e2mc.train import loop
+    from e2mc.train.state import RunState
+
+    through_state = {k for k, v in vars(loop.TrainerSetup).items() if isinstance(v, loop._InState)}
+    assert through_state == {f.name for f in dataclasses.fields(RunState)}
 
 
 def test_resume_gives_identical_weights(tmp_path, tiny):

@@ -110,40 +110,15 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Resolve the config and train; print the run folder."""
-    from e2mc.config import load_config
+    """Resolve the config (``e2mc.train.api.resolve_config``, as the Python API does) and train;
+    print the run folder."""
     from e2mc.errors import ConfigError
+    from e2mc.train.api import resolve_config
     from e2mc.train.loop import Trainer
 
-    source = args.config or args.recipe
-    if args.auto_resume:
-        if not args.out:
-            raise ConfigError(f"--auto-resume needs the run folder: `e2mc {args.mode} ... --out RUN_DIR --auto-resume`")
-        import glob
-
-        args.resume = args.resume or os.path.isfile(os.path.join(args.out, "config.yaml")) \
-            or bool(glob.glob(os.path.join(glob.escape(args.out), "checkpoints", "*.pt")))
     if args.config and not os.path.isfile(args.config):
         raise ConfigError(f"--config {args.config}: no such file; check the path or use --recipe NAME")
-    if args.resume and source is None:  # resume with the run's own config
-        if not args.out:
-            raise ConfigError(f"--resume needs the run folder: `e2mc {args.mode} --out RUN_DIR --resume`")
-        source = os.path.join(args.out, "config.yaml")
-        if not os.path.isfile(source):
-            raise ConfigError(f"--resume: {args.out} holds no run to resume (no config.yaml); check --out, "
-                              "or drop --resume to start a new run")
-    if args.mode == "continue" and not args.checkpoint and source is None:
-        raise ConfigError("continue needs a checkpoint: `e2mc continue CHECKPOINT [--method ...]`, or a "
-                          "--recipe/--config that sets model.init")
-    if args.mode == "continue" and args.checkpoint and not os.path.exists(args.checkpoint) \
-            and ":" not in args.checkpoint:
-        raise ConfigError(f"checkpoint {args.checkpoint} not found; give the path of a .pth/.pt/.safetensors "
-                          "file or a name like torchvision:resnet50")
-    if args.mode == "continue" and args.checkpoint and not args.method and source is None:
-        from e2mc.models.checkpoints import checkpoint_method
-
-        args.method = checkpoint_method(args.checkpoint)  # continue the checkpoint's own method
-    cfg = load_config(source, overrides_from_args(args))
+    cfg = resolve_config(args.mode, args.config or args.recipe, overrides_from_args(args), args.auto_resume)
     trainer = Trainer(cfg)
     main = trainer.dist.is_main  # under torchrun, only rank 0 speaks
     if main:  # on stderr with the run's other log lines; stdout gets the closing "done: ..." line

@@ -1,5 +1,9 @@
 """Python API of the training engine: ``pretrain`` and ``continue_training``.
 
+``e2mc pretrain`` / ``e2mc continue`` call ``resolve_config`` too, so a call here and the command
+with the same settings resolve the same run (auto-resume, resume from the run's own config, the
+checkpoint's own method).
+
 Example:
     >>> from e2mc import continue_training                               # doctest: +SKIP
     >>> run = continue_training("vicreg_e2mc_imagenet",                  # doctest: +SKIP
@@ -8,10 +12,15 @@ Example:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from e2mc.config import RunConfig, load_config
+from e2mc.config import RunConfig, load_config, parse_override
+from e2mc.errors import ConfigError
+from e2mc.train.run import holds_run
+
+Source = str | Path | dict | RunConfig | None
 
 
 def _overrides(mode: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -21,31 +30,94 @@ def _overrides(mode: str, overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_config(mode: str, config_or_path: str | Path | dict | RunConfig | None = None,
+def resolve_config(mode: str, source: Source, overrides: list[str] | dict[str, Any],
+                   auto_resume: bool = False) -> RunConfig:
+    """The ``RunConfig`` of a ``mode`` ("pretrain" / "continue") run, as the CLI and the API resolve it.
+
+    ``source`` is a ``RunConfig``, a dict, a YAML path, a recipe name or None; ``overrides`` is a
+    list of ``"key=value"`` strings (later ones win) or a dict with dotted keys. Beyond
+    ``load_config(source, overrides)``:
+
+    - ``auto_resume``: resume (``out.resume``) when ``out.dir`` already holds a run (its config.yaml
+      or a checkpoint), else start it; an explicit ``out.resume`` wins. For jobs a scheduler requeues
+      with the same call.
+    - resuming without a ``source``: the run folder's own ``config.yaml``.
+    - ``continue``: a ``model.init`` path must exist; without a ``source``, ``model.init`` is required
+      and, without ``method.name``, the checkpoint's own method is continued
+      (``checkpoints.checkpoint_method``).
+
+    Only ``overrides`` are read for ``out.dir``, ``out.resume``, ``model.init`` and ``method.name``.
+
+    Raises:
+        ConfigError: no run folder for (auto-)resume, no run in it to resume, no checkpoint to
+            continue, or the checkpoint file is missing (and every error of ``load_config``).
+    """
+    given = dict(overrides) if isinstance(overrides, dict) else dict(parse_override(o) for o in overrides)
+    out, resume, extra = given.get("out.dir"), given.get("out.resume"), {}
+    if auto_resume:
+        if not out:
+            raise ConfigError(f"--auto-resume needs the run folder: `e2mc {mode} ... --out RUN_DIR --auto-resume`")
+        if resume is None and holds_run(out):  # an explicit out.resume wins
+            resume = extra["out.resume"] = True
+    if resume and source is None:
+        if not out:
+            raise ConfigError(f"--resume needs the run folder: `e2mc {mode} --out RUN_DIR --resume`")
+        source = os.path.join(out, "config.yaml")
+        if not os.path.isfile(source):
+            raise ConfigError(f"--resume: {out} holds no run to resume (no config.yaml); check --out, "
+                              "or drop --resume to start a new run")
+    init = given.get("model.init")
+    if mode == "continue" and init and not os.path.exists(str(init)) and ":" not in str(init):
+        raise ConfigError(f"checkpoint {init} not found; give the path of a .pth/.pt/.safetensors "
+                          "file or a name like torchvision:resnet50")
+    if mode == "continue" and source is None:
+        if not init:
+            raise ConfigError("continue needs a checkpoint: `e2mc continue CHECKPOINT [--method ...]`, or a "
+                              "--recipe/--config that sets model.init")
+        if given.get("method.name") is None:
+            from e2mc.models.checkpoints import checkpoint_method
+
+            method = checkpoint_method(str(init))  # continue the checkpoint's own method
+            if method is not None:
+                extra["method.name"] = method
+    if isinstance(overrides, dict):
+        return load_config(source, {**extra, **overrides})  # the caller's own keys win
+    return load_config(source, [f"{k}={v}" for k, v in extra.items()] + list(overrides))
+
+
+def build_config(mode: str, config_or_path: Source = None, *, auto_resume: bool = False,
                  **overrides: Any) -> RunConfig:
-    """Resolve a config for ``mode`` ("pretrain" / "continue") from a file/recipe/dict plus overrides."""
-    return load_config(config_or_path, _overrides(mode, overrides))
+    """Resolve a config for ``mode`` ("pretrain" / "continue") from a file/recipe/dict plus
+    overrides (``__`` or dots for sections), as ``resolve_config`` describes."""
+    return resolve_config(mode, config_or_path, _overrides(mode, overrides), auto_resume)
 
 
-def pretrain(config_or_path: str | Path | dict | RunConfig | None = None, **overrides: Any) -> Path:
+def pretrain(config_or_path: Source = None, *, auto_resume: bool = False, **overrides: Any) -> Path:
     """Pre-train from scratch (or from ``model.init``) and return the run folder.
 
     ``config_or_path``: a ``RunConfig``, a dict, a YAML path or a recipe name. Keyword overrides
     use ``__`` or dots for sections: ``pretrain("digits_vicreg_pretrain", train__epochs=1)``.
+    ``out__resume=True`` continues the run in ``out__dir`` (with its own config.yaml when no
+    ``config_or_path`` is given); ``auto_resume=True`` resumes it when ``out__dir`` already holds
+    a run and starts it otherwise (``e2mc pretrain --auto-resume``).
     Raises :class:`~e2mc.errors.RunInterrupted` when SIGTERM/SIGINT stopped the run (a checkpoint
     is saved first; resume with ``out__resume=True``).
     """
-    return _fit(build_config("pretrain", config_or_path, **overrides))
+    return _fit(build_config("pretrain", config_or_path, auto_resume=auto_resume, **overrides))
 
 
-def continue_training(config_or_path: str | Path | dict | RunConfig | None = None, **overrides: Any) -> Path:
+def continue_training(config_or_path: Source = None, *, auto_resume: bool = False, **overrides: Any) -> Path:
     """Continue pre-training a checkpoint (``model.init``) with the configured add-on; return the run folder.
 
+    Without ``config_or_path`` the checkpoint's own method is continued unless ``method__name``
+    says otherwise: ``continue_training(model__init="runs/start/checkpoints/last.pt", out__dir=...)``
+    does what ``e2mc continue runs/start/checkpoints/last.pt --out ...`` does. ``out__resume`` and
+    ``auto_resume`` work as in :func:`pretrain`.
     Defaults for continued training: constant LR, no LR warm-up; fresh heads (backbone-only
     checkpoints) are warmed up for ``train.head_warmup_steps`` with the backbone frozen.
     Raises :class:`~e2mc.errors.RunInterrupted` like :func:`pretrain`.
     """
-    return _fit(build_config("continue", config_or_path, **overrides))
+    return _fit(build_config("continue", config_or_path, auto_resume=auto_resume, **overrides))
 
 
 def _fit(cfg: RunConfig) -> Path:

@@ -1,6 +1,6 @@
 """The training loop: ``Trainer(config).fit()``.
 
-Setup (``e2mc.train.setup``) builds the model, data, views, criteria, optimiser and run folder;
+``TrainerSetup`` builds the model, data, views, criteria, optimiser and run folder;
 this module runs the steps: heads warm-up (backbone frozen, BN in eval mode), epochs with AMP
 and DDP, logging without per-step host syncs (loss terms and one flag saying whether the
 criteria's inputs were finite are kept as device tensors and read every ``log_every`` steps,
@@ -44,12 +44,47 @@ from e2mc.train import distributed as D
 from e2mc.train import monitor
 from e2mc.train import run as R
 from e2mc.train.optim import build_optimizer, build_scheduler, restore_optimizer_state, scaled_lr
+from e2mc.train.state import RunState
 
 INPUT_CHECK = "_inputs_finite"  # per-step flag: 0 when the criteria's inputs were finite, NaN otherwise
 
 
+class _InState:
+    """A trainer attribute kept in ``trainer.state``, the run's ``RunState``: ``trainer.epoch`` reads
+    and writes ``trainer.state.epoch``."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return self if obj is None else getattr(obj.state, self.name)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        setattr(obj.state, self.name, value)
+
+
 class TrainerSetup(R.RunFolderMixin):
-    """Builds everything a run needs from a ``RunConfig`` (the ``Trainer`` adds the steps)."""
+    """Builds everything a run needs from a ``RunConfig`` (the ``Trainer`` adds the steps).
+
+    What a checkpoint saves and restores is ``self.state`` (a ``RunState``, ``e2mc.train.state``);
+    its fields read and write as the trainer's own attributes, listed here.
+    """
+
+    state: RunState
+    model = _InState()
+    optimizer = _InState()
+    scheduler = _InState()
+    scaler = _InState()
+    queue = _InState()
+    epoch = _InState()
+    global_step = _InState()
+    step_in_epoch = _InState()
+    run_step = _InState()
+    warmup_done = _InState()
+    source_format = _InState()
+    source_epoch = _InState()
+    source_layout = _InState()
+    auto_cov_weight = _InState()
 
     def __init__(self, config: RunConfig, model_fn: Callable | None = None,
                  views_fn: Callable | None = None, quiet: bool = False) -> None:
@@ -82,8 +117,7 @@ class TrainerSetup(R.RunFolderMixin):
         """
         cfg, path = self.cfg, self.run_dir
         R.check_out_path(path)
-        ck = path / "checkpoints"
-        if cfg.out.resume and not (path / "config.yaml").is_file() and not list(ck.glob("*.pt")):
+        if cfg.out.resume and not R.holds_run(path):
             raise ConfigError(f"--resume: {path} holds no run to resume (no config.yaml, no "
                               "checkpoints/last.pt); check --out, or drop --resume to start a new run")
         self._lock = None
@@ -129,13 +163,34 @@ class TrainerSetup(R.RunFolderMixin):
             raise
 
     def _build(self, found: tuple | None, model_fn: Callable | None, views_fn: Callable | None) -> None:
-        cfg, quiet = self.cfg, self.quiet
-        resuming = found is not None
-        torch.manual_seed(cfg.train.seed)  # same model init on every rank
-        random.seed(cfg.train.seed)
-        np.random.seed(cfg.train.seed)
-        # data
-        d = cfg.data
+        """Seed; build the data, the model, the losses and the optimisation; then the run's state
+        (restored from ``found`` on resume) and what the run writes."""
+        seed = self.cfg.train.seed
+        torch.manual_seed(seed)  # same model init on every rank
+        random.seed(seed)
+        np.random.seed(seed)
+        self._build_data(views_fn)
+        model, origin = self._build_model(found, model_fn)
+        self.criterion = self.method.build_criterion(self.cfg).to(self.device)
+        queue = self._build_queue(model)
+        optimizer, scheduler, scaler = self._build_optimisation(model, restore_source=found is None)
+        self.state = RunState(model, optimizer, scheduler, scaler, queue, **origin)
+        self.auto_cov_weight = self._auto_cov_weight(found)
+        self.addon = self.method.build_addon(self.cfg, cov_weight=self.auto_cov_weight).to(self.device)
+        self.stop_requested = self.save_requested = False
+        self._pending: list[dict] = []
+        self._t_last = time.perf_counter()
+        if found is not None:
+            ckpt, state = found
+            self.state.restore(state, self.dist, self.per_device_batch, seed, self.log)
+            self.last_good = ckpt
+            self.log(f"resumed from {ckpt}: epoch {self.epoch}, step {self.global_step}")
+        self.ddp_model = D.wrap_ddp(self.model, self.dist)
+        self._build_outputs(None if found is None else found[1])
+
+    def _build_data(self, views_fn: Callable | None) -> None:
+        """The dataset, its sampler (sharded over the ranks), the views and the loader."""
+        cfg, d = self.cfg, self.cfg.data
         self.dataset = build_dataset(d.dataset, d.split, root=d.root, image_size=d.image_size,
                                      cache_dir=d.cache_dir, on_error=d.on_error, limit=d.limit,
                                      download=d.download)
@@ -154,60 +209,60 @@ class TrainerSetup(R.RunFolderMixin):
                                  pin_memory=self.device.type == "cuda",
                                  generator=torch.Generator().manual_seed(cfg.train.seed),
                                  persistent_workers=d.num_workers > 0)
-        # model
-        self._build_model(found)
+
+    def _build_model(self, found: tuple | None, model_fn: Callable | None) -> tuple[SSLModel, dict]:
+        """The model, ready on its device, and its origin (``RunState``'s ``source_*`` fields)."""
+        cfg = self.cfg
+        model, origin = self._load_model(found)
         if model_fn is not None:
-            self.model = model_fn(self.model)
-        self.method.check_model(self.model)
+            model = model_fn(model)
+        self.method.check_model(model)
         if cfg.model.sync_bn:
-            self.model = D.convert_sync_bn(self.model, self.dist)
-        self.model.to(self.device)
+            model = D.convert_sync_bn(model, self.dist)
+        model.to(self.device)
         if cfg.train.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+            model.to(memory_format=torch.channels_last)
         self.need_warmup = bool(self.heads_built) and cfg.mode == "continue" and cfg.train.head_warmup_steps > 0
-        self.criterion = self.method.build_criterion(cfg).to(self.device)
-        self.auto_cov_weight = self._auto_cov_weight(found)
-        self.addon = self.method.build_addon(cfg, cov_weight=self.auto_cov_weight).to(self.device)
-        self.queue = None
-        if self.method.name == "swav" and cfg.method.queue_length > 0:
-            dim = self.model.prototypes.weight.shape[1]
-            self.queue = SwAVQueue(self._queue_rows(), dim, len(cfg.method.crops_for_assign)).to(self.device)
-        # optimisation
-        o = cfg.optim
+        return model, origin
+
+    def _build_queue(self, model: SSLModel) -> SwAVQueue | None:
+        """SwAV's queue of past embeddings (``method.queue_length > 0``), else None."""
+        if self.method.name != "swav" or self.cfg.method.queue_length <= 0:
+            return None
+        dim = model.prototypes.weight.shape[1]
+        return SwAVQueue(self._queue_rows(), dim, len(self.cfg.method.crops_for_assign)).to(self.device)
+
+    def _build_optimisation(self, model: SSLModel, restore_source: bool) -> tuple:
+        """``(optimizer, scheduler, scaler)`` at the scaled LR; ``restore_source``: a new run, which
+        may start from the source checkpoint's optimiser state (``optim.restore_state``)."""
+        cfg, o = self.cfg, self.cfg.optim
         self.lr = scaled_lr(o.lr, self.global_batch, o.base_batch, o.lr_scaling)
-        self.optimizer = self.make_optimizer(self.model)
-        if not resuming:
-            self._restore_source_optimizer()
+        optimizer = self.make_optimizer(model)
+        if restore_source:
+            self._restore_source_optimizer(optimizer, model)
         steps = self.sampler.batches_per_epoch * cfg.train.epochs
         total = min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
         self.total_steps = total  # for the ETA of the progress lines
-        warm = min(int(round(cfg.optim.warmup_epochs * self.sampler.batches_per_epoch)), max(total, 1))
-        self.scheduler = build_scheduler(cfg.optim.schedule, self.optimizer, total_steps=max(total, 1),
-                                         warmup_steps=warm)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
-        # state
-        self.epoch = self.global_step = self.step_in_epoch = self.run_step = 0
-        self.warmup_done = False
-        self.stop_requested = self.save_requested = False
-        self._pending: list[dict] = []
-        self._t_last = time.perf_counter()
-        keep: dict = {}
-        if resuming:
-            ckpt, state = found
-            R.restore_state(self, state)
-            self.last_good = ckpt
-            keep = {"keep_rows": state.get("metrics_rows"), "keep_step": self.global_step}
-            self.log(f"resumed from {ckpt}: epoch {self.epoch}, step {self.global_step}")
-        self.ddp_model = D.wrap_ddp(self.model, self.dist)
+        warm = min(int(round(o.warmup_epochs * self.sampler.batches_per_epoch)), max(total, 1))
+        scheduler = build_scheduler(o.schedule, optimizer, total_steps=max(total, 1), warmup_steps=warm)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
+        return optimizer, scheduler, scaler
+
+    def _build_outputs(self, resumed: dict | None) -> None:
+        """The metrics log (cut back to the checkpoint ``resumed`` from), TensorBoard, the progress
+        bar, the probe monitor and the run files (rank 0)."""
+        cfg = self.cfg
+        keep = {} if resumed is None else {"keep_rows": resumed.get("metrics_rows"), "keep_step": self.global_step}
         self.metrics = R.MetricsLog(self.run_dir / "metrics.csv", **keep) if self.dist.is_main else None
         self.tb = self._tensorboard()
         self.bar = None
-        if self.dist.is_main and sys.stderr.isatty() and not quiet:
+        if self.dist.is_main and sys.stderr.isatty() and not self.quiet:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=self.global_step, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=self.total_steps, initial=self.global_step, unit="step", dynamic_ncols=True)
         self.monitor = None
         if self.dist.is_main and cfg.train.probe_size > 1:
+            info = self.dataset.info
             idx = monitor.probe_indices(len(self.dataset), cfg.train.probe_size, cfg.train.seed)
             self.monitor = monitor.ProbeMonitor(
                 self.dataset, idx, lambda b: eval_transform(b, info, self.image_size), self.device,
@@ -234,30 +289,30 @@ class TrainerSetup(R.RunFolderMixin):
                  f"cov_weight {w:.5g} (covariance term = {a.cov_fraction:g} x base loss)")
         return w
 
-    def _build_model(self, found: tuple | None) -> None:
+    def _load_model(self, found: tuple | None) -> tuple[SSLModel, dict]:
+        """The model (from the checkpoint resumed, ``model.init``, or random) and its origin."""
         cfg, m = self.cfg, self.cfg.model
         self.heads_built: list = []
-        self.source_format, self.source_epoch, self.report = None, None, None
-        self.source_layout: dict = {}  # the loaded file's layout, so export --to original can rewrite it
-        if found is not None:  # rebuild the architecture from the checkpoint; weights come in restore_state
+        self.report = None
+        if found is not None:  # rebuild the architecture from the checkpoint; weights come in RunState.restore
             state = found[1]
             R.check_resume_config(state.get("config", {}), cfg)
-            self.model = SSLModel.build(cfg.method.name, state["arch"], cifar_stem=state["cifar_stem"],
-                                        **state["head_sizes"])
-            self.source_format, self.source_epoch = state.get("source_format"), state.get("source_epoch")
-            self.source_layout = dict(state.get("source_layout") or {})
-            return
+            model = SSLModel.build(cfg.method.name, state["arch"], cifar_stem=state["cifar_stem"],
+                                   **state["head_sizes"])
+            return model, {"source_format": state.get("source_format"), "source_epoch": state.get("source_epoch"),
+                           "source_layout": dict(state.get("source_layout") or {})}
         if cfg.mode == "pretrain" and m.init.startswith("random:"):
-            self.model = SSLModel.build(cfg.method.name, m.arch or m.init.split(":", 1)[1],
-                                        cifar_stem=m.cifar_stem, **m.head_sizes)
-            self.source_format = "random"
-            return
-        self.model, self.report = load_model(m.init, method=cfg.method.name, arch=m.arch, format=m.format,
-                                             cifar_stem=m.cifar_stem or None, head_sizes=m.head_sizes or None,
-                                             fresh_heads=m.fresh_heads)
+            model = SSLModel.build(cfg.method.name, m.arch or m.init.split(":", 1)[1],
+                                   cifar_stem=m.cifar_stem, **m.head_sizes)
+            return model, {"source_format": "random"}
+        model, self.report = load_model(m.init, method=cfg.method.name, arch=m.arch, format=m.format,
+                                        cifar_stem=m.cifar_stem or None, head_sizes=m.head_sizes or None,
+                                        fresh_heads=m.fresh_heads)
         self.heads_built = list(self.report.heads_built)
-        self.source_format, self.source_epoch = self.report.format, self.report.epoch
-        self.source_layout = {k: v for k, v in self.report.layout.items() if isinstance(v, (str, bool, int, type(None)))}
+        # the loaded file's layout, so that `export --to original` can rewrite it
+        layout = {k: v for k, v in self.report.layout.items() if isinstance(v, (str, bool, int, type(None)))}
+        return model, {"source_format": self.report.format, "source_epoch": self.report.epoch,
+                       "source_layout": layout}
 
     def _probe_nonfinite(self) -> str | None:
         """What is not finite in the eval-mode output of the model about to be saved, on 8 fixed
@@ -314,9 +369,9 @@ class TrainerSetup(R.RunFolderMixin):
         return build_optimizer(o.name, model_or_params, lr=self.lr, weight_decay=o.weight_decay,
                                momentum=o.momentum, exclude_bias_and_norm=o.exclude_bias_and_norm)
 
-    def _restore_source_optimizer(self) -> None:
+    def _restore_source_optimizer(self, optimizer: torch.optim.Optimizer, model: SSLModel) -> None:
         """``optim.restore_state``: load the source checkpoint's optimiser state into the new
-        optimiser (continue mode; an e2mc resume restores its own state instead)."""
+        ``optimizer`` of ``model`` (continue mode; an e2mc resume restores its own state instead)."""
         report = self.report
         stored = report.optimizer_state if report is not None else None
         if not self.cfg.optim.restore_state:
@@ -328,7 +383,7 @@ class TrainerSetup(R.RunFolderMixin):
             src = report.path if report is not None else self.cfg.model.init
             raise ConfigError(f"optim.restore_state=true but {src} stores no optimiser state; use a full "
                               "checkpoint, or set optim.restore_state=false to start a fresh optimiser")
-        self.log(restore_optimizer_state(self.optimizer, self.model, stored, source=report.path))
+        self.log(restore_optimizer_state(optimizer, model, stored, source=report.path))
 
 
 class Trainer(TrainerSetup):

@@ -1,4 +1,4 @@
-"""Run folder: layout checks, resolved config, atomic checkpoints, RNG capture/restore, metrics log.
+"""Run folder: layout checks, resolved config, atomic checkpoints (their contents: ``train.state``), metrics log.
 
 Checkpoints are dicts of plain tensors and builtins (loadable with ``weights_only=True``) and are
 written atomically: a temp file in the same folder, ``fsync``, then ``os.replace``. A crash
@@ -15,7 +15,6 @@ import io
 import json
 import math
 import os
-import random
 import re
 import shutil
 import socket
@@ -25,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 
@@ -41,6 +39,12 @@ def run_files(out_dir: str | Path) -> list[str]:
     """The run files (``RUN_FILES``; folders only when not empty) present in ``out_dir``."""
     path = Path(out_dir)
     return [f for f in RUN_FILES if (path / f).is_file() or ((path / f).is_dir() and any((path / f).iterdir()))]
+
+
+def holds_run(out_dir: str | Path) -> bool:
+    """True when ``out_dir`` holds a run to resume: its ``config.yaml`` or a checkpoint file."""
+    path = Path(out_dir)
+    return (path / "config.yaml").is_file() or any((path / "checkpoints").glob("*.pt"))
 
 
 def check_out_path(out_dir: str | Path) -> None:
@@ -333,43 +337,6 @@ class RunLock:
         self._f.close()
 
 
-def plain(obj: Any) -> bool:
-    """True when ``obj`` holds only tensors and builtins (safe for ``weights_only`` loading)."""
-    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
-        return True
-    if isinstance(obj, (list, tuple)):
-        return all(plain(o) for o in obj)
-    if isinstance(obj, dict):
-        return all(isinstance(k, (str, int)) and plain(v) for k, v in obj.items())
-    return False
-
-
-def capture_rng() -> dict:
-    """Torch, CUDA, NumPy and Python RNG states as tensors/lists (weights_only-safe)."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])],
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    """Inverse of ``capture_rng``."""
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
-    p = state["python"]
-    random.setstate((p[0], tuple(p[1]), p[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(state["cuda"]))
-
-
 class MetricsLog:
     """Appending CSV log with a stable header (read back from an existing file on resume).
 
@@ -472,63 +439,6 @@ def read_metrics(path: str | Path) -> list[dict]:
     """Read a run's ``metrics.csv`` into a list of dict rows (strings)."""
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-def build_state(t: Any) -> dict:
-    """The e2mc checkpoint dict of a ``Trainer`` ``t`` (plain tensors and builtins only)."""
-    import e2mc
-
-    rng = capture_rng()
-    if t.dist.world_size > 1:
-        import torch.distributed as dist
-
-        gathered: list = [None] * t.dist.world_size
-        dist.all_gather_object(gathered, rng)
-        rng_all = gathered
-    else:
-        rng_all = [rng]
-    sched = t.scheduler.state_dict() if t.scheduler is not None else {}
-    return {
-        "e2mc_version": e2mc.__version__, "format": "e2mc", "method": t.cfg.method.name,
-        "arch": t.model.arch, "cifar_stem": bool(t.model.cifar_stem),
-        "head_sizes": dict(t.model.head_sizes), "model": t.model.state_dict(),
-        "optimizer": t.optimizer.state_dict(),
-        "scheduler": {k: v for k, v in sched.items() if plain(v)},
-        "scaler": t.scaler.state_dict() if t.scaler.is_enabled() else {},
-        "epoch": t.epoch, "step": t.global_step, "step_in_epoch": t.step_in_epoch,
-        "run_step": t.run_step, "warmup_done": bool(t.warmup_done),
-        "rng": {"per_rank": rng_all}, "world_size": t.dist.world_size,
-        # the queue as one process would hold it (the ranks' own rows, gathered: a collective)
-        "swav_queue": t.queue.global_state(t.per_device_batch) if t.queue is not None else None,
-        "config": t.cfg.to_dict(), "source_format": t.source_format, "source_epoch": t.source_epoch,
-        "source_layout": dict(t.source_layout),
-        "metrics_rows": t.metrics.rows if t.metrics is not None else None,
-        "auto_cov_weight": getattr(t, "auto_cov_weight", None),
-    }
-
-
-def restore_state(t: Any, state: dict) -> None:
-    """Load a checkpoint dict made by ``build_state`` into the ``Trainer`` ``t``."""
-    t.model.load_state_dict(state["model"])
-    t.optimizer.load_state_dict(state["optimizer"])
-    if t.scheduler is not None and state.get("scheduler"):
-        t.scheduler.load_state_dict({**t.scheduler.state_dict(), **state["scheduler"]})
-    if state.get("scaler") and t.scaler.is_enabled():
-        t.scaler.load_state_dict(state["scaler"])
-    if t.queue is not None and state.get("swav_queue") is not None:
-        if not t.queue.load_global_state(state["swav_queue"], t.per_device_batch):
-            t.log("the checkpoint's SwAV queue does not fit this run's (another queue length, world size "
-                  "or batch): the queue starts empty")
-    t.epoch, t.global_step = int(state["epoch"]), int(state["step"])
-    t.step_in_epoch, t.run_step = int(state["step_in_epoch"]), int(state["run_step"])
-    t.warmup_done = bool(state["warmup_done"])
-    per_rank = state["rng"]["per_rank"]
-    if len(per_rank) == t.dist.world_size:
-        restore_rng(per_rank[t.dist.rank])
-    else:  # another world size: exact continuation is impossible; reseed per rank
-        torch.manual_seed(t.cfg.train.seed + 1000 * t.epoch + t.dist.rank)
-        t.log(f"resuming on {t.dist.world_size} processes from a checkpoint of {len(per_rank)}: "
-              "RNG streams reseeded (the run is no longer bit-identical to an uninterrupted one)")
 
 
 RESUME_KEYS = (("method", "name"), ("data", "dataset"), ("optim", "batch_size"), ("train", "seed"),
@@ -637,7 +547,8 @@ class RunFolderMixin:
         from e2mc.train.distributed import any_flag, main_first
 
         self._flush("train")  # raises TrainingDiverged before a bad state reaches the disk
-        state = build_state(self)
+        state = self.state.checkpoint(self.cfg, self.dist, self.per_device_batch,
+                                      self.metrics.rows if self.metrics is not None else None)
         bad = nonfinite(state) or self._probe_nonfinite()
         if any_flag(bad is not None, self.dist):
             self._diverged(self.global_step, bad or "the state of another rank",

@@ -1,0 +1,140 @@
+"""What an e2mc training checkpoint saves and restores, in one typed place: ``RunState``.
+
+``RunState.checkpoint`` makes the checkpoint dict (plain tensors and builtins, loadable with
+``weights_only=True``; its keys are listed in docs/architecture.md) and ``RunState.restore``
+loads one back. The ``Trainer`` keeps its run's state as ``trainer.state`` and reads and writes
+its fields as its own attributes (``trainer.epoch`` is ``trainer.state.epoch``).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from e2mc.config import RunConfig
+from e2mc.criteria import SwAVQueue
+from e2mc.models.model import SSLModel
+from e2mc.train.distributed import DistInfo
+
+
+@dataclass
+class RunState:
+    """The trained objects, the progress and the origin of a run: everything a checkpoint holds
+    besides the run's settings (``cfg``) and its processes' RNG streams."""
+
+    model: SSLModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    scaler: torch.amp.GradScaler
+    queue: SwAVQueue | None = None  # SwAV's queue of past embeddings, when the run keeps one
+    # progress (checkpoint keys "epoch", "step", "step_in_epoch", "run_step", "warmup_done")
+    epoch: int = 0  # completed epochs of this run (a continued run counts from 0)
+    global_step: int = 0  # optimiser steps of the main phase, over all epochs
+    step_in_epoch: int = 0  # batches of the current epoch already trained (mid-epoch resume)
+    run_step: int = 0  # steps of the main phase in this process (SwAV freezes its prototypes by it)
+    warmup_done: bool = False  # the heads warm-up of a continued run is over
+    # origin: the file the run started from (its epoch, and its layout for `export --to original`)
+    source_format: str | None = None
+    source_epoch: int | None = None
+    source_layout: dict = field(default_factory=dict)
+    auto_cov_weight: float | None = None  # addon.cov_weight=auto's measured value (train.calibrate)
+
+    def checkpoint(self, cfg: RunConfig, dist: DistInfo, per_device_batch: int, metrics_rows: int | None) -> dict:
+        """The e2mc checkpoint dict (a collective under torchrun: every rank's RNG state and the
+        SwAV queue are gathered)."""
+        import e2mc
+
+        rng = capture_rng()
+        if dist.world_size > 1:
+            import torch.distributed as tdist
+
+            rng_all: list = [None] * dist.world_size
+            tdist.all_gather_object(rng_all, rng)
+        else:
+            rng_all = [rng]
+        sched = self.scheduler.state_dict() if self.scheduler is not None else {}
+        model = self.model
+        return {
+            "e2mc_version": e2mc.__version__, "format": "e2mc", "method": cfg.method.name,
+            "arch": model.arch, "cifar_stem": bool(model.cifar_stem),
+            "head_sizes": dict(model.head_sizes), "model": model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {k: v for k, v in sched.items() if plain(v)},
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "epoch": self.epoch, "step": self.global_step, "step_in_epoch": self.step_in_epoch,
+            "run_step": self.run_step, "warmup_done": bool(self.warmup_done),
+            "rng": {"per_rank": rng_all}, "world_size": dist.world_size,
+            # the queue as one process would hold it (the ranks' own rows, gathered: a collective)
+            "swav_queue": self.queue.global_state(per_device_batch) if self.queue is not None else None,
+            "config": cfg.to_dict(), "source_format": self.source_format, "source_epoch": self.source_epoch,
+            "source_layout": dict(self.source_layout),
+            "metrics_rows": metrics_rows,
+            "auto_cov_weight": self.auto_cov_weight,
+        }
+
+    def restore(self, state: dict, dist: DistInfo, per_device_batch: int, seed: int,
+                log: Callable[[str], None]) -> None:
+        """Load a checkpoint dict made by ``checkpoint`` (the weights, optimiser, scheduler, scaler,
+        queue, progress and this rank's RNG streams; the origin and ``auto_cov_weight`` are read
+        when the run is built)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict({**self.scheduler.state_dict(), **state["scheduler"]})
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        if self.queue is not None and state.get("swav_queue") is not None:
+            if not self.queue.load_global_state(state["swav_queue"], per_device_batch):
+                log("the checkpoint's SwAV queue does not fit this run's (another queue length, world size "
+                    "or batch): the queue starts empty")
+        self.epoch, self.global_step = int(state["epoch"]), int(state["step"])
+        self.step_in_epoch, self.run_step = int(state["step_in_epoch"]), int(state["run_step"])
+        self.warmup_done = bool(state["warmup_done"])
+        per_rank = state["rng"]["per_rank"]
+        if len(per_rank) == dist.world_size:
+            restore_rng(per_rank[dist.rank])
+        else:  # another world size: exact continuation is impossible; reseed per rank
+            torch.manual_seed(seed + 1000 * self.epoch + dist.rank)
+            log(f"resuming on {dist.world_size} processes from a checkpoint of {len(per_rank)}: "
+                "RNG streams reseeded (the run is no longer bit-identical to an uninterrupted one)")
+
+
+def plain(obj: Any) -> bool:
+    """True when ``obj`` holds only tensors and builtins (safe for ``weights_only`` loading)."""
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+        return True
+    if isinstance(obj, (list, tuple)):
+        return all(plain(o) for o in obj)
+    if isinstance(obj, dict):
+        return all(isinstance(k, (str, int)) and plain(v) for k, v in obj.items())
+    return False
+
+
+def capture_rng() -> dict:
+    """Torch, CUDA, NumPy and Python RNG states as tensors/lists (weights_only-safe)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    """Inverse of ``capture_rng``."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    p = state["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
