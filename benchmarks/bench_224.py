@@ -85,7 +85,9 @@ def machine() -> str:
                 model = line.split(":", 1)[1].strip()
         flags = next((ln for ln in out.splitlines() if ln.startswith("Flags:")), "")
         if "avx512f" in flags:
-            model += ", AVX-512" + (" with BF16" if "avx512_bf16" in flags or "amx_bf16" in flags else " without BF16/AMX")
+            model += ", AVX-512" + (
+                " with BF16" if "avx512_bf16" in flags or "amx_bf16" in flags else " without BF16/AMX"
+            )
     except (OSError, subprocess.SubprocessError):
         pass
     return f"{model}, {os.cpu_count()} cores"
@@ -95,10 +97,21 @@ def make_trainer(args, root: str, out_dir: str):
     from e2mc.config import load_config
     from e2mc.train.loop import Trainer
 
-    sets = [f"data.root={root}", "data.num_workers=0", "mode=pretrain", f"model.init=random:{args.arch}", f"model.arch={args.arch}",
-            f"optim.batch_size={args.batch}", "optim.restore_state=false", f"train.precision={args.precision}",
-            "train.log_every=2", "train.probe_size=0", "train.tensorboard=false", f"out.dir={out_dir}",
-            "out.overwrite=true"]
+    sets = [
+        f"data.root={root}",
+        "data.num_workers=0",
+        "mode=pretrain",
+        f"model.init=random:{args.arch}",
+        f"model.arch={args.arch}",
+        f"optim.batch_size={args.batch}",
+        "optim.restore_state=false",
+        f"train.precision={args.precision}",
+        "train.log_every=2",
+        "train.probe_size=0",
+        "train.tensorboard=false",
+        f"out.dir={out_dir}",
+        "out.overwrite=true",
+    ]
     if args.smoke:
         sets += ["data.image_size=32", "model.head_sizes={projector: [64, 64, 64]}"]
     return Trainer(load_config("vicreg_e2mc_imagenet", sets), quiet=True)
@@ -116,8 +129,14 @@ def bench_loader(args, dataset, views) -> tuple[list, dict, float]:
     batches: list = []
     for r in range(2):
         for w in args.workers if r == 0 else list(reversed(args.workers)):
-            loader = DataLoader(train_ds, batch_size=args.batch, shuffle=True, num_workers=w, drop_last=True,
-                                generator=torch.Generator().manual_seed(r))
+            loader = DataLoader(
+                train_ds,
+                batch_size=args.batch,
+                shuffle=True,
+                num_workers=w,
+                drop_last=True,
+                generator=torch.Generator().manual_seed(r),
+            )
             it = iter(loader)
             first = next(it)
             start, n = time.perf_counter(), 0
@@ -182,6 +201,7 @@ def main(argv=None) -> int:
     paths = make_jpegs(tmp, args.images)
     if args.smoke:  # small JPEGs, still non-square
         from PIL import Image
+
         for p in paths:
             Image.open(p).resize((96, 72)).save(p, quality=90)
     kib = sum(os.path.getsize(p) for p in paths) / len(paths) / 1024
@@ -226,8 +246,14 @@ def main(argv=None) -> int:
     os.unlink(init_path)
     bare.to(memory_format=torch.channels_last).train()
     o = t.cfg.optim
-    bare_opt = build_optimizer("lars", bare, lr=t.lr, weight_decay=o.weight_decay, momentum=o.momentum,
-                               exclude_bias_and_norm=o.exclude_bias_and_norm)
+    bare_opt = build_optimizer(
+        "lars",
+        bare,
+        lr=t.lr,
+        weight_decay=o.weight_decay,
+        momentum=o.momentum,
+        exclude_bias_and_norm=o.exclude_bias_and_norm,
+    )
     vicreg, e2mc = t.method.build_criterion(t.cfg), t.method.build_addon(t.cfg)  # the recipe's modules
     bare_fn = lambda i: bare_step(bare, t.views, vicreg, e2mc, bare_opt, batch(i), t.amp_dtype)
     torch.manual_seed(123)
@@ -264,7 +290,8 @@ def main(argv=None) -> int:
     model = f"{'ResNet-50' if args.arch == 'resnet50' else args.arch} + expander {'-'.join(map(str, widths))}"
     prec = "bf16 autocast" if args.precision == "bf16" else "fp32"
     lines = [
-        "# The 224 px path on CPU: loader, e2mc step vs bare loop, peak memory" + (" (SMOKE sizes)" if args.smoke else ""),
+        "# The 224 px path on CPU: loader, e2mc step vs bare loop, peak memory"
+        + (" (SMOKE sizes)" if args.smoke else ""),
         "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}; machine: {machine()}, {platform.system()} "
         f"(KVM guest); torch {torch.__version__}, {args.threads} thread(s)",
@@ -284,8 +311,11 @@ def main(argv=None) -> int:
         "",
         "| workers | images/s (median of 2 rounds) | images/s per worker | rounds |",
         "|---|---|---|---|",
-        *(f"| {w} | {statistics.median(r):.1f} | {statistics.median(r) / max(w, 1):.1f} | "
-          f"{', '.join(f'{x:.1f}' for x in r)} |" for w, r in rates.items()),
+        *(
+            f"| {w} | {statistics.median(r):.1f} | {statistics.median(r) / max(w, 1):.1f} | "
+            f"{', '.join(f'{x:.1f}' for x in r)} |"
+            for w, r in rates.items()
+        ),
         "",
         f"Device-side half of the views (main process, one batch of {args.batch}, 2 views): "
         f"{statistics.median(views_ms):.0f} ms (median of {len(views_ms)}); it runs inside each step below. "
@@ -301,8 +331,11 @@ def main(argv=None) -> int:
         "",
         "| pair | e2mc s/step | bare s/step | e2mc / bare throughput | peak RSS during e2mc step (MiB) | during bare step (MiB) |",
         "|---|---|---|---|---|---|",
-        *(f"| {p} | {times['e2mc'][p]:.2f} | {times['bare'][p]:.2f} | {ratios[p]:.1%} | {peaks['e2mc'][p]:.0f} | "
-          f"{peaks['bare'][p]:.0f} |" for p in range(args.pairs)),
+        *(
+            f"| {p} | {times['e2mc'][p]:.2f} | {times['bare'][p]:.2f} | {ratios[p]:.1%} | {peaks['e2mc'][p]:.0f} | "
+            f"{peaks['bare'][p]:.0f} |"
+            for p in range(args.pairs)
+        ),
         f"| **median** | **{med['e2mc']:.2f}** ({args.batch / med['e2mc']:.2f} img/s) | **{med['bare']:.2f}** "
         f"({args.batch / med['bare']:.2f} img/s) | **{ratio:.1%}** | | |",
         "",

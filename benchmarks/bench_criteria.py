@@ -96,8 +96,10 @@ def machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{cpu}; {os.cpu_count()} logical cores, torch.set_num_threads({torch.get_num_threads()}); "
-            f"torch {torch.__version__}; Python {platform.python_version()}")
+    return (
+        f"{cpu}; {os.cpu_count()} logical cores, torch.set_num_threads({torch.get_num_threads()}); "
+        f"torch {torch.__version__}; Python {platform.python_version()}"
+    )
 
 
 def load_average() -> str:
@@ -111,8 +113,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=None)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                    help="torch threads (1 gives stable timings on a shared machine)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads (1 gives stable timings on a shared machine)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     load_before = load_average()
@@ -126,14 +132,19 @@ def main() -> None:
             print(f"{name:28s} N={n:4d} D={d:5d} {table[name][(n, d)] * 1e3:9.1f} ms", file=sys.stderr)
     cols = [f"N={n}, D={d}" for n, d in SHAPES]
     lines = [
-        "# Criteria speed on CPU (forward + backward, two views)", "",
-        f"Command: `python {' '.join(sys.argv)}`  ", f"Date: {datetime.date.today().isoformat()}  ",
+        "# Criteria speed on CPU (forward + backward, two views)",
+        "",
+        f"Command: `python {' '.join(sys.argv)}`  ",
+        f"Date: {datetime.date.today().isoformat()}  ",
         f"Machine: {machine()}  ",
         f"Load average (1, 5, 15 min) before: {load_before}; after: {load_average()}; "
-        f"wall {time.perf_counter() - start:.0f} s", "",
+        f"wall {time.perf_counter() - start:.0f} s",
+        "",
         f"Median of {args.repeats} round-robin repeats after one warm-up. Each cell: time in ms and, in "
-        "brackets, the ratio to `VICRegLoss` at the same (N, D).", "",
-        "| criterion | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols),
+        "brackets, the ratio to `VICRegLoss` at the same (N, D).",
+        "",
+        "| criterion | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
     ]
     for name, row in table.items():
         cells = [f"{row[s] * 1e3:.1f} ms ({row[s] / table['VICReg'][s]:.2f}x)" for s in SHAPES]

@@ -81,13 +81,20 @@ def main() -> int:
         net, arch = _backbone()
         model = _Wrap(net)
         for name, amp in (("fp32", "fp32"), ("bf16 autocast", "bf16")):
-            extract_features(model, torch.utils.data.Subset(ds, range(64)), batch_size=64, amp_dtype=amp,
-                             use_cache=False)  # warm-up
+            extract_features(
+                model, torch.utils.data.Subset(ds, range(64)), batch_size=64, amp_dtype=amp, use_cache=False
+            )  # warm-up
             t0 = time.perf_counter()
             fs = extract_features(model, ds, batch_size=256, amp_dtype=amp, use_cache=False)
             dt = time.perf_counter() - t0
-            rows.append((f"extract {name}", f"N={len(ds)} CIFAR-10 test images 32x32, {arch}, batch 256",
-                         f"{dt:.1f} s", f"{len(ds) / dt:.0f} img/s"))
+            rows.append(
+                (
+                    f"extract {name}",
+                    f"N={len(ds)} CIFAR-10 test images 32x32, {arch}, batch 256",
+                    f"{dt:.1f} s",
+                    f"{len(ds) / dt:.0f} img/s",
+                )
+            )
         rows.append(("decode", f"N={len(ds)} JPEGs via {how}", f"{decode_s:.1f} s", ""))
         assert fs["backbone"].shape == (len(ds), 512)
     else:
@@ -101,23 +108,41 @@ def main() -> int:
     t0 = time.perf_counter()
     acc = knn_classify(xtr, ytr, xte, yte, ks=(10, 20, 100, 200))
     dt = time.perf_counter() - t0
-    rows.append(("kNN", "50,000 train x 10,000 queries x 512-d synthetic, k=10,20,100,200 in one pass",
-                 f"{dt:.1f} s", f"top1@20 {acc[20]:.3f}"))
+    rows.append(
+        (
+            "kNN",
+            "50,000 train x 10,000 queries x 512-d synthetic, k=10,20,100,200 in one pass",
+            f"{dt:.1f} s",
+            f"top1@20 {acc[20]:.3f}",
+        )
+    )
     t0 = time.perf_counter()
     res = linear_probe(xtr, ytr, xte, yte)
     dt = time.perf_counter() - t0
-    rows.append(("linear probe", f"same features; {len(res['val_top1_per_weight_decay'])} weight decays in one L-BFGS pass on 90% + refit on 100%",
-                 f"{dt:.1f} s", f"top1 {res['top1']:.3f} (wd {res['weight_decay']:g}); L-BFGS iterations "
-                 f"{res.get('iterations', 'n/a')} + refit {res.get('refit', {}).get('iterations', 'n/a')}, "
-                 f"converged {res.get('converged', 'n/a')}"))
+    rows.append(
+        (
+            "linear probe",
+            f"same features; {len(res['val_top1_per_weight_decay'])} weight decays in one L-BFGS pass on 90% + refit on 100%",
+            f"{dt:.1f} s",
+            f"top1 {res['top1']:.3f} (wd {res['weight_decay']:g}); L-BFGS iterations "
+            f"{res.get('iterations', 'n/a')} + refit {res.get('refit', {}).get('iterations', 'n/a')}, "
+            f"converged {res.get('converged', 'n/a')}",
+        )
+    )
 
     cpu = platform.processor() or platform.machine()
-    lines = ["# Evaluation speed (CPU)", "",
-             f"Machine: {cpu}, {os.cpu_count()} cores (shared with other jobs), torch {torch.__version__}, "
-             f"{torch.get_num_threads()} threads, Python {platform.python_version()}; load average at the end "
-             f"{os.getloadavg()[0]:.1f} (other jobs were running, so times are upper bounds).", "",
-             f"Command: `python benchmarks/bench_eval.py {' '.join(sys.argv[1:])}`".rstrip(), "",
-             "| step | what was timed | time | result |", "|---|---|---|---|"]
+    lines = [
+        "# Evaluation speed (CPU)",
+        "",
+        f"Machine: {cpu}, {os.cpu_count()} cores (shared with other jobs), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, Python {platform.python_version()}; load average at the end "
+        f"{os.getloadavg()[0]:.1f} (other jobs were running, so times are upper bounds).",
+        "",
+        f"Command: `python benchmarks/bench_eval.py {' '.join(sys.argv[1:])}`".rstrip(),
+        "",
+        "| step | what was timed | time | result |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     text = "\n".join(lines) + "\n"
     print(text)

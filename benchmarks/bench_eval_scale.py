@@ -65,8 +65,10 @@ def load_features(path: str):
     import torch
 
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # read-only on purpose
-    return (torch.from_numpy(np.load(path, mmap_mode="r")),
-            torch.from_numpy(np.load(path[: -len(".npy")] + ".labels.npy")))
+    return (
+        torch.from_numpy(np.load(path, mmap_mode="r")),
+        torch.from_numpy(np.load(path[: -len(".npy")] + ".labels.npy")),
+    )
 
 
 def one(args) -> dict:
@@ -94,15 +96,32 @@ def one(args) -> dict:
         from e2mc.evaluation.linear import linear_probe
 
         wds = tuple(float(v) for v in args.wds.split(","))
-        res = linear_probe(xtr, ytr, xte, yte, weight_decays=wds, solver="streaming", num_classes=args.c,
-                           streaming={"epochs": args.epochs, "min_steps": 0})
+        res = linear_probe(
+            xtr,
+            ytr,
+            xte,
+            yte,
+            weight_decays=wds,
+            solver="streaming",
+            num_classes=args.c,
+            streaming={"epochs": args.epochs, "min_steps": 0},
+        )
         res = {"top1": res["top1"], "weight_decay": res["weight_decay"], "epochs": res["streaming"]["epochs"]}
     dt, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"what": args.what, "n": args.n, "n_test": args.n_test, "d": args.d, "c": args.c, "seconds": dt,
-            "cpu_seconds": cpu,
-            "rss_before_mb": rss0, "peak_mb": peak, "features_mb": (args.n + args.n_test) * args.d * 2 / 2**20,
-            "result": res}
+    return {
+        "what": args.what,
+        "n": args.n,
+        "n_test": args.n_test,
+        "d": args.d,
+        "c": args.c,
+        "seconds": dt,
+        "cpu_seconds": cpu,
+        "rss_before_mb": rss0,
+        "peak_mb": peak,
+        "features_mb": (args.n + args.n_test) * args.d * 2 / 2**20,
+        "result": res,
+    }
 
 
 def main() -> int:
@@ -134,14 +153,29 @@ def main() -> int:
         print(json.dumps(one(args)))
         return 0
     if args.quick:
-        args.knn_ns, args.linear_ns, args.d, args.c, args.n_test, args.old_knn_n = "2000,4000", "2000,4000", 64, 10, 200, 2000
+        args.knn_ns, args.linear_ns, args.d, args.c, args.n_test, args.old_knn_n = (
+            "2000,4000",
+            "2000,4000",
+            64,
+            10,
+            200,
+            2000,
+        )
     here = os.path.dirname(os.path.abspath(__file__))
     old_src = tempfile.mkdtemp(prefix="e2mc_oldknn_")
     with open(os.path.join(old_src, "knn_old.py"), "w") as f:  # kNN as it was before issue 17
-        f.write(subprocess.run(["git", "show", "7aed61f:src/e2mc/evaluate/knn.py"], cwd=here, capture_output=True,
-                               text=True, check=True).stdout)
-    runs = ([("knn", int(n)) for n in args.knn_ns.split(",") if n] +
-            [("linear", int(n)) for n in args.linear_ns.split(",") if n])
+        f.write(
+            subprocess.run(
+                ["git", "show", "7aed61f:src/e2mc/evaluate/knn.py"],
+                cwd=here,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+    runs = [("knn", int(n)) for n in args.knn_ns.split(",") if n] + [
+        ("linear", int(n)) for n in args.linear_ns.split(",") if n
+    ]
     if args.old_knn_n:
         runs.insert(1, ("knn_old", args.old_knn_n))
     rows = []
@@ -153,13 +187,47 @@ def main() -> int:
                 path = os.path.join(feat_dir, name)
                 if not os.path.exists(path):
                     t0 = time.perf_counter()
-                    subprocess.run([sys.executable, os.path.abspath(__file__), "--make", path, "--n", str(nn),
-                                    "--seed", str(seed), *common], check=True)
-                    print(f"# wrote {path} ({nn} x {args.d} fp16) in {time.perf_counter() - t0:.0f} s",
-                          file=sys.stderr, flush=True)
-            cmd = [sys.executable, os.path.abspath(__file__), "--one", "--what", what, "--n", str(n), "--n-test",
-                   str(args.n_test), *common, "--wds", args.wds, "--epochs", str(args.epochs), "--threads",
-                   str(args.threads), "--old-src", old_src, "--features-dir", feat_dir]
+                    subprocess.run(
+                        [
+                            sys.executable,
+                            os.path.abspath(__file__),
+                            "--make",
+                            path,
+                            "--n",
+                            str(nn),
+                            "--seed",
+                            str(seed),
+                            *common,
+                        ],
+                        check=True,
+                    )
+                    print(
+                        f"# wrote {path} ({nn} x {args.d} fp16) in {time.perf_counter() - t0:.0f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--one",
+                "--what",
+                what,
+                "--n",
+                str(n),
+                "--n-test",
+                str(args.n_test),
+                *common,
+                "--wds",
+                args.wds,
+                "--epochs",
+                str(args.epochs),
+                "--threads",
+                str(args.threads),
+                "--old-src",
+                old_src,
+                "--features-dir",
+                feat_dir,
+            ]
             r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # stderr (progress) passes through
             if r.returncode:
                 return 1
@@ -184,12 +252,20 @@ def render(rows, args) -> str:
         "# Evaluation at scale: time and peak memory (issue 17)",
         "",
         "SYNTHETIC class-structured features (class means randn(C, D) + 2.0 x Gaussian noise), float16 "
-        "memory-mapped .npy files; D = %d, C = %d classes, %d test points; %s." % (args.d, args.c, args.n_test, (
-            "kNN k=20, T=0.07; linear: streaming solver, %d penalties (%s) as heads, %d epoch(s) of the sweep "
-            "+ %d epoch(s) of the refit, batch 1024" % (len(args.wds.split(",")), args.wds, args.epochs, args.epochs))),
+        "memory-mapped .npy files; D = %d, C = %d classes, %d test points; %s."
+        % (
+            args.d,
+            args.c,
+            args.n_test,
+            (
+                "kNN k=20, T=0.07; linear: streaming solver, %d penalties (%s) as heads, %d epoch(s) of the sweep "
+                "+ %d epoch(s) of the refit, batch 1024"
+                % (len(args.wds.split(",")), args.wds, args.epochs, args.epochs)
+            ),
+        ),
         "",
-        "Machine: %s, %d CPU cores shared with other jobs (load varied), torch threads %d, Python %s." % (
-            platform.processor() or platform.machine(), os.cpu_count(), args.threads, platform.python_version()),
+        "Machine: %s, %d CPU cores shared with other jobs (load varied), torch threads %d, Python %s."
+        % (platform.processor() or platform.machine(), os.cpu_count(), args.threads, platform.python_version()),
         "Command: `PYTHONPATH=src python3 benchmarks/bench_eval_scale.py %s`" % " ".join(sys.argv[1:]),
         "",
         "| protocol | N | time (s) | CPU time (s) | peak RSS (MB) | RSS before eval (MB) | features on disk (MB) | result |",
@@ -198,8 +274,10 @@ def render(rows, args) -> str:
     for r in rows:
         name = {"knn": "kNN (streamed)", "knn_old": "kNN (before issue 17)", "linear": "linear (streaming)"}[r["what"]]
         cpu = r.get("cpu_seconds", float("nan"))
-        lines.append(f"| {name} | {r['n']:,} | {r['seconds']:.1f} | {cpu:.0f} | {r['peak_mb']:.0f} | {r['rss_before_mb']:.0f} | "
-                     f"{r['features_mb']:.0f} | {json.dumps(r['result'])} |")
+        lines.append(
+            f"| {name} | {r['n']:,} | {r['seconds']:.1f} | {cpu:.0f} | {r['peak_mb']:.0f} | {r['rss_before_mb']:.0f} | "
+            f"{r['features_mb']:.0f} | {json.dumps(r['result'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 

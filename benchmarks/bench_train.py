@@ -53,13 +53,27 @@ def main() -> int:
     n = args.batch * (args.steps + args.warmup)
     use_real = os.path.isdir(CIFAR)
     dataset = CIFAR if use_real else "digits"
-    overrides = [f"data.dataset={dataset}", f"data.limit={n}", "data.image_size=32", "mode=pretrain",
-                 "model.init=random:resnet18", "model.cifar_stem=true",
-                 "model.head_sizes={projector: [2048, 2048]}", f"optim.batch_size={args.batch}",
-                 "optim.name=lars", "optim.lr=0.3", "optim.schedule=constant", "addon.name=e2mc",
-                 "train.precision=bf16", "train.channels_last=true", "train.log_every=10",
-                 "train.probe_size=0", "train.tensorboard=false", "out.dir=/tmp/e2mc_bench_train",
-                 "out.overwrite=true"]
+    overrides = [
+        f"data.dataset={dataset}",
+        f"data.limit={n}",
+        "data.image_size=32",
+        "mode=pretrain",
+        "model.init=random:resnet18",
+        "model.cifar_stem=true",
+        "model.head_sizes={projector: [2048, 2048]}",
+        f"optim.batch_size={args.batch}",
+        "optim.name=lars",
+        "optim.lr=0.3",
+        "optim.schedule=constant",
+        "addon.name=e2mc",
+        "train.precision=bf16",
+        "train.channels_last=true",
+        "train.log_every=10",
+        "train.probe_size=0",
+        "train.tensorboard=false",
+        "out.dir=/tmp/e2mc_bench_train",
+        "out.overwrite=true",
+    ]
     t = Trainer(load_config(None, overrides), quiet=True)
     if use_real:
         images = torch.stack([t.dataset[i][0] for i in range(n)])
@@ -93,7 +107,8 @@ def main() -> int:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ratio = ips["e2mc"] / ips["bare"]
     lines = [
-        "# Training-loop throughput: e2mc Trainer step vs bare PyTorch loop", "",
+        "# Training-loop throughput: e2mc Trainer step vs bare PyTorch loop",
+        "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M')}; machine: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores (shared), torch {torch.__version__}, {args.threads} thread(s)",
         f"- command: `python benchmarks/bench_train.py --steps {args.steps} --warmup {args.warmup} "
@@ -102,9 +117,12 @@ def main() -> int:
         f"32 px, batch {args.batch}, 2 VICReg views (kornia, on device)",
         "- model: ResNet-18 CIFAR stem + projector 512-2048-2048; criterion VICReg + E2MC (10/1, sigmoid); "
         "LARS; bf16 autocast + channels_last",
-        f"- {args.warmup} warm-up steps, then {args.steps} timed steps each, interleaved (alternating order)", "",
-        "| loop | img/s | mean s/step |", "|---|---|---|",
-        *(f"| {k} | {ips[k]:.1f} | {sum(v) / len(v):.2f} |" for k, v in times.items()), "",
+        f"- {args.warmup} warm-up steps, then {args.steps} timed steps each, interleaved (alternating order)",
+        "",
+        "| loop | img/s | mean s/step |",
+        "|---|---|---|",
+        *(f"| {k} | {ips[k]:.1f} | {sum(v) / len(v):.2f} |" for k, v in times.items()),
+        "",
         f"e2mc / bare throughput: **{ratio:.1%}** (target >= 90%). Peak RSS of the process: {rss:.0f} MiB.",
     ]
     if torch.cuda.is_available():

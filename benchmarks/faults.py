@@ -46,14 +46,46 @@ import numpy as np
 import torch
 
 OK, CLEAR, LOST, TRACE, WRONG = "OK", "clear error", "LOST/CORRUPTED", "TRACEBACK", "WRONG"
-TINY = ["--dataset", "digits", "--method", "vicreg", "--set", "model.init=random:resnet_mini:8-8-8",
-        "--set", "model.head_sizes={projector: [32, 32]}", "--set", "data.image_size=8", "--set", "data.limit=128",
-        "--batch-size", "32", "--set", "train.probe_size=0", "--set", "train.tensorboard=false",
-        "--set", "train.log_every=1", "--set", "train.seed=0"]
+TINY = [
+    "--dataset",
+    "digits",
+    "--method",
+    "vicreg",
+    "--set",
+    "model.init=random:resnet_mini:8-8-8",
+    "--set",
+    "model.head_sizes={projector: [32, 32]}",
+    "--set",
+    "data.image_size=8",
+    "--set",
+    "data.limit=128",
+    "--batch-size",
+    "32",
+    "--set",
+    "train.probe_size=0",
+    "--set",
+    "train.tensorboard=false",
+    "--set",
+    "train.log_every=1",
+    "--set",
+    "train.seed=0",
+]
 BASE_EPOCHS = 3  # 4 steps an epoch: 12 steps
 QUICK = TINY + ["--set", "train.max_steps=2"]
-CONT = ["--set", "data.image_size=8", "--set", "data.limit=128", "--batch-size", "32", "--set", "train.probe_size=0",
-        "--set", "train.tensorboard=false", "--set", "train.max_steps=2"]  # for `continue CKPT --dataset digits`
+CONT = [
+    "--set",
+    "data.image_size=8",
+    "--set",
+    "data.limit=128",
+    "--batch-size",
+    "32",
+    "--set",
+    "train.probe_size=0",
+    "--set",
+    "train.tensorboard=false",
+    "--set",
+    "train.max_steps=2",
+]  # for `continue CKPT --dataset digits`
 EVAL = ["--dataset", "digits", "--protocols", "rankme", "--seeds", "0", "--image-size", "8"]
 
 # Run inside the probed process to simulate file-system faults that root cannot make with chmod.
@@ -144,23 +176,41 @@ class Ctx:
         return self.shared / "partial"
 
     def env(self, **extra) -> dict:
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", E2MC_CACHE=str(self.tmp / "cache"),
-                   PYTHONWARNINGS="ignore", TQDM_DISABLE="1")
+        env = dict(
+            os.environ,
+            OMP_NUM_THREADS="1",
+            MKL_NUM_THREADS="1",
+            E2MC_CACHE=str(self.tmp / "cache"),
+            PYTHONWARNINGS="ignore",
+            TQDM_DISABLE="1",
+        )
         env.update({k: str(v) for k, v in extra.items()})
         return env
 
     def cli(self, *args, env=None, timeout=300, wrapper=False) -> Proc:
         cmd = [sys.executable, "-c", FAULT_WRAPPER] if wrapper else [sys.executable, "-m", "e2mc"]
         try:
-            p = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
-                               env=env or self.env(), cwd=self.tmp)
+            p = subprocess.run(
+                cmd + [str(a) for a in args],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=env or self.env(),
+                cwd=self.tmp,
+            )
         except subprocess.TimeoutExpired as exc:
             return Proc(124, str(exc.stdout or ""), str(exc.stderr or "") + f"\n[probe] timed out after {timeout}s")
         return Proc(p.returncode, p.stdout, p.stderr)
 
     def start(self, *args, env=None) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "e2mc", *map(str, args)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env or self.env(), cwd=self.tmp)
+        return subprocess.Popen(
+            [sys.executable, "-m", "e2mc", *map(str, args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env or self.env(),
+            cwd=self.tmp,
+        )
 
     def copy_base(self, name="run", partial=False) -> Path:
         dst = self.tmp / name
@@ -194,8 +244,11 @@ def snapshot(run: Path) -> dict[str, str]:
 
 def lost_files(before: dict, run: Path, allow_changed=()) -> list[str]:
     now = snapshot(run)
-    return [f"{k} {'gone' if k not in now else 'changed'}" for k in before
-            if k not in allow_changed and now.get(k) != before[k]]
+    return [
+        f"{k} {'gone' if k not in now else 'changed'}"
+        for k in before
+        if k not in allow_changed and now.get(k) != before[k]
+    ]
 
 
 def _tensors(obj):
@@ -218,6 +271,7 @@ def bad_checkpoints(root: Path, planted=()) -> list[str]:
         try:
             if p.suffix == ".safetensors":
                 from safetensors.torch import load_file
+
                 obj = load_file(str(p))
             else:
                 obj = torch.load(p, map_location="cpu", weights_only=True)
@@ -241,8 +295,9 @@ def bad_logs(root: Path, planted=()) -> list[str]:
             continue
         head, body = rows[0], rows[1:]
         if any(len(r) != len(head) for r in body):
-            bad.append(f"{p.relative_to(root)} has rows of {sorted({len(r) for r in body})} fields under "
-                       f"{len(head)} columns")
+            bad.append(
+                f"{p.relative_to(root)} has rows of {sorted({len(r) for r in body})} fields under {len(head)} columns"
+            )
             continue
         if "step" in head and "phase" in head:
             i, j = head.index("step"), head.index("phase")
@@ -308,6 +363,7 @@ def probe(category: str, expected: str, name: str | None = None):
     def deco(fn):
         PROBES.append((name or fn.__name__.replace("_", " "), category, expected, fn))
         return fn
+
     return deco
 
 
@@ -346,7 +402,7 @@ def _bad_file(ctx: Ctx, kind: str) -> Path:
         torch.save({"encoder.layer1.weight": torch.randn(4, 4), "decoder.bias": torch.zeros(3)}, p)
     elif kind == "bad_safetensors":
         p = ctx.tmp / "bad.safetensors"
-        p.write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00{\"w\": {\"dtype\": \"F32\", \"shape\": [4]")
+        p.write_bytes(b'\x40\x00\x00\x00\x00\x00\x00\x00{"w": {"dtype": "F32", "shape": [4]')
     else:
         raise ValueError(kind)
     return p
@@ -366,14 +422,27 @@ def _ckpt_probe(kind: str, command: str):
         else:
             p = ctx.cli("continue", path, "--dataset", "digits", *CONT, "--out", ctx.tmp / "run")
         return judge(ctx, p, "error", _ran(ctx))
+
     return fn
 
 
-for _kind, _cmd in [("garbage", "inspect"), ("truncated", "inspect"), ("empty", "inspect"),
-                    ("pickle_reduce", "inspect"), ("torch_reduce", "inspect"), ("legacy_reduce", "inspect"),
-                    ("text", "inspect"), ("numpy", "inspect"), ("foreign", "inspect"),
-                    ("bad_safetensors", "inspect"), ("garbage", "continue"), ("truncated", "continue"),
-                    ("torch_reduce", "continue"), ("foreign", "continue"), ("pickle_reduce", "evaluate")]:
+for _kind, _cmd in [
+    ("garbage", "inspect"),
+    ("truncated", "inspect"),
+    ("empty", "inspect"),
+    ("pickle_reduce", "inspect"),
+    ("torch_reduce", "inspect"),
+    ("legacy_reduce", "inspect"),
+    ("text", "inspect"),
+    ("numpy", "inspect"),
+    ("foreign", "inspect"),
+    ("bad_safetensors", "inspect"),
+    ("garbage", "continue"),
+    ("truncated", "continue"),
+    ("torch_reduce", "continue"),
+    ("foreign", "continue"),
+    ("pickle_reduce", "evaluate"),
+]:
     probe("checkpoint", "error", f"{_kind} file -> {_cmd}")(_ckpt_probe(_kind, _cmd))
 
 
@@ -405,6 +474,7 @@ def _resume_with_damaged_last(kind: str):
             if log_rows(run) != log_rows(ctx.base):
                 lost.append("metrics.csv differs from the uninterrupted run's")
         return judge(ctx, p, "ok|error", lost)
+
     return fn
 
 
@@ -450,6 +520,7 @@ def _at_step(k: int, extra: float):
             time.sleep(extra)
             return True
         return False
+
     return when
 
 
@@ -478,6 +549,7 @@ def _kill_probe(k: int, extra: float):
         if not (run / "checkpoints" / "last.pt").exists():  # killed before the first checkpoint
             return _resume_matches_fresh(ctx, run)
         return _resume_matches(ctx, run, first, (-9, 0))
+
     return fn
 
 
@@ -532,8 +604,9 @@ def _stale_tmp(ctx: Ctx):
 def _diverge(optim: str, lr: str, *extra):
     def fn(ctx: Ctx):
         run = ctx.tmp / "run"
-        p = ctx.cli("pretrain", *TINY, "--epochs", "2", "--set", f"optim.name={optim}", "--lr", lr, *extra,
-                    "--out", run)
+        p = ctx.cli(
+            "pretrain", *TINY, "--epochs", "2", "--set", f"optim.name={optim}", "--lr", lr, *extra, "--out", run
+        )
         lost = []
         line = key_line(p)
         if p.code == 2 and "last good checkpoint" in line:
@@ -541,18 +614,36 @@ def _diverge(optim: str, lr: str, *extra):
             if named and bad_checkpoints(Path(named).parent.parent):
                 lost.append(f"the error names {named} as good but it is not")
         return judge(ctx, p, "ok|error", lost)
+
     return fn
 
 
-for _opt, _lr, _ex in [("sgd", "1000", ()), ("lars", "1000", ()), ("adamw", "1000", ()),
-                       ("sgd", "500", ("--set", "train.max_steps=1"))]:
+for _opt, _lr, _ex in [
+    ("sgd", "1000", ()),
+    ("lars", "1000", ()),
+    ("adamw", "1000", ()),
+    ("sgd", "500", ("--set", "train.max_steps=1")),
+]:
     probe("divergence", "ok|error", f"{_opt} lr={_lr} {' '.join(_ex)}".strip())(_diverge(_opt, _lr, *_ex))
 
 
 @probe("divergence", "ok|error", "continue the base checkpoint with sgd lr=1000")
 def _diverge_continue(ctx: Ctx):
-    p = ctx.cli("continue", ctx.base / "checkpoints" / "last.pt", "--dataset", "digits", *CONT, "--set",
-                "optim.name=sgd", "--lr", "1000", "--set", "train.max_steps=6", "--out", ctx.tmp / "run")
+    p = ctx.cli(
+        "continue",
+        ctx.base / "checkpoints" / "last.pt",
+        "--dataset",
+        "digits",
+        *CONT,
+        "--set",
+        "optim.name=sgd",
+        "--lr",
+        "1000",
+        "--set",
+        "train.max_steps=6",
+        "--out",
+        ctx.tmp / "run",
+    )
     return judge(ctx, p, "ok|error")
 
 
@@ -561,6 +652,7 @@ def _diverge_continue(ctx: Ctx):
 
 def _png(path: Path, rng: random.Random, size=12):
     from PIL import Image
+
     arr = np.array([[[rng.randrange(256) for _ in range(3)] for _ in range(size)] for _ in range(size)], np.uint8)
     Image.fromarray(arr).save(path)
 
@@ -594,6 +686,7 @@ def _data_probe(expect: str, make, extra=(), command="pretrain"):
         else:
             p = ctx.cli("evaluate", ctx.base, *[a if a != "digits" else root for a in EVAL], *extra)
         return judge(ctx, p, expect)
+
     return fn
 
 
@@ -602,12 +695,27 @@ for _name, _exp, _make, _extra, _cmd in [
     ("empty folder", "error", lambda c: (c.tmp / "e").mkdir() or c.tmp / "e", (), "pretrain"),
     ("images but no class folders", "ok|error", lambda c: _folder(c, flat=True), (), "pretrain"),
     ("one class", "ok|error", lambda c: _folder(c, classes=("a",)), (), "pretrain"),
-    ("garbage image, on_error=raise", "error", lambda c: _folder(c, corrupt="garbage"),
-     ("--set", "data.on_error=raise"), "pretrain"),
-    ("garbage image, on_error=skip", "ok", lambda c: _folder(c, corrupt="garbage"), ("--set", "data.on_error=skip"),
-     "pretrain"),
-    ("truncated image, on_error=skip", "ok", lambda c: _folder(c, corrupt="truncated"),
-     ("--set", "data.on_error=skip"), "pretrain"),
+    (
+        "garbage image, on_error=raise",
+        "error",
+        lambda c: _folder(c, corrupt="garbage"),
+        ("--set", "data.on_error=raise"),
+        "pretrain",
+    ),
+    (
+        "garbage image, on_error=skip",
+        "ok",
+        lambda c: _folder(c, corrupt="garbage"),
+        ("--set", "data.on_error=skip"),
+        "pretrain",
+    ),
+    (
+        "truncated image, on_error=skip",
+        "ok",
+        lambda c: _folder(c, corrupt="truncated"),
+        ("--set", "data.on_error=skip"),
+        "pretrain",
+    ),
     ("evaluate on a missing folder", "error", lambda c: c.tmp / "nope", (), "evaluate"),
     ("unknown dataset name", "error", lambda c: "imagenet21k", (), "pretrain"),
 ]:
@@ -617,12 +725,24 @@ for _name, _exp, _make, _extra, _cmd in [
 # ---- config
 
 BAD_VALUES = [
-    ("--lr", "nan"), ("--lr", "inf"), ("--lr", "-0.1"), ("--lr", "1e39", "--set", "optim.name=sgd"),
-    ("--set", "optim.weight_decay=-1", "--set", "optim.name=adamw"), ("--set", "train.grad_clip=-1"),
-    ("--epochs", "-3"), ("--epochs", "0"), ("--batch-size", "0"), ("--set", "train.max_steps=0"),
-    ("--set", "optim.momentum=2"), ("--set", "method.temperature=0", "--method", "swav"),
-    ("--set", "data.limit=0"), ("--set", "data.image_size=0"), ("--seed", "-1"),
-    ("--set", "addon.entropy_weight=nan"), ("--set", "train.epochs=.inf"), ("--set", "train.epochs=abc"),
+    ("--lr", "nan"),
+    ("--lr", "inf"),
+    ("--lr", "-0.1"),
+    ("--lr", "1e39", "--set", "optim.name=sgd"),
+    ("--set", "optim.weight_decay=-1", "--set", "optim.name=adamw"),
+    ("--set", "train.grad_clip=-1"),
+    ("--epochs", "-3"),
+    ("--epochs", "0"),
+    ("--batch-size", "0"),
+    ("--set", "train.max_steps=0"),
+    ("--set", "optim.momentum=2"),
+    ("--set", "method.temperature=0", "--method", "swav"),
+    ("--set", "data.limit=0"),
+    ("--set", "data.image_size=0"),
+    ("--seed", "-1"),
+    ("--set", "addon.entropy_weight=nan"),
+    ("--set", "train.epochs=.inf"),
+    ("--set", "train.epochs=abc"),
     ("--set", "optim.lrr=0.1"),
 ]
 
@@ -631,12 +751,14 @@ def _config_probe(args, command="pretrain"):
     def fn(ctx: Ctx):
         out = ctx.tmp / "run"
         if command == "continue":
-            p = ctx.cli("continue", ctx.base / "checkpoints" / "last.pt", "--dataset", "digits", *CONT, *args,
-                        "--out", out)
+            p = ctx.cli(
+                "continue", ctx.base / "checkpoints" / "last.pt", "--dataset", "digits", *CONT, *args, "--out", out
+            )
         else:
             p = ctx.cli(command, *QUICK, *args, "--out", out)
         lost = ["the rejected run wrote a run folder"] if p.code == 2 and (out / "checkpoints").exists() else []
         return judge(ctx, p, "error", lost)
+
     return fn
 
 
@@ -652,11 +774,15 @@ def _yaml_probe(text: str):
         cfg.write_text(text)
         p = ctx.cli("pretrain", "--config", cfg, "--out", ctx.tmp / "run", "--set", "train.max_steps=1")
         return judge(ctx, p, "error")
+
     return fn
 
 
-for _name, _text in [("bad YAML syntax", "optim: {lr: 0.1\ntrain: [\n"), ("YAML list, not mapping", "- 1\n- 2\n"),
-                     ("lr .nan in YAML", "optim:\n  lr: .nan\n")]:
+for _name, _text in [
+    ("bad YAML syntax", "optim: {lr: 0.1\ntrain: [\n"),
+    ("YAML list, not mapping", "- 1\n- 2\n"),
+    ("lr .nan in YAML", "optim:\n  lr: .nan\n"),
+]:
     probe("config", "error", f"config file: {_name}")(_yaml_probe(_text))
 
 
@@ -701,6 +827,7 @@ def _fs_resume_fault(kind: str, n: int):
         if len(log_rows(run)) < len(log_rows(ctx.partial)):
             lost.append("metrics.csv lost rows")
         return judge(ctx, p, "error", lost)
+
     return fn
 
 
@@ -765,8 +892,14 @@ def _resume_while_running(ctx: Ctx):
 @probe("concurrency", "ok", "two evaluates sharing one feature cache")
 def _two_evals(ctx: Ctx):
     env = ctx.env()
-    a = subprocess.Popen([sys.executable, "-m", "e2mc", "evaluate", str(ctx.base), *EVAL], env=env, cwd=ctx.tmp,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    a = subprocess.Popen(
+        [sys.executable, "-m", "e2mc", "evaluate", str(ctx.base), *EVAL],
+        env=env,
+        cwd=ctx.tmp,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     b = ctx.cli("evaluate", ctx.base, *EVAL, env=env)
     a_out, a_err = a.communicate(timeout=300)
     pa = Proc(a.returncode, a_out, a_err)
@@ -798,6 +931,7 @@ def _cache_probe(damage: str):
             (entries[0] / "labels.npy").unlink()
         elif damage == "wrong N":
             import numpy as np
+
             np.save(e, np.load(e)[:-5])
         second = ctx.cli("evaluate", ctx.base, *EVAL)
         wrong = ""
@@ -807,6 +941,7 @@ def _cache_probe(damage: str):
             elif len([ln for ln in second.err.splitlines() if ln.strip()]) != 1:
                 wrong = "not exactly one warning line"
         return judge(ctx, second, "ok", extra_wrong=wrong)
+
     return fn
 
 
@@ -831,8 +966,12 @@ def _cache_is_file(ctx: Ctx):
 @probe("cache", "ok", "dataset .npy cache corrupted")
 def _dataset_cache(ctx: Ctx):
     root = _folder(ctx)
-    args = [a if a != "digits" else root for a in QUICK] + ["--batch-size", "8",
-                                                            "--set", f"data.cache_dir={ctx.tmp / 'dcache'}"]
+    args = [a if a != "digits" else root for a in QUICK] + [
+        "--batch-size",
+        "8",
+        "--set",
+        f"data.cache_dir={ctx.tmp / 'dcache'}",
+    ]
     p = ctx.cli("pretrain", *args, "--out", ctx.tmp / "run1")
     if p.code != 0:
         return judge(ctx, p, "ok")
@@ -882,12 +1021,15 @@ def table(results: list[Result]) -> str:
     def cell(s):
         return str(s).replace("|", "\\|").replace("\n", " ")
 
-    lines = ["| # | probe | category | expected | outcome | exit | first error line / note |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| # | probe | category | expected | outcome | exit | first error line / note |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for i, r in enumerate(results, 1):
         text = r.line + (f" — {r.note}" if r.note else "")
-        lines.append(f"| {i} | {cell(r.name)} | {r.category} | {r.expected} | **{r.outcome}** | {r.code} | "
-                     f"{cell(text)} |")
+        lines.append(
+            f"| {i} | {cell(r.name)} | {r.category} | {r.expected} | **{r.outcome}** | {r.code} | {cell(text)} |"
+        )
     return "\n".join(lines)
 
 
@@ -897,15 +1039,21 @@ def totals(results: list[Result]) -> str:
     lost = sum(r.outcome == LOST for r in results)
     tb = sum(r.outcome == TRACE for r in results)
     other = n - good - lost - tb
-    return (f"probes: {n} | OK or clear error: {good} | lost or corrupted: {lost} | tracebacks: {tb} | "
-            f"other (wrong behaviour / harness error): {other}")
+    return (
+        f"probes: {n} | OK or clear error: {good} | lost or corrupted: {lost} | tracebacks: {tb} | "
+        f"other (wrong behaviour / harness error): {other}"
+    )
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-j", type=int, default=2, help="probes run in parallel (default 2)")
-    ap.add_argument("--only", default=None, help="one category (checkpoint, crash, divergence, data, config, fs, "
-                                                 "concurrency, cache) or a comma-separated list")
+    ap.add_argument(
+        "--only",
+        default=None,
+        help="one category (checkpoint, crash, divergence, data, config, fs, "
+        "concurrency, cache) or a comma-separated list",
+    )
     ap.add_argument("--out", default=None, help="also write the Markdown results here")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random parts of the probes")
     ap.add_argument("--keep", action="store_true", help="keep the probe folders (printed at the end)")
@@ -927,14 +1075,19 @@ def main(argv=None) -> int:
         for fut in cf.as_completed(futs):
             r = fut.result()
             results[futs[fut]] = r
-            print(f"[{sum(x is not None for x in results)}/{len(items)}] {r.outcome:14s} {r.name}", file=sys.stderr,
-                  flush=True)
+            print(
+                f"[{sum(x is not None for x in results)}/{len(items)}] {r.outcome:14s} {r.name}",
+                file=sys.stderr,
+                flush=True,
+            )
     import e2mc
 
-    head = (f"# e2mc fault probes\n\ncommand: `{' '.join(['python', *sys.argv])}`  \n"
-            f"e2mc {e2mc.__version__} from {Path(e2mc.__file__).parent}, torch {torch.__version__}, "
-            f"Python {platform.python_version()}, {platform.machine()} {os.cpu_count()} CPUs, -j {args.j}, "
-            f"seed {args.seed}; {time.time() - t0:.0f} s\n")
+    head = (
+        f"# e2mc fault probes\n\ncommand: `{' '.join(['python', *sys.argv])}`  \n"
+        f"e2mc {e2mc.__version__} from {Path(e2mc.__file__).parent}, torch {torch.__version__}, "
+        f"Python {platform.python_version()}, {platform.machine()} {os.cpu_count()} CPUs, -j {args.j}, "
+        f"seed {args.seed}; {time.time() - t0:.0f} s\n"
+    )
     text = f"{head}\n{table(results)}\n\n**{totals(results)}**\n"
     print(text)
     if args.out:

@@ -13,10 +13,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_bench_224_smoke(tmp_path):
     out = tmp_path / "bench.md"
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_224.py"), "--smoke", "--threads", "1",
-                        "--out", str(out)], env=env, capture_output=True, text=True, timeout=240, check=False)
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    )
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_224.py"), "--smoke", "--threads", "1", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     text = out.read_text()
     assert "(equal: the two loops do the same work)" in text

@@ -8,8 +8,15 @@ import torch
 
 from e2mc.cli import main
 
-TINY = ["data.image_size=8", "data.limit=128", "optim.batch_size=64",
-        "train.probe_size=0", "train.tensorboard=false", "train.max_steps=1", "train.log_every=1"]
+TINY = [
+    "data.image_size=8",
+    "data.limit=128",
+    "optim.batch_size=64",
+    "train.probe_size=0",
+    "train.tensorboard=false",
+    "train.max_steps=1",
+    "train.log_every=1",
+]
 SETS = [a for o in TINY for a in ("--set", o)]
 
 
@@ -45,8 +52,18 @@ def runs(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("runs")
     for method, sizes in (("vicreg", "{projector: [32, 32]}"), ("simsiam", "{proj_dim: 32}")):
-        code, _, err = cli("pretrain", *SETS, "--method", method, "--set", "model.init=random:resnet_mini:8-8-8",
-                           "--set", f"model.head_sizes={sizes}", "--out", root / method)
+        code, _, err = cli(
+            "pretrain",
+            *SETS,
+            "--method",
+            method,
+            "--set",
+            "model.init=random:resnet_mini:8-8-8",
+            "--set",
+            f"model.head_sizes={sizes}",
+            "--out",
+            root / method,
+        )
         assert code == 0, err
     (root / "empty").mkdir()
     (root / "notes.pt").write_text("not a checkpoint\n")
@@ -60,11 +77,15 @@ def ckpt(runs, method="vicreg"):
 
 def test_usage_errors_are_one_line_pointing_at_help():
     fails("pretrin", must=("invalid choice", "'pretrain'", "e2mc --help"))
-    for argv, frag in ((["evaluate"], "checkpoint"), (["compare"], "arms"), (["report"], "inputs"),
-                       (["inspect"], "path"), (["export", "a.pt"], "--out"),
-                       (["export", "a.pt", "--out", "b", "--to", "onnx"], "'safetensors'")):
-        fails(*argv, must=("required" if frag != "'safetensors'" else "invalid choice", frag,
-                           f"e2mc {argv[0]} --help"))
+    for argv, frag in (
+        (["evaluate"], "checkpoint"),
+        (["compare"], "arms"),
+        (["report"], "inputs"),
+        (["inspect"], "path"),
+        (["export", "a.pt"], "--out"),
+        (["export", "a.pt", "--out", "b", "--to", "onnx"], "'safetensors'"),
+    ):
+        fails(*argv, must=("required" if frag != "'safetensors'" else "invalid choice", frag, f"e2mc {argv[0]} --help"))
     fails("evaluate", "a.pt", "--seeds", "a,b", must=("comma-separated integers",))
 
 
@@ -92,28 +113,67 @@ def test_run_folder_is_accepted_as_a_checkpoint(runs, capsys):
 
 def test_wrong_recipe_and_misspelled_key(runs, tmp_path):
     for cmd in (["pretrain"], ["continue", ckpt(runs)]):
-        fails(*cmd, "--recipe", "digits_vicreg_pretrian", "--out", tmp_path / "o",
-              must=("unknown recipe", "Did you mean 'digits_vicreg_pretrain'", "e2mc recipes"))
-        fails(*cmd, *SETS, "--set", "optim.lrr=1", "--out", tmp_path / "o",
-              must=("unknown config key 'optim.lrr'", "Did you mean 'optim.lr'"))
+        fails(
+            *cmd,
+            "--recipe",
+            "digits_vicreg_pretrian",
+            "--out",
+            tmp_path / "o",
+            must=("unknown recipe", "Did you mean 'digits_vicreg_pretrain'", "e2mc recipes"),
+        )
+        fails(
+            *cmd,
+            *SETS,
+            "--set",
+            "optim.lrr=1",
+            "--out",
+            tmp_path / "o",
+            must=("unknown config key 'optim.lrr'", "Did you mean 'optim.lr'"),
+        )
     fails("recipes", "nosuch", must=("unknown recipe", "Available:"))
     fails("pretrain", *SETS, "--set", "optim.lr=abc", must=("optim.lr", "float"))
     fails("pretrain", *SETS, "--batch-size", "0", must=("optim.batch_size=0", ">= 1"))
-    fails("pretrain", "--recipe", "digits_vicreg_pretrain", "--method", "swav", "--out", tmp_path / "o",
-          must=("unknown head size", "--set model.head_sizes={}"))
+    fails(
+        "pretrain",
+        "--recipe",
+        "digits_vicreg_pretrain",
+        "--method",
+        "swav",
+        "--out",
+        tmp_path / "o",
+        must=("unknown head size", "--set model.head_sizes={}"),
+    )
     # a refused run leaves no run files behind: the same --out is free for the fixed command
     fails("pretrain", *SETS, "--dataset", tmp_path / "nodata", "--out", tmp_path / "o", must=("does not exist",))
 
 
 def test_checkpoint_of_another_method(runs, tmp_path):
-    fails("continue", ckpt(runs, "simsiam"), "--method", "swav", *SETS, "--out", tmp_path / "o",
-          must=("holds simsiam heads", "'swav'", "--method simsiam", "--fresh-heads"))
+    fails(
+        "continue",
+        ckpt(runs, "simsiam"),
+        "--method",
+        "swav",
+        *SETS,
+        "--out",
+        tmp_path / "o",
+        must=("holds simsiam heads", "'swav'", "--method simsiam", "--fresh-heads"),
+    )
     fails("inspect", ckpt(runs, "simsiam"), "--method", "vicreg", must=("--method simsiam", "--fresh-heads"))
     # the two fixes the message offers both work
     code, _, err = cli("continue", ckpt(runs, "simsiam"), *SETS, "--out", tmp_path / "auto")
     assert code == 0, err  # no --method: the checkpoint's own (simsiam)
-    code, _, err = cli("continue", ckpt(runs, "simsiam"), "--method", "swav", "--fresh-heads", *SETS,
-                       "--set", "model.head_sizes={hidden: 16, out: 8, prototypes: 10}", "--out", tmp_path / "fresh")
+    code, _, err = cli(
+        "continue",
+        ckpt(runs, "simsiam"),
+        "--method",
+        "swav",
+        "--fresh-heads",
+        *SETS,
+        "--set",
+        "model.head_sizes={hidden: 16, out: 8, prototypes: 10}",
+        "--out",
+        tmp_path / "fresh",
+    )
     assert code == 0, err
     import yaml
 
@@ -122,8 +182,12 @@ def test_checkpoint_of_another_method(runs, tmp_path):
 
 def test_output_folder_that_holds_another_run(runs, tmp_path):
     for cmd in (["pretrain", *SETS], ["continue", ckpt(runs), *SETS]):
-        fails(*cmd, "--out", runs / "vicreg",
-              must=("already holds a run", "--resume", "out.overwrite=true", "another --out"))
+        fails(
+            *cmd,
+            "--out",
+            runs / "vicreg",
+            must=("already holds a run", "--resume", "out.overwrite=true", "another --out"),
+        )
     fails("export", ckpt(runs), "--out", runs, must=("is a folder", "give a file path"))
     fails("compare", ckpt(runs), "--out", runs / "notes.pt", must=("is a file", "give a folder"))
     fails("report", runs / "vicreg", "--out", runs / "notes.pt", must=("is a file", "give a folder"))

@@ -16,8 +16,9 @@ def _commands():
 
 
 def test_there_are_commands():
-    assert {"demo", "pretrain", "continue", "evaluate", "compare", "report", "inspect", "export",
-            "recipes"} <= set(_commands()[1])
+    assert {"demo", "pretrain", "continue", "evaluate", "compare", "report", "inspect", "export", "recipes"} <= set(
+        _commands()[1]
+    )
 
 
 @pytest.mark.parametrize("name", sorted(_commands()[1]))

@@ -47,8 +47,11 @@ def _messages(tree):
     for node in ast.walk(tree):
         if isinstance(node, ast.Raise) and node.exc is not None:
             yield node.lineno, " ".join(_strings(node.exc))
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                and node.func.attr in ("warn", "warning"):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("warn", "warning")
+        ):
             yield node.lineno, " ".join(_strings(node))
 
 
@@ -64,8 +67,11 @@ def test_every_flag_and_config_key_in_the_source_exists():
             bad += [f"{path.name}: {f}" for f in FLAG.findall(text) if f not in known]
         cfg = RunConfig()
         for line, text in _messages(tree):
-            bad += [f"{path.name}:{line}: {m.group()}" for m in CONFIG_KEY.finditer(text)
-                    if m.group(2) not in FILE_SUFFIXES and not hasattr(getattr(cfg, m.group(1)), m.group(2))]
+            bad += [
+                f"{path.name}:{line}: {m.group()}"
+                for m in CONFIG_KEY.finditer(text)
+                if m.group(2) not in FILE_SUFFIXES and not hasattr(getattr(cfg, m.group(1)), m.group(2))
+            ]
     assert not bad, bad
 
 
@@ -115,11 +121,14 @@ def test_missing_cifar_advice_is_runnable(fake_cifar, tmp_path, capsys):
     assert fake_cifar.calls == [{"root": str(data), "train": True, "download": False}]
     # follow the advice as written: add --download
     with pytest.warns(UserWarning, match="k=500 > the 30 training samples; using k=30"):
-        rc, out, err = _run(capsys, "evaluate", ckpt, *EVAL, "--data-root", data, "--download", "--ks", "1,500",
-                            "--json")
+        rc, out, err = _run(
+            capsys, "evaluate", ckpt, *EVAL, "--data-root", data, "--download", "--ks", "1,500", "--json"
+        )
     assert rc == 0, err
-    assert fake_cifar.calls[1:] == [{"root": str(data), "train": True, "download": True},
-                                    {"root": str(data), "train": False, "download": True}]
+    assert fake_cifar.calls[1:] == [
+        {"root": str(data), "train": True, "download": True},
+        {"root": str(data), "train": False, "download": True},
+    ]
     res = json.loads(out)
     assert set(res["knn"]) == {"top1_k1", "top1_k30"} and res["meta"]["n_train"] == 30
 
@@ -131,8 +140,9 @@ def test_compare_passes_data_root_download_and_ks(fake_cifar, tmp_path, capsys):
     model, report = load_model("random:resnet_mini:8-16-32", method="vicreg")
     ckpt = export_model(model, report, tmp_path / "a.pt", "e2mc")
     data = tmp_path / "d2"
-    rc, out, err = _run(capsys, "compare", ckpt, f"b={ckpt}", *EVAL,
-                        "--data-root", data, "--download", "--ks", "2,5", "--json")
+    rc, out, err = _run(
+        capsys, "compare", ckpt, f"b={ckpt}", *EVAL, "--data-root", data, "--download", "--ks", "2,5", "--json"
+    )
     assert rc == 0, err
     assert {(c["root"], c["download"]) for c in fake_cifar.calls} == {(str(data), True)}
     metrics = {r["metric"] for r in json.loads(out)["rows"]}
@@ -149,8 +159,19 @@ def test_training_commands_pass_data_root_and_download(fake_cifar, tmp_path, cap
         raise DataError("stop here")
 
     monkeypatch.setattr(loop, "build_dataset", fake_build)
-    rc, _, err = _run(capsys, "pretrain", "--dataset", "cifar10", "--data-root", tmp_path / "d", "--download",
-                      "--out", tmp_path / "run", "--device", "cpu")
+    rc, _, err = _run(
+        capsys,
+        "pretrain",
+        "--dataset",
+        "cifar10",
+        "--data-root",
+        tmp_path / "d",
+        "--download",
+        "--out",
+        tmp_path / "run",
+        "--device",
+        "cpu",
+    )
     assert rc == 2 and "stop here" in err
     assert (seen["spec"], seen["root"], seen["download"]) == ("cifar10", str(tmp_path / "d"), True)
     rc, _, err = _run(capsys, "pretrain", "--dataset", "cifar10", "--out", tmp_path / "run2", "--device", "cpu")

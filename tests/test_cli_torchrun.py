@@ -23,17 +23,47 @@ def _free_port():
 @pytest.mark.slow
 def test_torchrun_two_processes_through_the_cli(tmp_path, capsys):
     torch.set_num_threads(1)
-    sets = ["data.image_size=8", "data.limit=256", "train.probe_size=0", "train.tensorboard=false",
-            "model.init=random:resnet_mini:8-8-8", "model.head_sizes={projector: [32, 32]}"]
+    sets = [
+        "data.image_size=8",
+        "data.limit=256",
+        "train.probe_size=0",
+        "train.tensorboard=false",
+        "model.init=random:resnet_mini:8-8-8",
+        "model.head_sizes={projector: [32, 32]}",
+    ]
     sets = [a for o in sets for a in ("--set", o)]
-    assert main(["pretrain", *sets, "--batch-size", "64", "--set", "train.max_steps=1",
-                 "--out", str(tmp_path / "pre")]) == 0
+    assert (
+        main(["pretrain", *sets, "--batch-size", "64", "--set", "train.max_steps=1", "--out", str(tmp_path / "pre")])
+        == 0
+    )
     capsys.readouterr()
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "e2mc", "continue",
-           str(tmp_path / "pre" / "checkpoints" / "last.pt"), *sets, "--addon", "e2mc", "--batch-size", "32",
-           "--device", "cpu", "--set", "train.max_steps=3", "--set", "train.log_every=1", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--nnodes=1",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "e2mc",
+        "continue",
+        str(tmp_path / "pre" / "checkpoints" / "last.pt"),
+        *sets,
+        "--addon",
+        "e2mc",
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--set",
+        "train.max_steps=3",
+        "--set",
+        "train.log_every=1",
+        "--out",
+        str(out),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]

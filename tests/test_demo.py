@@ -11,8 +11,25 @@ from e2mc.demo import BASE, E2MC_ARM, START
 
 
 def _run(out, cache, capsys, workers):
-    code = main(["demo", "--out", str(out), "--cache-dir", str(cache), "--seeds", "0,1", "--workers", str(workers),
-                 "--pretrain-epochs", "1", "--continue-epochs", "1", "--set", "train.max_steps=3"])
+    code = main(
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(cache),
+            "--seeds",
+            "0,1",
+            "--workers",
+            str(workers),
+            "--pretrain-epochs",
+            "1",
+            "--continue-epochs",
+            "1",
+            "--set",
+            "train.max_steps=3",
+        ]
+    )
     assert code == 0
     return capsys.readouterr().out
 
@@ -45,7 +62,7 @@ def test_demo_results_report_and_verdict(demo_dirs, capsys):
         assert (head["low"], head["high"]) == (float(ci.low), float(ci.high))
     else:  # no spread: the degenerate interval
         assert head["low"] == pytest.approx(head["difference"]) and head["high"] == pytest.approx(head["difference"])
-    expected = ("E2MC helps" if head["low"] > 0 else "E2MC hurts" if head["high"] < 0 else "no clear difference")
+    expected = "E2MC helps" if head["low"] > 0 else "E2MC hurts" if head["high"] < 0 else "no clear difference"
     assert head["verdict"].startswith(expected)
     assert f"[{100 * head['low']:+.2f}, {100 * head['high']:+.2f}]: {head['verdict']}" in printed
     # the table's cell for the same difference shows the same interval and test

@@ -35,8 +35,9 @@ def test_failed_write_keeps_old_file_and_removes_temp(tmp_path):
 def test_fsyncs_file_before_rename_then_folder(tmp_path, monkeypatch):
     events = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", stat.S_ISDIR(os.fstat(fd).st_mode))),
-                                                 real_fsync(fd)))
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: (events.append(("fsync", stat.S_ISDIR(os.fstat(fd).st_mode))), real_fsync(fd))
+    )
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", None)), real_replace(a, b)))
     fileio.atomic_write_text(tmp_path / "y.txt", "z")
     assert events == [("fsync", False), ("replace", None), ("fsync", True)]

@@ -28,7 +28,7 @@ def _e2mc_args(line):
     if words[0] == "e2mc":
         return words[1:]
     if words[0] == "torchrun":
-        return words[words.index("e2mc") + 1:]  # torchrun ... -m e2mc ARGS
+        return words[words.index("e2mc") + 1 :]  # torchrun ... -m e2mc ARGS
     return None
 
 
@@ -74,9 +74,9 @@ def test_tour_runs_as_written(tmp_path, monkeypatch, capsys):
     assert e2mc_run.strip().endswith("-> runs/e2mc (next: e2mc evaluate runs/e2mc --dataset digits)")
     # evaluate --json: indented like inspect --json, and says which evaluation seeds each protocol used
     ev = next(out for line, out in said.items() if line.startswith("e2mc evaluate"))
-    assert ev.startswith("{\n  \"meta\"")
+    assert ev.startswith('{\n  "meta"')
     assert json.loads(ev)["meta"]["seeds_used"] == {"knn": [], "linear": [0], "rankme": []}
-    assert next(out for line, out in said.items() if line.startswith("e2mc inspect")).startswith("{\n  \"")
+    assert next(out for line, out in said.items() if line.startswith("e2mc inspect")).startswith('{\n  "')
     report = tmp_path / "runs" / "cmp"  # `compare --out` writes the one report
     html = (report / "report.html").read_text()
     assert "Headline (knn/top1_k20" in html and "## Runs" in (report / "report.md").read_text()

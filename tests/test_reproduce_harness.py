@@ -24,16 +24,36 @@ from e2mc.data.splits import stratified_holdout, write_split_file
 from e2mc.errors import ConfigError, DataError
 from e2mc.evaluation.features import file_sha256
 
-TINY = ["--recipe", "digits_vicreg_e2mc", "--batch-size", "128", "--lr", "0.1", "--epochs", "1",
-        "--set", "train.probe_size=0", "--set", "train.log_every=1000", "--protocols", "knn,linear,rankme"]
+TINY = [
+    "--recipe",
+    "digits_vicreg_e2mc",
+    "--batch-size",
+    "128",
+    "--lr",
+    "0.1",
+    "--epochs",
+    "1",
+    "--set",
+    "train.probe_size=0",
+    "--set",
+    "train.log_every=1000",
+    "--protocols",
+    "knn,linear,rankme",
+]
 
 
 @pytest.fixture(scope="module")
 def start(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("repro")
-    run = e2mc.pretrain("digits_vicreg_pretrain", train__max_steps=3, train__epochs=1, train__device="cpu",
-                        train__probe_size=0, out__dir=str(root / "pretrain"))
+    run = e2mc.pretrain(
+        "digits_vicreg_pretrain",
+        train__max_steps=3,
+        train__epochs=1,
+        train__device="cpu",
+        train__probe_size=0,
+        out__dir=str(root / "pretrain"),
+    )
     info = export_start(run / "checkpoints" / "last.pt", root / "starts" / "digits", log=lambda *_: None)
     return root, info
 
@@ -85,8 +105,19 @@ def test_export_start_is_small_fp16_and_loadable(start):
 def test_arms_end_to_end_resumable(start):
     root, _ = start
     out = root / "arms"
-    argv = ["--start", str(root / "starts" / "digits"), "--out", str(out), "--arms", "base,e2mc",
-            "--seeds", "0,1", "--set", "train.max_steps=2", *TINY]
+    argv = [
+        "--start",
+        str(root / "starts" / "digits"),
+        "--out",
+        str(out),
+        "--arms",
+        "base,e2mc",
+        "--seeds",
+        "0,1",
+        "--set",
+        "train.max_steps=2",
+        *TINY,
+    ]
     res = arms.main(argv, log=lambda *_: None)
     assert set(res["arms"]) == {"start", "base", "e2mc"}
     for metric in ("knn/top1_k20", "knn/top1_k200", "linear/top1", "rankme/backbone", "rankme/projector"):
@@ -131,9 +162,27 @@ def test_arms_end_to_end_resumable(start):
 def test_select_mode_uses_train_holdout_and_picks_a_setting(start):
     root, _ = start
     out = root / "select"
-    res = arms.main(["--start", str(root / "starts" / "digits"), "--out", str(out), "--arms", "base,e2mc",
-                     "--seeds", "0", "--select", "--holdout", "300", "--entropy-weight", "5,10",
-                     "--protocols", "knn,rankme", *TINY[:-2]], log=lambda *_: None)
+    res = arms.main(
+        [
+            "--start",
+            str(root / "starts" / "digits"),
+            "--out",
+            str(out),
+            "--arms",
+            "base,e2mc",
+            "--seeds",
+            "0",
+            "--select",
+            "--holdout",
+            "300",
+            "--entropy-weight",
+            "5,10",
+            "--protocols",
+            "knn,rankme",
+            *TINY[:-2],
+        ],
+        log=lambda *_: None,
+    )
     assert set(res["arms"]) == {"start", "base-lr0.1@ep1", "e2mc-lr0.1-ew5-cw1@ep1", "e2mc-lr0.1-ew10-cw1@ep1"}
     assert res["settings"]["eval_data"].endswith("split.json") and res["mode"] == "select"
     assert res["reference"]["e2mc-lr0.1-ew5-cw1@ep1"] == "base-lr0.1@ep1"
@@ -165,8 +214,9 @@ def test_plan_transform_and_m_grid_label_only_when_given():
     jobs = arms.plan(arms.parse(base + ["--arms", "base,e2mc"]))
     e2 = next(j for j in jobs if j["arm"] == "e2mc")
     assert "addon.transform" not in e2["overrides"] and "addon.m" not in e2["overrides"]  # old run folders match
-    jobs = arms.plan(arms.parse(base + ["--arms", "base,e2mc", "--select", "--transform", "sigmoid,gaussian_cdf",
-                                       "--m", "8"]))
+    jobs = arms.plan(
+        arms.parse(base + ["--arms", "base,e2mc", "--select", "--transform", "sigmoid,gaussian_cdf", "--m", "8"])
+    )
     labels = sorted(j["label"] for j in jobs)
     assert labels == ["base-lr0.03", "e2mc-lr0.03-ew10-cw1-cdf-m8", "e2mc-lr0.03-ew10-cw1-sig-m8"]
     cdf = next(j for j in jobs if j["label"].endswith("cdf-m8"))
@@ -181,8 +231,14 @@ def test_components_first_step_vs_last_epoch_mean(tmp_path):
     from benchmarks.reproduce import components
 
     head = "wall_time,epoch,step,phase,loss,base.covariance,addon.covariance,rankme\n"
-    rows = ["1,0,0,init,,,,200\n", "2,0,20,train,5,0.8,0.003,\n", "3,0,40,train,5,0.9,0.004,\n",
-            "4,1,60,train,5,2.0,0.006,\n", "5,1,80,train,5,3.0,,\n", "6,2,80,epoch,,,,210\n"]
+    rows = [
+        "1,0,0,init,,,,200\n",
+        "2,0,20,train,5,0.8,0.003,\n",
+        "3,0,40,train,5,0.9,0.004,\n",
+        "4,1,60,train,5,2.0,0.006,\n",
+        "5,1,80,train,5,3.0,,\n",
+        "6,2,80,epoch,,,,210\n",
+    ]
     for seed, scale in ((0, 1.0), (1, 3.0)):
         run = tmp_path / "runs" / f"e2mc-seed{seed}"
         run.mkdir(parents=True)
@@ -202,13 +258,18 @@ def test_summary_rows_in_points_with_interval_and_terms(tmp_path):
     from benchmarks.reproduce import summary
 
     row = {"mean": 0.55, "seeds": [0, 1], "diff": {"mean": 0.005, "low": 0.0001, "high": 0.0099}}
-    res = {"arms": {"start": {"knn/top1_k20": {"mean": 0.5, "seeds": [0]}},
-                    "base": {"knn/top1_k20": {"mean": 0.545, "seeds": [0, 1], "diff": None}},
-                    "e2mc@ep2": {"knn/top1_k20": row, "rankme/backbone": {"mean": 240.04, "seeds": [0, 1]}}},
-           "reference": {"start": "base", "base": None, "e2mc@ep2": "base"}}
+    res = {
+        "arms": {
+            "start": {"knn/top1_k20": {"mean": 0.5, "seeds": [0]}},
+            "base": {"knn/top1_k20": {"mean": 0.545, "seeds": [0, 1], "diff": None}},
+            "e2mc@ep2": {"knn/top1_k20": row, "rankme/backbone": {"mean": 240.04, "seeds": [0, 1]}},
+        },
+        "reference": {"start": "base", "base": None, "e2mc@ep2": "base"},
+    }
     (tmp_path / "results.json").write_text(json.dumps(res))
-    (tmp_path / "components.json").write_text(json.dumps(
-        {"e2mc": {"seeds": [0, 1], "components": {"base.covariance": {"first": 0.8, "last_epoch": 2.414}}}}))
+    (tmp_path / "components.json").write_text(
+        json.dumps({"e2mc": {"seeds": [0, 1], "components": {"base.covariance": {"first": 0.8, "last_epoch": 2.414}}}})
+    )
     (r,) = summary.rows_of(tmp_path)  # start and base (no reference) are not rows
     assert r[:4] == [tmp_path.name, "e2mc@ep2", "0,1", "+0.50 [+0.01, +0.99]"]
     assert r[6] == "240.0" and r[8] == "2.41" and r[7] == r[9] == ""

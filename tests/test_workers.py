@@ -24,7 +24,13 @@ def test_in_process_keeps_order_and_reports_each():
 def test_spawned_processes_keep_order_threads_and_errors():
     jobs, seen = [3, 1, 2, -4, 5], {}
     with pytest.raises(E2MCError, match=r"job -4 failed: ConfigError: negative input -4: pass a non-negative"):
-        run_in_processes(_square_and_threads, jobs, workers=2, threads=1, label=lambda j: f"job {j}",
-                         on_done=lambda i, r: seen.setdefault(i, r))
+        run_in_processes(
+            _square_and_threads,
+            jobs,
+            workers=2,
+            threads=1,
+            label=lambda j: f"job {j}",
+            on_done=lambda i, r: seen.setdefault(i, r),
+        )
     # each job that finished before the error reported its own result, from a 1-thread worker
     assert seen and all(r == (jobs[i] ** 2, 1) for i, r in seen.items())

@@ -53,10 +53,38 @@ import torch  # noqa: E402
 
 from e2mc.fileio import atomic_write_text  # noqa: E402
 
-GPU = dict(arch="resnet50", img=224, batch=256, proj=[8192, 8192, 8192], amp_steps=12, warm=3, steps=5,
-           reps=3, sort_n=512, sort_d=2048, ddp_arch="resnet18", ddp_img=64, ddp_batch=16, ddp_timeout=240)
-DRY = dict(arch="resnet_mini:8-16-32", img=32, batch=8, proj=[64, 64], amp_steps=2, warm=1, steps=1, reps=1,
-           sort_n=64, sort_d=32, ddp_arch="resnet_mini:8-16-32", ddp_img=16, ddp_batch=4, ddp_timeout=120)
+GPU = dict(
+    arch="resnet50",
+    img=224,
+    batch=256,
+    proj=[8192, 8192, 8192],
+    amp_steps=12,
+    warm=3,
+    steps=5,
+    reps=3,
+    sort_n=512,
+    sort_d=2048,
+    ddp_arch="resnet18",
+    ddp_img=64,
+    ddp_batch=16,
+    ddp_timeout=240,
+)
+DRY = dict(
+    arch="resnet_mini:8-16-32",
+    img=32,
+    batch=8,
+    proj=[64, 64],
+    amp_steps=2,
+    warm=1,
+    steps=1,
+    reps=1,
+    sort_n=64,
+    sort_d=32,
+    ddp_arch="resnet_mini:8-16-32",
+    ddp_img=16,
+    ddp_batch=4,
+    ddp_timeout=120,
+)
 SHARE_GOAL, THROUGHPUT_GOAL = 0.03, 0.95
 
 
@@ -85,13 +113,31 @@ def trainer(S: dict, device: torch.device, out: Path, *extra: str):
 
     limit = max(2 * S["batch"], 16)
     proj = ", ".join(map(str, S["proj"]))
-    cfg = load_config(None, [
-        "data.dataset=digits", f"data.image_size={S['img']}", f"data.limit={limit}", "mode=pretrain",
-        f"model.init=random:{S['arch']}", f"model.head_sizes={{projector: [{proj}]}}",
-        f"optim.batch_size={S['batch']}", "optim.name=lars", "optim.lr=0.2", "optim.lr_scaling=linear",
-        "optim.schedule=constant", "addon.name=e2mc", "train.channels_last=true", "train.log_every=1000",
-        "train.probe_size=0", "train.tensorboard=false", f"train.device={device}", f"out.dir={out}",
-        "out.overwrite=true", *extra])
+    cfg = load_config(
+        None,
+        [
+            "data.dataset=digits",
+            f"data.image_size={S['img']}",
+            f"data.limit={limit}",
+            "mode=pretrain",
+            f"model.init=random:{S['arch']}",
+            f"model.head_sizes={{projector: [{proj}]}}",
+            f"optim.batch_size={S['batch']}",
+            "optim.name=lars",
+            "optim.lr=0.2",
+            "optim.lr_scaling=linear",
+            "optim.schedule=constant",
+            "addon.name=e2mc",
+            "train.channels_last=true",
+            "train.log_every=1000",
+            "train.probe_size=0",
+            "train.tensorboard=false",
+            f"train.device={device}",
+            f"out.dir={out}",
+            "out.overwrite=true",
+            *extra,
+        ],
+    )
     t = Trainer(cfg, quiet=True)
     t.model.train()
     return t
@@ -99,8 +145,10 @@ def trainer(S: dict, device: torch.device, out: Path, *extra: str):
 
 def images(S: dict, device: torch.device, k: int = 2) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return [torch.randint(0, 256, (S["batch"], 3, S["img"], S["img"]), generator=g, dtype=torch.uint8).to(device)
-            for _ in range(k)]
+    return [
+        torch.randint(0, 256, (S["batch"], 3, S["img"], S["img"]), generator=g, dtype=torch.uint8).to(device)
+        for _ in range(k)
+    ]
 
 
 # ---------------------------------------------------------------------------------------- (a)
@@ -109,7 +157,7 @@ def check_sort(S, device, dry, tmp):
 
     def run(z, transform, dev, forced):
         zz = z.to(dev).requires_grad_(True)
-        zs = [zz[:, : z.shape[1] // 2], zz[:, z.shape[1] // 2:]]
+        zs = [zz[:, : z.shape[1] // 2], zz[:, z.shape[1] // 2 :]]
         crit = E2MC(transform=transform, gather=False)
         with torch_sort_path() if forced else contextlib.nullcontext():
             out = crit(zs)
@@ -138,24 +186,38 @@ def check_sort(S, device, dry, tmp):
             gdiff = float((group_sums(z, g_ref) - group_sums(z, g_got)).abs().max()) / scale if tied else elem
             good = vdiff <= 1e-5 and gdiff <= 1e-4 and ref["tied"] == got["tied"]
             ok &= good
-            rows.append(f"| {transform} | {kind} | {ref['loss']:.6g} | {vdiff:.1e} | {gdiff:.1e}"
-                        f"{' (tie-group sums)' if tied else ''} | {elem:.1e} | {ref['tied']:.3f} | "
-                        f"{'ok' if good else 'DIFFERS'} |")
+            rows.append(
+                f"| {transform} | {kind} | {ref['loss']:.6g} | {vdiff:.1e} | {gdiff:.1e}"
+                f"{' (tie-group sums)' if tied else ''} | {elem:.1e} | {ref['tied']:.3f} | "
+                f"{'ok' if good else 'DIFFERS'} |"
+            )
     where = "torch.sort branch forced on CPU (dry run)" if device.type == "cpu" else f"{device} (torch.sort)"
-    lines = [f"N = {S['sort_n']}, 2 views x D = {S['sort_d'] // 2}; reference: CPU packed sort; compared: {where}. "
-             "Tolerances: values 1e-5 relative, gradients 1e-4 of the largest gradient.", "",
-             "| transform | data | loss | max rel. diff of loss/entropy/cov | grad diff | per-element grad diff | "
-             "tied fraction | verdict |", "|---|---|---|---|---|---|---|---|", *rows, "",
-             "Tie order: CPU breaks ties by row position (stable); CUDA torch.sort is unstable. On tied data the "
-             "per-element gradient may be permuted among tied elements (last column, informative); each tie "
-             "group's sum must match."]
+    lines = [
+        f"N = {S['sort_n']}, 2 views x D = {S['sort_d'] // 2}; reference: CPU packed sort; compared: {where}. "
+        "Tolerances: values 1e-5 relative, gradients 1e-4 of the largest gradient.",
+        "",
+        "| transform | data | loss | max rel. diff of loss/entropy/cov | grad diff | per-element grad diff | "
+        "tied fraction | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "Tie order: CPU breaks ties by row position (stable); CUDA torch.sort is unstable. On tied data the "
+        "per-element gradient may be permuted among tied elements (last column, informative); each tie "
+        "group's sum must match.",
+    ]
     return ("PASS" if ok else "FAIL"), lines
 
 
 # ---------------------------------------------------------------------------------------- (b)
 def check_precision(S, device, dry, tmp):
-    lines, ok = ["| precision | steps | loss terms finite | weights finite | scaler skipped steps | "
-                 "scale first -> last | last loss |", "|---|---|---|---|---|---|---|"], True
+    lines, ok = (
+        [
+            "| precision | steps | loss terms finite | weights finite | scaler skipped steps | "
+            "scale first -> last | last loss |",
+            "|---|---|---|---|---|---|---|",
+        ],
+        True,
+    )
     batches = images(S, device)
     for prec in ("bf16", "fp16"):
         t = trainer(S, device, tmp / f"prec_{prec}", f"train.precision={prec}")
@@ -174,15 +236,20 @@ def check_precision(S, device, dry, tmp):
             good = finite and wfinite and (dry or prec == "bf16" or skipped < S["amp_steps"])
             ok &= good
             sc = f"{scales[0]:g} -> {scales[-1]:g}" if scales else "- (no scaler)"
-            lines.append(f"| {prec} | {S['amp_steps']} | {finite} | {wfinite} | "
-                         f"{skipped if prec == 'fp16' else '-'} | {sc} | {last:.5g} |")
+            lines.append(
+                f"| {prec} | {S['amp_steps']} | {finite} | {wfinite} | "
+                f"{skipped if prec == 'fp16' else '-'} | {sc} | {last:.5g} |"
+            )
         finally:
             t._close()
             del t
-    lines += ["", f"Model {S['arch']} at {S['img']} px, batch {S['batch']}, VICReg + E2MC (sigmoid), LARS; "
-              "random images. A skipped step is one where GradScaler backed its scale off (inf/NaN gradients); "
-              "the first steps at the initial scale 65536 are expected to be skipped. Verdict: finite terms and "
-              "weights" + ("" if dry else ", and fp16 takes at least one step") + "."]
+    lines += [
+        "",
+        f"Model {S['arch']} at {S['img']} px, batch {S['batch']}, VICReg + E2MC (sigmoid), LARS; "
+        "random images. A skipped step is one where GradScaler backed its scale off (inf/NaN gradients); "
+        "the first steps at the initial scale 65536 are expected to be skipped. Verdict: finite terms and "
+        "weights" + ("" if dry else ", and fp16 takes at least one step") + ".",
+    ]
     return ("PASS" if ok else "FAIL"), lines
 
 
@@ -262,22 +329,43 @@ def check_speed(S, device, dry, tmp, results):
     share = max(0.0, 1 - med["trainer, no add-on"] / med["trainer, E2MC"])
     ratio = med["bare loop, E2MC"] / med["trainer, E2MC"]
     b = S["batch"]
-    table = ["| step | median s/step | img/s |", "|---|---|---|",
-             *(f"| {k} | {v:.4f} | {b / v:.1f} |" for k, v in med.items())]
-    setup = (f"{S['arch']} at {S['img']} px, expander {'-'.join(map(str, S['proj']))}, batch {b}, 2 views, "
-             f"bf16 autocast + channels_last, LARS; {S['warm']} warm-up steps, then {S['reps']} interleaved "
-             f"blocks of {S['steps']} timed steps (median block)" + (f"; peak CUDA memory {mem:.1f} GiB" if mem else ""))
+    table = [
+        "| step | median s/step | img/s |",
+        "|---|---|---|",
+        *(f"| {k} | {v:.4f} | {b / v:.1f} |" for k, v in med.items()),
+    ]
+    setup = (
+        f"{S['arch']} at {S['img']} px, expander {'-'.join(map(str, S['proj']))}, batch {b}, 2 views, "
+        f"bf16 autocast + channels_last, LARS; {S['warm']} warm-up steps, then {S['reps']} interleaved "
+        f"blocks of {S['steps']} timed steps (median block)" + (f"; peak CUDA memory {mem:.1f} GiB" if mem else "")
+    )
     goals = not dry
     c_status = ("PASS" if share <= SHARE_GOAL else "MISS") if goals else "RAN (dry run: no goal)"
     d_status = ("PASS" if ratio >= THROUGHPUT_GOAL else "MISS") if goals else "RAN (dry run: no goal)"
-    results["c"] = (c_status, [setup, "", *table, "",
-                               f"E2MC's share of the step: **{share:.2%}** (1 - no-add-on / E2MC step; goal <= "
-                               f"{SHARE_GOAL:.0%}). E2MC forward + backward alone on ({b}, {d}) x 2 views: "
-                               f"{t_alone * 1e3:.2f} ms = {t_alone / med['trainer, E2MC']:.2%} of the step."])
-    results["d"] = (d_status, [setup, "", *table, "",
-                               f"Trainer / bare-loop throughput: **{ratio:.1%}** (goal >= {THROUGHPUT_GOAL:.0%}). "
-                               "The bare loop uses the same SSLModel, ViewGenerator, VICRegLoss and E2MC modules "
-                               "and a LARS optimiser, with no GradScaler, scheduler or loss-term bookkeeping."])
+    results["c"] = (
+        c_status,
+        [
+            setup,
+            "",
+            *table,
+            "",
+            f"E2MC's share of the step: **{share:.2%}** (1 - no-add-on / E2MC step; goal <= "
+            f"{SHARE_GOAL:.0%}). E2MC forward + backward alone on ({b}, {d}) x 2 views: "
+            f"{t_alone * 1e3:.2f} ms = {t_alone / med['trainer, E2MC']:.2%} of the step.",
+        ],
+    )
+    results["d"] = (
+        d_status,
+        [
+            setup,
+            "",
+            *table,
+            "",
+            f"Trainer / bare-loop throughput: **{ratio:.1%}** (goal >= {THROUGHPUT_GOAL:.0%}). "
+            "The bare loop uses the same SSLModel, ViewGenerator, VICRegLoss and E2MC modules "
+            "and a LARS optimiser, with no GradScaler, scheduler or loss-term bookkeeping.",
+        ],
+    )
 
 
 # ---------------------------------------------------------------------------------------- (e)
@@ -300,11 +388,27 @@ def ddp_child(out: str, batch: int, global_batch: int, arch: str, img: int, devi
     from e2mc.train.distributed import per_sample_norms as no_bn
 
     batch, global_batch, img = int(batch), int(global_batch), int(img)
-    cfg = load_config(None, [
-        "data.dataset=digits", f"data.image_size={img}", f"data.limit={global_batch * 4}", "mode=pretrain",
-        f"model.init=random:{arch}", "model.head_sizes={projector: [64, 64]}", f"optim.batch_size={batch}",
-        "optim.lr=0.05", "optim.schedule=constant", "addon.name=e2mc", "train.log_every=1", "train.probe_size=0",
-        "train.max_steps=2", "train.tensorboard=false", f"train.device={device}", f"out.dir={out}"])
+    cfg = load_config(
+        None,
+        [
+            "data.dataset=digits",
+            f"data.image_size={img}",
+            f"data.limit={global_batch * 4}",
+            "mode=pretrain",
+            f"model.init=random:{arch}",
+            "model.head_sizes={projector: [64, 64]}",
+            f"optim.batch_size={batch}",
+            "optim.lr=0.05",
+            "optim.schedule=constant",
+            "addon.name=e2mc",
+            "train.log_every=1",
+            "train.probe_size=0",
+            "train.max_steps=2",
+            "train.tensorboard=false",
+            f"train.device={device}",
+            f"out.dir={out}",
+        ],
+    )
     Trainer(cfg, model_fn=no_bn, views_fn=views, quiet=True).fit()
 
 
@@ -319,15 +423,32 @@ def _ddp_setup(S, device):
 def start_ddp(S, device, tmp) -> subprocess.Popen:
     """Launch the 2-process run (torchrun) in the background; ``check_ddp`` waits for it."""
     backend, dev2, _, _ = _ddp_setup(S, device)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="1",
+    )
     b = S["ddp_batch"]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-           "--master_addr=127.0.0.1", __file__, CHILD, str(tmp / "ddp2"), str(b), str(2 * b), S["ddp_arch"],
-           str(S["ddp_img"]), dev2, backend]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={port}",
+        "--master_addr=127.0.0.1",
+        __file__,
+        CHILD,
+        str(tmp / "ddp2"),
+        str(b),
+        str(2 * b),
+        S["ddp_arch"],
+        str(S["ddp_img"]),
+        dev2,
+        backend,
+    ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -348,32 +469,49 @@ def check_ddp(S, device, dry, tmp, proc=None):
         tail = (text or "").strip().splitlines()[-4:]
         return "FAIL", [f"the 2-process run ({how}) exited with {p.returncode}:", "", "```", *tail, "```"]
     runs = {k: tmp / k for k in ("ddp2", "ddp1")}
-    loss = {k: [float(r["loss"]) for r in read_metrics(d / "metrics.csv") if r["phase"] == "train"]
-            for k, d in runs.items()}
-    w = {k: torch.load(d / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["model"]
-         for k, d in runs.items()}
+    loss = {
+        k: [float(r["loss"]) for r in read_metrics(d / "metrics.csv") if r["phase"] == "train"] for k, d in runs.items()
+    }
+    w = {
+        k: torch.load(d / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["model"]
+        for k, d in runs.items()
+    }
     ldiff = max(abs(a - c) / max(abs(c), 1e-12) for a, c in zip(loss["ddp2"], loss["ddp1"]))
     wdiff = max(float((w["ddp2"][k].float() - w["ddp1"][k].float()).abs().max()) for k in w["ddp1"])
     moved = max(float((w["ddp1"][k].float()).abs().max()) for k in w["ddp1"])
     good = len(loss["ddp2"]) == len(loss["ddp1"]) == 2 and ldiff <= 1e-4 and wdiff <= 1e-4 * max(moved, 1.0)
     return ("PASS" if good else "FAIL"), [
         f"{how}; {S['ddp_arch']} at {S['ddp_img']} px (BatchNorm -> GroupNorm/LayerNorm, deterministic views), "
-        f"VICReg + E2MC, fp32, 2 steps: 2 x {b} per rank vs 1 x {2 * b}.", "",
-        "| | 2 processes | 1 process |", "|---|---|---|",
+        f"VICReg + E2MC, fp32, 2 steps: 2 x {b} per rank vs 1 x {2 * b}.",
+        "",
+        "| | 2 processes | 1 process |",
+        "|---|---|---|",
         *(f"| loss step {i + 1} | {a:.7g} | {c:.7g} |" for i, (a, c) in enumerate(zip(loss["ddp2"], loss["ddp1"]))),
-        "", f"max relative loss difference {ldiff:.1e} (tolerance 1e-4); max weight difference after 2 steps "
-        f"{wdiff:.1e} (tolerance 1e-4 x max |w| = {1e-4 * max(moved, 1.0):.1e})."]
+        "",
+        f"max relative loss difference {ldiff:.1e} (tolerance 1e-4); max weight difference after 2 steps "
+        f"{wdiff:.1e} (tolerance 1e-4 x max |w| = {1e-4 * max(moved, 1.0):.1e}).",
+    ]
 
 
 # ---------------------------------------------------------------------------------------- driver
-TITLES = {"a": "a. CUDA sort path equals the CPU path", "b": "b. bf16 and fp16 + GradScaler steps",
-          "c": "c. E2MC's share of a VICReg step", "d": "d. Trainer throughput vs a bare loop",
-          "e": "e. 2-process DDP equivalence"}
+TITLES = {
+    "a": "a. CUDA sort path equals the CPU path",
+    "b": "b. bf16 and fp16 + GradScaler steps",
+    "c": "c. E2MC's share of a VICReg step",
+    "d": "d. Trainer throughput vs a bare loop",
+    "e": "e. 2-process DDP equivalence",
+}
 
 
 def write(path: Path, header: list[str], results: dict) -> None:
-    lines = [*header, "", "| check | result |", "|---|---|",
-             *(f"| {TITLES[k]} | {results[k][0]} |" for k in TITLES if k in results), ""]
+    lines = [
+        *header,
+        "",
+        "| check | result |",
+        "|---|---|",
+        *(f"| {TITLES[k]} | {results[k][0]} |" for k in TITLES if k in results),
+        "",
+    ]
     for k in TITLES:
         if k in results:
             lines += [f"## {TITLES[k]}", "", f"**{results[k][0]}**", "", *results[k][1], ""]
@@ -392,13 +530,18 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes on CPU (gloo): checks the script end to end")
     ap.add_argument("--device", default=None, help="default: cuda (cpu with --dry-run)")
     ap.add_argument("--only", default="abcde", help="checks to run, e.g. 'ace'")
-    ap.add_argument("--batch", type=int, default=None, help="per-step batch of b-d (default 256; 8 with --dry-run), "
-                    "e.g. 128 on a GPU with less than ~40 GiB")
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="per-step batch of b-d (default 256; 8 with --dry-run), e.g. 128 on a GPU with less than ~40 GiB",
+    )
     args = ap.parse_args(argv)
     device = torch.device(args.device or ("cpu" if args.dry_run else "cuda"))
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("no CUDA device here: run on a GPU machine, or pass --dry-run to check the script on CPU",
-              file=sys.stderr)
+        print(
+            "no CUDA device here: run on a GPU machine, or pass --dry-run to check the script on CPU", file=sys.stderr
+        )
         return 2
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -409,12 +552,15 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     out = Path(args.out)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    header = ["# e2mc GPU check" + (" (dry run: tiny sizes on CPU, goals not applied)" if args.dry_run else ""), "",
-              f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}; device: {name} ({device}), "
-              f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} CUDA device(s); torch {torch.__version__}, "
-              f"CUDA {torch.version.cuda}; Python {platform.python_version()}",
-              f"- command: `python benchmarks/gpu/check.py{' --dry-run' if args.dry_run else ''}"
-              f"{f' --batch {args.batch}' if args.batch else ''} --out {args.out}`"]
+    header = [
+        "# e2mc GPU check" + (" (dry run: tiny sizes on CPU, goals not applied)" if args.dry_run else ""),
+        "",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}; device: {name} ({device}), "
+        f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} CUDA device(s); torch {torch.__version__}, "
+        f"CUDA {torch.version.cuda}; Python {platform.python_version()}",
+        f"- command: `python benchmarks/gpu/check.py{' --dry-run' if args.dry_run else ''}"
+        f"{f' --batch {args.batch}' if args.batch else ''} --out {args.out}`",
+    ]
     results: dict = {}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="e2mc_gpu_check_") as tmpdir:

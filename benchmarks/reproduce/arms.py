@@ -59,15 +59,21 @@ def plan(args) -> list[dict]:
     unknown = [a for a in args.arms if a not in ARMS]
     if unknown:
         raise ConfigError(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
-    if not args.select and max(len(args.lr), len(args.entropy_weight), len(args.cov_weight), len(args.transform),
-                               len(args.m)) > 1:
-        raise ConfigError("lists of --lr / --entropy-weight / --cov-weight / --transform / --m are a grid: "
-                          "only with --select")
+    if (
+        not args.select
+        and max(len(args.lr), len(args.entropy_weight), len(args.cov_weight), len(args.transform), len(args.m)) > 1
+    ):
+        raise ConfigError(
+            "lists of --lr / --entropy-weight / --cov-weight / --transform / --m are a grid: only with --select"
+        )
     jobs = []
     for arm in args.arms:
         e2mc_arm = ARMS[arm].get("addon.name") == "e2mc"
-        ew_, cw_, tr_, m_ = ((args.entropy_weight, args.cov_weight, args.transform, args.m) if e2mc_arm
-                             else ([None], [None], [None], [None]))
+        ew_, cw_, tr_, m_ = (
+            (args.entropy_weight, args.cov_weight, args.transform, args.m)
+            if e2mc_arm
+            else ([None], [None], [None], [None])
+        )
         grid = [(lr, ew, cw, tr, m) for lr in args.lr for ew in ew_ for cw in cw_ for tr in tr_ for m in m_]
         for lr, ew, cw, tr, m in grid:
             over = {"optim.lr": lr}
@@ -82,13 +88,22 @@ def plan(args) -> list[dict]:
             over.update(ARMS[arm])
             label = arm
             if args.select:
-                label += f"-lr{_num(lr)}" + (f"-ew{_num(over['addon.entropy_weight'])}-cw{_num(over['addon.cov_weight'])}"
-                                             if e2mc_arm else "")
+                label += f"-lr{_num(lr)}" + (
+                    f"-ew{_num(over['addon.entropy_weight'])}-cw{_num(over['addon.cov_weight'])}" if e2mc_arm else ""
+                )
                 label += f"-{TRANSFORM_TAGS.get(tr, tr)}" if tr is not None else ""
                 label += f"-m{m}" if m is not None else ""
             for seed in args.seeds:
-                jobs.append({"arm": arm, "label": label, "seed": seed, "lr": lr, "overrides": over,
-                             "dir": Path(args.out) / "runs" / f"{label}-seed{seed}"})
+                jobs.append(
+                    {
+                        "arm": arm,
+                        "label": label,
+                        "seed": seed,
+                        "lr": lr,
+                        "overrides": over,
+                        "dir": Path(args.out) / "runs" / f"{label}-seed{seed}",
+                    }
+                )
     return jobs
 
 
@@ -102,27 +117,38 @@ def run_one(job: dict, common: dict, log=print) -> float:
     marker = run_dir / "harness.json"
     state = read_json(marker)
     if state is not None and state["overrides"] != over:
-        raise ConfigError(f"{run_dir} was trained with other settings ({marker}); use another --out "
-                          "or delete that run folder")
+        raise ConfigError(
+            f"{run_dir} was trained with other settings ({marker}); use another --out or delete that run folder"
+        )
     if state is not None and state.get("done"):
         log(f"skip {job['label']} seed {job['seed']}: done ({run_dir})")
         return 0.0
-    state = state or {"arm": job["arm"], "label": job["label"], "seed": job["seed"], "overrides": over,
-                      "train_seconds": 0.0}
+    state = state or {
+        "arm": job["arm"],
+        "label": job["label"],
+        "seed": job["seed"],
+        "overrides": over,
+        "train_seconds": 0.0,
+    }
     write_json(marker, {**state, "done": False})
     resume = (run_dir / "checkpoints" / "last.pt").is_file()  # interrupted: resume; else (re)start clean
     log(f"{'resume' if resume else 'train'} {job['label']} seed {job['seed']} -> {run_dir}")
     t0 = time.perf_counter()
     try:
-        continue_training(common["recipe"], **{k: v for k, v in over.items() if k != "recipe"},
-                          out__resume=resume, out__overwrite=not resume)
+        continue_training(
+            common["recipe"],
+            **{k: v for k, v in over.items() if k != "recipe"},
+            out__resume=resume,
+            out__overwrite=not resume,
+        )
     except BaseException:  # stopped (RunInterrupted, ^C) or failed: keep the seconds spent so far, not done
         state["train_seconds"] = round(state["train_seconds"] + time.perf_counter() - t0, 1)
         write_json(marker, {**state, "done": False})
         raise
     dt = time.perf_counter() - t0
-    state.update(done=True, train_seconds=round(state["train_seconds"] + dt, 1),
-                 finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+    state.update(
+        done=True, train_seconds=round(state["train_seconds"] + dt, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S")
+    )
     write_json(marker, state)
     return dt
 
@@ -182,34 +208,65 @@ def report(args, per_label, arm_of, eval_seconds, runs, settings, log=print) -> 
     from e2mc.report.html import write_report
 
     out = Path(args.out)
-    order = sorted(per_label, key=lambda lab: (lab != R.START, arm_of.get(lab) != BASE, list(ARMS).index(
-        arm_of[lab]) if lab in arm_of else -1, lab))
+    order = sorted(
+        per_label,
+        key=lambda lab: (
+            lab != R.START,
+            arm_of.get(lab) != BASE,
+            list(ARMS).index(arm_of[lab]) if lab in arm_of else -1,
+            lab,
+        ),
+    )
     refs = {lab: reference_of(lab, arm_of, order) for lab in order}
     summary = R.summarise({lab: per_label[lab] for lab in order}, refs)
     history = read_json(out / "results.json", {}).get("invocations", [])
     history.append({"command": command_line(), "machine": machine(), "wall_time_s": settings.pop("_wall", {})})
     train_s = {p.name: read_json(p / "harness.json")["train_seconds"] for p in runs}
     sel = R.select_best(summary, arm_of, "e2mc", args.criterion) if args.select else None
-    notes = [f"Start `{args.start}`; eval data `{settings['eval_data']}` "
-             f"({'held-out part of the TRAIN split' if args.select else 'train split as kNN bank / probe data, test split scored'}); "
-             f"{settings['epochs']} epoch(s), batch {settings['batch_size']}, recipe `{settings['recipe']}`."]
+    notes = [
+        f"Start `{args.start}`; eval data `{settings['eval_data']}` "
+        f"({'held-out part of the TRAIN split' if args.select else 'train split as kNN bank / probe data, test split scored'}); "
+        f"{settings['epochs']} epoch(s), batch {settings['batch_size']}, recipe `{settings['recipe']}`."
+    ]
     if sel:
-        notes.append(f"Selection ({args.criterion}, held-out): best E2MC setting **{sel['label']}**, ranking "
-                     f"{', '.join(sel['ranking'][:5])}.")
-    obj = {"schema": SCHEMA, "mode": "select" if args.select else "test", "settings": settings,
-           "arms": summary, "arm_of": arm_of, "reference": refs, "selection": sel,
-           "wall_time_s": {"train": train_s, "evaluate": eval_seconds,
-                           "train_by_arm": _by_arm(train_s, runs), "total_train": round(sum(train_s.values()), 1),
-                           "total_evaluate": round(sum(eval_seconds.values()), 1)},
-           "invocations": history}
+        notes.append(
+            f"Selection ({args.criterion}, held-out): best E2MC setting **{sel['label']}**, ranking "
+            f"{', '.join(sel['ranking'][:5])}."
+        )
+    obj = {
+        "schema": SCHEMA,
+        "mode": "select" if args.select else "test",
+        "settings": settings,
+        "arms": summary,
+        "arm_of": arm_of,
+        "reference": refs,
+        "selection": sel,
+        "wall_time_s": {
+            "train": train_s,
+            "evaluate": eval_seconds,
+            "train_by_arm": _by_arm(train_s, runs),
+            "total_train": round(sum(train_s.values()), 1),
+            "total_evaluate": round(sum(eval_seconds.values()), 1),
+        },
+        "invocations": history,
+    }
     write_json(out / "results.json", obj)
-    (out / "table.md").write_text(R.to_markdown(summary, title=args.title or f"Arms from {Path(args.start).name}",
-                                                notes=notes))
+    (out / "table.md").write_text(
+        R.to_markdown(summary, title=args.title or f"Arms from {Path(args.start).name}", notes=notes)
+    )
     names = [lab for lab in order if lab != R.START] + [R.START]
     res = [[per_label[lab][s] for s in sorted(per_label[lab])] for lab in names]
     seeds = [sorted(per_label[lab]) for lab in names]  # training seeds: the report pairs by them
-    comp = ComparisonResult(names, [[lab] for lab in names], settings["eval_data"], list(args.protocols), [0], res,
-                            build_rows(names, res, seeds), seeds)
+    comp = ComparisonResult(
+        names,
+        [[lab] for lab in names],
+        settings["eval_data"],
+        list(args.protocols),
+        [0],
+        res,
+        build_rows(names, res, seeds),
+        seeds,
+    )
     comp.to_json(out / "comparison.json")
     write_report(out / "report", comp, runs=runs, title=args.title or "e2mc arms")
     log((out / "table.md").read_text())
@@ -227,21 +284,31 @@ def _by_arm(train_s: dict, runs) -> dict:
 def parse(argv=None) -> argparse.Namespace:
     """Command-line arguments (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--start", required=True, help="start folder written by export_start (model.safetensors + start.json)")
+    ap.add_argument(
+        "--start", required=True, help="start folder written by export_start (model.safetensors + start.json)"
+    )
     ap.add_argument("--out", required=True, help="results folder (runs/, evals/, results.json, table.md, report/)")
-    ap.add_argument("--arms", type=lambda s: [a for a in s.split(",") if a], default=["base", "e2mc"],
-                    help=f"comma list from {', '.join(ARMS)}")
+    ap.add_argument(
+        "--arms",
+        type=lambda s: [a for a in s.split(",") if a],
+        default=["base", "e2mc"],
+        help=f"comma list from {', '.join(ARMS)}",
+    )
     ap.add_argument("--seeds", type=_ints, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, required=True)
     ap.add_argument("--lr", type=_floats, required=True, help="LARS base LR (comma list = grid, --select only)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--entropy-weight", type=_floats, default=[10.0], help="E2MC entropy weight (grid with --select)")
     ap.add_argument("--cov-weight", type=_floats, default=[1.0], help="E2MC covariance weight (grid with --select)")
-    ap.add_argument("--transform", type=lambda s: [t for t in s.split(",") if t], default=[None],
-                    help="E2MC transform(s): sigmoid, gaussian_cdf, identity (default: the recipe's; grid with "
-                         "--select)")
-    ap.add_argument("--m", type=_ints, default=[None],
-                    help="E2MC m-spacing(s) (default: round(sqrt(N)); grid with --select)")
+    ap.add_argument(
+        "--transform",
+        type=lambda s: [t for t in s.split(",") if t],
+        default=[None],
+        help="E2MC transform(s): sigmoid, gaussian_cdf, identity (default: the recipe's; grid with --select)",
+    )
+    ap.add_argument(
+        "--m", type=_ints, default=[None], help="E2MC m-spacing(s) (default: round(sqrt(N)); grid with --select)"
+    )
     ap.add_argument("--recipe", default="cifar10_vicreg_e2mc", help="continue recipe every arm starts from")
     ap.add_argument("--dataset", default=None, help="training data spec (default: the start's pre-training data)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="extra override key=value for every arm")
@@ -282,18 +349,36 @@ def main(argv=None, log=print) -> dict | None:
             holdout_split(split, dataset, build_dataset(dataset, "train").targets, args.holdout, args.holdout_seed)
         train_data = eval_data = str(split)
     sets = dict(parse_override(s) for s in args.sets)
-    common = {"recipe": args.recipe, "model.init": str(start_model), "data.dataset": train_data,
-              "data.num_workers": 0, "train.epochs": args.epochs, "optim.batch_size": args.batch_size,
-              "train.device": args.device, **sets}
-    settings = {"start": str(args.start), "start_sha256": start_meta.get("sha256"), "recipe": args.recipe,
-                "dataset": str(dataset), "train_data": train_data, "eval_data": eval_data, "epochs": args.epochs,
-                "batch_size": args.batch_size, "sets": sets, "select": args.select,
-                "holdout": args.holdout if args.select else None, "protocols": list(args.protocols)}
+    common = {
+        "recipe": args.recipe,
+        "model.init": str(start_model),
+        "data.dataset": train_data,
+        "data.num_workers": 0,
+        "train.epochs": args.epochs,
+        "optim.batch_size": args.batch_size,
+        "train.device": args.device,
+        **sets,
+    }
+    settings = {
+        "start": str(args.start),
+        "start_sha256": start_meta.get("sha256"),
+        "recipe": args.recipe,
+        "dataset": str(dataset),
+        "train_data": train_data,
+        "eval_data": eval_data,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "sets": sets,
+        "select": args.select,
+        "holdout": args.holdout if args.select else None,
+        "protocols": list(args.protocols),
+    }
     old = read_json(out / "settings.json")
     if old is not None and old != settings:
         diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
-        raise ConfigError(f"{out} holds arms run with other settings {diff}; all arms must share them: "
-                          "use another --out")
+        raise ConfigError(
+            f"{out} holds arms run with other settings {diff}; all arms must share them: use another --out"
+        )
     write_json(out / "settings.json", settings)
     t_train = time.perf_counter()
     for job in plan(args):
@@ -306,8 +391,11 @@ def main(argv=None, log=print) -> dict | None:
         return None
     t_eval = time.perf_counter()
     per_label, arm_of, eval_seconds, runs = evaluate_all(args, eval_data, start_model, log)
-    settings["_wall"] = {"train": round(train_s, 1), "evaluate": round(time.perf_counter() - t_eval, 1),
-                         "total": round(time.perf_counter() - t0, 1)}
+    settings["_wall"] = {
+        "train": round(train_s, 1),
+        "evaluate": round(time.perf_counter() - t_eval, 1),
+        "total": round(time.perf_counter() - t0, 1),
+    }
     return report(args, per_label, arm_of, eval_seconds, runs, settings, log)
 
 

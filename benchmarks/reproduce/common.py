@@ -21,7 +21,7 @@ def command_line() -> str:
     argv = list(sys.argv)
     if argv and argv[0].endswith(".py") and "benchmarks" in argv[0]:
         mod = Path(argv[0]).with_suffix("").parts
-        mod = mod[mod.index("benchmarks"):] if "benchmarks" in mod else mod
+        mod = mod[mod.index("benchmarks") :] if "benchmarks" in mod else mod
         argv = ["-m", ".".join(mod)] + argv[1:]
     return " ".join(shlex.quote(a) for a in ["python", *argv])
 
@@ -43,15 +43,26 @@ def machine() -> dict:
         model = platform.processor()
     mem_gb = None
     try:
-        kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
+        kb = next(
+            int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")
+        )
         mem_gb = round(kb / 2**20, 1)
     except (OSError, StopIteration, ValueError):
         pass
     load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-    return {"cpu": model, "cores": os.cpu_count(), "memory_gb": mem_gb, "load_average_1_5_15": load,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__, "e2mc": e2mc.__version__, "git_commit": git_commit(),
-            "cuda": torch.cuda.is_available(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gb": mem_gb,
+        "load_average_1_5_15": load,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "e2mc": e2mc.__version__,
+        "git_commit": git_commit(),
+        "cuda": torch.cuda.is_available(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:
@@ -74,9 +85,18 @@ def file_digest(path: str | os.PathLike) -> str:
     return file_sha256(path)
 
 
-def cached_evaluate(checkpoint: str | os.PathLike, dataset: str, protocols, store: str | os.PathLike,
-                    *, seeds=(0,), ks=(20, 200), batch_size: int = 256, feature_cache: bool = False,
-                    log=print) -> tuple[dict, float]:
+def cached_evaluate(
+    checkpoint: str | os.PathLike,
+    dataset: str,
+    protocols,
+    store: str | os.PathLike,
+    *,
+    seeds=(0,),
+    ks=(20, 200),
+    batch_size: int = 256,
+    feature_cache: bool = False,
+    log=print,
+) -> tuple[dict, float]:
     """``e2mc.evaluation.api.evaluate`` of one checkpoint, memoised in the JSON file ``store``.
 
     The key is the checkpoint's sha256, the dataset spec, the protocols, seeds and ks, so a
@@ -88,17 +108,29 @@ def cached_evaluate(checkpoint: str | os.PathLike, dataset: str, protocols, stor
     from e2mc.evaluation.api import evaluate
 
     sha = file_digest(checkpoint)
-    key = hashlib.sha256(json.dumps([sha, str(dataset), list(protocols), list(seeds), list(ks)]).encode()).hexdigest()[:24]
+    key = hashlib.sha256(json.dumps([sha, str(dataset), list(protocols), list(seeds), list(ks)]).encode()).hexdigest()[
+        :24
+    ]
     path = Path(store) / f"{key}.json"
     hit = read_json(path)
     if hit is not None:
         return hit["result"], 0.0
     log(f"  evaluating {checkpoint} on {dataset} ({', '.join(protocols)})")
     t0 = time.perf_counter()
-    res = evaluate(str(checkpoint), dataset, protocols=tuple(protocols), seeds=tuple(seeds), ks=tuple(ks),
-                   device="cpu", batch_size=batch_size, use_cache=feature_cache)
+    res = evaluate(
+        str(checkpoint),
+        dataset,
+        protocols=tuple(protocols),
+        seeds=tuple(seeds),
+        ks=tuple(ks),
+        device="cpu",
+        batch_size=batch_size,
+        use_cache=feature_cache,
+    )
     dt = time.perf_counter() - t0
     res.setdefault("meta", {})["sha256"] = sha
-    write_json(path, {"checkpoint": str(checkpoint), "sha256": sha, "dataset": str(dataset), "seconds": round(dt, 2),
-                      "result": res})
+    write_json(
+        path,
+        {"checkpoint": str(checkpoint), "sha256": sha, "dataset": str(dataset), "seconds": round(dt, 2), "result": res},
+    )
     return res, dt

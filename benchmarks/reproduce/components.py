@@ -17,8 +17,15 @@ from pathlib import Path
 
 from benchmarks.reproduce.common import read_json, write_json
 
-COLUMNS = ("base.invariance", "base.variance", "base.covariance", "addon", "addon.entropy", "addon.covariance",
-           "addon.nuclear_norm")
+COLUMNS = (
+    "base.invariance",
+    "base.variance",
+    "base.covariance",
+    "addon",
+    "addon.entropy",
+    "addon.covariance",
+    "addon.nuclear_norm",
+)
 
 
 def read_components(metrics_csv: str | Path, columns=COLUMNS) -> dict[str, dict[str, float]]:
@@ -69,12 +76,17 @@ def _fmt(x: float) -> str:
 
 
 def to_markdown(table: dict[str, dict], title: str) -> str:
-    lines = [f"# {title}", "",
-             "Loss components at the first logged step -> mean over the last epoch's logged steps (mean over seeds). "
-             "`base.*` are VICReg's terms before their weights (25, 25, 1); `addon` is the weighted add-on "
-             "loss; `addon.entropy` the mean marginal entropy (nats, maximised), `addon.covariance` E2MC's "
-             "(or VC's) off-diagonal covariance term before its weight.", "",
-             "| run | seeds | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    lines = [
+        f"# {title}",
+        "",
+        "Loss components at the first logged step -> mean over the last epoch's logged steps (mean over seeds). "
+        "`base.*` are VICReg's terms before their weights (25, 25, 1); `addon` is the weighted add-on "
+        "loss; `addon.entropy` the mean marginal entropy (nats, maximised), `addon.covariance` E2MC's "
+        "(or VC's) off-diagonal covariance term before its weight.",
+        "",
+        "| run | seeds | " + " | ".join(COLUMNS) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+    ]
     for label in sorted(table):
         comp = table[label]["components"]
         cells = [f"{_fmt(comp[c]['first'])} -> {_fmt(comp[c]['last_epoch'])}" if c in comp else "" for c in COLUMNS]

@@ -19,8 +19,12 @@ from pathlib import Path
 
 from benchmarks.reproduce.common import command_line, machine, read_json, write_json
 
-COLUMNS = (("knn/top1_k20", "kNN@20 (%)", 100.0), ("knn/top1_k200", "kNN@200 (%)", 100.0),
-           ("rankme/backbone", "RankMe backbone", 1.0), ("rankme/projector", "RankMe projector", 1.0))
+COLUMNS = (
+    ("knn/top1_k20", "kNN@20 (%)", 100.0),
+    ("knn/top1_k200", "kNN@200 (%)", 100.0),
+    ("rankme/backbone", "RankMe backbone", 1.0),
+    ("rankme/projector", "RankMe projector", 1.0),
+)
 
 
 def _ext(stem: Path, ext: str) -> Path:
@@ -60,8 +64,9 @@ def eval_data_for(run: str | Path, out: Path, dataset: str | None, holdout: int 
     return str(split)
 
 
-def update_curve(run, out, *, dataset=None, holdout=None, holdout_seed=0, protocols=("knn", "rankme"),
-                 every=1, log=print) -> dict:
+def update_curve(
+    run, out, *, dataset=None, holdout=None, holdout_seed=0, protocols=("knn", "rankme"), every=1, log=print
+) -> dict:
     """Evaluate the new epochs, write ``OUT.{json,md,png}``; return the curve dict."""
     from e2mc.evaluation.api import evaluate
     from e2mc.evaluation.compare import metric_values
@@ -78,17 +83,26 @@ def update_curve(run, out, *, dataset=None, holdout=None, holdout_seed=0, protoc
     log(f"{len(todo)} new epoch checkpoint(s) to evaluate in {run}: {[e for e, _ in todo]}")
     for epoch, path in todo:
         t0 = time.perf_counter()
-        res = evaluate(str(path), data, protocols=tuple(protocols), seeds=(0,), ks=(20, 200), device="cpu",
-                       use_cache=False)
+        res = evaluate(
+            str(path), data, protocols=tuple(protocols), seeds=(0,), ks=(20, 200), device="cpu", use_cache=False
+        )
         vals = {k: v[0] for k, v in metric_values(res).items()}
-        point = {"epoch": epoch, "checkpoint": str(path), "metrics": vals, "seconds": round(time.perf_counter() - t0, 1),
-                 "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+        point = {
+            "epoch": epoch,
+            "checkpoint": str(path),
+            "metrics": vals,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         curve["points"] = sorted(curve["points"] + [point], key=lambda p: p["epoch"])
         if epoch == todo[0][0]:
             curve.setdefault("invocations", []).append({"command": command_line(), "machine": machine()})
         write_json(_ext(out, ".json"), curve)
-        log(f"epoch {epoch}: " + ", ".join(f"{name} {scale * vals[k]:.4g}" for k, name, scale in COLUMNS if k in vals)
-            + f" ({point['seconds']:.0f} s)")
+        log(
+            f"epoch {epoch}: "
+            + ", ".join(f"{name} {scale * vals[k]:.4g}" for k, name, scale in COLUMNS if k in vals)
+            + f" ({point['seconds']:.0f} s)"
+        )
     write_markdown(curve, _ext(out, ".md"))
     if curve["points"]:
         plot(curve, _ext(out, ".png"))
@@ -97,10 +111,15 @@ def update_curve(run, out, *, dataset=None, holdout=None, holdout_seed=0, protoc
 
 def write_markdown(curve: dict, path: Path) -> None:
     """One row per evaluated epoch."""
-    lines = [f"# Pre-training curve: {curve['run']}", "",
-             f"Evaluated on `{curve['eval_data']}` (kNN bank: its train part; scored: its test part). "
-             "Epochs count completed epochs.", "",
-             "| epoch | " + " | ".join(n for _, n, _ in COLUMNS) + " | seconds |", "|---|" + "---|" * (len(COLUMNS) + 1)]
+    lines = [
+        f"# Pre-training curve: {curve['run']}",
+        "",
+        f"Evaluated on `{curve['eval_data']}` (kNN bank: its train part; scored: its test part). "
+        "Epochs count completed epochs.",
+        "",
+        "| epoch | " + " | ".join(n for _, n, _ in COLUMNS) + " | seconds |",
+        "|---|" + "---|" * (len(COLUMNS) + 1),
+    ]
     for p in curve["points"]:
         cells = [f"{s * p['metrics'][k]:.4g}" if k in p["metrics"] else "" for k, _, s in COLUMNS]
         lines.append(f"| {p['epoch']} | " + " | ".join(cells) + f" | {p['seconds']} |")
@@ -126,8 +145,9 @@ def plot(curve: dict, path: Path) -> None:
     ax.set_ylabel("kNN top-1 (%)")
     ax2 = ax.twinx()
     for (k, name, _), color in zip(COLUMNS[2:], ("C2", "C3")):
-        ax2.plot(ep, [p["metrics"].get(k, float("nan")) for p in pts], linestyle="--", marker=".", color=color,
-                 label=name)
+        ax2.plot(
+            ep, [p["metrics"].get(k, float("nan")) for p in pts], linestyle="--", marker=".", color=color, label=name
+        )
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax2.set_ylabel("RankMe")
     h1, l1 = ax.get_legend_handles_labels()
@@ -154,8 +174,15 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    update_curve(args.run, args.out, dataset=args.dataset, holdout=args.holdout, holdout_seed=args.holdout_seed,
-                 protocols=[p for p in args.protocols.split(",") if p], every=args.every)
+    update_curve(
+        args.run,
+        args.out,
+        dataset=args.dataset,
+        holdout=args.holdout,
+        holdout_seed=args.holdout_seed,
+        protocols=[p for p in args.protocols.split(",") if p],
+        every=args.every,
+    )
     return 0
 
 

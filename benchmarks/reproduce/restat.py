@@ -27,8 +27,11 @@ def _resummarise(res: dict) -> None:
         ref = refs.get(lab)
         for m, row in mets.items():
             rr = arms.get(ref, {}).get(m) if ref is not None and ref != lab else None
-            row["diff"] = None if rr is None else R.difference(dict(zip(rr["seeds"], rr["values"])),
-                                                              dict(zip(row["seeds"], row["values"])))
+            row["diff"] = (
+                None
+                if rr is None
+                else R.difference(dict(zip(rr["seeds"], rr["values"])), dict(zip(row["seeds"], row["values"])))
+            )
     if res.get("selection"):
         sel = res["selection"]
         res["selection"] = R.select_best(arms, res["arm_of"], "e2mc", sel["criterion"])
@@ -61,9 +64,11 @@ def restat(folder: str | Path, log=print) -> list[str]:
     title, notes = _title_and_notes(old_table)
     table = R.to_markdown(res["arms"], title=title, notes=notes)
     (folder / "table.md").write_text(table)
-    changed = [f"{folder}/table.md: {ln}" for ln in difflib.unified_diff(old_table.splitlines(), table.splitlines(),
-                                                                         lineterm="", n=0)
-               if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+    changed = [
+        f"{folder}/table.md: {ln}"
+        for ln in difflib.unified_diff(old_table.splitlines(), table.splitlines(), lineterm="", n=0)
+        if ln[:1] in "+-" and not ln.startswith(("+++", "---"))
+    ]
     comp_path = folder / "comparison.json"
     if comp_path.is_file():
         comp = ComparisonResult.from_json(str(comp_path))
@@ -76,9 +81,11 @@ def restat(folder: str | Path, log=print) -> list[str]:
             old_md = md_path.read_text()
             new_md = _replace_between(old_md, "## Comparison\n\n", "Arms:", comp.to_markdown() + "\n")
             md_path.write_text(new_md)
-            changed += [f"{md_path}: {ln}" for ln in difflib.unified_diff(old_md.splitlines(), new_md.splitlines(),
-                                                                          lineterm="", n=0)
-                        if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+            changed += [
+                f"{md_path}: {ln}"
+                for ln in difflib.unified_diff(old_md.splitlines(), new_md.splitlines(), lineterm="", n=0)
+                if ln[:1] in "+-" and not ln.startswith(("+++", "---"))
+            ]
         if html_path.is_file():
             html = html_path.read_text()
             end = "<p>Arms:</p>" if "<p>Arms:</p>" in html else "<figure>"  # reports since issue 15 list arms, runs

@@ -33,8 +33,10 @@ def summarise(per_label: dict[str, dict[int, dict]], reference: dict[str, str | 
     ``per_label[label][seed]`` is one ``evaluate`` result; ``reference[label]`` names the label it
     is compared with (None: no difference).
     """
-    values = {lab: {seed: {m: sum(v) / len(v) for m, v in metric_values(res).items()} for seed, res in runs.items()}
-              for lab, runs in per_label.items()}
+    values = {
+        lab: {seed: {m: sum(v) / len(v) for m, v in metric_values(res).items()} for seed, res in runs.items()}
+        for lab, runs in per_label.items()
+    }
     out: dict = {}
     for lab, by_seed in values.items():
         mets = list(dict.fromkeys(m for r in by_seed.values() for m in r))
@@ -74,12 +76,22 @@ def to_markdown(summary: dict, metrics=TABLE_METRICS, title: str = "", notes: li
         cells = []
         for m in mets:
             r = summary[lab].get(m)
-            cells.append("" if r is None else fmt_value(m, r["mean"]) + ("" if r["std"] is None else f" ± {fmt_value(m, r['std'])}")
-                         + f" ({r['n']})")
+            cells.append(
+                ""
+                if r is None
+                else fmt_value(m, r["mean"])
+                + ("" if r["std"] is None else f" ± {fmt_value(m, r['std'])}")
+                + f" ({r['n']})"
+            )
         lines.append(f"| {lab} | " + " | ".join(cells) + " |")
-    lines += ["", "Difference to base-only (arm − base), 95% t-interval (`e2mc.evaluation.stats`): paired by training "
-              "seed when both arms have the same seeds, Welch otherwise; the last column names the test.", "",
-              head[:-1] + "| test |", sep + "---|"]
+    lines += [
+        "",
+        "Difference to base-only (arm − base), 95% t-interval (`e2mc.evaluation.stats`): paired by training "
+        "seed when both arms have the same seeds, Welch otherwise; the last column names the test.",
+        "",
+        head[:-1] + "| test |",
+        sep + "---|",
+    ]
     for lab in labels:
         cells = []
         kinds: list[str] = []
@@ -89,10 +101,14 @@ def to_markdown(summary: dict, metrics=TABLE_METRICS, title: str = "", notes: li
                 cells.append("")
                 continue
             kinds += [d["kind"]] if d["kind"] not in kinds else []
-            cells.append(fmt_value(m, d["mean"], True) + (" (n=1)" if d["low"] is None else
-                                                      f" [{fmt_value(m, d['low'], True)}, {fmt_value(m, d['high'], True)}]"))
+            cells.append(
+                fmt_value(m, d["mean"], True)
+                + (
+                    " (n=1)"
+                    if d["low"] is None
+                    else f" [{fmt_value(m, d['low'], True)}, {fmt_value(m, d['high'], True)}]"
+                )
+            )
         if kinds:
             lines.append(f"| {lab} | " + " | ".join(cells) + f" | {'; '.join(kinds)} |")
     return "\n".join(lines) + "\n"
-
-

@@ -40,9 +40,16 @@ def rows_of(folder: str | Path) -> list[list[str]]:
         seeds = next(iter(mets.values()))["seeds"]
         run_label = label.split("@")[0]
         terms = comp.get(run_label, {}).get("components", {})
-        out.append([folder.name, label, ",".join(map(str, seeds)), *[_diff(m, mets.get(m)) for m in METRICS],
-                    f"{mets['rankme/backbone']['mean']:.1f}" if "rankme/backbone" in mets else "",
-                    *[f"{terms[t]['last_epoch']:.3g}" if t in terms else "" for t in TERMS]])
+        out.append(
+            [
+                folder.name,
+                label,
+                ",".join(map(str, seeds)),
+                *[_diff(m, mets.get(m)) for m in METRICS],
+                f"{mets['rankme/backbone']['mean']:.1f}" if "rankme/backbone" in mets else "",
+                *[f"{terms[t]['last_epoch']:.3g}" if t in terms else "" for t in TERMS],
+            ]
+        )
     return out
 
 
@@ -51,8 +58,14 @@ def main(argv=None) -> str:
     ap.add_argument("folders", nargs="+")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    head = ["folder", "label", "seeds", *[f"{m} − base (points)" for m in METRICS], "RankMe",
-            *[f"{t} (run's last epoch)" for t in TERMS]]
+    head = [
+        "folder",
+        "label",
+        "seeds",
+        *[f"{m} − base (points)" for m in METRICS],
+        "RankMe",
+        *[f"{t} (run's last epoch)" for t in TERMS],
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for folder in args.folders:
         lines += ["| " + " | ".join(r) + " |" for r in rows_of(folder)]

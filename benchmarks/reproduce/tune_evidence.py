@@ -22,9 +22,11 @@ def summarise(folder: Path) -> str:
     lines = ["# Successive halving vs the full grid", ""]
     full_path = folder / "tune_full.json"
     c = sh["cost"]
-    lines.append(f"Successive halving (eta {sh['eta']}, {len(sh['schedule'])} rungs): chose `{sh['chosen']['label']}`, "
-                 f"trained {c['trained_epochs']:.3g} epochs of probe data = {100 * c['fraction_of_full_grid']:.1f}% of "
-                 f"the full grid's {c['full_grid_epochs']:.3g}.")
+    lines.append(
+        f"Successive halving (eta {sh['eta']}, {len(sh['schedule'])} rungs): chose `{sh['chosen']['label']}`, "
+        f"trained {c['trained_epochs']:.3g} epochs of probe data = {100 * c['fraction_of_full_grid']:.1f}% of "
+        f"the full grid's {c['full_grid_epochs']:.3g}."
+    )
     if not full_path.is_file():
         lines += ["", "The full grid has not finished yet (see README.md for the command)."]
         return "\n".join(lines) + "\n"
@@ -33,15 +35,20 @@ def summarise(folder: Path) -> str:
     best = ranked[0]
     pos = ranked.index(sh["chosen"]["label"]) + 1
     score = {p["label"]: p["score"] for p in full["probes"]}
-    lines += [f"Full grid (every probe to {full['schedule'][0]['epochs']:.3g} epochs): best `{best}` "
-              f"(held-out kNN@20 {100 * score[best]:.2f}%).", "",
-              f"**Successive halving {'found' if pos == 1 else 'did not find'} the full grid's best**: its choice "
-              f"ranks {pos} of {len(ranked)} in the full grid (held-out kNN@20 {100 * score[sh['chosen']['label']]:.2f}%, "
-              f"{100 * (score[sh['chosen']['label']] - score[best]):+.2f} points vs the best), at "
-              f"{100 * c['fraction_of_full_grid']:.1f}% of the full grid's cost "
-              f"({'<=' if c['fraction_of_full_grid'] <= 1 / 3 else '>'} 1/3).", "",
-              "Full-grid ranking (held-out kNN@20 %, 2 epochs): "
-              + ", ".join(f"`{lab}` {100 * score[lab]:.2f}" for lab in ranked) + "."]
+    lines += [
+        f"Full grid (every probe to {full['schedule'][0]['epochs']:.3g} epochs): best `{best}` "
+        f"(held-out kNN@20 {100 * score[best]:.2f}%).",
+        "",
+        f"**Successive halving {'found' if pos == 1 else 'did not find'} the full grid's best**: its choice "
+        f"ranks {pos} of {len(ranked)} in the full grid (held-out kNN@20 {100 * score[sh['chosen']['label']]:.2f}%, "
+        f"{100 * (score[sh['chosen']['label']] - score[best]):+.2f} points vs the best), at "
+        f"{100 * c['fraction_of_full_grid']:.1f}% of the full grid's cost "
+        f"({'<=' if c['fraction_of_full_grid'] <= 1 / 3 else '>'} 1/3).",
+        "",
+        "Full-grid ranking (held-out kNN@20 %, 2 epochs): "
+        + ", ".join(f"`{lab}` {100 * score[lab]:.2f}" for lab in ranked)
+        + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -51,22 +58,38 @@ def partial(tune_out: Path) -> str:
     for f in sorted(tune_out.glob("probes/*/probe.json")):
         r = json.loads(f.read_text())
         for steps, m in sorted(r["scores"].items(), key=lambda kv: int(kv[0])):
-            rows.append(f"| {r['label']} | {steps} | {100 * m.get('knn_top1_k20', float('nan')):.2f} | "
-                        f"{100 * m.get('linear_top1', float('nan')):.2f} | {m.get('rankme', float('nan')):.4g} | "
-                        f"{m.get('entropy', float('nan')):.4g} | {m.get('lidar', float('nan')):.4g} | "
-                        f"{m.get('alpha_req', float('nan')):.4g} | {r['train_seconds']:.0f} | {r['eval_seconds']:.0f} |")
+            rows.append(
+                f"| {r['label']} | {steps} | {100 * m.get('knn_top1_k20', float('nan')):.2f} | "
+                f"{100 * m.get('linear_top1', float('nan')):.2f} | {m.get('rankme', float('nan')):.4g} | "
+                f"{m.get('entropy', float('nan')):.4g} | {m.get('lidar', float('nan')):.4g} | "
+                f"{m.get('alpha_req', float('nan')):.4g} | {r['train_seconds']:.0f} | {r['eval_seconds']:.0f} |"
+            )
         if not r["scores"]:
-            rows.append(f"| {r['label']} | (trained to {r['steps']}, not scored yet) | | | | | | | "
-                        f"{r['train_seconds']:.0f} | {r['eval_seconds']:.0f} |")
+            rows.append(
+                f"| {r['label']} | (trained to {r['steps']}, not scored yet) | | | | | | | "
+                f"{r['train_seconds']:.0f} | {r['eval_seconds']:.0f} |"
+            )
     start = tune_out / "start.json"
     head = ["# Probes finished so far (unfinished tune)", ""]
     if start.is_file():
         m = json.loads(start.read_text())["metrics"]
-        head.append(f"Start on the held-out part: kNN@20 {100 * m['knn_top1_k20']:.2f}%, linear "
-                    f"{100 * m['linear_top1']:.2f}%, RankMe {m['rankme']:.4g}, entropy {m['entropy']:.4g}, "
-                    f"LiDAR {m['lidar']:.4g}, alpha-ReQ {m['alpha_req']:.4g}.")
-    return "\n".join(head + ["", "| probe | steps | kNN@20 % | linear % | RankMe | entropy | LiDAR | alpha-ReQ | "
-                                  "train s | eval s |", "|---|---|---|---|---|---|---|---|---|---|"] + rows) + "\n"
+        head.append(
+            f"Start on the held-out part: kNN@20 {100 * m['knn_top1_k20']:.2f}%, linear "
+            f"{100 * m['linear_top1']:.2f}%, RankMe {m['rankme']:.4g}, entropy {m['entropy']:.4g}, "
+            f"LiDAR {m['lidar']:.4g}, alpha-ReQ {m['alpha_req']:.4g}."
+        )
+    return (
+        "\n".join(
+            head
+            + [
+                "",
+                "| probe | steps | kNN@20 % | linear % | RankMe | entropy | LiDAR | alpha-ReQ | train s | eval s |",
+                "|---|---|---|---|---|---|---|---|---|---|",
+            ]
+            + rows
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -59,8 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except OSError as exc:  # the file system said no (full, read-only, permissions, a path under /proc)
         where = f" {exc.filename}" if exc.filename else ""
-        print(f"e2mc {args.command}: error: cannot use{where}: {exc.strerror or exc} (check the path, its "
-              "permissions and free space, or choose another location)", file=sys.stderr)
+        print(
+            f"e2mc {args.command}: error: cannot use{where}: {exc.strerror or exc} (check the path, its "
+            "permissions and free space, or choose another location)",
+            file=sys.stderr,
+        )
         return 2
 
 

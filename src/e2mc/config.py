@@ -229,18 +229,34 @@ RANGES: dict[str, Range] = {
     "data.image_size": Range(8, 4096, optional=True),
     "data.limit": Range(1, optional=True),
     "data.num_workers": Range(0, 256),
-    "method.sim_weight": NON_NEGATIVE, "method.var_weight": NON_NEGATIVE, "method.cov_weight": NON_NEGATIVE,
-    "method.temperature": POSITIVE, "method.sinkhorn_epsilon": POSITIVE,
-    "method.sinkhorn_iterations": AT_LEAST_ONE, "method.queue_length": NON_NEGATIVE,
-    "method.queue_start_step": NON_NEGATIVE, "method.freeze_prototypes_iters": NON_NEGATIVE,
-    "addon.entropy_weight": Range(0, optional=True), "addon.cov_weight": Range(0, optional=True),
-    "addon.m": Range(1, optional=True), "addon.cov_fraction": POSITIVE, "addon.eps": Range(0, 1, lo_open=True),
-    "optim.lr": Range(0, 1000, lo_open=True), "optim.weight_decay": NON_NEGATIVE,
-    "optim.momentum": Range(0, 1, hi_open=True), "optim.warmup_epochs": Range(0, optional=True),
-    "optim.batch_size": AT_LEAST_ONE, "optim.base_batch": AT_LEAST_ONE,
-    "train.epochs": AT_LEAST_ONE, "train.seed": Range(0, 2**32 - 1), "train.grad_clip": Range(0, optional=True),
-    "train.head_warmup_steps": NON_NEGATIVE, "train.probe_size": NON_NEGATIVE, "train.log_every": AT_LEAST_ONE,
-    "train.checkpoint_every_epochs": AT_LEAST_ONE, "train.max_steps": Range(1, optional=True),
+    "method.sim_weight": NON_NEGATIVE,
+    "method.var_weight": NON_NEGATIVE,
+    "method.cov_weight": NON_NEGATIVE,
+    "method.temperature": POSITIVE,
+    "method.sinkhorn_epsilon": POSITIVE,
+    "method.sinkhorn_iterations": AT_LEAST_ONE,
+    "method.queue_length": NON_NEGATIVE,
+    "method.queue_start_step": NON_NEGATIVE,
+    "method.freeze_prototypes_iters": NON_NEGATIVE,
+    "addon.entropy_weight": Range(0, optional=True),
+    "addon.cov_weight": Range(0, optional=True),
+    "addon.m": Range(1, optional=True),
+    "addon.cov_fraction": POSITIVE,
+    "addon.eps": Range(0, 1, lo_open=True),
+    "optim.lr": Range(0, 1000, lo_open=True),
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.momentum": Range(0, 1, hi_open=True),
+    "optim.warmup_epochs": Range(0, optional=True),
+    "optim.batch_size": AT_LEAST_ONE,
+    "optim.base_batch": AT_LEAST_ONE,
+    "train.epochs": AT_LEAST_ONE,
+    "train.seed": Range(0, 2**32 - 1),
+    "train.grad_clip": Range(0, optional=True),
+    "train.head_warmup_steps": NON_NEGATIVE,
+    "train.probe_size": NON_NEGATIVE,
+    "train.log_every": AT_LEAST_ONE,
+    "train.checkpoint_every_epochs": AT_LEAST_ONE,
+    "train.max_steps": Range(1, optional=True),
 }
 
 
@@ -386,8 +402,9 @@ def apply_method_defaults(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def load_config(path_or_recipe: str | Path | dict | RunConfig | None = None,
-                overrides: list[str] | dict | None = None) -> RunConfig:
+def load_config(
+    path_or_recipe: str | Path | dict | RunConfig | None = None, overrides: list[str] | dict | None = None
+) -> RunConfig:
     """Build a ``RunConfig`` from a YAML file, a recipe name, a dict or nothing, plus overrides.
 
     ``overrides`` is a list of ``"dotted.key=value"`` strings (values parsed as YAML, then coerced
@@ -428,9 +445,12 @@ def _read_source(src: str) -> str:
         try:
             return path.read_text()
         except UnicodeDecodeError:
-            raise ConfigError(f"config {src} is not a YAML text file; pass a .yaml run config (a checkpoint "
-                              "goes to `e2mc continue CHECKPOINT`)") from None
+            raise ConfigError(
+                f"config {src} is not a YAML text file; pass a .yaml run config (a checkpoint "
+                "goes to `e2mc continue CHECKPOINT`)"
+            ) from None
     if path.suffix in (".yaml", ".yml") or "/" in src:
-        raise ConfigError(f"config file {src} not found; check the path or use a recipe name "
-                          "(`e2mc recipes` lists them)")
+        raise ConfigError(
+            f"config file {src} not found; check the path or use a recipe name (`e2mc recipes` lists them)"
+        )
     return recipe_path(src).read_text()

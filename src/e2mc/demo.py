@@ -27,8 +27,15 @@ START = "start"
 BASE = "vicreg"
 E2MC_ARM = "vicreg+e2mc"
 HEADLINE = ("knn", "top1_k20")
-TABLE_METRICS = ("knn/top1_k20", "knn/top1_k200", "linear/top1", "rankme/backbone", "rankme/projector",
-                 "entropy/entropy", "entropy/covariance")
+TABLE_METRICS = (
+    "knn/top1_k20",
+    "knn/top1_k200",
+    "linear/top1",
+    "rankme/backbone",
+    "rankme/projector",
+    "entropy/entropy",
+    "entropy/covariance",
+)
 
 
 @dataclass
@@ -64,8 +71,9 @@ def start_dir(cfg: DemoConfig) -> Path:
     """The cache folder of the demo's start: keyed by the recipe, its overrides and the e2mc version."""
     from e2mc.recipes import recipe_path
 
-    key_src = json.dumps([recipe_path(cfg.pretrain_recipe).read_text(), _start_overrides(cfg), __version__],
-                         sort_keys=True)
+    key_src = json.dumps(
+        [recipe_path(cfg.pretrain_recipe).read_text(), _start_overrides(cfg), __version__], sort_keys=True
+    )
     return _cache_root(cfg.cache_dir) / f"start-{hashlib.sha256(key_src.encode()).hexdigest()[:12]}"
 
 
@@ -90,10 +98,17 @@ def pretrained_start(cfg: DemoConfig, log: Callable[[str], None] = print) -> Pat
         log(f"[1/4] pre-trained start found in the cache: {run_dir}")
         return run_dir
     resume = any((run_dir / "checkpoints").glob("*.pt"))  # last.pt, else the newest epoch_N.pt
-    log(f"[1/4] pre-training the start with VICReg for {cfg.pretrain_epochs} epochs "
-        f"({'resuming' if resume else 'cached afterwards'}): {run_dir}")
-    pretrain(cfg.pretrain_recipe, **{k.replace(".", "__"): v for k, v in overrides.items()},
-             out__dir=str(run_dir), out__resume=resume, out__overwrite=not resume and run_dir.exists())
+    log(
+        f"[1/4] pre-training the start with VICReg for {cfg.pretrain_epochs} epochs "
+        f"({'resuming' if resume else 'cached afterwards'}): {run_dir}"
+    )
+    pretrain(
+        cfg.pretrain_recipe,
+        **{k.replace(".", "__"): v for k, v in overrides.items()},
+        out__dir=str(run_dir),
+        out__resume=resume,
+        out__overwrite=not resume and run_dir.exists(),
+    )
     done.write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
     return run_dir
 
@@ -138,10 +153,23 @@ def continue_arms(cfg: DemoConfig, start: Path, log: Callable[[str], None] = pri
     for seed in cfg.seeds:
         for arm, addon in ((BASE, "none"), (E2MC_ARM, "e2mc")):
             run_dir = cfg.out / "runs" / f"{arm.replace('+', '_')}-seed{seed}"
-            jobs.append({"arm": arm, "seed": seed, "dir": run_dir, "recipe": cfg.continue_recipe,
-                         "overrides": {"model.init": str(ckpt), "addon.name": addon, "train.seed": seed,
-                                       "train.epochs": cfg.continue_epochs, "train.device": cfg.device,
-                                       "out.dir": str(run_dir), **cfg.extra}})
+            jobs.append(
+                {
+                    "arm": arm,
+                    "seed": seed,
+                    "dir": run_dir,
+                    "recipe": cfg.continue_recipe,
+                    "overrides": {
+                        "model.init": str(ckpt),
+                        "addon.name": addon,
+                        "train.seed": seed,
+                        "train.epochs": cfg.continue_epochs,
+                        "train.device": cfg.device,
+                        "out.dir": str(run_dir),
+                        **cfg.extra,
+                    },
+                }
+            )
     total, workers = len(jobs), demo_workers(cfg, len(jobs))
     t0 = time.perf_counter()
     state = {"done": 0}
@@ -156,21 +184,30 @@ def continue_arms(cfg: DemoConfig, start: Path, log: Callable[[str], None] = pri
     def finished(i: int, seconds: float) -> None:
         state["done"] += 1
         job = jobs[i]
-        log(f"[2/4] finished ({state['done']}/{total}): {job['arm']}, seed {job['seed']} in {seconds:.0f} s"
-            + eta())
+        log(f"[2/4] finished ({state['done']}/{total}): {job['arm']}, seed {job['seed']} in {seconds:.0f} s" + eta())
 
     if workers > 1:
         for job in jobs:
             job["log"] = str(job["dir"] / "train.log")
-        log(f"[2/4] continuing {total} runs ({BASE} and {E2MC_ARM}, seeds {', '.join(map(str, cfg.seeds))}; "
+        log(
+            f"[2/4] continuing {total} runs ({BASE} and {E2MC_ARM}, seeds {', '.join(map(str, cfg.seeds))}; "
             f"{cfg.continue_epochs} epochs each) in {workers} processes of {cfg.threads or 'default'} thread(s); "
-            f"each run's log: {cfg.out / 'runs'}/<run>/train.log")
-        run_in_processes(_continue_run, jobs, workers, threads=cfg.threads, on_done=finished,
-                         label=lambda job: f"continuing {job['arm']} seed {job['seed']}")
+            f"each run's log: {cfg.out / 'runs'}/<run>/train.log"
+        )
+        run_in_processes(
+            _continue_run,
+            jobs,
+            workers,
+            threads=cfg.threads,
+            on_done=finished,
+            label=lambda job: f"continuing {job['arm']} seed {job['seed']}",
+        )
     else:
         for i, job in enumerate(jobs):
-            log(f"[2/4] continuing ({i + 1}/{total}): {job['arm']}, seed {job['seed']}, {cfg.continue_epochs} "
-                f"epochs -> {job['dir']}" + eta())
+            log(
+                f"[2/4] continuing ({i + 1}/{total}): {job['arm']}, seed {job['seed']}, {cfg.continue_epochs} "
+                f"epochs -> {job['dir']}" + eta()
+            )
             finished(i, _continue_run(job))
     arms: dict[str, list[Path]] = {BASE: [], E2MC_ARM: []}
     for job in jobs:
@@ -187,10 +224,20 @@ def headline(comparison, protocol: str = HEADLINE[0], metric: str = HEADLINE[1])
     key = f"{protocol}/{metric}"
     base, row = comparison.row(BASE, key), comparison.row(E2MC_ARM, key)
     head = comparison_headline(comparison, E2MC_ARM, key, subject="E2MC", ref_label="base-only")
-    return {"metric": key, "base": base["values"], "e2mc": row["values"], "base_seeds": base["train_seeds"],
-            "e2mc_seeds": row["train_seeds"], "difference": row["diff"], "low": row["diff_low"],
-            "high": row["diff_high"], "kind": row["diff_kind"], "n": len(base["values"]),
-            "verdict": head["verdict"], "text": head["text"]}
+    return {
+        "metric": key,
+        "base": base["values"],
+        "e2mc": row["values"],
+        "base_seeds": base["train_seeds"],
+        "e2mc_seeds": row["train_seeds"],
+        "difference": row["diff"],
+        "low": row["diff_low"],
+        "high": row["diff_high"],
+        "kind": row["diff_kind"],
+        "n": len(base["values"]),
+        "verdict": head["verdict"],
+        "text": head["text"],
+    }
 
 
 def summarise(comparison) -> dict:
@@ -220,21 +267,33 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     t_start = time.perf_counter()
     arms = continue_arms(cfg, start, log)
     t_arms = time.perf_counter()
-    log(f"[3/4] evaluating {1 + sum(len(v) for v in arms.values())} checkpoints "
-        f"({', '.join(cfg.protocols)}) on the digits test split")
-    comparison = compare([[str(p) for p in arms[BASE]], [str(p) for p in arms[E2MC_ARM]],
-                          [str(start / "checkpoints" / "last.pt")]],
-                         names=[BASE, E2MC_ARM, START], dataset="digits", protocols=list(cfg.protocols),
-                         seeds=list(cfg.eval_seeds), device=cfg.device)
+    log(
+        f"[3/4] evaluating {1 + sum(len(v) for v in arms.values())} checkpoints "
+        f"({', '.join(cfg.protocols)}) on the digits test split"
+    )
+    comparison = compare(
+        [[str(p) for p in arms[BASE]], [str(p) for p in arms[E2MC_ARM]], [str(start / "checkpoints" / "last.pt")]],
+        names=[BASE, E2MC_ARM, START],
+        dataset="digits",
+        protocols=list(cfg.protocols),
+        seeds=list(cfg.eval_seeds),
+        device=cfg.device,
+    )
     t_eval = time.perf_counter()
     head = headline(comparison)
     comparison.headline = head
-    wall = {"pretrain": round(t_start - t0, 1), "continue": round(t_arms - t_start, 1),
-            "evaluate": round(t_eval - t_arms, 1)}
+    wall = {
+        "pretrain": round(t_start - t0, 1),
+        "continue": round(t_arms - t_start, 1),
+        "evaluate": round(t_eval - t_arms, 1),
+    }
     log("[4/4] writing the report")
-    comparison.wall_time_s = {("pretrain (cached)" if cached else "pretrain"): wall["pretrain"],
-                              "continue": wall["continue"], "evaluate": wall["evaluate"],
-                              "total before the report": round(time.perf_counter() - t0, 1)}
+    comparison.wall_time_s = {
+        ("pretrain (cached)" if cached else "pretrain"): wall["pretrain"],
+        "continue": wall["continue"],
+        "evaluate": wall["evaluate"],
+        "total before the report": round(time.perf_counter() - t0, 1),
+    }
     comparison.to_json(cfg.out / "comparison.json")  # with its verdict and times: `e2mc report` regenerates the same
     paths = write_report(cfg.out, comparison, title="e2mc demo: VICReg continued with and without E2MC (digits)")
     wall.update(report=round(time.perf_counter() - t_eval, 1), total=round(time.perf_counter() - t0, 1))
@@ -258,7 +317,9 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     log(comparison.to_markdown(metrics=TABLE_METRICS))
     log("")
     log(head["text"])
-    log(f"Wall time {wall['total']:.0f} s (pre-train{' from the cache' if cached else ''} {wall['pretrain']:.0f} s, "
+    log(
+        f"Wall time {wall['total']:.0f} s (pre-train{' from the cache' if cached else ''} {wall['pretrain']:.0f} s, "
         f"continue {wall['continue']:.0f} s, evaluate {wall['evaluate']:.0f} s). Results: {cfg.out / 'results.json'}; "
-        f"report: {paths.get('html', cfg.out)}")
+        f"report: {paths.get('html', cfg.out)}"
+    )
     return results

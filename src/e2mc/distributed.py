@@ -77,20 +77,22 @@ class _GatherWithGrad(torch.autograd.Function):
         full = torch.cat([o[:k] for o, k in zip(out, sizes)])
         ctx.sizes, ctx.rank, ctx.shapes = sizes, dist.get_rank(), [x.shape[1:] for x in xs]
         ctx.widths = [math.prod(s) for s in ctx.shapes]
-        return tuple(p.reshape((full.shape[0],) + tuple(s))
-                     for p, s in zip(full.split(ctx.widths, dim=1), ctx.shapes))
+        return tuple(p.reshape((full.shape[0],) + tuple(s)) for p, s in zip(full.split(ctx.widths, dim=1), ctx.shapes))
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor):  # type: ignore[override]
         total = sum(ctx.sizes)
         ref = next(g for g in grads if g is not None)
-        flat = torch.cat([(g.reshape(total, -1) if g is not None else ref.new_zeros((total, w)))
-                          for g, w in zip(grads, ctx.widths)], dim=1).contiguous()
+        flat = torch.cat(
+            [(g.reshape(total, -1) if g is not None else ref.new_zeros((total, w))) for g, w in zip(grads, ctx.widths)],
+            dim=1,
+        ).contiguous()
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         start = sum(ctx.sizes[: ctx.rank])
-        mine = flat[start: start + ctx.sizes[ctx.rank]]
-        return (None,) + tuple(p.reshape((mine.shape[0],) + tuple(s))
-                               for p, s in zip(mine.split(ctx.widths, dim=1), ctx.shapes))
+        mine = flat[start : start + ctx.sizes[ctx.rank]]
+        return (None,) + tuple(
+            p.reshape((mine.shape[0],) + tuple(s)) for p, s in zip(mine.split(ctx.widths, dim=1), ctx.shapes)
+        )
 
 
 class _Scope:

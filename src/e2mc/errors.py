@@ -47,5 +47,7 @@ class RunInterrupted(E2MCError):
 
     def __init__(self, run_dir, epoch: int, step: int):
         self.run_dir, self.epoch, self.step = run_dir, epoch, step
-        super().__init__(f"run stopped by a signal at epoch {epoch} step {step}; a checkpoint is saved. "
-                         f"Resume with out.resume=True (CLI: --out {run_dir} --resume)")
+        super().__init__(
+            f"run stopped by a signal at epoch {epoch} step {step}; a checkpoint is saved. "
+            f"Resume with out.resume=True (CLI: --out {run_dir} --resume)"
+        )

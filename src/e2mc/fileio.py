@@ -80,6 +80,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
 
 def atomic_write_file(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
     """:func:`atomic_write` for writers that take an open binary file (``torch.save``, ``np.save``)."""
+
     def to_file(tmp: str) -> None:
         with open(tmp, "wb") as fh:
             write(fh)

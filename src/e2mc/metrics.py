@@ -115,7 +115,8 @@ def lidar(z: torch.Tensor, n_views: int, delta: float = 1e-4, eps: float = 1e-7)
     if n_views < 2 or z.shape[0] % n_views or z.shape[0] // n_views < 2:
         raise CriterionInputError(
             f"lidar needs at least 2 images x at least 2 views, rows grouped per image; got {z.shape[0]} rows "
-            f"with n_views={n_views}")
+            f"with n_views={n_views}"
+        )
     n, d = z.shape[0] // n_views, z.shape[1]
     x = z.view(n, n_views, d)
     means = x.mean(dim=1)
@@ -152,12 +153,15 @@ def alpha_req(z: torch.Tensor, fit_range: tuple[int, int] | None = None) -> dict
     if k_min < 1 or k_max - k_min < 2:
         raise CriterionInputError(
             f"alpha_req fit range ({k_min}, {k_max}) must hold at least 3 ranks within 1..{r}; pass "
-            "more samples / dimensions or a wider fit_range")
+            "more samples / dimensions or a wider fit_range"
+        )
     lam = eigs[k_min - 1 : k_max]
     k = torch.arange(k_min, k_max + 1, dtype=torch.float64, device=lam.device)[lam > 0]
     lam = lam[lam > 0]
     if lam.numel() < 3:
-        raise CriterionInputError("alpha_req: fewer than 3 positive eigenvalues in the fit range; the representation has collapsed")
+        raise CriterionInputError(
+            "alpha_req: fewer than 3 positive eigenvalues in the fit range; the representation has collapsed"
+        )
     x, y = torch.log(k), torch.log(lam)
     xc, yc = x - x.mean(), y - y.mean()
     slope = (xc * yc).sum() / (xc * xc).sum()

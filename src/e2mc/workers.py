@@ -39,9 +39,14 @@ def _check(result: Any, label: str) -> Any:
     return result
 
 
-def run_in_processes(fn: Callable[[Any], Any], jobs: list, workers: int = 1, threads: int | None = None,
-                     on_done: Callable[[int, Any], None] | None = None,
-                     label: Callable[[Any], str] = lambda job: str(job)) -> list:
+def run_in_processes(
+    fn: Callable[[Any], Any],
+    jobs: list,
+    workers: int = 1,
+    threads: int | None = None,
+    on_done: Callable[[int, Any], None] | None = None,
+    label: Callable[[Any], str] = lambda job: str(job),
+) -> list:
     """``[fn(job) for job in jobs]``, in ``workers`` spawned processes when ``workers > 1``.
 
     Example:
@@ -59,8 +64,12 @@ def run_in_processes(fn: Callable[[Any], Any], jobs: list, workers: int = 1, thr
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
-                             initializer=_init_worker, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)),
+        mp_context=mp.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(threads,),
+    ) as pool:
         futures = {pool.submit(_call, fn, job): i for i, job in enumerate(jobs)}
         pending = set(futures)
         try:

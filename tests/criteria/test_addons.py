@@ -31,8 +31,7 @@ def test_vc_matches_numpy():
         for z in zs:
             c = np.cov(z, rowvar=False)
             cov += (np.sum(c**2) - np.sum(np.diag(c) ** 2)) / z.shape[1]
-        out = VCAddon(var_weight=2.0, cov_weight=3.0, normalize=normalize)(
-            [torch.tensor(v) for v in views])
+        out = VCAddon(var_weight=2.0, cov_weight=3.0, normalize=normalize)([torch.tensor(v) for v in views])
         assert float(out["variance"]) == pytest.approx(var, rel=1e-5)
         assert float(out["covariance"]) == pytest.approx(cov, rel=1e-5)
         assert float(out["loss"]) == pytest.approx(2 * var + 3 * cov, rel=1e-5)

@@ -45,8 +45,7 @@ def test_simsiam_matches_numpy_and_stops_gradient():
     out = SimSiamLoss()(z, p)
 
     def cos(a, b):
-        return np.mean([a[i] @ b[i] / np.linalg.norm(a[i]) / np.linalg.norm(b[i])
-                        for i in range(len(a))])
+        return np.mean([a[i] @ b[i] / np.linalg.norm(a[i]) / np.linalg.norm(b[i]) for i in range(len(a))])
 
     zn = [t.detach().numpy() for t in z]
     pn = [t.detach().numpy() for t in p]
@@ -93,8 +92,7 @@ def test_swav_loss_matches_numpy():
     total = 0.0
     for crop in (0, 1):
         q = _np_sinkhorn(scores[crop].copy(), 0.05, 3)
-        sub = [-np.mean(np.sum(q * _np_log_softmax(scores[v] / 0.1), axis=1))
-               for v in range(4) if v != crop]
+        sub = [-np.mean(np.sum(q * _np_log_softmax(scores[v] / 0.1), axis=1)) for v in range(4) if v != crop]
         total += np.mean(sub)
     assert float(out["loss"].detach()) == pytest.approx(total / 2, rel=1e-5)
     out["loss"].backward()

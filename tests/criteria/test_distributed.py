@@ -51,14 +51,14 @@ def _worker(rank, path):
     results = {}
     for name, (make, kind) in _cases().items():
         inputs = scores if name.startswith("swav") else x
-        local = [v[rank * 6:(rank + 1) * 6] for v in inputs]
+        local = [v[rank * 6 : (rank + 1) * 6] for v in inputs]
         loss, gx, gw = _run(make(), local, w, kind)
         if gw is not None:
             dist.all_reduce(gw)
             gw /= WS  # what DDP does
         results[name] = (loss, gx, gw)
     cut = [0, 5, 12]  # uneven per-rank sizes: 5 and 7 rows
-    local = [v[cut[rank]:cut[rank + 1]] for v in uneven]
+    local = [v[cut[rank] : cut[rank + 1]] for v in uneven]
     results["uneven"] = _run(E2MC(m=3), local, w, "raw")
     torch.save(results, os.path.join(path, f"rank{rank}.pt"))
     dist.destroy_process_group()
@@ -79,8 +79,12 @@ def test_two_processes_match_one_process(tmp_path):
         for r in range(WS):
             for v in range(len(gx)):
                 torch.testing.assert_close(
-                    res[r][name][1][v], WS * gx[v][r * 6:(r + 1) * 6], rtol=1e-4, atol=1e-6,
-                    msg=f"{name} input grad rank {r} view {v}")
+                    res[r][name][1][v],
+                    WS * gx[v][r * 6 : (r + 1) * 6],
+                    rtol=1e-4,
+                    atol=1e-6,
+                    msg=f"{name} input grad rank {r} view {v}",
+                )
             if gw is not None:
                 torch.testing.assert_close(res[r][name][2], gw, rtol=1e-4, atol=1e-6)
     loss, gx, _ = _run(E2MC(m=3), uneven, w, "raw")
@@ -88,5 +92,4 @@ def test_two_processes_match_one_process(tmp_path):
     for r in range(WS):
         torch.testing.assert_close(res[r]["uneven"][0], loss, rtol=1e-5, atol=1e-6)
         for v in range(2):
-            torch.testing.assert_close(res[r]["uneven"][1][v], WS * gx[v][cut[r]:cut[r + 1]],
-                                       rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(res[r]["uneven"][1][v], WS * gx[v][cut[r] : cut[r + 1]], rtol=1e-4, atol=1e-6)

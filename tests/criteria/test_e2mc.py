@@ -20,8 +20,7 @@ def _hand_e2mc(views, w_ent, w_cov, transform, eps=1e-8):
         h = []
         for j in range(d):
             col = sorted(u[i][j] for i in range(n))
-            h.append(sum(math.log((n + 1) / m * (col[i + m] - col[i]) + eps)
-                         for i in range(n - m)) / (n - m))
+            h.append(sum(math.log((n + 1) / m * (col[i + m] - col[i]) + eps) for i in range(n - m)) / (n - m))
         ents.append(sum(h) / d)
         off = 0.0
         for a in range(d):
@@ -34,11 +33,14 @@ def _hand_e2mc(views, w_ent, w_cov, transform, eps=1e-8):
     return w_cov * cov - w_ent * ent, ent, cov
 
 
-@pytest.mark.parametrize("name, fn", [
-    ("sigmoid", lambda v: 1 / (1 + math.exp(-v))),
-    ("gaussian_cdf", lambda v: 0.5 * (1 + math.erf(v / math.sqrt(2)))),
-    ("identity", lambda v: v),
-])
+@pytest.mark.parametrize(
+    "name, fn",
+    [
+        ("sigmoid", lambda v: 1 / (1 + math.exp(-v))),
+        ("gaussian_cdf", lambda v: 0.5 * (1 + math.erf(v / math.sqrt(2)))),
+        ("identity", lambda v: v),
+    ],
+)
 def test_matches_hand_formula(name, fn):
     g = torch.Generator().manual_seed(0)
     views = [torch.randn(9, 3, generator=g, dtype=torch.float64) for _ in range(2)]
@@ -77,8 +79,7 @@ def test_gradient_steps_raise_entropy_and_lower_covariance():
     # correlated and clumped: every dim nearly a copy of one variable, a third of points at 1
     x0 = base @ torch.ones(1, 8) + 0.1 * torch.randn(128, 8)
     x0[:40] = 1.0 + 0.001 * torch.randn(40, 8)
-    z = [(x0 + 0.01 * torch.randn_like(x0)).clone().requires_grad_(),
-         x0.clone().requires_grad_()]
+    z = [(x0 + 0.01 * torch.randn_like(x0)).clone().requires_grad_(), x0.clone().requires_grad_()]
     crit = E2MC(transform="sigmoid", entropy_weight=1.0, cov_weight=50.0)
     start = crit(z)
     opt = torch.optim.Adam(z, lr=0.05)
@@ -124,16 +125,19 @@ def test_registry_builds_e2mc():
     assert isinstance(crit, E2MC) and crit.cov_weight == 25.0
 
 
-@pytest.mark.parametrize("views, kw, match", [
-    (torch.randn(8, 3), {}, "list"),
-    ([], {}, "non-empty list"),
-    ([torch.randn(8)], {}, "2-D"),
-    ([torch.randn(8, 3), torch.randn(9, 3)], {}, "same shape"),
-    ([torch.randn(8, 3), torch.randn(8, 4)], {}, "same shape"),
-    ([torch.randn(4, 3)], {"m": 4}, "N=4 <= m=4"),
-    ([torch.full((8, 3), float("nan"))], {}, "NaN or Inf"),
-    ([torch.full((8, 3), float("inf"))], {}, "NaN or Inf"),
-])
+@pytest.mark.parametrize(
+    "views, kw, match",
+    [
+        (torch.randn(8, 3), {}, "list"),
+        ([], {}, "non-empty list"),
+        ([torch.randn(8)], {}, "2-D"),
+        ([torch.randn(8, 3), torch.randn(9, 3)], {}, "same shape"),
+        ([torch.randn(8, 3), torch.randn(8, 4)], {}, "same shape"),
+        ([torch.randn(4, 3)], {"m": 4}, "N=4 <= m=4"),
+        ([torch.full((8, 3), float("nan"))], {}, "NaN or Inf"),
+        ([torch.full((8, 3), float("inf"))], {}, "NaN or Inf"),
+    ],
+)
 def test_bad_input(views, kw, match):
     with pytest.raises(CriterionInputError, match=match) as info:
         E2MC(**kw)(views)

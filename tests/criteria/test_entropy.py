@@ -22,16 +22,21 @@ def _beta_entropy(a, b):
 
 
 CASES = {
-    "uniform[2,5]": (lambda g, n: 2 + 3 * torch.rand(n, COLS, generator=g, dtype=torch.float64),
-                     math.log(3.0)),
-    "gaussian(sd=1.5)": (lambda g, n: 1.5 * torch.randn(n, COLS, generator=g, dtype=torch.float64),
-                         0.5 * math.log(2 * math.pi * math.e * 1.5**2)),
-    "exponential(rate=2)": (lambda g, n: -torch.log(torch.rand(n, COLS, generator=g,
-                                                               dtype=torch.float64)) / 2.0,
-                            1 - math.log(2.0)),
-    "beta(2,5)": (lambda g, n: torch.from_numpy(
-        np.random.default_rng(int(torch.randint(0, 10**6, (1,), generator=g))).beta(2, 5, (n, COLS))),
-        _beta_entropy(2.0, 5.0)),
+    "uniform[2,5]": (lambda g, n: 2 + 3 * torch.rand(n, COLS, generator=g, dtype=torch.float64), math.log(3.0)),
+    "gaussian(sd=1.5)": (
+        lambda g, n: 1.5 * torch.randn(n, COLS, generator=g, dtype=torch.float64),
+        0.5 * math.log(2 * math.pi * math.e * 1.5**2),
+    ),
+    "exponential(rate=2)": (
+        lambda g, n: -torch.log(torch.rand(n, COLS, generator=g, dtype=torch.float64)) / 2.0,
+        1 - math.log(2.0),
+    ),
+    "beta(2,5)": (
+        lambda g, n: torch.from_numpy(
+            np.random.default_rng(int(torch.randint(0, 10**6, (1,), generator=g))).beta(2, 5, (n, COLS))
+        ),
+        _beta_entropy(2.0, 5.0),
+    ),
 }
 
 # Stated bound: at N=4096 every closed form is matched within 0.08 nats (the one-sided
@@ -66,8 +71,7 @@ def test_vectorised_equals_per_column_loop():
     for d in range(5):
         col = sorted(float(v) for v in x[:, d])
         n = len(col)
-        ref.append(np.mean([math.log((n + 1) / m * (col[i + m] - col[i]) + eps)
-                            for i in range(n - m)]))
+        ref.append(np.mean([math.log((n + 1) / m * (col[i + m] - col[i]) + eps) for i in range(n - m)]))
     out = m_spacing_entropy(x, m=m, eps=eps)
     assert out.shape == (5,) and out.dtype == torch.float32
     np.testing.assert_allclose(out.numpy(), ref, rtol=1e-5, atol=1e-5)
@@ -91,8 +95,8 @@ def test_transforms():
     assert set(TRANSFORMS) == {"sigmoid", "gaussian_cdf", "identity"}
     torch.testing.assert_close(get_transform("sigmoid")(x), 1 / (1 + torch.exp(-x)))
     from scipy.stats import norm
-    torch.testing.assert_close(get_transform("gaussian_cdf")(x),
-                               torch.tensor(norm.cdf(x.numpy()), dtype=torch.float32))
+
+    torch.testing.assert_close(get_transform("gaussian_cdf")(x), torch.tensor(norm.cdf(x.numpy()), dtype=torch.float32))
     assert get_transform("identity")(x) is x
     with pytest.raises(ConfigError, match="sigmoid"):
         get_transform("softmax")

@@ -108,10 +108,13 @@ def test_nuclear_norm_gradient_finite_at_rank_deficiency():
     assert torch.isfinite(z.grad).all()
 
 
-@pytest.mark.parametrize("transform, lo, hi, sf", [
-    ("sigmoid", 17.0, 30.0, lambda v: __import__("scipy.special").special.expit(-v)),
-    ("gaussian_cdf", 5.6, 8.0, lambda v: __import__("scipy.stats").stats.norm.sf(v)),
-])
+@pytest.mark.parametrize(
+    "transform, lo, hi, sf",
+    [
+        ("sigmoid", 17.0, 30.0, lambda v: __import__("scipy.special").special.expit(-v)),
+        ("gaussian_cdf", 5.6, 8.0, lambda v: __import__("scipy.stats").stats.norm.sf(v)),
+    ],
+)
 def test_e2mc_spacings_exact_where_float32_transform_saturates(transform, lo, hi, sf):
     """Past |z| ~ 16.6 (sigmoid) / 5.4 (normal CDF) float32 T(z) is exactly 1.0, so a naive
     estimator sees only ties; the kernel must give scipy's float64 spacings there."""
@@ -144,8 +147,11 @@ def test_e2mc_reports_ties():
 @pytest.mark.parametrize("transform", ["sigmoid", "gaussian_cdf"])
 def test_e2mc_gradient_finite_and_signed_in_saturated_tail(transform):
     """The slope at saturated values comes from the small side of the CDF: still positive."""
-    z = torch.linspace(20.0, 40.0, 32).unsqueeze(1).repeat(1, 2) if transform == "sigmoid" \
+    z = (
+        torch.linspace(20.0, 40.0, 32).unsqueeze(1).repeat(1, 2)
+        if transform == "sigmoid"
         else torch.linspace(6.0, 9.0, 32).unsqueeze(1).repeat(1, 2)
+    )
     z = z.clone().requires_grad_()
     E2MC(transform=transform, m=4, gather=False, cov_weight=0.0)([z])["loss"].backward()
     assert torch.isfinite(z.grad).all() and bool((z.grad != 0).any())

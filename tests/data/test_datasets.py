@@ -102,10 +102,12 @@ def test_bad_arguments():
 
 def test_training_sampler_deterministic_per_epoch_and_sharded():
     """The trainer's sampler: order fixed by (seed, epoch); ranks split each global batch."""
+
     def order(epoch, seed=3, rank=0, world=1, start=0):
         s = ShardedEpochSampler(100, 8, seed, rank=rank, world_size=world)
         s.set_epoch(epoch, start)
         return list(s)
+
     a = order(0)
     assert len(a) == 96 and len(set(a)) == 96  # 12 full batches, no repeats, the rest dropped
     assert order(0) == a and order(1) != a and order(0, seed=4) != a

@@ -50,12 +50,15 @@ def _cache(tmp_path, monkeypatch):
 FULL = {"blue": 4, "green": 4, "red": 4}
 
 
-@pytest.mark.parametrize("train,test", [
-    (FULL, {"blue": 2, "green": 2, "red": 2}),
-    ({"blue": 0, "green": 4, "red": 4}, {"blue": 2, "green": 2, "red": 2}),  # empty in train/
-    (FULL, {"green": 2, "red": 2}),  # a class missing from test/
-    (FULL, {"blue": 2, "green": 0, "red": 2}),  # an empty class folder in test/
-])
+@pytest.mark.parametrize(
+    "train,test",
+    [
+        (FULL, {"blue": 2, "green": 2, "red": 2}),
+        ({"blue": 0, "green": 4, "red": 4}, {"blue": 2, "green": 2, "red": 2}),  # empty in train/
+        (FULL, {"green": 2, "red": 2}),  # a class missing from test/
+        (FULL, {"blue": 2, "green": 0, "red": 2}),  # an empty class folder in test/
+    ],
+)
 def test_one_class_list_for_both_splits(tmp_path, train, test):
     root = make_colour_folder(tmp_path / "f", {"train": train, "test": test})
     tr = build_dataset(root, "train")
@@ -73,8 +76,9 @@ def test_one_class_list_for_both_splits(tmp_path, train, test):
 
 
 def test_streaming_folder_uses_the_same_class_list(tmp_path):
-    root = make_colour_folder(tmp_path / "f", {"train": {"blue": 0, "green": 3, "red": 3},
-                                               "test": {"green": 2, "red": 2}})
+    root = make_colour_folder(
+        tmp_path / "f", {"train": {"blue": 0, "green": 3, "red": 3}, "test": {"green": 2, "red": 2}}
+    )
     tr = build_dataset(root, "train", max_memory_gb=0)
     te = build_dataset(root, "test", max_memory_gb=0)
     assert isinstance(tr, StreamingImageFolder) and isinstance(te, StreamingImageFolder)

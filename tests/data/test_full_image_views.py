@@ -57,11 +57,14 @@ def _red_fraction(views):
     return sum(hits) / len(hits)
 
 
-@pytest.mark.parametrize("recipe,shapes", [
-    ("vicreg", [(3, 3, 224, 224)] * 2),
-    ("simsiam", [(3, 3, 224, 224)] * 2),
-    ("swav", [(3, 3, 224, 224)] * 2 + [(3, 3, 96, 96)] * 6),
-])
+@pytest.mark.parametrize(
+    "recipe,shapes",
+    [
+        ("vicreg", [(3, 3, 224, 224)] * 2),
+        ("simsiam", [(3, 3, 224, 224)] * 2),
+        ("swav", [(3, 3, 224, 224)] * 2 + [(3, 3, 96, 96)] * 6),
+    ],
+)
 def test_training_views_reach_the_border(red_folder, recipe, shapes):
     ds = _streaming(red_folder)
     torch.manual_seed(0)
@@ -131,8 +134,16 @@ def test_large_crop_areas_span_the_recipe_scale(recipe, lo, hi):
 
 def test_loader_crops_follow_the_view_config():
     # one source of truth: a changed ViewConfig changes the worker crops
-    cfg = ViewConfig("custom", large_size=40, n_large=1, large_scale=(0.5, 0.5), small_size=16, n_small=2,
-                     small_scale=(0.01, 0.01), ratio=(1.0, 1.0))
+    cfg = ViewConfig(
+        "custom",
+        large_size=40,
+        n_large=1,
+        large_scale=(0.5, 0.5),
+        small_size=16,
+        n_small=2,
+        small_scale=(0.01, 0.01),
+        ratio=(1.0, 1.0),
+    )
     crops = pickle.loads(pickle.dumps(ViewGenerator(cfg, 64, IMAGENET_MEAN, IMAGENET_STD).loader_crops()))
     torch.manual_seed(0)  # (pickled: spawn-started DataLoader workers receive it that way)
     out = crops(_ramp())
@@ -171,11 +182,23 @@ def test_trainer_streams_full_image_crops(red_folder, tmp_path):
     from e2mc.train.loop import Trainer
 
     # an extracted ImageNet folder always streams; at 64 px the views are 64 px crops of the full image
-    cfg = load_config(None, [
-        "data.dataset=imagenet", f"data.root={red_folder}", "data.image_size=64",
-        "model.init=random:resnet_mini:8-16-32", "model.head_sizes={projector: [32, 32]}",
-        "optim.batch_size=3", "addon.name=none", "train.max_steps=1", "train.probe_size=0",
-        "train.tensorboard=false", f"out.dir={tmp_path / 'run'}", "mode=pretrain"])
+    cfg = load_config(
+        None,
+        [
+            "data.dataset=imagenet",
+            f"data.root={red_folder}",
+            "data.image_size=64",
+            "model.init=random:resnet_mini:8-16-32",
+            "model.head_sizes={projector: [32, 32]}",
+            "optim.batch_size=3",
+            "addon.name=none",
+            "train.max_steps=1",
+            "train.probe_size=0",
+            "train.tensorboard=false",
+            f"out.dir={tmp_path / 'run'}",
+            "mode=pretrain",
+        ],
+    )
     trainer = Trainer(cfg)
     assert isinstance(trainer.loader.dataset.transform, LoaderCrops)
     assert trainer.loader.dataset.transform.cfg is trainer.views.cfg  # one recipe for loader and device

@@ -94,6 +94,7 @@ def test_cache_second_load_reads_cache(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise AssertionError("decoded again instead of reading the cache")
+
     monkeypatch.setattr(folder_mod, "decode_files", boom)
     second = build_dataset(str(tmp_path), image_size=8, cache_dir=cache)
     assert torch.equal(first.images, second.images) and first.targets == second.targets

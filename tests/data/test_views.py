@@ -15,11 +15,14 @@ def _batch(n=6, size=32, seed=0):
     return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
 
 
-@pytest.mark.parametrize("recipe,shapes", [
-    ("vicreg", [(6, 3, 32, 32)] * 2),
-    ("simsiam", [(6, 3, 32, 32)] * 2),
-    ("swav", [(6, 3, 32, 32)] * 2 + [(6, 3, 16, 16)] * 6),
-])
+@pytest.mark.parametrize(
+    "recipe,shapes",
+    [
+        ("vicreg", [(6, 3, 32, 32)] * 2),
+        ("simsiam", [(6, 3, 32, 32)] * 2),
+        ("swav", [(6, 3, 32, 32)] * 2 + [(6, 3, 16, 16)] * 6),
+    ],
+)
 def test_view_shapes_per_recipe(recipe, shapes):
     views = ViewGenerator(recipe, 32, MEAN, STD)(_batch())
     assert [tuple(v.shape) for v in views] == shapes
@@ -67,8 +70,9 @@ def test_reproducible_under_seed_and_generator():
 
 
 def test_identity_recipe_normalises_exactly():
-    cfg = ViewConfig(large_size=32, large_scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0,
-                     jitter_p=0.0, gray_p=0.0, n_large=1)
+    cfg = ViewConfig(
+        large_size=32, large_scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0, n_large=1
+    )
     x = _batch(4)
     (v,) = ViewGenerator(cfg, 32, MEAN, STD)(x)
     ref = (x.float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)

@@ -10,8 +10,16 @@ from e2mc.evaluation.compare import ComparisonResult, build_rows, compare, metri
 
 
 def test_evaluate_structure(tiny_net, colour_data, tmp_path):
-    res = evaluate(tiny_net, colour_data, protocols=("knn", "linear", "fewshot", "rankme", "uniformity", "spectrum"),
-                   seeds=(0, 1), ks=(1, 5), shots=(1, 3), cache_dir=tmp_path, device="cpu")
+    res = evaluate(
+        tiny_net,
+        colour_data,
+        protocols=("knn", "linear", "fewshot", "rankme", "uniformity", "spectrum"),
+        seeds=(0, 1),
+        ks=(1, 5),
+        shots=(1, 3),
+        cache_dir=tmp_path,
+        device="cpu",
+    )
     assert set(res["knn"]) == {"top1_k1", "top1_k5"}
     assert 0 <= res["linear"]["top1"] <= 1 and "weight_decay" in res["linear"]
     assert len(res["fewshot"]["per_seed"]["top1_3shot"]) == 2
@@ -39,8 +47,17 @@ def test_evaluate_passes_the_linear_solver(tiny_net, colour_data, tmp_path):
 
 def test_compare_table_with_differences(colour_data, tmp_path, make_tiny_net):
     arms = [make_tiny_net(0), make_tiny_net(1)]
-    res = compare(arms, names=["base", "e2mc"], dataset=colour_data, protocols=("knn", "fewshot"), seeds=(0, 1, 2),
-                  ks=(1, 5), shots=(2,), cache_dir=tmp_path, device="cpu")
+    res = compare(
+        arms,
+        names=["base", "e2mc"],
+        dataset=colour_data,
+        protocols=("knn", "fewshot"),
+        seeds=(0, 1, 2),
+        ks=(1, 5),
+        shots=(2,),
+        cache_dir=tmp_path,
+        device="cpu",
+    )
     r = res.row("e2mc", "fewshot/top1_2shot")
     a = res.row("base", "fewshot/top1_2shot")
     assert r["n"] == 3 and r["diff"] == pytest.approx(r["mean"] - a["mean"])
@@ -68,15 +85,29 @@ def test_rows_over_training_seeds_use_welch_without_seeds():
 
 
 def test_rows_pair_by_training_seed_exactly_like_scipy():
-    mk = lambda v: {"knn": {"top1_k20": v}, "linear": {"top1": v, "converged": True,  # noqa: E731
-                                                       "selected_at_grid_edge": v > 0.86}}
+    mk = lambda v: {
+        "knn": {"top1_k20": v},
+        "linear": {
+            "top1": v,
+            "converged": True,  # noqa: E731
+            "selected_at_grid_edge": v > 0.86,
+        },
+    }
     # hand-listed accuracies of two arms x 3 training seeds; arm B's checkpoints come in seed order 2, 0, 1
     a, a_seeds = [0.801, 0.824, 0.812], [0, 1, 2]
     b, b_seeds = [0.861, 0.833, 0.842], [2, 0, 1]
     names = ["A", "B", "start"]
     results = [[mk(v) for v in a], [mk(v) for v in b], [mk(0.79)]]
-    comp = ComparisonResult(names, [["a"]] * 3, "digits", ["knn", "linear"], [0], results,
-                            build_rows(names, results, [a_seeds, b_seeds, [None]]), [a_seeds, b_seeds, [None]])
+    comp = ComparisonResult(
+        names,
+        [["a"]] * 3,
+        "digits",
+        ["knn", "linear"],
+        [0],
+        results,
+        build_rows(names, results, [a_seeds, b_seeds, [None]]),
+        [a_seeds, b_seeds, [None]],
+    )
     rb = comp.row("B", "knn/top1_k20")
     ci = stats.ttest_rel([0.833, 0.842, 0.861], [0.801, 0.824, 0.812]).confidence_interval(0.95)  # seeds 0, 1, 2
     assert (rb["diff_low"], rb["diff_high"]) == (float(ci.low), float(ci.high))  # exactly
@@ -101,8 +132,17 @@ def test_rows_pair_by_training_seed_exactly_like_scipy():
 def test_parse_arm_and_metric_values(tmp_path):
     assert parse_arm("e2mc=a.pt,b.pt") == ("e2mc", ["a.pt", "b.pt"])
     assert parse_arm("x.pt") == (None, ["x.pt"])
-    vals = metric_values({"meta": {}, "fewshot": {"top1_1shot": 0.5, "per_seed": {"top1_1shot": [0.4, 0.6]},
-                                                  "top1_1shot_ci95": [0.1, 0.9], "weight_decay": 0.01}})
+    vals = metric_values(
+        {
+            "meta": {},
+            "fewshot": {
+                "top1_1shot": 0.5,
+                "per_seed": {"top1_1shot": [0.4, 0.6]},
+                "top1_1shot_ci95": [0.1, 0.9],
+                "weight_decay": 0.01,
+            },
+        }
+    )
     assert vals == {"fewshot/top1_1shot": [0.4, 0.6]}
     with pytest.raises(DataError, match="no checkpoint"):
         compare([str(tmp_path / "missing.pt")], dataset="digits")
@@ -113,9 +153,20 @@ def _seeded_checkpoint(path, init_seed, train_seed):
 
     torch.manual_seed(init_seed)
     m, _ = load_model("random:resnet_mini:8-16-32", method="vicreg", head_sizes={"projector": (32, 32)})
-    torch.save({"format": "e2mc", "method": "vicreg", "arch": "resnet_mini:8-16-32", "cifar_stem": True,
-                "head_sizes": {"projector": [32, 32]}, "model": m.state_dict(), "epoch": 1, "step": 1,
-                "config": {"train": {"seed": train_seed}}}, path)
+    torch.save(
+        {
+            "format": "e2mc",
+            "method": "vicreg",
+            "arch": "resnet_mini:8-16-32",
+            "cifar_stem": True,
+            "head_sizes": {"projector": [32, 32]},
+            "model": m.state_dict(),
+            "epoch": 1,
+            "step": 1,
+            "config": {"train": {"seed": train_seed}},
+        },
+        path,
+    )
     return str(path)
 
 
@@ -126,8 +177,23 @@ def test_cli_compare_pairs_by_training_seed(tmp_path, capsys, monkeypatch):
     # arm "a": training seeds 0, 1; arm "b": the same seeds, listed in the other order
     a = [_seeded_checkpoint(tmp_path / f"a{s}.pt", 10 + s, s) for s in (0, 1)]
     b = [_seeded_checkpoint(tmp_path / f"b{s}.pt", 20 + s, s) for s in (1, 0)]
-    assert main(["compare", "a=" + ",".join(a), "b=" + ",".join(b), "--dataset", "digits", "--protocols", "knn",
-                 "--seeds", "0", "--json"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "a=" + ",".join(a),
+                "b=" + ",".join(b),
+                "--dataset",
+                "digits",
+                "--protocols",
+                "knn",
+                "--seeds",
+                "0",
+                "--json",
+            ]
+        )
+        == 0
+    )
     comp = ComparisonResult.from_json(capsys.readouterr().out)
     assert comp.train_seeds == [[0, 1], [1, 0]]
     ra, rb = comp.row("a", "knn/top1_k20"), comp.row("b", "knn/top1_k20")

@@ -232,8 +232,11 @@ def test_knn_and_linear_on_fp16_features_match_float32():
     for k in (5, 20):
         assert abs(knn16[k] - knn32[k]) <= 1 / 300
     for solver in ("lbfgs", "streaming"):
-        kw = {"weight_decays": (1e-3, 1e-1), "solver": solver,
-              "streaming": {"min_steps": 300} if solver == "streaming" else None}
+        kw = {
+            "weight_decays": (1e-3, 1e-1),
+            "solver": solver,
+            "streaming": {"min_steps": 300} if solver == "streaming" else None,
+        }
         a = linear_probe(xtr, ytr, xte, yte, **kw)
         b = linear_probe(h_tr, ytr, h_te, yte, **kw)
         assert 0.5 < a["top1"] < 0.99 and abs(a["top1"] - b["top1"]) <= 1 / 300, (solver, a["top1"], b["top1"])

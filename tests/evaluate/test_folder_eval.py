@@ -22,17 +22,27 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("E2MC_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.mark.parametrize("train,test,expected", [
-    (FULL, TEST, 1.0),
-    ({"blue": 0, "green": 5, "red": 5}, TEST, 6 / 9),  # was 0.50: labels shifted by the empty folder
-    (FULL, {"green": 3, "red": 3}, 1.0),  # was 0.00: test labels shifted by the missing class
-])
+@pytest.mark.parametrize(
+    "train,test,expected",
+    [
+        (FULL, TEST, 1.0),
+        ({"blue": 0, "green": 5, "red": 5}, TEST, 6 / 9),  # was 0.50: labels shifted by the empty folder
+        (FULL, {"green": 3, "red": 3}, 1.0),  # was 0.00: test labels shifted by the missing class
+    ],
+)
 def test_knn_and_linear_probe_score_what_correct_labels_give(tmp_path, tiny_net, train, test, expected):
     root = make_colour_folder(tmp_path / "f", {"train": train, "test": test})
     empty = pytest.warns(UserWarning, match=r"\[blue\] have images in test/ but none in train/")
     with empty if not train["blue"] else contextlib.nullcontext():
-        res = evaluate(tiny_net, root, protocols=("knn", "linear"), ks=(1, 3), seeds=(0,), device="cpu",
-                       cache_dir=tmp_path / "feat")
+        res = evaluate(
+            tiny_net,
+            root,
+            protocols=("knn", "linear"),
+            ks=(1, 3),
+            seeds=(0,),
+            device="cpu",
+            cache_dir=tmp_path / "feat",
+        )
     assert res["meta"]["n_test"] == sum(test.values()) and res["meta"]["test_split"] == "test"
     assert res["knn"]["top1_k1"] == pytest.approx(expected) and res["knn"]["top1_k3"] == pytest.approx(expected)
     assert res["linear"]["top1"] == pytest.approx(expected)
@@ -43,8 +53,24 @@ def test_folder_without_test_split_is_not_scored_on_its_training_images(tmp_path
     with pytest.raises(DataError, match="no 'test' split"):
         evaluate(tiny_net, root, protocols=("knn",), ks=(1,), seeds=(0,), device="cpu", cache_dir=tmp_path / "x")
     only_train = make_colour_folder(tmp_path / "g", {"train": FULL})
-    rc = main(["evaluate", "random:resnet_mini:8-16-32", "--dataset", only_train, "--protocols", "knn",
-               "--ks", "1", "--seeds", "0", "--device", "cpu", "--cache-dir", str(tmp_path / "x")])
+    rc = main(
+        [
+            "evaluate",
+            "random:resnet_mini:8-16-32",
+            "--dataset",
+            only_train,
+            "--protocols",
+            "knn",
+            "--ks",
+            "1",
+            "--seeds",
+            "0",
+            "--device",
+            "cpu",
+            "--cache-dir",
+            str(tmp_path / "x"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "has no 'test' split" in err and "Traceback" not in err
 
@@ -54,7 +80,6 @@ def test_pairs_with_different_class_lists_are_refused(tiny_net, colour_data):
     train.classes, test.classes = ["a", "b", "c"], ["b", "c"]
     with pytest.raises(DataError, match=r"different class lists \(3 vs 2 classes; index 0 is 'a' vs 'b'\)"):
         evaluate(tiny_net, (train, test), protocols=("knn",), ks=(1,), seeds=(0,), device="cpu", use_cache=False)
-
 
 
 def test_cached_features_never_carry_stale_labels(tmp_path, tiny_net):

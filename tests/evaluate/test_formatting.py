@@ -7,8 +7,10 @@ from e2mc.evaluation.compare import ComparisonResult, build_rows, headline
 from e2mc.evaluation.stats import decimals_for, fmt_difference, fmt_estimate, fmt_number
 
 
-@pytest.mark.parametrize("ref, places", [(15.56, 2), (155.6, 1), (1234.5, 0), (0.002351, 6), (-4.218e-05, 8),
-                                         (-1.315, 3), (0.0, 4), (None, 4), (1e-15, 8)])
+@pytest.mark.parametrize(
+    "ref, places",
+    [(15.56, 2), (155.6, 1), (1234.5, 0), (0.002351, 6), (-4.218e-05, 8), (-1.315, 3), (0.0, 4), (None, 4), (1e-15, 8)],
+)
 def test_decimals_keep_four_significant_digits(ref, places):
     assert decimals_for(ref) == places
 
@@ -36,12 +38,22 @@ def test_no_e_notation_and_no_negative_zero():
 
 
 def _comparison():
-    results = [[{"knn": {"top1_k20": 0.90 + d}, "rankme": {"backbone": 15.5 + 10 * d}} for d in (0.0, 0.002, 0.004)],
-               [{"knn": {"top1_k20": 0.91 + d}, "rankme": {"backbone": 15.6 + 5 * d}} for d in (0.0, 0.003, 0.004)]]
+    results = [
+        [{"knn": {"top1_k20": 0.90 + d}, "rankme": {"backbone": 15.5 + 10 * d}} for d in (0.0, 0.002, 0.004)],
+        [{"knn": {"top1_k20": 0.91 + d}, "rankme": {"backbone": 15.6 + 5 * d}} for d in (0.0, 0.003, 0.004)],
+    ]
     seeds = [[0, 1, 2], [0, 1, 2]]
     names = ["base", "e2mc"]
-    return ComparisonResult(names, [["a", "b", "c"], ["d", "e", "f"]], "digits", ["knn", "rankme"], [0], results,
-                            build_rows(names, results, seeds), seeds)
+    return ComparisonResult(
+        names,
+        [["a", "b", "c"], ["d", "e", "f"]],
+        "digits",
+        ["knn", "rankme"],
+        [0],
+        results,
+        build_rows(names, results, seeds),
+        seeds,
+    )
 
 
 def test_compare_table_and_headline_use_the_one_format():

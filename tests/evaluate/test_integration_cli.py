@@ -11,8 +11,19 @@ from e2mc.models import checkpoints
 def _checkpoint(path, seed):
     torch.manual_seed(seed)
     m, _ = checkpoints.load_model("random:resnet_mini:8-16-32", method="vicreg", head_sizes={"projector": (32, 32)})
-    torch.save({"format": "e2mc", "method": "vicreg", "arch": "resnet_mini:8-16-32", "cifar_stem": True,
-                "head_sizes": {"projector": [32, 32]}, "model": m.state_dict(), "epoch": 1, "step": 1}, path)
+    torch.save(
+        {
+            "format": "e2mc",
+            "method": "vicreg",
+            "arch": "resnet_mini:8-16-32",
+            "cifar_stem": True,
+            "head_sizes": {"projector": [32, 32]},
+            "model": m.state_dict(),
+            "epoch": 1,
+            "step": 1,
+        },
+        path,
+    )
     return str(path)
 
 
@@ -28,8 +39,15 @@ def test_evaluate_checkpoint_on_digits(tmp_path):
     from e2mc.evaluation.api import evaluate
 
     ck = _checkpoint(tmp_path / "a.pt", 0)
-    res = evaluate(ck, "digits", protocols=("knn", "rankme", "entropy"), ks=(5, 20), seeds=(0,),
-                   cache_dir=tmp_path / "cache", device="cpu")
+    res = evaluate(
+        ck,
+        "digits",
+        protocols=("knn", "rankme", "entropy"),
+        ks=(5, 20),
+        seeds=(0,),
+        cache_dir=tmp_path / "cache",
+        device="cpu",
+    )
     assert res["meta"]["n_test"] == len(datasets.build_dataset("digits", "test"))
     assert 0.3 < res["knn"]["top1_k20"] <= 1.0  # random conv features on digits are far above chance (0.1)
     assert 1 <= res["rankme"]["projector"] <= 32
@@ -40,13 +58,15 @@ def test_evaluate_checkpoint_on_digits(tmp_path):
 def test_cli_evaluate_json_and_compare(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("E2MC_CACHE", str(tmp_path))
     a, b = _checkpoint(tmp_path / "a.pt", 0), _checkpoint(tmp_path / "b.pt", 1)
-    rc, out, err = _cli(capsys, "evaluate", a, "--dataset", "digits", "--protocols", "knn,rankme", "--seeds", "0",
-                        "--json")
+    rc, out, err = _cli(
+        capsys, "evaluate", a, "--dataset", "digits", "--protocols", "knn,rankme", "--seeds", "0", "--json"
+    )
     assert rc == 0, err
     res = json.loads(out)
     assert set(res["knn"]) == {"top1_k10", "top1_k20", "top1_k100", "top1_k200"}
-    rc, out, err = _cli(capsys, "compare", a, f"two={b}", "--protocols", "knn,rankme", "--seeds", "0",
-                        "--out", str(tmp_path / "cmp"))
+    rc, out, err = _cli(
+        capsys, "compare", a, f"two={b}", "--protocols", "knn,rankme", "--seeds", "0", "--out", str(tmp_path / "cmp")
+    )
     assert rc == 0, err
     assert "| two |" in out and (tmp_path / "cmp" / "report.html").exists()
     rc, out, err = _cli(capsys, "evaluate", str(tmp_path / "missing.pt"))

@@ -43,8 +43,9 @@ def test_knn_matches_naive_loop(problem):
 def test_knn_matches_sklearn_weighted(problem):
     xtr, ytr, xte, yte = problem
     t = 0.5
-    clf = neighbors.KNeighborsClassifier(n_neighbors=10, metric="cosine", algorithm="brute",
-                                         weights=lambda d: __import__("numpy").exp((1 - d) / t))
+    clf = neighbors.KNeighborsClassifier(
+        n_neighbors=10, metric="cosine", algorithm="brute", weights=lambda d: __import__("numpy").exp((1 - d) / t)
+    )
     clf.fit(xtr.numpy(), ytr.numpy())
     ref = float((clf.predict(xte.numpy()) == yte.numpy()).mean())
     assert knn_classify(xtr, ytr, xte, yte, ks=(10,), temperature=t)[10] == pytest.approx(ref)
@@ -69,14 +70,24 @@ def test_knn_and_label_free_metrics_follow_the_features_device(problem):
     xtr, ytr, xte, yte = problem
     ref_knn = knn_classify(xtr, ytr, xte, yte.tolist(), ks=(1, 5))
     ref_sub = balanced_subset(ytr, per_class=3, seed=1)
-    ref_m = (metrics.rankme(xtr), metrics.uniformity(xtr), metrics.alignment(xtr, xtr + 0.1),
-             metrics.marginal_entropy(xtr), metrics.e2mc_covariance(xtr))
+    ref_m = (
+        metrics.rankme(xtr),
+        metrics.uniformity(xtr),
+        metrics.alignment(xtr, xtr + 0.1),
+        metrics.marginal_entropy(xtr),
+        metrics.e2mc_covariance(xtr),
+    )
     torch.set_default_device("meta")
     try:
         got_knn = knn_classify(xtr, ytr, xte, yte.tolist(), ks=(1, 5))
         got_sub = balanced_subset(ytr, per_class=3, seed=1)
-        got_m = (metrics.rankme(xtr), metrics.uniformity(xtr), metrics.alignment(xtr, xtr + 0.1),
-                 metrics.marginal_entropy(xtr), metrics.e2mc_covariance(xtr))
+        got_m = (
+            metrics.rankme(xtr),
+            metrics.uniformity(xtr),
+            metrics.alignment(xtr, xtr + 0.1),
+            metrics.marginal_entropy(xtr),
+            metrics.e2mc_covariance(xtr),
+        )
     finally:
         torch.set_default_device(None)
     assert got_knn == ref_knn and got_sub.device == ytr.device and torch.equal(got_sub, ref_sub)
@@ -102,12 +113,20 @@ def test_linear_probe_and_fewshot_follow_the_features_device(problem):
     from e2mc.evaluation.linear import linear_probe
 
     xtr, ytr, xte, yte = problem
-    ref = (linear_probe(xtr, ytr, xte, yte, weight_decays=(1e-3, 1e-1)),
-           fewshot(xtr, ytr, xte, yte, shots=(2,), seeds=(0,)), metrics.alpha_req(xtr), metrics.lidar(xtr[:40], 4))
+    ref = (
+        linear_probe(xtr, ytr, xte, yte, weight_decays=(1e-3, 1e-1)),
+        fewshot(xtr, ytr, xte, yte, shots=(2,), seeds=(0,)),
+        metrics.alpha_req(xtr),
+        metrics.lidar(xtr[:40], 4),
+    )
     torch.set_default_device("meta")
     try:
-        got = (linear_probe(xtr, ytr, xte, yte, weight_decays=(1e-3, 1e-1)),
-               fewshot(xtr, ytr, xte, yte, shots=(2,), seeds=(0,)), metrics.alpha_req(xtr), metrics.lidar(xtr[:40], 4))
+        got = (
+            linear_probe(xtr, ytr, xte, yte, weight_decays=(1e-3, 1e-1)),
+            fewshot(xtr, ytr, xte, yte, shots=(2,), seeds=(0,)),
+            metrics.alpha_req(xtr),
+            metrics.lidar(xtr[:40], 4),
+        )
     finally:
         torch.set_default_device(None)
     assert got[0]["top1"] == ref[0]["top1"] and got[1]["top1_2shot"] == ref[1]["top1_2shot"]
@@ -138,12 +157,14 @@ def test_streamed_topk_equals_the_full_matrix_with_ties_by_lower_index(chunk_siz
     from e2mc.evaluation.knn import knn_topk
 
     g = torch.Generator().manual_seed(3)
+
     # unit vectors with four entries +-0.5 among 8: every cosine is an exact multiple of 0.25,
     # so whatever the matmul blocking, many similarities tie exactly (duplicated rows too)
     def units(n):
         signs = torch.randint(0, 2, (n, 8), generator=g).float() - 0.5
         mask = torch.stack([torch.randperm(8, generator=g) < 4 for _ in range(n)])
         return signs * mask
+
     base = units(40)
     xtr = torch.cat([base, base, base[:20]])
     xte = torch.cat([units(25), base[:10]])

@@ -34,8 +34,15 @@ def test_lidar_matches_sklearn_lda_spectrum():
 
     g = torch.Generator().manual_seed(0)
     n, q, d = 9, 7, 5
-    means = torch.randn(n, 1, d, generator=g, dtype=torch.float64) * torch.tensor([3.0, 2.0, 1.0, 0.5, 0.1], dtype=torch.float64)
-    z = (means + torch.randn(n, q, d, generator=g, dtype=torch.float64) @ torch.randn(d, d, generator=g, dtype=torch.float64) * 0.3).reshape(-1, d)
+    means = torch.randn(n, 1, d, generator=g, dtype=torch.float64) * torch.tensor(
+        [3.0, 2.0, 1.0, 0.5, 0.1], dtype=torch.float64
+    )
+    z = (
+        means
+        + torch.randn(n, q, d, generator=g, dtype=torch.float64)
+        @ torch.randn(d, d, generator=g, dtype=torch.float64)
+        * 0.3
+    ).reshape(-1, d)
     labels = np.repeat(np.arange(n), q)
     lda = LinearDiscriminantAnalysis(solver="eigen").fit(z.numpy(), labels)
     ratios = lda.explained_variance_ratio_  # generalized eigenvalues of (S_b, S_w), normalised
@@ -82,8 +89,15 @@ def test_evaluate_lidar_and_alpha_req_protocols(tmp_path):
 
     torch.manual_seed(0)
     model, _ = load_model("random:resnet_mini:8-16-32", method="vicreg", head_sizes={"projector": (16, 16)})
-    kw = dict(protocols=("lidar", "alpha_req"), seeds=(3,), cache_dir=tmp_path, device="cpu", image_size=16,
-              lidar_images=20, lidar_views=4)
+    kw = dict(
+        protocols=("lidar", "alpha_req"),
+        seeds=(3,),
+        cache_dir=tmp_path,
+        device="cpu",
+        image_size=16,
+        lidar_images=20,
+        lidar_views=4,
+    )
     a = evaluate(model, "digits", **kw)
     b = evaluate(model, "digits", **kw)
     assert a["lidar"] == b["lidar"]  # same images, same augmentations

@@ -24,8 +24,9 @@ class DigitNet(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.backbone = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                                      nn.AdaptiveAvgPool2d(4), nn.Flatten())
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten()
+        )
 
     def embed(self, x):
         return self.backbone(x)
@@ -36,8 +37,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def digits():
-    return (build_dataset("digits", "train", image_size=8, limit=200),
-            build_dataset("digits", "test", image_size=8, limit=200))
+    return (
+        build_dataset("digits", "train", image_size=8, limit=200),
+        build_dataset("digits", "test", image_size=8, limit=200),
+    )
 
 
 @pytest.fixture

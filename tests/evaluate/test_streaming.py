@@ -30,8 +30,10 @@ def digits():
 @pytest.fixture(scope="module")
 def both(digits):
     xtr, ytr, xte, yte = digits
-    return (linear_probe(xtr, ytr, xte, yte, weight_decays=WDS, solver="lbfgs"),
-            linear_probe(xtr, ytr, xte, yte, weight_decays=WDS, solver="streaming"))
+    return (
+        linear_probe(xtr, ytr, xte, yte, weight_decays=WDS, solver="lbfgs"),
+        linear_probe(xtr, ytr, xte, yte, weight_decays=WDS, solver="streaming"),
+    )
 
 
 def test_streaming_agrees_with_lbfgs_and_sklearn_within_half_a_point(digits, both):

@@ -12,10 +12,21 @@ import torch
 from e2mc.config import load_config
 
 # 4 steps per epoch, 3 epochs, a probe row per epoch: a few seconds on one CPU thread.
-TINY = ["data.dataset=digits", "data.image_size=8", "data.limit=128", "model.init=random:resnet_mini:8-8-8",
-        "model.head_sizes={projector: [32, 32]}", "optim.batch_size=32", "optim.lr=0.05",
-        "optim.schedule=constant", "train.epochs=3", "train.log_every=1", "train.probe_size=16",
-        "train.tensorboard=false", "train.deterministic=true"]
+TINY = [
+    "data.dataset=digits",
+    "data.image_size=8",
+    "data.limit=128",
+    "model.init=random:resnet_mini:8-8-8",
+    "model.head_sizes={projector: [32, 32]}",
+    "optim.batch_size=32",
+    "optim.lr=0.05",
+    "optim.schedule=constant",
+    "train.epochs=3",
+    "train.log_every=1",
+    "train.probe_size=16",
+    "train.tensorboard=false",
+    "train.deterministic=true",
+]
 SETS = [a for o in TINY for a in ("--set", o)]
 CHILD = Path(__file__).with_name("child.py")
 TIMING = ("wall_time", "img_per_s")  # the only columns allowed to differ between two runs
@@ -36,8 +47,11 @@ def tiny_config(out, *extra):
 
 def child(fault, *argv, wait=True, timeout=120):
     """Run ``e2mc ARGV`` in a subprocess with ``fault`` injected (see child.py)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-        [str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH", "")]),
+    )
     cmd = [sys.executable, str(CHILD), fault, *map(str, argv)]
     if not wait:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

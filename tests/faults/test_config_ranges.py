@@ -11,19 +11,45 @@ from e2mc.config import RANGES, RunConfig, load_config
 from e2mc.errors import ConfigError
 
 BAD = [  # (override, the range phrase the message must give)
-    ("optim.lr=nan", "> 0"), ("optim.lr=.inf", "> 0"), ("optim.lr=-.inf", "> 0"), ("optim.lr=-0.1", "> 0"),
-    ("optim.lr=0", "> 0"), ("optim.lr=1e39", "<= 1000"), ("optim.weight_decay=-1", ">= 0"),
-    ("optim.weight_decay=nan", ">= 0"), ("optim.momentum=-0.5", ">= 0"), ("optim.momentum=1.5", "< 1"),
-    ("optim.warmup_epochs=-1", ">= 0"), ("optim.batch_size=0", ">= 1"), ("optim.base_batch=-8", ">= 1"),
-    ("train.grad_clip=-1", ">= 0"), ("train.grad_clip=nan", ">= 0"), ("train.grad_clip=.inf", ">= 0"),
-    ("train.epochs=-3", ">= 1"), ("train.epochs=0", ">= 1"), ("train.max_steps=0", ">= 1"),
-    ("train.max_steps=-5", ">= 1"), ("train.seed=-1", ">= 0"), ("train.log_every=0", ">= 1"),
-    ("train.checkpoint_every_epochs=0", ">= 1"), ("train.head_warmup_steps=-1", ">= 0"),
-    ("train.probe_size=-2", ">= 0"), ("data.limit=0", ">= 1"), ("data.image_size=0", ">= 8"),
-    ("data.num_workers=-1", ">= 0"), ("addon.entropy_weight=-1", ">= 0"), ("addon.entropy_weight=nan", ">= 0"),
-    ("addon.cov_weight=.inf", ">= 0"), ("addon.m=0", ">= 1"), ("method.temperature=0", "> 0"),
-    ("method.temperature=nan", "> 0"), ("method.sinkhorn_epsilon=-0.05", "> 0"), ("method.sim_weight=-25", ">= 0"),
-    ("method.var_weight=nan", ">= 0"), ("method.cov_weight=-1", ">= 0"), ("method.sinkhorn_iterations=0", ">= 1"),
+    ("optim.lr=nan", "> 0"),
+    ("optim.lr=.inf", "> 0"),
+    ("optim.lr=-.inf", "> 0"),
+    ("optim.lr=-0.1", "> 0"),
+    ("optim.lr=0", "> 0"),
+    ("optim.lr=1e39", "<= 1000"),
+    ("optim.weight_decay=-1", ">= 0"),
+    ("optim.weight_decay=nan", ">= 0"),
+    ("optim.momentum=-0.5", ">= 0"),
+    ("optim.momentum=1.5", "< 1"),
+    ("optim.warmup_epochs=-1", ">= 0"),
+    ("optim.batch_size=0", ">= 1"),
+    ("optim.base_batch=-8", ">= 1"),
+    ("train.grad_clip=-1", ">= 0"),
+    ("train.grad_clip=nan", ">= 0"),
+    ("train.grad_clip=.inf", ">= 0"),
+    ("train.epochs=-3", ">= 1"),
+    ("train.epochs=0", ">= 1"),
+    ("train.max_steps=0", ">= 1"),
+    ("train.max_steps=-5", ">= 1"),
+    ("train.seed=-1", ">= 0"),
+    ("train.log_every=0", ">= 1"),
+    ("train.checkpoint_every_epochs=0", ">= 1"),
+    ("train.head_warmup_steps=-1", ">= 0"),
+    ("train.probe_size=-2", ">= 0"),
+    ("data.limit=0", ">= 1"),
+    ("data.image_size=0", ">= 8"),
+    ("data.num_workers=-1", ">= 0"),
+    ("addon.entropy_weight=-1", ">= 0"),
+    ("addon.entropy_weight=nan", ">= 0"),
+    ("addon.cov_weight=.inf", ">= 0"),
+    ("addon.m=0", ">= 1"),
+    ("method.temperature=0", "> 0"),
+    ("method.temperature=nan", "> 0"),
+    ("method.sinkhorn_epsilon=-0.05", "> 0"),
+    ("method.sim_weight=-25", ">= 0"),
+    ("method.var_weight=nan", ">= 0"),
+    ("method.cov_weight=-1", ">= 0"),
+    ("method.sinkhorn_iterations=0", ">= 1"),
     ("method.queue_length=-1", ">= 0"),
 ]
 
@@ -48,8 +74,19 @@ def test_out_of_range_in_a_yaml_file(tmp_path, override, phrase):
 
 
 def test_edge_values_that_are_valid():
-    cfg = load_config(None, ["train.grad_clip=0", "train.grad_clip=null", "optim.lr=1000", "optim.weight_decay=0",
-                             "optim.momentum=0", "data.num_workers=0", "train.seed=0", "addon.m=null"])
+    cfg = load_config(
+        None,
+        [
+            "train.grad_clip=0",
+            "train.grad_clip=null",
+            "optim.lr=1000",
+            "optim.weight_decay=0",
+            "optim.momentum=0",
+            "data.num_workers=0",
+            "train.seed=0",
+            "addon.m=null",
+        ],
+    )
     assert cfg.train.grad_clip is None and cfg.optim.lr == 1000.0
     assert load_config(None, ["train.grad_clip=0"]).train.grad_clip == 0.0  # 0 = off, like null
 
@@ -84,11 +121,20 @@ def test_every_numeric_field_has_a_range():
     assert not RANGES["optim.lr"].ok(math.nan) and not RANGES["train.grad_clip"].ok(-1.0)
 
 
-@pytest.mark.parametrize("argv", [
-    ["--epochs", "-3"], ["--lr", "nan"], ["--lr", "inf"], ["--lr", "-0.1"], ["--lr", "1e39"],
-    ["--set", "train.grad_clip=-1"], ["--set", "optim.weight_decay=-1", "--set", "optim.name=adamw"],
-    ["--batch-size", "0"], ["--seed", "-1"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--epochs", "-3"],
+        ["--lr", "nan"],
+        ["--lr", "inf"],
+        ["--lr", "-0.1"],
+        ["--lr", "1e39"],
+        ["--set", "train.grad_clip=-1"],
+        ["--set", "optim.weight_decay=-1", "--set", "optim.name=adamw"],
+        ["--batch-size", "0"],
+        ["--seed", "-1"],
+    ],
+)
 def test_cli_out_of_range_exits_2_with_one_line(tmp_path, capsys, argv):
     code = main(["pretrain", "--out", str(tmp_path / "run"), *argv])
     err = capsys.readouterr().err

@@ -59,8 +59,21 @@ def _float32_file(p):  # the right shape, but not the recorded dtype
     np.save(p / "backbone.npy", np.load(p / "backbone.npy").astype(np.float32))
 
 
-@pytest.mark.parametrize("damage", [_truncate, _garbage, _empty, _no_projector, _wrong_n, _no_labels, _nan_features,
-                                    _bad_progress, _progress_beyond_n, _float32_file])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _truncate,
+        _garbage,
+        _empty,
+        _no_projector,
+        _wrong_n,
+        _no_labels,
+        _nan_features,
+        _bad_progress,
+        _progress_beyond_n,
+        _float32_file,
+    ],
+)
 def test_broken_entry_is_reported_deleted_and_recomputed(tmp_path, caplog, damage):
     net, data = TinyNet(0), colour_dataset(10, seed=0)
     first = extract_features(net, data, which=WHICH, cache_dir=tmp_path)
@@ -102,8 +115,23 @@ def ckpt(tmp_path_factory):
 
 
 def _evaluate(ckpt, cache, *extra, command="evaluate"):
-    return main([command, str(ckpt), "--dataset", "digits", "--protocols", "rankme", "--seeds", "0",
-                 "--image-size", "8", "--cache-dir", str(cache), *extra])
+    return main(
+        [
+            command,
+            str(ckpt),
+            "--dataset",
+            "digits",
+            "--protocols",
+            "rankme",
+            "--seeds",
+            "0",
+            "--image-size",
+            "8",
+            "--cache-dir",
+            str(cache),
+            *extra,
+        ]
+    )
 
 
 def test_cli_no_cache_writes_nothing(ckpt, tmp_path, capsys):

@@ -85,8 +85,10 @@ def _mount(*args):
     return subprocess.run(["mount", *args], capture_output=True, text=True).returncode == 0
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteuid() != 0 or shutil.which("mount") is None,
-                    reason="a real full / read-only file system needs a tmpfs mount (Linux, root)")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.geteuid() != 0 or shutil.which("mount") is None,
+    reason="a real full / read-only file system needs a tmpfs mount (Linux, root)",
+)
 def test_real_full_and_read_only_tmpfs(tmp_path):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
@@ -102,7 +104,6 @@ def test_real_full_and_read_only_tmpfs(tmp_path):
         one_line_error(code, err, str(mnt / "other"), "read-only")
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
 
 
 def test_any_command_reports_a_refused_path_in_one_line(tmp_path, capsys, monkeypatch):

@@ -23,8 +23,12 @@ def test_kill_nine_anywhere_then_resume_equals_an_uninterrupted_run(tmp_path):
     # child: mid checkpoint write (a part of the bytes in the temp file) and right after a
     # checkpoint file is in place (last.pt newer than the epoch file). Each launch costs ~5 s of
     # importing torch, so the list stays short.
-    faults = ["external", f"write:{rng.randint(1, 3)}:{rng.uniform(0.1, 0.9):.2f}", f"replace:{rng.randint(1, 2)}",
-              "none"]
+    faults = [
+        "external",
+        f"write:{rng.randint(1, 3)}:{rng.uniform(0.1, 0.9):.2f}",
+        f"replace:{rng.randint(1, 2)}",
+        "none",
+    ]
     argv = ["pretrain", *SETS, "--out", run, "--auto-resume", "--set", "out.overwrite=true"]
     killed, logs = 0, []  # (fault, exit code, stderr tail) per launch
     for fault in faults:

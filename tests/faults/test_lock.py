@@ -39,7 +39,7 @@ def test_second_process_on_a_running_folder(tmp_path):
 def test_stale_lock_of_a_dead_run_is_taken_over(tmp_path, capsys):
     run = tmp_path / "r"
     run.mkdir()
-    pid = 2 ** 22 + 12345  # above Linux's pid_max default: no such process
+    pid = 2**22 + 12345  # above Linux's pid_max default: no such process
     (run / ".e2mc.lock").write_text(f"{pid} {socket.gethostname()} 2026-01-01T00:00:00\n")
     Trainer(tiny_config(run, "train.max_steps=1")).fit()
     assert f"taking over the stale lock of {run} left by PID {pid}" in capsys.readouterr().err

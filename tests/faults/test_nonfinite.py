@@ -26,12 +26,19 @@ def _all_finite_on_disk(run):
 
 
 def test_nonfinite_finds_each_kind_of_value():
-    state = {"model": {"a": torch.ones(3), "n": torch.tensor(3)}, "optimizer": {"state": {0: {"m": torch.zeros(2)}},
-             "param_groups": [{"lr": 0.1}]}, "scaler": {}, "swav_queue": None}
+    state = {
+        "model": {"a": torch.ones(3), "n": torch.tensor(3)},
+        "optimizer": {"state": {0: {"m": torch.zeros(2)}}, "param_groups": [{"lr": 0.1}]},
+        "scaler": {},
+        "swav_queue": None,
+    }
     assert nonfinite(state) is None
     for where, bad in ((("model", "a"), math.inf), (("optimizer", "state", 0, "m"), math.nan)):
-        st = {**state, "model": {k: v.clone() for k, v in state["model"].items()},
-              "optimizer": {"state": {0: {"m": torch.zeros(2)}}, "param_groups": [{"lr": 0.1}]}}
+        st = {
+            **state,
+            "model": {k: v.clone() for k, v in state["model"].items()},
+            "optimizer": {"state": {0: {"m": torch.zeros(2)}}, "param_groups": [{"lr": 0.1}]},
+        }
         obj = st
         for k in where[:-1]:
             obj = obj[k]
@@ -72,7 +79,9 @@ def test_poisoned_state_after_a_good_checkpoint(tmp_path, poison):
 
     t.train_step = step
     name = "running_var" if poison == "buffer" else "momentum_buffer"
-    with pytest.raises(TrainingDiverged, match=rf"{name}.*not finite.*last good checkpoint is {run}/checkpoints/last.pt"):
+    with pytest.raises(
+        TrainingDiverged, match=rf"{name}.*not finite.*last good checkpoint is {run}/checkpoints/last.pt"
+    ):
         t.fit()
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4 and _all_finite_on_disk(run)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_0001.pt", "last.pt"]
@@ -105,6 +114,8 @@ def test_huge_lr_diverges_without_a_bad_checkpoint(tmp_path, optim):
 
 def test_cli_lr_inf_exits_2_without_a_checkpoint(tmp_path):
     """`optim.lr=inf` (what `--lr inf` sets): one line, exit 2 (a config error once ranges are validated, else the guard)."""
-    code, _, err = cli("pretrain", *SETS, "--set", "train.max_steps=2", "--set", "optim.lr=inf", "--out", tmp_path / "r")
+    code, _, err = cli(
+        "pretrain", *SETS, "--set", "train.max_steps=2", "--set", "optim.lr=inf", "--out", tmp_path / "r"
+    )
     one_line_error(code, err)
     assert not list((tmp_path / "r").glob("checkpoints/*.pt"))

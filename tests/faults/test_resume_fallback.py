@@ -60,8 +60,11 @@ def test_no_usable_checkpoint_deletes_nothing(runs, tmp_path):
     for p in (run / "checkpoints").glob("*.pt"):
         p.write_bytes(b"garbage")
     before = _snapshot(run)
-    with pytest.raises(CheckpointError, match=r"no usable checkpoint.*last.pt is unreadable.*epoch_0002.pt "
-                                              r"is unreadable.*nothing was changed.*out.overwrite=true"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"no usable checkpoint.*last.pt is unreadable.*epoch_0002.pt "
+        r"is unreadable.*nothing was changed.*out.overwrite=true",
+    ):
         Trainer(tiny_config(run, "out.resume=true"), quiet=True)
     for p in (run / "checkpoints").glob("epoch_*.pt"):
         p.unlink()
@@ -69,8 +72,11 @@ def test_no_usable_checkpoint_deletes_nothing(runs, tmp_path):
         Trainer(tiny_config(run, "out.resume=true"), quiet=True)
     (run / "checkpoints" / "last.pt").unlink()
     before = _snapshot(run)
-    with pytest.raises(ConfigError, match=r"holds config.yaml, metrics.csv but no checkpoint.*not this run's.*"
-                                          r"nothing was changed.*out.overwrite=true.*another --out"):
+    with pytest.raises(
+        ConfigError,
+        match=r"holds config.yaml, metrics.csv but no checkpoint.*not this run's.*"
+        r"nothing was changed.*out.overwrite=true.*another --out",
+    ):
         Trainer(tiny_config(run, "out.resume=true", "optim.lr=0.07"), quiet=True)  # another run's settings
     assert _snapshot(run) == before  # metrics.csv and config.yaml untouched
     metrics, config = (run / "metrics.csv").read_bytes(), (run / "config.yaml").read_bytes()
@@ -98,8 +104,11 @@ def test_metrics_log_cut_by_rows_or_by_step(tmp_path):
 
     path = tmp_path / "metrics.csv"
     text = "wall_time,epoch,step,phase\r\n1,0,0,init\r\n2,0,1,train\r\n3,0,2,train\r\n4,1,2,epoch\r\n5,1,3,train\r\n6,1,4,tr"
-    for kw, steps in (({"keep_rows": 3}, ["0", "1", "2"]), ({"keep_step": 2}, ["0", "1", "2", "2"]),
-                      ({}, ["0", "1", "2", "2", "3"])):
+    for kw, steps in (
+        ({"keep_rows": 3}, ["0", "1", "2"]),
+        ({"keep_step": 2}, ["0", "1", "2", "2"]),
+        ({}, ["0", "1", "2", "2", "3"]),
+    ):
         path.write_text(text, newline="")
         log = MetricsLog(path, **kw)
         assert [r["step"] for r in read_metrics(path)] == steps and log.rows == len(steps)

@@ -62,8 +62,16 @@ def files(tmp_path_factory):
     return _files(tmp_path_factory.mktemp("files"))
 
 
-KINDS = ["plain pickle with __reduce__", "protocol-0 pickle with __reduce__", "torch zip checkpoint with __reduce__",
-         "legacy torch file with __reduce__", "text file", "random bytes", "empty file", "truncated zip"]
+KINDS = [
+    "plain pickle with __reduce__",
+    "protocol-0 pickle with __reduce__",
+    "torch zip checkpoint with __reduce__",
+    "legacy torch file with __reduce__",
+    "text file",
+    "random bytes",
+    "empty file",
+    "truncated zip",
+]
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -45,18 +45,32 @@ def trunk_shapes(arch: str) -> dict:
 def vicreg_projector_shapes(d: int, sizes) -> dict:
     """VICReg expander: Linear/BN/ReLU x2 then Linear(bias=False): keys 0, 1, 3, 4, 6."""
     s1, s2, s3 = sizes
-    return ({"0.weight": (s1, d), "0.bias": (s1,)} | bn("1", s1) | {"3.weight": (s2, s1), "3.bias": (s2,)}
-            | bn("4", s2) | {"6.weight": (s3, s2)})
+    return (
+        {"0.weight": (s1, d), "0.bias": (s1,)}
+        | bn("1", s1)
+        | {"3.weight": (s2, s1), "3.bias": (s2,)}
+        | bn("4", s2)
+        | {"6.weight": (s3, s2)}
+    )
 
 
 def swav_shapes(d=2048, hidden=2048, out=128, k=3000) -> dict:
-    return ({"projection_head.0.weight": (hidden, d), "projection_head.0.bias": (hidden,)} | bn("projection_head.1", hidden)
-            | {"projection_head.3.weight": (out, hidden), "projection_head.3.bias": (out,), "prototypes.weight": (k, out)})
+    return (
+        {"projection_head.0.weight": (hidden, d), "projection_head.0.bias": (hidden,)}
+        | bn("projection_head.1", hidden)
+        | {"projection_head.3.weight": (out, hidden), "projection_head.3.bias": (out,), "prototypes.weight": (k, out)}
+    )
 
 
 def simsiam_head_shapes(d=2048, dim=2048, pred=512) -> tuple[dict, dict]:
-    proj = ({"0.weight": (d, d)} | bn("1", d) | {"3.weight": (d, d)} | bn("4", d)
-            | {"6.weight": (dim, d), "6.bias": (dim,)} | bn_noaffine("7", dim))
+    proj = (
+        {"0.weight": (d, d)}
+        | bn("1", d)
+        | {"3.weight": (d, d)}
+        | bn("4", d)
+        | {"6.weight": (dim, d), "6.bias": (dim,)}
+        | bn_noaffine("7", dim)
+    )
     predictor = {"0.weight": (pred, dim)} | bn("1", pred) | {"3.weight": (dim, pred), "3.bias": (dim,)}
     return proj, predictor
 

@@ -18,10 +18,14 @@ def mini_ckpt(tmp_path):
     torch.manual_seed(0)
     m = SSLModel.build("simsiam", "resnet_mini:8-8-16")
     sd = m.state_dict()
-    obj = {"state_dict": {f"module.encoder.{k[9:]}": v for k, v in sd.items() if k.startswith("backbone.")}
-           | {f"module.encoder.fc.{k[10:]}": v for k, v in sd.items() if k.startswith("projector.")}
-           | {f"module.predictor.{k[10:]}": v for k, v in sd.items() if k.startswith("predictor.")},
-           "epoch": 5, "arch": "resnet_mini", "optimizer": {"state": {}, "param_groups": []}}
+    obj = {
+        "state_dict": {f"module.encoder.{k[9:]}": v for k, v in sd.items() if k.startswith("backbone.")}
+        | {f"module.encoder.fc.{k[10:]}": v for k, v in sd.items() if k.startswith("projector.")}
+        | {f"module.predictor.{k[10:]}": v for k, v in sd.items() if k.startswith("predictor.")},
+        "epoch": 5,
+        "arch": "resnet_mini",
+        "optimizer": {"state": {}, "param_groups": []},
+    }
     path = tmp_path / "mini_simsiam.pth.tar"
     torch.save(obj, path)
     return path
@@ -63,7 +67,7 @@ def test_not_a_checkpoint_and_truncated(tmp_path, mini_ckpt):
     assert str(cut) in str(err.value)
     with pytest.raises(CheckpointError, match="not found"):
         load_model(tmp_path / "nope.pth")
-    (tmp_path / "cut.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    (tmp_path / "cut.safetensors").write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a":')
     with pytest.raises(CheckpointError, match="safetensors"):
         load_model(tmp_path / "cut.safetensors")
 

@@ -5,9 +5,17 @@ import torch
 from e2mc.cli import main
 from tests.models.conftest import rand_like_sd, trunk_shapes, vicreg_projector_shapes
 
-TINY = ["data.dataset=digits", "data.image_size=16", "data.limit=32", "optim.batch_size=16",
-        "optim.schedule=constant", "optim.lr=0.001", "train.epochs=1", "train.probe_size=0",
-        "train.tensorboard=false"]
+TINY = [
+    "data.dataset=digits",
+    "data.image_size=16",
+    "data.limit=32",
+    "optim.batch_size=16",
+    "optim.schedule=constant",
+    "optim.lr=0.001",
+    "train.epochs=1",
+    "train.probe_size=0",
+    "train.tensorboard=false",
+]
 
 
 def test_run_from_vicreg_full_checkpoint_exports_vicreg_layout(tmp_path, capsys):
@@ -20,13 +28,15 @@ def test_run_from_vicreg_full_checkpoint_exports_vicreg_layout(tmp_path, capsys)
         trunk[k] = torch.zeros_like(trunk[k])
     for k in [k for k in trunk if k.endswith(".weight") and trunk[k].dim() == 4]:
         trunk[k] = trunk[k] * 0.05  # keep activations finite through 18 layers
-    src = {"model": {f"module.backbone.{k}": v for k, v in trunk.items()}
-           | {f"module.projector.{k}": v for k, v in proj.items()}, "epoch": 100}
+    src = {
+        "model": {f"module.backbone.{k}": v for k, v in trunk.items()}
+        | {f"module.projector.{k}": v for k, v in proj.items()},
+        "epoch": 100,
+    }
     torch.save(src, tmp_path / "resnet50_fullckpt.pth")
     run = tmp_path / "run"
     sets = [a for o in TINY for a in ("--set", o)]
-    assert main(["continue", str(tmp_path / "resnet50_fullckpt.pth"), *sets, "--addon", "e2mc",
-                 "--out", str(run)]) == 0
+    assert main(["continue", str(tmp_path / "resnet50_fullckpt.pth"), *sets, "--addon", "e2mc", "--out", str(run)]) == 0
     capsys.readouterr()
     assert main(["export", str(run / "checkpoints" / "last.pt"), "--out", str(tmp_path / "x.pth")]) == 0
     said = capsys.readouterr().out

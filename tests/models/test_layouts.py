@@ -62,8 +62,12 @@ def test_vicreg_full(tmp_path, r50_trunk):
     """Real ResNet-50 trunk; expander 2048-512-512-256 (the 8192 one: test_vicreg_full_size_expander)."""
     proj = rand_like_sd(vicreg_projector_shapes(2048, (512, 512, 256)), seed=3)
     opt = {"state": {0: {"mu": torch.ones(3)}}, "param_groups": [{"lr": 0.2, "params": [0]}]}
-    obj = {"model": {f"module.backbone.{k}": v for k, v in r50_trunk.items()}
-           | {f"module.projector.{k}": v for k, v in proj.items()}, "optimizer": opt, "epoch": 100}
+    obj = {
+        "model": {f"module.backbone.{k}": v for k, v in r50_trunk.items()}
+        | {f"module.projector.{k}": v for k, v in proj.items()},
+        "optimizer": opt,
+        "epoch": 100,
+    }
     torch.save(obj, tmp_path / "resnet50_fullckpt.pth")
     model, report = load_model(tmp_path / "resnet50_fullckpt.pth")
     assert (report.format, report.arch, report.method) == ("vicreg", "resnet50", "vicreg")
@@ -80,8 +84,11 @@ def test_vicreg_full(tmp_path, r50_trunk):
 def test_vicreg_full_size_expander(tmp_path, r50_trunk):
     """The published 2048-8192-8192-8192 expander (151M params, ~700 MB file, ~5 s, ~2.2 GB RAM)."""
     proj = rand_like_sd(vicreg_projector_shapes(2048, (8192, 8192, 8192)), seed=4)
-    obj = {"model": {f"module.backbone.{k}": v for k, v in r50_trunk.items()}
-           | {f"module.projector.{k}": v for k, v in proj.items()}, "epoch": 1}
+    obj = {
+        "model": {f"module.backbone.{k}": v for k, v in r50_trunk.items()}
+        | {f"module.projector.{k}": v for k, v in proj.items()},
+        "epoch": 1,
+    }
     torch.save(obj, tmp_path / "full.pth")
     del obj
     model, report = load_model(tmp_path / "full.pth")
@@ -97,8 +104,14 @@ def test_swav(tmp_path, r50_trunk):
     assert (report.format, report.arch, report.method) == ("swav", "resnet50", "swav")
     assert report.heads == ["projector", "prototypes"] and report.heads_built == []
     assert report.head_sizes == {"hidden": 2048, "out": 128, "prototypes": 3000}
-    assert_loaded(model, r50_trunk, {"projector": {k[16:]: v for k, v in heads.items() if k.startswith("projection_head.")},
-                                     "prototypes": {"weight": heads["prototypes.weight"]}})
+    assert_loaded(
+        model,
+        r50_trunk,
+        {
+            "projector": {k[16:]: v for k, v in heads.items() if k.startswith("projection_head.")},
+            "prototypes": {"weight": heads["prototypes.weight"]},
+        },
+    )
     out = model.eval()([torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32), torch.randn(2, 3, 16, 16)])
     assert [s.shape for s in out["scores"]] == [(2, 3000)] * 3
     assert_round_trip(tmp_path, model, report, obj)
@@ -106,8 +119,11 @@ def test_swav(tmp_path, r50_trunk):
 
 def test_simsiam(tmp_path, r50_trunk):
     proj, pred = (rand_like_sd(s, seed=6 + i) for i, s in enumerate(simsiam_head_shapes()))
-    sd = ({f"module.encoder.{k}": v for k, v in r50_trunk.items()} | {f"module.encoder.fc.{k}": v for k, v in proj.items()}
-          | {f"module.predictor.{k}": v for k, v in pred.items()})
+    sd = (
+        {f"module.encoder.{k}": v for k, v in r50_trunk.items()}
+        | {f"module.encoder.fc.{k}": v for k, v in proj.items()}
+        | {f"module.predictor.{k}": v for k, v in pred.items()}
+    )
     obj = {"epoch": 100, "arch": "resnet50", "state_dict": sd, "optimizer": {"state": {}, "param_groups": []}}
     torch.save(obj, tmp_path / "checkpoint_0099.pth.tar")
     model, report = load_model(tmp_path / "checkpoint_0099.pth.tar")
@@ -156,7 +172,12 @@ def test_lightning_ckpt(tmp_path):
     obj = {"state_dict": sd, "pytorch-lightning_version": "2.2.0", "epoch": 7, "global_step": 70}
     torch.save(obj, tmp_path / "last.ckpt")
     model, report = load_model(tmp_path / "last.ckpt")
-    assert (report.format, report.arch, report.method, report.epoch) == ("lightning", "resnet_mini:8-16-16", "vicreg", 7)
+    assert (report.format, report.arch, report.method, report.epoch) == (
+        "lightning",
+        "resnet_mini:8-16-16",
+        "vicreg",
+        7,
+    )
     assert report.layout["prefix"] == "model." and "online_probe.weight" in report.dropped
     ms = model.state_dict()
     assert all(torch.equal(ms[k[6:]], v) for k, v in sd.items() if k.startswith("model."))
@@ -168,8 +189,18 @@ def test_e2mc_own_checkpoint(tmp_path):
 
     torch.manual_seed(0)
     src = SSLModel.build("swav", "resnet18", cifar_stem=True, hidden=64, out=16, prototypes=30)
-    obj = {"e2mc_version": "0.1.0", "format": "e2mc", "method": "swav", "arch": "resnet18", "cifar_stem": True,
-           "head_sizes": src.head_sizes, "model": src.state_dict(), "epoch": 3, "step": 30, "source_format": "random"}
+    obj = {
+        "e2mc_version": "0.1.0",
+        "format": "e2mc",
+        "method": "swav",
+        "arch": "resnet18",
+        "cifar_stem": True,
+        "head_sizes": src.head_sizes,
+        "model": src.state_dict(),
+        "epoch": 3,
+        "step": 30,
+        "source_format": "random",
+    }
     torch.save(obj, tmp_path / "last.pt")
     model, report = load_model(tmp_path / "last.pt")
     assert (report.format, report.arch, report.cifar_stem, report.method) == ("e2mc", "resnet18", True, "swav")
@@ -177,8 +208,15 @@ def test_e2mc_own_checkpoint(tmp_path):
     assert report.head_sizes == {"hidden": 64, "out": 16, "prototypes": 30}
     assert_round_trip(tmp_path, model, report, obj, get=lambda o: o["model"])
     # a run continued from an official SwAV file goes back to SwAV's layout, 10 + 3 epochs on
-    torch.save({**obj, "source_format": "swav", "source_epoch": 10,
-                "source_layout": {"kind": "swav", "module_prefix": True, "wrapped": True}}, tmp_path / "run.pt")
+    torch.save(
+        {
+            **obj,
+            "source_format": "swav",
+            "source_epoch": 10,
+            "source_layout": {"kind": "swav", "module_prefix": True, "wrapped": True},
+        },
+        tmp_path / "run.pt",
+    )
     model, report = load_model(tmp_path / "run.pt")
     export_model(model, report, tmp_path / "swav.pth")
     written = torch.load(tmp_path / "swav.pth", weights_only=True)
@@ -192,4 +230,8 @@ def test_safetensors_backbone(tmp_path, r18_trunk):
     save_file({k: v.contiguous() for k, v in r18_trunk.items()}, tmp_path / "b.safetensors")
     model, report = load_model(tmp_path / "b.safetensors", method="vicreg")
     assert (report.format, report.arch, report.heads_built) == ("safetensors", "resnet18", ["projector"])
-    assert_loaded(model, r18_trunk, {"projector": {k[10:]: v for k, v in model.state_dict().items() if k.startswith("projector.")}})
+    assert_loaded(
+        model,
+        r18_trunk,
+        {"projector": {k[10:]: v for k, v in model.state_dict().items() if k.startswith("projector.")}},
+    )

@@ -16,29 +16,67 @@ def _comparison():
 
     def result(shift):
         u = rng.random((200, 4)) ** (1 + shift)
-        return {"knn": {"top1_k20": 0.7 + shift},
-                "fewshot": {"top1_5shot": 0.6 + shift, "per_seed": {"top1_5shot": [0.58 + shift, 0.6 + shift, 0.63 + shift]}},
-                "rankme": {"backbone": 30.0 + 10 * shift},
-                "spectrum": {"backbone": sorted((rng.random(64) ** (4 - 2 * shift)).tolist(), reverse=True)},
-                "entropy": {"entropy": -0.3 + shift, "marginals_sample": u.T.tolist()}}
+        return {
+            "knn": {"top1_k20": 0.7 + shift},
+            "fewshot": {
+                "top1_5shot": 0.6 + shift,
+                "per_seed": {"top1_5shot": [0.58 + shift, 0.6 + shift, 0.63 + shift]},
+            },
+            "rankme": {"backbone": 30.0 + 10 * shift},
+            "spectrum": {"backbone": sorted((rng.random(64) ** (4 - 2 * shift)).tolist(), reverse=True)},
+            "entropy": {"entropy": -0.3 + shift, "marginals_sample": u.T.tolist()},
+        }
 
     results = [[result(0.0)], [result(0.05)]]
     names = ["vicreg", "vicreg+e2mc"]
-    return ComparisonResult(names, [["a.pt"], ["b.pt"]], "digits", ["knn", "fewshot", "rankme", "spectrum", "entropy"],
-                            [0, 1, 2], results, build_rows(names, results))
+    return ComparisonResult(
+        names,
+        [["a.pt"], ["b.pt"]],
+        "digits",
+        ["knn", "fewshot", "rankme", "spectrum", "entropy"],
+        [0, 1, 2],
+        results,
+        build_rows(names, results),
+    )
 
 
 def _run(tmp_path, name, scale):
     d = tmp_path / name
     d.mkdir()
-    cols = ["wall_time", "epoch", "step", "phase", "loss", "vicreg", "e2mc_entropy", "lr", "img_per_s", "rankme",
-            "entropy", "uniformity"]
+    cols = [
+        "wall_time",
+        "epoch",
+        "step",
+        "phase",
+        "loss",
+        "vicreg",
+        "e2mc_entropy",
+        "lr",
+        "img_per_s",
+        "rankme",
+        "entropy",
+        "uniformity",
+    ]
     with open(d / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for s in range(10):
-            w.writerow([s, s // 5, s * 10, "train", 10 - s * scale, 8 - s * scale, -0.5 + 0.04 * s, 0.1, 500,
-                        "" if s % 5 else 20 + s, "" if s % 5 else -0.4 + 0.02 * s, "" if s % 5 else -3 + 0.1 * s])
+            w.writerow(
+                [
+                    s,
+                    s // 5,
+                    s * 10,
+                    "train",
+                    10 - s * scale,
+                    8 - s * scale,
+                    -0.5 + 0.04 * s,
+                    0.1,
+                    500,
+                    "" if s % 5 else 20 + s,
+                    "" if s % 5 else -0.4 + 0.02 * s,
+                    "" if s % 5 else -3 + 0.1 * s,
+                ]
+            )
     return d
 
 
@@ -59,12 +97,27 @@ def test_report_cli_from_json(tmp_path):
     comp = _comparison()
     comp.to_json(tmp_path / "comparison.json")
     run = _run(tmp_path, "run_a", 0.5)
-    out = subprocess.run([sys.executable, "-m", "e2mc", "report", "--out", str(tmp_path / "rep"),
-                          str(tmp_path / "comparison.json"), str(run)], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "e2mc",
+            "report",
+            "--out",
+            str(tmp_path / "rep"),
+            str(tmp_path / "comparison.json"),
+            str(run),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "rep" / "report.html").exists()
-    bad = subprocess.run([sys.executable, "-m", "e2mc", "report", "--out", str(tmp_path / "rep2"),
-                          str(tmp_path / "nope")], capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "e2mc", "report", "--out", str(tmp_path / "rep2"), str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "neither" in bad.stderr
 
 
@@ -83,8 +136,10 @@ def test_report_table_states_intervals_and_spread(tmp_path):
     # one checkpoint per arm: kNN has n=1 (no interval); few-shot is paired over evaluation seeds,
     # the per-seed differences are all +5 points, and the table says what that spread measures
     assert "| knn/top1_k20 (%) | 70.00 (1) | 75.00 (1) | +5.00 (n=1, no interval) |" in md
-    assert ("| fewshot/top1_5shot (%) † | 60.33 ± 2.52 (3) | 65.33 ± 2.52 (3) | "
-            "+5.00 [+5.00, +5.00] (paired over evaluation seeds, n=3) |") in md
+    assert (
+        "| fewshot/top1_5shot (%) † | 60.33 ± 2.52 (3) | 65.33 ± 2.52 (3) | "
+        "+5.00 [+5.00, +5.00] (paired over evaluation seeds, n=3) |"
+    ) in md
     assert "evaluation noise, not training variance" in md
 
 

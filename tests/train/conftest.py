@@ -5,9 +5,16 @@ import pytest
 from e2mc.config import load_config
 
 TINY = [
-    "data.dataset=digits", "data.image_size=16", "model.init=random:resnet_mini:8-16-32",
-    "model.head_sizes={projector: [64, 64]}", "optim.batch_size=64", "optim.lr=0.05",
-    "optim.schedule=constant", "train.log_every=1", "train.probe_size=64", "train.tensorboard=false",
+    "data.dataset=digits",
+    "data.image_size=16",
+    "model.init=random:resnet_mini:8-16-32",
+    "model.head_sizes={projector: [64, 64]}",
+    "optim.batch_size=64",
+    "optim.lr=0.05",
+    "optim.schedule=constant",
+    "train.log_every=1",
+    "train.probe_size=64",
+    "train.tensorboard=false",
 ]
 
 

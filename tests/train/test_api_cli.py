@@ -7,8 +7,14 @@ from e2mc.train.api import build_config, pretrain
 from e2mc.train.run import load_checkpoint
 
 TINY = [
-    "data.dataset=digits", "data.image_size=8", "data.limit=128", "model.init=random:resnet_mini:8-16-32",
-    "optim.batch_size=64", "optim.lr=0.05", "train.probe_size=16", "train.tensorboard=false",
+    "data.dataset=digits",
+    "data.image_size=8",
+    "data.limit=128",
+    "model.init=random:resnet_mini:8-16-32",
+    "optim.batch_size=64",
+    "optim.lr=0.05",
+    "train.probe_size=16",
+    "train.tensorboard=false",
 ]
 
 
@@ -36,8 +42,24 @@ def test_cli_pretrain_then_continue(tmp_path, capsys):
     ckpt = out / "checkpoints" / "last.pt"
     out2 = tmp_path / "c"
     sets = [a for o in TINY if not o.startswith("model.init") for a in ("--set", o)]  # keep CHECKPOINT
-    assert main(["continue", str(ckpt), *sets, "--set", "train.max_steps=1", "--addon", "e2mc",
-                 "--entropy-weight", "2", "--out", str(out2)]) == 0
+    assert (
+        main(
+            [
+                "continue",
+                str(ckpt),
+                *sets,
+                "--set",
+                "train.max_steps=1",
+                "--addon",
+                "e2mc",
+                "--entropy-weight",
+                "2",
+                "--out",
+                str(out2),
+            ]
+        )
+        == 0
+    )
     st = load_checkpoint(out2 / "checkpoints" / "last.pt")
     assert st["config"]["addon"]["entropy_weight"] == 2.0 and st["config"]["mode"] == "continue"
     assert st["epoch"] == 0 and st["source_format"] == "e2mc"  # the continued run counts from 0

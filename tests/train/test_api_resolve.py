@@ -8,10 +8,19 @@ from e2mc.errors import ConfigError
 from e2mc.train.api import build_config, continue_training, pretrain
 from e2mc.train.run import load_checkpoint, read_metrics
 
-TINY = {"data__dataset": "digits", "data__image_size": 8, "data__limit": 128,
-        "model__init": "random:resnet_mini:8-16-32", "optim__batch_size": 64, "optim__lr": 0.05,
-        "optim__schedule": "constant", "train__probe_size": 16, "train__tensorboard": False,
-        "train__device": "cpu", "train__deterministic": True}
+TINY = {
+    "data__dataset": "digits",
+    "data__image_size": 8,
+    "data__limit": 128,
+    "model__init": "random:resnet_mini:8-16-32",
+    "optim__batch_size": 64,
+    "optim__lr": 0.05,
+    "optim__schedule": "constant",
+    "train__probe_size": 16,
+    "train__tensorboard": False,
+    "train__device": "cpu",
+    "train__deterministic": True,
+}
 
 
 def test_auto_resume_starts_then_resumes_exactly(tmp_path):
@@ -24,8 +33,9 @@ def test_auto_resume_starts_then_resumes_exactly(tmp_path):
         pretrain(None, **TINY, train__max_steps=2, out__dir=str(run))
     pretrain(None, auto_resume=True, **TINY, train__max_steps=2, out__dir=str(run))
     resumed = load_checkpoint(run / "checkpoints" / "last.pt")
-    whole = load_checkpoint(pretrain(None, **TINY, train__max_steps=2, out__dir=str(tmp_path / "whole"))
-                            / "checkpoints" / "last.pt")
+    whole = load_checkpoint(
+        pretrain(None, **TINY, train__max_steps=2, out__dir=str(tmp_path / "whole")) / "checkpoints" / "last.pt"
+    )
     assert resumed["step"] == whole["step"] == 2
     assert resumed["model"].keys() == whole["model"].keys()
     for k, v in whole["model"].items():

@@ -18,7 +18,7 @@ def _vicreg_numpy(z1, z2, sim=25.0, var=25.0, cov=1.0, eps=1e-4):
 
     def offdiag(z):
         c = np.cov(z, rowvar=False)
-        return ((c ** 2).sum() - (np.diag(c) ** 2).sum()) / z.shape[1]
+        return ((c**2).sum() - (np.diag(c) ** 2).sum()) / z.shape[1]
 
     return sim * inv + var * (hinge(z1) + hinge(z2)) / 2 + cov * (offdiag(z1) + offdiag(z2))
 
@@ -26,12 +26,19 @@ def _vicreg_numpy(z1, z2, sim=25.0, var=25.0, cov=1.0, eps=1e-4):
 def _e2mc_cov_numpy(z):
     u = 1.0 / (1.0 + np.exp(-z))
     c = np.cov(u, rowvar=False)
-    return ((c ** 2).sum() - (np.diag(c) ** 2).sum()) / z.shape[1]
+    return ((c**2).sum() - (np.diag(c) ** 2).sum()) / z.shape[1]
 
 
 def test_auto_cov_weight_matches_hand_computation(tiny, tmp_path):
-    cfg = tiny(tmp_path / "run", "addon.name=e2mc", "addon.cov_weight=auto", "addon.cov_fraction=0.25",
-               "train.max_steps=1", "data.limit=256", mode="continue")
+    cfg = tiny(
+        tmp_path / "run",
+        "addon.name=e2mc",
+        "addon.cov_weight=auto",
+        "addon.cov_fraction=0.25",
+        "train.max_steps=1",
+        "data.limit=256",
+        mode="continue",
+    )
     assert cfg.addon.cov_weight == "auto"
     t = Trainer(cfg, quiet=True)
     try:
@@ -52,8 +59,14 @@ def test_auto_cov_weight_matches_hand_computation(tiny, tmp_path):
         assert t.addon.cov_weight == pytest.approx(expected, rel=1e-3)
     finally:
         t._close()
-    plain = tiny(tmp_path / "plain", "addon.name=e2mc", "addon.cov_weight=1", "train.max_steps=1", "data.limit=256",
-                 mode="continue")
+    plain = tiny(
+        tmp_path / "plain",
+        "addon.name=e2mc",
+        "addon.cov_weight=1",
+        "train.max_steps=1",
+        "data.limit=256",
+        mode="continue",
+    )
     t = Trainer(plain, quiet=True)  # the same start without calibration: BN statistics were restored
     try:
         for k, v in state.items():
@@ -64,13 +77,29 @@ def test_auto_cov_weight_matches_hand_computation(tiny, tmp_path):
 
 
 def test_auto_cov_weight_is_stored_and_reused_on_resume(tiny, tmp_path):
-    cfg = tiny(tmp_path / "run", "addon.name=e2mc", "addon.cov_weight=auto", "train.max_steps=1", "data.limit=256",
-               mode="continue")
+    cfg = tiny(
+        tmp_path / "run",
+        "addon.name=e2mc",
+        "addon.cov_weight=auto",
+        "train.max_steps=1",
+        "data.limit=256",
+        mode="continue",
+    )
     run = Trainer(cfg, quiet=True).fit()
     stored = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["auto_cov_weight"]
     assert stored > 0
-    t = Trainer(tiny(tmp_path / "run", "addon.name=e2mc", "addon.cov_weight=auto", "train.max_steps=2",
-                     "data.limit=256", "out.resume=true", mode="continue"), quiet=True)
+    t = Trainer(
+        tiny(
+            tmp_path / "run",
+            "addon.name=e2mc",
+            "addon.cov_weight=auto",
+            "train.max_steps=2",
+            "data.limit=256",
+            "out.resume=true",
+            mode="continue",
+        ),
+        quiet=True,
+    )
     try:
         assert t.auto_cov_weight == stored and t.addon.cov_weight == stored
     finally:

@@ -8,8 +8,16 @@ from e2mc.train.run import prepare_run_dir
 
 
 def test_overrides_are_typed():
-    cfg = load_config(None, ["optim.lr=0.1", "train.epochs=3", "train.channels_last=true",
-                             "addon.m=None", "model.head_sizes={projector: [8, 8]}"])
+    cfg = load_config(
+        None,
+        [
+            "optim.lr=0.1",
+            "train.epochs=3",
+            "train.channels_last=true",
+            "addon.m=None",
+            "model.head_sizes={projector: [8, 8]}",
+        ],
+    )
     assert isinstance(cfg, RunConfig)
     assert cfg.optim.lr == 0.1 and cfg.train.epochs == 3 and cfg.train.channels_last is True
     assert cfg.addon.m is None and cfg.model.head_sizes == {"projector": [8, 8]}
@@ -24,8 +32,11 @@ def test_method_defaults_applied_only_when_unset(method):
 
 
 def test_paper_defaults_table():
-    assert E2MC_DEFAULTS == {"vicreg": (10.0, 1.0, "sigmoid"), "swav": (10.0, 1.0, "gaussian_cdf"),
-                             "simsiam": (1.0, 25.0, "gaussian_cdf")}
+    assert E2MC_DEFAULTS == {
+        "vicreg": (10.0, 1.0, "sigmoid"),
+        "swav": (10.0, 1.0, "gaussian_cdf"),
+        "simsiam": (1.0, 25.0, "gaussian_cdf"),
+    }
 
 
 def test_schedule_default_depends_on_mode():
@@ -66,8 +77,15 @@ def test_missing_file_and_recipe():
 
 def test_recipes_load():
     names = list_recipes()
-    for n in ("vicreg_e2mc_imagenet", "swav_e2mc_imagenet", "simsiam_e2mc_imagenet",
-              "digits_vicreg_pretrain", "digits_vicreg_e2mc", "cifar10_vicreg_pretrain", "cifar10_vicreg_e2mc"):
+    for n in (
+        "vicreg_e2mc_imagenet",
+        "swav_e2mc_imagenet",
+        "simsiam_e2mc_imagenet",
+        "digits_vicreg_pretrain",
+        "digits_vicreg_e2mc",
+        "cifar10_vicreg_pretrain",
+        "cifar10_vicreg_e2mc",
+    ):
         assert n in names and names[n]
     v = load_config("vicreg_e2mc_imagenet")
     assert v.mode == "continue" and v.optim.schedule == "constant" and v.optim.name == "lars"

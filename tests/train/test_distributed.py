@@ -17,7 +17,7 @@ import pytest
 
 from e2mc.train.run import read_metrics
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import sys
     import torch
     torch.set_num_threads(1)
@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent('''
         f"optim.batch_size={batch}", "optim.lr=0.05", "optim.schedule=constant", "train.log_every=1",
         "train.probe_size=0", "train.max_steps=3", "train.tensorboard=false", f"out.dir={out}"])
     Trainer(cfg, model_fn=no_bn, views_fn=views, quiet=True).fit()
-''')
+""")
 
 
 def _free_port():
@@ -50,12 +50,21 @@ def _losses(run_dir):
 def test_two_gloo_processes_match_one(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
-    env_cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script)]
+    env_cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--nnodes=1",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        str(script),
+    ]
     ddp = subprocess.run(env_cmd + [str(tmp_path / "ddp"), "32"], capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "64"],
-                         capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "one"), "64"], capture_output=True, text=True, timeout=300
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     a, b = _losses(tmp_path / "ddp"), _losses(tmp_path / "one")
     assert len(a) == len(b) == 3

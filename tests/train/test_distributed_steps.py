@@ -34,9 +34,21 @@ from e2mc.train.distributed import mirrored_views, per_sample_norms
 WS, B = 2, 8  # 2 ranks x 8 images = one process with 16
 METHODS = ("vicreg", "swav", "simsiam")
 ADDONS = ("none", "e2mc", "vc", "uniformity", "mmcr")
-COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "broadcast", "reduce_scatter",
-               "reduce_scatter_tensor", "all_gather_object", "broadcast_object_list", "barrier",
-               "all_to_all", "reduce", "gather", "scatter")
+COLLECTIVES = (
+    "all_reduce",
+    "all_gather",
+    "all_gather_into_tensor",
+    "broadcast",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "all_gather_object",
+    "broadcast_object_list",
+    "barrier",
+    "all_to_all",
+    "reduce",
+    "gather",
+    "scatter",
+)
 SYNCS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu")
 
 
@@ -46,13 +58,26 @@ no_bn, views = per_sample_norms, mirrored_views
 def config(out, method, addon, batch, *extra):
     from e2mc.config import load_config
 
-    heads = {"vicreg": "{projector: [32, 32]}", "simsiam": "{}",
-             "swav": "{hidden: 32, out: 16, prototypes: 12}"}[method]
-    sets = ["data.dataset=digits", "data.image_size=8", "data.limit=64",
-            "model.init=random:resnet_mini:8-16-32", f"model.head_sizes={heads}",
-            f"optim.batch_size={batch}", "optim.lr=0.05", "optim.schedule=constant",
-            "train.log_every=2", "train.probe_size=0", "train.max_steps=2", "train.tensorboard=false",
-            f"method.name={method}", f"addon.name={addon}", f"out.dir={out}"]
+    heads = {"vicreg": "{projector: [32, 32]}", "simsiam": "{}", "swav": "{hidden: 32, out: 16, prototypes: 12}"}[
+        method
+    ]
+    sets = [
+        "data.dataset=digits",
+        "data.image_size=8",
+        "data.limit=64",
+        "model.init=random:resnet_mini:8-16-32",
+        f"model.head_sizes={heads}",
+        f"optim.batch_size={batch}",
+        "optim.lr=0.05",
+        "optim.schedule=constant",
+        "train.log_every=2",
+        "train.probe_size=0",
+        "train.max_steps=2",
+        "train.tensorboard=false",
+        f"method.name={method}",
+        f"addon.name={addon}",
+        f"out.dir={out}",
+    ]
     if method == "swav":  # queue of one global batch: empty at step 1, used at step 2
         sets += ["method.queue_length=16", "method.queue_start_step=0", "method.freeze_prototypes_iters=0"]
     if addon == "e2mc":
@@ -88,9 +113,14 @@ def run_case(out, method, addon, batch):
         t.fit()
     finally:
         counter.uninstall()
-    res = {"steps": steps, "weights": {k: v.detach().clone() for k, v in t.model.state_dict().items()},
-           "counts": counter.per_step(2)}
-    if t.queue is not None:  # the checkpoint stores the queue as one process holds it; reloading gives each rank its own
+    res = {
+        "steps": steps,
+        "weights": {k: v.detach().clone() for k, v in t.model.state_dict().items()},
+        "counts": counter.per_step(2),
+    }
+    if (
+        t.queue is not None
+    ):  # the checkpoint stores the queue as one process holds it; reloading gives each rank its own
         from e2mc.criteria import SwAVQueue
         from e2mc.train.run import load_checkpoint
 
@@ -130,7 +160,11 @@ class Counter:
 
         def wrapped(*args, **kwargs):
             if counter.step and counter.active:
-                where = "any_flag" if any(f.name in ("any_flag", "any_flags") for f in traceback.extract_stack(limit=6)) else ""
+                where = (
+                    "any_flag"
+                    if any(f.name in ("any_flag", "any_flags") for f in traceback.extract_stack(limit=6))
+                    else ""
+                )
                 counter.events.append((counter.step, kind, name, where))
             return fn(*args, **kwargs)
 
@@ -159,9 +193,11 @@ class Counter:
         out = {}
         for s in range(1, n + 1):
             ev = [e for e in self.events if e[0] == s]
-            out[s] = {"collectives": [e[2] for e in ev if e[1] == "collective"],
-                      "syncs": [e[2] for e in ev if e[1] == "sync" and e[3] != "any_flag"],
-                      "flag_syncs": [e[2] for e in ev if e[1] == "sync" and e[3] == "any_flag"]}
+            out[s] = {
+                "collectives": [e[2] for e in ev if e[1] == "collective"],
+                "syncs": [e[2] for e in ev if e[1] == "sync" and e[3] != "any_flag"],
+                "flag_syncs": [e[2] for e in ev if e[1] == "sync" and e[3] == "any_flag"],
+            }
         return out
 
 
@@ -211,14 +247,19 @@ def test_two_processes_equal_one_on_the_concatenated_batch(spawned, method):
                 grads = ddp[r]["steps"][s][1]
                 assert sorted(grads) == sorted(ref_grads), case
                 for n in ref_grads:  # step 2 starts from weights that differ by float rounding
-                    _close(grads[n], ref_grads[n], f"{case} step {s + 1} grad {n} rank {r}",
-                           rtol=2e-4 if s == 0 else 2e-3, atol=1e-6 if s == 0 else 2e-5)
+                    _close(
+                        grads[n],
+                        ref_grads[n],
+                        f"{case} step {s + 1} grad {n} rank {r}",
+                        rtol=2e-4 if s == 0 else 2e-3,
+                        atol=1e-6 if s == 0 else 2e-5,
+                    )
         for r in range(WS):
             for n, w in one["weights"].items():
                 _close(ddp[r]["weights"][n], w, f"{case} weights {n} rank {r}")
         if method == "swav":  # each rank keeps its own slices; the checkpoint holds one process's queue
             for r in range(WS):
-                _close(ddp[r]["queue"], one["queue"][:, r * B:(r + 1) * B], f"{case} queue rank {r}")
+                _close(ddp[r]["queue"], one["queue"][:, r * B : (r + 1) * B], f"{case} queue rank {r}")
                 _close(ddp[r]["stored"], one["queue"], f"{case} stored queue")
                 assert torch.equal(ddp[r]["reloaded"], ddp[r]["queue"]), case
 

@@ -24,8 +24,17 @@ def _cheap_views(x):
 
 def test_loss_decreases_on_a_fixed_batch(tmp_path, tiny):
     """VICReg loss of two fixed views of a fixed batch drops after 40 steps of training."""
-    cfg = tiny(tmp_path / "r", "train.epochs=5", "data.limit=512", "data.image_size=8", "optim.name=adamw",
-                "optim.lr=3e-3", "optim.weight_decay=0", "train.log_every=8", "train.probe_size=0")
+    cfg = tiny(
+        tmp_path / "r",
+        "train.epochs=5",
+        "data.limit=512",
+        "data.image_size=8",
+        "optim.name=adamw",
+        "optim.lr=3e-3",
+        "optim.weight_decay=0",
+        "train.log_every=8",
+        "train.probe_size=0",
+    )
     t = Trainer(cfg, quiet=True, views_fn=_cheap_views)
     batch = torch.stack([t.dataset[i][0] for i in range(128)])
     views = t.views(batch)
@@ -51,9 +60,31 @@ def test_run_folder_layout_and_checkpoint_format(tmp_path, tiny):
     assert (out / "config.yaml").is_file() and (out / "metrics.csv").is_file()
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)  # plain data only
     assert list(state) == [  # the checkpoint format (docs/architecture.md): these keys, in this order
-        "e2mc_version", "format", "method", "arch", "cifar_stem", "head_sizes", "model", "optimizer",
-        "scheduler", "scaler", "epoch", "step", "step_in_epoch", "run_step", "warmup_done", "rng", "world_size",
-        "swav_queue", "config", "source_format", "source_epoch", "source_layout", "metrics_rows", "auto_cov_weight"]
+        "e2mc_version",
+        "format",
+        "method",
+        "arch",
+        "cifar_stem",
+        "head_sizes",
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "epoch",
+        "step",
+        "step_in_epoch",
+        "run_step",
+        "warmup_done",
+        "rng",
+        "world_size",
+        "swav_queue",
+        "config",
+        "source_format",
+        "source_epoch",
+        "source_layout",
+        "metrics_rows",
+        "auto_cov_weight",
+    ]
     assert state["format"] == "e2mc" and state["step"] == 2
     phases = [r["phase"] for r in read_metrics(out / "metrics.csv")]
     assert phases[0] == "init" and phases.count("train") == 2
@@ -175,8 +206,11 @@ def test_heads_warmup_keeps_backbone(tmp_path, tiny):
 def test_other_methods_run(tmp_path, method, tiny):
     extra = ["model.head_sizes={}"]
     if method == "swav":
-        extra += ["method.freeze_prototypes_iters=2", "method.queue_length=128",
-                  "model.head_sizes={hidden: 32, out: 16, prototypes: 20}"]
+        extra += [
+            "method.freeze_prototypes_iters=2",
+            "method.queue_length=128",
+            "model.head_sizes={hidden: 32, out: 16, prototypes: 20}",
+        ]
     t = Trainer(tiny(tmp_path / "r", f"method.name={method}", "train.max_steps=3", *extra), quiet=True)
     if method == "swav":
         import torch.nn.functional as F

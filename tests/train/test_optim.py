@@ -31,12 +31,14 @@ def test_lars_two_steps_match_hand_computation():
     opt = LARS(param_groups(lin, wd), lr=lr, weight_decay=wd, momentum=mom, eta=eta)
     w, b = lin.weight.detach().clone(), lin.bias.detach().clone()
     mu_w, mu_b = torch.zeros_like(w), torch.zeros_like(b)
-    for gw, gb in [(torch.tensor([[0.1, 0.2, -0.3], [0.0, 0.4, 0.1]]), torch.tensor([1.0, -2.0])),
-                   (torch.tensor([[-0.2, 0.1, 0.0], [0.3, -0.1, 0.2]]), torch.tensor([0.5, 0.5]))]:
+    for gw, gb in [
+        (torch.tensor([[0.1, 0.2, -0.3], [0.0, 0.4, 0.1]]), torch.tensor([1.0, -2.0])),
+        (torch.tensor([[-0.2, 0.1, 0.0], [0.3, -0.1, 0.2]]), torch.tensor([0.5, 0.5])),
+    ]:
         _grads(lin, gw, gb)
         opt.step()
         d = gw + wd * w  # weight: decay then trust ratio eta * |w| / |d|
-        q = eta * math.sqrt((w ** 2).sum().item()) / math.sqrt((d ** 2).sum().item())
+        q = eta * math.sqrt((w**2).sum().item()) / math.sqrt((d**2).sum().item())
         mu_w = mom * mu_w + q * d
         w = w - lr * mu_w
         mu_b = mom * mu_b + gb  # bias: plain momentum SGD, no decay, no ratio
@@ -56,7 +58,7 @@ def test_lars_plain_param_list_excludes_by_ndim_and_zero_norm():
 
 def test_larc_ratio_and_clip():
     w0 = torch.tensor([[3.0, 4.0]])  # |w| = 5
-    g = torch.tensor([[0.6, 0.8]])   # |g| = 1
+    g = torch.tensor([[0.6, 0.8]])  # |g| = 1
     for clip, lr in [(False, 0.1), (True, 0.1), (True, 1e-4)]:
         w = nn.Parameter(w0.clone())
         opt = build_optimizer("larc", [w], lr=lr, weight_decay=0.2, momentum=0.0, eta=0.02, clip=clip)
@@ -93,6 +95,7 @@ def test_lars_state_dict_round_trip():
         for s in range(steps):
             _grads(lin, torch.full((2, 3), 0.1 * (s + 1)), torch.full((2,), -0.1 * s))
             opt.step()
+
     a = _toy()
     oa = LARS(param_groups(a, 1e-3), lr=0.3, weight_decay=1e-3)
     run(oa, a, 2)
@@ -105,8 +108,9 @@ def test_lars_state_dict_round_trip():
     assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
 
 
-@pytest.mark.parametrize("kind,warm,final", [("constant", 0, 0.0), ("cosine", 0, 0.1),
-                                             ("warmup_cosine", 3, 0.0), ("constant", 2, 0.0)])
+@pytest.mark.parametrize(
+    "kind,warm,final", [("constant", 0, 0.0), ("cosine", 0, 0.1), ("warmup_cosine", 3, 0.0), ("constant", 2, 0.0)]
+)
 def test_schedules_match_closed_form(kind, warm, final):
     p = nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=2.0)
@@ -126,10 +130,13 @@ def test_schedules_match_closed_form(kind, warm, final):
             ref = 2.0 * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * t / (11 - warm))))
         assert lr == pytest.approx(ref, abs=1e-12), (s, lr, ref)
     # hand-computed values (independent of the formula above)
-    literal = {("constant", 0): {0: 2.0, 12: 2.0}, ("constant", 2): {0: 1.0, 1: 2.0, 2: 2.0},
-               ("cosine", 0): {0: 2.0, 11: 0.2, 12: 0.2},
-               # warm-up 2/3, 4/3, 2; then half way through the 8 cosine steps: 2 * 0.5 = 1
-               ("warmup_cosine", 3): {0: 2 / 3, 1: 4 / 3, 2: 2.0, 3: 2.0, 7: 1.0, 11: 0.0}}[(kind, warm)]
+    literal = {
+        ("constant", 0): {0: 2.0, 12: 2.0},
+        ("constant", 2): {0: 1.0, 1: 2.0, 2: 2.0},
+        ("cosine", 0): {0: 2.0, 11: 0.2, 12: 0.2},
+        # warm-up 2/3, 4/3, 2; then half way through the 8 cosine steps: 2 * 0.5 = 1
+        ("warmup_cosine", 3): {0: 2 / 3, 1: 4 / 3, 2: 2.0, 3: 2.0, 7: 1.0, 11: 0.0},
+    }[(kind, warm)]
     assert {s: seen[s] for s in literal} == pytest.approx(literal, abs=1e-12)
 
 
@@ -155,10 +162,16 @@ def test_scheduler_state_round_trip_and_errors():
         scaled_lr(0.1, 64, rule="log")
 
 
-@pytest.mark.parametrize("rule,batch,base,expected", [
-    ("none", 64, 256, 0.05), ("linear", 64, 256, 0.0125), ("sqrt", 64, 256, 0.025),
-    ("linear", 64, 16, 0.2), ("sqrt", 64, 16, 0.1),
-])
+@pytest.mark.parametrize(
+    "rule,batch,base,expected",
+    [
+        ("none", 64, 256, 0.05),
+        ("linear", 64, 256, 0.0125),
+        ("sqrt", 64, 256, 0.025),
+        ("linear", 64, 16, 0.2),
+        ("sqrt", 64, 16, 0.1),
+    ],
+)
 def test_trainer_scales_the_learning_rate(tmp_path, tiny, rule, batch, base, expected):
     """The LR a tiny run actually uses (optimiser groups, run_info, metrics.csv) against hand-computed
     values: lr 0.05 at global batch 64 with base_batch 256 is 0.05 * 64/256 (linear) or
@@ -169,8 +182,19 @@ def test_trainer_scales_the_learning_rate(tmp_path, tiny, rule, batch, base, exp
     from e2mc.train.run import read_metrics
 
     out = tmp_path / "r"
-    t = Trainer(tiny(out, f"optim.lr_scaling={rule}", f"optim.base_batch={base}", f"optim.batch_size={batch}",
-                     "optim.lr=0.05", "optim.warmup_epochs=0", "train.max_steps=1", "train.probe_size=0"), quiet=True)
+    t = Trainer(
+        tiny(
+            out,
+            f"optim.lr_scaling={rule}",
+            f"optim.base_batch={base}",
+            f"optim.batch_size={batch}",
+            "optim.lr=0.05",
+            "optim.warmup_epochs=0",
+            "train.max_steps=1",
+            "train.probe_size=0",
+        ),
+        quiet=True,
+    )
     assert [g["lr"] for g in t.optimizer.param_groups] == pytest.approx([expected] * len(t.optimizer.param_groups))
     assert yaml.safe_load((out / "config.yaml").read_text())["run_info"]["effective_lr"] == pytest.approx(expected)
     t.fit()

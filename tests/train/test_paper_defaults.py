@@ -22,15 +22,51 @@ F32_EPS = float(torch.finfo(torch.float32).eps)
 
 # What the paper's code does (deepc94/e2mc: trainer_*.sh and main_*_ft.py), written out by hand.
 PAPER = {
-    "vicreg_e2mc_imagenet": dict(eps=1e-7, transform="sigmoid", ent=10.0, cov=1.0, opt="lars", wd=1e-6,
-                                 mom=0.9, exclude=True, restore=True, sync_bn=True, schedule="constant",
-                                 warmup=0.0, scaling="linear"),
-    "swav_e2mc_imagenet": dict(eps=F32_EPS, transform="gaussian_cdf", ent=10.0, cov=1.0, opt="larc", wd=1e-6,
-                               mom=0.9, exclude=False, restore=False, sync_bn=True, schedule="constant",
-                               warmup=0.0, scaling="none"),
-    "simsiam_e2mc_imagenet": dict(eps=F32_EPS, transform="gaussian_cdf", ent=1.0, cov=25.0, opt="sgd", wd=1e-4,
-                                  mom=0.9, exclude=False, restore=False, sync_bn=True, schedule="constant",
-                                  warmup=0.0, scaling="linear"),
+    "vicreg_e2mc_imagenet": dict(
+        eps=1e-7,
+        transform="sigmoid",
+        ent=10.0,
+        cov=1.0,
+        opt="lars",
+        wd=1e-6,
+        mom=0.9,
+        exclude=True,
+        restore=True,
+        sync_bn=True,
+        schedule="constant",
+        warmup=0.0,
+        scaling="linear",
+    ),
+    "swav_e2mc_imagenet": dict(
+        eps=F32_EPS,
+        transform="gaussian_cdf",
+        ent=10.0,
+        cov=1.0,
+        opt="larc",
+        wd=1e-6,
+        mom=0.9,
+        exclude=False,
+        restore=False,
+        sync_bn=True,
+        schedule="constant",
+        warmup=0.0,
+        scaling="none",
+    ),
+    "simsiam_e2mc_imagenet": dict(
+        eps=F32_EPS,
+        transform="gaussian_cdf",
+        ent=1.0,
+        cov=25.0,
+        opt="sgd",
+        wd=1e-4,
+        mom=0.9,
+        exclude=False,
+        restore=False,
+        sync_bn=True,
+        schedule="constant",
+        warmup=0.0,
+        scaling="linear",
+    ),
 }
 
 
@@ -38,13 +74,27 @@ PAPER = {
 def test_paper_recipes_carry_the_papers_values(name):
     cfg, want = load_config(name), PAPER[name]
     a, o = cfg.addon, cfg.optim
-    assert (a.name, a.transform, a.entropy_weight, a.cov_weight, a.m) == ("e2mc", want["transform"], want["ent"],
-                                                                           want["cov"], None)
+    assert (a.name, a.transform, a.entropy_weight, a.cov_weight, a.m) == (
+        "e2mc",
+        want["transform"],
+        want["ent"],
+        want["cov"],
+        None,
+    )
     assert a.eps == pytest.approx(want["eps"], rel=1e-9)
     assert (o.name, o.weight_decay, o.momentum, o.exclude_bias_and_norm, o.restore_state) == (
-        want["opt"], want["wd"], want["mom"], want["exclude"], want["restore"])
+        want["opt"],
+        want["wd"],
+        want["mom"],
+        want["exclude"],
+        want["restore"],
+    )
     assert (o.schedule, o.warmup_epochs, o.lr_scaling, cfg.model.sync_bn) == (
-        want["schedule"], want["warmup"], want["scaling"], want["sync_bn"])
+        want["schedule"],
+        want["warmup"],
+        want["scaling"],
+        want["sync_bn"],
+    )
     assert o.batch_size * 2 == 512  # global batch 512 on the paper's 2 GPUs
     assert METHODS[cfg.method.name].build_addon(cfg).eps == pytest.approx(want["eps"], rel=1e-9)
 
@@ -71,8 +121,16 @@ def test_eps_config_key():
 
 def test_exclude_bias_and_norm_reaches_the_optimiser(tmp_path, tiny):
     for value, groups in (("null", 2), ("false", 1)):
-        t = Trainer(tiny(tmp_path / value, "optim.name=sgd", "optim.weight_decay=1e-4", "data.limit=64",
-                         f"optim.exclude_bias_and_norm={value}"), quiet=True)
+        t = Trainer(
+            tiny(
+                tmp_path / value,
+                "optim.name=sgd",
+                "optim.weight_decay=1e-4",
+                "data.limit=64",
+                f"optim.exclude_bias_and_norm={value}",
+            ),
+            quiet=True,
+        )
         try:
             assert len(t.optimizer.param_groups) == groups
             assert all(g["weight_decay"] == 1e-4 for g in t.optimizer.param_groups[:1])
@@ -102,12 +160,18 @@ def official_checkpoint(path, corrupt=None, optimizer=True):
         if isinstance(m, nn.Conv2d):
             m.weight.data.mul_(0.05)  # keep activations finite
     named = list(net.named_parameters())
-    state = {i: {"mu": torch.full_like(p, float(i + 1)) + 1e-3 * torch.arange(p.numel()).reshape(p.shape)}
-             for i, (_, p) in enumerate(named)}
+    state = {
+        i: {"mu": torch.full_like(p, float(i + 1)) + 1e-3 * torch.arange(p.numel()).reshape(p.shape)}
+        for i, (_, p) in enumerate(named)
+    }
     if corrupt is not None:
         state[corrupt]["mu"] = state[corrupt]["mu"].flatten()[:3].clone()
-    opt = {"state": state, "param_groups": [{"lr": 0.4, "weight_decay": 1e-6, "momentum": 0.9, "eta": 0.001,
-                                             "params": list(range(len(named)))}]}
+    opt = {
+        "state": state,
+        "param_groups": [
+            {"lr": 0.4, "weight_decay": 1e-6, "momentum": 0.9, "eta": 0.001, "params": list(range(len(named)))}
+        ],
+    }
     obj = {"model": {f"module.{k}": v for k, v in net.state_dict().items()}, "epoch": 100}
     if optimizer:
         obj["optimizer"] = opt
@@ -115,16 +179,27 @@ def official_checkpoint(path, corrupt=None, optimizer=True):
     return {name: state[i]["mu"] for i, (name, _) in enumerate(named)}
 
 
-TINY_RECIPE = ["data.dataset=digits", "data.image_size=16", "data.limit=32", "data.num_workers=0",
-               "optim.batch_size=16", "model.arch=null", "train.probe_size=0", "train.tensorboard=false",
-               "train.precision=fp32", "train.log_every=1"]
+TINY_RECIPE = [
+    "data.dataset=digits",
+    "data.image_size=16",
+    "data.limit=32",
+    "data.num_workers=0",
+    "optim.batch_size=16",
+    "model.arch=null",
+    "train.probe_size=0",
+    "train.tensorboard=false",
+    "train.precision=fp32",
+    "train.log_every=1",
+]
 
 
 def test_vicreg_paper_recipe_restores_each_momentum_buffer_and_eps(tmp_path):
     torch.set_num_threads(1)
     mus = official_checkpoint(tmp_path / "full.pth")
-    cfg = load_config("vicreg_e2mc_imagenet", TINY_RECIPE + [f"model.init={tmp_path / 'full.pth'}",
-                                                             f"out.dir={tmp_path / 'run'}", "train.max_steps=1"])
+    cfg = load_config(
+        "vicreg_e2mc_imagenet",
+        TINY_RECIPE + [f"model.init={tmp_path / 'full.pth'}", f"out.dir={tmp_path / 'run'}", "train.max_steps=1"],
+    )
     t = Trainer(cfg, quiet=True)
     try:
         assert isinstance(t.addon, E2MC) and t.addon.eps == 1e-7  # the paper's VICReg eps reached the criterion
@@ -152,11 +227,15 @@ def test_restore_refused_when_state_missing_or_shapes_differ(tmp_path):
     with pytest.raises(ConfigError, match="stores no optimiser state.*restore_state=false"):
         Trainer(load_config("vicreg_e2mc_imagenet", base + [f"model.init={tmp_path / 'noopt.pth'}"]), quiet=True)
     with pytest.raises(ConfigError, match="stores momentum optimiser state but optim.name=adamw"):
-        Trainer(load_config("vicreg_e2mc_imagenet", base + [f"model.init={tmp_path / 'bad.pth'}",
-                                                             "optim.name=adamw"]), quiet=True)
+        Trainer(
+            load_config("vicreg_e2mc_imagenet", base + [f"model.init={tmp_path / 'bad.pth'}", "optim.name=adamw"]),
+            quiet=True,
+        )
     # not asked: a fresh optimiser, whatever the file stores
-    t = Trainer(load_config("vicreg_e2mc_imagenet", base + [f"model.init={tmp_path / 'bad.pth'}",
-                                                             "optim.restore_state=false"]), quiet=True)
+    t = Trainer(
+        load_config("vicreg_e2mc_imagenet", base + [f"model.init={tmp_path / 'bad.pth'}", "optim.restore_state=false"]),
+        quiet=True,
+    )
     try:
         assert len(t.optimizer.state) == 0
     finally:
@@ -201,8 +280,10 @@ def test_restore_adamw_and_ambiguity():
     net = nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False))
     a, b = net[0].weight, net[1].weight
     opt = torch.optim.SGD([{"params": [b]}, {"params": [a]}], lr=0.1, momentum=0.9)
-    stored = {"state": {0: {"momentum_buffer": torch.ones(3, 3)}, 1: {"momentum_buffer": torch.zeros(3, 3)}},
-              "param_groups": [{"params": [0, 1]}]}
+    stored = {
+        "state": {0: {"momentum_buffer": torch.ones(3, 3)}, 1: {"momentum_buffer": torch.zeros(3, 3)}},
+        "param_groups": [{"params": [0, 1]}],
+    }
     with pytest.raises(ConfigError, match="ambiguous"):
         restore_optimizer_state(opt, net, stored)
     assert len(opt.state) == 0

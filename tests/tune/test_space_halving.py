@@ -19,28 +19,35 @@ def test_default_space_and_log_grids(tmp_path):
     e2 = next(p for p in sp.points if p.label == "e2mc-ew100-cw1")
     assert e2.overrides == {"addon.name": "e2mc", "addon.entropy_weight": 100.0, "addon.cov_weight": 1.0}
     f = tmp_path / "space.yaml"
-    f.write_text("addons: [none, e2mc]\ne2mc: {entropy_weight: {log: [0.1, 1000, 5]}, cov_weight: [1, auto],"
-                 " transform: [gaussian_cdf]}\nlr: [0.05, 0.2]\nepochs: 1.5\nset: {optim.batch_size: 64}\n")
+    f.write_text(
+        "addons: [none, e2mc]\ne2mc: {entropy_weight: {log: [0.1, 1000, 5]}, cov_weight: [1, auto],"
+        " transform: [gaussian_cdf]}\nlr: [0.05, 0.2]\nepochs: 1.5\nset: {optim.batch_size: 64}\n"
+    )
     sp = parse_space(f)
     assert sp.entropy_weight == [0.1, 1.0, 10.0, 100.0, 1000.0] and sp.cov_weight == [1.0, "auto"]
     assert sp.epochs == 1.5 and sp.sets == {"optim.batch_size": 64}
     assert len(sp.points) == 2 * (1 + 5 * 2)
     auto = [p for p in sp.points if p.overrides.get("addon.cov_weight") == "auto"]
-    assert auto and auto[0].label.endswith("-cwauto-cdf-lr0.05") and auto[0].overrides["addon.transform"] == "gaussian_cdf"
+    assert (
+        auto and auto[0].label.endswith("-cwauto-cdf-lr0.05") and auto[0].overrides["addon.transform"] == "gaussian_cdf"
+    )
 
 
-@pytest.mark.parametrize("space, match", [
-    ({"addon": ["none"]}, "unknown key"),
-    ({"addons": ["none", "bogus"]}, "unknown add-on"),
-    ({"e2mc": {"entropy_weight": [-1]}}, ">= 0"),
-    ({"e2mc": {"cov_weight": {"log": [0, 10, 3]}}}, "lo, hi > 0"),
-    ({"e2mc": {"transform": ["tanh"]}}, "unknown transform"),
-    ({"lr": [0]}, "lr values"),
-    ({"epochs": 0}, "epochs"),
-    ({"set": {"optim.lr": 0.1}}, "may not fix"),
-    ({"addons": ["none"]}, "1 point"),
-    ({"addons": ["e2mc"], "e2mc": {"entropy_weight": [10], "cov_weight": [1]}}, "nothing to choose"),
-])
+@pytest.mark.parametrize(
+    "space, match",
+    [
+        ({"addon": ["none"]}, "unknown key"),
+        ({"addons": ["none", "bogus"]}, "unknown add-on"),
+        ({"e2mc": {"entropy_weight": [-1]}}, ">= 0"),
+        ({"e2mc": {"cov_weight": {"log": [0, 10, 3]}}}, "lo, hi > 0"),
+        ({"e2mc": {"transform": ["tanh"]}}, "unknown transform"),
+        ({"lr": [0]}, "lr values"),
+        ({"epochs": 0}, "epochs"),
+        ({"set": {"optim.lr": 0.1}}, "may not fix"),
+        ({"addons": ["none"]}, "1 point"),
+        ({"addons": ["e2mc"], "e2mc": {"entropy_weight": [10], "cov_weight": [1]}}, "nothing to choose"),
+    ],
+)
 def test_bad_space_is_one_line_config_error(space, match):
     with pytest.raises(ConfigError, match=match) as e:
         parse_space(space)
@@ -90,13 +97,17 @@ def test_selection_rules_and_kendall_against_scipy():
     m = {"knn_top1_k20": 0.7, "alpha_req": 1.3, "rankme": 5.0}
     assert scoring.score(m, "heldout") == 0.7 and scoring.score(m, "alpha_req") == pytest.approx(-0.3)
     assert scoring.score(m, "lidar") is None
-    vals = {f"p{i}": {"knn_top1_k20": k, "rankme": r, "alpha_req": a, "entropy": e}
-            for i, (k, r, a, e) in enumerate([(0.5, 3, 0.5, 1), (0.6, 2, 0.9, 2), (0.7, 5, 1.4, 3), (0.4, 1, 2.0, 0)])}
+    vals = {
+        f"p{i}": {"knn_top1_k20": k, "rankme": r, "alpha_req": a, "entropy": e}
+        for i, (k, r, a, e) in enumerate([(0.5, 3, 0.5, 1), (0.6, 2, 0.9, 2), (0.7, 5, 1.4, 3), (0.4, 1, 2.0, 0)])
+    }
     tau = scoring.kendall(vals)
     knn = [v["knn_top1_k20"] for v in vals.values()]
     assert tau["rankme"]["tau"] == pytest.approx(kendalltau([v["rankme"] for v in vals.values()], knn).statistic)
     ref = kendalltau([-abs(v["alpha_req"] - 1) for v in vals.values()], knn)
-    assert tau["alpha_req"]["tau"] == pytest.approx(ref.statistic) and tau["alpha_req"]["p"] == pytest.approx(ref.pvalue)
+    assert tau["alpha_req"]["tau"] == pytest.approx(ref.statistic) and tau["alpha_req"]["p"] == pytest.approx(
+        ref.pvalue
+    )
     assert tau["entropy"]["tau"] == pytest.approx(1.0) and tau["lidar"] == {"tau": None, "p": None, "n": 0}
 
 

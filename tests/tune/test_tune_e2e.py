@@ -14,8 +14,12 @@ from e2mc.cli import main
 from e2mc.errors import ConfigError, DataError
 from e2mc.tuning import probes as probes_mod
 
-SPACE = {"addons": ["none", "e2mc"], "e2mc": {"entropy_weight": [10], "cov_weight": [1, 1000]}, "epochs": 1,
-         "set": {"optim.batch_size": 64, "train.probe_size": 0, "train.log_every": 1000}}
+SPACE = {
+    "addons": ["none", "e2mc"],
+    "e2mc": {"entropy_weight": [10], "cov_weight": [1, 1000]},
+    "epochs": 1,
+    "set": {"optim.batch_size": 64, "train.probe_size": 0, "train.log_every": 1000},
+}
 LABEL_FREE = ("rankme", "entropy", "lidar", "alpha_req")
 KW = dict(recipe="digits_vicreg_e2mc", holdout=120, train_images=192, workers=1, log=lambda *a: None)
 
@@ -24,8 +28,15 @@ KW = dict(recipe="digits_vicreg_e2mc", holdout=120, train_images=192, workers=1,
 def start(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("tune")
-    run = e2mc.pretrain("digits_vicreg_pretrain", train__max_steps=3, train__epochs=1, train__device="cpu",
-                        train__probe_size=0, train__tensorboard=False, out__dir=str(root / "pretrain"))
+    run = e2mc.pretrain(
+        "digits_vicreg_pretrain",
+        train__max_steps=3,
+        train__epochs=1,
+        train__device="cpu",
+        train__probe_size=0,
+        train__tensorboard=False,
+        out__dir=str(root / "pretrain"),
+    )
     return root, run / "checkpoints" / "last.pt"
 
 
@@ -106,19 +117,24 @@ def test_rerun_skips_done_probes_and_confirm_gives_paired_intervals(tuned, monke
     trained = []
     real = probes_mod._train
     monkeypatch.setattr(probes_mod, "_train", lambda src, over, d: (trained.append(d.name), real(src, over, d))[1])
-    res = e2mc.tune(str(ckpt), "digits", out=root / "out", space=SPACE, confirm=2, confirm_epochs=0.1,
-                    label_free=LABEL_FREE, **KW)
+    res = e2mc.tune(
+        str(ckpt), "digits", out=root / "out", space=SPACE, confirm=2, confirm_epochs=0.1, label_free=LABEL_FREE, **KW
+    )
     assert all(name.startswith(("base-only-seed", res["confirm"]["arm"] + "-seed")) for name in trained)
-    assert sorted(trained) == sorted([f"base-only-seed{s}" for s in (0, 1)] + [f"{res['confirm']['arm']}-seed{s}"
-                                                                            for s in (0, 1)])
+    assert sorted(trained) == sorted(
+        [f"base-only-seed{s}" for s in (0, 1)] + [f"{res['confirm']['arm']}-seed{s}" for s in (0, 1)]
+    )
     assert [p["metrics"] for p in res["probes"]] == [p["metrics"] for p in first["probes"]]
     cf = res["confirm"]
     assert cf["seeds"] == 2 and cf["steps"] == 2  # 0.1 epoch of 1347 // 64 = 21 batches
     row = next(r for r in cf["rows"] if r["metric"] == "knn/top1_k20" and r["arm"] == cf["arm"])
-    base = next(r for r in json.loads((root / "out" / "confirm" / "comparison.json").read_text())["rows"]
-                if r["arm"] == "base-only" and r["metric"] == "knn/top1_k20")
+    base = next(
+        r
+        for r in json.loads((root / "out" / "confirm" / "comparison.json").read_text())["rows"]
+        if r["arm"] == "base-only" and r["metric"] == "knn/top1_k20"
+    )
     d = [a - b for a, b in zip(row["values"], base["values"])]  # seeds 0, 1 in both arms: paired
-    t = stats.t.ppf(0.975, 1) * stats.tstd(d) / 2 ** 0.5
+    t = stats.t.ppf(0.975, 1) * stats.tstd(d) / 2**0.5
     assert row["diff"] == pytest.approx(sum(d) / 2) and row["diff_kind"].startswith("paired")
     if t > 0:
         assert row["diff_low"] == pytest.approx(sum(d) / 2 - t) and row["diff_high"] == pytest.approx(sum(d) / 2 + t)
@@ -177,8 +193,22 @@ def test_bad_inputs_are_one_line_errors(start, tmp_path, capsys):
         e2mc.tune(str(ckpt), "digits", out=tmp_path / "d", space=SPACE, budget=0.1, **KW)
     with pytest.raises(ConfigError, match="label-free:<metric>"):
         e2mc.tune(str(ckpt), "digits", out=tmp_path / "f", space=SPACE, select="label-free:knn", **KW)
-    code = main(["tune", str(ckpt), "--dataset", "digits", "--out", str(tmp_path / "e"), "--budget", "0.1",
-                 "--recipe", "digits_vicreg_e2mc", "--holdout", "120"])
+    code = main(
+        [
+            "tune",
+            str(ckpt),
+            "--dataset",
+            "digits",
+            "--out",
+            str(tmp_path / "e"),
+            "--budget",
+            "0.1",
+            "--recipe",
+            "digits_vicreg_e2mc",
+            "--holdout",
+            "120",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "too small" in err and "Traceback" not in err
 
@@ -187,7 +217,13 @@ def test_cli_help_has_description_and_example(capsys):
     with pytest.raises(SystemExit):
         main(["tune", "--help"])
     text = capsys.readouterr().out
-    assert "successive halving" in text and "examples:" in text and "space.yaml" in text and "e2mc tune " in text and "--confirm" in text
+    assert (
+        "successive halving" in text
+        and "examples:" in text
+        and "space.yaml" in text
+        and "e2mc tune " in text
+        and "--confirm" in text
+    )
 
 
 def test_a_second_tune_on_the_same_folder_is_refused(start, tmp_path):

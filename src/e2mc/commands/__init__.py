@@ -24,9 +24,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if (not action.option_strings or "default" in text or default in (None, False, argparse.SUPPRESS)
-                or (isinstance(default, (list, tuple)) and not default)
-                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+        if (
+            not action.option_strings
+            or "default" in text
+            or default in (None, False, argparse.SUPPRESS)
+            or (isinstance(default, (list, tuple)) and not default)
+            or isinstance(action, (argparse._HelpAction, argparse._VersionAction))
+        ):
             return text
         if isinstance(default, (list, tuple)):
             default = ",".join(map(str, default))
@@ -36,5 +40,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def add_command(sub, name: str, *, help: str, description: str, examples: list[str], **kwargs):
     """A sub-command parser with a description and an ``examples:`` epilog (``e2mc NAME --help``)."""
     epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples)
-    return sub.add_parser(name, help=help, description=description, epilog=epilog, formatter_class=HelpFormatter,
-                          **kwargs)
+    return sub.add_parser(
+        name, help=help, description=description, epilog=epilog, formatter_class=HelpFormatter, **kwargs
+    )

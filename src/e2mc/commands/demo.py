@@ -21,7 +21,8 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
-        sub, "demo",
+        sub,
+        "demo",
         help="the whole idea in a few CPU minutes, offline (embedded digits data)",
         description=(
             "Pre-train a small ResNet with VICReg on scikit-learn's digits (cached after the first run),\n"
@@ -30,25 +31,45 @@ def register(sub: argparse._SubParsersAction) -> None:
             "verdict, and write results.json (with each stage's wall time) and the report (Markdown,\n"
             "HTML, PNG) into --out."
         ),
-        examples=["e2mc demo", "e2mc demo --out my-demo --seeds 0,1,2,3,4",
-                  "e2mc demo --pretrain-epochs 5 --continue-epochs 2 --seeds 0,1   # a quick look"],
+        examples=[
+            "e2mc demo",
+            "e2mc demo --out my-demo --seeds 0,1,2,3,4",
+            "e2mc demo --pretrain-epochs 5 --continue-epochs 2 --seeds 0,1   # a quick look",
+        ],
     )
-    p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default: ./e2mc-demo-<date>-<time>)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: ./e2mc-demo-<date>-<time>)")
     p.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="training seeds of each arm (default 0,1,2)")
     p.add_argument("--pretrain-epochs", type=int, default=40, help="epochs of the VICReg start (default 40)")
     p.add_argument("--continue-epochs", type=int, default=10, help="epochs of each continuation (default 10)")
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="where the pre-trained start is cached (default $E2MC_CACHE or ~/.cache/e2mc)")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where the pre-trained start is cached (default $E2MC_CACHE or ~/.cache/e2mc)",
+    )
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads for torch (default 1: fastest for this tiny model on a shared machine; "
-                        "0 keeps torch's default)")
-    p.add_argument("--workers", type=int, default=0,
-                   help="processes for the independent continuations (2 arms x seeds), each with --threads "
-                        "threads (default 0: one per CPU core; 1: one after another in this process)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for every training stage, e.g. --set train.max_steps=2 (repeatable)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for torch (default 1: fastest for this tiny model on a shared machine; "
+        "0 keeps torch's default)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes for the independent continuations (2 arms x seeds), each with --threads "
+        "threads (default 0: one per CPU core; 1: one after another in this process)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every training stage, e.g. --set train.max_steps=2 (repeatable)",
+    )
     p.set_defaults(func=run)
 
 
@@ -70,8 +91,16 @@ def run(args: argparse.Namespace) -> int:
     for name in ("pretrain_epochs", "continue_epochs"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-    cfg = DemoConfig(out=out, seeds=args.seeds, pretrain_epochs=args.pretrain_epochs,
-                     continue_epochs=args.continue_epochs, cache_dir=args.cache_dir, device=args.device,
-                     threads=args.threads or None, workers=args.workers or None, extra=extra)
+    cfg = DemoConfig(
+        out=out,
+        seeds=args.seeds,
+        pretrain_epochs=args.pretrain_epochs,
+        continue_epochs=args.continue_epochs,
+        cache_dir=args.cache_dir,
+        device=args.device,
+        threads=args.threads or None,
+        workers=args.workers or None,
+        extra=extra,
+    )
     run_demo(cfg)
     return 0

@@ -25,94 +25,170 @@ def _ints(s: str) -> list[int]:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits", help="evaluation dataset spec (digits, cifar10, a folder, ...)")
-    p.add_argument("--protocols", type=_csv, default=_csv(DEFAULT_PROTOCOLS),
-                   help="comma-separated: knn,linear,linear_finetune,fewshot,semisup,rankme,entropy,uniformity,"
-                        "spectrum,lidar,alpha_req (label-free: rankme, entropy, uniformity, lidar, alpha_req)")
-    p.add_argument("--seeds", type=_ints, default=[0, 1, 2],
-                   help="comma-separated evaluation seeds (default 0,1,2): few-shot and semi-sup draw once per "
-                        "seed; the linear probe, fine-tuning and LiDAR use the first; kNN and label-free metrics "
-                        "none (JSON: meta.seeds_used)")
+    p.add_argument(
+        "--protocols",
+        type=_csv,
+        default=_csv(DEFAULT_PROTOCOLS),
+        help="comma-separated: knn,linear,linear_finetune,fewshot,semisup,rankme,entropy,uniformity,"
+        "spectrum,lidar,alpha_req (label-free: rankme, entropy, uniformity, lidar, alpha_req)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=_ints,
+        default=[0, 1, 2],
+        help="comma-separated evaluation seeds (default 0,1,2): few-shot and semi-sup draw once per "
+        "seed; the linear probe, fine-tuning and LiDAR use the first; kNN and label-free metrics "
+        "none (JSON: meta.seeds_used)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass when extracting features")
-    p.add_argument("--image-size", type=int, default=None,
-                   help="resize images to this side in pixels (default: the dataset's native size, e.g. 32 for "
-                        "CIFAR, 224 for ImageNet)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="resize images to this side in pixels (default: the dataset's native size, e.g. 32 for "
+        "CIFAR, 224 for ImageNet)",
+    )
     p.add_argument("--epochs", type=int, default=10, help="epochs for linear_finetune and semisup")
     p.add_argument("--cache-dir", default=None, help="feature cache (default $E2MC_CACHE/features)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
-    p.add_argument("--feature-dtype", choices=("float16", "float32"), default="float16",
-                   help="how frozen features are stored, in the cache and in memory")
+    p.add_argument(
+        "--feature-dtype",
+        choices=("float16", "float32"),
+        default="float16",
+        help="how frozen features are stored, in the cache and in memory",
+    )
     p.add_argument("--json", action="store_true", help="print JSON (indented) instead of a table")
-    p.add_argument("--ks", type=_ints, default=[10, 20, 100, 200],
-                   help="comma-separated kNN neighbour counts (default 10,20,100,200; clipped to the training size)")
-    p.add_argument("--linear-solver", choices=("auto", "lbfgs", "streaming"), default="auto",
-                   help="linear probe solver: exact full-batch L-BFGS, mini-batch heads (memory flat in N), "
-                        "or auto (L-BFGS while its memory estimate is <= 1 GiB)")
+    p.add_argument(
+        "--ks",
+        type=_ints,
+        default=[10, 20, 100, 200],
+        help="comma-separated kNN neighbour counts (default 10,20,100,200; clipped to the training size)",
+    )
+    p.add_argument(
+        "--linear-solver",
+        choices=("auto", "lbfgs", "streaming"),
+        default="auto",
+        help="linear probe solver: exact full-batch L-BFGS, mini-batch heads (memory flat in N), "
+        "or auto (L-BFGS while its memory estimate is <= 1 GiB)",
+    )
     p.add_argument("--test-split", default="test", help="split to score (default test; e.g. val for ImageNet)")
-    p.add_argument("--data-root", default=None,
-                   help="folder holding cifar10/cifar100/stl10/imagenet (default $E2MC_CACHE/datasets/<name>)")
-    p.add_argument("--download", action="store_true",
-                   help="let torchvision download cifar10/cifar100/stl10 into the data root if missing")
-    p.add_argument("--lidar-images", type=int, default=500, metavar="N",
-                   help="LiDAR: surrogate classes = N test images (default 500) ...")
-    p.add_argument("--lidar-views", type=int, default=8, metavar="Q",
-                   help="... each augmented Q times with the model's training views (default 8)")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="folder holding cifar10/cifar100/stl10/imagenet (default $E2MC_CACHE/datasets/<name>)",
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="let torchvision download cifar10/cifar100/stl10 into the data root if missing",
+    )
+    p.add_argument(
+        "--lidar-images",
+        type=int,
+        default=500,
+        metavar="N",
+        help="LiDAR: surrogate classes = N test images (default 500) ...",
+    )
+    p.add_argument(
+        "--lidar-views",
+        type=int,
+        default=8,
+        metavar="Q",
+        help="... each augmented Q times with the model's training views (default 8)",
+    )
 
 
 def register(subparsers) -> None:
     """Add the ``evaluate``, ``compare`` and ``report`` sub-commands."""
     p = add_command(
-        subparsers, "evaluate", help="evaluate one checkpoint (kNN, linear, few-shot, RankMe, ...)",
+        subparsers,
+        "evaluate",
+        help="evaluate one checkpoint (kNN, linear, few-shot, RankMe, ...)",
         description="Evaluate one checkpoint (any supported layout, or a run folder) on a dataset with the\n"
-                    "chosen protocols. Features are extracted once and cached. Prints one block per protocol\n"
-                    "(accuracies in %), or with --json the full results (per-seed values, the probe's\n"
-                    "penalty and convergence, meta.seeds_used: which evaluation seeds each protocol used).",
-        examples=["e2mc evaluate runs/e2mc --dataset digits --protocols knn,linear,rankme",
-                  "e2mc evaluate resnet50.pth --dataset cifar10 --data-root /data/cifar10 --download --json",
-                  "e2mc evaluate ckpt.pth --dataset imagenet --test-split val --protocols knn,linear"])
+        "chosen protocols. Features are extracted once and cached. Prints one block per protocol\n"
+        "(accuracies in %), or with --json the full results (per-seed values, the probe's\n"
+        "penalty and convergence, meta.seeds_used: which evaluation seeds each protocol used).",
+        examples=[
+            "e2mc evaluate runs/e2mc --dataset digits --protocols knn,linear,rankme",
+            "e2mc evaluate resnet50.pth --dataset cifar10 --data-root /data/cifar10 --download --json",
+            "e2mc evaluate ckpt.pth --dataset imagenet --test-split val --protocols knn,linear",
+        ],
+    )
     p.add_argument("checkpoint", help="checkpoint file or run folder")
     _common(p)
     p.set_defaults(func=_evaluate)
 
     p = add_command(
-        subparsers, "compare", help="evaluate several checkpoints with the same protocols and seeds",
+        subparsers,
+        "compare",
+        help="evaluate several checkpoints with the same protocols and seeds",
         description="Evaluate every arm with the same protocols, dataset and evaluation seeds and print a\n"
-                    "table: per arm mean ± std (n), where n counts the arm's checkpoints (training seeds),\n"
-                    "and each arm minus the first with a 95% t-interval (paired by training seed, else\n"
-                    "Welch). With --out it writes comparison.json, comparison.md and the report\n"
-                    "(report.md, report.html, PNGs): the one way to make a report.",
-        examples=["e2mc compare base=runs/base e2mc=runs/e2mc --dataset digits --out runs/cmp",
-                  "e2mc compare base=b_s0,b_s1,b_s2 e2mc=e_s0,e_s1,e_s2 --dataset cifar10 --protocols knn,linear",
-                  "e2mc compare a.pth b.pth --names vicreg,vicreg+e2mc --json"])
+        "table: per arm mean ± std (n), where n counts the arm's checkpoints (training seeds),\n"
+        "and each arm minus the first with a 95% t-interval (paired by training seed, else\n"
+        "Welch). With --out it writes comparison.json, comparison.md and the report\n"
+        "(report.md, report.html, PNGs): the one way to make a report.",
+        examples=[
+            "e2mc compare base=runs/base e2mc=runs/e2mc --dataset digits --out runs/cmp",
+            "e2mc compare base=b_s0,b_s1,b_s2 e2mc=e_s0,e_s1,e_s2 --dataset cifar10 --protocols knn,linear",
+            "e2mc compare a.pth b.pth --names vicreg,vicreg+e2mc --json",
+        ],
+    )
     p.add_argument("arms", nargs="+", help="checkpoint, run folder, or name=ckpt1,ckpt2 (several training seeds)")
     p.add_argument("--names", type=_csv, default=None, help="comma-separated arm names (default: from the arms)")
-    p.add_argument("--out", default=None, help="folder for comparison.json, comparison.md and the report "
-                                               "(default: print only)")
+    p.add_argument(
+        "--out", default=None, help="folder for comparison.json, comparison.md and the report (default: print only)"
+    )
     _common(p)
     p.set_defaults(func=_compare)
 
     p = add_command(
-        subparsers, "report", help="regenerate the report of `compare --out` from its comparison.json",
+        subparsers,
+        "report",
+        help="regenerate the report of `compare --out` from its comparison.json",
         description="Regenerate report.md, report.html and the PNGs from a comparison.json written by\n"
-                    "`e2mc compare --out DIR` (the same function compare used), in place by default.\n"
-                    "Run folders given after it replace the ones inferred from the checkpoints' paths;\n"
-                    "run folders alone give a report of training curves and runs.",
-        examples=["e2mc report runs/cmp/comparison.json",
-                  "e2mc report runs/cmp/comparison.json runs/base runs/e2mc --out runs/report",
-                  "e2mc report runs/base runs/e2mc --out runs/curves"])
-    p.add_argument("inputs", nargs="+", help="comparison.json written by `e2mc compare --out DIR` and/or run folders "
-                                             "(default: the run folders the compared checkpoints lie in)")
-    p.add_argument("--out", default=None,
-                   help="output folder (default: the folder of the comparison.json, i.e. regenerate in place)")
+        "`e2mc compare --out DIR` (the same function compare used), in place by default.\n"
+        "Run folders given after it replace the ones inferred from the checkpoints' paths;\n"
+        "run folders alone give a report of training curves and runs.",
+        examples=[
+            "e2mc report runs/cmp/comparison.json",
+            "e2mc report runs/cmp/comparison.json runs/base runs/e2mc --out runs/report",
+            "e2mc report runs/base runs/e2mc --out runs/curves",
+        ],
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        help="comparison.json written by `e2mc compare --out DIR` and/or run folders "
+        "(default: the run folders the compared checkpoints lie in)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default: the folder of the comparison.json, i.e. regenerate in place)",
+    )
     p.set_defaults(func=_report)
 
 
 def _kwargs(args) -> dict:
-    return dict(protocols=args.protocols, seeds=args.seeds, device=args.device, batch_size=args.batch_size,
-                image_size=args.image_size, cache_dir=args.cache_dir, use_cache=not args.no_cache,
-                epochs=args.epochs, ks=args.ks, test_split=args.test_split, root=args.data_root,
-                download=args.download, lidar_images=args.lidar_images, lidar_views=args.lidar_views,
-                linear_solver=args.linear_solver, feature_dtype=args.feature_dtype)
+    return dict(
+        protocols=args.protocols,
+        seeds=args.seeds,
+        device=args.device,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+        epochs=args.epochs,
+        ks=args.ks,
+        test_split=args.test_split,
+        root=args.data_root,
+        download=args.download,
+        lidar_images=args.lidar_images,
+        lidar_views=args.lidar_views,
+        linear_solver=args.linear_solver,
+        feature_dtype=args.feature_dtype,
+    )
 
 
 def _convergence(v: dict) -> str:
@@ -202,11 +278,15 @@ def _report(args) -> int:
         elif p.is_dir():
             runs.append(p)
         elif not p.exists():
-            raise DataError(f"{item} does not exist (neither a comparison .json nor a run folder); pass the "
-                            "comparison.json written by `e2mc compare --out DIR` and/or run folders")
+            raise DataError(
+                f"{item} does not exist (neither a comparison .json nor a run folder); pass the "
+                "comparison.json written by `e2mc compare --out DIR` and/or run folders"
+            )
         else:
-            raise DataError(f"{item} is neither a comparison .json nor a run folder; pass the comparison.json "
-                            "written by `e2mc compare --out DIR` and/or run folders")
+            raise DataError(
+                f"{item} is neither a comparison .json nor a run folder; pass the comparison.json "
+                "written by `e2mc compare --out DIR` and/or run folders"
+            )
     paths = write_report(args.out, comparison, runs=runs)
     for k, v in paths.items():
         print(f"{k}: {v}")

@@ -7,47 +7,79 @@ import argparse
 from e2mc.commands import add_command
 from e2mc.config import METHOD_NAMES
 
-EXPORT_CHOICES = ("original", "safetensors", "vicreg", "swav", "simsiam", "torchvision", "timm",
-                  "lightning", "e2mc", "state_dict")
+EXPORT_CHOICES = (
+    "original",
+    "safetensors",
+    "vicreg",
+    "swav",
+    "simsiam",
+    "torchvision",
+    "timm",
+    "lightning",
+    "e2mc",
+    "state_dict",
+)
 
 
 def _load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default=None, help="force the checkpoint layout (default: detect)")
-    p.add_argument("--method", default=None, choices=METHOD_NAMES,
-                   help="method whose heads to build/check (default: the checkpoint's)")
+    p.add_argument(
+        "--method",
+        default=None,
+        choices=METHOD_NAMES,
+        help="method whose heads to build/check (default: the checkpoint's)",
+    )
     p.add_argument("--arch", default=None, help="backbone arch (default: detected from the weights)")
-    p.add_argument("--fresh-heads", action="store_true",
-                   help="on a method mismatch, drop the checkpoint's heads and build new ones")
+    p.add_argument(
+        "--fresh-heads",
+        action="store_true",
+        help="on a method mismatch, drop the checkpoint's heads and build new ones",
+    )
 
 
 def register(subparsers) -> None:
     """Add the ``inspect`` and ``export`` sub-commands."""
     p = add_command(
-        subparsers, "inspect", help="show what a checkpoint holds and how e2mc loads it",
+        subparsers,
+        "inspect",
+        help="show what a checkpoint holds and how e2mc loads it",
         description="Load a checkpoint the way `continue`/`evaluate` would and print its load report:\n"
-                    "detected layout, architecture, method and heads, epoch, missing/unexpected/dropped keys,\n"
-                    "whether an optimizer state is stored, and the parameter counts. Nothing is written.",
-        examples=["e2mc inspect resnet50_fullckpt.pth", "e2mc inspect runs/e2mc/checkpoints/last.pt --json",
-                  "e2mc inspect torchvision:resnet50"])
+        "detected layout, architecture, method and heads, epoch, missing/unexpected/dropped keys,\n"
+        "whether an optimizer state is stored, and the parameter counts. Nothing is written.",
+        examples=[
+            "e2mc inspect resnet50_fullckpt.pth",
+            "e2mc inspect runs/e2mc/checkpoints/last.pt --json",
+            "e2mc inspect torchvision:resnet50",
+        ],
+    )
     p.add_argument("path", help="checkpoint file, or random:<arch> / torchvision:<arch> / timm:<name>")
     _load_args(p)
     p.add_argument("--json", action="store_true", help="print the load report as JSON")
     p.set_defaults(func=run_inspect)
 
     p = add_command(
-        subparsers, "export", help="write a checkpoint in its original or another layout",
+        subparsers,
+        "export",
+        help="write a checkpoint in its original or another layout",
         description="Load a checkpoint (any supported layout) and write it atomically in its original\n"
-                    "layout (e.g. back to the official VICReg file it was continued from) or another one,\n"
-                    "e.g. a backbone-only safetensors file for downstream use.",
-        examples=["e2mc export runs/e2mc/checkpoints/last.pt --out vicreg_e2mc.pth",
-                  "e2mc export runs/e2mc/checkpoints/last.pt --to safetensors --out backbone.safetensors",
-                  "e2mc export runs/e2mc/checkpoints/last.pt --to torchvision --out resnet50.pth"])
+        "layout (e.g. back to the official VICReg file it was continued from) or another one,\n"
+        "e.g. a backbone-only safetensors file for downstream use.",
+        examples=[
+            "e2mc export runs/e2mc/checkpoints/last.pt --out vicreg_e2mc.pth",
+            "e2mc export runs/e2mc/checkpoints/last.pt --to safetensors --out backbone.safetensors",
+            "e2mc export runs/e2mc/checkpoints/last.pt --to torchvision --out resnet50.pth",
+        ],
+    )
     p.add_argument("checkpoint", help="checkpoint file (any supported layout)")
     p.add_argument("--out", required=True, help="output file")
-    p.add_argument("--to", default="original", choices=EXPORT_CHOICES,
-                   help="layout to write (default: the one it was loaded from)")
-    p.add_argument("--with-optimizer", action="store_true",
-                   help="also write the optimizer state stored in the input (where the layout has one)")
+    p.add_argument(
+        "--to", default="original", choices=EXPORT_CHOICES, help="layout to write (default: the one it was loaded from)"
+    )
+    p.add_argument(
+        "--with-optimizer",
+        action="store_true",
+        help="also write the optimizer state stored in the input (where the layout has one)",
+    )
     _load_args(p)
     p.set_defaults(func=run_export)
 
@@ -55,8 +87,13 @@ def register(subparsers) -> None:
 def _load(args):
     from e2mc.models.checkpoints import load_model
 
-    return load_model(args.path if hasattr(args, "path") else args.checkpoint, method=args.method,
-                      arch=args.arch, format=args.format, fresh_heads=args.fresh_heads)
+    return load_model(
+        args.path if hasattr(args, "path") else args.checkpoint,
+        method=args.method,
+        arch=args.arch,
+        format=args.format,
+        fresh_heads=args.fresh_heads,
+    )
 
 
 def run_inspect(args) -> int:
@@ -66,8 +103,10 @@ def run_inspect(args) -> int:
     model, report = _load(args)
     if args.json:
         d = report.to_dict()
-        d["parameters"] = {"backbone": sum(p.numel() for p in model.backbone.parameters()),
-                           **{h: sum(p.numel() for p in getattr(model, h).parameters()) for h in model.head_names}}
+        d["parameters"] = {
+            "backbone": sum(p.numel() for p in model.backbone.parameters()),
+            **{h: sum(p.numel() for p in getattr(model, h).parameters()) for h in model.head_names},
+        }
         print(json.dumps(d, indent=2))
     else:
         print(report.summary())

@@ -9,10 +9,14 @@ from e2mc.commands import add_command
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
-        sub, "recipes",
+        sub,
+        "recipes",
         help="list the bundled training recipes (the paper's and CPU-scale ones)",
         description="List the bundled recipes, or print one as YAML to copy and edit.",
-        examples=["e2mc recipes", "e2mc recipes vicreg_e2mc_imagenet > my.yaml   # then: e2mc continue CKPT --config my.yaml"],
+        examples=[
+            "e2mc recipes",
+            "e2mc recipes vicreg_e2mc_imagenet > my.yaml   # then: e2mc continue CKPT --config my.yaml",
+        ],
     )
     p.add_argument("name", nargs="?", help="print this recipe's YAML")
     p.set_defaults(func=run)

@@ -14,9 +14,14 @@ from e2mc.commands import add_command
 from e2mc.config import ADDON_NAMES, METHOD_NAMES, TRANSFORM_NAMES
 
 _SHORTCUTS = (  # (flag, config key, type)
-    ("--dataset", "data.dataset", str), ("--arch", "model.arch", str), ("--epochs", "train.epochs", int),
-    ("--batch-size", "optim.batch_size", int), ("--lr", "optim.lr", float), ("--device", "train.device", str),
-    ("--precision", "train.precision", str), ("--seed", "train.seed", int),
+    ("--dataset", "data.dataset", str),
+    ("--arch", "model.arch", str),
+    ("--epochs", "train.epochs", int),
+    ("--batch-size", "optim.batch_size", int),
+    ("--lr", "optim.lr", float),
+    ("--device", "train.device", str),
+    ("--precision", "train.precision", str),
+    ("--seed", "train.seed", int),
     ("--data-root", "data.root", str),
 )
 
@@ -25,66 +30,114 @@ def _common(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--config", metavar="FILE", help="YAML run config")
     src.add_argument("--recipe", metavar="NAME", help="bundled recipe (`e2mc recipes` lists them)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set optim.lr=0.1 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set optim.lr=0.1 (repeatable)",
+    )
     p.add_argument("--out", metavar="DIR", help="run folder (default: the config's out.dir, runs/run unless set)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from checkpoints/last.pt (else its newest usable epoch_N.pt)")
-    p.add_argument("--auto-resume", action="store_true",
-                   help="resume when --out already holds a checkpoint of this run, else start it "
-                        "(for cluster jobs that are requeued with the same command)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from checkpoints/last.pt (else its newest usable epoch_N.pt)",
+    )
+    p.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="resume when --out already holds a checkpoint of this run, else start it "
+        "(for cluster jobs that are requeued with the same command)",
+    )
     for flag, key, tp in _SHORTCUTS:
         p.add_argument(flag, type=tp, default=None, help=f"shortcut for --set {key}=...")
-    p.add_argument("--download", action="store_true", default=None,
-                   help="let torchvision download cifar10/cifar100/stl10 if missing (--set data.download=true)")
+    p.add_argument(
+        "--download",
+        action="store_true",
+        default=None,
+        help="let torchvision download cifar10/cifar100/stl10 if missing (--set data.download=true)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``pretrain`` and ``continue`` parsers."""
     p = add_command(
-        sub, "pretrain", help="pre-train an SSL model (VICReg, SwAV, SimSiam)",
+        sub,
+        "pretrain",
+        help="pre-train an SSL model (VICReg, SwAV, SimSiam)",
         description="Pre-train from scratch (or from model.init) with a bundled recipe or a YAML config;\n"
-                    "shortcut flags and --set override it. Writes a run folder (config.yaml, metrics.csv,\n"
-                    "checkpoints/) and ends with a 'done: ...' line naming it.",
-        examples=["e2mc pretrain --recipe digits_vicreg_pretrain --out runs/start --epochs 10",
-                  "e2mc pretrain --recipe cifar10_vicreg_pretrain --data-root /data/cifar10 --out runs/c10",
-                  "e2mc pretrain --out runs/start --resume   # continue an interrupted run"])
+        "shortcut flags and --set override it. Writes a run folder (config.yaml, metrics.csv,\n"
+        "checkpoints/) and ends with a 'done: ...' line naming it.",
+        examples=[
+            "e2mc pretrain --recipe digits_vicreg_pretrain --out runs/start --epochs 10",
+            "e2mc pretrain --recipe cifar10_vicreg_pretrain --data-root /data/cifar10 --out runs/c10",
+            "e2mc pretrain --out runs/start --resume   # continue an interrupted run",
+        ],
+    )
     _common(p)
-    p.add_argument("--method", choices=METHOD_NAMES,
-                   help="shortcut for method.name (default: the recipe's/config's)")
+    p.add_argument("--method", choices=METHOD_NAMES, help="shortcut for method.name (default: the recipe's/config's)")
     p.set_defaults(func=run, mode="pretrain")
     c = add_command(
-        sub, "continue", help="continue pre-training a checkpoint with E2MC (or another add-on)",
+        sub,
+        "continue",
+        help="continue pre-training a checkpoint with E2MC (or another add-on)",
         usage="%(prog)s CHECKPOINT [options]\n       %(prog)s --recipe NAME | --config FILE [options]   "
-              "(when it sets model.init)",
+        "(when it sets model.init)",
         description="Continue pre-training a checkpoint (official VICReg/SwAV/SimSiam layouts, e2mc runs,\n"
-                    "torchvision/timm names) with an add-on. Prints what it loaded (layout, heads, missing\n"
-                    "and dropped keys), the add-on and weights in use, and ends with a 'done: ...' line\n"
-                    "naming the run folder and the next command.",
-        examples=["e2mc continue resnet50_fullckpt.pth --recipe vicreg_e2mc_imagenet --data-root /data/imagenet",
-                  "e2mc continue runs/start/checkpoints/last.pt --method vicreg --addon e2mc --epochs 5 --out runs/e2mc",
-                  "e2mc continue runs/start/checkpoints/last.pt --addon none --out runs/base   # the control arm"])
-    c.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
-                   help="checkpoint file, run folder's checkpoint, or name (random:ARCH, torchvision:ARCH); "
-                        "required unless --recipe/--config sets model.init")
+        "torchvision/timm names) with an add-on. Prints what it loaded (layout, heads, missing\n"
+        "and dropped keys), the add-on and weights in use, and ends with a 'done: ...' line\n"
+        "naming the run folder and the next command.",
+        examples=[
+            "e2mc continue resnet50_fullckpt.pth --recipe vicreg_e2mc_imagenet --data-root /data/imagenet",
+            "e2mc continue runs/start/checkpoints/last.pt --method vicreg --addon e2mc --epochs 5 --out runs/e2mc",
+            "e2mc continue runs/start/checkpoints/last.pt --addon none --out runs/base   # the control arm",
+        ],
+    )
+    c.add_argument(
+        "checkpoint",
+        nargs="?",
+        metavar="CHECKPOINT",
+        help="checkpoint file, run folder's checkpoint, or name (random:ARCH, torchvision:ARCH); "
+        "required unless --recipe/--config sets model.init",
+    )
     _common(c)
-    c.add_argument("--method", choices=METHOD_NAMES,
-                   help="SSL method (default: the recipe/config's, else the checkpoint's)")
-    c.add_argument("--fresh-heads", action="store_true", default=None,
-                   help="when --method differs from the checkpoint's: keep its backbone, build new heads")
-    c.add_argument("--addon", choices=ADDON_NAMES,
-                   help="add-on loss next to the method's loss; none = the base loss only "
-                        "(default: the recipe's/config's addon.name, else e2mc)")
-    c.add_argument("--entropy-weight", type=float, metavar="W",
-                   help="weight of the add-on's entropy term (default: the recipe's, else the paper's value "
-                        "for the method; printed at the start)")
-    c.add_argument("--cov-weight", type=lambda s: s if s.strip().lower() == "auto" else float(s), metavar="W",
-                   help="weight of the add-on's covariance term, or auto (addon.cov_fraction x the start's base "
-                        "loss / its covariance term; e2mc's choice) (default: the recipe's, else the paper's value "
-                        "for the method; printed at the start)")
-    c.add_argument("--transform", choices=TRANSFORM_NAMES,
-                   help="map from projector outputs to [0, 1] before the entropy estimate (default: the "
-                        "recipe's, else the method's: sigmoid for VICReg)")
+    c.add_argument(
+        "--method", choices=METHOD_NAMES, help="SSL method (default: the recipe/config's, else the checkpoint's)"
+    )
+    c.add_argument(
+        "--fresh-heads",
+        action="store_true",
+        default=None,
+        help="when --method differs from the checkpoint's: keep its backbone, build new heads",
+    )
+    c.add_argument(
+        "--addon",
+        choices=ADDON_NAMES,
+        help="add-on loss next to the method's loss; none = the base loss only "
+        "(default: the recipe's/config's addon.name, else e2mc)",
+    )
+    c.add_argument(
+        "--entropy-weight",
+        type=float,
+        metavar="W",
+        help="weight of the add-on's entropy term (default: the recipe's, else the paper's value "
+        "for the method; printed at the start)",
+    )
+    c.add_argument(
+        "--cov-weight",
+        type=lambda s: s if s.strip().lower() == "auto" else float(s),
+        metavar="W",
+        help="weight of the add-on's covariance term, or auto (addon.cov_fraction x the start's base "
+        "loss / its covariance term; e2mc's choice) (default: the recipe's, else the paper's value "
+        "for the method; printed at the start)",
+    )
+    c.add_argument(
+        "--transform",
+        choices=TRANSFORM_NAMES,
+        help="map from projector outputs to [0, 1] before the entropy estimate (default: the "
+        "recipe's, else the method's: sigmoid for VICReg)",
+    )
     c.set_defaults(func=run, mode="continue")
 
 
@@ -95,9 +148,16 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None:
             out.append(f"{key}={value}")
-    pairs = [("method", "method.name"), ("addon", "addon.name"), ("entropy_weight", "addon.entropy_weight"),
-             ("cov_weight", "addon.cov_weight"), ("transform", "addon.transform"),
-             ("checkpoint", "model.init"), ("fresh_heads", "model.fresh_heads"), ("download", "data.download")]
+    pairs = [
+        ("method", "method.name"),
+        ("addon", "addon.name"),
+        ("entropy_weight", "addon.entropy_weight"),
+        ("cov_weight", "addon.cov_weight"),
+        ("transform", "addon.transform"),
+        ("checkpoint", "model.init"),
+        ("fresh_heads", "model.fresh_heads"),
+        ("download", "data.download"),
+    ]
     for attr, key in pairs:
         value = getattr(args, attr, None)
         if value is not None:
@@ -129,10 +189,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"interrupted; checkpoint saved. Resume with: e2mc {args.mode} --out {run_dir} --resume")
         return 3
     if main:
-        nxt = (f"e2mc evaluate {run_dir} --dataset {cfg.data.dataset}" if args.mode == "continue"
-               else f"e2mc continue {os.path.join(run_dir, 'checkpoints', 'last.pt')} --addon e2mc")
-        print(f"done: {args.mode} {cfg.method.name}{addon_text(cfg)}, "
-              f"{trainer.epoch} epochs, {trainer.global_step} steps -> {run_dir} (next: {nxt})")
+        nxt = (
+            f"e2mc evaluate {run_dir} --dataset {cfg.data.dataset}"
+            if args.mode == "continue"
+            else f"e2mc continue {os.path.join(run_dir, 'checkpoints', 'last.pt')} --addon e2mc"
+        )
+        print(
+            f"done: {args.mode} {cfg.method.name}{addon_text(cfg)}, "
+            f"{trainer.epoch} epochs, {trainer.global_step} steps -> {run_dir} (next: {nxt})"
+        )
     return 0
 
 
@@ -141,8 +206,11 @@ def addon_text(cfg) -> str:
     a = cfg.addon
     if a.name == "none":
         return " (no add-on: the base loss only)"
-    parts = [f"{k} {getattr(a, k):g}" if isinstance(getattr(a, k), float) else f"{k} {getattr(a, k)}"
-             for k in ("entropy_weight", "cov_weight", "transform") if getattr(a, k, None) is not None]
+    parts = [
+        f"{k} {getattr(a, k):g}" if isinstance(getattr(a, k), float) else f"{k} {getattr(a, k)}"
+        for k in ("entropy_weight", "cov_weight", "transform")
+        if getattr(a, k, None) is not None
+    ]
     parts += [f"{k} {v}" for k, v in (a.kwargs or {}).items()] if getattr(a, "kwargs", None) else []
     return f" + {a.name}" + (f" ({', '.join(parts)})" if parts else "")
 

@@ -46,37 +46,92 @@ def register(sub) -> None:
     """Add the ``tune`` parser."""
     from e2mc.commands import add_command
 
-    p = add_command(sub, "tune", help="find the add-on and weights that improve this checkpoint (held-out, no test data)",
-                    description=DESCRIPTION, examples=EXAMPLES)
+    p = add_command(
+        sub,
+        "tune",
+        help="find the add-on and weights that improve this checkpoint (held-out, no test data)",
+        description=DESCRIPTION,
+        examples=EXAMPLES,
+    )
     p.add_argument("checkpoint", help="checkpoint file to continue (any layout `e2mc continue` reads)")
-    p.add_argument("--dataset", required=True, help="dataset spec (its train split is probed; test only with --confirm)")
+    p.add_argument(
+        "--dataset", required=True, help="dataset spec (its train split is probed; test only with --confirm)"
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="tune folder (probes/, split.json, tune.json/md/html)")
     p.add_argument("--space", metavar="YAML", help="search space file (default: the space shown below)")
-    p.add_argument("--budget", type=_budget, default=None, metavar="EPOCHS",
-                   help="epochs of probe training in all (default: the cheapest halving schedule; 'full': the full grid)")
-    p.add_argument("--select", default="heldout", metavar="RULE",
-                   help="heldout (kNN@20 on the held-out part) or label-free:<rankme|entropy|lidar|alpha_req>")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="probes trained at once, in separate processes (default: one per 2 CPU cores)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per probe process (default: cores / workers)")
-    p.add_argument("--confirm", type=int, default=0, metavar="N",
-                   help="then run the chosen setting and base-only with N seeds; evaluate once on the test split")
-    p.add_argument("--confirm-epochs", type=float, default=None, help="epochs of the confirm runs (default: the space's)")
+    p.add_argument(
+        "--budget",
+        type=_budget,
+        default=None,
+        metavar="EPOCHS",
+        help="epochs of probe training in all (default: the cheapest halving schedule; 'full': the full grid)",
+    )
+    p.add_argument(
+        "--select",
+        default="heldout",
+        metavar="RULE",
+        help="heldout (kNN@20 on the held-out part) or label-free:<rankme|entropy|lidar|alpha_req>",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="probes trained at once, in separate processes (default: one per 2 CPU cores)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads per probe process (default: cores / workers)"
+    )
+    p.add_argument(
+        "--confirm",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then run the chosen setting and base-only with N seeds; evaluate once on the test split",
+    )
+    p.add_argument(
+        "--confirm-epochs", type=float, default=None, help="epochs of the confirm runs (default: the space's)"
+    )
     p.add_argument("--recipe", metavar="NAME_OR_YAML", help="continue recipe or config every probe starts from")
     p.add_argument("--method", choices=METHOD_NAMES, help="SSL method (default: the checkpoint's)")
-    p.add_argument("--holdout", type=int, default=None, metavar="N",
-                   help="held-out TRAIN images for scoring (default: 10%% of the train split, at most 5000)")
-    p.add_argument("--train-images", type=int, default=None, metavar="N",
-                   help="the probes train on N of the remaining train images (stratified; default: all of them)")
+    p.add_argument(
+        "--holdout",
+        type=int,
+        default=None,
+        metavar="N",
+        help="held-out TRAIN images for scoring (default: 10%% of the train split, at most 5000)",
+    )
+    p.add_argument(
+        "--train-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the probes train on N of the remaining train images (stratified; default: all of them)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out split and the probes")
     p.add_argument("--eta", type=int, default=3, help="successive halving: keep 1/eta per rung (default 3)")
-    p.add_argument("--eval-precision", choices=("fp32", "bf16"), default="fp32",
-                   help="feature extraction when scoring probes (bf16: ~2x faster on CPU; confirm stays fp32)")
-    p.add_argument("--lidar-images", type=int, default=500, metavar="N",
-                   help="LiDAR's surrogate classes: N held-out images x 8 augmentations (default 500)")
+    p.add_argument(
+        "--eval-precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="feature extraction when scoring probes (bf16: ~2x faster on CPU; confirm stays fp32)",
+    )
+    p.add_argument(
+        "--lidar-images",
+        type=int,
+        default=500,
+        metavar="N",
+        help="LiDAR's surrogate classes: N held-out images x 8 augmentations (default 500)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the recipe's)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for every probe and confirm run (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every probe and confirm run (repeatable)",
+    )
     p.set_defaults(func=run)
 
 
@@ -85,12 +140,28 @@ def run(args: argparse.Namespace) -> int:
     from e2mc.config import parse_override
     from e2mc.tuning.api import tune
 
-    res = tune(args.checkpoint, args.dataset, out=args.out, space=args.space, budget=args.budget, select=args.select,
-               workers=args.workers, threads=args.threads, confirm=args.confirm, recipe=args.recipe,
-               method=args.method, holdout=args.holdout, train_images=args.train_images, seed=args.seed, eta=args.eta,
-               sets=dict(parse_override(s) for s in args.overrides), device=args.device,
-               confirm_epochs=args.confirm_epochs, eval_precision=args.eval_precision,
-               lidar_images=args.lidar_images)
+    res = tune(
+        args.checkpoint,
+        args.dataset,
+        out=args.out,
+        space=args.space,
+        budget=args.budget,
+        select=args.select,
+        workers=args.workers,
+        threads=args.threads,
+        confirm=args.confirm,
+        recipe=args.recipe,
+        method=args.method,
+        holdout=args.holdout,
+        train_images=args.train_images,
+        seed=args.seed,
+        eta=args.eta,
+        sets=dict(parse_override(s) for s in args.overrides),
+        device=args.device,
+        confirm_epochs=args.confirm_epochs,
+        eval_precision=args.eval_precision,
+        lidar_images=args.lidar_images,
+    )
     print(f"chosen: {res['chosen']['label']}  {res['chosen']['overrides']}")
     if res.get("confirm"):
         print(res["confirm"]["verdict"])

@@ -62,7 +62,22 @@ def build_criterion(name: str, **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
-    "ADDONS", "BASE_CRITERIA", "E2MC", "MMCRAddon", "NoAddon", "SimSiamLoss", "SwAVLoss",
-    "SwAVQueue", "TRANSFORMS", "UniformityAddon", "VCAddon", "VICRegLoss", "build_addon",
-    "build_criterion", "default_m", "get_transform", "m_spacing_entropy", "sinkhorn_knopp",
+    "ADDONS",
+    "BASE_CRITERIA",
+    "E2MC",
+    "MMCRAddon",
+    "NoAddon",
+    "SimSiamLoss",
+    "SwAVLoss",
+    "SwAVQueue",
+    "TRANSFORMS",
+    "UniformityAddon",
+    "VCAddon",
+    "VICRegLoss",
+    "build_addon",
+    "build_criterion",
+    "default_m",
+    "get_transform",
+    "m_spacing_entropy",
+    "sinkhorn_knopp",
 ]

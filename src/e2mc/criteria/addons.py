@@ -38,16 +38,21 @@ class VCAddon(nn.Module):
         torch.Size([])
     """
 
-    def __init__(self, var_weight: float = 1.0, cov_weight: float = 1.0, normalize: bool = False,
-                 eps: float = 1e-4, gather: bool = True) -> None:
+    def __init__(
+        self,
+        var_weight: float = 1.0,
+        cov_weight: float = 1.0,
+        normalize: bool = False,
+        eps: float = 1e-4,
+        gather: bool = True,
+    ) -> None:
         super().__init__()
         self.var_weight, self.cov_weight = float(var_weight), float(cov_weight)
         self.normalize, self.eps, self.gather = bool(normalize), float(eps), bool(gather)
 
     def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Compute the VC penalty of the views."""
-        with torch.autocast(device_type=views[0].device.type if len(views) else "cpu",
-                            enabled=False):
+        with torch.autocast(device_type=views[0].device.type if len(views) else "cpu", enabled=False):
             zs = _prepare(views, "VCAddon", self.gather)
             if self.normalize:
                 zs = [F.normalize(z, dim=1) for z in zs]
@@ -87,8 +92,7 @@ class UniformityAddon(nn.Module):
 
     def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Compute the uniformity loss of the views."""
-        with torch.autocast(device_type=views[0].device.type if len(views) else "cpu",
-                            enabled=False):
+        with torch.autocast(device_type=views[0].device.type if len(views) else "cpu", enabled=False):
             zs = _prepare(views, "UniformityAddon", self.gather)
             uni = torch.stack([uniformity(z, self.t) for z in zs]).mean()
         return {"loss": self.weight * uni, "uniformity": uni.detach()}
@@ -148,8 +152,7 @@ class MMCRAddon(nn.Module):
 
     def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Compute the MMCR loss of the views."""
-        with torch.autocast(device_type=views[0].device.type if len(views) else "cpu",
-                            enabled=False):
+        with torch.autocast(device_type=views[0].device.type if len(views) else "cpu", enabled=False):
             zs = _prepare(views, "MMCRAddon", self.gather)
             centroids = torch.stack([F.normalize(z, dim=1) for z in zs]).mean(dim=0)
             nuc = nuclear_norm(centroids)

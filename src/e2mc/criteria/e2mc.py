@@ -102,8 +102,7 @@ class E2MC(nn.Module):
             m_used = self.m if self.m is not None else default_m(n)
             if n <= m_used:
                 raise CriterionInputError(
-                    f"E2MC needs more samples than the spacing: N={n} <= m={m_used}; "
-                    "use a larger batch or a smaller m"
+                    f"E2MC needs more samples than the spacing: N={n} <= m={m_used}; use a larger batch or a smaller m"
                 )
             # One autograd node for all views: packed sort + closed-form backward (kernels.py).
             ent, cov, tied, sat = E2MCStats.apply(self.transform_name, self.transform, m_used, self.eps, *zs)

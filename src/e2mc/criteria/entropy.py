@@ -67,9 +67,7 @@ def get_transform(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     try:
         return TRANSFORMS[name]
     except (KeyError, TypeError):
-        raise ConfigError(
-            f"unknown transform {name!r}; use one of {sorted(TRANSFORMS)}"
-        ) from None
+        raise ConfigError(f"unknown transform {name!r}; use one of {sorted(TRANSFORMS)}") from None
 
 
 _DEFERRED: list[dict] = []
@@ -173,19 +171,15 @@ def check_views(views: Sequence[torch.Tensor], who: str, n_views: int | None = N
     """
     if isinstance(views, torch.Tensor) or not isinstance(views, (list, tuple)) or len(views) == 0:
         raise CriterionInputError(
-            f"{who} expects a non-empty list of per-view (N, D) tensors, got "
-            f"{type(views).__name__}; pass e.g. [z1, z2]"
+            f"{who} expects a non-empty list of per-view (N, D) tensors, got {type(views).__name__}; pass e.g. [z1, z2]"
         )
     if n_views is not None and len(views) != n_views:
-        raise CriterionInputError(
-            f"{who} expects exactly {n_views} views, got {len(views)}; pass [z1, z2]"
-        )
+        raise CriterionInputError(f"{who} expects exactly {n_views} views, got {len(views)}; pass [z1, z2]")
     for i, v in enumerate(views):
         if not isinstance(v, torch.Tensor) or v.dim() != 2:
             shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
             raise CriterionInputError(
-                f"{who}: view {i} must be a 2-D (N, D) tensor, got {shape}; "
-                "flatten to (batch, features)"
+                f"{who}: view {i} must be a 2-D (N, D) tensor, got {shape}; flatten to (batch, features)"
             )
         if v.shape != views[0].shape:
             raise CriterionInputError(

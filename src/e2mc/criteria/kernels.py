@@ -111,9 +111,7 @@ def _sampled_rows(rows: int, views: int) -> slice:
     return slice(None, None, max(1, rows // (256 * views)))
 
 
-def spacing_grad(
-    row_grad: torch.Tensor, a: torch.Tensor, idx: torch.Tensor, m: int
-) -> torch.Tensor:
+def spacing_grad(row_grad: torch.Tensor, a: torch.Tensor, idx: torch.Tensor, m: int) -> torch.Tensor:
     """Gradient, at the original positions, of ``sum_r row_grad[r] * mean_i log a[r, i]``."""
     rows, n = idx.shape
     w = (row_grad.unsqueeze(1) * ((n + 1) / m / (n - m))) / a
@@ -184,8 +182,14 @@ class E2MCStats(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, name: str, transform: Callable, m: int, eps: float,  # type: ignore[override]
-                *zs: torch.Tensor):
+    def forward(
+        ctx,
+        name: str,
+        transform: Callable,
+        m: int,
+        eps: float,  # type: ignore[override]
+        *zs: torch.Tensor,
+    ):
         if name not in _SLOPE_NAMES:
             raise ConfigError(
                 f"E2MC's fused kernel knows the derivative of {sorted(_SLOPE_NAMES)}, not of "

@@ -26,9 +26,7 @@ class SimSiamLoss(nn.Module):
         torch.Size([])
     """
 
-    def forward(
-        self, z_views: Sequence[torch.Tensor], p_views: Sequence[torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, z_views: Sequence[torch.Tensor], p_views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Compute the symmetric SimSiam loss."""
         check_views(z_views, "SimSiamLoss (z_views)", n_views=2)
         check_views(p_views, "SimSiamLoss (p_views)", n_views=2)
@@ -41,6 +39,5 @@ class SimSiamLoss(nn.Module):
         with torch.autocast(device_type=z_views[0].device.type, enabled=False):
             z1, z2 = (z.detach().float() for z in z_views)
             p1, p2 = (p.float() for p in p_views)
-            loss = -(F.cosine_similarity(p1, z2, dim=1).mean()
-                     + F.cosine_similarity(p2, z1, dim=1).mean()) / 2
+            loss = -(F.cosine_similarity(p1, z2, dim=1).mean() + F.cosine_similarity(p2, z1, dim=1).mean()) / 2
         return {"loss": loss}

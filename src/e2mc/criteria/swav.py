@@ -76,8 +76,7 @@ class SwAVQueue(nn.Module):
         super().__init__()
         if length < 1 or dim < 1 or num_crops_for_assign < 1:
             raise ConfigError(
-                f"SwAVQueue needs positive length, dim and crops, got {length}, {dim}, "
-                f"{num_crops_for_assign}"
+                f"SwAVQueue needs positive length, dim and crops, got {length}, {dim}, {num_crops_for_assign}"
             )
         self.register_buffer("embeddings", torch.zeros(num_crops_for_assign, length, dim))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
@@ -173,9 +172,7 @@ class SwAVLoss(nn.Module):
     ) -> None:
         super().__init__()
         if temperature <= 0 or sinkhorn_epsilon <= 0 or sinkhorn_iterations < 1:
-            raise ConfigError(
-                "SwAVLoss needs temperature > 0, sinkhorn_epsilon > 0 and sinkhorn_iterations >= 1"
-            )
+            raise ConfigError("SwAVLoss needs temperature > 0, sinkhorn_epsilon > 0 and sinkhorn_iterations >= 1")
         if len(crops_for_assign) == 0:
             raise ConfigError("SwAVLoss needs at least one crop in crops_for_assign, e.g. (0, 1)")
         self.temperature = float(temperature)
@@ -200,9 +197,7 @@ class SwAVLoss(nn.Module):
                 f"indices < {n_crops}; pass the large crops first"
             )
         if queue is not None and (embeddings is None or prototypes is None):
-            raise CriterionInputError(
-                "SwAVLoss: a queue needs the per-crop `embeddings` and the `prototypes` weight"
-            )
+            raise CriterionInputError("SwAVLoss: a queue needs the per-crop `embeddings` and the `prototypes` weight")
         with torch.autocast(device_type=scores[0].device.type, enabled=False):
             s = [(gather_with_grad(x) if self.gather else x).float() for x in scores]
             logp = [F.log_softmax(x / self.temperature, dim=1) for x in s]
@@ -212,15 +207,17 @@ class SwAVLoss(nn.Module):
                 if queue is not None:
                     if queue.full:
                         protos = prototypes.detach().float()
-                        outs = [torch.cat([queue.embeddings[qi].float() @ protos.t(), out])
-                                for qi, out in enumerate(outs)]
+                        outs = [
+                            torch.cat([queue.embeddings[qi].float() @ protos.t(), out]) for qi, out in enumerate(outs)
+                        ]
                     for qi, crop in enumerate(self.crops_for_assign):
                         emb = embeddings[crop].detach()
                         queue.push(qi, gather_no_grad(emb) if self.gather else emb)
                     queue.advance(bsz)
                 # all assignment crops in one Sinkhorn (one set of all_reduces when distributed)
-                codes = sinkhorn_knopp(torch.stack(outs), self.sinkhorn_epsilon, self.sinkhorn_iterations,
-                                       distributed=not self.gather)[:, -bsz:]
+                codes = sinkhorn_knopp(
+                    torch.stack(outs), self.sinkhorn_epsilon, self.sinkhorn_iterations, distributed=not self.gather
+                )[:, -bsz:]
             loss = s[0].new_zeros(())
             for qi, crop in enumerate(self.crops_for_assign):
                 sub = [-(codes[qi] * logp[v]).sum(dim=1).mean() for v in range(n_crops) if v != crop]

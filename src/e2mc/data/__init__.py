@@ -9,16 +9,25 @@ limit)``, ``ArrayDataset``, ``DatasetInfo``, ``StreamingImageFolder``,
 from e2mc.data.datasets import ArrayDataset, DatasetInfo, build_dataset
 from e2mc.data.folder import StreamingImageFolder
 from e2mc.data.views import (
-                    RECIPES,
-                    LoaderCrops,
-                    ViewConfig,
-                    ViewGenerator,
-                    eval_transform,
-                    training_dataset,
-                    view_config,
+    RECIPES,
+    LoaderCrops,
+    ViewConfig,
+    ViewGenerator,
+    eval_transform,
+    training_dataset,
+    view_config,
 )
 
 __all__ = [
-    "ArrayDataset", "DatasetInfo", "StreamingImageFolder", "build_dataset", "RECIPES", "LoaderCrops", "ViewConfig", "ViewGenerator", "eval_transform",
-    "training_dataset", "view_config",
+    "ArrayDataset",
+    "DatasetInfo",
+    "StreamingImageFolder",
+    "build_dataset",
+    "RECIPES",
+    "LoaderCrops",
+    "ViewConfig",
+    "ViewGenerator",
+    "eval_transform",
+    "training_dataset",
+    "view_config",
 ]

@@ -50,8 +50,12 @@ _STATS = {
     "stl10": ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
 }
-_SPLITS = {"cifar10": ("train", "test"), "cifar100": ("train", "test"),
-           "stl10": ("train", "test", "unlabeled"), "imagenet": ("train", "val")}
+_SPLITS = {
+    "cifar10": ("train", "test"),
+    "cifar100": ("train", "test"),
+    "stl10": ("train", "test", "unlabeled"),
+    "imagenet": ("train", "val"),
+}
 DIGITS_TEST_FRACTION, DIGITS_SEED = 0.25, 0
 
 
@@ -75,11 +79,16 @@ class DatasetInfo:
 class ArrayDataset(Dataset):
     """uint8 images (N, 3, H, W) held in memory with integer targets (-1 = unknown)."""
 
-    def __init__(self, images: torch.Tensor, targets: Sequence[int], classes: Sequence[str],
-                 info: DatasetInfo, skipped: Optional[list] = None):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        targets: Sequence[int],
+        classes: Sequence[str],
+        info: DatasetInfo,
+        skipped: Optional[list] = None,
+    ):
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise DataError(f"ArrayDataset needs uint8 images (N, 3, H, W), got "
-                            f"{images.dtype} {tuple(images.shape)}.")
+            raise DataError(f"ArrayDataset needs uint8 images (N, 3, H, W), got {images.dtype} {tuple(images.shape)}.")
         if len(targets) != images.shape[0]:
             raise DataError(f"{images.shape[0]} images but {len(targets)} targets.")
         self.images = images
@@ -98,8 +107,7 @@ class ArrayDataset(Dataset):
         """A new ArrayDataset with the rows ``indices`` (info.num_samples updated)."""
         idx = torch.as_tensor(list(indices), dtype=torch.long)
         info = DatasetInfo(**{**self.info.to_dict(), "num_samples": len(idx)})
-        return ArrayDataset(self.images[idx], [self.targets[i] for i in idx.tolist()],
-                            self.classes, info, self.skipped)
+        return ArrayDataset(self.images[idx], [self.targets[i] for i in idx.tolist()], self.classes, info, self.skipped)
 
 
 def channel_stats(images: torch.Tensor):
@@ -144,8 +152,7 @@ def first_per_class(targets: Sequence[int], limit: int) -> list[int]:
 def _resize_array(images: torch.Tensor, size: Optional[int]) -> torch.Tensor:
     if size is None or tuple(images.shape[-2:]) == (size, size):
         return images
-    return torch.cat([_folder._resize_center(images[i : i + 4096], size)
-                      for i in range(0, images.shape[0], 4096)])
+    return torch.cat([_folder._resize_center(images[i : i + 4096], size) for i in range(0, images.shape[0], 4096)])
 
 
 def _digits(split: str, image_size: Optional[int]) -> ArrayDataset:
@@ -157,8 +164,7 @@ def _digits(split: str, image_size: Optional[int]) -> ArrayDataset:
         raise DataError(f"digits has splits 'train' and 'test', not {split!r}.")
     d = load_digits()
     idx = list(range(len(d.target)))
-    tr, te = train_test_split(idx, test_size=DIGITS_TEST_FRACTION, stratify=d.target,
-                              random_state=DIGITS_SEED)
+    tr, te = train_test_split(idx, test_size=DIGITS_TEST_FRACTION, stratify=d.target, random_state=DIGITS_SEED)
     size = image_size or 16
     x = torch.from_numpy(d.images).float().mul(255.0 / 16.0).round().clamp(0, 255).to(torch.uint8)
     x = x[:, None].expand(-1, 3, -1, -1).contiguous()
@@ -175,15 +181,19 @@ def _torchvision(name: str, split: str, root: Optional[str], image_size, downloa
     from torchvision import datasets as tvd
 
     if split not in _SPLITS[name]:
-        raise DataError(f"{name} has splits {_SPLITS[name]}, not {split!r}; pick one (e2mc evaluate/compare: "
-                        f"--test-split {_SPLITS[name][1]}; training: --set data.split=NAME).")
+        raise DataError(
+            f"{name} has splits {_SPLITS[name]}, not {split!r}; pick one (e2mc evaluate/compare: "
+            f"--test-split {_SPLITS[name][1]}; training: --set data.split=NAME)."
+        )
     root = os.path.abspath(os.path.expanduser(root or os.path.join(cache_root(), "datasets", name)))
     mean, std = _STATS[name]
     if name == "imagenet":
         return _imagenet(root, split, image_size)
-    hint = (f"{name} ({split}) was not found under {root!r}: pass --download (config: data.download=true; "
-            f"Python: download=True) to let torchvision download it there, or point --data-root (config: "
-            f"data.root; Python: root=) at a folder that holds it.")
+    hint = (
+        f"{name} ({split}) was not found under {root!r}: pass --download (config: data.download=true; "
+        f"Python: download=True) to let torchvision download it there, or point --data-root (config: "
+        f"data.root; Python: root=) at a folder that holds it."
+    )
     try:
         if name in ("cifar10", "cifar100"):
             cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
@@ -208,6 +218,7 @@ def _imagenet(root: str, split: str, image_size) -> Dataset:
         samples, classes = list(zip(scan.paths, scan.targets)), scan.classes
     else:
         from torchvision.datasets import ImageNet
+
         try:
             ds = ImageNet(root, split=split)
         except (RuntimeError, FileNotFoundError) as exc:
@@ -215,7 +226,8 @@ def _imagenet(root: str, split: str, image_size) -> Dataset:
                 f"ImageNet ({split}) not found under {root!r}. torchvision cannot download it: "
                 "get ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and "
                 "ILSVRC2012_devkit_t12.tar.gz from image-net.org into that folder, or extract "
-                "to <root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG.") from exc
+                "to <root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG."
+            ) from exc
         samples, classes = ds.samples, ds.wnids
     info = DatasetInfo("imagenet", split, len(classes), load, IMAGENET_MEAN, IMAGENET_STD, len(samples))
     return _folder.StreamingImageFolder(samples, classes, load, info=info)
@@ -243,17 +255,21 @@ def _image_folder(path, split, image_size, cache_dir, on_error, limit, max_memor
     n_classes = len(scan.classes)
     if len(paths) * 3 * size * size > max_memory_gb * 2**30:
         info = DatasetInfo(name, split, n_classes, size, IMAGENET_MEAN, IMAGENET_STD, len(paths))
-        return _folder.StreamingImageFolder(zip(paths, targets), scan.classes, size,
-                                            on_error=on_error, info=info)
+        return _folder.StreamingImageFolder(zip(paths, targets), scan.classes, size, on_error=on_error, info=info)
     cache_dir = cache_dir or str(cache_root() / "datasets")
-    parts = {"root": scan.root, "split": split, "size": size, "classes": scan.classes, "v": 2,
-             "stats_from": None if ref is None else [ref.mean, ref.std]}
+    parts = {
+        "root": scan.root,
+        "split": split,
+        "size": size,
+        "classes": scan.classes,
+        "v": 2,
+        "stats_from": None if ref is None else [ref.mean, ref.std],
+    }
     stem = f"{name}-{split}-{size}-{_folder.cache_key(parts, paths)}"
     hit = _folder.load_cached(cache_dir, stem)
     if hit is not None:
         images, meta = hit
-        info = DatasetInfo(**{**meta["info"], "mean": tuple(meta["info"]["mean"]),
-                              "std": tuple(meta["info"]["std"])})
+        info = DatasetInfo(**{**meta["info"], "mean": tuple(meta["info"]["mean"]), "std": tuple(meta["info"]["std"])})
         return ArrayDataset(images, meta["targets"], meta["classes"], info, meta["skipped"])
     images, kept, skipped = _folder.decode_files(paths, size, on_error)
     if skipped:
@@ -268,9 +284,18 @@ def _image_folder(path, split, image_size, cache_dir, on_error, limit, max_memor
     return ds
 
 
-def build_dataset(spec, split: str = "train", *, root=None, image_size=None, cache_dir=None,
-                  on_error: str = "skip", download: bool = False, limit=None,
-                  max_memory_gb: float = 2.0) -> Dataset:
+def build_dataset(
+    spec,
+    split: str = "train",
+    *,
+    root=None,
+    image_size=None,
+    cache_dir=None,
+    on_error: str = "skip",
+    download: bool = False,
+    limit=None,
+    max_memory_gb: float = 2.0,
+) -> Dataset:
     """Build a dataset of ``(uint8 (3, H, W), label)`` items; see the module docstring."""
     if on_error not in ("skip", "raise"):
         raise DataError(f"on_error must be 'skip' or 'raise', got {on_error!r}.")
@@ -278,20 +303,34 @@ def build_dataset(spec, split: str = "train", *, root=None, image_size=None, cac
         raise DataError(f"image_size must be a positive integer, got {image_size!r}.")
     key = str(spec).lower()
     if _splits.is_split_file(spec):  # a JSON split file: index subsets of another dataset's split
-        ds = _splits.split_dataset(spec, split, lambda s, sp: build_dataset(
-            s, sp, root=root, image_size=image_size, cache_dir=cache_dir, on_error=on_error,
-            download=download, max_memory_gb=max_memory_gb))
+        ds = _splits.split_dataset(
+            spec,
+            split,
+            lambda s, sp: build_dataset(
+                s,
+                sp,
+                root=root,
+                image_size=image_size,
+                cache_dir=cache_dir,
+                on_error=on_error,
+                download=download,
+                max_memory_gb=max_memory_gb,
+            ),
+        )
         return ds.subset(first_per_class(ds.targets, limit)) if limit else ds
     if key == "digits":
         ds = _digits(split, image_size)
     elif key in _STATS:
         ds = _torchvision(key, split, root, image_size, download)
     elif os.path.isdir(os.path.expanduser(str(spec))) or os.sep in str(spec):
-        return _image_folder(os.path.expanduser(str(spec)), split, image_size, cache_dir,
-                             on_error, limit, max_memory_gb)
+        return _image_folder(
+            os.path.expanduser(str(spec)), split, image_size, cache_dir, on_error, limit, max_memory_gb
+        )
     else:
-        raise DataError(f"Unknown dataset {spec!r}: use 'digits', 'cifar10', 'cifar100', "
-                        "'stl10', 'imagenet' or the path of an image folder.")
+        raise DataError(
+            f"Unknown dataset {spec!r}: use 'digits', 'cifar10', 'cifar100', "
+            "'stl10', 'imagenet' or the path of an image folder."
+        )
     if limit and isinstance(ds, ArrayDataset):
         ds = ds.subset(first_per_class(ds.targets, limit))
     elif limit:

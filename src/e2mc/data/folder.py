@@ -110,16 +110,23 @@ def scan_folder(root: str, split: str = "train") -> FolderScan:
     present = split_dirs(root, split)
     if present and split not in present:
         where = ", ".join(f"{s}/" for s in present)
-        what, hint = (("training", " (training: --set data.split=NAME)") if split == "train" else
-                      ("held-out", " (e2mc evaluate/compare: --test-split NAME)"))
-        raise DataError(f"Image folder {root!r} has no {split!r} split ({os.path.join(root, split)} does not "
-                        f"exist; it has {where}): put {what} images in {os.path.join(root, split, '<class>')}/, "
-                        f"or pick an existing split{hint}.")
+        what, hint = (
+            ("training", " (training: --set data.split=NAME)")
+            if split == "train"
+            else ("held-out", " (e2mc evaluate/compare: --test-split NAME)")
+        )
+        raise DataError(
+            f"Image folder {root!r} has no {split!r} split ({os.path.join(root, split)} does not "
+            f"exist; it has {where}): put {what} images in {os.path.join(root, split, '<class>')}/, "
+            f"or pick an existing split{hint}."
+        )
     if not present and split != "train":
-        raise DataError(f"Image folder {root!r} has no {split!r} split: its images are not in split folders, and "
-                        f"evaluating on them would score the training images. Move them into "
-                        f"{os.path.join(root, 'train', '<class>')}/ and held-out ones into "
-                        f"{os.path.join(root, split, '<class>')}/.")
+        raise DataError(
+            f"Image folder {root!r} has no {split!r} split: its images are not in split folders, and "
+            f"evaluating on them would score the training images. Move them into "
+            f"{os.path.join(root, 'train', '<class>')}/ and held-out ones into "
+            f"{os.path.join(root, split, '<class>')}/."
+        )
     base, layout = (os.path.join(root, split), "split/classes") if present else (root, "classes")
     classes = _class_dirs(base)
     if present and split != "train" and "train" in present:
@@ -150,15 +157,21 @@ def _check_against_train(root: str, base: str, split: str, here: list[str]) -> l
     classes = _class_dirs(train)
     unknown = [c for c in here if c not in classes and _has_image(os.path.join(base, c))]
     if unknown:
-        raise DataError(f"{split}/ of {root!r} has class folder(s) {_names(unknown)} that train/ lacks (train/ "
-                        f"has {_names(classes)}); no classifier trained on train/ can predict them: add their training "
-                        f"images to {os.path.join(train, '<class>')}/ or remove them from {split}/.")
-    empty = [c for c in here if c in classes and not _has_image(os.path.join(train, c))
-             and _has_image(os.path.join(base, c))]
+        raise DataError(
+            f"{split}/ of {root!r} has class folder(s) {_names(unknown)} that train/ lacks (train/ "
+            f"has {_names(classes)}); no classifier trained on train/ can predict them: add their training "
+            f"images to {os.path.join(train, '<class>')}/ or remove them from {split}/."
+        )
+    empty = [
+        c for c in here if c in classes and not _has_image(os.path.join(train, c)) and _has_image(os.path.join(base, c))
+    ]
     if empty:
-        warnings.warn(f"{root!r}: class(es) {_names(empty)} have images in {split}/ but none in train/; their indices "
-                      f"are kept, but no classifier trained on train/ can predict them (accuracy counts them "
-                      f"as errors). Add training images to {os.path.join(train, '<class>')}/.", stacklevel=3)
+        warnings.warn(
+            f"{root!r}: class(es) {_names(empty)} have images in {split}/ but none in train/; their indices "
+            f"are kept, but no classifier trained on train/ can predict them (accuracy counts them "
+            f"as errors). Add training images to {os.path.join(train, '<class>')}/.",
+            stacklevel=3,
+        )
     return classes
 
 
@@ -240,8 +253,10 @@ def _decode_files(paths, size, on_error, chunk):
 
 def _fail(path: str, exc: Exception, on_error: str, skipped: list) -> None:
     if on_error == "raise":
-        raise DataError(f"Cannot read image {path!r}: {exc}. Remove or replace the file, "
-                        "or skip unreadable images (training: --set data.on_error=skip; Python: on_error='skip').") from exc
+        raise DataError(
+            f"Cannot read image {path!r}: {exc}. Remove or replace the file, "
+            "or skip unreadable images (training: --set data.on_error=skip; Python: on_error='skip')."
+        ) from exc
     skipped.append(path)
 
 
@@ -273,8 +288,7 @@ def save_cached(cache_dir: str, stem: str, images: torch.Tensor, meta: dict) -> 
     try:
         os.makedirs(cache_dir, exist_ok=True)
         atomic_write_file(os.path.join(cache_dir, stem + ".npy"), lambda fh: np.save(fh, images.numpy()))
-        atomic_write_file(os.path.join(cache_dir, stem + ".json"),
-                      lambda fh: fh.write(json.dumps(meta).encode()))
+        atomic_write_file(os.path.join(cache_dir, stem + ".json"), lambda fh: fh.write(json.dumps(meta).encode()))
     except OSError as exc:
         log.warning("could not write dataset cache under %s: %s", cache_dir, exc)
 

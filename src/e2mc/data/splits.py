@@ -67,8 +67,15 @@ def digest(indices: Sequence[int]) -> str:
     return hashlib.sha256(json.dumps([int(i) for i in indices]).encode()).hexdigest()[:10]
 
 
-def write_split_file(path: str | os.PathLike, dataset: str, targets: Sequence[int], n_holdout: int,
-                     seed: int = 0, source_split: str = "train", n_keep: int | None = None) -> Path:
+def write_split_file(
+    path: str | os.PathLike,
+    dataset: str,
+    targets: Sequence[int],
+    n_holdout: int,
+    seed: int = 0,
+    source_split: str = "train",
+    n_keep: int | None = None,
+) -> Path:
     """Write a split file whose ``"test"`` is a stratified holdout of ``n_holdout`` rows and whose
     ``"train"`` is the rest; ``targets`` are the labels of ``dataset``'s ``source_split``.
     ``n_keep``: keep only that many of the rest in ``"train"`` (a stratified draw seeded by ``seed + 1``)."""
@@ -76,8 +83,15 @@ def write_split_file(path: str | os.PathLike, dataset: str, targets: Sequence[in
     if n_keep is not None and n_keep < len(keep):
         _, sub = stratified_holdout([targets[i] for i in keep], int(n_keep), seed + 1)
         keep = [keep[j] for j in sub]
-    obj = {"format": FORMAT, "version": 1, "dataset": str(dataset), "source_split": source_split,
-           "n_source": len(targets), "seed": int(seed), "splits": {"train": keep, "test": held}}
+    obj = {
+        "format": FORMAT,
+        "version": 1,
+        "dataset": str(dataset),
+        "source_split": source_split,
+        "n_source": len(targets),
+        "seed": int(seed),
+        "splits": {"train": keep, "test": held},
+    }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(path, json.dumps(obj))
@@ -96,8 +110,10 @@ def read_split_file(path: str | os.PathLike) -> dict:
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"cannot read split file {path}: {exc}") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT or not isinstance(obj.get("splits"), dict):
-        raise DataError(f"{path} is not an e2mc split file (needs format={FORMAT!r} and 'splits'); "
-                        "write one with e2mc.data.splits.write_split_file")
+        raise DataError(
+            f"{path} is not an e2mc split file (needs format={FORMAT!r} and 'splits'); "
+            "write one with e2mc.data.splits.write_split_file"
+        )
     return obj
 
 
@@ -111,8 +127,10 @@ def split_dataset(path, split: str, build: Callable[[str, str], object]):
         raise DataError(f"split files need an in-memory dataset; {obj['dataset']} streams from disk.")
     n_source = obj.get("n_source")
     if n_source is not None and len(source) != int(n_source):
-        raise DataError(f"split file {path} was written for {n_source} rows of {obj['dataset']} "
-                        f"({obj.get('source_split')}), which now has {len(source)}; write a new split file.")
+        raise DataError(
+            f"split file {path} was written for {n_source} rows of {obj['dataset']} "
+            f"({obj.get('source_split')}), which now has {len(source)}; write a new split file."
+        )
     idx = [int(i) for i in obj["splits"][split]]
     if idx and (min(idx) < 0 or max(idx) >= len(source)):
         raise DataError(f"split file {path}: indices outside 0..{len(source) - 1}.")
@@ -151,8 +169,10 @@ def balanced_subset(labels, per_class: int | None = None, fraction: float | None
     for c in classes.tolist():
         idx = (labels == c).nonzero().flatten()
         if idx.numel() < per_class:
-            raise DataError(f"balanced_subset: class {c} has {idx.numel()} samples, fewer than the {per_class} asked; "
-                            "use fewer shots or a smaller fraction")
+            raise DataError(
+                f"balanced_subset: class {c} has {idx.numel()} samples, fewer than the {per_class} asked; "
+                "use fewer shots or a smaller fraction"
+            )
         # the draw is made on the CPU generator whatever the labels' device: same subset everywhere
         perm = torch.randperm(idx.numel(), generator=g, device="cpu")[:per_class]
         chosen.append(idx[perm.to(idx.device)])

@@ -86,8 +86,9 @@ class ViewConfig:
 
     def crop_specs(self) -> list[tuple[int, tuple]]:
         """``(size, scale)`` of each view, large views first: the one list every crop is cut by."""
-        return ([(int(self.large_size), tuple(self.large_scale))] * self.n_large
-                + [(int(self.small_size), tuple(self.small_scale))] * self.n_small)
+        return [(int(self.large_size), tuple(self.large_scale))] * self.n_large + [
+            (int(self.small_size), tuple(self.small_scale))
+        ] * self.n_small
 
     def per_view(self, values: Sequence[float], what: str) -> list:
         """Expand a 1-entry tuple to all views; check the length otherwise."""
@@ -95,8 +96,10 @@ class ViewConfig:
         if len(values) == 1:
             return list(values) * self.num_views
         if len(values) != self.num_views:
-            raise ConfigError(f"{what} has {len(values)} entries but the recipe makes "
-                              f"{self.num_views} views; give one value or one per view.")
+            raise ConfigError(
+                f"{what} has {len(values)} entries but the recipe makes "
+                f"{self.num_views} views; give one value or one per view."
+            )
         return list(values)
 
 
@@ -130,16 +133,39 @@ def view_config(recipe: str, image_size: int, **overrides) -> ViewConfig:
     large, small = crop_sizes(image_size)
     small_img = image_size <= 64
     if recipe == "vicreg":  # asymmetric blur/solarisation (vicreg augmentations.py)
-        cfg = ViewConfig("vicreg", large, 2, (0.08, 1.0), jitter=(0.4, 0.4, 0.2, 0.1),
-                         blur_p=(0.0,) if small_img else (1.0, 0.1), solarize_p=(0.0, 0.2),
-                         interpolation="bicubic")
+        cfg = ViewConfig(
+            "vicreg",
+            large,
+            2,
+            (0.08, 1.0),
+            jitter=(0.4, 0.4, 0.2, 0.1),
+            blur_p=(0.0,) if small_img else (1.0, 0.1),
+            solarize_p=(0.0, 0.2),
+            interpolation="bicubic",
+        )
     elif recipe == "simsiam":  # MoCo-v2 augmentations, both views alike (simsiam main_simsiam.py)
-        cfg = ViewConfig("simsiam", large, 2, (0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1),
-                         blur_p=(0.0 if small_img else 0.5,), solarize_p=(0.0,))
+        cfg = ViewConfig(
+            "simsiam",
+            large,
+            2,
+            (0.2, 1.0),
+            jitter=(0.4, 0.4, 0.4, 0.1),
+            blur_p=(0.0 if small_img else 0.5,),
+            solarize_p=(0.0,),
+        )
     elif recipe == "swav":  # multi-crop 2x224 + 6x96, colour distortion strength 1.0 (swav 800 ep)
-        cfg = ViewConfig("swav", large, 2, (0.14, 1.0), small, 6, (0.05, 0.14),
-                         jitter=(0.8, 0.8, 0.8, 0.2), blur_p=(0.0 if small_img else 0.5,),
-                         solarize_p=(0.0,))
+        cfg = ViewConfig(
+            "swav",
+            large,
+            2,
+            (0.14, 1.0),
+            small,
+            6,
+            (0.05, 0.14),
+            jitter=(0.8, 0.8, 0.8, 0.2),
+            blur_p=(0.0 if small_img else 0.5,),
+            solarize_p=(0.0,),
+        )
     else:
         raise ConfigError(f"Unknown view recipe {recipe!r}; choose one of {RECIPES} or pass a ViewConfig.")
     return replace(cfg, **overrides)
@@ -151,9 +177,16 @@ def _pipeline(cfg: ViewConfig, size: int, scale, blur_p: float, solarize_p: floa
 
     ops = []
     if crop:
-        ops.append(K.RandomResizedCrop((size, size), scale=tuple(scale), ratio=tuple(cfg.ratio),
-                                       resample=cfg.interpolation, same_on_batch=False,
-                                       cropping_mode="resample"))
+        ops.append(
+            K.RandomResizedCrop(
+                (size, size),
+                scale=tuple(scale),
+                ratio=tuple(cfg.ratio),
+                resample=cfg.interpolation,
+                same_on_batch=False,
+                cropping_mode="resample",
+            )
+        )
     ops.append(K.RandomHorizontalFlip(p=cfg.flip_p))
     if cfg.jitter_p > 0 and any(cfg.jitter):
         b, c, s, h = cfg.jitter
@@ -181,8 +214,10 @@ class LoaderCrops:
 
         self.cfg = cfg
         mode = InterpolationMode(cfg.interpolation)
-        self.crops = [v2.RandomResizedCrop(size, scale=scale, ratio=tuple(cfg.ratio), interpolation=mode,
-                                           antialias=True) for size, scale in cfg.crop_specs()]
+        self.crops = [
+            v2.RandomResizedCrop(size, scale=scale, ratio=tuple(cfg.ratio), interpolation=mode, antialias=True)
+            for size, scale in cfg.crop_specs()
+        ]
 
     def __call__(self, img: torch.Tensor) -> list[torch.Tensor]:
         return [crop(img) for crop in self.crops]
@@ -212,8 +247,13 @@ class ViewGenerator:
                 self.groups[-1] = (count + 1, crop_here, after_crop)
             else:
                 keys.append(key)
-                self.groups.append((1, _pipeline(cfg, size, scale, b, s).to(self.device),
-                                    _pipeline(cfg, size, scale, b, s, crop=False).to(self.device)))
+                self.groups.append(
+                    (
+                        1,
+                        _pipeline(cfg, size, scale, b, s).to(self.device),
+                        _pipeline(cfg, size, scale, b, s, crop=False).to(self.device),
+                    )
+                )
 
     def loader_crops(self) -> LoaderCrops:
         """The worker transform that cuts this recipe's crops from full decoded images."""
@@ -238,8 +278,10 @@ class ViewGenerator:
         want = [(3, size, size) for size, _ in self.specs]
         got = [tuple(c.shape[1:]) if c.ndim == 4 else tuple(c.shape) for c in crops]
         if got != want:
-            raise DataError(f"the loader's crops have shapes {got} but the {self.cfg.name!r} views need "
-                            f"(N, {want}); build the training dataset with training_dataset(dataset, views).")
+            raise DataError(
+                f"the loader's crops have shapes {got} but the {self.cfg.name!r} views need "
+                f"(N, {want}); build the training dataset with training_dataset(dataset, views)."
+            )
 
     @torch.no_grad()
     def _views(self, batch) -> list[torch.Tensor]:
@@ -280,8 +322,9 @@ def _stats(info_or_mean_std):
     return mean, std
 
 
-def eval_transform(batch: torch.Tensor, info_or_mean_std, image_size: Optional[int] = None,
-                   crop_pct: float = 0.875) -> torch.Tensor:
+def eval_transform(
+    batch: torch.Tensor, info_or_mean_std, image_size: Optional[int] = None, crop_pct: float = 0.875
+) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> float normalised, resized and centre-cropped to ``image_size``.
 
     When the shorter side exceeds ``image_size / crop_pct`` it is first resized to that
@@ -302,9 +345,12 @@ def eval_transform(batch: torch.Tensor, info_or_mean_std, image_size: Optional[i
     elif short < size:
         target = size
     if target is not None:
-        nh, nw = (target, max(target, round(w * target / h))) if h <= w else (max(target, round(h * target / w)), target)
-        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False,
-                          antialias=target < short).clamp_(0.0, 1.0)
+        nh, nw = (
+            (target, max(target, round(w * target / h))) if h <= w else (max(target, round(h * target / w)), target)
+        )
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=target < short).clamp_(
+            0.0, 1.0
+        )
         h, w = nh, nw
     top, left = (h - size) // 2, (w - size) // 2
     x = x[..., top : top + size, left : left + size]

@@ -20,8 +20,19 @@ from typing import Sequence
 from e2mc.config import E2MC_DEFAULTS
 from e2mc.errors import ConfigError, DataError
 
-PROTOCOLS = ("knn", "linear", "linear_finetune", "fewshot", "semisup", "rankme", "entropy", "uniformity", "spectrum",
-             "lidar", "alpha_req")
+PROTOCOLS = (
+    "knn",
+    "linear",
+    "linear_finetune",
+    "fewshot",
+    "semisup",
+    "rankme",
+    "entropy",
+    "uniformity",
+    "spectrum",
+    "lidar",
+    "alpha_req",
+)
 _LABEL_FREE = {"entropy", "uniformity", "rankme", "spectrum", "alpha_req"}
 
 
@@ -49,15 +60,20 @@ def _datasets(dataset, train_split, test_split, image_size, root=None, download=
         from e2mc.data.datasets import build_dataset
 
         kw = dict(image_size=image_size, root=root, download=download)
-        train, test, spec = (build_dataset(str(dataset), train_split, **kw),
-                             build_dataset(str(dataset), test_split, **kw), str(dataset))
+        train, test, spec = (
+            build_dataset(str(dataset), train_split, **kw),
+            build_dataset(str(dataset), test_split, **kw),
+            str(dataset),
+        )
     a, b = list(getattr(train, "classes", None) or []), list(getattr(test, "classes", None) or [])
     if a and b and a != b:  # the same index must mean the same class in both splits
         i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
         first = f"{a[i] if i < len(a) else None!r} vs {b[i] if i < len(b) else None!r}"
-        raise DataError(f"the {train_split} and {test_split} datasets have different class lists ({len(a)} vs "
-                        f"{len(b)} classes; index {i} is {first}), so their labels disagree; build both with one "
-                        "class list (same names, same order)")
+        raise DataError(
+            f"the {train_split} and {test_split} datasets have different class lists ({len(a)} vs "
+            f"{len(b)} classes; index {i} is {first}), so their labels disagree; build both with one "
+            "class list (same names, same order)"
+        )
     return train, test, spec
 
 
@@ -122,23 +138,54 @@ def evaluate(
     train_ds, test_ds, spec = _datasets(dataset, train_split, test_split, image_size, root, download)
     has_proj = getattr(model, "projector", None) is not None
     which = ("backbone", "projector") if has_proj and (set(protocols) & _LABEL_FREE) else ("backbone",)
-    kw = dict(batch_size=batch_size, device=device, which=which, cache_dir=cache_dir, use_cache=use_cache,
-              cache_key_parts=(spec,), cache_dtype=feature_dtype, amp_dtype=amp_dtype)
+    kw = dict(
+        batch_size=batch_size,
+        device=device,
+        which=which,
+        cache_dir=cache_dir,
+        use_cache=use_cache,
+        cache_key_parts=(spec,),
+        cache_dtype=feature_dtype,
+        amp_dtype=amp_dtype,
+    )
     need_train = set(protocols) & {"knn", "linear", "fewshot"}
     from e2mc.evaluation.features import extract_features, file_sha256
 
     kw["model_hash"] = file_sha256(path) if path is not None else None  # else: hash of the state dict
     train_f = extract_features(model, train_ds, **kw) if need_train else None
     test_f = extract_features(model, test_ds, **kw)
-    out: dict = {"meta": {"checkpoint": path if path is not None else str(checkpoint_or_model)[:200], "dataset": spec, "train_split": train_split, "test_split": test_split,
-                          "seeds": [int(s) for s in seeds], "seeds_used": seeds_used(protocols, seeds),
-                          "n_train": len(train_ds), "n_test": len(test_ds)}}
+    out: dict = {
+        "meta": {
+            "checkpoint": path if path is not None else str(checkpoint_or_model)[:200],
+            "dataset": spec,
+            "train_split": train_split,
+            "test_split": test_split,
+            "seeds": [int(s) for s in seeds],
+            "seeds_used": seeds_used(protocols, seeds),
+            "n_train": len(train_ds),
+            "n_test": len(test_ds),
+        }
+    }
     for p in protocols:
         if p == "lidar":
             out[p] = _lidar(model, test_ds, lidar_images, lidar_views, image_size, device, batch_size, seeds[0])
             continue
-        out[p] = _run(p, model, train_f, test_f, train_ds, test_ds, seeds, ks, shots, epochs, device, batch_size,
-                      image_size, linear_solver)
+        out[p] = _run(
+            p,
+            model,
+            train_f,
+            test_f,
+            train_ds,
+            test_ds,
+            seeds,
+            ks,
+            shots,
+            epochs,
+            device,
+            batch_size,
+            image_size,
+            linear_solver,
+        )
     return out
 
 
@@ -157,15 +204,37 @@ def _lidar(model, dataset, n_images, n_views, image_size, device, batch_size, se
     from e2mc import metrics
     from e2mc.evaluation.surrogate import augmented_embeddings
 
-    emb = augmented_embeddings(model, dataset, n_images=n_images, n_views=n_views, image_size=image_size,
-                               device=device, batch_size=batch_size, seed=seed)
+    emb = augmented_embeddings(
+        model,
+        dataset,
+        n_images=n_images,
+        n_views=n_views,
+        image_size=image_size,
+        device=device,
+        batch_size=batch_size,
+        seed=seed,
+    )
     res: dict = {name: metrics.lidar(z, n_views) for name, z in emb.items()}
     res.update(images=len(next(iter(emb.values()))) // n_views, views=n_views)
     return res
 
 
-def _run(p, model, train_f, test_f, train_ds, test_ds, seeds, ks, shots, epochs, device, batch_size, image_size,
-         linear_solver="auto"):
+def _run(
+    p,
+    model,
+    train_f,
+    test_f,
+    train_ds,
+    test_ds,
+    seeds,
+    ks,
+    shots,
+    epochs,
+    device,
+    batch_size,
+    image_size,
+    linear_solver="auto",
+):
     from e2mc import metrics
 
     if p == "knn":
@@ -176,8 +245,9 @@ def _run(p, model, train_f, test_f, train_ds, test_ds, seeds, ks, shots, epochs,
     if p == "linear":
         from e2mc.evaluation.linear import linear_probe
 
-        return linear_probe(train_f["backbone"], train_f.labels, test_f["backbone"], test_f.labels, seed=seeds[0],
-                            solver=linear_solver)
+        return linear_probe(
+            train_f["backbone"], train_f.labels, test_f["backbone"], test_f.labels, seed=seeds[0], solver=linear_solver
+        )
     if p == "fewshot":
         from e2mc.evaluation.fewshot import fewshot
 
@@ -185,13 +255,22 @@ def _run(p, model, train_f, test_f, train_ds, test_ds, seeds, ks, shots, epochs,
     if p == "linear_finetune":
         from e2mc.evaluation.semisup import linear_probe_finetune
 
-        return linear_probe_finetune(model, train_ds, test_ds, epochs, batch_size=batch_size, device=device,
-                                     image_size=image_size, seed=seeds[0])
+        return linear_probe_finetune(
+            model, train_ds, test_ds, epochs, batch_size=batch_size, device=device, image_size=image_size, seed=seeds[0]
+        )
     if p == "semisup":
         from e2mc.evaluation.semisup import semisup
 
-        return semisup(model, train_ds, test_ds, seeds=seeds, epochs=epochs, batch_size=batch_size, device=device,
-                       image_size=image_size)
+        return semisup(
+            model,
+            train_ds,
+            test_ds,
+            seeds=seeds,
+            epochs=epochs,
+            batch_size=batch_size,
+            device=device,
+            image_size=image_size,
+        )
     names = list(test_f.features)
     if p == "rankme":
         return {n: metrics.rankme(test_f[n]) for n in names}
@@ -211,5 +290,9 @@ def _run(p, model, train_f, test_f, train_ds, test_ds, seeds, ks, shots, epochs,
     transform = E2MC_DEFAULTS.get(getattr(model, "method", None) or "", (None, None, "sigmoid"))[2]
     z = test_f["projector"]
     mapped = metrics.get_mapped(z[:, :4], transform)
-    return {"entropy": metrics.marginal_entropy(z, transform), "covariance": metrics.e2mc_covariance(z, transform),
-            "transform": transform, "marginals_sample": [[round(float(v), 4) for v in col[:1000]] for col in mapped.T]}
+    return {
+        "entropy": metrics.marginal_entropy(z, transform),
+        "covariance": metrics.e2mc_covariance(z, transform),
+        "transform": transform,
+        "marginals_sample": [[round(float(v), 4) for v in col[:1000]] for col in mapped.T],
+    }

@@ -32,8 +32,18 @@ from e2mc.evaluation.stats import (
 )
 from e2mc.fileio import atomic_write_text
 
-_NOT_METRICS = {"seed", "epochs", "weight_decay", "val_top1", "train_loss", "selected_at_grid_edge", "iterations", "tol",
-                "images", "views"}  # LiDAR's surrogate-class counts
+_NOT_METRICS = {
+    "seed",
+    "epochs",
+    "weight_decay",
+    "val_top1",
+    "train_loss",
+    "selected_at_grid_edge",
+    "iterations",
+    "tol",
+    "images",
+    "views",
+}  # LiDAR's surrogate-class counts
 _FLAGS = ("linear/converged", "linear/selected_at_grid_edge")  # shown per arm, no difference
 EVAL_SEED_NOTE = "spread over evaluation seeds of one checkpoint: evaluation noise, not training variance"
 _ACCURACY_PROTOCOLS = ("knn/", "linear/", "linear_finetune/", "fewshot/", "semisup/")
@@ -144,8 +154,10 @@ class ComparisonResult:
         mets = [m for m in self.metrics() if metrics is None or m in metrics]
         ref = self.names[0]
         head = ["metric", *self.names] + [f"{a} − {ref}" for a in self.names[1:]]
-        intro = counts_note(self) + (f" Differences to `{ref}` with a 95% t-interval, paired by training seed when "
-                                     "both arms have the same seeds, Welch otherwise. Accuracies in %.")
+        intro = counts_note(self) + (
+            f" Differences to `{ref}` with a 95% t-interval, paired by training seed when "
+            "both arms have the same seeds, Welch otherwise. Accuracies in %."
+        )
         if any(r.get("spread") == "evaluation seeds" and r["metric"] in mets for r in self.rows):
             intro += f" Rows marked † have one checkpoint per arm: n counts evaluation seeds ({EVAL_SEED_NOTE})."
         lines = [intro, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -162,15 +174,22 @@ class ComparisonResult:
                 if r is None or r["diff"] is None:
                     cells.append("")
                     continue
-                text = fmt_difference(r["diff"], r["diff_low"], r["diff_high"], percent=pct,
-                                      ref=ref_row["mean"] if ref_row else None)
+                text = fmt_difference(
+                    r["diff"], r["diff_low"], r["diff_high"], percent=pct, ref=ref_row["mean"] if ref_row else None
+                )
                 cells.append(text + (" (n=1, no interval)" if r["diff_low"] is None else f" ({r['diff_kind']})"))
             lines.append("| " + " | ".join(cells) + " |")
         for flag in _FLAGS:
             per_arm = [[f[flag] for f in (flag_values(res) for res in arm) if flag in f] for arm in self.results]
             if any(per_arm) and (metrics is None or any(m.startswith(flag.split("/")[0] + "/") for m in mets)):
-                cells = [flag] + [("yes" if v[0] else "no") if len(v) == 1 else (f"{sum(v)}/{len(v)} yes" if v else "")
-                                  for v in per_arm] + [""] * (len(self.names) - 1)
+                cells = (
+                    [flag]
+                    + [
+                        ("yes" if v[0] else "no") if len(v) == 1 else (f"{sum(v)}/{len(v)} yes" if v else "")
+                        for v in per_arm
+                    ]
+                    + [""] * (len(self.names) - 1)
+                )
                 lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
@@ -188,8 +207,10 @@ class ComparisonResult:
         try:
             return cls(**json.loads(text))
         except (json.JSONDecodeError, TypeError) as exc:
-            raise DataError(f"not a comparison JSON written by `e2mc compare` ({exc}); pass the comparison.json "
-                            "that `e2mc compare --out DIR` wrote") from exc
+            raise DataError(
+                f"not a comparison JSON written by `e2mc compare` ({exc}); pass the comparison.json "
+                "that `e2mc compare --out DIR` wrote"
+            ) from exc
 
 
 def counts_note(comparison: "ComparisonResult") -> str:
@@ -210,15 +231,23 @@ def counts_note(comparison: "ComparisonResult") -> str:
         parts.append(f"{', '.join(fixed)}: deterministic, no seed")
     seeds = sorted({s for arm in comparison.train_seeds for s in arm if s is not None})
     trained = f" (training seeds {seeds})" if seeds else ""
-    return (f"Dataset `{comparison.dataset}`. Cells: mean ± std (n), n = checkpoints of the arm{trained}, "
-            f"one value each. Evaluation seeds: {'; '.join(parts)}.")
+    return (
+        f"Dataset `{comparison.dataset}`. Cells: mean ± std (n), n = checkpoints of the arm{trained}, "
+        f"one value each. Evaluation seeds: {'; '.join(parts)}."
+    )
 
 
 HEADLINE_METRIC = "knn/top1_k20"
 
 
-def headline(comparison: "ComparisonResult", arm: str | None = None, metric: str | None = None, *,
-             subject: str | None = None, ref_label: str | None = None) -> dict | None:
+def headline(
+    comparison: "ComparisonResult",
+    arm: str | None = None,
+    metric: str | None = None,
+    *,
+    subject: str | None = None,
+    ref_label: str | None = None,
+) -> dict | None:
     """The comparison's verdict: ``arm`` (default: the second arm) minus the first arm on ``metric``
     (default kNN@20, else the first accuracy, else the first metric), the table's own difference and
     95% interval, a verdict and the one-line ``text`` that the terminal and the report print.
@@ -227,8 +256,11 @@ def headline(comparison: "ComparisonResult", arm: str | None = None, metric: str
         return None
     ref, arm = comparison.names[0], arm or comparison.names[1]
     mets = comparison.metrics()
-    metric = metric or (HEADLINE_METRIC if HEADLINE_METRIC in mets else
-                        next((m for m in mets if is_accuracy(m)), mets[0] if mets else None))
+    metric = metric or (
+        HEADLINE_METRIC
+        if HEADLINE_METRIC in mets
+        else next((m for m in mets if is_accuracy(m)), mets[0] if mets else None)
+    )
     base, row = comparison.row(ref, metric), comparison.row(arm, metric)
     if base is None or row is None or row["diff"] is None:
         return None
@@ -245,16 +277,31 @@ def headline(comparison: "ComparisonResult", arm: str | None = None, metric: str
         verdict = "no clear difference: the 95% interval of the difference contains zero"
     pct = is_accuracy(metric)
     diff = fmt_difference(row["diff"], percent=pct, ref=base["mean"])
-    ends = [fmt_difference(v, percent=pct, ref=base["mean"]) if v is not None else "n/a"
-            for v in (row["diff_low"], row["diff_high"])]
-    text = (f"Headline ({metric}, {row['diff_kind']}): {subject} − {ref_label or f'`{ref}`'} = {diff}"
-            f"{' points' if pct else ''}, 95% CI [{ends[0]}, {ends[1]}]: {verdict}.")
-    return {"metric": metric, "arm": arm, "ref": ref, "difference": row["diff"], "low": row["diff_low"],
-            "high": row["diff_high"], "kind": row["diff_kind"], "n": row["n"], "verdict": verdict, "text": text}
+    ends = [
+        fmt_difference(v, percent=pct, ref=base["mean"]) if v is not None else "n/a"
+        for v in (row["diff_low"], row["diff_high"])
+    ]
+    text = (
+        f"Headline ({metric}, {row['diff_kind']}): {subject} − {ref_label or f'`{ref}`'} = {diff}"
+        f"{' points' if pct else ''}, 95% CI [{ends[0]}, {ends[1]}]: {verdict}."
+    )
+    return {
+        "metric": metric,
+        "arm": arm,
+        "ref": ref,
+        "difference": row["diff"],
+        "low": row["diff_low"],
+        "high": row["diff_high"],
+        "kind": row["diff_kind"],
+        "n": row["n"],
+        "verdict": verdict,
+        "text": text,
+    }
 
 
-def build_rows(names: Sequence[str], results: Sequence[Sequence[dict]],
-               train_seeds: Sequence[Sequence[int | None]] | None = None) -> list[dict]:
+def build_rows(
+    names: Sequence[str], results: Sequence[Sequence[dict]], train_seeds: Sequence[Sequence[int | None]] | None = None
+) -> list[dict]:
     """Summaries per arm and metric, with differences to the first arm (see module docstring).
 
     ``train_seeds[i][j]``: training seed of arm i's checkpoint j (None: unknown, no pairing).
@@ -267,8 +314,16 @@ def build_rows(names: Sequence[str], results: Sequence[Sequence[dict]],
         if len(vals) == 1:  # one checkpoint: the values are per evaluation seed
             per_arm.append({m: (vals[0][m], [seeds[0]], True) for m in mets})
         else:
-            per_arm.append({m: ([sum(v[m]) / len(v[m]) for v in vals if m in v],
-                                [s for v, s in zip(vals, seeds) if m in v], False) for m in mets})
+            per_arm.append(
+                {
+                    m: (
+                        [sum(v[m]) / len(v[m]) for v in vals if m in v],
+                        [s for v, s in zip(vals, seeds) if m in v],
+                        False,
+                    )
+                    for m in mets
+                }
+            )
     order = list(dict.fromkeys(m for r in results[0] for m in metric_values(r)))
     rows = []
     for name, arm in zip(names, per_arm):
@@ -278,9 +333,22 @@ def build_rows(names: Sequence[str], results: Sequence[Sequence[dict]],
             xs, seeds, single = arm[m]
             s = summarize(xs)
             spread = None if s.n < 2 else ("evaluation seeds" if single else "checkpoints")
-            row = {"arm": name, "metric": m, "mean": s.mean, "std": s.std, "n": s.n, "low": s.low, "high": s.high,
-                   "values": xs, "train_seeds": seeds, "spread": spread,
-                   "diff": None, "diff_low": None, "diff_high": None, "diff_kind": None}
+            row = {
+                "arm": name,
+                "metric": m,
+                "mean": s.mean,
+                "std": s.std,
+                "n": s.n,
+                "low": s.low,
+                "high": s.high,
+                "values": xs,
+                "train_seeds": seeds,
+                "spread": spread,
+                "diff": None,
+                "diff_low": None,
+                "diff_high": None,
+                "diff_kind": None,
+            }
             ref = per_arm[0].get(m)
             if name != names[0] and ref is not None:
                 ref_xs, ref_seeds, ref_single = ref
@@ -298,9 +366,15 @@ def build_rows(names: Sequence[str], results: Sequence[Sequence[dict]],
     return rows
 
 
-def compare(checkpoints: Sequence, names: Sequence[str] | None = None, dataset="digits", *,
-            protocols: Sequence[str] = ("knn", "linear", "fewshot", "rankme"), seeds: Sequence[int] = (0, 1, 2),
-            **evaluate_kwargs) -> ComparisonResult:
+def compare(
+    checkpoints: Sequence,
+    names: Sequence[str] | None = None,
+    dataset="digits",
+    *,
+    protocols: Sequence[str] = ("knn", "linear", "fewshot", "rankme"),
+    seeds: Sequence[int] = (0, 1, 2),
+    **evaluate_kwargs,
+) -> ComparisonResult:
     """Evaluate every arm with the same protocols/seeds/dataset and build the comparison table.
 
     ``checkpoints``: one entry per arm: a checkpoint file, a run folder, ``"name=p1,p2,..."``, a
@@ -313,17 +387,28 @@ def compare(checkpoints: Sequence, names: Sequence[str] | None = None, dataset="
     arms = [parse_arm(c) for c in checkpoints]
     if names is not None and len(names) != len(arms):
         raise ConfigError(f"{len(names)} names for {len(arms)} arms; give one name per arm")
-    final_names = list(names) if names is not None else [
-        n or (os.path.basename(os.path.normpath(str(p[0]))) if isinstance(p[0], (str, os.PathLike)) else f"arm{i}")
-        for i, (n, p) in enumerate(arms)]
+    final_names = (
+        list(names)
+        if names is not None
+        else [
+            n or (os.path.basename(os.path.normpath(str(p[0]))) if isinstance(p[0], (str, os.PathLike)) else f"arm{i}")
+            for i, (n, p) in enumerate(arms)
+        ]
+    )
     if len(set(final_names)) != len(final_names):
         final_names = [f"{n}#{i}" for i, n in enumerate(final_names)]
     paths = [[resolve_checkpoint(p) if isinstance(p, (str, os.PathLike)) else p for p in ps] for _, ps in arms]
     t0 = time.perf_counter()
     results = [[evaluate(p, dataset, protocols=protocols, seeds=seeds, **evaluate_kwargs) for p in ps] for ps in paths]
     train_seeds = [[training_seed(p) for p in ps] for ps in paths]
-    return ComparisonResult(final_names, [[str(p) if isinstance(p, str) else type(p).__name__ for p in ps] for ps in paths],
-                            str(dataset) if isinstance(dataset, (str, os.PathLike)) else "custom",
-                            list(protocols), [int(s) for s in seeds], results,
-                            build_rows(final_names, results, train_seeds), train_seeds,
-                            wall_time_s={"evaluate": round(time.perf_counter() - t0, 1)})
+    return ComparisonResult(
+        final_names,
+        [[str(p) if isinstance(p, str) else type(p).__name__ for p in ps] for ps in paths],
+        str(dataset) if isinstance(dataset, (str, os.PathLike)) else "custom",
+        list(protocols),
+        [int(s) for s in seeds],
+        results,
+        build_rows(final_names, results, train_seeds),
+        train_seeds,
+        wall_time_s={"evaluate": round(time.perf_counter() - t0, 1)},
+    )

@@ -133,8 +133,15 @@ def _resolve_amp(amp_dtype, device: torch.device):
     if amp_dtype is None:
         return torch.bfloat16 if device.type == "cuda" else None
     if isinstance(amp_dtype, str):
-        amp_dtype = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-                     "float16": torch.float16, "fp32": None, "float32": None, "none": None}.get(amp_dtype.lower(), "?")
+        amp_dtype = {
+            "bf16": torch.bfloat16,
+            "bfloat16": torch.bfloat16,
+            "fp16": torch.float16,
+            "float16": torch.float16,
+            "fp32": None,
+            "float32": None,
+            "none": None,
+        }.get(amp_dtype.lower(), "?")
         if amp_dtype == "?":
             raise DataError("amp_dtype must be one of bf16, fp16, fp32 (or a torch dtype / None)")
     return None if amp_dtype == torch.float32 else amp_dtype
@@ -195,8 +202,15 @@ def extract_features(
     else:
         tdesc = getattr(transform, "__qualname__", repr(transform))
     amp = _resolve_amp(amp_dtype, device)
-    key_obj = {"model": ckpt_hash, "data": dataset_identity(dataset), "transform": tdesc, "which": list(which),
-               "amp": str(amp), "store": cache_dtype, "extra": [str(p) for p in cache_key_parts]}
+    key_obj = {
+        "model": ckpt_hash,
+        "data": dataset_identity(dataset),
+        "transform": tdesc,
+        "which": list(which),
+        "amp": str(amp),
+        "store": cache_dtype,
+        "extra": [str(p) for p in cache_key_parts],
+    }
     key = hashlib.sha256(json.dumps(key_obj, sort_keys=True, default=str).encode()).hexdigest()[:32]
     n = len(dataset)
     if n == 0:
@@ -211,8 +225,9 @@ def extract_features(
         start = sink.rows if sink is not None else 0
 
         def allocate(dims: dict[str, int]) -> _Entry | _Memory:  # once the first batch gives the feature dims
-            return (_Entry.create(entry, which, dims, n, cache_dtype) if use_cache else None) or \
-                _Memory(dims, n, cache_dtype)
+            return (_Entry.create(entry, which, dims, n, cache_dtype) if use_cache else None) or _Memory(
+                dims, n, cache_dtype
+            )
 
         data = dataset if start == 0 else torch.utils.data.Subset(dataset, range(start, n))
         loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -277,10 +292,15 @@ def _fill(loader, embed, sink, allocate, start: int, n: int, dtype: str):
             sink.record(rows)
         if isinstance(exc, DataError) or not isinstance(exc, Exception):
             raise
-        kept = f"; the {rows} rows extracted are cached and the next call continues from there" if (
-            isinstance(sink, _Entry) and rows) else ""
-        raise DataError(f"feature extraction failed at batch {i} (row {rows}): {exc}; check that the images match "
-                        f"the model (size, channels) and the checkpoint loads{kept}") from exc
+        kept = (
+            f"; the {rows} rows extracted are cached and the next call continues from there"
+            if (isinstance(sink, _Entry) and rows)
+            else ""
+        )
+        raise DataError(
+            f"feature extraction failed at batch {i} (row {rows}): {exc}; check that the images match "
+            f"the model (size, channels) and the checkpoint loads{kept}"
+        ) from exc
     if rows != n:
         raise DataError(f"feature extraction: the dataset gave {rows} samples but has length {n}; check the dataset")
     sink.record(rows, complete=True)
@@ -295,13 +315,17 @@ def _check_batch(out: dict[str, torch.Tensor], first_row: int, dtype: str) -> No
     for w, f in out.items():
         bad = ~torch.isfinite(f).all(dim=1)
         if bool(bad.any()):
-            raise _BadFeatures(f"feature extraction: {int(bad.sum())} samples (the first: row "
-                               f"{first_row + int(bad.nonzero()[0])}) have NaN/inf {w} features; the checkpoint may "
-                               "be broken or diverged, or try amp_dtype='fp32'. Nothing was cached.")
+            raise _BadFeatures(
+                f"feature extraction: {int(bad.sum())} samples (the first: row "
+                f"{first_row + int(bad.nonzero()[0])}) have NaN/inf {w} features; the checkpoint may "
+                "be broken or diverged, or try amp_dtype='fp32'. Nothing was cached."
+            )
         top = float(f.abs().max()) if f.numel() else 0.0
         if dtype == "float16" and top > float(np.finfo(np.float16).max):
-            raise _BadFeatures(f"feature extraction: {w} features reach {top:.3g}, beyond float16's range (65504); "
-                               "store them as float32 (cache_dtype='float32'; CLI: --feature-dtype float32)")
+            raise _BadFeatures(
+                f"feature extraction: {w} features reach {top:.3g}, beyond float16's range (65504); "
+                "store them as float32 (cache_dtype='float32'; CLI: --feature-dtype float32)"
+            )
 
 
 def _lock(stack: contextlib.ExitStack, entry: Path) -> bool:
@@ -369,15 +393,19 @@ class _Entry:
         except OSError as exc:
             log.warning("could not write the feature cache entry %s (%s); continuing without caching it", path, exc)
             return None
-        space = DataError(f"feature cache: the features need {_gib(need)} but {path.parent} has {_gib(free)} free; "
-                          "free some space, pass another cache folder (--cache-dir) or --no-cache (use_cache=False)")
+        space = DataError(
+            f"feature cache: the features need {_gib(need)} but {path.parent} has {_gib(free)} free; "
+            "free some space, pass another cache folder (--cache-dir) or --no-cache (use_cache=False)"
+        )
         if need > free:
             shutil.rmtree(path, ignore_errors=True)
             raise space
         progress = {"format": FORMAT, "n": n, "which": list(which), "dims": dims, "dtype": dtype}
         try:
-            maps = {w: np.lib.format.open_memmap(path / f"{w}.npy", mode="w+", dtype=CACHE_DTYPES[dtype], shape=(n, d))
-                    for w, d in dims.items()}
+            maps = {
+                w: np.lib.format.open_memmap(path / f"{w}.npy", mode="w+", dtype=CACHE_DTYPES[dtype], shape=(n, d))
+                for w, d in dims.items()
+            }
             labels = np.lib.format.open_memmap(path / "labels.npy", mode="w+", dtype=np.int64, shape=(n,))
             for name in (*dims, "labels"):
                 _reserve(path / f"{name}.npy")
@@ -402,7 +430,11 @@ class _Entry:
         try:
             progress = json.loads((path / "progress.json").read_text())
             if (progress.get("format"), progress.get("n"), progress.get("which"), progress.get("dtype")) != (
-                    FORMAT, n, list(which), dtype):
+                FORMAT,
+                n,
+                list(which),
+                dtype,
+            ):
                 raise ValueError("progress.json does not describe this extraction")
             rows, complete = int(progress["rows"]), bool(progress["complete"])
             if not 0 <= rows <= n or (complete and rows != n):
@@ -421,8 +453,9 @@ class _Entry:
                 raise ValueError(f"labels are not ({n},) int64 but {labels.dtype} {labels.shape}")
         except Exception as exc:  # missing, truncated or garbage files, bad JSON, wrong shapes
             reason = str(exc).splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-            log.warning("feature cache entry %s is unreadable or incomplete (%s); deleting it and recomputing",
-                        path, reason)
+            log.warning(
+                "feature cache entry %s is unreadable or incomplete (%s); deleting it and recomputing", path, reason
+            )
             shutil.rmtree(path, ignore_errors=True)
             return None
         if not complete:
@@ -458,8 +491,9 @@ class _Entry:
 
     def result(self):
         """Features memory-mapped copy-on-write (the file never changes) and labels in memory."""
-        self.maps = {w: a if a.mode == "c" else np.load(self.path / f"{w}.npy", mmap_mode="c")
-                     for w, a in self.maps.items()}
+        self.maps = {
+            w: a if a.mode == "c" else np.load(self.path / f"{w}.npy", mmap_mode="c") for w, a in self.maps.items()
+        }
         feats = {w: torch.from_numpy(a) for w, a in self.maps.items()}
         return feats, torch.from_numpy(np.array(self.labels))
 

@@ -53,7 +53,9 @@ def fewshot(
                 indices.setdefault(f"{k}shot", {})[str(seed)] = idx.tolist()
             sub = train_x[idx].float()
             mean, std = sub.mean(dim=0), sub.std(dim=0).clamp_min(1e-6)  # as _standardize
-            w, b = fit_logistic((sub - mean) / std, train_y[idx], c, [weight_decay], max_iter, tol=1e-6)  # as before issue 12
+            w, b = fit_logistic(
+                (sub - mean) / std, train_y[idx], c, [weight_decay], max_iter, tol=1e-6
+            )  # as before issue 12
             # the test set is scored in row blocks (no float32 copy of a large memory-mapped test set)
             accs.append(float(accuracy_per_head(test_x, test_y, None, w, b, mean, std)[0]))
         s = summarize(accs)

@@ -43,8 +43,10 @@ def check_features(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
         raise DataError(f"{what} set is empty; check the dataset split")
     bad = nonfinite_rows(x)
     if bad:
-        raise DataError(f"{what} features: {bad} of {x.shape[0]} rows contain NaN/inf; re-extract them "
-                        "(the model or checkpoint may be broken)")
+        raise DataError(
+            f"{what} features: {bad} of {x.shape[0]} rows contain NaN/inf; re-extract them "
+            "(the model or checkpoint may be broken)"
+        )
     if (y < 0).any():
         raise DataError(
             f"{what} labels are missing (-1) for {int((y < 0).sum())} samples; "
@@ -93,8 +95,9 @@ def _block_topk(sim: torch.Tensor, k: int, offset: int) -> tuple[torch.Tensor, t
     return vals, idx + offset
 
 
-def knn_topk(train_x: torch.Tensor, test_x: torch.Tensor, k: int, chunk_size: int = 1024,
-             bank_chunk: int = 32768) -> tuple[torch.Tensor, torch.Tensor]:
+def knn_topk(
+    train_x: torch.Tensor, test_x: torch.Tensor, k: int, chunk_size: int = 1024, bank_chunk: int = 32768
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosine similarities and indices (n_test, k) of each query's k nearest training rows.
 
     Streams the bank (``bank_chunk`` rows at a time, normalised in float32 on the bank's device)
@@ -133,7 +136,9 @@ def check_labelled(train_x, train_y, test_x, test_y, what: str, num_classes: int
     check_features(train_x, train_y, f"{what} train")
     check_features(test_x, test_y, f"{what} test")
     if train_x.shape[1] != test_x.shape[1]:
-        raise DataError(f"{what}: train dim {train_x.shape[1]} != test dim {test_x.shape[1]}; use features of one model")
+        raise DataError(
+            f"{what}: train dim {train_x.shape[1]} != test dim {test_x.shape[1]}; use features of one model"
+        )
     if train_y.unique().numel() < 2:
         raise DataError(f"{what}: the training labels contain one class only; accuracy would be meaningless")
     c = int(num_classes) if num_classes is not None else int(max(train_y.max(), test_y.max())) + 1
@@ -173,8 +178,11 @@ def knn_classify(
     n_train = train_x.shape[0]
     if ks[-1] > n_train:
         big = [k for k in ks if k > n_train]
-        warnings.warn(f"kNN: k={', '.join(map(str, big))} > the {n_train} training samples; using k={n_train} "
-                      f"(reported as top1_k{n_train}); pass smaller ks (CLI: --ks) to choose", stacklevel=2)
+        warnings.warn(
+            f"kNN: k={', '.join(map(str, big))} > the {n_train} training samples; using k={n_train} "
+            f"(reported as top1_k{n_train}); pass smaller ks (CLI: --ks) to choose",
+            stacklevel=2,
+        )
         ks = sorted({min(k, n_train) for k in ks})
     if temperature <= 0:
         raise DataError(f"kNN: temperature must be > 0, got {temperature}")

@@ -57,7 +57,9 @@ def choose_solver(solver: str, n: int, d: int, c: int, h: int) -> str:
     return "lbfgs" if lbfgs_bytes(n, d, c, h) <= LBFGS_MAX_BYTES else "streaming"
 
 
-def stratified_split(labels: torch.Tensor, val_fraction: float = 0.1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def stratified_split(
+    labels: torch.Tensor, val_fraction: float = 0.1, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded stratified split of indices into (train_idx, val_idx); every class with >= 2
     samples contributes at least one validation sample and keeps at least one for training."""
     labels = torch.as_tensor(labels, device=labels.device if torch.is_tensor(labels) else "cpu").long()
@@ -79,8 +81,14 @@ def _standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tenso
 
 
 def fit_logistic(
-    x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decays: Sequence[float], max_iter: int = MAX_ITER,
-    tol: float = GRAD_TOL, return_info: bool = False, stop_tol: float | None = None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    weight_decays: Sequence[float],
+    max_iter: int = MAX_ITER,
+    tol: float = GRAD_TOL,
+    return_info: bool = False,
+    stop_tol: float | None = None,
 ):
     """Fit H = len(weight_decays) multinomial logistic regressions at once.
 
@@ -99,9 +107,16 @@ def fit_logistic(
     w = torch.zeros(h, d, num_classes, dtype=x.dtype, device=x.device, requires_grad=True)
     b = torch.zeros(h, num_classes, dtype=x.dtype, device=x.device, requires_grad=True)
     y_rep = y.view(n, 1).expand(n, h)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, max_eval=2 * max_iter, history_size=10,
-                            line_search_fn="strong_wolfe", tolerance_grad=tol if stop_tol is None else stop_tol,
-                            tolerance_change=1e-9)
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=1.0,
+        max_iter=max_iter,
+        max_eval=2 * max_iter,
+        history_size=10,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=tol if stop_tol is None else stop_tol,
+        tolerance_change=1e-9,
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -117,8 +132,13 @@ def fit_logistic(
             return w.detach(), b.detach()
         closure()  # the gradient at the returned point
     grad_max = torch.maximum(w.grad.abs().amax(dim=(1, 2)), b.grad.abs().amax(dim=1))
-    info = {"iterations": int(opt.state[w].get("n_iter", 0)), "grad_max": [float(g) for g in grad_max],
-            "converged": [bool(g <= tol) for g in grad_max], "tol": float(tol), "max_iter": int(max_iter)}
+    info = {
+        "iterations": int(opt.state[w].get("n_iter", 0)),
+        "grad_max": [float(g) for g in grad_max],
+        "converged": [bool(g <= tol) for g in grad_max],
+        "tol": float(tol),
+        "max_iter": int(max_iter),
+    }
     return w.detach(), b.detach(), info
 
 
@@ -162,21 +182,39 @@ def linear_probe(
     counts = torch.bincount(train_y, minlength=c)
     small = ((counts > 0) & (counts < 2)).nonzero().flatten().tolist()
     if small:
-        raise DataError(f"linear probe: {len(small)} class(es) (e.g. class {small[0]}) have 1 training sample, fewer "
-                        "than the 2 the held-out selection split needs (one held out, one to train on); use a "
-                        "training split with at least 2 samples per class")
+        raise DataError(
+            f"linear probe: {len(small)} class(es) (e.g. class {small[0]}) have 1 training sample, fewer "
+            "than the 2 the held-out selection split needs (one held out, one to train on); use a "
+            "training split with at least 2 samples per class"
+        )
     tr_idx, va_idx = stratified_split(train_y, val_fraction, seed)
     selection = f"held-out {val_fraction:.0%} stratified split of train (seed {seed})"
     if used == "streaming":
-
-        r = streaming_probe(train_x, train_y, test_x, test_y, c, weight_decays, tr_idx.to(train_y.device),
-                            va_idx.to(train_y.device), seed=seed, **(streaming or {}))
-        return {"top1": r["top1"], "val_top1": float(r["val_acc"][r["best"]]),
-                "weight_decay": float(weight_decays[r["best"]]),
-                "val_top1_per_weight_decay": {float(v): float(a) for v, a in zip(weight_decays, r["val_acc"])},
-                "selection": selection, "selected_at_grid_edge": len(weight_decays) > 1 and r["best"] in (
-                    0, len(weight_decays) - 1), "seed": int(seed), "solver": "streaming", "converged": None,
-                "streaming": r["info"], "refit": {k: r["refit_info"][k] for k in ("epochs", "steps")}}
+        r = streaming_probe(
+            train_x,
+            train_y,
+            test_x,
+            test_y,
+            c,
+            weight_decays,
+            tr_idx.to(train_y.device),
+            va_idx.to(train_y.device),
+            seed=seed,
+            **(streaming or {}),
+        )
+        return {
+            "top1": r["top1"],
+            "val_top1": float(r["val_acc"][r["best"]]),
+            "weight_decay": float(weight_decays[r["best"]]),
+            "val_top1_per_weight_decay": {float(v): float(a) for v, a in zip(weight_decays, r["val_acc"])},
+            "selection": selection,
+            "selected_at_grid_edge": len(weight_decays) > 1 and r["best"] in (0, len(weight_decays) - 1),
+            "seed": int(seed),
+            "solver": "streaming",
+            "converged": None,
+            "streaming": r["info"],
+            "refit": {k: r["refit_info"][k] for k in ("epochs", "steps")},
+        }
     train_x = train_x.float()
     xtr, xva = _standardize(train_x[tr_idx], train_x[va_idx])
     w, b, info = fit_logistic(xtr, train_y[tr_idx], c, weight_decays, max_iter, return_info=True)
@@ -191,11 +229,18 @@ def linear_probe(
     top1 = float((batched_logits(xte, w1, b1)[:, 0].argmax(dim=1) == test_y).float().mean())
     converged = info["converged"][best] and info1["converged"][0]
     if not converged:
-        log.warning("linear probe: L-BFGS did not converge at the selected weight decay %g (max |gradient| %.2g > %g "
-                    "after %d + %d refit iterations, cap %d): its accuracy may be off; if it stopped at the cap, "
-                    "raise max_iter (Python: e2mc.evaluation.linear.linear_probe(..., max_iter=%d))", wd,
-                    max(info["grad_max"][best], info1["grad_max"][0]), info["tol"], info["iterations"],
-                    info1["iterations"], max_iter, 4 * max_iter)
+        log.warning(
+            "linear probe: L-BFGS did not converge at the selected weight decay %g (max |gradient| %.2g > %g "
+            "after %d + %d refit iterations, cap %d): its accuracy may be off; if it stopped at the cap, "
+            "raise max_iter (Python: e2mc.evaluation.linear.linear_probe(..., max_iter=%d))",
+            wd,
+            max(info["grad_max"][best], info1["grad_max"][0]),
+            info["tol"],
+            info["iterations"],
+            info1["iterations"],
+            max_iter,
+            4 * max_iter,
+        )
     return {
         "top1": top1,
         "val_top1": float(val_acc[best]),
@@ -207,10 +252,15 @@ def linear_probe(
         "seed": int(seed),
         "solver": "lbfgs",
         "converged": bool(converged),
-        "convergence": {float(v): {"converged": ok, "grad_max": g}
-                        for v, ok, g in zip(weight_decays, info["converged"], info["grad_max"])},
+        "convergence": {
+            float(v): {"converged": ok, "grad_max": g}
+            for v, ok, g in zip(weight_decays, info["converged"], info["grad_max"])
+        },
         "iterations": info["iterations"],
-        "refit": {"converged": info1["converged"][0], "grad_max": info1["grad_max"][0],
-                  "iterations": info1["iterations"]},
+        "refit": {
+            "converged": info1["converged"][0],
+            "grad_max": info1["grad_max"][0],
+            "iterations": info1["iterations"],
+        },
         "tol": info["tol"],
     }

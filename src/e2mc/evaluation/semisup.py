@@ -57,10 +57,25 @@ def _accuracy(model, head, loader, transform, device) -> float:
     return correct / max(total, 1)
 
 
-def train_classifier(model, train_ds, test_ds, epochs: int, *, freeze_backbone: bool, lr_head: float = 0.1,
-                     lr_backbone: float = 0.0, momentum: float = 0.9, weight_decay: float = 0.0,
-                     batch_size: int = 256, device: str = "cpu", transform=None, image_size: int | None = None,
-                     seed: int = 0, indices: torch.Tensor | None = None, num_classes: int | None = None) -> dict:
+def train_classifier(
+    model,
+    train_ds,
+    test_ds,
+    epochs: int,
+    *,
+    freeze_backbone: bool,
+    lr_head: float = 0.1,
+    lr_backbone: float = 0.0,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    batch_size: int = 256,
+    device: str = "cpu",
+    transform=None,
+    image_size: int | None = None,
+    seed: int = 0,
+    indices: torch.Tensor | None = None,
+    num_classes: int | None = None,
+) -> dict:
     """Train ``nn.Linear`` on ``model.embed`` features (backbone frozen in eval mode, or fine-tuned).
 
     The model is deep-copied, so the caller's weights never change. Returns ``{"top1": last-epoch
@@ -124,18 +139,36 @@ def train_classifier(model, train_ds, test_ds, epochs: int, *, freeze_backbone: 
     return {"top1": top1, "epochs": int(epochs), "reported": "last epoch", "train_loss": loss_sum / max(n_seen, 1)}
 
 
-def semisup(model, train_ds, test_ds, *, fractions: Sequence[float] = (0.01, 0.1), seeds: Sequence[int] = (0,),
-            epochs: int = 20, lr_head: float = 0.1, lr_backbone: float = 0.01, momentum: float = 0.9,
-            weight_decay: float = 0.0, batch_size: int = 256, device: str = "cpu", transform=None,
-            image_size: int | None = None) -> dict:
+def semisup(
+    model,
+    train_ds,
+    test_ds,
+    *,
+    fractions: Sequence[float] = (0.01, 0.1),
+    seeds: Sequence[int] = (0,),
+    epochs: int = 20,
+    lr_head: float = 0.1,
+    lr_backbone: float = 0.01,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    batch_size: int = 256,
+    device: str = "cpu",
+    transform=None,
+    image_size: int | None = None,
+) -> dict:
     """Fine-tune backbone + linear head on class-balanced label fractions, per seed.
 
     Returns ``{"top1_{p}pct": mean over seeds, "top1_{p}pct_ci95", "per_seed": {...}, "seeds",
     "subsets": {"{p}pct": {seed: [indices]}}, "reported": "last epoch", "epochs"}``.
     """
     labels = dataset_labels(train_ds)
-    out: dict = {"per_seed": {}, "seeds": [int(s) for s in seeds], "subsets": {}, "reported": "last epoch",
-                 "epochs": int(epochs)}
+    out: dict = {
+        "per_seed": {},
+        "seeds": [int(s) for s in seeds],
+        "subsets": {},
+        "reported": "last epoch",
+        "epochs": int(epochs),
+    }
     for frac in fractions:
         tag = f"{frac * 100:g}pct"
         key = f"top1_{tag}"
@@ -143,10 +176,23 @@ def semisup(model, train_ds, test_ds, *, fractions: Sequence[float] = (0.01, 0.1
         for seed in seeds:
             idx = balanced_subset(labels, fraction=float(frac), seed=int(seed))
             out["subsets"].setdefault(tag, {})[str(seed)] = idx.tolist()
-            res = train_classifier(model, train_ds, test_ds, epochs, freeze_backbone=False, lr_head=lr_head,
-                                   lr_backbone=lr_backbone, momentum=momentum, weight_decay=weight_decay,
-                                   batch_size=batch_size, device=device, transform=transform,
-                                   image_size=image_size, seed=int(seed), indices=idx)
+            res = train_classifier(
+                model,
+                train_ds,
+                test_ds,
+                epochs,
+                freeze_backbone=False,
+                lr_head=lr_head,
+                lr_backbone=lr_backbone,
+                momentum=momentum,
+                weight_decay=weight_decay,
+                batch_size=batch_size,
+                device=device,
+                transform=transform,
+                image_size=image_size,
+                seed=int(seed),
+                indices=idx,
+            )
             accs.append(res["top1"])
         s = summarize(accs)
         out[key] = s.mean
@@ -155,12 +201,37 @@ def semisup(model, train_ds, test_ds, *, fractions: Sequence[float] = (0.01, 0.1
     return out
 
 
-def linear_probe_finetune(model, train_ds, test_ds, epochs: int = 100, *, lr: float = 0.1, momentum: float = 0.9,
-                          weight_decay: float = 0.0, batch_size: int = 256, device: str = "cpu",
-                          transform=None, image_size: int | None = None, seed: int = 0) -> dict:
+def linear_probe_finetune(
+    model,
+    train_ds,
+    test_ds,
+    epochs: int = 100,
+    *,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    batch_size: int = 256,
+    device: str = "cpu",
+    transform=None,
+    image_size: int | None = None,
+    seed: int = 0,
+) -> dict:
     """The paper's linear protocol: frozen backbone (eval-mode BN), RandomResizedCrop + flip on the
     fly, SGD momentum with a cosine schedule; returns the LAST epoch's test accuracy
     (``{"top1", "epochs", "reported": "last epoch"}``)."""
-    return train_classifier(model, train_ds, test_ds, epochs=epochs, freeze_backbone=True, lr_head=lr, lr_backbone=0.0,
-                            momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, device=device,
-                            transform=transform, image_size=image_size, seed=seed)
+    return train_classifier(
+        model,
+        train_ds,
+        test_ds,
+        epochs=epochs,
+        freeze_backbone=True,
+        lr_head=lr,
+        lr_backbone=0.0,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        device=device,
+        transform=transform,
+        image_size=image_size,
+        seed=seed,
+    )

@@ -120,8 +120,13 @@ def _seed_keys(seeds) -> list | None:
     return list(seeds)
 
 
-def difference(ref: Sequence[float] | Mapping, arm: Sequence[float] | Mapping, ref_seeds: Sequence | None = None,
-               arm_seeds: Sequence | None = None, confidence: float = 0.95) -> Summary:
+def difference(
+    ref: Sequence[float] | Mapping,
+    arm: Sequence[float] | Mapping,
+    ref_seeds: Sequence | None = None,
+    arm_seeds: Sequence | None = None,
+    confidence: float = 0.95,
+) -> Summary:
     """``arm - ref``: paired by training seed when both arms have the same set of seeds, else Welch.
 
     ``ref`` / ``arm`` are value lists with their seeds in ``ref_seeds`` / ``arm_seeds`` (None or a
@@ -134,8 +139,14 @@ def difference(ref: Sequence[float] | Mapping, arm: Sequence[float] | Mapping, r
     if isinstance(arm, Mapping):
         arm, arm_seeds = list(arm.values()), list(arm)
     ra, aa = _seed_keys(ref_seeds), _seed_keys(arm_seeds)
-    if ra is not None and aa is not None and len(ra) == len(ref) and len(aa) == len(arm) and set(ra) == set(aa) \
-            and len(ra) > 1:
+    if (
+        ra is not None
+        and aa is not None
+        and len(ra) == len(ref)
+        and len(aa) == len(arm)
+        and set(ra) == set(aa)
+        and len(ra) > 1
+    ):
         by_ref = dict(zip(ra, ref))
         by_arm = dict(zip(aa, arm))
         order = sorted(ra, key=str)
@@ -180,8 +191,9 @@ def fmt_estimate(mean: float, std: float | None = None, n: int | None = None, *,
     return text + ("" if n is None else f" ({n})")
 
 
-def fmt_difference(diff: float, low: float | None = None, high: float | None = None, *, ref: float | None = None,
-                   percent: bool = False) -> str:
+def fmt_difference(
+    diff: float, low: float | None = None, high: float | None = None, *, ref: float | None = None, percent: bool = False
+) -> str:
     """``"+d [+low, +high]"`` (signed), rounded to the precision of ``ref`` (the compared means; default
     ``diff`` itself) so that a difference reads in the same units as the cells it compares."""
     k = 100.0 if percent else 1.0

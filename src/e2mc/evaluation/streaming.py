@@ -71,10 +71,22 @@ def _lambda_max(x, idx, mean, std, seed: int, rows: int = 4096, iters: int = 30)
     return lam
 
 
-def fit_streaming(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None, num_classes: int,
-                  weight_decays: Sequence[float], *, mean: torch.Tensor, std: torch.Tensor, epochs: int = 10,
-                  min_steps: int = 1000, batch_size: int = 1024, lr_scale: float = 1.0, momentum: float = 0.9,
-                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def fit_streaming(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    idx: torch.Tensor | None,
+    num_classes: int,
+    weight_decays: Sequence[float],
+    *,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    epochs: int = 10,
+    min_steps: int = 1000,
+    batch_size: int = 1024,
+    lr_scale: float = 1.0,
+    momentum: float = 0.9,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Train H = len(weight_decays) softmax regressions at once on rows ``idx`` of ``x``.
 
     Runs ``max(epochs, ceil(min_steps / steps_per_epoch))`` epochs (small sets get at least
@@ -119,13 +131,27 @@ def fit_streaming(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None, nu
             step += 1
             if time.monotonic() - t_log >= PROGRESS_SECONDS:
                 t_log = time.monotonic()
-                log.info("streaming linear probe: %d heads, epoch %d/%d, step %d/%d, %.0f s", h, ep + 1, epochs,
-                         step, total, t_log - t0)
+                log.info(
+                    "streaming linear probe: %d heads, epoch %d/%d, step %d/%d, %.0f s",
+                    h,
+                    ep + 1,
+                    epochs,
+                    step,
+                    total,
+                    t_log - t0,
+                )
         if not bool(torch.isfinite(w).all()):
-            raise DataError("streaming linear probe diverged (non-finite weights); check the features for "
-                            "huge values or pass a smaller lr_scale (linear_probe(..., streaming={'lr_scale': 0.3}))")
-    info = {"epochs": epochs, "steps": step, "batch_size": int(batch_size), "lr": [float(v) for v in lr],
-            "lambda_max": lam}
+            raise DataError(
+                "streaming linear probe diverged (non-finite weights); check the features for "
+                "huge values or pass a smaller lr_scale (linear_probe(..., streaming={'lr_scale': 0.3}))"
+            )
+    info = {
+        "epochs": epochs,
+        "steps": step,
+        "batch_size": int(batch_size),
+        "lr": [float(v) for v in lr],
+        "lambda_max": lam,
+    }
     return w.view(d, h, c).permute(1, 0, 2).contiguous(), b.view(h, c), info
 
 
@@ -147,8 +173,17 @@ def accuracy_per_head(x, y, idx, w, b, mean, std, chunk: int = CHUNK) -> torch.T
     return correct / n
 
 
-def streaming_probe(train_x, train_y, test_x, test_y, num_classes: int, weight_decays: Sequence[float],
-                    tr_idx: torch.Tensor, va_idx: torch.Tensor, **fit_kw) -> dict:
+def streaming_probe(
+    train_x,
+    train_y,
+    test_x,
+    test_y,
+    num_classes: int,
+    weight_decays: Sequence[float],
+    tr_idx: torch.Tensor,
+    va_idx: torch.Tensor,
+    **fit_kw,
+) -> dict:
     """Selection on ``va_idx`` among heads trained on ``tr_idx``, refit of the chosen penalty on
     every training row, one test score. Returns the parts of ``linear_probe``'s result dict."""
     mean, std = feature_stats(train_x, tr_idx)

@@ -15,16 +15,28 @@ from e2mc.errors import ConfigError
 
 
 @torch.no_grad()
-def augmented_embeddings(model, dataset, *, n_images: int = 500, n_views: int = 8, recipe: str | None = None,
-                         image_size: int | None = None, device: str = "cpu", batch_size: int = 256,
-                         seed: int = 0, which=("backbone", "projector")) -> dict[str, torch.Tensor]:
+def augmented_embeddings(
+    model,
+    dataset,
+    *,
+    n_images: int = 500,
+    n_views: int = 8,
+    recipe: str | None = None,
+    image_size: int | None = None,
+    device: str = "cpu",
+    batch_size: int = 256,
+    seed: int = 0,
+    which=("backbone", "projector"),
+) -> dict[str, torch.Tensor]:
     """``{name: (n * n_views, D) float32}`` with rows ``i * n_views + j`` = view ``j`` of image ``i``."""
     from e2mc.data.views import ViewGenerator, view_config
     from e2mc.methods import get_method
 
     if n_views < 2 or n_images < 2:
-        raise ConfigError(f"lidar needs at least 2 images and 2 views per image, got {n_images} x {n_views}; "
-                          "raise --lidar-images / --lidar-views (Python: lidar_images=, lidar_views=)")
+        raise ConfigError(
+            f"lidar needs at least 2 images and 2 views per image, got {n_images} x {n_views}; "
+            "raise --lidar-images / --lidar-views (Python: lidar_images=, lidar_views=)"
+        )
     n = min(int(n_images), len(dataset))
     if n < 2:
         raise ConfigError(f"lidar needs at least 2 images; the dataset has {len(dataset)}")

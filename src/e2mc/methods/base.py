@@ -60,8 +60,14 @@ class Method:
         """Base criterion from ``cfg.method`` (a ``RunConfig``)."""
         raise NotImplementedError
 
-    def base_loss(self, out: dict, criterion: nn.Module, zs: list[torch.Tensor],
-                  queue: nn.Module | None, prototypes: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def base_loss(
+        self,
+        out: dict,
+        criterion: nn.Module,
+        zs: list[torch.Tensor],
+        queue: nn.Module | None,
+        prototypes: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
         """The criterion's output dict (``"loss"`` + terms) for the model output ``out``; ``zs`` are
         the two views' embeddings that also feed the add-on."""
         raise NotImplementedError
@@ -83,8 +89,7 @@ class Method:
             cw = cov_weight if a.cov_weight == "auto" else a.cov_weight
             if cw == "auto":
                 raise ConfigError("addon.cov_weight=auto is measured by the trainer; pass the measured value")
-            kwargs.update(transform=a.transform, entropy_weight=a.entropy_weight, cov_weight=cw, m=a.m,
-                          eps=a.eps)
+            kwargs.update(transform=a.transform, entropy_weight=a.entropy_weight, cov_weight=cw, m=a.m, eps=a.eps)
         return build_addon(a.name, **kwargs)
 
     def check_model(self, model: nn.Module) -> None:
@@ -94,11 +99,17 @@ class Method:
             raise CheckpointError(
                 f"the model has no {', '.join(missing)} but method {self.name!r} needs them; "
                 f"pick the method the checkpoint was trained with (--method) or start from a "
-                "backbone-only checkpoint so that fresh heads are built and warmed up")
+                "backbone-only checkpoint so that fresh heads are built and warmed up"
+            )
 
-    def compute_loss(self, out: dict, criterion: nn.Module, addon: nn.Module,
-                     queue: nn.Module | None = None, prototypes: torch.Tensor | None = None
-                     ) -> dict[str, torch.Tensor]:
+    def compute_loss(
+        self,
+        out: dict,
+        criterion: nn.Module,
+        addon: nn.Module,
+        queue: nn.Module | None = None,
+        prototypes: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Loss terms from the model output ``out`` (``SSLModel.forward``'s dict).
 
         Returns ``{"loss": base + addon (differentiable), "base", "addon", "base.<term>",

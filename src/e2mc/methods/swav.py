@@ -16,8 +16,13 @@ class SwAV(Method):
 
     def build_criterion(self, cfg):
         m = cfg.method
-        return build_criterion("swav", temperature=m.temperature, sinkhorn_epsilon=m.sinkhorn_epsilon,
-                               sinkhorn_iterations=m.sinkhorn_iterations, crops_for_assign=tuple(m.crops_for_assign))
+        return build_criterion(
+            "swav",
+            temperature=m.temperature,
+            sinkhorn_epsilon=m.sinkhorn_epsilon,
+            sinkhorn_iterations=m.sinkhorn_iterations,
+            crops_for_assign=tuple(m.crops_for_assign),
+        )
 
     def base_loss(self, out, criterion, zs, queue, prototypes):
         emb = [F.normalize(z.float(), dim=1) for z in out["z"]] if queue is not None else None

@@ -4,8 +4,16 @@ from e2mc.models.backbones import build_backbone
 from e2mc.models.heads import build_heads
 from e2mc.models.model import SSLModel
 
-__all__ = ["build_backbone", "build_heads", "SSLModel", "load_model", "LoadReport", "export_model",
-           "save_backbone_safetensors", "ADAPTERS"]
+__all__ = [
+    "build_backbone",
+    "build_heads",
+    "SSLModel",
+    "load_model",
+    "LoadReport",
+    "export_model",
+    "save_backbone_safetensors",
+    "ADAPTERS",
+]
 
 _LAZY = {
     "load_model": "e2mc.models.checkpoints",

@@ -110,23 +110,36 @@ class E2MCAdapter(Adapter):
         if not is_tensor_dict(obj.get("model")):
             raise CheckpointError("e2mc checkpoint without a 'model' state dict")
         parts = _flat_parts(
-            obj["model"], "model", method=obj.get("method"), arch=obj.get("arch"),
-            cifar_stem=obj.get("cifar_stem"), head_sizes=obj.get("head_sizes"),
-            epoch=_epoch(obj), optimizer=obj.get("optimizer"),
+            obj["model"],
+            "model",
+            method=obj.get("method"),
+            arch=obj.get("arch"),
+            cifar_stem=obj.get("cifar_stem"),
+            head_sizes=obj.get("head_sizes"),
+            epoch=_epoch(obj),
+            optimizer=obj.get("optimizer"),
         )
         # where a run came from: export --to original writes that layout again
-        parts.layout.update(source_format=obj.get("source_format"), source_epoch=obj.get("source_epoch"),
-                            source_layout=dict(obj.get("source_layout") or {}))
+        parts.layout.update(
+            source_format=obj.get("source_format"),
+            source_epoch=obj.get("source_epoch"),
+            source_layout=dict(obj.get("source_layout") or {}),
+        )
         return parts
 
     def pack(self, backbone, heads, meta):
         from e2mc import __version__
 
         return {
-            "e2mc_version": __version__, "format": "e2mc", "method": meta.get("method"),
-            "arch": meta.get("arch"), "cifar_stem": bool(meta.get("cifar_stem")),
-            "head_sizes": meta.get("head_sizes") or {}, "model": join_flat(backbone, heads, {"kind": "model"}),
-            "epoch": meta.get("epoch"), "source_format": meta.get("source_format"),
+            "e2mc_version": __version__,
+            "format": "e2mc",
+            "method": meta.get("method"),
+            "arch": meta.get("arch"),
+            "cifar_stem": bool(meta.get("cifar_stem")),
+            "head_sizes": meta.get("head_sizes") or {},
+            "model": join_flat(backbone, heads, {"kind": "model"}),
+            "epoch": meta.get("epoch"),
+            "source_format": meta.get("source_format"),
         }
 
 
@@ -165,7 +178,8 @@ class LightningAdapter(Adapter):
         return {
             "state_dict": {layout.get("prefix", "") + k: v for k, v in inner.items()},
             "pytorch-lightning_version": layout.get("pl_version") or "2.0.0",
-            "epoch": meta.get("epoch") or 0, "global_step": 0,
+            "epoch": meta.get("epoch") or 0,
+            "global_step": 0,
         }
 
 
@@ -183,7 +197,10 @@ class VICRegAdapter(Adapter):
         return _flat_parts(obj["model"], "model", method="vicreg", epoch=_epoch(obj), optimizer=obj.get("optimizer"))
 
     def pack(self, backbone, heads, meta):
-        out = {"model": join_flat(backbone, heads, {"kind": "model", "module_prefix": True}), "epoch": meta.get("epoch") or 0}
+        out = {
+            "model": join_flat(backbone, heads, {"kind": "model", "module_prefix": True}),
+            "epoch": meta.get("epoch") or 0,
+        }
         if meta.get("optimizer") is not None:
             out["optimizer"] = meta["optimizer"]
         return out
@@ -191,7 +208,9 @@ class VICRegAdapter(Adapter):
 
 class SimSiamAdapter(Adapter):
     name, expected = "simsiam", ("state_dict", "optimizer", "epoch", "arch")
-    description = "SimSiam checkpoint {'state_dict': {'module.encoder.*', 'module.predictor.*'}, 'optimizer', 'epoch', 'arch'}"
+    description = (
+        "SimSiam checkpoint {'state_dict': {'module.encoder.*', 'module.predictor.*'}, 'optimizer', 'epoch', 'arch'}"
+    )
 
     def detect(self, obj):
         return 0.8 if isinstance(obj, dict) and _inner_kind(obj.get("state_dict")) == "simsiam" else 0.0
@@ -204,8 +223,11 @@ class SimSiamAdapter(Adapter):
 
     def pack(self, backbone, heads, meta):
         arch = meta.get("arch") or ""
-        out = {"epoch": meta.get("epoch") or 0, "arch": arch.split(":")[-1],
-               "state_dict": join_flat(backbone, heads, {"kind": "simsiam", "module_prefix": True})}
+        out = {
+            "epoch": meta.get("epoch") or 0,
+            "arch": arch.split(":")[-1],
+            "state_dict": join_flat(backbone, heads, {"kind": "simsiam", "module_prefix": True}),
+        }
         if meta.get("optimizer") is not None:
             out["optimizer"] = meta["optimizer"]
         return out
@@ -225,8 +247,9 @@ class SwAVAdapter(Adapter):
         sd = obj.get("state_dict") if wrapped else obj
         if _inner_kind(sd) != "swav":
             raise CheckpointError("not a SwAV checkpoint: no 'module.projection_head.*' / 'module.prototypes.*' keys")
-        parts = _flat_parts(sd, "swav", epoch=_epoch(obj) if wrapped else None,
-                            optimizer=obj.get("optimizer") if wrapped else None)
+        parts = _flat_parts(
+            sd, "swav", epoch=_epoch(obj) if wrapped else None, optimizer=obj.get("optimizer") if wrapped else None
+        )
         parts.layout["wrapped"] = wrapped
         return parts
 
@@ -257,13 +280,20 @@ class BackboneAdapter(Adapter):
         return parts
 
     def pack(self, backbone, heads, meta):
-        return join_flat(backbone, {}, {"kind": "backbone", "module_prefix": (meta.get("layout") or {}).get("module_prefix")})
+        return join_flat(
+            backbone, {}, {"kind": "backbone", "module_prefix": (meta.get("layout") or {}).get("module_prefix")}
+        )
 
 
 class TimmAdapter(BackboneAdapter):
     name, expected = "timm", ("patch_embed.proj.weight", "cls_token", "pos_embed", "blocks.0.norm1.weight")
     description = "timm model state dict (patch_embed, blocks, ... ; head.* dropped)"
-    _signature = ("patch_embed.proj.weight", "blocks.0.norm1.weight", "stem.0.weight", "stages.0.blocks.0.conv_dw.weight")
+    _signature = (
+        "patch_embed.proj.weight",
+        "blocks.0.norm1.weight",
+        "stem.0.weight",
+        "stages.0.blocks.0.conv_dw.weight",
+    )
 
 
 class StateDictAdapter(Adapter):
@@ -279,11 +309,21 @@ class StateDictAdapter(Adapter):
         return _flat_parts(obj, "model")
 
     def pack(self, backbone, heads, meta):
-        return join_flat(backbone, heads, {"kind": "model", "module_prefix": (meta.get("layout") or {}).get("module_prefix")})
+        return join_flat(
+            backbone, heads, {"kind": "model", "module_prefix": (meta.get("layout") or {}).get("module_prefix")}
+        )
 
 
 ADAPTERS: dict[str, Adapter] = {
     a.name: a
-    for a in (E2MCAdapter(), LightningAdapter(), VICRegAdapter(), SimSiamAdapter(), SwAVAdapter(),
-              BackboneAdapter(), TimmAdapter(), StateDictAdapter())
+    for a in (
+        E2MCAdapter(),
+        LightningAdapter(),
+        VICRegAdapter(),
+        SimSiamAdapter(),
+        SwAVAdapter(),
+        BackboneAdapter(),
+        TimmAdapter(),
+        StateDictAdapter(),
+    )
 }

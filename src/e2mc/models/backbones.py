@@ -59,9 +59,7 @@ class ResNetMini(nn.Module):
             stride = 1 if i == 0 else 2
             down = None
             if stride != 1 or in_ch != width:
-                down = nn.Sequential(
-                    nn.Conv2d(in_ch, width, 1, stride, bias=False), nn.BatchNorm2d(width)
-                )
+                down = nn.Sequential(nn.Conv2d(in_ch, width, 1, stride, bias=False), nn.BatchNorm2d(width))
             self.add_module(f"layer{i + 1}", nn.Sequential(BasicBlock(in_ch, width, stride, down)))
             in_ch = width
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -83,9 +81,7 @@ def parse_mini_widths(arch: str) -> tuple[int, ...]:
     try:
         return tuple(int(w) for w in spec.split("-"))
     except ValueError:
-        raise ConfigError(
-            f"bad resnet_mini width spec {arch!r}; write e.g. 'resnet_mini:16-32-64'"
-        ) from None
+        raise ConfigError(f"bad resnet_mini width spec {arch!r}; write e.g. 'resnet_mini:16-32-64'") from None
 
 
 def canonical_arch(arch: str) -> str:

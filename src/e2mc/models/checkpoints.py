@@ -68,6 +68,7 @@ class LoadReport:
 
     def summary(self) -> str:
         """Human-readable multi-line text."""
+
         def few(xs, n=5):
             return ", ".join(map(str, xs[:n])) + (f", ... ({len(xs)} in all)" if len(xs) > n else "") or "-"
 
@@ -76,7 +77,8 @@ class LoadReport:
             f"format     : {self.format}",
             f"arch       : {self.arch}{' (CIFAR stem)' if self.cifar_stem else ''}",
             f"method     : {self.method or '-'}",
-            f"heads      : {few(self.heads)}" + (f"  (built fresh: {few(self.heads_built)})" if self.heads_built else ""),
+            f"heads      : {few(self.heads)}"
+            + (f"  (built fresh: {few(self.heads_built)})" if self.heads_built else ""),
             f"head sizes : {json.dumps(self.head_sizes) if self.head_sizes else '-'}",
             f"epoch      : {self.epoch if self.epoch is not None else '-'}",
             f"missing    : {few(self.missing)}",
@@ -94,8 +96,10 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
     if path.is_dir():
         last = path / "checkpoints" / "last.pt"
         if not last.is_file():
-            raise CheckpointError(f"{path} is a folder without checkpoints/last.pt; pass a checkpoint file "
-                                  "(.pth/.pt/.safetensors) or a run folder written by `e2mc pretrain/continue`")
+            raise CheckpointError(
+                f"{path} is a folder without checkpoints/last.pt; pass a checkpoint file "
+                "(.pth/.pt/.safetensors) or a run folder written by `e2mc pretrain/continue`"
+            )
         return last
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}; check the path, or pass a run folder")
@@ -189,12 +193,16 @@ def describe_unreadable(path: Path, exc: Exception) -> str:
     unsafe = sorted({n for n in names or () if n.split(".")[0] not in _PLAIN_MODULES})
     if unsafe:
         shown = ", ".join(unsafe[:4]) + (f", ... ({len(unsafe)} in all)" if len(unsafe) > 4 else "")
-        return (f"{path} holds pickled Python objects that could run code when loaded ({shown}); e2mc loads only "
-                "plain tensors and will not execute it. Use a checkpoint that holds only tensors (e.g. "
-                "torch.save(model.state_dict()) from a trusted source), or a .safetensors file")
+        return (
+            f"{path} holds pickled Python objects that could run code when loaded ({shown}); e2mc loads only "
+            "plain tensors and will not execute it. Use a checkpoint that holds only tensors (e.g. "
+            "torch.save(model.state_dict()) from a trusted source), or a .safetensors file"
+        )
     if names is not None:
-        return (f"cannot read {path}: a Python pickle that is not a PyTorch checkpoint e2mc can read "
-                f"({type(exc).__name__}); {fix}")
+        return (
+            f"cannot read {path}: a Python pickle that is not a PyTorch checkpoint e2mc can read "
+            f"({type(exc).__name__}); {fix}"
+        )
     text = head.decode("utf-8", "ignore")
     if len(text) >= len(head) // 2 and all(c.isprintable() or c in "\t\r\n" for c in text):
         return f"cannot read {path}: not a PyTorch/safetensors checkpoint (a text file); {fix}"
@@ -245,7 +253,8 @@ def _fill(model: SSLModel, parts: Parts, report: LoadReport) -> dict:
     missing = [k for k in missing if k not in loaded]
     report.shape_mismatches = [
         (k, tuple(loaded[k].shape), tuple(expected[k].shape))
-        for k in loaded if k in expected and loaded[k].shape != expected[k].shape
+        for k in loaded
+        if k in expected and loaded[k].shape != expected[k].shape
     ]
     if missing or extra or report.shape_mismatches:
         bad = [f"{k}: file {a} vs model {b}" for k, a, b in report.shape_mismatches[:3]]
@@ -258,31 +267,53 @@ def _fill(model: SSLModel, parts: Parts, report: LoadReport) -> dict:
     return loaded
 
 
-def model_from_parts(parts: Parts, *, fmt: str, path: str = "<object>", arch=None, method=None,
-                     cifar_stem=None, fresh_heads=False, head_sizes=None) -> tuple[SSLModel, LoadReport]:
+def model_from_parts(
+    parts: Parts,
+    *,
+    fmt: str,
+    path: str = "<object>",
+    arch=None,
+    method=None,
+    cifar_stem=None,
+    fresh_heads=False,
+    head_sizes=None,
+) -> tuple[SSLModel, LoadReport]:
     """Build the SSLModel a split checkpoint describes and load it all-or-nothing."""
     det_arch, det_stem = detect_arch(parts.backbone) if parts.backbone else (None, None)
     if arch and det_arch and canonical_arch(arch) != canonical_arch(det_arch):
-        raise CheckpointError(f"arch mismatch: the weights in {path} look like {det_arch}, not {arch}; "
-                              "leave --arch out to use the detected one")
+        raise CheckpointError(
+            f"arch mismatch: the weights in {path} look like {det_arch}, not {arch}; "
+            "leave --arch out to use the detected one"
+        )
     if parts.arch and det_arch and canonical_arch(parts.arch) != canonical_arch(det_arch):
         parts.notes.append(f"the file says arch {parts.arch} but its weights are {det_arch}; using {det_arch}")
         parts.arch = None
     arch = arch or parts.arch or det_arch
     if not arch:
         raise CheckpointError(f"cannot tell the architecture of {path} from its weights; pass arch= (--arch)")
-    stem = cifar_stem if cifar_stem is not None else (parts.cifar_stem if parts.cifar_stem is not None else bool(det_stem))
+    stem = (
+        cifar_stem if cifar_stem is not None else (parts.cifar_stem if parts.cifar_stem is not None else bool(det_stem))
+    )
     ckpt_method = _parts_method(parts)
-    report = LoadReport(path=str(path), format=fmt, arch=arch, cifar_stem=bool(stem), epoch=parts.epoch,
-                        dropped=list(parts.dropped), notes=list(parts.notes), layout=dict(parts.layout),
-                        optimizer_state=parts.optimizer)
+    report = LoadReport(
+        path=str(path),
+        format=fmt,
+        arch=arch,
+        cifar_stem=bool(stem),
+        epoch=parts.epoch,
+        dropped=list(parts.dropped),
+        notes=list(parts.notes),
+        layout=dict(parts.layout),
+        optimizer_state=parts.optimizer,
+    )
     heads = dict(parts.heads)
     if method and ckpt_method and heads and method != ckpt_method:
         if not fresh_heads:
             raise CheckpointError(
                 f"{path} holds {ckpt_method} heads ({', '.join(heads)}) but method {method!r} was asked; use "
                 f"--method {ckpt_method} (method={ckpt_method!r}), or --fresh-heads (fresh_heads=True) to keep "
-                f"only the backbone and build new {method} heads")
+                f"only the backbone and build new {method} heads"
+            )
         report.dropped += [f"{h}.{k}" for h, sd in heads.items() for k in sd]
         report.notes.append(f"dropped the checkpoint's {ckpt_method} heads; built {method} heads fresh")
         heads = {}
@@ -331,8 +362,15 @@ def _from_name(name: str, method, cifar_stem, head_sizes) -> tuple[SSLModel, Loa
     kind, arch = name.split(":", 1)
     arch = "timm:" + arch if kind == "timm" else arch
     model = SSLModel.build(method, arch, cifar_stem=bool(cifar_stem), **(head_sizes or {}))
-    report = LoadReport(path=name, format="random", arch=arch, method=method, cifar_stem=bool(cifar_stem),
-                        heads_built=model.head_names, head_sizes=dict(model.head_sizes))
+    report = LoadReport(
+        path=name,
+        format="random",
+        arch=arch,
+        method=method,
+        cifar_stem=bool(cifar_stem),
+        heads_built=model.head_names,
+        head_sizes=dict(model.head_sizes),
+    )
     note = "random initialisation"
     if kind == "torchvision" and not cifar_stem:
         note = _cached_torchvision(model, arch) or note
@@ -356,9 +394,15 @@ def _cached_torchvision(model: SSLModel, arch: str) -> str | None:
     return f"torchvision pretrained weights from the local cache {file}"
 
 
-def load_model(path_or_name, method: str | None = None, arch: str | None = None, format: str | None = None,
-               cifar_stem: bool | None = None, fresh_heads: bool = False,
-               head_sizes: dict | None = None) -> tuple[SSLModel, LoadReport]:
+def load_model(
+    path_or_name,
+    method: str | None = None,
+    arch: str | None = None,
+    format: str | None = None,
+    cifar_stem: bool | None = None,
+    fresh_heads: bool = False,
+    head_sizes: dict | None = None,
+) -> tuple[SSLModel, LoadReport]:
     """Load a checkpoint file or hub name into an :class:`SSLModel` and say what happened.
 
     Args:
@@ -393,5 +437,13 @@ def load_model(path_or_name, method: str | None = None, arch: str | None = None,
             parts.cifar_stem = meta["cifar_stem"] == "True"
         fmt = "safetensors"
         parts.layout["source_format"] = meta.get("format")
-    return model_from_parts(parts, fmt=fmt, path=text, arch=arch, method=method, cifar_stem=cifar_stem,
-                            fresh_heads=fresh_heads, head_sizes=head_sizes)
+    return model_from_parts(
+        parts,
+        fmt=fmt,
+        path=text,
+        arch=arch,
+        method=method,
+        cifar_stem=cifar_stem,
+        fresh_heads=fresh_heads,
+        head_sizes=head_sizes,
+    )

@@ -44,8 +44,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         return fileio.atomic_write(path, write)
     except OSError as exc:  # permissions, a file where a folder should be, disk full
-        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}; choose a writable "
-                              "file path with free space") from None
+        raise CheckpointError(
+            f"cannot write {path}: {exc.strerror or exc}; choose a writable file path with free space"
+        ) from None
 
 
 def _save_safetensors(tensors: dict, path, metadata: dict) -> Path:
@@ -63,12 +64,18 @@ def save_backbone_safetensors(model, path: str | os.PathLike, source_format: str
         >>> save_backbone_safetensors(model, "resnet50_e2mc.safetensors")  # doctest: +SKIP
     """
     backbone, _ = model_state(model)
-    meta = {"arch": getattr(model, "arch", None), "cifar_stem": bool(getattr(model, "cifar_stem", False)),
-            "format": source_format or "e2mc", "method": getattr(model, "method", None)}
+    meta = {
+        "arch": getattr(model, "arch", None),
+        "cifar_stem": bool(getattr(model, "cifar_stem", False)),
+        "format": source_format or "e2mc",
+        "method": getattr(model, "method", None),
+    }
     return _save_safetensors(backbone, path, meta)
 
 
-def resolve_target(report, format: str | None = None, epoch: int | None = None) -> tuple[str, str | None, dict, int | None]:
+def resolve_target(
+    report, format: str | None = None, epoch: int | None = None
+) -> tuple[str, str | None, dict, int | None]:
     """``(format, source format, source layout, epoch)`` that ``export_model`` writes for ``format``.
 
     ``None``/``"original"`` is the layout the model was loaded from; for an e2mc run checkpoint it
@@ -92,8 +99,15 @@ def resolve_target(report, format: str | None = None, epoch: int | None = None) 
     return fmt, source, layout, epoch
 
 
-def export_model(model, report=None, path: str | os.PathLike = "model.pt", format: str | None = None, *,
-                 epoch: int | None = None, optimizer_state: Any = None) -> Path:
+def export_model(
+    model,
+    report=None,
+    path: str | os.PathLike = "model.pt",
+    format: str | None = None,
+    *,
+    epoch: int | None = None,
+    optimizer_state: Any = None,
+) -> Path:
     """Write ``model`` to ``path`` in a checkpoint layout; returns the path.
 
     Args:
@@ -121,11 +135,16 @@ def export_model(model, report=None, path: str | os.PathLike = "model.pt", forma
     if wants and model.method not in (None, wants):
         raise CheckpointError(
             f"the model has {model.method} heads; the {fmt} layout holds {wants} heads. Export with "
-            "format='torchvision' or 'safetensors' for the backbone alone, or 'e2mc' for everything")
+            "format='torchvision' or 'safetensors' for the backbone alone, or 'e2mc' for everything"
+        )
     backbone, heads = model_state(model)
     meta = {
-        "method": model.method, "arch": model.arch, "cifar_stem": model.cifar_stem,
-        "head_sizes": model.head_sizes, "optimizer": optimizer_state, "source_format": source,
+        "method": model.method,
+        "arch": model.arch,
+        "cifar_stem": model.cifar_stem,
+        "head_sizes": model.head_sizes,
+        "optimizer": optimizer_state,
+        "source_format": source,
         "epoch": epoch if epoch is not None else getattr(report, "epoch", None),
         "layout": layout if source == fmt else None,
     }

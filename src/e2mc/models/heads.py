@@ -102,8 +102,10 @@ def resolve_head_sizes(method: str, in_dim: int, **sizes) -> dict:
     out = default_head_sizes(method, in_dim)
     unknown = set(sizes) - set(out)
     if unknown:
-        raise ConfigError(f"unknown head size(s) {sorted(unknown)} for {method}; known: {sorted(out)}. Give "
-                          f"{method}'s names in model.head_sizes, or `--set model.head_sizes={{}}` for its defaults")
+        raise ConfigError(
+            f"unknown head size(s) {sorted(unknown)} for {method}; known: {sorted(out)}. Give "
+            f"{method}'s names in model.head_sizes, or `--set model.head_sizes={{}}` for its defaults"
+        )
     out.update({k: (list(v) if isinstance(v, (list, tuple)) else int(v)) for k, v in sizes.items()})
     if method == "simsiam" and "pred_hidden" not in sizes:
         out["pred_hidden"] = max(1, out["proj_dim"] // 4)

@@ -44,7 +44,7 @@ def is_tensor_dict(obj) -> bool:
 
 def sub(sd: dict, prefix: str) -> dict:
     """Entries of ``sd`` under ``prefix``, with the prefix removed."""
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
 def flat_kind(sd: dict) -> str:

@@ -43,6 +43,8 @@ def recipe_path(name: str) -> Path:
 
         close = difflib.get_close_matches(stem, _names(), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown recipe {name!r}.{hint} Available: {', '.join(_names())} "
-                          "(`e2mc recipes` lists them; or pass a YAML file path)")
+        raise ConfigError(
+            f"unknown recipe {name!r}.{hint} Available: {', '.join(_names())} "
+            "(`e2mc recipes` lists them; or pass a YAML file path)"
+        )
     return path

@@ -62,10 +62,15 @@ def run_info(run_dir: Path, rows: list[dict]) -> dict:
             pass
     epochs = [e for e in (plots._num(r.get("epoch")) for r in rows) if e is not None]
     steps = [e for e in (plots._num(r.get("step")) for r in rows) if e is not None]
-    return {"seed": train.get("seed"), "epochs": int(max(epochs)) if epochs else None,
-            "planned_epochs": train.get("epochs"), "steps": int(max(steps)) if steps else None,
-            "addon": (cfg.get("addon") or {}).get("name"), "mode": cfg.get("mode"),
-            "wall_time_s": round(max(times) - min(times), 1) if len(times) > 1 else None}
+    return {
+        "seed": train.get("seed"),
+        "epochs": int(max(epochs)) if epochs else None,
+        "planned_epochs": train.get("epochs"),
+        "steps": int(max(steps)) if steps else None,
+        "addon": (cfg.get("addon") or {}).get("name"),
+        "mode": cfg.get("mode"),
+        "wall_time_s": round(max(times) - min(times), 1) if len(times) > 1 else None,
+    }
 
 
 def _runs_of(comparison) -> list[tuple[str, Path]]:
@@ -82,11 +87,10 @@ def _runs_of(comparison) -> list[tuple[str, Path]]:
 HOW_TO_READ = [
     "**n**: how many values a cell averages — the arm's checkpoints (one per training seed); in rows "
     "marked † (one checkpoint per arm) the evaluation seeds of a seeded protocol instead.",
-    "**mean ± std (n)**: the sample standard deviation (ddof=1) over those n values; with n = 1 "
-    "there is no std.",
+    "**mean ± std (n)**: the sample standard deviation (ddof=1) over those n values; with n = 1 there is no std.",
     "**Differences** (last columns, and the plot): each arm minus the first arm, with a 95% "
     "Student-t interval; *paired* when both arms ran the same training seeds, *Welch* otherwise. "
-    "An interval that contains 0 means no detectable difference at this n, not \"no effect\"; "
+    'An interval that contains 0 means no detectable difference at this n, not "no effect"; '
     "n = 1 gives no interval.",
     "**Accuracies** (kNN@k, linear probe, few-shot, semi-supervised) are test-set top-1 in %; "
     "differences in accuracy points.",
@@ -97,10 +101,16 @@ HOW_TO_READ = [
 ]
 
 
-def write_report(out_dir, comparison=None, runs: Sequence[str | os.PathLike] = (),
-                 spectra: Mapping[str, Sequence[float]] | None = None,
-                 marginals: Mapping[str, np.ndarray] | None = None, title: str = "e2mc report",
-                 headline: dict | None = None, wall_times: Mapping[str, float] | None = None) -> dict[str, Path]:
+def write_report(
+    out_dir,
+    comparison=None,
+    runs: Sequence[str | os.PathLike] = (),
+    spectra: Mapping[str, Sequence[float]] | None = None,
+    marginals: Mapping[str, np.ndarray] | None = None,
+    title: str = "e2mc report",
+    headline: dict | None = None,
+    wall_times: Mapping[str, float] | None = None,
+) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and PNG plots into ``out_dir``; return their paths.
 
     This is the one report writer: ``e2mc compare --out``, ``e2mc report`` and the demo call it.
@@ -143,8 +153,9 @@ def write_report(out_dir, comparison=None, runs: Sequence[str | os.PathLike] = (
         head = head or comparison.headline or compute_headline(comparison)
         order = {a: i for i, a in enumerate(comparison.names)}  # arms in table order: same hues as the table
         run_rows = dict(sorted(run_rows.items(), key=lambda kv: order.get(run_arm[kv[0]], len(order))))
-    labels = {n: (f"{run_arm[n]}, seed {run_meta[n]['seed']}" if run_meta[n]["seed"] is not None else n)
-              for n in run_rows}
+    labels = {
+        n: (f"{run_arm[n]}, seed {run_meta[n]['seed']}" if run_meta[n]["seed"] is not None else n) for n in run_rows
+    }
     figures: list[tuple[str, Path]] = []
 
     def add(caption: str, p: Path | None) -> None:
@@ -152,16 +163,23 @@ def write_report(out_dir, comparison=None, runs: Sequence[str | os.PathLike] = (
             figures.append((caption, p))
 
     # continued runs count their steps from 0 again: their curves are not drawn over a pre-training's
-    curves = {n: r for n, r in run_rows.items() if run_meta[n]["mode"] != "pretrain"} \
-        if any(m["mode"] == "continue" for m in run_meta.values()) else run_rows
+    curves = (
+        {n: r for n, r in run_rows.items() if run_meta[n]["mode"] != "pretrain"}
+        if any(m["mode"] == "continue" for m in run_meta.values())
+        else run_rows
+    )
     left_out = [n for n in run_rows if n not in curves]
-    add("Loss terms and label-free metrics over training (colour: arm; shade: seed)"
+    add(
+        "Loss terms and label-free metrics over training (colour: arm; shade: seed)"
         + (f"; pre-training runs not drawn: {', '.join(f'`{n}`' for n in left_out)}" if left_out else ""),
-        plots.plot_training_curves(curves, out / "training.png", arms=run_arm, labels=labels))
+        plots.plot_training_curves(curves, out / "training.png", arms=run_arm, labels=labels),
+    )
     if comparison is not None:
-        add(f"Accuracy: each arm minus `{comparison.names[0]}` in points, with its 95% interval (zero line: no "
+        add(
+            f"Accuracy: each arm minus `{comparison.names[0]}` in points, with its 95% interval (zero line: no "
             "difference)",
-            plots.plot_accuracy(comparison.names, _accuracy_metrics(comparison), comparison.rows, out / "accuracy.png"))
+            plots.plot_accuracy(comparison.names, _accuracy_metrics(comparison), comparison.rows, out / "accuracy.png"),
+        )
     add("Singular-value spectrum (log scale)", plots.plot_spectra(spectra or {}, out / "spectrum.png"))
     add("Histograms of mapped projector marginals", plots.plot_marginals(marginals or {}, out / "marginals.png"))
 
@@ -170,17 +188,34 @@ def write_report(out_dir, comparison=None, runs: Sequence[str | os.PathLike] = (
     if head is not None and head.get("text"):
         blocks.append(("headline", head["text"]))
     if wall_times:
-        blocks.append(("p", "Wall time: " + ", ".join(
-            f"{k.replace('_', ' ')} {fmt_number(float(v), 0 if v >= 10 else 1)} s" for k, v in wall_times.items()
-            if v is not None) + "."))
+        blocks.append(
+            (
+                "p",
+                "Wall time: "
+                + ", ".join(
+                    f"{k.replace('_', ' ')} {fmt_number(float(v), 0 if v >= 10 else 1)} s"
+                    for k, v in wall_times.items()
+                    if v is not None
+                )
+                + ".",
+            )
+        )
     elif run_rows and any(m["wall_time_s"] is not None for m in run_meta.values()):
         total = sum(m["wall_time_s"] or 0 for m in run_meta.values())
         blocks.append(("p", f"Wall time: {len(run_rows)} training runs, {fmt_number(total, 0)} s in all (see Runs)."))
     blocks += [("h2", "How to read this"), ("ul", HOW_TO_READ)]
     if comparison is not None:
         blocks += [("h2", "Comparison"), ("md", comparison.to_markdown())]
-        blocks += [("p", "Arms:"), ("ul", [f"`{n}`: " + ", ".join(f"`{c}`" for c in cks)
-                                           for n, cks in zip(comparison.names, comparison.checkpoints)])]
+        blocks += [
+            ("p", "Arms:"),
+            (
+                "ul",
+                [
+                    f"`{n}`: " + ", ".join(f"`{c}`" for c in cks)
+                    for n, cks in zip(comparison.names, comparison.checkpoints)
+                ],
+            ),
+        ]
     if run_rows:
         table = [["run", "arm", "seed", "epochs", "steps", "wall time (s)"]]
         for n, m in run_meta.items():
@@ -188,11 +223,25 @@ def write_report(out_dir, comparison=None, runs: Sequence[str | os.PathLike] = (
             if m["planned_epochs"] is not None and m["epochs"] is not None and m["epochs"] != m["planned_epochs"]:
                 ep += f" of {m['planned_epochs']}"
             wall = "" if m["wall_time_s"] is None else fmt_number(m["wall_time_s"], 1 if m["wall_time_s"] < 100 else 0)
-            table.append([f"`{n}`", run_arm[n], "" if m["seed"] is None else str(m["seed"]), ep,
-                          "" if m["steps"] is None else str(m["steps"]), wall])
-        blocks += [("h2", "Runs"), ("p", "Each training run: its arm, training seed, epochs and optimiser steps "
-                                         "reached, and wall time from its start to its last logged row."),
-                   ("table", table)]
+            table.append(
+                [
+                    f"`{n}`",
+                    run_arm[n],
+                    "" if m["seed"] is None else str(m["seed"]),
+                    ep,
+                    "" if m["steps"] is None else str(m["steps"]),
+                    wall,
+                ]
+            )
+        blocks += [
+            ("h2", "Runs"),
+            (
+                "p",
+                "Each training run: its arm, training seed, epochs and optimiser steps "
+                "reached, and wall time from its start to its last logged row.",
+            ),
+            ("table", table),
+        ]
     blocks += [("h2", "Figures")] + [("figure", (c, p)) for c, p in figures]
     write_text_atomic(out / "report.md", _render_md(blocks))
     write_text_atomic(out / "report.html", _render_html(blocks, title))
@@ -249,19 +298,30 @@ def _render_html(blocks, title: str) -> str:
         elif kind == "md":
             body.append(_md_to_html(x))
         elif kind == "table":
-            body.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in x[0]) + "</tr>" + "".join(
-                "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in x[1:]) + "</table>")
+            body.append(
+                "<table><tr>"
+                + "".join(f"<th>{_inline(c)}</th>" for c in x[0])
+                + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in x[1:])
+                + "</table>"
+            )
         elif kind == "figure":
             caption, p = x
             b64 = base64.b64encode(p.read_bytes()).decode()
-            body.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{b64}'/>"
-                        f"<figcaption>{_inline(caption)}</figcaption></figure>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}table{border-collapse:"
-             "collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px;font-size:13px}img{max-width:100%}"
-             ".headline{font-size:1.15em;background:#eef5ff;border-left:4px solid #2a6ebb;padding:.6em 1em}"
-             "li{margin:.2em 0}code{font-size:90%}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+            body.append(
+                f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{b64}'/>"
+                f"<figcaption>{_inline(caption)}</figcaption></figure>"
+            )
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}table{border-collapse:"
+        "collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px;font-size:13px}img{max-width:100%}"
+        ".headline{font-size:1.15em;background:#eef5ff;border-left:4px solid #2a6ebb;padding:.6em 1em}"
+        "li{margin:.2em 0}code{font-size:90%}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
+    )
 
 
 def _md_to_html(md: str) -> str:
@@ -274,8 +334,13 @@ def _md_to_html(md: str) -> str:
             continue
         if table:
             head, *rest = table
-            parts.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>"
-                         + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rest) + "</table>")
+            parts.append(
+                "<table><tr>"
+                + "".join(f"<th>{c}</th>" for c in head)
+                + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rest)
+                + "</table>"
+            )
             table = []
         if line.strip():
             parts.append(f"<p>{_inline(line)}</p>")

@@ -30,18 +30,26 @@ def curve_columns(runs: Mapping[str, list[dict]]) -> list[str]:
     A column that holds one value in every run (e.g. ``addon.m``, or ``addon.tied`` at 0) is left out."""
     cols: list[str] = []
     for rows in runs.values():
-        for c in (rows[0].keys() if rows else []):
+        for c in rows[0].keys() if rows else []:
             if c not in NON_CURVE_COLUMNS and c not in cols and any(_num(r.get(c)) is not None for r in rows):
                 cols.append(c)
     cols = [c for c in cols if len({_num(r.get(c)) for rows in runs.values() for r in rows} - {None}) > 1]
     return [c for c in cols if c not in METRIC_COLUMNS] + [c for c in METRIC_COLUMNS if c in cols]
 
 
-Y_LABELS = {"loss": "total loss", "base": "base (SSL) loss", "addon": "add-on loss (weighted)",
-            "addon.entropy": "E2MC entropy term (nats)", "addon.covariance": "E2MC covariance term",
-            "addon.saturated": "fraction saturated", "addon.tied": "fraction tied",
-            "rankme": "RankMe, backbone (eff. rank)", "rankme_proj": "RankMe, projector (eff. rank)",
-            "entropy": "marginal entropy (nats)", "uniformity": "uniformity (lower: more uniform)"}
+Y_LABELS = {
+    "loss": "total loss",
+    "base": "base (SSL) loss",
+    "addon": "add-on loss (weighted)",
+    "addon.entropy": "E2MC entropy term (nats)",
+    "addon.covariance": "E2MC covariance term",
+    "addon.saturated": "fraction saturated",
+    "addon.tied": "fraction tied",
+    "rankme": "RankMe, backbone (eff. rank)",
+    "rankme_proj": "RankMe, projector (eff. rank)",
+    "entropy": "marginal entropy (nats)",
+    "uniformity": "uniformity (lower: more uniform)",
+}
 
 
 def y_label(col: str) -> str:
@@ -67,8 +75,9 @@ def run_colours(arms: Mapping[str, str]) -> dict[str, tuple]:
     return out
 
 
-def training_figure(runs: Mapping[str, list[dict]], arms: Mapping[str, str] | None = None,
-                    labels: Mapping[str, str] | None = None):
+def training_figure(
+    runs: Mapping[str, list[dict]], arms: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None
+):
     """The training-curves figure, or None: one panel per non-constant loss term / label-free metric,
     x = step, one hue per arm (``arms``: run -> arm; default: each run its own arm), shades per seed."""
     cols = curve_columns(runs)
@@ -83,8 +92,10 @@ def training_figure(runs: Mapping[str, list[dict]], arms: Mapping[str, str] | No
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow + 0.6), squeeze=False)
     for ax, col in zip(axes.flat, cols):
         for name, rows in runs.items():
-            pts = [(_num(r.get("step")) if _num(r.get("step")) is not None else _num(r.get("epoch")), _num(r.get(col)))
-                   for r in rows]
+            pts = [
+                (_num(r.get("step")) if _num(r.get("step")) is not None else _num(r.get("epoch")), _num(r.get(col)))
+                for r in rows
+            ]
             pts = [(x, y) for x, y in pts if x is not None and y is not None]
             if pts:
                 xs, ys = zip(*sorted(pts))
@@ -93,7 +104,7 @@ def training_figure(runs: Mapping[str, list[dict]], arms: Mapping[str, str] | No
         ax.set_xlabel("step")
         ax.set_ylabel(y_label(col), fontsize=8)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(cols):]:
+    for ax in list(axes.flat)[len(cols) :]:
         ax.axis("off")
     handles = [plt.Line2D([], [], color=colours[n], marker="o", ms=3, label=labels[n]) for n in runs]
     fig.legend(handles=handles, loc="upper right", fontsize=8, ncol=min(3, len(handles)))
@@ -101,8 +112,12 @@ def training_figure(runs: Mapping[str, list[dict]], arms: Mapping[str, str] | No
     return fig
 
 
-def plot_training_curves(runs: Mapping[str, list[dict]], path: str | Path, arms: Mapping[str, str] | None = None,
-                         labels: Mapping[str, str] | None = None) -> Path | None:
+def plot_training_curves(
+    runs: Mapping[str, list[dict]],
+    path: str | Path,
+    arms: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> Path | None:
     """Save :func:`training_figure` to ``path`` (None when there is nothing to plot)."""
     fig = training_figure(runs, arms, labels)
     return None if fig is None else _save(fig, path)
@@ -118,8 +133,16 @@ def accuracy_differences(arms: Sequence[str], metrics: Sequence[str], rows: Sequ
             if r is None or r.get("diff") is None:
                 continue
             lo, hi = r.get("diff_low"), r.get("diff_high")
-            out.append({"metric": m, "arm": arm, "diff": 100 * r["diff"], "low": None if lo is None else 100 * lo,
-                        "high": None if hi is None else 100 * hi, "kind": r.get("diff_kind")})
+            out.append(
+                {
+                    "metric": m,
+                    "arm": arm,
+                    "diff": 100 * r["diff"],
+                    "low": None if lo is None else 100 * lo,
+                    "high": None if hi is None else 100 * hi,
+                    "kind": r.get("diff_kind"),
+                }
+            )
     return out
 
 
@@ -140,13 +163,25 @@ def accuracy_figure(arms: Sequence[str], metrics: Sequence[str], rows: Sequence[
         with_ci = [(y, d) for y, d in pts if d["low"] is not None]
         if with_ci:
             ys, ds = zip(*with_ci)
-            ax.errorbar([d["diff"] for d in ds], ys, xerr=[[d["diff"] - d["low"] for d in ds],
-                                                          [d["high"] - d["diff"] for d in ds]],
-                        fmt="o", color=colour, capsize=4, label=f"{arm} − {arms[0]} (95% CI)")
+            ax.errorbar(
+                [d["diff"] for d in ds],
+                ys,
+                xerr=[[d["diff"] - d["low"] for d in ds], [d["high"] - d["diff"] for d in ds]],
+                fmt="o",
+                color=colour,
+                capsize=4,
+                label=f"{arm} − {arms[0]} (95% CI)",
+            )
         no_ci = [(y, d) for y, d in pts if d["low"] is None]
         if no_ci:
-            ax.plot([d["diff"] for _, d in no_ci], [y for y, _ in no_ci], "o", mfc="none", color=colour,
-                    label=f"{arm} − {arms[0]} (n=1, no interval)")
+            ax.plot(
+                [d["diff"] for _, d in no_ci],
+                [y for y, _ in no_ci],
+                "o",
+                mfc="none",
+                color=colour,
+                label=f"{arm} − {arms[0]} (n=1, no interval)",
+            )
     ax.axvline(0.0, color="black", linewidth=1)
     ax.set_yticks(range(len(metrics)), metrics, fontsize=8)
     ax.invert_yaxis()

@@ -30,8 +30,9 @@ def _overrides(mode: str, overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def resolve_config(mode: str, source: Source, overrides: list[str] | dict[str, Any],
-                   auto_resume: bool = False) -> RunConfig:
+def resolve_config(
+    mode: str, source: Source, overrides: list[str] | dict[str, Any], auto_resume: bool = False
+) -> RunConfig:
     """The ``RunConfig`` of a ``mode`` ("pretrain" / "continue") run, as the CLI and the API resolve it.
 
     ``source`` is a ``RunConfig``, a dict, a YAML path, a recipe name or None; ``overrides`` is a
@@ -64,16 +65,22 @@ def resolve_config(mode: str, source: Source, overrides: list[str] | dict[str, A
             raise ConfigError(f"--resume needs the run folder: `e2mc {mode} --out RUN_DIR --resume`")
         source = os.path.join(out, "config.yaml")
         if not os.path.isfile(source):
-            raise ConfigError(f"--resume: {out} holds no run to resume (no config.yaml); check --out, "
-                              "or drop --resume to start a new run")
+            raise ConfigError(
+                f"--resume: {out} holds no run to resume (no config.yaml); check --out, "
+                "or drop --resume to start a new run"
+            )
     init = given.get("model.init")
     if mode == "continue" and init and not os.path.exists(str(init)) and ":" not in str(init):
-        raise ConfigError(f"checkpoint {init} not found; give the path of a .pth/.pt/.safetensors "
-                          "file or a name like torchvision:resnet50")
+        raise ConfigError(
+            f"checkpoint {init} not found; give the path of a .pth/.pt/.safetensors "
+            "file or a name like torchvision:resnet50"
+        )
     if mode == "continue" and source is None:
         if not init:
-            raise ConfigError("continue needs a checkpoint: `e2mc continue CHECKPOINT [--method ...]`, or a "
-                              "--recipe/--config that sets model.init")
+            raise ConfigError(
+                "continue needs a checkpoint: `e2mc continue CHECKPOINT [--method ...]`, or a "
+                "--recipe/--config that sets model.init"
+            )
         if given.get("method.name") is None:
             from e2mc.models.checkpoints import checkpoint_method
 
@@ -85,8 +92,7 @@ def resolve_config(mode: str, source: Source, overrides: list[str] | dict[str, A
     return load_config(source, [f"{k}={v}" for k, v in extra.items()] + list(overrides))
 
 
-def build_config(mode: str, config_or_path: Source = None, *, auto_resume: bool = False,
-                 **overrides: Any) -> RunConfig:
+def build_config(mode: str, config_or_path: Source = None, *, auto_resume: bool = False, **overrides: Any) -> RunConfig:
     """Resolve a config for ``mode`` ("pretrain" / "continue") from a file/recipe/dict plus
     overrides (``__`` or dots for sections), as ``resolve_config`` describes."""
     return resolve_config(mode, config_or_path, _overrides(mode, overrides), auto_resume)

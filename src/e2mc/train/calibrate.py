@@ -26,8 +26,10 @@ CALIBRATION_BATCHES = 2
 def auto_cov_weight(base_loss: float, covariance: float, fraction: float) -> float:
     """``fraction * |base_loss| / covariance``; ConfigError when the covariance term is zero."""
     if not covariance > 0:
-        raise ConfigError(f"addon.cov_weight=auto: the start's E2MC covariance term is {covariance:g}, so no weight "
-                          "makes it a fraction of the base loss; give addon.cov_weight a number")
+        raise ConfigError(
+            f"addon.cov_weight=auto: the start's E2MC covariance term is {covariance:g}, so no weight "
+            "makes it a fraction of the base loss; give addon.cov_weight a number"
+        )
     return float(fraction) * abs(float(base_loss)) / float(covariance)
 
 
@@ -35,7 +37,7 @@ def calibration_indices(n: int, batch: int, seed: int, batches: int = CALIBRATIO
     """The dataset rows of each calibration batch: a permutation seeded by ``seed``, cut in batches."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
     k = max(1, min(batches, n // batch))
-    return [perm[i * batch:(i + 1) * batch] for i in range(k)]
+    return [perm[i * batch : (i + 1) * batch] for i in range(k)]
 
 
 @torch.no_grad()
@@ -47,8 +49,9 @@ def measure_terms(trainer) -> tuple[float, float]:
     from e2mc.data import training_dataset
 
     cfg = trainer.cfg
-    probe = build_addon("e2mc", transform=cfg.addon.transform, entropy_weight=0.0, cov_weight=1.0, m=cfg.addon.m,
-                        eps=cfg.addon.eps).to(trainer.device)
+    probe = build_addon(
+        "e2mc", transform=cfg.addon.transform, entropy_weight=0.0, cov_weight=1.0, m=cfg.addon.m, eps=cfg.addon.eps
+    ).to(trainer.device)
     data = training_dataset(trainer.dataset, trainer.views)
     model = trainer.model
     buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
@@ -64,8 +67,9 @@ def measure_terms(trainer) -> tuple[float, float]:
                     views = trainer.views([x.to(trainer.device) for x in images])
                 else:
                     views = trainer.views(images.to(trainer.device))
-                with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype or torch.float32,
-                                    enabled=trainer.amp_dtype is not None):
+                with torch.autocast(
+                    trainer.device.type, dtype=trainer.amp_dtype or torch.float32, enabled=trainer.amp_dtype is not None
+                ):
                     out = model(views)
                 terms = trainer.method.compute_loss(out, trainer.criterion, probe)
                 base.append(float(terms["base"]))

@@ -57,8 +57,14 @@ def setup(device: str = "auto") -> DistInfo:
         kwargs = {"device_id": dev} if dev.type == "cuda" else {}
         dist.init_process_group(backend=backend, **kwargs)
         owns = True
-    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
-                    device=dev, owns_group=owns, cpu_group=_cpu_group())
+    return DistInfo(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=local_rank,
+        device=dev,
+        owns_group=owns,
+        cpu_group=_cpu_group(),
+    )
 
 
 _CPU_GROUPS: dict = {}
@@ -90,8 +96,11 @@ def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
     # (It syncs buffers once at wrap time: harmless, every rank holds the same model then.)
     import inspect
 
-    key = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters \
+    key = (
+        "forward_sync_buffers"
+        if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
         else "broadcast_buffers"
+    )
     return ddp(model, device_ids=ids, **{key: False})
 
 
@@ -190,7 +199,7 @@ class ShardedEpochSampler(torch.utils.data.Sampler):
         perm = torch.randperm(self.n, generator=g)
         gb, b = self.batch_size * self.world_size, self.batch_size
         for i in range(self.start_batch, self.batches_per_epoch):
-            yield from perm[i * gb + self.rank * b: i * gb + (self.rank + 1) * b].tolist()
+            yield from perm[i * gb + self.rank * b : i * gb + (self.rank + 1) * b].tolist()
 
     def __len__(self) -> int:
         return max(0, self.batches_per_epoch - self.start_batch) * self.batch_size

@@ -86,8 +86,9 @@ class TrainerSetup(R.RunFolderMixin):
     source_layout = _InState()
     auto_cov_weight = _InState()
 
-    def __init__(self, config: RunConfig, model_fn: Callable | None = None,
-                 views_fn: Callable | None = None, quiet: bool = False) -> None:
+    def __init__(
+        self, config: RunConfig, model_fn: Callable | None = None, views_fn: Callable | None = None, quiet: bool = False
+    ) -> None:
         cfg = self.cfg = config
         self.quiet = quiet
         self.method = get_method(cfg.method.name)
@@ -118,8 +119,10 @@ class TrainerSetup(R.RunFolderMixin):
         cfg, path = self.cfg, self.run_dir
         R.check_out_path(path)
         if cfg.out.resume and not R.holds_run(path):
-            raise ConfigError(f"--resume: {path} holds no run to resume (no config.yaml, no "
-                              "checkpoints/last.pt); check --out, or drop --resume to start a new run")
+            raise ConfigError(
+                f"--resume: {path} holds no run to resume (no config.yaml, no "
+                "checkpoints/last.pt); check --out, or drop --resume to start a new run"
+            )
         self._lock = None
         self.last_good = None
 
@@ -138,7 +141,8 @@ class TrainerSetup(R.RunFolderMixin):
                     raise ConfigError(
                         f"--resume: {path} holds {files} but no checkpoint, and its config.yaml is not this "
                         "run's; nothing was changed. Resume with the run's own settings (drop --config/--set), "
-                        "start it again with --set out.overwrite=true (replaces these files), or choose another --out")
+                        "start it again with --set out.overwrite=true (replaces these files), or choose another --out"
+                    )
                 else:
                     ckpt, _, passed = found
                     if passed:
@@ -152,8 +156,10 @@ class TrainerSetup(R.RunFolderMixin):
                     self.log(f"removed {len(removed)} temp file(s) left by an interrupted write: {', '.join(removed)}")
                 if restart:
                     kept = R.set_aside_attempt(path)
-                    self.log(f"--resume: {path} has no checkpoint yet (the run stopped before its first one); "
-                             f"starting it again{f' (the stopped attempt’s files are kept in {kept})' if kept else ''}")
+                    self.log(
+                        f"--resume: {path} has no checkpoint yet (the run stopped before its first one); "
+                        f"starting it again{f' (the stopped attempt’s files are kept in {kept})' if kept else ''}"
+                    )
                 R.prepare_run_dir(path, found is not None, cfg.out.overwrite)
 
             D.main_first(self.dist, tidy)
@@ -191,24 +197,37 @@ class TrainerSetup(R.RunFolderMixin):
     def _build_data(self, views_fn: Callable | None) -> None:
         """The dataset, its sampler (sharded over the ranks), the views and the loader."""
         cfg, d = self.cfg, self.cfg.data
-        self.dataset = build_dataset(d.dataset, d.split, root=d.root, image_size=d.image_size,
-                                     cache_dir=d.cache_dir, on_error=d.on_error, limit=d.limit,
-                                     download=d.download)
+        self.dataset = build_dataset(
+            d.dataset,
+            d.split,
+            root=d.root,
+            image_size=d.image_size,
+            cache_dir=d.cache_dir,
+            on_error=d.on_error,
+            limit=d.limit,
+            download=d.download,
+        )
         info = self.dataset.info
         self.image_size = d.image_size or info.image_size
         self.per_device_batch = cfg.optim.batch_size
         self.global_batch = self.per_device_batch * self.dist.world_size
-        self.sampler = D.ShardedEpochSampler(len(self.dataset), self.per_device_batch, cfg.train.seed,
-                                             self.dist.rank, self.dist.world_size)
+        self.sampler = D.ShardedEpochSampler(
+            len(self.dataset), self.per_device_batch, cfg.train.seed, self.dist.rank, self.dist.world_size
+        )
         self._check_batch()
-        self.views = views_fn or ViewGenerator(cfg.method.views or self.method.views, self.image_size,
-                                               info.mean, info.std, self.device)
+        self.views = views_fn or ViewGenerator(
+            cfg.method.views or self.method.views, self.image_size, info.mean, info.std, self.device
+        )
         # streaming datasets cut the views' crops from the full image in the workers
-        self.loader = DataLoader(training_dataset(self.dataset, self.views), batch_size=self.per_device_batch,
-                                 sampler=self.sampler, num_workers=d.num_workers,
-                                 pin_memory=self.device.type == "cuda",
-                                 generator=torch.Generator().manual_seed(cfg.train.seed),
-                                 persistent_workers=d.num_workers > 0)
+        self.loader = DataLoader(
+            training_dataset(self.dataset, self.views),
+            batch_size=self.per_device_batch,
+            sampler=self.sampler,
+            num_workers=d.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(cfg.train.seed),
+            persistent_workers=d.num_workers > 0,
+        )
 
     def _build_model(self, found: tuple | None, model_fn: Callable | None) -> tuple[SSLModel, dict]:
         """The model, ready on its device, and its origin (``RunState``'s ``source_*`` fields)."""
@@ -265,8 +284,12 @@ class TrainerSetup(R.RunFolderMixin):
             info = self.dataset.info
             idx = monitor.probe_indices(len(self.dataset), cfg.train.probe_size, cfg.train.seed)
             self.monitor = monitor.ProbeMonitor(
-                self.dataset, idx, lambda b: eval_transform(b, info, self.image_size), self.device,
-                entropy_transform=cfg.addon.transform or E2MC_DEFAULTS[cfg.method.name][2])
+                self.dataset,
+                idx,
+                lambda b: eval_transform(b, info, self.image_size),
+                self.device,
+                entropy_transform=cfg.addon.transform or E2MC_DEFAULTS[cfg.method.name][2],
+            )
         if self.dist.is_main:
             self._write_run_files()
 
@@ -278,15 +301,19 @@ class TrainerSetup(R.RunFolderMixin):
         if found is not None:
             stored = found[1].get("auto_cov_weight")
             if stored is None:
-                raise ConfigError(f"{found[0]} stores no measured cov_weight for addon.cov_weight=auto; resume with "
-                                  "the run's own config, or start a new --out")
+                raise ConfigError(
+                    f"{found[0]} stores no measured cov_weight for addon.cov_weight=auto; resume with "
+                    "the run's own config, or start a new --out"
+                )
             return float(stored)
         from e2mc.train.calibrate import auto_cov_weight, measure_terms
 
         base, cov = measure_terms(self)
         w = auto_cov_weight(base, cov, a.cov_fraction)
-        self.log(f"addon.cov_weight=auto: base loss {base:.5g}, E2MC covariance {cov:.5g} on the start -> "
-                 f"cov_weight {w:.5g} (covariance term = {a.cov_fraction:g} x base loss)")
+        self.log(
+            f"addon.cov_weight=auto: base loss {base:.5g}, E2MC covariance {cov:.5g} on the start -> "
+            f"cov_weight {w:.5g} (covariance term = {a.cov_fraction:g} x base loss)"
+        )
         return w
 
     def _load_model(self, found: tuple | None) -> tuple[SSLModel, dict]:
@@ -297,22 +324,32 @@ class TrainerSetup(R.RunFolderMixin):
         if found is not None:  # rebuild the architecture from the checkpoint; weights come in RunState.restore
             state = found[1]
             R.check_resume_config(state.get("config", {}), cfg)
-            model = SSLModel.build(cfg.method.name, state["arch"], cifar_stem=state["cifar_stem"],
-                                   **state["head_sizes"])
-            return model, {"source_format": state.get("source_format"), "source_epoch": state.get("source_epoch"),
-                           "source_layout": dict(state.get("source_layout") or {})}
+            model = SSLModel.build(
+                cfg.method.name, state["arch"], cifar_stem=state["cifar_stem"], **state["head_sizes"]
+            )
+            return model, {
+                "source_format": state.get("source_format"),
+                "source_epoch": state.get("source_epoch"),
+                "source_layout": dict(state.get("source_layout") or {}),
+            }
         if cfg.mode == "pretrain" and m.init.startswith("random:"):
-            model = SSLModel.build(cfg.method.name, m.arch or m.init.split(":", 1)[1],
-                                   cifar_stem=m.cifar_stem, **m.head_sizes)
+            model = SSLModel.build(
+                cfg.method.name, m.arch or m.init.split(":", 1)[1], cifar_stem=m.cifar_stem, **m.head_sizes
+            )
             return model, {"source_format": "random"}
-        model, self.report = load_model(m.init, method=cfg.method.name, arch=m.arch, format=m.format,
-                                        cifar_stem=m.cifar_stem or None, head_sizes=m.head_sizes or None,
-                                        fresh_heads=m.fresh_heads)
+        model, self.report = load_model(
+            m.init,
+            method=cfg.method.name,
+            arch=m.arch,
+            format=m.format,
+            cifar_stem=m.cifar_stem or None,
+            head_sizes=m.head_sizes or None,
+            fresh_heads=m.fresh_heads,
+        )
         self.heads_built = list(self.report.heads_built)
         # the loaded file's layout, so that `export --to original` can rewrite it
         layout = {k: v for k, v in self.report.layout.items() if isinstance(v, (str, bool, int, type(None)))}
-        return model, {"source_format": self.report.format, "source_epoch": self.report.epoch,
-                       "source_layout": layout}
+        return model, {"source_format": self.report.format, "source_epoch": self.report.epoch, "source_layout": layout}
 
     def _probe_nonfinite(self) -> str | None:
         """What is not finite in the eval-mode output of the model about to be saved, on 8 fixed
@@ -344,8 +381,10 @@ class TrainerSetup(R.RunFolderMixin):
             return length
         usable = length - length % gb
         if usable == 0:
-            raise ConfigError(f"method.queue_length={length} is shorter than one global batch ({gb}); raise it "
-                              f"to a multiple of {gb} or set it to 0 (no queue)")
+            raise ConfigError(
+                f"method.queue_length={length} is shorter than one global batch ({gb}); raise it "
+                f"to a multiple of {gb} or set it to 0 (no queue)"
+            )
         if usable != length:
             self.log(f"method.queue_length {length} -> {usable}: whole global batches of {gb}, as official SwAV")
         return usable // ws
@@ -353,21 +392,31 @@ class TrainerSetup(R.RunFolderMixin):
     def _check_batch(self) -> None:
         n, gb = len(self.dataset), self.global_batch
         if self.sampler.batches_per_epoch == 0:
-            raise ConfigError(f"the dataset has {n} images, fewer than one global batch of {gb}; "
-                              "lower optim.batch_size or use more data (data.limit)")
+            raise ConfigError(
+                f"the dataset has {n} images, fewer than one global batch of {gb}; "
+                "lower optim.batch_size or use more data (data.limit)"
+            )
         if gb < 2:
             raise ConfigError("the global batch must hold at least 2 images; raise optim.batch_size")
         if self.cfg.addon.name == "e2mc":
             m = self.cfg.addon.m if self.cfg.addon.m is not None else default_m(gb)
             if gb <= m:
-                raise ConfigError(f"E2MC's m-spacing entropy needs more samples than the spacing: global "
-                                  f"batch {gb} <= m={m}; raise optim.batch_size or lower addon.m")
+                raise ConfigError(
+                    f"E2MC's m-spacing entropy needs more samples than the spacing: global "
+                    f"batch {gb} <= m={m}; raise optim.batch_size or lower addon.m"
+                )
 
     def make_optimizer(self, model_or_params: Any) -> torch.optim.Optimizer:
         """The configured optimiser over a model or a parameter list (at the scaled LR)."""
         o = self.cfg.optim
-        return build_optimizer(o.name, model_or_params, lr=self.lr, weight_decay=o.weight_decay,
-                               momentum=o.momentum, exclude_bias_and_norm=o.exclude_bias_and_norm)
+        return build_optimizer(
+            o.name,
+            model_or_params,
+            lr=self.lr,
+            weight_decay=o.weight_decay,
+            momentum=o.momentum,
+            exclude_bias_and_norm=o.exclude_bias_and_norm,
+        )
 
     def _restore_source_optimizer(self, optimizer: torch.optim.Optimizer, model: SSLModel) -> None:
         """``optim.restore_state``: load the source checkpoint's optimiser state into the new
@@ -376,13 +425,16 @@ class TrainerSetup(R.RunFolderMixin):
         stored = report.optimizer_state if report is not None else None
         if not self.cfg.optim.restore_state:
             if stored is not None:
-                self.log(f"{report.path} stores an optimiser state; starting a fresh optimiser "
-                         "(optim.restore_state=false)")
+                self.log(
+                    f"{report.path} stores an optimiser state; starting a fresh optimiser (optim.restore_state=false)"
+                )
             return
         if stored is None:
             src = report.path if report is not None else self.cfg.model.init
-            raise ConfigError(f"optim.restore_state=true but {src} stores no optimiser state; use a full "
-                              "checkpoint, or set optim.restore_state=false to start a fresh optimiser")
+            raise ConfigError(
+                f"optim.restore_state=true but {src} stores no optimiser state; use a full "
+                "checkpoint, or set optim.restore_state=false to start a fresh optimiser"
+            )
         self.log(restore_optimizer_state(optimizer, model, stored, source=report.path))
 
 
@@ -402,8 +454,13 @@ class Trainer(TrainerSetup):
     """
 
     # ---------------------------------------------------------------- one step (hot path)
-    def train_step(self, images: torch.Tensor | list, model: torch.nn.Module | None = None,
-                   optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None) -> dict:
+    def train_step(
+        self,
+        images: torch.Tensor | list,
+        model: torch.nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+    ) -> dict:
         """One optimisation step on a uint8 batch (or per-view crops); returns the detached loss terms
         (device tensors) and, under ``INPUT_CHECK``, the flag of the criteria's finiteness checks.
         Nothing is read back to the host (``_flush`` reads them at logging steps)."""
@@ -416,15 +473,17 @@ class Trainer(TrainerSetup):
         if self.cfg.train.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         self.method.before_forward(self.model)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
             out = model(views)
         use_queue = self.queue is not None and self.run_step >= self.cfg.method.queue_start_step
         protos = self.model.prototypes.weight if self.model.prototypes is not None else None
         try:
             with deferred_finite_checks() as inputs_finite:  # no host read: one flag, read when logging
-                terms = self.method.compute_loss(out, self.criterion, self.addon,
-                                                 self.queue if use_queue else None, protos)
+                terms = self.method.compute_loss(
+                    out, self.criterion, self.addon, self.queue if use_queue else None, protos
+                )
         except (CriterionInputError, RuntimeError) as exc:  # e.g. an SVD of NaN input
             if any(not torch.isfinite(z).all() for z in out.get("z", out["features"])):
                 self._diverged(self.global_step + 1, "model output", str(exc))
@@ -487,8 +546,10 @@ class Trainer(TrainerSetup):
                 self.stop_requested = stop
                 self.save()
                 if stop:
-                    self.log(f"stopped by signal at epoch {self.epoch} step {self.global_step}; "
-                             f"resume with --resume (run folder {self.run_dir})")
+                    self.log(
+                        f"stopped by signal at epoch {self.epoch} step {self.global_step}; "
+                        f"resume with --resume (run folder {self.run_dir})"
+                    )
                 if stop or self._done():
                     return
         self._flush("train")
@@ -539,7 +600,7 @@ class Trainer(TrainerSetup):
         # on any rank stops every rank
         table = D.mean_over_ranks(table, self.dist).cpu()
         n = table.shape[0]
-        last_step = (step if step is not None else self.global_step)
+        last_step = step if step is not None else self.global_step
         if not torch.isfinite(table).all():
             bad_row, bad_col = (~torch.isfinite(table)).nonzero()[0].tolist()
             self._pending = []
@@ -547,31 +608,42 @@ class Trainer(TrainerSetup):
             self._diverged(last_step - n + 1 + bad_row, term, f"value {table[bad_row, bad_col]}")
         if INPUT_CHECK in keys:
             i = keys.index(INPUT_CHECK)
-            keys, table = keys[:i] + keys[i + 1:], torch.cat([table[:, :i], table[:, i + 1:]], dim=1)
+            keys, table = keys[:i] + keys[i + 1 :], torch.cat([table[:, :i], table[:, i + 1 :]], dim=1)
         now = time.perf_counter()
         elapsed = max(now - self._t_last, 1e-9)
         self._t_last = now
         self._pending = []
         means = table.mean(dim=0).tolist()
-        row = {"epoch": self.epoch, "step": last_step, "phase": phase, **dict(zip(keys, means)),
-               "lr": self.optimizer.param_groups[0]["lr"],
-               "img_per_s": n * self.global_batch / elapsed}
+        row = {
+            "epoch": self.epoch,
+            "step": last_step,
+            "phase": phase,
+            **dict(zip(keys, means)),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "img_per_s": n * self.global_batch / elapsed,
+        }
         self.write_row(row, keys)
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{row['loss']:.4g}", img_s=f"{row['img_per_s']:.0f}", refresh=False)
         elif self.dist.is_main:
             left = divmod(round(max(self.total_steps - last_step, 0) * elapsed / n), 60)  # at this window's pace
             eta = f"/{self.total_steps}, ETA {left[0]}:{left[1]:02d}" if phase == "train" else ""
-            self.log(f"[{phase}] epoch {self.epoch} step {last_step}{eta} loss {row['loss']:.5g} "
-                     f"lr {row['lr']:.3g} {row['img_per_s']:.0f} img/s")
+            self.log(
+                f"[{phase}] epoch {self.epoch} step {last_step}{eta} loss {row['loss']:.5g} "
+                f"lr {row['lr']:.3g} {row['img_per_s']:.0f} img/s"
+            )
 
     def _diverged(self, step: int, term: str, detail: str) -> None:
         good = self.last_good  # the checkpoint resumed from or last written: both checked finite
-        where = f"the last good checkpoint is {good} (kept intact)" if good is not None else \
-            "no good checkpoint of this run exists yet (none was written)"
+        where = (
+            f"the last good checkpoint is {good} (kept intact)"
+            if good is not None
+            else "no good checkpoint of this run exists yet (none was written)"
+        )
         raise TrainingDiverged(
             f"training diverged: {term} is not finite at step {step} ({detail}); {where}. Lower "
-            "optim.lr, set train.grad_clip, use precision fp32/bf16 instead of fp16, or check the data")
+            "optim.lr, set train.grad_clip, use precision fp32/bf16 instead of fp16, or check the data"
+        )
 
     def _epoch_metrics(self, phase: str) -> None:
         if not self.dist.is_main or self.monitor is None:

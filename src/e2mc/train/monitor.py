@@ -32,8 +32,15 @@ class ProbeMonitor:
         batch_size: forward batch size.
     """
 
-    def __init__(self, dataset, indices: list[int], transform_fn, device: torch.device,
-                 entropy_transform: str = "sigmoid", batch_size: int = 256) -> None:
+    def __init__(
+        self,
+        dataset,
+        indices: list[int],
+        transform_fn,
+        device: torch.device,
+        entropy_transform: str = "sigmoid",
+        batch_size: int = 256,
+    ) -> None:
         self.images = torch.stack([dataset[i][0] for i in indices]) if indices else None
         self.transform_fn = transform_fn
         self.device = device
@@ -51,8 +58,9 @@ class ProbeMonitor:
         try:
             for chunk in self.images.split(self.batch_size):
                 x = self.transform_fn(chunk.to(self.device, non_blocking=True))
-                with torch.autocast(self.device.type, dtype=autocast_dtype or torch.bfloat16,
-                                    enabled=autocast_dtype is not None):
+                with torch.autocast(
+                    self.device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+                ):
                     f = model.backbone(x)
                     z = model.projector(f) if model.projector is not None else None
                 feats.append(f.float().cpu())

@@ -51,8 +51,10 @@ def param_groups(model_or_params, weight_decay: float, exclude_bias_and_norm: bo
     for p in params:
         if p.requires_grad:
             (excluded if exclude_bias_and_norm and p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay, "lars_exclude": False},
-              {"params": excluded, "weight_decay": 0.0, "lars_exclude": True}]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "lars_exclude": False},
+        {"params": excluded, "weight_decay": 0.0, "lars_exclude": True},
+    ]
     return [g for g in groups if g["params"]]
 
 
@@ -64,15 +66,34 @@ class LARS(torch.optim.Optimizer):
         opt = LARS(param_groups(model, 1e-6), lr=0.2, weight_decay=1e-6)
     """
 
-    def __init__(self, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
-                 eta: float = 0.001, exclude_bias_and_norm: bool = True, clip: bool = False,
-                 larc: bool = False, eps: float = 0.0):
+    def __init__(
+        self,
+        params,
+        lr: float,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        eta: float = 0.001,
+        exclude_bias_and_norm: bool = True,
+        clip: bool = False,
+        larc: bool = False,
+        eps: float = 0.0,
+    ):
         if lr < 0 or weight_decay < 0 or not 0 <= momentum < 1 or eta <= 0:
-            raise ConfigError(f"LARS needs lr >= 0, weight_decay >= 0, 0 <= momentum < 1 and "
-                              f"eta > 0; got lr={lr}, weight_decay={weight_decay}, "
-                              f"momentum={momentum}, eta={eta}.")
-        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta,
-                        exclude_bias_and_norm=exclude_bias_and_norm, clip=clip, larc=larc, eps=eps)
+            raise ConfigError(
+                f"LARS needs lr >= 0, weight_decay >= 0, 0 <= momentum < 1 and "
+                f"eta > 0; got lr={lr}, weight_decay={weight_decay}, "
+                f"momentum={momentum}, eta={eta}."
+            )
+        defaults = dict(
+            lr=lr,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            eta=eta,
+            exclude_bias_and_norm=exclude_bias_and_norm,
+            clip=clip,
+            larc=larc,
+            eps=eps,
+        )
         super().__init__(params, defaults)
 
     @staticmethod
@@ -123,9 +144,16 @@ def _params(model_or_params, weight_decay, exclude):
     return param_groups(model_or_params, weight_decay, exclude)
 
 
-def build_optimizer(name: str, model_or_params: Union[nn.Module, Iterable], lr: float,
-                    weight_decay: float, momentum: float = 0.9, betas=(0.9, 0.999),
-                    exclude_bias_and_norm=None, **kw) -> torch.optim.Optimizer:
+def build_optimizer(
+    name: str,
+    model_or_params: Union[nn.Module, Iterable],
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    betas=(0.9, 0.999),
+    exclude_bias_and_norm=None,
+    **kw,
+) -> torch.optim.Optimizer:
     """Optimiser by name: ``lars`` (VICReg), ``larc`` (SwAV's SGD+LARC: LARC ratio on every
     parameter, no exclusion by default), ``sgd`` (momentum), ``adamw``.
     ``exclude_bias_and_norm`` defaults to True except for ``larc`` (SwAV decays everything). Extra ``kw`` go to the
@@ -140,15 +168,20 @@ def build_optimizer(name: str, model_or_params: Union[nn.Module, Iterable], lr: 
         kw.setdefault("eps", 1e-8)  # apex LARC's eps (SwAV)
     groups = _params(model_or_params, weight_decay, exclude_bias_and_norm)
     if name in ("lars", "larc"):
-        return LARS(groups, lr=lr, weight_decay=weight_decay, momentum=momentum,
-                    exclude_bias_and_norm=exclude_bias_and_norm, **kw)
+        return LARS(
+            groups,
+            lr=lr,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            exclude_bias_and_norm=exclude_bias_and_norm,
+            **kw,
+        )
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, weight_decay=weight_decay, momentum=momentum, **kw)
     return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=tuple(betas), **kw)
 
 
-def lr_factor(kind: str, step: int, total_steps: int, warmup_steps: int = 0,
-              final_lr_ratio: float = 0.0) -> float:
+def lr_factor(kind: str, step: int, total_steps: int, warmup_steps: int = 0, final_lr_ratio: float = 0.0) -> float:
     """Multiplier of the base rate at (0-based) ``step``.
 
     Warm-up (any kind, when ``warmup_steps > 0``): ``(step + 1) / warmup_steps``. Then
@@ -175,8 +208,9 @@ class _Factor:
         return lr_factor(self.kind, step, self.total_steps, self.warmup_steps, self.final_lr_ratio)
 
 
-def build_scheduler(kind: str, optimizer: torch.optim.Optimizer, total_steps: int,
-                    warmup_steps: int = 0, final_lr_ratio: float = 0.0):
+def build_scheduler(
+    kind: str, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, final_lr_ratio: float = 0.0
+):
     """Per-step ``LambdaLR``; ``constant`` with no warm-up is the paper's continued training.
 
     ``cosine`` and ``warmup_cosine`` share one formula (the warm-up length decides); a
@@ -185,8 +219,10 @@ def build_scheduler(kind: str, optimizer: torch.optim.Optimizer, total_steps: in
     if kind not in SCHEDULES:
         raise ConfigError(f"Unknown schedule {kind!r}; choose one of {SCHEDULES}.")
     if total_steps < 1 or warmup_steps < 0 or warmup_steps > total_steps:
-        raise ConfigError(f"Need total_steps >= 1 and 0 <= warmup_steps <= total_steps; got "
-                          f"total_steps={total_steps}, warmup_steps={warmup_steps}.")
+        raise ConfigError(
+            f"Need total_steps >= 1 and 0 <= warmup_steps <= total_steps; got "
+            f"total_steps={total_steps}, warmup_steps={warmup_steps}."
+        )
     if not 0.0 <= final_lr_ratio <= 1.0:
         raise ConfigError(f"final_lr_ratio must be in [0, 1], got {final_lr_ratio}.")
     fn = _Factor(kind, int(total_steps), int(warmup_steps), float(final_lr_ratio))
@@ -222,11 +258,14 @@ def _target_keys(optimizer: torch.optim.Optimizer) -> tuple[str, tuple[str, ...]
         return "adam", _ADAM
     if isinstance(optimizer, (LARS, torch.optim.SGD)):
         if any(g.get("momentum", 0) == 0 for g in optimizer.param_groups):
-            raise ConfigError("optim.restore_state=true but optim.momentum=0 keeps no momentum to restore; "
-                              "set optim.momentum > 0 or optim.restore_state=false")
+            raise ConfigError(
+                "optim.restore_state=true but optim.momentum=0 keeps no momentum to restore; "
+                "set optim.momentum > 0 or optim.restore_state=false"
+            )
         return "momentum", ("mu",) if isinstance(optimizer, LARS) else ("momentum_buffer",)
-    raise ConfigError(f"optim.restore_state: cannot restore the state of {type(optimizer).__name__}; "
-                      "set optim.restore_state=false")
+    raise ConfigError(
+        f"optim.restore_state: cannot restore the state of {type(optimizer).__name__}; set optim.restore_state=false"
+    )
 
 
 def _stored_kind(entries: list) -> str:
@@ -238,8 +277,9 @@ def _stored_kind(entries: list) -> str:
     return f"unknown ({', '.join(sorted(map(str, keys)))})"
 
 
-def restore_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, stored: Any, *,
-                            source: str = "the checkpoint") -> str:
+def restore_optimizer_state(
+    optimizer: torch.optim.Optimizer, model: nn.Module, stored: Any, *, source: str = "the checkpoint"
+) -> str:
     """Copy the per-parameter state of a stored optimiser ``state_dict()`` into ``optimizer``.
 
     Only the buffers move (momentum, or AdamW's moments and step); the new optimiser keeps its
@@ -253,28 +293,42 @@ def restore_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, 
     differs. Returns a one-line summary.
     """
     off = "; set optim.restore_state=false to start a fresh optimiser"
-    if not (isinstance(stored, dict) and isinstance(stored.get("state"), dict)
-            and isinstance(stored.get("param_groups"), list)):
-        raise ConfigError(f"optim.restore_state: the optimiser state in {source} is not a state_dict "
-                          f"with 'state' and 'param_groups'{off}")
+    if not (
+        isinstance(stored, dict)
+        and isinstance(stored.get("state"), dict)
+        and isinstance(stored.get("param_groups"), list)
+    ):
+        raise ConfigError(
+            f"optim.restore_state: the optimiser state in {source} is not a state_dict "
+            f"with 'state' and 'param_groups'{off}"
+        )
     ids = [i for g in stored["param_groups"] for i in g.get("params", [])]
     entries = [stored["state"].get(i, {}) for i in ids]
     kind, keys = _target_keys(optimizer)
     empty = sum(1 for e in entries if not e)
     if empty or not ids:
-        raise ConfigError(f"optim.restore_state: the optimiser state in {source} holds no buffers for "
-                          f"{empty or 'any'} of its {len(ids)} parameters, so they cannot be matched{off}")
+        raise ConfigError(
+            f"optim.restore_state: the optimiser state in {source} holds no buffers for "
+            f"{empty or 'any'} of its {len(ids)} parameters, so they cannot be matched{off}"
+        )
     have = _stored_kind(entries)
     if have != kind:
-        raise ConfigError(f"optim.restore_state: {source} stores {have} optimiser state but "
-                          f"optim.name={type(optimizer).__name__.lower()} keeps {kind} state{off}")
-    main = (lambda e: next(e[k] for k in _MOMENTUM if isinstance(e.get(k), torch.Tensor))) \
-        if kind == "momentum" else (lambda e: e["exp_avg"])
+        raise ConfigError(
+            f"optim.restore_state: {source} stores {have} optimiser state but "
+            f"optim.name={type(optimizer).__name__.lower()} keeps {kind} state{off}"
+        )
+    main = (
+        (lambda e: next(e[k] for k in _MOMENTUM if isinstance(e.get(k), torch.Tensor)))
+        if kind == "momentum"
+        else (lambda e: e["exp_avg"])
+    )
     shapes = [tuple(main(e).shape) for e in entries]
     in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
     names = {id(p): n for n, p in model.named_parameters()}
-    orders = {"model": [p for p in model.parameters() if id(p) in in_opt],
-              "optimiser": [p for g in optimizer.param_groups for p in g["params"]]}
+    orders = {
+        "model": [p for p in model.parameters() if id(p) in in_opt],
+        "optimiser": [p for g in optimizer.param_groups for p in g["params"]],
+    }
     fits, why = {}, []
     for label, params in orders.items():
         if len(params) != len(shapes):
@@ -285,15 +339,21 @@ def restore_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, 
             fits[label] = params
         else:
             p = params[bad]
-            why.append(f"in {label} order, position {bad} ({names.get(id(p), '?')}) is {tuple(p.shape)} "
-                       f"here but {shapes[bad]} stored")
+            why.append(
+                f"in {label} order, position {bad} ({names.get(id(p), '?')}) is {tuple(p.shape)} "
+                f"here but {shapes[bad]} stored"
+            )
     if not fits:
-        raise ConfigError(f"optim.restore_state: the optimiser state in {source} does not fit this model: "
-                          f"{'; '.join(dict.fromkeys(why))}{off}")
+        raise ConfigError(
+            f"optim.restore_state: the optimiser state in {source} does not fit this model: "
+            f"{'; '.join(dict.fromkeys(why))}{off}"
+        )
     pairings = {tuple(map(id, params)) for params in fits.values()}
     if len(pairings) > 1:
-        raise ConfigError(f"optim.restore_state: the optimiser state in {source} fits this model in two "
-                          f"parameter orders with different pairings (ambiguous){off}")
+        raise ConfigError(
+            f"optim.restore_state: the optimiser state in {source} fits this model in two "
+            f"parameter orders with different pairings (ambiguous){off}"
+        )
     label, params = next(iter(fits.items()))
     for e, p in zip(entries, params):
         state = optimizer.state[p]
@@ -304,5 +364,4 @@ def restore_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, 
                 state[k] = torch.empty_like(p).copy_(e[k])
             step = e.get("step", 0)
             state["step"] = torch.as_tensor(float(step), dtype=torch.float32)
-    return (f"restored the optimiser state of {len(params)} parameters ({kind}, {label} order) "
-            f"from {source}")
+    return f"restored the optimiser state of {len(params)} parameters ({kind}, {label} order) from {source}"

@@ -60,7 +60,8 @@ def check_run_dir(out_dir: str | Path, overwrite: bool) -> list[str]:
     if existing and not overwrite:
         raise ConfigError(
             f"output folder {path} already holds a run ({', '.join(existing)}); pass --resume to "
-            "continue it, --set out.overwrite=true to replace it, or choose another --out")
+            "continue it, --set out.overwrite=true to replace it, or choose another --out"
+        )
     return existing
 
 
@@ -83,11 +84,13 @@ def prepare_run_dir(out_dir: str | Path, resume: bool, overwrite: bool) -> Path:
     return path
 
 
-_ADVICE = {errno.ENOSPC: "the disk is full: free space there or choose another --out",
-           errno.EDQUOT: "the disk quota is exceeded: free space there or choose another --out",
-           errno.EROFS: "the file system is read-only: choose another --out",
-           errno.EACCES: "permission denied: choose a folder you can write (--out)",
-           errno.EPERM: "permission denied: choose a folder you can write (--out)"}
+_ADVICE = {
+    errno.ENOSPC: "the disk is full: free space there or choose another --out",
+    errno.EDQUOT: "the disk quota is exceeded: free space there or choose another --out",
+    errno.EROFS: "the file system is read-only: choose another --out",
+    errno.EACCES: "permission denied: choose a folder you can write (--out)",
+    errno.EPERM: "permission denied: choose a folder you can write (--out)",
+}
 _SHORT_WRITE = ("unexpected pos", "file write failed")  # torch.save's messages for a failed write
 
 
@@ -105,8 +108,9 @@ def io_error(action: str, path: str | Path, exc: BaseException) -> RunIOError:
 def git_commit() -> str | None:
     """Commit hash of the e2mc source tree, or None when not in a git checkout."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -196,7 +200,7 @@ def nonfinite(state: dict, keys: tuple = ("model", "optimizer", "scaler", "swav_
         elif isinstance(obj, float):
             return None if math.isfinite(obj) else name
         elif isinstance(obj, (dict, list, tuple)):
-            for k, v in (obj.items() if isinstance(obj, dict) else enumerate(obj)):
+            for k, v in obj.items() if isinstance(obj, dict) else enumerate(obj):
                 if (bad := walk(f"{name}.{k}", v)) is not None:
                     return bad
         return None
@@ -247,9 +251,11 @@ def find_resume_checkpoint(run_dir: str | Path) -> tuple[Path, dict, list[str]] 
         return p, state, passed
     if not any(p.is_file() for p in candidates):
         return None
-    raise CheckpointError(f"--resume: no usable checkpoint in {ck} ({'; '.join(passed)}); nothing was changed. "
-                          "Start the run again without --resume and with --set out.overwrite=true (replaces "
-                          "the run's files), or choose another --out")
+    raise CheckpointError(
+        f"--resume: no usable checkpoint in {ck} ({'; '.join(passed)}); nothing was changed. "
+        "Start the run again without --resume and with --set out.overwrite=true (replaces "
+        "the run's files), or choose another --out"
+    )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -302,8 +308,10 @@ class RunLock:
             holder = f.read().split()
             f.close()
             who = f"PID {holder[0]} on {holder[1]}, started {holder[2]}" if len(holder) >= 3 else "another process"
-            raise RunLocked(f"run folder {run_dir} is in use by another e2mc run ({who}); wait for it to end "
-                            "or stop it, or choose another --out") from None
+            raise RunLocked(
+                f"run folder {run_dir} is in use by another e2mc run ({who}); wait for it to end "
+                "or stop it, or choose another --out"
+            ) from None
         except OSError as exc:
             f.close()
             raise io_error("lock", path, exc) from None
@@ -311,10 +319,15 @@ class RunLock:
         prev = f.read().split()
         if prev and log is not None:
             pid, host = prev[0], prev[1] if len(prev) > 1 else "?"
-            state = "no longer running" if host == socket.gethostname() and pid.isdigit() \
-                and not _pid_alive(int(pid)) else "not holding it any more"
-            log(f"warning: taking over the stale lock of {run_dir} left by PID {pid} on {host} ({state}: "
-                "the run was killed)")
+            state = (
+                "no longer running"
+                if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
+                else "not holding it any more"
+            )
+            log(
+                f"warning: taking over the stale lock of {run_dir} left by PID {pid} on {host} ({state}: "
+                "the run was killed)"
+            )
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()} {socket.gethostname()} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
@@ -441,8 +454,15 @@ def read_metrics(path: str | Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-RESUME_KEYS = (("method", "name"), ("data", "dataset"), ("optim", "batch_size"), ("train", "seed"),
-               ("addon", "name"), ("optim", "lr"), ("optim", "schedule"))
+RESUME_KEYS = (
+    ("method", "name"),
+    ("data", "dataset"),
+    ("optim", "batch_size"),
+    ("train", "seed"),
+    ("addon", "name"),
+    ("optim", "lr"),
+    ("optim", "schedule"),
+)
 # The scheduler's state (restored on resume) carries its step function, so these would be silently
 # ignored if they changed; with a constant LR they do not shape it and may change (extend a run).
 SCHEDULE_KEYS = (("train", "epochs"), ("optim", "warmup_epochs"))
@@ -480,8 +500,10 @@ def set_aside_attempt(run_dir: str | Path) -> Path | None:
 def check_resume_config(stored: dict, cfg: Any) -> None:
     """``ConfigError`` when the settings that define a run differ from the checkpoint's."""
     if stored.get("mode") and stored["mode"] != cfg.mode:
-        raise ConfigError(f"the run in {cfg.out.dir} is a {stored['mode']} run; resume it with "
-                          f"`e2mc {stored['mode']} --out {cfg.out.dir} --resume`")
+        raise ConfigError(
+            f"the run in {cfg.out.dir} is a {stored['mode']} run; resume it with "
+            f"`e2mc {stored['mode']} --out {cfg.out.dir} --resume`"
+        )
     diffs = []
     keys = RESUME_KEYS + (SCHEDULE_KEYS if (cfg.optim.schedule or "constant") != "constant" else ())
     for sec, key in keys:
@@ -489,8 +511,10 @@ def check_resume_config(stored: dict, cfg: Any) -> None:
         if old is not None and old != new:
             diffs.append(f"{sec}.{key}: checkpoint {old!r}, now {new!r}")
     if diffs:
-        raise ConfigError("cannot resume with different settings (" + "; ".join(diffs) + "); resume with "
-                          "the run's own config (--config RUN_DIR/config.yaml) or start a new --out")
+        raise ConfigError(
+            "cannot resume with different settings (" + "; ".join(diffs) + "); resume with "
+            "the run's own config (--config RUN_DIR/config.yaml) or start a new --out"
+        )
 
 
 class RunFolderMixin:
@@ -502,14 +526,23 @@ class RunFolderMixin:
     def _write_run_files(self) -> None:
         import e2mc
 
-        info = {"world_size": self.dist.world_size, "per_device_batch": self.per_device_batch,
-                "global_batch": self.global_batch, "effective_lr": self.lr,
-                "e2mc_version": e2mc.__version__, "torch_version": str(torch.__version__),
-                "git_commit": git_commit(), "source_format": self.source_format,
-                "source_epoch": self.source_epoch, "heads_built": self.heads_built,
-                "device": str(self.device), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        write_text_atomic(self.run_dir / "config.yaml",
-                            yaml.safe_dump({**self.cfg.to_dict(), "run_info": info}, sort_keys=False))
+        info = {
+            "world_size": self.dist.world_size,
+            "per_device_batch": self.per_device_batch,
+            "global_batch": self.global_batch,
+            "effective_lr": self.lr,
+            "e2mc_version": e2mc.__version__,
+            "torch_version": str(torch.__version__),
+            "git_commit": git_commit(),
+            "source_format": self.source_format,
+            "source_epoch": self.source_epoch,
+            "heads_built": self.heads_built,
+            "device": str(self.device),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        write_text_atomic(
+            self.run_dir / "config.yaml", yaml.safe_dump({**self.cfg.to_dict(), "run_info": info}, sort_keys=False)
+        )
         if self.report is not None:
             write_json(self.run_dir / "load_report.json", self.report.to_dict())
 
@@ -535,7 +568,11 @@ class RunFolderMixin:
     def log(self, msg: str) -> None:
         """A log line on stderr (rank 0 only)."""
         if self.dist.is_main and not self.quiet:
-            (self.bar.write if getattr(self, "bar", None) is not None else lambda s: print(s, file=sys.stderr, flush=True))(msg)
+            (
+                self.bar.write
+                if getattr(self, "bar", None) is not None
+                else lambda s: print(s, file=sys.stderr, flush=True)
+            )(msg)
 
     def save(self, epoch_file: bool = False) -> None:
         """Write ``checkpoints/last.pt`` (and ``epoch_XXXX.pt``) atomically, after finiteness checks.
@@ -547,12 +584,16 @@ class RunFolderMixin:
         from e2mc.train.distributed import any_flag, main_first
 
         self._flush("train")  # raises TrainingDiverged before a bad state reaches the disk
-        state = self.state.checkpoint(self.cfg, self.dist, self.per_device_batch,
-                                      self.metrics.rows if self.metrics is not None else None)
+        state = self.state.checkpoint(
+            self.cfg, self.dist, self.per_device_batch, self.metrics.rows if self.metrics is not None else None
+        )
         bad = nonfinite(state) or self._probe_nonfinite()
         if any_flag(bad is not None, self.dist):
-            self._diverged(self.global_step, bad or "the state of another rank",
-                           "found before writing a checkpoint; nothing was written")
+            self._diverged(
+                self.global_step,
+                bad or "the state of another rank",
+                "found before writing a checkpoint; nothing was written",
+            )
         ckpt = self.run_dir / "checkpoints"
 
         def write() -> None:

@@ -59,25 +59,36 @@ class RunState:
         sched = self.scheduler.state_dict() if self.scheduler is not None else {}
         model = self.model
         return {
-            "e2mc_version": e2mc.__version__, "format": "e2mc", "method": cfg.method.name,
-            "arch": model.arch, "cifar_stem": bool(model.cifar_stem),
-            "head_sizes": dict(model.head_sizes), "model": model.state_dict(),
+            "e2mc_version": e2mc.__version__,
+            "format": "e2mc",
+            "method": cfg.method.name,
+            "arch": model.arch,
+            "cifar_stem": bool(model.cifar_stem),
+            "head_sizes": dict(model.head_sizes),
+            "model": model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": {k: v for k, v in sched.items() if plain(v)},
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
-            "epoch": self.epoch, "step": self.global_step, "step_in_epoch": self.step_in_epoch,
-            "run_step": self.run_step, "warmup_done": bool(self.warmup_done),
-            "rng": {"per_rank": rng_all}, "world_size": dist.world_size,
+            "epoch": self.epoch,
+            "step": self.global_step,
+            "step_in_epoch": self.step_in_epoch,
+            "run_step": self.run_step,
+            "warmup_done": bool(self.warmup_done),
+            "rng": {"per_rank": rng_all},
+            "world_size": dist.world_size,
             # the queue as one process would hold it (the ranks' own rows, gathered: a collective)
             "swav_queue": self.queue.global_state(per_device_batch) if self.queue is not None else None,
-            "config": cfg.to_dict(), "source_format": self.source_format, "source_epoch": self.source_epoch,
+            "config": cfg.to_dict(),
+            "source_format": self.source_format,
+            "source_epoch": self.source_epoch,
             "source_layout": dict(self.source_layout),
             "metrics_rows": metrics_rows,
             "auto_cov_weight": self.auto_cov_weight,
         }
 
-    def restore(self, state: dict, dist: DistInfo, per_device_batch: int, seed: int,
-                log: Callable[[str], None]) -> None:
+    def restore(
+        self, state: dict, dist: DistInfo, per_device_batch: int, seed: int, log: Callable[[str], None]
+    ) -> None:
         """Load a checkpoint dict made by ``checkpoint`` (the weights, optimiser, scheduler, scaler,
         queue, progress and this rank's RNG streams; the origin and ``auto_cov_weight`` are read
         when the run is built)."""
@@ -89,8 +100,10 @@ class RunState:
             self.scaler.load_state_dict(state["scaler"])
         if self.queue is not None and state.get("swav_queue") is not None:
             if not self.queue.load_global_state(state["swav_queue"], per_device_batch):
-                log("the checkpoint's SwAV queue does not fit this run's (another queue length, world size "
-                    "or batch): the queue starts empty")
+                log(
+                    "the checkpoint's SwAV queue does not fit this run's (another queue length, world size "
+                    "or batch): the queue starts empty"
+                )
         self.epoch, self.global_step = int(state["epoch"]), int(state["step"])
         self.step_in_epoch, self.run_step = int(state["step_in_epoch"]), int(state["run_step"])
         self.warmup_done = bool(state["warmup_done"])
@@ -99,8 +112,10 @@ class RunState:
             restore_rng(per_rank[dist.rank])
         else:  # another world size: exact continuation is impossible; reseed per rank
             torch.manual_seed(seed + 1000 * self.epoch + dist.rank)
-            log(f"resuming on {dist.world_size} processes from a checkpoint of {len(per_rank)}: "
-                "RNG streams reseeded (the run is no longer bit-identical to an uninterrupted one)")
+            log(
+                f"resuming on {dist.world_size} processes from a checkpoint of {len(per_rank)}: "
+                "RNG streams reseeded (the run is no longer bit-identical to an uninterrupted one)"
+            )
 
 
 def plain(obj: Any) -> bool:
@@ -120,8 +135,13 @@ def capture_rng() -> dict:
     py_state = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "python": [py_state[0], list(py_state[1]), py_state[2]],
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():

@@ -53,12 +53,33 @@ def _resolve_method(checkpoint, method, recipe) -> str | None:
     return checkpoint_method(str(checkpoint))
 
 
-def tune(checkpoint, dataset, *, out, space=None, budget: float | str | None = None, select: str = "heldout",
-         workers: int | None = None, threads: int | None = None, confirm: int = 0, recipe: str | None = None,
-         method: str | None = None, holdout: int | None = None, train_images: int | None = None, seed: int = 0,
-         eta: int = 3, label_free: Sequence[str] = scoring.LABEL_FREE, sets: dict | None = None,
-         device: str | None = None, confirm_epochs: float | None = None, root: str | None = None,
-         eval_batch_size: int = 256, eval_precision: str = "fp32", lidar_images: int = 500, log=print) -> dict:
+def tune(
+    checkpoint,
+    dataset,
+    *,
+    out,
+    space=None,
+    budget: float | str | None = None,
+    select: str = "heldout",
+    workers: int | None = None,
+    threads: int | None = None,
+    confirm: int = 0,
+    recipe: str | None = None,
+    method: str | None = None,
+    holdout: int | None = None,
+    train_images: int | None = None,
+    seed: int = 0,
+    eta: int = 3,
+    label_free: Sequence[str] = scoring.LABEL_FREE,
+    sets: dict | None = None,
+    device: str | None = None,
+    confirm_epochs: float | None = None,
+    root: str | None = None,
+    eval_batch_size: int = 256,
+    eval_precision: str = "fp32",
+    lidar_images: int = 500,
+    log=print,
+) -> dict:
     """Tune the continuation of ``checkpoint`` on ``dataset``; write ``out/tune.{json,md,html}``; return tune.json's dict.
 
     Args:
@@ -108,36 +129,62 @@ def tune(checkpoint, dataset, *, out, space=None, budget: float | str | None = N
     source = build_dataset(str(dataset), "train", root=cfg.data.root or root)
     labels = scoring.has_labels(source.targets)
     if not labels and rule == "heldout":
-        raise DataError(f"{dataset} has no labels and no label-free metric was chosen; use --select "
-                        f"label-free:<metric> ({', '.join(scoring.LABEL_FREE)})")
+        raise DataError(
+            f"{dataset} has no labels and no label-free metric was chosen; use --select "
+            f"label-free:<metric> ({', '.join(scoring.LABEL_FREE)})"
+        )
     lock = RunLock.acquire(out, log)  # one tune per folder: a second process gets a clear error
     try:
         n = len(source)
         n_hold = holdout if holdout is not None else min(5000, max(scoring.K, round(0.1 * n)))
-        split = scoring.holdout_split(out / "split.json", str(dataset), source.targets, int(n_hold), seed, train_images,
-                                      need_labels=rule == "heldout")
+        split = scoring.holdout_split(
+            out / "split.json",
+            str(dataset),
+            source.targets,
+            int(n_hold),
+            seed,
+            train_images,
+            need_labels=rule == "heldout",
+        )
         n_probe = len(build_dataset(str(split), "train"))
         bpe = n_probe // batch
         if bpe < 1:
-            raise ConfigError(f"the probes' training part has {n_probe} images, fewer than one batch of {batch}; lower "
-                              "optim.batch_size (--set optim.batch_size=...) or use more training images")
+            raise ConfigError(
+                f"the probes' training part has {n_probe} images, fewer than one batch of {batch}; lower "
+                "optim.batch_size (--set optim.batch_size=...) or use more training images"
+            )
         points = sp.points
         rungs = halving.schedule(len(points), sp.epochs, budget, eta)
         steps = [max(1, round(r.epochs * bpe)) for r in rungs]
         protocols = scoring.eval_protocols(labels, label_free)
-        ev = {"dataset": str(split), "protocols": list(protocols), "seeds": [seed], "ks": [scoring.K],
-              "device": device, "batch_size": eval_batch_size, "use_cache": False,
-              "lidar_images": min(int(lidar_images), int(n_hold)), "lidar_views": 8}
+        ev = {
+            "dataset": str(split),
+            "protocols": list(protocols),
+            "seeds": [seed],
+            "ks": [scoring.K],
+            "device": device,
+            "batch_size": eval_batch_size,
+            "use_cache": False,
+            "lidar_images": min(int(lidar_images), int(n_hold)),
+            "lidar_views": 8,
+        }
         if eval_precision not in ("fp32", "bf16"):
             raise ConfigError(f"eval_precision must be fp32 or bf16, got {eval_precision!r}")
         if eval_precision == "bf16":
             ev["amp_dtype"] = "bf16"
-        probe_over = {**base, "data.dataset": str(split), "data.split": "train", "train.epochs": math.ceil(sp.epochs),
-                      "train.checkpoint_every_epochs": 1000}
-        log(f"e2mc tune: {len(points)} probes, {len(rungs)} rung(s) at {', '.join(f'{r.epochs:.3g}' for r in rungs)} "
+        probe_over = {
+            **base,
+            "data.dataset": str(split),
+            "data.split": "train",
+            "train.epochs": math.ceil(sp.epochs),
+            "train.checkpoint_every_epochs": 1000,
+        }
+        log(
+            f"e2mc tune: {len(points)} probes, {len(rungs)} rung(s) at {', '.join(f'{r.epochs:.3g}' for r in rungs)} "
             f"epoch(s) ({', '.join(map(str, steps))} steps of {batch}); budget {halving.cost(rungs):.3g} of "
             f"{len(points) * sp.epochs:.3g} epochs (full grid); select {select}; held-out {n_hold} of {n} train images, "
-            f"probes train on {n_probe}")
+            f"probes train on {n_probe}"
+        )
         start = _score_start(checkpoint, ev, out, log)
 
         by_label = {p.label: p for p in points}
@@ -146,9 +193,18 @@ def tune(checkpoint, dataset, *, out, space=None, budget: float | str | None = N
         records: dict[str, dict] = {}
         rung_log = []
         for k, st in enumerate(steps):
-            jobs = [{"label": lab, "dir": str(out / "probes" / lab), "source": recipe,
-                     "overrides": {**probe_over, **by_label[lab].overrides}, "steps": st, "eval": ev, "threads": threads}
-                    for lab in alive]
+            jobs = [
+                {
+                    "label": lab,
+                    "dir": str(out / "probes" / lab),
+                    "source": recipe,
+                    "overrides": {**probe_over, **by_label[lab].overrides},
+                    "steps": st,
+                    "eval": ev,
+                    "threads": threads,
+                }
+                for lab in alive
+            ]
             for rec in run_jobs(jobs, workers, log):
                 records[rec["label"]] = rec
             scores = {lab: scoring.score(records[lab]["scores"][str(st)], rule) for lab in alive}
@@ -158,16 +214,55 @@ def tune(checkpoint, dataset, *, out, space=None, budget: float | str | None = N
                 log(f"rung {k}: {', '.join(alive)} advance")
         final = rung_log[-1]
         chosen_label = halving.advance(final["scores"], 1, order)[0]
-        result = _assemble(out, checkpoint, dataset, sp, select, rule, budget, eta, rungs, steps, bpe, n, n_hold, n_probe,
-                           split, by_label, order, records, rung_log, chosen_label, start, labels, label_free, recipe,
-                           method, t_start, workers)
+        result = _assemble(
+            out,
+            checkpoint,
+            dataset,
+            sp,
+            select,
+            rule,
+            budget,
+            eta,
+            rungs,
+            steps,
+            bpe,
+            n,
+            n_hold,
+            n_probe,
+            split,
+            by_label,
+            order,
+            records,
+            rung_log,
+            chosen_label,
+            start,
+            labels,
+            label_free,
+            recipe,
+            method,
+            t_start,
+            workers,
+        )
         if confirm:
             from e2mc.tuning.confirm import run_confirm
 
-            result["confirm"] = run_confirm(out, recipe, {**base, "data.dataset": str(dataset), "data.split": "train"},
-                                            points, by_label[result["confirm_arm"]], int(confirm),
-                                            sp.epochs if confirm_epochs is None else float(confirm_epochs), batch, n,
-                                            str(dataset), device, eval_batch_size, workers, threads, log)
+            result["confirm"] = run_confirm(
+                out,
+                recipe,
+                {**base, "data.dataset": str(dataset), "data.split": "train"},
+                points,
+                by_label[result["confirm_arm"]],
+                int(confirm),
+                sp.epochs if confirm_epochs is None else float(confirm_epochs),
+                batch,
+                n,
+                str(dataset),
+                device,
+                eval_batch_size,
+                workers,
+                threads,
+                log,
+            )
         result["wall_seconds"] = round(time.perf_counter() - t_start, 1)
         write_outputs(out, result)
         log(f"chosen: {result['chosen']['label']} ({select}); wrote {out / 'tune.md'}")
@@ -194,9 +289,35 @@ def _score_start(checkpoint, ev: dict, out: Path, log) -> dict:
     return metrics
 
 
-def _assemble(out, checkpoint, dataset, sp, select, rule, budget, eta, rungs, steps, bpe, n, n_hold, n_probe, split,
-              by_label, order, records, rung_log, chosen_label, start, labels, label_free, recipe, method, t_start,
-              workers) -> dict:
+def _assemble(
+    out,
+    checkpoint,
+    dataset,
+    sp,
+    select,
+    rule,
+    budget,
+    eta,
+    rungs,
+    steps,
+    bpe,
+    n,
+    n_hold,
+    n_probe,
+    split,
+    by_label,
+    order,
+    records,
+    rung_log,
+    chosen_label,
+    start,
+    labels,
+    label_free,
+    recipe,
+    method,
+    t_start,
+    workers,
+) -> dict:
     """tune.json's dict (everything but ``confirm`` and the wall time)."""
     reached = {lab: max(i for i, r in enumerate(rung_log) if lab in r["probes"]) for lab in order}
     ranked: list[str] = []
@@ -208,11 +329,21 @@ def _assemble(out, checkpoint, dataset, sp, select, rule, budget, eta, rungs, st
         rec = records[lab]
         k = reached[lab]
         last = rec["scores"][str(steps[k])]
-        probes.append({"label": lab, "addon": by_label[lab].addon, "overrides": by_label[lab].overrides,
-                       "rung": k, "epochs": steps[k] / bpe, "steps": steps[k], "metrics": last,
-                       "score": rung_log[k]["scores"][lab],
-                       "metrics_by_steps": rec["scores"], "train_seconds": rec["train_seconds"],
-                       "eval_seconds": rec["eval_seconds"]})
+        probes.append(
+            {
+                "label": lab,
+                "addon": by_label[lab].addon,
+                "overrides": by_label[lab].overrides,
+                "rung": k,
+                "epochs": steps[k] / bpe,
+                "steps": steps[k],
+                "metrics": last,
+                "score": rung_log[k]["scores"][lab],
+                "metrics_by_steps": rec["scores"],
+                "train_seconds": rec["train_seconds"],
+                "eval_seconds": rec["eval_seconds"],
+            }
+        )
     for i, p in enumerate(probes):
         p["rank"] = i + 1
     chosen = next(p for p in probes if p["label"] == chosen_label)
@@ -228,18 +359,46 @@ def _assemble(out, checkpoint, dataset, sp, select, rule, budget, eta, rungs, st
         best_addon = next((p for p in probes if p["addon"] != "none"), None)
         confirm_arm = best_addon["label"] if best_addon else chosen_label
     return {
-        "schema": SCHEMA, "checkpoint": str(checkpoint), "dataset": str(dataset), "recipe": recipe, "method": method,
-        "select": select, "rule": rule, "space": sp.to_dict(), "budget": budget, "eta": eta,
-        "heldout": {"split_file": str(split), "train_images": n, "held_out": int(n_hold), "probe_train": n_probe,
-                    "source_split": "train", "note": "the dataset's test split is never read while tuning"},
-        "schedule": [{"rung": r.index, "epochs": r.epochs, "probes": r.probes, "steps": s} for r, s in zip(rungs, steps)],
-        "batches_per_epoch": bpe, "rungs": rung_log, "probes": probes, "chosen": chosen, "note": note,
-        "base_only": base_only[0] if base_only else None, "start": start, "kendall_tau": tau,
-        "kendall_rung": 0, "confirm_arm": confirm_arm, "workers": workers,
-        "cost": {"planned_epochs": halving.cost(rungs), "trained_epochs": trained_epochs, "full_grid_epochs": full,
-                 "fraction_of_full_grid": trained_epochs / full,
-                 "probe_train_seconds": round(sum(p["train_seconds"] for p in probes), 1),
-                 "probe_eval_seconds": round(sum(p["eval_seconds"] for p in probes), 1)},
+        "schema": SCHEMA,
+        "checkpoint": str(checkpoint),
+        "dataset": str(dataset),
+        "recipe": recipe,
+        "method": method,
+        "select": select,
+        "rule": rule,
+        "space": sp.to_dict(),
+        "budget": budget,
+        "eta": eta,
+        "heldout": {
+            "split_file": str(split),
+            "train_images": n,
+            "held_out": int(n_hold),
+            "probe_train": n_probe,
+            "source_split": "train",
+            "note": "the dataset's test split is never read while tuning",
+        },
+        "schedule": [
+            {"rung": r.index, "epochs": r.epochs, "probes": r.probes, "steps": s} for r, s in zip(rungs, steps)
+        ],
+        "batches_per_epoch": bpe,
+        "rungs": rung_log,
+        "probes": probes,
+        "chosen": chosen,
+        "note": note,
+        "base_only": base_only[0] if base_only else None,
+        "start": start,
+        "kendall_tau": tau,
+        "kendall_rung": 0,
+        "confirm_arm": confirm_arm,
+        "workers": workers,
+        "cost": {
+            "planned_epochs": halving.cost(rungs),
+            "trained_epochs": trained_epochs,
+            "full_grid_epochs": full,
+            "fraction_of_full_grid": trained_epochs / full,
+            "probe_train_seconds": round(sum(p["train_seconds"] for p in probes), 1),
+            "probe_eval_seconds": round(sum(p["eval_seconds"] for p in probes), 1),
+        },
     }
 
 
@@ -252,49 +411,88 @@ def _fmt(v, pct=False) -> str:
 def to_markdown(res: dict) -> str:
     """tune.md's text: chosen setting, ranked probes, Kendall tau, cost, confirm table."""
     ch = res["chosen"]
-    lines = [f"# e2mc tune: `{res['checkpoint']}` on `{res['dataset']}`", "",
-             f"Selection `{res['select']}` on a seeded stratified held-out part of the TRAIN split "
-             f"({res['heldout']['held_out']} of {res['heldout']['train_images']} images; the probes train on "
-             f"{res['heldout']['probe_train']}); the test split is never read while tuning.", "",
-             f"**Chosen: `{ch['label']}`** (rank 1 of {len(res['probes'])}; {ch['epochs']:.3g} epochs): "
-             f"`{ch['overrides']}`."]
+    lines = [
+        f"# e2mc tune: `{res['checkpoint']}` on `{res['dataset']}`",
+        "",
+        f"Selection `{res['select']}` on a seeded stratified held-out part of the TRAIN split "
+        f"({res['heldout']['held_out']} of {res['heldout']['train_images']} images; the probes train on "
+        f"{res['heldout']['probe_train']}); the test split is never read while tuning.",
+        "",
+        f"**Chosen: `{ch['label']}`** (rank 1 of {len(res['probes'])}; {ch['epochs']:.3g} epochs): "
+        f"`{ch['overrides']}`.",
+    ]
     if res.get("note"):
         lines += ["", f"Note: {res['note']}."]
     cols = ["knn_top1_k20", "linear_top1", "rankme", "entropy", "lidar", "alpha_req"]
     pct = {"knn_top1_k20", "linear_top1"}
-    names = {"knn_top1_k20": "kNN@20 %", "linear_top1": "linear %", "rankme": "RankMe", "entropy": "entropy",
-             "lidar": "LiDAR", "alpha_req": "alpha-ReQ"}
+    names = {
+        "knn_top1_k20": "kNN@20 %",
+        "linear_top1": "linear %",
+        "rankme": "RankMe",
+        "entropy": "entropy",
+        "lidar": "LiDAR",
+        "alpha_req": "alpha-ReQ",
+    }
     used = [c for c in cols if any(c in p["metrics"] for p in res["probes"]) or c in res["start"]]
-    lines += ["", "## Probes (ranked: last rung first, then by score)", "",
-              "| rank | probe | rung | epochs | " + " | ".join(names[c] for c in used) + " | score |",
-              "|" + "---|" * (5 + len(used))]
+    lines += [
+        "",
+        "## Probes (ranked: last rung first, then by score)",
+        "",
+        "| rank | probe | rung | epochs | " + " | ".join(names[c] for c in used) + " | score |",
+        "|" + "---|" * (5 + len(used)),
+    ]
     for p in res["probes"]:
-        lines.append(f"| {p['rank']} | {p['label']} | {p['rung']} | {p['epochs']:.3g} | "
-                     + " | ".join(_fmt(p["metrics"].get(c), c in pct) for c in used) + f" | {_fmt(p['score'])} |")
-    lines.append("| | start (no training) | | 0 | " + " | ".join(_fmt(res["start"].get(c), c in pct) for c in used)
-                 + " | |")
+        lines.append(
+            f"| {p['rank']} | {p['label']} | {p['rung']} | {p['epochs']:.3g} | "
+            + " | ".join(_fmt(p["metrics"].get(c), c in pct) for c in used)
+            + f" | {_fmt(p['score'])} |"
+        )
+    lines.append(
+        "| | start (no training) | | 0 | " + " | ".join(_fmt(res["start"].get(c), c in pct) for c in used) + " | |"
+    )
     if res["kendall_tau"]:
-        lines += ["", f"## Can label-free selection be trusted here? Kendall tau vs held-out kNN@20 "
-                      f"(rung 0: all {len(res['probes'])} probes at {res['rungs'][0]['epochs']:.3g} epochs)", "",
-                  "| metric (selection score) | tau | p | n |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Can label-free selection be trusted here? Kendall tau vs held-out kNN@20 "
+            f"(rung 0: all {len(res['probes'])} probes at {res['rungs'][0]['epochs']:.3g} epochs)",
+            "",
+            "| metric (selection score) | tau | p | n |",
+            "|---|---|---|---|",
+        ]
         for m, t in res["kendall_tau"].items():
             shown = "-abs(alpha - 1)" if m == "alpha_req" else m
             lines.append(f"| {shown} | {_fmt(t['tau'])} | {_fmt(t['p'])} | {t['n']} |")
     c = res["cost"]
-    lines += ["", "## Cost", "",
-              f"Schedule (eta {res['eta']}): " + "; ".join(f"rung {s['rung']}: {s['probes']} probe(s) to "
-                                                          f"{s['steps']} steps = {s['steps'] / res['batches_per_epoch']:.3g} "
-                                                          "epochs" for s in res["schedule"]) + ".",
-              f"Trained {c['trained_epochs']:.3g} epochs of probe data = {100 * c['fraction_of_full_grid']:.1f}% of "
-              f"the full grid's {c['full_grid_epochs']:.3g}; probe training {c['probe_train_seconds']:.0f} s, "
-              f"scoring {c['probe_eval_seconds']:.0f} s (cumulative over invocations); this invocation "
-              f"{res.get('wall_seconds', 0):.0f} s."]
+    lines += [
+        "",
+        "## Cost",
+        "",
+        f"Schedule (eta {res['eta']}): "
+        + "; ".join(
+            f"rung {s['rung']}: {s['probes']} probe(s) to "
+            f"{s['steps']} steps = {s['steps'] / res['batches_per_epoch']:.3g} "
+            "epochs"
+            for s in res["schedule"]
+        )
+        + ".",
+        f"Trained {c['trained_epochs']:.3g} epochs of probe data = {100 * c['fraction_of_full_grid']:.1f}% of "
+        f"the full grid's {c['full_grid_epochs']:.3g}; probe training {c['probe_train_seconds']:.0f} s, "
+        f"scoring {c['probe_eval_seconds']:.0f} s (cumulative over invocations); this invocation "
+        f"{res.get('wall_seconds', 0):.0f} s.",
+    ]
     if res.get("confirm"):
         cf = res["confirm"]
-        lines += ["", f"## Confirmation on the test split ({cf['seeds']} training seeds, full train split, "
-                      f"{cf['epochs']:.3g} epochs)", ""]
+        lines += [
+            "",
+            f"## Confirmation on the test split ({cf['seeds']} training seeds, full train split, "
+            f"{cf['epochs']:.3g} epochs)",
+            "",
+        ]
         if cf["arm"] != ch["label"]:
-            lines += [f"The chosen setting is base-only, so the best add-on probe `{cf['arm']}` is confirmed against it.", ""]
+            lines += [
+                f"The chosen setting is base-only, so the best add-on probe `{cf['arm']}` is confirmed against it.",
+                "",
+            ]
         lines += [cf["markdown"].rstrip(), "", cf["verdict"]]
     return "\n".join(lines) + "\n"
 

@@ -34,10 +34,26 @@ def cached_evaluate(checkpoint, dataset: str, store: Path, device, batch_size: i
         return hit["result"]
     log(f"evaluating {checkpoint} on the test split of {dataset}")
     t0 = time.perf_counter()
-    res = evaluate(str(checkpoint), dataset, protocols=PROTOCOLS, seeds=(0,), ks=KS, device=device,
-                   batch_size=batch_size, use_cache=False)
-    write_json(store / f"{key}.json", {"checkpoint": str(checkpoint), "sha256": sha, "dataset": dataset,
-                                       "seconds": round(time.perf_counter() - t0, 2), "result": res})
+    res = evaluate(
+        str(checkpoint),
+        dataset,
+        protocols=PROTOCOLS,
+        seeds=(0,),
+        ks=KS,
+        device=device,
+        batch_size=batch_size,
+        use_cache=False,
+    )
+    write_json(
+        store / f"{key}.json",
+        {
+            "checkpoint": str(checkpoint),
+            "sha256": sha,
+            "dataset": dataset,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "result": res,
+        },
+    )
     return res
 
 
@@ -65,18 +81,45 @@ def confirm_jobs(out: Path, recipe, base: dict, arm, n: int, epochs: float, batc
     """(arms, training jobs, steps, batches per epoch) of ``--confirm n``: base-only first, then ``arm``."""
     bpe = n_train // batch
     steps = max(1, round(epochs * bpe))
-    base_over = {"addon.name": "none", **({"optim.lr": arm.overrides["optim.lr"]} if "optim.lr" in arm.overrides
-                                          else {})}
+    base_over = {
+        "addon.name": "none",
+        **({"optim.lr": arm.overrides["optim.lr"]} if "optim.lr" in arm.overrides else {}),
+    }
     arms = [("base-only", base_over), (arm.label, arm.overrides)]
     common = {**base, "train.epochs": math.ceil(epochs), "train.checkpoint_every_epochs": 1000}
-    jobs = [{"label": f"{name}-seed{s}", "dir": str(out / "confirm" / f"{name}-seed{s}"), "source": recipe,
-             "overrides": {**common, **over, "train.seed": s}, "steps": steps, "eval": None, "threads": threads}
-            for name, over in arms for s in range(n)]
+    jobs = [
+        {
+            "label": f"{name}-seed{s}",
+            "dir": str(out / "confirm" / f"{name}-seed{s}"),
+            "source": recipe,
+            "overrides": {**common, **over, "train.seed": s},
+            "steps": steps,
+            "eval": None,
+            "threads": threads,
+        }
+        for name, over in arms
+        for s in range(n)
+    ]
     return arms, jobs, steps, bpe
 
 
-def run_confirm(out: Path, recipe, base: dict, points, arm, n: int, epochs: float, batch: int, n_train: int,
-                dataset: str, device, eval_batch_size: int, workers: int, threads, log=print) -> dict:
+def run_confirm(
+    out: Path,
+    recipe,
+    base: dict,
+    points,
+    arm,
+    n: int,
+    epochs: float,
+    batch: int,
+    n_train: int,
+    dataset: str,
+    device,
+    eval_batch_size: int,
+    workers: int,
+    threads,
+    log=print,
+) -> dict:
     """Train both arms x ``n`` seeds, evaluate on the test split, compare; return the confirm section."""
     from e2mc.errors import ConfigError
     from e2mc.evaluation.compare import ComparisonResult, build_rows
@@ -92,11 +135,23 @@ def run_confirm(out: Path, recipe, base: dict, points, arm, n: int, epochs: floa
     ckpts = [[str(out / "confirm" / f"{name}-seed{s}" / "checkpoints" / "last.pt") for s in range(n)] for name in names]
     results = [[cached_evaluate(c, dataset, out / "evals", device, eval_batch_size, log) for c in cks] for cks in ckpts]
     seeds = [list(range(n)) for _ in names]
-    comp = ComparisonResult(names, ckpts, dataset, list(PROTOCOLS), [0], results, build_rows(names, results, seeds),
-                            seeds)
+    comp = ComparisonResult(
+        names, ckpts, dataset, list(PROTOCOLS), [0], results, build_rows(names, results, seeds), seeds
+    )
     comp.to_json(out / "confirm" / "comparison.json")
     md = comp.to_markdown()
-    return {"arm": arm.label, "overrides": arm.overrides, "base_only": base_over, "seeds": n, "epochs": epochs,
-            "steps": steps, "batches_per_epoch": bpe, "dataset": dataset, "markdown": md,
-            "rows": [r for r in comp.rows if r["metric"] in HEADLINE], "verdict": verdict(comp.rows, arm.label),
-            "train_seconds": round(train_s, 1), "wall_seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "arm": arm.label,
+        "overrides": arm.overrides,
+        "base_only": base_over,
+        "seeds": n,
+        "epochs": epochs,
+        "steps": steps,
+        "batches_per_epoch": bpe,
+        "dataset": dataset,
+        "markdown": md,
+        "rows": [r for r in comp.rows if r["metric"] in HEADLINE],
+        "verdict": verdict(comp.rows, arm.label),
+        "train_seconds": round(train_s, 1),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+    }

@@ -34,7 +34,7 @@ class Rung:
 
 def rungs_for(n: int, max_epochs: float, s: int, eta: int = 3) -> list[Rung]:
     """The ``s + 1`` rungs of successive halving for ``n`` probes ending at ``max_epochs``."""
-    return [Rung(k, max_epochs / eta ** (s - k), max(1, n // eta ** k)) for k in range(s + 1)]
+    return [Rung(k, max_epochs / eta ** (s - k), max(1, n // eta**k)) for k in range(s + 1)]
 
 
 def cost(rungs: list[Rung]) -> float:
@@ -76,9 +76,11 @@ def schedule(n: int, max_epochs: float, budget: float | str | None = None, eta: 
         if cost(rungs) <= budget * (1 + 1e-9):
             return rungs
     cheapest = cost(rungs_for(n, max_epochs, max_rungs(n, eta), eta))
-    raise ConfigError(f"--budget {budget:g} epochs is too small for one successive-halving schedule of {n} probes "
-                      f"(the cheapest costs {cheapest:.3g} epochs; the full grid {full:.3g}); raise --budget to at "
-                      f"least {cheapest:.3g}, or shrink the search space or its epochs")
+    raise ConfigError(
+        f"--budget {budget:g} epochs is too small for one successive-halving schedule of {n} probes "
+        f"(the cheapest costs {cheapest:.3g} epochs; the full grid {full:.3g}); raise --budget to at "
+        f"least {cheapest:.3g}, or shrink the search space or its epochs"
+    )
 
 
 def advance(scores: dict[str, float], keep: int, order: list[str] | None = None) -> list[str]:

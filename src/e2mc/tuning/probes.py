@@ -57,19 +57,29 @@ def run_probe(job: dict) -> dict:
     rec = read_json(marker)
     if rec is not None and rec["overrides"] != job["overrides"]:
         raise ConfigError(f"{run_dir} holds a probe with other settings ({marker}); use another --out")
-    rec = rec or {"label": job["label"], "overrides": job["overrides"], "steps": 0, "train_seconds": 0.0,
-                  "eval_seconds": 0.0, "scores": {}}
+    rec = rec or {
+        "label": job["label"],
+        "overrides": job["overrides"],
+        "steps": 0,
+        "train_seconds": 0.0,
+        "eval_seconds": 0.0,
+        "scores": {},
+    }
     if job.get("eval"):
         if rec.get("eval") not in (None, job["eval"]):
-            raise ConfigError(f"probe {job['label']} in {run_dir} was scored with other evaluation settings "
-                              f"({rec['eval']}); rerun with the same flags (--select's metrics, --eval-precision, "
-                              "--lidar-images) or use another --out")
+            raise ConfigError(
+                f"probe {job['label']} in {run_dir} was scored with other evaluation settings "
+                f"({rec['eval']}); rerun with the same flags (--select's metrics, --eval-precision, "
+                "--lidar-images) or use another --out"
+            )
         rec["eval"] = job["eval"]
     steps = int(job["steps"])
     trained_now = 0
     if rec["steps"] > steps and str(steps) not in rec["scores"]:
-        raise ConfigError(f"probe {job['label']} in {run_dir} is trained past step {steps} without a score there "
-                          "(another schedule used this folder); use another --out")
+        raise ConfigError(
+            f"probe {job['label']} in {run_dir} is trained past step {steps} without a score there "
+            "(another schedule used this folder); use another --out"
+        )
     if rec["steps"] < steps:
         t0 = time.perf_counter()
         before = rec["steps"]

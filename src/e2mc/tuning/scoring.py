@@ -43,8 +43,10 @@ def parse_select(select: str) -> str:
         return s
     if s.startswith("label-free:") and s.split(":", 1)[1] in LABEL_FREE:
         return s.split(":", 1)[1]
-    raise ConfigError(f"--select {select!r} is not valid; use heldout or label-free:<metric> with metric one of "
-                      f"{', '.join(LABEL_FREE)}")
+    raise ConfigError(
+        f"--select {select!r} is not valid; use heldout or label-free:<metric> with metric one of "
+        f"{', '.join(LABEL_FREE)}"
+    )
 
 
 def score(metrics: dict, rule: str) -> float | None:
@@ -58,8 +60,16 @@ def has_labels(targets) -> bool:
     return len({int(t) for t in targets if int(t) >= 0}) >= 2
 
 
-def holdout_split(path: str | Path, dataset: str, targets, n_holdout: int, seed: int = 0,
-                  n_train: int | None = None, k: int = K, need_labels: bool = True) -> Path:
+def holdout_split(
+    path: str | Path,
+    dataset: str,
+    targets,
+    n_holdout: int,
+    seed: int = 0,
+    n_train: int | None = None,
+    k: int = K,
+    need_labels: bool = True,
+) -> Path:
     """Write (or keep, when it holds the same request) the tune's split file of the TRAIN split.
 
     ``targets``: labels of ``dataset``'s train split. Raises DataError (one line) when the held-out
@@ -71,24 +81,37 @@ def holdout_split(path: str | Path, dataset: str, targets, n_holdout: int, seed:
 
     n = len(targets)
     if need_labels and not has_labels(targets):
-        raise DataError(f"{dataset} has no labels, so --select heldout cannot score probes; choose a label-free "
-                        f"rule: --select label-free:<metric> ({', '.join(LABEL_FREE)})")
+        raise DataError(
+            f"{dataset} has no labels, so --select heldout cannot score probes; choose a label-free "
+            f"rule: --select label-free:<metric> ({', '.join(LABEL_FREE)})"
+        )
     if n_holdout < k or n_holdout >= n:
-        raise DataError(f"the held-out part has {n_holdout} images, too few for kNN@{k} scoring (or not fewer than "
-                        f"the {n} training images); give --holdout between {k} and {n - k}")
+        raise DataError(
+            f"the held-out part has {n_holdout} images, too few for kNN@{k} scoring (or not fewer than "
+            f"the {n} training images); give --holdout between {k} and {n - k}"
+        )
     rest = n - n_holdout if n_train is None else min(int(n_train), n - n_holdout)
     if rest < k:
-        raise DataError(f"the probes' training part has {rest} images, fewer than k={k} for the kNN bank; lower "
-                        f"--holdout or raise --train-images (the train split has {n})")
+        raise DataError(
+            f"the probes' training part has {rest} images, fewer than k={k} for the kNN bank; lower "
+            f"--holdout or raise --train-images (the train split has {n})"
+        )
     path = Path(path)
-    request = {"dataset": str(dataset), "n_source": n, "seed": int(seed), "n_holdout": int(n_holdout),
-               "n_train": None if n_train is None else int(n_train)}
+    request = {
+        "dataset": str(dataset),
+        "n_source": n,
+        "seed": int(seed),
+        "n_holdout": int(n_holdout),
+        "n_train": None if n_train is None else int(n_train),
+    }
     if path.is_file():
         old = read_split_file(path)
         if old.get("request") == request:
             return path
-        raise ConfigError(f"{path} holds another held-out split ({old.get('request')}); use the same --holdout/"
-                          "--train-images/--seed, or another --out")
+        raise ConfigError(
+            f"{path} holds another held-out split ({old.get('request')}); use the same --holdout/"
+            "--train-images/--seed, or another --out"
+        )
     write_split_file(path, str(dataset), targets, int(n_holdout), int(seed), "train", n_keep=n_train)
     obj = json.loads(path.read_text())
     obj["request"] = request
@@ -140,15 +163,24 @@ def kendall(values: dict[str, dict], reference: str = HELDOUT_KEY, rules=LABEL_F
     return out
 
 
-def select_best(summary: dict, arm_of: dict[str, str], arm: str = "e2mc", criterion: str = "knn/top1_k20") -> dict | None:
+def select_best(
+    summary: dict, arm_of: dict[str, str], arm: str = "e2mc", criterion: str = "knn/top1_k20"
+) -> dict | None:
     """The label of ``arm`` with the highest mean ``criterion`` (ties: first label), with its row.
 
     ``summary``: label -> metric -> ``{"mean", ...}`` (the benchmark harness's table rows).
     """
-    cands = [(summary[lab][criterion]["mean"], lab) for lab in summary
-             if arm_of.get(lab) == arm and criterion in summary[lab]]
+    cands = [
+        (summary[lab][criterion]["mean"], lab)
+        for lab in summary
+        if arm_of.get(lab) == arm and criterion in summary[lab]
+    ]
     if not cands:
         return None
     best = max(cands, key=lambda c: c[0])[1]
-    return {"label": best, "criterion": criterion, "row": summary[best][criterion],
-            "ranking": [lab for _, lab in sorted(cands, key=lambda c: -c[0])]}
+    return {
+        "label": best,
+        "criterion": criterion,
+        "row": summary[best][criterion],
+        "ranking": [lab for _, lab in sorted(cands, key=lambda c: -c[0])],
+    }

@@ -68,8 +68,11 @@ class SearchSpace:
         out = []
         for lr in self.lr:
             for addon in self.addons:
-                grid = ([(ew, cw, tr) for ew in self.entropy_weight for cw in self.cov_weight for tr in self.transform]
-                        if addon == "e2mc" else [(None, None, None)])
+                grid = (
+                    [(ew, cw, tr) for ew in self.entropy_weight for cw in self.cov_weight for tr in self.transform]
+                    if addon == "e2mc"
+                    else [(None, None, None)]
+                )
                 for ew, cw, tr in grid:
                     over: dict[str, Any] = {"addon.name": addon}
                     label = addon
@@ -86,10 +89,17 @@ class SearchSpace:
         return out
 
     def to_dict(self) -> dict:
-        return {"addons": list(self.addons), "e2mc": {"entropy_weight": list(self.entropy_weight),
-                                                      "cov_weight": list(self.cov_weight),
-                                                      "transform": list(self.transform)},
-                "lr": list(self.lr), "epochs": self.epochs, "set": dict(self.sets)}
+        return {
+            "addons": list(self.addons),
+            "e2mc": {
+                "entropy_weight": list(self.entropy_weight),
+                "cov_weight": list(self.cov_weight),
+                "transform": list(self.transform),
+            },
+            "lr": list(self.lr),
+            "epochs": self.epochs,
+            "set": dict(self.sets),
+        }
 
 
 def _num(x) -> str:
@@ -105,8 +115,9 @@ def _grid(value, key: str, where: str) -> list:
         try:
             lo, hi, n = float(lo), float(hi), int(n)
         except (TypeError, ValueError):
-            raise ConfigError(f"{where}: {key}: {{log: [lo, hi, n]}} needs two numbers > 0 and a count, "
-                              f"got {value['log']!r}") from None
+            raise ConfigError(
+                f"{where}: {key}: {{log: [lo, hi, n]}} needs two numbers > 0 and a count, got {value['log']!r}"
+            ) from None
         if not (lo > 0 and hi > 0 and n >= 1 and math.isfinite(lo) and math.isfinite(hi)):
             raise ConfigError(f"{where}: {key}: {{log: [lo, hi, n]}} needs lo, hi > 0 and n >= 1, got {value['log']!r}")
         if n == 1:
@@ -186,13 +197,29 @@ def parse_space(source: str | Path | dict | None = None) -> SearchSpace:
     sets = merged["set"] or {}
     if not isinstance(sets, dict):
         raise ConfigError(f"{where}: set must be a mapping of config keys to values, e.g. {{optim.batch_size: 256}}")
-    owned = [k for k in sets if k in ("addon.name", "addon.entropy_weight", "addon.cov_weight", "addon.transform",
-                                      "optim.lr", "train.epochs", "train.max_steps", "out.dir", "model.init")]
+    owned = [
+        k
+        for k in sets
+        if k
+        in (
+            "addon.name",
+            "addon.entropy_weight",
+            "addon.cov_weight",
+            "addon.transform",
+            "optim.lr",
+            "train.epochs",
+            "train.max_steps",
+            "out.dir",
+            "model.init",
+        )
+    ]
     if owned:
         raise ConfigError(f"{where}: set may not fix {owned}: the search space or e2mc tune sets them")
     space = SearchSpace(addons, ew, cw, tr, [None if v is None else float(v) for v in lrs], float(epochs), dict(sets))
     n = len(space.points)
     if n < 2:
-        raise ConfigError(f"{where} has {n} point ({space.points[0].label}): nothing to choose between; add "
-                          "add-ons, weights or LRs (e.g. addons: [none, e2mc])")
+        raise ConfigError(
+            f"{where} has {n} point ({space.points[0].label}): nothing to choose between; add "
+            "add-ons, weights or LRs (e.g. addons: [none, e2mc])"
+        )
     return space
