@@ -35,6 +35,8 @@ def summarise(folder: Path) -> str:
     best = ranked[0]
     pos = ranked.index(sh["chosen"]["label"]) + 1
     score = {p["label"]: p["score"] for p in full["probes"]}
+    n_hold, p_best = full["heldout"]["held_out"], score[best]
+    se = (p_best * (1 - p_best) / n_hold) ** 0.5
     lines += [
         f"Full grid (every probe to {full['schedule'][0]['epochs']:.3g} epochs): best `{best}` "
         f"(held-out kNN@20 {100 * score[best]:.2f}%).",
@@ -48,6 +50,10 @@ def summarise(folder: Path) -> str:
         "Full-grid ranking (held-out kNN@20 %, 2 epochs): "
         + ", ".join(f"`{lab}` {100 * score[lab]:.2f}" for lab in ranked)
         + ".",
+        "",
+        f"For scale: the binomial standard error of one accuracy near {100 * p_best:.1f}% on the "
+        f"{n_hold:,} held-out images is {100 * se:.2f} points; the whole grid spans "
+        f"{100 * (score[best] - score[ranked[-1]]):.2f} points, the start scores {100 * full['start']['knn_top1_k20']:.2f}%.",
     ]
     return "\n".join(lines) + "\n"
 
