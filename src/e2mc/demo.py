@@ -27,6 +27,7 @@ START = "start"
 BASE = "vicreg"
 E2MC_ARM = "vicreg+e2mc"
 HEADLINE = ("knn", "top1_k20")
+WARM_MODULES = ("e2mc.train.loop", "e2mc.data.views", "e2mc.data.datasets", "torchvision")
 TABLE_METRICS = (
     "knn/top1_k20",
     "knn/top1_k200",
@@ -141,7 +142,7 @@ def demo_workers(cfg: DemoConfig, jobs: int) -> int:
     return max(1, min(n, jobs))
 
 
-def continue_arms(cfg: DemoConfig, start: Path, log: Callable[[str], None] = print) -> dict[str, list[Path]]:
+def continue_arms(cfg: DemoConfig, start: Path, log: Callable[[str], None] = print, pool=None) -> dict[str, list[Path]]:
     """Continue the start once per seed with the base loss only and with base + E2MC.
 
     The runs are independent, so they run in parallel processes of ``cfg.threads`` threads each
@@ -201,6 +202,7 @@ def continue_arms(cfg: DemoConfig, start: Path, log: Callable[[str], None] = pri
             threads=cfg.threads,
             on_done=finished,
             label=lambda job: f"continuing {job['arm']} seed {job['seed']}",
+            pool=pool,
         )
     else:
         for i, job in enumerate(jobs):
@@ -254,6 +256,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
 
     from e2mc.evaluation.compare import compare
     from e2mc.report.html import write_report
+    from e2mc.workers import start_pool
 
     if cfg.threads:
         # The demo's model is tiny: with more than one OpenMP thread, any other busy process on
@@ -263,9 +266,17 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     t0 = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)
     cached = start_cached(cfg)
-    start = pretrained_start(cfg, log)
-    t_start = time.perf_counter()
-    arms = continue_arms(cfg, start, log)
+    # The continue stage's worker processes start now: their imports (seconds of torch) overlap
+    # the pre-training, which uses cfg.threads of the cores.
+    workers = demo_workers(cfg, 2 * len(cfg.seeds))
+    pool = start_pool(workers, cfg.threads, warm=WARM_MODULES) if workers > 1 else None
+    try:
+        start = pretrained_start(cfg, log)
+        t_start = time.perf_counter()
+        arms = continue_arms(cfg, start, log, pool=pool)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     t_arms = time.perf_counter()
     log(
         f"[3/4] evaluating {1 + sum(len(v) for v in arms.values())} checkpoints "

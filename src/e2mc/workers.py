@@ -19,11 +19,35 @@ from e2mc.errors import E2MCError
 _ERROR = "__e2mc_worker_error__"
 
 
-def _init_worker(threads: int | None) -> None:
+def _init_worker(threads: int | None, warm: tuple[str, ...] = ()) -> None:
     if threads:
         import torch
 
         torch.set_num_threads(int(threads))
+    import importlib
+
+    for name in warm:
+        importlib.import_module(name)
+
+
+def _ready() -> bool:
+    return True
+
+
+def start_pool(workers: int, threads: int | None = None, warm: tuple[str, ...] = ()):
+    """A pool of ``workers`` spawned processes, started now: each sets ``threads`` torch threads and
+    imports the ``warm`` modules at once, so that a caller can overlap that start-up (seconds for
+    torch) with its own work, then pass the pool to :func:`run_in_processes`. The caller shuts it
+    down (``with start_pool(...) as pool:``)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(threads, warm)
+    )
+    for _ in range(workers):  # a worker is spawned per task submitted while none is idle
+        pool.submit(_ready)
+    return pool
 
 
 def _call(fn: Callable[[Any], Any], job: Any) -> Any:
@@ -46,8 +70,10 @@ def run_in_processes(
     threads: int | None = None,
     on_done: Callable[[int, Any], None] | None = None,
     label: Callable[[Any], str] = lambda job: str(job),
+    pool=None,
 ) -> list:
-    """``[fn(job) for job in jobs]``, in ``workers`` spawned processes when ``workers > 1``.
+    """``[fn(job) for job in jobs]``, in ``workers`` spawned processes when ``workers > 1``
+    (in ``pool``, from :func:`start_pool`, when given; its thread count then applies).
 
     Example:
         >>> run_in_processes(abs, [-2, 3, -4])
@@ -55,21 +81,18 @@ def run_in_processes(
     """
     jobs = list(jobs)
     results: list = [None] * len(jobs)
-    if workers <= 1 or len(jobs) <= 1:
+    if pool is None and (workers <= 1 or len(jobs) <= 1):
         for i, job in enumerate(jobs):
             results[i] = fn(job)
             if on_done is not None:
                 on_done(i, results[i])
         return results
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, wait
 
-    with ProcessPoolExecutor(
-        max_workers=min(workers, len(jobs)),
-        mp_context=mp.get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(threads,),
-    ) as pool:
+    own = pool is None
+    if own:
+        pool = start_pool(min(workers, len(jobs)), threads)
+    try:
         futures = {pool.submit(_call, fn, job): i for i, job in enumerate(jobs)}
         pending = set(futures)
         try:
@@ -84,4 +107,7 @@ def run_in_processes(
             for fut in pending:
                 fut.cancel()
             raise
+    finally:
+        if own:
+            pool.shutdown()
     return results
