@@ -3,7 +3,8 @@
 # Resumable: rerun the same script after an interruption (finished probes / runs are skipped).
 #   1. successive halving (the default, cheapest schedule), held-out selection -> tune_sh.*
 #   2. the full grid in the same folder (it resumes the halving's probes) -> tune_full.*, summary.md
-#   3. --confirm 3: the halving's choice vs base-only, 3 seeds, full train split, test split once -> tune_confirm.*
+#   3. --confirm 3: the halving's choice vs base-only, 3 seeds, full train split for the probes' 39 steps
+#      (--confirm-epochs 0.2), test split once -> tune_confirm.*
 # Usage: benchmarks/reproduce/tune_cifar.sh [OUT]   (OUT: the tune folder, ~2 GB of probe checkpoints)
 set -euo pipefail
 OUT=${1:-/work/h14-runs/tune_cifar}
@@ -17,4 +18,4 @@ copy() { for ext in json md html; do cp "$OUT/tune.$ext" "$RES/tune_$1.$ext"; do
 "${TUNE[@]}" && copy sh
 "${TUNE[@]}" --budget full && copy full
 python3 -m benchmarks.reproduce.tune_evidence $RES
-"${TUNE[@]}" --confirm 3 && copy confirm && cp "$OUT/confirm/comparison.json" $RES/confirm_comparison.json
+OMP_NUM_THREADS=2 "${TUNE[@]}" --confirm 3 --confirm-epochs 0.2 && copy confirm && cp "$OUT/confirm/comparison.json" $RES/confirm_comparison.json
