@@ -191,6 +191,12 @@ def test_bad_inputs_are_one_line_errors(start, tmp_path, capsys):
         e2mc.tune(str(ckpt), "digits", out=tmp_path / "c", space={"addons": ["none"]}, **KW)
     with pytest.raises(ConfigError, match="too small"):
         e2mc.tune(str(ckpt), "digits", out=tmp_path / "d", space=SPACE, budget=0.1, **KW)
+    for bad in (float("nan"), -1.0, 0.0):  # refused before any probe trains, nothing written
+        with pytest.raises(ConfigError, match="--confirm-epochs must be a positive number"):
+            e2mc.tune(str(ckpt), "digits", out=tmp_path / "g", space=SPACE, confirm=3, confirm_epochs=bad, **KW)
+    with pytest.raises(ConfigError, match="--confirm takes N >= 1"):
+        e2mc.tune(str(ckpt), "digits", out=tmp_path / "g", space=SPACE, confirm=-1, **KW)
+    assert not (tmp_path / "g").exists()
     with pytest.raises(ConfigError, match="label-free:<metric>"):
         e2mc.tune(str(ckpt), "digits", out=tmp_path / "f", space=SPACE, select="label-free:knn", **KW)
     code = main(

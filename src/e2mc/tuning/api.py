@@ -121,6 +121,11 @@ def tune(
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     if threads is None and workers > 1:
         threads = max(1, (os.cpu_count() or 1) // workers)
+    # checked before any probe trains: a bad confirm setting must not surface after hours of tuning
+    if int(confirm) < 0:
+        raise ConfigError(f"--confirm takes N >= 1 training seeds (0: no confirmation), got {confirm}")
+    if confirm_epochs is not None and not (math.isfinite(float(confirm_epochs)) and float(confirm_epochs) > 0):
+        raise ConfigError(f"--confirm-epochs must be a positive number of epochs (e.g. 0.2), got {confirm_epochs}")
     method = _resolve_method(checkpoint, method, recipe)
     sets = {**sp.sets, **(sets or {})}
     base = _base_overrides(checkpoint, method, recipe, sets, device, seed)
