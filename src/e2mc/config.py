@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -23,33 +24,31 @@ from typing import Any, Optional
 import yaml
 
 from e2mc.errors import ConfigError
+from e2mc.methods import DEFAULT_METHOD, METHODS, get_method
 from e2mc.recipes import recipe_path
 
 # The names users may write, in one place that imports no torch (the CLI's choices come from here,
 # so `e2mc --help` stays instant); tests/train/test_config.py checks them against the registries
-# (methods.METHODS, criteria.ADDONS, criteria.entropy.TRANSFORMS, the optimiser builders).
-METHOD_NAMES = ("vicreg", "swav", "simsiam")
+# (methods.METHODS, criteria.ADDONS, criteria.entropy.TRANSFORMS, the optimiser builders). The
+# methods' names, defaults and options come from their own files (``e2mc.methods``, no torch import).
+METHOD_NAMES = tuple(METHODS)
 ADDON_NAMES = ("e2mc", "vc", "uniformity", "mmcr", "none")
 TRANSFORM_NAMES = ("sigmoid", "gaussian_cdf", "identity")
 OPTIMIZER_NAMES = ("lars", "larc", "sgd", "adamw")
 SCHEDULE_NAMES = ("constant", "cosine", "warmup_cosine")
 
 # E2MC add-on defaults per method, from the paper's code: (entropy_weight, cov_weight, transform).
-E2MC_DEFAULTS: dict[str, tuple[float, float, str]] = {
-    "vicreg": (10.0, 1.0, "sigmoid"),
-    "swav": (10.0, 1.0, "gaussian_cdf"),
-    "simsiam": (1.0, 25.0, "gaussian_cdf"),
-}
+E2MC_DEFAULTS: dict[str, tuple[float, float, str]] = {n: m.e2mc_defaults for n, m in METHODS.items()}
 
 # eps inside the log of the m-spacings (``addon.eps``). e2mc's own default, E2MC_EPS = 1e-8 (the
 # criterion's default), is a named choice: it keeps the estimator closest to the exact spacing
 # entropy. The paper's code uses larger values (PAPER_EPS): its VICReg script passes
-# ``--epsilon 1e-7``; its SwAV and SimSiam estimators use ``torch.finfo(torch.float32).eps``. Against
+# ``--epsilon 1e-7``; its other estimators use ``torch.finfo(torch.float32).eps``. Against
 # 1e-7, 1e-8 lowers a zero spacing's log by ln(10) ~ 2.3 nats and makes a tie's gradient larger.
 # The paper recipes set the paper's value.
 E2MC_EPS = 1e-8
 FLOAT32_EPS = 1.1920928955078125e-07  # torch.finfo(torch.float32).eps
-PAPER_EPS: dict[str, float] = {"vicreg": 1e-7, "swav": FLOAT32_EPS, "simsiam": FLOAT32_EPS}
+PAPER_EPS: dict[str, float] = {n: m.paper_eps for n, m in METHODS.items()}  # each method file's ``paper_eps``
 
 
 @dataclass
@@ -82,20 +81,34 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    """SSL method and its base-loss hyperparameters (only those of ``name`` are used)."""
+    """SSL method, its view recipe and its own options (``method.<key>``: declared with defaults
+    and ranges in the method's file, ``Method.options``). ``cfg.method.<key>`` reads an option of
+    the current method (its default when unset); an option of another method is a ConfigError."""
 
-    name: str = "vicreg"
+    name: str = DEFAULT_METHOD
     views: Optional[str] = None  # view recipe; None = the method's own
-    sim_weight: float = 25.0  # VICReg
-    var_weight: float = 25.0
-    cov_weight: float = 1.0
-    temperature: float = 0.1  # SwAV
-    sinkhorn_epsilon: float = 0.05
-    sinkhorn_iterations: int = 3
-    crops_for_assign: list = field(default_factory=lambda: [0, 1])
-    queue_length: int = 0
-    queue_start_step: int = 0
-    freeze_prototypes_iters: int = 0
+    options: dict = field(default_factory=dict)  # the options set; read them as attributes
+
+    def __getattr__(self, key: str) -> Any:  # called only for names that are not fields
+        if key.startswith("__"):
+            raise AttributeError(key)
+        spec = METHODS.get(self.__dict__.get("name"))
+        if spec is None or key not in spec.options:
+            raise AttributeError(f"method {self.__dict__.get('name')!r} has no option {key!r}")
+        opts = self.__dict__.get("options", {})
+        return opts[key] if key in opts else copy.deepcopy(spec.options[key].default)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key in ("name", "views", "options"):
+            object.__setattr__(self, key, value)
+        else:
+            self.options[key] = value
+
+    def to_dict(self) -> dict:
+        """``{name, views, <every option of the method>}`` (the YAML shape ``method: {name: ..., temperature: ...}``)."""
+        spec = METHODS.get(self.name)
+        opts = {k: getattr(self, k) for k in (spec.options if spec is not None else ())}
+        return {"name": self.name, "views": self.views, **copy.deepcopy(opts)}
 
 
 @dataclass
@@ -177,7 +190,9 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         """Plain nested dict of the config (YAML-safe)."""
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out["method"] = self.method.to_dict()
+        return out
 
     def to_yaml(self) -> str:
         """YAML text of the resolved config."""
@@ -229,15 +244,6 @@ RANGES: dict[str, Range] = {
     "data.image_size": Range(8, 4096, optional=True),
     "data.limit": Range(1, optional=True),
     "data.num_workers": Range(0, 256),
-    "method.sim_weight": NON_NEGATIVE,
-    "method.var_weight": NON_NEGATIVE,
-    "method.cov_weight": NON_NEGATIVE,
-    "method.temperature": POSITIVE,
-    "method.sinkhorn_epsilon": POSITIVE,
-    "method.sinkhorn_iterations": AT_LEAST_ONE,
-    "method.queue_length": NON_NEGATIVE,
-    "method.queue_start_step": NON_NEGATIVE,
-    "method.freeze_prototypes_iters": NON_NEGATIVE,
     "addon.entropy_weight": Range(0, optional=True),
     "addon.cov_weight": Range(0, optional=True),
     "addon.m": Range(1, optional=True),
@@ -258,6 +264,13 @@ RANGES: dict[str, Range] = {
     "train.checkpoint_every_epochs": AT_LEAST_ONE,
     "train.max_steps": Range(1, optional=True),
 }
+# every method's numeric options (``method.<key>``), as its file declares them
+OPTION_OWNERS: dict[str, list[str]] = {}  # option -> the methods that declare it
+for _m in METHODS.values():
+    for _k, _o in _m.options.items():
+        OPTION_OWNERS.setdefault(_k, []).append(_m.name)
+        if isinstance(_o.default, (int, float)) and not isinstance(_o.default, bool):
+            RANGES.setdefault(f"method.{_k}", Range(_o.lo, lo_open=_o.lo_open))
 
 
 # Fields that also take the string "auto" (e2mc.train.calibrate measures them on the start checkpoint).
@@ -266,14 +279,51 @@ AUTO_KEYS = ("addon.cov_weight",)
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Check every numeric field against ``RANGES``; ConfigError naming the key, value and range."""
+    _check_method_options(cfg.method)
     for key, rng in RANGES.items():
         section, name = key.split(".")
+        if section == "method":
+            if name not in get_method(cfg.method.name).options:
+                continue  # another method's option
         value = getattr(getattr(cfg, section), name)
         if key in AUTO_KEYS and value == "auto":
             continue
         if not rng.ok(value):
             raise ConfigError(f"{key}={value} is out of range; give {rng.describe(isinstance(value, int))}")
     return cfg
+
+
+def _check_method_options(m: MethodConfig) -> None:
+    """ConfigError for an option set that the method ``m.name`` does not have. An option of another
+    method at that method's default passes (dropped): run configs written before options were
+    per method list every method's fields."""
+    own = get_method(m.name).options
+    for key, value in list(m.options.items()):
+        if key in own:
+            continue
+        owners = OPTION_OWNERS.get(key, [])
+        if all(value == METHODS[o].options[key].default for o in owners) and owners:
+            del m.options[key]
+            continue
+        raise ConfigError(
+            f"method.{key} is an option of {' / '.join(owners)}, not of {m.name}; remove it, or set "
+            f"method.name={owners[0]}"
+        )
+
+
+def _set_method_option(m: MethodConfig, key: str, value: Any, full: str) -> None:
+    """Set ``method.<key>``: an option some method declares, coerced to its default's type."""
+    owners = OPTION_OWNERS.get(key)
+    if not owners:
+        valid = [f"method.{k}" for k in ("name", "views", *OPTION_OWNERS)]
+        raise ConfigError(f"unknown config key {full!r}.{_suggest(full, valid)}")
+    default = METHODS[owners[0]].options[key].default
+    tp = type(default)
+    value = _coerce(value, tp, full)
+    rng = RANGES.get(full)
+    if rng is not None and not rng.ok(value):
+        raise ConfigError(f"{full}={value} is out of range; give {rng.describe(tp is int)}")
+    m.options[key] = value
 
 
 def _suggest(key: str, valid: list[str]) -> str:
@@ -330,7 +380,10 @@ def _set(obj: Any, parts: list[str], value: Any, full: str) -> None:
     types = _types(type(obj))
     head = parts[0]
     prefix = full[: len(full) - len(".".join(parts))]
-    if head not in types:
+    if isinstance(obj, MethodConfig) and head not in types and len(parts) == 1:
+        _set_method_option(obj, head, value, full)
+        return
+    if head not in types or (isinstance(obj, MethodConfig) and head == "options"):
         raise ConfigError(f"unknown config key {full!r}.{_suggest(prefix + head, [prefix + k for k in types])}")
     tp = types[head]
     if dataclasses.is_dataclass(tp):
@@ -391,7 +444,7 @@ def apply_method_defaults(cfg: RunConfig) -> RunConfig:
         cfg.optim.schedule = "constant" if cfg.mode == "continue" else "warmup_cosine"
     if cfg.optim.warmup_epochs is None:
         cfg.optim.warmup_epochs = 0.0 if cfg.mode == "continue" else round(0.1 * cfg.train.epochs, 3)
-    ent, cov, transform = E2MC_DEFAULTS[cfg.method.name]
+    ent, cov, transform = get_method(cfg.method.name).e2mc_defaults
     if cfg.addon.name == "e2mc":
         if cfg.addon.entropy_weight is None:
             cfg.addon.entropy_weight = ent

@@ -9,6 +9,7 @@ import pytest
 from e2mc.cli import main
 from e2mc.config import RANGES, RunConfig, load_config
 from e2mc.errors import ConfigError
+from e2mc.methods import METHODS
 
 BAD = [  # (override, the range phrase the message must give)
     ("optim.lr=nan", "> 0"),
@@ -113,11 +114,14 @@ def test_every_numeric_field_has_a_range():
             args = set(typing.get_args(ftp)) - {type(None)} or {ftp}
             if args & {int, float}:
                 numeric.add(f"{section.name}.{name}")
+    # and every method's numeric options (``method.<key>``, declared in its file)
+    options = {f"method.{k}": o.default for m in METHODS.values() for k, o in m.options.items()}
+    numeric |= {k for k, d in options.items() if isinstance(d, (int, float)) and not isinstance(d, bool)}
     assert numeric == set(RANGES)
     defaults = RunConfig()  # and every default is inside its own range
     for key, rng in RANGES.items():
         s, n = key.split(".")
-        assert rng.ok(getattr(getattr(defaults, s), n)), key
+        assert rng.ok(options[key] if key in options else getattr(getattr(defaults, s), n)), key
     assert not RANGES["optim.lr"].ok(math.nan) and not RANGES["train.grad_clip"].ok(-1.0)
 
 

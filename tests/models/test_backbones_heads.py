@@ -4,16 +4,11 @@ import pytest
 import torch
 
 from e2mc.errors import CheckpointError, ConfigError
+from e2mc.methods.simsiam import simsiam_predictor, simsiam_projector
+from e2mc.methods.swav import swav_head, swav_prototypes
+from e2mc.methods.vicreg import vicreg_projector
 from e2mc.models.backbones import build_backbone
-from e2mc.models.heads import (
-    build_heads,
-    default_head_sizes,
-    simsiam_predictor,
-    simsiam_projector,
-    swav_head,
-    swav_prototypes,
-    vicreg_projector,
-)
+from e2mc.models.heads import build_heads, default_head_sizes
 from e2mc.models.model import SSLModel
 
 from .conftest import simsiam_head_shapes, swav_shapes, vicreg_projector_shapes

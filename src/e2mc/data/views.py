@@ -6,7 +6,7 @@ API summary
 - ``ViewConfig``: one recipe (crop sizes/scales/counts/ratio/interpolation, flip, colour jitter,
   grayscale, blur, solarisation probabilities per view); ``crop_specs()`` lists each view's
   ``(size, scale)``. ``view_config(recipe, image_size, **overrides)`` builds the named recipe
-  (``RECIPES``: ``"vicreg"``, ``"simsiam"``, ``"swav"``) for an image size.
+  (``RECIPES``: one per method, declared in its ``e2mc.methods`` file) for an image size.
 - ``ViewGenerator(recipe, image_size, mean, std, device)``; ``gen(batch, generator=None)
   -> list[float (N, 3, h, w)]`` normalised views, large crops first. ``batch`` is either one
   uint8 (N, 3, H, W) batch (the crops are cut on the device) or a list with one uint8 batch per
@@ -53,8 +53,9 @@ import torch
 import torch.nn.functional as F
 
 from e2mc.errors import ConfigError, DataError
+from e2mc.methods import METHODS
 
-RECIPES = ("vicreg", "simsiam", "swav")
+RECIPES = tuple(m.views for m in METHODS.values())  # one recipe per method, declared in its file
 
 
 @dataclass
@@ -111,63 +112,24 @@ def crop_sizes(image_size: int) -> tuple[int, int]:
 
 
 def view_config(recipe: str, image_size: int, **overrides) -> ViewConfig:
-    """The named recipe (``"vicreg"``, ``"simsiam"``, ``"swav"``) scaled to ``image_size``.
+    """The named recipe (a method's ``view_recipe``, ``e2mc.methods``) scaled to ``image_size``.
 
-    Values checked against the official code (crop sizes follow the size rule above; blur is
-    off at <= 64 px; all three flip with p=0.5 and use ratio (3/4, 4/3), torchvision's default):
-
-    - ``vicreg``: facebookresearch/vicreg ``augmentations.py`` (TrainTransform, commit 4e12602):
-      2 x RandomResizedCrop(224, default scale (0.08, 1), BICUBIC); ColorJitter(0.4, 0.4, 0.2,
-      0.1) p=0.8; RandomGrayscale 0.2; GaussianBlur sigma U(0.1, 2.0) with p=1.0 (view 1) and
-      0.1 (view 2); Solarization p=0.0 (view 1) and 0.2 (view 2).
-    - ``simsiam``: facebookresearch/simsiam ``main_simsiam.py`` (commit a7bc177): both views
-      RandomResizedCrop(224, scale=(0.2, 1.)) (0.2, not 0.08: the MoCo-v2 value), ColorJitter(0.4,
-      0.4, 0.4, 0.1) p=0.8, RandomGrayscale 0.2, GaussianBlur sigma (.1, 2.) p=0.5
-      (``simsiam/loader.py``), no solarisation.
-    - ``swav``: facebookresearch/swav ``scripts/swav_800ep_pretrain.sh`` (commit 06b1b7c):
-      nmb_crops 2 6, size_crops 224 96, min_scale_crops 0.14 0.05, max_scale_crops 1. 0.14;
-      ``src/multicropdataset.py``: RandomResizedCrop (bilinear), get_color_distortion(s=1.0) =
-      ColorJitter(0.8, 0.8, 0.8, 0.2) p=0.8 + RandomGrayscale 0.2, PILRandomGaussianBlur p=0.5
-      radius U(0.1, 2.), no solarisation.
+    The values, with their sources in the official code, are declared in each method's file. Crop
+    sizes follow the size rule above (``n_small`` views at the small crop size); the recipe's
+    ``small_images`` fields replace its own for images of at most 64 px (blur off); all flip with
+    p=0.5 and use ratio (3/4, 4/3), torchvision's default, unless the recipe says otherwise.
     """
-    large, small = crop_sizes(image_size)
-    small_img = image_size <= 64
-    if recipe == "vicreg":  # asymmetric blur/solarisation (vicreg augmentations.py)
-        cfg = ViewConfig(
-            "vicreg",
-            large,
-            2,
-            (0.08, 1.0),
-            jitter=(0.4, 0.4, 0.2, 0.1),
-            blur_p=(0.0,) if small_img else (1.0, 0.1),
-            solarize_p=(0.0, 0.2),
-            interpolation="bicubic",
-        )
-    elif recipe == "simsiam":  # MoCo-v2 augmentations, both views alike (simsiam main_simsiam.py)
-        cfg = ViewConfig(
-            "simsiam",
-            large,
-            2,
-            (0.2, 1.0),
-            jitter=(0.4, 0.4, 0.4, 0.1),
-            blur_p=(0.0 if small_img else 0.5,),
-            solarize_p=(0.0,),
-        )
-    elif recipe == "swav":  # multi-crop 2x224 + 6x96, colour distortion strength 1.0 (swav 800 ep)
-        cfg = ViewConfig(
-            "swav",
-            large,
-            2,
-            (0.14, 1.0),
-            small,
-            6,
-            (0.05, 0.14),
-            jitter=(0.8, 0.8, 0.8, 0.2),
-            blur_p=(0.0 if small_img else 0.5,),
-            solarize_p=(0.0,),
-        )
-    else:
+    spec = METHODS.get(recipe) if isinstance(recipe, str) else None
+    if spec is None:
         raise ConfigError(f"Unknown view recipe {recipe!r}; choose one of {RECIPES} or pass a ViewConfig.")
+    large, small = crop_sizes(image_size)
+    fields = dict(spec.view_recipe)
+    small_images = fields.pop("small_images", {})
+    if image_size <= 64:
+        fields.update(small_images)
+    if fields.get("n_small"):
+        fields.setdefault("small_size", small)
+    cfg = ViewConfig(spec.views, large_size=large, **fields)
     return replace(cfg, **overrides)
 
 

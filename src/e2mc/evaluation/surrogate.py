@@ -30,7 +30,7 @@ def augmented_embeddings(
 ) -> dict[str, torch.Tensor]:
     """``{name: (n * n_views, D) float32}`` with rows ``i * n_views + j`` = view ``j`` of image ``i``."""
     from e2mc.data.views import ViewGenerator, view_config
-    from e2mc.methods import get_method
+    from e2mc.methods import DEFAULT_METHOD, get_method
 
     if n_views < 2 or n_images < 2:
         raise ConfigError(
@@ -42,7 +42,7 @@ def augmented_embeddings(
         raise ConfigError(f"lidar needs at least 2 images; the dataset has {len(dataset)}")
     info = dataset.info
     size = int(image_size or info.image_size or dataset[0][0].shape[-1])
-    recipe = recipe or get_method(getattr(model, "method", None) or "vicreg").views
+    recipe = recipe or get_method(getattr(model, "method", None) or DEFAULT_METHOD).views
     cfg = view_config(recipe, size)
     gen = ViewGenerator(cfg, size, info.mean, info.std, device)
     g = torch.Generator().manual_seed(int(seed))

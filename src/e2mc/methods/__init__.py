@@ -1,16 +1,15 @@
-"""SSL methods: one class per method, one file per class, one registry (``METHODS``).
+"""SSL methods: one file per method, one registry (``METHODS``).
 
-A method says which heads and views it needs, builds its base criterion from the run config,
-and computes its base loss from the model output; everything shared (the add-on, the single
-gather of the views under ``torchrun``, the loss-term bookkeeping, the head check) lives in
-:class:`~e2mc.methods.base.Method`. The training loop asks the method for its criterion, calls
-``compute_loss`` on the model output, and lets the method touch the model around the step (SwAV
-normalises its prototypes before the forward and freezes them for the first iterations of *this*
-run).
+A method file declares its heads, views, base criterion, add-on defaults, config options, own
+state and hooks, and how its model output is computed (:class:`~e2mc.methods.base.Method`);
+everything shared (the add-on, the single gather of the views under ``torchrun``, the loss-term
+bookkeeping, the head check, head-size resolution) lives in the base class. The generic code
+(config, model, views, trainer, run state, commands) reads only ``METHODS``.
 
-Adding a method (e.g. Barlow Twins): a file here with a ``Method`` subclass decorated with
-``@register``, its import below, its heads in ``e2mc.models.heads.METHOD_HEADS``, its views in
-``e2mc.data.views.RECIPES`` and its config fields in ``e2mc.config.MethodConfig``.
+Adding a method: a file here with a ``Method`` subclass decorated with ``@register``, and its
+module name in ``_MODULES`` below (see docs/architecture.md, "Adding a method").
+
+Importing this package imports no torch (the config and the CLI's choices read it).
 
 Example:
     >>> from e2mc.config import load_config
@@ -21,7 +20,14 @@ Example:
     ('projector',)
 """
 
-from e2mc.methods import simsiam, swav, vicreg  # noqa: F401  (each registers its method)
-from e2mc.methods.base import LOSS_TERMS, METHODS, Method, get_method, register
+import importlib
 
-__all__ = ["LOSS_TERMS", "METHODS", "Method", "get_method", "register"]
+from e2mc.methods.base import LOSS_TERMS, METHODS, Method, Option, StepContext, get_method, register
+
+_MODULES = ("vicreg", "swav", "simsiam")  # the registry lines: one module per method, in CLI order
+for _name in _MODULES:
+    importlib.import_module(f"e2mc.methods.{_name}")
+
+DEFAULT_METHOD = next(iter(METHODS))  # the config's default method.name: the first registered
+
+__all__ = ["DEFAULT_METHOD", "LOSS_TERMS", "METHODS", "Method", "Option", "StepContext", "get_method", "register"]

@@ -1,14 +1,18 @@
-"""The ``Method`` base class and the registry every method adds itself to."""
+"""The ``Method`` base class and the registry every method adds itself to.
+
+A method file (``methods/<name>.py``) declares everything about its method as class attributes
+and a few methods (see docs/architecture.md, "Adding a method"); ``@register`` puts it in
+``METHODS``, and the generic code (config, model, views, trainer, run state, commands) reads only
+this registry. This module imports no torch at import time (the config and the CLI's choices read
+the registry, and ``e2mc --help`` stays fast); torch and the criteria are imported where used.
+"""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
-import torch
-from torch import nn
-
-from e2mc.criteria import build_addon
-from e2mc.distributed import shared_gather
 from e2mc.errors import CheckpointError, ConfigError
 
 LOSS_TERMS = ("loss", "base", "addon")
@@ -28,61 +32,144 @@ def get_method(name: str) -> Method:
     """The ``Method`` called ``name``; ``ConfigError`` listing the valid names otherwise."""
     try:
         return METHODS[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ConfigError(f"unknown method {name!r}; use one of {sorted(METHODS)}") from None
 
 
-def _terms(out: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class Option:
+    """A method-specific config option (``method.<key>``): its default and, for numbers, the
+    allowed range (finite, ``>= lo``, or ``> lo`` when ``lo_open``; ``config.RANGES`` checks it)."""
+
+    default: Any
+    lo: float = -math.inf
+    lo_open: bool = False
+    help: str = ""
+
+
+@dataclass
+class StepContext:
+    """What a method's loss and hooks may read about the step: the (unwrapped) model, the method's
+    own state (``Method.build_state``), the step counter of this run's main phase, the run config."""
+
+    model: Any = None
+    state: Any = None
+    run_step: int = 0
+    cfg: Any = None
+
+
+def _terms(out: dict, prefix: str) -> dict:
     return {f"{prefix}.{k}": v.detach() for k, v in out.items() if k != "loss"}
 
 
 class Method:
-    """One SSL method. Subclasses set the class attributes and implement ``build_criterion`` and
-    ``base_loss``; the hooks around the step default to doing nothing.
+    """One SSL method: its declarations (class attributes) and behaviour (methods).
 
     Attributes:
         name: registry key (``method.name`` in the config).
-        views: name of the view recipe in ``e2mc.data.views``.
-        heads: attributes of ``SSLModel`` the method needs (besides the backbone).
+        heads: ``SSLModel`` submodules the method needs besides the backbone, in forward order;
+            their state-dict prefixes (``<head>.*``).
+        outputs: keys ``forward_heads`` adds to the model output (per-view lists), e.g. ``("z", "p")``.
         addon_input: which model output feeds the add-on (documentation string).
+        view_recipe: its augmentation recipe as ``e2mc.data.views.ViewConfig`` fields; the keys
+            ``small_images`` (fields replaced for images of at most 64 px) and ``n_small`` (multi-crop
+            views at the small crop size) are read by ``view_config``.
+        e2mc_defaults: E2MC add-on ``(entropy_weight, cov_weight, transform)`` from the paper's code.
+        paper_eps: ``addon.eps`` of the paper's code for this method.
+        options: method-specific config options (``method.<key>``), with defaults and ranges.
+        state_key: checkpoint key of the method's own state (``build_state``), or ``None``.
     """
 
     name: ClassVar[str] = ""
-    views: ClassVar[str] = ""
     heads: ClassVar[tuple[str, ...]] = ()
+    outputs: ClassVar[tuple[str, ...]] = ()
     addon_input: ClassVar[str] = ""
+    view_recipe: ClassVar[dict] = {}
+    e2mc_defaults: ClassVar[tuple[float, float, str]] = (10.0, 1.0, "sigmoid")
+    paper_eps: ClassVar[float] = 1e-7
+    options: ClassVar[dict[str, Option]] = {}
+    state_key: ClassVar[str | None] = None
+
+    @property
+    def views(self) -> str:
+        """Name of its view recipe (its own name)."""
+        return self.name
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, views={self.views!r}, heads={self.heads})"
+        return f"{type(self).__name__}(name={self.name!r}, heads={self.heads})"
 
-    # -- what each method defines ------------------------------------------------------------
-    def build_criterion(self, cfg: Any) -> nn.Module:
+    # -- heads ------------------------------------------------------------------------------
+    def default_head_sizes(self, in_dim: int) -> dict:
+        """Default head sizes for a backbone with ``in_dim`` features."""
+        raise NotImplementedError
+
+    def derived_head_sizes(self, sizes: dict, given: dict) -> dict:
+        """Sizes that follow from others unless ``given`` sets them (default: none)."""
+        return sizes
+
+    def build_heads(self, in_dim: int, sizes: dict) -> dict:
+        """``{head name: nn.Module}`` for resolved ``sizes``."""
+        raise NotImplementedError
+
+    def forward_heads(self, model: Any, features: Any, sizes: list[int]) -> dict:
+        """The heads' outputs ``{output key: list of per-view tensors}`` for one batch of backbone
+        ``features`` holding views of ``sizes`` rows each (``tensor.split(sizes)``). The order of
+        the operations sets autograd's order of summing gradients: keep it, or resumed runs are
+        no longer bit-identical (tests/train/test_resume_fixtures.py)."""
+        raise NotImplementedError
+
+    # -- loss and state ----------------------------------------------------------------------
+    def build_criterion(self, cfg: Any) -> Any:
         """Base criterion from ``cfg.method`` (a ``RunConfig``)."""
         raise NotImplementedError
 
-    def base_loss(
-        self,
-        out: dict,
-        criterion: nn.Module,
-        zs: list[torch.Tensor],
-        queue: nn.Module | None,
-        prototypes: torch.Tensor | None,
-    ) -> dict[str, torch.Tensor]:
+    def base_loss(self, out: dict, criterion: Any, zs: list, ctx: StepContext) -> dict:
         """The criterion's output dict (``"loss"`` + terms) for the model output ``out``; ``zs`` are
         the two views' embeddings that also feed the add-on."""
         raise NotImplementedError
 
-    @torch.no_grad()
-    def before_forward(self, model: nn.Module) -> None:
-        """Called before every forward (SwAV normalises its prototypes)."""
+    def build_state(self, cfg: Any, model: Any, world_size: int, global_batch: int, log: Callable) -> Any:
+        """The method's own training state (an ``nn.Module`` moved to the device by the trainer), or None."""
+        return None
 
-    def after_backward(self, model: nn.Module, run_step: int, cfg: Any) -> None:
-        """Called after every backward, before the optimiser step (SwAV freezes its prototypes)."""
+    def save_state(self, state: Any, per_device_batch: int) -> Any:
+        """The checkpoint value of ``state`` as one process would hold it (a collective under torchrun)."""
+        return None
+
+    def load_state(self, state: Any, saved: Any, per_device_batch: int, log: Callable) -> None:
+        """Restore ``state`` from its checkpoint value ``saved`` (this rank's share)."""
+
+    # -- hooks (default: nothing) ---------------------------------------------------------------
+    def before_forward(self, ctx: StepContext) -> None:
+        """Before every forward."""
+
+    def after_backward(self, ctx: StepContext) -> None:
+        """After every backward, before the optimiser step."""
+
+    def after_step(self, ctx: StepContext) -> None:
+        """After every optimiser step."""
+
+    def epoch_start(self, ctx: StepContext, epoch: int) -> None:
+        """At the start of every epoch of the main phase."""
 
     # -- shared ------------------------------------------------------------------------------
-    def build_addon(self, cfg: Any, cov_weight: float | None = None) -> nn.Module:
+    def resolve_head_sizes(self, in_dim: int, **sizes) -> dict:
+        """Defaults updated with ``sizes``; unknown size names raise ConfigError."""
+        out = self.default_head_sizes(in_dim)
+        unknown = set(sizes) - set(out)
+        if unknown:
+            raise ConfigError(
+                f"unknown head size(s) {sorted(unknown)} for {self.name}; known: {sorted(out)}. Give "
+                f"{self.name}'s names in model.head_sizes, or `--set model.head_sizes={{}}` for its defaults"
+            )
+        out.update({k: (list(v) if isinstance(v, (list, tuple)) else int(v)) for k, v in sizes.items()})
+        return self.derived_head_sizes(out, sizes)
+
+    def build_addon(self, cfg: Any, cov_weight: float | None = None) -> Any:
         """Add-on from ``cfg.addon``; E2MC gets its (defaulted) typed fields, others ``kwargs``.
         ``cov_weight``: the measured value when ``addon.cov_weight`` is ``"auto"`` (``train.calibrate``)."""
+        from e2mc.criteria import build_addon
+
         a = cfg.addon
         kwargs = dict(a.kwargs)
         if a.name == "e2mc":
@@ -92,7 +179,7 @@ class Method:
             kwargs.update(transform=a.transform, entropy_weight=a.entropy_weight, cov_weight=cw, m=a.m, eps=a.eps)
         return build_addon(a.name, **kwargs)
 
-    def check_model(self, model: nn.Module) -> None:
+    def check_model(self, model: Any) -> None:
         """Raise ``CheckpointError`` when ``model`` lacks a head this method needs."""
         missing = [h for h in self.heads if getattr(model, h, None) is None]
         if missing:
@@ -102,14 +189,7 @@ class Method:
                 "backbone-only checkpoint so that fresh heads are built and warmed up"
             )
 
-    def compute_loss(
-        self,
-        out: dict,
-        criterion: nn.Module,
-        addon: nn.Module,
-        queue: nn.Module | None = None,
-        prototypes: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
+    def compute_loss(self, out: dict, criterion: Any, addon: Any, ctx: StepContext | None = None) -> dict:
         """Loss terms from the model output ``out`` (``SSLModel.forward``'s dict).
 
         Returns ``{"loss": base + addon (differentiable), "base", "addon", "base.<term>",
@@ -117,11 +197,14 @@ class Method:
         The add-on always sees ``out["z"][:2]`` (``addon_input``). Under ``torchrun`` the views
         ``z`` are gathered once and shared by the base criterion and the add-on
         (``e2mc.distributed.shared_gather``); the per-rank batches must have equal sizes (the
-        trainer's sampler drops incomplete global batches).
+        trainer's sampler drops incomplete global batches). ``ctx``: the step's model, method
+        state and counters (``None``: no model, no state, as the calibration's measurement).
         """
+        from e2mc.distributed import shared_gather
+
         zs = out["z"][:2]
         with shared_gather(zs):  # the base loss and the add-on share one gather of z (when they gather)
-            base = self.base_loss(out, criterion, zs, queue, prototypes)
+            base = self.base_loss(out, criterion, zs, ctx or StepContext())
             extra = addon(zs)
         total = base["loss"] + extra["loss"]
         terms = {"loss": total, "base": base["loss"].detach(), "addon": extra["loss"].detach()}

@@ -3,49 +3,50 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from e2mc.errors import CriterionInputError
+from e2mc.methods import METHODS
+from e2mc.models.heads import HEAD_NAMES
 
 
 class SSLModel(nn.Module):
-    """Backbone + optional projector / predictor / prototypes.
-
-    Attributes ``backbone``, ``projector``, ``predictor``, ``prototypes`` (``None`` when absent),
-    plus ``method``, ``arch``, ``cifar_stem``, ``head_sizes`` so that a checkpoint can rebuild
-    the model (:meth:`build`).
+    """Backbone + the heads its method declares (``e2mc.methods``), as submodules under the
+    declared names (state-dict keys ``backbone.*``, ``<head>.*``); every other known head slot is
+    ``None``. Also ``method``, ``arch``, ``cifar_stem``, ``head_sizes`` so that a checkpoint can
+    rebuild the model (:meth:`build`).
 
     ``forward(views)`` batches consecutive views of the same shape through the backbone and the
-    heads in one concatenated batch (BN statistics over all those crops, as the official SwAV
-    multi-crop code). The official VICReg/SimSiam code runs each view separately; pass
-    ``concat_views=False`` for that behaviour.
+    heads in one concatenated batch (BN statistics over all those crops, as the official
+    multi-crop code); pass ``concat_views=False`` to run each view separately. The heads' outputs
+    are the method's (``Method.forward_heads``).
 
     Example:
-        >>> m = SSLModel.build("simsiam", "resnet_mini:8-8-16")
+        >>> name = next(iter(METHODS))
+        >>> m = SSLModel.build(name, "resnet_mini:8-8-16")
         >>> out = m([torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)])
-        >>> out["z"][0].shape, out["p"][1].shape
-        (torch.Size([4, 64]), torch.Size([4, 64]))
+        >>> out["z"][0].shape
+        torch.Size([4, 64])
     """
 
     def __init__(
         self,
         backbone: nn.Module,
-        projector: nn.Module | None = None,
-        predictor: nn.Module | None = None,
-        prototypes: nn.Linear | None = None,
         method: str | None = None,
         *,
         arch: str | None = None,
         cifar_stem: bool = False,
         head_sizes: dict | None = None,
         concat_views: bool = True,
+        **heads: nn.Module | None,
     ):
         super().__init__()
+        unknown = set(heads) - set(HEAD_NAMES)
+        if unknown:
+            raise TypeError(f"SSLModel: unknown head(s) {sorted(unknown)}; known: {list(HEAD_NAMES)}")
         self.backbone = backbone
-        self.projector = projector
-        self.predictor = predictor
-        self.prototypes = prototypes
+        for name in HEAD_NAMES:
+            setattr(self, name, heads.get(name))
         self.method = method
         self.arch = arch
         self.cifar_stem = bool(cifar_stem)
@@ -63,12 +64,12 @@ class SSLModel(nn.Module):
         backbone = build_backbone(arch, cifar_stem=cifar_stem, pretrained=pretrained)
         sizes = resolve_head_sizes(method, backbone.out_dim, **head_sizes) if method else {}
         heads = build_heads(method, backbone.out_dim, **sizes)
-        return cls(backbone, **heads, method=method, arch=arch, cifar_stem=cifar_stem, head_sizes=sizes)
+        return cls(backbone, method, **heads, arch=arch, cifar_stem=cifar_stem, head_sizes=sizes)
 
     @property
     def head_names(self) -> list[str]:
-        """Names of the heads present, e.g. ``["projector", "prototypes"]``."""
-        return [n for n in ("projector", "predictor", "prototypes") if getattr(self, n) is not None]
+        """Names of the heads present, in the order of ``HEAD_NAMES``."""
+        return [n for n in HEAD_NAMES if getattr(self, n) is not None]
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features (N, out_dim) of images (N, 3, H, W)."""
@@ -84,31 +85,23 @@ class SSLModel(nn.Module):
         return groups
 
     def forward(self, views: list[torch.Tensor] | torch.Tensor) -> dict:
-        """Per-view lists ``features``, ``z`` (projector, pre-normalisation), ``p``, ``scores``.
-
-        Keys for absent heads are missing from the dict.
-        """
+        """Per-view lists: ``features`` (backbone) and the method's outputs (``Method.outputs``:
+        e.g. ``z``, the projector output before any normalisation). Without its heads (a backbone
+        alone, or ``method=None``) only ``features``."""
         if isinstance(views, torch.Tensor):
             views = [views]
         if not views or any(v.dim() != 4 for v in views):
             raise CriterionInputError("SSLModel expects a non-empty list of (N, C, H, W) image tensors")
+        spec = METHODS.get(self.method) if self.method else None
+        if spec is not None and any(getattr(self, h) is None for h in spec.heads):
+            spec = None
         out: dict[str, list[torch.Tensor]] = {"features": []}
-        if self.projector is not None:
-            out["z"] = []
-        if self.predictor is not None:
-            out["p"] = []
-        if self.prototypes is not None:
-            out["scores"] = []
+        out.update((k, []) for k in (spec.outputs if spec is not None else ()))
         for group in self._groups(views):
             sizes = [views[i].shape[0] for i in group]
             feats = self.backbone(torch.cat([views[i] for i in group]) if len(group) > 1 else views[group[0]])
             out["features"] += list(feats.split(sizes))
-            if self.projector is None:
-                continue
-            z = self.projector(feats)
-            out["z"] += list(z.split(sizes))
-            if self.predictor is not None:
-                out["p"] += list(self.predictor(z).split(sizes))
-            if self.prototypes is not None:
-                out["scores"] += list(self.prototypes(F.normalize(z, dim=1)).split(sizes))
+            if spec is not None:
+                for k, v in spec.forward_heads(self, feats, sizes).items():
+                    out[k] += v
         return out

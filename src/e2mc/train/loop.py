@@ -32,12 +32,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from e2mc.config import E2MC_DEFAULTS, RunConfig
-from e2mc.criteria import SwAVQueue, default_m
+from e2mc.config import RunConfig
+from e2mc.criteria import default_m
 from e2mc.criteria.entropy import deferred_finite_checks
 from e2mc.data import ViewGenerator, build_dataset, eval_transform, training_dataset
 from e2mc.errors import ConfigError, CriterionInputError, TrainingDiverged
-from e2mc.methods import get_method
+from e2mc.methods import StepContext, get_method
 from e2mc.models.checkpoints import load_model
 from e2mc.models.model import SSLModel
 from e2mc.train import distributed as D
@@ -75,7 +75,7 @@ class TrainerSetup(R.RunFolderMixin):
     optimizer = _InState()
     scheduler = _InState()
     scaler = _InState()
-    queue = _InState()
+    method_state = _InState()
     epoch = _InState()
     global_step = _InState()
     step_in_epoch = _InState()
@@ -178,9 +178,11 @@ class TrainerSetup(R.RunFolderMixin):
         self._build_data(views_fn)
         model, origin = self._build_model(found, model_fn)
         self.criterion = self.method.build_criterion(self.cfg).to(self.device)
-        queue = self._build_queue(model)
+        method_state = self.method.build_state(self.cfg, model, self.dist.world_size, self.global_batch, self.log)
+        if method_state is not None:
+            method_state = method_state.to(self.device)
         optimizer, scheduler, scaler = self._build_optimisation(model, restore_source=found is None)
-        self.state = RunState(model, optimizer, scheduler, scaler, queue, **origin)
+        self.state = RunState(model, optimizer, scheduler, scaler, self.method, method_state, **origin)
         self.auto_cov_weight = self._auto_cov_weight(found)
         self.addon = self.method.build_addon(self.cfg, cov_weight=self.auto_cov_weight).to(self.device)
         self.stop_requested = self.save_requested = False
@@ -244,13 +246,6 @@ class TrainerSetup(R.RunFolderMixin):
         self.need_warmup = bool(self.heads_built) and cfg.mode == "continue" and cfg.train.head_warmup_steps > 0
         return model, origin
 
-    def _build_queue(self, model: SSLModel) -> SwAVQueue | None:
-        """SwAV's queue of past embeddings (``method.queue_length > 0``), else None."""
-        if self.method.name != "swav" or self.cfg.method.queue_length <= 0:
-            return None
-        dim = model.prototypes.weight.shape[1]
-        return SwAVQueue(self._queue_rows(), dim, len(self.cfg.method.crops_for_assign)).to(self.device)
-
     def _build_optimisation(self, model: SSLModel, restore_source: bool) -> tuple:
         """``(optimizer, scheduler, scaler)`` at the scaled LR; ``restore_source``: a new run, which
         may start from the source checkpoint's optimiser state (``optim.restore_state``)."""
@@ -288,7 +283,7 @@ class TrainerSetup(R.RunFolderMixin):
                 idx,
                 lambda b: eval_transform(b, info, self.image_size),
                 self.device,
-                entropy_transform=cfg.addon.transform or E2MC_DEFAULTS[cfg.method.name][2],
+                entropy_transform=cfg.addon.transform or self.method.e2mc_defaults[2],
             )
         if self.dist.is_main:
             self._write_run_files()
@@ -373,22 +368,6 @@ class TrainerSetup(R.RunFolderMixin):
                 return f"the eval-mode {name} of 8 fixed images"
         return None
 
-    def _queue_rows(self) -> int:
-        """Rows of the SwAV queue this rank keeps. Under torchrun each rank keeps its own rows
-        (official SwAV): ``queue_length`` rounded down to whole global batches, / world size."""
-        length, ws, gb = self.cfg.method.queue_length, self.dist.world_size, self.global_batch
-        if ws == 1:
-            return length
-        usable = length - length % gb
-        if usable == 0:
-            raise ConfigError(
-                f"method.queue_length={length} is shorter than one global batch ({gb}); raise it "
-                f"to a multiple of {gb} or set it to 0 (no queue)"
-            )
-        if usable != length:
-            self.log(f"method.queue_length {length} -> {usable}: whole global batches of {gb}, as official SwAV")
-        return usable // ws
-
     def _check_batch(self) -> None:
         n, gb = len(self.dataset), self.global_batch
         if self.sampler.batches_per_epoch == 0:
@@ -454,6 +433,10 @@ class Trainer(TrainerSetup):
     """
 
     # ---------------------------------------------------------------- one step (hot path)
+    def step_context(self) -> StepContext:
+        """What the method's loss and hooks see of this step (``e2mc.methods.StepContext``)."""
+        return StepContext(self.model, self.method_state, self.run_step, self.cfg)
+
     def train_step(
         self,
         images: torch.Tensor | list,
@@ -472,18 +455,15 @@ class Trainer(TrainerSetup):
             views = self.views(images.to(self.device, non_blocking=True))
         if self.cfg.train.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        self.method.before_forward(self.model)
+        ctx = self.step_context()
+        self.method.before_forward(ctx)
         with torch.autocast(
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
         ):
             out = model(views)
-        use_queue = self.queue is not None and self.run_step >= self.cfg.method.queue_start_step
-        protos = self.model.prototypes.weight if self.model.prototypes is not None else None
         try:
             with deferred_finite_checks() as inputs_finite:  # no host read: one flag, read when logging
-                terms = self.method.compute_loss(
-                    out, self.criterion, self.addon, self.queue if use_queue else None, protos
-                )
+                terms = self.method.compute_loss(out, self.criterion, self.addon, ctx)
         except (CriterionInputError, RuntimeError) as exc:  # e.g. an SVD of NaN input
             if any(not torch.isfinite(z).all() for z in out.get("z", out["features"])):
                 self._diverged(self.global_step + 1, "model output", str(exc))
@@ -491,12 +471,13 @@ class Trainer(TrainerSetup):
         check = inputs_finite()
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms["loss"]).backward()
-        self.method.after_backward(self.model, self.run_step, self.cfg)
+        self.method.after_backward(ctx)
         if self.cfg.train.grad_clip:
             self.scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.scaler.step(optimizer)
         self.scaler.update()
+        self.method.after_step(ctx)
         if scheduler is not None:
             scheduler.step()
         self.run_step += 1
@@ -531,6 +512,7 @@ class Trainer(TrainerSetup):
     def _run_epoch(self) -> None:
         self.sampler.set_epoch(self.epoch, self.step_in_epoch)
         self.model.train()
+        self.method.epoch_start(self.step_context(), self.epoch)
         for images, _ in self.loader:
             terms = self.train_step(images, scheduler=self.scheduler)
             self.global_step += 1
@@ -585,7 +567,7 @@ class Trainer(TrainerSetup):
                 break
         backbone.requires_grad_(True)
         self.model.train()
-        self.run_step = 0  # SwAV prototype freezing counts iterations of the main phase
+        self.run_step = 0  # a method's hooks count the iterations of the main phase
         self.warmup_done = True
         self.ddp_model = D.wrap_ddp(self.model, self.dist)
 
@@ -596,7 +578,7 @@ class Trainer(TrainerSetup):
             return
         keys = list(self._pending[0])
         table = torch.stack([torch.stack([t[k].float() for k in keys]) for t in self._pending])
-        # local losses (SwAV, SimSiam) are logged as their mean over ranks, the global loss; a NaN
+        # local losses are logged as their mean over ranks, the global loss; a NaN
         # on any rank stops every rank
         table = D.mean_over_ranks(table, self.dist).cpu()
         n = table.shape[0]

@@ -182,7 +182,7 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
-def nonfinite(state: dict, keys: tuple = ("model", "optimizer", "scaler", "swav_queue")) -> str | None:
+def nonfinite(state: dict, keys: tuple = ("model", "optimizer", "scaler")) -> str | None:
     """Name of a NaN/Inf value in the tensors and floats of ``state[keys]`` (a checkpoint dict), else None.
 
     Cheap: one sum per floating tensor (NaN/Inf always make the sum non-finite), stacked and
@@ -587,7 +587,8 @@ class RunFolderMixin:
         state = self.state.checkpoint(
             self.cfg, self.dist, self.per_device_batch, self.metrics.rows if self.metrics is not None else None
         )
-        bad = nonfinite(state) or self._probe_nonfinite()
+        extra = (self.method.state_key,) if self.method.state_key else ()  # the method's own state
+        bad = nonfinite(state, ("model", "optimizer", "scaler", *extra)) or self._probe_nonfinite()
         if any_flag(bad is not None, self.dist):
             self._diverged(
                 self.global_step,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from e2mc.config import RunConfig
-from e2mc.criteria import SwAVQueue
+from e2mc.methods import Method
 from e2mc.models.model import SSLModel
 from e2mc.train.distributed import DistInfo
 
@@ -30,12 +30,13 @@ class RunState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
     scaler: torch.amp.GradScaler
-    queue: SwAVQueue | None = None  # SwAV's queue of past embeddings, when the run keeps one
+    method: Method | None = None  # the run's method (``e2mc.methods``): says how its own state is saved
+    method_state: Any = None  # the method's own state (``Method.build_state``), when it keeps one
     # progress (checkpoint keys "epoch", "step", "step_in_epoch", "run_step", "warmup_done")
     epoch: int = 0  # completed epochs of this run (a continued run counts from 0)
     global_step: int = 0  # optimiser steps of the main phase, over all epochs
     step_in_epoch: int = 0  # batches of the current epoch already trained (mid-epoch resume)
-    run_step: int = 0  # steps of the main phase in this process (SwAV freezes its prototypes by it)
+    run_step: int = 0  # steps of the main phase in this process (a method's hooks may count by it)
     warmup_done: bool = False  # the heads warm-up of a continued run is over
     # origin: the file the run started from (its epoch, and its layout for `export --to original`)
     source_format: str | None = None
@@ -45,7 +46,7 @@ class RunState:
 
     def checkpoint(self, cfg: RunConfig, dist: DistInfo, per_device_batch: int, metrics_rows: int | None) -> dict:
         """The e2mc checkpoint dict (a collective under torchrun: every rank's RNG state and the
-        SwAV queue are gathered)."""
+        method's own state are gathered)."""
         import e2mc
 
         rng = capture_rng()
@@ -76,21 +77,27 @@ class RunState:
             "warmup_done": bool(self.warmup_done),
             "rng": {"per_rank": rng_all},
             "world_size": dist.world_size,
-            # the queue as one process would hold it (the ranks' own rows, gathered: a collective)
-            "swav_queue": self.queue.global_state(per_device_batch) if self.queue is not None else None,
             "config": cfg.to_dict(),
             "source_format": self.source_format,
             "source_epoch": self.source_epoch,
             "source_layout": dict(self.source_layout),
             "metrics_rows": metrics_rows,
             "auto_cov_weight": self.auto_cov_weight,
+            # the method's own state as one process would hold it (gathered: a collective), under its key
+            **self._method_state_item(per_device_batch),
         }
+
+    def _method_state_item(self, per_device_batch: int) -> dict:
+        m = self.method
+        if m is None or m.state_key is None:
+            return {}
+        return {m.state_key: m.save_state(self.method_state, per_device_batch)}
 
     def restore(
         self, state: dict, dist: DistInfo, per_device_batch: int, seed: int, log: Callable[[str], None]
     ) -> None:
         """Load a checkpoint dict made by ``checkpoint`` (the weights, optimiser, scheduler, scaler,
-        queue, progress and this rank's RNG streams; the origin and ``auto_cov_weight`` are read
+        the method's own state, progress and this rank's RNG streams; the origin and ``auto_cov_weight`` are read
         when the run is built)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -98,12 +105,9 @@ class RunState:
             self.scheduler.load_state_dict({**self.scheduler.state_dict(), **state["scheduler"]})
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
-        if self.queue is not None and state.get("swav_queue") is not None:
-            if not self.queue.load_global_state(state["swav_queue"], per_device_batch):
-                log(
-                    "the checkpoint's SwAV queue does not fit this run's (another queue length, world size "
-                    "or batch): the queue starts empty"
-                )
+        m = self.method
+        if m is not None and m.state_key is not None:
+            m.load_state(self.method_state, state.get(m.state_key), per_device_batch, log)
         self.epoch, self.global_step = int(state["epoch"]), int(state["step"])
         self.step_in_epoch, self.run_step = int(state["step_in_epoch"]), int(state["run_step"])
         self.warmup_done = bool(state["warmup_done"])
