@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from e2mc.errors import CheckpointError
+from e2mc.models import zoo
 from e2mc.models.adapters import ADAPTERS, Parts
 from e2mc.models.backbones import canonical_arch
 from e2mc.models.layouts import CLASSIFIER_PREFIXES, detect_arch, infer_head_sizes
@@ -38,7 +39,9 @@ class LoadReport:
     ``missing``: model keys absent from the file that were filled (e.g. ``num_batches_tracked``;
     fresh heads are listed in ``heads_built`` instead). ``unexpected``: file keys the model has no
     place for (always also in ``dropped``). ``optimizer_state`` (not in :meth:`to_dict`): the
-    optimizer state stored in the file, for training to reuse if it wants.
+    optimizer state stored in the file, for training to reuse if it wants. ``source``: for a
+    name (zoo, torchvision, timm), where its weights came from: ``name``, ``url``, ``cache_path``,
+    ``sha256``, ``size``.
     """
 
     path: str
@@ -56,6 +59,7 @@ class LoadReport:
     epoch: int | None = None
     notes: list = field(default_factory=list)
     layout: dict = field(default_factory=dict)
+    source: dict = field(default_factory=dict)
     optimizer_state: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
@@ -86,6 +90,12 @@ class LoadReport:
             f"dropped    : {few(self.dropped)}",
             f"optimizer  : {'stored' if self.optimizer_state is not None else '-'}",
         ]
+        if self.source:
+            lines += [
+                f"source     : {self.source.get('name')} <- {self.source.get('url')}",
+                f"cached at  : {self.source.get('cache_path') or '-'}",
+                f"sha256     : {self.source.get('sha256') or '-'}",
+            ]
         lines += [f"note       : {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -347,6 +357,9 @@ def checkpoint_method(path_or_name, format: str | None = None) -> str | None:
     text = str(path_or_name)
     if not os.path.exists(text) and text.startswith(NAME_PREFIXES):
         return None
+    if zoo.is_zoo_name(text):
+        row = zoo.get(text)
+        return row.method if row.heads else None
     obj, meta = read_checkpoint(text)
     fmt = format if format not in (None, "safetensors") else detect_format(obj, (meta or {}).get("arch"))
     return _parts_method(ADAPTERS[fmt].split(obj))
@@ -361,37 +374,28 @@ def _method_heads(method):
 def _from_name(name: str, method, cifar_stem, head_sizes) -> tuple[SSLModel, LoadReport]:
     kind, arch = name.split(":", 1)
     arch = "timm:" + arch if kind == "timm" else arch
-    model = SSLModel.build(method, arch, cifar_stem=bool(cifar_stem), **(head_sizes or {}))
+    pretrained = kind != "random"
+    model = SSLModel.build(method, arch, cifar_stem=bool(cifar_stem), pretrained=pretrained, **(head_sizes or {}))
+    source = getattr(model.backbone, "pretrained_source", None) or {}
     report = LoadReport(
-        path=name,
-        format="random",
+        path=source.get("cache_path") or name,
+        format=kind,
         arch=arch,
         method=method,
         cifar_stem=bool(cifar_stem),
         heads_built=model.head_names,
         head_sizes=dict(model.head_sizes),
+        source=dict(source),
     )
-    note = "random initialisation"
-    if kind == "torchvision" and not cifar_stem:
-        note = _cached_torchvision(model, arch) or note
-    elif kind in ("torchvision", "timm"):
-        note += f" ({kind} pretrained weights are not fetched offline; pass a local checkpoint file for them)"
-    report.notes.append(note)
+    if not pretrained:
+        report.notes.append("random initialisation")
+    else:
+        report.notes.append(f"{kind} pretrained weights from {source.get('cache_path') or source.get('url')}")
+        if cifar_stem:
+            report.notes.append("the 3x3 CIFAR stem (conv1) is new and random; the rest is pretrained")
     if model.head_names:
         report.notes.append(f"heads built fresh: {', '.join(model.head_names)}; {WARMUP_NOTE}")
     return model, report
-
-
-def _cached_torchvision(model: SSLModel, arch: str) -> str | None:
-    import torchvision
-
-    weights = torchvision.models.get_model_weights(arch).DEFAULT
-    file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-    if not file.is_file():
-        return f"random initialisation (torchvision weights {file.name} are not in the local cache; nothing downloaded)"
-    sd = {k: v for k, v in read_checkpoint(file)[0].items() if not k.startswith("fc.")}
-    model.backbone.load_state_dict(sd, strict=True)
-    return f"torchvision pretrained weights from the local cache {file}"
 
 
 def load_model(
@@ -406,9 +410,11 @@ def load_model(
     """Load a checkpoint file or hub name into an :class:`SSLModel` and say what happened.
 
     Args:
-        path_or_name: a file (any layout in :mod:`e2mc.models.adapters`), or ``random:<arch>``,
-            ``torchvision:<arch>``, ``timm:<name>`` (random init unless pretrained weights sit in
-            the local torchvision cache; the report says which).
+        path_or_name: a file (any layout in :mod:`e2mc.models.adapters`); a published model by
+            name (``vicreg:resnet50-full``, ...: :mod:`e2mc.models.zoo`, downloaded into torch
+            hub's cache); ``torchvision:<arch>`` / ``timm:<name>[.<tag>]`` (the library's
+            pretrained weights, :mod:`e2mc.models.hub`); ``random:<arch>`` (random weights).
+            ``report.source`` says where a name's weights came from (URL, file, sha256).
         method: ``vicreg``/``swav``/``simsiam``; default: the checkpoint's. Heads the checkpoint
             lacks are built fresh (``report.heads_built``; warm them up before training).
         arch: default: detected from the weights (mismatch with the weights is an error).
@@ -425,6 +431,10 @@ def load_model(
     text = str(path_or_name)
     if not os.path.exists(text) and text.startswith(NAME_PREFIXES):
         return _from_name(text, method, cifar_stem, head_sizes)
+    source: dict = {}
+    if zoo.is_zoo_name(text):
+        file, source = zoo.fetch(text)
+        text, format = str(file), format or zoo.get(source["name"]).layout
     text = str(resolve_checkpoint_path(text))
     obj, meta = read_checkpoint(text)
     if format is not None and format not in ADAPTERS and format != "safetensors":
@@ -437,7 +447,7 @@ def load_model(
             parts.cifar_stem = meta["cifar_stem"] == "True"
         fmt = "safetensors"
         parts.layout["source_format"] = meta.get("format")
-    return model_from_parts(
+    model, report = model_from_parts(
         parts,
         fmt=fmt,
         path=text,
@@ -447,3 +457,5 @@ def load_model(
         fresh_heads=fresh_heads,
         head_sizes=head_sizes,
     )
+    report.source = source
+    return model, report
