@@ -224,6 +224,8 @@ def test_cli_zoo_inspect_and_continue(server, vicreg_file, tmp_path, capsys):
     sha = hashlib.sha256(vicreg_file[0]).hexdigest()
     assert f"sha256     : {sha}" in out and f"source     : {NAME} <- {server.base}{PATH}" in out
     assert main(["zoo"]) == 0 and f"{NAME} *" in capsys.readouterr().out  # marked as cached
+    assert main(["zoo", "--download", NAME]) == 0
+    assert capsys.readouterr().out.startswith(f"{cache_file(tmp_path)}\nurl    : {server.base}{PATH}\nsha256 : {sha}")
     run = tmp_path / "run"
     sets = ["data.dataset=digits", "data.image_size=8", "data.limit=64", "optim.batch_size=32"]
     sets += ["train.max_steps=1", "train.probe_size=16", "train.tensorboard=false"]

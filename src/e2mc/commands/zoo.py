@@ -21,8 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         examples=[
             "e2mc zoo",
             "e2mc zoo --json",
-            "e2mc zoo --download vicreg:resnet50-full",
-            "e2mc continue vicreg:resnet50-full --data imagenet --out runs/v",
+            "e2mc zoo --download vicreg:resnet50-full   # then e.g. e2mc continue vicreg:resnet50-full ...",
         ],
     )
     p.add_argument("--json", action="store_true", help="print the table as JSON")
