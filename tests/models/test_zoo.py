@@ -226,6 +226,12 @@ def test_cli_zoo_inspect_and_continue(server, vicreg_file, tmp_path, capsys):
     assert main(["zoo"]) == 0 and f"{NAME} *" in capsys.readouterr().out  # marked as cached
     assert main(["zoo", "--download", NAME]) == 0
     assert capsys.readouterr().out.startswith(f"{cache_file(tmp_path)}\nurl    : {server.base}{PATH}\nsha256 : {sha}")
+    assert main(["export", NAME, "--out", str(tmp_path / "back.pth")]) == 0  # back in VICReg's layout
+    assert "(vicreg layout, from vicreg)" in capsys.readouterr().out
+    back = torch.load(tmp_path / "back.pth", weights_only=True)
+    orig = torch.load(cache_file(tmp_path), weights_only=True)
+    assert back["model"].keys() == orig["model"].keys()
+    assert all(torch.equal(v, orig["model"][k]) for k, v in back["model"].items())
     run = tmp_path / "run"
     sets = ["data.dataset=digits", "data.image_size=8", "data.limit=64", "optim.batch_size=32"]
     sets += ["train.max_steps=1", "train.probe_size=16", "train.tensorboard=false"]

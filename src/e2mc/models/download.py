@@ -135,6 +135,9 @@ def _download(url: str, dest: Path, size, sha256, progress: bool, timeout: float
 
     part = dest.with_name(dest.name + ".part")
     fails, total, bar = 0, size, None
+    if progress:
+        resumed = f" (resuming {part.name})" if part.exists() else ""
+        print(f"downloading {url} to {dest}{resumed}", file=sys.stderr, flush=True)
     try:
         while True:
             have = part.stat().st_size if part.exists() else 0
