@@ -43,14 +43,21 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    shown = [{c: (r[c] + " *" if c == "name" and r["cached"] else r[c]) for c in COLUMNS} for r in rows]
+
+    def mark(r):
+        return " *" if r["cached"] else (" -" if r["loadable"] != "yes" else "")
+
+    shown = [{c: r[c] + mark(r) if c == "name" else r[c] for c in COLUMNS} for r in rows]
     width = {c: max(len(c), *(len(r[c]) for r in shown)) for c in COLUMNS}
     print("  ".join(c.upper().ljust(width[c]) for c in COLUMNS).rstrip())
     for r in shown:
         print("  ".join(r[c].ljust(width[c]) for c in COLUMNS).rstrip())
-    print("\n* already in the cache. size: the READMEs publish none; the download checks the server's length.")
+    print("\n* in the cache already. size: the READMEs publish none; the download checks the server's length.")
+    refused: dict = {}
     for r in rows:
         if r["loadable"] != "yes":
-            print(f"{r['name']}: {r['loadable']}")
+            refused.setdefault(r["loadable"][4:], []).append(r["name"])
+    for why, names in refused.items():
+        print(f"- listed only, not loadable ({why}): {', '.join(names)}")
     print("Sources: " + "; ".join(zoo.SOURCES.values()))
     return 0

@@ -55,11 +55,11 @@ class Release:
 
 
 _FB = "https://dl.fbaipublicfiles.com"
-_WIDE = "{} is VICReg's own widened ResNet, which e2mc.models.backbones does not build"
+_WIDE = "VICReg's own widened ResNets, which e2mc.models.backbones does not build"
 
 
 def _vicreg(arch: str, params: str, top1: str, supported: bool = True) -> list[Release]:
-    why = None if supported else _WIDE.format(arch)
+    why = None if supported else _WIDE
     kw = dict(method="vicreg", arch=arch, params=params, details=f"ImageNet linear top-1 {top1}", unsupported=why)
     return [
         Release(f"vicreg:{arch}", layout="torchvision", heads=False, url=f"{_FB}/vicreg/{arch}.pth", **kw),
@@ -146,7 +146,10 @@ def fetch(name: str, progress: bool = True) -> tuple[Path, dict]:
 
     row = get(name)
     if row.unsupported:
-        raise CheckpointError(f"{name} is listed for reference only: {row.unsupported}; nothing downloaded")
+        raise CheckpointError(
+            f"{name} is listed for reference only ({row.arch} is one of {row.unsupported}); nothing downloaded. "
+            "Load a supported name from `e2mc zoo`, or a file whose arch e2mc builds"
+        )
     url, path = url_of(row), cache_path(row)
     if path.is_file():
         digest = check_file(path, url, row.size, row.sha256)
