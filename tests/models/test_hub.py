@@ -136,3 +136,14 @@ def test_timm_offline_without_cache_is_one_line(tmp_path):
     assert res.returncode == 2 and "\n" not in err and "Traceback" not in err, err
     assert f"https://huggingface.co/{TIMM_REPO}/resolve/main/model.safetensors" in err
     assert str(tmp_path / "empty_hf" / "hub" / "models--timm--test_vit.r160_in1k") in err
+
+
+def test_torchvision_unreadable_cached_file(torch_home):
+    import torchvision
+
+    torch_home.mkdir(parents=True)
+    file = torch_home / os.path.basename(torchvision.models.ResNet18_Weights.DEFAULT.url)
+    file.write_bytes(b"not a checkpoint" * 64)
+    with pytest.raises(CheckpointError, match="delete it to download it again") as info:
+        load_model("torchvision:resnet18")
+    assert "\n" not in str(info.value) and str(file) in str(info.value)

@@ -168,7 +168,7 @@ def build_backbone(
         return _timm_model(arch[5:], pretrained, img_size, **kw)
     if arch == "resnet_mini" or arch.startswith("resnet_mini:"):
         if pretrained:
-            raise CheckpointError("resnet_mini has no pretrained weights; use pretrained=False")
+            raise CheckpointError(f"{arch} has no pretrained weights; use random:{arch} (pretrained=False)")
         return ResNetMini(parse_mini_widths(arch))
     if arch in TORCHVISION_RESNETS:
         return _torchvision_resnet(arch, cifar_stem, pretrained, **kw)

@@ -50,6 +50,11 @@ def torchvision_state_dict(arch: str) -> tuple[dict, dict]:
         with contextlib.redirect_stdout(sys.stderr):
             sd = weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except Exception as exc:  # offline, server down, 404, hash mismatch, truncated file
+        if path.is_file():
+            raise CheckpointError(
+                f"cannot read torchvision's {weights} weights {path} ({_why(exc)}); delete it to download "
+                f"it again from {weights.url}"
+            ) from None
         raise CheckpointError(
             f"cannot get torchvision's {weights} weights ({_why(exc)}); download {weights.url} by other "
             f"means and place it at {path} (used as is), or use random:{arch} for random weights"
