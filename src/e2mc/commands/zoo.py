@@ -6,7 +6,7 @@ import argparse
 
 from e2mc.commands import add_command
 
-COLUMNS = ("name", "layout", "arch", "contents", "params", "size", "url")
+COLUMNS = ("name", "method", "arch", "layout", "heads", "params", "size", "url")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,7 +52,10 @@ def run(args: argparse.Namespace) -> int:
     print("  ".join(c.upper().ljust(width[c]) for c in COLUMNS).rstrip())
     for r in shown:
         print("  ".join(r[c].ljust(width[c]) for c in COLUMNS).rstrip())
-    print("\n* in the cache already. size: the READMEs publish none; the download checks the server's length.")
+    print(
+        "\n* in the cache already. heads: the file holds the method's heads (else a backbone alone).\n"
+        "params: as published. size: the READMEs publish none; the download checks the server's length."
+    )
     refused: dict = {}
     for r in rows:
         if r["loadable"] != "yes":

@@ -167,7 +167,7 @@ def table() -> list[dict]:
             "method": r.method,
             "arch": r.arch,
             "layout": r.layout,
-            "contents": "backbone + heads" if r.heads else "backbone",
+            "heads": "yes" if r.heads else "no",
             "params": r.params or "not published",
             "size": f"{r.size:,} B" if r.size else "not published",
             "sha256": r.sha256 or "not published",
