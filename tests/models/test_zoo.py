@@ -244,3 +244,15 @@ def test_cli_zoo_inspect_and_continue(server, vicreg_file, tmp_path, capsys):
     assert main(["inspect", "swav:resnet50-80ep"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "swav:resnet50-800ep" in err
+
+
+def test_registry_rows_are_consistent():
+    from e2mc.models.adapters import ADAPTERS
+    from e2mc.models.heads import METHOD_HEADS
+
+    rows = list(zoo.ZOO.values())
+    assert all(r.layout in ADAPTERS and r.method in METHOD_HEADS for r in rows)
+    assert all(r.url.startswith("https://dl.fbaipublicfiles.com/") and r.name.startswith(r.method + ":") for r in rows)
+    files = [r.file_name for r in rows]
+    assert len(set(files)) == len(files)  # one cache file per release (both SimSiam URLs end in checkpoint_0099)
+    assert {"vicreg:resnet50", "vicreg:resnet50-full", "swav:resnet50-800ep", "simsiam:resnet50-bs256"} <= set(zoo.ZOO)

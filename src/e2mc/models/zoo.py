@@ -173,6 +173,7 @@ def table() -> list[dict]:
             "sha256": r.sha256 or "not published",
             "details": r.details,
             "url": r.url,
+            "file": r.file_name,
             "cached": str(cache_path(r)) if cache_path(r).is_file() else "",
             "loadable": "no: " + r.unsupported if r.unsupported else "yes",
         }
