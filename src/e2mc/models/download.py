@@ -43,7 +43,7 @@ def sha256_file(path: str | os.PathLike) -> str:
     return _SHA_MEMO[key]
 
 
-def by_hand(url: str, dest: Path) -> str:
+def by_hand(dest: Path) -> str:
     """The advice every refusal ends with: where a file fetched by other means is picked up."""
     return f"get it by other means (a browser, curl) and place it at {dest} (used as is)"
 
@@ -86,14 +86,17 @@ def _stream(resp, part: Path, have: int, bar) -> int:
     connection ends it quietly: what reached the file is fsynced and resumed from."""
     got = 0
     with open(part, "ab" if have else "wb") as fh:
-        try:
-            while block := resp.read(CHUNK):
-                fh.write(block)
-                got += len(block)
-                if bar is not None:
-                    bar.update(len(block))
-        except (http.client.HTTPException, OSError, socket.timeout):
-            pass
+        while True:
+            try:
+                block = resp.read(CHUNK)
+            except (http.client.HTTPException, OSError, socket.timeout):  # the connection, not the disk
+                break
+            if not block:
+                break
+            fh.write(block)  # a full disk raises here (OSError naming the file), never taken for a cut
+            got += len(block)
+            if bar is not None:
+                bar.update(len(block))
         fh.flush()
         os.fsync(fh.fileno())
     return got
@@ -156,11 +159,11 @@ def _download(url: str, dest: Path, size, sha256, progress: bool, timeout: float
                         part.unlink()
                         fails += 1
                     continue
-                msg = f"cannot download {url} (HTTP {exc.code} {exc.reason}); {by_hand(url, dest)}"
+                msg = f"cannot download {url} (HTTP {exc.code} {exc.reason}); {by_hand(dest)}"
                 raise CheckpointError(msg) from None
             except (urllib.error.URLError, OSError) as exc:
                 reason = getattr(exc, "reason", exc)
-                raise CheckpointError(f"cannot download {url} ({reason}); {by_hand(url, dest)}") from None
+                raise CheckpointError(f"cannot download {url} ({reason}); {by_hand(dest)}") from None
             with resp:
                 length = resp.headers.get("Content-Length")
                 if resp.status == 206:
@@ -174,7 +177,7 @@ def _download(url: str, dest: Path, size, sha256, progress: bool, timeout: float
                     _refuse(
                         part,
                         f"{url} is {server_total:,} bytes, not the {size:,} bytes e2mc expects (a cut or "
-                        f"wrong file on the server); nothing kept. {by_hand(url, dest)}",
+                        f"wrong file on the server); nothing kept. {by_hand(dest)}",
                     )
                 total = server_total if server_total is not None else total
                 if bar is None and progress:
@@ -189,7 +192,7 @@ def _download(url: str, dest: Path, size, sha256, progress: bool, timeout: float
             if fails >= MAX_ATTEMPTS:
                 raise CheckpointError(
                     f"cannot download {url}: the connection keeps breaking at byte {have:,}; run again "
-                    f"to resume, or {by_hand(url, dest)}"
+                    f"to resume, or {by_hand(dest)}"
                 )
     finally:
         if bar is not None:
@@ -198,7 +201,7 @@ def _download(url: str, dest: Path, size, sha256, progress: bool, timeout: float
     if sha256 is not None and digest != sha256.lower():
         _refuse(
             part,
-            f"{url} downloaded with sha256 {digest}, not the expected {sha256}; nothing kept. {by_hand(url, dest)}",
+            f"{url} downloaded with sha256 {digest}, not the expected {sha256}; nothing kept. {by_hand(dest)}",
         )
     os.replace(part, dest)  # the .part file was fsynced after each connection
     _fsync_dir(dest.parent)
