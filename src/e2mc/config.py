@@ -69,7 +69,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Model construction: ``init`` is a checkpoint path/hub name, ``random:ARCH`` or ``torchvision:ARCH``."""
+    """Model construction: ``init`` is a checkpoint path, a published model's name (``e2mc zoo``:
+    ``vicreg:resnet50-full``, ...), ``torchvision:ARCH`` / ``timm:NAME`` (pretrained) or ``random:ARCH``."""
 
     init: str = "random:resnet_mini"
     arch: Optional[str] = None

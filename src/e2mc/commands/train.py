@@ -98,7 +98,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "checkpoint",
         nargs="?",
         metavar="CHECKPOINT",
-        help="checkpoint file, run folder's checkpoint, or name (random:ARCH, torchvision:ARCH); "
+        help="checkpoint file, run folder's checkpoint, or name (`e2mc zoo`'s vicreg:resnet50-full, ..., "
+        "torchvision:ARCH, timm:NAME, random:ARCH); "
         "required unless --recipe/--config sets model.init",
     )
     _common(c)

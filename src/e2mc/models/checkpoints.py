@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from e2mc.errors import CheckpointError
-from e2mc.models import safepickle
+from e2mc.models import safepickle, zoo
 from e2mc.models.adapters import ADAPTERS, Parts
 from e2mc.models.backbones import canonical_arch
 from e2mc.models.layouts import CLASSIFIER_PREFIXES, detect_arch, infer_head_sizes
@@ -39,8 +39,10 @@ class LoadReport:
     ``missing``: model keys absent from the file that were filled (e.g. ``num_batches_tracked``;
     fresh heads are listed in ``heads_built`` instead). ``unexpected``: file keys the model has no
     place for (always also in ``dropped``). ``stand_ins``: the pickled globals that were read as
-    inert stand-ins or data-only values (:mod:`e2mc.models.safepickle`). ``optimizer_state`` (not in :meth:`to_dict`): the
-    optimizer state stored in the file, for training to reuse if it wants.
+    inert stand-ins or data-only values (:mod:`e2mc.models.safepickle`). ``optimizer_state`` (not in
+    :meth:`to_dict`): the optimizer state stored in the file, for training to reuse if it wants.
+    ``source``: for a name (zoo, torchvision, timm), where its weights came from: ``name``, ``url``,
+    ``cache_path``, ``sha256``, ``size``.
     """
 
     path: str
@@ -59,6 +61,7 @@ class LoadReport:
     notes: list = field(default_factory=list)
     layout: dict = field(default_factory=dict)
     stand_ins: list = field(default_factory=list)
+    source: dict = field(default_factory=dict)
     optimizer_state: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
@@ -90,6 +93,12 @@ class LoadReport:
             f"optimizer  : {'stored' if self.optimizer_state is not None else '-'}",
         ]
         lines += [f"stand-in   : {s}" for s in self.stand_ins]
+        if self.source:
+            lines += [
+                f"source     : {self.source.get('name')} <- {self.source.get('url')}",
+                f"cached at  : {self.source.get('cache_path') or '-'}",
+                f"sha256     : {self.source.get('sha256') or '-'}",
+            ]
         lines += [f"note       : {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -392,6 +401,9 @@ def checkpoint_method(path_or_name, format: str | None = None) -> str | None:
     text = str(path_or_name)
     if not os.path.exists(text) and text.startswith(NAME_PREFIXES):
         return None
+    if zoo.is_zoo_name(text):
+        row = zoo.get(text)
+        return row.method if row.heads else None
     obj, meta = read_checkpoint(text)
     fmt = format if format not in (None, "safetensors") else detect_format(obj, (meta or {}).get("arch"))
     return _parts_method(ADAPTERS[fmt].split(obj))
@@ -406,37 +418,28 @@ def _method_heads(method):
 def _from_name(name: str, method, cifar_stem, head_sizes) -> tuple[SSLModel, LoadReport]:
     kind, arch = name.split(":", 1)
     arch = "timm:" + arch if kind == "timm" else arch
-    model = SSLModel.build(method, arch, cifar_stem=bool(cifar_stem), **(head_sizes or {}))
+    pretrained = kind != "random"
+    model = SSLModel.build(method, arch, cifar_stem=bool(cifar_stem), pretrained=pretrained, **(head_sizes or {}))
+    source = getattr(model.backbone, "pretrained_source", None) or {}
     report = LoadReport(
-        path=name,
-        format="random",
+        path=source.get("cache_path") or name,
+        format=kind,
         arch=arch,
         method=method,
         cifar_stem=bool(cifar_stem),
         heads_built=model.head_names,
         head_sizes=dict(model.head_sizes),
+        source=dict(source),
     )
-    note = "random initialisation"
-    if kind == "torchvision" and not cifar_stem:
-        note = _cached_torchvision(model, arch) or note
-    elif kind in ("torchvision", "timm"):
-        note += f" ({kind} pretrained weights are not fetched offline; pass a local checkpoint file for them)"
-    report.notes.append(note)
+    if not pretrained:
+        report.notes.append("random initialisation")
+    else:
+        report.notes.append(f"{kind} pretrained weights from {source.get('cache_path') or source.get('url')}")
+        if cifar_stem:
+            report.notes.append("the 3x3 CIFAR stem (conv1) is new and random; the rest is pretrained")
     if model.head_names:
         report.notes.append(f"heads built fresh: {', '.join(model.head_names)}; {WARMUP_NOTE}")
     return model, report
-
-
-def _cached_torchvision(model: SSLModel, arch: str) -> str | None:
-    import torchvision
-
-    weights = torchvision.models.get_model_weights(arch).DEFAULT
-    file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-    if not file.is_file():
-        return f"random initialisation (torchvision weights {file.name} are not in the local cache; nothing downloaded)"
-    sd = {k: v for k, v in read_checkpoint(file)[0].items() if not k.startswith("fc.")}
-    model.backbone.load_state_dict(sd, strict=True)
-    return f"torchvision pretrained weights from the local cache {file}"
 
 
 def load_model(
@@ -451,9 +454,11 @@ def load_model(
     """Load a checkpoint file or hub name into an :class:`SSLModel` and say what happened.
 
     Args:
-        path_or_name: a file (any layout in :mod:`e2mc.models.adapters`), or ``random:<arch>``,
-            ``torchvision:<arch>``, ``timm:<name>`` (random init unless pretrained weights sit in
-            the local torchvision cache; the report says which).
+        path_or_name: a file (any layout in :mod:`e2mc.models.adapters`); a published model by
+            name (``vicreg:resnet50-full``, ...: :mod:`e2mc.models.zoo`, downloaded into torch
+            hub's cache); ``torchvision:<arch>`` / ``timm:<name>[.<tag>]`` (the library's
+            pretrained weights, :mod:`e2mc.models.hub`); ``random:<arch>`` (random weights).
+            ``report.source`` says where a name's weights came from (URL, file, sha256).
         method: ``vicreg``/``swav``/``simsiam``; default: the checkpoint's. Heads the checkpoint
             lacks are built fresh (``report.heads_built``; warm them up before training).
         arch: default: detected from the weights (mismatch with the weights is an error).
@@ -470,6 +475,10 @@ def load_model(
     text = str(path_or_name)
     if not os.path.exists(text) and text.startswith(NAME_PREFIXES):
         return _from_name(text, method, cifar_stem, head_sizes)
+    source: dict = {}
+    if zoo.is_zoo_name(text):
+        file, source = zoo.fetch(text)
+        text, format = str(file), format or zoo.get(source["name"]).layout
     text = str(resolve_checkpoint_path(text))
     stand_ins: list = []
     obj, meta = read_checkpoint(text, stand_ins)
@@ -494,4 +503,5 @@ def load_model(
         head_sizes=head_sizes,
     )
     report.stand_ins = stand_ins
+    report.source = source
     return model, report
