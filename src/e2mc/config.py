@@ -151,6 +151,9 @@ class TrainConfig:
     checkpoint_every_epochs: int = 1
     max_steps: Optional[int] = None
     tensorboard: bool = True
+    # --resume when the training data differs from the checkpoint's (its fingerprint): recompute
+    # the LR schedule for the new data instead of refusing. Used once: not kept in the run's config.
+    allow_data_change: bool = False
 
 
 @dataclass

@@ -85,11 +85,12 @@ def _walk(directory: str):
         dirnames[:] = keep
         yield dirpath, filenames
     if skipped:
-        warnings.warn(
-            f"{directory!r}: skipped {len(skipped)} linked folder(s) that lead back to a folder already read "
-            f"(a symlink loop or a duplicate link), e.g. {skipped[0]!r}; each image is read once. Remove the "
-            "link(s) to silence this.",
-            stacklevel=3,
+        log.warning(
+            "%r: skipped %d linked folder(s) that lead back to a folder already read (a symlink loop or a "
+            "duplicate link), e.g. %r; each image is read once. Remove the link(s) to silence this.",
+            directory,
+            len(skipped),
+            skipped[0],
         )
 
 
@@ -106,9 +107,7 @@ def _class_dirs(directory: str) -> list[str]:
 
 def _has_image(directory: str) -> bool:
     """True as soon as one image is found under ``directory`` (stops early on large folders)."""
-    with warnings.catch_warnings():  # the scan proper (``_images_in``) warns about loops once
-        warnings.simplefilter("ignore")
-        return any(any(_is_image(f) for f in filenames) for _, filenames in _walk(directory))
+    return any(any(_is_image(f) for f in filenames) for _, filenames in _walk(directory))
 
 
 def split_dirs(root: str, split: str = "train") -> list[str]:

@@ -36,6 +36,7 @@ from e2mc.config import E2MC_DEFAULTS, RunConfig
 from e2mc.criteria import SwAVQueue, default_m
 from e2mc.criteria.entropy import deferred_finite_checks
 from e2mc.data import ViewGenerator, build_dataset, eval_transform, training_dataset
+from e2mc.data.fingerprint import describe_change, fingerprint
 from e2mc.errors import ConfigError, CriterionInputError, TrainingDiverged
 from e2mc.methods import get_method
 from e2mc.models.checkpoints import load_model
@@ -176,11 +177,12 @@ class TrainerSetup(R.RunFolderMixin):
         random.seed(seed)
         np.random.seed(seed)
         self._build_data(views_fn)
+        data_change = self._check_data(found)
         model, origin = self._build_model(found, model_fn)
         self.criterion = self.method.build_criterion(self.cfg).to(self.device)
         queue = self._build_queue(model)
         optimizer, scheduler, scaler = self._build_optimisation(model, restore_source=found is None)
-        self.state = RunState(model, optimizer, scheduler, scaler, queue, **origin)
+        self.state = RunState(model, optimizer, scheduler, scaler, queue, **origin, data_fingerprint=self.data_print)
         self.auto_cov_weight = self._auto_cov_weight(found)
         self.addon = self.method.build_addon(self.cfg, cov_weight=self.auto_cov_weight).to(self.device)
         self.stop_requested = self.save_requested = False
@@ -191,6 +193,8 @@ class TrainerSetup(R.RunFolderMixin):
             self.state.restore(state, self.dist, self.per_device_batch, seed, self.log)
             self.last_good = ckpt
             self.log(f"resumed from {ckpt}: epoch {self.epoch}, step {self.global_step}")
+            if data_change:
+                self._reschedule(state, data_change)
         self.ddp_model = D.wrap_ddp(self.model, self.dist)
         self._build_outputs(None if found is None else found[1])
 
@@ -229,6 +233,49 @@ class TrainerSetup(R.RunFolderMixin):
             persistent_workers=d.num_workers > 0,
         )
 
+    def _check_data(self, found: tuple | None) -> str | None:
+        """The training data's fingerprint (``self.data_print``) against the checkpoint resumed from:
+        None when the same (or nothing to compare), what changed when ``train.allow_data_change``
+        accepts it, else ConfigError naming the change."""
+        self.data_print = fingerprint(self.dataset)
+        if found is None:
+            return None
+        stored = found[1].get("data_fingerprint")
+        if not stored:
+            self.log(
+                f"note: {found[0]} predates training-data fingerprints (an older e2mc): resuming without "
+                "checking that the training data is unchanged"
+            )
+            return None
+        change = describe_change(stored, self.data_print)
+        if change is None:
+            return None
+        if not self.cfg.train.allow_data_change:
+            raise ConfigError(
+                f"train data changed since the checkpoint: {change}; resume with --allow-data-change "
+                "(--set train.allow_data_change=true) to recompute the schedule, or restore the data"
+            )
+        self.cfg.train.allow_data_change = False  # a one-time permission: not kept in the run's config
+        return change
+
+    def _reschedule(self, state: dict, change: str) -> None:
+        """After a resume on changed data: the LR schedule of this run's steps, not the stored one."""
+        old = ((state.get("scheduler") or {}).get("lr_lambdas") or [{}])[0].get("total_steps")
+        sched, t = self.scheduler, self.cfg.train
+        # the steps done, then the rest of this run's epochs at the new data's batches per epoch
+        total = self.global_step + (t.epochs - self.epoch) * self.sampler.batches_per_epoch - self.step_in_epoch
+        self.total_steps = max(min(total, t.max_steps) if t.max_steps else total, self.global_step + 1)
+        if sched is not None:
+            fresh = sched.lr_lambdas[0]
+            fresh.total_steps = self.total_steps
+            fresh.warmup_steps = self.schedule_warmup
+            for group, base in zip(self.optimizer.param_groups, sched.base_lrs):
+                group["lr"] = base * fresh(sched.last_epoch)
+        self.log(
+            f"train data changed since the checkpoint: {change} (--allow-data-change): LR schedule recomputed "
+            f"for {self.total_steps} steps (the checkpoint's was {old if old is not None else 'unknown'})"
+        )
+
     def _build_model(self, found: tuple | None, model_fn: Callable | None) -> tuple[SSLModel, dict]:
         """The model, ready on its device, and its origin (``RunState``'s ``source_*`` fields)."""
         cfg = self.cfg
@@ -263,6 +310,7 @@ class TrainerSetup(R.RunFolderMixin):
         total = min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
         self.total_steps = total  # for the ETA of the progress lines
         warm = min(int(round(o.warmup_epochs * self.sampler.batches_per_epoch)), max(total, 1))
+        self.schedule_warmup = warm
         scheduler = build_scheduler(o.schedule, optimizer, total_steps=max(total, 1), warmup_steps=warm)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         return optimizer, scheduler, scaler
