@@ -449,12 +449,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             for key_node, _ in node.value:
                 key = self.construct_object(key_node, deep=True)
                 try:
-                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                    first = seen.setdefault(key, key_node)
                 except TypeError:  # an unhashable key: PyYAML's own error follows
                     continue
-                if first != key_node.start_mark.line + 1:
+                if first is not key_node:
+                    line = first.start_mark.line + 1
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r} (first at line {first})", key_node.start_mark
+                        None, None, f"duplicate key {key!r} (first at line {line})", key_node.start_mark
                     )
         return super().construct_mapping(node, deep=deep)
 
