@@ -86,6 +86,7 @@ class TrainerSetup(R.RunFolderMixin):
     source_epoch = _InState()
     source_layout = _InState()
     auto_cov_weight = _InState()
+    data_fingerprint = _InState()
 
     def __init__(
         self, config: RunConfig, model_fn: Callable | None = None, views_fn: Callable | None = None, quiet: bool = False
@@ -177,12 +178,12 @@ class TrainerSetup(R.RunFolderMixin):
         random.seed(seed)
         np.random.seed(seed)
         self._build_data(views_fn)
-        data_change = self._check_data(found)
+        data_print, data_change = self._check_data(found)
         model, origin = self._build_model(found, model_fn)
         self.criterion = self.method.build_criterion(self.cfg).to(self.device)
         queue = self._build_queue(model)
         optimizer, scheduler, scaler = self._build_optimisation(model, restore_source=found is None)
-        self.state = RunState(model, optimizer, scheduler, scaler, queue, **origin, data_fingerprint=self.data_print)
+        self.state = RunState(model, optimizer, scheduler, scaler, queue, **origin, data_fingerprint=data_print)
         self.auto_cov_weight = self._auto_cov_weight(found)
         self.addon = self.method.build_addon(self.cfg, cov_weight=self.auto_cov_weight).to(self.device)
         self.stop_requested = self.save_requested = False
@@ -233,30 +234,30 @@ class TrainerSetup(R.RunFolderMixin):
             persistent_workers=d.num_workers > 0,
         )
 
-    def _check_data(self, found: tuple | None) -> str | None:
-        """The training data's fingerprint (``self.data_print``) against the checkpoint resumed from:
-        None when the same (or nothing to compare), what changed when ``train.allow_data_change``
-        accepts it, else ConfigError naming the change."""
-        self.data_print = fingerprint(self.dataset)
+    def _check_data(self, found: tuple | None) -> tuple[dict, str | None]:
+        """The training data's fingerprint and, against the checkpoint resumed from: None when the
+        same (or nothing to compare), what changed when ``train.allow_data_change`` accepts it,
+        else ConfigError naming the change."""
+        data_print = fingerprint(self.dataset)
         if found is None:
-            return None
+            return data_print, None
         stored = found[1].get("data_fingerprint")
         if not stored:
             self.log(
                 f"note: {found[0]} predates training-data fingerprints (an older e2mc): resuming without "
                 "checking that the training data is unchanged"
             )
-            return None
-        change = describe_change(stored, self.data_print)
+            return data_print, None
+        change = describe_change(stored, data_print)
         if change is None:
-            return None
+            return data_print, None
         if not self.cfg.train.allow_data_change:
             raise ConfigError(
                 f"train data changed since the checkpoint: {change}; resume with --allow-data-change "
                 "(--set train.allow_data_change=true) to recompute the schedule, or restore the data"
             )
         self.cfg.train.allow_data_change = False  # a one-time permission: not kept in the run's config
-        return change
+        return data_print, change
 
     def _reschedule(self, state: dict, change: str) -> None:
         """After a resume on changed data: the LR schedule of this run's steps, not the stored one."""
