@@ -72,3 +72,20 @@ def test_newer_major_or_unknown_is_refused(tmp_path):
 def test_version_parsing():
     assert _version("0.2.1") == (0, 2, 1) and _version("1.0.0rc1") == (1, 0, 0) and _version("2") == (2, 0, 0)
     assert _version("dev") is None
+
+
+def test_resume_follows_the_rule(tmp_path):
+    from e2mc.train.loop import Trainer
+
+    from .conftest import tiny_config
+
+    run = tmp_path / "run"
+    Trainer(tiny_config(run, "train.epochs=1"), quiet=True).fit()
+    last = run / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    state["e2mc_version"] = f"{MAJOR + 1}.0.0"
+    torch.save(state, last)
+    before = last.read_bytes()
+    with pytest.raises(CheckpointError, match="newer major version"):
+        Trainer(tiny_config(run, "train.epochs=2", "out.resume=true"), quiet=True)
+    assert last.read_bytes() == before

@@ -39,6 +39,7 @@ from e2mc.data import ViewGenerator, build_dataset, eval_transform, training_dat
 from e2mc.data.fingerprint import describe_change, fingerprint
 from e2mc.errors import ConfigError, CriterionInputError, TrainingDiverged
 from e2mc.methods import get_method
+from e2mc.models.adapters import check_version
 from e2mc.models.checkpoints import load_model
 from e2mc.models.model import SSLModel
 from e2mc.train import distributed as D
@@ -372,6 +373,7 @@ class TrainerSetup(R.RunFolderMixin):
         self.report = None
         if found is not None:  # rebuild the architecture from the checkpoint; weights come in RunState.restore
             state = found[1]
+            check_version(state.get("e2mc_version"))  # the rule of e2mc checkpoints (models.adapters)
             R.check_resume_config(state.get("config", {}), cfg)
             model = SSLModel.build(
                 cfg.method.name, state["arch"], cifar_stem=state["cifar_stem"], **state["head_sizes"]
