@@ -112,3 +112,19 @@ def test_checkpoint_without_fingerprint_resumes_with_a_note(tmp_path):
     assert code == 0, err
     assert "predates training-data fingerprints" in out + err
     assert _lrs(run) == full  # resumed as before
+
+
+def test_streaming_folder_fingerprint(tmp_path):
+    from e2mc.data.folder import StreamingImageFolder, scan_folder
+
+    def fp(root):
+        scan = scan_folder(str(root))
+        return fingerprint(StreamingImageFolder(zip(scan.paths, scan.targets), scan.classes, 8))
+
+    a = _images(tmp_path / "a", 3)
+    first = fp(a)
+    assert first["kind"] == "files" and first["n"] == 6
+    shutil.move(a, tmp_path / "moved")
+    assert describe_change(first, fp(tmp_path / "moved")) is None  # names, sizes, labels: not the location
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "moved" / "b" / "b0_1.png")  # another size
+    assert describe_change(first, fp(tmp_path / "moved")) == "same number of images (6) but different files"

@@ -36,7 +36,6 @@ from e2mc.config import E2MC_DEFAULTS, RunConfig
 from e2mc.criteria import SwAVQueue, default_m
 from e2mc.criteria.entropy import deferred_finite_checks
 from e2mc.data import ViewGenerator, build_dataset, eval_transform, training_dataset
-from e2mc.data.fingerprint import describe_change, fingerprint
 from e2mc.errors import ConfigError, CriterionInputError, TrainingDiverged
 from e2mc.methods import get_method
 from e2mc.models.adapters import check_version
@@ -45,6 +44,7 @@ from e2mc.models.model import SSLModel
 from e2mc.train import distributed as D
 from e2mc.train import monitor
 from e2mc.train import run as R
+from e2mc.train.datacheck import check_data, reschedule
 from e2mc.train.optim import build_optimizer, build_scheduler, restore_optimizer_state, scaled_lr
 from e2mc.train.state import RunState
 
@@ -179,7 +179,7 @@ class TrainerSetup(R.RunFolderMixin):
         random.seed(seed)
         np.random.seed(seed)
         self._build_data(views_fn)
-        data_print, data_change = self._check_data(found)
+        data_print, data_change = check_data(self.dataset, found, self.cfg, self.log)
         model, origin = self._build_model(found, model_fn)
         self.criterion = self.method.build_criterion(self.cfg).to(self.device)
         queue = self._build_queue(model)
@@ -196,7 +196,7 @@ class TrainerSetup(R.RunFolderMixin):
             self.last_good = ckpt
             self.log(f"resumed from {ckpt}: epoch {self.epoch}, step {self.global_step}")
             if data_change:
-                self._reschedule(state, data_change)
+                reschedule(self, state, data_change)
         self.ddp_model = D.wrap_ddp(self.model, self.dist)
         self._build_outputs(None if found is None else found[1])
 
@@ -233,49 +233,6 @@ class TrainerSetup(R.RunFolderMixin):
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(cfg.train.seed),
             persistent_workers=d.num_workers > 0,
-        )
-
-    def _check_data(self, found: tuple | None) -> tuple[dict, str | None]:
-        """The training data's fingerprint and, against the checkpoint resumed from: None when the
-        same (or nothing to compare), what changed when ``train.allow_data_change`` accepts it,
-        else ConfigError naming the change."""
-        data_print = fingerprint(self.dataset)
-        if found is None:
-            return data_print, None
-        stored = found[1].get("data_fingerprint")
-        if not stored:
-            self.log(
-                f"note: {found[0]} predates training-data fingerprints (an older e2mc): resuming without "
-                "checking that the training data is unchanged"
-            )
-            return data_print, None
-        change = describe_change(stored, data_print)
-        if change is None:
-            return data_print, None
-        if not self.cfg.train.allow_data_change:
-            raise ConfigError(
-                f"train data changed since the checkpoint: {change}; resume with --allow-data-change "
-                "(--set train.allow_data_change=true) to recompute the schedule, or restore the data"
-            )
-        self.cfg.train.allow_data_change = False  # a one-time permission: not kept in the run's config
-        return data_print, change
-
-    def _reschedule(self, state: dict, change: str) -> None:
-        """After a resume on changed data: the LR schedule of this run's steps, not the stored one."""
-        old = ((state.get("scheduler") or {}).get("lr_lambdas") or [{}])[0].get("total_steps")
-        sched, t = self.scheduler, self.cfg.train
-        # the steps done, then the rest of this run's epochs at the new data's batches per epoch
-        total = self.global_step + (t.epochs - self.epoch) * self.sampler.batches_per_epoch - self.step_in_epoch
-        self.total_steps = max(min(total, t.max_steps) if t.max_steps else total, self.global_step + 1)
-        if sched is not None:
-            fresh = sched.lr_lambdas[0]
-            fresh.total_steps = self.total_steps
-            fresh.warmup_steps = self.schedule_warmup
-            for group, base in zip(self.optimizer.param_groups, sched.base_lrs):
-                group["lr"] = base * fresh(sched.last_epoch)
-        self.log(
-            f"train data changed since the checkpoint: {change} (--allow-data-change): LR schedule recomputed "
-            f"for {self.total_steps} steps (the checkpoint's was {old if old is not None else 'unknown'})"
         )
 
     def _build_model(self, found: tuple | None, model_fn: Callable | None) -> tuple[SSLModel, dict]:
