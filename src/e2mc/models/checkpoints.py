@@ -109,8 +109,20 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
     if path.is_dir():
         last = path / "checkpoints" / "last.pt"
         if not last.is_file():
+            runs = sorted(
+                {
+                    str(p.parent.parent)
+                    for g in ("*/checkpoints/last.pt", "*/*/checkpoints/last.pt")
+                    for p in path.glob(g)
+                }
+            )  # a demo folder or a folder of runs: name them
+            inside = (
+                f"; it holds the run folders {', '.join(runs[:6])}{', ...' if len(runs) > 6 else ''}: pass one of them"
+                if runs
+                else ""
+            )
             raise CheckpointError(
-                f"{path} is a folder without checkpoints/last.pt; pass a checkpoint file "
+                f"{path} is a folder without checkpoints/last.pt{inside}; pass a checkpoint file "
                 "(.pth/.pt/.safetensors) or a run folder written by `e2mc pretrain/continue`"
             )
         return last

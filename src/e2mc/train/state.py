@@ -42,6 +42,7 @@ class RunState:
     source_epoch: int | None = None
     source_layout: dict = field(default_factory=dict)
     auto_cov_weight: float | None = None  # addon.cov_weight=auto's measured value (train.calibrate)
+    data_fingerprint: dict | None = None  # the training data's identity (data.fingerprint), checked on resume
 
     def checkpoint(self, cfg: RunConfig, dist: DistInfo, per_device_batch: int, metrics_rows: int | None) -> dict:
         """The e2mc checkpoint dict (a collective under torchrun: every rank's RNG state and the
@@ -85,6 +86,7 @@ class RunState:
             "source_layout": dict(self.source_layout),
             "metrics_rows": metrics_rows,
             "auto_cov_weight": self.auto_cov_weight,
+            "data_fingerprint": dict(self.data_fingerprint) if self.data_fingerprint else None,
         }
 
     def restore(
