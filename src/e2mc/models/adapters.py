@@ -124,6 +124,7 @@ class E2MCAdapter(Adapter):
             source_format=obj.get("source_format"),
             source_epoch=obj.get("source_epoch"),
             source_layout=dict(obj.get("source_layout") or {}),
+            optimizer_params=obj.get("optimizer_params"),  # the run optimiser's parameter names, in order
         )
         return parts
 

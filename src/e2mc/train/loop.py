@@ -43,7 +43,13 @@ from e2mc.models.model import SSLModel
 from e2mc.train import distributed as D
 from e2mc.train import monitor
 from e2mc.train import run as R
-from e2mc.train.optim import build_optimizer, build_scheduler, restore_optimizer_state, scaled_lr
+from e2mc.train.optim import (
+    build_optimizer,
+    build_scheduler,
+    optimizer_template,
+    restore_optimizer_state,
+    scaled_lr,
+)
 from e2mc.train.state import RunState
 
 INPUT_CHECK = "_inputs_finite"  # per-step flag: 0 when the criteria's inputs were finite, NaN otherwise
@@ -179,7 +185,10 @@ class TrainerSetup(R.RunFolderMixin):
         model, origin = self._build_model(found, model_fn)
         self.criterion = self.method.build_criterion(self.cfg).to(self.device)
         queue = self._build_queue(model)
+        self._optimizer_template = None
         optimizer, scheduler, scaler = self._build_optimisation(model, restore_source=found is None)
+        if self._optimizer_template is not None:  # for export --to original (the source's optimiser layout)
+            origin["source_layout"] = {**origin.get("source_layout", {}), "optimizer": self._optimizer_template}
         self.state = RunState(model, optimizer, scheduler, scaler, queue, **origin)
         self.auto_cov_weight = self._auto_cov_weight(found)
         self.addon = self.method.build_addon(self.cfg, cov_weight=self.auto_cov_weight).to(self.device)
@@ -435,7 +444,10 @@ class TrainerSetup(R.RunFolderMixin):
                 f"optim.restore_state=true but {src} stores no optimiser state; use a full "
                 "checkpoint, or set optim.restore_state=false to start a fresh optimiser"
             )
-        self.log(restore_optimizer_state(optimizer, model, stored, source=report.path))
+        paired: list = []
+        self.log(restore_optimizer_state(optimizer, model, stored, source=report.path, paired=paired))
+        names = {id(p): n for n, p in model.named_parameters()}
+        self._optimizer_template = optimizer_template(stored, [names[id(p)] for p in paired])
 
 
 class Trainer(TrainerSetup):

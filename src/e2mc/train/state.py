@@ -67,6 +67,7 @@ class RunState:
             "head_sizes": dict(model.head_sizes),
             "model": model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "optimizer_params": optimizer_param_names(self.optimizer, model),
             "scheduler": {k: v for k, v in sched.items() if plain(v)},
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "epoch": self.epoch,
@@ -127,6 +128,12 @@ def plain(obj: Any) -> bool:
     if isinstance(obj, dict):
         return all(isinstance(k, (str, int)) and plain(v) for k, v in obj.items())
     return False
+
+
+def optimizer_param_names(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> list[str]:
+    """The model's parameter names in the optimiser's order (its state_dict's positions)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names.get(id(p), "?") for g in optimizer.param_groups for p in g["params"]]
 
 
 def capture_rng() -> dict:
