@@ -54,9 +54,12 @@ def test_vicreg_lars_momentum_reused_and_exported_for_main_vicreg(
 
 def test_swav_checkpoint_continued_and_resumable(official, image_folder, tmp_path, capsys, one_torch_thread):
     f = official["swav_checkpoint"]
-    _, out = continue_and_export(f.path, image_folder, tmp_path, capsys, "optim.name=larc")
+    said, out = continue_and_export(
+        f.path, image_folder, tmp_path, capsys, "optim.name=larc", "optim.restore_state=true"
+    )
     got = reload(f, out)  # restart_from_checkpoint: model, then the LARC-wrapped SGD
-    assert got["epoch"] == 801
+    assert "restored the optimiser state of 67 parameters" in said
+    assert got["epoch"] == 801 and got["lr_type"] == "float64"  # the source's numpy lr written back
     assert got["with_momentum"] == got["params"]
 
 
@@ -76,7 +79,26 @@ def test_swav_release_continued_and_reloaded(official, image_folder, tmp_path, c
 
 def test_simsiam_checkpoint_continued_and_resumable(official, image_folder, tmp_path, capsys, one_torch_thread):
     f = official["simsiam_checkpoint"]
-    _, out = continue_and_export(f.path, image_folder, tmp_path, capsys, "optim.name=sgd")
+    said, out = continue_and_export(
+        f.path, image_folder, tmp_path, capsys, "optim.name=sgd", "optim.restore_state=true"
+    )
     got = reload(f, out)  # main_simsiam.py --resume: model, then SGD with its two fix_lr groups
     assert got["epoch"] == 101 and got["arch"] == "resnet18"
+    assert "restored the optimiser state of 72 parameters" in said  # all but encoder.fc.6.bias (no grad)
     assert got["fix_lr"] == [False, True]
+    assert got["with_momentum"] == got["params"] - 1
+
+
+def test_simsiam_fresh_optimiser_export_feeds_main_lincls(official, image_folder, tmp_path, capsys, one_torch_thread):
+    """The paper's setting (fresh SGD): the export's encoder loads as main_lincls.py loads it."""
+    import torch
+    import torchvision
+
+    f = official["simsiam_checkpoint"]
+    _, out = continue_and_export(f.path, image_folder, tmp_path, capsys, "optim.name=sgd")
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["epoch"] == 101 and ckpt["arch"] == "resnet18"
+    sd = {k[len("module.encoder.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("module.encoder.")}
+    sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    msg = torchvision.models.resnet18().load_state_dict(sd, strict=False)  # main_lincls.py's check
+    assert set(msg.missing_keys) == {"fc.weight", "fc.bias"} and not msg.unexpected_keys
