@@ -27,6 +27,10 @@ def test_inspect_shows_layout_method_arch(official, case, capsys, one_torch_thre
     assert rows["format"] == f.format
     assert rows["arch"] == "resnet18"
     assert rows["method"] == (f.method or "-")
+    if case.startswith("vicreg_model"):  # the pickled filter function, under the module it was written from
+        assert f"stand-in   : {f.module or '__main__'}.exclude_bias_and_norm (inert" in out
+    if case == "swav_checkpoint":  # main_swav.py's lr_schedule[iteration]: numpy float64 in param_groups
+        assert "multiarray.scalar (data only)" in out
 
 
 @pytest.mark.parametrize("case", CASES)
