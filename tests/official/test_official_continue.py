@@ -7,8 +7,11 @@ step), run as the same module the source was written from, so a filter function 
 """
 
 import json
+import sys
+import types
 
 import pytest
+import torch
 
 from e2mc.cli import main
 from tests.official.conftest import run_generator
@@ -40,7 +43,7 @@ def reload(f, path) -> dict:
 
 @pytest.mark.parametrize("case", ["vicreg_model_main", "vicreg_model_module"])
 def test_vicreg_lars_momentum_reused_and_exported_for_main_vicreg(
-    official, case, image_folder, tmp_path, capsys, one_torch_thread
+    official, case, image_folder, tmp_path, capsys, monkeypatch, one_torch_thread
 ):
     f = official[case]
     said, out = continue_and_export(f.path, image_folder, tmp_path, capsys, "optim.restore_state=true")
@@ -50,6 +53,29 @@ def test_vicreg_lars_momentum_reused_and_exported_for_main_vicreg(
     assert got["module"] == (f.module or "__main__")
     assert got["with_mu"] == got["params"] == 69
     assert got["epoch"] == 101  # 100 before + 1 continued
+    # the exported momentum is the continued run's, not the source's copied through
+    before, after = (_load_with_filter(p, f.module, monkeypatch) for p in (f.path, out))
+    moved = [
+        i
+        for i, s in before["optimizer"]["state"].items()
+        if not torch.equal(s["mu"], after["optimizer"]["state"][i]["mu"])
+    ]
+    assert len(moved) == 69
+
+
+def _load_with_filter(path, module, monkeypatch):
+    """torch.load of a file naming ``<module>.exclude_bias_and_norm``, that name bound to a local function."""
+
+    def exclude_bias_and_norm(p):
+        return p.ndim == 1
+
+    if module:
+        stub = types.ModuleType(module)
+        stub.exclude_bias_and_norm = exclude_bias_and_norm
+        monkeypatch.setitem(sys.modules, module, stub)
+    else:
+        monkeypatch.setattr(sys.modules["__main__"], "exclude_bias_and_norm", exclude_bias_and_norm, raising=False)
+    return torch.load(path, weights_only=False)
 
 
 def test_swav_checkpoint_continued_and_resumable(official, image_folder, tmp_path, capsys, one_torch_thread):
@@ -66,8 +92,6 @@ def test_swav_checkpoint_continued_and_resumable(official, image_folder, tmp_pat
 def test_swav_release_continued_and_reloaded(official, image_folder, tmp_path, capsys, one_torch_thread):
     f = official["swav_release"]
     _, out = continue_and_export(f.path, image_folder, tmp_path, capsys)
-    import torch
-
     sd = torch.load(out, weights_only=True)
     assert list(sd) == list(f.expected())  # the released layout: DDP names, same order, no wrapper
     from tests.official._nets import FbResNet, Wrapped
@@ -91,7 +115,6 @@ def test_simsiam_checkpoint_continued_and_resumable(official, image_folder, tmp_
 
 def test_simsiam_fresh_optimiser_export_feeds_main_lincls(official, image_folder, tmp_path, capsys, one_torch_thread):
     """The paper's setting (fresh SGD): the export's encoder loads as main_lincls.py loads it."""
-    import torch
     import torchvision
 
     f = official["simsiam_checkpoint"]
