@@ -18,12 +18,12 @@ Writes, into OUT:
 prints a JSON summary.
 
 Checked against the official code (facebookresearch/simsiam a7bc177, cloned to /tmp, nothing
-installed or stubbed): /tmp/official_check/simsiam_official.py builds ``simsiam.builder.SimSiam(
+installed or stubbed): tests/official/check/simsiam_official.py builds ``simsiam.builder.SimSiam(
 torchvision.models.resnet18, 64, 16)``, wraps it in a real DDP (gloo, world size 1), builds the
 optimizer from main_simsiam.py's ``optim_params`` with ``fix_pred_lr``, runs the official
 ``train()`` for 2 batches of 2 x 4 x 32px views and its ``adjust_learning_rate`` for epoch 99 of
 100, and saves with main_simsiam.py's own ``save_checkpoint({...})`` call.
-/tmp/official_check/compare.py: same top-level keys in the same order, same ``state_dict`` keys,
+tests/official/check/compare.py: same top-level keys in the same order, same ``state_dict`` keys,
 order, shapes and dtypes, same optimizer ``state`` indices (``encoder.fc.6.bias``'s index absent in
 both) and keys (``momentum_buffer``), same ``param_groups`` keys and value types, same pickle globals
 in ``data.pkl`` (``collections.OrderedDict``, torch storages and ``_rebuild_tensor_v2``).

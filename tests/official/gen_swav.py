@@ -26,12 +26,12 @@ Checked against the official code (facebookresearch/swav 06b1b7c, cloned to /tmp
 ``apex/parallel/LARC.py`` taken from NVIDIA/apex before its removal (commit cb65b8ed^), the only
 apex module used, pure Python; ``apex.amp`` stubbed, so ``amp`` is not covered by this check;
 ``pandas``, imported by src/logger.py for its stats table, stubbed as an empty module):
-/tmp/official_check/swav_official.py builds ``src.resnet50.ResNet(BasicBlock, [2, 2, 2, 2],
+tests/official/check/swav_official.py builds ``src.resnet50.ResNet(BasicBlock, [2, 2, 2, 2],
 normalize=True, hidden_mlp=64, output_dim=32, nmb_prototypes=40)``, wraps it in a real DDP (gloo,
 world size 1), builds SGD + LARC as main_swav.py does, runs the official ``train()`` for 2
 iterations of 2x32px + 2x16px crops (``Tensor.cuda`` patched to a no-op for CPU,
 ``freeze_prototypes_niters=1``, ``use_fp16`` false) and saves with the script's ``save_dict``.
-/tmp/official_check/compare.py: same top-level keys, same ``state_dict`` keys in the same order,
+tests/official/check/compare.py: same top-level keys, same ``state_dict`` keys in the same order,
 shapes and dtypes, same optimizer ``state`` indices (every parameter) and keys
 (``momentum_buffer``), same ``param_groups`` keys and value types (``lr`` numpy float64), same
 pickle globals in ``data.pkl`` (``collections.OrderedDict``, ``numpy._core.multiarray.scalar``,

@@ -21,13 +21,13 @@ checks the filters are this module's ``exclude_bias_and_norm`` again and takes o
 a JSON summary.
 
 Checked against the official code (commit 4e12602 of facebookresearch/vicreg, cloned to /tmp,
-nothing installed): /tmp/official_check/vicreg_official.py builds the official ``VICReg``
+nothing installed): tests/official/check/vicreg_official.py builds the official ``VICReg``
 (``resnet.ResNet(BasicBlock, [2, 2, 2, 2])`` registered as an arch, ``--mlp 64-64-64``), wraps it
 in a real DistributedDataParallel (gloo, world size 1; SyncBatchNorm conversion skipped: CPU),
 builds the official ``LARS`` with ``exclude_bias_and_norm``, runs 2 steps of the official
 ``VICReg.forward`` loss and saves with main_vicreg.py's own ``state = dict(...)`` line, once with
 main_vicreg.py exec'd as ``__main__`` and once imported as ``main_vicreg``.
-/tmp/official_check/compare.py then compared this generator's files with those: same top-level
+tests/official/check/compare.py then compared this generator's files with those: same top-level
 keys, same ``model`` keys in the same order with the same shapes and dtypes, same optimizer
 ``state`` indices and per-parameter keys (``mu``) and shapes, same ``param_groups`` keys, and the
 same pickle globals in ``data.pkl`` (pickletools scan: ``collections.OrderedDict``,
