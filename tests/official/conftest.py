@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+collect_ignore = ["check"]  # scripts run by hand against official clones (not importable without them)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 

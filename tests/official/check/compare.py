@@ -13,12 +13,6 @@ def exclude_bias_and_norm(p):
     return p.ndim == 1
 
 
-for name in ("main_vicreg",):
-    m = types.ModuleType(name)
-    m.exclude_bias_and_norm = exclude_bias_and_norm
-    sys.modules.setdefault(name, m)
-
-
 def globals_of(path):
     z = zipfile.ZipFile(path)
     pkl = [n for n in z.namelist() if n.endswith("data.pkl")][0]
@@ -80,6 +74,9 @@ def diff(a, b, path="", out=None):
 
 
 if __name__ == "__main__":
+    stub = types.ModuleType("main_vicreg")  # the filter function's module when written by a submitit run
+    stub.exclude_bias_and_norm = exclude_bias_and_norm
+    sys.modules.setdefault("main_vicreg", stub)
     a, b = sys.argv[1], sys.argv[2]
     A, B = torch.load(a, weights_only=False), torch.load(b, weights_only=False)
     d = diff(struct(A), struct(B))
