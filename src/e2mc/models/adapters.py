@@ -312,7 +312,12 @@ class SwAVAdapter(Adapter):
     def pack(self, backbone, heads, meta):
         layout = meta.get("layout") or {}
         sd = join_flat(backbone, heads, {"kind": "swav", "module_prefix": layout.get("module_prefix", True)})
-        return {"epoch": meta.get("epoch") or 0, "state_dict": sd} if layout.get("wrapped") else sd
+        if not layout.get("wrapped"):
+            return sd
+        out = {"epoch": meta.get("epoch") or 0, "state_dict": sd}
+        if meta.get("optimizer") is not None:  # main_swav.py's save_dict: restart_from_checkpoint reloads it
+            out["optimizer"] = meta["optimizer"]
+        return out
 
 
 class BackboneAdapter(Adapter):
