@@ -15,9 +15,11 @@ outcome into one of:
 
 Usage::
 
-    python benchmarks/faults.py [-j 2] [--only CATEGORY] [--out results.md] [--seed 0] [--keep]
+    python benchmarks/faults.py [-j 2] [--only CATEGORY] [--match TEXT] [--out results.md] [--seed 0] [--keep]
 
-Categories: checkpoint, crash, divergence, data, config, fs, concurrency, cache. The full list takes
+Categories: checkpoint, crash, divergence, data, config, fs, concurrency, cache, world (issue 28:
+data changed before a resume, symlink loops, 16-bit / animated / oddly named images, duplicate
+YAML keys, checkpoints of a newer e2mc, typos; in ``faults_world.py``). The full list takes
 about 10-15 minutes with ``-j 2`` on two CPU cores (each probe starts Python + torch at least once).
 Run it with ``PYTHONPATH=src`` from a checkout to probe that tree rather than the installed e2mc.
 """
@@ -320,7 +322,7 @@ def same_weights(a: Path, b: Path) -> bool:
 
 def key_line(p: Proc) -> str:
     lines = [ln for ln in p.err.strip().splitlines() if ln.strip()]
-    errs = [ln for ln in lines if ln.startswith("e2mc ") and ("error:" in ln or "interrupted" in ln)]
+    errs = [ln for ln in lines if ln.startswith(("e2mc ", "e2mc:")) and ("error:" in ln or "interrupted" in ln)]
     line = (errs or lines or [p.out.strip().splitlines()[-1] if p.out.strip() else ""])[-1]
     return line[:160]
 
@@ -336,7 +338,7 @@ def verdict(p: Proc, expect: str, lost: list[str] = (), extra_wrong: str = "") -
     if p.code == 2:
         if "error" not in allowed:
             return WRONG, "an error where the run should work"
-        errs = [ln for ln in p.err.splitlines() if ln.startswith("e2mc ") and "error:" in ln]
+        errs = [ln for ln in p.err.splitlines() if ln.startswith(("e2mc ", "e2mc:")) and "error:" in ln]
         if len(errs) != 1 or "weights_only" in text or "Weights only" in text:
             return WRONG, "unclear error (not one line, or suggests unsafe loading)"
         return (WRONG, extra_wrong) if extra_wrong else (CLEAR, "")
@@ -980,6 +982,16 @@ def _dataset_cache(ctx: Ctx):
     return judge(ctx, ctx.cli("pretrain", *args, "--out", ctx.tmp / "run2"), "ok")
 
 
+# ---- world (issue 28): the world changes under a run; files a new user has (benchmarks/faults_world.py)
+
+if __package__:
+    from . import faults_world
+else:  # run as a script: benchmarks/ is on sys.path
+    import faults_world
+
+faults_world.register(sys.modules[__name__])
+
+
 # ---------------------------------------------------------------- driver
 
 
@@ -1052,8 +1064,9 @@ def main(argv=None) -> int:
         "--only",
         default=None,
         help="one category (checkpoint, crash, divergence, data, config, fs, "
-        "concurrency, cache) or a comma-separated list",
+        "concurrency, cache, world) or a comma-separated list",
     )
+    ap.add_argument("--match", default=None, help="only the probes whose name contains this text")
     ap.add_argument("--out", default=None, help="also write the Markdown results here")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random parts of the probes")
     ap.add_argument("--keep", action="store_true", help="keep the probe folders (printed at the end)")
@@ -1065,6 +1078,10 @@ def main(argv=None) -> int:
         if unknown:
             ap.error(f"unknown category {sorted(unknown)}")
         items = [p for p in PROBES if p[1] in cats]
+    if args.match:
+        items = [p for p in items if args.match in p[0]]
+        if not items:
+            ap.error(f"no probe name contains {args.match!r}")
     shared = Path(tempfile.mkdtemp(prefix="e2mc_faults_"))
     t0 = time.time()
     print(f"setting up the base run in {shared} ...", file=sys.stderr, flush=True)

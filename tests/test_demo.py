@@ -1,6 +1,8 @@
 """The demo end to end on a tiny budget: the structure of results.json, the honesty of the
 verdict, the report files, and the cache of the pre-trained start."""
 
+import contextlib
+import io
 import json
 
 import pytest
@@ -10,39 +12,44 @@ from e2mc.cli import main
 from e2mc.demo import BASE, E2MC_ARM, START
 
 
-def _run(out, cache, capsys, workers):
-    code = main(
-        [
-            "demo",
-            "--out",
-            str(out),
-            "--cache-dir",
-            str(cache),
-            "--seeds",
-            "0,1",
-            "--workers",
-            str(workers),
-            "--pretrain-epochs",
-            "1",
-            "--continue-epochs",
-            "1",
-            "--set",
-            "train.max_steps=3",
-        ]
-    )
+def _run(out, cache, workers):
+    """Run the demo; returns what it printed."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(
+            [
+                "demo",
+                "--out",
+                str(out),
+                "--cache-dir",
+                str(cache),
+                "--seeds",
+                "0,1",
+                "--workers",
+                str(workers),
+                "--pretrain-epochs",
+                "1",
+                "--continue-epochs",
+                "1",
+                "--set",
+                "train.max_steps=3",
+            ]
+        )
     assert code == 0
-    return capsys.readouterr().out
+    return printed.getvalue()
 
 
 @pytest.fixture(scope="module")
-def demo_dirs(tmp_path_factory):
+def first_demo(tmp_path_factory):
+    """The demo run once with an empty cache (the 4 continuations in 2 spawned processes):
+    ``(out, cache, printed)``; each test that reads it gets it, run alone or with ``-k``."""
     root = tmp_path_factory.mktemp("demo")
-    return root / "out", root / "cache"
+    out, cache = root / "out", root / "cache"
+    return out, cache, _run(out, cache, workers=2)
 
 
-def test_demo_results_report_and_verdict(demo_dirs, capsys):
-    out, cache = demo_dirs
-    printed = _run(out, cache, capsys, workers=2)  # the 4 continuations in 2 spawned processes
+def test_demo_results_report_and_verdict(first_demo):
+    out, cache, printed = first_demo
     results = json.loads((out / "results.json").read_text())
     assert set(results["arms"]) == {BASE, E2MC_ARM, START}
     assert results["n_seeds"] == {BASE: 2, E2MC_ARM: 2, START: 1}
@@ -83,9 +90,9 @@ def test_demo_results_report_and_verdict(demo_dirs, capsys):
         assert "[train] epoch 0 step 3/3" in (out / "runs" / run / "train.log").read_text()
 
 
-def test_demo_reuses_cached_start_and_one_process_gives_the_same_numbers(demo_dirs, tmp_path, capsys):
-    out, cache = demo_dirs
-    printed = _run(tmp_path / "again", cache, capsys, workers=1)
+def test_demo_reuses_cached_start_and_one_process_gives_the_same_numbers(first_demo, tmp_path):
+    out, cache, _ = first_demo
+    printed = _run(tmp_path / "again", cache, workers=1)
     assert "found in the cache" in printed
     # The continuations are seeded: one after another in this process (--workers 1) they give
     # exactly the numbers of the first test's 2 spawned processes.

@@ -15,7 +15,25 @@ class _Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose usage errors are one line that points at ``--help``."""
 
     def error(self, message: str):  # noqa: D102 - argparse API
-        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+        message = did_you_mean(message)
+        see = f" See `{self.prog} --help`." if message.endswith("?") else f"; see `{self.prog} --help`"
+        self.exit(2, f"{self.prog}: error: {message}{see}\n")
+
+
+def did_you_mean(message: str) -> str:
+    """argparse's "invalid choice" ``message`` with "did you mean 'X'?" added for a close choice.
+
+    Python 3.14's ``suggest_on_error`` words its own suggestion ("maybe you meant"); a message
+    that already has one is returned as it is, so every Python says it once."""
+    import difflib
+    import re
+
+    found = re.search(r"invalid choice: '?([^'\s,]+)'?.*\(choose from (.*)\)", message)
+    if not found or "maybe you meant" in message or "did you mean" in message:
+        return message
+    choices = [c.strip().strip("'\"") for c in found.group(2).split(",")]
+    close = difflib.get_close_matches(found.group(1), choices, n=1, cutoff=0.6)
+    return f"{message}; did you mean '{close[0]}'?" if close else message
 
 
 def build_parser() -> argparse.ArgumentParser:

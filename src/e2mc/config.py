@@ -68,7 +68,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Model construction: ``init`` is a checkpoint path/hub name, ``random:ARCH`` or ``torchvision:ARCH``."""
+    """Model construction: ``init`` is a checkpoint path, a published model's name (``e2mc zoo``:
+    ``vicreg:resnet50-full``, ...), ``torchvision:ARCH`` / ``timm:NAME`` (pretrained) or ``random:ARCH``."""
 
     init: str = "random:resnet_mini"
     arch: Optional[str] = None
@@ -164,6 +165,9 @@ class TrainConfig:
     checkpoint_every_epochs: int = 1
     max_steps: Optional[int] = None
     tensorboard: bool = True
+    # --resume when the training data differs from the checkpoint's (its fingerprint): recompute
+    # the LR schedule for the new data instead of refusing. Used once: not kept in the run's config.
+    allow_data_change: bool = False
 
 
 @dataclass
@@ -477,10 +481,7 @@ def load_config(
             _set(cfg, key.split("."), value, key)
     elif path_or_recipe is not None:
         text = _read_source(str(path_or_recipe))
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"cannot parse YAML config {path_or_recipe}: {exc}") from None
+        data = load_yaml(text, str(path_or_recipe)) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config {path_or_recipe} must be a YAML mapping of sections")
         data.pop("run_info", None)  # written by the trainer into a run's config.yaml; not settings
@@ -490,6 +491,44 @@ def load_config(
     for key, value in items:
         _set(cfg, key.split("."), value, key)
     return validate(apply_method_defaults(cfg))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with a key given twice (YAML says keys are
+    unique; PyYAML would silently keep the last one, dropping e.g. a whole ``optim:`` block)."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001, D102
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: PyYAML's own error follows
+                    continue
+                if first is not key_node:
+                    line = first.start_mark.line + 1
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first at line {line})", key_node.start_mark
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str, source: str = "<string>") -> Any:
+    """Parse YAML ``text`` like ``yaml.safe_load`` but refuse duplicate keys: ConfigError naming the
+    key and both lines, or the parser's own message for bad syntax."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.constructor.ConstructorError as exc:
+        if exc.problem and exc.problem.startswith("duplicate key"):
+            line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+            raise ConfigError(
+                f"config {source}: {exc.problem} again at line {line}; YAML keeps only one of them, so "
+                "merge the two entries into one (or delete the one you do not mean)"
+            ) from None
+        raise ConfigError(f"cannot parse YAML config {source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse YAML config {source}: {exc}") from None
 
 
 def _read_source(src: str) -> str:

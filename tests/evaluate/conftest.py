@@ -22,13 +22,13 @@ class TinyNet(nn.Module):
         return self.backbone(x)
 
 
-def colour_dataset(n_per_class: int = 20, classes: int = 3, size: int = 8, seed: int = 0):
-    """uint8 images whose dominant channel is the class (plus noise)."""
+def colour_dataset(n_per_class: int = 20, classes: int = 3, size: int = 8, seed: int = 0, signal: int = 150):
+    """uint8 images whose dominant channel is the class (``signal`` added to it, on noise in [0, 80))."""
     g = torch.Generator().manual_seed(seed)
     ys = torch.arange(classes).repeat_interleave(n_per_class)
     x = torch.randint(0, 80, (len(ys), 3, size, size), generator=g)
     for i, y in enumerate(ys):
-        x[i, int(y) % 3] += 150
+        x[i, int(y) % 3] += signal
     return torch.utils.data.TensorDataset(x.clamp(0, 255).to(torch.uint8), ys)
 
 

@@ -45,6 +45,30 @@ def test_evaluate_passes_the_linear_solver(tiny_net, colour_data, tmp_path):
     json.dumps(res)
 
 
+def test_compare_paired_interval_over_evaluation_seeds(tmp_path, make_tiny_net):
+    """A harder task (weak colour signal): the few-shot scores spread over evaluation seeds, and
+    the difference's interval is scipy's paired t-interval of them."""
+    from tests.evaluate.conftest import colour_dataset
+
+    data = colour_dataset(20, seed=0, signal=10), colour_dataset(10, seed=1, signal=10)
+    res = compare(
+        [make_tiny_net(0), make_tiny_net(1)],
+        names=["base", "e2mc"],
+        dataset=data,
+        protocols=("fewshot",),
+        seeds=(0, 1, 2),
+        shots=(2,),
+        cache_dir=tmp_path,
+        device="cpu",
+    )
+    r, a = res.row("e2mc", "fewshot/top1_2shot"), res.row("base", "fewshot/top1_2shot")
+    diffs = [x - y for x, y in zip(r["values"], a["values"])]
+    assert max(diffs) - min(diffs) > 0.01  # a real spread, so the check below is a real check
+    ci = stats.ttest_rel(r["values"], a["values"]).confidence_interval(0.95)
+    assert (r["diff_low"], r["diff_high"]) == pytest.approx((ci.low, ci.high))
+    assert r["diff_kind"] == "paired over evaluation seeds, n=3"
+
+
 def test_compare_table_with_differences(colour_data, tmp_path, make_tiny_net):
     arms = [make_tiny_net(0), make_tiny_net(1)]
     res = compare(
@@ -62,9 +86,9 @@ def test_compare_table_with_differences(colour_data, tmp_path, make_tiny_net):
     a = res.row("base", "fewshot/top1_2shot")
     assert r["n"] == 3 and r["diff"] == pytest.approx(r["mean"] - a["mean"])
     assert r["diff_kind"] == "paired over evaluation seeds, n=3" and r["spread"] == "evaluation seeds"
-    if len(set(r["values"])) > 1 or len(set(a["values"])) > 1:
-        ci = stats.ttest_rel(r["values"], a["values"]).confidence_interval(0.95)
-        assert (r["diff_low"], r["diff_high"]) == pytest.approx((ci.low, ci.high))
+    # both arms score 100% on every evaluation seed here: no spread, the degenerate interval
+    assert set(r["values"]) == set(a["values"]) == {1.0}
+    assert (r["diff_low"], r["diff_high"]) == pytest.approx((r["diff"], r["diff"]))
     k = res.row("e2mc", "knn/top1_k5")
     assert k["n"] == 1 and k["diff_low"] is None and "no interval" in k["diff_kind"]
     md = res.to_markdown()

@@ -98,12 +98,12 @@ def test_method_mismatch_policy(mini_ckpt):
     assert "predictor.0.weight" in report.dropped and model.predictor is None
 
 
-def test_names_random_and_torchvision():
+def test_names_random():  # torchvision:/timm: names load pretrained weights: tests/models/test_hub.py
     model, report = load_model("random:resnet_mini:8-8-16", method="vicreg")
     assert report.format == "random" and report.heads_built == ["projector"]
     assert any("warm up" in n for n in report.notes)
-    _, report = load_model("torchvision:resnet18")
-    assert "random initialisation" in report.notes[0]
+    _, report = load_model("random:resnet18")
+    assert report.format == "random" and report.arch == "resnet18" and "random initialisation" in report.notes[0]
 
 
 def test_cli_inspect_json(mini_ckpt, capsys):

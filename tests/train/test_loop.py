@@ -83,6 +83,7 @@ def test_run_folder_layout_and_checkpoint_format(tmp_path, tiny):
         "source_layout",
         "metrics_rows",
         "auto_cov_weight",
+        "data_fingerprint",
     ]
     assert state["format"] == "e2mc" and state["step"] == 2
     phases = [r["phase"] for r in read_metrics(out / "metrics.csv")]

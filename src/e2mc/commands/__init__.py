@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "inspect",
     "recipes",
     "tune",
+    "zoo",
 )
 
 

@@ -115,7 +115,7 @@ def register(subparsers) -> None:
             "e2mc evaluate ckpt.pth --dataset imagenet --test-split val --protocols knn,linear",
         ],
     )
-    p.add_argument("checkpoint", help="checkpoint file or run folder")
+    p.add_argument("checkpoint", help="checkpoint file, run folder, or a name (`e2mc zoo`, torchvision:ARCH, ...)")
     _common(p)
     p.set_defaults(func=_evaluate)
 

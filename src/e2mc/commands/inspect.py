@@ -50,9 +50,12 @@ def register(subparsers) -> None:
             "e2mc inspect resnet50_fullckpt.pth",
             "e2mc inspect runs/e2mc/checkpoints/last.pt --json",
             "e2mc inspect torchvision:resnet50",
+            "e2mc inspect vicreg:resnet50-full   # downloads it once (see `e2mc zoo`)",
         ],
     )
-    p.add_argument("path", help="checkpoint file, or random:<arch> / torchvision:<arch> / timm:<name>")
+    p.add_argument(
+        "path", help="checkpoint file, or a name: `e2mc zoo`'s, torchvision:<arch>, timm:<name>, random:<arch>"
+    )
     _load_args(p)
     p.add_argument("--json", action="store_true", help="print the load report as JSON")
     p.set_defaults(func=run_inspect)
@@ -70,7 +73,7 @@ def register(subparsers) -> None:
             "e2mc export runs/e2mc/checkpoints/last.pt --to torchvision --out resnet50.pth",
         ],
     )
-    p.add_argument("checkpoint", help="checkpoint file (any supported layout)")
+    p.add_argument("checkpoint", help="checkpoint file (any supported layout) or a name (`e2mc zoo`)")
     p.add_argument("--out", required=True, help="output file")
     p.add_argument(
         "--to", default="original", choices=EXPORT_CHOICES, help="layout to write (default: the one it was loaded from)"

@@ -50,6 +50,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="resume when --out already holds a checkpoint of this run, else start it "
         "(for cluster jobs that are requeued with the same command)",
     )
+    p.add_argument(
+        "--allow-data-change",
+        action="store_true",
+        help="with --resume: accept training data that changed since the checkpoint (images added or "
+        "removed) and recompute the LR schedule for it (--set train.allow_data_change=true)",
+    )
     for flag, key, tp in _SHORTCUTS:
         p.add_argument(flag, type=tp, default=None, help=f"shortcut for --set {key}=...")
     p.add_argument(
@@ -98,7 +104,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "checkpoint",
         nargs="?",
         metavar="CHECKPOINT",
-        help="checkpoint file, run folder's checkpoint, or name (random:ARCH, torchvision:ARCH); "
+        help="checkpoint file, run folder's checkpoint, or name (`e2mc zoo`'s vicreg:resnet50-full, ..., "
+        "torchvision:ARCH, timm:NAME, random:ARCH); "
         "required unless --recipe/--config sets model.init",
     )
     _common(c)
@@ -166,6 +173,8 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
         out.append(f"out.dir={args.out}")
     if args.resume:
         out.append("out.resume=true")
+    if getattr(args, "allow_data_change", False):
+        out.append("train.allow_data_change=true")
     return out + list(args.overrides)
 
 

@@ -67,10 +67,36 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
 
 
+def _walk(directory: str):
+    """``os.walk(directory)`` following symlinked folders, each real folder at most once: a link
+    back to a folder already walked (a loop such as ``ln -s . loop``, or a second link to one
+    folder) is skipped with a warning naming it, so no image is counted twice."""
+    seen = {os.path.realpath(directory)}
+    skipped: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+        keep = []
+        for d in sorted(n for n in dirnames if not n.startswith(".")):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in seen:
+                skipped.append(os.path.join(dirpath, d))
+                continue
+            seen.add(real)
+            keep.append(d)
+        dirnames[:] = keep
+        yield dirpath, filenames
+    if skipped:
+        log.warning(
+            "%r: skipped %d linked folder(s) that lead back to a folder already read (a symlink loop or a "
+            "duplicate link), e.g. %r; each image is read once. Remove the link(s) to silence this.",
+            directory,
+            len(skipped),
+            skipped[0],
+        )
+
+
 def _images_in(directory: str) -> list[str]:
     out = []
-    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    for dirpath, filenames in _walk(directory):
         out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f))
     return out
 
@@ -81,11 +107,7 @@ def _class_dirs(directory: str) -> list[str]:
 
 def _has_image(directory: str) -> bool:
     """True as soon as one image is found under ``directory`` (stops early on large folders)."""
-    for _, dirnames, filenames in os.walk(directory, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        if any(_is_image(f) for f in filenames):
-            return True
-    return False
+    return any(any(_is_image(f) for f in filenames) for _, filenames in _walk(directory))
 
 
 def split_dirs(root: str, split: str = "train") -> list[str]:
@@ -188,20 +210,60 @@ def _resize_center(img: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def decode_one(path: str, data: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Decode one image file to uint8 RGB (3, H, W); raises on unreadable data."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    """Decode one image file to uint8 RGB (3, H, W); raises on unreadable data.
 
+    Multi-frame files (animated GIF/WebP, multi-page TIFF) give their first frame; 16-bit images
+    (PNG ``I;16``, 16-bit RGB) are scaled to 8 bits (``round(v / 257)``, 65535 -> 255), never cut
+    to their low byte."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    data = read_bytes(path) if data is None else data
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_TV_DEPRECATION)
-            data = read_file(path) if data is None else data
-            return decode_image(data, mode=ImageReadMode.RGB)
+            img = decode_image(data, mode=ImageReadMode.RGB)
     except Exception:  # formats torchvision cannot decode: fall back to PIL
-        from PIL import Image
+        img = _decode_pil(path)
+    if img.ndim == 4:  # torchvision decodes every frame of an animated GIF: keep the first
+        img = img[0]
+    return to_uint8(img, path)
 
-        with open(path, "rb") as fh:
-            pil = Image.open(io.BytesIO(fh.read())).convert("RGB")
-        return torch.from_numpy(np.array(pil)).permute(2, 0, 1).contiguous()
+
+def read_bytes(path: str) -> torch.Tensor:
+    """The file's bytes as a uint8 tensor (Python's ``open``: also names that are not valid UTF-8,
+    which ``torchvision.io.read_file`` refuses)."""
+    with open(path, "rb") as fh:
+        raw = bytearray(fh.read())
+    return torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+
+
+def _decode_pil(path: str) -> torch.Tensor:
+    """PIL's decoding of ``path`` (the first frame), as (3, H, W) uint8, or uint16 for 16-bit
+    single-channel data (PIL's own ``convert("RGB")`` would saturate those at 255)."""
+    from PIL import Image
+
+    with open(path, "rb") as fh:
+        pil = Image.open(io.BytesIO(fh.read()))
+        pil.seek(0)
+        if pil.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+            arr = np.asarray(pil).astype(np.int64)
+            if arr.size and (arr.min() < 0 or arr.max() > 65535):
+                raise ValueError(f"{pil.mode} pixel values outside 0..65535 (not a 16-bit image)")
+            gray = torch.from_numpy(arr.astype(np.uint16))
+            return gray.unsqueeze(0).expand(3, -1, -1).contiguous()
+        if pil.mode == "F":
+            raise ValueError("32-bit float pixels (mode F) have no defined 8-bit scale; convert the file to 8 bits")
+        rgb = np.array(pil.convert("RGB"))
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+
+
+def to_uint8(img: torch.Tensor, path: str = "") -> torch.Tensor:
+    """``img`` as uint8: 16-bit values scaled by 255/65535 with rounding (exact: ``(v + 128) // 257``)."""
+    if img.dtype == torch.uint8:
+        return img
+    if img.dtype == torch.uint16:
+        return ((img.to(torch.int32) + 128) // 257).to(torch.uint8)
+    raise ValueError(f"unsupported pixel type {img.dtype} in {path}")
 
 
 def decode_files(paths: Sequence[str], size: int, on_error: str = "skip", chunk: int = 4096):
@@ -219,7 +281,7 @@ def decode_files(paths: Sequence[str], size: int, on_error: str = "skip", chunk:
 
 
 def _decode_files(paths, size, on_error, chunk):
-    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+    from torchvision.io import ImageReadMode, decode_jpeg
 
     out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
     kept: list[int] = []
@@ -229,7 +291,7 @@ def _decode_files(paths, size, on_error, chunk):
         datas, imgs = {}, {}
         for i in idx:
             try:
-                datas[i] = read_file(paths[i])
+                datas[i] = read_bytes(paths[i])
             except Exception as exc:
                 _fail(paths[i], exc, on_error, skipped)
         jpgs = [i for i in datas if paths[i].lower().endswith((".jpg", ".jpeg"))]
@@ -263,9 +325,9 @@ def _fail(path: str, exc: Exception, on_error: str, skipped: list) -> None:
 def cache_key(parts: dict, paths: Sequence[str]) -> str:
     """SHA-1 over ``parts`` and each file's path, size and mtime (any change gives a new key)."""
     h = hashlib.sha1(json.dumps(parts, sort_keys=True).encode())
-    for p in paths:
+    for p in paths:  # os.fsencode: names that are not valid UTF-8 hash as their bytes
         st = os.stat(p)
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(os.fsencode(p) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:20]
 
 

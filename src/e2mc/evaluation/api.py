@@ -38,11 +38,11 @@ _LABEL_FREE = {"entropy", "uniformity", "rankme", "spectrum", "alpha_req"}
 
 def _load(checkpoint_or_model):
     if isinstance(checkpoint_or_model, (str, os.PathLike)):
-        from e2mc.models.checkpoints import load_model
+        from e2mc.models.checkpoints import load_model, resolve_checkpoint_path
 
         path = str(checkpoint_or_model)
-        if os.path.isdir(path):
-            path = os.path.join(path, "checkpoints", "last.pt")
+        if os.path.isdir(path):  # a run folder; a folder of runs (the demo's) gets them named
+            path = str(resolve_checkpoint_path(path))
         if not os.path.exists(path):
             if ":" in path and not os.path.dirname(path):  # a hub name such as random:resnet_mini
                 return load_model(path)[0], None

@@ -68,9 +68,11 @@ def parse_arm(spec) -> tuple[str | None, list]:
 
 def resolve_checkpoint(path) -> str:
     """A run folder -> its ``checkpoints/last.pt``; a file -> itself. Raises DataError if absent."""
+    from e2mc.models.checkpoints import resolve_checkpoint_path
+
     p = str(path)
-    if os.path.isdir(p):
-        p = os.path.join(p, "checkpoints", "last.pt")
+    if os.path.isdir(p):  # a folder of runs (the demo's) gets them named
+        p = str(resolve_checkpoint_path(p))
     if not os.path.isfile(p):
         raise DataError(f"no checkpoint at {p}; pass a checkpoint file or a run folder with checkpoints/last.pt")
     return p

@@ -23,12 +23,15 @@ safetensors    a ``.safetensors`` file (any of the raw layouts; metadata arch/ci
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from e2mc.errors import CheckpointError
 from e2mc.models.layouts import flat_kind, is_tensor_dict, join_flat, split_flat, sub
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -124,14 +127,23 @@ class E2MCAdapter(Adapter):
             source_format=obj.get("source_format"),
             source_epoch=obj.get("source_epoch"),
             source_layout=dict(obj.get("source_layout") or {}),
+            optimizer_params=obj.get("optimizer_params"),  # the run optimiser's parameter names, in order
         )
+        written_by = obj.get("e2mc_version")
+        note = check_version(written_by)
+        if note:
+            parts.notes.append(note)
+        if written_by is not None:
+            parts.layout["e2mc_version"] = str(written_by)  # export keeps it (see pack)
         return parts
 
     def pack(self, backbone, heads, meta):
         from e2mc import __version__
 
+        written_by = (meta.get("layout") or {}).get("e2mc_version")  # an e2mc file exported again
         return {
-            "e2mc_version": __version__,
+            "e2mc_version": written_by or __version__,
+            **({"exported_by": __version__} if written_by and written_by != __version__ else {}),
             "format": "e2mc",
             "method": meta.get("method"),
             "arch": meta.get("arch"),
@@ -141,6 +153,50 @@ class E2MCAdapter(Adapter):
             "epoch": meta.get("epoch"),
             "source_format": meta.get("source_format"),
         }
+
+
+def _version(text) -> tuple[int, ...] | None:
+    """``(major, minor, patch)`` of a version string such as ``"0.2.1"`` or ``"1.0.0rc1"``; None when
+    it does not start with numbers."""
+    import re
+
+    found = re.match(r"\s*(\d+)(?:\.(\d+))?(?:\.(\d+))?", str(text))
+    return tuple(int(g or 0) for g in found.groups()) if found else None
+
+
+def check_version(written_by) -> str | None:
+    """The compatibility rule for e2mc checkpoints (README "Checkpoint compatibility").
+
+    - no version (files of e2mc before it was stored), an older one, or one with this e2mc's
+      major.minor: read silently (e2mc reads every layout it ever wrote);
+    - a newer minor version of the same major: read, with a warning naming both versions (keys
+      this e2mc does not know are ignored) -- returned, and logged;
+    - a newer major version, or a version that cannot be parsed: CheckpointError (its format
+      cannot be known); upgrade e2mc.
+    """
+    from e2mc import __version__
+
+    if written_by is None:
+        return None
+    mine, theirs = _version(__version__), _version(written_by)
+    if theirs is None:
+        raise CheckpointError(
+            f"this checkpoint says it was written by e2mc {written_by!r}, not a version e2mc {__version__} can "
+            "interpret; its format cannot be known: read it with the e2mc that wrote it"
+        )
+    if theirs[:2] <= mine[:2]:
+        return None
+    if theirs[0] > mine[0]:
+        raise CheckpointError(
+            f"this checkpoint was written by e2mc {written_by}, a newer major version than this e2mc "
+            f"{__version__}, whose format may differ: upgrade e2mc (pip install -U e2mc) to read it"
+        )
+    note = (
+        f"checkpoint written by e2mc {written_by}, newer than this e2mc {__version__}: read as this version's "
+        "format (settings it does not know are ignored); upgrade e2mc (pip install -U e2mc) if anything looks off"
+    )
+    _log.warning("%s", note)
+    return note
 
 
 class LightningAdapter(Adapter):
@@ -256,7 +312,12 @@ class SwAVAdapter(Adapter):
     def pack(self, backbone, heads, meta):
         layout = meta.get("layout") or {}
         sd = join_flat(backbone, heads, {"kind": "swav", "module_prefix": layout.get("module_prefix", True)})
-        return {"epoch": meta.get("epoch") or 0, "state_dict": sd} if layout.get("wrapped") else sd
+        if not layout.get("wrapped"):
+            return sd
+        out = {"epoch": meta.get("epoch") or 0, "state_dict": sd}
+        if meta.get("optimizer") is not None:  # main_swav.py's save_dict: restart_from_checkpoint reloads it
+            out["optimizer"] = meta["optimizer"]
+        return out
 
 
 class BackboneAdapter(Adapter):

@@ -94,23 +94,19 @@ def canonical_arch(arch: str) -> str:
 def _torchvision_resnet(arch: str, cifar_stem: bool, pretrained: bool, **kw) -> nn.Module:
     import torchvision
 
-    weights = None
-    if pretrained:
-        weights = "DEFAULT"
-    try:
-        net = torchvision.models.get_model(arch, weights=weights, **kw)
-    except Exception as exc:  # offline download, hash mismatch, ...
-        if not pretrained:
-            raise
-        raise CheckpointError(
-            f"could not get torchvision's pretrained weights for {arch} ({type(exc).__name__}: "
-            f"{exc}); e2mc does not need the internet: pass a local checkpoint file instead"
-        ) from exc
+    net = torchvision.models.get_model(arch, weights=None, **kw)
+    source = None
+    if pretrained:  # torch.hub's cache, downloaded there when absent; the CIFAR stem stays random
+        from e2mc.models.hub import torchvision_state_dict
+
+        sd, source = torchvision_state_dict(arch)
+        net.load_state_dict(sd, strict=True)
     net.fc = nn.Identity()
     if cifar_stem:
         net.conv1 = nn.Conv2d(3, net.conv1.out_channels, 3, 1, 1, bias=False)
         net.maxpool = nn.Identity()
     net.out_dim = net.inplanes  # channels after layer4 == fc.in_features
+    net.pretrained_source = source
     return net
 
 
@@ -121,18 +117,18 @@ def _timm_model(name: str, pretrained: bool, img_size: int | None, **kw) -> nn.M
         raise ConfigError(f"timm has no model {name!r}; see timm.list_models() for the names")
     if img_size is not None:
         kw["img_size"] = img_size
-    try:
-        net = timm.create_model(name, pretrained=pretrained, num_classes=0, **kw)
-    except TypeError as exc:
-        raise ConfigError(f"timm model {name!r} does not accept {sorted(kw)}: {exc}") from exc
-    except Exception as exc:
-        if not pretrained:
-            raise
-        raise CheckpointError(
-            f"could not get timm's pretrained weights for {name} ({type(exc).__name__}: {exc}); "
-            "e2mc does not need the internet: pass a local checkpoint file instead"
-        ) from exc
+    source = None
+    if pretrained:  # timm's own loader: Hugging Face hub / its URL, or their local caches
+        from e2mc.models.hub import timm_pretrained
+
+        net, source = timm_pretrained(name, **kw)
+    else:
+        try:
+            net = timm.create_model(name, pretrained=False, num_classes=0, **kw)
+        except TypeError as exc:
+            raise ConfigError(f"timm model {name!r} does not accept {sorted(kw)}: {exc}") from exc
     net.out_dim = int(net.num_features)
+    net.pretrained_source = source
     return net
 
 
@@ -151,13 +147,15 @@ def build_backbone(
             ``resnet_mini`` / ``resnet_mini:16-32-64``, or ``timm:<model name>``.
         cifar_stem: torchvision ResNets only: 3x3 stride-1 ``conv1`` without bias and no max-pool
             (for 32 px images). ``resnet_mini`` always has a 3x3 stem.
-        pretrained: download the library's pretrained weights (needs the internet; offline it
-            raises :class:`CheckpointError`). Default: random init, nothing is downloaded.
+        pretrained: the library's pretrained weights (:mod:`e2mc.models.hub`: from its cache, else
+            downloaded; weights that cannot be had raise :class:`CheckpointError`); with
+            ``cifar_stem`` the 3x3 stem stays random. Default: random init, nothing is downloaded.
         img_size: timm only: input size the model is built for (e.g. 32 for a ViT on CIFAR).
         **kw: passed to the torchvision / timm constructor (e.g. ``dynamic_img_size=True``).
 
     Returns:
-        the module, with attribute ``out_dim``.
+        the module, with attributes ``out_dim`` and ``pretrained_source`` (``None``, or where the
+        pretrained weights came from: name, url, cache_path, sha256).
 
     Example:
         >>> net = build_backbone("resnet18", cifar_stem=True)
@@ -170,7 +168,7 @@ def build_backbone(
         return _timm_model(arch[5:], pretrained, img_size, **kw)
     if arch == "resnet_mini" or arch.startswith("resnet_mini:"):
         if pretrained:
-            raise CheckpointError("resnet_mini has no pretrained weights; use pretrained=False")
+            raise CheckpointError(f"{arch} has no pretrained weights; use random:{arch} (pretrained=False)")
         return ResNetMini(parse_mini_widths(arch))
     if arch in TORCHVISION_RESNETS:
         return _torchvision_resnet(arch, cifar_stem, pretrained, **kw)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from e2mc.errors import CheckpointError
+from e2mc.models import safepickle, zoo
 from e2mc.models.adapters import ADAPTERS, Parts
 from e2mc.models.backbones import canonical_arch
 from e2mc.models.layouts import CLASSIFIER_PREFIXES, detect_arch, infer_head_sizes
@@ -37,8 +38,11 @@ class LoadReport:
 
     ``missing``: model keys absent from the file that were filled (e.g. ``num_batches_tracked``;
     fresh heads are listed in ``heads_built`` instead). ``unexpected``: file keys the model has no
-    place for (always also in ``dropped``). ``optimizer_state`` (not in :meth:`to_dict`): the
-    optimizer state stored in the file, for training to reuse if it wants.
+    place for (always also in ``dropped``). ``stand_ins``: the pickled globals that were read as
+    inert stand-ins or data-only values (:mod:`e2mc.models.safepickle`). ``optimizer_state`` (not in
+    :meth:`to_dict`): the optimizer state stored in the file, for training to reuse if it wants.
+    ``source``: for a name (zoo, torchvision, timm), where its weights came from: ``name``, ``url``,
+    ``cache_path``, ``sha256``, ``size``.
     """
 
     path: str
@@ -56,6 +60,8 @@ class LoadReport:
     epoch: int | None = None
     notes: list = field(default_factory=list)
     layout: dict = field(default_factory=dict)
+    stand_ins: list = field(default_factory=list)
+    source: dict = field(default_factory=dict)
     optimizer_state: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
@@ -86,6 +92,13 @@ class LoadReport:
             f"dropped    : {few(self.dropped)}",
             f"optimizer  : {'stored' if self.optimizer_state is not None else '-'}",
         ]
+        lines += [f"stand-in   : {s}" for s in self.stand_ins]
+        if self.source:
+            lines += [
+                f"source     : {self.source.get('name')} <- {self.source.get('url')}",
+                f"cached at  : {self.source.get('cache_path') or '-'}",
+                f"sha256     : {self.source.get('sha256') or '-'}",
+            ]
         lines += [f"note       : {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -96,8 +109,20 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
     if path.is_dir():
         last = path / "checkpoints" / "last.pt"
         if not last.is_file():
+            runs = sorted(
+                {
+                    str(p.parent.parent)
+                    for g in ("*/checkpoints/last.pt", "*/*/checkpoints/last.pt")
+                    for p in path.glob(g)
+                }
+            )  # a demo folder or a folder of runs: name them
+            inside = (
+                f"; it holds the run folders {', '.join(runs[:6])}{', ...' if len(runs) > 6 else ''}: pass one of them"
+                if runs
+                else ""
+            )
             raise CheckpointError(
-                f"{path} is a folder without checkpoints/last.pt; pass a checkpoint file "
+                f"{path} is a folder without checkpoints/last.pt{inside}; pass a checkpoint file "
                 "(.pth/.pt/.safetensors) or a run folder written by `e2mc pretrain/continue`"
             )
         return last
@@ -106,11 +131,14 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[Any, dict | None]:
+def read_checkpoint(path: str | os.PathLike, stand_ins: list | None = None) -> tuple[Any, dict | None]:
     """``(object, metadata)`` of a file, read safely (metadata: safetensors only, else ``None``).
 
-    Raises CheckpointError naming the file when it is missing, truncated, not a checkpoint, or a
-    pickle that would run code."""
+    A pickle whose globals torch's weights-only loader refuses is read again when every one of
+    them is known to be inert (:mod:`e2mc.models.safepickle`: a filter function of an official
+    training script, ``argparse.Namespace``, numpy values, paths); what stood in for them is
+    appended to ``stand_ins``. Raises CheckpointError naming the file when it is missing,
+    truncated, not a checkpoint, or a pickle that would run code (naming those globals)."""
     path = resolve_checkpoint_path(path)
     with open(path, "rb") as fh:
         head = fh.read(9)
@@ -127,7 +155,18 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[Any, dict | None]:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True), None
     except Exception as exc:  # torch raises many types for garbage; its text suggests unsafe loading: not shown
-        raise CheckpointError(describe_unreadable(path, exc)) from None
+        first = exc
+    names = _file_globals(path)
+    if names and not safepickle.allowed_for(names)[2]:  # every global known to be inert: stand-ins
+        try:
+            obj, used = safepickle.load(path, names)
+        except Exception as exc:
+            first = exc
+        else:
+            if stand_ins is not None:
+                stand_ins.extend(used)
+            return obj, None
+    raise CheckpointError(describe_unreadable(path, first, names)) from None
 
 
 # Globals a plain tensor checkpoint's pickle may name (what torch's weights-only loader rebuilds).
@@ -169,8 +208,32 @@ def _pickle_globals(data: bytes) -> list[str] | None:
     return names
 
 
-def describe_unreadable(path: Path, exc: Exception) -> str:
-    """One line saying what ``path`` is when torch.load(weights_only=True) refused it."""
+def _pickle_data(path: Path) -> bytes | None:
+    """The pickle stream of a torch zip checkpoint, or the whole file when it may be a plain or
+    legacy-torch pickle (up to 256 MiB); ``None`` otherwise. Nothing is executed."""
+    import zipfile
+
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                pkl = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                return zf.read(pkl) if pkl else None
+        except (zipfile.BadZipFile, OSError, EOFError):
+            return None
+    return path.read_bytes() if path.stat().st_size <= 1 << 28 else None
+
+
+def _file_globals(path: Path) -> list[str] | None:
+    """``module.name`` of every global the file's pickle names (None: not a pickle)."""
+    data = _pickle_data(path)
+    return _pickle_globals(data) if data else None
+
+
+def describe_unreadable(path: Path, exc: Exception, names: list[str] | None = None) -> str:
+    """One line saying what ``path`` is when torch.load(weights_only=True) refused it (``names``:
+    the globals its pickle names, when already scanned)."""
     import zipfile
 
     fix = "pass a .pth/.pt/.safetensors checkpoint (re-download or re-export it if it is cut short)"
@@ -179,24 +242,27 @@ def describe_unreadable(path: Path, exc: Exception) -> str:
         return f"cannot read {path}: not a PyTorch/safetensors checkpoint (empty file); {fix}"
     with open(path, "rb") as fh:
         head = fh.read(512)
-    data = None
     if head.startswith(b"PK"):
         try:
-            with zipfile.ZipFile(path) as zf:
-                pkl = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
-                data = zf.read(pkl) if pkl else None
+            zipfile.ZipFile(path).close()
         except (zipfile.BadZipFile, OSError, EOFError):
             return f"cannot read {path}: not a PyTorch/safetensors checkpoint (or truncated: a zip archive cut short); {fix}"
-    elif size <= 1 << 28:  # maybe a plain or legacy-torch pickle: scan its opcodes (nothing is executed)
-        data = path.read_bytes()
-    names = _pickle_globals(data) if data else None
-    unsafe = sorted({n for n in names or () if n.split(".")[0] not in _PLAIN_MODULES})
+    if isinstance(exc, CheckpointError) or "inert stand-in" in str(exc):  # a stand-in was called
+        return (
+            f"{path} calls a function of the script that wrote it while loading ({exc}); refused: e2mc will "
+            "not execute it. Use a checkpoint that holds only tensors, or a .safetensors file"
+        )
+    if names is None:
+        names = _file_globals(path)
+    refused = safepickle.allowed_for(names)[2] if names else []
+    unsafe = sorted({n for n in refused if n.split(".")[0] not in _PLAIN_MODULES})
     if unsafe:
         shown = ", ".join(unsafe[:4]) + (f", ... ({len(unsafe)} in all)" if len(unsafe) > 4 else "")
         return (
             f"{path} holds pickled Python objects that could run code when loaded ({shown}); e2mc loads only "
-            "plain tensors and will not execute it. Use a checkpoint that holds only tensors (e.g. "
-            "torch.save(model.state_dict()) from a trusted source), or a .safetensors file"
+            "tensors and known-inert values (see e2mc.models.safepickle) and will not execute it. Use a "
+            "checkpoint that holds only tensors (e.g. torch.save(model.state_dict()) from a trusted source), "
+            "or a .safetensors file"
         )
     if names is not None:
         return (
@@ -347,6 +413,9 @@ def checkpoint_method(path_or_name, format: str | None = None) -> str | None:
     text = str(path_or_name)
     if not os.path.exists(text) and text.startswith(NAME_PREFIXES):
         return None
+    if zoo.is_zoo_name(text):
+        row = zoo.get(text)
+        return row.method if row.heads else None
     obj, meta = read_checkpoint(text)
     fmt = format if format not in (None, "safetensors") else detect_format(obj, (meta or {}).get("arch"))
     return _parts_method(ADAPTERS[fmt].split(obj))
@@ -361,37 +430,28 @@ def _method_heads(method):
 def _from_name(name: str, method, cifar_stem, head_sizes) -> tuple[SSLModel, LoadReport]:
     kind, arch = name.split(":", 1)
     arch = "timm:" + arch if kind == "timm" else arch
-    model = SSLModel.build(method, arch, cifar_stem=bool(cifar_stem), **(head_sizes or {}))
+    pretrained = kind != "random"
+    model = SSLModel.build(method, arch, cifar_stem=bool(cifar_stem), pretrained=pretrained, **(head_sizes or {}))
+    source = getattr(model.backbone, "pretrained_source", None) or {}
     report = LoadReport(
-        path=name,
-        format="random",
+        path=source.get("cache_path") or name,
+        format=kind,
         arch=arch,
         method=method,
         cifar_stem=bool(cifar_stem),
         heads_built=model.head_names,
         head_sizes=dict(model.head_sizes),
+        source=dict(source),
     )
-    note = "random initialisation"
-    if kind == "torchvision" and not cifar_stem:
-        note = _cached_torchvision(model, arch) or note
-    elif kind in ("torchvision", "timm"):
-        note += f" ({kind} pretrained weights are not fetched offline; pass a local checkpoint file for them)"
-    report.notes.append(note)
+    if not pretrained:
+        report.notes.append("random initialisation")
+    else:
+        report.notes.append(f"{kind} pretrained weights from {source.get('cache_path') or source.get('url')}")
+        if cifar_stem:
+            report.notes.append("the 3x3 CIFAR stem (conv1) is new and random; the rest is pretrained")
     if model.head_names:
         report.notes.append(f"heads built fresh: {', '.join(model.head_names)}; {WARMUP_NOTE}")
     return model, report
-
-
-def _cached_torchvision(model: SSLModel, arch: str) -> str | None:
-    import torchvision
-
-    weights = torchvision.models.get_model_weights(arch).DEFAULT
-    file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-    if not file.is_file():
-        return f"random initialisation (torchvision weights {file.name} are not in the local cache; nothing downloaded)"
-    sd = {k: v for k, v in read_checkpoint(file)[0].items() if not k.startswith("fc.")}
-    model.backbone.load_state_dict(sd, strict=True)
-    return f"torchvision pretrained weights from the local cache {file}"
 
 
 def load_model(
@@ -406,9 +466,11 @@ def load_model(
     """Load a checkpoint file or hub name into an :class:`SSLModel` and say what happened.
 
     Args:
-        path_or_name: a file (any layout in :mod:`e2mc.models.adapters`), or ``random:<arch>``,
-            ``torchvision:<arch>``, ``timm:<name>`` (random init unless pretrained weights sit in
-            the local torchvision cache; the report says which).
+        path_or_name: a file (any layout in :mod:`e2mc.models.adapters`); a published model by
+            name (``vicreg:resnet50-full``, ...: :mod:`e2mc.models.zoo`, downloaded into torch
+            hub's cache); ``torchvision:<arch>`` / ``timm:<name>[.<tag>]`` (the library's
+            pretrained weights, :mod:`e2mc.models.hub`); ``random:<arch>`` (random weights).
+            ``report.source`` says where a name's weights came from (URL, file, sha256).
         method: ``vicreg``/``swav``/``simsiam``; default: the checkpoint's. Heads the checkpoint
             lacks are built fresh (``report.heads_built``; warm them up before training).
         arch: default: detected from the weights (mismatch with the weights is an error).
@@ -425,8 +487,13 @@ def load_model(
     text = str(path_or_name)
     if not os.path.exists(text) and text.startswith(NAME_PREFIXES):
         return _from_name(text, method, cifar_stem, head_sizes)
+    source: dict = {}
+    if zoo.is_zoo_name(text):
+        file, source = zoo.fetch(text)
+        text, format = str(file), format or zoo.get(source["name"]).layout
     text = str(resolve_checkpoint_path(text))
-    obj, meta = read_checkpoint(text)
+    stand_ins: list = []
+    obj, meta = read_checkpoint(text, stand_ins)
     if format is not None and format not in ADAPTERS and format != "safetensors":
         raise CheckpointError(f"unknown format {format!r}; known: {', '.join(ADAPTERS)}, safetensors")
     fmt = format if format not in (None, "safetensors") else detect_format(obj, arch or (meta or {}).get("arch"))
@@ -437,7 +504,7 @@ def load_model(
             parts.cifar_stem = meta["cifar_stem"] == "True"
         fmt = "safetensors"
         parts.layout["source_format"] = meta.get("format")
-    return model_from_parts(
+    model, report = model_from_parts(
         parts,
         fmt=fmt,
         path=text,
@@ -447,3 +514,6 @@ def load_model(
         fresh_heads=fresh_heads,
         head_sizes=head_sizes,
     )
+    report.stand_ins = stand_ins
+    report.source = source
+    return model, report

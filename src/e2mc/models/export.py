@@ -7,7 +7,13 @@ backbone, Lightning, e2mc, ...), so the file drops into the user's existing pipe
 
 The optimizer state loaded from a checkpoint belongs to the weights *at load time*: it is only
 written when passed explicitly (``optimizer_state=report.optimizer_state`` to reproduce the
-original file, or the state of the optimizer that trained the exported weights).
+original file, or the state of the optimizer that trained the exported weights). One exception:
+a run that restored its source's optimiser (``optim.restore_state``) exported to the source's
+layout writes its own optimiser state in the source's optimiser layout (the source's param
+groups, filter functions included, and its state keys, by parameter name;
+:func:`official_optimizer_state`), so the official script resumes it.
+Files are written by :func:`e2mc.models.safepickle.save`: an inert stand-in read from a released
+file is written back as the same global reference.
 """
 
 from __future__ import annotations
@@ -16,10 +22,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from e2mc import fileio
 from e2mc.errors import CheckpointError
+from e2mc.models import safepickle
 from e2mc.models.adapters import ADAPTERS
 from e2mc.models.layouts import HEADS, join_flat, sub
 
@@ -73,6 +78,35 @@ def save_backbone_safetensors(model, path: str | os.PathLike, source_format: str
     return _save_safetensors(backbone, path, meta)
 
 
+def official_optimizer_state(template: dict, run_state: dict, run_names: list[str]) -> dict:
+    """A run's optimiser ``state_dict`` (``run_state``, its parameters named by ``run_names`` in
+    order) rewritten in the layout of the source optimiser it was restored from (``template``,
+    made by :func:`e2mc.train.optim.optimizer_template`): the source's param groups and positions,
+    each position's buffers under the source's key names (``mu`` / ``momentum_buffer``)."""
+    momentum = ("mu", "momentum_buffer")
+    run_ids = [i for g in run_state["param_groups"] for i in g["params"]]
+    if len(run_ids) != len(run_names):
+        raise CheckpointError(
+            f"the run's optimiser state has {len(run_ids)} parameters but {len(run_names)} names; "
+            "export without the optimiser (--to safetensors or torchvision) or re-run the export from last.pt"
+        )
+    by_name = {n: run_state["state"].get(i, {}) for n, i in zip(run_names, run_ids)}
+    groups = safepickle.from_plain(template["param_groups"])
+    positions = [i for g in groups for i in g.get("params", [])]
+    state = {}
+    for pos, name, keys in zip(positions, template["names"], template["state_keys"]):
+        run = by_name.get(name) or {}
+        entry = {}
+        for k in keys:
+            if k in run:
+                entry[k] = run[k]
+            elif k in momentum and any(m in run for m in momentum):
+                entry[k] = next(run[m] for m in momentum if m in run)
+        if entry:
+            state[pos] = entry
+    return {"state": state, "param_groups": groups}
+
+
 def resolve_target(
     report, format: str | None = None, epoch: int | None = None
 ) -> tuple[str, str | None, dict, int | None]:
@@ -122,7 +156,12 @@ def export_model(
         epoch: epoch to store (default: the loaded one).
         optimizer_state: written where the layout has an optimizer (default: none written).
     """
+    run_layout = dict(getattr(report, "layout", None) or {})
     fmt, source, layout, epoch = resolve_target(report, format, epoch)
+    template = layout.get("optimizer") if getattr(report, "format", None) == "e2mc" and source == fmt else None
+    if template and (optimizer_state is None or optimizer_state is getattr(report, "optimizer_state", None)):
+        if report.optimizer_state is not None and run_layout.get("optimizer_params"):
+            optimizer_state = official_optimizer_state(template, report.optimizer_state, run_layout["optimizer_params"])
     if fmt == "safetensors":
         if format in (None, "original") and layout.get("kind") not in (None, "backbone"):
             backbone, heads = model_state(model)
@@ -149,4 +188,4 @@ def export_model(
         "layout": layout if source == fmt else None,
     }
     obj = ADAPTERS[fmt].pack(backbone, heads, meta)
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_write(path, lambda tmp: safepickle.save(obj, tmp))

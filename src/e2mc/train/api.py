@@ -73,7 +73,7 @@ def resolve_config(
     if mode == "continue" and init and not os.path.exists(str(init)) and ":" not in str(init):
         raise ConfigError(
             f"checkpoint {init} not found; give the path of a .pth/.pt/.safetensors "
-            "file or a name like torchvision:resnet50"
+            "file or a name like vicreg:resnet50-full (`e2mc zoo`) or torchvision:resnet50"
         )
     if mode == "continue" and source is None:
         if not init:

@@ -38,12 +38,20 @@ from e2mc.criteria.entropy import deferred_finite_checks
 from e2mc.data import ViewGenerator, build_dataset, eval_transform, training_dataset
 from e2mc.errors import ConfigError, CriterionInputError, TrainingDiverged
 from e2mc.methods import StepContext, get_method
+from e2mc.models.adapters import check_version
 from e2mc.models.checkpoints import load_model
 from e2mc.models.model import SSLModel
 from e2mc.train import distributed as D
 from e2mc.train import monitor
 from e2mc.train import run as R
-from e2mc.train.optim import build_optimizer, build_scheduler, restore_optimizer_state, scaled_lr
+from e2mc.train.datacheck import check_data, reschedule
+from e2mc.train.optim import (
+    build_optimizer,
+    build_scheduler,
+    optimizer_template,
+    restore_optimizer_state,
+    scaled_lr,
+)
 from e2mc.train.state import RunState
 
 INPUT_CHECK = "_inputs_finite"  # per-step flag: 0 when the criteria's inputs were finite, NaN otherwise
@@ -85,6 +93,7 @@ class TrainerSetup(R.RunFolderMixin):
     source_epoch = _InState()
     source_layout = _InState()
     auto_cov_weight = _InState()
+    data_fingerprint = _InState()
 
     def __init__(
         self, config: RunConfig, model_fn: Callable | None = None, views_fn: Callable | None = None, quiet: bool = False
@@ -176,13 +185,19 @@ class TrainerSetup(R.RunFolderMixin):
         random.seed(seed)
         np.random.seed(seed)
         self._build_data(views_fn)
+        data_print, data_change = check_data(self.dataset, found, self.cfg, self.log)
         model, origin = self._build_model(found, model_fn)
         self.criterion = self.method.build_criterion(self.cfg).to(self.device)
         method_state = self.method.build_state(self.cfg, model, self.dist.world_size, self.global_batch, self.log)
         if method_state is not None:
             method_state = method_state.to(self.device)
+        self._optimizer_template = None
         optimizer, scheduler, scaler = self._build_optimisation(model, restore_source=found is None)
-        self.state = RunState(model, optimizer, scheduler, scaler, self.method, method_state, **origin)
+        if self._optimizer_template is not None:  # for export --to original (the source's optimiser layout)
+            origin["source_layout"] = {**origin.get("source_layout", {}), "optimizer": self._optimizer_template}
+        self.state = RunState(
+            model, optimizer, scheduler, scaler, self.method, method_state, **origin, data_fingerprint=data_print
+        )
         self.auto_cov_weight = self._auto_cov_weight(found)
         self.addon = self.method.build_addon(self.cfg, cov_weight=self.auto_cov_weight).to(self.device)
         self.stop_requested = self.save_requested = False
@@ -193,6 +208,8 @@ class TrainerSetup(R.RunFolderMixin):
             self.state.restore(state, self.dist, self.per_device_batch, seed, self.log)
             self.last_good = ckpt
             self.log(f"resumed from {ckpt}: epoch {self.epoch}, step {self.global_step}")
+            if data_change:
+                reschedule(self, state, data_change)
         self.ddp_model = D.wrap_ddp(self.model, self.dist)
         self._build_outputs(None if found is None else found[1])
 
@@ -258,6 +275,7 @@ class TrainerSetup(R.RunFolderMixin):
         total = min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
         self.total_steps = total  # for the ETA of the progress lines
         warm = min(int(round(o.warmup_epochs * self.sampler.batches_per_epoch)), max(total, 1))
+        self.schedule_warmup = warm
         scheduler = build_scheduler(o.schedule, optimizer, total_steps=max(total, 1), warmup_steps=warm)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         return optimizer, scheduler, scaler
@@ -318,6 +336,7 @@ class TrainerSetup(R.RunFolderMixin):
         self.report = None
         if found is not None:  # rebuild the architecture from the checkpoint; weights come in RunState.restore
             state = found[1]
+            check_version(state.get("e2mc_version"))  # the rule of e2mc checkpoints (models.adapters)
             R.check_resume_config(state.get("config", {}), cfg)
             model = SSLModel.build(
                 cfg.method.name, state["arch"], cifar_stem=state["cifar_stem"], **state["head_sizes"]
@@ -414,7 +433,10 @@ class TrainerSetup(R.RunFolderMixin):
                 f"optim.restore_state=true but {src} stores no optimiser state; use a full "
                 "checkpoint, or set optim.restore_state=false to start a fresh optimiser"
             )
-        self.log(restore_optimizer_state(optimizer, model, stored, source=report.path))
+        paired: list = []
+        self.log(restore_optimizer_state(optimizer, model, stored, source=report.path, paired=paired))
+        names = {id(p): n for n, p in model.named_parameters()}
+        self._optimizer_template = optimizer_template(stored, [names[id(p)] for p in paired])
 
 
 class Trainer(TrainerSetup):

@@ -278,7 +278,12 @@ def _stored_kind(entries: list) -> str:
 
 
 def restore_optimizer_state(
-    optimizer: torch.optim.Optimizer, model: nn.Module, stored: Any, *, source: str = "the checkpoint"
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module,
+    stored: Any,
+    *,
+    source: str = "the checkpoint",
+    paired: list | None = None,
 ) -> str:
     """Copy the per-parameter state of a stored optimiser ``state_dict()`` into ``optimizer``.
 
@@ -290,7 +295,7 @@ def restore_optimizer_state(
     parameter-group order. Both orders are tried: a mapping is used when the number of parameters
     and every position's shape match (the shape is read from the stored buffer); when none
     matches, or both match with different pairings, nothing is changed and ConfigError says what
-    differs. Returns a one-line summary.
+    differs. Returns a one-line summary; ``paired`` (a list) receives the parameters in stored order.
     """
     off = "; set optim.restore_state=false to start a fresh optimiser"
     if not (
@@ -355,6 +360,8 @@ def restore_optimizer_state(
             f"parameter orders with different pairings (ambiguous){off}"
         )
     label, params = next(iter(fits.items()))
+    if paired is not None:
+        paired[:] = params
     for e, p in zip(entries, params):
         state = optimizer.state[p]
         if kind == "momentum":
@@ -365,3 +372,16 @@ def restore_optimizer_state(
             step = e.get("step", 0)
             state["step"] = torch.as_tensor(float(step), dtype=torch.float32)
     return f"restored the optimiser state of {len(params)} parameters ({kind}, {label} order) from {source}"
+
+
+def optimizer_template(stored: dict, names: list[str]) -> dict:
+    """What ``export --to original`` needs to write a run's optimiser back in the layout of the
+    ``stored`` one it was restored from: the stored ``param_groups`` (hyperparameters, parameter
+    positions; a filter function as plain data, :func:`e2mc.models.safepickle.to_plain`), the
+    model parameter ``names`` at those positions, and each position's state keys (e.g. ``mu``)."""
+    from e2mc.models.safepickle import to_plain
+
+    groups = [dict(g) for g in stored["param_groups"]]
+    ids = [i for g in groups for i in g.get("params", [])]
+    keys = [sorted(str(k) for k in stored["state"].get(i, {})) for i in ids]
+    return {"param_groups": to_plain(groups), "names": list(names), "state_keys": keys}

@@ -43,6 +43,7 @@ class RunState:
     source_epoch: int | None = None
     source_layout: dict = field(default_factory=dict)
     auto_cov_weight: float | None = None  # addon.cov_weight=auto's measured value (train.calibrate)
+    data_fingerprint: dict | None = None  # the training data's identity (data.fingerprint), checked on resume
 
     def checkpoint(self, cfg: RunConfig, dist: DistInfo, per_device_batch: int, metrics_rows: int | None) -> dict:
         """The e2mc checkpoint dict (a collective under torchrun: every rank's RNG state and the
@@ -68,6 +69,7 @@ class RunState:
             "head_sizes": dict(model.head_sizes),
             "model": model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "optimizer_params": optimizer_param_names(self.optimizer, model),
             "scheduler": {k: v for k, v in sched.items() if plain(v)},
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "epoch": self.epoch,
@@ -83,6 +85,7 @@ class RunState:
             "source_layout": dict(self.source_layout),
             "metrics_rows": metrics_rows,
             "auto_cov_weight": self.auto_cov_weight,
+            "data_fingerprint": dict(self.data_fingerprint) if self.data_fingerprint else None,
             # the method's own state as one process would hold it (gathered: a collective), under its key
             **self._method_state_item(per_device_batch),
         }
@@ -131,6 +134,12 @@ def plain(obj: Any) -> bool:
     if isinstance(obj, dict):
         return all(isinstance(k, (str, int)) and plain(v) for k, v in obj.items())
     return False
+
+
+def optimizer_param_names(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> list[str]:
+    """The model's parameter names in the optimiser's order (its state_dict's positions)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names.get(id(p), "?") for g in optimizer.param_groups for p in g["params"]]
 
 
 def capture_rng() -> dict:

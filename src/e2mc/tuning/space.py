@@ -25,9 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from e2mc.config import ADDON_NAMES
+from e2mc.config import ADDON_NAMES, load_yaml
 from e2mc.errors import ConfigError
 
 DEFAULT_SPACE: dict = {
@@ -162,8 +160,8 @@ def parse_space(source: str | Path | dict | None = None) -> SearchSpace:
         if not path.is_file():
             raise ConfigError(f"search space {path} not found; give a YAML file (see `e2mc tune --help`)")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            data = load_yaml(path.read_text(), str(path)) or {}
+        except UnicodeDecodeError as exc:
             raise ConfigError(f"cannot parse search space {path}: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a YAML mapping with keys {', '.join(_KEYS)}")

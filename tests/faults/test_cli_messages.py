@@ -1,0 +1,65 @@
+"""Mistyped commands and folders that are not run folders get a pointer to what was meant
+(issue 28, item 13): "did you mean" on every Python (argparse words it its own way on 3.14+),
+and `evaluate <demo folder>` names the run folders it holds."""
+
+import sys
+
+import pytest
+
+from e2mc.cli import did_you_mean
+from e2mc.errors import CheckpointError
+from e2mc.models.checkpoints import resolve_checkpoint_path
+
+from .conftest import cli, one_line_error
+
+PY311 = "argument COMMAND: invalid choice: 'contineu' (choose from 'demo', 'pretrain', 'continue', 'evaluate')"
+PY312 = "argument COMMAND: invalid choice: 'contineu' (choose from demo, pretrain, continue, evaluate)"
+PY314 = (
+    "argument COMMAND: invalid choice: 'contineu', maybe you meant 'continue'? (choose from demo, pretrain, continue)"
+)
+
+
+@pytest.mark.parametrize("message", [PY311, PY312])
+def test_did_you_mean_added(message):
+    assert did_you_mean(message) == message + "; did you mean 'continue'?"
+
+
+def test_did_you_mean_not_doubled_or_invented():
+    assert did_you_mean(PY314) == PY314  # Python 3.14's own suggestion is kept, not repeated
+    far = PY311.replace("contineu", "xyzzy")
+    assert did_you_mean(far) == far
+    assert did_you_mean("unrecognized arguments: --lrr") == "unrecognized arguments: --lrr"
+
+
+def test_cli_typo(capsys):
+    with pytest.raises(SystemExit) as exc:
+        from e2mc.cli import main
+
+        main(["contineu"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1
+    if sys.version_info < (3, 14):
+        assert "did you mean 'continue'? See `e2mc --help`." in err
+    assert err.count("continue'?") == 1
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--method", "vicrag"])
+    assert "did you mean 'vicreg'?" in capsys.readouterr().err
+
+
+def test_folder_of_runs_names_them(tmp_path):
+    demo = tmp_path / "demo"
+    for run in ("e2mc_s0", "none_s0"):
+        (demo / "runs" / run / "checkpoints").mkdir(parents=True)
+        (demo / "runs" / run / "checkpoints" / "last.pt").write_bytes(b"x")
+    with pytest.raises(CheckpointError) as exc:
+        resolve_checkpoint_path(demo)
+    msg = str(exc.value)
+    assert f"{demo / 'runs' / 'e2mc_s0'}, {demo / 'runs' / 'none_s0'}: pass one of them" in msg
+    code, _, err = cli("evaluate", demo, "--dataset", "digits", "--protocols", "rankme")
+    one_line_error(code, err, "runs/e2mc_s0", "pass one of them")
+    code, _, err = cli("compare", demo, "--dataset", "digits", "--protocols", "rankme")
+    one_line_error(code, err, "runs/none_s0", "pass one of them")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError) as exc:
+        resolve_checkpoint_path(tmp_path / "empty")
+    assert "holds the run folders" not in str(exc.value)

@@ -1,0 +1,18 @@
+"""How the generators were checked against the official code (run by hand, not by pytest).
+
+Clone the official repositories anywhere outside this one, then, for each, write its files with
+its own code and compare them with the generator's (``compare.py``: keys in order, shapes,
+dtypes, optimizer state and param-group keys and value types, pickle globals of ``data.pkl``)::
+
+    python tests/official/check/vicreg_official.py /tmp/off_vicreg main /tmp/chk/vicreg_main
+    python tests/official/check/vicreg_official.py /tmp/off_vicreg module /tmp/chk/vicreg_module
+    python tests/official/gen_vicreg.py generate /tmp/fx/vm
+    python tests/official/as_module.py main_vicreg tests/official/gen_vicreg.py generate /tmp/fx/vs
+    python tests/official/check/compare.py /tmp/chk/vicreg_main/model.pth /tmp/fx/vm/model.pth
+    python tests/official/check/compare.py /tmp/chk/vicreg_module/model.pth /tmp/fx/vs/model.pth
+    python tests/official/check/swav_official.py /tmp/off_swav /tmp/apex_LARC.py /tmp/chk/swav
+    python tests/official/check/simsiam_official.py /tmp/off_simsiam /tmp/chk/simsiam
+
+(``/tmp/apex_LARC.py``: ``git show cb65b8ed^:apex/parallel/LARC.py`` of NVIDIA/apex.) These
+scripts import the official code from the given folder; none of it is copied here.
+"""
