@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from e2mc.criteria import covariance_term
 from e2mc.criteria.addons import uniformity as uniformity_loss
 from e2mc.criteria.entropy import get_transform, m_spacing_entropy
-from e2mc.criteria.vicreg import covariance_term
 from e2mc.errors import CriterionInputError
 
 

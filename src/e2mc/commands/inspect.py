@@ -6,13 +6,12 @@ import argparse
 
 from e2mc.commands import add_command
 from e2mc.config import METHOD_NAMES
+from e2mc.methods import METHODS
 
 EXPORT_CHOICES = (
     "original",
     "safetensors",
-    "vicreg",
-    "swav",
-    "simsiam",
+    *(layout for m in METHODS.values() for layout in m.layouts),  # each method's official layouts
     "torchvision",
     "timm",
     "lightning",

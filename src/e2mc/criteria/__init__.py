@@ -16,7 +16,7 @@ from e2mc.criteria.e2mc import E2MC
 from e2mc.criteria.entropy import TRANSFORMS, default_m, get_transform, m_spacing_entropy
 from e2mc.criteria.simsiam import SimSiamLoss
 from e2mc.criteria.swav import SwAVLoss, SwAVQueue, sinkhorn_knopp
-from e2mc.criteria.vicreg import VICRegLoss
+from e2mc.criteria.vicreg import VICRegLoss, covariance_term
 from e2mc.errors import ConfigError
 
 ADDONS: dict[str, type[nn.Module]] = {
@@ -74,6 +74,7 @@ __all__ = [
     "UniformityAddon",
     "VCAddon",
     "VICRegLoss",
+    "covariance_term",
     "build_addon",
     "build_criterion",
     "default_m",

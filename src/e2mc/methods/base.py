@@ -78,6 +78,8 @@ class Method:
         paper_eps: ``addon.eps`` of the paper's code for this method.
         options: method-specific config options (``method.<key>``), with defaults and ranges.
         state_key: checkpoint key of the method's own state (``build_state``), or ``None``.
+        layouts: the adapters (``e2mc.models.adapters.ADAPTERS``) of its official files: ``export
+            --to <layout>`` targets, and the layouts that hold this method's heads.
     """
 
     name: ClassVar[str] = ""
@@ -89,6 +91,7 @@ class Method:
     paper_eps: ClassVar[float] = 1e-7
     options: ClassVar[dict[str, Option]] = {}
     state_key: ClassVar[str | None] = None
+    layouts: ClassVar[tuple[str, ...]] = ()
 
     @property
     def views(self) -> str:
@@ -110,6 +113,10 @@ class Method:
     def build_heads(self, in_dim: int, sizes: dict) -> dict:
         """``{head name: nn.Module}`` for resolved ``sizes``."""
         raise NotImplementedError
+
+    def head_sizes_from_weights(self, heads: dict) -> dict:
+        """Head sizes read back from head state dicts ``{head: {key: tensor}}`` (those it can tell)."""
+        return {}
 
     def forward_heads(self, model: Any, features: Any, sizes: list[int]) -> dict:
         """The heads' outputs ``{output key: list of per-view tensors}`` for one batch of backbone

@@ -39,6 +39,7 @@ def simsiam_predictor(dim: int = 2048, hidden: int = 512):
 @register
 class SimSiam(Method):
     name, heads, outputs = "simsiam", ("projector", "predictor"), ("z", "p")
+    layouts = ("simsiam",)  # checkpoint_0099.pth.tar (state_dict with module.encoder.* and module.predictor.*)
     addon_input = "projector output z (not the predictor's)"
     # facebookresearch/simsiam main_simsiam.py (commit a7bc177): MoCo-v2 augmentations, both views
     # alike: RandomResizedCrop(224, scale=(0.2, 1.)), ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8,
@@ -70,6 +71,14 @@ class SimSiam(Method):
             "projector": simsiam_projector(in_dim, sizes["proj_hidden"], sizes["proj_dim"]),
             "predictor": simsiam_predictor(sizes["proj_dim"], sizes["pred_hidden"]),
         }
+
+    def head_sizes_from_weights(self, heads):
+        proj, pred, out = heads.get("projector", {}), heads.get("predictor", {}), {}
+        if "0.weight" in proj and "6.weight" in proj:
+            out["proj_hidden"], out["proj_dim"] = int(proj["0.weight"].shape[0]), int(proj["6.weight"].shape[0])
+        if "0.weight" in pred:
+            out["pred_hidden"], out["proj_dim"] = int(pred["0.weight"].shape[0]), int(pred["0.weight"].shape[1])
+        return out
 
     def forward_heads(self, model, features, sizes):
         z = model.projector(features)

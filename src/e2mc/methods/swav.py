@@ -36,6 +36,7 @@ def swav_prototypes(out: int = 128, n_prototypes: int = 3000):
 @register
 class SwAV(Method):
     name, heads, outputs = "swav", ("projector", "prototypes"), ("z", "scores")
+    layouts = ("swav",)  # swav_800ep_pretrain.pth.tar (raw module.* state dict) and main_swav.py's checkpoint
     addon_input = "projection before L2 normalisation of the two large crops"
     # facebookresearch/swav scripts/swav_800ep_pretrain.sh (commit 06b1b7c): nmb_crops 2 6,
     # size_crops 224 96, min_scale_crops 0.14 0.05, max_scale_crops 1. 0.14; src/multicropdataset.py:
@@ -73,6 +74,17 @@ class SwAV(Method):
             "projector": swav_head(in_dim, sizes["hidden"], sizes["out"]),
             "prototypes": swav_prototypes(sizes["out"], sizes["prototypes"]),
         }
+
+    def head_sizes_from_weights(self, heads):
+        proj, protos, out = heads.get("projector", {}), heads.get("prototypes", {}), {}
+        if "3.weight" in proj:
+            out["hidden"], out["out"] = int(proj["0.weight"].shape[0]), int(proj["3.weight"].shape[0])
+        elif "0.weight" in proj:
+            out["hidden"], out["out"] = 0, int(proj["0.weight"].shape[0])
+        if "weight" in protos:
+            out["prototypes"] = int(protos["weight"].shape[0])
+            out.setdefault("out", int(protos["weight"].shape[1]))
+        return out
 
     def forward_heads(self, model, features, sizes):
         import torch.nn.functional as F

@@ -33,6 +33,7 @@ def vicreg_projector(in_dim: int = 2048, sizes=(8192, 8192, 8192)):
 @register
 class VICReg(Method):
     name, heads, outputs = "vicreg", ("projector",), ("z",)
+    layouts = ("vicreg",)  # resnet50.pth (backbone) and resnet50_fullckpt.pth (main_vicreg.py's checkpoint)
     addon_input = "expander output z of the two views"
     # facebookresearch/vicreg augmentations.py (TrainTransform, commit 4e12602): 2 x
     # RandomResizedCrop(224, scale (0.08, 1), BICUBIC); ColorJitter(0.4, 0.4, 0.2, 0.1) p=0.8;
@@ -59,6 +60,13 @@ class VICReg(Method):
 
     def build_heads(self, in_dim, sizes):
         return {"projector": vicreg_projector(in_dim, sizes["projector"])}
+
+    def head_sizes_from_weights(self, heads):
+        proj = heads.get("projector", {})
+        if not proj:
+            return {}
+        idx = sorted(int(k.split(".")[0]) for k in proj if k.endswith("weight") and proj[k].dim() == 2)
+        return {"projector": [int(proj[f"{i}.weight"].shape[0]) for i in idx]}
 
     def forward_heads(self, model, features, sizes):
         return {"z": list(model.projector(features).split(sizes))}

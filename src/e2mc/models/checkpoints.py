@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from e2mc.errors import CheckpointError
+from e2mc.methods import METHODS
 from e2mc.models import safepickle, zoo
 from e2mc.models.adapters import ADAPTERS, Parts
 from e2mc.models.backbones import canonical_arch
@@ -405,7 +406,11 @@ def model_from_parts(
 
 
 def _parts_method(parts: Parts) -> str | None:
-    return parts.method or ("vicreg" if set(parts.heads) == {"projector"} else None)
+    if parts.method or not parts.heads:
+        return parts.method
+    # a file that does not name its method (a raw state dict): the method whose heads are exactly these
+    same = [n for n, m in METHODS.items() if set(m.heads) == set(parts.heads)]
+    return same[0] if len(same) == 1 else None
 
 
 def checkpoint_method(path_or_name, format: str | None = None) -> str | None:

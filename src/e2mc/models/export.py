@@ -24,11 +24,12 @@ from typing import Any, Callable
 
 from e2mc import fileio
 from e2mc.errors import CheckpointError
+from e2mc.methods import METHODS
 from e2mc.models import safepickle
 from e2mc.models.adapters import ADAPTERS
 from e2mc.models.layouts import HEADS, join_flat, sub
 
-METHOD_FORMATS = {"vicreg": "vicreg", "swav": "swav", "simsiam": "simsiam"}
+LAYOUT_METHODS = {layout: name for name, m in METHODS.items() for layout in m.layouts}  # official layout -> method
 EXPORT_TARGETS = ("original", "safetensors", *ADAPTERS)
 
 
@@ -170,7 +171,7 @@ def export_model(
         return save_backbone_safetensors(model, path, source_format=layout.get("source_format") or source)
     if fmt not in ADAPTERS:
         raise CheckpointError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_TARGETS)}")
-    wants = {v: k for k, v in METHOD_FORMATS.items()}.get(fmt)
+    wants = LAYOUT_METHODS.get(fmt)
     if wants and model.method not in (None, wants):
         raise CheckpointError(
             f"the model has {model.method} heads; the {fmt} layout holds {wants} heads. Export with "

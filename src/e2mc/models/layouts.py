@@ -20,6 +20,7 @@ import re
 import torch
 
 from e2mc.errors import CheckpointError
+from e2mc.methods import METHODS
 
 HEADS = ("projector", "predictor", "prototypes")
 CLASSIFIER_PREFIXES = ("fc.", "head.", "head_dist.", "classifier.", "heads.")
@@ -158,23 +159,7 @@ def detect_arch(sd: dict) -> tuple[str | None, bool | None]:
 
 
 def infer_head_sizes(method: str, heads: dict) -> dict:
-    """Head sizes (as :func:`e2mc.models.heads.build_heads` takes them) read from head weights."""
-    out: dict = {}
-    proj, pred, protos = heads.get("projector", {}), heads.get("predictor", {}), heads.get("prototypes", {})
-    if method == "vicreg" and proj:
-        idx = sorted(int(k.split(".")[0]) for k in proj if k.endswith("weight") and proj[k].dim() == 2)
-        out["projector"] = [int(proj[f"{i}.weight"].shape[0]) for i in idx]
-    elif method == "swav":
-        if "3.weight" in proj:
-            out["hidden"], out["out"] = int(proj["0.weight"].shape[0]), int(proj["3.weight"].shape[0])
-        elif "0.weight" in proj:
-            out["hidden"], out["out"] = 0, int(proj["0.weight"].shape[0])
-        if "weight" in protos:
-            out["prototypes"] = int(protos["weight"].shape[0])
-            out.setdefault("out", int(protos["weight"].shape[1]))
-    elif method == "simsiam":
-        if "0.weight" in proj and "6.weight" in proj:
-            out["proj_hidden"], out["proj_dim"] = int(proj["0.weight"].shape[0]), int(proj["6.weight"].shape[0])
-        if "0.weight" in pred:
-            out["pred_hidden"], out["proj_dim"] = int(pred["0.weight"].shape[0]), int(pred["0.weight"].shape[1])
-    return out
+    """Head sizes (as :func:`e2mc.models.heads.build_heads` takes them) read from head weights
+    (``Method.head_sizes_from_weights``); ``{}`` for an unknown method."""
+    spec = METHODS.get(method)
+    return spec.head_sizes_from_weights(heads) if spec is not None else {}
