@@ -310,13 +310,13 @@ def restore_optimizer_state(
     ids = [i for g in stored["param_groups"] for i in g.get("params", [])]
     entries = [stored["state"].get(i, {}) for i in ids]
     kind, keys = _target_keys(optimizer)
-    empty = sum(1 for e in entries if not e)
-    if empty or not ids:
+    empty = sum(1 for e in entries if not e)  # a parameter that never had a gradient (e.g. frozen)
+    if empty == len(ids):
         raise ConfigError(
-            f"optim.restore_state: the optimiser state in {source} holds no buffers for "
-            f"{empty or 'any'} of its {len(ids)} parameters, so they cannot be matched{off}"
+            f"optim.restore_state: the optimiser state in {source} holds no buffers for any of its "
+            f"{len(ids)} parameters, so there is nothing to restore{off}"
         )
-    have = _stored_kind(entries)
+    have = _stored_kind([e for e in entries if e])
     if have != kind:
         raise ConfigError(
             f"optim.restore_state: {source} stores {have} optimiser state but "
@@ -327,7 +327,7 @@ def restore_optimizer_state(
         if kind == "momentum"
         else (lambda e: e["exp_avg"])
     )
-    shapes = [tuple(main(e).shape) for e in entries]
+    shapes = [tuple(main(e).shape) if e else None for e in entries]  # None: no buffer, any shape fits
     in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
     names = {id(p): n for n, p in model.named_parameters()}
     orders = {
@@ -339,7 +339,7 @@ def restore_optimizer_state(
         if len(params) != len(shapes):
             why.append(f"{len(shapes)} stored vs {len(params)} trainable parameters")
             continue
-        bad = next((i for i, p in enumerate(params) if tuple(p.shape) != shapes[i]), None)
+        bad = next((i for i, p in enumerate(params) if shapes[i] not in (None, tuple(p.shape))), None)
         if bad is None:
             fits[label] = params
         else:
@@ -363,6 +363,8 @@ def restore_optimizer_state(
     if paired is not None:
         paired[:] = params
     for e, p in zip(entries, params):
+        if not e:
+            continue  # no stored buffer: this parameter starts fresh, as it would have in the source run
         state = optimizer.state[p]
         if kind == "momentum":
             state[keys[0]] = torch.empty_like(p).copy_(main(e))
@@ -371,7 +373,10 @@ def restore_optimizer_state(
                 state[k] = torch.empty_like(p).copy_(e[k])
             step = e.get("step", 0)
             state["step"] = torch.as_tensor(float(step), dtype=torch.float32)
-    return f"restored the optimiser state of {len(params)} parameters ({kind}, {label} order) from {source}"
+    fresh = f"; {empty} without a stored buffer start fresh" if empty else ""
+    return (
+        f"restored the optimiser state of {len(params) - empty} parameters ({kind}, {label} order) from {source}{fresh}"
+    )
 
 
 def optimizer_template(stored: dict, names: list[str]) -> dict:
