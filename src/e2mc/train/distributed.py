@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -104,11 +104,22 @@ def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
     return ddp(model, device_ids=ids, **{key: False})
 
 
-def convert_sync_bn(model: nn.Module, info: DistInfo) -> nn.Module:
-    """Replace BatchNorm layers by SyncBatchNorm (only meaningful with several processes)."""
-    if info.world_size <= 1:
-        return model
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+def convert_sync_bn(model: nn.Module, info: DistInfo, log: Callable[[str], None] | None = None) -> nn.Module:
+    """Replace BatchNorm layers by SyncBatchNorm (``model.sync_bn``) where it can work: several
+    processes on CUDA devices. Elsewhere the model is returned as it is and ``log`` (rank 0's log
+    line) says once why: DDP refuses SyncBatchNorm on CPU ("only work with GPU modules"), and one
+    process has nothing to synchronise; BatchNorm statistics stay per process."""
+    if info.world_size > 1 and info.device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if log is not None:
+        if info.world_size <= 1:
+            why = "one process, nothing to synchronise"
+        else:
+            why = (
+                f"SyncBatchNorm needs CUDA devices and this run's {info.world_size} processes are on {info.device.type}"
+            )
+        log(f"warning: model.sync_bn ignored ({why}); BatchNorm statistics stay per process")
+    return model
 
 
 def barrier(info: DistInfo) -> None:

@@ -252,7 +252,7 @@ class TrainerSetup(R.RunFolderMixin):
             model = model_fn(model)
         self.method.check_model(model)
         if cfg.model.sync_bn:
-            model = D.convert_sync_bn(model, self.dist)
+            model = D.convert_sync_bn(model, self.dist, self.log)
         model.to(self.device)
         if cfg.train.channels_last:
             model.to(memory_format=torch.channels_last)
