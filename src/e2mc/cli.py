@@ -85,5 +85,33 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _exit_after_process_group(code: int) -> None:
+    """End a process that ran a torchrun process group at once, after flushing what it wrote.
+
+    torch's gloo threads survive ``destroy_process_group()`` and may abort the interpreter's
+    shutdown after the run has ended (exit -6 after ``done:``); nothing is left to do here that
+    ``os._exit`` would skip: checkpoints are closed and fsynced, the run lock is released."""
+    dist = sys.modules.get("e2mc.train.distributed")
+    if dist is None or not getattr(dist, "GLOO_THREADS_LEFT", False):
+        return
+    import logging
+    import os
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def run() -> None:
+    """The ``e2mc`` console script."""
+    code = main()
+    _exit_after_process_group(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -39,6 +39,13 @@ class DistInfo:
         return self.rank == 0
 
 
+# Set once this process has made a process group: torch's gloo worker threads outlive
+# destroy_process_group() and can abort the interpreter's shutdown ("terminate called without an
+# active exception", about 1 run in 10-30 here), so the CLI ends such a process with os._exit after
+# flushing (see e2mc.cli.main).
+GLOO_THREADS_LEFT = False
+
+
 def setup(device: str = "auto") -> DistInfo:
     """Initialise the default process group from torchrun's env (no-op for one process)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -57,6 +64,8 @@ def setup(device: str = "auto") -> DistInfo:
         kwargs = {"device_id": dev} if dev.type == "cuda" else {}
         dist.init_process_group(backend=backend, **kwargs)
         owns = True
+        global GLOO_THREADS_LEFT
+        GLOO_THREADS_LEFT = True
     return DistInfo(
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),
