@@ -238,9 +238,11 @@ class TrainerSetup(R.RunFolderMixin):
         self.method.check_model(model)
         if cfg.model.sync_bn:
             model = D.convert_sync_bn(model, self.dist)
-        model.to(self.device)
-        if cfg.train.channels_last:
-            model.to(memory_format=torch.channels_last)
+        # one memory format whatever the tensors' strides in the file (load_model assigns the file's
+        # tensors): a resumed run rebuilds the model, so a layout left to the file differs on resume
+        # and the convolutions round differently (resume no longer bit-exact)
+        fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        model.to(self.device, memory_format=fmt)
         self.need_warmup = bool(self.heads_built) and cfg.mode == "continue" and cfg.train.head_warmup_steps > 0
         return model, origin
 
