@@ -46,6 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     except E2MCError as exc:
         print(f"e2mc {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as exc:  # an allocation failure outside the steps that name their batch
+        from e2mc.errors import is_out_of_memory
+
+        if not is_out_of_memory(exc):
+            raise
+        lower = "the batch size (--batch-size)" if hasattr(args, "batch_size") else "the batch size"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        print(f"e2mc {args.command}: error: out of memory ({first}); lower {lower} or the image size", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"e2mc {args.command}: interrupted", file=sys.stderr)
         return 130

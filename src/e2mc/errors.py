@@ -51,3 +51,19 @@ class RunInterrupted(E2MCError):
             f"run stopped by a signal at epoch {epoch} step {step}; a checkpoint is saved. "
             f"Resume with out.resume=True (CLI: --out {run_dir} --resume)"
         )
+
+
+class OutOfMemory(E2MCError):
+    """A step ran out of (GPU or CPU) memory; the message names the batch size and what to lower."""
+
+
+_OOM_TEXTS = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for an allocation failure: ``MemoryError``, ``torch.OutOfMemoryError`` (CUDA, a
+    ``RuntimeError``) and the CPU allocator's ``RuntimeError`` ("DefaultCPUAllocator: can't allocate
+    memory"); the text is matched so that this module needs no torch."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXTS)

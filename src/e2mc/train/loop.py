@@ -36,7 +36,7 @@ from e2mc.config import E2MC_DEFAULTS, RunConfig
 from e2mc.criteria import SwAVQueue, default_m
 from e2mc.criteria.entropy import deferred_finite_checks
 from e2mc.data import ViewGenerator, build_dataset, eval_transform, training_dataset
-from e2mc.errors import ConfigError, CriterionInputError, TrainingDiverged
+from e2mc.errors import ConfigError, CriterionInputError, OutOfMemory, TrainingDiverged, is_out_of_memory
 from e2mc.methods import get_method
 from e2mc.models.checkpoints import load_model
 from e2mc.models.model import SSLModel
@@ -124,7 +124,7 @@ class TrainerSetup(R.RunFolderMixin):
                 "checkpoints/last.pt); check --out, or drop --resume to start a new run"
             )
         self._lock = None
-        self.last_good = None
+        self.last_good, self.last_good_step = None, None
 
         def lock() -> None:
             self._lock = R.RunLock.acquire(path, self.log)
@@ -189,7 +189,7 @@ class TrainerSetup(R.RunFolderMixin):
         if found is not None:
             ckpt, state = found
             self.state.restore(state, self.dist, self.per_device_batch, seed, self.log)
-            self.last_good = ckpt
+            self.last_good, self.last_good_step = ckpt, self.global_step
             self.log(f"resumed from {ckpt}: epoch {self.epoch}, step {self.global_step}")
         self.ddp_model = D.wrap_ddp(self.model, self.dist)
         self._build_outputs(None if found is None else found[1])
@@ -520,11 +520,32 @@ class Trainer(TrainerSetup):
                 if self.stop_requested:
                     break
             if not self.stop_requested:
+                self._stage = "writing the last checkpoint"
                 self.save()
+        except (MemoryError, RuntimeError) as exc:
+            if is_out_of_memory(exc):
+                raise self._out_of_memory() from exc
+            raise
         finally:
             self._restore_signals(old)
             self._close()
         return self.run_dir
+
+    def _out_of_memory(self) -> OutOfMemory:
+        """The one-line error of an allocation failure: where, at which batch size, what to lower."""
+        b, cfg = self.per_device_batch, self.cfg
+        bf16 = ", or use train.precision=bf16" if cfg.train.precision == "fp32" else ""
+        where = getattr(self, "_stage", "the training step")
+        kept = (
+            f"{self.last_good} (step {self.last_good_step}) is intact"
+            if self.last_good is not None
+            else "no checkpoint of this run was written yet"
+        )
+        return OutOfMemory(
+            f"out of memory at batch size {b} (per process) in {where}: lower optim.batch_size "
+            f"(--set optim.batch_size={max(b // 2, 1)}) or data.image_size{bf16}, as a new run (another "
+            f"--out, or --set out.overwrite=true); {kept}"
+        )
 
     def _done(self) -> bool:
         ms = self.cfg.train.max_steps
@@ -534,6 +555,7 @@ class Trainer(TrainerSetup):
         self.sampler.set_epoch(self.epoch, self.step_in_epoch)
         self.model.train()
         for images, _ in self.loader:
+            self._stage = "the training step"
             terms = self.train_step(images, scheduler=self.scheduler)
             self.global_step += 1
             self.step_in_epoch += 1
@@ -546,6 +568,7 @@ class Trainer(TrainerSetup):
             if save_now or stop or self._done():
                 self.save_requested = False
                 self.stop_requested = stop
+                self._stage = "writing a checkpoint"
                 self.save()
                 if stop:
                     self.log(
@@ -560,6 +583,7 @@ class Trainer(TrainerSetup):
         self._epoch_metrics("epoch")
         every = max(1, self.cfg.train.checkpoint_every_epochs)
         if self.epoch % every == 0 or self.epoch == self.cfg.train.epochs:
+            self._stage = "writing a checkpoint"
             self.save(epoch_file=True)
 
     def _warmup(self) -> None:
@@ -575,6 +599,7 @@ class Trainer(TrainerSetup):
         done = 0
         while done < steps:
             for images, _ in self.loader:
+                self._stage = "the heads warm-up step"
                 self.model.train()
                 backbone.eval()
                 self._pending.append(self.train_step(images, model=warm_model, optimizer=opt))
@@ -651,6 +676,7 @@ class Trainer(TrainerSetup):
         if not self.dist.is_main or self.monitor is None:
             self._t_last = time.perf_counter()
             return
+        self._stage = f"the label-free metrics of train.probe_size={self.cfg.train.probe_size} images"
         metrics = self.monitor(self.model, self.amp_dtype)
         self.write_row({"epoch": self.epoch, "step": self.global_step, "phase": phase, **metrics})
         self.log(f"[{phase}] epoch {self.epoch} " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
