@@ -53,6 +53,25 @@ class RunInterrupted(E2MCError):
         )
 
 
+class TuneInterrupted(RunInterrupted):
+    """``e2mc tune`` stopped by SIGTERM/SIGINT, while training or scoring a probe: everything
+    finished is kept in ``run_dir`` (the tune's output folder); calling the tune again with the same
+    arguments resumes it."""
+
+    def __init__(self, message: str, run_dir):
+        E2MCError.__init__(self, message)
+        self.run_dir, self.epoch, self.step = run_dir, None, None
+
+
+class RankStopped(RunInterrupted):
+    """Under torchrun, another process of the run died (a collective with it failed): this rank
+    stopped without writing anything; the last checkpoint is intact and ``--resume`` continues."""
+
+    def __init__(self, message: str, run_dir, step: int | None):
+        E2MCError.__init__(self, message)
+        self.run_dir, self.epoch, self.step = run_dir, None, step
+
+
 class OutOfMemory(E2MCError):
     """A step ran out of (GPU or CPU) memory; the message names the batch size and what to lower."""
 

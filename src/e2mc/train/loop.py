@@ -36,7 +36,14 @@ from e2mc.config import E2MC_DEFAULTS, RunConfig
 from e2mc.criteria import SwAVQueue, default_m
 from e2mc.criteria.entropy import deferred_finite_checks
 from e2mc.data import ViewGenerator, build_dataset, eval_transform, training_dataset
-from e2mc.errors import ConfigError, CriterionInputError, OutOfMemory, TrainingDiverged, is_out_of_memory
+from e2mc.errors import (
+    ConfigError,
+    CriterionInputError,
+    OutOfMemory,
+    RankStopped,
+    TrainingDiverged,
+    is_out_of_memory,
+)
 from e2mc.methods import get_method
 from e2mc.models.checkpoints import load_model
 from e2mc.models.model import SSLModel
@@ -47,6 +54,18 @@ from e2mc.train.optim import build_optimizer, build_scheduler, restore_optimizer
 from e2mc.train.state import RunState
 
 INPUT_CHECK = "_inputs_finite"  # per-step flag: 0 when the criteria's inputs were finite, NaN otherwise
+
+
+_PEER_LOST = ("connection reset by peer", "connection closed by peer", "broken pipe", "connection refused")
+
+
+def _peer_lost(exc: BaseException) -> bool:
+    """True when a collective failed because another process of the run is gone (gloo's socket
+    errors, NCCL's or the store's ``DistError``s)."""
+    import torch.distributed as tdist
+
+    text = str(exc).lower()
+    return isinstance(exc, getattr(tdist, "DistError", ())) or any(t in text for t in _PEER_LOST)
 
 
 class _InState:
@@ -455,6 +474,9 @@ class Trainer(TrainerSetup):
         >>> run_dir = Trainer(cfg).fit()                                          # doctest: +SKIP
     """
 
+    resume_hint: str | None = None  # the stop line's advice (None: `--resume`); a caller that resumes says its own
+    stop_signal: str | None = None  # the name of the signal that stopped the run
+
     # ---------------------------------------------------------------- one step (hot path)
     def train_step(
         self,
@@ -525,6 +547,9 @@ class Trainer(TrainerSetup):
         except (MemoryError, RuntimeError) as exc:
             if is_out_of_memory(exc):
                 raise self._out_of_memory() from exc
+            if self.dist.world_size > 1 and _peer_lost(exc):
+                old = {}  # keep the flag-only handlers: torchrun's SIGTERM must not cut this rank's message
+                raise self._rank_stopped() from exc
             raise
         finally:
             self._restore_signals(old)
@@ -545,6 +570,20 @@ class Trainer(TrainerSetup):
             f"out of memory at batch size {b} (per process) in {where}: lower optim.batch_size "
             f"(--set optim.batch_size={max(b // 2, 1)}) or data.image_size{bf16}, as a new run (another "
             f"--out, or --set out.overwrite=true); {kept}"
+        )
+
+    def _rank_stopped(self) -> RankStopped:
+        """This rank's one line when another process of the run died (torchrun)."""
+        kept = (
+            f"{self.last_good} (step {self.last_good_step}) is intact"
+            if self.last_good is not None
+            else "no checkpoint of this run was written yet (a resume starts it again)"
+        )
+        return RankStopped(
+            f"rank {self.dist.rank}: another process of this run stopped (its connection was lost in a "
+            f"collective at step {self.global_step + 1}); nothing was written since; {kept}",
+            self.run_dir,
+            self.last_good_step,
         )
 
     def _done(self) -> bool:
@@ -571,10 +610,8 @@ class Trainer(TrainerSetup):
                 self._stage = "writing a checkpoint"
                 self.save()
                 if stop:
-                    self.log(
-                        f"stopped by signal at epoch {self.epoch} step {self.global_step}; "
-                        f"resume with --resume (run folder {self.run_dir})"
-                    )
+                    hint = self.resume_hint or f"resume with --resume (run folder {self.run_dir})"
+                    self.log(f"stopped by signal at epoch {self.epoch} step {self.global_step}; {hint}")
                 if stop or self._done():
                     return
         self._flush("train")
@@ -691,7 +728,7 @@ class Trainer(TrainerSetup):
         old = {}
 
         def stop(signum, frame):  # noqa: ARG001
-            self.stop_requested = True
+            self.stop_requested, self.stop_signal = True, signal.Signals(signum).name
 
         def save(signum, frame):  # noqa: ARG001
             self.save_requested = True
