@@ -191,7 +191,8 @@ def register(h) -> None:
         survivor = h.Proc(3 if "rank 0: another process" in err else 1, "", err)
         line = (err.strip().splitlines() or [""])[-1]
         if "Traceback" in err or "resume with `" not in line or "(step 4) is intact" not in line:
-            return h.judge(ctx, survivor, "stop", extra_wrong="no one-line message naming the intact checkpoint")
+            outcome, p, note = h.judge(ctx, survivor, "stop")
+            return (h.WRONG if outcome == h.OK else outcome), p, note or "no one-line message naming the checkpoint"
         cmd = shlex.split(line.split("resume with `", 1)[1].rstrip("`"))
         cmd = [sys.executable if c == "python" else c for c in cmd]
         cmd[cmd.index("logs")] = "resume_logs"
@@ -216,9 +217,10 @@ def register(h) -> None:
         args += ["--workers", "1"]
         env = ctx.env(E2MC_WORLD_FAULT="hold_score")
         first = signal_at(ctx, [sys.executable, str(wrapper(ctx)), *args], signal.SIGTERM, "at:score", env)
-        line = h.key_line(first)
+        line = (first.err.strip().splitlines() or [""])[-1]  # the whole line (key_line shortens it)
         if first.code != 3 or "while scoring probe" not in line or "rerun the same command: " not in line:
-            return h.judge(ctx, first, "stop", extra_wrong="no one-line stop message with the resume command")
+            outcome, p, note = h.judge(ctx, first, "stop")
+            return (h.WRONG if outcome == h.OK else outcome), p, note or "no one-line stop message with the command"
         again = run(ctx, e2mc + shlex.split(line.split("rerun the same command: ", 1)[1])[1:])
         wrong = "" if again.code != 0 or (ctx.tmp / "tune" / "tune.json").is_file() else "no tune.json"
         return h.judge(ctx, again, "ok", extra_wrong=wrong)

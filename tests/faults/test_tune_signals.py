@@ -99,3 +99,18 @@ def test_sigterm_while_scoring_then_while_training_resumes_to_the_same_result(tm
     )
     assert [r["scores"] for r in got["rungs"]] == [r["scores"] for r in ref["rungs"]]
     assert got["chosen"]["label"] == ref["chosen"]["label"]
+
+
+def test_a_stopped_caller_stops_its_worker_processes():
+    """A signal in the parent of ``run_in_processes`` (here KeyboardInterrupt, raised as the first
+    job ends) stops the running workers (SIGTERM: a probe's trainer saves and stops) instead of
+    waiting for them: without that, this call would wait 300 s for the second job."""
+    import time
+
+    from e2mc.workers import run_in_processes
+
+    def on_done(i, result):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_in_processes(time.sleep, [0, 300], workers=2, on_done=on_done)
