@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from e2mc import __version__
@@ -34,7 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _command_line(argv: list[str] | None, resume: bool = False) -> str:
     """This command as typed (under torchrun: the launcher's command line, which ends with ours),
     with ``--resume`` added when ``resume`` and neither ``--resume`` nor ``--auto-resume`` is in it."""
-    import os
     import shlex
 
     args = sys.argv[1:] if argv is None else [str(a) for a in argv]
@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except RankStopped as exc:  # torchrun: another rank died; every surviving rank says so in one line
         print(f"e2mc {args.command}: {exc}: resume with `{_command_line(argv, resume=True)}`", file=sys.stderr)
+        if "TORCHELASTIC_RUN_ID" in os.environ:  # skip the exit-time teardown of the broken group (it can abort)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(3)
         return 3
     except RunInterrupted as exc:  # a signal stopped a run started through the Python API (the demo, tune)
         print(f"e2mc {args.command}: {exc}; to resume, rerun the same command: {_command_line(argv)}", file=sys.stderr)
@@ -88,8 +92,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"e2mc {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `e2mc ... | head`: the reader left; not an error of ours
-        import os
-
         try:  # silence the flush at exit (Python's documented recipe)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except (OSError, ValueError):  # stdout is not a real file (tests, notebooks)

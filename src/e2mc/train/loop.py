@@ -549,6 +549,7 @@ class Trainer(TrainerSetup):
                 raise self._out_of_memory() from exc
             if self.dist.world_size > 1 and _peer_lost(exc):
                 old = {}  # keep the flag-only handlers: torchrun's SIGTERM must not cut this rank's message
+                self.dist.owns_group = False  # destroying a group with a dead member can abort (gloo)
                 raise self._rank_stopped() from exc
             raise
         finally:
