@@ -15,7 +15,7 @@ outcome into one of:
 
 Usage::
 
-    python benchmarks/faults.py [-j 2] [--only CATEGORY] [--match TEXT] [--out results.md] [--seed 0] [--keep]
+    python benchmarks/faults.py [-j 2] [--only CATEGORY] [--match TEXT[,TEXT]] [--out results.md] [--seed 0] [--keep]
 
 Categories: checkpoint, crash, divergence, data, config, fs, concurrency, cache, world (issue 28:
 data changed before a resume, symlink loops, 16-bit / animated / oddly named images, duplicate
@@ -1013,6 +1013,21 @@ def setup(shared: Path) -> None:
         csv.writer(f).writerows([rows[0]] + [r for r in rows[1:] if int(r[i]) <= step])
 
 
+def _register_extra_probes() -> None:
+    """Probes kept in a file of their own (``faults_runs.py``, issue 28: layouts on resume, out of
+    memory, a torchrun rank killed, tune stopped), loaded by path so that this works as a script and
+    as ``benchmarks.faults``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("e2mc_faults_runs", Path(__file__).with_name("faults_runs.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.register(sys.modules[__name__])
+
+
+_register_extra_probes()
+
+
 def run_probe(i: int, item, shared: Path, seed: int, keep: bool) -> Result:
     name, category, expected, fn = item
     tmp = Path(tempfile.mkdtemp(prefix=f"p{i:03d}_", dir=shared))
@@ -1066,7 +1081,12 @@ def main(argv=None) -> int:
         help="one category (checkpoint, crash, divergence, data, config, fs, "
         "concurrency, cache, world) or a comma-separated list",
     )
-    ap.add_argument("--match", default=None, help="only the probes whose name contains this text")
+    ap.add_argument(
+        "--match",
+        "--name",
+        default=None,
+        help="only the probes whose name contains this text (or one of these comma-separated texts)",
+    )
     ap.add_argument("--out", default=None, help="also write the Markdown results here")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random parts of the probes")
     ap.add_argument("--keep", action="store_true", help="keep the probe folders (printed at the end)")
@@ -1079,7 +1099,8 @@ def main(argv=None) -> int:
             ap.error(f"unknown category {sorted(unknown)}")
         items = [p for p in PROBES if p[1] in cats]
     if args.match:
-        items = [p for p in items if args.match in p[0]]
+        wanted = args.match.split(",")
+        items = [p for p in items if any(w in p[0] for w in wanted)]
         if not items:
             ap.error(f"no probe name contains {args.match!r}")
     shared = Path(tempfile.mkdtemp(prefix="e2mc_faults_"))

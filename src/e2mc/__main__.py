@@ -1,5 +1,3 @@
-import sys
+from e2mc.cli import run
 
-from e2mc.cli import main
-
-sys.exit(main())
+run()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from e2mc import __version__
 from e2mc.commands import COMMAND_MODULES
-from e2mc.errors import E2MCError, RunInterrupted
+from e2mc.errors import E2MCError, RankStopped, RunInterrupted
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,6 +50,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_line(argv: list[str] | None, resume: bool = False) -> str:
+    """This command as typed (under torchrun: the launcher's command line, which ends with ours),
+    with ``--resume`` added when ``resume`` and neither ``--resume`` nor ``--auto-resume`` is in it."""
+    import shlex
+
+    args = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    extra = ["--resume"] if resume and not {"--resume", "--auto-resume"} & set(args) else []
+    cmd = ["e2mc", *args]
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        try:  # the torchrun agent is our parent: its command line is what the user typed
+            with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+                parent = [a.decode() for a in f.read().split(b"\0") if a]
+        except OSError:
+            parent = []
+        runner = [i for i, a in enumerate(parent) if os.path.basename(a) == "torchrun" or a == "torch.distributed.run"]
+        if runner and parent[len(parent) - len(args) :] == args:
+            i = runner[0]
+            cmd = (
+                ["torchrun", *parent[i + 1 :]] if parent[i] != "torch.distributed.run" else ["python", *parent[i - 1 :]]
+            )
+        else:
+            cmd = ["torchrun", f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', '?')}", "-m", "e2mc", *args]
+    return shlex.join(cmd + extra)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 2 user error, 3 interrupted run, 130 ^C)."""
     parser = build_parser()
@@ -58,18 +84,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except RunInterrupted as exc:  # a signal stopped a run started through the Python API (e.g. the demo)
-        print(f"e2mc {args.command}: {exc}; rerun the same command to resume", file=sys.stderr)
+    except RankStopped as exc:  # torchrun: another rank died; every surviving rank says so in one line
+        print(f"e2mc {args.command}: {exc}: resume with `{_command_line(argv, resume=True)}`", file=sys.stderr)
+        if "TORCHELASTIC_RUN_ID" in os.environ:  # skip the exit-time teardown of the broken group (it can abort)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(3)
+        return 3
+    except RunInterrupted as exc:  # a signal stopped a run started through the Python API (the demo, tune)
+        print(f"e2mc {args.command}: {exc}; to resume, rerun the same command: {_command_line(argv)}", file=sys.stderr)
         return 3
     except E2MCError as exc:
         print(f"e2mc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as exc:  # an allocation failure outside the steps that name their batch
+        from e2mc.errors import is_out_of_memory
+
+        if not is_out_of_memory(exc):
+            raise
+        lower = "the batch size (--batch-size)" if hasattr(args, "batch_size") else "the batch size"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        print(f"e2mc {args.command}: error: out of memory ({first}); lower {lower} or the image size", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"e2mc {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `e2mc ... | head`: the reader left; not an error of ours
-        import os
-
         try:  # silence the flush at exit (Python's documented recipe)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except (OSError, ValueError):  # stdout is not a real file (tests, notebooks)
@@ -85,5 +125,33 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _exit_after_process_group(code: int) -> None:
+    """End a process that ran a torchrun process group at once, after flushing what it wrote.
+
+    torch's gloo threads survive ``destroy_process_group()`` and may abort the interpreter's
+    shutdown after the run has ended (exit -6 after ``done:``); nothing is left to do here that
+    ``os._exit`` would skip: checkpoints are closed and fsynced, the run lock is released."""
+    dist = sys.modules.get("e2mc.train.distributed")
+    if dist is None or not getattr(dist, "GLOO_THREADS_LEFT", False):
+        return
+    import logging
+    import os
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def run() -> None:
+    """The ``e2mc`` console script."""
+    code = main()
+    _exit_after_process_group(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -51,3 +51,38 @@ class RunInterrupted(E2MCError):
             f"run stopped by a signal at epoch {epoch} step {step}; a checkpoint is saved. "
             f"Resume with out.resume=True (CLI: --out {run_dir} --resume)"
         )
+
+
+class TuneInterrupted(RunInterrupted):
+    """``e2mc tune`` stopped by SIGTERM/SIGINT, while training or scoring a probe: everything
+    finished is kept in ``run_dir`` (the tune's output folder); calling the tune again with the same
+    arguments resumes it."""
+
+    def __init__(self, message: str, run_dir):
+        E2MCError.__init__(self, message)
+        self.run_dir, self.epoch, self.step = run_dir, None, None
+
+
+class RankStopped(RunInterrupted):
+    """Under torchrun, another process of the run died (a collective with it failed): this rank
+    stopped without writing anything; the last checkpoint is intact and ``--resume`` continues."""
+
+    def __init__(self, message: str, run_dir, step: int | None):
+        E2MCError.__init__(self, message)
+        self.run_dir, self.epoch, self.step = run_dir, None, step
+
+
+class OutOfMemory(E2MCError):
+    """A step ran out of (GPU or CPU) memory; the message names the batch size and what to lower."""
+
+
+_OOM_TEXTS = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for an allocation failure: ``MemoryError``, ``torch.OutOfMemoryError`` (CUDA, a
+    ``RuntimeError``) and the CPU allocator's ``RuntimeError`` ("DefaultCPUAllocator: can't allocate
+    memory"); the text is matched so that this module needs no torch."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXTS)

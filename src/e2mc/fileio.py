@@ -78,6 +78,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     return path
 
 
+def move_into_place(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Give a finished file its final name atomically: fsync ``tmp``, ``os.replace`` it over
+    ``path``, fsync the folder (for files written in pieces, e.g. a resumable download's ``.part``)."""
+    _fsync_path(tmp)
+    os.replace(tmp, path)
+    _fsync_path(Path(path).parent, directory=True)
+    return Path(path)
+
+
 def atomic_write_file(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
     """:func:`atomic_write` for writers that take an open binary file (``torch.save``, ``np.save``)."""
 

@@ -63,6 +63,14 @@ def _check(result: Any, label: str) -> Any:
     return result
 
 
+def _stop_workers(pool) -> None:
+    """SIGTERM to the pool's worker processes (a training run in one saves its checkpoint and stops),
+    so that stopping the caller does not wait for the running jobs to finish."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):  # ProcessPoolExecutor's table
+        if proc.is_alive():
+            proc.terminate()
+
+
 def run_in_processes(
     fn: Callable[[Any], Any],
     jobs: list,
@@ -103,9 +111,11 @@ def run_in_processes(
                     results[i] = _check(fut.result(), label(jobs[i]))
                     if on_done is not None:
                         on_done(i, results[i])
-        except BaseException:
+        except BaseException as exc:
             for fut in pending:
                 fut.cancel()
+            if own and not isinstance(exc, Exception):  # a signal stopped us: stop the workers too
+                _stop_workers(pool)
             raise
     finally:
         if own:

@@ -5,7 +5,9 @@
 FAULT is ``none``; ``step:N`` (SIGKILL itself at the N-th training step of this process);
 ``write:N:FRAC`` (SIGKILL in the middle of the N-th checkpoint write, after FRAC of its bytes
 reached the temp file); ``replace:N`` (SIGKILL right after the N-th checkpoint file is in place);
-``pause:N:FILE`` (at the N-th step, print ``paused`` and wait until FILE exists).
+``pause:N:FILE`` (at the N-th step, before it runs, print ``paused`` on stdout and wait until
+FILE exists: the test acts on the line, not on a guess of how long training takes; a child whose
+test died ends itself).
 """
 
 import io
@@ -39,8 +41,11 @@ def main() -> int:
             if count[0] == int(arg[0]):
                 if kind == "step":
                     die()
+                parent = os.getppid()
                 print("paused", flush=True)
                 while not os.path.exists(arg[1]):
+                    if os.getppid() != parent:  # the test is gone: nobody will resume or kill us
+                        die()
                     time.sleep(0.05)
             return real_step(self, images, **kw)
 

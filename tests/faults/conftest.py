@@ -4,6 +4,7 @@ subprocess (``child.py`` injects one fault into it)."""
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -45,8 +46,9 @@ def tiny_config(out, *extra):
     return load_config(None, TINY + [f"out.dir={out}", "mode=pretrain", *extra])
 
 
-def child(fault, *argv, wait=True, timeout=120):
-    """Run ``e2mc ARGV`` in a subprocess with ``fault`` injected (see child.py)."""
+def child(fault, *argv, wait=True, timeout=600):
+    """Run ``e2mc ARGV`` in a subprocess with ``fault`` injected (see child.py); ``timeout`` only
+    bounds a hang (generous: a slow machine must not fail the test)."""
     env = dict(
         os.environ,
         OMP_NUM_THREADS="1",
@@ -56,6 +58,34 @@ def child(fault, *argv, wait=True, timeout=120):
     if not wait:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def wait_for_line(proc, wanted, stream="stdout", timeout=300.0):
+    """Read ``proc``'s ``stream`` until a line starting with ``wanted``; returns the lines read.
+
+    The lines are read in a thread, so a child that hangs or dies without printing ``wanted``
+    fails the test (the child killed, its output in the message) instead of blocking it. The
+    timeout only bounds a hang: the test waits for the line, however slow the machine.
+    """
+    pipe, seen, found = getattr(proc, stream), [], threading.Event()
+
+    def read():
+        for line in pipe:
+            seen.append(line)
+            if line.startswith(wanted):
+                found.set()
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not found.is_set():
+        if proc.poll() is None:
+            proc.kill()
+        out, err = proc.communicate(timeout=60)
+        said = "".join(seen) + (out or "") + "\n" + (err or "")
+        pytest.fail(f"child (exit {proc.returncode}) printed no {wanted!r} line within {timeout} s:\n{said[-3000:]}")
+    return seen
 
 
 def comparable(rows):

@@ -10,14 +10,14 @@ from e2mc.errors import ConfigError, RunLocked
 from e2mc.train.loop import Trainer
 from e2mc.train.run import RunLock, load_checkpoint, read_metrics
 
-from .conftest import SETS, child, cli, one_line_error, tiny_config
+from .conftest import SETS, child, cli, one_line_error, tiny_config, wait_for_line
 
 
 def test_second_process_on_a_running_folder(tmp_path):
     run, go = tmp_path / "r", tmp_path / "go"
     first = child(f"pause:2:{go}", "pretrain", *SETS, "--set", "train.max_steps=3", "--out", run, wait=False)
     try:
-        assert first.stdout.readline().strip() == "paused", first.stderr.read()
+        wait_for_line(first, "paused")  # (the test fails, not hangs, if it never comes)
         before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".e2mc.lock"}
         holder = f"PID {first.pid} on {socket.gethostname()}"
         for extra in ([], ["--resume"], ["--set", "out.overwrite=true"]):
@@ -25,7 +25,7 @@ def test_second_process_on_a_running_folder(tmp_path):
             one_line_error(code, err, f"run folder {run} is in use by another e2mc run ({holder}", "another --out")
         assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".e2mc.lock"} == before
         go.touch()
-        _, err = first.communicate(timeout=120)
+        _, err = first.communicate(timeout=600)
     finally:
         if first.poll() is None:
             first.kill()

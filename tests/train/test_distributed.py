@@ -8,7 +8,6 @@ image gets the same views whichever rank draws it. The sampler gives rank r the 
 slice of every global batch, so the gathered batch equals the single-process batch, in order.
 """
 
-import socket
 import subprocess
 import sys
 import textwrap
@@ -36,12 +35,6 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _losses(run_dir):
     return [float(r["loss"]) for r in read_metrics(run_dir / "metrics.csv") if r["phase"] == "train"]
 
@@ -54,10 +47,8 @@ def test_two_gloo_processes_match_one(tmp_path):
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",  # its rendezvous store binds port 0: no port picked ahead and released (a race)
         "--nproc_per_node=2",
-        "--nnodes=1",
-        "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
         str(script),
     ]
     ddp = subprocess.run(env_cmd + [str(tmp_path / "ddp"), "32"], capture_output=True, text=True, timeout=300)

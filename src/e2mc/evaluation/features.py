@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from e2mc.data.datasets import IMAGENET_MEAN, IMAGENET_STD
-from e2mc.errors import DataError
+from e2mc.errors import DataError, OutOfMemory, is_out_of_memory
 from e2mc.fileio import cache_root
 
 log = logging.getLogger(__name__)
@@ -297,6 +297,12 @@ def _fill(loader, embed, sink, allocate, start: int, n: int, dtype: str):
             if (isinstance(sink, _Entry) and rows)
             else ""
         )
+        if is_out_of_memory(exc):
+            b = getattr(loader, "batch_size", None) or 2
+            raise OutOfMemory(
+                f"out of memory at batch size {b} while extracting features (batch {i}): lower the batch "
+                f"size (e2mc evaluate --batch-size {max(b // 2, 1)}, or batch_size={max(b // 2, 1)} in Python){kept}"
+            ) from exc
         raise DataError(
             f"feature extraction failed at batch {i} (row {rows}): {exc}; check that the images match "
             f"the model (size, channels) and the checkpoint loads{kept}"

@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from e2mc import fileio
 from e2mc.errors import CheckpointError
 
 CHUNK = 1 << 20
@@ -59,19 +60,6 @@ def check_file(path: Path, url: str, size: int | None = None, sha256: str | None
     if sha256 is not None and digest != sha256.lower():
         raise CheckpointError(f"{path} has sha256 {digest}, not {sha256} ({url}); delete it, then load the name again")
     return digest
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # some platforms cannot open a folder; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _open(url: str, start: int, timeout: float):
@@ -203,7 +191,6 @@ def _download(url: str, dest: Path, size, sha256, progress: bool, timeout: float
             part,
             f"{url} downloaded with sha256 {digest}, not the expected {sha256}; nothing kept. {by_hand(dest)}",
         )
-    os.replace(part, dest)  # the .part file was fsynced after each connection
-    _fsync_dir(dest.parent)
+    fileio.move_into_place(part, dest)
     _SHA_MEMO[(str(dest), dest.stat().st_size, dest.stat().st_mtime_ns)] = digest
     return digest

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -39,6 +39,13 @@ class DistInfo:
         return self.rank == 0
 
 
+# Set once this process has made a process group: torch's gloo worker threads outlive
+# destroy_process_group() and can abort the interpreter's shutdown ("terminate called without an
+# active exception", about 1 run in 10-30 here), so the CLI ends such a process with os._exit after
+# flushing (see e2mc.cli.main).
+GLOO_THREADS_LEFT = False
+
+
 def setup(device: str = "auto") -> DistInfo:
     """Initialise the default process group from torchrun's env (no-op for one process)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -57,6 +64,8 @@ def setup(device: str = "auto") -> DistInfo:
         kwargs = {"device_id": dev} if dev.type == "cuda" else {}
         dist.init_process_group(backend=backend, **kwargs)
         owns = True
+        global GLOO_THREADS_LEFT
+        GLOO_THREADS_LEFT = True
     return DistInfo(
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),
@@ -104,11 +113,22 @@ def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
     return ddp(model, device_ids=ids, **{key: False})
 
 
-def convert_sync_bn(model: nn.Module, info: DistInfo) -> nn.Module:
-    """Replace BatchNorm layers by SyncBatchNorm (only meaningful with several processes)."""
-    if info.world_size <= 1:
-        return model
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+def convert_sync_bn(model: nn.Module, info: DistInfo, log: Callable[[str], None] | None = None) -> nn.Module:
+    """Replace BatchNorm layers by SyncBatchNorm (``model.sync_bn``) where it can work: several
+    processes on CUDA devices. Elsewhere the model is returned as it is and ``log`` (rank 0's log
+    line) says once why: DDP refuses SyncBatchNorm on CPU ("only work with GPU modules"), and one
+    process has nothing to synchronise; BatchNorm statistics stay per process."""
+    if info.world_size > 1 and info.device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if log is not None:
+        if info.world_size <= 1:
+            why = "one process, nothing to synchronise"
+        else:
+            why = (
+                f"SyncBatchNorm needs CUDA devices and this run's {info.world_size} processes are on {info.device.type}"
+            )
+        log(f"warning: model.sync_bn ignored ({why}); BatchNorm statistics stay per process")
+    return model
 
 
 def barrier(info: DistInfo) -> None:

@@ -36,7 +36,14 @@ from e2mc.config import RunConfig
 from e2mc.criteria import default_m
 from e2mc.criteria.entropy import deferred_finite_checks
 from e2mc.data import ViewGenerator, build_dataset, eval_transform, training_dataset
-from e2mc.errors import ConfigError, CriterionInputError, TrainingDiverged
+from e2mc.errors import (
+    ConfigError,
+    CriterionInputError,
+    OutOfMemory,
+    RankStopped,
+    TrainingDiverged,
+    is_out_of_memory,
+)
 from e2mc.methods import StepContext, get_method
 from e2mc.models.adapters import check_version
 from e2mc.models.checkpoints import load_model
@@ -55,6 +62,18 @@ from e2mc.train.optim import (
 from e2mc.train.state import RunState
 
 INPUT_CHECK = "_inputs_finite"  # per-step flag: 0 when the criteria's inputs were finite, NaN otherwise
+
+
+_PEER_LOST = ("connection reset by peer", "connection closed by peer", "broken pipe", "connection refused")
+
+
+def _peer_lost(exc: BaseException) -> bool:
+    """True when a collective failed because another process of the run is gone (gloo's socket
+    errors, NCCL's or the store's ``DistError``s)."""
+    import torch.distributed as tdist
+
+    text = str(exc).lower()
+    return isinstance(exc, getattr(tdist, "DistError", ())) or any(t in text for t in _PEER_LOST)
 
 
 class _InState:
@@ -133,7 +152,7 @@ class TrainerSetup(R.RunFolderMixin):
                 "checkpoints/last.pt); check --out, or drop --resume to start a new run"
             )
         self._lock = None
-        self.last_good = None
+        self.last_good, self.last_good_step = None, None
 
         def lock() -> None:
             self._lock = R.RunLock.acquire(path, self.log)
@@ -206,7 +225,7 @@ class TrainerSetup(R.RunFolderMixin):
         if found is not None:
             ckpt, state = found
             self.state.restore(state, self.dist, self.per_device_batch, seed, self.log)
-            self.last_good = ckpt
+            self.last_good, self.last_good_step = ckpt, self.global_step
             self.log(f"resumed from {ckpt}: epoch {self.epoch}, step {self.global_step}")
             if data_change:
                 reschedule(self, state, data_change)
@@ -256,10 +275,12 @@ class TrainerSetup(R.RunFolderMixin):
             model = model_fn(model)
         self.method.check_model(model)
         if cfg.model.sync_bn:
-            model = D.convert_sync_bn(model, self.dist)
-        model.to(self.device)
-        if cfg.train.channels_last:
-            model.to(memory_format=torch.channels_last)
+            model = D.convert_sync_bn(model, self.dist, self.log)
+        # one memory format whatever the tensors' strides in the file (load_model assigns the file's
+        # tensors): a resumed run rebuilds the model, so a layout left to the file differs on resume
+        # and the convolutions round differently (resume no longer bit-exact)
+        fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        model.to(self.device, memory_format=fmt)
         self.need_warmup = bool(self.heads_built) and cfg.mode == "continue" and cfg.train.head_warmup_steps > 0
         return model, origin
 
@@ -454,6 +475,9 @@ class Trainer(TrainerSetup):
         >>> run_dir = Trainer(cfg).fit()                                          # doctest: +SKIP
     """
 
+    resume_hint: str | None = None  # the stop line's advice (None: `--resume`); a caller that resumes says its own
+    stop_signal: str | None = None  # the name of the signal that stopped the run
+
     # ---------------------------------------------------------------- one step (hot path)
     def step_context(self) -> StepContext:
         """What the method's loss and hooks see of this step (``e2mc.methods.StepContext``)."""
@@ -521,11 +545,50 @@ class Trainer(TrainerSetup):
                 if self.stop_requested:
                     break
             if not self.stop_requested:
+                self._stage = "writing the last checkpoint"
                 self.save()
+        except (MemoryError, RuntimeError) as exc:
+            if is_out_of_memory(exc):
+                raise self._out_of_memory() from exc
+            if self.dist.world_size > 1 and _peer_lost(exc):
+                old = {}  # keep the flag-only handlers: torchrun's SIGTERM must not cut this rank's message
+                self.dist.owns_group = False  # destroying a group with a dead member can abort (gloo)
+                raise self._rank_stopped() from exc
+            raise
         finally:
             self._restore_signals(old)
             self._close()
         return self.run_dir
+
+    def _out_of_memory(self) -> OutOfMemory:
+        """The one-line error of an allocation failure: where, at which batch size, what to lower."""
+        b, cfg = self.per_device_batch, self.cfg
+        bf16 = ", or use train.precision=bf16" if cfg.train.precision == "fp32" else ""
+        where = getattr(self, "_stage", "the training step")
+        kept = (
+            f"{self.last_good} (step {self.last_good_step}) is intact"
+            if self.last_good is not None
+            else "no checkpoint of this run was written yet"
+        )
+        return OutOfMemory(
+            f"out of memory at batch size {b} (per process) in {where}: lower optim.batch_size "
+            f"(--set optim.batch_size={max(b // 2, 1)}) or data.image_size{bf16}, as a new run (another "
+            f"--out, or --set out.overwrite=true); {kept}"
+        )
+
+    def _rank_stopped(self) -> RankStopped:
+        """This rank's one line when another process of the run died (torchrun)."""
+        kept = (
+            f"{self.last_good} (step {self.last_good_step}) is intact"
+            if self.last_good is not None
+            else "no checkpoint of this run was written yet (a resume starts it again)"
+        )
+        return RankStopped(
+            f"rank {self.dist.rank}: another process of this run stopped (its connection was lost in a "
+            f"collective at step {self.global_step + 1}); nothing was written since; {kept}",
+            self.run_dir,
+            self.last_good_step,
+        )
 
     def _done(self) -> bool:
         ms = self.cfg.train.max_steps
@@ -536,6 +599,7 @@ class Trainer(TrainerSetup):
         self.model.train()
         self.method.epoch_start(self.step_context(), self.epoch)
         for images, _ in self.loader:
+            self._stage = "the training step"
             terms = self.train_step(images, scheduler=self.scheduler)
             self.global_step += 1
             self.step_in_epoch += 1
@@ -548,12 +612,11 @@ class Trainer(TrainerSetup):
             if save_now or stop or self._done():
                 self.save_requested = False
                 self.stop_requested = stop
+                self._stage = "writing a checkpoint"
                 self.save()
                 if stop:
-                    self.log(
-                        f"stopped by signal at epoch {self.epoch} step {self.global_step}; "
-                        f"resume with --resume (run folder {self.run_dir})"
-                    )
+                    hint = self.resume_hint or f"resume with --resume (run folder {self.run_dir})"
+                    self.log(f"stopped by signal at epoch {self.epoch} step {self.global_step}; {hint}")
                 if stop or self._done():
                     return
         self._flush("train")
@@ -562,6 +625,7 @@ class Trainer(TrainerSetup):
         self._epoch_metrics("epoch")
         every = max(1, self.cfg.train.checkpoint_every_epochs)
         if self.epoch % every == 0 or self.epoch == self.cfg.train.epochs:
+            self._stage = "writing a checkpoint"
             self.save(epoch_file=True)
 
     def _warmup(self) -> None:
@@ -577,6 +641,7 @@ class Trainer(TrainerSetup):
         done = 0
         while done < steps:
             for images, _ in self.loader:
+                self._stage = "the heads warm-up step"
                 self.model.train()
                 backbone.eval()
                 self._pending.append(self.train_step(images, model=warm_model, optimizer=opt))
@@ -653,6 +718,7 @@ class Trainer(TrainerSetup):
         if not self.dist.is_main or self.monitor is None:
             self._t_last = time.perf_counter()
             return
+        self._stage = f"the label-free metrics of train.probe_size={self.cfg.train.probe_size} images"
         metrics = self.monitor(self.model, self.amp_dtype)
         self.write_row({"epoch": self.epoch, "step": self.global_step, "phase": phase, **metrics})
         self.log(f"[{phase}] epoch {self.epoch} " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
@@ -667,7 +733,7 @@ class Trainer(TrainerSetup):
         old = {}
 
         def stop(signum, frame):  # noqa: ARG001
-            self.stop_requested = True
+            self.stop_requested, self.stop_signal = True, signal.Signals(signum).name
 
         def save(signum, frame):  # noqa: ARG001
             self.save_requested = True

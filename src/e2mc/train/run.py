@@ -603,7 +603,7 @@ class RunFolderMixin:
                 save_checkpoint(ckpt / f"epoch_{self.epoch:04d}.pt", state)
 
         main_first(self.dist, write)  # a failed write (RunIOError) stops every rank
-        self.last_good = ckpt / "last.pt"
+        self.last_good, self.last_good_step = ckpt / "last.pt", self.global_step
 
     def _unlock(self) -> None:
         lock = getattr(self, "_lock", None)

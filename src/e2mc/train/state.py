@@ -104,6 +104,7 @@ class RunState:
         when the run is built)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        match_param_layout(self.optimizer)
         if self.scheduler is not None and state.get("scheduler"):
             self.scheduler.load_state_dict({**self.scheduler.state_dict(), **state["scheduler"]})
         if state.get("scaler") and self.scaler.is_enabled():
@@ -123,6 +124,18 @@ class RunState:
                 f"resuming on {dist.world_size} processes from a checkpoint of {len(per_rank)}: "
                 "RNG streams reseeded (the run is no longer bit-identical to an uninterrupted one)"
             )
+
+
+def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor shaped like its parameter (momentum, Adam moments) the
+    parameter's memory format, as a fresh optimiser's ``zeros_like(p)`` has: a loaded state keeps
+    the strides of the file, and reductions over it (LARS's norms) round by layout."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p)
+            for k, v in (st or {}).items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def plain(obj: Any) -> bool:

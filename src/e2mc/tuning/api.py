@@ -16,16 +16,19 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
 
-from e2mc.errors import ConfigError, DataError
+from e2mc.errors import ConfigError, DataError, TuneInterrupted
 from e2mc.fileio import atomic_write_text
 from e2mc.tuning import halving, scoring
-from e2mc.tuning.probes import read_json, run_jobs, write_json
+from e2mc.tuning.probes import STAGE, Stopped, read_json, run_jobs, write_json
 from e2mc.tuning.space import SearchSpace, parse_space
 
 SCHEMA = 1
@@ -53,6 +56,38 @@ def _resolve_method(checkpoint, method, recipe) -> str | None:
     return checkpoint_method(str(checkpoint))
 
 
+def _stoppable(fn):
+    """``fn`` (``tune``) with SIGTERM/SIGINT turned into ONE ``TuneInterrupted`` at any stage: while a
+    probe trains, the trainer's own handler saves its checkpoint and stops it; anywhere else (the
+    split, scoring) the handler stops the work on the spot; files are written atomically and scores
+    only once complete, so nothing finished is lost and calling ``fn`` again resumes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kw):
+        old = {}
+
+        def stop(signum, frame):  # noqa: ARG001
+            raise Stopped(signal.Signals(signum).name)
+
+        if threading.current_thread() is threading.main_thread():
+            old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        STAGE["now"] = "preparing the tune"
+        try:
+            return fn(*args, **kw)
+        except Stopped as exc:
+            raise TuneInterrupted(
+                f"tune stopped by {exc.signame} while {STAGE['now']}; the finished probes, their "
+                f"checkpoints and scores are kept in {kw.get('out')}",
+                kw.get("out"),
+            ) from None
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+    return wrapper
+
+
+@_stoppable
 def tune(
     checkpoint,
     dataset,
@@ -81,6 +116,9 @@ def tune(
     log=print,
 ) -> dict:
     """Tune the continuation of ``checkpoint`` on ``dataset``; write ``out/tune.{json,md,html}``; return tune.json's dict.
+
+    SIGTERM/SIGINT at any stage raise :class:`~e2mc.errors.TuneInterrupted` (the CLI: one line, exit
+    3); calling ``tune`` again with the same arguments resumes (finished probes and scores are reused).
 
     Args:
         space: a :class:`SearchSpace`, a YAML path, a dict, or None (``tuning.space.DEFAULT_SPACE``).
@@ -251,6 +289,7 @@ def tune(
         if confirm:
             from e2mc.tuning.confirm import run_confirm
 
+            STAGE["now"] = "confirming the chosen setting"
             result["confirm"] = run_confirm(
                 out,
                 recipe,
@@ -285,6 +324,7 @@ def _score_start(checkpoint, ev: dict, out: Path, log) -> dict:
     if memo is not None and memo.get("eval") == ev:
         return memo["metrics"]
     log(f"scoring the start {checkpoint} on the held-out part")
+    STAGE["now"] = "scoring the start checkpoint"
     kw = dict(ev)
     dataset, protocols = kw.pop("dataset"), kw.pop("protocols")
     t0 = time.perf_counter()

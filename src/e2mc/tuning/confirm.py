@@ -15,7 +15,7 @@ import math
 import time
 from pathlib import Path
 
-from e2mc.tuning.probes import read_json, run_jobs, write_json
+from e2mc.tuning.probes import STAGE, read_json, run_jobs, write_json
 
 PROTOCOLS = ("knn", "linear", "rankme")
 KS = (20, 200)
@@ -33,6 +33,7 @@ def cached_evaluate(checkpoint, dataset: str, store: Path, device, batch_size: i
     if hit is not None:
         return hit["result"]
     log(f"evaluating {checkpoint} on the test split of {dataset}")
+    STAGE["now"] = f"evaluating the confirm run {checkpoint}"
     t0 = time.perf_counter()
     res = evaluate(
         str(checkpoint),

@@ -33,11 +33,31 @@ def write_json(path, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=1, default=str) + "\n")
 
 
+STAGE = {"now": "starting"}  # what this process is doing, for the message of a stopped tune
+
+
+class Stopped(BaseException):
+    """SIGTERM/SIGINT stopped the tune (a ``BaseException``: no ``except Exception`` takes it for a
+    failure); ``tuning.api.tune`` turns it into one ``TuneInterrupted`` message."""
+
+    def __init__(self, signame: str = "a signal"):
+        super().__init__(signame)
+        self.signame = signame
+
+
 def _train(source, overrides: dict, run_dir: Path) -> None:
-    from e2mc.train.api import continue_training
+    from e2mc.train.api import build_config
+    from e2mc.train.loop import Trainer
 
     resume = (run_dir / "checkpoints" / "last.pt").is_file()
-    continue_training(source, **overrides, out__dir=str(run_dir), out__resume=resume, out__overwrite=not resume)
+    cfg = build_config(
+        "continue", source, **overrides, out__dir=str(run_dir), out__resume=resume, out__overwrite=not resume
+    )
+    trainer = Trainer(cfg)
+    trainer.resume_hint = "the probe's checkpoint is saved"  # the tune says how to resume, once
+    trainer.fit()
+    if trainer.stop_requested:  # the trainer's own SIGTERM/SIGINT handler saved and stopped
+        raise Stopped(trainer.stop_signal or "a signal")
     for p in (run_dir / "checkpoints").glob("epoch_*.pt"):  # last.pt is what rungs resume from
         p.unlink()
 
@@ -81,6 +101,7 @@ def run_probe(job: dict) -> dict:
             "(another schedule used this folder); use another --out"
         )
     if rec["steps"] < steps:
+        STAGE["now"] = f"training probe {job['label']} up to step {steps}"
         t0 = time.perf_counter()
         before = rec["steps"]
         try:
@@ -95,6 +116,7 @@ def run_probe(job: dict) -> dict:
         from e2mc.evaluation.api import evaluate
         from e2mc.tuning.scoring import probe_metrics
 
+        STAGE["now"] = f"scoring probe {job['label']} at step {steps}"
         kw = dict(job["eval"])
         dataset, protocols = kw.pop("dataset"), kw.pop("protocols")
         t0 = time.perf_counter()
@@ -117,4 +139,5 @@ def run_jobs(jobs: list[dict], workers: int = 1, log=print) -> list[dict]:
             out.append(run_probe(job))
         return out
     log(f"{len(jobs)} probes in {min(workers, len(jobs))} processes: {', '.join(j['label'] for j in jobs)}")
+    STAGE["now"] = f"running probes {', '.join(j['label'] for j in jobs)} in {min(workers, len(jobs))} processes"
     return run_in_processes(run_probe, jobs, workers, label=lambda job: f"probe {job['label']}")

@@ -1,0 +1,94 @@
+"""``torchrun`` with 2 CPU processes (gloo); rank 1 is killed (SIGKILL) right before its 6th step,
+after the epoch-1 checkpoint (step 4) is written. The survivor says so in ONE line, without a
+traceback: which rank, that another process stopped, which checkpoint is intact and the exact
+command to resume; that command, run as printed, finishes the run with the weights of a run never
+interrupted."""
+
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import same_weights, weights
+
+RANK_CHILD = Path(__file__).with_name("rank_child.py")
+SETS = [
+    "data.image_size=8",
+    "data.limit=128",
+    "train.probe_size=0",
+    "train.tensorboard=false",
+    "train.deterministic=true",
+    "model.init=random:resnet_mini:8-8-8",
+    "model.head_sizes={projector: [32, 32]}",
+    "train.epochs=2",  # 4 steps of 2 x 16 per epoch
+    "train.log_every=1",
+]
+
+
+def _port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", **extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[2] / "src"), env.get("PYTHONPATH", "")])
+    return env
+
+
+# torch's gloo runs abort now and then at exit ("terminate called without an active exception",
+# SIGABRT after the last step; ~1 run in 15 on this machine, also without e2mc's fault handling):
+# a run that ends so is run again once, so that this test judges the rank that was killed.
+ABORT = "terminate called without an active exception"
+
+
+def _aborted(res, logs):
+    return res.returncode != 0 and any(ABORT in p.read_text() for p in Path(logs).glob("*/attempt_0/*/stderr.log"))
+
+
+def _torchrun(cwd, out, logs, **env):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1"]
+    cmd += ["--master_addr=127.0.0.1", f"--master_port={_port()}", "--log-dir", logs, "--redirects", "3"]
+    cmd += [str(RANK_CHILD), "pretrain", *(a for o in SETS for a in ("--set", o))]
+    cmd += ["--batch-size", "16", "--device", "cpu", "--out", out]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env(**env), cwd=cwd)
+
+
+def _rank_stderr(logs, rank):
+    (path,) = Path(logs).glob(f"*/attempt_0/{rank}/stderr.log")
+    return path.read_text()
+
+
+@pytest.mark.slow
+def test_one_rank_killed_the_survivor_says_so_in_one_line_and_the_command_resumes(tmp_path):
+    ref = _torchrun(tmp_path, "ref", "ref_logs")
+    if _aborted(ref, tmp_path / "ref_logs"):
+        shutil.rmtree(tmp_path / "ref")
+        ref = _torchrun(tmp_path, "ref", "ref_logs2")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    res = _torchrun(tmp_path, "run", "logs", E2MC_KILL_RANK="1", E2MC_KILL_STEP="6")
+    assert res.returncode != 0
+    assert f"exitcode  : -{int(signal.SIGKILL)}" in res.stderr  # torchrun saw rank 1 killed
+    err = _rank_stderr(tmp_path / "logs", 0)
+    assert "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("e2mc pretrain: rank 0: another process of this run stopped"), last
+    assert f"{Path('run') / 'checkpoints' / 'last.pt'} (step 4) is intact" in last, last
+    assert not _rank_stderr(tmp_path / "logs", 1).count("Traceback")  # killed: it says nothing
+    command = shlex.split(last.split("resume with `", 1)[1].rstrip("`"))
+    assert command[-1] == "--resume" and str(RANK_CHILD) in command and "run" in command
+    command = [sys.executable if c == "python" else c for c in command]
+    command[command.index("logs")] = "resume_logs"
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, env=_env(), cwd=tmp_path)
+    if _aborted(again, tmp_path / "resume_logs"):  # the printed command resumes again from what is there
+        command[command.index("resume_logs")] = "resume_logs2"
+        again = subprocess.run(command, capture_output=True, text=True, timeout=300, env=_env(), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert same_weights(weights(tmp_path / "ref"), weights(tmp_path / "run"))

@@ -1,0 +1,48 @@
+"""Issue 22's whole path on a file written the way facebookresearch/vicreg's ``main_vicreg.py`` writes
+it (LARS filter functions pickled under ``main_vicreg``, momentum for every parameter): ``e2mc
+continue`` with the unchanged ``vicreg_e2mc_imagenet`` recipe under 2-process ``torchrun`` on CPU,
+``e2mc export --to original``, and the official resume of the exported file.
+
+Overridden: only what a CPU test must (the data, its size, the batch, the number of steps); the
+recipe's method, add-on, LARS with the restored momentum, bf16 and ``sync_bn: true`` stay."""
+
+import pytest
+
+from e2mc.cli import main
+from e2mc.train.run import load_checkpoint
+from tests.official.test_official_continue import reload
+from tests.test_cli_torchrun import torchrun
+
+
+@pytest.mark.slow
+def test_official_vicreg_file_through_the_paper_recipe_under_torchrun(official, image_folder, tmp_path, capsys):
+    f = official["vicreg_model_module"]  # a submitit run's file: main_vicreg.exclude_bias_and_norm
+    assert main(["inspect", str(f.path)]) == 0
+    assert "stand-in   : main_vicreg.exclude_bias_and_norm" in capsys.readouterr().out
+    sets = [
+        f"data.dataset={image_folder}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "model.arch=null",  # the file's own
+        "optim.batch_size=4",
+        "train.max_steps=3",
+        "train.log_every=1",
+        "train.probe_size=0",
+        "train.tensorboard=false",
+    ]
+    out = tmp_path / "run"
+    args = ["continue", f.path, "--recipe", "vicreg_e2mc_imagenet", "--device", "cpu", "--out", out]
+    res = torchrun([*args, *(a for o in sets for a in ("--set", o))], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    assert res.stderr.count("model.sync_bn ignored") == 1, res.stderr[-3000:]
+    assert "restored the optimiser state of 69 parameters" in res.stderr  # every LARS `mu` of the file
+    st = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert st["world_size"] == 2 and st["step"] == 3
+    exported = tmp_path / "model.pth"
+    assert main(["export", str(out / "checkpoints" / "last.pt"), "--to", "original", "--out", str(exported)]) == 0
+    assert "vicreg layout" in capsys.readouterr().out
+    got = reload(f, exported)  # main_vicreg's resume: model.load_state_dict, optimizer.load_state_dict, a step
+    assert got["filters_are_this_module"] is True and got["module"] == "main_vicreg"
+    assert got["with_mu"] == got["params"] == 69
