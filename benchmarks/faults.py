@@ -17,7 +17,8 @@ Usage::
 
     python benchmarks/faults.py [-j 2] [--only CATEGORY] [--match TEXT[,TEXT]] [--out results.md] [--seed 0] [--keep]
 
-Categories: checkpoint, crash, divergence, data, config, fs, concurrency, cache, world (issue 28:
+Categories: checkpoint, crash, divergence, data, config, fs, concurrency, cache, files (issue 22:
+official files, hostile pickles, published names offline; in ``faults_files.py``), world (issue 28:
 data changed before a resume, symlink loops, 16-bit / animated / oddly named images, duplicate
 YAML keys, checkpoints of a newer e2mc, typos; in ``faults_world.py``). The full list takes
 about 10-15 minutes with ``-j 2`` on two CPU cores (each probe starts Python + torch at least once).
@@ -1014,15 +1015,17 @@ def setup(shared: Path) -> None:
 
 
 def _register_extra_probes() -> None:
-    """Probes kept in a file of their own (``faults_runs.py``, issue 28: layouts on resume, out of
-    memory, a torchrun rank killed, tune stopped), loaded by path so that this works as a script and
+    """Probes kept in files of their own (``faults_runs.py``, issue 28: layouts on resume, out of
+    memory, a torchrun rank killed, tune stopped; ``faults_files.py``, issue 22: official files,
+    hostile pickles, published names offline), loaded by path so that this works as a script and
     as ``benchmarks.faults``."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("e2mc_faults_runs", Path(__file__).with_name("faults_runs.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.register(sys.modules[__name__])
+    for name in ("faults_runs", "faults_files"):
+        spec = importlib.util.spec_from_file_location(f"e2mc_{name}", Path(__file__).with_name(f"{name}.py"))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        mod.register(sys.modules[__name__])
 
 
 _register_extra_probes()
@@ -1079,7 +1082,7 @@ def main(argv=None) -> int:
         "--only",
         default=None,
         help="one category (checkpoint, crash, divergence, data, config, fs, "
-        "concurrency, cache, world) or a comma-separated list",
+        "concurrency, cache, files, world) or a comma-separated list",
     )
     ap.add_argument(
         "--match",

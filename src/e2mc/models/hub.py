@@ -86,7 +86,7 @@ def timm_pretrained(name: str, **kw) -> tuple[nn.Module, dict]:
     import timm
 
     try:  # timm may announce a download on stdout (URL weights): keep stdout for results
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(sys.stderr), _quiet_hub_retries():
             net = timm.create_model(name, pretrained=True, num_classes=0, **kw)
     except TypeError as exc:
         raise ConfigError(f"timm model {name!r} does not accept {sorted(kw)}: {exc}") from None
@@ -115,6 +115,21 @@ def timm_pretrained(name: str, **kw) -> tuple[nn.Module, dict]:
         ) from None
     url, path = _timm_files(net.pretrained_cfg)
     return net, _source(f"timm:{name}", url, path)
+
+
+@contextlib.contextmanager
+def _quiet_hub_retries():
+    """huggingface_hub logs each failed request as a warning line of its own ("'...' thrown while
+    requesting HEAD ..."); a failure here ends in e2mc's one-line error, so only errors pass."""
+    import logging
+
+    log = logging.getLogger("huggingface_hub")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _pretrained_cfg(name: str) -> dict | None:
