@@ -68,6 +68,7 @@ def test_run_folder_layout_and_checkpoint_format(tmp_path, tiny):
         "head_sizes",
         "model",
         "optimizer",
+        "optimizer_params",
         "scheduler",
         "scaler",
         "epoch",
