@@ -71,7 +71,7 @@ def _command_line(argv: list[str] | None, resume: bool = False) -> str:
                 ["torchrun", *parent[i + 1 :]] if parent[i] != "torch.distributed.run" else ["python", *parent[i - 1 :]]
             )
         else:
-            cmd = ["torchrun", f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', '?')}", "-m", "e2mc", *args]
+            cmd = [*f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', '?')} -m e2mc".split(), *args]
     return shlex.join(cmd + extra)
 
 
@@ -125,31 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _exit_after_process_group(code: int) -> None:
-    """End a process that ran a torchrun process group at once, after flushing what it wrote.
-
-    torch's gloo threads survive ``destroy_process_group()`` and may abort the interpreter's
-    shutdown after the run has ended (exit -6 after ``done:``); nothing is left to do here that
-    ``os._exit`` would skip: checkpoints are closed and fsynced, the run lock is released."""
-    dist = sys.modules.get("e2mc.train.distributed")
-    if dist is None or not getattr(dist, "GLOO_THREADS_LEFT", False):
-        return
-    import logging
-    import os
-
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
-
-
 def run() -> None:
     """The ``e2mc`` console script."""
     code = main()
-    _exit_after_process_group(code)
+    dist = sys.modules.get("e2mc.train.distributed")  # loaded only by commands that train
+    if dist is not None:
+        dist.exit_if_process_group(code)
     sys.exit(code)
 
 

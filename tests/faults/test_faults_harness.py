@@ -12,8 +12,19 @@ ERR = "e2mc pretrain: error: optim.lr=nan is out of range; give a finite number 
 
 def test_probe_list_covers_every_category():
     cats = collections.Counter(c for _, c, _, _ in faults.PROBES)
-    assert sum(cats.values()) >= 60
-    assert set(cats) == {"checkpoint", "crash", "divergence", "data", "config", "fs", "concurrency", "cache", "world"}
+    assert sum(cats.values()) >= 110
+    assert set(cats) == {
+        "checkpoint",
+        "crash",
+        "divergence",
+        "data",
+        "config",
+        "fs",
+        "concurrency",
+        "cache",
+        "world",
+        "files",
+    }
     names = [n for n, *_ in faults.PROBES]
     assert len(names) == len(set(names))
 

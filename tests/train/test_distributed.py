@@ -32,6 +32,8 @@ SCRIPT = textwrap.dedent("""
         f"optim.batch_size={batch}", "optim.lr=0.05", "optim.schedule=constant", "train.log_every=1",
         "train.probe_size=0", "train.max_steps=3", "train.tensorboard=false", f"out.dir={out}"])
     Trainer(cfg, model_fn=no_bn, views_fn=views, quiet=True).fit()
+    from e2mc.train.distributed import exit_if_process_group
+    exit_if_process_group(0)  # torch's gloo threads can abort the interpreter's shutdown
 """)
 
 

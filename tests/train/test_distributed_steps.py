@@ -254,9 +254,9 @@ def test_two_processes_equal_one_on_the_concatenated_batch(spawned, method):
                         rtol=2e-4 if s == 0 else 2e-3,
                         atol=1e-6 if s == 0 else 2e-5,
                     )
-        for r in range(WS):
+        for r in range(WS):  # after step 2, whose gradients agree to float rounding (the tolerance above)
             for n, w in one["weights"].items():
-                _close(ddp[r]["weights"][n], w, f"{case} weights {n} rank {r}")
+                _close(ddp[r]["weights"][n], w, f"{case} weights {n} rank {r}", rtol=2e-3, atol=1e-5)
         if method == "swav":  # each rank keeps its own slices; the checkpoint holds one process's queue
             for r in range(WS):
                 _close(ddp[r]["queue"], one["queue"][:, r * B : (r + 1) * B], f"{case} queue rank {r}")

@@ -41,9 +41,28 @@ class DistInfo:
 
 # Set once this process has made a process group: torch's gloo worker threads outlive
 # destroy_process_group() and can abort the interpreter's shutdown ("terminate called without an
-# active exception", about 1 run in 10-30 here), so the CLI ends such a process with os._exit after
-# flushing (see e2mc.cli.main).
+# active exception", about 1 run in 10-30 here), so such a process ends through
+# exit_if_process_group (the CLI's console script does; a script of one's own can call it last).
 GLOO_THREADS_LEFT = False
+
+
+def exit_if_process_group(code: int = 0) -> None:
+    """End this process at once with ``code`` (after flushing logs and the standard streams) when
+    it made a process group; return otherwise. Everything of a run is closed and fsynced by then
+    (checkpoints, metrics, the run lock); what ``os._exit`` skips is the interpreter's shutdown,
+    where torch's surviving gloo threads can abort the process after a finished run."""
+    if not GLOO_THREADS_LEFT:
+        return
+    import logging
+    import sys
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def setup(device: str = "auto") -> DistInfo:
