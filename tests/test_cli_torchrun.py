@@ -105,7 +105,7 @@ def test_paper_recipe_with_sync_bn_runs_under_torchrun_on_cpu(tmp_path, capsys):
     sets = [
         f"data.dataset={tmp_path / 'img'}",
         f"data.cache_dir={tmp_path / 'cache'}",
-        "data.image_size=16",
+        "data.image_size=32",  # 16 px leaves ResNet-18's layer4 a 1x1 input, where torch 2.14's CPU bf16 conv backward is not deterministic
         "data.num_workers=0",
         "model.arch=null",  # the checkpoint's own (resnet18)
         "optim.batch_size=16",
