@@ -16,8 +16,33 @@ ResNet (what main_simsiam.py builds from ``torchvision.models.__dict__[arch]``).
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
+
 import torch
 from torch import nn
+
+
+def generator_main(doc: str, generate, reload, epoch: int, argv=None) -> int:
+    """The generators' command line: ``generate OUT [--steps --epoch --seed]`` writes the official
+    files, ``reload FILE`` runs the official resume path and prints its JSON summary."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate")
+    g.add_argument("out", type=Path)
+    g.add_argument("--steps", type=int, default=2)
+    g.add_argument("--epoch", type=int, default=epoch)
+    g.add_argument("--seed", type=int, default=0)
+    r = sub.add_parser("reload")
+    r.add_argument("file", type=Path)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    if a.cmd == "generate":
+        generate(a.out, a.steps, a.epoch, a.seed)
+    else:
+        print(json.dumps(reload(a.file)))
+    return 0
 
 
 def _conv3(cin, cout, stride=1):

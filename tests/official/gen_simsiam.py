@@ -31,8 +31,6 @@ in ``data.pkl`` (``collections.OrderedDict``, torch storages and ``_rebuild_tens
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -41,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _nets import SimSiamNet, Wrapped  # noqa: E402
+from _nets import SimSiamNet, Wrapped, generator_main  # noqa: E402
 
 ARCH, DIM, PRED_DIM = "resnet18", 64, 16
 INIT_LR = 0.05 * 8 / 256
@@ -105,22 +103,7 @@ def reload(path: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    g = sub.add_parser("generate")
-    g.add_argument("out", type=Path)
-    g.add_argument("--steps", type=int, default=2)
-    g.add_argument("--epoch", type=int, default=100)
-    g.add_argument("--seed", type=int, default=0)
-    r = sub.add_parser("reload")
-    r.add_argument("file", type=Path)
-    a = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    if a.cmd == "generate":
-        generate(a.out, a.steps, a.epoch, a.seed)
-    else:
-        print(json.dumps(reload(a.file)))
-    return 0
+    return generator_main(__doc__, generate, reload, 100, argv)
 
 
 if __name__ == "__main__":

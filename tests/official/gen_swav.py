@@ -40,8 +40,6 @@ pickle globals in ``data.pkl`` (``collections.OrderedDict``, ``numpy._core.multi
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -51,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _nets import FbResNet, Wrapped  # noqa: E402
+from _nets import FbResNet, Wrapped, generator_main  # noqa: E402
 
 HIDDEN, OUT_DIM, PROTOTYPES = 64, 32, 40
 FREEZE_PROTOTYPES_NITERS = 1
@@ -188,22 +186,7 @@ def reload(path: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    g = sub.add_parser("generate")
-    g.add_argument("out", type=Path)
-    g.add_argument("--steps", type=int, default=2)
-    g.add_argument("--epoch", type=int, default=800)
-    g.add_argument("--seed", type=int, default=0)
-    r = sub.add_parser("reload")
-    r.add_argument("file", type=Path)
-    a = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    if a.cmd == "generate":
-        generate(a.out, a.steps, a.epoch, a.seed)
-    else:
-        print(json.dumps(reload(a.file)))
-    return 0
+    return generator_main(__doc__, generate, reload, 800, argv)
 
 
 if __name__ == "__main__":

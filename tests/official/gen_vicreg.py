@@ -37,8 +37,6 @@ same pickle globals in ``data.pkl`` (pickletools scan: ``collections.OrderedDict
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -47,7 +45,7 @@ import torch.nn.functional as F
 from torch import optim
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _nets import VICRegNet, Wrapped  # noqa: E402
+from _nets import VICRegNet, Wrapped, generator_main  # noqa: E402
 
 MLP = "64-64-64"
 
@@ -162,22 +160,7 @@ def reload(path: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    g = sub.add_parser("generate")
-    g.add_argument("out", type=Path)
-    g.add_argument("--steps", type=int, default=2)
-    g.add_argument("--epoch", type=int, default=100)
-    g.add_argument("--seed", type=int, default=0)
-    r = sub.add_parser("reload")
-    r.add_argument("file", type=Path)
-    a = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    if a.cmd == "generate":
-        generate(a.out, a.steps, a.epoch, a.seed)
-    else:
-        print(json.dumps(reload(a.file)))
-    return 0
+    return generator_main(__doc__, generate, reload, 100, argv)
 
 
 if __name__ == "__main__":
