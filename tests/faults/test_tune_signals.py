@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 import e2mc
+from tests.conftest import tiny_digits_start
 
 SPACE = {
     "addons": ["none", "e2mc"],
@@ -27,19 +27,10 @@ CHILD = Path(__file__).with_name("tune_child.py")
 
 @pytest.fixture(scope="module")
 def start(tmp_path_factory):
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("tune_signals")
-    run = e2mc.pretrain(
-        "digits_vicreg_pretrain",
-        train__max_steps=3,
-        train__epochs=1,
-        train__device="cpu",
-        train__probe_size=0,
-        train__tensorboard=False,
-        out__dir=str(root / "pretrain"),
-    )
+    ckpt = tiny_digits_start(root)
     (root / "space.yaml").write_text(yaml.safe_dump(SPACE))
-    return root, run / "checkpoints" / "last.pt"
+    return root, ckpt
 
 
 def _args(root, ckpt, out):

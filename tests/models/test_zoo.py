@@ -256,3 +256,12 @@ def test_registry_rows_are_consistent():
     files = [r.file_name for r in rows]
     assert len(set(files)) == len(files)  # one cache file per release (both SimSiam URLs end in checkpoint_0099)
     assert {"vicreg:resnet50", "vicreg:resnet50-full", "swav:resnet50-800ep", "simsiam:resnet50-bs256"} <= set(zoo.ZOO)
+
+
+@pytest.mark.parametrize("base", ["not a url", "ftp://mirror.example/x", "http://"])
+def test_a_malformed_mirror_address_is_one_line(base, tmp_path, monkeypatch):
+    monkeypatch.setenv("E2MC_ZOO_URL_BASE", base)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(CheckpointError, match="E2MC_ZOO_URL_BASE=.* is not an http\\(s\\) address"):
+        load_model("vicreg:resnet50")
+    assert not any(tmp_path.rglob("*.pth*"))  # nothing was started

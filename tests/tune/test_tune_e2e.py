@@ -13,6 +13,7 @@ import e2mc
 from e2mc.cli import main
 from e2mc.errors import ConfigError, DataError
 from e2mc.tuning import probes as probes_mod
+from tests.conftest import tiny_digits_start
 
 SPACE = {
     "addons": ["none", "e2mc"],
@@ -26,18 +27,9 @@ KW = dict(recipe="digits_vicreg_e2mc", holdout=120, train_images=192, workers=1,
 
 @pytest.fixture(scope="module")
 def start(tmp_path_factory):
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("tune")
-    run = e2mc.pretrain(
-        "digits_vicreg_pretrain",
-        train__max_steps=3,
-        train__epochs=1,
-        train__device="cpu",
-        train__probe_size=0,
-        train__tensorboard=False,
-        out__dir=str(root / "pretrain"),
-    )
-    return root, run / "checkpoints" / "last.pt"
+    ckpt = tiny_digits_start(root)
+    return root, ckpt
 
 
 @pytest.fixture(scope="module")

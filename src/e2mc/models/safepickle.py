@@ -156,12 +156,19 @@ def classify(qualified: str) -> tuple[Any, str] | None:
 def allowed_for(names) -> tuple[list[tuple[Any, str]], list[str], list[str]]:
     """``(safe_globals entries, used descriptions, refused names)`` for the globals ``names``
     (torch's own allow-list not counted)."""
-    from torch._weights_only_unpickler import _get_allowed_globals
+    try:  # torch's own allow-list (a private name: where it is gone, torch's unpickler still decides)
+        from torch._weights_only_unpickler import _get_allowed_globals
 
-    torch_own = _get_allowed_globals()
+        torch_own = set(_get_allowed_globals())
+    except (ImportError, AttributeError):
+        torch_own = None
+
+    def own(q: str) -> bool:
+        return q in torch_own if torch_own is not None else q.split(".")[0] in ("torch", "_codecs")
+
     entries, used, refused = [], [], []
     for q in dict.fromkeys(names):
-        if q in torch_own:
+        if own(q):
             continue
         found = classify(q)
         if found is None:

@@ -129,7 +129,15 @@ def get(name: str) -> Release:
 def url_of(row: Release) -> str:
     """The row's URL, on ``$E2MC_ZOO_URL_BASE`` when that is set."""
     base = os.environ.get("E2MC_ZOO_URL_BASE")
-    return base.rstrip("/") + urlsplit(row.url).path if base else row.url
+    if not base:
+        return row.url
+    parts = urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise CheckpointError(
+            f"E2MC_ZOO_URL_BASE={base!r} is not an http(s) address; set it to a mirror such as "
+            "https://example.org (the files' paths are appended), or unset it to use the official URLs"
+        )
+    return base.rstrip("/") + urlsplit(row.url).path
 
 
 def cache_path(row: Release) -> Path:
