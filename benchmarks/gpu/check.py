@@ -410,6 +410,9 @@ def ddp_child(out: str, batch: int, global_batch: int, arch: str, img: int, devi
         ],
     )
     Trainer(cfg, model_fn=no_bn, views_fn=views, quiet=True).fit()
+    from e2mc.train.distributed import exit_if_process_group
+
+    exit_if_process_group(0)  # torch's gloo threads can abort the interpreter's shutdown (exit -6)
 
 
 def _ddp_setup(S, device):

@@ -48,10 +48,10 @@ GLOO_THREADS_LEFT = False
 
 def exit_if_process_group(code: int = 0) -> None:
     """End this process at once with ``code`` (after flushing logs and the standard streams) when
-    it made a process group; return otherwise. Everything of a run is closed and fsynced by then
+    it made a process group (through e2mc, or its caller's still open); return otherwise. Everything of a run is closed and fsynced by then
     (checkpoints, metrics, the run lock); what ``os._exit`` skips is the interpreter's shutdown,
     where torch's surviving gloo threads can abort the process after a finished run."""
-    if not GLOO_THREADS_LEFT:
+    if not (GLOO_THREADS_LEFT or dist.is_initialized()):  # a group made here, or by the caller
         return
     import logging
     import sys
