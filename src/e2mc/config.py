@@ -274,7 +274,7 @@ for _m in METHODS.values():
     for _k, _o in _m.options.items():
         OPTION_OWNERS.setdefault(_k, []).append(_m.name)
         if isinstance(_o.default, (int, float)) and not isinstance(_o.default, bool):
-            RANGES.setdefault(f"method.{_k}", Range(_o.lo, lo_open=_o.lo_open))
+            RANGES.setdefault(f"method.{_k}", Range(_o.lo, _o.hi, lo_open=_o.lo_open))
 
 
 # Fields that also take the string "auto" (e2mc.train.calibrate measures them on the start checkpoint).

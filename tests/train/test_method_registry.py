@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent(
             from e2mc.methods.vicreg import vicreg_projector
             return {"projector": vicreg_projector(d, sizes["projector"])}
 
-        def forward_heads(self, model, features, sizes):
+        def forward_heads(self, model, features, sizes, images):
             return {"z": list(model.projector(features).split(sizes))}
 
         def build_criterion(self, cfg):

@@ -39,23 +39,52 @@ def get_method(name: str) -> Method:
 @dataclass(frozen=True)
 class Option:
     """A method-specific config option (``method.<key>``): its default and, for numbers, the
-    allowed range (finite, ``>= lo``, or ``> lo`` when ``lo_open``; ``config.RANGES`` checks it)."""
+    allowed range (finite, ``>= lo``, or ``> lo`` when ``lo_open``, and ``<= hi``; ``config.RANGES``
+    checks it)."""
 
     default: Any
     lo: float = -math.inf
     lo_open: bool = False
     help: str = ""
+    hi: float = math.inf
 
 
 @dataclass
 class StepContext:
     """What a method's loss and hooks may read about the step: the (unwrapped) model, the method's
-    own state (``Method.build_state``), the step counter of this run's main phase, the run config."""
+    own state (``Method.build_state``), the step counter of this run's main phase, the run config
+    and the number of steps of the main phase."""
 
     model: Any = None
     state: Any = None
     run_step: int = 0
     cfg: Any = None
+    total_steps: int = 0  # the steps of this run's main phase (momentum schedules); 0: unknown
+
+
+def teacher_copy(model: Any, sources: tuple[str, ...]) -> Any:
+    """A frozen deep copy of ``model``'s modules ``sources`` as an ``nn.ModuleDict`` (names kept)."""
+    import copy
+
+    from torch import nn
+
+    missing = [s for s in sources if getattr(model, s, None) is None]
+    if missing:
+        raise ConfigError(f"the momentum teacher copies {missing}, which the model does not have")
+    teacher = nn.ModuleDict({s: copy.deepcopy(getattr(model, s)) for s in sources})
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def copy_into(teacher: Any, model: Any, sources: tuple[str, ...]) -> None:
+    """Copy the online modules' parameters and buffers into ``teacher`` (same layout)."""
+    import torch
+
+    with torch.no_grad():
+        for s in sources:
+            online = getattr(model, s).state_dict()
+            for k, t in teacher[s].state_dict().items():
+                t.copy_(online[k])
 
 
 def _terms(out: dict, prefix: str) -> dict:
@@ -80,6 +109,15 @@ class Method:
         state_key: checkpoint key of the method's own state (``build_state``), or ``None``.
         layouts: the adapters (``e2mc.models.adapters.ADAPTERS``) of its official files: ``export
             --to <layout>`` targets, and the layouts that hold this method's heads.
+        teacher: momentum teachers ``{slot: (online module names)}``: ``SSLModel`` slot ``slot`` is a
+            frozen copy (``requires_grad=False``, an ``nn.ModuleDict`` of those modules) of the
+            online ``backbone``/heads, saved with the model (``<slot>.<module>.*``), never given to
+            the optimiser; the method moves it (``e2mc.methods.momentum.ema_update``) in a hook.
+            A file without it gets a copy of the online modules after loading
+            (``init_teacher``), and again after a heads warm-up (``after_warmup``).
+        concat_views: False: every view goes through the backbone and heads alone (BatchNorm
+            statistics per view, as the official code of MoCo v3 and BYOL); True: views of one
+            shape are one batch (multi-crop code).
     """
 
     name: ClassVar[str] = ""
@@ -92,6 +130,8 @@ class Method:
     options: ClassVar[dict[str, Option]] = {}
     state_key: ClassVar[str | None] = None
     layouts: ClassVar[tuple[str, ...]] = ()
+    teacher: ClassVar[dict[str, tuple[str, ...]]] = {}
+    concat_views: ClassVar[bool] = True
 
     @property
     def views(self) -> str:
@@ -118,9 +158,10 @@ class Method:
         """Head sizes read back from head state dicts ``{head: {key: tensor}}`` (those it can tell)."""
         return {}
 
-    def forward_heads(self, model: Any, features: Any, sizes: list[int]) -> dict:
+    def forward_heads(self, model: Any, features: Any, sizes: list[int], images: Any) -> dict:
         """The heads' outputs ``{output key: list of per-view tensors}`` for one batch of backbone
-        ``features`` holding views of ``sizes`` rows each (``tensor.split(sizes)``). The order of
+        ``features`` holding views of ``sizes`` rows each (``tensor.split(sizes)``); ``images``: that
+        batch's input (what a momentum teacher sees). The order of
         the operations sets autograd's order of summing gradients: keep it, or resumed runs are
         no longer bit-identical (tests/train/test_resume_fixtures.py)."""
         raise NotImplementedError
@@ -158,6 +199,27 @@ class Method:
 
     def epoch_start(self, ctx: StepContext, epoch: int) -> None:
         """At the start of every epoch of the main phase."""
+
+    def after_warmup(self, ctx: StepContext) -> None:
+        """After the heads warm-up (fresh heads trained with the backbone frozen): a teacher is
+        copied again from the warmed-up online modules."""
+        self.init_teacher(ctx.model)
+
+    # -- momentum teachers -------------------------------------------------------------------
+    def init_teacher(self, model: Any, slots: Any = None) -> list[str]:
+        """Make each teacher slot (``teacher``; or those in ``slots``) of ``model`` a frozen copy of
+        its online modules; returns the slots set. Called by ``SSLModel`` for a slot it was not
+        given, and by the loader for a file without the teacher's weights."""
+        done = []
+        for slot, sources in self.teacher.items():
+            if slots is not None and slot not in slots:
+                continue
+            if getattr(model, slot, None) is None:
+                setattr(model, slot, teacher_copy(model, sources))
+            else:
+                copy_into(getattr(model, slot), model, sources)
+            done.append(slot)
+        return done
 
     # -- shared ------------------------------------------------------------------------------
     def resolve_head_sizes(self, in_dim: int, **sizes) -> dict:

@@ -80,7 +80,7 @@ class SimSiam(Method):
             out["pred_hidden"], out["proj_dim"] = int(pred["0.weight"].shape[0]), int(pred["0.weight"].shape[1])
         return out
 
-    def forward_heads(self, model, features, sizes):
+    def forward_heads(self, model, features, sizes, images):
         z = model.projector(features)
         zs = list(z.split(sizes))  # split before the predictor runs: the autograd order of the checkpoints
         return {"z": zs, "p": list(model.predictor(z).split(sizes))}

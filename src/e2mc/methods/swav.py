@@ -86,7 +86,7 @@ class SwAV(Method):
             out.setdefault("out", int(protos["weight"].shape[1]))
         return out
 
-    def forward_heads(self, model, features, sizes):
+    def forward_heads(self, model, features, sizes, images):
         import torch.nn.functional as F
 
         z = model.projector(features)

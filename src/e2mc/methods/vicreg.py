@@ -68,7 +68,7 @@ class VICReg(Method):
         idx = sorted(int(k.split(".")[0]) for k in proj if k.endswith("weight") and proj[k].dim() == 2)
         return {"projector": [int(proj[f"{i}.weight"].shape[0]) for i in idx]}
 
-    def forward_heads(self, model, features, sizes):
+    def forward_heads(self, model, features, sizes, images):
         return {"z": list(model.projector(features).split(sizes))}
 
     def build_criterion(self, cfg):

@@ -26,6 +26,7 @@ from e2mc.methods import METHODS
 from e2mc.models import safepickle, zoo
 from e2mc.models.adapters import ADAPTERS, Parts
 from e2mc.models.backbones import canonical_arch
+from e2mc.models.heads import TEACHER_SLOTS
 from e2mc.models.layouts import CLASSIFIER_PREFIXES, detect_arch, infer_head_sizes
 from e2mc.models.model import SSLModel
 
@@ -298,8 +299,9 @@ def detect_format(obj, arch: str | None = None) -> str:
     )
 
 
-def _fill(model: SSLModel, parts: Parts, report: LoadReport) -> dict:
-    """Assemble the full state dict; raise on anything that would leave the model half-loaded."""
+def _fill(model: SSLModel, parts: Parts, report: LoadReport, copied=()) -> dict:
+    """Assemble the full state dict; raise on anything that would leave the model half-loaded.
+    ``copied``: teacher slots the file lacks (made from the online modules after loading)."""
     expected = model.state_dict()
     loaded = {f"backbone.{k}": v for k, v in parts.backbone.items()}
     for h, sd in parts.heads.items():
@@ -310,7 +312,7 @@ def _fill(model: SSLModel, parts: Parts, report: LoadReport) -> dict:
             report.dropped.append(k[9:])
             del loaded[k]
     extra = [k for k in loaded if k not in expected]
-    for h in report.heads_built:
+    for h in (*report.heads_built, *copied):
         loaded.update({k: v for k, v in expected.items() if k.startswith(h + ".")})
     loaded = {k: v.to(expected[k].dtype) if k in expected else v for k, v in loaded.items()}
     missing = [k for k in expected if k not in loaded]
@@ -389,19 +391,24 @@ def model_from_parts(
     sizes = dict(parts.head_sizes or {}) if parts.method == method else {}
     sizes.update(infer_head_sizes(method, heads) if method else {})
     sizes.update(head_sizes or {})
-    on_meta = not arch.startswith("timm:") and all(h in heads for h in _method_heads(method))
+    teachers = TEACHER_SLOTS.get(method, ()) if method else ()
+    on_meta = not arch.startswith("timm:") and all(h in heads for h in (*_method_heads(method), *teachers))
     with torch.device("meta") if on_meta else contextlib.nullcontext():  # skip a useless random init
         model = SSLModel.build(method, arch, cifar_stem=report.cifar_stem, **sizes)
     report.head_sizes = dict(model.head_sizes)
     report.heads = [h for h in model.head_names if h in heads]
-    report.heads_built = [h for h in model.head_names if h not in heads]
+    report.heads_built = [h for h in model.head_names if h not in heads and h not in teachers]
+    copied = [t for t in teachers if t not in heads]  # a teacher the file lacks: a copy of the online modules
     parts.heads = {h: sd for h, sd in heads.items() if h in model.head_names}
     report.dropped += [f"{h}.{k}" for h, sd in heads.items() if h not in model.head_names for k in sd]
     if report.heads_built:
         report.notes.append(f"heads built fresh: {', '.join(report.heads_built)}; {WARMUP_NOTE}")
-    model.load_state_dict(_fill(model, parts, report), strict=True, assign=on_meta)
+    model.load_state_dict(_fill(model, parts, report, copied), strict=True, assign=on_meta)
     if on_meta and any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         raise CheckpointError(f"internal error: {arch} has tensors outside its state dict; report this")
+    if copied:
+        METHODS[method].init_teacher(model, copied)
+        report.notes.append(f"{', '.join(copied)}: no momentum teacher in the file; a copy of the online network")
     return model, report
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from e2mc.methods import METHODS, get_method
 
-# every head slot any registered method declares (SSLModel attributes, state-dict prefixes)
-HEAD_NAMES = tuple(dict.fromkeys(h for m in METHODS.values() for h in m.heads))
+# every head slot any registered method declares (SSLModel attributes, state-dict prefixes):
+# its trainable heads, then its momentum teachers (``Method.teacher``)
+HEAD_NAMES = tuple(dict.fromkeys(h for m in METHODS.values() for h in (*m.heads, *m.teacher)))
 METHOD_HEADS = {name: m.heads for name, m in METHODS.items()}
+TEACHER_SLOTS = {name: tuple(m.teacher) for name, m in METHODS.items()}
 
 
 def default_head_sizes(method: str, in_dim: int) -> dict:

@@ -18,8 +18,10 @@ class SSLModel(nn.Module):
 
     ``forward(views)`` batches consecutive views of the same shape through the backbone and the
     heads in one concatenated batch (BN statistics over all those crops, as the official
-    multi-crop code); pass ``concat_views=False`` to run each view separately. The heads' outputs
-    are the method's (``Method.forward_heads``).
+    multi-crop code), unless the method runs its views one by one (``Method.concat_views``); pass
+    ``concat_views=False`` to run each view separately. The heads' outputs are the method's
+    (``Method.forward_heads``). A method's momentum teacher (``Method.teacher``) is a frozen copy of
+    the online modules in its own slot, made here when not given.
 
     Example:
         >>> name = next(iter(METHODS))
@@ -48,6 +50,9 @@ class SSLModel(nn.Module):
         for name in HEAD_NAMES:
             setattr(self, name, heads.get(name))
         self.method = method
+        spec = METHODS.get(method) if method else None
+        if spec is not None and all(getattr(self, h) is not None for h in spec.heads):
+            spec.init_teacher(self, [t for t in spec.teacher if heads.get(t) is None])  # frozen copies
         self.arch = arch
         self.cifar_stem = bool(cifar_stem)
         self.head_sizes = dict(head_sizes or {})
@@ -75,10 +80,10 @@ class SSLModel(nn.Module):
         """Pooled backbone features (N, out_dim) of images (N, 3, H, W)."""
         return self.backbone(x)
 
-    def _groups(self, views: list[torch.Tensor]) -> list[list[int]]:
+    def _groups(self, views: list[torch.Tensor], concat: bool) -> list[list[int]]:
         groups: list[list[int]] = []
         for i, v in enumerate(views):
-            if self.concat_views and groups and views[groups[-1][-1]].shape[1:] == v.shape[1:]:
+            if concat and groups and views[groups[-1][-1]].shape[1:] == v.shape[1:]:
                 groups[-1].append(i)
             else:
                 groups.append([i])
@@ -97,11 +102,13 @@ class SSLModel(nn.Module):
             spec = None
         out: dict[str, list[torch.Tensor]] = {"features": []}
         out.update((k, []) for k in (spec.outputs if spec is not None else ()))
-        for group in self._groups(views):
+        concat = self.concat_views and (spec is None or spec.concat_views)
+        for group in self._groups(views, concat):
             sizes = [views[i].shape[0] for i in group]
-            feats = self.backbone(torch.cat([views[i] for i in group]) if len(group) > 1 else views[group[0]])
+            images = torch.cat([views[i] for i in group]) if len(group) > 1 else views[group[0]]
+            feats = self.backbone(images)
             out["features"] += list(feats.split(sizes))
             if spec is not None:
-                for k, v in spec.forward_heads(self, feats, sizes).items():
+                for k, v in spec.forward_heads(self, feats, sizes, images).items():
                     out[k] += v
         return out

@@ -481,7 +481,7 @@ class Trainer(TrainerSetup):
     # ---------------------------------------------------------------- one step (hot path)
     def step_context(self) -> StepContext:
         """What the method's loss and hooks see of this step (``e2mc.methods.StepContext``)."""
-        return StepContext(self.model, self.method_state, self.run_step, self.cfg)
+        return StepContext(self.model, self.method_state, self.run_step, self.cfg, self.total_steps)
 
     def train_step(
         self,
@@ -653,6 +653,7 @@ class Trainer(TrainerSetup):
             if self.sampler.batches_per_epoch == 0 or self.stop_requested:
                 break
         backbone.requires_grad_(True)
+        self.method.after_warmup(self.step_context())  # e.g. a teacher copied again from the warmed-up heads
         self.model.train()
         self.run_step = 0  # a method's hooks count the iterations of the main phase
         self.warmup_done = True
