@@ -8,9 +8,10 @@ generic front door the model, the checkpoint loader and the layouts use.
 from __future__ import annotations
 
 from e2mc.methods import METHODS, get_method
+from e2mc.methods.base import head_names
 
 # every head slot any registered method declares (SSLModel attributes, state-dict prefixes)
-HEAD_NAMES = tuple(dict.fromkeys(h for m in METHODS.values() for h in m.heads))
+HEAD_NAMES = head_names()
 METHOD_HEADS = {name: m.heads for name, m in METHODS.items()}
 
 
