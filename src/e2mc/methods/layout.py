@@ -108,8 +108,10 @@ def flat_kinds() -> dict[str, FlatKind]:
     for method in METHODS.values():
         for adapter in method.adapters:
             kind = getattr(adapter, "kind", None)
-            if kind is not None:
-                kinds.setdefault(kind.name, kind)
+            if kind is None:
+                continue
+            if type(kinds.setdefault(kind.name, kind)) is not type(kind):
+                raise ValueError(f"flat kind name {kind.name!r} of {type(kind).__name__} is already taken")
     return kinds
 
 
