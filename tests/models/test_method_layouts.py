@@ -179,3 +179,15 @@ def test_a_flat_kind_name_is_taken_once(monkeypatch):
     monkeypatch.setattr(type(method), "adapters", (*method.adapters, type("A", (), {"kind": Clash()})()))
     with pytest.raises(ValueError, match="'model' of Clash is already taken"):
         flat_kinds()
+
+
+def test_each_method_declares_its_own_layouts_and_releases():
+    from e2mc.methods import METHODS
+    from e2mc.models import zoo
+    from e2mc.models.adapters import ADAPTERS
+
+    for name, m in METHODS.items():
+        assert all(ADAPTERS[a] is b for a, b in zip(m.layouts, m.adapters))
+        assert all(r.method == name and r.name.startswith(name + ":") for r in m.releases)
+        assert all(zoo.ZOO[r.name] is r for r in m.releases) and (name in zoo.SOURCES) == bool(m.releases)
+    assert len(zoo.ZOO) == sum(len(m.releases) for m in METHODS.values())
