@@ -17,10 +17,6 @@ from e2mc.methods import METHODS
 SRC = Path(__file__).resolve().parents[1] / "src" / "e2mc"
 OWN = ("methods", "criteria", "recipes")  # a method's own file, its criterion, the bundled recipes
 NOT_YET = {
-    # the official layouts (import/export) are still keyed by method in these files
-    "models/layouts.py": "layout kinds per official file (split_flat/join_flat/flat_kind, infer_head_sizes)",
-    "models/adapters.py": "one adapter class per official layout",
-    "models/zoo.py": "the published releases, one row per official file",
     # not generic code
     "demo.py": "the demo is a VICReg experiment: its recipe, its arms and their names",
     "__init__.py": "the public API's lazy names include the criteria classes (VICRegLoss, ...)",

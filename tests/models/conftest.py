@@ -1,8 +1,8 @@
 """Fixtures for tests/models: checkpoints with the published key names and shapes.
 
 Key names and shapes are written out by hand from the published layouts (the official
-repositories' code, summarised in the table of ``e2mc.models.adapters``), not with e2mc's own head
-builders, so the tests check e2mc against the layouts, not against itself.
+repositories' code, summarised in the table of ``e2mc.models.adapters`` and in each method file's
+docstring), not with e2mc's own head builders, so the tests check e2mc against the layouts, not against itself.
 """
 
 import pytest

@@ -1,8 +1,10 @@
-"""Criteria: pure loss math. Base criteria (VICReg, SwAV, SimSiam) and add-ons (E2MC, VC,
-uniformity, MMCR, none), each a small ``nn.Module`` called with a list of per-view tensors and
-returning a dict with a differentiable ``"loss"`` and detached terms.
+"""Criteria: pure loss math. Base criteria (one file per method: VICReg, SwAV, SimSiam) and
+add-ons (E2MC, VC, uniformity, MMCR, none), each a small ``nn.Module`` called with a list of
+per-view tensors and returning a dict with a differentiable ``"loss"`` and detached terms.
 
-The registries below are the one place that maps names to classes.
+A method's file (``e2mc.methods.<name>``) imports its base criterion's class and builds it
+(``Method.build_criterion``); the add-ons, chosen by name (``addon.name``), have the registry
+below, the one place that maps add-on names to classes.
 """
 
 from __future__ import annotations
@@ -27,25 +29,6 @@ ADDONS: dict[str, type[nn.Module]] = {
     "none": NoAddon,
 }
 
-BASE_CRITERIA: dict[str, type[nn.Module]] = {
-    "vicreg": VICRegLoss,
-    "swav": SwAVLoss,
-    "simsiam": SimSiamLoss,
-}
-
-
-def _build(registry: dict[str, type[nn.Module]], kind: str, name: str, kwargs: dict) -> nn.Module:
-    cls = registry.get(str(name).lower()) if isinstance(name, str) else None
-    if cls is None:
-        raise ConfigError(f"unknown {kind} {name!r}; use one of {sorted(registry)}")
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(
-            f"bad arguments for {kind} {name!r} ({cls.__name__}): {exc}; "
-            f"see help(e2mc.criteria.{cls.__name__}) for its parameters"
-        ) from None
-
 
 def build_addon(name: str, **kwargs: Any) -> nn.Module:
     """Build the add-on called ``name`` (a key of ``ADDONS``) with constructor ``kwargs``.
@@ -53,17 +36,20 @@ def build_addon(name: str, **kwargs: Any) -> nn.Module:
     Raises:
         ConfigError: unknown name (the message lists the valid ones) or bad keyword arguments.
     """
-    return _build(ADDONS, "add-on", name, kwargs)
-
-
-def build_criterion(name: str, **kwargs: Any) -> nn.Module:
-    """Build the base criterion called ``name`` (a key of ``BASE_CRITERIA``)."""
-    return _build(BASE_CRITERIA, "base criterion", name, kwargs)
+    cls = ADDONS.get(str(name).lower()) if isinstance(name, str) else None
+    if cls is None:
+        raise ConfigError(f"unknown add-on {name!r}; use one of {sorted(ADDONS)}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(
+            f"bad arguments for add-on {name!r} ({cls.__name__}): {exc}; "
+            f"see help(e2mc.criteria.{cls.__name__}) for its parameters"
+        ) from None
 
 
 __all__ = [
     "ADDONS",
-    "BASE_CRITERIA",
     "E2MC",
     "MMCRAddon",
     "NoAddon",
@@ -76,7 +62,6 @@ __all__ = [
     "VICRegLoss",
     "covariance_term",
     "build_addon",
-    "build_criterion",
     "default_m",
     "get_transform",
     "m_spacing_entropy",

@@ -1,7 +1,9 @@
 """SSL methods: one file per method, one registry (``METHODS``).
 
 A method file declares its heads, views, base criterion, add-on defaults, config options, own
-state and hooks, and how its model output is computed (:class:`~e2mc.methods.base.Method`);
+state and hooks, how its model output is computed, and its official files: their adapters
+(:mod:`e2mc.methods.adapter`, with their flat namings, :mod:`e2mc.methods.layout`) and the
+published releases (:mod:`e2mc.methods.release`) (:class:`~e2mc.methods.base.Method`);
 everything shared (the add-on, the single gather of the views under ``torchrun``, the loss-term
 bookkeeping, the head check, head-size resolution) lives in the base class. The generic code
 (config, model, views, trainer, run state, commands) reads only ``METHODS``.

@@ -28,6 +28,13 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
+def head_names() -> tuple[str, ...]:
+    """Every head slot a registered method declares (its trainable heads, then its momentum teachers), in registry order (``SSLModel`` attributes,
+    state-dict prefixes ``<head>.*``): ``e2mc.models.heads.HEAD_NAMES`` and the flat ``"model"``
+    naming of ``e2mc.methods.layout``."""
+    return tuple(dict.fromkeys(h for m in METHODS.values() for h in (*m.heads, *m.teacher)))
+
+
 def get_method(name: str) -> Method:
     """The ``Method`` called ``name``; ``ConfigError`` listing the valid names otherwise."""
     try:
@@ -107,8 +114,11 @@ class Method:
         paper_eps: ``addon.eps`` of the paper's code for this method.
         options: method-specific config options (``method.<key>``), with defaults and ranges.
         state_key: checkpoint key of the method's own state (``build_state``), or ``None``.
-        layouts: the adapters (``e2mc.models.adapters.ADAPTERS``) of its official files: ``export
-            --to <layout>`` targets, and the layouts that hold this method's heads.
+        adapters: the adapters (``e2mc.methods.adapter.Adapter`` instances) of its official files;
+            ``e2mc.models.adapters.ADAPTERS`` adds them to the generic ones. Their names are
+            ``layouts``; a naming of their own (``Adapter.kind``) joins the flat kinds.
+        releases: its published files (``e2mc.methods.release.Release`` rows of
+            ``e2mc.models.zoo.ZOO``), copied from the README named by ``releases_source``.
         teacher: momentum teachers ``{slot: (online module names)}``: ``SSLModel`` slot ``slot`` is a
             frozen copy (``requires_grad=False``, an ``nn.ModuleDict`` of those modules) of the
             online ``backbone``/heads, saved with the model (``<slot>.<module>.*``), never given to
@@ -129,9 +139,16 @@ class Method:
     paper_eps: ClassVar[float] = 1e-7
     options: ClassVar[dict[str, Option]] = {}
     state_key: ClassVar[str | None] = None
-    layouts: ClassVar[tuple[str, ...]] = ()
+    adapters: ClassVar[tuple] = ()
+    releases: ClassVar[tuple] = ()
+    releases_source: ClassVar[str] = ""
     teacher: ClassVar[dict[str, tuple[str, ...]]] = {}
     concat_views: ClassVar[bool] = True
+
+    @property
+    def layouts(self) -> tuple[str, ...]:
+        """Names of its adapters: ``export --to <layout>`` targets, the layouts that hold its heads."""
+        return tuple(a.name for a in self.adapters)
 
     @property
     def views(self) -> str:

@@ -7,12 +7,20 @@ Heads: ``projector``: Linear, BN1d, ReLU, Linear (``hidden=0``: a single Linear)
 prototypes are L2-normalised before every forward and frozen for the first
 ``freeze_prototypes_iters`` steps of this run. E2MC attaches to the projection (before L2
 normalisation) of the two large crops.
+
+Official files (facebookresearch/swav): the released ``swav_<tag>_pretrain.pth.tar`` is a raw
+``{"module.<trunk>", "module.projection_head.*", "module.prototypes.weight"}`` state dict, and
+``main_swav.py``'s checkpoint wraps the same dict as ``{"epoch", "state_dict", "optimizer"}``
+(layout ``swav``, flat kind ``"swav"``: trunk at the root).
 """
 
 from __future__ import annotations
 
-from e2mc.errors import ConfigError
+from e2mc.errors import CheckpointError, ConfigError
+from e2mc.methods.adapter import Adapter, epoch_of, flat_parts, inner_kind
 from e2mc.methods.base import Method, Option, register
+from e2mc.methods.layout import FlatKind, is_tensor_dict, join_flat, sub
+from e2mc.methods.release import Release
 
 
 def swav_head(in_dim: int = 2048, hidden: int = 2048, out: int = 128):
@@ -33,10 +41,84 @@ def swav_prototypes(out: int = 128, n_prototypes: int = 3000):
     return nn.Linear(out, n_prototypes, bias=False)
 
 
+class SwAVKind(FlatKind):
+    """Trunk at the root, ``projection_head.*``, ``prototypes.*``. ``prototypes`` is also an
+    SSLModel head: it ranks below the SSLModel naming (``backbone.*``)."""
+
+    name, method, tops = "swav", "swav", ("projection_head", "prototypes")
+
+    def score(self, sd, tops):
+        return 0.7 if "projection_head" in tops or "prototypes" in tops else 0.0
+
+    def split(self, sd):
+        heads = {"projector": sub(sd, "projection_head."), "prototypes": sub(sd, "prototypes.")}
+        return {k: v for k, v in sd.items() if not k.startswith(("projection_head.", "prototypes."))}, heads, []
+
+    def join(self, backbone, heads):
+        out = dict(backbone)
+        out.update({f"projection_head.{k}": v for k, v in heads.get("projector", {}).items()})
+        out.update({f"prototypes.{k}": v for k, v in heads.get("prototypes", {}).items()})
+        return out
+
+
+class SwAVAdapter(Adapter):
+    name, expected = "swav", ("module.prototypes.weight", "module.projection_head.0.weight", "module.conv1.weight")
+    description = "SwAV raw state dict {'module.<trunk>', 'module.projection_head.*', 'module.prototypes.weight'}"
+    kind = SwAVKind()
+
+    def detect(self, obj):
+        if inner_kind(obj) == "swav":
+            return 0.8
+        return 0.7 if isinstance(obj, dict) and inner_kind(obj.get("state_dict")) == "swav" else 0.0
+
+    def split(self, obj):
+        wrapped = not is_tensor_dict(obj) and isinstance(obj, dict)
+        sd = obj.get("state_dict") if wrapped else obj
+        if inner_kind(sd) != "swav":
+            raise CheckpointError("not a SwAV checkpoint: no 'module.projection_head.*' / 'module.prototypes.*' keys")
+        parts = flat_parts(
+            sd, "swav", epoch=epoch_of(obj) if wrapped else None, optimizer=obj.get("optimizer") if wrapped else None
+        )
+        parts.layout["wrapped"] = wrapped
+        return parts
+
+    def pack(self, backbone, heads, meta):
+        layout = meta.get("layout") or {}
+        sd = join_flat(backbone, heads, {"kind": "swav", "module_prefix": layout.get("module_prefix", True)})
+        if not layout.get("wrapped"):
+            return sd
+        out = {"epoch": meta.get("epoch") or 0, "state_dict": sd}
+        if meta.get("optimizer") is not None:  # main_swav.py's save_dict: restart_from_checkpoint reloads it
+            out["optimizer"] = meta["optimizer"]
+        return out
+
+
+def _release(tag: str, epochs: int, batch: int, crops: str, top1: str) -> Release:
+    return Release(
+        f"swav:resnet50-{tag.replace('_', '-')}",
+        method="swav",
+        arch="resnet50",
+        layout="swav",
+        heads=True,
+        url=f"https://dl.fbaipublicfiles.com/deepcluster/swav_{tag}_pretrain.pth.tar",
+        details=f"{epochs} epochs, batch {batch}, crops {crops}, ImageNet linear top-1 {top1}",
+    )
+
+
 @register
 class SwAV(Method):
     name, heads, outputs = "swav", ("projector", "prototypes"), ("z", "scores")
-    layouts = ("swav",)  # swav_800ep_pretrain.pth.tar (raw module.* state dict) and main_swav.py's checkpoint
+    adapters = (SwAVAdapter(),)  # swav_800ep_pretrain.pth.tar (raw module.* state dict) and main_swav.py's checkpoint
+    releases = (
+        _release("800ep", 800, 4096, "2x224 + 6x96", "75.3"),
+        _release("400ep", 400, 4096, "2x224 + 6x96", "74.6"),
+        _release("200ep", 200, 4096, "2x224 + 6x96", "73.9"),
+        _release("100ep", 100, 4096, "2x224 + 6x96", "72.1"),
+        _release("200ep_bs256", 200, 256, "2x224 + 6x96", "72.7"),
+        _release("400ep_bs256", 400, 256, "2x224 + 6x96", "74.3"),
+        _release("400ep_2x224", 400, 4096, "2x224", "70.1"),
+    )
+    releases_source = "facebookresearch/swav README, commit 06b1b7c (2021-09-21)"
     addon_input = "projection before L2 normalisation of the two large crops"
     # facebookresearch/swav scripts/swav_800ep_pretrain.sh (commit 06b1b7c): nmb_crops 2 6,
     # size_crops 224 96, min_scale_crops 0.14 0.05, max_scale_crops 1. 0.14; src/multicropdataset.py:
@@ -94,11 +176,10 @@ class SwAV(Method):
         return {"z": zs, "scores": list(model.prototypes(F.normalize(z, dim=1)).split(sizes))}
 
     def build_criterion(self, cfg):
-        from e2mc.criteria import build_criterion
+        from e2mc.criteria.swav import SwAVLoss
 
         m = cfg.method
-        return build_criterion(
-            "swav",
+        return SwAVLoss(
             temperature=m.temperature,
             sinkhorn_epsilon=m.sinkhorn_epsilon,
             sinkhorn_iterations=m.sinkhorn_iterations,
@@ -120,7 +201,7 @@ class SwAV(Method):
         """The queue of past embeddings (``method.queue_length > 0``), else None. Under torchrun each
         rank keeps its own rows (official SwAV): ``queue_length`` rounded down to whole global
         batches, / world size."""
-        from e2mc.criteria import SwAVQueue
+        from e2mc.criteria.swav import SwAVQueue
 
         length = cfg.method.queue_length
         if length <= 0:

@@ -3,12 +3,20 @@
 Heads: ``projector`` (the expander): [Linear, BN1d, ReLU] x (len(sizes)-1), Linear(bias=False);
 keys ``0.* 1.* 3.* 4.* 6.weight``. Default sizes ``(min(8192, 4d),) * 3`` (ResNet-50: 8192-8192-8192).
 E2MC attaches to the expander output ``z`` of the two views.
+
+Official files (facebookresearch/vicreg ``main_vicreg.py``): the full checkpoint
+``{"model": {"module.backbone.*", "module.projector.*"}, "optimizer", "epoch"}`` (layout
+``vicreg``, the SSLModel naming under ``module.``) and the released backbone ``resnet50.pth``
+(torchvision names: the generic ``torchvision`` layout).
 """
 
 from __future__ import annotations
 
-from e2mc.errors import ConfigError
+from e2mc.errors import CheckpointError, ConfigError
+from e2mc.methods.adapter import Adapter, epoch_of, flat_parts, inner_kind
 from e2mc.methods.base import Method, Option, register
+from e2mc.methods.layout import join_flat
+from e2mc.methods.release import Release
 
 
 def vicreg_projector(in_dim: int = 2048, sizes=(8192, 8192, 8192)):
@@ -30,10 +38,53 @@ def vicreg_projector(in_dim: int = 2048, sizes=(8192, 8192, 8192)):
     return nn.Sequential(*layers)
 
 
+class VICRegAdapter(Adapter):
+    name, expected = "vicreg", ("model", "optimizer", "epoch")
+    description = "VICReg full checkpoint {'model': {'module.backbone.*', 'module.projector.*'}, 'optimizer', 'epoch'}"
+
+    def detect(self, obj):
+        ok = isinstance(obj, dict) and "format" not in obj and inner_kind(obj.get("model")) == "model"
+        return 0.8 if ok else 0.0
+
+    def split(self, obj):
+        if inner_kind(obj.get("model") if isinstance(obj, dict) else None) != "model":
+            raise CheckpointError("not a VICReg full checkpoint: no 'model' dict with 'module.backbone.*' keys")
+        return flat_parts(obj["model"], "model", method="vicreg", epoch=epoch_of(obj), optimizer=obj.get("optimizer"))
+
+    def pack(self, backbone, heads, meta):
+        out = {
+            "model": join_flat(backbone, heads, {"kind": "model", "module_prefix": True}),
+            "epoch": meta.get("epoch") or 0,
+        }
+        if meta.get("optimizer") is not None:
+            out["optimizer"] = meta["optimizer"]
+        return out
+
+
+_FB = "https://dl.fbaipublicfiles.com/vicreg"
+_WIDE = "VICReg's own widened ResNets, which e2mc.models.backbones does not build"
+
+
+def _releases(arch: str, params: str, top1: str, supported: bool = True) -> tuple[Release, ...]:
+    """The backbone (``<arch>.pth``, torchvision names) and the full checkpoint of one model."""
+    why = None if supported else _WIDE
+    kw = dict(method="vicreg", arch=arch, params=params, details=f"ImageNet linear top-1 {top1}", unsupported=why)
+    return (
+        Release(f"vicreg:{arch}", layout="torchvision", heads=False, url=f"{_FB}/{arch}.pth", **kw),
+        Release(f"vicreg:{arch}-full", layout="vicreg", heads=True, url=f"{_FB}/{arch}_fullckpt.pth", **kw),
+    )
+
+
 @register
 class VICReg(Method):
     name, heads, outputs = "vicreg", ("projector",), ("z",)
-    layouts = ("vicreg",)  # resnet50.pth (backbone) and resnet50_fullckpt.pth (main_vicreg.py's checkpoint)
+    adapters = (VICRegAdapter(),)  # resnet50_fullckpt.pth (main_vicreg.py's checkpoint); resnet50.pth: torchvision
+    releases = (
+        *_releases("resnet50", "23M", "73.2%"),
+        *_releases("resnet50x2", "93M", "75.5%", supported=False),
+        *_releases("resnet200x2", "250M", "77.3%", supported=False),
+    )
+    releases_source = "facebookresearch/vicreg README, commit 4e12602 (2022-12-04)"
     addon_input = "expander output z of the two views"
     # facebookresearch/vicreg augmentations.py (TrainTransform, commit 4e12602): 2 x
     # RandomResizedCrop(224, scale (0.08, 1), BICUBIC); ColorJitter(0.4, 0.4, 0.2, 0.1) p=0.8;
@@ -72,10 +123,10 @@ class VICReg(Method):
         return {"z": list(model.projector(features).split(sizes))}
 
     def build_criterion(self, cfg):
-        from e2mc.criteria import build_criterion
+        from e2mc.criteria.vicreg import VICRegLoss
 
         m = cfg.method
-        return build_criterion("vicreg", sim_weight=m.sim_weight, var_weight=m.var_weight, cov_weight=m.cov_weight)
+        return VICRegLoss(sim_weight=m.sim_weight, var_weight=m.var_weight, cov_weight=m.cov_weight)
 
     def base_loss(self, out, criterion, zs, ctx):
         return criterion(zs)

@@ -1,19 +1,23 @@
 """Checkpoint adapters: one per published layout, in one registry (:data:`ADAPTERS`).
 
-Each adapter recognises a loaded checkpoint object (``detect(obj) -> score in [0, 1]``), splits
-it into backbone + heads in e2mc naming (``split(obj) -> Parts``) and writes a model back in its
-layout (``pack(backbone, heads, meta) -> obj``). Building the model and checking keys/shapes is
-shared: :func:`e2mc.models.checkpoints.model_from_parts` and :func:`e2mc.models.export.export_model`
-use the registry; adapters import neither (no import circle).
+Each adapter (:class:`e2mc.methods.adapter.Adapter`) recognises a loaded checkpoint object
+(``detect(obj) -> score in [0, 1]``), splits it into backbone + heads in e2mc naming
+(``split(obj) -> Parts``) and writes a model back in its layout (``pack(backbone, heads, meta)
+-> obj``). Building the model and checking keys/shapes is shared:
+:func:`e2mc.models.checkpoints.model_from_parts` and :func:`e2mc.models.export.export_model` use
+the registry; adapters import neither (no import circle).
+
+The generic layouts live here; each method's official layouts are declared in its method file
+(``Method.adapters``: VICReg's full checkpoint, SimSiam's ``checkpoint_*.pth.tar``, SwAV's raw
+and wrapped state dicts) and take their place in ``ADAPTERS`` in registry order, between
+``lightning`` and ``torchvision``.
 
 =============  =====================================================================================
 format         layout
 =============  =====================================================================================
 e2mc           ``{"format": "e2mc", "method", "arch", "cifar_stem", "head_sizes", "model", ...}``
 lightning      ``{"state_dict": {<prefix>...}, "pytorch-lightning_version", "epoch", ...}``
-vicreg         ``{"model": {"module.backbone.*", "module.projector.*"}, "optimizer", "epoch"}``
-simsiam        ``{"state_dict": {"module.encoder.*" (projector in encoder.fc), "module.predictor.*"}, ...}``
-swav           raw ``{"module.<trunk>", "module.projection_head.*", "module.prototypes.weight"}``
+<method's>     each registered method's official layouts (``e2mc.methods.<name>``)
 torchvision    raw torchvision-named backbone (VICReg ``resnet50.pth``; ``fc.*`` dropped)
 timm           raw timm backbone (``head.*`` dropped)
 state_dict     raw SSLModel state dict (``backbone.*``, ``projector.*``, ...)
@@ -25,81 +29,15 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any
 
 from e2mc.errors import CheckpointError
-from e2mc.models.layouts import flat_kind, is_tensor_dict, join_flat, split_flat, sub
+from e2mc.methods import METHODS
+from e2mc.methods.adapter import Adapter, epoch_of, flat_parts, inner_kind
+from e2mc.methods.layout import flat_kinds, is_tensor_dict, join_flat, sub
 
 _log = logging.getLogger(__name__)
 
-
-@dataclass
-class Parts:
-    """A checkpoint split into e2mc naming, plus what it says about itself."""
-
-    backbone: dict
-    heads: dict
-    method: str | None = None
-    arch: str | None = None
-    cifar_stem: bool | None = None
-    head_sizes: dict | None = None
-    epoch: int | None = None
-    optimizer: Any = None
-    dropped: list = field(default_factory=list)
-    layout: dict = field(default_factory=dict)
-    notes: list = field(default_factory=list)
-
-
-_KIND_METHOD = {"swav": "swav", "simsiam": "simsiam"}
-_KNOWN_TOPS = {"module", "backbone", "encoder", "projection_head", "prototypes", "conv1", "patch_embed"}
-
-
-def _flat_parts(sd: dict, kind: str | None = None, **meta) -> Parts:
-    backbone, heads, dropped, layout = split_flat(sd, kind)
-    meta.setdefault("method", _KIND_METHOD.get(layout["kind"]))
-    return Parts(backbone, heads, dropped=dropped, layout=layout, **meta)
-
-
-def _inner_kind(sd) -> str | None:
-    if not is_tensor_dict(sd):
-        return None
-    return flat_kind(sub(sd, "module.") if all(k.startswith("module.") for k in sd) else sd)
-
-
-def _epoch(obj) -> int | None:
-    e = obj.get("epoch") if isinstance(obj, dict) else None
-    return int(e) if isinstance(e, (int, float)) and not isinstance(e, bool) else None
-
-
-class Adapter:
-    """Base adapter. Subclasses set ``name``, ``expected`` (top-level keys) and ``description``."""
-
-    name = ""
-    expected: tuple = ()
-    description = ""
-
-    def detect(self, obj) -> float:
-        """Confidence in [0, 1] that ``obj`` is in this layout (>= 0.5 means recognised)."""
-        raise NotImplementedError
-
-    def split(self, obj) -> Parts:
-        """Backbone/heads in e2mc naming; raises CheckpointError when ``obj`` does not fit."""
-        raise NotImplementedError
-
-    def pack(self, backbone: dict, heads: dict, meta: dict) -> dict:
-        """The checkpoint object for a model's ``backbone``/``heads`` state dicts.
-
-        ``meta``: ``method, arch, cifar_stem, head_sizes, epoch, optimizer, layout`` (the layout
-        the model was loaded from, when the same format).
-        """
-        raise NotImplementedError
-
-    def closeness(self, obj) -> float:
-        """Overlap of ``obj``'s top-level keys with this layout's (for error messages)."""
-        keys = set(obj) if isinstance(obj, dict) else set()
-        want = set(self.expected)
-        return len(keys & want) / max(1, len(keys | want))
+_GENERIC_TOPS = ("module", "conv1", "patch_embed")  # where Lightning's descent stops, besides the kinds' tops
 
 
 class E2MCAdapter(Adapter):
@@ -112,14 +50,14 @@ class E2MCAdapter(Adapter):
     def split(self, obj):
         if not is_tensor_dict(obj.get("model")):
             raise CheckpointError("e2mc checkpoint without a 'model' state dict")
-        parts = _flat_parts(
+        parts = flat_parts(
             obj["model"],
             "model",
             method=obj.get("method"),
             arch=obj.get("arch"),
             cifar_stem=obj.get("cifar_stem"),
             head_sizes=obj.get("head_sizes"),
-            epoch=_epoch(obj),
+            epoch=epoch_of(obj),
             optimizer=obj.get("optimizer"),
         )
         # where a run came from: export --to original writes that layout again
@@ -211,17 +149,18 @@ class LightningAdapter(Adapter):
         sd = obj.get("state_dict")
         if not is_tensor_dict(sd):
             raise CheckpointError("Lightning checkpoint without a 'state_dict' of tensors")
+        known = set(_GENERIC_TOPS).union(*(k.tops for k in flat_kinds().values()))
         prefix = ""  # descend into the main submodule ("model.", "net.") down to something known
         while True:
             inner = sub(sd, prefix)
             counts = Counter(k.split(".", 1)[0] for k in inner if "." in k)
-            if not counts or set(counts) & _KNOWN_TOPS:
+            if not counts or set(counts) & known:
                 break
             top, n = counts.most_common(1)[0]
             if n * 2 <= len(inner):
                 break
             prefix += top + "."
-        parts = _flat_parts(sub(sd, prefix), epoch=_epoch(obj))
+        parts = flat_parts(sub(sd, prefix), epoch=epoch_of(obj))
         parts.dropped += [k for k in sd if not k.startswith(prefix)]
         parts.layout.update(prefix=prefix, pl_version=obj.get("pytorch-lightning_version"))
         if parts.dropped:
@@ -239,87 +178,6 @@ class LightningAdapter(Adapter):
         }
 
 
-class VICRegAdapter(Adapter):
-    name, expected = "vicreg", ("model", "optimizer", "epoch")
-    description = "VICReg full checkpoint {'model': {'module.backbone.*', 'module.projector.*'}, 'optimizer', 'epoch'}"
-
-    def detect(self, obj):
-        ok = isinstance(obj, dict) and "format" not in obj and _inner_kind(obj.get("model")) == "model"
-        return 0.8 if ok else 0.0
-
-    def split(self, obj):
-        if _inner_kind(obj.get("model") if isinstance(obj, dict) else None) != "model":
-            raise CheckpointError("not a VICReg full checkpoint: no 'model' dict with 'module.backbone.*' keys")
-        return _flat_parts(obj["model"], "model", method="vicreg", epoch=_epoch(obj), optimizer=obj.get("optimizer"))
-
-    def pack(self, backbone, heads, meta):
-        out = {
-            "model": join_flat(backbone, heads, {"kind": "model", "module_prefix": True}),
-            "epoch": meta.get("epoch") or 0,
-        }
-        if meta.get("optimizer") is not None:
-            out["optimizer"] = meta["optimizer"]
-        return out
-
-
-class SimSiamAdapter(Adapter):
-    name, expected = "simsiam", ("state_dict", "optimizer", "epoch", "arch")
-    description = (
-        "SimSiam checkpoint {'state_dict': {'module.encoder.*', 'module.predictor.*'}, 'optimizer', 'epoch', 'arch'}"
-    )
-
-    def detect(self, obj):
-        return 0.8 if isinstance(obj, dict) and _inner_kind(obj.get("state_dict")) == "simsiam" else 0.0
-
-    def split(self, obj):
-        if not isinstance(obj, dict) or _inner_kind(obj.get("state_dict")) != "simsiam":
-            raise CheckpointError("not a SimSiam checkpoint: no 'state_dict' with 'module.encoder.*' keys")
-        arch = obj.get("arch") if isinstance(obj.get("arch"), str) else None
-        return _flat_parts(obj["state_dict"], "simsiam", arch=arch, epoch=_epoch(obj), optimizer=obj.get("optimizer"))
-
-    def pack(self, backbone, heads, meta):
-        arch = meta.get("arch") or ""
-        out = {
-            "epoch": meta.get("epoch") or 0,
-            "arch": arch.split(":")[-1],
-            "state_dict": join_flat(backbone, heads, {"kind": "simsiam", "module_prefix": True}),
-        }
-        if meta.get("optimizer") is not None:
-            out["optimizer"] = meta["optimizer"]
-        return out
-
-
-class SwAVAdapter(Adapter):
-    name, expected = "swav", ("module.prototypes.weight", "module.projection_head.0.weight", "module.conv1.weight")
-    description = "SwAV raw state dict {'module.<trunk>', 'module.projection_head.*', 'module.prototypes.weight'}"
-
-    def detect(self, obj):
-        if _inner_kind(obj) == "swav":
-            return 0.8
-        return 0.7 if isinstance(obj, dict) and _inner_kind(obj.get("state_dict")) == "swav" else 0.0
-
-    def split(self, obj):
-        wrapped = not is_tensor_dict(obj) and isinstance(obj, dict)
-        sd = obj.get("state_dict") if wrapped else obj
-        if _inner_kind(sd) != "swav":
-            raise CheckpointError("not a SwAV checkpoint: no 'module.projection_head.*' / 'module.prototypes.*' keys")
-        parts = _flat_parts(
-            sd, "swav", epoch=_epoch(obj) if wrapped else None, optimizer=obj.get("optimizer") if wrapped else None
-        )
-        parts.layout["wrapped"] = wrapped
-        return parts
-
-    def pack(self, backbone, heads, meta):
-        layout = meta.get("layout") or {}
-        sd = join_flat(backbone, heads, {"kind": "swav", "module_prefix": layout.get("module_prefix", True)})
-        if not layout.get("wrapped"):
-            return sd
-        out = {"epoch": meta.get("epoch") or 0, "state_dict": sd}
-        if meta.get("optimizer") is not None:  # main_swav.py's save_dict: restart_from_checkpoint reloads it
-            out["optimizer"] = meta["optimizer"]
-        return out
-
-
 class BackboneAdapter(Adapter):
     """A raw backbone state dict; torchvision and timm differ only in the names they report."""
 
@@ -328,15 +186,15 @@ class BackboneAdapter(Adapter):
     _signature = ("conv1.weight", "layer1.0.conv1.weight")
 
     def detect(self, obj):
-        if _inner_kind(obj) != "backbone":
+        if inner_kind(obj) != "backbone":
             return 0.0
         keys = set(sub(obj, "module.")) if all(k.startswith("module.") for k in obj) else set(obj)
         return 0.6 if any(k in keys for k in self._signature) else 0.0
 
     def split(self, obj):
-        if _inner_kind(obj) is None:
+        if inner_kind(obj) is None:
             raise CheckpointError("not a raw state dict of tensors")
-        parts = _flat_parts(obj, "backbone")
+        parts = flat_parts(obj, "backbone")
         parts.layout["kind"] = "backbone"
         return parts
 
@@ -362,12 +220,12 @@ class StateDictAdapter(Adapter):
     description = "raw SSLModel state dict {'backbone.*', 'projector.*', ...}"
 
     def detect(self, obj):
-        return 0.5 if _inner_kind(obj) == "model" else 0.0
+        return 0.5 if inner_kind(obj) == "model" else 0.0
 
     def split(self, obj):
-        if _inner_kind(obj) != "model":
+        if inner_kind(obj) != "model":
             raise CheckpointError("not a raw SSLModel state dict: no 'backbone.*' keys")
-        return _flat_parts(obj, "model")
+        return flat_parts(obj, "model")
 
     def pack(self, backbone, heads, meta):
         return join_flat(
@@ -375,16 +233,20 @@ class StateDictAdapter(Adapter):
         )
 
 
-ADAPTERS: dict[str, Adapter] = {
-    a.name: a
-    for a in (
-        E2MCAdapter(),
-        LightningAdapter(),
-        VICRegAdapter(),
-        SimSiamAdapter(),
-        SwAVAdapter(),
-        BackboneAdapter(),
-        TimmAdapter(),
-        StateDictAdapter(),
-    )
-}
+def _registry(*adapters: Adapter) -> dict[str, Adapter]:
+    out: dict[str, Adapter] = {}
+    for a in adapters:
+        if not a.name or a.name in out or a.name == "safetensors":
+            raise ValueError(f"adapter name {a.name!r} of {type(a).__name__} is empty or already taken")
+        out[a.name] = a
+    return out
+
+
+ADAPTERS: dict[str, Adapter] = _registry(
+    E2MCAdapter(),
+    LightningAdapter(),
+    *(a for m in METHODS.values() for a in m.adapters),  # each method's official layouts, in registry order
+    BackboneAdapter(),
+    TimmAdapter(),
+    StateDictAdapter(),
+)

@@ -23,8 +23,9 @@ import torch
 
 from e2mc.errors import CheckpointError
 from e2mc.methods import METHODS
+from e2mc.methods.adapter import Parts
 from e2mc.models import safepickle, zoo
-from e2mc.models.adapters import ADAPTERS, Parts
+from e2mc.models.adapters import ADAPTERS
 from e2mc.models.backbones import canonical_arch
 from e2mc.models.heads import TEACHER_SLOTS
 from e2mc.models.layouts import CLASSIFIER_PREFIXES, detect_arch, infer_head_sizes

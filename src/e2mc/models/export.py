@@ -25,9 +25,10 @@ from typing import Any, Callable
 from e2mc import fileio
 from e2mc.errors import CheckpointError
 from e2mc.methods import METHODS
+from e2mc.methods.layout import join_flat, sub
 from e2mc.models import safepickle
 from e2mc.models.adapters import ADAPTERS
-from e2mc.models.layouts import HEADS, join_flat, sub
+from e2mc.models.heads import HEAD_NAMES
 
 LAYOUT_METHODS = {layout: name for name, m in METHODS.items() for layout in m.layouts}  # official layout -> method
 EXPORT_TARGETS = ("original", "safetensors", *ADAPTERS)
@@ -36,7 +37,7 @@ EXPORT_TARGETS = ("original", "safetensors", *ADAPTERS)
 def model_state(model) -> tuple[dict, dict]:
     """``(backbone, heads)`` state dicts of an SSLModel, detached on the CPU."""
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    heads = {h: sub(sd, h + ".") for h in HEADS}
+    heads = {h: sub(sd, h + ".") for h in HEAD_NAMES}
     return sub(sd, "backbone."), {h: d for h, d in heads.items() if d}
 
 

@@ -8,10 +8,11 @@ generic front door the model, the checkpoint loader and the layouts use.
 from __future__ import annotations
 
 from e2mc.methods import METHODS, get_method
+from e2mc.methods.base import head_names
 
 # every head slot any registered method declares (SSLModel attributes, state-dict prefixes):
 # its trainable heads, then its momentum teachers (``Method.teacher``)
-HEAD_NAMES = tuple(dict.fromkeys(h for m in METHODS.values() for h in (*m.heads, *m.teacher)))
+HEAD_NAMES = head_names()
 METHOD_HEADS = {name: m.heads for name, m in METHODS.items()}
 TEACHER_SLOTS = {name: tuple(m.teacher) for name, m in METHODS.items()}
 

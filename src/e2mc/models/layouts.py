@@ -1,15 +1,8 @@
-"""Flat state-dict layouts: split a checkpoint's tensors into backbone + heads, and back.
+"""Read a backbone's architecture and a method's head sizes from weights.
 
-Pure functions over ``dict[str, Tensor]``; no file I/O. A *kind* names how a flat dict groups
-its keys (after an optional ``module.`` DDP prefix):
-
-* ``"model"``    ``backbone.*``, ``projector.*``, ``predictor.*``, ``prototypes.*`` (SSLModel,
-                 VICReg's ``model`` dict); other top-level modules are dropped.
-* ``"swav"``     trunk at the root, ``projection_head.*``, ``prototypes.*``.
-* ``"simsiam"``  ``encoder.*`` trunk, ``encoder.fc.*`` projector, ``predictor.*``.
-* ``"backbone"`` the whole dict is a backbone (torchvision / timm names).
-
-It also detects the backbone architecture and head sizes from the weights.
+Pure functions over ``dict[str, Tensor]``; no file I/O. How a flat checkpoint dict splits into
+backbone + heads (its kind) is :mod:`e2mc.methods.layout` (the generic kinds) and the method
+files (their official files' kinds).
 """
 
 from __future__ import annotations
@@ -17,12 +10,9 @@ from __future__ import annotations
 import math
 import re
 
-import torch
-
 from e2mc.errors import CheckpointError
 from e2mc.methods import METHODS
 
-HEADS = ("projector", "predictor", "prototypes")
 CLASSIFIER_PREFIXES = ("fc.", "head.", "head_dist.", "classifier.", "heads.")
 _RESNETS = {
     (False, (2, 2, 2, 2)): "resnet18",
@@ -32,86 +22,6 @@ _RESNETS = {
     (True, (3, 8, 36, 3)): "resnet152",
 }
 _VIT_SIZES = {(192, 12): "tiny", (384, 12): "small", (768, 12): "base", (1024, 24): "large"}
-
-
-def is_tensor_dict(obj) -> bool:
-    """True for a non-empty dict of str -> Tensor."""
-    return (
-        isinstance(obj, dict)
-        and len(obj) > 0
-        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-    )
-
-
-def sub(sd: dict, prefix: str) -> dict:
-    """Entries of ``sd`` under ``prefix``, with the prefix removed."""
-    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
-
-
-def flat_kind(sd: dict) -> str:
-    """Kind of a flat dict whose ``module.`` prefix was already removed."""
-    tops = {k.split(".", 1)[0] for k in sd}
-    if "encoder" in tops and ("predictor" in tops or any(k.startswith("encoder.fc.") for k in sd)):
-        return "simsiam"
-    if "backbone" in tops:
-        return "model"
-    if "projection_head" in tops or "prototypes" in tops:
-        return "swav"
-    return "backbone"
-
-
-def split_flat(sd: dict, kind: str | None = None) -> tuple[dict, dict, list[str], dict]:
-    """Split a flat dict into ``(backbone, heads, dropped_keys, layout)``.
-
-    ``layout`` = ``{"kind", "module_prefix"}`` is what :func:`join_flat` needs to write it back.
-    """
-    module = all(k.startswith("module.") for k in sd)
-    if module:
-        sd = sub(sd, "module.")
-    kind = kind or flat_kind(sd)
-    heads: dict[str, dict] = {}
-    dropped: list[str] = []
-    if kind == "simsiam":
-        enc = sub(sd, "encoder.")
-        backbone = {k: v for k, v in enc.items() if not k.startswith("fc.")}
-        heads["projector"], heads["predictor"] = sub(enc, "fc."), sub(sd, "predictor.")
-        dropped = [k for k in sd if not k.startswith(("encoder.", "predictor."))]
-    elif kind == "swav":
-        heads["projector"], heads["prototypes"] = sub(sd, "projection_head."), sub(sd, "prototypes.")
-        backbone = {k: v for k, v in sd.items() if not k.startswith(("projection_head.", "prototypes."))}
-    elif kind == "model":
-        backbone = sub(sd, "backbone.")
-        heads = {h: sub(sd, h + ".") for h in HEADS}
-        dropped = [k for k in sd if k.split(".", 1)[0] not in ("backbone",) + HEADS]
-    elif kind == "backbone":
-        backbone = dict(sd)
-    else:
-        raise CheckpointError(f"unknown flat layout kind {kind!r}")
-    heads = {h: d for h, d in heads.items() if d}
-    return backbone, heads, dropped, {"kind": kind, "module_prefix": module}
-
-
-def join_flat(backbone: dict, heads: dict, layout: dict) -> dict:
-    """Inverse of :func:`split_flat`: a flat dict in ``layout["kind"]`` naming."""
-    kind = layout.get("kind", "model")
-    out: dict = {}
-    if kind == "simsiam":
-        out.update({f"encoder.{k}": v for k, v in backbone.items()})
-        out.update({f"encoder.fc.{k}": v for k, v in heads.get("projector", {}).items()})
-        out.update({f"predictor.{k}": v for k, v in heads.get("predictor", {}).items()})
-    elif kind == "swav":
-        out.update(backbone)
-        out.update({f"projection_head.{k}": v for k, v in heads.get("projector", {}).items()})
-        out.update({f"prototypes.{k}": v for k, v in heads.get("prototypes", {}).items()})
-    elif kind == "model":
-        out.update({f"backbone.{k}": v for k, v in backbone.items()})
-        for h in HEADS:
-            out.update({f"{h}.{k}": v for k, v in heads.get(h, {}).items()})
-    else:
-        out.update(backbone)
-    if layout.get("module_prefix"):
-        out = {f"module.{k}": v for k, v in out.items()}
-    return out
 
 
 def _resnet_arch(sd: dict) -> tuple[str, bool]:

@@ -1,10 +1,12 @@
 """Published models by name: the official releases e2mc knows, one table (:data:`ZOO`).
 
-Every row was copied from its official repository's README (the commit read is in ``SOURCES``):
-URL, architecture, published parameter count. None of the READMEs publishes a file size or a
-hash, so ``size`` and ``sha256`` are ``None`` here (the download still checks the server's own
-length, and the sha256 of what was loaded is recorded in the load report); a row that gets them
-has them checked. A method added later adds rows here and nothing else.
+Each method file lists its releases (``Method.releases``, :class:`~e2mc.methods.release.Release`
+rows) copied from its official repository's README (the commit read is its
+``releases_source``, collected in ``SOURCES``): URL, architecture, published parameter count.
+None of the READMEs publishes a file size or a hash, so ``size`` and ``sha256`` are ``None`` (the
+download still checks the server's own length, and the sha256 of what was loaded is recorded in
+the load report); a row that gets them has them checked. A method added later adds rows in its
+own file and nothing here.
 
 Names are ``<method>:<name>`` (``vicreg:resnet50-full``). :func:`fetch` puts the file in torch
 hub's cache, ``<torch hub dir>/checkpoints/<file>`` (``TORCH_HOME``; a file a user already
@@ -16,99 +18,15 @@ from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from e2mc.errors import CheckpointError
+from e2mc.methods import METHODS
+from e2mc.methods.release import Release
 
-SOURCES = {
-    "vicreg": "facebookresearch/vicreg README, commit 4e12602 (2022-12-04)",
-    "swav": "facebookresearch/swav README, commit 06b1b7c (2021-09-21)",
-    "simsiam": "facebookresearch/simsiam README, commit a7bc177 (2021-06-19)",
-}
-
-
-@dataclass(frozen=True)
-class Release:
-    """One published file. ``layout``: its adapter in ``e2mc.models.adapters.ADAPTERS``;
-    ``heads``: the file holds the method's heads (else a backbone alone); ``file``: the cache
-    file name where the URL's own is ambiguous; ``unsupported``: why e2mc cannot load it (listed
-    for reference; refused before any download)."""
-
-    name: str
-    method: str
-    arch: str
-    layout: str
-    heads: bool
-    url: str
-    params: str | None = None  # as published (README), e.g. "23M"
-    details: str = ""
-    size: int | None = None  # bytes; not published for any row yet
-    sha256: str | None = None  # not published for any row yet
-    file: str | None = None
-    unsupported: str | None = None
-
-    @property
-    def file_name(self) -> str:
-        return self.file or os.path.basename(urlsplit(self.url).path)
-
-
-_FB = "https://dl.fbaipublicfiles.com"
-_WIDE = "VICReg's own widened ResNets, which e2mc.models.backbones does not build"
-
-
-def _vicreg(arch: str, params: str, top1: str, supported: bool = True) -> list[Release]:
-    why = None if supported else _WIDE
-    kw = dict(method="vicreg", arch=arch, params=params, details=f"ImageNet linear top-1 {top1}", unsupported=why)
-    return [
-        Release(f"vicreg:{arch}", layout="torchvision", heads=False, url=f"{_FB}/vicreg/{arch}.pth", **kw),
-        Release(f"vicreg:{arch}-full", layout="vicreg", heads=True, url=f"{_FB}/vicreg/{arch}_fullckpt.pth", **kw),
-    ]
-
-
-def _swav(tag: str, epochs: int, batch: int, crops: str, top1: str) -> Release:
-    return Release(
-        f"swav:resnet50-{tag.replace('_', '-')}",
-        method="swav",
-        arch="resnet50",
-        layout="swav",
-        heads=True,
-        url=f"{_FB}/deepcluster/swav_{tag}_pretrain.pth.tar",
-        details=f"{epochs} epochs, batch {batch}, crops {crops}, ImageNet linear top-1 {top1}",
-    )
-
-
-def _simsiam(folder: str, batch: int, top1: str) -> Release:
-    return Release(
-        f"simsiam:resnet50-bs{batch}",
-        method="simsiam",
-        arch="resnet50",
-        layout="simsiam",
-        heads=True,
-        url=f"{_FB}/simsiam/models/{folder}/pretrain/checkpoint_0099.pth.tar",
-        details=f"100 epochs, batch {batch}, ImageNet linear top-1 {top1}",
-        file=f"simsiam_{folder}_checkpoint_0099.pth.tar",  # both releases are named checkpoint_0099.pth.tar
-    )
-
-
-ZOO: dict[str, Release] = {
-    r.name: r
-    for r in [
-        *_vicreg("resnet50", "23M", "73.2%"),
-        *_vicreg("resnet50x2", "93M", "75.5%", supported=False),
-        *_vicreg("resnet200x2", "250M", "77.3%", supported=False),
-        _swav("800ep", 800, 4096, "2x224 + 6x96", "75.3"),
-        _swav("400ep", 400, 4096, "2x224 + 6x96", "74.6"),
-        _swav("200ep", 200, 4096, "2x224 + 6x96", "73.9"),
-        _swav("100ep", 100, 4096, "2x224 + 6x96", "72.1"),
-        _swav("200ep_bs256", 200, 256, "2x224 + 6x96", "72.7"),
-        _swav("400ep_bs256", 400, 256, "2x224 + 6x96", "74.3"),
-        _swav("400ep_2x224", 400, 4096, "2x224", "70.1"),
-        _simsiam("100ep", 512, "68.1"),
-        _simsiam("100ep-256bs", 256, "68.3"),
-    ]
-}
+SOURCES = {name: m.releases_source for name, m in METHODS.items() if m.releases}
+ZOO: dict[str, Release] = {r.name: r for m in METHODS.values() for r in m.releases}
 METHOD_PREFIXES = tuple(sorted({r.method + ":" for r in ZOO.values()}))
 
 
