@@ -12,6 +12,7 @@ format         layout
 e2mc           ``{"format": "e2mc", "method", "arch", "cifar_stem", "head_sizes", "model", ...}``
 lightning      ``{"state_dict": {<prefix>...}, "pytorch-lightning_version", "epoch", ...}``
 vicreg         ``{"model": {"module.backbone.*", "module.projector.*"}, "optimizer", "epoch"}``
+barlowtwins    ``{"epoch", "model": {"module.backbone.*", "module.projector.*", "module.bn.*"}, "optimizer"}``
 simsiam        ``{"state_dict": {"module.encoder.*" (projector in encoder.fc), "module.predictor.*"}, ...}``
 swav           raw ``{"module.<trunk>", "module.projection_head.*", "module.prototypes.weight"}``
 torchvision    raw torchvision-named backbone (VICReg ``resnet50.pth``; ``fc.*`` dropped)
@@ -388,3 +389,56 @@ ADAPTERS: dict[str, Adapter] = {
         StateDictAdapter(),
     )
 }
+
+
+class BarlowTwinsAdapter(Adapter):
+    """facebookresearch/barlowtwins ``main.py``'s ``checkpoint.pth`` (commit 8e8d284):
+    ``dict(epoch=, model=<DDP state dict>, optimizer=<LARS state dict>)`` with ``module.backbone.*``
+    (torchvision ResNet, ``fc`` an Identity), ``module.projector.*`` (Linear layers without bias)
+    and ``module.bn.*`` (the loss's affine-free BatchNorm1d); LARS holds two groups (weights, then
+    the ``ndim == 1`` parameters) with boolean filters and ``mu`` per parameter. VICReg's
+    ``model.pth`` has the same top level: this one is told apart by ``bn.*`` or a bias-free
+    projector, and scores above the VICReg adapter."""
+
+    name, expected = "barlowtwins", ("epoch", "model", "optimizer")
+    description = (
+        "Barlow Twins checkpoint.pth {'epoch', 'model': {'module.backbone.*', 'module.projector.*' (no biases), "
+        "'module.bn.*'}, 'optimizer'}"
+    )
+
+    @staticmethod
+    def _inner(obj) -> dict | None:
+        sd = obj.get("model") if isinstance(obj, dict) and "format" not in obj else None
+        if _inner_kind(sd) != "model":
+            return None
+        return sub(sd, "module.") if all(k.startswith("module.") for k in sd) else sd
+
+    def detect(self, obj):
+        sd = self._inner(obj)
+        if sd is None:
+            return 0.0
+        has_bn = any(k.startswith("bn.") for k in sd)
+        bias_free = "projector.0.weight" in sd and "projector.0.bias" not in sd  # VICReg's Linear has one
+        return 0.9 if has_bn or bias_free else 0.0
+
+    def split(self, obj):
+        if self._inner(obj) is None:
+            raise CheckpointError(
+                "not a Barlow Twins checkpoint.pth: no 'model' dict with 'module.backbone.*' keys; "
+                "pass main.py's checkpoint.pth, or its resnet50.pth for the backbone alone"
+            )
+        return _flat_parts(
+            obj["model"], "model", method="barlowtwins", epoch=_epoch(obj), optimizer=obj.get("optimizer")
+        )
+
+    def pack(self, backbone, heads, meta):
+        out = {
+            "epoch": meta.get("epoch") or 0,
+            "model": join_flat(backbone, heads, {"kind": "model", "module_prefix": True}),
+        }
+        if meta.get("optimizer") is not None:  # main.py's resume loads it: optimizer.load_state_dict
+            out["optimizer"] = meta["optimizer"]
+        return out
+
+
+ADAPTERS[BarlowTwinsAdapter.name] = BarlowTwinsAdapter()

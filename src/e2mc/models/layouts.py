@@ -3,8 +3,8 @@
 Pure functions over ``dict[str, Tensor]``; no file I/O. A *kind* names how a flat dict groups
 its keys (after an optional ``module.`` DDP prefix):
 
-* ``"model"``    ``backbone.*``, ``projector.*``, ``predictor.*``, ``prototypes.*`` (SSLModel,
-                 VICReg's ``model`` dict); other top-level modules are dropped.
+* ``"model"``    ``backbone.*``, ``projector.*``, ``predictor.*``, ``prototypes.*``, ``bn.*`` (SSLModel,
+                 VICReg's and Barlow Twins' ``model`` dict); other top-level modules are dropped.
 * ``"swav"``     trunk at the root, ``projection_head.*``, ``prototypes.*``.
 * ``"simsiam"``  ``encoder.*`` trunk, ``encoder.fc.*`` projector, ``predictor.*``.
 * ``"backbone"`` the whole dict is a backbone (torchvision / timm names).
@@ -23,6 +23,7 @@ from e2mc.errors import CheckpointError
 from e2mc.methods import METHODS
 
 HEADS = ("projector", "predictor", "prototypes")
+HEADS += tuple(h for m in METHODS.values() for h in m.heads if h not in HEADS)  # e.g. Barlow Twins' bn
 CLASSIFIER_PREFIXES = ("fc.", "head.", "head_dist.", "classifier.", "heads.")
 _RESNETS = {
     (False, (2, 2, 2, 2)): "resnet18",

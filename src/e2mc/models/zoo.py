@@ -26,6 +26,7 @@ SOURCES = {
     "vicreg": "facebookresearch/vicreg README, commit 4e12602 (2022-12-04)",
     "swav": "facebookresearch/swav README, commit 06b1b7c (2021-09-21)",
     "simsiam": "facebookresearch/simsiam README, commit a7bc177 (2021-06-19)",
+    "barlowtwins": "facebookresearch/barlowtwins README, commit 8e8d284 (2022-02-22)",
 }
 
 
@@ -92,6 +93,29 @@ def _simsiam(folder: str, batch: int, top1: str) -> Release:
     )
 
 
+def _barlowtwins() -> list[Release]:
+    # the README's "ljng" files (hubconf.py still names the older ep1000_bs2048_lrw0.2_lrb0.0048_lambd0.0051 folder)
+    kw = dict(method="barlowtwins", arch="resnet50", details="1000 epochs, batch 2048, ImageNet linear top-1 73.5%")
+    return [
+        Release(
+            "barlowtwins:resnet50",
+            layout="torchvision",
+            heads=False,
+            url=f"{_FB}/barlowtwins/ljng/resnet50.pth",
+            file="barlowtwins_ljng_resnet50.pth",
+            **kw,
+        ),
+        Release(
+            "barlowtwins:resnet50-full",
+            layout="barlowtwins",
+            heads=True,
+            url=f"{_FB}/barlowtwins/ljng/checkpoint.pth",
+            file="barlowtwins_ljng_checkpoint.pth",
+            **kw,
+        ),
+    ]
+
+
 ZOO: dict[str, Release] = {
     r.name: r
     for r in [
@@ -107,6 +131,7 @@ ZOO: dict[str, Release] = {
         _swav("400ep_2x224", 400, 4096, "2x224", "70.1"),
         _simsiam("100ep", 512, "68.1"),
         _simsiam("100ep-256bs", 256, "68.3"),
+        *_barlowtwins(),
     ]
 }
 METHOD_PREFIXES = tuple(sorted({r.method + ":" for r in ZOO.values()}))
