@@ -84,7 +84,9 @@ def test_bn_module_statistics_move_as_batchnorm1d():
 
 def test_off_diagonal_is_every_entry_but_the_diagonal():
     c = torch.arange(16.0).view(4, 4)
-    assert sorted(off_diagonal(c).tolist()) == sorted(v for i, r in enumerate(c.tolist()) for j, v in enumerate(r) if i != j)
+    assert sorted(off_diagonal(c).tolist()) == sorted(
+        v for i, r in enumerate(c.tolist()) for j, v in enumerate(r) if i != j
+    )
 
 
 def test_float32_inside_autocast():

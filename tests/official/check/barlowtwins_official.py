@@ -16,10 +16,9 @@ from pathlib import Path
 
 REPO, out = sys.argv[1], Path(sys.argv[2])
 sys.path.insert(0, REPO)
+import main as M  # noqa: E402  (the official main.py)
 import torch  # noqa: E402
 import torchvision  # noqa: E402
-
-import main as M  # noqa: E402  (the official main.py)
 
 torchvision.models.resnet50 = torchvision.models.resnet18
 args = argparse.Namespace(
@@ -44,7 +43,9 @@ for param in model.parameters():
         param_weights.append(param)
 parameters = [{"params": param_weights}, {"params": param_biases}]
 model = torch.nn.parallel.DistributedDataParallel(model)
-optimizer = M.LARS(parameters, lr=0, weight_decay=args.weight_decay, weight_decay_filter=True, lars_adaptation_filter=True)
+optimizer = M.LARS(
+    parameters, lr=0, weight_decay=args.weight_decay, weight_decay_filter=True, lars_adaptation_filter=True
+)
 loader = [None] * 10
 for step in range(1, 3):
     M.adjust_learning_rate(args, optimizer, loader, step)
