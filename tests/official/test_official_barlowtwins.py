@@ -58,6 +58,36 @@ def test_backbone_file_read_whole(bt, one_torch_thread):
     assert report.heads_built == ["projector", "bn"] and report.head_sizes == {"projector": [2048] * 3}
 
 
+@pytest.fixture
+def server(monkeypatch, tmp_path):
+    """tests/models/test_zoo.py's local HTTP mirror, as ``E2MC_ZOO_URL_BASE``, with its own torch hub cache."""
+    import threading
+
+    from tests.models.test_zoo import Server
+
+    srv = Server()
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    monkeypatch.setenv("E2MC_ZOO_URL_BASE", srv.base)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_zoo_names_load_the_released_files(bt, server, one_torch_thread):
+    """``barlowtwins:resnet50-full`` / ``barlowtwins:resnet50``: the README's ljng URLs (here on a local
+    mirror), each in its own cache file (VICReg's release is also called resnet50.pth)."""
+    server.files["/barlowtwins/ljng/checkpoint.pth"] = (bt / "checkpoint.pth").read_bytes()
+    server.files["/barlowtwins/ljng/resnet50.pth"] = (bt / "resnet50.pth").read_bytes()
+    _, full = load_model("barlowtwins:resnet50-full")
+    assert (full.format, full.method, full.heads) == ("barlowtwins", "barlowtwins", ["projector", "bn"])
+    assert full.source["cache_path"].endswith("/barlowtwins_ljng_checkpoint.pth")
+    _, bare = load_model("barlowtwins:resnet50")
+    assert (bare.format, bare.method, bare.heads) == ("torchvision", None, [])
+    assert bare.source["cache_path"].endswith("/barlowtwins_ljng_resnet50.pth")
+    assert sorted(p.split("/")[-1] for p, _ in server.requests) == ["checkpoint.pth", "resnet50.pth"]
+
+
 def _vicreg_like(bt) -> dict:
     """main_vicreg.py's ``model.pth`` shape: same top level, projector Linear layers with biases, no bn."""
     from e2mc.models.model import SSLModel
