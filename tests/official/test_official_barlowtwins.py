@@ -135,6 +135,20 @@ def test_continue_with_each_addon(bt, image_folder, tmp_path, addon, capsys, one
     assert ck["method"] == "barlowtwins" and int(ck["model"]["bn.num_batches_tracked"]) == 4 + 2
 
 
+def test_continue_from_the_backbone_file_warms_fresh_heads(bt, image_folder, tmp_path, capsys, one_torch_thread):
+    run = tmp_path / "run"
+    sets = [f"data.dataset={image_folder}", *TINY, "train.max_steps=1", "train.head_warmup_steps=2"]
+    sets += ["model.head_sizes={projector: [64, 64, 64]}"]
+    args = ["continue", str(bt / "resnet50.pth"), "--method", "barlowtwins", "--out", str(run)]
+    assert main([*args, *(a for o in sets for a in ("--set", o))]) == 0
+    said = capsys.readouterr()
+    assert "heads warm-up: 2 steps on projector, bn (backbone frozen)" in said.out + said.err
+    ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert int(ck["model"]["bn.num_batches_tracked"]) == 2 * (2 + 1)  # both views, warm-up and main steps
+    start = torch.load(bt / "resnet50.pth", weights_only=True)
+    assert not torch.equal(ck["model"]["backbone.conv1.weight"], start["conv1.weight"])  # then the backbone moved
+
+
 def test_continue_restores_lars_and_exports_for_main_py(bt, image_folder, tmp_path, capsys, one_torch_thread):
     run, out = tmp_path / "run", tmp_path / "exported" / "checkpoint.pth"
     sets = [f"data.dataset={image_folder}", *TINY, "optim.restore_state=true", "optim.exclude_bias_and_norm=true"]
