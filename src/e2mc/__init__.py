@@ -20,6 +20,7 @@ _PUBLIC = {
     "VICRegLoss": "e2mc.criteria.vicreg",
     "SwAVLoss": "e2mc.criteria.swav",
     "SimSiamLoss": "e2mc.criteria.simsiam",
+    "BarlowTwinsLoss": "e2mc.criteria.barlowtwins",
     "VCAddon": "e2mc.criteria.addons",
     "UniformityAddon": "e2mc.criteria.addons",
     "MMCRAddon": "e2mc.criteria.addons",

@@ -36,6 +36,7 @@ def test_paper_defaults_table():
         "vicreg": (10.0, 1.0, "sigmoid"),
         "swav": (10.0, 1.0, "gaussian_cdf"),
         "simsiam": (1.0, 25.0, "gaussian_cdf"),
+        "barlowtwins": (10.0, 1.0, "sigmoid"),  # no paper values: VICReg's (methods/barlowtwins.py)
     }
 
 

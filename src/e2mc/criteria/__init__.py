@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from e2mc.criteria.addons import MMCRAddon, NoAddon, UniformityAddon, VCAddon
+from e2mc.criteria.barlowtwins import BarlowTwinsLoss
 from e2mc.criteria.e2mc import E2MC
 from e2mc.criteria.entropy import TRANSFORMS, default_m, get_transform, m_spacing_entropy
 from e2mc.criteria.simsiam import SimSiamLoss
@@ -50,6 +51,7 @@ def build_addon(name: str, **kwargs: Any) -> nn.Module:
 
 __all__ = [
     "ADDONS",
+    "BarlowTwinsLoss",
     "E2MC",
     "MMCRAddon",
     "NoAddon",
