@@ -84,3 +84,20 @@ def test_tour_runs_as_written(tmp_path, monkeypatch, capsys):
         assert (report / f"{plot}.png").is_file(), plot
         assert f"({plot}.png)" in (report / "report.md").read_text()
     assert (tmp_path / "runs" / "e2mc_backbone.safetensors").is_file()
+
+
+def test_the_method_table_lists_every_registered_method_with_its_defaults():
+    """One row per ``METHODS`` entry (a method added without its README row fails here), and the
+    row's E2MC weights are the method file's ``e2mc_defaults``."""
+    from e2mc.methods import METHODS
+
+    head = "| method (`--method`) |"
+    table = README.split(head, 1)[1].split("\n\n", 1)[0]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows[cells[0].strip("`")] = cells
+    assert set(rows) == set(METHODS), f"README method table rows {sorted(rows)} vs registered {sorted(METHODS)}"
+    for name, spec in METHODS.items():
+        entropy, cov, _ = spec.e2mc_defaults
+        assert rows[name][3].startswith(f"{entropy:g} / {cov:g}"), (name, rows[name][3], spec.e2mc_defaults)
