@@ -160,9 +160,8 @@ class TrainerSetup:
             self.state.restore(state, self.dist, self.per_device_batch, seed, self.log)
             self.log(f"resumed from {ckpt}: epoch {self.state.epoch}, step {self.state.global_step}")
             if data_change:
-                bpe = self.sampler.batches_per_epoch
-                args = (self.cfg.train, bpe, self.schedule_warmup, self.log)
-                self.total_steps = reschedule(self.state, state, data_change, *args)
+                bpe, warm = self.sampler.batches_per_epoch, self.schedule_warmup
+                self.total_steps = reschedule(self.state, state, data_change, self.cfg.train, bpe, warm, self.log)
         self.ddp_model = D.wrap_ddp(self.model, self.dist)
         self._build_outputs(None if found is None else found[1])
 
@@ -256,8 +255,9 @@ class TrainerSetup:
                 self.device,
                 entropy_transform=cfg.addon.transform or self.method.e2mc_defaults[2],
             )
-        s, batch = self.state, {"per_device_batch": self.per_device_batch, "global_batch": self.global_batch}
-        setup = {"world_size": self.dist.world_size, **batch, "effective_lr": self.lr}
+        s = self.state
+        setup = {"world_size": self.dist.world_size, "per_device_batch": self.per_device_batch}
+        setup.update({"global_batch": self.global_batch, "effective_lr": self.lr})
         origin = {"source_format": s.source_format, "source_epoch": s.source_epoch, "heads_built": self.heads_built}
         self.run.write_run_files(cfg, self.report, setup, {**origin, "device": str(self.device)})
 
@@ -276,7 +276,9 @@ class TrainerSetup:
             return float(stored)
         from e2mc.train.calibrate import auto_cov_weight, measure_terms
 
-        step = lambda images, probe: self.forward_loss(images, self.model, probe)  # noqa: E731
+        def step(images: Any, probe: Any) -> dict:  # the training step's loss, without its hooks
+            return self.forward_loss(images, self.model, probe)
+
         base, cov = measure_terms(step, self.model, self.loader.dataset, self.per_device_batch, self.cfg, self.device)
         w = auto_cov_weight(base, cov, a.cov_fraction)
         self.log(
@@ -636,8 +638,11 @@ class Trainer(TrainerSetup):
     def log(self, msg: str) -> None:
         """A log line on stderr (rank 0 only)."""
         if self.dist.is_main and not self.quiet:
-            bar = getattr(self, "bar", None)
-            bar.write(msg) if bar is not None else print(msg, file=sys.stderr, flush=True)
+            bar = getattr(self, "bar", None)  # None until the outputs are built
+            if bar is not None:
+                bar.write(msg)
+            else:
+                print(msg, file=sys.stderr, flush=True)
 
     def _flush(self, phase: str, step: int | None = None) -> None:
         """Read the pending per-step terms (one host sync), check them, write one log row."""

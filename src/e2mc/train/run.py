@@ -1,10 +1,14 @@
-"""Run folder: layout checks, resolved config, atomic checkpoints (their contents: ``train.state``), metrics log.
+"""Run folder: ``RunFolder`` (the trainer's ``self.run``), layout checks, atomic checkpoints (their
+contents: ``train.state``), metrics log.
 
+``RunFolder`` is owned and called by the ``Trainer`` and calls nothing of it: it is given the
+process layout and a log function, and the config, rows, run info and checkpoint dicts it writes.
 Checkpoints are dicts of plain tensors and builtins (loadable with ``weights_only=True``) and are
-written atomically: a temp file in the same folder, ``fsync``, then ``os.replace``. A crash
-while writing leaves the previous checkpoint intact; its temp file is removed at the next start of
-the run (``remove_temp_files``). A run holds ``RunLock`` on its folder for its whole life. Write
-failures (disk full, read-only, permissions) become ``RunIOError`` naming the file.
+written atomically (``e2mc.fileio``): a temp file in the same folder, ``fsync``, then
+``os.replace``. A crash while writing leaves the previous checkpoint intact; its temp file is
+removed at the next start of the run (``remove_temp_files``). A run holds ``RunLock`` on its folder
+for its whole life. Write failures (disk full, read-only, permissions) become ``RunIOError``
+naming the file (``write_error``).
 """
 
 from __future__ import annotations
