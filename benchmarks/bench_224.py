@@ -168,9 +168,9 @@ def e2mc_step(t, crops):
     """The Trainer's per-batch work in ``_run_epoch`` (no checkpoint: none is due in a run)."""
     from e2mc.train import distributed as D
 
-    terms = t.train_step(crops, scheduler=t.scheduler)
-    t.global_step += 1
-    t.step_in_epoch += 1
+    terms = t.train_step(crops, scheduler=t.state.scheduler)
+    t.state.global_step += 1
+    t.state.step_in_epoch += 1
     t._pending.append(terms)
     if t.global_step % t.cfg.train.log_every == 0:
         t._flush("train")

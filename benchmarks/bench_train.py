@@ -93,8 +93,8 @@ def main() -> int:
         for name in ("e2mc", "bare") if i % 2 == 0 else ("bare", "e2mc"):  # interleaved, alternating order
             start = time.perf_counter()
             if name == "e2mc":  # the Trainer's per-step work: step, bookkeeping, periodic flush
-                t._pending.append(t.train_step(x, scheduler=t.scheduler))
-                t.global_step += 1
+                t._pending.append(t.train_step(x, scheduler=t.state.scheduler))
+                t.state.global_step += 1
                 if t.global_step % t.cfg.train.log_every == 0:
                     t._flush("train")
             else:

@@ -224,11 +224,11 @@ def check_precision(S, device, dry, tmp):
         try:
             skipped, finite, scales, last = 0, True, [], None
             for i in range(S["amp_steps"]):
-                before = t.scaler.get_scale() if t.scaler.is_enabled() else None
-                terms = t.train_step(batches[i % len(batches)], scheduler=t.scheduler)
+                before = t.state.scaler.get_scale() if t.state.scaler.is_enabled() else None
+                terms = t.train_step(batches[i % len(batches)], scheduler=t.state.scheduler)
                 finite &= bool(torch.stack([v.float() for v in terms.values()]).isfinite().all())
                 if before is not None:
-                    after = t.scaler.get_scale()
+                    after = t.state.scaler.get_scale()
                     skipped += after < before
                     scales += [before, after] if not scales else [after]
                 last = float(terms["loss"])
@@ -294,7 +294,7 @@ def check_speed(S, device, dry, tmp, results):
             return batches[state["i"] % len(batches)]
 
         def trainer_step():
-            t.train_step(nxt(), scheduler=t.scheduler)
+            t.train_step(nxt(), scheduler=t.state.scheduler)
 
         def bare_fn():
             bare_step(bare, t.views, t.criterion, e2mc_addon, bare_opt, nxt(), device)

@@ -59,8 +59,9 @@ def export_start(
     from safetensors.torch import save_file
 
     from e2mc.errors import CheckpointError, ConfigError
+    from e2mc.fileio import atomic_write
     from e2mc.models.checkpoints import load_model
-    from e2mc.models.export import atomic_write
+    from e2mc.models.export import refused
     from e2mc.train.run import git_commit
 
     model, report = load_model(str(checkpoint))
@@ -82,7 +83,7 @@ def export_start(
         "method": model.method or "",
         "format": "e2mc",
     }
-    path = atomic_write(out / MODEL_FILE, lambda tmp: save_file(state, tmp, metadata=meta))
+    path = atomic_write(out / MODEL_FILE, lambda tmp: save_file(state, tmp, metadata=meta), error=refused)
     back, back_report = load_model(str(path), method=model.method)
     if back_report.heads_built or set(back.state_dict()) != set(state):
         raise CheckpointError(f"round trip of {path} lost heads {back_report.heads_built}; not a usable start")

@@ -321,9 +321,10 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
         "start_checkpoint": str(start / "checkpoints" / "last.pt"),
         "report": {k: str(v) for k, v in paths.items()},
     }
-    from e2mc.train.run import write_text_atomic
+    from e2mc.fileio import atomic_write_text
+    from e2mc.train.run import write_error
 
-    write_text_atomic(cfg.out / "results.json", json.dumps(results, indent=2, default=str))
+    atomic_write_text(cfg.out / "results.json", json.dumps(results, indent=2, default=str), error=write_error)
     log("")
     log(comparison.to_markdown(metrics=TABLE_METRICS))
     log("")

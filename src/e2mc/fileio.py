@@ -9,10 +9,11 @@ folder, named ``.<name>.<8 random characters>.tmp`` (:data:`TEMP_NAME`), then
 
 A crash at any point leaves the old file or the new one, never a torn one; a killed write leaves
 at most a temp file, which :func:`e2mc.train.run.remove_temp_files` recognises by its name. On
-any error the temp file is removed and the exception propagates unchanged: each caller turns an
-``OSError`` into its own one-line error (``RunIOError`` for run files, ``CheckpointError`` for
-exports, a warning for caches). The file gets the permissions ``open()`` would give it (the umask),
-not ``mkstemp``'s 0600.
+any error the temp file is removed and the exception propagates, or, when the caller passes
+``error=(path, exc) -> Exception | None``, the one-line error that ``error`` makes of it
+(``train.run.write_error``: ``RunIOError`` for run files; ``models.export``: ``CheckpointError``);
+``parents=True`` makes missing parent folders first (inside the same error handling). The file
+gets the permissions ``open()`` would give it (the umask), not ``mkstemp``'s 0600.
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -24,6 +25,7 @@ not ``mkstemp``'s 0600.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -60,9 +62,32 @@ def cache_root() -> Path:
     return Path(root).expanduser() if root else Path.home() / ".cache" / "e2mc"
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
-    """Write ``path`` atomically: ``write(tmp_path)``, fsync, ``os.replace``, fsync of the folder."""
+ErrorFn = Callable[[Path, Exception], Exception | None]  # a failed write -> the error to raise (None: as it is)
+
+
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[str], Any], *, parents: bool = False, error: ErrorFn | None = None
+) -> Path:
+    """Write ``path`` atomically: ``write(tmp_path)``, fsync, ``os.replace``, fsync of the folder.
+
+    ``parents``: make missing parent folders first. ``error(path, exc)``: for an exception of
+    the write (the old file intact, the temp file removed), the error to raise instead (one line
+    saying what to do), or None to let ``exc`` propagate.
+    """
     path = Path(path)
+    try:
+        if parents:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        _replace_atomically(path, write)
+    except Exception as exc:
+        mapped = error(path, exc) if error is not None else None
+        if mapped is None:
+            raise
+        raise mapped from None
+    return path
+
+
+def _replace_atomically(path: Path, write: Callable[[str], Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -75,7 +100,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
             os.unlink(tmp)
         raise
     _fsync_path(path.parent, directory=True)
-    return path
 
 
 def move_into_place(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
@@ -87,16 +111,23 @@ def move_into_place(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def atomic_write_file(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
-    """:func:`atomic_write` for writers that take an open binary file (``torch.save``, ``np.save``)."""
+def atomic_write_file(path: str | os.PathLike, write: Callable[[BinaryIO], Any], **kw: Any) -> Path:
+    """:func:`atomic_write` for writers that take an open binary file (``torch.save``, ``np.save``);
+    ``kw``: ``parents``, ``error``."""
 
     def to_file(tmp: str) -> None:
         with open(tmp, "wb") as fh:
             write(fh)
 
-    return atomic_write(path, to_file)
+    return atomic_write(path, to_file, **kw)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """:func:`atomic_write` of a UTF-8 text."""
-    return atomic_write_file(path, lambda fh: fh.write(text.encode("utf-8")))
+def atomic_write_text(path: str | os.PathLike, text: str, **kw: Any) -> Path:
+    """:func:`atomic_write` of a UTF-8 text; ``kw``: ``parents``, ``error``."""
+    return atomic_write_file(path, lambda fh: fh.write(text.encode("utf-8")), **kw)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2, **kw: Any) -> Path:
+    """:func:`atomic_write_text` of ``obj`` as JSON and a newline (values JSON cannot hold become
+    strings); ``kw``: ``parents``, ``error``."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent, default=str) + "\n", **kw)

@@ -24,6 +24,7 @@ def main() -> int:
     kind, *arg = fault.split(":")
     torch.set_num_threads(1)
     from e2mc.cli import main as cli
+    from e2mc.fileio import atomic_write_file
     from e2mc.train import run as R
     from e2mc.train.loop import Trainer
 
@@ -69,7 +70,7 @@ def main() -> int:
                 f.flush()
                 die()
 
-            R.atomic_write_bytes(path, partial)
+            atomic_write_file(path, partial, error=R.write_error)
 
         R.save_checkpoint = save
     return cli(argv)

@@ -55,7 +55,7 @@ def test_auto_cov_weight_matches_hand_computation(tiny, tmp_path):
         t.model.load_state_dict(state)
         expected = 0.25 * abs(np.mean(base)) / np.mean(cov)
         assert len(base) == 2
-        assert t.auto_cov_weight == pytest.approx(expected, rel=1e-3)
+        assert t.state.auto_cov_weight == pytest.approx(expected, rel=1e-3)
         assert t.addon.cov_weight == pytest.approx(expected, rel=1e-3)
     finally:
         t._close()
@@ -101,7 +101,7 @@ def test_auto_cov_weight_is_stored_and_reused_on_resume(tiny, tmp_path):
         quiet=True,
     )
     try:
-        assert t.auto_cov_weight == stored and t.addon.cov_weight == stored
+        assert t.state.auto_cov_weight == stored and t.addon.cov_weight == stored
     finally:
         t._close()
 

@@ -119,7 +119,7 @@ def run_case(out, method, addon, batch):
         "counts": counter.per_step(2),
     }
     if (
-        t.method_state is not None
+        t.state.method_state is not None
     ):  # the checkpoint stores the queue as one process holds it; reloading gives each rank its own
         from e2mc.criteria import SwAVQueue
         from e2mc.train.run import load_checkpoint
@@ -127,9 +127,11 @@ def run_case(out, method, addon, batch):
         if dist.is_initialized():
             dist.barrier()
         stored = load_checkpoint(f"{out}/checkpoints/last.pt")["swav_queue"]
-        again = SwAVQueue(*t.method_state.embeddings.shape[1:], t.method_state.embeddings.shape[0])
-        assert again.load_global_state(stored, batch) and again.full == t.method_state.full
-        res.update(queue=t.method_state.embeddings.clone(), stored=stored["embeddings"], reloaded=again.embeddings)
+        again = SwAVQueue(*t.state.method_state.embeddings.shape[1:], t.state.method_state.embeddings.shape[0])
+        assert again.load_global_state(stored, batch) and again.full == t.state.method_state.full
+        res.update(
+            queue=t.state.method_state.embeddings.clone(), stored=stored["embeddings"], reloaded=again.embeddings
+        )
     return res
 
 

@@ -94,17 +94,21 @@ def test_run_folder_layout_and_checkpoint_format(tmp_path, tiny):
         Trainer(tiny(out, "train.max_steps=1"), quiet=True)
 
 
-def test_trainer_attributes_of_the_run_state():
-    """Every field of RunState (what a checkpoint saves) reads as a Trainer attribute through
-    ``trainer.state``, and only those."""
-    import dataclasses
+def test_trainer_reads_its_run_state_and_run_folder_without_callbacks():
+    """The run's state is ``trainer.state`` (a RunState): the trainer forwards none of its fields
+    but the four documented read-only properties; the run folder (``train.run.RunFolder``) calls
+    nothing of the trainer's (no mixin: the trainer owns it as ``trainer.run``)."""
+    import inspect
 
-    from e2mc.train import loop
-    from e2mc.train.state import RunState
+    from e2mc.train import loop, run
 
-    through_state = {k for k, v in vars(loop.TrainerSetup).items() if isinstance(v, loop._InState)}
-    # ``method`` (how the method's own state is saved) is the trainer's own ``method``, set before the state
-    assert through_state == {f.name for f in dataclasses.fields(RunState)} - {"method"}
+    props = {k for k, v in vars(loop.TrainerSetup).items() if isinstance(v, property)}
+    assert props == {"model", "optimizer", "epoch", "global_step"}
+    assert all(vars(loop.TrainerSetup)[k].fset is None for k in props)  # written through trainer.state only
+    assert loop.TrainerSetup.__mro__[1:] == (object,) and not hasattr(run, "RunFolderMixin")
+    source = inspect.getsource(run)
+    for name in ("_flush", "_probe_nonfinite", "_diverged", "self.state", "self.cfg"):
+        assert name not in source, name
 
 
 def test_resume_gives_identical_weights(tmp_path, tiny):

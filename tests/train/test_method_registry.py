@@ -100,7 +100,7 @@ SCRIPT = textwrap.dedent(
     online = {k[len("projector."):]: v for k, v in st["model"].items() if k.startswith("projector.")}
     res["moved"] = not torch.equal(target["0.weight"], online["0.weight"])
     t = Trainer(load_config(None, sets + ["train.max_steps=3", "out.resume=true"]), quiet=True)
-    res["restored"] = all(torch.equal(v, target[k]) for k, v in t.method_state.state_dict().items())
+    res["restored"] = all(torch.equal(v, target[k]) for k, v in t.state.method_state.state_dict().items())
     t.fit()
     res["step"] = load_checkpoint(f"{out}/checkpoints/last.pt")["step"]
     res["epochs_started"] = METHODS["ema_twin"].epochs_started

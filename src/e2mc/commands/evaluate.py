@@ -243,11 +243,12 @@ def _compare(args) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
+        from e2mc.fileio import atomic_write_text
         from e2mc.report import write_report
-        from e2mc.train.run import write_text_atomic
+        from e2mc.train.run import write_error
 
         res.to_json(out / "comparison.json")
-        write_text_atomic(out / "comparison.md", res.to_markdown())
+        atomic_write_text(out / "comparison.md", res.to_markdown(), error=write_error)
         write_report(out, res)  # the one report; `e2mc report OUT/comparison.json` regenerates it
         print(f"wrote {out / 'comparison.json'}, {out / 'report.md'}, {out / 'report.html'}", file=sys.stderr)
     print(res.to_json() if args.json else res.to_markdown())

@@ -477,13 +477,14 @@ class _Entry:
         """Flush the maps (msync: the rows reach the disk first), then rewrite progress.json
         atomically; a failed write only warns (the extraction goes on, less resumable)."""
         from e2mc.errors import CheckpointError
-        from e2mc.models.export import atomic_write
+        from e2mc.fileio import atomic_write_text
+        from e2mc.models.export import refused
 
         for a in (*self.maps.values(), self.labels):
             a.flush()
         text = json.dumps({**self.progress, "rows": int(rows), "complete": bool(complete)})
         try:
-            atomic_write(self.path / "progress.json", lambda tmp: Path(tmp).write_text(text))
+            atomic_write_text(self.path / "progress.json", text, parents=True, error=refused)
         except CheckpointError as exc:
             if strict:
                 raise OSError(str(exc)) from None

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from e2mc import fileio
 from e2mc.errors import CheckpointError
@@ -41,19 +41,14 @@ def model_state(model) -> tuple[dict, dict]:
     return sub(sd, "backbone."), {h: d for h, d in heads.items() if d}
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
-    """:func:`e2mc.fileio.atomic_write` for a user-chosen output path: makes missing parent folders
-    and turns a refused write into a one-line ``CheckpointError``."""
-    path = Path(path)
+def refused(path: Path, exc: Exception) -> CheckpointError | None:
+    """A refused export (``fileio.atomic_write``'s ``error``) as one line: a folder at ``path``,
+    permissions, a file where a folder should be, disk full."""
+    if not isinstance(exc, OSError):
+        return None
     if path.is_dir():
-        raise CheckpointError(f"{path} is a folder; give a file path to write, e.g. {path / 'model.pth'}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return fileio.atomic_write(path, write)
-    except OSError as exc:  # permissions, a file where a folder should be, disk full
-        raise CheckpointError(
-            f"cannot write {path}: {exc.strerror or exc}; choose a writable file path with free space"
-        ) from None
+        return CheckpointError(f"{path} is a folder; give a file path to write, e.g. {path / 'model.pth'}")
+    return CheckpointError(f"cannot write {path}: {exc.strerror or exc}; choose a writable file path with free space")
 
 
 def _save_safetensors(tensors: dict, path, metadata: dict) -> Path:
@@ -61,7 +56,7 @@ def _save_safetensors(tensors: dict, path, metadata: dict) -> Path:
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     meta = {k: str(v) for k, v in metadata.items() if v is not None}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return fileio.atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta), parents=True, error=refused)
 
 
 def save_backbone_safetensors(model, path: str | os.PathLike, source_format: str | None = None) -> Path:
@@ -190,4 +185,4 @@ def export_model(
         "layout": layout if source == fmt else None,
     }
     obj = ADAPTERS[fmt].pack(backbone, heads, meta)
-    return atomic_write(path, lambda tmp: safepickle.save(obj, tmp))
+    return fileio.atomic_write(path, lambda tmp: safepickle.save(obj, tmp), parents=True, error=refused)

@@ -127,7 +127,8 @@ def write_report(
     """
     from e2mc.evaluation.compare import headline as compute_headline
     from e2mc.evaluation.stats import fmt_number
-    from e2mc.train.run import write_text_atomic
+    from e2mc.fileio import atomic_write_text
+    from e2mc.train.run import write_error
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -243,8 +244,8 @@ def write_report(
             ("table", table),
         ]
     blocks += [("h2", "Figures")] + [("figure", (c, p)) for c, p in figures]
-    write_text_atomic(out / "report.md", _render_md(blocks))
-    write_text_atomic(out / "report.html", _render_html(blocks, title))
+    atomic_write_text(out / "report.md", _render_md(blocks), error=write_error)
+    atomic_write_text(out / "report.html", _render_html(blocks, title), error=write_error)
     paths = {"markdown": out / "report.md", "html": out / "report.html"}
     paths.update({p.stem: p for _, p in figures})
     return paths

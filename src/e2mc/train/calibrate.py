@@ -16,6 +16,8 @@ checkpoint (``"auto_cov_weight"``) and reused on resume. The paper recipes keep 
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 
 from e2mc.errors import ConfigError
@@ -41,37 +43,31 @@ def calibration_indices(n: int, batch: int, seed: int, batches: int = CALIBRATIO
 
 
 @torch.no_grad()
-def measure_terms(trainer) -> tuple[float, float]:
-    """(mean base loss, mean unweighted E2MC covariance) of ``trainer``'s model on the calibration batches."""
+def measure_terms(
+    step: Callable[[Any, Any], dict], model: torch.nn.Module, data: Any, batch: int, cfg: Any, device: torch.device
+) -> tuple[float, float]:
+    """(mean base loss, mean unweighted E2MC covariance) of ``model`` on the calibration batches.
+
+    ``step(images, addon) -> loss terms``: the trainer's step loss (``Trainer.forward_loss``: views,
+    layout, autocast, ``model``, the method's loss) with the probe add-on; ``data``: the training
+    dataset as the loader reads it; ``batch``: the per-process batch; ``cfg``: the run config.
+    """
     from torch.utils.data import default_collate
 
     from e2mc.criteria import build_addon
-    from e2mc.data import training_dataset
 
-    cfg = trainer.cfg
-    probe = build_addon(
-        "e2mc", transform=cfg.addon.transform, entropy_weight=0.0, cov_weight=1.0, m=cfg.addon.m, eps=cfg.addon.eps
-    ).to(trainer.device)
-    data = training_dataset(trainer.dataset, trainer.views)
-    model = trainer.model
+    a = cfg.addon
+    probe = build_addon("e2mc", transform=a.transform, entropy_weight=0.0, cov_weight=1.0, m=a.m, eps=a.eps)
+    probe = probe.to(device)
     buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
     was_training = model.training
     base, cov = [], []
-    with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.train.seed)
         model.train()
         try:
-            for rows in calibration_indices(len(data), trainer.per_device_batch, cfg.train.seed):
-                images = default_collate([data[i][0] for i in rows])
-                if isinstance(images, (list, tuple)):
-                    views = trainer.views([x.to(trainer.device) for x in images])
-                else:
-                    views = trainer.views(images.to(trainer.device))
-                with torch.autocast(
-                    trainer.device.type, dtype=trainer.amp_dtype or torch.float32, enabled=trainer.amp_dtype is not None
-                ):
-                    out = model(views)
-                terms = trainer.method.compute_loss(out, trainer.criterion, probe)
+            for rows in calibration_indices(len(data), batch, cfg.train.seed):
+                terms = step(default_collate([data[i][0] for i in rows]), probe)
                 base.append(float(terms["base"]))
                 cov.append(float(terms["addon.covariance"]))
         finally:

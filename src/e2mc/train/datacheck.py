@@ -6,8 +6,9 @@ compared when a run resumes.
   data is the same (or the checkpoint is older than fingerprints: a note is logged); a change
   raises ``ConfigError`` naming it unless ``train.allow_data_change``, which is then used up
   (set back to false, so the run's config does not keep it);
-- ``reschedule(trainer, state, change)``: after such a resume, the LR schedule of the run's real
-  length (steps done + the remaining epochs at the new data's batches per epoch), applied to the
+- ``reschedule(run, state, change, train, batches_per_epoch, warmup, log) -> total_steps``: after
+  such a resume (``run``: the restored ``RunState``), the LR schedule of the run's real length
+  (steps done + the remaining epochs at the new data's batches per epoch), applied to the
   restored scheduler and optimiser, and a log line saying so.
 """
 
@@ -43,20 +44,27 @@ def check_data(dataset: Any, found: tuple | None, cfg: Any, log: Callable[[str],
     return data_print, change
 
 
-def reschedule(trainer: Any, state: dict, change: str) -> None:
-    """After a resume on changed data: the LR schedule of this run's steps, not the stored one."""
-    t = trainer.cfg.train
+def reschedule(
+    run: Any, state: dict, change: str, train: Any, batches_per_epoch: int, warmup: int, log: Callable[[str], None]
+) -> int:
+    """After a resume on changed data: the LR schedule of this run's steps, not the stored one.
+
+    ``run``: the restored ``RunState`` (its progress, scheduler and optimiser); ``state``: the
+    checkpoint dict; ``train``: the ``train`` config; ``warmup``: the schedule's warm-up steps.
+    Returns the run's total steps (the progress bar's and the ETA's).
+    """
     stored = ((state.get("scheduler") or {}).get("lr_lambdas") or [{}])[0].get("total_steps")
-    left = (t.epochs - trainer.epoch) * trainer.sampler.batches_per_epoch - trainer.step_in_epoch
-    total = trainer.global_step + left
-    trainer.total_steps = max(min(total, t.max_steps) if t.max_steps else total, trainer.global_step + 1)
-    sched = trainer.scheduler
+    left = (train.epochs - run.epoch) * batches_per_epoch - run.step_in_epoch
+    total = run.global_step + left
+    total = max(min(total, train.max_steps) if train.max_steps else total, run.global_step + 1)
+    sched = run.scheduler
     if sched is not None:
         for fn in sched.lr_lambdas:  # the restored factors carry the checkpoint's length: replace it
-            fn.total_steps, fn.warmup_steps = trainer.total_steps, trainer.schedule_warmup
-        for group, base, fn in zip(trainer.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+            fn.total_steps, fn.warmup_steps = total, warmup
+        for group, base, fn in zip(run.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
             group["lr"] = base * fn(sched.last_epoch)
-    trainer.log(
+    log(
         f"train data changed since the checkpoint: {change} (--allow-data-change): LR schedule recomputed "
-        f"for {trainer.total_steps} steps (the checkpoint's was {stored if stored is not None else 'unknown'})"
+        f"for {total} steps (the checkpoint's was {stored if stored is not None else 'unknown'})"
     )
+    return total

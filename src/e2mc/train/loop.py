@@ -76,43 +76,36 @@ def _peer_lost(exc: BaseException) -> bool:
     return isinstance(exc, getattr(tdist, "DistError", ())) or any(t in text for t in _PEER_LOST)
 
 
-class _InState:
-    """A trainer attribute kept in ``trainer.state``, the run's ``RunState``: ``trainer.epoch`` reads
-    and writes ``trainer.state.epoch``."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj: Any, owner: type | None = None) -> Any:
-        return self if obj is None else getattr(obj.state, self.name)
-
-    def __set__(self, obj: Any, value: Any) -> None:
-        setattr(obj.state, self.name, value)
-
-
-class TrainerSetup(R.RunFolderMixin):
+class TrainerSetup:
     """Builds everything a run needs from a ``RunConfig`` (the ``Trainer`` adds the steps).
 
-    What a checkpoint saves and restores is ``self.state`` (a ``RunState``, ``e2mc.train.state``);
-    its fields read and write as the trainer's own attributes, listed here.
+    What a checkpoint saves and restores is ``self.state`` (a ``RunState``, ``e2mc.train.state``):
+    the trainer reads and writes its fields there (``self.state.global_step``); ``model``,
+    ``optimizer``, ``epoch`` and ``global_step`` also read as the trainer's own properties. The run
+    folder (lock, checkpoints, metrics log, run files) is ``self.run``, a ``run.RunFolder``.
     """
 
     state: RunState
-    model = _InState()
-    optimizer = _InState()
-    scheduler = _InState()
-    scaler = _InState()
-    method_state = _InState()
-    epoch = _InState()
-    global_step = _InState()
-    step_in_epoch = _InState()
-    run_step = _InState()
-    warmup_done = _InState()
-    source_format = _InState()
-    source_epoch = _InState()
-    source_layout = _InState()
-    auto_cov_weight = _InState()
-    data_fingerprint = _InState()
+
+    @property
+    def model(self) -> SSLModel:
+        """The trained model (``state.model``, unwrapped)."""
+        return self.state.model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The run's optimiser (``state.optimizer``)."""
+        return self.state.optimizer
+
+    @property
+    def epoch(self) -> int:
+        """Completed epochs of this run (``state.epoch``)."""
+        return self.state.epoch
+
+    @property
+    def global_step(self) -> int:
+        """Optimiser steps of the main phase (``state.global_step``)."""
+        return self.state.global_step
 
     def __init__(
         self, config: RunConfig, model_fn: Callable | None = None, views_fn: Callable | None = None, quiet: bool = False
@@ -128,72 +121,12 @@ class TrainerSetup(R.RunFolderMixin):
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         self.run_dir = Path(cfg.out.dir)
-        found = self._open_run_dir()  # takes the run folder's lock
+        self.run = R.RunFolder(self.run_dir, self.dist, self.log)
+        found = self.run.open(cfg)  # takes the run folder's lock
         try:
             self._build(found, model_fn, views_fn)
         except BaseException:
-            self._unlock()
-            raise
-
-    def _open_run_dir(self) -> tuple | None:
-        """Lock the run folder (rank 0) before touching any file in it, then find the checkpoint to
-        resume (``(path, state)``) or make the folder ready for a new run (``None``).
-
-        Nothing is deleted unless ``out.overwrite``. On ``--resume``, a folder whose run stopped
-        before its first checkpoint (no checkpoint file, and its config.yaml is this run's) starts the
-        run again, its files moved to ``stopped/<time>/``; run files of another run, or checkpoint
-        files none of which is usable, are refused.
-        """
-        cfg, path = self.cfg, self.run_dir
-        R.check_out_path(path)
-        if cfg.out.resume and not R.holds_run(path):
-            raise ConfigError(
-                f"--resume: {path} holds no run to resume (no config.yaml, no "
-                "checkpoints/last.pt); check --out, or drop --resume to start a new run"
-            )
-        self._lock = None
-        self.last_good, self.last_good_step = None, None
-
-        def lock() -> None:
-            self._lock = R.RunLock.acquire(path, self.log)
-
-        D.main_first(self.dist, lock)
-        try:
-            found, restart = None, False
-            if cfg.out.resume:
-                found = R.find_resume_checkpoint(path)  # every rank reads the same files
-                if found is None and R.stored_config_matches(path, cfg):
-                    restart = True  # this run, stopped before its first checkpoint: start it again
-                elif found is None:
-                    files = ", ".join(R.run_files(path)) or "no run files"
-                    raise ConfigError(
-                        f"--resume: {path} holds {files} but no checkpoint, and its config.yaml is not this "
-                        "run's; nothing was changed. Resume with the run's own settings (drop --config/--set), "
-                        "start it again with --set out.overwrite=true (replaces these files), or choose another --out"
-                    )
-                else:
-                    ckpt, _, passed = found
-                    if passed:
-                        self.log(f"--resume: {'; '.join(passed)}; resuming from {ckpt} instead")
-            else:  # every rank checks before rank 0 creates anything
-                R.check_run_dir(path, cfg.out.overwrite)
-
-            def tidy() -> None:
-                removed = R.remove_temp_files(path)
-                if removed:
-                    self.log(f"removed {len(removed)} temp file(s) left by an interrupted write: {', '.join(removed)}")
-                if restart:
-                    kept = R.set_aside_attempt(path)
-                    self.log(
-                        f"--resume: {path} has no checkpoint yet (the run stopped before its first one); "
-                        f"starting it again{f' (the stopped attempt’s files are kept in {kept})' if kept else ''}"
-                    )
-                R.prepare_run_dir(path, found is not None, cfg.out.overwrite)
-
-            D.main_first(self.dist, tidy)
-            return None if found is None else found[:2]
-        except BaseException:
-            self._unlock()
+            self.run.unlock()
             raise
 
     def _build(self, found: tuple | None, model_fn: Callable | None, views_fn: Callable | None) -> None:
@@ -217,18 +150,18 @@ class TrainerSetup(R.RunFolderMixin):
         self.state = RunState(
             model, optimizer, scheduler, scaler, self.method, method_state, **origin, data_fingerprint=data_print
         )
-        self.auto_cov_weight = self._auto_cov_weight(found)
-        self.addon = self.method.build_addon(self.cfg, cov_weight=self.auto_cov_weight).to(self.device)
+        self.state.auto_cov_weight = self._auto_cov_weight(found)
+        self.addon = self.method.build_addon(self.cfg, cov_weight=self.state.auto_cov_weight).to(self.device)
         self.stop_requested = self.save_requested = False
         self._pending: list[dict] = []
         self._t_last = time.perf_counter()
         if found is not None:
             ckpt, state = found
             self.state.restore(state, self.dist, self.per_device_batch, seed, self.log)
-            self.last_good, self.last_good_step = ckpt, self.global_step
-            self.log(f"resumed from {ckpt}: epoch {self.epoch}, step {self.global_step}")
+            self.log(f"resumed from {ckpt}: epoch {self.state.epoch}, step {self.state.global_step}")
             if data_change:
-                reschedule(self, state, data_change)
+                bpe, warm = self.sampler.batches_per_epoch, self.schedule_warmup
+                self.total_steps = reschedule(self.state, state, data_change, self.cfg.train, bpe, warm, self.log)
         self.ddp_model = D.wrap_ddp(self.model, self.dist)
         self._build_outputs(None if found is None else found[1])
 
@@ -305,14 +238,12 @@ class TrainerSetup(R.RunFolderMixin):
         """The metrics log (cut back to the checkpoint ``resumed`` from), TensorBoard, the progress
         bar, the probe monitor and the run files (rank 0)."""
         cfg = self.cfg
-        keep = {} if resumed is None else {"keep_rows": resumed.get("metrics_rows"), "keep_step": self.global_step}
-        self.metrics = R.MetricsLog(self.run_dir / "metrics.csv", **keep) if self.dist.is_main else None
-        self.tb = self._tensorboard()
+        self.run.open_log(resumed, tensorboard=cfg.train.tensorboard)
         self.bar = None
         if self.dist.is_main and sys.stderr.isatty() and not self.quiet:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.total_steps, initial=self.global_step, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=self.total_steps, initial=self.state.global_step, unit="step", dynamic_ncols=True)
         self.monitor = None
         if self.dist.is_main and cfg.train.probe_size > 1:
             info = self.dataset.info
@@ -324,8 +255,11 @@ class TrainerSetup(R.RunFolderMixin):
                 self.device,
                 entropy_transform=cfg.addon.transform or self.method.e2mc_defaults[2],
             )
-        if self.dist.is_main:
-            self._write_run_files()
+        s = self.state
+        setup = {"world_size": self.dist.world_size, "per_device_batch": self.per_device_batch}
+        setup.update({"global_batch": self.global_batch, "effective_lr": self.lr})
+        origin = {"source_format": s.source_format, "source_epoch": s.source_epoch, "heads_built": self.heads_built}
+        self.run.write_run_files(cfg, self.report, setup, {**origin, "device": str(self.device)})
 
     def _auto_cov_weight(self, found: tuple | None) -> float | None:
         """``addon.cov_weight: auto`` (``e2mc.train.calibrate``): the stored value on resume, else measured now."""
@@ -342,13 +276,59 @@ class TrainerSetup(R.RunFolderMixin):
             return float(stored)
         from e2mc.train.calibrate import auto_cov_weight, measure_terms
 
-        base, cov = measure_terms(self)
+        def step(images: Any, probe: Any) -> dict:  # the training step's loss, without its hooks
+            return self.forward_loss(images, self.model, probe)
+
+        base, cov = measure_terms(step, self.model, self.loader.dataset, self.per_device_batch, self.cfg, self.device)
         w = auto_cov_weight(base, cov, a.cov_fraction)
         self.log(
             f"addon.cov_weight=auto: base loss {base:.5g}, E2MC covariance {cov:.5g} on the start -> "
             f"cov_weight {w:.5g} (covariance term = {a.cov_fraction:g} x base loss)"
         )
         return w
+
+    # ---------------------------------------------------------------- the step's loss (training and calibration)
+    def step_context(self) -> StepContext:
+        """What the method's loss and hooks see of this step (``e2mc.methods.StepContext``)."""
+        return StepContext(self.state.model, self.state.method_state, self.state.run_step, self.cfg, self.total_steps)
+
+    def forward_loss(self, images: Any, model: torch.nn.Module, addon: Any, ctx: StepContext | None = None) -> dict:
+        """A step's loss terms: a uint8 batch (or per-view crops) -> the method's views on the device
+        (in ``train.channels_last``'s layout) -> ``model`` under autocast -> ``method.compute_loss``
+        with ``addon``. ``ctx``: a training step's (the method's ``before_forward`` runs first; a
+        criterion's error on a non-finite model output is ``TrainingDiverged``); None: a
+        measurement without hooks (``train.calibrate``)."""
+        if isinstance(images, (list, tuple)):  # one uint8 batch per view, cropped in the loader
+            views = self.views([x.to(self.device, non_blocking=True) for x in images])
+        else:
+            views = self.views(images.to(self.device, non_blocking=True))
+        if self.cfg.train.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        if ctx is not None:
+            self.method.before_forward(ctx)
+        amp = self.amp_dtype
+        with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            out = model(views)
+        try:
+            return self.method.compute_loss(out, self.criterion, addon, ctx)
+        except (CriterionInputError, RuntimeError) as exc:  # e.g. an SVD of NaN input
+            if ctx is not None and any(not torch.isfinite(z).all() for z in out.get("z", out["features"])):
+                raise self._diverged(self.state.global_step + 1, "model output", str(exc)) from exc
+            raise
+
+    def _diverged(self, step: int, term: str, detail: str) -> TrainingDiverged:
+        """The error of a NaN/Inf ``term`` at ``step``, naming the last good checkpoint (the one resumed
+        from or last written: both checked finite)."""
+        good = self.run.last_good
+        where = (
+            f"the last good checkpoint is {good} (kept intact)"
+            if good is not None
+            else "no good checkpoint of this run exists yet (none was written)"
+        )
+        return TrainingDiverged(
+            f"training diverged: {term} is not finite at step {step} ({detail}); {where}. Lower "
+            "optim.lr, set train.grad_clip, use precision fp32/bf16 instead of fp16, or check the data"
+        )
 
     def _load_model(self, found: tuple | None) -> tuple[SSLModel, dict]:
         """The model (from the checkpoint resumed, ``model.init``, or random) and its origin."""
@@ -479,10 +459,6 @@ class Trainer(TrainerSetup):
     stop_signal: str | None = None  # the name of the signal that stopped the run
 
     # ---------------------------------------------------------------- one step (hot path)
-    def step_context(self) -> StepContext:
-        """What the method's loss and hooks see of this step (``e2mc.methods.StepContext``)."""
-        return StepContext(self.model, self.method_state, self.run_step, self.cfg, self.total_steps)
-
     def train_step(
         self,
         images: torch.Tensor | list,
@@ -495,38 +471,23 @@ class Trainer(TrainerSetup):
         Nothing is read back to the host (``_flush`` reads them at logging steps)."""
         model = model or self.ddp_model
         optimizer = optimizer or self.optimizer
-        if isinstance(images, (list, tuple)):  # one uint8 batch per view, cropped in the loader
-            views = self.views([x.to(self.device, non_blocking=True) for x in images])
-        else:
-            views = self.views(images.to(self.device, non_blocking=True))
-        if self.cfg.train.channels_last:
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         ctx = self.step_context()
-        self.method.before_forward(ctx)
-        with torch.autocast(
-            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
-        ):
-            out = model(views)
-        try:
-            with deferred_finite_checks() as inputs_finite:  # no host read: one flag, read when logging
-                terms = self.method.compute_loss(out, self.criterion, self.addon, ctx)
-        except (CriterionInputError, RuntimeError) as exc:  # e.g. an SVD of NaN input
-            if any(not torch.isfinite(z).all() for z in out.get("z", out["features"])):
-                self._diverged(self.global_step + 1, "model output", str(exc))
-            raise
+        with deferred_finite_checks() as inputs_finite:  # no host read: one flag, read when logging
+            terms = self.forward_loss(images, model, self.addon, ctx)
         check = inputs_finite()
         optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(terms["loss"]).backward()
+        scaler = self.state.scaler
+        scaler.scale(terms["loss"]).backward()
         self.method.after_backward(ctx)
         if self.cfg.train.grad_clip:
-            self.scaler.unscale_(optimizer)
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        self.scaler.step(optimizer)
-        self.scaler.update()
+        scaler.step(optimizer)
+        scaler.update()
         self.method.after_step(ctx)
         if scheduler is not None:
             scheduler.step()
-        self.run_step += 1
+        self.state.run_step += 1
         kept = {INPUT_CHECK: check} if check is not None else {}
         kept.update((k, v.detach()) for k, v in terms.items())
         return kept
@@ -535,12 +496,13 @@ class Trainer(TrainerSetup):
     def fit(self):
         """Run warm-up (if heads were built), the epochs and the checkpoints; return the run folder."""
         old = self._install_signals()
+        s = self.state
         try:
-            if self.need_warmup and not self.warmup_done:
+            if self.need_warmup and not s.warmup_done:
                 self._warmup()
-            if self.global_step == 0 and self.epoch == 0:
+            if s.global_step == 0 and s.epoch == 0:
                 self._epoch_metrics("init")
-            while self.epoch < self.cfg.train.epochs and not self._done():
+            while s.epoch < self.cfg.train.epochs and not self._done():
                 self._run_epoch()
                 if self.stop_requested:
                     break
@@ -565,48 +527,44 @@ class Trainer(TrainerSetup):
         b, cfg = self.per_device_batch, self.cfg
         bf16 = ", or use train.precision=bf16" if cfg.train.precision == "fp32" else ""
         where = getattr(self, "_stage", "the training step")
-        kept = (
-            f"{self.last_good} (step {self.last_good_step}) is intact"
-            if self.last_good is not None
-            else "no checkpoint of this run was written yet"
-        )
         return OutOfMemory(
             f"out of memory at batch size {b} (per process) in {where}: lower optim.batch_size "
             f"(--set optim.batch_size={max(b // 2, 1)}) or data.image_size{bf16}, as a new run (another "
-            f"--out, or --set out.overwrite=true); {kept}"
+            f"--out, or --set out.overwrite=true); {self._intact('no checkpoint of this run was written yet')}"
         )
 
     def _rank_stopped(self) -> RankStopped:
         """This rank's one line when another process of the run died (torchrun)."""
-        kept = (
-            f"{self.last_good} (step {self.last_good_step}) is intact"
-            if self.last_good is not None
-            else "no checkpoint of this run was written yet (a resume starts it again)"
-        )
+        kept = self._intact("no checkpoint of this run was written yet (a resume starts it again)")
         return RankStopped(
             f"rank {self.dist.rank}: another process of this run stopped (its connection was lost in a "
-            f"collective at step {self.global_step + 1}); nothing was written since; {kept}",
+            f"collective at step {self.state.global_step + 1}); nothing was written since; {kept}",
             self.run_dir,
-            self.last_good_step,
+            self.run.last_good_step,
         )
+
+    def _intact(self, none: str) -> str:
+        good = self.run.last_good
+        return none if good is None else f"{good} (step {self.run.last_good_step}) is intact"
 
     def _done(self) -> bool:
         ms = self.cfg.train.max_steps
-        return ms is not None and self.global_step >= ms
+        return ms is not None and self.state.global_step >= ms
 
     def _run_epoch(self) -> None:
-        self.sampler.set_epoch(self.epoch, self.step_in_epoch)
+        s = self.state
+        self.sampler.set_epoch(s.epoch, s.step_in_epoch)
         self.model.train()
-        self.method.epoch_start(self.step_context(), self.epoch)
+        self.method.epoch_start(self.step_context(), s.epoch)
         for images, _ in self.loader:
             self._stage = "the training step"
-            terms = self.train_step(images, scheduler=self.scheduler)
-            self.global_step += 1
-            self.step_in_epoch += 1
+            terms = self.train_step(images, scheduler=s.scheduler)
+            s.global_step += 1
+            s.step_in_epoch += 1
             self._pending.append(terms)
             if self.bar is not None:
                 self.bar.update(1)
-            if self.global_step % self.cfg.train.log_every == 0:
+            if s.global_step % self.cfg.train.log_every == 0:
                 self._flush("train")
             save_now, stop = D.any_flags((self.save_requested, self.stop_requested), self.dist)  # 1 per step
             if save_now or stop or self._done():
@@ -616,15 +574,15 @@ class Trainer(TrainerSetup):
                 self.save()
                 if stop:
                     hint = self.resume_hint or f"resume with --resume (run folder {self.run_dir})"
-                    self.log(f"stopped by signal at epoch {self.epoch} step {self.global_step}; {hint}")
+                    self.log(f"stopped by signal at epoch {s.epoch} step {s.global_step}; {hint}")
                 if stop or self._done():
                     return
         self._flush("train")
-        self.epoch += 1
-        self.step_in_epoch = 0
+        s.epoch += 1
+        s.step_in_epoch = 0
         self._epoch_metrics("epoch")
         every = max(1, self.cfg.train.checkpoint_every_epochs)
-        if self.epoch % every == 0 or self.epoch == self.cfg.train.epochs:
+        if s.epoch % every == 0 or s.epoch == self.cfg.train.epochs:
             self._stage = "writing a checkpoint"
             self.save(epoch_file=True)
 
@@ -655,11 +613,38 @@ class Trainer(TrainerSetup):
         backbone.requires_grad_(True)
         self.method.after_warmup(self.step_context())  # e.g. a teacher copied again from the warmed-up heads
         self.model.train()
-        self.run_step = 0  # a method's hooks count the iterations of the main phase
-        self.warmup_done = True
+        self.state.run_step = 0  # a method's hooks count the iterations of the main phase
+        self.state.warmup_done = True
         self.ddp_model = D.wrap_ddp(self.model, self.dist)
 
+    def save(self, epoch_file: bool = False) -> None:
+        """Write ``checkpoints/last.pt`` (and ``epoch_XXXX.pt``) atomically (``self.run``), after
+        finiteness checks.
+
+        Raises:
+            TrainingDiverged: the loss, any parameter, buffer, optimiser/scaler/queue value, or
+                the eval-mode output on a fixed batch is NaN/Inf; nothing is written (on any rank).
+        """
+        self._flush("train")  # raises TrainingDiverged before a bad state reaches the disk
+        s = self.state
+        state = s.checkpoint(self.cfg, self.dist, self.per_device_batch, self.run.metrics_rows)
+        extra = (self.method.state_key,) if self.method.state_key else ()  # the method's own state
+        bad = R.nonfinite(state, ("model", "optimizer", "scaler", *extra)) or self._probe_nonfinite()
+        if D.any_flag(bad is not None, self.dist):
+            detail = "found before writing a checkpoint; nothing was written"
+            raise self._diverged(s.global_step, bad or "the state of another rank", detail)
+        self.run.write_checkpoint(state, s.global_step, s.epoch if epoch_file else None)
+
     # ---------------------------------------------------------------- logging and checks
+    def log(self, msg: str) -> None:
+        """A log line on stderr (rank 0 only)."""
+        if self.dist.is_main and not self.quiet:
+            bar = getattr(self, "bar", None)  # None until the outputs are built
+            if bar is not None:
+                bar.write(msg)
+            else:
+                print(msg, file=sys.stderr, flush=True)
+
     def _flush(self, phase: str, step: int | None = None) -> None:
         """Read the pending per-step terms (one host sync), check them, write one log row."""
         if not self._pending:
@@ -670,12 +655,12 @@ class Trainer(TrainerSetup):
         # on any rank stops every rank
         table = D.mean_over_ranks(table, self.dist).cpu()
         n = table.shape[0]
-        last_step = step if step is not None else self.global_step
+        epoch, last_step = self.state.epoch, step if step is not None else self.state.global_step
         if not torch.isfinite(table).all():
             bad_row, bad_col = (~torch.isfinite(table)).nonzero()[0].tolist()
             self._pending = []
             term = "model output" if keys[bad_col] == INPUT_CHECK else keys[bad_col]
-            self._diverged(last_step - n + 1 + bad_row, term, f"value {table[bad_row, bad_col]}")
+            raise self._diverged(last_step - n + 1 + bad_row, term, f"value {table[bad_row, bad_col]}")
         if INPUT_CHECK in keys:
             i = keys.index(INPUT_CHECK)
             keys, table = keys[:i] + keys[i + 1 :], torch.cat([table[:, :i], table[:, i + 1 :]], dim=1)
@@ -685,35 +670,23 @@ class Trainer(TrainerSetup):
         self._pending = []
         means = table.mean(dim=0).tolist()
         row = {
-            "epoch": self.epoch,
+            "epoch": epoch,
             "step": last_step,
             "phase": phase,
             **dict(zip(keys, means)),
             "lr": self.optimizer.param_groups[0]["lr"],
             "img_per_s": n * self.global_batch / elapsed,
         }
-        self.write_row(row, keys)
+        self.run.write_row(row, keys)
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{row['loss']:.4g}", img_s=f"{row['img_per_s']:.0f}", refresh=False)
         elif self.dist.is_main:
             left = divmod(round(max(self.total_steps - last_step, 0) * elapsed / n), 60)  # at this window's pace
             eta = f"/{self.total_steps}, ETA {left[0]}:{left[1]:02d}" if phase == "train" else ""
             self.log(
-                f"[{phase}] epoch {self.epoch} step {last_step}{eta} loss {row['loss']:.5g} "
+                f"[{phase}] epoch {epoch} step {last_step}{eta} loss {row['loss']:.5g} "
                 f"lr {row['lr']:.3g} {row['img_per_s']:.0f} img/s"
             )
-
-    def _diverged(self, step: int, term: str, detail: str) -> None:
-        good = self.last_good  # the checkpoint resumed from or last written: both checked finite
-        where = (
-            f"the last good checkpoint is {good} (kept intact)"
-            if good is not None
-            else "no good checkpoint of this run exists yet (none was written)"
-        )
-        raise TrainingDiverged(
-            f"training diverged: {term} is not finite at step {step} ({detail}); {where}. Lower "
-            "optim.lr, set train.grad_clip, use precision fp32/bf16 instead of fp16, or check the data"
-        )
 
     def _epoch_metrics(self, phase: str) -> None:
         if not self.dist.is_main or self.monitor is None:
@@ -721,9 +694,19 @@ class Trainer(TrainerSetup):
             return
         self._stage = f"the label-free metrics of train.probe_size={self.cfg.train.probe_size} images"
         metrics = self.monitor(self.model, self.amp_dtype)
-        self.write_row({"epoch": self.epoch, "step": self.global_step, "phase": phase, **metrics})
-        self.log(f"[{phase}] epoch {self.epoch} " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        epoch = self.state.epoch
+        self.run.write_row({"epoch": epoch, "step": self.state.global_step, "phase": phase, **metrics})
+        self.log(f"[{phase}] epoch {epoch} " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         self._t_last = time.perf_counter()  # metric time does not count against img/s
+
+    def _close(self) -> None:
+        """End the run's outputs: the metrics log, the progress bar, TensorBoard, the lock, the process group."""
+        try:
+            self.run.close()
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+            D.teardown(self.dist)
 
     # ---------------------------------------------------------------- signals
     def _install_signals(self) -> dict:

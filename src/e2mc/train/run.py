@@ -1,10 +1,14 @@
-"""Run folder: layout checks, resolved config, atomic checkpoints (their contents: ``train.state``), metrics log.
+"""Run folder: ``RunFolder`` (the trainer's ``self.run``), layout checks, atomic checkpoints (their
+contents: ``train.state``), metrics log.
 
+``RunFolder`` is owned and called by the ``Trainer`` and calls nothing of it: it is given the
+process layout and a log function, and the config, rows, run info and checkpoint dicts it writes.
 Checkpoints are dicts of plain tensors and builtins (loadable with ``weights_only=True``) and are
-written atomically: a temp file in the same folder, ``fsync``, then ``os.replace``. A crash
-while writing leaves the previous checkpoint intact; its temp file is removed at the next start of
-the run (``remove_temp_files``). A run holds ``RunLock`` on its folder for its whole life. Write
-failures (disk full, read-only, permissions) become ``RunIOError`` naming the file.
+written atomically (``e2mc.fileio``): a temp file in the same folder, ``fsync``, then
+``os.replace``. A crash while writing leaves the previous checkpoint intact; its temp file is
+removed at the next start of the run (``remove_temp_files``). A run holds ``RunLock`` on its folder
+for its whole life. Write failures (disk full, read-only, permissions) become ``RunIOError``
+naming the file (``write_error``).
 """
 
 from __future__ import annotations
@@ -12,23 +16,22 @@ from __future__ import annotations
 import csv
 import errno
 import io
-import json
 import math
 import os
 import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
 
 from e2mc.errors import CheckpointError, ConfigError, RunIOError, RunLocked
-from e2mc.fileio import TEMP_NAME, atomic_write_file
+from e2mc.fileio import TEMP_NAME, atomic_write_file, atomic_write_json, atomic_write_text
+from e2mc.train.distributed import DistInfo, main_first
 
 RUN_FILES = ("config.yaml", "load_report.json", "metrics.csv", "checkpoints", "tb")
 FIXED_COLUMNS = ("wall_time", "epoch", "step", "phase")
@@ -116,20 +119,12 @@ def git_commit() -> str | None:
         return None
 
 
-def atomic_write_bytes(path: Path, write_fn: Any) -> None:
-    """Write a run file atomically (:func:`e2mc.fileio.atomic_write_file`: temp file, fsync,
-    ``os.replace``, fsync of the folder) with ``write_fn(fileobj)``.
-
-    Raises:
-        RunIOError: the file system refused the write (disk full, read-only, permissions); the
-            previous file at ``path`` is untouched and the temp file removed.
-    """
-    try:
-        atomic_write_file(path, write_fn)
-    except (OSError, RuntimeError) as exc:
-        if isinstance(exc, OSError) or any(m in str(exc) for m in _SHORT_WRITE):
-            raise io_error("write", path, exc) from None
-        raise
+def write_error(path: Path, exc: Exception) -> RunIOError | None:
+    """``fileio.atomic_write``'s ``error`` for run files: an ``OSError`` (or torch.save's cut-short
+    write) becomes a one-line ``RunIOError`` naming the file; the previous file stays intact."""
+    if isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and any(m in str(exc) for m in _SHORT_WRITE)):
+        return io_error("write", path, exc)
+    return None
 
 
 def remove_temp_files(run_dir: str | Path) -> list[str]:
@@ -152,18 +147,8 @@ def remove_temp_files(run_dir: str | Path) -> list[str]:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Save ``state`` atomically with ``torch.save``."""
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file atomically."""
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON dump (non-JSON values become strings)."""
-    write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
+    """Save ``state`` atomically with ``torch.save`` (``RunIOError`` when the file system refuses)."""
+    atomic_write_file(path, lambda f: torch.save(state, f), error=write_error)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -384,7 +369,7 @@ class MetricsLog:
             self.rows = len(body)
             kept = "".join(lines[:1] + body)
             if kept != text:
-                write_text_atomic(self.path, kept)
+                atomic_write_text(self.path, kept, error=write_error)
 
     def write(self, row: dict, terms: list[str] | None = None) -> None:
         """Append one row (``terms``: the loss-term keys of a training row)."""
@@ -408,7 +393,7 @@ class MetricsLog:
         columns = list(FIXED_COLUMNS) + list(terms) + list(TAIL_COLUMNS)
         buf = io.StringIO()
         csv.writer(buf).writerow(columns)
-        write_text_atomic(self.path, buf.getvalue())
+        atomic_write_text(self.path, buf.getvalue(), error=write_error)
         self.columns = columns
 
     def _append(self, rows: list[dict]) -> None:
@@ -517,43 +502,130 @@ def check_resume_config(stored: dict, cfg: Any) -> None:
         )
 
 
-class RunFolderMixin:
-    """Run-folder side of the ``Trainer``: run files, metrics rows, TensorBoard, logs, checkpoints.
+class RunFolder:
+    """A run's folder, owned by the ``Trainer`` (``trainer.run``) and called by it, never calling back.
 
-    Only rank 0 writes; every rank takes part in the collective steps of ``save``.
+    ``open(cfg)`` takes the lock (rank 0) and finds the checkpoint to resume or readies the folder;
+    ``open_log`` starts the metrics log (and TensorBoard); ``write_run_files`` writes config.yaml
+    and load_report.json; ``write_row`` appends a metrics row; ``write_checkpoint`` writes
+    ``last.pt`` (and ``epoch_XXXX.pt``) atomically and records it as ``last_good``; ``close``
+    ends the log and releases the lock. Only rank 0 writes; every rank takes part in the
+    collective steps (``main_first``). ``log``: the trainer's log line (rank 0 prints).
     """
 
-    def _write_run_files(self) -> None:
+    def __init__(self, path: str | Path, dist: DistInfo, log: Callable[[str], None]) -> None:
+        self.path, self.dist, self.log = Path(path), dist, log
+        self.lock: RunLock | None = None
+        self.metrics: MetricsLog | None = None  # rank 0 only
+        self.tb: Any = None
+        # the checkpoint resumed from or last written (both checked finite), and its step
+        self.last_good: Path | None = None
+        self.last_good_step: int | None = None
+
+    def open(self, cfg: Any) -> tuple[Path, dict] | None:
+        """Lock the folder (rank 0) before touching any file in it, then find the checkpoint to
+        resume (``(path, state)``) or make the folder ready for a new run (``None``).
+
+        Nothing is deleted unless ``out.overwrite``. On ``--resume``, a folder whose run stopped
+        before its first checkpoint (no checkpoint file, and its config.yaml is this run's) starts the
+        run again, its files moved to ``stopped/<time>/``; run files of another run, or checkpoint
+        files none of which is usable, are refused.
+        """
+        path = self.path
+        check_out_path(path)
+        if cfg.out.resume and not holds_run(path):
+            raise ConfigError(
+                f"--resume: {path} holds no run to resume (no config.yaml, no "
+                "checkpoints/last.pt); check --out, or drop --resume to start a new run"
+            )
+
+        def lock() -> None:
+            self.lock = RunLock.acquire(path, self.log)
+
+        main_first(self.dist, lock)
+        try:
+            found, restart = self._find(cfg)
+
+            def tidy() -> None:
+                removed = remove_temp_files(path)
+                if removed:
+                    self.log(f"removed {len(removed)} temp file(s) left by an interrupted write: {', '.join(removed)}")
+                if restart:
+                    kept = set_aside_attempt(path)
+                    self.log(
+                        f"--resume: {path} has no checkpoint yet (the run stopped before its first one); "
+                        f"starting it again{f' (the stopped attempt’s files are kept in {kept})' if kept else ''}"
+                    )
+                prepare_run_dir(path, found is not None, cfg.out.overwrite)
+
+            main_first(self.dist, tidy)
+        except BaseException:
+            self.unlock()
+            raise
+        if found is None:
+            return None
+        self.last_good, self.last_good_step = found[0], int(found[1]["step"])
+        return found[0], found[1]
+
+    def _find(self, cfg: Any) -> tuple[tuple | None, bool]:
+        """``(found, restart)``: the checkpoint to resume (``find_resume_checkpoint``'s triple), and
+        whether a stopped attempt without a checkpoint starts again; every rank reads the same files."""
+        path = self.path
+        if not cfg.out.resume:  # every rank checks before rank 0 creates anything
+            check_run_dir(path, cfg.out.overwrite)
+            return None, False
+        found = find_resume_checkpoint(path)
+        if found is None and stored_config_matches(path, cfg):
+            return None, True  # this run, stopped before its first checkpoint: start it again
+        if found is None:
+            files = ", ".join(run_files(path)) or "no run files"
+            raise ConfigError(
+                f"--resume: {path} holds {files} but no checkpoint, and its config.yaml is not this "
+                "run's; nothing was changed. Resume with the run's own settings (drop --config/--set), "
+                "start it again with --set out.overwrite=true (replaces these files), or choose another --out"
+            )
+        ckpt, _, passed = found
+        if passed:
+            self.log(f"--resume: {'; '.join(passed)}; resuming from {ckpt} instead")
+        return found, False
+
+    def open_log(self, resumed: dict | None, tensorboard: bool) -> None:
+        """The metrics log (rank 0), cut back to the checkpoint ``resumed`` from, and TensorBoard."""
+        if not self.dist.is_main:
+            return
+        keep = {} if resumed is None else {"keep_rows": resumed.get("metrics_rows"), "keep_step": int(resumed["step"])}
+        self.metrics = MetricsLog(self.path / "metrics.csv", **keep)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard not installed: metrics.csv only
+                return
+            self.tb = SummaryWriter(str(self.path / "tb"))
+
+    @property
+    def metrics_rows(self) -> int | None:
+        """Data rows in metrics.csv (checkpoints store it); None on other ranks than 0."""
+        return self.metrics.rows if self.metrics is not None else None
+
+    def write_run_files(self, cfg: Any, report: Any, setup: dict, origin: dict) -> None:
+        """config.yaml (the resolved config and ``run_info``: ``setup``, versions, ``origin``) and
+        load_report.json (``report``, when the run loaded a file); rank 0 only."""
         import e2mc
 
+        if not self.dist.is_main:
+            return
         info = {
-            "world_size": self.dist.world_size,
-            "per_device_batch": self.per_device_batch,
-            "global_batch": self.global_batch,
-            "effective_lr": self.lr,
+            **setup,
             "e2mc_version": e2mc.__version__,
             "torch_version": str(torch.__version__),
             "git_commit": git_commit(),
-            "source_format": self.source_format,
-            "source_epoch": self.source_epoch,
-            "heads_built": self.heads_built,
-            "device": str(self.device),
+            **origin,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        write_text_atomic(
-            self.run_dir / "config.yaml", yaml.safe_dump({**self.cfg.to_dict(), "run_info": info}, sort_keys=False)
-        )
-        if self.report is not None:
-            write_json(self.run_dir / "load_report.json", self.report.to_dict())
-
-    def _tensorboard(self):
-        if not (self.dist.is_main and self.cfg.train.tensorboard):
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard not installed: metrics.csv only
-            return None
-        return SummaryWriter(str(self.run_dir / "tb"))
+        text = yaml.safe_dump({**cfg.to_dict(), "run_info": info}, sort_keys=False)
+        atomic_write_text(self.path / "config.yaml", text, error=write_error)
+        if report is not None:
+            atomic_write_json(self.path / "load_report.json", report.to_dict(), error=write_error)
 
     def write_row(self, row: dict, terms: list | None = None) -> None:
         """Append a metrics row (rank 0 only) and mirror it to TensorBoard."""
@@ -565,62 +637,31 @@ class RunFolderMixin:
                 if isinstance(v, float) and k not in ("epoch", "step"):
                     self.tb.add_scalar(f"{row['phase']}/{k}", v, row["step"])
 
-    def log(self, msg: str) -> None:
-        """A log line on stderr (rank 0 only)."""
-        if self.dist.is_main and not self.quiet:
-            (
-                self.bar.write
-                if getattr(self, "bar", None) is not None
-                else lambda s: print(s, file=sys.stderr, flush=True)
-            )(msg)
-
-    def save(self, epoch_file: bool = False) -> None:
-        """Write ``checkpoints/last.pt`` (and ``epoch_XXXX.pt``) atomically, after finiteness checks.
-
-        Raises:
-            TrainingDiverged: the loss, any parameter, buffer, optimiser/scaler/queue value, or
-                the eval-mode output on a fixed batch is NaN/Inf; nothing is written (on any rank).
-        """
-        from e2mc.train.distributed import any_flag, main_first
-
-        self._flush("train")  # raises TrainingDiverged before a bad state reaches the disk
-        state = self.state.checkpoint(
-            self.cfg, self.dist, self.per_device_batch, self.metrics.rows if self.metrics is not None else None
-        )
-        extra = (self.method.state_key,) if self.method.state_key else ()  # the method's own state
-        bad = nonfinite(state, ("model", "optimizer", "scaler", *extra)) or self._probe_nonfinite()
-        if any_flag(bad is not None, self.dist):
-            self._diverged(
-                self.global_step,
-                bad or "the state of another rank",
-                "found before writing a checkpoint; nothing was written",
-            )
-        ckpt = self.run_dir / "checkpoints"
+    def write_checkpoint(self, state: dict, step: int, epoch: int | None = None) -> None:
+        """``checkpoints/last.pt`` (and ``epoch_XXXX.pt`` for ``epoch``) atomically on rank 0; a failed
+        write (``RunIOError``) stops every rank. The written file becomes ``last_good``."""
+        ckpt = self.path / "checkpoints"
 
         def write() -> None:
             save_checkpoint(ckpt / "last.pt", state)
-            if epoch_file:
-                save_checkpoint(ckpt / f"epoch_{self.epoch:04d}.pt", state)
+            if epoch is not None:
+                save_checkpoint(ckpt / f"epoch_{epoch:04d}.pt", state)
 
-        main_first(self.dist, write)  # a failed write (RunIOError) stops every rank
-        self.last_good, self.last_good_step = ckpt / "last.pt", self.global_step
+        main_first(self.dist, write)
+        self.last_good, self.last_good_step = ckpt / "last.pt", step
 
-    def _unlock(self) -> None:
-        lock = getattr(self, "_lock", None)
-        if lock is not None:
-            lock.release()
-            self._lock = None
+    def unlock(self) -> None:
+        """Release the folder's lock (idempotent)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
-    def _close(self) -> None:
-        from e2mc.train.distributed import teardown
-
+    def close(self) -> None:
+        """Write the metrics rows still waiting, close TensorBoard, release the lock."""
         try:
             if self.metrics is not None:
                 self.metrics.close()
         finally:
-            if self.bar is not None:
-                self.bar.close()
             if self.tb is not None:
                 self.tb.close()
-            self._unlock()
-            teardown(self.dist)
+            self.unlock()

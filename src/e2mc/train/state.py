@@ -3,7 +3,8 @@
 ``RunState.checkpoint`` makes the checkpoint dict (plain tensors and builtins, loadable with
 ``weights_only=True``; its keys are listed in docs/architecture.md) and ``RunState.restore``
 loads one back. The ``Trainer`` keeps its run's state as ``trainer.state`` and reads and writes
-its fields as its own attributes (``trainer.epoch`` is ``trainer.state.epoch``).
+its fields there (``trainer.state.global_step += 1``); ``trainer.model``, ``optimizer``, ``epoch``
+and ``global_step`` are read-only properties over it.
 """
 
 from __future__ import annotations

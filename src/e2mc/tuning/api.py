@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Sequence
 
 from e2mc.errors import ConfigError, DataError, TuneInterrupted
-from e2mc.fileio import atomic_write_text
+from e2mc.fileio import atomic_write_json, atomic_write_text
 from e2mc.tuning import halving, scoring
-from e2mc.tuning.probes import STAGE, Stopped, read_json, run_jobs, write_json
+from e2mc.tuning.probes import STAGE, Stopped, read_json, run_jobs
 from e2mc.tuning.space import SearchSpace, parse_space
 
 SCHEMA = 1
@@ -330,7 +330,8 @@ def _score_start(checkpoint, ev: dict, out: Path, log) -> dict:
     t0 = time.perf_counter()
     res = evaluate(str(checkpoint), dataset, protocols=tuple(protocols), **kw)
     metrics = scoring.probe_metrics(res)
-    write_json(out / "start.json", {"eval": ev, "metrics": metrics, "seconds": round(time.perf_counter() - t0, 2)})
+    start = {"eval": ev, "metrics": metrics, "seconds": round(time.perf_counter() - t0, 2)}
+    atomic_write_json(out / "start.json", start, indent=1, parents=True)
     return metrics
 
 
@@ -546,7 +547,7 @@ def write_outputs(out: Path, res: dict) -> None:
     """tune.json, tune.md, tune.html (atomic)."""
     from e2mc.report.tune import write_tune_html
 
-    write_json(out / "tune.json", res)
+    atomic_write_json(out / "tune.json", res, indent=1, parents=True)
     md = to_markdown(res)
     atomic_write_text(out / "tune.md", md)
     write_tune_html(out / "tune.html", md, title="e2mc tune")

@@ -15,7 +15,8 @@ import math
 import time
 from pathlib import Path
 
-from e2mc.tuning.probes import STAGE, read_json, run_jobs, write_json
+from e2mc.fileio import atomic_write_json
+from e2mc.tuning.probes import STAGE, read_json, run_jobs
 
 PROTOCOLS = ("knn", "linear", "rankme")
 KS = (20, 200)
@@ -45,7 +46,7 @@ def cached_evaluate(checkpoint, dataset: str, store: Path, device, batch_size: i
         batch_size=batch_size,
         use_cache=False,
     )
-    write_json(
+    atomic_write_json(
         store / f"{key}.json",
         {
             "checkpoint": str(checkpoint),
@@ -54,6 +55,8 @@ def cached_evaluate(checkpoint, dataset: str, store: Path, device, batch_size: i
             "seconds": round(time.perf_counter() - t0, 2),
             "result": res,
         },
+        indent=1,
+        parents=True,
     )
     return res
 

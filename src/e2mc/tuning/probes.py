@@ -18,19 +18,12 @@ import time
 from pathlib import Path
 
 from e2mc.errors import ConfigError
-from e2mc.fileio import atomic_write_text
+from e2mc.fileio import atomic_write_json
 
 
 def read_json(path, default=None):
     path = Path(path)
     return json.loads(path.read_text()) if path.is_file() else default
-
-
-def write_json(path, obj) -> Path:
-    """Atomic JSON write (:func:`e2mc.fileio.atomic_write_text`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write_text(path, json.dumps(obj, indent=1, default=str) + "\n")
 
 
 STAGE = {"now": "starting"}  # what this process is doing, for the message of a stopped tune
@@ -108,10 +101,10 @@ def run_probe(job: dict) -> dict:
             _train(job["source"], {**job["overrides"], "train.max_steps": steps}, run_dir)
         finally:
             rec["train_seconds"] = round(rec["train_seconds"] + time.perf_counter() - t0, 2)
-            write_json(marker, rec)
+            atomic_write_json(marker, rec, indent=1, parents=True)
         rec["steps"] = steps
         trained_now = steps - before
-        write_json(marker, rec)
+        atomic_write_json(marker, rec, indent=1, parents=True)
     if job.get("eval") and str(steps) not in rec["scores"]:
         from e2mc.evaluation.api import evaluate
         from e2mc.tuning.scoring import probe_metrics
@@ -124,7 +117,7 @@ def run_probe(job: dict) -> dict:
         dt = time.perf_counter() - t0
         rec["scores"][str(steps)] = probe_metrics(res)
         rec["eval_seconds"] = round(rec["eval_seconds"] + dt, 2)
-        write_json(marker, rec)
+        atomic_write_json(marker, rec, indent=1, parents=True)
     return {**rec, "trained_now": trained_now}
 
 

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 from e2mc.errors import ConfigError, DataError
+from e2mc.fileio import atomic_write_json
 
 LABEL_FREE = ("rankme", "entropy", "lidar", "alpha_req")
 HELDOUT_KEY = "knn_top1_k20"
@@ -115,9 +116,7 @@ def holdout_split(
     write_split_file(path, str(dataset), targets, int(n_holdout), int(seed), "train", n_keep=n_train)
     obj = json.loads(path.read_text())
     obj["request"] = request
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj))
-    tmp.replace(path)
+    atomic_write_json(path, obj, indent=None)
     return path
 
 
