@@ -3,8 +3,9 @@
 Pure functions over ``dict[str, Tensor]``; no file I/O. A *kind* names how a flat dict groups
 its keys (after an optional ``module.`` DDP prefix):
 
-* ``"model"``    ``backbone.*``, ``projector.*``, ``predictor.*``, ``prototypes.*`` (SSLModel,
-                 VICReg's ``model`` dict); other top-level modules are dropped.
+* ``"model"``    ``backbone.*``, ``projector.*``, ``predictor.*``, ``prototypes.*``, a momentum
+                 teacher's ``<slot>.*`` (SSLModel, VICReg's ``model`` dict); other top-level
+                 modules are dropped.
 * ``"swav"``     trunk at the root, ``projection_head.*``, ``prototypes.*``.
 * ``"simsiam"``  ``encoder.*`` trunk, ``encoder.fc.*`` projector, ``predictor.*``.
 * ``"backbone"`` the whole dict is a backbone (torchvision / timm names).
@@ -22,7 +23,9 @@ import torch
 from e2mc.errors import CheckpointError
 from e2mc.methods import METHODS
 
-HEADS = ("projector", "predictor", "prototypes")
+# every head slot a registered method declares, its momentum teachers included (``Method.teacher``:
+# ``<slot>.<module>.*``), so e2mc's own files keep them
+HEADS = ("projector", "predictor", "prototypes", *dict.fromkeys(t for m in METHODS.values() for t in m.teacher))
 CLASSIFIER_PREFIXES = ("fc.", "head.", "head_dist.", "classifier.", "heads.")
 _RESNETS = {
     (False, (2, 2, 2, 2)): "resnet18",
