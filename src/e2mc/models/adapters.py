@@ -14,6 +14,8 @@ lightning      ``{"state_dict": {<prefix>...}, "pytorch-lightning_version", "epo
 vicreg         ``{"model": {"module.backbone.*", "module.projector.*"}, "optimizer", "epoch"}``
 simsiam        ``{"state_dict": {"module.encoder.*" (projector in encoder.fc), "module.predictor.*"}, ...}``
 swav           raw ``{"module.<trunk>", "module.projection_head.*", "module.prototypes.weight"}``
+byol           solo-learn Lightning ``.ckpt`` ``{"state_dict": {"backbone.*", "classifier.*",
+               "momentum_backbone.*", "projector.*", "momentum_projector.*", "predictor.*"}, ...}``
 torchvision    raw torchvision-named backbone (VICReg ``resnet50.pth``; ``fc.*`` dropped)
 timm           raw timm backbone (``head.*`` dropped)
 state_dict     raw SSLModel state dict (``backbone.*``, ``projector.*``, ...)
@@ -320,6 +322,108 @@ class SwAVAdapter(Adapter):
         return out
 
 
+class SoloBYOLAdapter(Adapter):
+    """solo-learn's BYOL ``.ckpt`` (vturrisi/solo-learn ``solo/methods/byol.py`` on
+    ``BaseMomentumMethod``, saved by Lightning's ``trainer.save_checkpoint``; a file written that way
+    is ``tests/official/gen_byol.py``). The momentum network becomes e2mc's ``target`` slot; the
+    online linear probe ``classifier.*`` (and a ``momentum_classifier.*``) is dropped, the LARS state
+    keeps the groups of the modules e2mc holds (``optim.restore_state``). Written back: the
+    LightningModule's state dict in solo's order, the probes as zeros of their shapes (an evaluation
+    head trained on detached features; main_pretrain.py learns it again), ``epoch``,
+    ``global_step``, ``pytorch-lightning_version``; not the trainer's state (optimiser, scheduler,
+    loops), so main_linear.py and a strict ``load_state_dict`` read the export, and
+    ``resume_from_checkpoint`` does not."""
+
+    name, expected = "byol", ("state_dict", "pytorch-lightning_version", "epoch", "global_step", "optimizer_states")
+    description = "solo-learn BYOL .ckpt {'state_dict': {'backbone.*', 'momentum_backbone.*', 'predictor.*', ...}}"
+    _ORDER = ("backbone", "classifier", "momentum_backbone", "momentum_classifier", "projector")
+    _ORDER += ("momentum_projector", "predictor")  # the LightningModule's registration order
+    _TARGET = {"momentum_backbone": "backbone", "momentum_projector": "projector"}
+    _KEPT = ("backbone", "projector", "predictor")  # the optimiser groups of modules e2mc holds
+
+    def detect(self, obj):
+        sd = obj.get("state_dict") if isinstance(obj, dict) and "pytorch-lightning_version" in obj else None
+        if not is_tensor_dict(sd):
+            return 0.0
+        tops = {k.split(".", 1)[0] for k in sd}
+        return (
+            0.95 if {"backbone", "momentum_backbone", "projector", "momentum_projector", "predictor"} <= tops else 0.0
+        )
+
+    def split(self, obj):
+        if self.detect(obj) < 0.5:
+            raise CheckpointError(
+                "not a solo-learn BYOL checkpoint: no Lightning 'state_dict' with backbone, momentum_backbone, "
+                "projector, momentum_projector and predictor"
+            )
+        sd = obj["state_dict"]
+        heads = {h: sub(sd, h + ".") for h in ("projector", "predictor")}
+        heads["target"] = {f"{v}.{k}": t for m, v in self._TARGET.items() for k, t in sub(sd, m + ".").items()}
+        known = ("backbone.", "projector.", "predictor.", *(m + "." for m in self._TARGET))
+        parts = Parts(sub(sd, "backbone."), heads, method="byol", epoch=_epoch(obj))
+        parts.dropped = [k for k in sd if not k.startswith(known)]
+        cls = sd.get("classifier.weight")
+        parts.layout = {
+            "kind": "byol",
+            "pl_version": str(obj.get("pytorch-lightning_version")),
+            "global_step": int(obj.get("global_step") or 0),
+            "classes": int(cls.shape[0]) if cls is not None else 0,
+            "momentum_classifier": "momentum_classifier.weight" in sd,
+        }
+        parts.optimizer = self._online_groups((obj.get("optimizer_states") or [None])[0])
+        if parts.dropped:
+            parts.notes.append(f"online linear probe dropped ({len(parts.dropped)} tensors); exported as zeros")
+        if sd["backbone.conv1.weight"].shape[-1] == 3:
+            parts.notes.append(
+                "solo-learn's CIFAR stem pads its 3x3 conv1 by 2, e2mc's by 1: features differ slightly from solo-learn's"
+            )
+        return parts
+
+    def _online_groups(self, opt):
+        """The stored LARS state without the probes' groups, positions renumbered (what e2mc's
+        optimiser holds: backbone, projector, predictor, in that order)."""
+        if not (isinstance(opt, dict) and isinstance(opt.get("param_groups"), list)):
+            return None
+        groups, state, n = [], {}, 0
+        for g in opt["param_groups"]:
+            if not isinstance(g, dict) or g.get("name") not in self._KEPT:
+                continue
+            ids = list(g.get("params", []))
+            state.update({n + i: opt.get("state", {})[p] for i, p in enumerate(ids) if p in opt.get("state", {})})
+            groups.append({**g, "params": list(range(n, n + len(ids)))})
+            n += len(ids)
+        return {"state": state, "param_groups": groups}
+
+    def pack(self, backbone, heads, meta):
+        import torch
+
+        layout = meta.get("layout") or {}
+        target = heads.get("target", {})
+        mods = {
+            "backbone": backbone,
+            "momentum_backbone": sub(target, "backbone."),
+            "projector": heads.get("projector", {}),
+            "momentum_projector": sub(target, "projector."),
+            "predictor": heads.get("predictor", {}),
+        }
+        classes = int(layout.get("classes") or 1000)  # a file of unknown origin: ImageNet's
+        for probe in ("classifier", "momentum_classifier")[: 2 if layout.get("momentum_classifier") else 1]:
+            mods[probe] = {"weight": torch.zeros(classes, _features(backbone)), "bias": torch.zeros(classes)}
+        state = {f"{m}.{k}": v for m in self._ORDER for k, v in mods.get(m, {}).items()}
+        return {
+            "epoch": meta.get("epoch") or 0,
+            "global_step": int(layout.get("global_step") or 0),
+            "pytorch-lightning_version": layout.get("pl_version") or "2.1.2",
+            "state_dict": state,
+        }
+
+
+def _features(backbone: dict) -> int:
+    """Width of a ResNet backbone's pooled features: the channels of the last block's last conv."""
+    last = [k for k in backbone if k.startswith("layer4.") and k.endswith(".weight") and backbone[k].dim() == 4]
+    return int(backbone[last[-1]].shape[0]) if last else 0
+
+
 class BackboneAdapter(Adapter):
     """A raw backbone state dict; torchvision and timm differ only in the names they report."""
 
@@ -383,6 +487,7 @@ ADAPTERS: dict[str, Adapter] = {
         VICRegAdapter(),
         SimSiamAdapter(),
         SwAVAdapter(),
+        SoloBYOLAdapter(),
         BackboneAdapter(),
         TimmAdapter(),
         StateDictAdapter(),
