@@ -85,3 +85,23 @@ def test_a_continuation_holds_the_target_unless_set(tmp_path, tiny):
     assert all(torch.equal(seen[-1][k], first[k]) for k in held)  # momentum 1: not moved
     t, first, seen = _run(tmp_path / "b", tiny, "mode=continue", "method.continue_momentum=0.9")
     assert not torch.equal(seen[-1]["target.projector.0.weight"], first["target.projector.0.weight"])
+
+
+def test_every_addon_sees_the_online_projection(tmp_path, tiny):
+    """``--addon e2mc|vc|uniformity|mmcr|none``: a short continue each; the add-on's input is the
+    online projector output z of the two views (not p, not the target's t)."""
+    from e2mc.criteria import ADDONS
+
+    for name in ADDONS:
+        cfg = tiny(tmp_path / name, "method.name=byol", HEADS, "train.max_steps=1", "train.probe_size=0",
+                   f"addon.name={name}", mode="continue")  # fmt: skip
+        t = Trainer(cfg, quiet=True)
+        seen = {}
+        t.addon.register_forward_pre_hook(lambda mod, args: seen.setdefault("addon", args[0]))
+        t.model.register_forward_hook(lambda mod, args, out: seen.setdefault("out", out))
+        t.fit()
+        assert [a is b for a, b in zip(seen["addon"], seen["out"]["z"])] == [True, True], name
+        rows = (tmp_path / name / "metrics.csv").read_text().splitlines()
+        header, first = rows[0].split(","), rows[1].split(",")
+        addon = float(first[header.index("addon")])
+        assert math.isfinite(addon) and (addon == 0.0) == (name == "none"), (name, addon)
