@@ -97,8 +97,8 @@ def test_every_addon_sees_the_online_projection(tmp_path, tiny):
                    f"addon.name={name}", mode="continue")  # fmt: skip
         t = Trainer(cfg, quiet=True)
         seen = {}
-        t.addon.register_forward_pre_hook(lambda mod, args: seen.setdefault("addon", args[0]))
-        t.model.register_forward_hook(lambda mod, args, out: seen.setdefault("out", out))
+        t.addon.register_forward_pre_hook(lambda mod, args, seen=seen: seen.setdefault("addon", args[0]))
+        t.model.register_forward_hook(lambda mod, args, out, seen=seen: seen.setdefault("out", out))
         t.fit()
         assert [a is b for a, b in zip(seen["addon"], seen["out"]["z"])] == [True, True], name
         rows = (tmp_path / name / "metrics.csv").read_text().splitlines()

@@ -26,6 +26,7 @@ SOURCES = {
     "vicreg": "facebookresearch/vicreg README, commit 4e12602 (2022-12-04)",
     "swav": "facebookresearch/swav README, commit 06b1b7c (2021-09-21)",
     "simsiam": "facebookresearch/simsiam README, commit a7bc177 (2021-06-19)",
+    "byol": "vturrisi/solo-learn README, commit b69b4bd (2024-01-14); links removed in 9187ea3 (2026-04-22)",
 }
 
 
@@ -59,7 +60,7 @@ _WIDE = "VICReg's own widened ResNets, which e2mc.models.backbones does not buil
 
 
 def _vicreg(arch: str, params: str, top1: str, supported: bool = True) -> list[Release]:
-    why = None if supported else _WIDE
+    why = None if supported else f"{arch} is one of {_WIDE}"
     kw = dict(method="vicreg", arch=arch, params=params, details=f"ImageNet linear top-1 {top1}", unsupported=why)
     return [
         Release(f"vicreg:{arch}", layout="torchvision", heads=False, url=f"{_FB}/vicreg/{arch}.pth", **kw),
@@ -92,6 +93,26 @@ def _simsiam(folder: str, batch: int, top1: str) -> Release:
     )
 
 
+_GONE = (
+    "solo-learn removed its checkpoint links in April 2026 (commit 9187ea3, 'no longer accessible'); "
+    "a copy you downloaded loads by its path"
+)
+
+
+def _solo_byol(data: str, arch: str, epochs: int, top1: str, folder: str) -> Release:
+    """solo-learn's BYOL releases: Google Drive folders of one Lightning .ckpt (+ args.json) each."""
+    return Release(
+        f"byol:{arch}-{data}",
+        method="byol",
+        arch=arch,
+        layout="byol",
+        heads=True,
+        url=f"https://drive.google.com/drive/folders/{folder}",
+        details=f"solo-learn, {epochs} epochs, {data} linear top-1 {top1}",
+        unsupported=_GONE,
+    )
+
+
 ZOO: dict[str, Release] = {
     r.name: r
     for r in [
@@ -107,6 +128,14 @@ ZOO: dict[str, Release] = {
         _swav("400ep_2x224", 400, 4096, "2x224", "70.1"),
         _simsiam("100ep", 512, "68.1"),
         _simsiam("100ep-256bs", 256, "68.3"),
+        _solo_byol("cifar10", "resnet18", 1000, "92.58", "1KxeYAEE7Ev9kdFFhXWkPZhG-ya3_UwGP"),
+        _solo_byol("cifar100", "resnet18", 1000, "70.46", "1hwsEdsfsUulD2tAwa4epKK9pkSuvFv6m"),
+        _solo_byol(
+            "imagenet100", "resnet18", 400, "80.16 (online) / 80.32 (offline)", "1riOLjMawD_znO4HYj8LBN2e1X4jXpDE1"
+        ),
+        _solo_byol(
+            "imagenet", "resnet50", 100, "68.63 (online) / 68.37 (offline)", "1-UXo-MttdrqiEQXfV4Duc93fA3mIdsha"
+        ),
     ]
 }
 METHOD_PREFIXES = tuple(sorted({r.method + ":" for r in ZOO.values()}))
@@ -155,8 +184,8 @@ def fetch(name: str, progress: bool = True) -> tuple[Path, dict]:
     row = get(name)
     if row.unsupported:
         raise CheckpointError(
-            f"{name} is listed for reference only ({row.arch} is one of {row.unsupported}); nothing downloaded. "
-            "Load a supported name from `e2mc zoo`, or a file whose arch e2mc builds"
+            f"{name} is listed for reference only ({row.unsupported}); nothing downloaded. "
+            "Load a supported name from `e2mc zoo`, or a file you hold by its path"
         )
     url, path = url_of(row), cache_path(row)
     if path.is_file():
