@@ -39,8 +39,11 @@ def test_crop_size_rule_and_recipe_params():
     sw = view_config("swav", 224)
     assert (sw.n_large, sw.n_small, sw.small_size, sw.small_scale) == (2, 6, 96, (0.05, 0.14))
     assert sw.jitter == (0.8, 0.8, 0.8, 0.2) and view_config("simsiam", 224).blur_p == (0.5,)
+    by = view_config("byol", 224)  # deepmind-research byol augmentations: asymmetric blur and solarisation
+    assert (by.per_view(by.blur_p, "b"), by.per_view(by.solarize_p, "s")) == ([1.0, 0.1], [0.0, 0.2])
+    assert by.jitter == (0.4, 0.4, 0.2, 0.1) and by.large_scale == (0.08, 1.0) and by.interpolation == "bicubic"
     with pytest.raises(ConfigError, match="Unknown view recipe"):
-        view_config("byol", 32)
+        view_config("nosuchmethod", 32)
     with pytest.raises(ConfigError, match="one per view"):
         ViewGenerator(ViewConfig(large_size=8, blur_p=(0.1, 0.2, 0.3)), 8, MEAN, STD)
 

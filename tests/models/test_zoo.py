@@ -212,6 +212,8 @@ def test_unknown_name_lists_close_ones():
     msg = one_line_error(lambda: load_model("vicreg:resnet50-ful"), "not in e2mc's model zoo")
     assert "vicreg:resnet50-full" in msg and "e2mc zoo" in msg
     one_line_error(lambda: load_model("vicreg:resnet200x2-full"), "listed for reference only")
+    msg = one_line_error(lambda: load_model("byol:resnet50-imagenet"), "listed for reference only")
+    assert "no longer accessible" in msg and "by its path" in msg
 
 
 def test_cli_zoo_inspect_and_continue(server, vicreg_file, tmp_path, capsys):
@@ -252,7 +254,10 @@ def test_registry_rows_are_consistent():
 
     rows = list(zoo.ZOO.values())
     assert all(r.layout in ADAPTERS and r.method in METHOD_HEADS for r in rows)
-    assert all(r.url.startswith("https://dl.fbaipublicfiles.com/") and r.name.startswith(r.method + ":") for r in rows)
+    assert all(r.name.startswith(r.method + ":") for r in rows)
+    assert all(r.url.startswith("https://dl.fbaipublicfiles.com/") for r in rows if not r.unsupported)
+    gone = [r.name for r in rows if r.url.startswith("https://drive.google.com/")]  # solo-learn's, withdrawn
+    assert len(gone) == 4 and all(zoo.ZOO[n].unsupported and zoo.ZOO[n].layout == "byol" for n in gone)
     files = [r.file_name for r in rows]
     assert len(set(files)) == len(files)  # one cache file per release (both SimSiam URLs end in checkpoint_0099)
     assert {"vicreg:resnet50", "vicreg:resnet50-full", "swav:resnet50-800ep", "simsiam:resnet50-bs256"} <= set(zoo.ZOO)

@@ -66,6 +66,7 @@ def official(tmp_path_factory) -> dict[str, Official]:
         "vicreg_module": ("gen_vicreg.py", "main_vicreg"),
         "swav": ("gen_swav.py", None),
         "simsiam": ("gen_simsiam.py", None),
+        "byol": ("gen_byol.py", None),
     }
     env = dict(
         os.environ,
@@ -106,6 +107,10 @@ def official(tmp_path_factory) -> dict[str, Official]:
     cases["simsiam_checkpoint"] = Official(
         d / "checkpoint_0099.pth.tar", d / "checkpoint.tensors.pt", "simsiam", "simsiam", "gen_simsiam.py"
     )
+    d = root / "byol"
+    cases["byol_checkpoint"] = Official(
+        d / "byol-cifar10-0-ep=999.ckpt", d / "byol.tensors.pt", "byol", "byol", "gen_byol.py"
+    )
     return cases
 
 
@@ -118,6 +123,8 @@ def official_name(case: str, key: str) -> str | None:
         return f"module.backbone.{rest}" if head == "backbone" else None
     if case.startswith("swav"):
         return {"backbone": f"module.{rest}", "projector": f"module.projection_head.{rest}"}.get(head, f"module.{key}")
+    if case.startswith("byol"):  # solo-learn: the momentum network is e2mc's target slot
+        return f"momentum_{rest}" if head == "target" else key
     if case.startswith("simsiam"):
         return {"backbone": "module.encoder.", "projector": "module.encoder.fc.", "predictor": "module.predictor."}[
             head

@@ -125,3 +125,25 @@ def test_simsiam_fresh_optimiser_export_feeds_main_lincls(official, image_folder
     sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
     msg = torchvision.models.resnet18().load_state_dict(sd, strict=False)  # main_lincls.py's check
     assert set(msg.missing_keys) == {"fc.weight", "fc.bias"} and not msg.unexpected_keys
+
+
+def test_byol_checkpoint_continued_and_read_back_by_solo_learn(
+    official, image_folder, tmp_path, capsys, one_torch_thread
+):
+    """solo-learn's LARS momentum restored for the modules e2mc holds; the export is the
+    LightningModule's state dict again (strict load, main_linear.py's backbone)."""
+    f = official["byol_checkpoint"]
+    said, out = continue_and_export(
+        f.path, image_folder, tmp_path, capsys, "optim.name=lars", "optim.restore_state=true"
+    )
+    assert "restored the optimiser state of 72 parameters" in said  # all but the linear probe's 2
+    assert "heads      : projector, predictor, target" in said
+    got = reload(f, out)
+    assert got["epoch"] == 1000 and got["pl_version"] == "2.1.2"  # 999 + 1 continued
+    assert got["linear_missing"] == ["fc.bias", "fc.weight"] and not got["linear_unexpected"]
+    src, back = torch.load(f.path, weights_only=True)["state_dict"], torch.load(out, weights_only=True)["state_dict"]
+    assert list(back) == list(src)  # the LightningModule's keys, in its order
+    assert all(back[k].shape == v.shape and back[k].dtype == v.dtype for k, v in src.items())
+    assert not torch.equal(back["predictor.3.weight"], src["predictor.3.weight"])  # trained
+    assert torch.equal(back["momentum_projector.0.weight"], src["momentum_projector.0.weight"])  # held: momentum 1
+    assert torch.count_nonzero(back["classifier.weight"]) == 0  # the probe: zeros of its shape

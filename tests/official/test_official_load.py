@@ -15,6 +15,7 @@ CASES = [
     "swav_checkpoint",
     "swav_release",
     "simsiam_checkpoint",
+    "byol_checkpoint",
 ]
 
 
@@ -47,12 +48,18 @@ def test_load_model_reads_every_generated_tensor(official, case, one_torch_threa
         assert torch.equal(loaded[k], expected[n]), k
     # every tensor the file holds went somewhere: all of the generated model, or its backbone
     want = {n for n in expected if not case.startswith("vicreg_resnet50") or n.startswith("module.backbone.")}
+    if case == "byol_checkpoint":  # solo-learn's online linear probe is not part of the SSL model
+        assert sorted(report.dropped) == ["classifier.bias", "classifier.weight"]
+        assert report.heads == ["projector", "predictor", "target"] and report.heads_built == []
+        want = {n for n in want if not n.startswith("classifier.")}
     assert set(compared.values()) == want
-    if case in ("vicreg_model_main", "vicreg_model_module", "swav_checkpoint", "simsiam_checkpoint"):
+    if case in ("vicreg_model_main", "vicreg_model_module", "swav_checkpoint", "simsiam_checkpoint", "byol_checkpoint"):
         assert report.optimizer_state is not None
 
 
-@pytest.mark.parametrize("case", ["vicreg_model_main", "vicreg_model_module", "swav_checkpoint", "simsiam_checkpoint"])
+@pytest.mark.parametrize(
+    "case", ["vicreg_model_main", "vicreg_model_module", "swav_checkpoint", "simsiam_checkpoint", "byol_checkpoint"]
+)
 def test_generated_files_resume_the_official_way(official, case):
     """The harness itself: each generated file resumes through the generator's official path."""
     import json
@@ -61,8 +68,12 @@ def test_generated_files_resume_the_official_way(official, case):
 
     f = official[case]
     got = json.loads(run_generator(f.gen, "reload", str(f.path), module=f.module).strip().splitlines()[-1])
-    assert got["epoch"] == {"vicreg": 100, "swav": 800, "simsiam": 100}[f.format]
-    if f.format == "vicreg":
+    assert got["epoch"] == {"vicreg": 100, "swav": 800, "simsiam": 100, "byol": 999}[f.format]
+    if f.format == "byol":  # Lightning's restore, main_linear.py's backbone, the trainer's LARS and a step
+        assert got["resumed"] and got["with_momentum"] == got["params"] == 74 and got["target_moved"]
+        assert got["groups"] == ["backbone", "classifier", "projector", "predictor"]
+        assert got["linear_missing"] == ["fc.bias", "fc.weight"] and not got["linear_unexpected"]
+    elif f.format == "vicreg":
         assert got["filters_are_this_module"] and got["module"] == (f.module or "__main__")
         assert got["with_mu"] == got["params"]
     elif f.format == "swav":

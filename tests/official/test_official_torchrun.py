@@ -61,3 +61,39 @@ def test_official_vicreg_file_through_the_paper_recipe_under_torchrun(official, 
     got = reload(f, exported)  # main_vicreg's resume: model.load_state_dict, optimizer.load_state_dict, a step
     assert got["filters_are_this_module"] is True and got["module"] == "main_vicreg"
     assert got["with_mu"] == got["params"] == 69
+
+
+@pytest.mark.slow
+def test_official_byol_file_continued_under_torchrun_and_read_back(official, image_folder, tmp_path, capsys):
+    """solo-learn's BYOL .ckpt: 2-process ``torchrun`` continue (E2MC on the online projection, 2
+    steps, the momentum target carried along), export to solo-learn's layout, the official reads."""
+    f = official["byol_checkpoint"]
+    sets = [
+        f"data.dataset={image_folder}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "optim.batch_size=4",
+        "train.max_steps=2",
+        "train.log_every=1",
+        "train.probe_size=0",
+        "train.tensorboard=false",
+        "method.continue_momentum=0.99",  # move the target, so that the export shows it
+    ]
+    out = tmp_path / "run"
+    args = ["continue", f.path, "--addon", "e2mc", "--device", "cpu", "--out", out]
+    res = torchrun([*args, *(a for o in sets for a in ("--set", o))], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    st = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert st["world_size"] == 2 and st["step"] == 2 and st["method"] == "byol"
+    assert any(k.startswith("target.backbone.") for k in st["model"])
+    exported = tmp_path / "byol.ckpt"
+    assert main(["export", str(out / "checkpoints" / "last.pt"), "--to", "original", "--out", str(exported)]) == 0
+    assert "byol layout" in capsys.readouterr().out
+    back, source = (read_checkpoint(p)[0]["state_dict"] for p in (exported, f.path))
+    assert list(back) == list(source)
+    for k in ("predictor.0.weight", "momentum_projector.0.weight", "momentum_backbone.conv1.weight"):
+        assert not torch.equal(back[k], source[k]), k  # trained, and the target moved by its EMA
+    got = reload(f, exported)  # strict LightningModule load + main_linear.py's backbone
+    assert got["epoch"] == 999 + st["epoch"] and got["linear_missing"] == ["fc.bias", "fc.weight"]

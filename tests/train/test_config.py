@@ -23,7 +23,7 @@ def test_overrides_are_typed():
     assert cfg.addon.m is None and cfg.model.head_sizes == {"projector": [8, 8]}
 
 
-@pytest.mark.parametrize("method", ["vicreg", "swav", "simsiam"])
+@pytest.mark.parametrize("method", ["vicreg", "swav", "simsiam", "byol"])
 def test_method_defaults_applied_only_when_unset(method):
     cfg = load_config(None, [f"method.name={method}"])
     assert (cfg.addon.entropy_weight, cfg.addon.cov_weight, cfg.addon.transform) == E2MC_DEFAULTS[method]
@@ -37,6 +37,7 @@ def test_paper_defaults_table():
         "swav": (10.0, 1.0, "gaussian_cdf"),
         "simsiam": (1.0, 25.0, "gaussian_cdf"),
         "barlowtwins": (10.0, 1.0, "sigmoid"),  # no paper values: VICReg's (methods/barlowtwins.py)
+        "byol": (1.0, 25.0, "gaussian_cdf"),  # not in the paper: SimSiam's (the same predictor scheme)
     }
 
 
@@ -57,7 +58,7 @@ def test_bad_values():
     with pytest.raises(ConfigError, match="cannot read 'abc' as float"):
         load_config(None, ["optim.lr=abc"])
     with pytest.raises(ConfigError, match="use one of"):
-        load_config(None, ["method.name=byol"])
+        load_config(None, ["method.name=nosuchmethod"])
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["optim.lr"])
 

@@ -32,7 +32,7 @@ import torch.multiprocessing as mp
 from e2mc.train.distributed import mirrored_views, per_sample_norms
 
 WS, B = 2, 8  # 2 ranks x 8 images = one process with 16
-METHODS = ("vicreg", "swav", "simsiam")
+METHODS = ("vicreg", "swav", "simsiam", "byol")
 ADDONS = ("none", "e2mc", "vc", "uniformity", "mmcr")
 COLLECTIVES = (
     "all_reduce",
@@ -58,9 +58,12 @@ no_bn, views = per_sample_norms, mirrored_views
 def config(out, method, addon, batch, *extra):
     from e2mc.config import load_config
 
-    heads = {"vicreg": "{projector: [32, 32]}", "simsiam": "{}", "swav": "{hidden: 32, out: 16, prototypes: 12}"}[
-        method
-    ]
+    heads = {
+        "vicreg": "{projector: [32, 32]}",
+        "simsiam": "{}",
+        "swav": "{hidden: 32, out: 16, prototypes: 12}",
+        "byol": "{proj_hidden: 32, proj_dim: 16, pred_hidden: 24}",
+    }[method]
     sets = [
         "data.dataset=digits",
         "data.image_size=8",
@@ -256,6 +259,8 @@ def test_two_processes_equal_one_on_the_concatenated_batch(spawned, method):
                         rtol=2e-4 if s == 0 else 2e-3,
                         atol=1e-6 if s == 0 else 2e-5,
                     )
+        if method == "byol":  # the momentum target after 2 EMA steps is part of the weights compared
+            assert sum(n.startswith("target.") for n in one["weights"]) > 10, case
         for r in range(WS):  # after step 2, whose gradients agree to float rounding (the tolerance above)
             for n, w in one["weights"].items():
                 _close(ddp[r]["weights"][n], w, f"{case} weights {n} rank {r}", rtol=2e-3, atol=1e-5)

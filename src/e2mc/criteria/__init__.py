@@ -1,4 +1,5 @@
-"""Criteria: pure loss math. Base criteria (one file per method: VICReg, SwAV, SimSiam) and
+"""Criteria: pure loss math. Base criteria (one file per method: VICReg, SwAV, SimSiam,
+Barlow Twins, BYOL) and
 add-ons (E2MC, VC, uniformity, MMCR, none), each a small ``nn.Module`` called with a list of
 per-view tensors and returning a dict with a differentiable ``"loss"`` and detached terms.
 
@@ -15,6 +16,7 @@ from torch import nn
 
 from e2mc.criteria.addons import MMCRAddon, NoAddon, UniformityAddon, VCAddon
 from e2mc.criteria.barlowtwins import BarlowTwinsLoss
+from e2mc.criteria.byol import BYOLLoss
 from e2mc.criteria.e2mc import E2MC
 from e2mc.criteria.entropy import TRANSFORMS, default_m, get_transform, m_spacing_entropy
 from e2mc.criteria.simsiam import SimSiamLoss
@@ -52,6 +54,7 @@ def build_addon(name: str, **kwargs: Any) -> nn.Module:
 __all__ = [
     "ADDONS",
     "BarlowTwinsLoss",
+    "BYOLLoss",
     "E2MC",
     "MMCRAddon",
     "NoAddon",

@@ -6,7 +6,7 @@ links the released ``ljng`` files).
 
 Heads: ``projector``: [Linear(bias=False), BN1d, ReLU] x (len(sizes)-1), Linear(bias=False); keys
 ``0.weight 1.* 3.weight 4.* 6.weight``. Default sizes ``(min(8192, 4d),) * 3`` (ResNet-50:
-8192-8192-8192, main.py's ``--projector`` default; smaller backbones as VICReg's). ``bn``: the
+8192-8192-8192, main.py's default projector argument; smaller backbones as VICReg's). ``bn``: the
 affine-free ``BatchNorm1d(last)`` the loss normalises each view with (keys ``bn.running_mean``,
 ``bn.running_var``, ``bn.num_batches_tracked``, main.py's ``module.bn.*``).
 
@@ -14,8 +14,8 @@ Loss (``e2mc.criteria.barlowtwins``): ``on_diag + lambd * off_diag`` of ``C = bn
 with N the global batch (main.py divides by ``--batch-size`` and all-reduces ``c``); under
 ``torchrun`` the views are gathered, so ``bn`` normalises with the global batch's statistics, as
 main.py's SyncBatchNorm does, on CPU too, and N processes equal one on the concatenated batch.
-main.py at this commit has no ``--scale-loss`` (commit 046eec3 replaced it with
-``--learning-rate-biases``); e2mc follows it: no loss scale. Its separate bias learning rate
+main.py at this commit has no scale-loss argument (commit 046eec3 replaced it with
+a learning-rate-biases argument); e2mc follows it: no loss scale. Its separate bias learning rate
 (0.0048 vs 0.2 for weights) is not modelled: e2mc gives every group ``optim.lr``.
 
 E2MC attaches to the projector output ``z`` of the two views, before ``bn``. The paper gives no
@@ -150,7 +150,7 @@ class BarlowTwins(Method):
     e2mc_defaults = (10.0, 1.0, "sigmoid")  # no paper values for Barlow Twins: VICReg's
     paper_eps = 1e-7  # VICReg's (the paper's VICReg script passes --epsilon 1e-7)
     options = {
-        "lambd": Option(0.0051, 0, help="weight of the off-diagonal term (main.py --lambd)"),
+        "lambd": Option(0.0051, 0, help="weight of the off-diagonal term (main.py's lambd argument)"),
     }
 
     def default_head_sizes(self, in_dim):

@@ -67,7 +67,7 @@ _WIDE = "VICReg's own widened ResNets, which e2mc.models.backbones does not buil
 
 def _releases(arch: str, params: str, top1: str, supported: bool = True) -> tuple[Release, ...]:
     """The backbone (``<arch>.pth``, torchvision names) and the full checkpoint of one model."""
-    why = None if supported else _WIDE
+    why = None if supported else f"{arch} is one of {_WIDE}"
     kw = dict(method="vicreg", arch=arch, params=params, details=f"ImageNet linear top-1 {top1}", unsupported=why)
     return (
         Release(f"vicreg:{arch}", layout="torchvision", heads=False, url=f"{_FB}/{arch}.pth", **kw),

@@ -73,8 +73,8 @@ def fetch(name: str, progress: bool = True) -> tuple[Path, dict]:
     row = get(name)
     if row.unsupported:
         raise CheckpointError(
-            f"{name} is listed for reference only ({row.arch} is one of {row.unsupported}); nothing downloaded. "
-            "Load a supported name from `e2mc zoo`, or a file whose arch e2mc builds"
+            f"{name} is listed for reference only ({row.unsupported}); nothing downloaded. "
+            "Load a supported name from `e2mc zoo`, or a file you hold by its path"
         )
     url, path = url_of(row), cache_path(row)
     if path.is_file():

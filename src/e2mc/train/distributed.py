@@ -253,10 +253,11 @@ def per_sample_norms(model: nn.Module) -> nn.Module:
     equivalence tests and the GPU check pass it as ``Trainer(model_fn=per_sample_norms)``.
     """
     for name, child in model.named_children():
-        if isinstance(child, nn.BatchNorm2d):
-            setattr(model, name, nn.GroupNorm(1, child.num_features))
-        elif isinstance(child, nn.BatchNorm1d):
-            setattr(model, name, nn.LayerNorm(child.num_features))
+        if isinstance(child, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            c = child.num_features
+            new = nn.GroupNorm(1, c) if isinstance(child, nn.BatchNorm2d) else nn.LayerNorm(c)
+            frozen = child.weight is not None and not child.weight.requires_grad  # e.g. a momentum teacher's
+            setattr(model, name, new.requires_grad_(not frozen))
         else:
             per_sample_norms(child)
     return model

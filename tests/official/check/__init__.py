@@ -12,7 +12,13 @@ dtypes, optimizer state and param-group keys and value types, pickle globals of 
     python tests/official/check/compare.py /tmp/chk/vicreg_module/model.pth /tmp/fx/vs/model.pth
     python tests/official/check/swav_official.py /tmp/off_swav /tmp/apex_LARC.py /tmp/chk/swav
     python tests/official/check/simsiam_official.py /tmp/off_simsiam /tmp/chk/simsiam
+    /tmp/venv-solo/bin/python tests/official/check/byol_official.py /tmp/off_solo /tmp/chk/byol
+    python tests/official/gen_byol.py generate /tmp/fx/byol --epoch 1
+    python tests/official/check/compare.py /tmp/chk/byol/trained_models/byol/0/byol-cifar10-0-ep=0.ckpt \
+        /tmp/fx/byol/byol-cifar10-0-ep=0.ckpt
 
+(``/tmp/venv-solo``: a venv with ``--system-site-packages`` plus lightning 2.1.2, torchmetrics<0.12,
+omegaconf, hydra-core, einops and setuptools<70, for solo-learn; never e2mc's environment.)
 (``/tmp/apex_LARC.py``: ``git show cb65b8ed^:apex/parallel/LARC.py`` of NVIDIA/apex.) These
 scripts import the official code from the given folder; none of it is copied here.
 """
