@@ -1,4 +1,4 @@
-"""Criteria: pure loss math. Base criteria (VICReg, SwAV, SimSiam) and add-ons (E2MC, VC,
+"""Criteria: pure loss math. Base criteria (VICReg, SwAV, SimSiam, MoCo v3) and add-ons (E2MC, VC,
 uniformity, MMCR, none), each a small ``nn.Module`` called with a list of per-view tensors and
 returning a dict with a differentiable ``"loss"`` and detached terms.
 
@@ -14,6 +14,7 @@ from torch import nn
 from e2mc.criteria.addons import MMCRAddon, NoAddon, UniformityAddon, VCAddon
 from e2mc.criteria.e2mc import E2MC
 from e2mc.criteria.entropy import TRANSFORMS, default_m, get_transform, m_spacing_entropy
+from e2mc.criteria.mocov3 import MoCoV3Loss
 from e2mc.criteria.simsiam import SimSiamLoss
 from e2mc.criteria.swav import SwAVLoss, SwAVQueue, sinkhorn_knopp
 from e2mc.criteria.vicreg import VICRegLoss, covariance_term
@@ -31,6 +32,7 @@ BASE_CRITERIA: dict[str, type[nn.Module]] = {
     "vicreg": VICRegLoss,
     "swav": SwAVLoss,
     "simsiam": SimSiamLoss,
+    "mocov3": MoCoV3Loss,
 }
 
 
@@ -66,6 +68,7 @@ __all__ = [
     "BASE_CRITERIA",
     "E2MC",
     "MMCRAddon",
+    "MoCoV3Loss",
     "NoAddon",
     "SimSiamLoss",
     "SwAVLoss",

@@ -14,6 +14,8 @@ lightning      ``{"state_dict": {<prefix>...}, "pytorch-lightning_version", "epo
 vicreg         ``{"model": {"module.backbone.*", "module.projector.*"}, "optimizer", "epoch"}``
 simsiam        ``{"state_dict": {"module.encoder.*" (projector in encoder.fc), "module.predictor.*"}, ...}``
 swav           raw ``{"module.<trunk>", "module.projection_head.*", "module.prototypes.weight"}``
+mocov3         ``{"state_dict": {"module.base_encoder.*" (projector in fc / head), "module.momentum_encoder.*",
+               "module.predictor.*"}, "optimizer", "scaler", "epoch", "arch"}``
 torchvision    raw torchvision-named backbone (VICReg ``resnet50.pth``; ``fc.*`` dropped)
 timm           raw timm backbone (``head.*`` dropped)
 state_dict     raw SSLModel state dict (``backbone.*``, ``projector.*``, ...)
@@ -375,6 +377,129 @@ class StateDictAdapter(Adapter):
         )
 
 
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+_MOCO_ARCHS = {"vit_small": "timm:vit_small_patch16_224:num_heads=12", "vit_base": "timm:vit_base_patch16_224"}
+
+
+def _n_params(sd: dict) -> int:
+    """Parameters in a ResNet / ViT state dict (every entry but BatchNorm's buffers)."""
+    return sum(1 for k in sd if not k.endswith(_BUFFERS))
+
+
+class MoCoV3Adapter(Adapter):
+    """facebookresearch/moco-v3 ``main_moco.py``'s checkpoint: the DDP state dict of ``MoCo_ResNet``
+    / ``MoCo_ViT`` (``base_encoder`` with the projector in ``fc`` / ``head``, ``momentum_encoder`` the
+    same, ``predictor``), its LARS / AdamW state over ``model.parameters()`` (one group; the momentum
+    encoder's positions never hold state) and the GradScaler's. The momentum encoder's positions
+    are taken out of the optimiser's group (e2mc's optimiser holds the trainable parameters only, in
+    the same order) and put back by ``pack``."""
+
+    name, expected = "mocov3", ("state_dict", "optimizer", "scaler", "epoch", "arch")
+    description = (
+        "MoCo v3 checkpoint {'state_dict': {'module.base_encoder.*', 'module.momentum_encoder.*', "
+        "'module.predictor.*'}, 'optimizer', 'scaler', 'epoch', 'arch'}"
+    )
+
+    @staticmethod
+    def _inner(obj):
+        sd = obj.get("state_dict") if isinstance(obj, dict) else None
+        if not is_tensor_dict(sd):
+            return None, False
+        module = all(k.startswith("module.") for k in sd)
+        sd = sub(sd, "module.") if module else sd
+        tops = {k.split(".", 1)[0] for k in sd}
+        return (sd, module) if {"base_encoder", "momentum_encoder", "predictor"} <= tops else (None, False)
+
+    def detect(self, obj):
+        return 0.85 if self._inner(obj)[0] is not None else 0.0
+
+    def split(self, obj):
+        sd, module = self._inner(obj)
+        if sd is None:
+            raise CheckpointError(
+                "not a MoCo v3 checkpoint: no 'state_dict' with 'module.base_encoder.*', "
+                "'module.momentum_encoder.*' and 'module.predictor.*' keys"
+            )
+        base, mom = sub(sd, "base_encoder."), sub(sd, "momentum_encoder.")
+        head = "fc." if any(k.startswith("fc.") for k in base) else "head."
+        arch = obj.get("arch") if isinstance(obj.get("arch"), str) else None
+        if arch and arch.startswith("vit_conv"):
+            raise CheckpointError(
+                f"{arch}: MoCo v3's convolutional-stem ViTs have no timm twin; use vit_small/vit_base"
+            )
+        teacher = {f"backbone.{k}": v for k, v in mom.items() if not k.startswith(head)}
+        teacher.update({f"projector.{k}": v for k, v in sub(mom, head).items()})
+        heads = {"projector": sub(base, head), "predictor": sub(sd, "predictor."), "momentum_encoder": teacher}
+        layout = {"kind": "mocov3", "module_prefix": module, "head": head, "arch": arch}
+        optimizer = obj.get("optimizer")
+        n_base = _n_params(base)
+        if isinstance(optimizer, dict) and isinstance(optimizer.get("param_groups"), list):
+            groups = [dict(g) for g in optimizer["param_groups"]]
+            teacher_ids = list(range(n_base, 2 * n_base))  # model.parameters(): base, momentum, predictor
+            at = [
+                (gi, g["params"].index(teacher_ids[0])) for gi, g in enumerate(groups) if teacher_ids[0] in g["params"]
+            ]
+            if at and not any(i in optimizer.get("state", {}) for i in teacher_ids):
+                gi, pos = at[0]
+                groups[gi]["params"] = [i for i in groups[gi]["params"] if i not in set(teacher_ids)]
+                layout["teacher_params"] = [gi, pos, teacher_ids]
+            optimizer = {"state": optimizer.get("state", {}), "param_groups": groups}
+            layout["param_groups"] = [{k: v for k, v in g.items() if k != "params"} for g in groups]
+        if isinstance(obj.get("scaler"), dict):
+            layout["scaler"] = dict(obj["scaler"])
+        return Parts(
+            {k: v for k, v in base.items() if not k.startswith(head)},
+            heads,
+            method="mocov3",
+            arch=_MOCO_ARCHS.get(arch, arch),
+            epoch=_epoch(obj),
+            optimizer=optimizer,
+            dropped=[k for k in sd if k.split(".", 1)[0] not in ("base_encoder", "momentum_encoder", "predictor")],
+            layout=layout,
+        )
+
+    def pack(self, backbone, heads, meta):
+        layout = meta.get("layout") or {}
+        arch = layout.get("arch") or _official_moco_arch(meta.get("arch") or "")
+        head = layout.get("head") or ("head." if arch.startswith("vit") else "fc.")
+        teacher = heads.get("momentum_encoder", {})
+        sd = {f"base_encoder.{k}": v for k, v in backbone.items()}
+        sd.update({f"base_encoder.{head}{k}": v for k, v in heads.get("projector", {}).items()})
+        sd.update({f"momentum_encoder.{k}": v for k, v in sub(teacher, "backbone.").items()})
+        sd.update({f"momentum_encoder.{head}{k}": v for k, v in sub(teacher, "projector.").items()})
+        sd.update({f"predictor.{k}": v for k, v in heads.get("predictor", {}).items()})
+        if layout.get("module_prefix", True):
+            sd = {f"module.{k}": v for k, v in sd.items()}
+        n_base = _n_params(backbone) + _n_params(heads.get("projector", {}))
+        n_all = 2 * n_base + _n_params(heads.get("predictor", {}))
+        opt = meta.get("optimizer")
+        if opt is not None:
+            groups = [dict(g) for g in opt["param_groups"]]
+            if layout.get("teacher_params"):  # the momentum encoder's positions, where the file had them
+                gi, pos, ids = layout["teacher_params"]
+                groups[gi]["params"] = groups[gi]["params"][:pos] + list(ids) + groups[gi]["params"][pos:]
+            opt = {"state": opt["state"], "param_groups": groups}
+        else:  # no optimiser state: a fresh one with the file's (or main_moco.py's default) settings
+            group = (layout.get("param_groups") or [None])[0] or (
+                {"lr": 0.0, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.1, "amsgrad": False}
+                if arch.startswith("vit")
+                else {"lr": 0.0, "weight_decay": 1e-6, "momentum": 0.9, "trust_coefficient": 0.001}
+            )
+            opt = {"state": {}, "param_groups": [{**group, "params": list(range(n_all))}]}
+        scaler = layout.get("scaler") or {
+            "scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000, "_growth_tracker": 0
+        }  # fmt: skip
+        return {"epoch": meta.get("epoch") or 0, "arch": arch, "state_dict": sd, "optimizer": opt, "scaler": scaler}
+
+
+def _official_moco_arch(arch: str) -> str:
+    """main_moco.py's ``--arch`` for an e2mc arch (torchvision names as they are; the two timm ViTs)."""
+    for official, ours in _MOCO_ARCHS.items():
+        if arch == ours:
+            return official
+    return arch.split(":")[-1]
+
+
 ADAPTERS: dict[str, Adapter] = {
     a.name: a
     for a in (
@@ -383,6 +508,7 @@ ADAPTERS: dict[str, Adapter] = {
         VICRegAdapter(),
         SimSiamAdapter(),
         SwAVAdapter(),
+        MoCoV3Adapter(),
         BackboneAdapter(),
         TimmAdapter(),
         StateDictAdapter(),

@@ -3,8 +3,8 @@
 Pure functions over ``dict[str, Tensor]``; no file I/O. A *kind* names how a flat dict groups
 its keys (after an optional ``module.`` DDP prefix):
 
-* ``"model"``    ``backbone.*``, ``projector.*``, ``predictor.*``, ``prototypes.*`` (SSLModel,
-                 VICReg's ``model`` dict); other top-level modules are dropped.
+* ``"model"``    ``backbone.*``, ``projector.*``, ``predictor.*``, ``prototypes.*`` and the momentum
+                 teachers' slots (SSLModel, VICReg's ``model`` dict); other top-level modules are dropped.
 * ``"swav"``     trunk at the root, ``projection_head.*``, ``prototypes.*``.
 * ``"simsiam"``  ``encoder.*`` trunk, ``encoder.fc.*`` projector, ``predictor.*``.
 * ``"backbone"`` the whole dict is a backbone (torchvision / timm names).
@@ -21,8 +21,10 @@ import torch
 
 from e2mc.errors import CheckpointError
 from e2mc.methods import METHODS
+from e2mc.models.heads import HEAD_NAMES
 
-HEADS = ("projector", "predictor", "prototypes")
+_FIRST_HEADS = ("projector", "predictor", "prototypes")  # the key order of the files e2mc wrote before
+HEADS = _FIRST_HEADS + tuple(h for h in HEAD_NAMES if h not in _FIRST_HEADS)  # then the momentum teachers
 CLASSIFIER_PREFIXES = ("fc.", "head.", "head_dist.", "classifier.", "heads.")
 _RESNETS = {
     (False, (2, 2, 2, 2)): "resnet18",
