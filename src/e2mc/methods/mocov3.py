@@ -67,7 +67,9 @@ class MoCoV3(Method):
     paper_eps = 1e-7
     options = {
         **momentum_options(0.99),
-        "temperature": Option(0.0, 0, help="softmax temperature; 0: the official value, 1.0 (ResNet) or 0.2 (ViT)"),
+        "moco_t": Option(
+            0.0, 0, help="softmax temperature (--moco-t); 0: the official value, 1.0 (ResNet) or 0.2 (ViT)"
+        ),
     }
 
     def default_head_sizes(self, in_dim):
@@ -108,10 +110,10 @@ class MoCoV3(Method):
     def build_criterion(self, cfg):
         from e2mc.criteria import build_criterion
 
-        return build_criterion("mocov3", temperature=cfg.method.temperature or 1.0)
+        return build_criterion("mocov3", temperature=cfg.method.moco_t or 1.0)
 
     def base_loss(self, out, criterion, zs, ctx):
-        t = ctx.cfg.method.temperature if ctx.cfg is not None else criterion.temperature
+        t = ctx.cfg.method.moco_t if ctx.cfg is not None else criterion.temperature
         if not t:  # the official value by arch: --moco-t=.2 for the ViTs, 1.0 (default) otherwise
             vit = "vit" in str(getattr(ctx.model, "arch", "") or "")
             criterion.temperature = 0.2 if vit else 1.0

@@ -25,6 +25,7 @@ safetensors    a ``.safetensors`` file (any of the raw layouts; metadata arch/ci
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -431,22 +432,22 @@ class MoCoV3Adapter(Adapter):
         teacher.update({f"projector.{k}": v for k, v in sub(mom, head).items()})
         heads = {"projector": sub(base, head), "predictor": sub(sd, "predictor."), "momentum_encoder": teacher}
         layout = {"kind": "mocov3", "module_prefix": module, "head": head, "arch": arch}
+        extra: dict = {}  # kept as one JSON string: a run keeps its source layout's plain values only
         optimizer = obj.get("optimizer")
         n_base = _n_params(base)
         if isinstance(optimizer, dict) and isinstance(optimizer.get("param_groups"), list):
             groups = [dict(g) for g in optimizer["param_groups"]]
-            teacher_ids = list(range(n_base, 2 * n_base))  # model.parameters(): base, momentum, predictor
-            at = [
-                (gi, g["params"].index(teacher_ids[0])) for gi, g in enumerate(groups) if teacher_ids[0] in g["params"]
-            ]
-            if at and not any(i in optimizer.get("state", {}) for i in teacher_ids):
+            teacher_ids = set(range(n_base, 2 * n_base))  # model.parameters(): base, momentum, predictor
+            at = [(gi, g["params"].index(n_base)) for gi, g in enumerate(groups) if n_base in g.get("params", [])]
+            if at and not teacher_ids & set(optimizer.get("state", {})):
                 gi, pos = at[0]
-                groups[gi]["params"] = [i for i in groups[gi]["params"] if i not in set(teacher_ids)]
-                layout["teacher_params"] = [gi, pos, teacher_ids]
+                groups[gi]["params"] = [i for i in groups[gi]["params"] if i not in teacher_ids]
+                extra["teacher_params"] = [gi, pos, n_base, n_base]  # group, position, first id, count
             optimizer = {"state": optimizer.get("state", {}), "param_groups": groups}
-            layout["param_groups"] = [{k: v for k, v in g.items() if k != "params"} for g in groups]
+            extra["param_groups"] = [{k: v for k, v in g.items() if k != "params"} for g in groups]
         if isinstance(obj.get("scaler"), dict):
-            layout["scaler"] = dict(obj["scaler"])
+            extra["scaler"] = dict(obj["scaler"])
+        layout["mocov3"] = json.dumps(extra, default=str)
         return Parts(
             {k: v for k, v in base.items() if not k.startswith(head)},
             heads,
@@ -460,6 +461,7 @@ class MoCoV3Adapter(Adapter):
 
     def pack(self, backbone, heads, meta):
         layout = meta.get("layout") or {}
+        extra = json.loads(layout.get("mocov3") or "{}")
         arch = layout.get("arch") or _official_moco_arch(meta.get("arch") or "")
         head = layout.get("head") or ("head." if arch.startswith("vit") else "fc.")
         teacher = heads.get("momentum_encoder", {})
@@ -475,18 +477,19 @@ class MoCoV3Adapter(Adapter):
         opt = meta.get("optimizer")
         if opt is not None:
             groups = [dict(g) for g in opt["param_groups"]]
-            if layout.get("teacher_params"):  # the momentum encoder's positions, where the file had them
-                gi, pos, ids = layout["teacher_params"]
-                groups[gi]["params"] = groups[gi]["params"][:pos] + list(ids) + groups[gi]["params"][pos:]
+            if extra.get("teacher_params"):  # the momentum encoder's positions, where the file had them
+                gi, pos, first, count = extra["teacher_params"]
+                ids = list(range(first, first + count))
+                groups[gi]["params"] = groups[gi]["params"][:pos] + ids + groups[gi]["params"][pos:]
             opt = {"state": opt["state"], "param_groups": groups}
         else:  # no optimiser state: a fresh one with the file's (or main_moco.py's default) settings
-            group = (layout.get("param_groups") or [None])[0] or (
+            group = (extra.get("param_groups") or [None])[0] or (
                 {"lr": 0.0, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.1, "amsgrad": False}
                 if arch.startswith("vit")
                 else {"lr": 0.0, "weight_decay": 1e-6, "momentum": 0.9, "trust_coefficient": 0.001}
             )
             opt = {"state": {}, "param_groups": [{**group, "params": list(range(n_all))}]}
-        scaler = layout.get("scaler") or {
+        scaler = extra.get("scaler") or {
             "scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000, "_growth_tracker": 0
         }  # fmt: skip
         return {"epoch": meta.get("epoch") or 0, "arch": arch, "state_dict": sd, "optimizer": opt, "scaler": scaler}
