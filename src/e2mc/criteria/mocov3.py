@@ -11,7 +11,7 @@ from torch import nn
 
 from e2mc.criteria.entropy import check_views
 from e2mc.distributed import gather_no_grad, rank
-from e2mc.errors import CriterionInputError
+from e2mc.errors import ConfigError, CriterionInputError
 
 
 def contrastive_loss(q: torch.Tensor, k_all: torch.Tensor, temperature: float, offset: int = 0) -> torch.Tensor:
@@ -42,7 +42,7 @@ class MoCoV3Loss(nn.Module):
     def __init__(self, temperature: float = 1.0, gather: bool = True):
         super().__init__()
         if not temperature > 0:
-            raise CriterionInputError(f"MoCoV3Loss: temperature must be > 0, got {temperature}; use e.g. 1.0 or 0.2")
+            raise ConfigError(f"MoCoV3Loss: temperature must be > 0, got {temperature}; use e.g. 1.0 or 0.2")
         self.temperature = float(temperature)
         self.gather = gather
 

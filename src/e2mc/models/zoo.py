@@ -26,6 +26,7 @@ SOURCES = {
     "vicreg": "facebookresearch/vicreg README, commit 4e12602 (2022-12-04)",
     "swav": "facebookresearch/swav README, commit 06b1b7c (2021-09-21)",
     "simsiam": "facebookresearch/simsiam README, commit a7bc177 (2021-06-19)",
+    "mocov3": "facebookresearch/moco-v3 CONFIG.md, commit c349e6e (CONFIG.md of 2021-08-16)",
 }
 
 
@@ -92,6 +93,18 @@ def _simsiam(folder: str, batch: int, top1: str) -> Release:
     )
 
 
+def _mocov3(name: str, arch: str, epochs: int, top1: str, recipe: str) -> Release:
+    return Release(
+        f"mocov3:{name}",
+        method="mocov3",
+        arch=arch,
+        layout="mocov3",
+        heads=True,
+        url=f"{_FB}/moco-v3/{name}/{name}.pth.tar",
+        details=f"{epochs} epochs, batch 4096 ({recipe}), ImageNet linear top-1 {top1}",
+    )
+
+
 ZOO: dict[str, Release] = {
     r.name: r
     for r in [
@@ -107,6 +120,11 @@ ZOO: dict[str, Release] = {
         _swav("400ep_2x224", 400, 4096, "2x224", "70.1"),
         _simsiam("100ep", 512, "68.1"),
         _simsiam("100ep-256bs", 256, "68.3"),
+        _mocov3("r-50-100ep", "resnet50", 100, "68.9", "LARS"),
+        _mocov3("r-50-300ep", "resnet50", 300, "72.8", "LARS"),
+        _mocov3("r-50-1000ep", "resnet50", 1000, "74.6", "LARS"),
+        _mocov3("vit-s-300ep", "timm:vit_small_patch16_224:num_heads=12", 300, "73.2", "AdamW, batch 1024"),
+        _mocov3("vit-b-300ep", "timm:vit_base_patch16_224", 300, "76.7", "AdamW"),
     ]
 }
 METHOD_PREFIXES = tuple(sorted({r.method + ":" for r in ZOO.values()}))
