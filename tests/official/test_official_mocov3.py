@@ -29,9 +29,11 @@ def _official_key(key: str) -> str:
     if head == "momentum_encoder":
         part, _, rest = rest.partition(".")
         return "module.momentum_encoder." + ("fc." if part == "projector" else "") + rest
-    return {"backbone": "module.base_encoder.", "projector": "module.base_encoder.fc.", "predictor": "module.predictor."}[
-        head
-    ] + rest
+    return {
+        "backbone": "module.base_encoder.",
+        "projector": "module.base_encoder.fc.",
+        "predictor": "module.predictor.",
+    }[head] + rest
 
 
 def test_the_file_loads_with_its_momentum_encoder_and_optimiser(moco, capsys):
@@ -42,7 +44,13 @@ def test_the_file_loads_with_its_momentum_encoder_and_optimiser(moco, capsys):
     assert (report.format, report.method, report.arch) == ("mocov3", "mocov3", "resnet18")
     assert report.heads == ["projector", "predictor", "momentum_encoder"] and not report.heads_built
     assert not report.notes  # the teacher came from the file, not copied from the online network
-    assert report.head_sizes == {"proj_hidden": 64, "proj_dim": 16, "proj_layers": 2, "pred_hidden": 64, "pred_last_bn": 0}
+    assert report.head_sizes == {
+        "proj_hidden": 64,
+        "proj_dim": 16,
+        "proj_layers": 2,
+        "pred_hidden": 64,
+        "pred_last_bn": 0,
+    }
     want = moco.expected()
     sd = model.state_dict()
     assert len(sd) == len(want)
@@ -106,7 +114,7 @@ def test_continued_with_lars_momentum_exported_and_resumed_by_main_moco(moco, im
 @pytest.mark.parametrize("addon", ["vc", "uniformity", "mmcr", "none"])
 def test_every_addon_continues_the_file(moco, image_folder, tmp_path, capsys, one_torch_thread, addon):
     said, run = _continue(moco.path, image_folder, tmp_path, capsys, "train.max_steps=1", addon=addon)
-    assert f"mocov3 + {addon}" in said
+    assert ("mocov3 (no add-on" if addon == "none" else f"mocov3 + {addon}") in said
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "base" in header and "addon" in header
 
@@ -142,3 +150,49 @@ def test_the_file_continues_under_torchrun_and_goes_back(moco, image_folder, tmp
     assert "mocov3 layout" in capsys.readouterr().out
     got = _reload(exported)
     assert got["epoch"] == 100 and got["with_mu"] == N_BASE + N_PRED  # 2 steps: no whole epoch done
+
+
+TINY_VIT = "timm:vit_small_patch16_224:img_size=32,patch_size=8,embed_dim=32,depth=2,num_heads=4"
+
+
+@pytest.fixture(scope="module")
+def moco_vit(tmp_path_factory) -> Official:
+    d = tmp_path_factory.mktemp("mocov3_vit")
+    run_generator("gen_mocov3_vit.py", "generate", str(d))
+    return Official(d / "checkpoint_0299.pth.tar", d / "checkpoint.tensors.pt", "mocov3", "mocov3", "gen_mocov3_vit.py")
+
+
+def test_a_vit_file_loads_into_timm_and_computes_what_it_did(moco_vit):
+    model, report = load_model(moco_vit.path, arch=TINY_VIT)  # its `arch` says vit_small; the weights are tiny
+    assert report.head_sizes == {"proj_hidden": 64, "proj_dim": 16, "proj_layers": 3, "pred_hidden": 64, "pred_last_bn": 1}  # fmt: skip
+    ref = torch.load(moco_vit.tensors, weights_only=True)
+    sd = model.state_dict()
+    for k, v in sd.items():
+        official = _official_key(k).replace(".fc.", ".head.")
+        assert torch.equal(v, ref["tensors"][official]), k
+    out = ref["outputs"]
+    model.eval()
+    with torch.no_grad():
+        z = model.projector(model.backbone(out["x"]))
+        k = model.momentum_encoder.projector(model.momentum_encoder.backbone(out["x"]))
+        for name, got in (("z", z), ("p", model.predictor(z)), ("k", k)):
+            torch.testing.assert_close(got, out[name], rtol=1e-5, atol=1e-5, msg=name)
+    ids = [i for g in report.optimizer_state["param_groups"] for i in g["params"]]
+    assert len(ids) == 78 - 37  # the momentum encoder's 37 positions taken out
+    from e2mc.models.adapters import _MOCO_ARCHS
+
+    assert _MOCO_ARCHS["vit_small"].endswith(":num_heads=12")  # the official ViT-S: 12 heads (timm's has 6)
+
+
+def test_a_vit_file_continues_with_adamw_and_goes_back(moco_vit, image_folder, tmp_path, capsys, one_torch_thread):
+    extra = ("optim.name=adamw", "optim.restore_state=true", "method.continue_momentum=0.99", "train.max_steps=1")
+    sets = [a for o in [f"data.dataset={image_folder}", *TINY, *extra] for a in ("--set", o)]
+    run = tmp_path / "run"
+    assert main(["continue", str(moco_vit.path), "--arch", TINY_VIT, *sets, "--out", str(run)]) == 0
+    said = "".join(capsys.readouterr())
+    # every AdamW moment of the file; pos_embed and patch_embed (frozen there) start fresh here
+    assert "restored the optimiser state of 38 parameters (adam" in said and "3 without a stored buffer" in said
+    out = tmp_path / "back.pth.tar"
+    assert main(["export", str(run / "checkpoints" / "last.pt"), "--out", str(out), "--to", "original"]) == 0
+    got = json.loads(run_generator("gen_mocov3_vit.py", "reload", str(out)).strip().splitlines()[-1])
+    assert got == {"epoch": 300, "arch": "vit_small", "params": 78, "with_moments": 38}
