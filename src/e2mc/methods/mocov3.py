@@ -64,7 +64,7 @@ class MoCoV3(Method):
         small_images=dict(blur_p=(0.0,)),
     )
     e2mc_defaults = (10.0, 1.0, "sigmoid")  # the paper has no MoCo v3 run: its VICReg values
-    paper_eps = 1e-7
+    paper_eps = 1e-7  # no MoCo v3 script in the paper: its VICReg value
     options = {
         **momentum_options(0.99),
         "moco_t": Option(
