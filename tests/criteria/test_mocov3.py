@@ -140,3 +140,18 @@ def test_official_temperature_by_arch_unless_set():
     crit = spec.build_criterion(_cfg("method.moco_t=0.7"))
     spec.base_loss(out, crit, out["z"], StepContext(model=model, cfg=_cfg("method.moco_t=0.7")))
     assert crit.temperature == 0.7
+
+
+def test_views_follow_main_moco():
+    from e2mc.data.views import view_config
+
+    v = view_config("mocov3", 224)
+    got = (v.n_large, v.n_small, v.large_size, v.large_scale, v.jitter, v.jitter_p, v.gray_p)
+    assert got == (2, 0, 224, (0.08, 1.0), (0.4, 0.4, 0.2, 0.1), 0.8, 0.2)
+    assert (v.blur_p, v.blur_sigma, v.solarize_p, v.flip_p, v.interpolation) == (
+        (1.0, 0.1),
+        (0.1, 2.0),
+        (0.0, 0.2),
+        0.5,
+        "bilinear",
+    )
