@@ -155,3 +155,21 @@ def test_views_follow_main_moco():
         0.5,
         "bilinear",
     )
+
+
+def test_e2mc_files_keep_the_momentum_encoder(tmp_path):
+    """An e2mc checkpoint holds the teacher slot (``layouts.HEADS`` lists the teachers): loading it
+    gives the file's teacher back, not a copy of the online network."""
+    from e2mc.models.checkpoints import load_model
+    from e2mc.models.export import export_model
+    from e2mc.models.model import SSLModel
+
+    model = SSLModel.build("mocov3", "resnet_mini:8-8-16", proj_hidden=16, proj_dim=8, pred_hidden=16)
+    with torch.no_grad():
+        for p in model.momentum_encoder.parameters():
+            p.add_(1.0)
+    path = export_model(model, None, tmp_path / "m.pt", "e2mc")
+    back, report = load_model(str(path))
+    assert report.heads == ["projector", "predictor", "momentum_encoder"] and not report.notes
+    for k, v in model.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
