@@ -196,3 +196,21 @@ def test_a_vit_file_continues_with_adamw_and_goes_back(moco_vit, image_folder, t
     assert main(["export", str(run / "checkpoints" / "last.pt"), "--out", str(out), "--to", "original"]) == 0
     got = json.loads(run_generator("gen_mocov3_vit.py", "reload", str(out)).strip().splitlines()[-1])
     assert got == {"epoch": 300, "arch": "vit_small", "params": 78, "with_moments": 38}
+
+
+def test_a_model_of_another_origin_exports_to_a_file_main_moco_resumes(tmp_path):
+    """No source layout: main_moco.py's defaults (LARS group, fresh state, a GradScaler's start)."""
+    from e2mc.models.export import export_model
+    from e2mc.models.model import SSLModel
+
+    model = SSLModel.build("mocov3", "resnet18", proj_hidden=64, proj_dim=16, pred_hidden=64)
+    out = export_model(model, None, tmp_path / "fresh.pth.tar", "mocov3", epoch=3)
+    got = _reload(out)
+    assert got == {
+        "epoch": 3,
+        "arch": "resnet18",
+        "params": 2 * N_BASE + N_PRED,
+        "with_mu": 0,
+        "group": ["lr", "momentum", "trust_coefficient", "weight_decay"],
+        "scale": 65536.0,
+    }
