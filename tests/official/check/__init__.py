@@ -12,6 +12,13 @@ dtypes, optimizer state and param-group keys and value types, pickle globals of 
     python tests/official/check/compare.py /tmp/chk/vicreg_module/model.pth /tmp/fx/vs/model.pth
     python tests/official/check/swav_official.py /tmp/off_swav /tmp/apex_LARC.py /tmp/chk/swav
     python tests/official/check/simsiam_official.py /tmp/off_simsiam /tmp/chk/simsiam
+    python tests/official/check/mocov3_official.py /tmp/off_mocov3 /tmp/chk/mocov3
+    python tests/official/gen_mocov3.py generate /tmp/fx/mocov3
+    python tests/official/check/compare.py /tmp/chk/mocov3/checkpoint_0099.pth.tar /tmp/fx/mocov3/checkpoint_0099.pth.tar
+    python tests/official/check/mocov3_vit_official.py /tmp/off_mocov3 /tmp/chk/mocov3_vit
+    python tests/official/gen_mocov3_vit.py generate /tmp/fx/mocov3_vit
+    python tests/official/check/compare.py /tmp/chk/mocov3_vit/checkpoint_0299.pth.tar /tmp/fx/mocov3_vit/checkpoint_0299.pth.tar
+    PYTHONPATH=src python tests/official/check/mocov3_vit_official.py /tmp/off_mocov3 /tmp/chk/vit_s --full
 
 (``/tmp/apex_LARC.py``: ``git show cb65b8ed^:apex/parallel/LARC.py`` of NVIDIA/apex.) These
 scripts import the official code from the given folder; none of it is copied here.
