@@ -173,3 +173,13 @@ def test_e2mc_files_keep_the_momentum_encoder(tmp_path):
     assert report.heads == ["projector", "predictor", "momentum_encoder"] and not report.notes
     for k, v in model.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
+
+
+def test_timm_arch_options_build_moco_v3s_vit_small():
+    from e2mc.models.backbones import build_backbone, canonical_arch
+
+    net = build_backbone("timm:vit_small_patch16_224:num_heads=12,img_size=32")
+    assert net.blocks[0].attn.num_heads == 12 and net.patch_embed.img_size == (32, 32)
+    assert canonical_arch("timm:vit_small_patch16_224:num_heads=12") == "timm:vit_small_patch16_224"
+    with pytest.raises(ConfigError, match="key=value"):
+        build_backbone("timm:vit_small_patch16_224:num_heads")
