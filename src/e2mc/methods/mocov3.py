@@ -6,6 +6,11 @@ ResNet, ``base_encoder.head`` of a ViT): ``proj_layers`` x [Linear, BN, ReLU] wi
 [Linear, BN(affine=False)]: 2 layers for ResNets, 3 for ViTs; ``predictor``: Linear, BN, ReLU,
 Linear, plus BN(affine=False) for ViTs (``pred_last_bn``). Sizes ``proj_hidden = pred_hidden =
 min(4096, 16 d)``, ``proj_dim = min(256, 4 d)`` (the official 4096 / 256 for every real backbone).
+Head sizes do not see the arch, so the defaults are the ResNet layout; a file's layout is read from
+its weights, and fresh ViT heads take ``model.head_sizes={proj_layers: 3, pred_last_bn: 1}``. The
+temperature is ``method.moco_t``; 0 (default) is the official value of the model's arch, 1.0 for
+ResNets and 0.2 (``--moco-t=.2``) for ViTs, set on the criterion at the loss (the criterion is built
+before the model's arch is known).
 The momentum encoder (``momentum_encoder`` slot: a frozen copy of ``backbone`` + ``projector``) moves
 by ``k <- m k + (1 - m) q`` at the start of every step, before the keys are computed, as the
 official ``forward`` does (``before_forward``); ``m`` follows the official cosine schedule from
