@@ -38,6 +38,7 @@ def test_paper_defaults_table():
         "simsiam": (1.0, 25.0, "gaussian_cdf"),
         "barlowtwins": (10.0, 1.0, "sigmoid"),  # no paper values: VICReg's (methods/barlowtwins.py)
         "byol": (1.0, 25.0, "gaussian_cdf"),  # not in the paper: SimSiam's (the same predictor scheme)
+        "mocov3": (10.0, 1.0, "sigmoid"),  # no MoCo v3 run in the paper: e2mc's choice (its VICReg values)
     }
 
 

@@ -32,7 +32,7 @@ import torch.multiprocessing as mp
 from e2mc.train.distributed import mirrored_views, per_sample_norms
 
 WS, B = 2, 8  # 2 ranks x 8 images = one process with 16
-METHODS = ("vicreg", "swav", "simsiam", "byol")
+METHODS = ("vicreg", "swav", "simsiam", "byol", "mocov3")
 ADDONS = ("none", "e2mc", "vc", "uniformity", "mmcr")
 COLLECTIVES = (
     "all_reduce",
@@ -52,7 +52,18 @@ COLLECTIVES = (
 SYNCS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu")
 
 
-no_bn, views = per_sample_norms, mirrored_views
+views = mirrored_views
+
+
+def no_bn(model):
+    """``per_sample_norms``, with a momentum teacher's new norms frozen again (the teacher is no
+    trainable part of the model: ``Method.teacher``)."""
+    from e2mc.methods import METHODS
+
+    per_sample_norms(model)
+    for slot in METHODS[model.method].teacher:
+        getattr(model, slot).requires_grad_(False)
+    return model
 
 
 def config(out, method, addon, batch, *extra):
@@ -63,6 +74,7 @@ def config(out, method, addon, batch, *extra):
         "simsiam": "{}",
         "swav": "{hidden: 32, out: 16, prototypes: 12}",
         "byol": "{proj_hidden: 32, proj_dim: 16, pred_hidden: 24}",
+        "mocov3": "{proj_hidden: 32, proj_dim: 16, pred_hidden: 32}",
     }[method]
     sets = [
         "data.dataset=digits",
@@ -275,9 +287,10 @@ def budget(method, addon):
     """e2mc's own collectives in a step without logging: 1 all_gather of both views + 1 all_reduce of
     their gradient when anything gathers z (VICReg always; SimSiam and SwAV only for an add-on), the
     distributed Sinkhorn for SwAV (both assignment crops at once: 1 max + 1 total + 3 prototype
-    sums), and the one stop/save flag. A logging step adds 1 all_reduce (the logged terms' mean)."""
+    sums), MoCo v3's keys (both views in 1 all_gather, no gradient), and the one stop/save flag. A
+    logging step adds 1 all_reduce (the logged terms' mean)."""
     gathers = 2 if method == "vicreg" or addon != "none" else 0
-    return gathers + (5 if method == "swav" else 0) + 1
+    return gathers + (5 if method == "swav" else 0) + (1 if method == "mocov3" else 0) + 1
 
 
 @pytest.mark.parametrize("method", METHODS)

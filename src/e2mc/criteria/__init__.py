@@ -1,5 +1,5 @@
 """Criteria: pure loss math. Base criteria (one file per method: VICReg, SwAV, SimSiam,
-Barlow Twins, BYOL) and
+Barlow Twins, BYOL, MoCo v3) and
 add-ons (E2MC, VC, uniformity, MMCR, none), each a small ``nn.Module`` called with a list of
 per-view tensors and returning a dict with a differentiable ``"loss"`` and detached terms.
 
@@ -19,6 +19,7 @@ from e2mc.criteria.barlowtwins import BarlowTwinsLoss
 from e2mc.criteria.byol import BYOLLoss
 from e2mc.criteria.e2mc import E2MC
 from e2mc.criteria.entropy import TRANSFORMS, default_m, get_transform, m_spacing_entropy
+from e2mc.criteria.mocov3 import MoCoV3Loss
 from e2mc.criteria.simsiam import SimSiamLoss
 from e2mc.criteria.swav import SwAVLoss, SwAVQueue, sinkhorn_knopp
 from e2mc.criteria.vicreg import VICRegLoss, covariance_term
@@ -57,6 +58,7 @@ __all__ = [
     "BYOLLoss",
     "E2MC",
     "MMCRAddon",
+    "MoCoV3Loss",
     "NoAddon",
     "SimSiamLoss",
     "SwAVLoss",

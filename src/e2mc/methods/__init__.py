@@ -32,6 +32,7 @@ _MODULES = (
     "simsiam",
     "barlowtwins",
     "byol",
+    "mocov3",
 )  # the registry lines: one module per method, in CLI order
 for _name in _MODULES:
     importlib.import_module(f"e2mc.methods.{_name}")

@@ -7,7 +7,9 @@ Three families, one entry point, :func:`build_backbone`:
   (``fc = nn.Identity()``), so an official VICReg ``resnet50.pth`` loads with no key mapping.
 * ``resnet_mini`` (or ``resnet_mini:16-32-64``): a small CIFAR-style ResNet, one BasicBlock per
   stage, strides 1/2/2, 3x3 stem; fast on CPU at 16-32 px. Same key naming scheme.
-* ``timm:<name>``: any timm model, created with ``num_classes=0`` (pooled features).
+* ``timm:<name>``: any timm model, created with ``num_classes=0`` (pooled features);
+  ``timm:<name>:key=value,...`` passes constructor options the weights cannot show (MoCo v3's
+  ViT-S: ``timm:vit_small_patch16_224:num_heads=12``).
 
 Nothing is downloaded unless ``pretrained=True``.
 """
@@ -85,10 +87,32 @@ def parse_mini_widths(arch: str) -> tuple[int, ...]:
 
 
 def canonical_arch(arch: str) -> str:
-    """Arch string in canonical form (``resnet_mini`` -> ``resnet_mini:32-64-128``)."""
+    """Arch string in the form weights are compared by (``resnet_mini`` -> ``resnet_mini:32-64-128``;
+    a timm arch without its constructor options, which weights do not show)."""
     if arch == "resnet_mini" or arch.startswith("resnet_mini:"):
         return "resnet_mini:" + "-".join(str(w) for w in parse_mini_widths(arch))
+    if arch.startswith("timm:"):
+        return "timm:" + timm_options(arch[5:])[0]
     return arch
+
+
+def timm_options(name: str) -> tuple[str, dict]:
+    """``(model name, constructor options)`` of ``<name>[:key=value,...]`` (values: int, float,
+    true/false, else text)."""
+    name, _, spec = name.partition(":")
+    opts: dict = {}
+    for item in filter(None, spec.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.isidentifier():
+            raise ConfigError(f"bad timm option {item!r} in {name}:{spec}; write timm:<name>:key=value,key=value")
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                pass
+        opts[key] = {"true": True, "false": False}.get(value, value) if isinstance(value, str) else value
+    return name, opts
 
 
 def _torchvision_resnet(arch: str, cifar_stem: bool, pretrained: bool, **kw) -> nn.Module:
@@ -113,6 +137,8 @@ def _torchvision_resnet(arch: str, cifar_stem: bool, pretrained: bool, **kw) -> 
 def _timm_model(name: str, pretrained: bool, img_size: int | None, **kw) -> nn.Module:
     import timm
 
+    name, opts = timm_options(name)
+    kw = {**opts, **kw}
     if not timm.is_model(name):
         raise ConfigError(f"timm has no model {name!r}; see timm.list_models() for the names")
     if img_size is not None:

@@ -16,6 +16,13 @@ dtypes, optimizer state and param-group keys and value types, pickle globals of 
     python tests/official/gen_byol.py generate /tmp/fx/byol --epoch 1
     python tests/official/check/compare.py /tmp/chk/byol/trained_models/byol/0/byol-cifar10-0-ep=0.ckpt \
         /tmp/fx/byol/byol-cifar10-0-ep=0.ckpt
+    python tests/official/check/mocov3_official.py /tmp/off_mocov3 /tmp/chk/mocov3
+    python tests/official/gen_mocov3.py generate /tmp/fx/mocov3
+    python tests/official/check/compare.py /tmp/chk/mocov3/checkpoint_0099.pth.tar /tmp/fx/mocov3/checkpoint_0099.pth.tar
+    python tests/official/check/mocov3_vit_official.py /tmp/off_mocov3 /tmp/chk/mocov3_vit
+    python tests/official/gen_mocov3_vit.py generate /tmp/fx/mocov3_vit
+    python tests/official/check/compare.py /tmp/chk/mocov3_vit/checkpoint_0299.pth.tar /tmp/fx/mocov3_vit/checkpoint_0299.pth.tar
+    PYTHONPATH=src python tests/official/check/mocov3_vit_official.py /tmp/off_mocov3 /tmp/chk/vit_s --full
 
 (``/tmp/venv-solo``: a venv with ``--system-site-packages`` plus lightning 2.1.2, torchmetrics<0.12,
 omegaconf, hydra-core, einops and setuptools<70, for solo-learn; never e2mc's environment.)
