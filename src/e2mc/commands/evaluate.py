@@ -8,6 +8,8 @@ import json
 import sys
 
 from e2mc.commands import add_command
+from e2mc.evaluation.protocols import LABEL_FREE, PROTOCOLS
+from e2mc.evaluation.settings import keys
 
 DEFAULT_PROTOCOLS = "knn,linear,fewshot,rankme"
 
@@ -29,8 +31,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--protocols",
         type=_csv,
         default=_csv(DEFAULT_PROTOCOLS),
-        help="comma-separated: knn,linear,linear_finetune,fewshot,semisup,rankme,entropy,uniformity,"
-        "spectrum,lidar,alpha_req (label-free: rankme, entropy, uniformity, lidar, alpha_req)",
+        help=f"comma-separated: {','.join(PROTOCOLS)} (label-free: {', '.join(LABEL_FREE)})",
     )
     p.add_argument(
         "--seeds",
@@ -59,6 +60,15 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="how frozen features are stored, in the cache and in memory",
     )
     p.add_argument("--json", action="store_true", help="print JSON (indented) instead of a table")
+    p.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="eval.KEY=VALUE",
+        help="any evaluation setting, YAML value, repeatable, applied after the flags above (e.g. "
+        "--set eval.linear.weight_decays=[1e-6,1e-5,1e-4] --set eval.knn.temperature=0.1); keys: " + ", ".join(keys()),
+    )
     p.add_argument(
         "--ks",
         type=_ints,
@@ -170,25 +180,29 @@ def register(subparsers) -> None:
     p.set_defaults(func=_report)
 
 
-def _kwargs(args) -> dict:
-    return dict(
-        protocols=args.protocols,
-        seeds=args.seeds,
-        device=args.device,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        cache_dir=args.cache_dir,
-        use_cache=not args.no_cache,
-        epochs=args.epochs,
-        ks=args.ks,
-        test_split=args.test_split,
-        root=args.data_root,
-        download=args.download,
-        lidar_images=args.lidar_images,
-        lidar_views=args.lidar_views,
-        linear_solver=args.linear_solver,
-        feature_dtype=args.feature_dtype,
-    )
+def _settings(args):
+    """The EvalSettings of the command line: the flags, then every ``--set eval.KEY=VALUE``."""
+    from e2mc.evaluation.settings import EvalSettings
+
+    flags = {
+        "eval.seeds": args.seeds,
+        "eval.device": args.device,
+        "eval.batch_size": args.batch_size,
+        "eval.image_size": args.image_size,
+        "eval.cache_dir": args.cache_dir,
+        "eval.use_cache": not args.no_cache,
+        "eval.linear_finetune.epochs": args.epochs,
+        "eval.semisup.epochs": args.epochs,
+        "eval.knn.ks": args.ks,
+        "eval.test_split": args.test_split,
+        "eval.root": args.data_root,
+        "eval.download": args.download,
+        "eval.lidar.images": args.lidar_images,
+        "eval.lidar.views": args.lidar_views,
+        "eval.linear.solver": args.linear_solver,
+        "eval.feature_dtype": args.feature_dtype,
+    }
+    return EvalSettings().with_overrides(flags).with_overrides(args.settings)
 
 
 def _convergence(v: dict) -> str:
@@ -217,7 +231,7 @@ def _fmt(v, metric: str = "") -> str:
 def _evaluate(args) -> int:
     from e2mc.evaluation.api import evaluate
 
-    res = evaluate(args.checkpoint, args.dataset, **_kwargs(args))
+    res = evaluate(args.checkpoint, args.dataset, args.protocols, _settings(args))
     if args.json:
         print(json.dumps(res, indent=2, default=float))
         return 0
@@ -239,7 +253,7 @@ def _compare(args) -> int:
 
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out} is a file; give a folder for comparison.json and the report")
-    res = compare(args.arms, names=args.names, dataset=args.dataset, **_kwargs(args))
+    res = compare(args.arms, names=args.names, dataset=args.dataset, protocols=args.protocols, settings=_settings(args))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -318,7 +318,7 @@ def tune(
 
 def _score_start(checkpoint, ev: dict, out: Path, log) -> dict:
     """The start checkpoint's metrics on the held-out part (memoised in ``out/start.json``)."""
-    from e2mc.evaluation.api import evaluate
+    from e2mc.evaluation.api import evaluate, evaluation_settings
 
     memo = read_json(out / "start.json")
     if memo is not None and memo.get("eval") == ev:
@@ -328,7 +328,7 @@ def _score_start(checkpoint, ev: dict, out: Path, log) -> dict:
     kw = dict(ev)
     dataset, protocols = kw.pop("dataset"), kw.pop("protocols")
     t0 = time.perf_counter()
-    res = evaluate(str(checkpoint), dataset, protocols=tuple(protocols), **kw)
+    res = evaluate(str(checkpoint), dataset, tuple(protocols), evaluation_settings(**kw))
     metrics = scoring.probe_metrics(res)
     write_json(out / "start.json", {"eval": ev, "metrics": metrics, "seconds": round(time.perf_counter() - t0, 2)})
     return metrics
