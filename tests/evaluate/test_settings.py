@@ -57,7 +57,9 @@ def test_cli_set_errors_are_one_line(capsys):
 def test_registry_and_the_one_label_free_list():
     from e2mc.tuning import scoring
 
-    assert list(PROTOCOLS)[:2] == ["knn", "linear"]
+    assert (
+        list(PROTOCOLS)[:2] == ["knn", "linear"] and "decompose" in PROTOCOLS and not PROTOCOLS["decompose"].label_free
+    )
     assert set(LABEL_FREE) == {"rankme", "entropy", "uniformity", "spectrum", "lidar", "alpha_req"}
     assert all(not PROTOCOLS[p].needs_train for p in LABEL_FREE)  # label-free: no training labels needed
     assert set(scoring.LABEL_FREE) <= set(LABEL_FREE)  # the tune's rules are a subset of the one list

@@ -61,6 +61,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", action="store_true", help="print JSON (indented) instead of a table")
     p.add_argument(
+        "--reference",
+        default=None,
+        metavar="ENCODER",
+        help="decompose: a supervised encoder of the same architecture (timm:resnet18, torchvision:resnet50, a "
+        "file) for the approximation term; without it approximation is merged into usability",
+    )
+    p.add_argument(
         "--set",
         dest="settings",
         action="append",
@@ -201,6 +208,7 @@ def _settings(args):
         "eval.lidar.views": args.lidar_views,
         "eval.linear.solver": args.linear_solver,
         "eval.feature_dtype": args.feature_dtype,
+        "eval.decompose.reference": args.reference,
     }
     return EvalSettings().with_overrides(flags).with_overrides(args.settings)
 
@@ -239,10 +247,31 @@ def _evaluate(args) -> int:
         if proto == "meta":
             continue
         print(f"[{proto}]")
+        if proto == "decompose":
+            _print_decompose(metrics)
+            continue
         for k, v in metrics.items():
             if k not in ("per_seed", "subsets", "marginals_sample", "indices"):
                 print(f"  {k:32s} {_fmt(v, f'{proto}/{k}')}")
     return 0
+
+
+def _print_decompose(r: dict) -> None:
+    """The four components in % (they sum to the test error), each with its definition."""
+    from e2mc.evaluation.decompose import COMPONENTS
+
+    print(f"  {'test error (train->test)':32s} {100 * r['test_error']:.2f} % = the sum of:")
+    for k in COMPONENTS:
+        value = f"{100 * r[k]:+.2f} %" if k in r else "merged into usability"
+        print(f"  {k:32s} {value:>10s}  {r['definitions'][k]}")
+    if "approximation_note" in r:
+        print(f"  {'note':32s} {r['approximation_note']}")
+    print(f"  {'dominant':32s} {r['dominant']}")
+    print(f"  {'seen in SSL training':32s} {r['seen']}")
+    names = {"train_train": "train->train", "comp_sub": "comp->sub", "train_test": "train->test"}
+    names["reference_train_train"] = "reference train->train"
+    fits = [f"{names[k]} {100 * v['error']:.2f} % (wd {v['weight_decay']:g})" for k, v in r["fits"].items()]
+    print(f"  {'fits':32s} {'; '.join(fits)}")
 
 
 def _compare(args) -> int:

@@ -175,7 +175,7 @@ def evaluate(
             "settings": {p.name: _section(st, p.name) for p in chosen if _section(st, p.name) is not None},
         }
     }
-    ctx = Context(model, path, train_ds, test_ds, train_f, test_f, st, device, spec)
+    ctx = Context(model, path, train_ds, test_ds, train_f, test_f, st, device, spec, kw)
     for p in chosen:
         out[p.name] = p.run(ctx)
     return out

@@ -11,7 +11,8 @@ happen inside the functions, so the registry is cheap to import (the CLI and the
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from e2mc.errors import ConfigError, DataError
@@ -42,6 +43,7 @@ class Context:
     settings: EvalSettings
     device: str
     spec: str  # the dataset spec ("custom" for a dataset pair)
+    extract_kw: dict = field(default_factory=dict)  # extract_features' arguments (batch, device, cache)
 
     @property
     def first_seed(self) -> int:
@@ -295,6 +297,83 @@ def _alpha_req(ctx: Context) -> dict:
     res.update({f"r2_{n}": f["r2"] for n, f in fits.items()})
     res.update({f"ranks_{n}": f"{f['k_min']}-{f['k_max']}" for n, f in fits.items()})
     return res
+
+
+@register(
+    "decompose",
+    "the linear probe's test error as approximation + usability + probe and encoder generalisation",
+    needs_train=True,
+    seeds="first",
+)
+def _decompose(ctx: Context) -> dict:
+    from e2mc.evaluation.decompose import risk_decomposition
+
+    s, tr, te = ctx.settings.decompose, ctx.train_f, ctx.test_f
+    seen, seen_note = seen_images(ctx)
+    ref_x = None if s.reference is None else reference_features(ctx, s.reference)
+    res = risk_decomposition(
+        tr["backbone"],
+        tr.labels,
+        te["backbone"],
+        te.labels,
+        weight_decays=s.weight_decays,
+        subset=s.subset,
+        seen=seen,
+        reference_x=ref_x,
+        val_fraction=s.val_fraction,
+        seed=ctx.first_seed,
+        epochs=s.epochs,
+        min_steps=s.min_steps,
+        batch_size=s.batch_size,
+    )
+    res["seen"] = seen_note
+    if s.reference is not None:
+        res["reference"] = s.reference if isinstance(s.reference, str) else type(s.reference).__name__
+    return res
+
+
+def seen_images(ctx: Context):
+    """(indices of the training split the encoder saw in SSL training or None for all, one line
+    saying which): the run's ``data.dataset``/``data.split``/``data.limit`` (for a continued run,
+    the continuation's), compared with the evaluated training split."""
+    data = (ctx.run_config or {}).get("data") or {}
+    where = f"{ctx.spec} / {ctx.settings.train_split}"
+    if not data.get("dataset"):
+        return None, (
+            f"unknown (the checkpoint holds no run config): every image of {where} is taken as seen in SSL "
+            "training; give the run's checkpoint to have it checked"
+        )
+    trained = f"{data['dataset']} / {data.get('split') or 'train'}"
+    same_data = str(data["dataset"]) == ctx.spec or (
+        os.path.exists(str(data["dataset"])) and os.path.realpath(str(data["dataset"])) == os.path.realpath(ctx.spec)
+    )
+    if not (same_data and (data.get("split") or "train") == ctx.settings.train_split):
+        return None, (
+            f"the encoder was trained on {trained}, not on the evaluated {where}: the subset was not seen in SSL "
+            "training, so encoder generalisation also measures the shift between the two"
+        )
+    limit = data.get("limit")
+    if limit:
+        from e2mc.data.datasets import first_per_class
+
+        seen = first_per_class(list(ctx.train_ds.targets), int(limit))
+        return seen, f"{len(seen)} images of {where} (the run's data.limit={limit}), the subset drawn from them"
+    return None, f"every image of {where} (the run's training data): the subset drawn from them"
+
+
+def reference_features(ctx: Context, reference):
+    """The supervised reference encoder's backbone features of the training split (cached like the
+    SSL model's; ``reference``: a checkpoint file, a name such as ``timm:resnet18``, or a model)."""
+    from e2mc.evaluation.features import extract_features, file_sha256
+
+    model, digest = reference, None
+    if isinstance(reference, str):
+        from e2mc.models.checkpoints import load_model
+
+        model = load_model(reference)[0]
+        digest = file_sha256(reference) if os.path.isfile(reference) else None
+    kw = {**ctx.extract_kw, "which": ("backbone",), "model_hash": digest}
+    return extract_features(model, ctx.train_ds, **kw)["backbone"]
 
 
 LABEL_FREE = tuple(n for n, p in PROTOCOLS.items() if p.label_free)
