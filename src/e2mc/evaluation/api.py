@@ -1,14 +1,17 @@
 """``evaluate``: one call from a checkpoint (or model) to a dict of evaluation results.
 
-The evaluation dataset is independent of the dataset the model was trained on (transfer is just
-another ``dataset`` argument). Results: ``{protocol: {metric: value, ...}}``; seeded protocols
-(``fewshot``, ``semisup``) also carry ``"per_seed": {metric: [value per seed]}`` and ``"seeds"``.
-Deterministic protocols (``knn``, ``linear`` with its selection split seeded by ``seeds[0]``,
-``rankme``, ``entropy``, ``uniformity``, ``spectrum``, ``alpha_req``, and ``lidar`` with its
-images and augmentations seeded by ``seeds[0]``) give one value each.
+``evaluate(model, data, protocols, settings)``: the protocols come from the registry
+(:mod:`e2mc.evaluation.protocols`), every setting from one :class:`EvalSettings`
+(:mod:`e2mc.evaluation.settings`; the CLI's ``--set eval.KEY=VALUE``). The evaluation dataset is
+independent of the dataset the model was trained on (transfer is just another ``dataset``
+argument). Results: ``{protocol: {metric: value, ...}}``; seeded protocols (``fewshot``,
+``semisup``) also carry ``"per_seed": {metric: [value per seed]}`` and ``"seeds"``. The others
+give one value each: deterministic (``knn``, ``rankme``, ``entropy``, ``uniformity``,
+``spectrum``, ``alpha_req``) or seeded by ``seeds[0]`` (the ``linear`` probe's selection split,
+``linear_finetune``, ``lidar``'s images and augmentations, ``decompose``'s subset).
 
 Example:
-    >>> res = evaluate("run/checkpoints/last.pt", "digits", protocols=("knn", "rankme"))  # doctest: +SKIP
+    >>> res = evaluate("run/checkpoints/last.pt", "digits", ("knn", "rankme"))  # doctest: +SKIP
     >>> res["knn"]["top1_k20"]  # doctest: +SKIP
 """
 
