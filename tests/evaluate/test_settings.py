@@ -90,3 +90,19 @@ def test_old_keywords_still_work_with_a_deprecation_warning(tiny_net, colour_dat
     assert old["knn"] == new["knn"] == {"top1_k3": new["knn"]["top1_k3"]}
     with pytest.raises(ConfigError, match="unknown argument 'kz'"):
         evaluate(tiny_net, colour_data, ("knn",), kz=(3,))
+
+
+def test_every_eval_key_named_in_the_source_exists():
+    """Advice that names an ``eval.`` setting (errors, warnings, help, results) can be followed as written."""
+    import re
+    from pathlib import Path
+
+    import e2mc
+
+    valid = {"eval." + k for k in keys()}
+    named = set()
+    for path in sorted(Path(e2mc.__file__).parent.rglob("*.py")):
+        named |= {(path.name, m) for m in re.findall(r"(?<![\w.])eval\.[a-z_]+(?:\.[a-z_]+)?", path.read_text())}
+    bad = [f"{f}: {k}" for f, k in sorted(named) if k not in valid and k not in ("eval.KEY", "eval.key")]
+    assert not bad, bad
+    assert len(named) > 10  # the scan finds the keys that the messages name

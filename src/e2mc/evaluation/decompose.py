@@ -17,11 +17,13 @@ and the four components, which sum to the train->test error exactly (a telescopi
     probe generalisation   = comp->sub - train->train
     encoder generalisation = train->test - comp->sub
 
-Hyper-parameters (the L2 penalty) are selected on training data only, as in the paper's code
-(``main_fullshot.py``): the train->train fits take the penalty with the lowest training error
-(they measure what a linear probe CAN fit); comp->sub and train->test take the penalty with the best
-accuracy on a held-out part of the complement (a seeded stratified ``val_fraction`` of it), fit on
-the rest. The test split and ``sub`` never influence a choice.
+Each fit's hyper-parameter (the L2 penalty) is selected on training data only, per fit as in the
+paper's code (``main_fullshot.py``'s ``components2hypopt``): the train->train fits take the penalty
+with the lowest training error (they measure what a linear probe CAN fit, as the paper's code
+tunes ``train_train`` on its own training subset); comp->sub takes the penalty with the best
+accuracy on a held-out ``val_fraction`` of the complement, train->test on a held-out ``val_fraction``
+of the training split (seeded, stratified; heads fit on the rest). The test split and ``sub`` never
+influence a choice (the paper's code tunes ``train_test`` on the test split; e2mc does not).
 """
 
 from __future__ import annotations
@@ -73,6 +75,15 @@ def _train_train(x, y, c, wds, seed, kw) -> dict:
     return {"error": errs[best], "weight_decay": float(wds[best]), "per_weight_decay": dict(zip(map(float, wds), errs))}
 
 
+def _select(x, y, rows, c, wds, val_fraction, seed, kw) -> tuple[float, str]:
+    """The penalty with the best accuracy on a seeded stratified ``val_fraction`` of ``rows``, the
+    heads fit on the rest (first maximum: the smallest penalty among ties), and how it was chosen."""
+    part, held = stratified_split(y[rows].cpu(), val_fraction, seed)
+    acc = [1 - e for e in _errors(x, y, rows[held], _fit(x, y, rows[part], c, wds, seed=seed, **kw))]
+    best = max(range(len(wds)), key=lambda i: (acc[i], -i))
+    return float(wds[best]), f"best on a held-out {val_fraction:.0%} (seed {seed}), fit on the rest"
+
+
 def subset_split(labels: torch.Tensor, n_sub: int, seed: int, seen: torch.Tensor | None = None):
     """(complement, subset) indices: a seeded stratified subset of about ``n_sub`` rows, drawn from
     the ``seen`` rows (the images the encoder trained on) when given; the complement is the rest."""
@@ -120,19 +131,16 @@ def risk_decomposition(
     comp, sub = subset_split(train_y, n_sub, seed, seen)
     kw = dict(epochs=epochs, min_steps=min_steps, batch_size=batch_size)
     ff = _train_train(train_x, train_y, c, weight_decays, seed, kw)
-    # one penalty for the two generalisation fits: fit on part of the complement, chosen on the rest
-    part, held = stratified_split(train_y[comp].cpu(), val_fraction, seed + 1)
-    sel = _fit(train_x, train_y, comp[part], c, weight_decays, seed=seed, **kw)
-    val_err = _errors(train_x, train_y, comp[held], sel)
-    best = min(range(len(weight_decays)), key=lambda i: (val_err[i], i))
-    wd = [float(weight_decays[best])]
-    cs = _errors(train_x, train_y, sub, _fit(train_x, train_y, comp, c, wd, seed=seed, **kw))[0]
-    tt = _errors(test_x, test_y, None, _fit(train_x, train_y, None, c, wd, seed=seed, **kw))[0]
-    chosen = f"held-out {val_fraction:.0%} of the complement (seed {seed + 1}), fit on the rest"
+    comp_wd, comp_sel = _select(train_x, train_y, comp, c, weight_decays, val_fraction, seed + 1, kw)
+    all_wd, all_sel = _select(
+        train_x, train_y, torch.arange(len(train_y)), c, weight_decays, val_fraction, seed + 2, kw
+    )
+    cs = _errors(train_x, train_y, sub, _fit(train_x, train_y, comp, c, [comp_wd], seed=seed, **kw))[0]
+    tt = _errors(test_x, test_y, None, _fit(train_x, train_y, None, c, [all_wd], seed=seed, **kw))[0]
     fits = {
         "train_train": {**ff, "selection": "lowest training error (training data only)"},
-        "comp_sub": {"error": cs, "weight_decay": wd[0], "selection": chosen},
-        "train_test": {"error": tt, "weight_decay": wd[0], "selection": chosen},
+        "comp_sub": {"error": cs, "weight_decay": comp_wd, "selection": f"{comp_sel} of the complement"},
+        "train_test": {"error": tt, "weight_decay": all_wd, "selection": f"{all_sel} of the training split"},
     }
     out: dict = {"test_error": tt}
     if reference_x is not None:

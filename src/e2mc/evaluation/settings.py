@@ -116,7 +116,7 @@ class EvalSettings:
     decompose: DecomposeSettings = field(default_factory=DecomposeSettings)
 
     def with_overrides(self, overrides: dict | list | None) -> "EvalSettings":
-        """A copy with ``{"eval.a.b": value}`` or ``["eval.a.b=value", ...]`` applied (checked)."""
+        """A copy with ``{"eval.knn.ks": value}`` or ``["eval.knn.ks=value", ...]`` applied (checked)."""
         new = dataclasses.replace(self, **{f.name: _copy(getattr(self, f.name)) for f in dataclasses.fields(self)})
         items = overrides.items() if isinstance(overrides, dict) else [parse_item(o) for o in overrides or []]
         for key, value in items:
@@ -179,7 +179,7 @@ def keys(cls: type = EvalSettings, prefix: str = "") -> list[str]:
 
 
 def parse_item(item: str) -> tuple[str, Any]:
-    """``"eval.a.b=value"`` -> (key, YAML-parsed value)."""
+    """``"eval.knn.ks=[10,20]"`` -> (key, YAML-parsed value)."""
     if "=" not in item:
         raise ConfigError(f"setting {item!r} must look like key=value, e.g. eval.linear.weight_decays=[1e-5,1e-4]")
     key, raw = item.split("=", 1)
