@@ -159,3 +159,20 @@ def test_compare_gives_paired_intervals_per_component(tmp_path):
 
     paths = write_report(tmp_path / "report", res)  # the stacked bar per arm
     assert paths["decomposition"].is_file() and "Risk decomposition" in paths["markdown"].read_text()
+
+
+def test_api_reference_model_and_plain_meta(tiny_net, make_tiny_net, colour_data, tmp_path):
+    """Through ``evaluate``: an in-memory reference encoder, the meta's settings as plain data."""
+    import json
+
+    from e2mc.evaluation.api import evaluate
+    from e2mc.evaluation.settings import EvalSettings
+
+    settings = EvalSettings(device="cpu", cache_dir=str(tmp_path))
+    settings.decompose.min_steps, settings.decompose.reference = 100, make_tiny_net(1)
+    res = evaluate(tiny_net, colour_data, ("decompose",), settings)
+    d = res["decompose"]
+    assert _total(d) == pytest.approx(d["test_error"], abs=1e-12) and d["reference"] == "TinyNet"
+    assert d["sizes"]["subset"] == 30 and d["seen"].startswith("unknown (the checkpoint holds no run config)")
+    assert res["meta"]["settings"]["decompose"]["reference"] == "TinyNet"
+    json.dumps(res)

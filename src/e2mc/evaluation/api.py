@@ -185,7 +185,15 @@ def evaluate(
 
 
 def _section(st: EvalSettings, name: str) -> dict | None:
-    from dataclasses import asdict, is_dataclass
+    """A protocol's settings as plain data (a model given in place of a name: its type's name)."""
+    from dataclasses import fields, is_dataclass
 
     v = getattr(st, name, None)
-    return asdict(v) if is_dataclass(v) else None
+    if not is_dataclass(v):
+        return None
+    plain = (str, int, float, bool, type(None))
+    out = {}
+    for f in fields(v):
+        x = getattr(v, f.name)
+        out[f.name] = list(x) if isinstance(x, tuple) else x if isinstance(x, plain) else type(x).__name__
+    return out
