@@ -155,6 +155,7 @@ def test_compare_gives_paired_intervals_per_component(tmp_path):
         row = res.row("e2mc", f"decompose/{k}")
         assert row["n"] == 2 and row["diff_kind"] == "paired, n=2" and row["diff_low"] is not None
     assert res.row("e2mc", "decompose/approximation") is None  # no reference: merged, not a row
+    assert "| decompose/usability (%) |" in res.to_markdown()
     from e2mc.report import write_report
 
     paths = write_report(tmp_path / "report", res)  # the stacked bar per arm

@@ -158,13 +158,13 @@ class ComparisonResult:
         head = ["metric", *self.names] + [f"{a} − {ref}" for a in self.names[1:]]
         intro = counts_note(self) + (
             f" Differences to `{ref}` with a 95% t-interval, paired by training seed when "
-            "both arms have the same seeds, Welch otherwise. Accuracies in %."
+            "both arms have the same seeds, Welch otherwise. Accuracies and the decomposition's errors in %."
         )
         if any(r.get("spread") == "evaluation seeds" and r["metric"] in mets for r in self.rows):
             intro += f" Rows marked † have one checkpoint per arm: n counts evaluation seeds ({EVAL_SEED_NOTE})."
         lines = [intro, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for m in mets:
-            pct = is_accuracy(m)
+            pct = is_accuracy(m) or m.startswith("decompose/")  # errors (lower is better), in % too
             eval_spread = any(r.get("spread") == "evaluation seeds" for r in self.rows if r["metric"] == m)
             cells = [m + (" (%)" if pct else "") + (" †" if eval_spread else "")]
             for a in self.names:
