@@ -73,8 +73,9 @@ def _common(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="eval.KEY=VALUE",
-        help="any evaluation setting, YAML value, repeatable, applied after the flags above (e.g. "
-        "--set eval.linear.weight_decays=[1e-6,1e-5,1e-4] --set eval.knn.temperature=0.1); keys: " + ", ".join(keys()),
+        help="any evaluation setting, YAML value, repeatable, applied after the other flags (e.g. "
+        "--set eval.linear.weight_decays=[1e-6,1e-5,1e-4] --set eval.knn.temperature=0.1); keys, each after "
+        "eval.: " + ", ".join(keys()),
     )
     p.add_argument(
         "--ks",
@@ -130,6 +131,8 @@ def register(subparsers) -> None:
             "e2mc evaluate runs/e2mc --dataset digits --protocols knn,linear,rankme",
             "e2mc evaluate resnet50.pth --dataset cifar10 --data-root /data/cifar10 --download --json",
             "e2mc evaluate ckpt.pth --dataset imagenet --test-split val --protocols knn,linear",
+            "e2mc evaluate runs/e2mc --dataset cifar10 --protocols linear --set eval.linear.weight_decays=[1e-6,1e-5]",
+            "e2mc evaluate runs/e2mc --dataset cifar10 --protocols decompose --reference torchvision:resnet18",
         ],
     )
     p.add_argument("checkpoint", help="checkpoint file, run folder, or a name (`e2mc zoo`, torchvision:ARCH, ...)")
