@@ -105,7 +105,7 @@ def cached_evaluate(
     cache holds ~0.6 GB per checkpoint (train + test, backbone + projector), and this memo makes it
     redundant.
     """
-    from e2mc.evaluation.api import evaluate
+    from e2mc.evaluation.api import evaluate, evaluation_settings
 
     sha = file_digest(checkpoint)
     key = hashlib.sha256(json.dumps([sha, str(dataset), list(protocols), list(seeds), list(ks)]).encode()).hexdigest()[
@@ -117,16 +117,10 @@ def cached_evaluate(
         return hit["result"], 0.0
     log(f"  evaluating {checkpoint} on {dataset} ({', '.join(protocols)})")
     t0 = time.perf_counter()
-    res = evaluate(
-        str(checkpoint),
-        dataset,
-        protocols=tuple(protocols),
-        seeds=tuple(seeds),
-        ks=tuple(ks),
-        device="cpu",
-        batch_size=batch_size,
-        use_cache=feature_cache,
+    settings = evaluation_settings(
+        seeds=tuple(seeds), ks=tuple(ks), device="cpu", batch_size=batch_size, use_cache=feature_cache
     )
+    res = evaluate(str(checkpoint), dataset, tuple(protocols), settings)
     dt = time.perf_counter() - t0
     res.setdefault("meta", {})["sha256"] = sha
     write_json(

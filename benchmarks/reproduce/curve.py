@@ -68,7 +68,7 @@ def update_curve(
     run, out, *, dataset=None, holdout=None, holdout_seed=0, protocols=("knn", "rankme"), every=1, log=print
 ) -> dict:
     """Evaluate the new epochs, write ``OUT.{json,md,png}``; return the curve dict."""
-    from e2mc.evaluation.api import evaluate
+    from e2mc.evaluation.api import evaluate, evaluation_settings
     from e2mc.evaluation.compare import metric_values
 
     out = Path(out)
@@ -83,9 +83,8 @@ def update_curve(
     log(f"{len(todo)} new epoch checkpoint(s) to evaluate in {run}: {[e for e, _ in todo]}")
     for epoch, path in todo:
         t0 = time.perf_counter()
-        res = evaluate(
-            str(path), data, protocols=tuple(protocols), seeds=(0,), ks=(20, 200), device="cpu", use_cache=False
-        )
+        settings = evaluation_settings(seeds=(0,), ks=(20, 200), device="cpu", use_cache=False)
+        res = evaluate(str(path), data, tuple(protocols), settings)
         vals = {k: v[0] for k, v in metric_values(res).items()}
         point = {
             "epoch": epoch,

@@ -44,8 +44,10 @@ _PUBLIC = {
     "rankme": "e2mc.metrics",
     "evaluate": "e2mc.evaluation.api",
     "compare": "e2mc.evaluation.compare",
+    "EvalSettings": "e2mc.evaluation.settings",
     # tuning
     "tune": "e2mc.tuning.api",
+    "TuneSpec": "e2mc.tuning.api",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

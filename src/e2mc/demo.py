@@ -287,8 +287,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
         names=[BASE, E2MC_ARM, START],
         dataset="digits",
         protocols=list(cfg.protocols),
-        seeds=list(cfg.eval_seeds),
-        device=cfg.device,
+        settings={"eval.seeds": list(cfg.eval_seeds), "eval.device": cfg.device},
     )
     t_eval = time.perf_counter()
     head = headline(comparison)

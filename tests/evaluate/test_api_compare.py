@@ -7,19 +7,13 @@ from scipy import stats
 from e2mc.errors import ConfigError, DataError
 from e2mc.evaluation.api import evaluate
 from e2mc.evaluation.compare import ComparisonResult, build_rows, compare, metric_values, parse_arm
+from e2mc.evaluation.settings import EvalSettings
 
 
 def test_evaluate_structure(tiny_net, colour_data, tmp_path):
-    res = evaluate(
-        tiny_net,
-        colour_data,
-        protocols=("knn", "linear", "fewshot", "rankme", "uniformity", "spectrum"),
-        seeds=(0, 1),
-        ks=(1, 5),
-        shots=(1, 3),
-        cache_dir=tmp_path,
-        device="cpu",
-    )
+    settings = EvalSettings(seeds=(0, 1), cache_dir=str(tmp_path), device="cpu")
+    settings.knn.ks, settings.fewshot.shots = (1, 5), (1, 3)
+    res = evaluate(tiny_net, colour_data, ("knn", "linear", "fewshot", "rankme", "uniformity", "spectrum"), settings)
     assert set(res["knn"]) == {"top1_k1", "top1_k5"}
     assert 0 <= res["linear"]["top1"] <= 1 and "weight_decay" in res["linear"]
     assert len(res["fewshot"]["per_seed"]["top1_3shot"]) == 2
@@ -33,14 +27,14 @@ def test_evaluate_structure(tiny_net, colour_data, tmp_path):
 def test_evaluate_bad_protocol(tiny_net, colour_data):
     with pytest.raises(ConfigError, match="unknown protocol"):
         evaluate(tiny_net, colour_data, protocols=("knn", "bogus"))
-    with pytest.raises(ConfigError, match="unknown linear_solver 'sgd'"):
-        evaluate(tiny_net, colour_data, protocols=("linear",), linear_solver="sgd")
+    with pytest.raises(ConfigError, match=r"eval.linear.solver='sgd' is not valid; give one of auto, lbfgs, streaming"):
+        evaluate(tiny_net, colour_data, ("linear",), {"eval.linear.solver": "sgd"})
 
 
 def test_evaluate_passes_the_linear_solver(tiny_net, colour_data, tmp_path):
-    kw = dict(protocols=("linear",), cache_dir=tmp_path, device="cpu")
-    assert evaluate(tiny_net, colour_data, **kw)["linear"]["solver"] == "lbfgs"  # auto: a small problem
-    res = evaluate(tiny_net, colour_data, linear_solver="streaming", **kw)["linear"]
+    kw = {"eval.cache_dir": str(tmp_path), "eval.device": "cpu"}
+    assert evaluate(tiny_net, colour_data, ("linear",), kw)["linear"]["solver"] == "lbfgs"  # auto: a small problem
+    res = evaluate(tiny_net, colour_data, ("linear",), {**kw, "eval.linear.solver": "streaming"})["linear"]
     assert res["solver"] == "streaming" and res["converged"] is None and res["streaming"]["steps"] >= 1000
     json.dumps(res)
 
@@ -56,10 +50,12 @@ def test_compare_paired_interval_over_evaluation_seeds(tmp_path, make_tiny_net):
         names=["base", "e2mc"],
         dataset=data,
         protocols=("fewshot",),
-        seeds=(0, 1, 2),
-        shots=(2,),
-        cache_dir=tmp_path,
-        device="cpu",
+        settings={
+            "eval.seeds": [0, 1, 2],
+            "eval.fewshot.shots": [2],
+            "eval.cache_dir": str(tmp_path),
+            "eval.device": "cpu",
+        },
     )
     r, a = res.row("e2mc", "fewshot/top1_2shot"), res.row("base", "fewshot/top1_2shot")
     diffs = [x - y for x, y in zip(r["values"], a["values"])]
@@ -76,11 +72,13 @@ def test_compare_table_with_differences(colour_data, tmp_path, make_tiny_net):
         names=["base", "e2mc"],
         dataset=colour_data,
         protocols=("knn", "fewshot"),
-        seeds=(0, 1, 2),
-        ks=(1, 5),
-        shots=(2,),
-        cache_dir=tmp_path,
-        device="cpu",
+        settings={
+            "eval.seeds": [0, 1, 2],
+            "eval.knn.ks": [1, 5],
+            "eval.fewshot.shots": [2],
+            "eval.cache_dir": str(tmp_path),
+            "eval.device": "cpu",
+        },
     )
     r = res.row("e2mc", "fewshot/top1_2shot")
     a = res.row("base", "fewshot/top1_2shot")

@@ -34,15 +34,13 @@ def test_knn_and_linear_probe_score_what_correct_labels_give(tmp_path, tiny_net,
     root = make_colour_folder(tmp_path / "f", {"train": train, "test": test})
     empty = pytest.warns(UserWarning, match=r"\[blue\] have images in test/ but none in train/")
     with empty if not train["blue"] else contextlib.nullcontext():
-        res = evaluate(
-            tiny_net,
-            root,
-            protocols=("knn", "linear"),
-            ks=(1, 3),
-            seeds=(0,),
-            device="cpu",
-            cache_dir=tmp_path / "feat",
-        )
+        settings = {
+            "eval.knn.ks": [1, 3],
+            "eval.seeds": [0],
+            "eval.device": "cpu",
+            "eval.cache_dir": str(tmp_path / "feat"),
+        }
+        res = evaluate(tiny_net, root, ("knn", "linear"), settings)
     assert res["meta"]["n_test"] == sum(test.values()) and res["meta"]["test_split"] == "test"
     assert res["knn"]["top1_k1"] == pytest.approx(expected) and res["knn"]["top1_k3"] == pytest.approx(expected)
     assert res["linear"]["top1"] == pytest.approx(expected)
@@ -51,7 +49,9 @@ def test_knn_and_linear_probe_score_what_correct_labels_give(tmp_path, tiny_net,
 def test_folder_without_test_split_is_not_scored_on_its_training_images(tmp_path, tiny_net, capsys):
     root = make_colour_folder(tmp_path / "f", {None: FULL})
     with pytest.raises(DataError, match="no 'test' split"):
-        evaluate(tiny_net, root, protocols=("knn",), ks=(1,), seeds=(0,), device="cpu", cache_dir=tmp_path / "x")
+        evaluate(
+            tiny_net, root, ("knn",), {"eval.knn.ks": [1], "eval.device": "cpu", "eval.cache_dir": str(tmp_path / "x")}
+        )
     only_train = make_colour_folder(tmp_path / "g", {"train": FULL})
     rc = main(
         [
@@ -79,7 +79,7 @@ def test_pairs_with_different_class_lists_are_refused(tiny_net, colour_data):
     train, test = colour_data
     train.classes, test.classes = ["a", "b", "c"], ["b", "c"]
     with pytest.raises(DataError, match=r"different class lists \(3 vs 2 classes; index 0 is 'a' vs 'b'\)"):
-        evaluate(tiny_net, (train, test), protocols=("knn",), ks=(1,), seeds=(0,), device="cpu", use_cache=False)
+        evaluate(tiny_net, (train, test), ("knn",), {"eval.knn.ks": [1], "eval.device": "cpu", "eval.use_cache": False})
 
 
 def test_cached_features_never_carry_stale_labels(tmp_path, tiny_net):

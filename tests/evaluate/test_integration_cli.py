@@ -39,15 +39,13 @@ def test_evaluate_checkpoint_on_digits(tmp_path):
     from e2mc.evaluation.api import evaluate
 
     ck = _checkpoint(tmp_path / "a.pt", 0)
-    res = evaluate(
-        ck,
-        "digits",
-        protocols=("knn", "rankme", "entropy"),
-        ks=(5, 20),
-        seeds=(0,),
-        cache_dir=tmp_path / "cache",
-        device="cpu",
-    )
+    settings = {
+        "eval.knn.ks": [5, 20],
+        "eval.seeds": [0],
+        "eval.cache_dir": str(tmp_path / "cache"),
+        "eval.device": "cpu",
+    }
+    res = evaluate(ck, "digits", ("knn", "rankme", "entropy"), settings)
     assert res["meta"]["n_test"] == len(datasets.build_dataset("digits", "test"))
     assert 0.3 < res["knn"]["top1_k20"] <= 1.0  # random conv features on digits are far above chance (0.1)
     assert 1 <= res["rankme"]["projector"] <= 32

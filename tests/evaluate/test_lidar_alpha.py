@@ -89,20 +89,20 @@ def test_evaluate_lidar_and_alpha_req_protocols(tmp_path):
 
     torch.manual_seed(0)
     model, _ = load_model("random:resnet_mini:8-16-32", method="vicreg", head_sizes={"projector": (16, 16)})
-    kw = dict(
-        protocols=("lidar", "alpha_req"),
-        seeds=(3,),
-        cache_dir=tmp_path,
-        device="cpu",
-        image_size=16,
-        lidar_images=20,
-        lidar_views=4,
-    )
-    a = evaluate(model, "digits", **kw)
-    b = evaluate(model, "digits", **kw)
+    protocols = ("lidar", "alpha_req")
+    kw = {
+        "eval.seeds": [3],
+        "eval.cache_dir": str(tmp_path),
+        "eval.device": "cpu",
+        "eval.image_size": 16,
+        "eval.lidar.images": 20,
+        "eval.lidar.views": 4,
+    }
+    a = evaluate(model, "digits", protocols, kw)
+    b = evaluate(model, "digits", protocols, kw)
     assert a["lidar"] == b["lidar"]  # same images, same augmentations
     assert a["lidar"]["images"] == 20 and a["lidar"]["views"] == 4
     assert 1.0 <= a["lidar"]["backbone"] <= 19 and 1.0 <= a["lidar"]["projector"] <= 16
     assert a["alpha_req"]["ranks_backbone"] == "2-16" and 0 < a["alpha_req"]["r2_backbone"] <= 1
-    c = evaluate(model, "digits", **{**kw, "seeds": (4,)})
+    c = evaluate(model, "digits", protocols, {**kw, "eval.seeds": [4]})
     assert c["lidar"]["backbone"] != a["lidar"]["backbone"]  # another draw of images and views

@@ -77,7 +77,7 @@ def test_sigterm_while_scoring_then_while_training_resumes_to_the_same_result(tm
     code, err = _tune("none", argv)
     assert code == 0, err
     got = json.loads((out / "tune.json").read_text())
-    ref = e2mc.tune(
+    spec = e2mc.TuneSpec(
         str(ckpt),
         "digits",
         out=tmp_path / "ref",
@@ -86,8 +86,8 @@ def test_sigterm_while_scoring_then_while_training_resumes_to_the_same_result(tm
         holdout=120,
         train_images=192,
         workers=1,
-        log=lambda *a: None,
     )
+    ref = e2mc.tune(spec, log=lambda *a: None)
     assert [r["scores"] for r in got["rungs"]] == [r["scores"] for r in ref["rungs"]]
     assert got["chosen"]["label"] == ref["chosen"]["label"]
 

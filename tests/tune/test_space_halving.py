@@ -128,3 +128,20 @@ def test_holdout_split_rules(tmp_path):
     assert obj["source_split"] == "train" and len(held) == 30 and len(train) == 40 and not set(held) & set(train)
     assert [sum(targets[i] == c for i in held) for c in (0, 1)] == [15, 15]  # stratified
     assert [sum(targets[i] == c for i in train) for c in (0, 1)] == [20, 20]
+
+
+def test_tune_takes_a_spec_and_the_former_call_warns(tmp_path):
+    """``tune(TuneSpec(...))``; the former keyword call still builds the same spec (and warns); a
+    misspelt field is one line. Both stop at the first check (no output folder), before any work."""
+    import e2mc
+    from e2mc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="tune needs an output folder"):
+        e2mc.tune(e2mc.TuneSpec("random:resnet_mini", "digits"))
+    with pytest.warns(DeprecationWarning, match="pass tune\\(TuneSpec"):
+        with pytest.raises(ConfigError, match="tune needs an output folder"):
+            e2mc.tune("random:resnet_mini", "digits", budget=1)
+    with pytest.raises(ConfigError, match="unexpected keyword argument 'budgte'.*TuneSpec"):
+        e2mc.tune("random:resnet_mini", "digits", budgte=1)
+    with pytest.raises(ConfigError, match="takes the TuneSpec alone"):
+        e2mc.tune(e2mc.TuneSpec("random:resnet_mini", "digits"), "digits")

@@ -25,6 +25,11 @@ LABEL_FREE = ("rankme", "entropy", "lidar", "alpha_req")
 KW = dict(recipe="digits_vicreg_e2mc", holdout=120, train_images=192, workers=1, log=lambda *a: None)
 
 
+def run_tune(checkpoint, dataset, log=print, **fields):
+    """``e2mc.tune`` of a :class:`e2mc.TuneSpec` with these fields."""
+    return e2mc.tune(e2mc.TuneSpec(checkpoint, dataset, **fields), log=log)
+
+
 @pytest.fixture(scope="module")
 def start(tmp_path_factory):
     root = tmp_path_factory.mktemp("tune")
@@ -46,7 +51,7 @@ def tuned(start, monkeypatch_module):
         return real(spec, split, *a, **k)
 
     monkeypatch_module.setattr(ds, "build_dataset", spy)
-    res = e2mc.tune(str(ckpt), "digits", out=root / "out", space=SPACE, label_free=LABEL_FREE, **KW)
+    res = run_tune(str(ckpt), "digits", out=root / "out", space=SPACE, label_free=LABEL_FREE, **KW)
     monkeypatch_module.setattr(ds, "build_dataset", real)
     return root, ckpt, res, built
 
@@ -109,7 +114,7 @@ def test_rerun_skips_done_probes_and_confirm_gives_paired_intervals(tuned, monke
     trained = []
     real = probes_mod._train
     monkeypatch.setattr(probes_mod, "_train", lambda src, over, d: (trained.append(d.name), real(src, over, d))[1])
-    res = e2mc.tune(
+    res = run_tune(
         str(ckpt), "digits", out=root / "out", space=SPACE, confirm=2, confirm_epochs=0.1, label_free=LABEL_FREE, **KW
     )
     assert all(name.startswith(("base-only-seed", res["confirm"]["arm"] + "-seed")) for name in trained)
@@ -151,21 +156,21 @@ def test_interrupted_tune_resumes_and_skips_finished_probes(start, monkeypatch):
     monkeypatch.setattr(probes_mod, "_train", flaky)
     kw = {**KW, "label_free": (), "select": "label-free:rankme", "eval_precision": "bf16"}
     with pytest.raises(KeyboardInterrupt):
-        e2mc.tune(str(ckpt), "digits", out=out, space=space, **kw)
+        run_tune(str(ckpt), "digits", out=out, space=space, **kw)
     first = calls[0]
     calls.clear()
-    res = e2mc.tune(str(ckpt), "digits", out=out, space=space, **kw)
+    res = run_tune(str(ckpt), "digits", out=out, space=space, **kw)
     assert first not in calls and len([c for c in calls if c[1] == 1]) == 2  # the finished probe is skipped
     seconds = {p["label"]: p["train_seconds"] for p in res["probes"]}
     monkeypatch.setattr(probes_mod, "_train", real)
-    again = e2mc.tune(str(ckpt), "digits", out=out, space=space, **{**kw, "workers": 2})  # parallel path: all done
+    again = run_tune(str(ckpt), "digits", out=out, space=space, **{**kw, "workers": 2})  # parallel path: all done
     assert {p["label"]: p["train_seconds"] for p in again["probes"]} == seconds
     assert again["chosen"]["label"] == res["chosen"]["label"]
     r0 = res["rungs"][0]["scores"]  # chosen by RankMe (backbone), not by kNN
     assert r0 == {p["label"]: p["metrics_by_steps"]["1"]["rankme"] for p in res["probes"]}
     assert res["chosen"]["label"] == max(r0, key=lambda lab: (r0[lab], -list(r0).index(lab)))
     with pytest.raises(ConfigError, match="other evaluation settings"):  # scores are never mixed across settings
-        e2mc.tune(str(ckpt), "digits", out=out, space=space, **{**kw, "eval_precision": "fp32"})
+        run_tune(str(ckpt), "digits", out=out, space=space, **{**kw, "eval_precision": "fp32"})
 
 
 def test_bad_inputs_are_one_line_errors(start, tmp_path, capsys):
@@ -175,22 +180,22 @@ def test_bad_inputs_are_one_line_errors(start, tmp_path, capsys):
     for i in range(30):  # images without class folders: no labels
         Image.fromarray((torch.rand(8, 8, 3) * 255).byte().numpy()).save(flat / f"{i}.png")
     with pytest.raises(DataError, match="no labels and no label-free metric") as e:
-        e2mc.tune(str(ckpt), str(flat), out=tmp_path / "a", space=SPACE, **{**KW, "holdout": 10})
+        run_tune(str(ckpt), str(flat), out=tmp_path / "a", space=SPACE, **{**KW, "holdout": 10})
     assert "\n" not in str(e.value)
     with pytest.raises(DataError, match="too few for kNN@20"):
-        e2mc.tune(str(ckpt), "digits", out=tmp_path / "b", space=SPACE, **{**KW, "holdout": 5})
+        run_tune(str(ckpt), "digits", out=tmp_path / "b", space=SPACE, **{**KW, "holdout": 5})
     with pytest.raises(ConfigError, match="nothing to choose"):
-        e2mc.tune(str(ckpt), "digits", out=tmp_path / "c", space={"addons": ["none"]}, **KW)
+        run_tune(str(ckpt), "digits", out=tmp_path / "c", space={"addons": ["none"]}, **KW)
     with pytest.raises(ConfigError, match="too small"):
-        e2mc.tune(str(ckpt), "digits", out=tmp_path / "d", space=SPACE, budget=0.1, **KW)
+        run_tune(str(ckpt), "digits", out=tmp_path / "d", space=SPACE, budget=0.1, **KW)
     for bad in (float("nan"), -1.0, 0.0):  # refused before any probe trains, nothing written
         with pytest.raises(ConfigError, match="--confirm-epochs must be a positive number"):
-            e2mc.tune(str(ckpt), "digits", out=tmp_path / "g", space=SPACE, confirm=3, confirm_epochs=bad, **KW)
+            run_tune(str(ckpt), "digits", out=tmp_path / "g", space=SPACE, confirm=3, confirm_epochs=bad, **KW)
     with pytest.raises(ConfigError, match="--confirm takes N >= 1"):
-        e2mc.tune(str(ckpt), "digits", out=tmp_path / "g", space=SPACE, confirm=-1, **KW)
+        run_tune(str(ckpt), "digits", out=tmp_path / "g", space=SPACE, confirm=-1, **KW)
     assert not (tmp_path / "g").exists()
     with pytest.raises(ConfigError, match="label-free:<metric>"):
-        e2mc.tune(str(ckpt), "digits", out=tmp_path / "f", space=SPACE, select="label-free:knn", **KW)
+        run_tune(str(ckpt), "digits", out=tmp_path / "f", space=SPACE, select="label-free:knn", **KW)
     code = main(
         [
             "tune",
@@ -234,7 +239,7 @@ def test_a_second_tune_on_the_same_folder_is_refused(start, tmp_path):
     held = RunLock.acquire(tmp_path / "busy")
     try:
         with pytest.raises(RunLocked, match="in use by another e2mc run"):
-            e2mc.tune(str(ckpt), "digits", out=tmp_path / "busy", space=SPACE, **KW)
+            run_tune(str(ckpt), "digits", out=tmp_path / "busy", space=SPACE, **KW)
     finally:
         held.release()
     assert not (tmp_path / "busy" / "split.json").exists()  # refused before writing anything

@@ -8,6 +8,8 @@ import json
 import sys
 
 from e2mc.commands import add_command
+from e2mc.evaluation.protocols import LABEL_FREE, PROTOCOLS
+from e2mc.evaluation.settings import keys
 
 DEFAULT_PROTOCOLS = "knn,linear,fewshot,rankme"
 
@@ -29,8 +31,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--protocols",
         type=_csv,
         default=_csv(DEFAULT_PROTOCOLS),
-        help="comma-separated: knn,linear,linear_finetune,fewshot,semisup,rankme,entropy,uniformity,"
-        "spectrum,lidar,alpha_req (label-free: rankme, entropy, uniformity, lidar, alpha_req)",
+        help=f"comma-separated: {','.join(PROTOCOLS)} (label-free: {', '.join(LABEL_FREE)})",
     )
     p.add_argument(
         "--seeds",
@@ -59,6 +60,23 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="how frozen features are stored, in the cache and in memory",
     )
     p.add_argument("--json", action="store_true", help="print JSON (indented) instead of a table")
+    p.add_argument(
+        "--reference",
+        default=None,
+        metavar="ENCODER",
+        help="decompose: a supervised encoder of the same architecture (timm:resnet18, torchvision:resnet50, a "
+        "file) for the approximation term; without it approximation is merged into usability",
+    )
+    p.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="eval.KEY=VALUE",
+        help="any evaluation setting, YAML value, repeatable, applied after the other flags (e.g. "
+        "--set eval.linear.weight_decays=[1e-6,1e-5,1e-4] --set eval.knn.temperature=0.1); keys, each after "
+        "eval.: " + ", ".join(keys()),
+    )
     p.add_argument(
         "--ks",
         type=_ints,
@@ -113,6 +131,8 @@ def register(subparsers) -> None:
             "e2mc evaluate runs/e2mc --dataset digits --protocols knn,linear,rankme",
             "e2mc evaluate resnet50.pth --dataset cifar10 --data-root /data/cifar10 --download --json",
             "e2mc evaluate ckpt.pth --dataset imagenet --test-split val --protocols knn,linear",
+            "e2mc evaluate runs/e2mc --dataset cifar10 --protocols linear --set eval.linear.weight_decays=[1e-6,1e-5]",
+            "e2mc evaluate runs/e2mc --dataset cifar10 --protocols decompose --reference torchvision:resnet18",
         ],
     )
     p.add_argument("checkpoint", help="checkpoint file, run folder, or a name (`e2mc zoo`, torchvision:ARCH, ...)")
@@ -170,25 +190,30 @@ def register(subparsers) -> None:
     p.set_defaults(func=_report)
 
 
-def _kwargs(args) -> dict:
-    return dict(
-        protocols=args.protocols,
-        seeds=args.seeds,
-        device=args.device,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        cache_dir=args.cache_dir,
-        use_cache=not args.no_cache,
-        epochs=args.epochs,
-        ks=args.ks,
-        test_split=args.test_split,
-        root=args.data_root,
-        download=args.download,
-        lidar_images=args.lidar_images,
-        lidar_views=args.lidar_views,
-        linear_solver=args.linear_solver,
-        feature_dtype=args.feature_dtype,
-    )
+def _settings(args):
+    """The EvalSettings of the command line: the flags, then every ``--set eval.KEY=VALUE``."""
+    from e2mc.evaluation.settings import EvalSettings
+
+    flags = {
+        "eval.seeds": args.seeds,
+        "eval.device": args.device,
+        "eval.batch_size": args.batch_size,
+        "eval.image_size": args.image_size,
+        "eval.cache_dir": args.cache_dir,
+        "eval.use_cache": not args.no_cache,
+        "eval.linear_finetune.epochs": args.epochs,
+        "eval.semisup.epochs": args.epochs,
+        "eval.knn.ks": args.ks,
+        "eval.test_split": args.test_split,
+        "eval.root": args.data_root,
+        "eval.download": args.download,
+        "eval.lidar.images": args.lidar_images,
+        "eval.lidar.views": args.lidar_views,
+        "eval.linear.solver": args.linear_solver,
+        "eval.feature_dtype": args.feature_dtype,
+        "eval.decompose.reference": args.reference,
+    }
+    return EvalSettings().with_overrides(flags).with_overrides(args.settings)
 
 
 def _convergence(v: dict) -> str:
@@ -217,7 +242,7 @@ def _fmt(v, metric: str = "") -> str:
 def _evaluate(args) -> int:
     from e2mc.evaluation.api import evaluate
 
-    res = evaluate(args.checkpoint, args.dataset, **_kwargs(args))
+    res = evaluate(args.checkpoint, args.dataset, args.protocols, _settings(args))
     if args.json:
         print(json.dumps(res, indent=2, default=float))
         return 0
@@ -225,10 +250,31 @@ def _evaluate(args) -> int:
         if proto == "meta":
             continue
         print(f"[{proto}]")
+        if proto == "decompose":
+            _print_decompose(metrics)
+            continue
         for k, v in metrics.items():
             if k not in ("per_seed", "subsets", "marginals_sample", "indices"):
                 print(f"  {k:32s} {_fmt(v, f'{proto}/{k}')}")
     return 0
+
+
+def _print_decompose(r: dict) -> None:
+    """The four components in % (they sum to the test error), each with its definition."""
+    from e2mc.evaluation.decompose import COMPONENTS
+
+    print(f"  {'test error (train->test)':32s} {100 * r['test_error']:.2f} % = the sum of:")
+    for k in COMPONENTS:
+        value = f"{100 * r[k]:+.2f} %" if k in r else "merged into usability"
+        print(f"  {k:32s} {value:>10s}  {r['definitions'][k]}")
+    if "approximation_note" in r:
+        print(f"  {'note':32s} {r['approximation_note']}")
+    print(f"  {'dominant':32s} {r['dominant']}")
+    print(f"  {'seen in SSL training':32s} {r['seen']}")
+    names = {"train_train": "train->train", "comp_sub": "comp->sub", "train_test": "train->test"}
+    names["reference_train_train"] = "reference train->train"
+    fits = [f"{names[k]} {100 * v['error']:.2f} % (wd {v['weight_decay']:g})" for k, v in r["fits"].items()]
+    print(f"  {'fits':32s} {'; '.join(fits)}")
 
 
 def _compare(args) -> int:
@@ -239,7 +285,7 @@ def _compare(args) -> int:
 
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out} is a file; give a folder for comparison.json and the report")
-    res = compare(args.arms, names=args.names, dataset=args.dataset, **_kwargs(args))
+    res = compare(args.arms, names=args.names, dataset=args.dataset, protocols=args.protocols, settings=_settings(args))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

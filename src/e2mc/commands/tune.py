@@ -138,9 +138,9 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the tune; print the chosen setting and where the table is."""
     from e2mc.config import parse_override
-    from e2mc.tuning.api import tune
+    from e2mc.tuning.api import TuneSpec, tune
 
-    res = tune(
+    spec = TuneSpec(
         args.checkpoint,
         args.dataset,
         out=args.out,
@@ -162,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         eval_precision=args.eval_precision,
         lidar_images=args.lidar_images,
     )
+    res = tune(spec)
     print(f"chosen: {res['chosen']['label']}  {res['chosen']['overrides']}")
     if res.get("confirm"):
         print(res["confirm"]["verdict"])

@@ -158,13 +158,13 @@ class ComparisonResult:
         head = ["metric", *self.names] + [f"{a} − {ref}" for a in self.names[1:]]
         intro = counts_note(self) + (
             f" Differences to `{ref}` with a 95% t-interval, paired by training seed when "
-            "both arms have the same seeds, Welch otherwise. Accuracies in %."
+            "both arms have the same seeds, Welch otherwise. Accuracies and the decomposition's errors in %."
         )
         if any(r.get("spread") == "evaluation seeds" and r["metric"] in mets for r in self.rows):
             intro += f" Rows marked † have one checkpoint per arm: n counts evaluation seeds ({EVAL_SEED_NOTE})."
         lines = [intro, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for m in mets:
-            pct = is_accuracy(m)
+            pct = is_accuracy(m) or m.startswith("decompose/")  # errors (lower is better), in % too
             eval_spread = any(r.get("spread") == "evaluation seeds" for r in self.rows if r["metric"] == m)
             cells = [m + (" (%)" if pct else "") + (" †" if eval_spread else "")]
             for a in self.names:
@@ -374,16 +374,28 @@ def compare(
     dataset="digits",
     *,
     protocols: Sequence[str] = ("knn", "linear", "fewshot", "rankme"),
-    seeds: Sequence[int] = (0, 1, 2),
-    **evaluate_kwargs,
+    settings=None,
+    **deprecated,
 ) -> ComparisonResult:
-    """Evaluate every arm with the same protocols/seeds/dataset and build the comparison table.
+    """Evaluate every arm with the same protocols/settings/dataset and build the comparison table.
 
     ``checkpoints``: one entry per arm: a checkpoint file, a run folder, ``"name=p1,p2,..."``, a
-    list of paths, or an in-memory model. ``evaluate_kwargs`` go to :func:`e2mc.evaluation.api.evaluate`.
+    list of paths, or an in-memory model. ``settings``: an ``EvalSettings`` or ``{"eval.<key>":
+    value}`` overrides, as :func:`e2mc.evaluation.api.evaluate` takes them (its former keyword
+    arguments, ``seeds=`` etc., still work for one release with a ``DeprecationWarning``).
     """
-    from e2mc.evaluation.api import evaluate
+    import warnings
 
+    from e2mc.evaluation.api import evaluate, evaluation_settings
+
+    if deprecated:
+        warnings.warn(
+            f"compare({', '.join(f'{k}=' for k in deprecated)}) is deprecated; pass settings=EvalSettings(...)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+    settings = evaluation_settings(settings, **deprecated)
+    seeds = settings.seeds
     if not checkpoints:
         raise ConfigError("compare needs at least one checkpoint")
     arms = [parse_arm(c) for c in checkpoints]
@@ -401,7 +413,7 @@ def compare(
         final_names = [f"{n}#{i}" for i, n in enumerate(final_names)]
     paths = [[resolve_checkpoint(p) if isinstance(p, (str, os.PathLike)) else p for p in ps] for _, ps in arms]
     t0 = time.perf_counter()
-    results = [[evaluate(p, dataset, protocols=protocols, seeds=seeds, **evaluate_kwargs) for p in ps] for ps in paths]
+    results = [[evaluate(p, dataset, protocols, settings) for p in ps] for ps in paths]
     train_seeds = [[training_seed(p) for p in ps] for ps in paths]
     return ComparisonResult(
         final_names,

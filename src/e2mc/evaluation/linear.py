@@ -29,15 +29,15 @@ import torch.nn.functional as F
 
 from e2mc.errors import DataError
 from e2mc.evaluation.knn import check_labelled
+from e2mc.evaluation.settings import DEFAULT_WEIGHT_DECAYS, SOLVER_NAMES
 from e2mc.evaluation.streaming import batched_logits, streaming_probe
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 MAX_ITER = 1000  # L-BFGS iterations at most, a cap: the tolerance below normally stops it first
 # (the former fixed 100 left the strongest penalties short of it on digits and CIFAR-size features)
 GRAD_TOL = 1e-4  # converged: max |gradient| of the mean loss <= this (scikit-learn's default tol)
-SOLVERS = ("auto", "lbfgs", "streaming")
+SOLVERS = SOLVER_NAMES
 LBFGS_MAX_BYTES = 1 << 30  # solver="auto": L-BFGS while its estimated working memory is at most this
 
 
@@ -247,7 +247,8 @@ def linear_probe(
         "weight_decay": wd,
         "val_top1_per_weight_decay": {float(v): float(a) for v, a in zip(weight_decays, val_acc)},
         "selection": selection,
-        # the selected penalty is the grid's largest or smallest: widen ``weight_decays``
+        # the selected penalty is the grid's largest or smallest: widen ``weight_decays`` (evaluate's
+        # linear protocol adds the ``advice`` naming the exact --set eval.linear.weight_decays=[...])
         "selected_at_grid_edge": len(weight_decays) > 1 and best in (0, len(weight_decays) - 1),
         "seed": int(seed),
         "solver": "lbfgs",

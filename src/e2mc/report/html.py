@@ -181,6 +181,12 @@ def write_report(
             "difference)",
             plots.plot_accuracy(comparison.names, _accuracy_metrics(comparison), comparison.rows, out / "accuracy.png"),
         )
+        add(
+            "Risk decomposition (`decompose`): each arm's linear-probe test error (black tick) as the stacked sum "
+            "of approximation, usability, probe and encoder generalisation, in % (the arm's mean; the table has "
+            "each component's paired interval)",
+            plots.plot_decomposition(comparison.names, comparison.rows, out / "decomposition.png"),
+        )
     add("Singular-value spectrum (log scale)", plots.plot_spectra(spectra or {}, out / "spectrum.png"))
     add("Histograms of mapped projector marginals", plots.plot_marginals(marginals or {}, out / "marginals.png"))
 

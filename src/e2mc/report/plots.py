@@ -1,5 +1,5 @@
-"""PNG plots for the report (matplotlib, Agg backend): training curves, accuracy per arm,
-singular-value spectra and histograms of mapped marginals."""
+"""PNG plots for the report (matplotlib, Agg backend): training curves, accuracy per arm, the
+risk decomposition per arm, singular-value spectra and histograms of mapped marginals."""
 
 from __future__ import annotations
 
@@ -195,6 +195,39 @@ def accuracy_figure(arms: Sequence[str], metrics: Sequence[str], rows: Sequence[
 def plot_accuracy(arms: Sequence[str], metrics: Sequence[str], rows: Sequence[dict], path: str | Path) -> Path | None:
     """Save :func:`accuracy_figure` to ``path`` (None when no arm has a difference to plot)."""
     fig = accuracy_figure(arms, metrics, rows)
+    return None if fig is None else _save(fig, path)
+
+
+def decomposition_figure(arms: Sequence[str], rows: Sequence[dict]):
+    """The ``decompose`` protocol's components as one stacked bar per arm (the arm's mean, in %;
+    negative parts below zero) and each arm's test error, their sum, as a black tick; None when
+    the comparison has no decomposition."""
+    from e2mc.evaluation.decompose import COMPONENTS  # torch: only when a report is drawn
+
+    mean = {(r["arm"], r["metric"]): r["mean"] for r in rows}
+    comps = [c for c in COMPONENTS if any((a, f"decompose/{c}") in mean for a in arms)]
+    if not comps:
+        return None
+    fig, ax = plt.subplots(figsize=(3.0 + 1.1 * len(arms), 3.9))
+    x = np.arange(len(arms))
+    up, down = np.zeros(len(arms)), np.zeros(len(arms))
+    for c in comps:
+        v = np.array([100 * (mean.get((a, f"decompose/{c}")) or 0.0) for a in arms])
+        ax.bar(x, v, 0.6, bottom=np.where(v >= 0, up, down), label=c.replace("_", " "))
+        up, down = up + np.clip(v, 0, None), down + np.clip(v, None, 0)
+    total = [100 * mean.get((a, "decompose/test_error"), math.nan) for a in arms]
+    ax.scatter(x, total, color="black", marker="_", s=500, linewidths=2, zorder=3, label="test error (the sum)")
+    ax.axhline(0, color="gray", linewidth=0.8)
+    ax.set_xticks(x, arms)
+    ax.set_ylabel("% of test images")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title("Where the linear probe's test error comes from")
+    return fig
+
+
+def plot_decomposition(arms: Sequence[str], rows: Sequence[dict], path: str | Path) -> Path | None:
+    """Save :func:`decomposition_figure` to ``path`` (None without a decomposition)."""
+    fig = decomposition_figure(arms, rows)
     return None if fig is None else _save(fig, path)
 
 

@@ -10,7 +10,7 @@ base-only (add-on none, same LR and epochs) with N training seeds on the full tr
 evaluated once on the test split, with paired 95% intervals (``e2mc.evaluation.compare``).
 
 Example:
-    >>> res = e2mc.tune("start.safetensors", "cifar10", out="tune_out", budget=8)  # doctest: +SKIP
+    >>> res = e2mc.tune(TuneSpec("start.safetensors", "cifar10", out="tune_out", budget=8))  # doctest: +SKIP
     >>> res["chosen"]["label"]  # doctest: +SKIP
 """
 
@@ -23,13 +23,15 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
 
 from e2mc.errors import ConfigError, DataError, TuneInterrupted
 from e2mc.fileio import atomic_write_json, atomic_write_text
 from e2mc.tuning import halving, scoring
 from e2mc.tuning.probes import STAGE, Stopped, read_json, run_jobs
 from e2mc.tuning.space import SearchSpace, parse_space
+from e2mc.tuning.spec import Plan, TuneSpec
+
+__all__ = ["tune", "TuneSpec", "Plan", "to_markdown", "write_outputs", "default_workers"]
 
 SCHEMA = 1
 
@@ -63,7 +65,7 @@ def _stoppable(fn):
     only once complete, so nothing finished is lost and calling ``fn`` again resumes."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kw):
+    def wrapper(spec, log=print):
         old = {}
 
         def stop(signum, frame):  # noqa: ARG001
@@ -73,12 +75,12 @@ def _stoppable(fn):
             old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         STAGE["now"] = "preparing the tune"
         try:
-            return fn(*args, **kw)
+            return fn(spec, log)
         except Stopped as exc:
             raise TuneInterrupted(
                 f"tune stopped by {exc.signame} while {STAGE['now']}; the finished probes, their "
-                f"checkpoints and scores are kept in {kw.get('out')}",
-                kw.get("out"),
+                f"checkpoints and scores are kept in {spec.out}",
+                spec.out,
             ) from None
         finally:
             for sig, handler in old.items():
@@ -87,238 +89,208 @@ def _stoppable(fn):
     return wrapper
 
 
-@_stoppable
-def tune(
-    checkpoint,
-    dataset,
-    *,
-    out,
-    space=None,
-    budget: float | str | None = None,
-    select: str = "heldout",
-    workers: int | None = None,
-    threads: int | None = None,
-    confirm: int = 0,
-    recipe: str | None = None,
-    method: str | None = None,
-    holdout: int | None = None,
-    train_images: int | None = None,
-    seed: int = 0,
-    eta: int = 3,
-    label_free: Sequence[str] = scoring.LABEL_FREE,
-    sets: dict | None = None,
-    device: str | None = None,
-    confirm_epochs: float | None = None,
-    root: str | None = None,
-    eval_batch_size: int = 256,
-    eval_precision: str = "fp32",
-    lidar_images: int = 500,
-    log=print,
-) -> dict:
-    """Tune the continuation of ``checkpoint`` on ``dataset``; write ``out/tune.{json,md,html}``; return tune.json's dict.
+def tune(spec=None, dataset=None, *, log=print, **kwargs) -> dict:
+    """Tune the continuation of ``spec.checkpoint`` on ``spec.dataset``; write ``out/tune.{json,md,html}``;
+    return tune.json's dict.
+
+    ``spec``: a :class:`TuneSpec`. The former call, ``tune(checkpoint, dataset, out=..., ...)`` with
+    TuneSpec's fields as keywords, still works for one release (``DeprecationWarning``).
 
     SIGTERM/SIGINT at any stage raise :class:`~e2mc.errors.TuneInterrupted` (the CLI: one line, exit
-    3); calling ``tune`` again with the same arguments resumes (finished probes and scores are reused).
-
-    Args:
-        space: a :class:`SearchSpace`, a YAML path, a dict, or None (``tuning.space.DEFAULT_SPACE``).
-        budget: epochs of training data for all probes together (None: the cheapest schedule, the
-            most rungs; ``"full"``: the full grid, every probe to the space's epochs).
-        select: ``"heldout"`` (kNN@20 on the held-out part) or ``"label-free:<metric>"``.
-        workers: probe processes at once (None: one per 2 cores); ``threads`` torch threads each.
-        confirm: N > 0: also run the chosen setting and base-only with N training seeds on the full
-            train split and evaluate them once on the test split (paired 95% intervals).
-        recipe: the continue recipe/config every probe starts from (None: e2mc's defaults).
-        holdout: held-out TRAIN images (None: 10% of the train split, at most 5,000).
-        train_images: the probes train on this many of the rest (stratified, seeded; None: all).
-        sets: extra config overrides for every probe and confirm run.
-        eval_precision: feature extraction of the probes' scoring, ``"fp32"`` or ``"bf16"`` (about
-            2x faster on CPU; the confirmation always extracts in the evaluate default).
-        lidar_images: LiDAR's surrogate classes (held-out images, each augmented 8 times).
+    3); calling ``tune`` again with the same spec resumes (finished probes and scores are reused).
     """
-    from e2mc.config import load_config
-    from e2mc.data.datasets import build_dataset
+    if not isinstance(spec, TuneSpec):
+        import warnings
+
+        try:
+            spec = TuneSpec(spec, dataset, **kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"tune: {exc}; pass tune(TuneSpec(checkpoint, dataset, out=..., ...))") from None
+        warnings.warn("tune(checkpoint, dataset, ...) is deprecated; pass tune(TuneSpec(...))", DeprecationWarning, 2)
+    elif dataset is not None or kwargs:
+        raise ConfigError("tune(spec) takes the TuneSpec alone; set the other values as its fields")
+    return _tune(spec, log)
+
+
+@_stoppable
+def _tune(spec: TuneSpec, log) -> dict:
     from e2mc.train.run import RunLock
 
     t_start = time.perf_counter()
-    if not out:
-        raise ConfigError("tune needs an output folder: out=DIR (CLI: --out DIR)")
-    out = Path(out)
-    rule = scoring.parse_select(select)
-    label_free = tuple(dict.fromkeys(label_free))
-    bad = [m for m in label_free if m not in scoring.LABEL_FREE]
-    if bad:
-        raise ConfigError(f"unknown label-free metric(s) {bad}; choose from {', '.join(scoring.LABEL_FREE)}")
-    if rule != "heldout" and rule not in label_free:
-        label_free += (rule,)
-    sp = space if isinstance(space, SearchSpace) else parse_space(space)
-    if not os.path.exists(str(checkpoint)) and ":" not in str(checkpoint):
-        raise DataError(f"checkpoint {checkpoint} not found; give a checkpoint file (.pt/.pth/.safetensors)")
-    workers = default_workers() if workers is None else int(workers)
-    if workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
-    if threads is None and workers > 1:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-    # checked before any probe trains: a bad confirm setting must not surface after hours of tuning
-    if int(confirm) < 0:
-        raise ConfigError(f"--confirm takes N >= 1 training seeds (0: no confirmation), got {confirm}")
-    if confirm_epochs is not None and not (math.isfinite(float(confirm_epochs)) and float(confirm_epochs) > 0):
-        raise ConfigError(f"--confirm-epochs must be a positive number of epochs (e.g. 0.2), got {confirm_epochs}")
-    method = _resolve_method(checkpoint, method, recipe)
-    sets = {**sp.sets, **(sets or {})}
-    base = _base_overrides(checkpoint, method, recipe, sets, device, seed)
-    cfg = load_config(recipe, {**base, "mode": "continue", "data.dataset": str(dataset)})  # checks keys and values
-    batch = cfg.optim.batch_size
-    source = build_dataset(str(dataset), "train", root=cfg.data.root or root)
-    labels = scoring.has_labels(source.targets)
-    if not labels and rule == "heldout":
-        raise DataError(
-            f"{dataset} has no labels and no label-free metric was chosen; use --select "
-            f"label-free:<metric> ({', '.join(scoring.LABEL_FREE)})"
-        )
+    plan, source = _check(spec)
+    out = Path(spec.out)
     lock = RunLock.acquire(out, log)  # one tune per folder: a second process gets a clear error
     try:
-        n = len(source)
-        n_hold = holdout if holdout is not None else min(5000, max(scoring.K, round(0.1 * n)))
-        split = scoring.holdout_split(
-            out / "split.json",
-            str(dataset),
-            source.targets,
-            int(n_hold),
-            seed,
-            train_images,
-            need_labels=rule == "heldout",
-        )
-        n_probe = len(build_dataset(str(split), "train"))
-        bpe = n_probe // batch
-        if bpe < 1:
-            raise ConfigError(
-                f"the probes' training part has {n_probe} images, fewer than one batch of {batch}; lower "
-                "optim.batch_size (--set optim.batch_size=...) or use more training images"
-            )
-        points = sp.points
-        rungs = halving.schedule(len(points), sp.epochs, budget, eta)
-        steps = [max(1, round(r.epochs * bpe)) for r in rungs]
-        protocols = scoring.eval_protocols(labels, label_free)
+        _split_and_schedule(spec, plan, source, out)
+        protocols = scoring.eval_protocols(plan.labels, plan.label_free)
         ev = {
-            "dataset": str(split),
+            "dataset": str(plan.split),
             "protocols": list(protocols),
-            "seeds": [seed],
+            "seeds": [spec.seed],
             "ks": [scoring.K],
-            "device": device,
-            "batch_size": eval_batch_size,
+            "device": spec.device,
+            "batch_size": spec.eval_batch_size,
             "use_cache": False,
-            "lidar_images": min(int(lidar_images), int(n_hold)),
+            "lidar_images": min(int(spec.lidar_images), int(plan.n_hold)),
             "lidar_views": 8,
         }
-        if eval_precision not in ("fp32", "bf16"):
-            raise ConfigError(f"eval_precision must be fp32 or bf16, got {eval_precision!r}")
-        if eval_precision == "bf16":
+        if spec.eval_precision == "bf16":
             ev["amp_dtype"] = "bf16"
-        probe_over = {
-            **base,
-            "data.dataset": str(split),
-            "data.split": "train",
-            "train.epochs": math.ceil(sp.epochs),
-            "train.checkpoint_every_epochs": 1000,
-        }
         log(
-            f"e2mc tune: {len(points)} probes, {len(rungs)} rung(s) at {', '.join(f'{r.epochs:.3g}' for r in rungs)} "
-            f"epoch(s) ({', '.join(map(str, steps))} steps of {batch}); budget {halving.cost(rungs):.3g} of "
-            f"{len(points) * sp.epochs:.3g} epochs (full grid); select {select}; held-out {n_hold} of {n} train images, "
-            f"probes train on {n_probe}"
+            f"e2mc tune: {len(plan.space.points)} probes, {len(plan.rungs)} rung(s) at "
+            f"{', '.join(f'{r.epochs:.3g}' for r in plan.rungs)} epoch(s) ({', '.join(map(str, plan.steps))} steps "
+            f"of {plan.batch}); budget {halving.cost(plan.rungs):.3g} of "
+            f"{len(plan.space.points) * plan.space.epochs:.3g} epochs (full grid); select {spec.select}; held-out "
+            f"{plan.n_hold} of {plan.n} train images, probes train on {plan.n_probe}"
         )
-        start = _score_start(checkpoint, ev, out, log)
-
-        by_label = {p.label: p for p in points}
-        order = [p.label for p in points]
-        alive = list(order)
-        records: dict[str, dict] = {}
-        rung_log = []
-        for k, st in enumerate(steps):
-            jobs = [
-                {
-                    "label": lab,
-                    "dir": str(out / "probes" / lab),
-                    "source": recipe,
-                    "overrides": {**probe_over, **by_label[lab].overrides},
-                    "steps": st,
-                    "eval": ev,
-                    "threads": threads,
-                }
-                for lab in alive
-            ]
-            for rec in run_jobs(jobs, workers, log):
-                records[rec["label"]] = rec
-            scores = {lab: scoring.score(records[lab]["scores"][str(st)], rule) for lab in alive}
-            rung_log.append({"rung": k, "epochs": st / bpe, "steps": st, "probes": list(alive), "scores": scores})
-            if k + 1 < len(rungs):
-                alive = halving.advance(scores, rungs[k + 1].probes, order)
-                log(f"rung {k}: {', '.join(alive)} advance")
-        final = rung_log[-1]
-        chosen_label = halving.advance(final["scores"], 1, order)[0]
-        result = _assemble(
-            out,
-            checkpoint,
-            dataset,
-            sp,
-            select,
-            rule,
-            budget,
-            eta,
-            rungs,
-            steps,
-            bpe,
-            n,
-            n_hold,
-            n_probe,
-            split,
-            by_label,
-            order,
-            records,
-            rung_log,
-            chosen_label,
-            start,
-            labels,
-            label_free,
-            recipe,
-            method,
-            t_start,
-            workers,
-        )
-        if confirm:
+        start = _score_start(spec.checkpoint, ev, out, log)
+        records, rung_log = _run_rungs(spec, plan, ev, out, log)
+        chosen_label = halving.advance(rung_log[-1]["scores"], 1, [p.label for p in plan.space.points])[0]
+        result = _assemble(spec, plan, records, rung_log, chosen_label, start)
+        if spec.confirm:
             from e2mc.tuning.confirm import run_confirm
 
             STAGE["now"] = "confirming the chosen setting"
+            by_label = {p.label: p for p in plan.space.points}
             result["confirm"] = run_confirm(
                 out,
-                recipe,
-                {**base, "data.dataset": str(dataset), "data.split": "train"},
-                points,
+                spec.recipe,
+                {**plan.base, "data.dataset": str(spec.dataset), "data.split": "train"},
+                plan.space.points,
                 by_label[result["confirm_arm"]],
-                int(confirm),
-                sp.epochs if confirm_epochs is None else float(confirm_epochs),
-                batch,
-                n,
-                str(dataset),
-                device,
-                eval_batch_size,
-                workers,
-                threads,
+                int(spec.confirm),
+                plan.space.epochs if spec.confirm_epochs is None else float(spec.confirm_epochs),
+                plan.batch,
+                plan.n,
+                str(spec.dataset),
+                spec.device,
+                spec.eval_batch_size,
+                plan.workers,
+                plan.threads,
                 log,
             )
         result["wall_seconds"] = round(time.perf_counter() - t_start, 1)
         write_outputs(out, result)
-        log(f"chosen: {result['chosen']['label']} ({select}); wrote {out / 'tune.md'}")
+        log(f"chosen: {result['chosen']['label']} ({spec.select}); wrote {out / 'tune.md'}")
         return result
     finally:
         if lock is not None:
             lock.release()
 
 
+def _check(spec: TuneSpec) -> tuple[Plan, object]:
+    """Every check that needs no lock (bad values fail before anything is written); the train split."""
+    from e2mc.config import load_config
+    from e2mc.data.datasets import build_dataset
+
+    if not spec.out:
+        raise ConfigError("tune needs an output folder: out=DIR (CLI: --out DIR)")
+    rule = scoring.parse_select(spec.select)
+    label_free = tuple(dict.fromkeys(spec.label_free))
+    bad = [m for m in label_free if m not in scoring.LABEL_FREE]
+    if bad:
+        raise ConfigError(f"unknown label-free metric(s) {bad}; choose from {', '.join(scoring.LABEL_FREE)}")
+    if rule != "heldout" and rule not in label_free:
+        label_free += (rule,)
+    sp = spec.space if isinstance(spec.space, SearchSpace) else parse_space(spec.space)
+    if not os.path.exists(str(spec.checkpoint)) and ":" not in str(spec.checkpoint):
+        raise DataError(f"checkpoint {spec.checkpoint} not found; give a checkpoint file (.pt/.pth/.safetensors)")
+    workers = default_workers() if spec.workers is None else int(spec.workers)
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    threads = spec.threads
+    if threads is None and workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+    # checked before any probe trains: a bad confirm setting must not surface after hours of tuning
+    if int(spec.confirm) < 0:
+        raise ConfigError(f"--confirm takes N >= 1 training seeds (0: no confirmation), got {spec.confirm}")
+    ce = spec.confirm_epochs
+    if ce is not None and not (math.isfinite(float(ce)) and float(ce) > 0):
+        raise ConfigError(f"--confirm-epochs must be a positive number of epochs (e.g. 0.2), got {ce}")
+    if spec.eval_precision not in ("fp32", "bf16"):
+        raise ConfigError(f"eval_precision must be fp32 or bf16, got {spec.eval_precision!r}")
+    method = _resolve_method(spec.checkpoint, spec.method, spec.recipe)
+    sets = {**sp.sets, **(spec.sets or {})}
+    base = _base_overrides(spec.checkpoint, method, spec.recipe, sets, spec.device, spec.seed)
+    over = {**base, "mode": "continue", "data.dataset": str(spec.dataset)}
+    cfg = load_config(spec.recipe, over)  # checks keys and values
+    source = build_dataset(str(spec.dataset), "train", root=cfg.data.root or spec.root)
+    labels = scoring.has_labels(source.targets)
+    if not labels and rule == "heldout":
+        raise DataError(
+            f"{spec.dataset} has no labels and no label-free metric was chosen; use --select "
+            f"label-free:<metric> ({', '.join(scoring.LABEL_FREE)})"
+        )
+    plan = Plan(sp, rule, label_free, method, workers, threads, base, cfg.optim.batch_size, labels)
+    return plan, source
+
+
+def _split_and_schedule(spec: TuneSpec, plan: Plan, source, out: Path) -> None:
+    """The held-out split file, the probes' data size and the successive-halving schedule (in ``plan``)."""
+    from e2mc.data.datasets import build_dataset
+
+    plan.n = len(source)
+    plan.n_hold = spec.holdout if spec.holdout is not None else min(5000, max(scoring.K, round(0.1 * plan.n)))
+    plan.split = scoring.holdout_split(
+        out / "split.json",
+        str(spec.dataset),
+        source.targets,
+        int(plan.n_hold),
+        spec.seed,
+        spec.train_images,
+        need_labels=plan.rule == "heldout",
+    )
+    plan.n_probe = len(build_dataset(str(plan.split), "train"))
+    plan.bpe = plan.n_probe // plan.batch
+    if plan.bpe < 1:
+        raise ConfigError(
+            f"the probes' training part has {plan.n_probe} images, fewer than one batch of {plan.batch}; lower "
+            "optim.batch_size (--set optim.batch_size=...) or use more training images"
+        )
+    plan.rungs = halving.schedule(len(plan.space.points), plan.space.epochs, spec.budget, spec.eta)
+    plan.steps = [max(1, round(r.epochs * plan.bpe)) for r in plan.rungs]
+
+
+def _run_rungs(spec: TuneSpec, plan: Plan, ev: dict, out: Path, log) -> tuple[dict, list]:
+    """Train and score the probes rung by rung; the records per probe and the rungs' log."""
+    probe_over = {
+        **plan.base,
+        "data.dataset": str(plan.split),
+        "data.split": "train",
+        "train.epochs": math.ceil(plan.space.epochs),
+        "train.checkpoint_every_epochs": 1000,
+    }
+    by_label = {p.label: p for p in plan.space.points}
+    order = [p.label for p in plan.space.points]
+    alive = list(order)
+    records: dict[str, dict] = {}
+    rung_log = []
+    for k, st in enumerate(plan.steps):
+        jobs = [
+            {
+                "label": lab,
+                "dir": str(out / "probes" / lab),
+                "source": spec.recipe,
+                "overrides": {**probe_over, **by_label[lab].overrides},
+                "steps": st,
+                "eval": ev,
+                "threads": plan.threads,
+            }
+            for lab in alive
+        ]
+        for rec in run_jobs(jobs, plan.workers, log):
+            records[rec["label"]] = rec
+        scores = {lab: scoring.score(records[lab]["scores"][str(st)], plan.rule) for lab in alive}
+        rung_log.append({"rung": k, "epochs": st / plan.bpe, "steps": st, "probes": list(alive), "scores": scores})
+        if k + 1 < len(plan.rungs):
+            alive = halving.advance(scores, plan.rungs[k + 1].probes, order)
+            log(f"rung {k}: {', '.join(alive)} advance")
+    return records, rung_log
+
+
 def _score_start(checkpoint, ev: dict, out: Path, log) -> dict:
     """The start checkpoint's metrics on the held-out part (memoised in ``out/start.json``)."""
-    from e2mc.evaluation.api import evaluate
+    from e2mc.evaluation.api import evaluate, evaluation_settings
 
     memo = read_json(out / "start.json")
     if memo is not None and memo.get("eval") == ev:
@@ -328,43 +300,17 @@ def _score_start(checkpoint, ev: dict, out: Path, log) -> dict:
     kw = dict(ev)
     dataset, protocols = kw.pop("dataset"), kw.pop("protocols")
     t0 = time.perf_counter()
-    res = evaluate(str(checkpoint), dataset, protocols=tuple(protocols), **kw)
+    res = evaluate(str(checkpoint), dataset, tuple(protocols), evaluation_settings(**kw))
     metrics = scoring.probe_metrics(res)
     start = {"eval": ev, "metrics": metrics, "seconds": round(time.perf_counter() - t0, 2)}
     atomic_write_json(out / "start.json", start, indent=1, parents=True)
     return metrics
 
 
-def _assemble(
-    out,
-    checkpoint,
-    dataset,
-    sp,
-    select,
-    rule,
-    budget,
-    eta,
-    rungs,
-    steps,
-    bpe,
-    n,
-    n_hold,
-    n_probe,
-    split,
-    by_label,
-    order,
-    records,
-    rung_log,
-    chosen_label,
-    start,
-    labels,
-    label_free,
-    recipe,
-    method,
-    t_start,
-    workers,
-) -> dict:
+def _assemble(spec: TuneSpec, plan: Plan, records: dict, rung_log: list, chosen_label: str, start: dict) -> dict:
     """tune.json's dict (everything but ``confirm`` and the wall time)."""
+    sp, steps, bpe, order = plan.space, plan.steps, plan.bpe, [p.label for p in plan.space.points]
+    by_label = {p.label: p for p in sp.points}
     reached = {lab: max(i for i, r in enumerate(rung_log) if lab in r["probes"]) for lab in order}
     ranked: list[str] = []
     for k in reversed(range(len(rung_log))):  # the last rung first, each rung by its score
@@ -395,7 +341,7 @@ def _assemble(
     chosen = next(p for p in probes if p["label"] == chosen_label)
     base_only = [p for p in probes if p["addon"] == "none"]
     rung0 = {lab: records[lab]["scores"][str(steps[0])] for lab in order}
-    tau = scoring.kendall(rung0, rules=label_free) if labels else {}
+    tau = scoring.kendall(rung0, rules=plan.label_free) if plan.labels else {}
     trained_epochs = sum(p["steps"] for p in probes) / bpe  # each probe's steps, counted once
     full = len(order) * sp.epochs
     confirm_arm = chosen_label
@@ -406,25 +352,25 @@ def _assemble(
         confirm_arm = best_addon["label"] if best_addon else chosen_label
     return {
         "schema": SCHEMA,
-        "checkpoint": str(checkpoint),
-        "dataset": str(dataset),
-        "recipe": recipe,
-        "method": method,
-        "select": select,
-        "rule": rule,
+        "checkpoint": str(spec.checkpoint),
+        "dataset": str(spec.dataset),
+        "recipe": spec.recipe,
+        "method": plan.method,
+        "select": spec.select,
+        "rule": plan.rule,
         "space": sp.to_dict(),
-        "budget": budget,
-        "eta": eta,
+        "budget": spec.budget,
+        "eta": spec.eta,
         "heldout": {
-            "split_file": str(split),
-            "train_images": n,
-            "held_out": int(n_hold),
-            "probe_train": n_probe,
+            "split_file": str(plan.split),
+            "train_images": plan.n,
+            "held_out": int(plan.n_hold),
+            "probe_train": plan.n_probe,
             "source_split": "train",
             "note": "the dataset's test split is never read while tuning",
         },
         "schedule": [
-            {"rung": r.index, "epochs": r.epochs, "probes": r.probes, "steps": s} for r, s in zip(rungs, steps)
+            {"rung": r.index, "epochs": r.epochs, "probes": r.probes, "steps": s} for r, s in zip(plan.rungs, steps)
         ],
         "batches_per_epoch": bpe,
         "rungs": rung_log,
@@ -436,9 +382,9 @@ def _assemble(
         "kendall_tau": tau,
         "kendall_rung": 0,
         "confirm_arm": confirm_arm,
-        "workers": workers,
+        "workers": plan.workers,
         "cost": {
-            "planned_epochs": halving.cost(rungs),
+            "planned_epochs": halving.cost(plan.rungs),
             "trained_epochs": trained_epochs,
             "full_grid_epochs": full,
             "fraction_of_full_grid": trained_epochs / full,

@@ -25,7 +25,7 @@ HEADLINE = ("knn/top1_k20", "knn/top1_k200", "linear/top1")
 
 def cached_evaluate(checkpoint, dataset: str, store: Path, device, batch_size: int, log=print) -> dict:
     """``evaluate`` of one checkpoint on the test split, memoised by its sha256 in ``store``."""
-    from e2mc.evaluation.api import evaluate
+    from e2mc.evaluation.api import evaluate, evaluation_settings
     from e2mc.evaluation.features import file_sha256
 
     sha = file_sha256(checkpoint)
@@ -36,16 +36,8 @@ def cached_evaluate(checkpoint, dataset: str, store: Path, device, batch_size: i
     log(f"evaluating {checkpoint} on the test split of {dataset}")
     STAGE["now"] = f"evaluating the confirm run {checkpoint}"
     t0 = time.perf_counter()
-    res = evaluate(
-        str(checkpoint),
-        dataset,
-        protocols=PROTOCOLS,
-        seeds=(0,),
-        ks=KS,
-        device=device,
-        batch_size=batch_size,
-        use_cache=False,
-    )
+    settings = evaluation_settings(seeds=(0,), ks=KS, device=device, batch_size=batch_size, use_cache=False)
+    res = evaluate(str(checkpoint), dataset, PROTOCOLS, settings)
     atomic_write_json(
         store / f"{key}.json",
         {

@@ -106,14 +106,14 @@ def run_probe(job: dict) -> dict:
         trained_now = steps - before
         atomic_write_json(marker, rec, indent=1, parents=True)
     if job.get("eval") and str(steps) not in rec["scores"]:
-        from e2mc.evaluation.api import evaluate
+        from e2mc.evaluation.api import evaluate, evaluation_settings
         from e2mc.tuning.scoring import probe_metrics
 
         STAGE["now"] = f"scoring probe {job['label']} at step {steps}"
         kw = dict(job["eval"])
         dataset, protocols = kw.pop("dataset"), kw.pop("protocols")
         t0 = time.perf_counter()
-        res = evaluate(str(run_dir / "checkpoints" / "last.pt"), dataset, protocols=tuple(protocols), **kw)
+        res = evaluate(str(run_dir / "checkpoints" / "last.pt"), dataset, tuple(protocols), evaluation_settings(**kw))
         dt = time.perf_counter() - t0
         rec["scores"][str(steps)] = probe_metrics(res)
         rec["eval_seconds"] = round(rec["eval_seconds"] + dt, 2)

@@ -14,9 +14,9 @@ import math
 from pathlib import Path
 
 from e2mc.errors import ConfigError, DataError
+from e2mc.evaluation import protocols
 from e2mc.fileio import atomic_write_json
 
-LABEL_FREE = ("rankme", "entropy", "lidar", "alpha_req")
 HELDOUT_KEY = "knn_top1_k20"
 K = 20
 
@@ -35,6 +35,8 @@ SELECT_RULES = {
     "lidar": lambda m: m.get("lidar"),
     "alpha_req": _alpha_score,
 }
+# the label-free protocols (evaluation's one list) that give a selection score
+LABEL_FREE = tuple(p for p in protocols.LABEL_FREE if p in SELECT_RULES)
 
 
 def parse_select(select: str) -> str:
