@@ -1,4 +1,4 @@
-"""Criteria: pure loss math. Base criteria (VICReg, SwAV, SimSiam) and add-ons (E2MC, VC,
+"""Criteria: pure loss math. Base criteria (VICReg, SwAV, SimSiam, DINO) and add-ons (E2MC, VC,
 uniformity, MMCR, none), each a small ``nn.Module`` called with a list of per-view tensors and
 returning a dict with a differentiable ``"loss"`` and detached terms.
 
@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from e2mc.criteria.addons import MMCRAddon, NoAddon, UniformityAddon, VCAddon
+from e2mc.criteria.dino import DINOLoss
 from e2mc.criteria.e2mc import E2MC
 from e2mc.criteria.entropy import TRANSFORMS, default_m, get_transform, m_spacing_entropy
 from e2mc.criteria.simsiam import SimSiamLoss
@@ -31,6 +32,7 @@ BASE_CRITERIA: dict[str, type[nn.Module]] = {
     "vicreg": VICRegLoss,
     "swav": SwAVLoss,
     "simsiam": SimSiamLoss,
+    "dino": DINOLoss,
 }
 
 
@@ -64,6 +66,7 @@ def build_criterion(name: str, **kwargs: Any) -> nn.Module:
 __all__ = [
     "ADDONS",
     "BASE_CRITERIA",
+    "DINOLoss",
     "E2MC",
     "MMCRAddon",
     "NoAddon",

@@ -24,7 +24,7 @@ import importlib
 
 from e2mc.methods.base import LOSS_TERMS, METHODS, Method, Option, StepContext, get_method, register
 
-_MODULES = ("vicreg", "swav", "simsiam")  # the registry lines: one module per method, in CLI order
+_MODULES = ("vicreg", "swav", "simsiam", "dino")  # the registry lines: one module per method, in CLI order
 for _name in _MODULES:
     importlib.import_module(f"e2mc.methods.{_name}")
 

@@ -46,6 +46,9 @@ class Parts:
     head_sizes: dict | None = None
     epoch: int | None = None
     optimizer: Any = None
+    method_state: Any = (
+        None  # the method's own state the file holds (DINO's centre), as ``Method.save_state`` writes it
+    )
     dropped: list = field(default_factory=list)
     layout: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
@@ -122,6 +125,10 @@ class E2MCAdapter(Adapter):
             epoch=_epoch(obj),
             optimizer=obj.get("optimizer"),
         )
+        method = obj.get("method")
+        key = _state_key(method)
+        if key and obj.get(key) is not None:  # a run checkpoint's method state (DINO's centre)
+            parts.method_state = obj[key]
         # where a run came from: export --to original writes that layout again
         parts.layout.update(
             source_format=obj.get("source_format"),
@@ -152,7 +159,15 @@ class E2MCAdapter(Adapter):
             "model": join_flat(backbone, heads, {"kind": "model"}),
             "epoch": meta.get("epoch"),
             "source_format": meta.get("source_format"),
+            **({_state_key(meta.get("method")): meta["method_state"]} if meta.get("method_state") is not None else {}),
         }
+
+
+def _state_key(method) -> str | None:
+    from e2mc.methods import METHODS
+
+    spec = METHODS.get(method) if isinstance(method, str) else None
+    return spec.state_key if spec is not None else None
 
 
 def _version(text) -> tuple[int, ...] | None:
@@ -388,3 +403,115 @@ ADAPTERS: dict[str, Adapter] = {
         StateDictAdapter(),
     )
 }
+
+
+# -- DINO (facebookresearch/dino main_dino.py, commit 7c446df) ------------------------------------
+_DINO_SCALER = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000}
+
+
+def _unwrap(sd: dict) -> tuple[dict, bool]:
+    module = bool(sd) and all(k.startswith("module.") for k in sd)
+    return (sub(sd, "module.") if module else dict(sd)), module
+
+
+def _dino_args(meta: dict):
+    """The ``args`` Namespace an exported file carries (main_dino.py saves its argparse Namespace;
+    its resume path does not read it): the fields that describe the network."""
+    import argparse
+
+    arch, sizes = str(meta.get("arch") or ""), meta.get("head_sizes") or {}
+    name, patch = arch.split(":")[-1], 16
+    if arch.startswith("timm:vit_"):
+        parts = name.split("_")  # vit_small_patch16_224 -> vit_small, 16
+        name = "_".join(parts[:2])
+        patch = int(next((p[5:] for p in parts if p.startswith("patch")), 16))
+    return argparse.Namespace(
+        arch=name,
+        patch_size=patch,
+        out_dim=int(sizes.get("out", 65536)),
+        norm_last_layer=True,
+        use_bn_in_head=bool(sizes.get("use_bn", 0)),
+        epochs=int(meta.get("epoch") or 0),
+    )
+
+
+class DINOAdapter(Adapter):
+    """main_dino.py's ``checkpoint.pth``: ``{"student": DDP state dict (module.backbone.*,
+    module.head.mlp.*, module.head.last_layer.weight_g/_v), "teacher": the same without ``module.``
+    (ViTs) or with it (networks with BatchNorm: main_dino.py wraps that teacher in DDP),
+    "optimizer", "epoch", "args" (argparse.Namespace), "dino_loss": {"center": (1, K)},
+    "fp16_scaler"}``. The student's backbone and head are the model's, the teacher its ``teacher``
+    slot, the centre the method state (a file without ``dino_loss``: re-estimated by a
+    continuation). Backbone-only releases (``*_pretrain.pth``) are the ``timm`` / ``torchvision``
+    layouts."""
+
+    name, expected = "dino", ("student", "teacher", "optimizer", "epoch", "args", "dino_loss")
+    description = "DINO checkpoint {'student': {'module.backbone.*', 'module.head.*'}, 'teacher', 'dino_loss', ...}"
+
+    def detect(self, obj):
+        ok = isinstance(obj, dict) and is_tensor_dict(obj.get("student")) and "format" not in obj
+        return (
+            0.9
+            if ok and any(k.split(".")[:2] == ["module", "head"] or k.startswith("head.") for k in obj["student"])
+            else 0.0
+        )
+
+    def split(self, obj):
+        if not isinstance(obj, dict) or not is_tensor_dict(obj.get("student")):
+            raise CheckpointError("not a DINO checkpoint: no 'student' state dict (main_dino.py's checkpoint.pth)")
+        student, s_mod = _unwrap(obj["student"])
+        teacher, t_mod = _unwrap(obj["teacher"]) if is_tensor_dict(obj.get("teacher")) else ({}, False)
+        backbone, head = sub(student, "backbone."), sub(student, "head.")
+        if not backbone or not head:
+            raise CheckpointError(
+                "DINO checkpoint whose student lacks 'backbone.*' or 'head.*' keys: not main_dino.py's"
+            )
+        heads = {"head": head}
+        kept = {k: v for k, v in teacher.items() if k.startswith(("backbone.", "head."))}
+        if kept:
+            heads["teacher"] = kept
+        dropped = [f"student.{k}" for k in student if not k.startswith(("backbone.", "head."))]
+        dropped += [f"teacher.{k}" for k in teacher if k not in kept]
+        parts = Parts(
+            backbone, heads, method="dino", epoch=_epoch(obj), optimizer=obj.get("optimizer"), dropped=dropped
+        )
+        center = obj.get("dino_loss", {}).get("center") if isinstance(obj.get("dino_loss"), dict) else None
+        if center is not None:
+            parts.method_state = {"center": center, "known": True}
+        else:
+            parts.notes.append(
+                "no dino_loss centre in the file: a continuation re-estimates it (method.center_batches)"
+            )
+        parts.layout = {
+            "kind": "dino",
+            "student_module": s_mod,
+            "teacher_module": t_mod,
+            "fp16_scaler": "fp16_scaler" in obj,
+            "dino_loss": center is not None,
+        }
+        return parts
+
+    def pack(self, backbone, heads, meta):
+        layout, arch = meta.get("layout") or {}, str(meta.get("arch") or "")
+        t_mod = layout.get("teacher_module", not arch.startswith("timm:"))  # a BN network's teacher is DDP-wrapped
+        s_pre = "module." if layout.get("student_module", True) else ""
+        student = {f"{s_pre}backbone.{k}": v for k, v in backbone.items()}
+        student.update({f"{s_pre}head.{k}": v for k, v in heads.get("head", {}).items()})
+        teacher = heads.get("teacher") or {
+            **{f"backbone.{k}": v for k, v in backbone.items()},
+            **{f"head.{k}": v for k, v in heads.get("head", {}).items()},
+        }
+        out: dict = {"student": student, "teacher": {("module." if t_mod else "") + k: v for k, v in teacher.items()}}
+        if meta.get("optimizer") is not None:
+            out["optimizer"] = meta["optimizer"]
+        out["epoch"] = meta.get("epoch") or 0
+        out["args"] = _dino_args(meta)
+        state = meta.get("method_state")
+        if isinstance(state, dict) and state.get("center") is not None:
+            out["dino_loss"] = {"center": state["center"]}
+        if layout.get("fp16_scaler", True):  # main_dino.py's default --use_fp16 true
+            out["fp16_scaler"] = {**_DINO_SCALER, "_growth_tracker": 0}
+        return out
+
+
+ADAPTERS[DINOAdapter.name] = DINOAdapter()

@@ -22,7 +22,8 @@ import torch
 from e2mc.errors import CheckpointError
 from e2mc.methods import METHODS
 
-HEADS = ("projector", "predictor", "prototypes")
+# every head and teacher slot a registered method declares (SSLModel state-dict prefixes)
+HEADS = tuple(dict.fromkeys(h for m in METHODS.values() for h in (*m.heads, *m.teacher)))
 CLASSIFIER_PREFIXES = ("fc.", "head.", "head_dist.", "classifier.", "heads.")
 _RESNETS = {
     (False, (2, 2, 2, 2)): "resnet18",
