@@ -97,7 +97,7 @@ class LoadReport:
             f"unexpected : {few(self.unexpected)}",
             f"dropped    : {few(self.dropped)}",
             f"optimizer  : {'stored' if self.optimizer_state is not None else '-'}",
-            f"method state: {'stored' if self.method_state is not None else '-'}",
+            f"own state  : {'stored (the method state, e.g. the DINO centre)' if self.method_state is not None else '-'}",
         ]
         lines += [f"stand-in   : {s}" for s in self.stand_ins]
         if self.source:
