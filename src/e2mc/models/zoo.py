@@ -26,6 +26,7 @@ SOURCES = {
     "vicreg": "facebookresearch/vicreg README, commit 4e12602 (2022-12-04)",
     "swav": "facebookresearch/swav README, commit 06b1b7c (2021-09-21)",
     "simsiam": "facebookresearch/simsiam README, commit a7bc177 (2021-06-19)",
+    "dino": "facebookresearch/dino README, commit 7c446df (2023-04-18)",
 }
 
 
@@ -92,6 +93,21 @@ def _simsiam(folder: str, batch: int, top1: str) -> Release:
     )
 
 
+def _dino(tag: str, folder: str, arch: str, params: str, knn: str, top1: str, why=None) -> list[Release]:
+    """A DINO release: the teacher's backbone (``*_pretrain.pth``: timm / torchvision keys) and
+    main_dino.py's full checkpoint (student, teacher, optimiser, centre)."""
+    kw = dict(method="dino", arch=arch, params=params, details=f"ImageNet k-NN {knn}, linear top-1 {top1}")
+    kw["unsupported"] = why
+    backbone = "torchvision" if arch.startswith("resnet") else "timm"
+    base = f"{_FB}/dino/dino_{folder}_pretrain/dino_{folder}_pretrain"
+    return [
+        Release(f"dino:{tag}", layout=backbone, heads=False, url=f"{base}.pth", **kw),
+        Release(f"dino:{tag}-full", layout="dino", heads=True, url=f"{base}_full_checkpoint.pth", **kw),
+    ]
+
+
+_XCIT = "XCiT (facebookresearch/xcit), which e2mc.models.backbones does not build"
+
 ZOO: dict[str, Release] = {
     r.name: r
     for r in [
@@ -107,6 +123,15 @@ ZOO: dict[str, Release] = {
         _swav("400ep_2x224", 400, 4096, "2x224", "70.1"),
         _simsiam("100ep", 512, "68.1"),
         _simsiam("100ep-256bs", 256, "68.3"),
+        *_dino("vit-small16", "deitsmall16", "timm:vit_small_patch16_224", "21M", "74.5%", "77.0%"),
+        *_dino("vit-small8", "deitsmall8", "timm:vit_small_patch8_224", "21M", "78.3%", "79.7%"),
+        *_dino("vit-base16", "vitbase16", "timm:vit_base_patch16_224", "85M", "76.1%", "78.2%"),
+        *_dino("vit-base8", "vitbase8", "timm:vit_base_patch8_224", "85M", "77.4%", "80.1%"),
+        *_dino("resnet50", "resnet50", "resnet50", "23M", "67.5%", "75.3%"),
+        *_dino("xcit-small-12-p16", "xcit_small_12_p16", "xcit:small_12_p16", "26M", "76.0%", "77.8%", _XCIT),
+        *_dino("xcit-small-12-p8", "xcit_small_12_p8", "xcit:small_12_p8", "26M", "77.1%", "79.2%", _XCIT),
+        *_dino("xcit-medium-24-p16", "xcit_medium_24_p16", "xcit:medium_24_p16", "84M", "76.4%", "78.8%", _XCIT),
+        *_dino("xcit-medium-24-p8", "xcit_medium_24_p8", "xcit:medium_24_p8", "84M", "77.9%", "80.3%", _XCIT),
     ]
 }
 METHOD_PREFIXES = tuple(sorted({r.method + ":" for r in ZOO.values()}))
