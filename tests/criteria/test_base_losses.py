@@ -135,7 +135,7 @@ def test_swav_bad_config_and_input():
 
 
 def test_base_registry():
-    assert set(BASE_CRITERIA) == {"vicreg", "swav", "simsiam"}
+    assert set(BASE_CRITERIA) == {"vicreg", "swav", "simsiam", "dino"}
     assert isinstance(build_criterion("vicreg", sim_weight=1.0), VICRegLoss)
     with pytest.raises(ConfigError, match="use one of"):
         build_criterion("byol")

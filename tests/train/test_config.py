@@ -32,7 +32,8 @@ def test_method_defaults_applied_only_when_unset(method):
 
 
 def test_paper_defaults_table():
-    assert E2MC_DEFAULTS == {
+    paper = {k: v for k, v in E2MC_DEFAULTS.items() if k in ("vicreg", "swav", "simsiam")}  # DINO: e2mc's own
+    assert paper == {
         "vicreg": (10.0, 1.0, "sigmoid"),
         "swav": (10.0, 1.0, "gaussian_cdf"),
         "simsiam": (1.0, 25.0, "gaussian_cdf"),

@@ -106,7 +106,7 @@ def test_vc_recipe_shares_the_vicreg_optimiser():
 
 def test_eps_config_key():
     assert E2MC_EPS == 1e-8 == E2MC().eps == load_config(None).addon.eps  # e2mc's own default
-    assert PAPER_EPS == {"vicreg": 1e-7, "swav": F32_EPS, "simsiam": F32_EPS}
+    assert PAPER_EPS == {"vicreg": 1e-7, "swav": F32_EPS, "simsiam": F32_EPS, "dino": 1e-7}  # dino: e2mc's choice
     assert "addon.eps" in RANGES
     assert load_config(None, ["addon.eps=1e-7"]).addon.eps == 1e-7
     for bad in ("0", "-1e-7", "2", "nan", "abc"):

@@ -150,8 +150,8 @@ class DINO(Method):
         interpolation="bicubic",
         small_images=dict(blur_p=(0.0,)),
     )
-    e2mc_defaults = (10.0, 1.0, "sigmoid")
-    paper_eps = 1e-7
+    e2mc_defaults = (10.0, 1.0, "sigmoid")  # e2mc's choice (VICReg's): the E2MC paper has no DINO runs
+    paper_eps = 1e-7  # likewise
     options = {
         "student_temp": Option(0.1, 0, lo_open=True),
         "teacher_temp": Option(0.07, 0, lo_open=True, help="teacher temperature after the warm-up"),
