@@ -232,3 +232,25 @@ def test_a_continuation_without_a_centre_estimates_it_before_the_first_step(tmp_
     assert len(pulled) == 2
     st = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert st["dino_center"]["known"] is True and st["dino_center"]["center"].abs().sum() > 0
+
+
+def test_the_addon_sees_the_bottleneck_output_of_the_two_global_crops():
+    class Seen(nn.Module):
+        def forward(self, views):
+            self.views = views
+            return {"loss": torch.zeros(())}
+
+    c, m, seen = cfg(), model(), Seen()
+    out = m([torch.randn(4, 3, 16, 16) for _ in range(2)] + [torch.randn(4, 3, 8, 8) for _ in range(2)])
+    DINO.compute_loss(out, DINO.build_criterion(c), seen, StepContext(m, None, 0, c, 10))
+    assert len(seen.views) == 2 and all(v is z for v, z in zip(seen.views, out["z"][:2]))
+    assert seen.views[0].shape == (4, 8)  # the bottleneck (before L2 normalisation), not the 64 logits
+
+
+def test_a_vit_runs_multi_crop_with_the_teacher():
+    torch.manual_seed(0)
+    m = SSLModel.build("dino", "timm:vit_tiny_patch16_224", hidden=32, bottleneck=8, out=64)
+    assert DINO.default_head_sizes(m.backbone.out_dim)["bottleneck"] == 192  # 192 features: scaled down
+    out = m([torch.randn(2, 3, 32, 32) for _ in range(2)] + [torch.randn(2, 3, 16, 16) for _ in range(2)])
+    assert [t.shape for t in out["t"]] == [(2, 64)] * 2 and len(out["s"]) == 4
+    assert "teacher.backbone.pos_embed" in m.state_dict()
