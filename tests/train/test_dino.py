@@ -1,6 +1,7 @@
 """The DINO method file (``e2mc.methods.dino``): head layout, teacher, schedules, hooks, the centre,
 and the continuation defaults, each against the official code's formulas written out here."""
 
+import csv
 import math
 
 import numpy as np
@@ -254,3 +255,46 @@ def test_a_vit_runs_multi_crop_with_the_teacher():
     out = m([torch.randn(2, 3, 32, 32) for _ in range(2)] + [torch.randn(2, 3, 16, 16) for _ in range(2)])
     assert [t.shape for t in out["t"]] == [(2, 64)] * 2 and len(out["s"]) == 4
     assert "teacher.backbone.pos_embed" in m.state_dict()
+
+
+def test_fresh_heads_are_warmed_up_then_the_teacher_copied_and_the_centre_estimated(tmp_path, tiny):
+    from e2mc.models.export import save_backbone_safetensors
+    from e2mc.train.loop import Trainer
+
+    src = tmp_path / "backbone.safetensors"
+    save_backbone_safetensors(model(), src)  # a backbone alone: DINO's heads are built fresh
+    c = tiny(
+        tmp_path / "run",
+        f"model.init={src}",
+        "method.name=dino",
+        "addon.name=none",
+        "model.head_sizes={hidden: 32, bottleneck: 8, out: 64}",
+        "optim.batch_size=16",
+        "method.center_batches=2",
+        "train.head_warmup_steps=2",
+        "train.max_steps=1",
+        mode="continue",
+    )
+    t = Trainer(c, quiet=True)
+    assert t.heads_built == ["head"] and not t.method_state.known
+    calls, real_warmup, real_prepare = [], DINO.after_warmup, DINO.prepare
+
+    def after_warmup(ctx):
+        real_warmup(ctx)
+        calls.append("after_warmup")
+        for k, v in ctx.model.head.state_dict().items():  # the teacher is the warmed-up head
+            assert torch.equal(ctx.model.teacher["head"].state_dict()[k], v), k
+
+    def prepare(ctx, batches):
+        calls.append("prepare")
+        real_prepare(ctx, batches)
+
+    t.method.after_warmup, t.method.prepare = after_warmup, prepare  # instance attributes: this test only
+    try:
+        t.fit()
+    finally:
+        del t.method.after_warmup, t.method.prepare
+    assert calls == ["after_warmup", "prepare"] and t.method_state.known
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        phases = [row["phase"] for row in csv.DictReader(f)]
+    assert phases.count("warmup") == 2 and "train" in phases

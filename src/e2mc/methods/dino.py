@@ -34,8 +34,9 @@ Continuation (``mode: continue``), each default stated here and in the README:
   training batches (global crops, all ranks);
 * the last layer is not frozen (``continue_freeze_last_layer`` 0: the official resume at epoch >= 1
   does not freeze it);
-* fresh heads (a backbone-only file) are warmed up with the backbone frozen
-  (``train.head_warmup_steps``), the teacher copied from them after the warm-up.
+* fresh heads (a backbone-only file) are warmed up with the backbone frozen for
+  ``train.head_warmup_steps`` (e2mc's generic default 0: set it, e.g. 500), then the teacher is
+  copied from them and the centre estimated from the warmed-up teacher.
 
 E2MC attaches to the head's bottleneck output (before L2 normalisation) of the 2 global crops.
 """
