@@ -125,3 +125,11 @@ def test_continued_under_torchrun_and_resumed_officially(dino, image_folder, tmp
     assert "dino layout" in capsys.readouterr().out
     got = reload(out)
     assert got["strict"] and got["epoch"] == 100 and got["center"] and got["loss_finite"]
+
+
+def test_a_file_trained_without_norm_last_layer_says_how_to_continue_it(dino, tmp_path, one_torch_thread):
+    obj = torch.load(dino["checkpoint"].path, weights_only=False)
+    obj["args"].norm_last_layer = False
+    torch.save(obj, tmp_path / "free_g.pth")
+    _, report = load_model(tmp_path / "free_g.pth")
+    assert any("method.norm_last_layer=false" in n for n in report.notes)

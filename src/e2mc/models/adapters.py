@@ -482,6 +482,11 @@ class DINOAdapter(Adapter):
             parts.notes.append(
                 "no dino_loss centre in the file: a continuation re-estimates it (method.center_batches)"
             )
+        if getattr(obj.get("args"), "norm_last_layer", True) is False:  # e.g. the ViT-S/16 recipe
+            parts.notes.append(
+                "trained with --norm_last_layer false (last_layer.weight_g learned): continue with "
+                "--set method.norm_last_layer=false to keep training it"
+            )
         parts.layout = {
             "kind": "dino",
             "student_module": s_mod,
