@@ -2,7 +2,7 @@
 
 Heads (facebookresearch/dino ``vision_transformer.py`` ``DINOHead``, commit 7c446df, same for
 ResNets: main_dino.py replaces ``fc`` by an identity and puts the same head on it; BN in the head
-only with ``--use_bn_in_head``, off by default): ``head`` = ``mlp`` (Linear, [BN1d], GELU) x
+only with main_dino.py's ``use_bn_in_head``, off by default): ``head`` = ``mlp`` (Linear, [BN1d], GELU) x
 (nlayers - 1), Linear to the bottleneck; L2 normalisation; ``last_layer``, a weight-normalised
 Linear without bias (keys ``last_layer.weight_g`` (K, 1), ``last_layer.weight_v`` (K, bottleneck):
 the keys of torch's old ``nn.utils.weight_norm`` the official files hold, written here as one

@@ -484,7 +484,7 @@ class DINOAdapter(Adapter):
             )
         if getattr(obj.get("args"), "norm_last_layer", True) is False:  # e.g. the ViT-S/16 recipe
             parts.notes.append(
-                "trained with --norm_last_layer false (last_layer.weight_g learned): continue with "
+                "trained with main_dino.py's norm_last_layer=False (last_layer.weight_g learned): continue with "
                 "--set method.norm_last_layer=false to keep training it"
             )
         parts.layout = {
