@@ -17,9 +17,15 @@ Writes, into OUT:
   ``DINOLoss`` (teacher temperature 0.04, student 0.1), ``clip_gradients(3.0)``, last layer's
   gradients cancelled (epoch 0 < freeze_last_layer 1), AdamW step, EMA teacher (momentum 0.996),
   centre update.
+* ``checkpoint_vit.pth``: the same for ``--arch vit_tiny --patch_size 16`` (vision_transformer.py's
+  ViT-Tiny/16; written here with timm's ``vit_tiny_patch16_224``, which has its module layout and
+  keys): the teacher of a network without BatchNorm is not DDP-wrapped, so its keys have no
+  ``module.`` (``backbone.cls_token``, ...), the student's have; ``args.arch`` is ``vit_tiny``.
+  ``dino_vittiny16_pretrain.pth``: its teacher's backbone (the ``dino_deitsmall16_pretrain.pth`` layout).
 * ``dino_resnet18_pretrain.pth``: a backbone-only release (the teacher's backbone state dict, as
   hubconf.py loads ``dino_resnet50_pretrain.pth`` into a torchvision ResNet with ``fc`` an identity).
-* ``checkpoint.tensors.pt`` (not official): student, teacher and centre tensors, plain.
+* ``checkpoint.tensors.pt``, ``checkpoint_vit.tensors.pt`` (not official): student, teacher and
+  centre tensors, plain.
 
 ``python gen_dino.py reload FILE`` is main_dino.py's resume path, ``utils.restart_from_checkpoint``
 (``load_state_dict(strict=False)`` of student, teacher, optimizer, fp16 scaler, dino_loss), made
@@ -41,6 +47,11 @@ dtypes: both ``module.``-prefixed, optimizer groups and state keys), pickle glob
 off); ``reload`` of the official file: strict, 67 optimiser parameters (``weight_g`` is frozen, not
 in it), 66 with AdamW state (``last_layer.weight_v`` has none: its gradients are cancelled in
 epoch 0), one more step finite -- the same summary as for this generator's file.
+
+The ViT file likewise (``dino_official.py /tmp/dino OUT vit_tiny``: vision_transformer.py's
+``vit_tiny(patch_size=16, drop_path_rate=0.1)``, teacher without DDP as main_dino.py leaves it):
+``compare.py OUT/checkpoint_vit.pth checkpoint_vit.pth``: structure SAME, pickle globals SAME;
+``reload`` of both: strict, 157 optimiser parameters, 156 with state, one step finite.
 
 The official repository's history (38 commits) has no other key names: ``DINOHead`` is
 ``mlp``/``last_layer`` from the first commit (58aabc0) on, and every ``save_dict`` holds ``dino_loss``.
@@ -105,12 +116,26 @@ class CropWrapper(nn.Module):
         return self.head(torch.cat(out))
 
 
-def build(hidden=HIDDEN, bottleneck=BOTTLENECK, out_dim=OUT_DIM):
+def _backbone(arch: str):
+    """torchvision's resnet18, or the ViT-Tiny/16 of vision_transformer.py (timm's ``vit_tiny_patch16_224``
+    has its module layout and key names: cls_token, pos_embed, patch_embed.proj, blocks.N.{norm1,
+    attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}, norm; any input size, as DINO's own)."""
+    if arch == "vit_tiny":
+        import timm
+
+        return timm.create_model("vit_tiny_patch16_224", num_classes=0, dynamic_img_size=True), 192
     from torchvision.models import resnet18
 
-    student = Wrapped(CropWrapper(resnet18(), Head(512, out_dim, hidden, bottleneck)))
-    teacher = Wrapped(CropWrapper(resnet18(), Head(512, out_dim, hidden, bottleneck)))
-    teacher.module.load_state_dict(student.module.state_dict())
+    return resnet18(), 512
+
+
+def build(hidden=HIDDEN, bottleneck=BOTTLENECK, out_dim=OUT_DIM, arch="resnet18"):
+    nets = [_backbone(arch) for _ in range(2)]
+    student = Wrapped(CropWrapper(nets[0][0], Head(nets[0][1], out_dim, hidden, bottleneck)))
+    teacher = CropWrapper(nets[1][0], Head(nets[1][1], out_dim, hidden, bottleneck))
+    if arch == "resnet18":  # main_dino.py wraps the teacher in DDP when the network has BatchNorm
+        teacher = Wrapped(teacher)
+    getattr(teacher, "module", teacher).load_state_dict(student.module.state_dict())
     for p in teacher.parameters():
         p.requires_grad = False
     regularized, not_regularized = [], []
@@ -128,10 +153,10 @@ def cosine(base, final, epochs, niter, warmup_epochs=0):
     return np.concatenate((warm, final + 0.5 * (base - final) * (1 + np.cos(np.pi * iters / len(iters)))))
 
 
-def args_namespace() -> argparse.Namespace:
+def args_namespace(arch: str = "resnet18") -> argparse.Namespace:
     """main_dino.py's arguments for this run (get_args_parser's defaults, init_distributed_mode's additions)."""
     return argparse.Namespace(
-        arch="resnet18",
+        arch=arch,
         patch_size=16,
         out_dim=OUT_DIM,
         norm_last_layer=True,
@@ -212,14 +237,19 @@ def train(student, teacher, opt, center, steps: int, seed: int, start: int = 0, 
         opt.step()
         with torch.no_grad():
             m = mom[it]
-            for pq, pk in zip(student.module.parameters(), teacher.module.parameters()):
+            for pq, pk in zip(student.module.parameters(), getattr(teacher, "module", teacher).parameters()):
                 pk.data.mul_(m).add_((1 - m) * pq.detach().data)
     return float(loss.detach())
 
 
 def generate(out: Path, steps: int, epoch: int, seed: int) -> None:
+    for arch, name in (("resnet18", "checkpoint"), ("vit_tiny", "checkpoint_vit")):
+        _generate(out, steps, epoch, seed, arch, name)
+
+
+def _generate(out: Path, steps: int, epoch: int, seed: int, arch: str, name: str) -> None:
     torch.manual_seed(seed)
-    student, teacher, opt = build()
+    student, teacher, opt = build(arch=arch)
     center = torch.zeros(1, OUT_DIM)
     train(student, teacher, opt, center, steps, seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -228,7 +258,7 @@ def generate(out: Path, steps: int, epoch: int, seed: int) -> None:
         "teacher": teacher.state_dict(),
         "optimizer": opt.state_dict(),
         "epoch": epoch,
-        "args": args_namespace(),
+        "args": args_namespace(arch),
         "dino_loss": OrderedDict(center=center),
     }
     save_dict["fp16_scaler"] = {
@@ -238,19 +268,21 @@ def generate(out: Path, steps: int, epoch: int, seed: int) -> None:
         "growth_interval": 2000,
         "_growth_tracker": steps,
     }
-    torch.save(save_dict, out / "checkpoint.pth")
-    torch.save(teacher.module.backbone.state_dict(), out / "dino_resnet18_pretrain.pth")
+    torch.save(save_dict, out / f"{name}.pth")
+    release = "dino_resnet18_pretrain.pth" if arch == "resnet18" else "dino_vittiny16_pretrain.pth"
+    torch.save(getattr(teacher, "module", teacher).backbone.state_dict(), out / release)
     plain = {f"student.{k}": v.clone() for k, v in student.state_dict().items()}
     plain.update({f"teacher.{k}": v.clone() for k, v in teacher.state_dict().items()})
     plain["center"] = center.clone()
-    torch.save(plain, out / "checkpoint.tensors.pt")
+    torch.save(plain, out / f"{name}.tensors.pt")
 
 
 def reload(path: Path) -> dict:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     s_sd = ckpt["student"]
     v = s_sd["module.head.last_layer.weight_v"]
-    student, teacher, opt = build(s_sd["module.head.mlp.0.weight"].shape[0], v.shape[1], v.shape[0])
+    arch = "vit_tiny" if "module.backbone.cls_token" in s_sd else "resnet18"
+    student, teacher, opt = build(s_sd["module.head.mlp.0.weight"].shape[0], v.shape[1], v.shape[0], arch)
     msgs = [student.load_state_dict(s_sd, strict=False), teacher.load_state_dict(ckpt["teacher"], strict=False)]
     strict = all(not m.missing_keys and not m.unexpected_keys for m in msgs)
     if "optimizer" in ckpt:  # restart_from_checkpoint skips a key the file lacks ("not found")

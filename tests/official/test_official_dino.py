@@ -32,10 +32,12 @@ def dino(tmp_path_factory) -> dict[str, Official]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
     proc = subprocess.run(generator_cmd("gen_dino.py", "generate", str(root)), capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    t = root / "checkpoint.tensors.pt"
+    t, tv = root / "checkpoint.tensors.pt", root / "checkpoint_vit.tensors.pt"
     return {
         "checkpoint": Official(root / "checkpoint.pth", t, "dino", "dino", "gen_dino.py"),
         "release": Official(root / "dino_resnet18_pretrain.pth", t, "torchvision", None, "gen_dino.py"),
+        "vit": Official(root / "checkpoint_vit.pth", tv, "dino", "dino", "gen_dino.py"),
+        "vit_release": Official(root / "dino_vittiny16_pretrain.pth", tv, "timm", None, "gen_dino.py"),
     }
 
 
@@ -133,3 +135,24 @@ def test_a_file_trained_without_norm_last_layer_says_how_to_continue_it(dino, tm
     torch.save(obj, tmp_path / "free_g.pth")
     _, report = load_model(tmp_path / "free_g.pth")
     assert any("method.norm_last_layer=false" in n for n in report.notes)
+
+
+def test_vit_checkpoint_loaded_continued_exported_and_resumed(dino, image_folder, tmp_path, capsys):
+    f = dino["vit"]
+    model, report = load_model(f.path)
+    assert (report.format, report.method, report.arch) == ("dino", "dino", "timm:vit_tiny_patch16_224")
+    assert report.layout["teacher_module"] is False and report.heads == ["head", "teacher"]
+    want, sd = f.expected(), model.state_dict()
+    assert torch.equal(sd["teacher.backbone.pos_embed"], want["teacher.backbone.pos_embed"])  # no module.
+    assert torch.equal(sd["backbone.cls_token"], want["student.module.backbone.cls_token"])
+    _, release = load_model(dino["vit_release"].path)
+    assert (release.format, release.arch) == ("timm", "timm:vit_tiny_patch16_224")  # strict, timm's keys
+    run, out = tmp_path / "run", tmp_path / "checkpoint.pth"
+    sets = _sets(image_folder, "train.max_steps=1", "optim.name=adamw", "optim.restore_state=true")
+    assert main(["continue", str(f.path), *sets, "--addon", "e2mc", "--out", str(run)]) == 0
+    assert "restored the optimiser state of 156 parameters" in "".join(capsys.readouterr())
+    assert main(["export", str(run / "checkpoints" / "last.pt"), "--out", str(out), "--to", "original"]) == 0
+    back, src = (torch.load(p, weights_only=False) for p in (out, f.path))
+    assert list(back["teacher"]) == list(src["teacher"]) and list(back["student"]) == list(src["student"])
+    got = reload(out)
+    assert got["strict"] and got["args_arch"] == "vit_tiny" and got["loss_finite"] and got["with_state"] == 156

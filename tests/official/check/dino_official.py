@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 REPO, out = sys.argv[1], Path(sys.argv[2])
+ARCH = sys.argv[3] if len(sys.argv) > 3 else "resnet18"  # or vit_tiny (vision_transformer.py, patch 16)
 sys.path.insert(0, REPO)
 import torch
 
@@ -38,7 +39,7 @@ utils.SmoothedValue.synchronize_between_processes = lambda self: None
 args = M.get_args_parser().parse_args(
     [
         "--arch",
-        "resnet18",
+        ARCH,
         "--out_dim",
         "128",
         "--use_fp16",
@@ -52,8 +53,15 @@ args = M.get_args_parser().parse_args(
 args.rank, args.world_size, args.gpu = 0, 1, 0
 torch.distributed.init_process_group("gloo", init_method="file://" + tempfile.mktemp(), rank=0, world_size=1)
 torch.manual_seed(0)
-student, teacher = tvm.resnet18(), tvm.resnet18()
-embed_dim = student.fc.weight.shape[1]
+if ARCH == "vit_tiny":  # main_dino.py's ViT branch
+    import vision_transformer as vits
+
+    student = vits.__dict__[ARCH](patch_size=args.patch_size, drop_path_rate=args.drop_path_rate)
+    teacher = vits.__dict__[ARCH](patch_size=args.patch_size)
+    embed_dim = student.embed_dim
+else:
+    student, teacher = tvm.resnet18(), tvm.resnet18()
+    embed_dim = student.fc.weight.shape[1]
 student = utils.MultiCropWrapper(
     student,
     DINOHead(
@@ -68,8 +76,11 @@ student = utils.MultiCropWrapper(
 teacher = utils.MultiCropWrapper(
     teacher, DINOHead(embed_dim, args.out_dim, args.use_bn_in_head, hidden_dim=64, bottleneck_dim=32)
 )
-teacher = torch.nn.parallel.DistributedDataParallel(teacher)
-teacher_without_ddp = teacher.module
+if utils.has_batchnorms(student):
+    teacher = torch.nn.parallel.DistributedDataParallel(teacher)
+    teacher_without_ddp = teacher.module
+else:
+    teacher_without_ddp = teacher
 student = torch.nn.parallel.DistributedDataParallel(student)
 teacher_without_ddp.load_state_dict(student.module.state_dict())
 for p in teacher.parameters():
@@ -122,5 +133,5 @@ save_dict["fp16_scaler"] = {
     "_growth_tracker": 2,
 }
 out.mkdir(parents=True, exist_ok=True)
-torch.save(save_dict, out / "checkpoint.pth")
+torch.save(save_dict, out / ("checkpoint.pth" if ARCH == "resnet18" else "checkpoint_vit.pth"))
 print("official dino saved")
