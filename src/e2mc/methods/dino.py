@@ -51,7 +51,7 @@ N_GLOBAL = 2  # the official loss takes the teacher's 2 global crops
 
 
 def _modules():
-    """``(WeightNormLinear, DINOHead)``: defined on first use (this module imports no torch)."""
+    """``(WeightNormLinear, DINOHead, DINOState)``: defined on first use (this module imports no torch)."""
     global _CLASSES
     if _CLASSES is None:
         import torch
