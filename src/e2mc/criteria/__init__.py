@@ -1,5 +1,5 @@
 """Criteria: pure loss math. Base criteria (one file per method: VICReg, SwAV, SimSiam,
-Barlow Twins, BYOL, MoCo v3) and
+Barlow Twins, BYOL, MoCo v3, DINO) and
 add-ons (E2MC, VC, uniformity, MMCR, none), each a small ``nn.Module`` called with a list of
 per-view tensors and returning a dict with a differentiable ``"loss"`` and detached terms.
 
@@ -17,6 +17,7 @@ from torch import nn
 from e2mc.criteria.addons import MMCRAddon, NoAddon, UniformityAddon, VCAddon
 from e2mc.criteria.barlowtwins import BarlowTwinsLoss
 from e2mc.criteria.byol import BYOLLoss
+from e2mc.criteria.dino import DINOLoss
 from e2mc.criteria.e2mc import E2MC
 from e2mc.criteria.entropy import TRANSFORMS, default_m, get_transform, m_spacing_entropy
 from e2mc.criteria.mocov3 import MoCoV3Loss
@@ -56,6 +57,7 @@ __all__ = [
     "ADDONS",
     "BarlowTwinsLoss",
     "BYOLLoss",
+    "DINOLoss",
     "E2MC",
     "MMCRAddon",
     "MoCoV3Loss",

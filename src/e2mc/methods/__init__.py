@@ -33,6 +33,7 @@ _MODULES = (
     "barlowtwins",
     "byol",
     "mocov3",
+    "dino",
 )  # the registry lines: one module per method, in CLI order
 for _name in _MODULES:
     importlib.import_module(f"e2mc.methods.{_name}")

@@ -31,6 +31,9 @@ class Parts:
     dropped: list = field(default_factory=list)
     layout: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    method_state: Any = (
+        None  # the method's own state the file holds (DINO's centre), as ``Method.save_state`` writes it
+    )
 
 
 def flat_parts(sd: dict, kind: str | None = None, **meta) -> Parts:

@@ -204,6 +204,16 @@ class Method:
     def load_state(self, state: Any, saved: Any, per_device_batch: int, log: Callable) -> None:
         """Restore ``state`` from its checkpoint value ``saved`` (this rank's share)."""
 
+    def init_state(self, state: Any, report: Any, cfg: Any, log: Callable) -> None:
+        """A new run's ``state`` from the file it starts from: ``report`` is its ``LoadReport``
+        (``report.method_state``: the state the adapter read from the file, e.g. DINO's centre), or
+        None for a random init. Default: nothing."""
+
+    def prepare(self, ctx: StepContext, batches: Any) -> None:
+        """Once before the first step of a run's main phase (after a heads warm-up; also on a
+        resume before any step): ``batches`` iterates the view lists of training batches (its own
+        data order), e.g. to estimate a statistic the file lacks. Default: nothing."""
+
     # -- hooks (default: nothing) ---------------------------------------------------------------
     def before_forward(self, ctx: StepContext) -> None:
         """Before every forward."""

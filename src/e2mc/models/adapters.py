@@ -60,6 +60,9 @@ class E2MCAdapter(Adapter):
             epoch=epoch_of(obj),
             optimizer=obj.get("optimizer"),
         )
+        key = _state_key(obj.get("method"))
+        if key and obj.get(key) is not None:  # a run checkpoint's method state (DINO's centre)
+            parts.method_state = obj[key]
         # where a run came from: export --to original writes that layout again
         parts.layout.update(
             source_format=obj.get("source_format"),
@@ -90,7 +93,13 @@ class E2MCAdapter(Adapter):
             "model": join_flat(backbone, heads, {"kind": "model"}),
             "epoch": meta.get("epoch"),
             "source_format": meta.get("source_format"),
+            **({_state_key(meta.get("method")): meta["method_state"]} if meta.get("method_state") is not None else {}),
         }
+
+
+def _state_key(method) -> str | None:
+    spec = METHODS.get(method) if isinstance(method, str) else None
+    return spec.state_key if spec is not None else None
 
 
 def _version(text) -> tuple[int, ...] | None:

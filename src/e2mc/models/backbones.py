@@ -143,6 +143,8 @@ def _timm_model(name: str, pretrained: bool, img_size: int | None, **kw) -> nn.M
         raise ConfigError(f"timm has no model {name!r}; see timm.list_models() for the names")
     if img_size is not None:
         kw["img_size"] = img_size
+    if name.startswith(("vit_", "deit")):  # multi-crop: any input size, the position embedding resampled
+        kw.setdefault("dynamic_img_size", True)  # (timm skips it at the native size: same output there)
     source = None
     if pretrained:  # timm's own loader: Hugging Face hub / its URL, or their local caches
         from e2mc.models.hub import timm_pretrained

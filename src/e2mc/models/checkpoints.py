@@ -66,12 +66,16 @@ class LoadReport:
     stand_ins: list = field(default_factory=list)
     source: dict = field(default_factory=dict)
     optimizer_state: Any = field(default=None, repr=False)
+    method_state: Any = field(default=None, repr=False)  # the method's own state in the file (DINO's centre)
 
     def to_dict(self) -> dict:
-        """JSON-ready dict (without the optimizer state; ``has_optimizer_state`` instead)."""
+        """JSON-ready dict (without the optimizer and method states; ``has_optimizer_state``,
+        ``has_method_state`` instead)."""
         d = asdict(self)
         d.pop("optimizer_state")
+        d.pop("method_state")
         d["has_optimizer_state"] = self.optimizer_state is not None
+        d["has_method_state"] = self.method_state is not None
         d["shape_mismatches"] = [[k, list(a), list(b)] for k, a, b in self.shape_mismatches]
         return json.loads(json.dumps(d, default=str))
 
@@ -94,6 +98,7 @@ class LoadReport:
             f"unexpected : {few(self.unexpected)}",
             f"dropped    : {few(self.dropped)}",
             f"optimizer  : {'stored' if self.optimizer_state is not None else '-'}",
+            f"own state  : {'stored (the method state, e.g. the DINO centre)' if self.method_state is not None else '-'}",
         ]
         lines += [f"stand-in   : {s}" for s in self.stand_ins]
         if self.source:
@@ -375,6 +380,7 @@ def model_from_parts(
         notes=list(parts.notes),
         layout=dict(parts.layout),
         optimizer_state=parts.optimizer,
+        method_state=parts.method_state,
     )
     heads = dict(parts.heads)
     if method and ckpt_method and heads and method != ckpt_method:

@@ -183,6 +183,7 @@ def export_model(
         "source_format": source,
         "epoch": epoch if epoch is not None else getattr(report, "epoch", None),
         "layout": layout if source == fmt else None,
+        "method_state": getattr(report, "method_state", None),  # e.g. DINO's centre
     }
     obj = ADAPTERS[fmt].pack(backbone, heads, meta)
     return fileio.atomic_write(path, lambda tmp: safepickle.save(obj, tmp), parents=True, error=refused)

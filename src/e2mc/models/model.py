@@ -108,6 +108,7 @@ class SSLModel(nn.Module):
             images = torch.cat([views[i] for i in group]) if len(group) > 1 else views[group[0]]
             feats = self.backbone(images)
             out["features"] += list(feats.split(sizes))
+            self.group_start = group[0]  # the index of this group's first view (DINO's teacher: the global crops)
             if spec is not None:
                 for k, v in spec.forward_heads(self, feats, sizes, images).items():
                     out[k] += v

@@ -143,6 +143,8 @@ class TrainerSetup:
         method_state = self.method.build_state(self.cfg, model, self.dist.world_size, self.global_batch, self.log)
         if method_state is not None:
             method_state = method_state.to(self.device)
+            if found is None:  # a new run: the state the source file holds (e.g. DINO's centre)
+                self.method.init_state(method_state, self.report, self.cfg, self.log)
         self._optimizer_template = None
         optimizer, scheduler, scaler = self._build_optimisation(model, restore_source=found is None)
         if self._optimizer_template is not None:  # for export --to original (the source's optimiser layout)
@@ -500,6 +502,7 @@ class Trainer(TrainerSetup):
         try:
             if self.need_warmup and not s.warmup_done:
                 self._warmup()
+            self.method.prepare(self.step_context(), self._prepare_batches())  # e.g. DINO's missing centre
             if s.global_step == 0 and s.epoch == 0:
                 self._epoch_metrics("init")
             while s.epoch < self.cfg.train.epochs and not self._done():
@@ -585,6 +588,15 @@ class Trainer(TrainerSetup):
         if s.epoch % every == 0 or s.epoch == self.cfg.train.epochs:
             self._stage = "writing a checkpoint"
             self.save(epoch_file=True)
+
+    def _prepare_batches(self):
+        """View lists of training batches in their own data order (for ``Method.prepare``)."""
+        self.sampler.set_epoch(10**6 + 1)
+        for images, _ in self.loader:
+            if isinstance(images, (list, tuple)):
+                yield self.views([x.to(self.device, non_blocking=True) for x in images])
+            else:
+                yield self.views(images.to(self.device, non_blocking=True))
 
     def _warmup(self) -> None:
         """Train only the heads for ``head_warmup_steps`` (backbone frozen, its BN in eval mode)."""
