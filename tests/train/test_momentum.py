@@ -84,3 +84,19 @@ def test_a_teacher_of_a_missing_module_is_one_line():
     net.projector = None
     with pytest.raises(ConfigError, match="projector"):
         teacher_copy(net, ("backbone", "projector"))
+
+
+def test_the_start_summary_states_the_teacher_momentum():
+    """A user continuing a momentum method is told the teacher is held, and how to move it."""
+    from e2mc.config import load_config
+    from e2mc.methods import METHODS
+
+    for name in [n for n, m in METHODS.items() if m.teacher]:
+        cont = load_config(None, [f"method.name={name}", "mode=continue"])
+        said = METHODS[name].describe(cont)
+        assert said.startswith("teacher momentum 1, constant") and "method.continue_momentum" in said, (name, said)
+        moved = load_config(None, [f"method.name={name}", "mode=continue", "method.continue_momentum=0.996"])
+        assert METHODS[name].describe(moved) == "teacher momentum 0.996 -> 1 (cosine over the run)"
+        pre = load_config(None, [f"method.name={name}"])
+        assert METHODS[name].describe(pre).startswith(f"teacher momentum {pre.method.momentum:g} -> 1")
+    assert METHODS["vicreg"].describe(load_config(None, ["method.name=vicreg"])) is None

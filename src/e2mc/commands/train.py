@@ -12,6 +12,7 @@ import sys
 
 from e2mc.commands import add_command
 from e2mc.config import ADDON_NAMES, METHOD_NAMES, TRANSFORM_NAMES
+from e2mc.methods import METHODS
 
 _SHORTCUTS = (  # (flag, config key, type)
     ("--dataset", "data.dataset", str),
@@ -230,5 +231,8 @@ def start_summary(trainer) -> str:
     if trainer.report is not None:
         lines += ["loaded:"] + [f"  {line}" for line in trainer.report.summary().splitlines()]
     lines.append(f"loss   : {cfg.method.name}{addon_text(cfg)}")
+    told = METHODS[cfg.method.name].describe(cfg) if cfg.method.name in METHODS else None
+    if told:
+        lines.append(f"method : {told}")
     lines.append(f"run    : {trainer.run_dir} ({cfg.train.epochs} epochs on {cfg.data.dataset})")
     return "\n".join(lines)

@@ -227,6 +227,22 @@ class Method:
     def epoch_start(self, ctx: StepContext, epoch: int) -> None:
         """At the start of every epoch of the main phase."""
 
+    def describe(self, cfg: Any) -> str | None:
+        """One line on the method's own settings that shape this run (the start summary), or None.
+        Default: a momentum teacher's schedule (``methods.momentum``'s options)."""
+        if not self.teacher or "momentum" not in self.options:
+            return None
+        m, cont = cfg.method, getattr(cfg, "mode", "pretrain") == "continue"
+        start = m.continue_momentum if cont else m.momentum
+        if m.momentum_schedule == "constant" or start == m.momentum_end:
+            text = f"teacher momentum {start:g}, constant"
+            if cont and start >= 1.0:
+                text += (
+                    " (the teacher stays where the file left it; set method.continue_momentum, e.g. 0.996, to move it)"
+                )
+            return text
+        return f"teacher momentum {start:g} -> {m.momentum_end:g} (cosine over the run)"
+
     def after_warmup(self, ctx: StepContext) -> None:
         """After the heads warm-up (fresh heads trained with the backbone frozen): a teacher is
         copied again from the warmed-up online modules."""
