@@ -3,7 +3,7 @@
 
 import json
 
-from e2mc.evaluation.compare import ComparisonResult, build_rows
+from e2mc.evaluation.compare import ComparisonResult, build_rows, headline
 from tests.conftest import tiny_digits_start
 
 
@@ -52,6 +52,7 @@ def test_compare_pairs_by_training_seed_per_layer():
     assert r["n"] == 3 and abs(r["diff"] - 0.10) < 1e-9
     assert r["diff_kind"].startswith("paired")
     cr = ComparisonResult(["before", "after"], [["a"] * 3, ["b"] * 3], "digits", ["knn"], [0], results, rows)
+    assert headline(cr)["metric"] == "knn/top1_k20@layer2"  # per layer: the deepest layer's kNN@20
     md = cr.to_markdown()
     assert "**knn per layer** (%)" in md and md.count("| layer1 |") == 1 and md.count("| layer2 |") == 1
     from e2mc.report.plots import layer_curves

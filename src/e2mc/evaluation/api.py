@@ -10,6 +10,15 @@ give one value each: deterministic (``knn``, ``rankme``, ``entropy``, ``uniformi
 ``spectrum``, ``alpha_req``) or seeded by ``seeds[0]`` (the ``linear`` probe's selection split,
 ``linear_finetune``, ``lidar``'s images and augmentations, ``decompose``'s subset).
 
+Per layer (``eval.layers``: ``"all"``, ``"layer1,layer3"``, ``"blocks.3,final"``, ``"-1"``;
+:mod:`e2mc.evaluation.layers`): the features of every selected layer come from one forward pass
+per batch (:mod:`e2mc.evaluation.layerfeatures`, a cache entry per layer and pooling) and every
+protocol that works on features runs once per layer: ``{protocol: {"by_layer": {layer:
+{metric: value}}}}``; those that need the model itself or its projector (``linear_finetune``,
+``semisup``, ``lidar``, ``entropy``: ``Protocol.per_layer=False``) run once, on the backbone's
+output, with ``"layer": "final"``. ``meta.layers`` lists the layers, ``meta.token_pooling`` the
+pooling of transformer layers.
+
 Example:
     >>> res = evaluate("run/checkpoints/last.pt", "digits", ("knn", "rankme"))  # doctest: +SKIP
     >>> res["knn"]["top1_k20"]  # doctest: +SKIP
@@ -147,6 +156,10 @@ def evaluate(
 
     device = str(pick_device(st.device or "auto"))  # ConfigError for an unknown or absent device
     model, path = _load(checkpoint_or_model)
+    if st.layers is not None:  # a bad layer name fails before any data is read
+        from e2mc.evaluation.layers import resolve_layers
+
+        layers = resolve_layers(getattr(model, "backbone", model), st.layers, st.token_pooling)
     train_ds, test_ds, spec = _datasets(dataset, st.train_split, st.test_split, st.image_size, st.root, st.download)
     has_proj = getattr(model, "projector", None) is not None
     which = ("backbone", "projector") if has_proj and any(p.projector for p in chosen) else ("backbone",)
@@ -161,11 +174,8 @@ def evaluate(
         amp_dtype=st.amp_dtype,
     )
     from e2mc.evaluation.features import extract_features, file_sha256
-    from e2mc.evaluation.layers import resolve_layers
 
     kw["model_hash"] = file_sha256(path) if path is not None else None  # else: hash of the state dict
-    if st.layers is not None:
-        layers = resolve_layers(getattr(model, "backbone", model), st.layers, st.token_pooling)
     train_f = test_f = None
     if st.layers is None:
         train_f = extract_features(model, train_ds, **kw) if any(p.needs_train for p in chosen) else None

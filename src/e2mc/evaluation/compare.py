@@ -262,16 +262,19 @@ def headline(
     ref_label: str | None = None,
 ) -> dict | None:
     """The comparison's verdict: ``arm`` (default: the second arm) minus the first arm on ``metric``
-    (default kNN@20, else the first accuracy, else the first metric), the table's own difference and
+    (default kNN@20, per layer the last layer's, else the first accuracy, else the first metric), the table's own difference and
     95% interval, a verdict and the one-line ``text`` that the terminal and the report print.
     None when there is no second arm or no difference for that metric."""
     if len(comparison.names) < 2:
         return None
     ref, arm = comparison.names[0], arm or comparison.names[1]
     mets = comparison.metrics()
+    deepest = [m for m in mets if m.startswith(HEADLINE_METRIC + SEP)][-1:]  # per layer: the last layer's
     metric = metric or (
         HEADLINE_METRIC
         if HEADLINE_METRIC in mets
+        else deepest[0]
+        if deepest
         else next((m for m in mets if is_accuracy(m)), mets[0] if mets else None)
     )
     base, row = comparison.row(ref, metric), comparison.row(arm, metric)

@@ -19,7 +19,9 @@ next call. A lock file per entry (``flock``) lets one process at a time extract 
 second one waits and then reads the result). A complete entry is returned memory-mapped (copy-on-write: never copied whole into
 memory, never modified on disk). An entry that cannot be read or does not hold finite features of
 the recorded shapes is reported in one warning line, deleted and recomputed. Non-finite features
-are an error (the entry is deleted: they would come back).
+are an error (the entry is deleted: they would come back). Intermediate layers
+(:mod:`e2mc.evaluation.layerfeatures`) use the same entries, their key adding the layer and its
+pooling; the backbone's output keeps this key.
 """
 
 from __future__ import annotations
