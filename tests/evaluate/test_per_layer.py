@@ -138,3 +138,37 @@ def test_a_registered_family_declares_its_layers(one_torch_thread):
         h = enc.layers[0](_images(ds).flatten(2).transpose(1, 2))
     assert torch.allclose(got["layers.0"]["backbone"], h.mean(1), atol=1e-6)
     assert torch.equal(got["final"]["backbone"], enc(_images(ds)))
+
+
+class _FailsOnce(torch.utils.data.Dataset):
+    """``colour_dataset`` whose item ``bad`` raises on the first pass (a crash mid-extraction)."""
+
+    def __init__(self, ds, bad):
+        self.ds, self.bad, self.failed = ds, bad, False
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        if i == self.bad and not self.failed:
+            self.failed = True
+            raise OSError("disk went away")
+        return self.ds[i]
+
+
+def test_interrupted_layer_extraction_resumes(tmp_path, monkeypatch, one_torch_thread):
+    import e2mc.evaluation.features as features
+    from e2mc.errors import DataError
+
+    monkeypatch.setattr(features, "PROGRESS_SECONDS", 0.0)  # record after every batch
+    torch.manual_seed(0)
+    bb = build_backbone("resnet_mini:8-16-32").eval()
+    ds = _FailsOnce(colour_dataset(4, size=16), bad=9)
+    layers = resolve_layers(bb, "layer1,layer3")
+    kw = dict(device="cpu", cache_dir=str(tmp_path), batch_size=4, cache_dtype="float32")
+    with pytest.raises(DataError, match="the 8 rows extracted are cached"):
+        extract_layer_features(bb, ds, layers, **kw)
+    got = extract_layer_features(bb, ds, layers, **kw)
+    assert all(fs.meta["resumed_from"] == 8 for fs in got.values())
+    clean = extract_layer_features(bb, ds, layers, **{**kw, "use_cache": False})
+    assert all(torch.equal(got[la][w], clean[la][w]) for la in got for w in ("backbone",))
