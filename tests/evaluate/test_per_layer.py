@@ -21,23 +21,25 @@ def _images(ds):
     return default_transform(ds)[0](x)
 
 
-@pytest.mark.parametrize("arch", ["resnet_mini:8-16-32", "resnet18"])
+@pytest.mark.parametrize("arch", ["resnet_mini:8-16-32", "resnet18", "timm:resnet18"])
 def test_resnet_stage_hooks_equal_manual_forward(arch, one_torch_thread):
     torch.manual_seed(0)
     bb = build_backbone(arch).eval()
     ds = colour_dataset(4, size=32)
     layers = resolve_layers(bb, "all")
-    assert [la.name for la in layers] == [f"layer{i}" for i in range(1, len(layers) + 1)]
+    timm = arch.startswith("timm:")  # timm's own pooling head: the output is a layer of its own
+    stages = layers[:-1] if timm else layers
+    assert [la.name for la in layers] == [f"layer{i}" for i in range(1, len(stages) + 1)] + ["final"] * timm
     got = extract_layer_features(bb, ds, layers, batch_size=5, **F32)
     with torch.no_grad():
         x = _images(ds)
-        x = bb.relu(bb.bn1(bb.conv1(x)))
+        x = (bb.act1 if timm else bb.relu)(bb.bn1(bb.conv1(x)))
         x = getattr(bb, "maxpool", nn.Identity())(x)
-        for la in layers:
+        for la in stages:
             x = getattr(bb, la.name)(x)
             want = x.mean(dim=(2, 3))
             assert torch.allclose(got[la.name]["backbone"], want, atol=1e-5), la.name
-        assert torch.equal(got[layers[-1].name]["backbone"], bb(_images(ds)))  # the last stage is the output
+        assert torch.equal(got[layers[-1].name]["backbone"], bb(_images(ds)))  # the last stage / final: the output
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean", "cls+mean"])
@@ -89,6 +91,13 @@ def test_cache_keys_differ_by_pooling(tmp_path, one_torch_thread):
 
 
 def test_selection_and_one_line_errors():
+    from e2mc.evaluation.settings import EvalSettings
+
+    s = EvalSettings().with_overrides(["eval.layers=-1", "eval.token_pooling=mean"])
+    assert (s.layers, s.token_pooling) == ("-1", "mean")
+    assert EvalSettings().with_overrides(["eval.layers=[layer1, layer3]"]).layers == "layer1,layer3"
+    with pytest.raises(ConfigError, match="^eval.token_pooling='max' is not valid; give one of cls, mean, cls"):
+        EvalSettings().with_overrides(["eval.token_pooling=max"])
     bb = build_backbone("resnet_mini:8-16-32")
     assert [la.name for la in resolve_layers(bb, "-1")] == ["layer3"]
     assert [la.name for la in resolve_layers(bb, "layer3,layer1")] == ["layer1", "layer3"]  # forward order

@@ -9,7 +9,7 @@ output is pooled: ``"conv"`` ((N, C, H, W) -> global average pool), ``"tokens"``
 tokens (registers excluded), or both, by ``eval.token_pooling``), ``"final"`` (the backbone's own
 output: exactly today's features, cached under today's key). Built in: torchvision ResNets and
 e2mc's ``resnet_mini`` (``layer1``..``layerK``, the last one served by the backbone's output, which
-is its global average pool), timm ViTs (``blocks.0``..``blocks.{L-1}``, then ``final``: the
+is its global average pool; timm ResNets add ``final``, their pooling head), timm ViTs (``blocks.0``..``blocks.{L-1}``, then ``final``: the
 model's norm and head pooling). An audio encoder declares its layers with one call, e.g.::
 
     register_family("wav2vec2", lambda bb: isinstance(bb, MyEncoder),
@@ -72,12 +72,16 @@ def _resnet_stages(bb) -> list[str]:
 
 
 def _is_resnet(bb) -> bool:
-    return hasattr(bb, "conv1") and hasattr(bb, "avgpool") and bool(_resnet_stages(bb))
+    return hasattr(bb, "conv1") and (hasattr(bb, "avgpool") or hasattr(bb, "global_pool")) and bool(_resnet_stages(bb))
 
 
 def _resnet_layers(bb) -> list[Layer]:
+    """Stages ``layer1..K``; the last is the output where the model ends in its average pool
+    (torchvision, ``resnet_mini``), else (timm's pooling head) the output is ``final``."""
     stages = _resnet_stages(bb)
-    return [Layer(s, "conv", final=(s == stages[-1])) for s in stages]
+    if hasattr(bb, "avgpool"):
+        return [Layer(s, "conv", final=(s == stages[-1])) for s in stages]
+    return [Layer(s, "conv") for s in stages] + [Layer("final", "final", final=True)]
 
 
 def _is_vit(bb) -> bool:

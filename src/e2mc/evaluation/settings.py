@@ -259,6 +259,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
                 raise ValueError(value)
             return f
         if tp is str:
+            if isinstance(value, list) and key.endswith(".layers"):  # eval.layers=[layer1,layer3]
+                value = ",".join(str(v) for v in value)
             if isinstance(value, (dict, list)):
                 raise ValueError(value)
             return str(value)
