@@ -78,6 +78,21 @@ def _common(p: argparse.ArgumentParser) -> None:
         "eval.: " + ", ".join(keys()),
     )
     p.add_argument(
+        "--layers",
+        default=None,
+        metavar="LAYERS",
+        help="evaluate intermediate layers too, one forward pass: all, names (layer1,layer3 for ResNets; "
+        "blocks.3,blocks.11,final for ViTs) or indices (-1: the last); one table per protocol with a row "
+        "per layer (default: the backbone's output only)",
+    )
+    p.add_argument(
+        "--token-pooling",
+        choices=("cls", "mean", "cls+mean"),
+        default="cls",
+        help="how a transformer layer's tokens become one vector: the CLS token, the mean of the patch "
+        "tokens (registers excluded), or both concatenated",
+    )
+    p.add_argument(
         "--ks",
         type=_ints,
         default=[10, 20, 100, 200],
@@ -133,6 +148,7 @@ def register(subparsers) -> None:
             "e2mc evaluate ckpt.pth --dataset imagenet --test-split val --protocols knn,linear",
             "e2mc evaluate runs/e2mc --dataset cifar10 --protocols linear --set eval.linear.weight_decays=[1e-6,1e-5]",
             "e2mc evaluate runs/e2mc --dataset cifar10 --protocols decompose --reference torchvision:resnet18",
+            "e2mc evaluate runs/e2mc --dataset cifar10 --protocols knn,linear --layers all",
         ],
     )
     p.add_argument("checkpoint", help="checkpoint file, run folder, or a name (`e2mc zoo`, torchvision:ARCH, ...)")
@@ -212,6 +228,8 @@ def _settings(args):
         "eval.linear.solver": args.linear_solver,
         "eval.feature_dtype": args.feature_dtype,
         "eval.decompose.reference": args.reference,
+        "eval.layers": args.layers,
+        "eval.token_pooling": args.token_pooling,
     }
     return EvalSettings().with_overrides(flags).with_overrides(args.settings)
 
@@ -246,8 +264,11 @@ def _evaluate(args) -> int:
     if args.json:
         print(json.dumps(res, indent=2, default=float))
         return 0
+    from e2mc.evaluation.compare import metric_values
+    from e2mc.evaluation.layertable import evaluate_tables
+
     for proto, metrics in res.items():
-        if proto == "meta":
+        if proto == "meta" or "by_layer" in metrics:
             continue
         print(f"[{proto}]")
         if proto == "decompose":
@@ -256,6 +277,9 @@ def _evaluate(args) -> int:
         for k, v in metrics.items():
             if k not in ("per_seed", "subsets", "marginals_sample", "indices"):
                 print(f"  {k:32s} {_fmt(v, f'{proto}/{k}')}")
+    tables = evaluate_tables(metric_values(res))
+    if tables:
+        print(tables, end="")
     return 0
 
 

@@ -10,6 +10,15 @@ give one value each: deterministic (``knn``, ``rankme``, ``entropy``, ``uniformi
 ``spectrum``, ``alpha_req``) or seeded by ``seeds[0]`` (the ``linear`` probe's selection split,
 ``linear_finetune``, ``lidar``'s images and augmentations, ``decompose``'s subset).
 
+Per layer (``eval.layers``: ``"all"``, ``"layer1,layer3"``, ``"blocks.3,final"``, ``"-1"``;
+:mod:`e2mc.evaluation.layers`): the features of every selected layer come from one forward pass
+per batch (:mod:`e2mc.evaluation.layerfeatures`, a cache entry per layer and pooling) and every
+protocol that works on features runs once per layer: ``{protocol: {"by_layer": {layer:
+{metric: value}}}}``; those that need the model itself or its projector (``linear_finetune``,
+``semisup``, ``lidar``, ``entropy``: ``Protocol.per_layer=False``) run once, on the backbone's
+output, with ``"layer": "final"``. ``meta.layers`` lists the layers, ``meta.token_pooling`` the
+pooling of transformer layers.
+
 Example:
     >>> res = evaluate("run/checkpoints/last.pt", "digits", ("knn", "rankme"))  # doctest: +SKIP
     >>> res["knn"]["top1_k20"]  # doctest: +SKIP
@@ -147,6 +156,10 @@ def evaluate(
 
     device = str(pick_device(st.device or "auto"))  # ConfigError for an unknown or absent device
     model, path = _load(checkpoint_or_model)
+    if st.layers is not None:  # a bad layer name fails before any data is read
+        from e2mc.evaluation.layers import resolve_layers
+
+        layers = resolve_layers(getattr(model, "backbone", model), st.layers, st.token_pooling)
     train_ds, test_ds, spec = _datasets(dataset, st.train_split, st.test_split, st.image_size, st.root, st.download)
     has_proj = getattr(model, "projector", None) is not None
     which = ("backbone", "projector") if has_proj and any(p.projector for p in chosen) else ("backbone",)
@@ -163,8 +176,10 @@ def evaluate(
     from e2mc.evaluation.features import extract_features, file_sha256
 
     kw["model_hash"] = file_sha256(path) if path is not None else None  # else: hash of the state dict
-    train_f = extract_features(model, train_ds, **kw) if any(p.needs_train for p in chosen) else None
-    test_f = extract_features(model, test_ds, **kw)
+    train_f = test_f = None
+    if st.layers is None:
+        train_f = extract_features(model, train_ds, **kw) if any(p.needs_train for p in chosen) else None
+        test_f = extract_features(model, test_ds, **kw)
     out: dict = {
         "meta": {
             "checkpoint": path if path is not None else str(checkpoint_or_model)[:200],
@@ -178,9 +193,38 @@ def evaluate(
             "settings": {p.name: _section(st, p.name) for p in chosen if _section(st, p.name) is not None},
         }
     }
+    if st.layers is not None:
+        out["meta"].update(layers=[la.name for la in layers], token_pooling=st.token_pooling)
+        return _per_layer(out, chosen, layers, (model, path, train_ds, test_ds), st, device, spec, kw)
     ctx = Context(model, path, train_ds, test_ds, train_f, test_f, st, device, spec, kw)
     for p in chosen:
         out[p.name] = p.run(ctx)
+    return out
+
+
+def _per_layer(out: dict, chosen, layers, what, st: EvalSettings, device: str, spec: str, kw: dict) -> dict:
+    """Every per-layer protocol once per layer (``{"by_layer": {layer: result}}``, features of all
+    layers from one forward per batch); the others (``per_layer=False``: they need the model's own
+    output or the model itself) once, on the final features, with ``"layer": "final"``."""
+    from e2mc.evaluation.features import extract_features
+    from e2mc.evaluation.layerfeatures import extract_layer_features
+
+    model, path, train_ds, test_ds = what
+    lkw = {**kw, "token_pooling": st.token_pooling}
+    per = [p for p in chosen if p.per_layer]
+    train_l = extract_layer_features(model, train_ds, layers, **lkw) if any(p.needs_train for p in per) else None
+    test_l = extract_layer_features(model, test_ds, layers, **lkw) if per else {}
+    for p in chosen:
+        if p.per_layer:
+            res = {}
+            for la in layers:
+                tr = train_l[la.name] if train_l is not None else None
+                res[la.name] = p.run(Context(model, path, train_ds, test_ds, tr, test_l[la.name], st, device, spec, kw))
+            out[p.name] = {"by_layer": res}
+        else:
+            test_f = extract_features(model, test_ds, **kw)  # the final features' cache entry
+            ctx = Context(model, path, train_ds, test_ds, None, test_f, st, device, spec, kw)
+            out[p.name] = {**p.run(ctx), "layer": "final"}
     return out
 
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from e2mc.errors import ConfigError, DataError
+from e2mc.evaluation.layertable import SEP, compare_tables
 from e2mc.evaluation.stats import (
     difference,
     fmt_difference,
@@ -104,16 +105,21 @@ def flag_values(result: dict) -> dict[str, bool]:
 
 
 def metric_values(result: dict) -> dict[str, list[float]]:
-    """``{"protocol/metric": [values]}`` from one ``evaluate`` result (per-seed lists where present)."""
+    """``{"protocol/metric": [values]}`` from one ``evaluate`` result (per-seed lists where present);
+    per-layer results (``{"by_layer": {layer: result}}``) as ``"protocol/metric@layer"``."""
     out = {}
     for proto, res in result.items():
         if proto == "meta" or not isinstance(res, dict):
             continue
-        per_seed = res.get("per_seed", {})
-        for k, v in res.items():
-            if k in _NOT_METRICS or isinstance(v, bool) or not isinstance(v, (int, float)):
-                continue
-            out[f"{proto}/{k}"] = [float(x) for x in per_seed.get(k, [v])]
+        by_layer = res.get("by_layer")
+        parts = by_layer.items() if isinstance(by_layer, dict) else [(None, res)]
+        for layer, r in parts:
+            per_seed = r.get("per_seed", {})
+            for k, v in r.items():
+                if k in _NOT_METRICS or isinstance(v, bool) or not isinstance(v, (int, float)):
+                    continue
+                name = f"{proto}/{k}" + ("" if layer is None else f"{SEP}{layer}")
+                out[name] = [float(x) for x in per_seed.get(k, [v])]
     return out
 
 
@@ -151,9 +157,11 @@ class ComparisonResult:
 
         Accuracies (kNN, linear, few-shot, semi-supervised) are shown in percent. The linear
         probe's flags (converged, selected_at_grid_edge) get a row each ("yes"/"no", or how many
-        checkpoints of the arm have the flag).
+        checkpoints of the arm have the flag). Per-layer metrics (``--layers``) follow as one table
+        per protocol with a row per layer (:func:`e2mc.evaluation.layertable.compare_tables`).
         """
-        mets = [m for m in self.metrics() if metrics is None or m in metrics]
+        every = [m for m in self.metrics() if metrics is None or m in metrics]
+        mets = [m for m in every if SEP not in m]  # per-layer metrics: one table per protocol below
         ref = self.names[0]
         head = ["metric", *self.names] + [f"{a} − {ref}" for a in self.names[1:]]
         intro = counts_note(self) + (
@@ -193,7 +201,10 @@ class ComparisonResult:
                     + [""] * (len(self.names) - 1)
                 )
                 lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines) + "\n"
+        per_layer = compare_tables(self, every)
+        if per_layer and not mets:
+            return intro + "\n\n" + per_layer
+        return "\n".join(lines) + "\n" + ("\n" + per_layer if per_layer else "")
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         """JSON text of everything (written to ``path`` too when given)."""
@@ -251,16 +262,19 @@ def headline(
     ref_label: str | None = None,
 ) -> dict | None:
     """The comparison's verdict: ``arm`` (default: the second arm) minus the first arm on ``metric``
-    (default kNN@20, else the first accuracy, else the first metric), the table's own difference and
+    (default kNN@20, per layer the last layer's, else the first accuracy, else the first metric), the table's own difference and
     95% interval, a verdict and the one-line ``text`` that the terminal and the report print.
     None when there is no second arm or no difference for that metric."""
     if len(comparison.names) < 2:
         return None
     ref, arm = comparison.names[0], arm or comparison.names[1]
     mets = comparison.metrics()
+    deepest = [m for m in mets if m.startswith(HEADLINE_METRIC + SEP)][-1:]  # per layer: the last layer's
     metric = metric or (
         HEADLINE_METRIC
         if HEADLINE_METRIC in mets
+        else deepest[0]
+        if deepest
         else next((m for m in mets if is_accuracy(m)), mets[0] if mets else None)
     )
     base, row = comparison.row(ref, metric), comparison.row(arm, metric)

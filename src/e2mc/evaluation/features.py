@@ -19,7 +19,9 @@ next call. A lock file per entry (``flock``) lets one process at a time extract 
 second one waits and then reads the result). A complete entry is returned memory-mapped (copy-on-write: never copied whole into
 memory, never modified on disk). An entry that cannot be read or does not hold finite features of
 the recorded shapes is reported in one warning line, deleted and recomputed. Non-finite features
-are an error (the entry is deleted: they would come back).
+are an error (the entry is deleted: they would come back). Intermediate layers
+(:mod:`e2mc.evaluation.layerfeatures`) use the same entries, their key adding the layer and its
+pooling; the backbone's output keeps this key.
 """
 
 from __future__ import annotations
@@ -191,31 +193,13 @@ def extract_features(
             the cache's disk lacks the space for the entry.
     """
     which = tuple(which)
-    if not which or any(w not in ("backbone", "projector") for w in which):
-        raise DataError(f"features: which must be a subset of ('backbone', 'projector'), got {which}")
-    if cache_dtype not in CACHE_DTYPES:
-        raise DataError(f"features: cache_dtype must be one of {', '.join(CACHE_DTYPES)}, got {cache_dtype!r}")
     device = torch.device(device)
-    model, ckpt_hash = _model_and_hash(model, model_hash, which)
-    if transform is None:
-        transform, tdesc = default_transform(dataset)
-    else:
-        tdesc = getattr(transform, "__qualname__", repr(transform))
-    amp = _resolve_amp(amp_dtype, device)
-    key_obj = {
-        "model": ckpt_hash,
-        "data": dataset_identity(dataset),
-        "transform": tdesc,
-        "which": list(which),
-        "amp": str(amp),
-        "store": cache_dtype,
-        "extra": [str(p) for p in cache_key_parts],
-    }
-    key = hashlib.sha256(json.dumps(key_obj, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    model, transform, amp, key_obj = prepare(
+        model, dataset, which, model_hash, transform, amp_dtype, device, cache_dtype, cache_key_parts
+    )
+    key = cache_key(key_obj)
     n = len(dataset)
-    if n == 0:
-        raise DataError("feature extraction: the dataset is empty; check the dataset path and split")
-    entry = (Path(cache_dir) if cache_dir is not None else cache_root() / "features") / key
+    entry = entry_path(cache_dir, key)
     with contextlib.ExitStack() as stack:  # the entry's lock, held until the features are returned
         use_cache = use_cache and _lock(stack, entry)
         sink = _Entry.open(entry, which, n, cache_dtype) if use_cache else None
@@ -240,6 +224,41 @@ def extract_features(
             model.train(was_training)
         feats, labels = sink.result()
         return FeatureSet(feats, labels, key, {**key_obj, "cached": False, "resumed_from": start or None})
+
+
+def prepare(model, dataset, which, model_hash, transform, amp_dtype, device, cache_dtype, cache_key_parts):
+    """Checked arguments of an extraction: (model, transform, autocast dtype, cache key object)."""
+    if not which or any(w not in ("backbone", "projector") for w in which):
+        raise DataError(f"features: which must be a subset of ('backbone', 'projector'), got {which}")
+    if cache_dtype not in CACHE_DTYPES:
+        raise DataError(f"features: cache_dtype must be one of {', '.join(CACHE_DTYPES)}, got {cache_dtype!r}")
+    model, ckpt_hash = _model_and_hash(model, model_hash, which)
+    if transform is None:
+        transform, tdesc = default_transform(dataset)
+    else:
+        tdesc = getattr(transform, "__qualname__", repr(transform))
+    amp = _resolve_amp(amp_dtype, device)
+    key_obj = {
+        "model": ckpt_hash,
+        "data": dataset_identity(dataset),
+        "transform": tdesc,
+        "which": list(which),
+        "amp": str(amp),
+        "store": cache_dtype,
+        "extra": [str(p) for p in cache_key_parts],
+    }
+    if len(dataset) == 0:
+        raise DataError("feature extraction: the dataset is empty; check the dataset path and split")
+    return model, transform, amp, key_obj
+
+
+def cache_key(key_obj: dict) -> str:
+    """The entry's folder name: a digest of what identifies the features."""
+    return hashlib.sha256(json.dumps(key_obj, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def entry_path(cache_dir, key: str) -> Path:
+    return (Path(cache_dir) if cache_dir is not None else cache_root() / "features") / key
 
 
 def _model_and_hash(model, model_hash: str | None, which: tuple[str, ...]):
@@ -284,7 +303,7 @@ def _fill(loader, embed, sink, allocate, start: int, n: int, dtype: str):
                 sink.record(rows)
                 t_rec = time.monotonic()
     except _BadFeatures:
-        if isinstance(sink, _Entry):
+        if getattr(sink, "on_disk", False):
             sink.delete()  # deterministic: a resumed extraction would meet them again
         raise
     except BaseException as exc:  # Ctrl-C, a data or model error: keep the rows written for the next call
@@ -294,7 +313,7 @@ def _fill(loader, embed, sink, allocate, start: int, n: int, dtype: str):
             raise
         kept = (
             f"; the {rows} rows extracted are cached and the next call continues from there"
-            if (isinstance(sink, _Entry) and rows)
+            if (getattr(sink, "on_disk", False) and rows)
             else ""
         )
         if is_out_of_memory(exc):
@@ -383,6 +402,8 @@ class _Memory:
 
 class _Entry:
     """A cache entry folder: ``<output>.npy`` memory maps, ``labels.npy`` and ``progress.json``."""
+
+    on_disk = True
 
     def __init__(self, path: Path, maps: dict, labels, rows: int, complete: bool, progress: dict):
         self.path, self.maps, self.labels, self.rows, self.complete = path, maps, labels, rows, complete

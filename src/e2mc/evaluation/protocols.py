@@ -28,6 +28,7 @@ class Protocol:
     projector: bool = False  # the projector's features too (when the model has one)
     label_free: bool = False
     seeds: str = "none"  # "every" (one draw per seed) | "first" (seeds[0]) | "none" (deterministic)
+    per_layer: bool = True  # runs on each selected layer's features (False: the model's own output only)
 
 
 @dataclass
@@ -157,7 +158,7 @@ def grid_edge_advice(chosen: float, grid, key: str) -> str:
     )
 
 
-@register("linear_finetune", "frozen backbone, augmented SGD probe (last epoch)", seeds="first")
+@register("linear_finetune", "frozen backbone, augmented SGD probe (last epoch)", seeds="first", per_layer=False)
 def _linear_finetune(ctx: Context) -> dict:
     from e2mc.evaluation.semisup import linear_probe_finetune
 
@@ -191,7 +192,7 @@ def _fewshot(ctx: Context) -> dict:
     )
 
 
-@register("semisup", "fine-tuning with a fraction of the labels", seeds="every")
+@register("semisup", "fine-tuning with a fraction of the labels", seeds="every", per_layer=False)
 def _semisup(ctx: Context) -> dict:
     from e2mc.evaluation.semisup import semisup
 
@@ -218,7 +219,13 @@ def _rankme(ctx: Context) -> dict:
     return {n: metrics.rankme(ctx.test_f[n]) for n in ctx.test_f.features}
 
 
-@register("entropy", "E2MC's marginal entropy and covariance of the projector", projector=True, label_free=True)
+@register(
+    "entropy",
+    "E2MC's marginal entropy and covariance of the projector",
+    projector=True,
+    label_free=True,
+    per_layer=False,
+)
 def _entropy(ctx: Context) -> dict:
     from e2mc import metrics
 
@@ -267,7 +274,13 @@ def _spectrum(ctx: Context) -> dict:
     return {n: metrics.singular_values(ctx.test_f[n]).tolist() for n in ctx.test_f.features}
 
 
-@register("lidar", "LiDAR: rank of the LDA matrix of augmented surrogate classes", label_free=True, seeds="first")
+@register(
+    "lidar",
+    "LiDAR: rank of the LDA matrix of augmented surrogate classes",
+    label_free=True,
+    seeds="first",
+    per_layer=False,
+)
 def _lidar(ctx: Context) -> dict:
     from e2mc import metrics
     from e2mc.evaluation.surrogate import augmented_embeddings

@@ -106,6 +106,8 @@ class EvalSettings:
     test_split: str = "test"
     root: Optional[str] = None  # where torchvision datasets live
     download: bool = False
+    layers: Optional[str] = None  # None: the final features; all | layer1,layer3 | blocks.3 | -1
+    token_pooling: str = "cls"  # transformer layers: cls | mean | cls+mean (mean of the patch tokens)
     knn: KnnSettings = field(default_factory=KnnSettings)
     linear: LinearSettings = field(default_factory=LinearSettings)
     fewshot: FewshotSettings = field(default_factory=FewshotSettings)
@@ -166,6 +168,7 @@ CHOICES: dict[str, tuple] = {
     "amp_dtype": (None, "bf16", "fp16", "fp32"),
     "linear.solver": SOLVER_NAMES,
     "entropy.transform": (None, *TRANSFORM_NAMES),
+    "token_pooling": ("cls", "mean", "cls+mean"),
 }
 NONEMPTY = ("seeds", "knn.ks", "linear.weight_decays", "fewshot.shots", "semisup.fractions", "decompose.weight_decays")
 
@@ -256,6 +259,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
                 raise ValueError(value)
             return f
         if tp is str:
+            if isinstance(value, list) and key.endswith(".layers"):  # eval.layers=[layer1,layer3]
+                value = ",".join(str(v) for v in value)
             if isinstance(value, (dict, list)):
                 raise ValueError(value)
             return str(value)

@@ -16,7 +16,8 @@ from e2mc.train.run import read_metrics
 
 
 def _accuracy_metrics(comparison) -> list[str]:
-    return [m for m in comparison.metrics() if "top1" in m and not m.endswith("_ci95")]
+    """The accuracies of the difference plot (per-layer ones have their own curves)."""
+    return [m for m in comparison.metrics() if "top1" in m and not m.endswith("_ci95") and "@" not in m]
 
 
 def spectra_from(comparison, which: str = "backbone") -> dict[str, list[float]]:
@@ -180,6 +181,11 @@ def write_report(
             f"Accuracy: each arm minus `{comparison.names[0]}` in points, with its 95% interval (zero line: no "
             "difference)",
             plots.plot_accuracy(comparison.names, _accuracy_metrics(comparison), comparison.rows, out / "accuracy.png"),
+        )
+        add(
+            "Per layer (`--layers`): one curve per protocol, its metric against the layer, one line per arm "
+            "(mean over the arm's checkpoints, bars: std)",
+            plots.plot_layers(comparison.names, comparison.rows, out / "layers.png"),
         )
         add(
             "Risk decomposition (`decompose`): each arm's linear-probe test error (black tick) as the stacked sum "

@@ -231,6 +231,56 @@ def plot_decomposition(arms: Sequence[str], rows: Sequence[dict], path: str | Pa
     return None if fig is None else _save(fig, path)
 
 
+def layer_curves(arms: Sequence[str], rows: Sequence[dict]) -> dict[str, dict]:
+    """What :func:`layer_figure` draws: per protocol with per-layer rows, its metric (kNN: top1_k20
+    when present, else the protocol's first), the layers in order and per arm the (mean, std) per
+    layer (None where the arm lacks the layer)."""
+    from e2mc.evaluation.layertable import PERCENT, layered
+
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    by = {(r["arm"], r["metric"]): r for r in rows}
+    out = {}
+    for proto, (keys, layers) in layered(metrics).items():
+        key = "top1_k20" if "top1_k20" in keys else keys[0]
+        k = 100.0 if proto in PERCENT else 1.0
+        series = {}
+        for a in arms:
+            rs = [by.get((a, f"{proto}/{key}@{layer}")) for layer in layers]
+            series[a] = [None if r is None else (k * r["mean"], k * (r["std"] or 0.0)) for r in rs]
+        out[proto] = {"metric": key, "layers": layers, "series": series, "percent": k == 100.0}
+    return out
+
+
+def layer_figure(arms: Sequence[str], rows: Sequence[dict]):
+    """One curve per protocol: its metric against the layer, one line per arm (before and after a
+    continuation), error bars = std over the arm's checkpoints; None without per-layer results."""
+    curves = layer_curves(arms, rows)
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), squeeze=False)
+    for ax, (proto, c) in zip(axes[0], curves.items()):
+        x = np.arange(len(c["layers"]))
+        for a, pts in c["series"].items():
+            keep = [(i, p) for i, p in zip(x, pts) if p is not None]
+            if keep:
+                xs, ps = zip(*keep)
+                ax.errorbar(xs, [p[0] for p in ps], yerr=[p[1] for p in ps], marker="o", capsize=3, label=a)
+        ax.set_xticks(x, c["layers"], rotation=45 if len(x) > 6 else 0, fontsize=8)
+        ax.set_xlabel("layer")
+        ax.set_ylabel(c["metric"] + (" (%)" if c["percent"] else ""))
+        ax.set_title(proto, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_layers(arms: Sequence[str], rows: Sequence[dict], path: str | Path) -> Path | None:
+    """Save :func:`layer_figure` to ``path`` (None without per-layer results)."""
+    fig = layer_figure(arms, rows)
+    return None if fig is None else _save(fig, path)
+
+
 def plot_spectra(spectra: Mapping[str, Sequence[float]], path: str | Path) -> Path | None:
     """Normalised singular values s_k / s_1 against k, log scale, one line per arm."""
     if not spectra:
