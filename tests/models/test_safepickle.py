@@ -256,3 +256,18 @@ def test_a_stand_in_never_imports_its_module(tmp_path, monkeypatch):
     assert obj["optimizer"]["param_groups"][0]["f"] == fn
     assert used == ["sentinel_train.exclude_bias_and_norm (inert stand-in, never called)"]
     assert not marker.exists() and "sentinel_train" not in sys.modules
+
+
+def test_plain_numpy_values_survive_a_weights_only_round_trip(tmp_path):
+    """A source optimiser's numpy learning rate (SwAV's) kept in an e2mc run checkpoint: written
+    as plain data (so ``--resume``'s weights-only load reads it) and given back with its dtype."""
+    import numpy as np
+
+    groups = [{"lr": np.float64(1 / 3), "steps": np.int64(7), "betas": np.array([0.9, 0.999], np.float32), "x": 1.5}]
+    path = tmp_path / "groups.pt"
+    torch.save({"param_groups": safepickle.to_plain(groups)}, path)
+    back = safepickle.from_plain(torch.load(path, weights_only=True)["param_groups"])
+    assert type(back[0]["lr"]) is np.float64 and back[0]["lr"] == np.float64(1 / 3)
+    assert type(back[0]["steps"]) is np.int64 and back[0]["steps"] == 7
+    assert back[0]["betas"].dtype == np.float32 and back[0]["betas"].tolist() == groups[0]["betas"].tolist()
+    assert back[0]["x"] == 1.5

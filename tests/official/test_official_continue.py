@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from e2mc.cli import main
+from e2mc.train.run import load_checkpoint
 from tests.official.conftest import run_generator
 
 TINY = [
@@ -32,6 +33,7 @@ def continue_and_export(src, images, tmp_path, capsys, *extra) -> tuple[str, obj
     sets = [a for o in [f"data.dataset={images}", *TINY, *extra] for a in ("--set", o)]
     assert main(["continue", str(src), *sets, "--addon", "e2mc", "--out", str(run)]) == 0
     said = capsys.readouterr()
+    load_checkpoint(run / "checkpoints" / "last.pt")  # what --resume reads: weights-only, the source's layout kept
     assert main(["export", str(run / "checkpoints" / "last.pt"), "--out", str(out), "--to", "original"]) == 0
     capsys.readouterr()
     return said.out + said.err, out

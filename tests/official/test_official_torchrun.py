@@ -97,3 +97,44 @@ def test_official_byol_file_continued_under_torchrun_and_read_back(official, ima
         assert not torch.equal(back[k], source[k]), k  # trained, and the target moved by its EMA
     got = reload(f, exported)  # strict LightningModule load + main_linear.py's backbone
     assert got["epoch"] == 999 + st["epoch"] and got["linear_missing"] == ["fc.bias", "fc.weight"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "case, addon, optim, params, epoch",
+    [("swav_checkpoint", "e2mc", "larc", 67, 800), ("simsiam_checkpoint", "mmcr", "sgd", 72, 100)],
+)
+def test_official_swav_and_simsiam_files_continued_under_torchrun_and_resumed(
+    official, image_folder, tmp_path, capsys, case, addon, optim, params, epoch
+):
+    """The two other first methods' official files take the same path: 2-process ``torchrun``
+    continue with their stored optimiser (SwAV's LARC-wrapped SGD, SimSiam's SGD with ``fix_lr``
+    groups), export to their own layout, the official resume (model, optimiser, one step)."""
+    f = official[case]
+    sets = [
+        f"data.dataset={image_folder}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "optim.batch_size=4",
+        f"optim.name={optim}",
+        "optim.restore_state=true",
+        "train.max_steps=2",
+        "train.log_every=1",
+        "train.probe_size=0",
+        "train.tensorboard=false",
+    ]
+    out = tmp_path / "run"
+    args = ["continue", f.path, "--addon", addon, "--device", "cpu", "--out", out]
+    res = torchrun([*args, *(a for o in sets for a in ("--set", o))], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    assert f"restored the optimiser state of {params} parameters" in res.stdout + res.stderr
+    st = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert st["world_size"] == 2 and st["step"] == 2 and st["method"] == f.method
+    exported = tmp_path / "exported" / f.path.name
+    assert main(["export", str(out / "checkpoints" / "last.pt"), "--to", "original", "--out", str(exported)]) == 0
+    capsys.readouterr()
+    got = reload(f, exported)  # the official resume path: model, then the optimiser, one step
+    assert got["epoch"] == epoch + st["epoch"]
+    assert got["with_momentum"] >= params

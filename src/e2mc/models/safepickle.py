@@ -236,12 +236,18 @@ def save(obj, f) -> None:
 
 
 _PLAIN_KEY = "__e2mc_global__"
+_NUMPY_KEY = "__e2mc_numpy__"
 
 
 def to_plain(obj):
-    """``obj`` with every :class:`StandIn` replaced by ``{"__e2mc_global__": "module.name"}``."""
+    """``obj`` as data ``torch.load(weights_only=True)`` reads: every :class:`StandIn` replaced by
+    ``{"__e2mc_global__": "module.name"}``, every numpy scalar or array (a source optimiser's numpy
+    learning rate) by ``{"__e2mc_numpy__": dtype, "value": Python value(s)}``. e2mc's own run
+    checkpoints keep a source's optimiser layout this way, so that ``--resume`` reads them."""
     if isinstance(obj, StandIn):
         return {_PLAIN_KEY: str(obj)}
+    if isinstance(obj, (np.generic, np.ndarray)) and obj.dtype.kind in "biufc":
+        return {_NUMPY_KEY: obj.dtype.str, "value": obj.tolist(), "array": isinstance(obj, np.ndarray)}
     if isinstance(obj, dict):
         return {k: to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -250,12 +256,16 @@ def to_plain(obj):
 
 
 def from_plain(obj):
-    """The inverse of :func:`to_plain` (only known filter functions come back as stand-ins)."""
+    """The inverse of :func:`to_plain` (only known filter functions come back as stand-ins; numpy
+    values with their dtype)."""
     if isinstance(obj, dict):
         if set(obj) == {_PLAIN_KEY} and isinstance(obj[_PLAIN_KEY], str):
             found = classify(obj[_PLAIN_KEY])
             if found is not None and found[1] == "stand-in":
                 return found[0]
+        if set(obj) == {_NUMPY_KEY, "value", "array"} and isinstance(obj[_NUMPY_KEY], str):
+            dtype = np.dtype(obj[_NUMPY_KEY])
+            return np.asarray(obj["value"], dtype=dtype) if obj["array"] else dtype.type(obj["value"])
         return {k: from_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(from_plain(v) for v in obj)
