@@ -1,0 +1,31 @@
+"""`e2mc continue <tiny wav2vec2> --dataset <folder of wav files> --method vicreg --addon e2mc`, 2 steps."""
+
+import csv
+
+import torch
+
+from e2mc.cli import main
+from e2mc.models.checkpoints import load_model
+
+
+def test_continue_a_tiny_wav2vec2_with_e2mc(encoder_dir, audio_dir, tmp_path, one_torch_thread):
+    out = tmp_path / "run"
+    args = [
+        "continue", str(encoder_dir), "--dataset", str(audio_dir), "--method", "vicreg", "--addon", "e2mc",
+        "--batch-size", "4", "--device", "cpu", "--out", str(out),
+        "--set", "data.audio.segment_seconds=0.5", "--set", "data.audio.crop_seconds=0.25",
+        "--set", "train.max_steps=2", "--set", "train.head_warmup_steps=1", "--set", "train.log_every=1",
+        "--set", "train.probe_size=8", "--set", "train.tensorboard=false",
+    ]  # fmt: skip
+    assert main(args) == 0
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    train = [r for r in rows if r["phase"] == "train"]
+    assert [r["step"] for r in train] == ["1", "2"]
+    assert all(float(r["addon.entropy"]) == float(r["addon.entropy"]) for r in train)  # E2MC ran, finite
+    assert [r["phase"] for r in rows].count("warmup") == 1
+    model, report = load_model(out)  # the run checkpoint rebuilds the encoder from its arch
+    assert report.arch == f"hf:{encoder_dir}" and report.method == "vicreg"
+    fresh, _ = load_model(encoder_dir, method="vicreg")
+    moved = [k for k, v in fresh.backbone.state_dict().items() if not torch.equal(v, model.backbone.state_dict()[k])]
+    assert moved  # the encoder was trained, not only the projector
+    assert model.embed(torch.randn(2, 4000)).shape == (2, 32)
