@@ -90,12 +90,25 @@ def test_views_crops_gain_noise_mask(audio_dir):
     ratio = gain[0] / batch[0]
     assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), rtol=1e-4)  # one gain per clip
     assert ((ratio[:, 0] >= 10 ** (-6 / 20) - 1e-5) & (ratio[:, 0] <= 10 ** (6 / 20) + 1e-5)).all()
-    noisy = AudioViews(AudioConfig(segment_seconds=0.5, crop_seconds=0.25, gain_db=0, noise_p=1, mask_p=0,
-                                   noise_snr_min_db=10, noise_snr_max_db=10))(batch)
+    noisy = AudioViews(
+        AudioConfig(
+            segment_seconds=0.5,
+            crop_seconds=0.25,
+            gain_db=0,
+            noise_p=1,
+            mask_p=0,
+            noise_snr_min_db=10,
+            noise_snr_max_db=10,
+        )
+    )(batch)
     added = noisy[0] - batch[0]
     snr = 20 * torch.log10(batch[0].pow(2).mean(1).sqrt() / added.pow(2).mean(1).sqrt())
     assert torch.allclose(snr, torch.full_like(snr, 10.0), atol=1e-3)
-    assert torch.allclose(added / added.norm(dim=1, keepdim=True), batch[0].roll(1, 0) / batch[0].roll(1, 0).norm(dim=1, keepdim=True), atol=1e-5)
+    assert torch.allclose(
+        added / added.norm(dim=1, keepdim=True),
+        batch[0].roll(1, 0) / batch[0].roll(1, 0).norm(dim=1, keepdim=True),
+        atol=1e-5,
+    )
     g = torch.Generator().manual_seed(3)
     a = views(batch, generator=g)
     b = views(batch, generator=torch.Generator().manual_seed(3))

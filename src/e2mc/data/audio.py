@@ -1,6 +1,6 @@
 """Audio folders: recordings (wav, flac, ogg through soundfile) as fixed-length float segments.
 
-``audio_folder(root, split, opts, on_error="raise", limit=None) -> AudioDataset``; ``opts`` is the
+``audio_folder(root, split, opts, on_error="raise", info_cls=DatasetInfo) -> AudioDataset``; ``opts`` is the
 run config's ``data.audio`` (``e2mc.config.AudioConfig``: sample_rate, segment_seconds,
 crop_seconds, min_rms). Layout as for images: ``<root>/<split>/<class>/*`` or ``<root>/<class>/*``
 (class indices from the sorted class folders of ``train``; nested folders inside a class are
@@ -22,6 +22,7 @@ The padded segments are ``dataset.images`` (N, S) and their valid lengths ``data
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 from math import gcd
@@ -115,10 +116,8 @@ class AudioDataset(Dataset):
 
     def subset(self, indices) -> "AudioDataset":
         """A new dataset with the segments ``indices``."""
-        from e2mc.data.datasets import DatasetInfo
-
         idx = torch.as_tensor(list(indices), dtype=torch.long)
-        info = DatasetInfo(**{**self.info.to_dict(), "num_samples": len(idx)})
+        info = dataclasses.replace(self.info, num_samples=len(idx))
         t = [self.targets[i] for i in idx.tolist()]
         return AudioDataset(self.images[idx], self.lengths[idx], t, self.classes, info, self.skipped, self.transform)
 
@@ -143,10 +142,9 @@ def _scan(root: str, split: str) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, files
 
 
-def audio_folder(root: str, split: str, opts, on_error: str = "raise", limit=None) -> AudioDataset:
-    """Read an audio folder into an :class:`AudioDataset` (see the module docstring)."""
-    from e2mc.data.datasets import DatasetInfo, first_per_class
-
+def audio_folder(root: str, split: str, opts, on_error: str = "raise", *, info_cls) -> AudioDataset:
+    """Read an audio folder into an :class:`AudioDataset` (see the module docstring); ``info_cls``:
+    ``datasets.DatasetInfo`` (``build_dataset`` passes it and applies ``limit``)."""
     if opts is None:
         raise DataError(f"{root} is an audio folder: pass its options (audio=e2mc.config.AudioConfig())")
     rate = int(opts.sample_rate)
@@ -191,7 +189,7 @@ def audio_folder(root: str, split: str, opts, on_error: str = "raise", limit=Non
         log.warning("%s: skipped %d of %d files (%s)", root, len(skipped), len(files), reasons)
     if not rows:
         raise DataError(f"no usable audio in {root} ({len(skipped)} files skipped: {skipped[0][1]})")
-    info = DatasetInfo(
+    info = info_cls(
         name=os.path.basename(os.path.normpath(root)),
         split=split,
         num_classes=len(classes),
@@ -202,5 +200,4 @@ def audio_folder(root: str, split: str, opts, on_error: str = "raise", limit=Non
         modality="audio",
         sample_rate=rate,
     )
-    ds = AudioDataset(torch.from_numpy(np.stack(rows)), torch.tensor(lengths), targets, classes, info, skipped)
-    return ds.subset(first_per_class(ds.targets, limit)) if limit else ds
+    return AudioDataset(torch.from_numpy(np.stack(rows)), torch.tensor(lengths), targets, classes, info, skipped)

@@ -63,7 +63,9 @@ class AudioViews:
         if isinstance(batch, (list, tuple)):
             if len(batch) != self.n_views or any(c.ndim != 2 or c.shape[1] != self.crop for c in batch):
                 got = [tuple(c.shape) for c in batch]
-                raise DataError(f"the loader's crops have shapes {got}; the audio views need {self.n_views} x (N, {self.crop})")
+                raise DataError(
+                    f"the loader's crops have shapes {got}; the audio views need {self.n_views} x (N, {self.crop})"
+                )
             return [c.to(self.device, non_blocking=True).float() for c in batch]
         if batch.ndim != 2 or batch.shape[1] < self.crop:
             raise DataError(f"audio views need waveforms (N, >= {self.crop} samples), got shape {tuple(batch.shape)}")

@@ -331,7 +331,8 @@ def build_dataset(
     elif key in _STATS:
         ds = _torchvision(key, split, root, image_size, download)
     elif os.path.isdir(os.path.expanduser(str(spec))) and _audio.is_audio_folder(os.path.expanduser(str(spec))):
-        return _audio.audio_folder(os.path.expanduser(str(spec)), split, audio, on_error, limit)
+        ds = _audio.audio_folder(os.path.expanduser(str(spec)), split, audio, on_error, info_cls=DatasetInfo)
+        return ds.subset(first_per_class(ds.targets, limit)) if limit else ds
     elif os.path.isdir(os.path.expanduser(str(spec))) or os.sep in str(spec):
         return _image_folder(
             os.path.expanduser(str(spec)), split, image_size, cache_dir, on_error, limit, max_memory_gb

@@ -124,7 +124,9 @@ def load(path: str, weights: bool = True):
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for garbage
-        raise CheckpointError(f"cannot read {file} as a torchaudio state dict ({type(exc).__name__}); re-download it") from None
+        raise CheckpointError(
+            f"cannot read {file} as a torchaudio state dict ({type(exc).__name__}); re-download it"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{file} is not a state dict of tensors; AVES files are torchaudio state dicts")
     expected = model.state_dict()

@@ -400,7 +400,11 @@ def model_from_parts(
     sizes.update(infer_head_sizes(method, heads) if method else {})
     sizes.update(head_sizes or {})
     teachers = TEACHER_SLOTS.get(method, ()) if method else ()
-    on_meta = not arch.startswith("timm:") and not is_audio_arch(arch) and all(h in heads for h in (*_method_heads(method), *teachers))
+    on_meta = (
+        not arch.startswith("timm:")
+        and not is_audio_arch(arch)
+        and all(h in heads for h in (*_method_heads(method), *teachers))
+    )
     with torch.device("meta") if on_meta else contextlib.nullcontext():  # skip a useless random init
         model = SSLModel.build(method, arch, cifar_stem=report.cifar_stem, **sizes)
     report.head_sizes = dict(model.head_sizes)
