@@ -29,3 +29,25 @@ def test_continue_a_tiny_wav2vec2_with_e2mc(encoder_dir, audio_dir, tmp_path, on
     moved = [k for k, v in fresh.backbone.state_dict().items() if not torch.equal(v, model.backbone.state_dict()[k])]
     assert moved  # the encoder was trained, not only the projector
     assert model.embed(torch.randn(2, 4000)).shape == (2, 32)
+    more = [a if a != "train.max_steps=2" else "train.max_steps=3" for a in args]
+    assert main([*more, "--resume"]) == 0  # resumed: the encoder rebuilt from the arch, its weights restored
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r["step"] for r in rows if r["phase"] == "train"] == ["1", "2", "3"]
+
+
+def test_data_that_does_not_fit_the_encoder(encoder_dir, audio_dir, tmp_path, capsys):
+    common = ["--method", "vicreg", "--batch-size", "4", "--device", "cpu", "--set", "train.max_steps=1",
+              "--set", "data.audio.segment_seconds=0.5", "--set", "data.audio.crop_seconds=0.25"]  # fmt: skip
+    assert main(["continue", str(encoder_dir), "--dataset", str(audio_dir), *common, "--out", str(tmp_path / "a"),
+                 "--set", "data.audio.sample_rate=8000"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        "reads 16000 Hz audio but data.audio.sample_rate is 8000" in err and "--set data.audio.sample_rate=16000" in err
+    )
+    assert (
+        main(["continue", "random:resnet_mini", "--dataset", str(audio_dir), *common, "--out", str(tmp_path / "b")])
+        == 2
+    )
+    assert "an audio folder needs an audio encoder" in capsys.readouterr().err
+    assert main(["continue", str(encoder_dir), "--dataset", "digits", *common, "--out", str(tmp_path / "c")]) == 2
+    assert "needs an audio folder" in capsys.readouterr().err

@@ -65,7 +65,7 @@ def test_bad_options_and_folders(audio_dir, tmp_path):
     quiet = tmp_path / "quiet" / "a"
     quiet.mkdir(parents=True)
     sf.write(quiet / "0.wav", np.zeros((32000, 1), np.float32), 16000)
-    with pytest.raises(DataError, match="no usable audio"):
+    with pytest.raises(DataError, match="no usable audio .*0.wav: silent.*lower data.audio.crop_seconds"):
         build_dataset(str(quiet.parent), audio=AudioConfig())
 
 

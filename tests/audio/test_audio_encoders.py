@@ -20,6 +20,7 @@ def test_each_encoder_from_a_folder(tmp_path, model_type, one_torch_thread):
     assert report.arch == f"hf:{folder}" and report.heads_built == ["projector"]
     enc = model.backbone
     assert isinstance(enc, AudioEncoder) and enc.out_dim == 32 and enc.sample_rate == 16000
+    assert enc.model.config.layerdrop == 0 and "masked_spec_embed" not in enc.model.state_dict()
     enc.eval()
     x = torch.randn(3, 1600)
     states = enc.hidden_states(x)
@@ -105,7 +106,8 @@ def test_aves_torchaudio_layout(tmp_path, weight_norm_gv):
     }
     cfg = aves.hubert_config(args)
     assert (cfg.hidden_size, cfg.conv_dim, cfg.conv_kernel, cfg.conv_stride) == (16, [8, 8], [10, 3], [5, 2])
-    assert cfg.feat_extract_norm == "group" and cfg.layerdrop == 0.05 and not cfg.do_stable_layer_norm
+    assert cfg.feat_extract_norm == "group" and not cfg.do_stable_layer_norm and cfg.feat_proj_dropout == 0.1
+    assert cfg.layerdrop == 0 and cfg.mask_time_prob == 0 and not cfg.apply_spec_augment  # TRAINING_OVERRIDES
     from transformers import HubertModel
 
     torch.manual_seed(1)

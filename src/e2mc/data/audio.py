@@ -188,7 +188,10 @@ def audio_folder(root: str, split: str, opts, on_error: str = "raise", *, info_c
             reasons[key] = reasons.get(key, 0) + 1
         log.warning("%s: skipped %d of %d files (%s)", root, len(skipped), len(files), reasons)
     if not rows:
-        raise DataError(f"no usable audio in {root} ({len(skipped)} files skipped: {skipped[0][1]})")
+        raise DataError(
+            f"no usable audio in {root} ({len(skipped)} files skipped, e.g. {skipped[0][0]}: {skipped[0][1]}); "
+            "lower data.audio.crop_seconds or data.audio.min_rms, or check the files"
+        )
     info = info_cls(
         name=os.path.basename(os.path.normpath(root)),
         split=split,

@@ -16,7 +16,11 @@ the projection, then one per transformer layer), ``layers()`` their names, and
 :func:`pool_frames` is the pooling, for per-layer evaluation. The feature extractor's
 ``do_normalize`` (``preprocessor_config.json``: zero mean, unit variance per utterance) is applied
 in ``forward``, so the backbone takes raw waveforms at ``sample_rate``. transformers' own
-SpecAugment masking is switched off (``apply_spec_augment=False``): e2mc's audio views mask time.
+SpecAugment masking is switched off (``TRAINING_OVERRIDES``: e2mc's audio views mask time, and
+no ``masked_spec_embed`` parameter is made; a file's is dropped) and so is LayerDrop: under
+torchrun DDP needs every trainable parameter in every step (the trainer wraps without
+``find_unused_parameters``). ``check_input(backbone, info)`` refuses data the encoder cannot read
+(images, another sample rate) with one line.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ MODEL_TYPES = {  # config.model_type -> transformers class name
     "data2vec-audio": "Data2VecAudioModel",
 }
 DEFAULT_RATE = 16000
+# SpecAugment off (the views mask time; no masked_spec_embed parameter is made) and no LayerDrop
+TRAINING_OVERRIDES = {"apply_spec_augment": False, "mask_time_prob": 0.0, "mask_feature_prob": 0.0, "layerdrop": 0.0}
 STD_FLOOR = 1e-12  # variance floor of the std pooling (a constant frame sequence has a finite gradient)
 
 
@@ -97,11 +103,32 @@ class AudioEncoder(nn.Module):
         return pool_frames(self.model(self._prepare(x)).last_hidden_state)
 
 
+def check_input(backbone: nn.Module, info) -> None:
+    """ConfigError when the dataset (its ``DatasetInfo``) does not fit the backbone's input: images
+    for an audio encoder, waveforms for an image backbone, or another sample rate."""
+    audio_net = getattr(backbone, "input_ndim", 4) == 2
+    audio_data = getattr(info, "modality", "image") == "audio"
+    if audio_net and not audio_data:
+        raise ConfigError(
+            "this audio encoder needs an audio folder (wav/flac/ogg files in class folders) as data.dataset"
+        )
+    if audio_data and not audio_net:
+        raise ConfigError(
+            "an audio folder needs an audio encoder: continue hf:<folder or hub name>, a save_pretrained folder or aves:<file.pt>"
+        )
+    if audio_net and info.sample_rate != backbone.sample_rate:
+        raise ConfigError(
+            f"the encoder reads {backbone.sample_rate} Hz audio but data.audio.sample_rate is {info.sample_rate}; "
+            f"set --set data.audio.sample_rate={backbone.sample_rate}"
+        )
+
+
 def _transformers():
     try:
         import transformers
     except ImportError:
         raise ConfigError("audio encoders need transformers: pip install 'e2mc[audio]'") from None
+    transformers.utils.logging.disable_progress_bar()
     return transformers
 
 
@@ -143,7 +170,7 @@ def _hf_encoder(source: str, pretrained: bool) -> AudioEncoder:
             "or a hub name (online once, or HF_HUB_OFFLINE=1 with it in the Hugging Face cache)"
         ) from None
     cls = _hf_class(config, source)
-    config.apply_spec_augment = False
+    config.update(TRAINING_OVERRIDES)
     if pretrained:
         try:
             model = cls.from_pretrained(where, config=config)

@@ -17,8 +17,9 @@ The key scheme is torchaudio's own import of transformers' models read backwards
   ``parametrizations.weight.original0/1`` (torchaudio's ``components.py`` today), written in the
   form the transformers model holds
 * ``aux.*`` (a CTC head) is dropped; a ``hubert_pretrain_model`` file's ``wav2vec2.`` prefix is
-  removed and its ``mask_generator.*`` / ``logit_generator.*`` dropped. transformers' own
-  ``masked_spec_embed`` is kept as initialised (unused: SpecAugment is off, see ``models.audio``).
+  removed and its ``mask_generator.*`` / ``logit_generator.*`` dropped. The HubertModel is built
+  without SpecAugment and LayerDrop (``models.audio.TRAINING_OVERRIDES``); the config's
+  ``encoder_layer_drop`` is read, then overridden.
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ def hubert_config(args: dict):
     conv = args.get("extractor_conv_layer_config") or DEFAULT_CONV
     kw.update(feat_extract_norm=mode.split("_")[0], conv_dim=[int(c[0]) for c in conv])
     kw.update(conv_kernel=[int(c[1]) for c in conv], conv_stride=[int(c[2]) for c in conv])
-    return HubertConfig(**kw, feat_proj_layer_norm=True, apply_spec_augment=False)
+    from e2mc.models.audio import TRAINING_OVERRIDES
+
+    return HubertConfig(**{**kw, "feat_proj_layer_norm": True, **TRAINING_OVERRIDES})
 
 
 def to_transformers(state: dict, target_keys) -> tuple[dict, list[str]]:
@@ -131,7 +134,7 @@ def load(path: str, weights: bool = True):
         raise CheckpointError(f"{file} is not a state dict of tensors; AVES files are torchaudio state dicts")
     expected = model.state_dict()
     mapped, dropped = to_transformers(state, expected)
-    missing = [k for k in expected if k not in mapped and k != "masked_spec_embed"]
+    missing = [k for k in expected if k not in mapped]
     extra = [k for k in mapped if k not in expected]
     bad = [k for k in mapped if k in expected and mapped[k].shape != expected[k].shape]
     if missing or extra or bad:
@@ -139,7 +142,5 @@ def load(path: str, weights: bool = True):
             f"{file} does not fit its config: {len(missing)} missing {missing[:3]}, {len(extra)} unexpected "
             f"{extra[:3]}, {len(bad)} shape mismatches {bad[:3]}; check that the JSON belongs to this file"
         )
-    if "masked_spec_embed" in expected:
-        mapped.setdefault("masked_spec_embed", expected["masked_spec_embed"])
     model.load_state_dict(mapped, strict=True)
     return model, {"name": f"aves:{path}", "url": None, "cache_path": str(file), "dropped": dropped}

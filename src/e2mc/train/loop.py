@@ -46,6 +46,7 @@ from e2mc.errors import (
 )
 from e2mc.methods import StepContext, get_method
 from e2mc.models.adapters import check_version
+from e2mc.models.audio import check_input
 from e2mc.models.checkpoints import load_model
 from e2mc.models.model import SSLModel
 from e2mc.train import distributed as D
@@ -210,6 +211,7 @@ class TrainerSetup:
         if model_fn is not None:
             model = model_fn(model)
         self.method.check_model(model)
+        check_input(model.backbone, self.dataset.info)  # images vs waveforms, the sample rate
         if cfg.model.sync_bn:
             model = D.convert_sync_bn(model, self.dist, self.log)
         # one memory format whatever the tensors' strides in the file (load_model assigns the file's
