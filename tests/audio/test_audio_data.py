@@ -58,7 +58,7 @@ def test_skips_are_counted_and_errors_are_one_line(audio_dir, caplog):
 def test_bad_options_and_folders(audio_dir, tmp_path):
     with pytest.raises(DataError, match="longer than segment_seconds"):
         build_dataset(str(audio_dir), audio=AudioConfig(segment_seconds=0.5, crop_seconds=1.0))
-    with pytest.raises(DataError, match="pass its options"):
+    with pytest.raises(DataError, match="is an audio folder, read with data.audio"):
         build_dataset(str(audio_dir))
     with pytest.raises(DataError, match="no 'test' split"):
         build_dataset(str(audio_dir), "test", audio=AudioConfig())

@@ -146,7 +146,11 @@ def audio_folder(root: str, split: str, opts, on_error: str = "raise", *, info_c
     """Read an audio folder into an :class:`AudioDataset` (see the module docstring); ``info_cls``:
     ``datasets.DatasetInfo`` (``build_dataset`` passes it and applies ``limit``)."""
     if opts is None:
-        raise DataError(f"{root} is an audio folder: pass its options (audio=e2mc.config.AudioConfig())")
+        raise DataError(
+            f"{root} is an audio folder, read with data.audio's options: train on it with `e2mc continue`/"
+            "`pretrain`, or from Python build_dataset(..., audio=e2mc.config.AudioConfig()); e2mc evaluate "
+            "does not read audio folders yet"
+        )
     rate = int(opts.sample_rate)
     seg, crop = round(opts.segment_seconds * rate), round(opts.crop_seconds * rate)
     if crop > seg:
