@@ -107,7 +107,7 @@ def test_aves_torchaudio_layout(tmp_path, weight_norm_gv):
     cfg = aves.hubert_config(args)
     assert (cfg.hidden_size, cfg.conv_dim, cfg.conv_kernel, cfg.conv_stride) == (16, [8, 8], [10, 3], [5, 2])
     assert cfg.feat_extract_norm == "group" and not cfg.do_stable_layer_norm and cfg.feat_proj_dropout == 0.1
-    assert cfg.layerdrop == 0 and cfg.mask_time_prob == 0 and not cfg.apply_spec_augment  # TRAINING_OVERRIDES
+    assert cfg.layerdrop == 0.05
     from transformers import HubertModel
 
     torch.manual_seed(1)
@@ -117,6 +117,8 @@ def test_aves_torchaudio_layout(tmp_path, weight_norm_gv):
     model, report = load_model(f"aves:{tmp_path / 'aves-tiny.torchaudio.pt'}", method="vicreg")
     enc = model.backbone.eval()
     assert report.arch.startswith("aves:") and enc.out_dim == 32
+    c = enc.model.config  # as a backbone: no SpecAugment, no LayerDrop (models.audio.TRAINING_OVERRIDES)
+    assert c.layerdrop == 0 and c.mask_time_prob == 0 and "masked_spec_embed" not in enc.model.state_dict()
     assert model.backbone.pretrained_source["dropped"] == ["aux.weight", "aux.bias"]
     x = torch.randn(2, 1600)
     assert torch.allclose(enc.model(x).last_hidden_state, ref(x).last_hidden_state, atol=1e-6)

@@ -193,5 +193,5 @@ def build_audio_backbone(arch: str, pretrained: bool = False) -> AudioEncoder:
         return _hf_encoder(source, pretrained)
     from e2mc.models import aves
 
-    model, src = aves.load(source, weights=pretrained)
+    model, src = aves.load(source, weights=pretrained, overrides=TRAINING_OVERRIDES)
     return AudioEncoder(model, sample_rate=DEFAULT_RATE, normalize=False, source=src)

@@ -17,9 +17,9 @@ The key scheme is torchaudio's own import of transformers' models read backwards
   ``parametrizations.weight.original0/1`` (torchaudio's ``components.py`` today), written in the
   form the transformers model holds
 * ``aux.*`` (a CTC head) is dropped; a ``hubert_pretrain_model`` file's ``wav2vec2.`` prefix is
-  removed and its ``mask_generator.*`` / ``logit_generator.*`` dropped. The HubertModel is built
-  without SpecAugment and LayerDrop (``models.audio.TRAINING_OVERRIDES``); the config's
-  ``encoder_layer_drop`` is read, then overridden.
+  removed and its ``mask_generator.*`` / ``logit_generator.*`` dropped. As a backbone the
+  HubertModel is built without SpecAugment and LayerDrop (``overrides``: ``models.audio``'s
+  ``TRAINING_OVERRIDES``; the config's ``encoder_layer_drop`` is read, then overridden).
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ DROPPED = ("aux.", "mask_generator.", "logit_generator.")
 WEIGHT_NORM = {"weight_g": "parametrizations.weight.original0", "weight_v": "parametrizations.weight.original1"}
 
 
-def hubert_config(args: dict):
-    """transformers ``HubertConfig`` of torchaudio ``wav2vec2_model`` arguments (AVES's JSON)."""
+def hubert_config(args: dict, overrides: dict | None = None):
+    """transformers ``HubertConfig`` of torchaudio ``wav2vec2_model`` arguments (AVES's JSON), then
+    ``overrides`` (``models.audio.TRAINING_OVERRIDES`` when loaded as a backbone)."""
     from transformers import HubertConfig
 
     unknown = sorted(set(args) - set(CONFIG_KEYS) - {"extractor_mode", "extractor_conv_layer_config", "aux_num_out"})
@@ -67,9 +68,7 @@ def hubert_config(args: dict):
     conv = args.get("extractor_conv_layer_config") or DEFAULT_CONV
     kw.update(feat_extract_norm=mode.split("_")[0], conv_dim=[int(c[0]) for c in conv])
     kw.update(conv_kernel=[int(c[1]) for c in conv], conv_stride=[int(c[2]) for c in conv])
-    from e2mc.models.audio import TRAINING_OVERRIDES
-
-    return HubertConfig(**{**kw, "feat_proj_layer_norm": True, **TRAINING_OVERRIDES})
+    return HubertConfig(**{**kw, "feat_proj_layer_norm": True, **(overrides or {})})
 
 
 def to_transformers(state: dict, target_keys) -> tuple[dict, list[str]]:
@@ -109,9 +108,9 @@ def config_path(weights: str | Path) -> Path:
     )
 
 
-def load(path: str, weights: bool = True):
-    """``(HubertModel, source)`` of an AVES file: built from its config, its weights loaded (all
-    or nothing) when ``weights``."""
+def load(path: str, weights: bool = True, overrides: dict | None = None):
+    """``(HubertModel, source)`` of an AVES file: built from its config (with ``overrides``), its
+    weights loaded (all or nothing) when ``weights``."""
     from transformers import HubertModel
 
     file = Path(path).expanduser()
@@ -121,7 +120,7 @@ def load(path: str, weights: bool = True):
         args = json.loads(config_path(file).read_text())
     except ValueError as exc:
         raise CheckpointError(f"{config_path(file)} is not JSON ({exc}); re-download the AVES config") from None
-    model = HubertModel(hubert_config(args))
+    model = HubertModel(hubert_config(args, overrides))
     if not weights:
         return model, None
     try:
