@@ -2,6 +2,7 @@
 
 import csv
 
+import pytest
 import torch
 
 from e2mc.cli import main
@@ -51,3 +52,23 @@ def test_data_that_does_not_fit_the_encoder(encoder_dir, audio_dir, tmp_path, ca
     assert "an audio folder needs an audio encoder" in capsys.readouterr().err
     assert main(["continue", str(encoder_dir), "--dataset", "digits", *common, "--out", str(tmp_path / "c")]) == 2
     assert "needs an audio folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(encoder_dir, audio_dir, tmp_path):
+    """Under torchrun (2 gloo processes) every encoder parameter gets a gradient each step (no
+    SpecAugment embedding, no LayerDrop), so DDP runs past its second step."""
+    from tests.test_cli_torchrun import torchrun
+
+    out = tmp_path / "ddp"
+    args = [
+        "continue", encoder_dir, "--dataset", audio_dir, "--method", "vicreg", "--addon", "e2mc",
+        "--batch-size", "2", "--device", "cpu", "--out", out,
+        "--set", "data.audio.segment_seconds=0.5", "--set", "data.audio.crop_seconds=0.25",
+        "--set", "train.max_steps=3", "--set", "train.head_warmup_steps=1", "--set", "train.log_every=1",
+        "--set", "train.probe_size=0", "--set", "train.tensorboard=false",
+    ]  # fmt: skip
+    proc = torchrun(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r["step"] for r in rows if r["phase"] == "train"] == ["1", "2", "3"]
