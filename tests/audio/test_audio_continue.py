@@ -52,6 +52,9 @@ def test_data_that_does_not_fit_the_encoder(encoder_dir, audio_dir, tmp_path, ca
     assert "an audio folder needs an audio encoder" in capsys.readouterr().err
     assert main(["continue", str(encoder_dir), "--dataset", "digits", *common, "--out", str(tmp_path / "c")]) == 2
     assert "needs an audio folder" in capsys.readouterr().err
+    assert main(["continue", str(encoder_dir), "--dataset", str(audio_dir), *common, "--method", "dino",
+                 "--out", str(tmp_path / "d")]) == 2  # fmt: skip
+    assert "audio views are two crops of one recording: use --method vicreg/" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -270,10 +270,17 @@ class ViewGenerator:
 
 def make_views(recipe, info, image_size, device, audio=None):
     """The trainer's views: ``AudioViews(audio)`` (two crops) for an audio dataset
-    (``info.modality == "audio"``), else ``ViewGenerator(recipe, image_size, info.mean, info.std)``."""
+    (``info.modality == "audio"``; a multi-crop recipe, SwAV's or DINO's, is a ConfigError), else ``ViewGenerator(recipe, image_size, info.mean, info.std)``."""
     if getattr(info, "modality", "image") == "audio":
         from e2mc.data.audioviews import AudioViews
 
+        spec = METHODS.get(recipe) if isinstance(recipe, str) else None
+        if spec is not None and spec.view_recipe.get("n_small"):
+            two = ", ".join(n for n, m in METHODS.items() if not m.view_recipe.get("n_small"))
+            raise ConfigError(
+                f"{recipe}'s views are multi-crop (small crops besides the two large ones); audio views are two "
+                f"crops of one recording: use --method {two.replace(', ', '/')}"
+            )
         return AudioViews(audio, n_views=2, device=device)
     return ViewGenerator(recipe, image_size, info.mean, info.std, device)
 
