@@ -52,6 +52,22 @@ PAPER_EPS: dict[str, float] = {n: m.paper_eps for n, m in METHODS.items()}  # ea
 
 
 @dataclass
+class AudioConfig:
+    """Audio folders (wav/flac/ogg, used when data.dataset is one) and their training views."""
+
+    sample_rate: int = 16000  # the encoder's rate (all bundled encoders: 16 kHz); recordings are resampled to it
+    segment_seconds: float = 4.0  # long recordings are cut into segments of this length (one item each)
+    crop_seconds: float = 2.0  # each view: a random crop of this length from one segment; shorter clips are skipped
+    min_rms: float = 1e-4  # clips (and segments) quieter than this RMS are silent: skipped and counted
+    gain_db: float = 6.0  # each view's gain: uniform in [-gain_db, +gain_db] dB
+    noise_p: float = 0.5  # probability that a view gets another clip of the batch added as noise
+    noise_snr_min_db: float = 5.0  # that noise's signal-to-noise ratio: uniform in [min, max] dB
+    noise_snr_max_db: float = 20.0
+    mask_p: float = 0.5  # probability that a view gets one span of time zeroed
+    mask_fraction: float = 0.1  # that span's length as a fraction of the crop
+
+
+@dataclass
 class DataConfig:
     """Dataset and loader settings."""
 
@@ -64,6 +80,7 @@ class DataConfig:
     cache_dir: Optional[str] = None
     on_error: str = "raise"
     num_workers: int = 0
+    audio: AudioConfig = field(default_factory=AudioConfig)
 
 
 @dataclass
@@ -248,6 +265,16 @@ RANGES: dict[str, Range] = {
     "data.image_size": Range(8, 4096, optional=True),
     "data.limit": Range(1, optional=True),
     "data.num_workers": Range(0, 256),
+    "data.audio.sample_rate": Range(1000, 384000),
+    "data.audio.segment_seconds": POSITIVE,
+    "data.audio.crop_seconds": POSITIVE,
+    "data.audio.min_rms": NON_NEGATIVE,
+    "data.audio.gain_db": NON_NEGATIVE,
+    "data.audio.noise_p": Range(0, 1),
+    "data.audio.noise_snr_min_db": Range(-60, 120),
+    "data.audio.noise_snr_max_db": Range(-60, 120),
+    "data.audio.mask_p": Range(0, 1),
+    "data.audio.mask_fraction": Range(0, 1, hi_open=True),
     "addon.entropy_weight": Range(0, optional=True),
     "addon.cov_weight": Range(0, optional=True),
     "addon.m": Range(1, optional=True),
@@ -285,15 +312,24 @@ def validate(cfg: RunConfig) -> RunConfig:
     """Check every numeric field against ``RANGES``; ConfigError naming the key, value and range."""
     _check_method_options(cfg.method)
     for key, rng in RANGES.items():
-        section, name = key.split(".")
+        *path, name = key.split(".")
+        section = path[0]
         if section == "method":
             if name not in get_method(cfg.method.name).options:
                 continue  # another method's option
-        value = getattr(getattr(cfg, section), name)
+        obj = cfg
+        for part in path:
+            obj = getattr(obj, part)
+        value = getattr(obj, name)
         if key in AUTO_KEYS and value == "auto":
             continue
         if not rng.ok(value):
             raise ConfigError(f"{key}={value} is out of range; give {rng.describe(isinstance(value, int))}")
+    a = cfg.data.audio
+    if a.noise_snr_min_db > a.noise_snr_max_db:
+        raise ConfigError(
+            f"data.audio.noise_snr_min_db={a.noise_snr_min_db} > noise_snr_max_db={a.noise_snr_max_db}; swap them"
+        )
     return cfg
 
 

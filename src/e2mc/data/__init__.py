@@ -3,7 +3,8 @@
 API summary: ``build_dataset(spec, split, *, root, image_size, cache_dir, on_error, download,
 limit)``, ``ArrayDataset``, ``DatasetInfo``, ``StreamingImageFolder``,
 ``ViewConfig``, ``view_config(recipe, image_size)``, ``ViewGenerator``, ``LoaderCrops``,
-``training_dataset(dataset, views)``, ``eval_transform``.
+``training_dataset(dataset, views)``, ``eval_transform``, ``make_views`` (audio folders:
+``audio.py``, ``audioviews.py``).
 """
 
 from e2mc.data.datasets import ArrayDataset, DatasetInfo, build_dataset
@@ -14,6 +15,7 @@ from e2mc.data.views import (
     ViewConfig,
     ViewGenerator,
     eval_transform,
+    make_views,
     training_dataset,
     view_config,
 )
@@ -28,6 +30,7 @@ __all__ = [
     "ViewConfig",
     "ViewGenerator",
     "eval_transform",
+    "make_views",
     "training_dataset",
     "view_config",
 ]

@@ -6,7 +6,9 @@ API summary
   on_error="skip", download=False, limit=None, max_memory_gb=2.0) -> Dataset``
   ``spec``: ``"digits"`` (scikit-learn, embedded), ``"cifar10"``, ``"cifar100"``, ``"stl10"``
   (train/test/unlabeled), ``"imagenet"`` (train/val), a path to an image folder, or a
-  JSON split file (index subsets of another dataset's split; see ``splits.py``).
+  JSON split file (index subsets of another dataset's split; see ``splits.py``). A folder of
+  audio files (wav/flac/ogg) is an ``AudioDataset`` of float segments (``audio.py``; ``audio``:
+  the ``data.audio`` options).
   Items ``(uint8 (3, H, W), int label)``, label -1 when unknown; attributes ``.classes``,
   ``.targets``, ``.info`` (:class:`DatasetInfo`), ``.skipped`` (unreadable files).
 - ``ArrayDataset(images, targets, classes, info)``: in-memory uint8 (N, 3, H, W) images.
@@ -36,6 +38,7 @@ from typing import Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from e2mc.data import audio as _audio
 from e2mc.data import folder as _folder
 from e2mc.data import splits as _splits
 from e2mc.errors import DataError
@@ -70,6 +73,8 @@ class DatasetInfo:
     mean: tuple
     std: tuple
     num_samples: int
+    modality: str = "image"  # "audio": items are float waveforms (image_size = segment samples)
+    sample_rate: Optional[int] = None  # audio only
 
     def to_dict(self) -> dict:
         """Plain dict (JSON/YAML friendly)."""
@@ -295,8 +300,10 @@ def build_dataset(
     download: bool = False,
     limit=None,
     max_memory_gb: float = 2.0,
+    audio=None,
 ) -> Dataset:
-    """Build a dataset of ``(uint8 (3, H, W), label)`` items; see the module docstring."""
+    """Build a dataset of ``(uint8 (3, H, W), label)`` items; see the module docstring. A folder of
+    audio files is an ``AudioDataset`` (``data.audio``: ``audio=e2mc.config.AudioConfig()``)."""
     if on_error not in ("skip", "raise"):
         raise DataError(f"on_error must be 'skip' or 'raise', got {on_error!r}.")
     if image_size is not None and (int(image_size) != image_size or image_size < 1):
@@ -315,6 +322,7 @@ def build_dataset(
                 on_error=on_error,
                 download=download,
                 max_memory_gb=max_memory_gb,
+                audio=audio,
             ),
         )
         return ds.subset(first_per_class(ds.targets, limit)) if limit else ds
@@ -322,6 +330,9 @@ def build_dataset(
         ds = _digits(split, image_size)
     elif key in _STATS:
         ds = _torchvision(key, split, root, image_size, download)
+    elif os.path.isdir(os.path.expanduser(str(spec))) and _audio.is_audio_folder(os.path.expanduser(str(spec))):
+        ds = _audio.audio_folder(os.path.expanduser(str(spec)), split, audio, on_error, info_cls=DatasetInfo)
+        return ds.subset(first_per_class(ds.targets, limit)) if limit else ds
     elif os.path.isdir(os.path.expanduser(str(spec))) or os.sep in str(spec):
         return _image_folder(
             os.path.expanduser(str(spec)), split, image_size, cache_dir, on_error, limit, max_memory_gb

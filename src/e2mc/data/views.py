@@ -268,11 +268,29 @@ class ViewGenerator:
         return out
 
 
+def make_views(recipe, info, image_size, device, audio=None):
+    """The trainer's views: ``AudioViews(audio)`` (two crops) for an audio dataset
+    (``info.modality == "audio"``; a multi-crop recipe, SwAV's or DINO's, is a ConfigError), else ``ViewGenerator(recipe, image_size, info.mean, info.std)``."""
+    if getattr(info, "modality", "image") == "audio":
+        from e2mc.data.audioviews import AudioViews
+
+        spec = METHODS.get(recipe) if isinstance(recipe, str) else None
+        if spec is not None and spec.view_recipe.get("n_small"):
+            two = ", ".join(n for n, m in METHODS.items() if not m.view_recipe.get("n_small"))
+            raise ConfigError(
+                f"{recipe}'s views are multi-crop (small crops besides the two large ones); audio views are two "
+                f"crops of one recording: use --method {two.replace(', ', '/')}"
+            )
+        return AudioViews(audio, n_views=2, device=device)
+    return ViewGenerator(recipe, image_size, info.mean, info.std, device)
+
+
 def training_dataset(dataset, views):
     """The dataset the training loader reads for ``views`` (see the module docstring): a copy of
     a per-item-decoding dataset (``with_transform``) whose items are ``(list of uint8 crops, label)``
-    cut from the full image; any other dataset (or a custom views callable) unchanged."""
-    if isinstance(views, ViewGenerator) and hasattr(dataset, "with_transform"):
+    cut from the full image (audio: one crop per view of the segment, ``AudioCrops``); any other
+    dataset (or a custom views callable) unchanged."""
+    if hasattr(views, "loader_crops") and hasattr(dataset, "with_transform"):
         return dataset.with_transform(views.loader_crops())
     return dataset
 
@@ -287,13 +305,16 @@ def _stats(info_or_mean_std):
 def eval_transform(
     batch: torch.Tensor, info_or_mean_std, image_size: Optional[int] = None, crop_pct: float = 0.875
 ) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float normalised, resized and centre-cropped to ``image_size``.
+    """uint8 (N, 3, H, W) -> float normalised, resized and centre-cropped to ``image_size``; an
+    audio dataset's waveforms (``info.modality == "audio"``) pass as float, unchanged.
 
     When the shorter side exceeds ``image_size / crop_pct`` it is first resized to that
     (antialiased; 224 -> 256 as in ImageNet evaluation); when it is below ``image_size`` it is
     resized up to ``image_size``; then the centre ``image_size`` square is cut. With
     ``image_size=None`` only square images pass unchanged; others are centre-cropped square.
     """
+    if getattr(info_or_mean_std, "modality", "image") == "audio":
+        return batch.float()
     if batch.ndim != 4 or batch.shape[1] != 3:
         raise DataError(f"eval_transform needs (N, 3, H, W), got shape {tuple(batch.shape)}.")
     mean, std = _stats(info_or_mean_std)

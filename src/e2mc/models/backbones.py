@@ -10,6 +10,8 @@ Three families, one entry point, :func:`build_backbone`:
 * ``timm:<name>``: any timm model, created with ``num_classes=0`` (pooled features);
   ``timm:<name>:key=value,...`` passes constructor options the weights cannot show (MoCo v3's
   ViT-S: ``timm:vit_small_patch16_224:num_heads=12``).
+* ``hf:<folder or hub name>`` / ``aves:<file.pt>``: speech and bioacoustic encoders
+  (:mod:`e2mc.models.audio`): waveforms (N, samples) -> mean+std pooled frames (N, 2 x hidden).
 
 Nothing is downloaded unless ``pretrained=True``.
 """
@@ -194,6 +196,10 @@ def build_backbone(
         raise ConfigError(f"arch must be a non-empty string, got {arch!r}")
     if arch.startswith("timm:"):
         return _timm_model(arch[5:], pretrained, img_size, **kw)
+    from e2mc.models.audio import build_audio_backbone, is_audio_arch
+
+    if is_audio_arch(arch):
+        return build_audio_backbone(arch, pretrained=pretrained)
     if arch == "resnet_mini" or arch.startswith("resnet_mini:"):
         if pretrained:
             raise CheckpointError(f"{arch} has no pretrained weights; use random:{arch} (pretrained=False)")
@@ -202,5 +208,5 @@ def build_backbone(
         return _torchvision_resnet(arch, cifar_stem, pretrained, **kw)
     raise ConfigError(
         f"unknown arch {arch!r}; use one of {', '.join(TORCHVISION_RESNETS)}, "
-        "resnet_mini[:w1-w2-w3] or timm:<model name>"
+        "resnet_mini[:w1-w2-w3], timm:<model name>, hf:<folder or hub name> or aves:<file.pt>"
     )

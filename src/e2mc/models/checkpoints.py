@@ -26,13 +26,14 @@ from e2mc.methods import METHODS
 from e2mc.methods.adapter import Parts
 from e2mc.models import safepickle, zoo
 from e2mc.models.adapters import ADAPTERS
+from e2mc.models.audio import is_audio_arch, is_hf_folder
 from e2mc.models.backbones import canonical_arch
 from e2mc.models.heads import TEACHER_SLOTS
 from e2mc.models.layouts import CLASSIFIER_PREFIXES, detect_arch, infer_head_sizes
 from e2mc.models.model import SSLModel
 
 WARMUP_NOTE = "warm up heads with the backbone frozen before continued training"
-NAME_PREFIXES = ("random:", "torchvision:", "timm:")
+NAME_PREFIXES = ("random:", "torchvision:", "timm:", "hf:", "aves:")
 
 
 @dataclass
@@ -399,7 +400,11 @@ def model_from_parts(
     sizes.update(infer_head_sizes(method, heads) if method else {})
     sizes.update(head_sizes or {})
     teachers = TEACHER_SLOTS.get(method, ()) if method else ()
-    on_meta = not arch.startswith("timm:") and all(h in heads for h in (*_method_heads(method), *teachers))
+    on_meta = (
+        not arch.startswith("timm:")
+        and not is_audio_arch(arch)
+        and all(h in heads for h in (*_method_heads(method), *teachers))
+    )
     with torch.device("meta") if on_meta else contextlib.nullcontext():  # skip a useless random init
         model = SSLModel.build(method, arch, cifar_stem=report.cifar_stem, **sizes)
     report.head_sizes = dict(model.head_sizes)
@@ -430,7 +435,7 @@ def _parts_method(parts: Parts) -> str | None:
 def checkpoint_method(path_or_name, format: str | None = None) -> str | None:
     """The SSL method whose heads a checkpoint holds; ``None`` for a backbone alone or a hub name."""
     text = str(path_or_name)
-    if not os.path.exists(text) and text.startswith(NAME_PREFIXES):
+    if (not os.path.exists(text) and text.startswith(NAME_PREFIXES)) or (os.path.isdir(text) and is_hf_folder(text)):
         return None
     if zoo.is_zoo_name(text):
         row = zoo.get(text)
@@ -448,7 +453,7 @@ def _method_heads(method):
 
 def _from_name(name: str, method, cifar_stem, head_sizes) -> tuple[SSLModel, LoadReport]:
     kind, arch = name.split(":", 1)
-    arch = "timm:" + arch if kind == "timm" else arch
+    arch = "timm:" + arch if kind == "timm" else name if is_audio_arch(name) else arch
     pretrained = kind != "random"
     model = SSLModel.build(method, arch, cifar_stem=bool(cifar_stem), pretrained=pretrained, **(head_sizes or {}))
     source = getattr(model.backbone, "pretrained_source", None) or {}
@@ -487,7 +492,8 @@ def load_model(
     Args:
         path_or_name: a file (any layout in :mod:`e2mc.models.adapters`); a published model by
             name (``vicreg:resnet50-full``, ...: :mod:`e2mc.models.zoo`, downloaded into torch
-            hub's cache); ``torchvision:<arch>`` / ``timm:<name>[.<tag>]`` (the library's
+            hub's cache); ``hf:<folder or hub name>`` (or a ``save_pretrained`` folder itself) /
+            ``aves:<file.pt>`` (audio encoders, :mod:`e2mc.models.audio`); ``torchvision:<arch>`` / ``timm:<name>[.<tag>]`` (the library's
             pretrained weights, :mod:`e2mc.models.hub`); ``random:<arch>`` (random weights).
             ``report.source`` says where a name's weights came from (URL, file, sha256).
         method: ``vicreg``/``swav``/``simsiam``; default: the checkpoint's. Heads the checkpoint
@@ -504,6 +510,8 @@ def load_model(
         ['projector']
     """
     text = str(path_or_name)
+    if os.path.isdir(text) and is_hf_folder(text):  # a transformers save_pretrained folder
+        text = "hf:" + text
     if not os.path.exists(text) and text.startswith(NAME_PREFIXES):
         return _from_name(text, method, cifar_stem, head_sizes)
     source: dict = {}

@@ -77,7 +77,8 @@ class SSLModel(nn.Module):
         return [n for n in HEAD_NAMES if getattr(self, n) is not None]
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features (N, out_dim) of images (N, 3, H, W)."""
+        """Pooled backbone features (N, out_dim) of images (N, 3, H, W) (waveforms (N, samples) for an
+        audio backbone: ``backbone.input_ndim == 2``)."""
         return self.backbone(x)
 
     def _groups(self, views: list[torch.Tensor], concat: bool) -> list[list[int]]:
@@ -95,8 +96,10 @@ class SSLModel(nn.Module):
         alone, or ``method=None``) only ``features``."""
         if isinstance(views, torch.Tensor):
             views = [views]
-        if not views or any(v.dim() != 4 for v in views):
-            raise CriterionInputError("SSLModel expects a non-empty list of (N, C, H, W) image tensors")
+        ndim = getattr(self.backbone, "input_ndim", 4)  # 2: an audio encoder's waveforms (N, samples)
+        if not views or any(v.dim() != ndim for v in views):
+            want = "(N, C, H, W) image" if ndim == 4 else "(N, samples) waveform"
+            raise CriterionInputError(f"SSLModel expects a non-empty list of {want} tensors")
         spec = METHODS.get(self.method) if self.method else None
         if spec is not None and any(getattr(self, h) is None for h in spec.heads):
             spec = None

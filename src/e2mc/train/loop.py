@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from e2mc.config import RunConfig
 from e2mc.criteria import default_m
 from e2mc.criteria.entropy import deferred_finite_checks
-from e2mc.data import ViewGenerator, build_dataset, eval_transform, training_dataset
+from e2mc.data import build_dataset, eval_transform, make_views, training_dataset
 from e2mc.errors import (
     ConfigError,
     CriterionInputError,
@@ -46,6 +46,7 @@ from e2mc.errors import (
 )
 from e2mc.methods import StepContext, get_method
 from e2mc.models.adapters import check_version
+from e2mc.models.audio import check_input
 from e2mc.models.checkpoints import load_model
 from e2mc.models.model import SSLModel
 from e2mc.train import distributed as D
@@ -179,6 +180,7 @@ class TrainerSetup:
             on_error=d.on_error,
             limit=d.limit,
             download=d.download,
+            audio=d.audio,
         )
         info = self.dataset.info
         self.image_size = d.image_size or info.image_size
@@ -188,8 +190,8 @@ class TrainerSetup:
             len(self.dataset), self.per_device_batch, cfg.train.seed, self.dist.rank, self.dist.world_size
         )
         self._check_batch()
-        self.views = views_fn or ViewGenerator(
-            cfg.method.views or self.method.views, self.image_size, info.mean, info.std, self.device
+        self.views = views_fn or make_views(  # an audio dataset: AudioViews (data.audio)
+            cfg.method.views or self.method.views, info, self.image_size, self.device, audio=d.audio
         )
         # streaming datasets cut the views' crops from the full image in the workers
         self.loader = DataLoader(
@@ -209,6 +211,7 @@ class TrainerSetup:
         if model_fn is not None:
             model = model_fn(model)
         self.method.check_model(model)
+        check_input(model.backbone, self.dataset.info)  # images vs waveforms, the sample rate
         if cfg.model.sync_bn:
             model = D.convert_sync_bn(model, self.dist, self.log)
         # one memory format whatever the tensors' strides in the file (load_model assigns the file's
@@ -305,7 +308,7 @@ class TrainerSetup:
         else:
             views = self.views(images.to(self.device, non_blocking=True))
         if self.cfg.train.channels_last:
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+            views = [v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for v in views]
         if ctx is not None:
             self.method.before_forward(ctx)
         amp = self.amp_dtype

@@ -1,0 +1,197 @@
+"""Speech and bioacoustic encoders as e2mc backbones: waveform (N, samples) -> pooled embedding.
+
+Archs (the string a run checkpoint stores, so the encoder can be rebuilt from it):
+
+* ``hf:<folder or hub name>``: a Hugging Face transformers ``Wav2Vec2Model``, ``HubertModel``,
+  ``WavLMModel`` or ``Data2VecAudioModel`` (chosen by the config's ``model_type``); a folder is a
+  ``save_pretrained`` output (``config.json`` + weights), a hub name is downloaded through
+  huggingface_hub into its cache (``HF_HUB_OFFLINE=1`` reads the cache only). A ``*ForPreTraining``
+  / ``*ForCTC`` folder loads its encoder (transformers drops the rest).
+* ``aves:<file.pt>``: AVES (a HuBERT saved as torchaudio's ``wav2vec2_model`` state dict) with its
+  JSON config next to it (:mod:`e2mc.models.aves`), converted to transformers' ``HubertModel``.
+
+:class:`AudioEncoder` returns the mean and standard deviation over frames of the last hidden state
+(``out_dim = 2 x hidden``); ``hidden_states(x)`` gives every layer's frames (the CNN features after
+the projection, then one per transformer layer), ``layers()`` their names, and
+:func:`pool_frames` is the pooling, for per-layer evaluation. The feature extractor's
+``do_normalize`` (``preprocessor_config.json``: zero mean, unit variance per utterance) is applied
+in ``forward``, so the backbone takes raw waveforms at ``sample_rate``. transformers' own
+SpecAugment masking is switched off (``TRAINING_OVERRIDES``: e2mc's audio views mask time, and
+no ``masked_spec_embed`` parameter is made; a file's is dropped) and so is LayerDrop: under
+torchrun DDP needs every trainable parameter in every step (the trainer wraps without
+``find_unused_parameters``). ``check_input(backbone, info)`` refuses data the encoder cannot read
+(images, another sample rate) with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from e2mc.errors import CheckpointError, ConfigError
+
+AUDIO_KINDS = ("hf", "aves")
+MODEL_TYPES = {  # config.model_type -> transformers class name
+    "wav2vec2": "Wav2Vec2Model",
+    "hubert": "HubertModel",
+    "wavlm": "WavLMModel",
+    "data2vec-audio": "Data2VecAudioModel",
+}
+DEFAULT_RATE = 16000
+# SpecAugment off (the views mask time; no masked_spec_embed parameter is made) and no LayerDrop
+TRAINING_OVERRIDES = {"apply_spec_augment": False, "mask_time_prob": 0.0, "mask_feature_prob": 0.0, "layerdrop": 0.0}
+STD_FLOOR = 1e-12  # variance floor of the std pooling (a constant frame sequence has a finite gradient)
+
+
+def is_audio_arch(arch) -> bool:
+    """True for ``hf:...`` / ``aves:...`` archs."""
+    return isinstance(arch, str) and arch.split(":", 1)[0] in AUDIO_KINDS and ":" in arch
+
+
+def is_hf_folder(path) -> bool:
+    """A ``save_pretrained`` folder of one of the supported audio encoders."""
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("model_type") in MODEL_TYPES
+    except (OSError, ValueError):
+        return False
+
+
+def pool_frames(h: torch.Tensor) -> torch.Tensor:
+    """Mean and standard deviation over frames: (N, F, H) -> (N, 2H)."""
+    mean = h.mean(1)
+    var = (h - mean.unsqueeze(1)).pow(2).mean(1)
+    return torch.cat([mean, var.clamp_min(STD_FLOOR).sqrt()], 1)
+
+
+class AudioEncoder(nn.Module):
+    """A transformers audio encoder (``self.model``) with mean+std pooling; see the module docstring."""
+
+    input_ndim = 2  # (N, samples)
+
+    def __init__(self, model: nn.Module, *, sample_rate: int = DEFAULT_RATE, normalize: bool = False, source=None):
+        super().__init__()
+        self.model = model
+        self.sample_rate = int(sample_rate)
+        self.normalize = bool(normalize)
+        self.out_dim = 2 * int(model.config.hidden_size)
+        self.pretrained_source = source
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2:
+            raise ConfigError(f"an audio encoder takes waveforms (N, samples), got shape {tuple(x.shape)}")
+        if self.normalize:  # Wav2Vec2FeatureExtractor's zero_mean_unit_var_norm
+            x = (x - x.mean(1, keepdim=True)) / (x.var(1, keepdim=True, unbiased=False) + 1e-7).sqrt()
+        return x
+
+    def layers(self) -> list[str]:
+        """Names of ``hidden_states``' entries: ``features`` (projected CNN output), ``layer1``..``layerL``."""
+        return ["features"] + [f"layer{i + 1}" for i in range(int(self.model.config.num_hidden_layers))]
+
+    def hidden_states(self, x: torch.Tensor) -> tuple:
+        """Every layer's frames (N, F, hidden), in the order of :meth:`layers`."""
+        return self.model(self._prepare(x), output_hidden_states=True).hidden_states
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled utterance embedding (N, 2 x hidden) of waveforms (N, samples)."""
+        return pool_frames(self.model(self._prepare(x)).last_hidden_state)
+
+
+def check_input(backbone: nn.Module, info) -> None:
+    """ConfigError when the dataset (its ``DatasetInfo``) does not fit the backbone's input: images
+    for an audio encoder, waveforms for an image backbone, or another sample rate."""
+    audio_net = getattr(backbone, "input_ndim", 4) == 2
+    audio_data = getattr(info, "modality", "image") == "audio"
+    if audio_net and not audio_data:
+        raise ConfigError(
+            "this audio encoder needs an audio folder (wav/flac/ogg files in class folders) as data.dataset"
+        )
+    if audio_data and not audio_net:
+        raise ConfigError(
+            "an audio folder needs an audio encoder: continue hf:<folder or hub name>, a save_pretrained folder or aves:<file.pt>"
+        )
+    if audio_net and info.sample_rate != backbone.sample_rate:
+        raise ConfigError(
+            f"the encoder reads {backbone.sample_rate} Hz audio but data.audio.sample_rate is {info.sample_rate}; "
+            f"set --set data.audio.sample_rate={backbone.sample_rate}"
+        )
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError("audio encoders need transformers: pip install 'e2mc[audio]'") from None
+    transformers.utils.logging.disable_progress_bar()
+    return transformers
+
+
+def _hf_class(config, where: str):
+    cls = MODEL_TYPES.get(getattr(config, "model_type", None))
+    if cls is None:
+        raise CheckpointError(
+            f"{where} is a {getattr(config, 'model_type', '?')!r} model; e2mc's audio encoders are "
+            f"{', '.join(MODEL_TYPES)} (transformers model_type)"
+        )
+    return getattr(_transformers(), cls)
+
+
+def _preprocessing(source: str) -> tuple[int, bool]:
+    """``(sampling_rate, do_normalize)`` from the feature extractor's config (16 kHz, False when absent)."""
+    path = Path(source) / "preprocessor_config.json"
+    if not path.is_file() and not os.path.isdir(source):
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(source, "preprocessor_config.json"))
+        except Exception:  # noqa: BLE001 - no preprocessor config published: the defaults
+            return DEFAULT_RATE, False
+    if not path.is_file():
+        return DEFAULT_RATE, False
+    cfg = json.loads(path.read_text())
+    return int(cfg.get("sampling_rate", DEFAULT_RATE)), bool(cfg.get("do_normalize", False))
+
+
+def _hf_encoder(source: str, pretrained: bool) -> AudioEncoder:
+    tf = _transformers()
+    where = os.path.expanduser(source)
+    try:
+        config = tf.AutoConfig.from_pretrained(where)
+    except Exception as exc:  # noqa: BLE001 - transformers raises OSError/ValueError/HTTP errors
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"cannot read the transformers config of {source!r} ({first}); pass a save_pretrained folder "
+            "or a hub name (online once, or HF_HUB_OFFLINE=1 with it in the Hugging Face cache)"
+        ) from None
+    cls = _hf_class(config, source)
+    config.update(TRAINING_OVERRIDES)
+    if pretrained:
+        try:
+            model = cls.from_pretrained(where, config=config)
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"cannot load the weights of {source!r}: {exc}"[:300]) from None
+    else:
+        model = cls(config)
+    rate, normalize = _preprocessing(where)
+    src = {"name": f"hf:{source}", "url": None, "cache_path": where if os.path.isdir(where) else None}
+    return AudioEncoder(model, sample_rate=rate, normalize=normalize, source=src if pretrained else None)
+
+
+def build_audio_backbone(arch: str, pretrained: bool = False) -> AudioEncoder:
+    """The encoder of an ``hf:``/``aves:`` arch; ``pretrained=False`` builds it from its config
+    alone (random weights, to be filled from an e2mc checkpoint)."""
+    kind, _, source = arch.partition(":")
+    if not source:
+        raise ConfigError(f"{arch!r} names no encoder; write hf:<folder or hub name> or aves:<file.pt>")
+    if kind == "hf":
+        return _hf_encoder(source, pretrained)
+    from e2mc.models import aves
+
+    model, src = aves.load(source, weights=pretrained, overrides=TRAINING_OVERRIDES)
+    return AudioEncoder(model, sample_rate=DEFAULT_RATE, normalize=False, source=src)

@@ -1,0 +1,77 @@
+"""`e2mc continue <tiny wav2vec2> --dataset <folder of wav files> --method vicreg --addon e2mc`, 2 steps."""
+
+import csv
+
+import pytest
+import torch
+
+from e2mc.cli import main
+from e2mc.models.checkpoints import load_model
+
+
+def test_continue_a_tiny_wav2vec2_with_e2mc(encoder_dir, audio_dir, tmp_path, one_torch_thread):
+    out = tmp_path / "run"
+    args = [
+        "continue", str(encoder_dir), "--dataset", str(audio_dir), "--method", "vicreg", "--addon", "e2mc",
+        "--batch-size", "4", "--device", "cpu", "--out", str(out),
+        "--set", "data.audio.segment_seconds=0.5", "--set", "data.audio.crop_seconds=0.25",
+        "--set", "train.max_steps=2", "--set", "train.head_warmup_steps=1", "--set", "train.log_every=1",
+        "--set", "train.probe_size=8", "--set", "train.tensorboard=false",
+    ]  # fmt: skip
+    assert main(args) == 0
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    train = [r for r in rows if r["phase"] == "train"]
+    assert [r["step"] for r in train] == ["1", "2"]
+    assert all(float(r["addon.entropy"]) == float(r["addon.entropy"]) for r in train)  # E2MC ran, finite
+    assert [r["phase"] for r in rows].count("warmup") == 1
+    model, report = load_model(out)  # the run checkpoint rebuilds the encoder from its arch
+    assert report.arch == f"hf:{encoder_dir}" and report.method == "vicreg"
+    fresh, _ = load_model(encoder_dir, method="vicreg")
+    moved = [k for k, v in fresh.backbone.state_dict().items() if not torch.equal(v, model.backbone.state_dict()[k])]
+    assert moved  # the encoder was trained, not only the projector
+    assert model.embed(torch.randn(2, 4000)).shape == (2, 32)
+    more = [a if a != "train.max_steps=2" else "train.max_steps=3" for a in args]
+    assert main([*more, "--resume"]) == 0  # resumed: the encoder rebuilt from the arch, its weights restored
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r["step"] for r in rows if r["phase"] == "train"] == ["1", "2", "3"]
+
+
+def test_data_that_does_not_fit_the_encoder(encoder_dir, audio_dir, tmp_path, capsys):
+    common = ["--method", "vicreg", "--batch-size", "4", "--device", "cpu", "--set", "train.max_steps=1",
+              "--set", "data.audio.segment_seconds=0.5", "--set", "data.audio.crop_seconds=0.25"]  # fmt: skip
+    assert main(["continue", str(encoder_dir), "--dataset", str(audio_dir), *common, "--out", str(tmp_path / "a"),
+                 "--set", "data.audio.sample_rate=8000"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        "reads 16000 Hz audio but data.audio.sample_rate is 8000" in err and "--set data.audio.sample_rate=16000" in err
+    )
+    assert (
+        main(["continue", "random:resnet_mini", "--dataset", str(audio_dir), *common, "--out", str(tmp_path / "b")])
+        == 2
+    )
+    assert "an audio folder needs an audio encoder" in capsys.readouterr().err
+    assert main(["continue", str(encoder_dir), "--dataset", "digits", *common, "--out", str(tmp_path / "c")]) == 2
+    assert "needs an audio folder" in capsys.readouterr().err
+    assert main(["continue", str(encoder_dir), "--dataset", str(audio_dir), *common, "--method", "dino",
+                 "--out", str(tmp_path / "d")]) == 2  # fmt: skip
+    assert "audio views are two crops of one recording: use --method vicreg/" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(encoder_dir, audio_dir, tmp_path):
+    """Under torchrun (2 gloo processes) every encoder parameter gets a gradient each step (no
+    SpecAugment embedding, no LayerDrop), so DDP runs past its second step."""
+    from tests.test_cli_torchrun import torchrun
+
+    out = tmp_path / "ddp"
+    args = [
+        "continue", encoder_dir, "--dataset", audio_dir, "--method", "vicreg", "--addon", "e2mc",
+        "--batch-size", "2", "--device", "cpu", "--out", out,
+        "--set", "data.audio.segment_seconds=0.5", "--set", "data.audio.crop_seconds=0.25",
+        "--set", "train.max_steps=3", "--set", "train.head_warmup_steps=1", "--set", "train.log_every=1",
+        "--set", "train.probe_size=0", "--set", "train.tensorboard=false",
+    ]  # fmt: skip
+    proc = torchrun(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r["step"] for r in rows if r["phase"] == "train"] == ["1", "2", "3"]
