@@ -46,6 +46,9 @@ from __future__ import annotations
 from e2mc.errors import CheckpointError, ConfigError
 from e2mc.methods.adapter import Adapter, Parts, epoch_of
 from e2mc.methods.base import Method, Option, register
+from e2mc.methods.dinov2 import RELEASES as DINOV2_RELEASES
+from e2mc.methods.dinov2 import RELEASES_SOURCE as DINOV2_SOURCE
+from e2mc.methods.dinov2 import TIMM_OPTIONS, DINOv2Adapter
 from e2mc.methods.layout import is_tensor_dict, sub
 from e2mc.methods.momentum import momentum_options
 from e2mc.methods.release import Release
@@ -281,9 +284,10 @@ _RELEASES = (
 class DINO(Method):
     name, heads, outputs = "dino", ("head",), ("z", "s", "t")
     teacher = {"teacher": ("backbone", "head")}
-    adapters = (DINOAdapter(),)  # main_dino.py's checkpoint.pth (student, teacher, dino_loss, ...)
-    releases = _RELEASES
-    releases_source = "facebookresearch/dino README, commit 7c446df (2023-04-18)"
+    adapters = (DINOAdapter(), DINOv2Adapter())  # main_dino.py's checkpoint.pth; DINOv2's *_pretrain.pth
+    releases = _RELEASES + DINOV2_RELEASES
+    releases_source = f"facebookresearch/dino README, commit 7c446df (2023-04-18); DINOv2: {DINOV2_SOURCE}"
+    timm_options = TIMM_OPTIONS  # DINOv2's timm ViTs: the official position-embedding resampling
     addon_input = "head bottleneck output (before L2 normalisation) of the 2 global crops"
     # facebookresearch/dino main_dino.py DataAugmentationDINO (commit 7c446df): 2 x
     # RandomResizedCrop(224, scale (0.4, 1), BICUBIC) + 8 x (96, scale (0.05, 0.4)); flip;

@@ -1,0 +1,77 @@
+"""Position embeddings of timm ViTs resampled as the original research code does.
+
+timm resamples a ViT's position embedding for another input size with ``F.interpolate(size=...,
+mode="bicubic", antialias=True)``. Some official codes do it otherwise, and their weights were
+trained and evaluated that way: ``interpolate_pos_encoding`` scales the stored grid by a scale
+factor ``(new + offset) / old`` (``offset`` 0.1, the "historical kludge" of facebookresearch/dino
+issue 8) without antialiasing; with ``offset`` 0 it asks for the output size. The timm options
+``pos_offset`` and ``pos_antialias`` (``timm:<name>:pos_offset=0.1,pos_antialias=false``, or a
+method's ``timm_options`` for the names of its releases) select that resampling:
+:func:`use_offset_resampling` gives the model a ``_pos_embed`` that always resamples from the
+stored grid this way. The weights and their keys do not change.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from e2mc.errors import ConfigError
+
+OPTIONS = ("pos_offset", "pos_antialias")  # the timm options read here (not passed to timm)
+
+
+def resample(pos: torch.Tensor, old: tuple[int, int], new: tuple[int, int], offset: float, antialias: bool):
+    """The patch part of a position embedding (1, old_h * old_w, D) resampled to (1, new_h * new_w, D):
+    bicubic, ``scale_factor = (new + offset) / old`` when ``offset`` else ``size = new``."""
+    if tuple(old) == tuple(new):
+        return pos
+    dtype, dim = pos.dtype, pos.shape[-1]
+    grid = pos.float().reshape(1, old[0], old[1], dim).permute(0, 3, 1, 2)
+    if offset:
+        kw = {"scale_factor": ((new[0] + offset) / old[0], (new[1] + offset) / old[1])}
+    else:
+        kw = {"size": tuple(new)}
+    grid = F.interpolate(grid, mode="bicubic", antialias=antialias, **kw)
+    if tuple(grid.shape[-2:]) != tuple(new):
+        raise ConfigError(f"position grid {tuple(old)} resampled to {tuple(grid.shape[-2:])}, not {tuple(new)}")
+    return grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(dtype)
+
+
+def _offset_pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+    """timm ``VisionTransformer._pos_embed`` with :func:`resample` in place of timm's resampling."""
+    if not self.dynamic_img_size or self.pos_embed is None:
+        return type(self).__mro__[1]._pos_embed(self, x)
+    B, H, W, C = x.shape
+    prefix = 0 if self.no_embed_class else self.num_prefix_tokens
+    pos = self.pos_embed
+    old = tuple(self.patch_embed.grid_size)
+    if (H, W) != old:  # the official code returns the stored embedding at the stored grid only
+        pos = torch.cat([pos[:, :prefix], resample(pos[:, prefix:], old, (H, W), *self.pos_resampling)], dim=1)
+    x = x.reshape(B, H * W, C)
+    tokens = [t.expand(B, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+    if self.no_embed_class:
+        x = torch.cat(tokens + [x + pos], dim=1)
+    else:
+        x = torch.cat(tokens + [x], dim=1) + pos
+    return self.pos_drop(x)
+
+
+_CLASSES: dict = {}
+
+
+def use_offset_resampling(net, offset: float, antialias: bool):
+    """Give the timm ViT ``net`` the official resampling (in place; returns ``net``)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    if type(net) is not VisionTransformer:
+        raise ConfigError(
+            f"pos_offset/pos_antialias apply to timm VisionTransformer models, not {type(net).__name__}; drop them"
+        )
+    if VisionTransformer not in _CLASSES:
+        _CLASSES[VisionTransformer] = type(
+            "OffsetPosViT", (VisionTransformer,), {"_pos_embed": _offset_pos_embed, "__module__": __name__}
+        )
+    net.__class__ = _CLASSES[VisionTransformer]
+    net.pos_resampling = (float(offset), bool(antialias))
+    return net
