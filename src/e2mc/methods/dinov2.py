@@ -22,7 +22,9 @@ without registers), or bicubic to the size with antialiasing (``_reg`` models:
 ``interpolate_offset=0.0``, ``interpolate_antialias=True``). ``TIMM_OPTIONS`` sets e2mc's
 ``pos_offset``/``pos_antialias`` for these timm names (``e2mc.models.posembed``), so loading a
 release or ``timm:vit_small_patch14_dinov2.lvd142m`` gives the official tokens at 224 px, 96 px or
-32 px alike.
+32 px alike. ``patch_resize``: sides that are not multiples of 14 (DINO's 96 px local crops, 32 px
+images) are resized to the nearest multiples (98 px: DINOv2's own local crops; 28 px), where the
+official ``PatchEmbed`` would refuse them.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from e2mc.methods.layout import is_tensor_dict
 from e2mc.methods.release import Release
 
 TIMM_OPTIONS = {
-    "vit_*_patch14_dinov2": {"pos_offset": 0.1, "pos_antialias": False},  # hub: interpolate_offset=0.1
-    "vit_*_patch14_reg4_dinov2": {"pos_offset": 0.0, "pos_antialias": True},  # _reg: 0.0, antialias
+    "vit_*_patch14_dinov2": {"pos_offset": 0.1, "pos_antialias": False, "patch_resize": True},  # offset 0.1
+    "vit_*_patch14_reg4_dinov2": {"pos_offset": 0.0, "pos_antialias": True, "patch_resize": True},  # _reg
 }
 _SIZES = {(384, 12): "small", (768, 12): "base", (1024, 24): "large", (1536, 40): "giant"}
 _MARKERS = ("mask_token", "register_tokens", "blocks.0.mlp.w12.weight")  # official only (timm names differ)
@@ -160,7 +162,7 @@ _ROWS = (  # README "Pretrained models": size, params, (k-NN, linear) without / 
 )
 RELEASES = tuple(
     Release(
-        f"dino:dinov2-vit{s}14{reg}",
+        f"dino:dinov2-vit{s}14{reg.replace('_', '-')}",
         method="dino",
         arch=f"timm:vit_{size}_patch14{'_reg4' if reg else ''}_dinov2",
         layout="dinov2",

@@ -9,8 +9,8 @@ Three families, one entry point, :func:`build_backbone`:
   stage, strides 1/2/2, 3x3 stem; fast on CPU at 16-32 px. Same key naming scheme.
 * ``timm:<name>``: any timm model, created with ``num_classes=0`` (pooled features);
   ``timm:<name>:key=value,...`` passes constructor options the weights cannot show (MoCo v3's
-  ViT-S: ``timm:vit_small_patch16_224:num_heads=12``); ``pos_offset=<float>,pos_antialias=<bool>``
-  are e2mc's own (:mod:`e2mc.models.posembed`: the position embedding resampled as an official
+  ViT-S: ``timm:vit_small_patch16_224:num_heads=12``); ``pos_offset=<float>,pos_antialias=<bool>`` and
+  ``patch_resize=<bool>`` are e2mc's own (:mod:`e2mc.models.posembed`: the position embedding resampled as an official
   code does), and a method's ``timm_options`` sets them for the timm names of its releases.
 
 Nothing is downloaded unless ``pretrained=True``.
@@ -23,7 +23,7 @@ from torch import nn
 
 from e2mc.errors import CheckpointError, ConfigError
 from e2mc.methods import METHODS
-from e2mc.models.posembed import OPTIONS, use_offset_resampling
+from e2mc.models.posembed import OPTIONS, use_offset_resampling, use_patch_resize
 
 TORCHVISION_RESNETS = (
     "resnet18",
@@ -143,7 +143,7 @@ def _timm_model(name: str, pretrained: bool, img_size: int | None, **kw) -> nn.M
 
     name, opts = timm_options(name)
     kw = {**method_timm_options(name), **opts, **kw}
-    offset, antialias = (kw.pop(k, None) for k in OPTIONS)  # e2mc's own: the official resampling
+    offset, antialias, resize = (kw.pop(k, None) for k in OPTIONS)  # e2mc's own (models.posembed)
     if not timm.is_model(name):
         raise ConfigError(f"timm has no model {name!r}; see timm.list_models() for the names")
     if img_size is not None:
@@ -162,6 +162,8 @@ def _timm_model(name: str, pretrained: bool, img_size: int | None, **kw) -> nn.M
             raise ConfigError(f"timm model {name!r} does not accept {sorted(kw)}: {exc}") from exc
     if offset is not None or antialias is not None:
         use_offset_resampling(net, offset or 0.0, bool(antialias))
+    if resize:
+        use_patch_resize(net)
     net.out_dim = int(net.num_features)
     net.pretrained_source = source
     return net

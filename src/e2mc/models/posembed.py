@@ -9,6 +9,11 @@ issue 8) without antialiasing; with ``offset`` 0 it asks for the output size. Th
 method's ``timm_options`` for the names of its releases) select that resampling:
 :func:`use_offset_resampling` gives the model a ``_pos_embed`` that always resamples from the
 stored grid this way. The weights and their keys do not change.
+
+``patch_resize=true`` (:func:`use_patch_resize`): an input whose sides are not multiples of the
+patch size is resized (bicubic, antialiased) to the nearest multiples before the patch embedding,
+where timm and the official code refuse it: DINO's 96 px local crops reach a patch-14 ViT at 98 px
+(DINOv2's own local crop size), 32 px images at 28 px.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import torch.nn.functional as F
 
 from e2mc.errors import ConfigError
 
-OPTIONS = ("pos_offset", "pos_antialias")  # the timm options read here (not passed to timm)
+OPTIONS = ("pos_offset", "pos_antialias", "patch_resize")  # the timm options read here (not passed to timm)
 
 
 def resample(pos: torch.Tensor, old: tuple[int, int], new: tuple[int, int], offset: float, antialias: bool):
@@ -74,4 +79,27 @@ def use_offset_resampling(net, offset: float, antialias: bool):
         )
     net.__class__ = _CLASSES[VisionTransformer]
     net.pos_resampling = (float(offset), bool(antialias))
+    return net
+
+
+def _resized_patch_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """timm ``PatchEmbed.forward`` of ``x`` resized to the nearest multiples of the patch size."""
+    (h, w), (ph, pw) = x.shape[-2:], self.patch_size
+    size = (max(ph, round(h / ph) * ph), max(pw, round(w / pw) * pw))
+    if size != (h, w):
+        x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+    return type(self).__mro__[1].forward(self, x)
+
+
+def use_patch_resize(net):
+    """Give the timm ViT ``net``'s patch embedding :func:`_resized_patch_forward` (in place)."""
+    embed = getattr(net, "patch_embed", None)
+    if embed is None or not hasattr(embed, "patch_size"):
+        raise ConfigError(f"patch_resize applies to timm ViTs with a patch embedding, not {type(net).__name__}")
+    cls = type(embed)
+    if cls not in _CLASSES:
+        _CLASSES[cls] = type(
+            "Resized" + cls.__name__, (cls,), {"forward": _resized_patch_forward, "__module__": __name__}
+        )
+    embed.__class__ = _CLASSES[cls]
     return net
