@@ -149,3 +149,73 @@ def test_continued_under_torchrun(releases, image_folder, tmp_path):
 
     st = load_checkpoint(run / "checkpoints" / "last.pt")
     assert st["world_size"] == 2 and st["step"] >= 2 and st["dino_center"]["known"] is True
+
+
+HUB_CHILD = """
+import json, sys, torch
+from e2mc.models import load_model
+model, report = load_model("timm:vit_small_patch14_dinov2.lvd142m", method="dino")
+net = model.backbone.eval()
+torch.manual_seed(0)
+with torch.no_grad():
+    out = net(torch.rand(1, 3, 224, 224))
+torch.save({"sd": net.state_dict(), "out": out}, sys.argv[1])
+print(json.dumps({**report.to_dict(), "resampling": list(net.pos_resampling)}))
+"""
+
+
+def test_timm_name_from_the_hf_cache_offline(tmp_path):
+    """``timm:vit_small_patch14_dinov2.lvd142m`` through models/hub.py: a Hugging Face cache holding
+    timm's own save (random weights), read with ``HF_HUB_OFFLINE=1``, then the official resampling."""
+    import hashlib
+    import json
+    import sys
+
+    import timm
+    from timm.models._hub import save_for_hf
+
+    from e2mc.models.posembed import resample
+
+    torch.manual_seed(5)
+    ref = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0)
+    repo = tmp_path / "hf" / "hub" / "models--timm--vit_small_patch14_dinov2.lvd142m"
+    commit = hashlib.sha1(b"e2mc dinov2 snapshot").hexdigest()
+    save_for_hf(ref, repo / "snapshots" / commit, safe_serialization=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", TORCH_HOME=str(tmp_path / "torch"))
+    env.update(OMP_NUM_THREADS="1")
+    out = tmp_path / "got.pt"
+    res = subprocess.run([sys.executable, "-c", HUB_CHILD, str(out)], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert report["arch"] == "timm:vit_small_patch14_dinov2.lvd142m" and report["resampling"] == [0.1, False]
+    assert report["source"]["cache_path"].endswith("model.safetensors") and "head" in report["heads_built"]
+    got = torch.load(out, weights_only=True)
+    assert all(torch.equal(got["sd"][k], v) for k, v in ref.state_dict().items())
+    pos = ref.pos_embed.detach()  # the official interpolation, 37 x 37 -> 16 x 16, put in by hand
+    ref.pos_embed.data = torch.cat([pos[:, :1], resample(pos[:, 1:], (37, 37), (16, 16), 0.1, False)], dim=1)
+    ref.patch_embed.img_size, ref.patch_embed.grid_size = (224, 224), (16, 16)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        torch.testing.assert_close(got["out"], ref.eval()(torch.rand(1, 3, 224, 224)), atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("size", ["small", "base", "large", "giant"])
+@pytest.mark.parametrize("reg", ["", "_reg4"])
+def test_release_arch_read_from_the_weights_of_every_size(size, reg):
+    """Each release's shapes (timm's model written back in the official layout, on the meta device)
+    name the timm model it came from, with no options."""
+    import timm
+
+    from e2mc.methods.dinov2 import arch_of, from_timm, to_timm
+
+    name = f"vit_{size}_patch14{reg}_dinov2"
+    with torch.device("meta"):
+        sd = timm.create_model(name, num_classes=0).state_dict()
+    official = from_timm(sd, swiglu=size == "giant")
+    assert arch_of(official) == f"timm:{name}"
+    assert ("blocks.0.mlp.w12.weight" in official) == (size == "giant") and ("register_tokens" in official) == bool(reg)
+    assert official["pos_embed"].shape[1] == 1 + 37 * 37
+    back = to_timm(official)
+    assert list(back) == list(sd) and all(back[k].shape == v.shape for k, v in sd.items())

@@ -84,20 +84,15 @@ def arch_of(sd: dict) -> str:
 
 
 def to_timm(sd: dict) -> dict:
-    """Official keys -> timm's (``mask_token`` left out: see the module docstring)."""
-    out = {}
-    if "register_tokens" in sd:
-        out["reg_token"] = sd["register_tokens"]
-        out["cls_token"] = sd["cls_token"] + sd["pos_embed"][:, :1]
-        out["pos_embed"] = sd["pos_embed"][:, 1:]
+    """Official keys -> timm's, in timm's order (``mask_token`` left out: see the module docstring)."""
+    reg = sd.get("register_tokens")
+    out = {"cls_token": sd["cls_token"] + sd["pos_embed"][:, :1] if reg is not None else sd["cls_token"]}
+    if reg is not None:
+        out["reg_token"] = reg
+    out["pos_embed"] = sd["pos_embed"][:, 1:] if reg is not None else sd["pos_embed"]
     for k, v in sd.items():
-        if (
-            k in out
-            or k in ("register_tokens", "mask_token")
-            or (k in ("cls_token", "pos_embed") and "reg_token" in out)
-        ):
-            continue
-        out[k.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2.")] = v
+        if k not in ("cls_token", "pos_embed", "register_tokens", "mask_token"):
+            out[k.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2.")] = v
     return out
 
 
