@@ -114,10 +114,15 @@ def test_continued_with_fresh_heads_and_exported(releases, image_folder, tmp_pat
 
     run = tmp_path / "run"
     sets = [*SETS, f"data.dataset={image_folder}", "train.head_warmup_steps=1", "train.max_steps=2"]
+    sets += ["method.koleo_weight=0.1", "train.log_every=1"]  # DINOv2's KoLeo on the class tokens
     args = ["continue", str(releases / name), "--method", "dino", "--addon", "e2mc", "--out", str(run)]
     assert main([*args, *[a for s in sets for a in ("--set", s)]]) == 0
     said = "".join(capsys.readouterr())
     assert "warm" in said.lower() and "Traceback" not in said
+    rows = (run / "metrics.csv").read_text().splitlines()
+    koleo = rows[0].split(",").index("base.koleo")
+    values = [float(r.split(",")[koleo]) for r in rows[1:] if r.split(",")[koleo]]
+    assert values and all(abs(v) < 50 for v in values), values  # logged, finite
     last = run / "checkpoints" / "last.pt"
     for to, out in (("timm", tmp_path / "b.pth"), ("safetensors", tmp_path / "b.safetensors")):
         assert main(["export", str(last), "--to", to, "--out", str(out)]) == 0

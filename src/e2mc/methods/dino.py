@@ -17,7 +17,9 @@ own), and moves by EMA after every step: momentum 0.996 cosine to 1 (``momentum_
 State (``"dino_center"``): the centre (1, K), an EMA (``center_momentum`` 0.9) of the teacher's
 batch mean, all-reduced under ``torchrun`` as official; saved and resumed with the run.
 
-Loss: ``criteria.dino.DINOLoss`` (student temperature 0.1); teacher temperature
+Loss: ``criteria.dino.DINOLoss`` (student temperature 0.1), plus DINOv2's KoLeo
+(``criteria.koleo``) on each global crop's backbone features times ``koleo_weight`` (0: off; DINOv2's
+0.1); teacher temperature
 ``warmup_teacher_temp`` 0.04 -> ``teacher_temp`` 0.07, linear over ``warmup_teacher_temp_epochs``
 30, per epoch (the README's recipe for ViT-S/16; main_dino.py's argparse defaults are 0.04 and 0
 epochs). Hooks: per-parameter gradient clipping at ``clip_grad`` 3.0 (utils.clip_gradients: each
@@ -318,6 +320,7 @@ class DINO(Method):
         "freeze_last_layer": Option(1, 0, help="epochs with the last layer frozen (pre-training)"),
         "continue_freeze_last_layer": Option(0, 0, help="the same for a continuation"),
         "norm_last_layer": Option(True, help="weight_g of the last layer fixed at 1 (official default)"),
+        "koleo_weight": Option(0.0, 0, help="DINOv2's KoLeo on the global crops' backbone features (its 0.1); 0: off"),
         **momentum_options(0.996),
     }
     state_key = "dino_center"
@@ -394,6 +397,12 @@ class DINO(Method):
         center = state.center if state is not None else torch.zeros(1, t[0].shape[1], device=t[0].device)
         temp = teacher_temp(ctx.cfg, state.epoch if state is not None else 0) if ctx.cfg is not None else 0.07
         terms = criterion(out["s"], t, center, temp)
+        weight = float(getattr(ctx.cfg.method, "koleo_weight", 0.0)) if ctx.cfg is not None else 0.0
+        if weight > 0:  # DINOv2 (ssl_meta_arch.py): each global crop's class tokens alone, per process
+            from e2mc.criteria.koleo import KoLeoLoss
+
+            koleo = KoLeoLoss()(list(out["features"][:N_GLOBAL]))["loss"]
+            terms = {**terms, "loss": terms["loss"] + weight * koleo, "koleo": koleo.detach()}
         if state is not None:
             update_center(state.center, t, ctx.cfg.method.center_momentum)
         return terms
