@@ -27,7 +27,10 @@ writes its outputs (class token and normalised patch tokens, eval mode) on a fix
 2.14.1 CPU): ``compare.py`` SAME for all three files (keys, order, shapes, dtypes, pickle globals
 ``collections.OrderedDict``, ``torch._utils._rebuild_tensor_v2``, ``torch.FloatStorage``); the
 reference is stored as tests/official/data/dinov2_reference.pt and
-tests/official/test_official_dinov2.py checks e2mc's features against it.
+tests/official/test_official_dinov2.py checks e2mc's features against it. Written back: the
+reg4 and SwiGLU files loaded by e2mc, their weights perturbed, ``export_model(..., format="dinov2")``
+loaded into the official ``DinoVisionTransformer`` with ``strict=True``: outputs at 56 x 42 px equal
+e2mc's (max difference 0.0; same date and commits).
 """
 
 from __future__ import annotations

@@ -136,6 +136,9 @@ def test_continued_with_fresh_heads_and_exported(releases, image_folder, tmp_pat
     back = torch.load(tmp_path / "r.pth", weights_only=True)
     assert list(back) == list(src) and all(back[k].shape == v.shape for k, v in src.items())
     assert not torch.equal(back["blocks.1.ls2.gamma"], src["blocks.1.ls2.gamma"])  # continued
+    assert main(["export", str(last), "--to", "original", "--out", str(tmp_path / "o.pth")]) == 0
+    original = torch.load(tmp_path / "o.pth", weights_only=True)  # the layout the run was continued from
+    assert list(original) == list(src) and all(torch.equal(original[k], v) for k, v in back.items())
 
 
 @pytest.mark.slow
