@@ -8,6 +8,7 @@ check/dinov2_official.py), continued with fresh DINO heads (one process and 2-pr
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 
 import pytest
@@ -94,6 +95,10 @@ def test_timm_names_get_the_official_resampling():
         want = small(torch.nn.functional.interpolate(x, size=(98, 98), mode="bicubic", antialias=True))
         torch.testing.assert_close(small(x), want)
     assert not hasattr(build_backbone("timm:vit_tiny_patch16_224:depth=1"), "pos_resampling")
+    back = pickle.loads(pickle.dumps(small))  # the classes are importable by name
+    assert type(back) is type(small) and type(back.patch_embed) is type(small.patch_embed)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), small(x))
     with pytest.raises(Exception, match="drop them"):
         build_backbone("timm:resnet18:pos_offset=0.1")
 

@@ -46,7 +46,7 @@ def resample(pos: torch.Tensor, old: tuple[int, int], new: tuple[int, int], offs
 def _offset_pos_embed(self, x: torch.Tensor) -> torch.Tensor:
     """timm ``VisionTransformer._pos_embed`` with :func:`resample` in place of timm's resampling."""
     if not self.dynamic_img_size or self.pos_embed is None:
-        return type(self).__mro__[1]._pos_embed(self, x)
+        return _classes()["OffsetPosViT"].__mro__[1]._pos_embed(self, x)
     B, H, W, C = x.shape
     prefix = 0 if self.no_embed_class else self.num_prefix_tokens
     pos = self.pos_embed
@@ -62,44 +62,59 @@ def _offset_pos_embed(self, x: torch.Tensor) -> torch.Tensor:
     return self.pos_drop(x)
 
 
-_CLASSES: dict = {}
-
-
-def use_offset_resampling(net, offset: float, antialias: bool):
-    """Give the timm ViT ``net`` the official resampling (in place; returns ``net``)."""
-    from timm.models.vision_transformer import VisionTransformer
-
-    if type(net) is not VisionTransformer:
-        raise ConfigError(
-            f"pos_offset/pos_antialias apply to timm VisionTransformer models, not {type(net).__name__}; drop them"
-        )
-    if VisionTransformer not in _CLASSES:
-        _CLASSES[VisionTransformer] = type(
-            "OffsetPosViT", (VisionTransformer,), {"_pos_embed": _offset_pos_embed, "__module__": __name__}
-        )
-    net.__class__ = _CLASSES[VisionTransformer]
-    net.pos_resampling = (float(offset), bool(antialias))
-    return net
-
-
 def _resized_patch_forward(self, x: torch.Tensor) -> torch.Tensor:
     """timm ``PatchEmbed.forward`` of ``x`` resized to the nearest multiples of the patch size."""
     (h, w), (ph, pw) = x.shape[-2:], self.patch_size
     size = (max(ph, round(h / ph) * ph), max(pw, round(w / pw) * pw))
     if size != (h, w):
         x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
-    return type(self).__mro__[1].forward(self, x)
+    return _classes()["ResizedPatchEmbed"].__mro__[1].forward(self, x)
+
+
+_CLASSES: dict = {}
+
+
+def _classes() -> dict:
+    """``OffsetPosViT`` (timm's ``VisionTransformer``) and ``ResizedPatchEmbed`` (timm's
+    ``PatchEmbed``), made on first use (timm is imported then); importable by name from this module
+    (``__getattr__``), so a pickled model loads again."""
+    if not _CLASSES:
+        from timm.layers import PatchEmbed
+        from timm.models.vision_transformer import VisionTransformer
+
+        for name, base, fn in (
+            ("OffsetPosViT", VisionTransformer, {"_pos_embed": _offset_pos_embed}),
+            ("ResizedPatchEmbed", PatchEmbed, {"forward": _resized_patch_forward}),
+        ):
+            _CLASSES[name] = type(name, (base,), {**fn, "__module__": __name__, "__qualname__": name})
+    return _CLASSES
+
+
+def __getattr__(name: str):
+    if name in ("OffsetPosViT", "ResizedPatchEmbed"):
+        return _classes()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def use_offset_resampling(net, offset: float, antialias: bool):
+    """Give the timm ViT ``net`` the official resampling (in place, again allowed; returns ``net``)."""
+    cls = _classes()["OffsetPosViT"]
+    if type(net) not in (cls, cls.__mro__[1]):
+        raise ConfigError(
+            f"pos_offset/pos_antialias apply to timm VisionTransformer models, not {type(net).__name__}; drop them"
+        )
+    net.__class__ = cls
+    net.pos_resampling = (float(offset), bool(antialias))
+    return net
 
 
 def use_patch_resize(net):
     """Give the timm ViT ``net``'s patch embedding :func:`_resized_patch_forward` (in place)."""
+    cls = _classes()["ResizedPatchEmbed"]
     embed = getattr(net, "patch_embed", None)
-    if embed is None or not hasattr(embed, "patch_size"):
-        raise ConfigError(f"patch_resize applies to timm ViTs with a patch embedding, not {type(net).__name__}")
-    cls = type(embed)
-    if cls not in _CLASSES:
-        _CLASSES[cls] = type(
-            "Resized" + cls.__name__, (cls,), {"forward": _resized_patch_forward, "__module__": __name__}
+    if type(embed) not in (cls, cls.__mro__[1]):
+        raise ConfigError(
+            f"patch_resize applies to timm ViTs with timm's PatchEmbed, not {type(net).__name__}; drop it"
         )
-    embed.__class__ = _CLASSES[cls]
+    embed.__class__ = cls
     return net
