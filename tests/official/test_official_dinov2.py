@@ -232,3 +232,28 @@ def test_release_arch_read_from_the_weights_of_every_size(size, reg):
     assert official["pos_embed"].shape[1] == 1 + 37 * 37
     back = to_timm(official)
     assert list(back) == list(sd) and all(back[k].shape == v.shape for k, v in sd.items())
+
+
+@pytest.fixture
+def server(monkeypatch, tmp_path):
+    """tests/models/test_zoo.py's local HTTP mirror, as ``E2MC_ZOO_URL_BASE``, with its own torch hub cache."""
+    import threading
+
+    from tests.models.test_zoo import Server
+
+    srv = Server()
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    monkeypatch.setenv("E2MC_ZOO_URL_BASE", srv.base)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_zoo_name_loads_the_release_file(releases, server, one_torch_thread):
+    """``dino:dinov2-vits14-reg4``: the README's URL (a local mirror serving the tiny file there)."""
+    server.files["/dinov2/dinov2_vits14/dinov2_vits14_reg4_pretrain.pth"] = (releases / REG).read_bytes()
+    model, report = load_model("dino:dinov2-vits14-reg4", method="dino")
+    assert (report.format, report.arch, report.dropped) == ("dinov2", ARCHS[REG], ["mask_token"])
+    assert report.source["cache_path"].endswith("/dinov2_vits14_reg4_pretrain.pth")
+    assert [p.split("/")[-1] for p, _ in server.requests] == ["dinov2_vits14_reg4_pretrain.pth"]
