@@ -119,6 +119,9 @@ class Method:
             ``layouts``; a naming of their own (``Adapter.kind``) joins the flat kinds.
         releases: its published files (``e2mc.methods.release.Release`` rows of
             ``e2mc.models.zoo.ZOO``), copied from the README named by ``releases_source``.
+        timm_options: ``{fnmatch pattern of a timm model name: constructor options}`` that
+            ``e2mc.models.backbones`` applies to those names (DINOv2's ViTs: the official
+            position-embedding resampling, ``pos_offset`` / ``pos_antialias``).
         teacher: momentum teachers ``{slot: (online module names)}``: ``SSLModel`` slot ``slot`` is a
             frozen copy (``requires_grad=False``, an ``nn.ModuleDict`` of those modules) of the
             online ``backbone``/heads, saved with the model (``<slot>.<module>.*``), never given to
@@ -142,6 +145,7 @@ class Method:
     adapters: ClassVar[tuple] = ()
     releases: ClassVar[tuple] = ()
     releases_source: ClassVar[str] = ""
+    timm_options: ClassVar[dict[str, dict]] = {}
     teacher: ClassVar[dict[str, tuple[str, ...]]] = {}
     concat_views: ClassVar[bool] = True
 

@@ -17,7 +17,9 @@ own), and moves by EMA after every step: momentum 0.996 cosine to 1 (``momentum_
 State (``"dino_center"``): the centre (1, K), an EMA (``center_momentum`` 0.9) of the teacher's
 batch mean, all-reduced under ``torchrun`` as official; saved and resumed with the run.
 
-Loss: ``criteria.dino.DINOLoss`` (student temperature 0.1); teacher temperature
+Loss: ``criteria.dino.DINOLoss`` (student temperature 0.1), plus DINOv2's KoLeo
+(``criteria.koleo``) on each global crop's backbone features times ``koleo_weight`` (0: off; DINOv2's
+0.1); teacher temperature
 ``warmup_teacher_temp`` 0.04 -> ``teacher_temp`` 0.07, linear over ``warmup_teacher_temp_epochs``
 30, per epoch (the README's recipe for ViT-S/16; main_dino.py's argparse defaults are 0.04 and 0
 epochs). Hooks: per-parameter gradient clipping at ``clip_grad`` 3.0 (utils.clip_gradients: each
@@ -46,6 +48,9 @@ from __future__ import annotations
 from e2mc.errors import CheckpointError, ConfigError
 from e2mc.methods.adapter import Adapter, Parts, epoch_of
 from e2mc.methods.base import Method, Option, register
+from e2mc.methods.dinov2 import RELEASES as DINOV2_RELEASES
+from e2mc.methods.dinov2 import RELEASES_SOURCE as DINOV2_SOURCE
+from e2mc.methods.dinov2 import TIMM_OPTIONS, DINOv2Adapter
 from e2mc.methods.layout import is_tensor_dict, sub
 from e2mc.methods.momentum import momentum_options
 from e2mc.methods.release import Release
@@ -281,9 +286,10 @@ _RELEASES = (
 class DINO(Method):
     name, heads, outputs = "dino", ("head",), ("z", "s", "t")
     teacher = {"teacher": ("backbone", "head")}
-    adapters = (DINOAdapter(),)  # main_dino.py's checkpoint.pth (student, teacher, dino_loss, ...)
-    releases = _RELEASES
-    releases_source = "facebookresearch/dino README, commit 7c446df (2023-04-18)"
+    adapters = (DINOAdapter(), DINOv2Adapter())  # main_dino.py's checkpoint.pth; DINOv2's *_pretrain.pth
+    releases = _RELEASES + DINOV2_RELEASES
+    releases_source = f"facebookresearch/dino README, commit 7c446df (2023-04-18); DINOv2: {DINOV2_SOURCE}"
+    timm_options = TIMM_OPTIONS  # DINOv2's timm ViTs: the official position-embedding resampling
     addon_input = "head bottleneck output (before L2 normalisation) of the 2 global crops"
     # facebookresearch/dino main_dino.py DataAugmentationDINO (commit 7c446df): 2 x
     # RandomResizedCrop(224, scale (0.4, 1), BICUBIC) + 8 x (96, scale (0.05, 0.4)); flip;
@@ -314,6 +320,7 @@ class DINO(Method):
         "freeze_last_layer": Option(1, 0, help="epochs with the last layer frozen (pre-training)"),
         "continue_freeze_last_layer": Option(0, 0, help="the same for a continuation"),
         "norm_last_layer": Option(True, help="weight_g of the last layer fixed at 1 (official default)"),
+        "koleo_weight": Option(0.0, 0, help="DINOv2's KoLeo on the global crops' backbone features (its 0.1); 0: off"),
         **momentum_options(0.996),
     }
     state_key = "dino_center"
@@ -390,6 +397,12 @@ class DINO(Method):
         center = state.center if state is not None else torch.zeros(1, t[0].shape[1], device=t[0].device)
         temp = teacher_temp(ctx.cfg, state.epoch if state is not None else 0) if ctx.cfg is not None else 0.07
         terms = criterion(out["s"], t, center, temp)
+        weight = float(getattr(ctx.cfg.method, "koleo_weight", 0.0)) if ctx.cfg is not None else 0.0
+        if weight > 0:  # DINOv2 (ssl_meta_arch.py): each global crop's class tokens alone, per process
+            from e2mc.criteria.koleo import KoLeoLoss
+
+            koleo = KoLeoLoss()(list(out["features"][:N_GLOBAL]))["loss"]
+            terms = {**terms, "loss": terms["loss"] + weight * koleo, "koleo": koleo.detach()}
         if state is not None:
             update_center(state.center, t, ctx.cfg.method.center_momentum)
         return terms

@@ -9,7 +9,9 @@ Three families, one entry point, :func:`build_backbone`:
   stage, strides 1/2/2, 3x3 stem; fast on CPU at 16-32 px. Same key naming scheme.
 * ``timm:<name>``: any timm model, created with ``num_classes=0`` (pooled features);
   ``timm:<name>:key=value,...`` passes constructor options the weights cannot show (MoCo v3's
-  ViT-S: ``timm:vit_small_patch16_224:num_heads=12``).
+  ViT-S: ``timm:vit_small_patch16_224:num_heads=12``); ``pos_offset=<float>,pos_antialias=<bool>`` and
+  ``patch_resize=<bool>`` are e2mc's own (:mod:`e2mc.models.posembed`: the position embedding resampled as an official
+  code does), and a method's ``timm_options`` sets them for the timm names of its releases.
 * ``hf:<folder or hub name>`` / ``aves:<file.pt>``: speech and bioacoustic encoders
   (:mod:`e2mc.models.audio`): waveforms (N, samples) -> mean+std pooled frames (N, 2 x hidden).
 
@@ -22,6 +24,8 @@ import torch
 from torch import nn
 
 from e2mc.errors import CheckpointError, ConfigError
+from e2mc.methods import METHODS
+from e2mc.models.posembed import OPTIONS, use_offset_resampling, use_patch_resize
 
 TORCHVISION_RESNETS = (
     "resnet18",
@@ -140,7 +144,8 @@ def _timm_model(name: str, pretrained: bool, img_size: int | None, **kw) -> nn.M
     import timm
 
     name, opts = timm_options(name)
-    kw = {**opts, **kw}
+    kw = {**method_timm_options(name), **opts, **kw}
+    offset, antialias, resize = (kw.pop(k, None) for k in OPTIONS)  # e2mc's own (models.posembed)
     if not timm.is_model(name):
         raise ConfigError(f"timm has no model {name!r}; see timm.list_models() for the names")
     if img_size is not None:
@@ -157,9 +162,28 @@ def _timm_model(name: str, pretrained: bool, img_size: int | None, **kw) -> nn.M
             net = timm.create_model(name, pretrained=False, num_classes=0, **kw)
         except TypeError as exc:
             raise ConfigError(f"timm model {name!r} does not accept {sorted(kw)}: {exc}") from exc
+    if offset is not None or antialias is not None:
+        use_offset_resampling(net, offset or 0.0, bool(antialias))
+    if resize:
+        use_patch_resize(net)
     net.out_dim = int(net.num_features)
     net.pretrained_source = source
     return net
+
+
+def method_timm_options(name: str) -> dict:
+    """The options the registered methods declare for the timm model ``name`` (``Method.timm_options``:
+    ``{fnmatch pattern of the name without its pretrained tag: options}``, e.g. the position-embedding
+    resampling of the method's released ViTs)."""
+    from fnmatch import fnmatchcase
+
+    base = name.split(".", 1)[0]
+    out: dict = {}
+    for method in METHODS.values():
+        for pattern, opts in method.timm_options.items():
+            if fnmatchcase(base, pattern):
+                out.update(opts)
+    return out
 
 
 def build_backbone(
