@@ -48,10 +48,11 @@ class ProbeMonitor:
         self.batch_size = batch_size
 
     @torch.no_grad()
-    def __call__(self, model: nn.Module, autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
-        """Metrics of ``model`` (an ``SSLModel``, not DDP-wrapped); restores its train/eval mode."""
-        if self.images is None or self.images.shape[0] < 2:
-            return {}
+    def embed(
+        self, model: nn.Module, autocast_dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Eval-mode backbone features and projector outputs of the probe images (float, on the
+        CPU; ``None`` without a projector); restores the model's train/eval mode."""
         was_training = model.training
         model.eval()
         feats, zs = [], []
@@ -68,10 +69,16 @@ class ProbeMonitor:
                     zs.append(z.float().cpu())
         finally:
             model.train(was_training)
-        f = torch.cat(feats)
+        return torch.cat(feats), (torch.cat(zs) if zs else None)
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module, autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+        """Metrics of ``model`` (an ``SSLModel``, not DDP-wrapped); restores its train/eval mode."""
+        if self.images is None or self.images.shape[0] < 2:
+            return {}
+        f, z = self.embed(model, autocast_dtype)
         out = {"rankme": _safe(rankme, f)}
-        if zs:
-            z = torch.cat(zs)
+        if z is not None:
             out["rankme_proj"] = _safe(rankme, z)
             out["entropy"] = _safe(marginal_entropy, z, self.entropy_transform)
             out["uniformity"] = _safe(uniformity, z)

@@ -33,9 +33,19 @@ from e2mc.errors import CheckpointError, ConfigError, RunIOError, RunLocked
 from e2mc.fileio import TEMP_NAME, atomic_write_file, atomic_write_json, atomic_write_text
 from e2mc.train.distributed import DistInfo, main_first
 
-RUN_FILES = ("config.yaml", "load_report.json", "metrics.csv", "checkpoints", "tb")
+RUN_FILES = ("config.yaml", "load_report.json", "metrics.csv", "checkpoints", "tb", "guard_events.json")
 FIXED_COLUMNS = ("wall_time", "epoch", "step", "phase")
 TAIL_COLUMNS = ("lr", "img_per_s", "rankme", "rankme_proj", "entropy", "uniformity")
+# the collapse guard's rows (phase "guard", e2mc.train.guard): its score, values and event lines
+GUARD_COLUMNS = (
+    "guard_score",
+    "guard_rankme",
+    "guard_rankme_proj",
+    "guard_entropy",
+    "guard_agreement",
+    "guard_knn",
+    "guard_event",
+)
 
 
 def run_files(out_dir: str | Path) -> list[str]:
@@ -390,7 +400,7 @@ class MetricsLog:
             self._waiting = []
 
     def _start(self, terms: list[str]) -> None:
-        columns = list(FIXED_COLUMNS) + list(terms) + list(TAIL_COLUMNS)
+        columns = list(FIXED_COLUMNS) + list(terms) + list(TAIL_COLUMNS) + list(GUARD_COLUMNS)
         buf = io.StringIO()
         csv.writer(buf).writerow(columns)
         atomic_write_text(self.path, buf.getvalue(), error=write_error)
@@ -649,6 +659,10 @@ class RunFolder:
 
         main_first(self.dist, write)
         self.last_good, self.last_good_step = ckpt / "last.pt", step
+
+    def write_best(self, state: dict) -> None:
+        """``checkpoints/best.pt`` (the collapse guard's best so far) atomically on rank 0."""
+        main_first(self.dist, lambda: save_checkpoint(self.path / "checkpoints" / "best.pt", state))
 
     def unlock(self) -> None:
         """Release the folder's lock (idempotent)."""
