@@ -437,8 +437,10 @@ def _set(obj: Any, parts: list[str], value: Any, full: str) -> None:
     if full in AUTO_KEYS and isinstance(value, str) and value.strip().lower() == "auto":
         setattr(obj, head, "auto")
         return
-    value = _coerce(value, tp, full)
     choices = _CHOICES.get(full)
+    if value is False and choices is not None and "off" in choices:
+        value = "off"  # YAML reads an unquoted `off` as false
+    value = _coerce(value, tp, full)
     if choices is not None and value not in choices:
         raise ConfigError(f"{full}={value!r} is not valid; use one of {list(choices)}.")
     rng = RANGES.get(full)

@@ -106,22 +106,27 @@ def test_a_config_built_in_code_is_checked_too():
 
 def test_every_numeric_field_has_a_range():
     numeric = set()
-    for section in dataclasses.fields(RunConfig):
-        tp = typing.get_type_hints(RunConfig)[section.name]
-        if not dataclasses.is_dataclass(tp):
-            continue
-        for name, ftp in typing.get_type_hints(tp).items():
+
+    def walk(cls, prefix):  # nested sections too (train.guard.*)
+        for name, ftp in typing.get_type_hints(cls).items():
+            if dataclasses.is_dataclass(ftp):
+                walk(ftp, f"{prefix}{name}.")
+                continue
             args = set(typing.get_args(ftp)) - {type(None)} or {ftp}
-            if args & {int, float}:
-                numeric.add(f"{section.name}.{name}")
+            if args & {int, float} and prefix:
+                numeric.add(f"{prefix}{name}")
+
+    walk(RunConfig, "")
     # and every method's numeric options (``method.<key>``, declared in its file)
     options = {f"method.{k}": o.default for m in METHODS.values() for k, o in m.options.items()}
     numeric |= {k for k, d in options.items() if isinstance(d, (int, float)) and not isinstance(d, bool)}
     assert numeric == set(RANGES)
     defaults = RunConfig()  # and every default is inside its own range
     for key, rng in RANGES.items():
-        s, n = key.split(".")
-        assert rng.ok(options[key] if key in options else getattr(getattr(defaults, s), n)), key
+        value = defaults
+        for part in key.split("."):
+            value = options[key] if key in options else getattr(value, part)
+        assert rng.ok(value), key
     assert not RANGES["optim.lr"].ok(math.nan) and not RANGES["train.grad_clip"].ok(-1.0)
 
 

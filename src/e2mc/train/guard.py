@@ -28,6 +28,7 @@ import torch
 
 from e2mc.metrics import marginal_entropy, rankme
 from e2mc.train import distributed as D
+from e2mc.train import monitor
 from e2mc.train import run as R
 from e2mc.train.monitor import _safe
 
@@ -69,7 +70,9 @@ class Guard:
         entropy_transform: the box transform of the E2MC entropy.
     """
 
-    def __init__(self, cfg: Any, probe: Any = None, labels: torch.Tensor | None = None, entropy_transform: str = "sigmoid"):
+    def __init__(
+        self, cfg: Any, probe: Any = None, labels: torch.Tensor | None = None, entropy_transform: str = "sigmoid"
+    ):
         self.cfg, self.probe, self.labels, self.transform = cfg, probe, labels, entropy_transform
         self.start: dict[str, float] | None = None  # the start's values (rank 0)
         self.start_nn: torch.Tensor | None = None
@@ -77,6 +80,25 @@ class Guard:
         self.best_step: int | None = None
         self.events: list[dict] = []
         self.rollbacks = 0
+
+    @classmethod
+    def for_run(cls, setup: Any, resumed: dict | None) -> Guard:
+        """The guard of a ``TrainerSetup`` (its probe on rank 0), restored from the checkpoint
+        ``resumed`` from (one without a guard state starts afresh)."""
+        cfg = setup.cfg.train.guard
+        probe = labels = None
+        if setup.dist.is_main and cfg.probe_size > 1 and cfg.action != "off":
+            from e2mc.data import eval_transform
+
+            info, size = setup.dataset.info, setup.image_size
+            idx = monitor.probe_indices(len(setup.dataset), cfg.probe_size, setup.cfg.train.seed)
+            probe = monitor.ProbeMonitor(setup.dataset, idx, lambda b: eval_transform(b, info, size), setup.device)
+            if cfg.labels:
+                targets = torch.tensor([int(setup.dataset.targets[i]) for i in idx])
+                labels = targets if bool((targets >= 0).all()) else None
+        guard = cls(cfg, probe, labels, setup.cfg.addon.transform or setup.method.e2mc_defaults[2])
+        guard.load_state_dict(None if resumed is None else resumed.get("guard"))
+        return guard
 
     @property
     def active(self) -> bool:
@@ -142,31 +164,10 @@ class Guard:
 
 
 class GuardSteps:
-    """The ``Trainer``'s guard steps (a mixin over ``TrainerSetup``'s attributes)."""
+    """The ``Trainer``'s guard steps (a mixin over ``TrainerSetup``'s attributes; its ``guard`` is
+    built by ``Guard.for_run``)."""
 
-    guard: Guard
     guard_stopped: bool = False
-
-    def _build_guard(self, resumed: dict | None) -> None:
-        cfg = self.cfg.train.guard
-        probe = labels = None
-        if self.dist.is_main and cfg.probe_size > 1 and cfg.action != "off":
-            from e2mc.data import eval_transform
-            from e2mc.train import monitor
-
-            info = self.dataset.info
-            idx = monitor.probe_indices(len(self.dataset), cfg.probe_size, self.cfg.train.seed)
-            probe = monitor.ProbeMonitor(
-                self.dataset, idx, lambda b: eval_transform(b, info, self.image_size), self.device
-            )
-            if cfg.labels:
-                targets = torch.tensor([int(self.dataset.targets[i]) for i in idx])
-                labels = targets if bool((targets >= 0).all()) else None
-        transform = self.cfg.addon.transform or self.method.e2mc_defaults[2]
-        self.guard = Guard(cfg, probe, labels, transform)
-        self.guard.load_state_dict(None if resumed is None else resumed.get("guard"))
-        if resumed is not None and self.guard.events:
-            self._write_events()
 
     @property
     def _best_path(self):
@@ -221,14 +222,8 @@ class GuardSteps:
             line += f" (train.guard.max_rollbacks={cfg.max_rollbacks} reached)"
         self.log(line)
         self.run.write_row({"epoch": s.epoch, "step": s.global_step, "phase": "guard", "guard_event": line})
-        self._write_events()
+        self.run.write_json(EVENTS_FILE, g.events)
         self.guard_stopped = stop
-
-    def _write_events(self) -> None:
-        if self.dist.is_main:
-            from e2mc.fileio import atomic_write_json
-
-            atomic_write_json(self.run.path / EVENTS_FILE, self.guard.events, error=R.write_error)
 
     def _guard_diverged(self, exc: Exception) -> None:
         """A non-finite loss: act as on a drop when a best checkpoint exists, else re-raise ``exc``."""

@@ -52,7 +52,7 @@ from e2mc.train import distributed as D
 from e2mc.train import monitor
 from e2mc.train import run as R
 from e2mc.train.datacheck import check_data, reschedule
-from e2mc.train.guard import GuardSteps
+from e2mc.train.guard import EVENTS_FILE, Guard, GuardSteps
 from e2mc.train.optim import (
     build_optimizer,
     build_scheduler,
@@ -77,7 +77,7 @@ def _peer_lost(exc: BaseException) -> bool:
     return isinstance(exc, getattr(tdist, "DistError", ())) or any(t in text for t in _PEER_LOST)
 
 
-class TrainerSetup(GuardSteps):
+class TrainerSetup:
     """Builds everything a run needs from a ``RunConfig`` (the ``Trainer`` adds the steps).
 
     What a checkpoint saves and restores is ``self.state`` (a ``RunState``, ``e2mc.train.state``):
@@ -263,7 +263,9 @@ class TrainerSetup(GuardSteps):
         setup.update({"global_batch": self.global_batch, "effective_lr": self.lr})
         origin = {"source_format": s.source_format, "source_epoch": s.source_epoch, "heads_built": self.heads_built}
         self.run.write_run_files(cfg, self.report, setup, {**origin, "device": str(self.device)})
-        self._build_guard(resumed)
+        self.guard = Guard.for_run(self, resumed)
+        if resumed is not None and self.guard.events:  # the events up to the checkpoint resumed from
+            self.run.write_json(EVENTS_FILE, self.guard.events)
 
     def _auto_cov_weight(self, found: tuple | None) -> float | None:
         """``addon.cov_weight: auto`` (``e2mc.train.calibrate``): the stored value on resume, else measured now."""
@@ -444,7 +446,7 @@ class TrainerSetup(GuardSteps):
         self._optimizer_template = optimizer_template(stored, [names[id(p)] for p in paired])
 
 
-class Trainer(TrainerSetup):
+class Trainer(GuardSteps, TrainerSetup):
     """Runs one training run described by a ``RunConfig``.
 
     Args:

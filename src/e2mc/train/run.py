@@ -664,6 +664,11 @@ class RunFolder:
         """``checkpoints/best.pt`` (the collapse guard's best so far) atomically on rank 0."""
         main_first(self.dist, lambda: save_checkpoint(self.path / "checkpoints" / "best.pt", state))
 
+    def write_json(self, name: str, obj: Any) -> None:
+        """A JSON run file (e.g. the collapse guard's events) atomically, rank 0 only."""
+        if self.dist.is_main:
+            atomic_write_json(self.path / name, obj, error=write_error)
+
     def unlock(self) -> None:
         """Release the folder's lock (idempotent)."""
         if self.lock is not None:

@@ -119,7 +119,6 @@ class RunState:
                 "RNG streams reseeded (the run is no longer bit-identical to an uninterrupted one)"
             )
 
-
     def restore_training(self, state: dict, per_device_batch: int, log: Callable[[str], None]) -> None:
         """Load what training changes from a checkpoint dict: the weights, the optimiser, the scaler and
         the method's own state (the collapse guard's rollback; ``restore`` adds progress and RNG)."""
