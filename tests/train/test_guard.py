@@ -146,3 +146,23 @@ def test_bad_guard_settings_are_one_line_errors(item, message):
     with pytest.raises(ConfigError, match=message) as info:
         load_config(None, [item])
     assert "\n" not in str(info.value)
+
+
+def test_a_non_finite_loss_restores_the_best_checkpoint(tmp_path, tiny, capsys):
+    """A NaN step (poisoned input) is no longer the end of the run: the best checkpoint comes back."""
+    run = tmp_path / "r"
+    t = Trainer(tiny(run, "train.max_steps=6", "train.guard.interval=2"))
+    real, calls = t.views, []
+
+    def views(x):
+        calls.append(1)
+        v = real(x)
+        return [vi * float("nan") for vi in v] if len(calls) == 3 else v
+
+    t.views = views
+    t.fit()
+    (event,) = json.loads((run / "guard_events.json").read_text())
+    assert event["step"] == 3 and event["restored_step"] == 2 and "not finite" in event["reason"]
+    assert "collapse guard at step 3: training diverged" in capsys.readouterr().err
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert last["step"] == 6 and all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
