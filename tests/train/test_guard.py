@@ -10,6 +10,7 @@ import torch
 
 from e2mc.config import load_config
 from e2mc.errors import ConfigError
+from e2mc.report import write_report
 from e2mc.train.guard import Guard, agreement, knn_accuracy, knn_indices
 from e2mc.train.loop import Trainer
 from e2mc.train.run import load_checkpoint, read_metrics
@@ -71,6 +72,9 @@ def test_destructive_lr_is_caught_rolled_back_and_ends_on_the_best(tmp_path, tin
     assert sum(1 for r in rows if r["guard_event"]) == 3 and float(rows[0]["guard_score"]) == 1.0
     err = capsys.readouterr().err
     assert err.count("collapse guard at step") == 3 and "max_rollbacks=2 reached" in err
+    md = write_report(tmp_path / "report", runs=[run])["markdown"].read_text()  # `e2mc report`'s section
+    section = md.split("## Collapse guard")[1].split("## ")[0]
+    assert section.count("| `r` |") == 3 and "| stopped |" in section and "< (1 - 0.5) x best" in section
 
 
 def test_lower_lr_continues_at_the_lower_lr(tmp_path, tiny):
@@ -104,6 +108,8 @@ def test_healthy_run_trains_exactly_as_without_the_guard(tmp_path, tiny):
     rows = _guard_rows(tmp_path / "on")
     assert len(rows) == 9 and all(r["guard_knn"] and not r["guard_event"] for r in rows)  # before step 1, then each
     assert not (tmp_path / "off" / "checkpoints" / "best.pt").exists() and not _guard_rows(tmp_path / "off")
+    md = write_report(tmp_path / "report", runs=[tmp_path / "on", tmp_path / "off"])["markdown"].read_text()
+    assert "The collapse guard scored 9 checks and never acted." in md
 
 
 def test_resume_keeps_the_guard_state_and_is_bit_identical(tmp_path, tiny):

@@ -196,8 +196,10 @@ class GuardSteps:
             state["guard"] = g.state_dict()
             self.run.write_best(state)
         elif drop:
-            best = "nan" if g.best_score is None else f"{g.best_score:.3g}"
-            self._guard_act(f"guard score {score:.3g} < (1 - {g.cfg.drop:g}) x best {best}")
+            if score is None or not math.isfinite(score):
+                self._guard_act("guard score not finite (the probe's embeddings are NaN/Inf)")
+            else:
+                self._guard_act(f"guard score {score:.3g} < (1 - {g.cfg.drop:g}) x best {g.best_score:.3g}")
         self._t_last = time.perf_counter()  # the probe's time does not count against img/s
 
     def _guard_act(self, reason: str) -> None:
