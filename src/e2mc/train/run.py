@@ -48,10 +48,18 @@ GUARD_COLUMNS = (
 )
 
 
+BEST = "best.pt"  # the collapse guard's best checkpoint (e2mc.train.guard): never resumed from
+
+
 def run_files(out_dir: str | Path) -> list[str]:
-    """The run files (``RUN_FILES``; folders only when not empty) present in ``out_dir``."""
+    """The run files (``RUN_FILES``; folders only when not empty, ``checkpoints`` only when it holds
+    more than the guard's ``best.pt``) present in ``out_dir``."""
     path = Path(out_dir)
-    return [f for f in RUN_FILES if (path / f).is_file() or ((path / f).is_dir() and any((path / f).iterdir()))]
+
+    def held(f: str) -> bool:
+        return (path / f).is_dir() and any(p.name != BEST or f != "checkpoints" for p in (path / f).iterdir())
+
+    return [f for f in RUN_FILES if (path / f).is_file() or held(f)]
 
 
 def holds_run(out_dir: str | Path) -> bool:
@@ -487,6 +495,9 @@ def set_aside_attempt(run_dir: str | Path) -> Path | None:
         dest.mkdir(parents=True, exist_ok=False)
         for f in files:
             os.replace(path / f, dest / f)
+        if (path / "checkpoints" / BEST).is_file():  # the attempt's guard checkpoint goes with it
+            (dest / "checkpoints").mkdir()
+            os.replace(path / "checkpoints" / BEST, dest / "checkpoints" / BEST)
     except OSError as exc:
         raise io_error("set aside the files of the stopped attempt in", dest, exc) from None
     return dest
@@ -662,7 +673,7 @@ class RunFolder:
 
     def write_best(self, state: dict) -> None:
         """``checkpoints/best.pt`` (the collapse guard's best so far) atomically on rank 0."""
-        main_first(self.dist, lambda: save_checkpoint(self.path / "checkpoints" / "best.pt", state))
+        main_first(self.dist, lambda: save_checkpoint(self.path / "checkpoints" / BEST, state))
 
     def write_json(self, name: str, obj: Any) -> None:
         """A JSON run file (e.g. the collapse guard's events) atomically, rank 0 only."""
