@@ -172,3 +172,20 @@ def test_a_non_finite_loss_restores_the_best_checkpoint(tmp_path, tiny, capsys):
     assert "collapse guard at step 3: training diverged" in capsys.readouterr().err
     last = load_checkpoint(run / "checkpoints" / "last.pt")
     assert last["step"] == 6 and all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.nn.utils.weight_norm: DINO's official head
+def test_dino_at_lr_x1000_is_rolled_back_with_its_centre(tmp_path, tiny):
+    """DINO (its head's bottleneck is the embedding scored; its centre is method state): LR x 1000 is
+    caught and the run ends on the best checkpoint, centre included."""
+    run = tmp_path / "r"
+    sets = ["method.name=dino", "addon.name=none", "model.head_sizes={hidden: 32, bottleneck: 8, out: 64}"]
+    extra = ["optim.batch_size=32", "optim.lr=50", "train.max_steps=12", "train.guard.interval=2"]
+    t = Trainer(tiny(run, *sets, *extra, "train.guard.action=stop"), quiet=True)
+    t.fit()
+    rows = _guard_rows(run)
+    assert rows[0]["guard_rankme_proj"] and rows[0]["guard_entropy"]  # DINO's head.mlp output
+    assert t.guard_stopped and len(t.guard.events) == 1
+    best, last = load_checkpoint(run / "checkpoints" / "best.pt"), load_checkpoint(run / "checkpoints" / "last.pt")
+    assert _equal(best["model"], last["model"])
+    assert torch.equal(best["dino_center"]["center"], last["dino_center"]["center"])

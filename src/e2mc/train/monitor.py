@@ -51,8 +51,8 @@ class ProbeMonitor:
     def embed(
         self, model: nn.Module, autocast_dtype: torch.dtype | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Eval-mode backbone features and projector outputs of the probe images (float, on the
-        CPU; ``None`` without a projector); restores the model's train/eval mode."""
+        """Eval-mode backbone features and head embeddings (``head_embedding``) of the probe images
+        (float, on the CPU; ``None`` without one); restores the model's train/eval mode."""
         was_training = model.training
         model.eval()
         feats, zs = [], []
@@ -63,7 +63,7 @@ class ProbeMonitor:
                     self.device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
                 ):
                     f = model.backbone(x)
-                    z = model.projector(f) if model.projector is not None else None
+                    z = head_embedding(model, f)
                 feats.append(f.float().cpu())
                 if z is not None:
                     zs.append(z.float().cpu())
@@ -83,6 +83,15 @@ class ProbeMonitor:
             out["entropy"] = _safe(marginal_entropy, z, self.entropy_transform)
             out["uniformity"] = _safe(uniformity, z)
         return out
+
+
+def head_embedding(model: nn.Module, f: torch.Tensor) -> torch.Tensor | None:
+    """The head's embedding of backbone features ``f``: the projector's output, or a head's bottleneck
+    (DINO's ``head.mlp``, before its L2 normalisation and prototypes); None when the model has neither."""
+    if getattr(model, "projector", None) is not None:
+        return model.projector(f)
+    head = getattr(model, "head", None)
+    return head.mlp(f) if head is not None and hasattr(head, "mlp") else None
 
 
 def _safe(fn, *args) -> float:
