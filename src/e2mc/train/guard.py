@@ -171,7 +171,7 @@ class GuardSteps:
 
     @property
     def _best_path(self):
-        return self.run.path / "checkpoints" / "best.pt"
+        return self.run.path / "checkpoints" / R.BEST
 
     def _guard_check(self) -> None:
         """Score the model (rank 0), agree the decision, keep a new best or act on a drop."""
