@@ -189,3 +189,15 @@ def test_dino_at_lr_x1000_is_rolled_back_with_its_centre(tmp_path, tiny):
     best, last = load_checkpoint(run / "checkpoints" / "best.pt"), load_checkpoint(run / "checkpoints" / "last.pt")
     assert _equal(best["model"], last["model"])
     assert torch.equal(best["dino_center"]["center"], last["dino_center"]["center"])
+
+
+def test_resume_after_a_rollback_keeps_the_lowered_lr_and_the_events(tmp_path, tiny):
+    common = ["train.deterministic=true", "optim.lr=50", "train.guard.interval=2", "train.guard.action=lower_lr"]
+    common += ["train.guard.lr_factor=0.001"]
+    Trainer(tiny(tmp_path / "a", *common, "train.max_steps=8"), quiet=True).fit()
+    Trainer(tiny(tmp_path / "b", *common, "train.max_steps=4"), quiet=True).fit()
+    Trainer(tiny(tmp_path / "b", *common, "train.max_steps=8", "out.resume=true"), quiet=True).fit()
+    a, b = (load_checkpoint(tmp_path / r / "checkpoints" / "last.pt") for r in ("a", "b"))
+    assert a["guard"]["events"] and a["guard"]["events"] == b["guard"]["events"]
+    assert _equal(a["model"], b["model"]) and a["scheduler"]["base_lrs"] == b["scheduler"]["base_lrs"]
+    assert json.loads((tmp_path / "b" / "guard_events.json").read_text()) == b["guard"]["events"]
