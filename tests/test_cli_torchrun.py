@@ -72,7 +72,8 @@ def test_torchrun_two_processes_through_the_cli(tmp_path, capsys):
     assert steps == ["1", "2", "3"]  # one writer: no duplicated rows
     st = load_checkpoint(out / "checkpoints" / "last.pt")
     assert st["world_size"] == 2 and st["step"] == 3 and len(st["rng"]["per_rank"]) == 2
-    assert sorted(os.listdir(out / "checkpoints")) == ["last.pt"]  # no stray temp files
+    # no stray temp files (best.pt: the collapse guard's, written by rank 0 alone before the first step)
+    assert sorted(os.listdir(out / "checkpoints")) == ["best.pt", "last.pt"]
     assert (out / ".e2mc.lock").read_text() == ""  # rank 0 alone took the run lock (rank 1 would fail) and released it
 
 

@@ -166,6 +166,24 @@ class OptimConfig:
 
 
 @dataclass
+class GuardConfig:
+    """The collapse guard (``e2mc.train.guard``): every ``interval`` steps (and before the first)
+    rank 0 scores a fixed probe set without labels; a score below ``(1 - drop)`` x the best one
+    so far (or a non-finite loss) restores the best checkpoint and then, by ``action``:
+    ``rollback`` continues, ``lower_lr`` continues at ``lr_factor`` x the LR, ``stop`` ends the
+    run; ``off`` disables the guard. After ``max_rollbacks`` restores the run stops (on the best)."""
+
+    action: str = "rollback"  # rollback | lower_lr | stop | off
+    interval: int = 50  # steps between checks (docs/guard.md: cost < 5% of the step time)
+    probe_size: int = 256  # images of the fixed probe set (the first of train.probe_size's draw)
+    drop: float = 0.5  # relative drop of the guard score below the best that triggers the action
+    lr_factor: float = 0.1  # lower_lr: the LR is multiplied by this at each event
+    max_rollbacks: int = 3  # restores before the run stops on the best checkpoint
+    knn_k: int = 10  # neighbours of the kNN agreement (and of the labelled kNN)
+    labels: bool = False  # also score leave-one-out kNN accuracy with the probe images' labels
+
+
+@dataclass
 class TrainConfig:
     """Loop settings."""
 
@@ -185,6 +203,7 @@ class TrainConfig:
     # --resume when the training data differs from the checkpoint's (its fingerprint): recompute
     # the LR schedule for the new data instead of refusing. Used once: not kept in the run's config.
     allow_data_change: bool = False
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
 
 @dataclass
@@ -229,6 +248,7 @@ _CHOICES = {
     "train.precision": ("fp32", "bf16", "fp16"),
     "data.on_error": ("raise", "skip"),
     "mode": ("pretrain", "continue"),
+    "train.guard.action": ("rollback", "lower_lr", "stop", "off"),
 }
 
 
@@ -294,6 +314,12 @@ RANGES: dict[str, Range] = {
     "train.log_every": AT_LEAST_ONE,
     "train.checkpoint_every_epochs": AT_LEAST_ONE,
     "train.max_steps": Range(1, optional=True),
+    "train.guard.interval": AT_LEAST_ONE,
+    "train.guard.probe_size": Range(0),  # 0 or 1: no probe, the guard does nothing
+    "train.guard.drop": Range(0, 1, lo_open=True, hi_open=True),
+    "train.guard.lr_factor": Range(0, 1, lo_open=True, hi_open=True),
+    "train.guard.max_rollbacks": NON_NEGATIVE,
+    "train.guard.knn_k": AT_LEAST_ONE,
 }
 # every method's numeric options (``method.<key>``), as its file declares them
 OPTION_OWNERS: dict[str, list[str]] = {}  # option -> the methods that declare it
@@ -312,15 +338,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     """Check every numeric field against ``RANGES``; ConfigError naming the key, value and range."""
     _check_method_options(cfg.method)
     for key, rng in RANGES.items():
-        *path, name = key.split(".")
-        section = path[0]
-        if section == "method":
+        *sections, name = key.split(".")
+        if sections == ["method"]:
             if name not in get_method(cfg.method.name).options:
                 continue  # another method's option
-        obj = cfg
-        for part in path:
-            obj = getattr(obj, part)
-        value = getattr(obj, name)
+        owner = cfg
+        for section in sections:
+            owner = getattr(owner, section)
+        value = getattr(owner, name)
         if key in AUTO_KEYS and value == "auto":
             continue
         if not rng.ok(value):
@@ -444,8 +469,10 @@ def _set(obj: Any, parts: list[str], value: Any, full: str) -> None:
     if full in AUTO_KEYS and isinstance(value, str) and value.strip().lower() == "auto":
         setattr(obj, head, "auto")
         return
-    value = _coerce(value, tp, full)
     choices = _CHOICES.get(full)
+    if value is False and choices is not None and "off" in choices:
+        value = "off"  # YAML reads an unquoted `off` as false
+    value = _coerce(value, tp, full)
     if choices is not None and value not in choices:
         raise ConfigError(f"{full}={value!r} is not valid; use one of {list(choices)}.")
     rng = RANGES.get(full)

@@ -107,11 +107,13 @@ def test_a_config_built_in_code_is_checked_too():
 def test_every_numeric_field_has_a_range():
     numeric = set()
 
-    def walk(tp, prefix):  # nested sections too (data.audio.*)
-        for name, ftp in typing.get_type_hints(tp).items():
+    def walk(cls, prefix):  # nested sections too (train.guard.*)
+        for name, ftp in typing.get_type_hints(cls).items():
             if dataclasses.is_dataclass(ftp):
                 walk(ftp, f"{prefix}{name}.")
-            elif (set(typing.get_args(ftp)) - {type(None)} or {ftp}) & {int, float}:
+                continue
+            args = set(typing.get_args(ftp)) - {type(None)} or {ftp}
+            if args & {int, float} and prefix:
                 numeric.add(f"{prefix}{name}")
 
     walk(RunConfig, "")

@@ -12,6 +12,11 @@ from e2mc.train.run import load_checkpoint, nonfinite
 
 from .conftest import SETS, cli, one_line_error, tiny_config
 
+# the collapse guard off: these check the last line of defence (no non-finite state on disk, the
+# error naming a good checkpoint); with the guard on, a divergence restores its best checkpoint
+# (tests/train/test_guard.py)
+OFF = "train.guard.action=off"
+
 
 def _all_finite_on_disk(run):
     """Every checkpoint file in the run folder is finite (checked tensor by tensor, not with nonfinite)."""
@@ -53,7 +58,7 @@ def test_nan_lr_one_step_writes_nothing(tmp_path):
     """lr=nan (set on the optimiser, whatever the config validation says) and max_steps=1: the loss of
     step 1 is finite but the weights are not; the run must not end with NaN weights on disk."""
     run = tmp_path / "r"
-    t = Trainer(tiny_config(run, "train.max_steps=1"), quiet=True)
+    t = Trainer(tiny_config(run, "train.max_steps=1", OFF), quiet=True)
     t.optimizer.param_groups[0]["lr"] = math.nan
     with pytest.raises(TrainingDiverged, match=r"not finite at step 1.*nothing was written.*no good checkpoint"):
         t.fit()
@@ -65,7 +70,7 @@ def test_poisoned_state_after_a_good_checkpoint(tmp_path, poison):
     """A BN running variance or a momentum buffer turns Inf/NaN at the end of epoch 1 (the loss stays finite):
     the epoch-1 checkpoint is refused and the error names last.pt of epoch 0, which is finite."""
     run = tmp_path / "r"
-    t = Trainer(tiny_config(run, "optim.name=sgd", "optim.momentum=0.9"), quiet=True)
+    t = Trainer(tiny_config(run, "optim.name=sgd", "optim.momentum=0.9", OFF), quiet=True)
     real = t.train_step
 
     def step(images, **kw):
@@ -94,7 +99,7 @@ def test_huge_lr_diverges_without_a_bad_checkpoint(tmp_path, optim):
     but break evaluate). The LR is set past the config's range check (lr <= 1000): the guard must
     hold on its own."""
     run = tmp_path / "r"
-    cfg = tiny_config(run, f"optim.name={optim[0]}", "optim.batch_size=64")
+    cfg = tiny_config(run, f"optim.name={optim[0]}", "optim.batch_size=64", OFF)
     cfg.optim.lr = float(optim[1])
     with pytest.raises(TrainingDiverged, match=r"training diverged.*(last good checkpoint is|no good checkpoint)"):
         Trainer(cfg, quiet=True).fit()

@@ -71,7 +71,41 @@ def run_info(run_dir: Path, rows: list[dict]) -> dict:
         "addon": (cfg.get("addon") or {}).get("name"),
         "mode": cfg.get("mode"),
         "wall_time_s": round(max(times) - min(times), 1) if len(times) > 1 else None,
+        "guard_checks": sum(1 for r in rows if r.get("guard_score")),
+        "guard_events": _guard_events(run_dir),
     }
+
+
+def _guard_events(run_dir: Path) -> list[dict]:
+    """The collapse guard's events of a run (``guard_events.json``, written by e2mc.train.guard)."""
+    import json
+
+    try:
+        events = json.loads((run_dir / "guard_events.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [e for e in events if isinstance(e, dict)] if isinstance(events, list) else []
+
+
+def guard_blocks(run_meta: Mapping[str, dict]) -> list[tuple[str, object]]:
+    """The report's "Collapse guard" section: each event of each run, or one line saying none acted."""
+    if not any(m.get("guard_checks") or m.get("guard_events") for m in run_meta.values()):
+        return []  # runs without the guard (older e2mc, or train.guard.action=off)
+    table = [["run", "step", "why", "restored (step)", "then"]]
+    for n, m in run_meta.items():
+        for e in m.get("guard_events") or []:
+            then = e.get("action", "")
+            if e.get("lr") is not None and then != "stopped":
+                then += f" at lr {e['lr']:.3g}"
+            table.append([f"`{n}`", str(e.get("step", "")), e.get("reason", ""), str(e.get("restored_step", "")), then])
+    if len(table) == 1:
+        checks = sum(m.get("guard_checks") or 0 for m in run_meta.values())
+        return [("h2", "Collapse guard"), ("p", f"The collapse guard scored {checks} checks and never acted.")]
+    text = (
+        "The collapse guard (`train.guard`) restored a run's best checkpoint when its label-free probe score "
+        "dropped (or its loss was not finite); each event:"
+    )
+    return [("h2", "Collapse guard"), ("p", text), ("table", table)]
 
 
 def _runs_of(comparison) -> list[tuple[str, Path]]:
@@ -255,6 +289,7 @@ def write_report(
             ),
             ("table", table),
         ]
+    blocks += guard_blocks(run_meta)
     blocks += [("h2", "Figures")] + [("figure", (c, p)) for c, p in figures]
     atomic_write_text(out / "report.md", _render_md(blocks), error=write_error)
     atomic_write_text(out / "report.html", _render_html(blocks, title), error=write_error)

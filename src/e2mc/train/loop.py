@@ -53,6 +53,7 @@ from e2mc.train import distributed as D
 from e2mc.train import monitor
 from e2mc.train import run as R
 from e2mc.train.datacheck import check_data, reschedule
+from e2mc.train.guard import EVENTS_FILE, Guard, GuardSteps
 from e2mc.train.optim import (
     build_optimizer,
     build_scheduler,
@@ -265,6 +266,9 @@ class TrainerSetup:
         setup.update({"global_batch": self.global_batch, "effective_lr": self.lr})
         origin = {"source_format": s.source_format, "source_epoch": s.source_epoch, "heads_built": self.heads_built}
         self.run.write_run_files(cfg, self.report, setup, {**origin, "device": str(self.device)})
+        self.guard = Guard.for_run(self, resumed)
+        if resumed is not None and self.guard.events:  # the events up to the checkpoint resumed from
+            self.run.write_json(EVENTS_FILE, self.guard.events)
 
     def _auto_cov_weight(self, found: tuple | None) -> float | None:
         """``addon.cov_weight: auto`` (``e2mc.train.calibrate``): the stored value on resume, else measured now."""
@@ -445,7 +449,7 @@ class TrainerSetup:
         self._optimizer_template = optimizer_template(stored, [names[id(p)] for p in paired])
 
 
-class Trainer(TrainerSetup):
+class Trainer(GuardSteps, TrainerSetup):
     """Runs one training run described by a ``RunConfig``.
 
     Args:
@@ -508,11 +512,13 @@ class Trainer(TrainerSetup):
             self.method.prepare(self.step_context(), self._prepare_batches())  # e.g. DINO's missing centre
             if s.global_step == 0 and s.epoch == 0:
                 self._epoch_metrics("init")
+            if self.guard.best_step is None:  # before the first step (or a checkpoint without a guard)
+                self._guard_check()
             while s.epoch < self.cfg.train.epochs and not self._done():
                 self._run_epoch()
-                if self.stop_requested:
+                if self.stop_requested or self.guard_stopped:
                     break
-            if not self.stop_requested:
+            if not (self.stop_requested or self.guard_stopped):
                 self._stage = "writing the last checkpoint"
                 self.save()
         except (MemoryError, RuntimeError) as exc:
@@ -564,14 +570,28 @@ class Trainer(TrainerSetup):
         self.method.epoch_start(self.step_context(), s.epoch)
         for images, _ in self.loader:
             self._stage = "the training step"
-            terms = self.train_step(images, scheduler=s.scheduler)
+            try:
+                terms = self.train_step(images, scheduler=s.scheduler)
+            except TrainingDiverged as exc:  # the guard restores the best checkpoint, or re-raises
+                terms = None
+                self._guard_diverged(exc)
             s.global_step += 1
             s.step_in_epoch += 1
-            self._pending.append(terms)
+            if terms is not None:
+                self._pending.append(terms)
             if self.bar is not None:
                 self.bar.update(1)
-            if s.global_step % self.cfg.train.log_every == 0:
-                self._flush("train")
+            try:
+                if s.global_step % self.cfg.train.log_every == 0:
+                    self._flush("train")
+                if s.global_step % self.cfg.train.guard.interval == 0 and not self.guard_stopped:
+                    self._guard_check()
+            except TrainingDiverged as exc:
+                self._guard_diverged(exc)
+            if self.guard_stopped:
+                self._stage = "writing a checkpoint"
+                self.save()
+                return
             save_now, stop = D.any_flags((self.save_requested, self.stop_requested), self.dist)  # 1 per step
             if save_now or stop or self._done():
                 self.save_requested = False
@@ -583,7 +603,10 @@ class Trainer(TrainerSetup):
                     self.log(f"stopped by signal at epoch {s.epoch} step {s.global_step}; {hint}")
                 if stop or self._done():
                     return
-        self._flush("train")
+        try:
+            self._flush("train")
+        except TrainingDiverged as exc:
+            self._guard_diverged(exc)
         s.epoch += 1
         s.step_in_epoch = 0
         self._epoch_metrics("epoch")
@@ -643,6 +666,7 @@ class Trainer(TrainerSetup):
         self._flush("train")  # raises TrainingDiverged before a bad state reaches the disk
         s = self.state
         state = s.checkpoint(self.cfg, self.dist, self.per_device_batch, self.run.metrics_rows)
+        state["guard"] = self.guard.state_dict()
         extra = (self.method.state_key,) if self.method.state_key else ()  # the method's own state
         bad = R.nonfinite(state, ("model", "optimizer", "scaler", *extra)) or self._probe_nonfinite()
         if D.any_flag(bad is not None, self.dist):

@@ -48,10 +48,11 @@ class ProbeMonitor:
         self.batch_size = batch_size
 
     @torch.no_grad()
-    def __call__(self, model: nn.Module, autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
-        """Metrics of ``model`` (an ``SSLModel``, not DDP-wrapped); restores its train/eval mode."""
-        if self.images is None or self.images.shape[0] < 2:
-            return {}
+    def embed(
+        self, model: nn.Module, autocast_dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Eval-mode backbone features and head embeddings (``head_embedding``) of the probe images
+        (float, on the CPU; ``None`` without one); restores the model's train/eval mode."""
         was_training = model.training
         model.eval()
         feats, zs = [], []
@@ -62,20 +63,35 @@ class ProbeMonitor:
                     self.device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
                 ):
                     f = model.backbone(x)
-                    z = model.projector(f) if model.projector is not None else None
+                    z = head_embedding(model, f)
                 feats.append(f.float().cpu())
                 if z is not None:
                     zs.append(z.float().cpu())
         finally:
             model.train(was_training)
-        f = torch.cat(feats)
+        return torch.cat(feats), (torch.cat(zs) if zs else None)
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module, autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+        """Metrics of ``model`` (an ``SSLModel``, not DDP-wrapped); restores its train/eval mode."""
+        if self.images is None or self.images.shape[0] < 2:
+            return {}
+        f, z = self.embed(model, autocast_dtype)
         out = {"rankme": _safe(rankme, f)}
-        if zs:
-            z = torch.cat(zs)
+        if z is not None:
             out["rankme_proj"] = _safe(rankme, z)
             out["entropy"] = _safe(marginal_entropy, z, self.entropy_transform)
             out["uniformity"] = _safe(uniformity, z)
         return out
+
+
+def head_embedding(model: nn.Module, f: torch.Tensor) -> torch.Tensor | None:
+    """The head's embedding of backbone features ``f``: the projector's output, or a head's bottleneck
+    (DINO's ``head.mlp``, before its L2 normalisation and prototypes); None when the model has neither."""
+    if getattr(model, "projector", None) is not None:
+        return model.projector(f)
+    head = getattr(model, "head", None)
+    return head.mlp(f) if head is not None and hasattr(head, "mlp") else None
 
 
 def _safe(fn, *args) -> float:

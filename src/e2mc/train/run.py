@@ -33,15 +33,33 @@ from e2mc.errors import CheckpointError, ConfigError, RunIOError, RunLocked
 from e2mc.fileio import TEMP_NAME, atomic_write_file, atomic_write_json, atomic_write_text
 from e2mc.train.distributed import DistInfo, main_first
 
-RUN_FILES = ("config.yaml", "load_report.json", "metrics.csv", "checkpoints", "tb")
+RUN_FILES = ("config.yaml", "load_report.json", "metrics.csv", "checkpoints", "tb", "guard_events.json")
 FIXED_COLUMNS = ("wall_time", "epoch", "step", "phase")
 TAIL_COLUMNS = ("lr", "img_per_s", "rankme", "rankme_proj", "entropy", "uniformity")
+# the collapse guard's rows (phase "guard", e2mc.train.guard): its score, values and event lines
+GUARD_COLUMNS = (
+    "guard_score",
+    "guard_rankme",
+    "guard_rankme_proj",
+    "guard_entropy",
+    "guard_agreement",
+    "guard_knn",
+    "guard_event",
+)
+
+
+BEST = "best.pt"  # the collapse guard's best checkpoint (e2mc.train.guard): never resumed from
 
 
 def run_files(out_dir: str | Path) -> list[str]:
-    """The run files (``RUN_FILES``; folders only when not empty) present in ``out_dir``."""
+    """The run files (``RUN_FILES``; folders only when not empty, ``checkpoints`` only when it holds
+    more than the guard's ``best.pt``) present in ``out_dir``."""
     path = Path(out_dir)
-    return [f for f in RUN_FILES if (path / f).is_file() or ((path / f).is_dir() and any((path / f).iterdir()))]
+
+    def held(f: str) -> bool:
+        return (path / f).is_dir() and any(p.name != BEST or f != "checkpoints" for p in (path / f).iterdir())
+
+    return [f for f in RUN_FILES if (path / f).is_file() or held(f)]
 
 
 def holds_run(out_dir: str | Path) -> bool:
@@ -390,7 +408,7 @@ class MetricsLog:
             self._waiting = []
 
     def _start(self, terms: list[str]) -> None:
-        columns = list(FIXED_COLUMNS) + list(terms) + list(TAIL_COLUMNS)
+        columns = list(FIXED_COLUMNS) + list(terms) + list(TAIL_COLUMNS) + list(GUARD_COLUMNS)
         buf = io.StringIO()
         csv.writer(buf).writerow(columns)
         atomic_write_text(self.path, buf.getvalue(), error=write_error)
@@ -477,6 +495,9 @@ def set_aside_attempt(run_dir: str | Path) -> Path | None:
         dest.mkdir(parents=True, exist_ok=False)
         for f in files:
             os.replace(path / f, dest / f)
+        if (path / "checkpoints" / BEST).is_file():  # the attempt's guard checkpoint goes with it
+            (dest / "checkpoints").mkdir()
+            os.replace(path / "checkpoints" / BEST, dest / "checkpoints" / BEST)
     except OSError as exc:
         raise io_error("set aside the files of the stopped attempt in", dest, exc) from None
     return dest
@@ -649,6 +670,15 @@ class RunFolder:
 
         main_first(self.dist, write)
         self.last_good, self.last_good_step = ckpt / "last.pt", step
+
+    def write_best(self, state: dict) -> None:
+        """``checkpoints/best.pt`` (the collapse guard's best so far) atomically on rank 0."""
+        main_first(self.dist, lambda: save_checkpoint(self.path / "checkpoints" / BEST, state))
+
+    def write_json(self, name: str, obj: Any) -> None:
+        """A JSON run file (e.g. the collapse guard's events) atomically, rank 0 only."""
+        if self.dist.is_main:
+            atomic_write_json(self.path / name, obj, error=write_error)
 
     def unlock(self) -> None:
         """Release the folder's lock (idempotent)."""

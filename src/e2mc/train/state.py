@@ -103,16 +103,9 @@ class RunState:
         """Load a checkpoint dict made by ``checkpoint`` (the weights, optimiser, scheduler, scaler,
         the method's own state, progress and this rank's RNG streams; the origin and ``auto_cov_weight`` are read
         when the run is built)."""
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        match_param_layout(self.optimizer)
+        self.restore_training(state, per_device_batch, log)
         if self.scheduler is not None and state.get("scheduler"):
             self.scheduler.load_state_dict({**self.scheduler.state_dict(), **state["scheduler"]})
-        if state.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["scaler"])
-        m = self.method
-        if m is not None and m.state_key is not None:
-            m.load_state(self.method_state, state.get(m.state_key), per_device_batch, log)
         self.epoch, self.global_step = int(state["epoch"]), int(state["step"])
         self.step_in_epoch, self.run_step = int(state["step_in_epoch"]), int(state["run_step"])
         self.warmup_done = bool(state["warmup_done"])
@@ -125,6 +118,18 @@ class RunState:
                 f"resuming on {dist.world_size} processes from a checkpoint of {len(per_rank)}: "
                 "RNG streams reseeded (the run is no longer bit-identical to an uninterrupted one)"
             )
+
+    def restore_training(self, state: dict, per_device_batch: int, log: Callable[[str], None]) -> None:
+        """Load what training changes from a checkpoint dict: the weights, the optimiser, the scaler and
+        the method's own state (the collapse guard's rollback; ``restore`` adds progress and RNG)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        match_param_layout(self.optimizer)
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        m = self.method
+        if m is not None and m.state_key is not None:
+            m.load_state(self.method_state, state.get(m.state_key), per_device_batch, log)
 
 
 def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
