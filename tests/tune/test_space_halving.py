@@ -108,7 +108,12 @@ def test_selection_rules_and_kendall_against_scipy():
     assert tau["alpha_req"]["tau"] == pytest.approx(ref.statistic) and tau["alpha_req"]["p"] == pytest.approx(
         ref.pvalue
     )
-    assert tau["entropy"]["tau"] == pytest.approx(1.0) and tau["lidar"] == {"tau": None, "p": None, "n": 0}
+    assert tau["entropy"]["tau"] == pytest.approx(1.0) and tau["lidar"] == {
+        "tau": None,
+        "p": None,
+        "n": 0,
+        "too_few": True,
+    }
 
 
 def test_holdout_split_rules(tmp_path):
