@@ -18,6 +18,7 @@ from tests.conftest import tiny_digits_start
 SPACE = {
     "addons": ["none", "e2mc"],
     "e2mc": {"entropy_weight": [10], "cov_weight": [1, 1000]},
+    "lr": [None],
     "epochs": 1,
     "set": {"optim.batch_size": 64, "train.probe_size": 0, "train.log_every": 1000},
 }
@@ -120,6 +121,11 @@ def test_paired_outcomes_match_the_knn_accuracy_and_the_intervals(tuned):
     c = 1.959963984540054 + 0.8416212335729143
     p = max(pw["discordance"], 1 / 269)
     assert pw["mde"] == pytest.approx(c * (p / (120 + c * c)) ** 0.5)
+    # the first rung: base-only's RankMe moved by min_move at the pilot's steps, or the last rung was reached
+    start = json.loads((root / "out" / "pilot" / "start.json").read_text())["rankme"]
+    moved = pilot[0]["scores"][str(pw["pilot_steps"])]["rankme"]
+    assert pw["moved"][-1] == {"steps": pw["pilot_steps"], "rankme_change": pytest.approx(abs(moved - start) / start)}
+    assert pw["moved"][-1]["rankme_change"] >= 0.05 or res["rungs"][0]["epochs"] == 1
 
 
 def test_kendall_tau_matches_scipy(tuned):
@@ -222,7 +228,7 @@ def test_bad_inputs_are_one_line_errors(start, tmp_path, capsys):
     with pytest.raises(DataError, match="too few for kNN@20"):
         run_tune(str(ckpt), "digits", out=tmp_path / "b", space=SPACE, **{**KW, "holdout": 5})
     with pytest.raises(ConfigError, match="nothing to choose"):
-        run_tune(str(ckpt), "digits", out=tmp_path / "c", space={"addons": ["none"]}, **KW)
+        run_tune(str(ckpt), "digits", out=tmp_path / "c", space={"addons": ["none"], "lr": [None]}, **KW)
     with pytest.raises(ConfigError, match="too small"):
         run_tune(str(ckpt), "digits", out=tmp_path / "d", space=SPACE, budget=0.1, **KW)
     for bad in (float("nan"), -1.0, 0.0):  # refused before any probe trains, nothing written
@@ -232,6 +238,8 @@ def test_bad_inputs_are_one_line_errors(start, tmp_path, capsys):
         run_tune(str(ckpt), "digits", out=tmp_path / "g", space=SPACE, target_diff=0, **KW)
     with pytest.raises(ConfigError, match="--holdout-cap is a fraction"):
         run_tune(str(ckpt), "digits", out=tmp_path / "g", space=SPACE, holdout_cap=1.5, **KW)
+    with pytest.raises(ConfigError, match="--min-move is a relative RankMe change"):
+        run_tune(str(ckpt), "digits", out=tmp_path / "g", space=SPACE, min_move=-1, **KW)
     with pytest.raises(ConfigError, match="--confirm takes N >= 1"):
         run_tune(str(ckpt), "digits", out=tmp_path / "g", space=SPACE, confirm=-1, **KW)
     assert not (tmp_path / "g").exists()

@@ -127,7 +127,15 @@ def register(sub) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="steps of the two base-only pilot probes that measure per-image noise (default: the first rung's)",
+        help="steps of the two base-only pilot probes that measure per-image noise (default: the first rung's, "
+        "lengthened until --min-move)",
+    )
+    p.add_argument(
+        "--min-move",
+        type=float,
+        default=0.05,
+        metavar="FRACTION",
+        help="the first rung lasts until base-only's held-out RankMe moved by this fraction from the start's",
     )
     p.add_argument(
         "--train-images",
@@ -192,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
         target_diff=args.target_diff,
         holdout_cap=args.holdout_cap,
         pilot_steps=args.pilot_steps,
+        min_move=args.min_move,
     )
     res = tune(spec)
     print(f"chosen: {res['chosen']['label']}  {res['chosen']['overrides']}")

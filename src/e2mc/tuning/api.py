@@ -221,6 +221,9 @@ def _check(spec: TuneSpec) -> tuple[Plan, object]:
     base = _base_overrides(spec.checkpoint, method, spec.recipe, sets, spec.device, spec.seed)
     over = {**base, "mode": "continue", "data.dataset": str(spec.dataset)}
     cfg = load_config(spec.recipe, over)  # checks keys and values
+    sp = sp.with_base_lr(cfg.optim.lr)  # lr: {relative: [...]}: multiples of the recipe's LR
+    if spec.confirm_epochs is not None and not sp.epochs_given:  # the last rung is as long as the confirm runs
+        sp = sp.with_epochs(float(spec.confirm_epochs))
     source = build_dataset(str(spec.dataset), "train", root=cfg.data.root or spec.root)
     labels = scoring.has_labels(source.targets)
     if not labels and rule == "heldout":
@@ -230,7 +233,7 @@ def _check(spec: TuneSpec) -> tuple[Plan, object]:
         )
     if spec.holdout is not None:  # before the power pilot trains anything
         scoring.check_holdout(len(source), int(spec.holdout), spec.train_images)
-    power.check(spec.target_diff, spec.holdout_cap)
+    power.check(spec.target_diff, spec.holdout_cap, spec.min_move)
     halving.schedule(len(sp.points), sp.epochs, spec.budget, spec.eta)  # a bad --budget: before the pilot
     plan = Plan(sp, rule, label_free, method, workers, threads, base, cfg.optim.batch_size, labels)
     return plan, source
@@ -249,6 +252,18 @@ def _split_and_schedule(spec: TuneSpec, plan: Plan, source, out: Path, ev: dict,
         plan.power = power.pilot(spec, plan, source, plan.rungs[0].epochs, ev, ref_over, out, log)
         plan.n_hold = plan.power["held_out"]
         log(power.describe(plan.power))
+        longer = halving.lengthen_first(plan.rungs, len(plan.space.points), plan.power["first_epochs"], spec.eta)
+        if len(longer) < len(plan.rungs):
+            log(
+                f"first rung lengthened to {longer[0].epochs:.3g} epochs (base-only's features move by then); "
+                f"{len(longer)} rung(s), {halving.cost(longer):.3g} epochs of probe training"
+                + (
+                    f", over --budget {spec.budget}"
+                    if isinstance(spec.budget, (int, float)) and halving.cost(longer) > spec.budget
+                    else ""
+                )
+            )
+            plan.rungs = longer
     else:
         plan.n_hold = spec.holdout if spec.holdout is not None else min(5000, max(scoring.K, round(0.1 * plan.n)))
     plan.split = scoring.holdout_split(

@@ -60,6 +60,23 @@ def paired_tables(res: dict) -> list[str]:
     return lines
 
 
+def lr_table(res: dict) -> list[str]:
+    """Which LR won for each add-on: its best-ranked probe (furthest rung, then score)."""
+    if len({p["overrides"].get("optim.lr") for p in res["probes"]}) < 2:
+        return []
+    lines = ["", "## Best LR per add-on", "", "| add-on | probe | LR | rung | kNN@20 % |", "|---|---|---|---|---|"]
+    seen = set()
+    for p in res["probes"]:
+        if p["addon"] in seen:
+            continue
+        seen.add(p["addon"])
+        lr = p["overrides"].get("optim.lr")
+        lr_text = "the recipe's" if lr is None else f"{lr:g}"
+        knn = _fmt(p["metrics"].get("knn_top1_k20"), True)
+        lines.append(f"| {p['addon']} | {p['label']} | {lr_text} | {p['rung']} | {knn} |")
+    return lines
+
+
 def to_markdown(res: dict) -> str:
     """tune.md's text: verdict, power, chosen setting, paired tables, ranked probes, Kendall tau, cost, confirm."""
     ch = res["chosen"]
@@ -105,6 +122,7 @@ def to_markdown(res: dict) -> str:
     lines.append(
         "| | start (no training) | | 0 | " + " | ".join(_fmt(res["start"].get(c), c in pct) for c in used) + " | |"
     )
+    lines += lr_table(res)
     if res["kendall_tau"]:
         lines += [
             "",

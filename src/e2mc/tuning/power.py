@@ -1,9 +1,12 @@
 """Detection power up front: how large a paired kNN@20 difference the tune can see, and the held-out size.
 
-Before any probe of the search trains, a PILOT measures the per-image noise floor: two base-only
-probes of the start that differ only in their training seed (``seed`` and ``seed + 1``), trained as
-long as the first rung, scored on the largest held-out part allowed (``holdout_cap`` of the train
-split, in ``OUT/pilot/``). The fraction of held-out images on which their kNN@20 outcomes differ is
+Before any probe of the search trains, a PILOT on the largest held-out part allowed (``holdout_cap``
+of the train split, in ``OUT/pilot/``) fixes the first rung's length and measures the per-image
+noise floor. First rung: a base-only probe of the start is trained to the first rung's steps and
+resumed ``eta`` times longer until its backbone RankMe on the held-out part has moved by ``min_move``
+(relative, label-free; default 5%) from the start's, or the last rung is reached; the first rung
+is then at least that long (fewer, longer rungs). Noise: a second base-only probe, differing only
+in its training seed, is trained as long. The fraction of held-out images on which their kNN@20 outcomes differ is
 the discordance ``p`` (at least one image's worth). From it (``tuning.paired``): the number of
 images on which a paired difference of ``target`` (default 0.5 kNN points) is detected with 80%
 power at the 5% level, the held-out size (that number, capped; ``--holdout`` overrides) and the
@@ -21,8 +24,10 @@ from e2mc.tuning.outcomes import NAME
 from e2mc.tuning.probes import run_jobs
 
 
-def check(target: float, cap: float) -> None:
-    """One-line errors for a target difference or a cap out of range."""
+def check(target: float, cap: float, min_move: float = 0.05) -> None:
+    """One-line errors for a target difference, a cap or a movement threshold out of range."""
+    if not (math.isfinite(float(min_move)) and 0 <= float(min_move) < 10):
+        raise ConfigError(f"--min-move is a relative RankMe change >= 0 (e.g. 0.05 = 5%), got {min_move}")
     if not (math.isfinite(float(target)) and 0 < float(target) < 100):
         raise ConfigError(f"--target-diff is in kNN points, > 0 and < 100 (e.g. 0.5), got {target}")
     if not (math.isfinite(float(cap)) and 0 < float(cap) < 1):
@@ -30,7 +35,8 @@ def check(target: float, cap: float) -> None:
 
 
 def pilot(spec, plan, source, first_epochs: float, ev: dict, ref_overrides: dict, out: Path, log) -> dict:
-    """Run (or reuse) the pilot; return ``tune.json``'s ``power`` dict and set nothing else."""
+    """Run (or resume) the pilot; return ``tune.json``'s ``power`` dict (with ``first_epochs``: the
+    first rung's length at which base-only's features moved by ``spec.min_move``)."""
     from e2mc.data.datasets import build_dataset
 
     n = len(source)
@@ -38,17 +44,18 @@ def pilot(spec, plan, source, first_epochs: float, ev: dict, ref_overrides: dict
     split = scoring.holdout_split(
         out / "pilot" / "split.json", str(spec.dataset), source.targets, n_cap, spec.seed, spec.train_images
     )
-    bpe = len(build_dataset(str(split), "train")) // plan.batch
-    steps = int(spec.pilot_steps) if spec.pilot_steps else max(1, round(first_epochs * max(bpe, 1)))
+    bpe = max(1, len(build_dataset(str(split), "train")) // plan.batch)
+    final = max(1, round(plan.space.epochs * bpe))
+    steps = int(spec.pilot_steps) if spec.pilot_steps else max(1, round(first_epochs * bpe))
     over = {
         **plan.base,
         "data.dataset": str(split),
         "data.split": "train",
-        "train.epochs": max(1, math.ceil(steps / max(bpe, 1))),
+        "train.epochs": math.ceil(plan.space.epochs),  # the probes' LR schedule
         "train.checkpoint_every_epochs": 1000,
         **ref_overrides,
     }
-    ev = {**ev, "dataset": str(split), "protocols": [NAME]}
+    ev = {**ev, "dataset": str(split), "protocols": [NAME, "rankme"]}
     jobs = [
         {
             "label": f"pilot-seed{s}",
@@ -61,8 +68,20 @@ def pilot(spec, plan, source, first_epochs: float, ev: dict, ref_overrides: dict
         }
         for s in (spec.seed, spec.seed + 1)
     ]
-    log(f"power pilot: 2 base-only probes (training seeds {spec.seed}, {spec.seed + 1}) of {steps} steps")
-    recs = run_jobs(jobs, plan.workers, log)
+    start = _start_rankme(spec.checkpoint, ev, out / "pilot" / "start.json")
+    moved = []
+    while True:  # lengthen the first rung (x eta, resuming) until base-only's features move
+        rec = run_jobs([{**jobs[0], "steps": steps}], 1, log)[0]
+        change = abs(rec["scores"][str(steps)]["rankme"] - start) / max(abs(start), 1e-12)
+        moved.append({"steps": steps, "rankme_change": change})
+        if spec.pilot_steps or change >= spec.min_move or steps >= final:
+            break
+        steps = min(final, steps * int(spec.eta))
+    log(
+        f"power pilot: base-only's RankMe moved {100 * change:.1f}% from the start's in {steps} steps "
+        f"(needed {100 * spec.min_move:.0f}%); second training seed to {steps} steps"
+    )
+    recs = [rec, run_jobs([{**jobs[1], "steps": steps}], 1, log)[0]]
     a, b = (r["outcomes"][str(steps)] for r in recs)
     measured = paired.discordance(a, b)
     p = max(measured, 1 / n_cap)
@@ -71,6 +90,9 @@ def pilot(spec, plan, source, first_epochs: float, ev: dict, ref_overrides: dict
     n_hold = int(spec.holdout) if spec.holdout is not None else max(scoring.K, min(needed, n_cap))
     return {
         "pilot_steps": steps,
+        "first_epochs": steps / bpe,
+        "moved": moved,
+        "min_move": float(spec.min_move),
         "pilot_images": n_cap,
         "discordance": measured,
         "discordance_used": p,
@@ -99,3 +121,19 @@ def describe(pw: dict) -> str:
         f"base-only pilot probes ({pw['pilot_steps']} steps, training seeds differ); "
         f"it {reach} the target of {100 * pw['target']:.2f} points"
     )
+
+
+def _start_rankme(checkpoint, ev: dict, memo: Path) -> float:
+    """The start's backbone RankMe on the pilot's held-out part (memoised in ``memo``)."""
+    from e2mc.evaluation.api import evaluate, evaluation_settings
+    from e2mc.fileio import atomic_write_json
+    from e2mc.tuning.probes import read_json
+
+    kw = {k: v for k, v in ev.items() if k not in ("dataset", "protocols")}
+    old = read_json(memo)
+    if old is not None and old.get("eval") == ev:
+        return float(old["rankme"])
+    res = evaluate(str(checkpoint), ev["dataset"], ("rankme",), evaluation_settings(**kw))
+    value = float(res["rankme"]["backbone"])
+    atomic_write_json(memo, {"eval": ev, "rankme": value}, parents=True)
+    return value

@@ -30,7 +30,9 @@ class TuneSpec:
             of the train split; without labels 10%, at most 5,000).
         target_diff: kNN@20 points the paired comparison should detect (80% power, 5% level).
         holdout_cap: the held-out part's largest fraction of the train split.
-        pilot_steps: steps of the power pilot's two base-only probes (None: the first rung's).
+        pilot_steps: steps of the power pilot's two base-only probes (None: the first rung's, lengthened
+            until base-only's features move by ``min_move``).
+        min_move: the relative change of base-only's held-out RankMe the first rung must reach.
         train_images: the probes train on this many of the rest (stratified, seeded; None: all).
         label_free: the label-free metrics scored besides the rule's (``scoring.LABEL_FREE``).
         sets: extra config overrides for every probe and confirm run.
@@ -65,6 +67,7 @@ class TuneSpec:
     target_diff: float = 0.5
     holdout_cap: float = 0.2
     pilot_steps: int | None = None
+    min_move: float = 0.05
 
 
 @dataclass
