@@ -120,3 +120,39 @@ def test_kendall_marks_too_few_probes():
     vals["4"] = {"knn_top1_k20": 0.4, "rankme": 4.0}
     got = kendall(vals, rules=("rankme",))["rankme"]
     assert got["too_few"] is False and got["p"] < 0.05
+
+
+def test_a_probe_must_beat_base_only_with_every_training_seed():
+    from e2mc.tuning import seeds
+
+    up = {"diff": 0.05, "low": 0.01, "high": 0.09}
+    flat = {"diff": 0.02, "low": -0.01, "high": 0.05}
+    seed0 = {"none": {"vs_base": None, "vs_leader": up}, "mmcr": {"vs_base": up, "vs_leader": None}}
+    seed1 = {"none": {"vs_base": None, "vs_leader": up}, "mmcr": {"vs_base": flat, "vs_leader": None}}
+    worst = seeds.worst_case([seed0, seed1])
+    assert worst["mmcr"]["vs_base"] == flat and worst["none"]["vs_base"] is None
+    addon = {"none": "none", "mmcr": "mmcr"}
+    assert select.choose({"none": 0.8, "mmcr": 0.85}, seed0, "none", addon, ["none", "mmcr"])["label"] == "mmcr"
+    got = select.choose({"none": 0.8, "mmcr": 0.85}, worst, "none", addon, ["none", "mmcr"])
+    assert got["label"] == "none" and got["distinguishable"] is False
+
+
+def test_leaders_are_the_leader_the_close_probes_and_base_only():
+    from e2mc.tuning import seeds
+
+    close = {"low": -0.02, "high": 0.01}
+    far = {"low": -0.09, "high": -0.03}
+    last = {
+        "probes": ["none", "a", "b", "c", "d"],
+        "leader": "a",
+        "scores": {"none": 0.5, "a": 0.9, "b": 0.88, "c": 0.87, "d": 0.6},
+        "paired": {
+            "none": {"vs_leader": far},
+            "a": {"vs_leader": None},
+            "b": {"vs_leader": close},
+            "c": {"vs_leader": close},
+            "d": {"vs_leader": far},
+        },
+    }
+    assert seeds.leaders(last, "none", eta=3) == ["none", "a", "b", "c"]
+    assert seeds.leaders(last, "none", eta=2) == ["none", "a", "b"]  # at most eta - 1 close probes

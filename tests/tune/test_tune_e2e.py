@@ -91,6 +91,10 @@ def test_tune_outputs_ranked_table_and_schedule(tuned):
     assert "**Chosen: `" in md and "| rank | probe |" in md and "Kendall tau" in md
     assert "minus base-only [95%]" in md and "minimum detectable paired kNN@20 difference" in md
     assert "too few probes" in md  # 3 probes: no ranking can reach p < 0.05
+    fs = res["final_seeds"]  # the last rung's leaders and base-only again with training seed 1
+    assert fs["seeds"] == [0, 1] and "none" in fs["probes"] and "Training seeds at the last rung" in md
+    assert set(fs["per_seed"]["1"]["probes"]) == set(fs["probes"])
+    assert all((out / "probes" / f"{lab}-seed1" / "checkpoints" / "last.pt").is_file() for lab in fs["probes"])
     page = (out / "tune.html").read_text()
     assert "<table>" in page and "`" not in page and "class='headline'" in page and "data:image/png" in page
     assert (out / "probes" / best / "checkpoints" / "last.pt").is_file()
@@ -119,8 +123,11 @@ def test_paired_outcomes_match_the_knn_accuracy_and_the_intervals(tuned):
     assert pw["pilot_images"] == len(o0) == 269 and pw["held_out"] == 120  # --holdout given: kept
     assert pw["discordance"] == pytest.approx(sum(x != y for x, y in zip(o0, o1)) / 269)
     c = 1.959963984540054 + 0.8416212335729143
-    p = max(pw["discordance"], 1 / 269)
-    assert pw["mde"] == pytest.approx(c * (p / (120 + c * c)) ** 0.5)
+    start_o = json.loads((root / "out" / "pilot" / "start.json").read_text())["outcomes"]
+    assert pw["discordance_vs_start"] == pytest.approx(sum(x != y for x, y in zip(o0, start_o)) / 269)
+    p = max(pw["discordance"], pw["discordance_vs_start"], 1 / 269)
+    assert pw["discordance_used"] == p and pw["mde"] == pytest.approx(c * (p / (120 + c * c)) ** 0.5)
+    assert pw["realised"]["probes"] == len(res["rungs"][-1]["probes"]) - 1  # every probe but base-only
     # the first rung: base-only's RankMe moved by min_move at the pilot's steps, or the last rung was reached
     start = json.loads((root / "out" / "pilot" / "start.json").read_text())["rankme"]
     moved = pilot[0]["scores"][str(pw["pilot_steps"])]["rankme"]

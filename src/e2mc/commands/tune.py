@@ -131,6 +131,13 @@ def register(sub) -> None:
         "lengthened until --min-move)",
     )
     p.add_argument(
+        "--final-seeds",
+        type=int,
+        default=2,
+        metavar="N",
+        help="training seeds of the leaders and base-only at the last rung; chosen only if above base-only with each",
+    )
+    p.add_argument(
         "--min-move",
         type=float,
         default=0.05,
@@ -201,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
         holdout_cap=args.holdout_cap,
         pilot_steps=args.pilot_steps,
         min_move=args.min_move,
+        final_seeds=args.final_seeds,
     )
     res = tune(spec)
     print(f"chosen: {res['chosen']['label']}  {res['chosen']['overrides']}")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from e2mc.errors import ConfigError, DataError, TuneInterrupted
 from e2mc.fileio import atomic_write_json, atomic_write_text
-from e2mc.tuning import halving, power, scoring, select
+from e2mc.tuning import halving, power, scoring, seeds, select
 from e2mc.tuning.markdown import to_markdown
 from e2mc.tuning.outcomes import ensure_protocol
 from e2mc.tuning.probes import STAGE, Stopped, read_json, run_jobs
@@ -151,9 +151,15 @@ def _tune(spec: TuneSpec, log) -> dict:
         last = rung_log[-1]
         addon_of = {p.label: p.addon for p in plan.space.points}
         order = [p.label for p in plan.space.points]
-        choice = select.choose(last["scores"], last.get("paired"), plan.ref, addon_of, order)
+        seed_log, scores, pairs = _final_seeds(spec, plan, ev, out, last, log)
+        choice = select.choose(scores, pairs, plan.ref, addon_of, order)
+        if seed_log and choice["distinguishable"]:
+            choice["verdict"] += f" (the worst of training seeds {', '.join(map(str, seed_log['seeds']))})"
         log(f"verdict: {choice['verdict']}")
         result = _assemble(spec, plan, records, rung_log, choice, start)
+        result["final_seeds"] = seed_log
+        if plan.power is not None:
+            plan.power["realised"] = power.realised(last, plan.ref, int(plan.n_hold))
         if spec.confirm:
             from e2mc.tuning.confirm import run_confirm
 
@@ -285,15 +291,42 @@ def _split_and_schedule(spec: TuneSpec, plan: Plan, source, out: Path, ev: dict,
     plan.steps = [max(1, round(r.epochs * plan.bpe)) for r in plan.rungs]
 
 
-def _run_rungs(spec: TuneSpec, plan: Plan, ev: dict, out: Path, log) -> tuple[dict, list]:
-    """Train and score the probes rung by rung; the records per probe and the rungs' log."""
-    probe_over = {
+def _probe_over(plan: Plan) -> dict:
+    """The overrides every probe shares (its point's are added)."""
+    return {
         **plan.base,
         "data.dataset": str(plan.split),
         "data.split": "train",
         "train.epochs": math.ceil(plan.space.epochs),
         "train.checkpoint_every_epochs": 1000,
     }
+
+
+def _final_seeds(spec: TuneSpec, plan: Plan, ev: dict, out: Path, last: dict, log) -> tuple:
+    """The leaders and base-only with the extra training seeds (``tuning.seeds``); ``(log or None,
+    scores, paired intervals)`` the choice reads (worst case over seeds when they ran)."""
+    if plan.rule != "heldout" or int(spec.final_seeds) < 2 or not last.get("paired"):
+        return None, last["scores"], last.get("paired")
+    STAGE["now"] = "training the leaders with more seeds"
+    labs = seeds.leaders(last, plan.ref, spec.eta)
+    extra = list(range(spec.seed + 1, spec.seed + int(spec.final_seeds)))
+    by_label = {p.label: p for p in plan.space.points}
+    order = [p.label for p in plan.space.points]
+    recs = seeds.run_seeds(labs, by_label, _probe_over(plan), last["steps"], extra, ev, spec, plan, out, log)
+
+    def rule_score(m):
+        return scoring.score(m, plan.rule)
+
+    per_seed = {str(s): seeds.seed_rung(r, last["steps"], rule_score, plan.ref, order) for s, r in recs.items()}
+    first = {lab: last["paired"][lab] for lab in labs}
+    pairs = seeds.worst_case([first] + [e["paired"] for e in per_seed.values()])
+    seed_log = {"seeds": [spec.seed, *extra], "probes": labs, "steps": last["steps"], "per_seed": per_seed}
+    return seed_log, {lab: last["scores"][lab] for lab in labs}, pairs
+
+
+def _run_rungs(spec: TuneSpec, plan: Plan, ev: dict, out: Path, log) -> tuple[dict, list]:
+    """Train and score the probes rung by rung; the records per probe and the rungs' log."""
+    probe_over = _probe_over(plan)
     by_label = {p.label: p for p in plan.space.points}
     order = [p.label for p in plan.space.points]
     alive = list(order)

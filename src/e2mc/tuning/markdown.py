@@ -60,6 +60,33 @@ def paired_tables(res: dict) -> list[str]:
     return lines
 
 
+def seed_table(res: dict) -> list[str]:
+    """The last rung's leaders and base-only with each training seed: difference to base-only of that seed."""
+    fs = res.get("final_seeds")
+    if not fs:
+        return []
+    last = res["rungs"][-1]
+    per = [(str(res["final_seeds"]["seeds"][0]), last)] + list(fs["per_seed"].items())
+    head = " | ".join(f"seed {s}: kNN@20 % | seed {s}: minus base-only [95%]" for s, _ in per)
+    lines = [
+        "",
+        f"## Training seeds at the last rung ({fs['steps']} steps)",
+        "",
+        "Each seed's probes against base-only trained with the same seed, paired over the held-out images; "
+        "a probe is chosen only if its interval is above zero with every seed.",
+        "",
+        f"| probe | {head} |",
+        "|---|" + "---|---|" * len(per),
+    ]
+    for lab in fs["probes"]:
+        cells = []
+        for _, r in per:
+            iv = (r["paired"].get(lab) or {}).get("vs_base")
+            cells += [_fmt(r["scores"].get(lab), True), _iv(iv) if iv else "reference"]
+        lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def lr_table(res: dict) -> list[str]:
     """Which LR won for each add-on: its best-ranked probe (furthest rung, then score)."""
     if len({p["overrides"].get("optim.lr") for p in res["probes"]}) < 2:
@@ -122,6 +149,7 @@ def to_markdown(res: dict) -> str:
     lines.append(
         "| | start (no training) | | 0 | " + " | ".join(_fmt(res["start"].get(c), c in pct) for c in used) + " | |"
     )
+    lines += seed_table(res)
     lines += lr_table(res)
     if res["kendall_tau"]:
         lines += [
@@ -145,7 +173,7 @@ def to_markdown(res: dict) -> str:
         "",
         f"Schedule (eta {res['eta']}): "
         + "; ".join(
-            f"rung {s['rung']}: {s['probes']} probe(s) to "
+            f"rung {s['rung']}: {len(res['rungs'][s['rung']]['probes'])} probe(s) (planned {s['probes']}) to "
             f"{s['steps']} steps = {s['steps'] / res['batches_per_epoch']:.3g} "
             "epochs"
             for s in res["schedule"]

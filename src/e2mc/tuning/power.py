@@ -68,7 +68,7 @@ def pilot(spec, plan, source, first_epochs: float, ev: dict, ref_overrides: dict
         }
         for s in (spec.seed, spec.seed + 1)
     ]
-    start = _start_rankme(spec.checkpoint, ev, out / "pilot" / "start.json")
+    start, start_outcomes = _start_scores(spec.checkpoint, ev, out / "pilot" / "start.json")
     moved = []
     while True:  # lengthen the first rung (x eta, resuming) until base-only's features move
         rec = run_jobs([{**jobs[0], "steps": steps}], 1, log)[0]
@@ -84,7 +84,10 @@ def pilot(spec, plan, source, first_epochs: float, ev: dict, ref_overrides: dict
     recs = [rec, run_jobs([{**jobs[1], "steps": steps}], 1, log)[0]]
     a, b = (r["outcomes"][str(steps)] for r in recs)
     measured = paired.discordance(a, b)
-    p = max(measured, 1 / n_cap)
+    moved_images = paired.discordance(a, start_outcomes)
+    # two arms that differ in their add-on disagree at least as much as two seeds of one arm, and
+    # about as much as training moved the outcomes from the start's: the larger is used (conservative)
+    p = max(measured, moved_images, 1 / n_cap)
     target = float(spec.target_diff) / 100
     needed = paired.images_needed(target, p)
     n_hold = int(spec.holdout) if spec.holdout is not None else max(scoring.K, min(needed, n_cap))
@@ -95,6 +98,7 @@ def pilot(spec, plan, source, first_epochs: float, ev: dict, ref_overrides: dict
         "min_move": float(spec.min_move),
         "pilot_images": n_cap,
         "discordance": measured,
+        "discordance_vs_start": moved_images,
         "discordance_used": p,
         "target": target,
         "images_needed": needed,
@@ -115,16 +119,25 @@ def describe(pw: dict) -> str:
         if pw["reaches_target"]
         else f"misses (the target needs {pw['images_needed']} images; the cap allows {pw['cap_images']})"
     )
-    return (
+    text = (
         f"minimum detectable paired kNN@20 difference {100 * pw['mde']:.2f} points (80% power, 5% level) "
-        f"on {pw['held_out']} held-out images, from a discordance of {100 * pw['discordance']:.1f}% between two "
-        f"base-only pilot probes ({pw['pilot_steps']} steps, training seeds differ); "
+        f"on {pw['held_out']} held-out images, from a per-image discordance of {100 * pw['discordance_used']:.1f}% "
+        f"(pilot, {pw['pilot_steps']} steps: two base-only training seeds disagree on "
+        f"{100 * pw['discordance']:.1f}% of the images, base-only and the start on {100 * pw['discordance_vs_start']:.1f}%); "
         f"it {reach} the target of {100 * pw['target']:.2f} points"
     )
+    if pw.get("realised"):
+        r = pw["realised"]
+        text += (
+            f"; after the search, the last rung's probes disagree with base-only on {100 * r['discordance']:.1f}% "
+            f"of the images (median of {r['probes']}), so the realised minimum detectable difference is "
+            f"{100 * r['mde']:.2f} points"
+        )
+    return text
 
 
-def _start_rankme(checkpoint, ev: dict, memo: Path) -> float:
-    """The start's backbone RankMe on the pilot's held-out part (memoised in ``memo``)."""
+def _start_scores(checkpoint, ev: dict, memo: Path) -> tuple[float, str]:
+    """The start's backbone RankMe and per-image kNN outcomes on the pilot's held-out part (memoised)."""
     from e2mc.evaluation.api import evaluate, evaluation_settings
     from e2mc.fileio import atomic_write_json
     from e2mc.tuning.probes import read_json
@@ -132,8 +145,21 @@ def _start_rankme(checkpoint, ev: dict, memo: Path) -> float:
     kw = {k: v for k, v in ev.items() if k not in ("dataset", "protocols")}
     old = read_json(memo)
     if old is not None and old.get("eval") == ev:
-        return float(old["rankme"])
-    res = evaluate(str(checkpoint), ev["dataset"], ("rankme",), evaluation_settings(**kw))
-    value = float(res["rankme"]["backbone"])
-    atomic_write_json(memo, {"eval": ev, "rankme": value}, parents=True)
-    return value
+        return float(old["rankme"]), old["outcomes"]
+    res = evaluate(str(checkpoint), ev["dataset"], (NAME, "rankme"), evaluation_settings(**kw))
+    value, outcomes = float(res["rankme"]["backbone"]), res[NAME]["correct"]
+    atomic_write_json(memo, {"eval": ev, "rankme": value, "outcomes": outcomes}, parents=True)
+    return value, outcomes
+
+
+def realised(last: dict, ref: str | None, n: int) -> dict | None:
+    """After the search: the median discordance of the last rung's probes with base-only and the MDE it gives."""
+    ds = sorted(
+        (iv["n10"] + iv["n01"]) / iv["n"]
+        for lab, pr in (last.get("paired") or {}).items()
+        if lab != ref and (iv := pr.get("vs_base"))
+    )
+    if not ds:
+        return None
+    med = ds[len(ds) // 2] if len(ds) % 2 else (ds[len(ds) // 2 - 1] + ds[len(ds) // 2]) / 2
+    return {"discordance": med, "mde": paired.mde(n, max(med, 1 / n)), "probes": len(ds)}

@@ -32,6 +32,7 @@ class TuneSpec:
         holdout_cap: the held-out part's largest fraction of the train split.
         pilot_steps: steps of the power pilot's two base-only probes (None: the first rung's, lengthened
             until base-only's features move by ``min_move``).
+        final_seeds: training seeds of the leaders and base-only at the last rung (1: no second seed).
         min_move: the relative change of base-only's held-out RankMe the first rung must reach.
         train_images: the probes train on this many of the rest (stratified, seeded; None: all).
         label_free: the label-free metrics scored besides the rule's (``scoring.LABEL_FREE``).
@@ -68,6 +69,7 @@ class TuneSpec:
     holdout_cap: float = 0.2
     pilot_steps: int | None = None
     min_move: float = 0.05
+    final_seeds: int = 2
 
 
 @dataclass
