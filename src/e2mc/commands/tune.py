@@ -27,8 +27,8 @@ test split, with paired 95% intervals.
 space.yaml (every key optional; these are the defaults):
   addons: [none, e2mc, vc, uniformity, mmcr]
   e2mc: {entropy_weight: {log: [1, 100, 3]}, cov_weight: {log: [1, 10000, 3]}, transform: [null]}
-  lr: [null]        # null = the recipe's LR
-  epochs: 2         # epochs of the longest probe
+  lr: {relative: [0.1, 0.316, 1]}   # multiples of the recipe's LR (or a list of LRs; null = the recipe's)
+  epochs: 2         # epochs of the longest probe (not given: --confirm-epochs when set)
   set: {}           # overrides for every probe, e.g. {optim.batch_size: 128}"""
 
 EXAMPLES = [

@@ -320,7 +320,14 @@ def _final_seeds(spec: TuneSpec, plan: Plan, ev: dict, out: Path, last: dict, lo
     per_seed = {str(s): seeds.seed_rung(r, last["steps"], rule_score, plan.ref, order) for s, r in recs.items()}
     first = {lab: last["paired"][lab] for lab in labs}
     pairs = seeds.worst_case([first] + [e["paired"] for e in per_seed.values()])
-    seed_log = {"seeds": [spec.seed, *extra], "probes": labs, "steps": last["steps"], "per_seed": per_seed}
+    seed_log = {
+        "seeds": [spec.seed, *extra],
+        "probes": labs,
+        "steps": last["steps"],
+        "per_seed": per_seed,
+        "trained_epochs": len(labs) * len(extra) * last["steps"] / plan.bpe,
+        "train_seconds": round(sum(rec["train_seconds"] for r in recs.values() for rec in r.values()), 1),
+    }
     return seed_log, {lab: last["scores"][lab] for lab in labs}, pairs
 
 

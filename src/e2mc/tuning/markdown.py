@@ -37,7 +37,9 @@ def paired_tables(res: dict) -> list[str]:
         "",
         f"kNN@20 points; probe minus `{ref}` (base-only) and minus the rung's leader, each with its 95% Wald "
         "interval over the same held-out images (difference of paired proportions) and McNemar's exact p. "
-        "An interval that reaches zero: not distinguishable at this held-out size.",
+        "An interval that reaches zero: not distinguishable at this held-out size. Each interval is one "
+        "comparison, not adjusted for how many probes are compared: with no true effect about 2.5% of the "
+        "probes would still land above zero by chance, which the second training seed (and `--confirm`) guards against.",
     ]
     for r in res["rungs"]:
         if not r.get("paired"):
@@ -184,6 +186,17 @@ def to_markdown(res: dict) -> str:
         f"scoring {c['probe_eval_seconds']:.0f} s (cumulative over invocations); this invocation "
         f"{res.get('wall_seconds', 0):.0f} s.",
     ]
+    extra = []
+    if res.get("power"):
+        pw = res["power"]
+        extra.append(f"the power pilot (2 base-only probes to {pw['pilot_steps']} steps) {pw['train_seconds']:.0f} s")
+    if res.get("final_seeds"):
+        fs = res["final_seeds"]
+        extra.append(
+            f"the extra training seeds {fs['trained_epochs']:.3g} epochs of probe data, {fs['train_seconds']:.0f} s"
+        )
+    if extra:
+        lines.append("Besides: " + "; ".join(extra) + ".")
     if res.get("confirm"):
         cf = res["confirm"]
         lines += [

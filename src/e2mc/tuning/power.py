@@ -94,6 +94,7 @@ def pilot(spec, plan, source, first_epochs: float, ev: dict, ref_overrides: dict
     return {
         "pilot_steps": steps,
         "first_epochs": steps / bpe,
+        "train_seconds": round(sum(r["train_seconds"] for r in recs), 1),
         "moved": moved,
         "min_move": float(spec.min_move),
         "pilot_images": n_cap,
