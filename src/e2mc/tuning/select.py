@@ -51,7 +51,11 @@ def choose(scores: dict, pairs: dict, ref: str | None, addon_of: dict, order: li
     """The chosen label, whether it is distinguishable from base-only, and the verdict (one sentence)."""
     if ref is None or ref not in scores or not pairs:
         best = halving.advance(scores, 1, order)[0]
-        why = "no base-only probe to compare with" if ref is None or ref not in scores else "no per-image outcomes"
+        why = (
+            "no base-only probe to compare with"
+            if ref is None or ref not in scores
+            else "no paired held-out comparison: label-free selection or no labels"
+        )
         return {"label": best, "distinguishable": None, "verdict": f"highest score chosen ({why}): {best}"}
     above = [
         lab
