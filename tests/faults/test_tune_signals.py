@@ -19,6 +19,7 @@ from tests.conftest import tiny_digits_start
 SPACE = {
     "addons": ["none", "e2mc"],
     "e2mc": {"entropy_weight": [10], "cov_weight": [1, 1000]},
+    "lr": [None],
     "epochs": 1,
     "set": {"optim.batch_size": 64, "train.probe_size": 0, "train.log_every": 1000},
 }

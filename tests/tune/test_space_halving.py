@@ -11,13 +11,21 @@ from e2mc.tuning.space import parse_space
 
 
 def test_default_space_and_log_grids(tmp_path):
-    sp = parse_space(None)
+    sp = parse_space(None).with_base_lr(0.3)  # the default LRs: the recipe's and 1/10, 1/sqrt(10) of it
     labels = [p.label for p in sp.points]
     assert sp.entropy_weight == [1.0, 10.0, 100.0] and sp.cov_weight == [1.0, 100.0, 10000.0]
-    assert len(labels) == 4 + 9 and len(set(labels)) == len(labels)  # none, vc, uniformity, mmcr + 3 x 3 E2MC
-    assert labels[0] == "none" and "e2mc-ew10-cw100" in labels
-    e2 = next(p for p in sp.points if p.label == "e2mc-ew100-cw1")
-    assert e2.overrides == {"addon.name": "e2mc", "addon.entropy_weight": 100.0, "addon.cov_weight": 1.0}
+    assert sp.lr == [0.03, 0.0948, 0.3] and not sp.epochs_given and sp.with_epochs(0.5).epochs == 0.5
+    # none, vc, uniformity, mmcr + 3 x 3 E2MC, at each of 3 LRs
+    assert len(labels) == 3 * (4 + 9) and len(set(labels)) == len(labels)
+    assert labels[0] == "none-lr0.03" and "e2mc-ew10-cw100-lr0.3" in labels
+    e2 = next(p for p in sp.points if p.label == "e2mc-ew100-cw1-lr0.3")
+    assert e2.overrides == {
+        "addon.name": "e2mc",
+        "addon.entropy_weight": 100.0,
+        "addon.cov_weight": 1.0,
+        "optim.lr": 0.3,
+    }
+    assert parse_space({"lr": [None, 0.1]}).with_base_lr(0.3).lr == [None, 0.1]  # absolute LRs stay
     f = tmp_path / "space.yaml"
     f.write_text(
         "addons: [none, e2mc]\ne2mc: {entropy_weight: {log: [0.1, 1000, 5]}, cov_weight: [1, auto],"
@@ -42,10 +50,11 @@ def test_default_space_and_log_grids(tmp_path):
         ({"e2mc": {"cov_weight": {"log": [0, 10, 3]}}}, "lo, hi > 0"),
         ({"e2mc": {"transform": ["tanh"]}}, "unknown transform"),
         ({"lr": [0]}, "lr values"),
+        ({"lr": {"relative": [0, 1]}}, "multiples of the recipe's LR"),
         ({"epochs": 0}, "epochs"),
         ({"set": {"optim.lr": 0.1}}, "may not fix"),
-        ({"addons": ["none"]}, "1 point"),
-        ({"addons": ["e2mc"], "e2mc": {"entropy_weight": [10], "cov_weight": [1]}}, "nothing to choose"),
+        ({"addons": ["none"], "lr": [None]}, "1 point"),
+        ({"addons": ["e2mc"], "e2mc": {"entropy_weight": [10], "cov_weight": [1]}, "lr": [0.1]}, "nothing to choose"),
     ],
 )
 def test_bad_space_is_one_line_config_error(space, match):
@@ -108,7 +117,12 @@ def test_selection_rules_and_kendall_against_scipy():
     assert tau["alpha_req"]["tau"] == pytest.approx(ref.statistic) and tau["alpha_req"]["p"] == pytest.approx(
         ref.pvalue
     )
-    assert tau["entropy"]["tau"] == pytest.approx(1.0) and tau["lidar"] == {"tau": None, "p": None, "n": 0}
+    assert tau["entropy"]["tau"] == pytest.approx(1.0) and tau["lidar"] == {
+        "tau": None,
+        "p": None,
+        "n": 0,
+        "too_few": True,
+    }
 
 
 def test_holdout_split_rules(tmp_path):
@@ -145,3 +159,24 @@ def test_tune_takes_a_spec_and_the_former_call_warns(tmp_path):
         e2mc.tune("random:resnet_mini", "digits", budgte=1)
     with pytest.raises(ConfigError, match="takes the TuneSpec alone"):
         e2mc.tune(e2mc.TuneSpec("random:resnet_mini", "digits"), "digits")
+
+
+def test_lengthen_first_drops_short_rungs_until_the_first_is_long_enough():
+    rungs = halving.schedule(9, 2.0)  # 2/9, 2/3, 2 epochs
+    assert halving.lengthen_first(rungs, 9, 0.2) == rungs
+    longer = halving.lengthen_first(rungs, 9, 0.5)
+    assert [(r.epochs, r.probes) for r in longer] == [(2 / 3, 9), (2.0, 3)]
+    assert [r.epochs for r in halving.lengthen_first(rungs, 9, 5.0)] == [2.0]  # at most the full grid
+
+
+def test_the_last_rung_matches_confirm_epochs_unless_the_space_sets_epochs(tmp_path):
+    from e2mc.tuning.api import _check
+    from e2mc.tuning.spec import TuneSpec
+
+    ckpt = tmp_path / "start.pt"
+    ckpt.write_bytes(b"")  # _check only needs the file to exist (nothing is loaded)
+    kw = dict(out=tmp_path / "o", recipe="digits_vicreg_e2mc", method="vicreg", confirm_epochs=0.5)
+    plan, _ = _check(TuneSpec(str(ckpt), "digits", space={"addons": ["none", "vc"]}, **kw))
+    assert plan.space.epochs == 0.5 and plan.space.lr == [0.01, 0.0316, 0.1]  # the recipe's LR 0.1
+    plan, _ = _check(TuneSpec(str(ckpt), "digits", space={"addons": ["none", "vc"], "epochs": 2}, **kw))
+    assert plan.space.epochs == 2

@@ -18,6 +18,7 @@ from tests.conftest import tiny_digits_start
 SPACE = {
     "addons": ["none", "e2mc"],
     "e2mc": {"entropy_weight": [10], "cov_weight": [1, 1000]},
+    "lr": [None],
     "epochs": 1,
     "set": {"optim.batch_size": 64, "train.probe_size": 0, "train.log_every": 1000},
 }
@@ -69,20 +70,69 @@ def test_tune_outputs_ranked_table_and_schedule(tuned):
     assert json.loads((out / "tune.json").read_text())["chosen"]["label"] == res["chosen"]["label"]
     # 3 probes, eta 3: rung 0 = 3 probes at 1/3 epoch (192 // 64 = 3 batches -> 1 step), rung 1 = 1 probe to 3 steps
     assert [(s["probes"], s["steps"]) for s in res["schedule"]] == [(3, 1), (1, 3)]
-    r0 = res["rungs"][0]["scores"]
-    best = max(r0, key=lambda lab: (r0[lab], -list(r0).index(lab)))
-    assert res["chosen"]["label"] == best == res["probes"][0]["label"] and res["probes"][0]["rung"] == 1
+    r0, last = res["rungs"][0], res["rungs"][-1]
+    # base-only always advances (the control); so does every probe whose paired interval reaches the leader's
+    assert "none" in last["probes"] and res["reference"] == "none"
+    for lab in r0["probes"]:
+        iv = r0["paired"][lab]["vs_leader"]
+        assert (lab in last["probes"]) == (lab in ("none", r0["leader"]) or iv["low"] <= 0 <= iv["high"])
+    addon = {p["label"]: p["addon"] for p in res["probes"]}
+    above = [lab for lab in last["probes"] if addon[lab] != "none" and last["paired"][lab]["vs_base"]["low"] > 0]
+    want = max(above, key=lambda lab: last["scores"][lab]) if above else "none"
+    assert res["chosen"]["label"] == want and res["distinguishable"] == bool(above)
     for p in res["probes"]:  # the score is held-out kNN@20 at the probe's last rung
         assert p["score"] == p["metrics"]["knn_top1_k20"]
         assert set(p["metrics"]) == {"knn_top1_k20", "linear_top1", "rankme", "entropy", "lidar", "alpha_req"}
-    assert res["cost"]["trained_epochs"] == pytest.approx((1 + 1 + 3) / 3)
+    steps = {p["label"]: p["steps"] for p in res["probes"]}
+    assert res["cost"]["trained_epochs"] == pytest.approx(sum(steps.values()) / 3)
     assert res["cost"]["full_grid_epochs"] == 3.0
+    best = last["leader"]
     md = (out / "tune.md").read_text()
     assert "**Chosen: `" in md and "| rank | probe |" in md and "Kendall tau" in md
-    assert "<table>" in (out / "tune.html").read_text()
+    assert "minus base-only [95%]" in md and "minimum detectable paired kNN@20 difference" in md
+    assert "too few probes" in md  # 3 probes: no ranking can reach p < 0.05
+    fs = res["final_seeds"]  # the last rung's leaders and base-only again with training seed 1
+    assert fs["seeds"] == [0, 1] and "none" in fs["probes"] and "Training seeds at the last rung" in md
+    assert set(fs["per_seed"]["1"]["probes"]) == set(fs["probes"])
+    assert all((out / "probes" / f"{lab}-seed1" / "checkpoints" / "last.pt").is_file() for lab in fs["probes"])
+    page = (out / "tune.html").read_text()
+    assert "<table>" in page and "`" not in page and "class='headline'" in page and "data:image/png" in page
     assert (out / "probes" / best / "checkpoints" / "last.pt").is_file()
     step = torch.load(out / "probes" / best / "checkpoints" / "last.pt", weights_only=True)["step"]
     assert step == 3  # resumed from rung 0's checkpoint up to rung 1, one run
+
+
+def test_paired_outcomes_match_the_knn_accuracy_and_the_intervals(tuned):
+    """Per-image outcomes reproduce kNN@20; each rung's intervals are those of the stored outcomes."""
+    root, _, res, _ = tuned
+    for lab in ("none", "e2mc-ew10-cw1"):
+        rec = json.loads((root / "out" / "probes" / lab / "probe.json").read_text())
+        for st, o in rec["outcomes"].items():
+            assert len(o) == 120 and sum(map(int, o)) / 120 == pytest.approx(rec["scores"][st]["knn_top1_k20"])
+    r0 = res["rungs"][0]
+    recs = {lab: json.loads((root / "out" / "probes" / lab / "probe.json").read_text()) for lab in r0["probes"]}
+    a, b = (recs[lab]["outcomes"]["1"] for lab in ("e2mc-ew10-cw1", "none"))
+    d = [int(x) - int(y) for x, y in zip(a, b)]
+    mean = sum(d) / len(d)
+    half = 1.959963984540054 * (sum(x * x for x in d) / len(d) - mean**2) ** 0.5 / len(d) ** 0.5
+    iv = r0["paired"]["e2mc-ew10-cw1"]["vs_base"]
+    assert iv["diff"] == pytest.approx(mean) and iv["high"] - iv["low"] == pytest.approx(2 * half)
+    pw = res["power"]  # the pilot: two base-only probes on the capped held-out part (20% of 1347)
+    pilot = [json.loads((root / "out" / "pilot" / f"seed{s}" / "probe.json").read_text()) for s in (0, 1)]
+    o0, o1 = (p["outcomes"][str(pw["pilot_steps"])] for p in pilot)
+    assert pw["pilot_images"] == len(o0) == 269 and pw["held_out"] == 120  # --holdout given: kept
+    assert pw["discordance"] == pytest.approx(sum(x != y for x, y in zip(o0, o1)) / 269)
+    c = 1.959963984540054 + 0.8416212335729143
+    start_o = json.loads((root / "out" / "pilot" / "start.json").read_text())["outcomes"]
+    assert pw["discordance_vs_start"] == pytest.approx(sum(x != y for x, y in zip(o0, start_o)) / 269)
+    p = max(pw["discordance"], pw["discordance_vs_start"], 1 / 269)
+    assert pw["discordance_used"] == p and pw["mde"] == pytest.approx(c * (p / (120 + c * c)) ** 0.5)
+    assert pw["realised"]["probes"] == len(res["rungs"][-1]["probes"]) - 1  # every probe but base-only
+    # the first rung: base-only's RankMe moved by min_move at the pilot's steps, or the last rung was reached
+    start = json.loads((root / "out" / "pilot" / "start.json").read_text())["rankme"]
+    moved = pilot[0]["scores"][str(pw["pilot_steps"])]["rankme"]
+    assert pw["moved"][-1] == {"steps": pw["pilot_steps"], "rankme_change": pytest.approx(abs(moved - start) / start)}
+    assert pw["moved"][-1]["rankme_change"] >= 0.05 or res["rungs"][0]["epochs"] == 1
 
 
 def test_kendall_tau_matches_scipy(tuned):
@@ -185,12 +235,18 @@ def test_bad_inputs_are_one_line_errors(start, tmp_path, capsys):
     with pytest.raises(DataError, match="too few for kNN@20"):
         run_tune(str(ckpt), "digits", out=tmp_path / "b", space=SPACE, **{**KW, "holdout": 5})
     with pytest.raises(ConfigError, match="nothing to choose"):
-        run_tune(str(ckpt), "digits", out=tmp_path / "c", space={"addons": ["none"]}, **KW)
+        run_tune(str(ckpt), "digits", out=tmp_path / "c", space={"addons": ["none"], "lr": [None]}, **KW)
     with pytest.raises(ConfigError, match="too small"):
         run_tune(str(ckpt), "digits", out=tmp_path / "d", space=SPACE, budget=0.1, **KW)
     for bad in (float("nan"), -1.0, 0.0):  # refused before any probe trains, nothing written
         with pytest.raises(ConfigError, match="--confirm-epochs must be a positive number"):
             run_tune(str(ckpt), "digits", out=tmp_path / "g", space=SPACE, confirm=3, confirm_epochs=bad, **KW)
+    with pytest.raises(ConfigError, match="--target-diff is in kNN points"):
+        run_tune(str(ckpt), "digits", out=tmp_path / "g", space=SPACE, target_diff=0, **KW)
+    with pytest.raises(ConfigError, match="--holdout-cap is a fraction"):
+        run_tune(str(ckpt), "digits", out=tmp_path / "g", space=SPACE, holdout_cap=1.5, **KW)
+    with pytest.raises(ConfigError, match="--min-move is a relative RankMe change"):
+        run_tune(str(ckpt), "digits", out=tmp_path / "g", space=SPACE, min_move=-1, **KW)
     with pytest.raises(ConfigError, match="--confirm takes N >= 1"):
         run_tune(str(ckpt), "digits", out=tmp_path / "g", space=SPACE, confirm=-1, **KW)
     assert not (tmp_path / "g").exists()

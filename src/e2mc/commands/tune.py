@@ -11,8 +11,14 @@ Find which add-on (none, e2mc, vc, uniformity, mmcr) and which weights / LR impr
 without touching its test split. Every point of the search space is a short, resumable `continue`
 run ("probe") on the train split minus a seeded, stratified held-out part; successive halving keeps
 the best third of the probes after each rung and resumes them for longer, within --budget epochs.
-Probes are scored on the held-out part (kNN@20, linear probe) and by label-free metrics (RankMe,
-E2MC entropy, LiDAR, alpha-ReQ); the Kendall tau of each label-free metric against held-out kNN@20
+Before the search, two base-only pilot probes (training seeds differ) measure how often per-image
+kNN outcomes flip; from that the held-out size is chosen so a paired difference of --target-diff
+kNN points is detectable (80% power, 5% level; at most --holdout-cap of the train split), and the
+minimum detectable difference is printed. Probes are scored on the SAME held-out images (kNN@20 per
+image, linear probe) and by label-free metrics (RankMe, E2MC entropy, LiDAR, alpha-ReQ); every rung
+compares each probe to base-only by a paired 95% interval (McNemar); base-only and every probe that
+cannot be told from the leader advance; the chosen setting is the best add-on whose interval to
+base-only is above zero, else base-only with "no probe is distinguishable". The Kendall tau of each label-free metric against held-out kNN@20
 says whether label-free selection can be trusted on this data. Writes OUT/tune.{json,md,html};
 rerunning the same command resumes (finished probes are skipped). --confirm N then runs the chosen
 setting and base-only with N training seeds on the full train split and evaluates them once on the
@@ -21,8 +27,8 @@ test split, with paired 95% intervals.
 space.yaml (every key optional; these are the defaults):
   addons: [none, e2mc, vc, uniformity, mmcr]
   e2mc: {entropy_weight: {log: [1, 100, 3]}, cov_weight: {log: [1, 10000, 3]}, transform: [null]}
-  lr: [null]        # null = the recipe's LR
-  epochs: 2         # epochs of the longest probe
+  lr: {relative: [0.1, 0.316, 1]}   # multiples of the recipe's LR (or a list of LRs; null = the recipe's)
+  epochs: 2         # epochs of the longest probe (not given: --confirm-epochs when set)
   set: {}           # overrides for every probe, e.g. {optim.batch_size: 128}"""
 
 EXAMPLES = [
@@ -99,7 +105,44 @@ def register(sub) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="held-out TRAIN images for scoring (default: 10%% of the train split, at most 5000)",
+        help="held-out TRAIN images for scoring (default: enough to detect --target-diff, at most "
+        "--holdout-cap of the train split; label-free selection: 10%%, at most 5000)",
+    )
+    p.add_argument(
+        "--target-diff",
+        type=float,
+        default=0.5,
+        metavar="POINTS",
+        help="paired kNN@20 difference to base-only the held-out size should detect (80%% power, 5%% level)",
+    )
+    p.add_argument(
+        "--holdout-cap",
+        type=float,
+        default=0.2,
+        metavar="FRACTION",
+        help="largest fraction of the train split held out for scoring",
+    )
+    p.add_argument(
+        "--pilot-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="steps of the two base-only pilot probes that measure per-image noise (default: the first rung's, "
+        "lengthened until --min-move)",
+    )
+    p.add_argument(
+        "--final-seeds",
+        type=int,
+        default=2,
+        metavar="N",
+        help="training seeds of the leaders and base-only at the last rung; chosen only if above base-only with each",
+    )
+    p.add_argument(
+        "--min-move",
+        type=float,
+        default=0.05,
+        metavar="FRACTION",
+        help="the first rung lasts until base-only's held-out RankMe moved by this fraction from the start's",
     )
     p.add_argument(
         "--train-images",
@@ -161,9 +204,15 @@ def run(args: argparse.Namespace) -> int:
         confirm_epochs=args.confirm_epochs,
         eval_precision=args.eval_precision,
         lidar_images=args.lidar_images,
+        target_diff=args.target_diff,
+        holdout_cap=args.holdout_cap,
+        pilot_steps=args.pilot_steps,
+        min_move=args.min_move,
+        final_seeds=args.final_seeds,
     )
     res = tune(spec)
     print(f"chosen: {res['chosen']['label']}  {res['chosen']['overrides']}")
+    print(f"verdict: {res['verdict']}")
     if res.get("confirm"):
         print(res["confirm"]["verdict"])
     print(f"{args.out}/tune.md")

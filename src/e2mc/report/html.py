@@ -298,6 +298,14 @@ def write_report(
     return paths
 
 
+HEADLINE_CSS = ".headline{font-size:1.15em;background:#eef5ff;border-left:4px solid #2a6ebb;padding:.6em 1em}"
+
+
+def headline_html(text: str) -> str:
+    """The verdict box every e2mc HTML report opens with (the comparison report, tune.html)."""
+    return f"<p class='headline' id='headline'>{_inline(text)}</p>"
+
+
 def _inline(text: str) -> str:
     """HTML-escape and render Markdown's `code` and **bold** / *italic* spans."""
     import re
@@ -338,7 +346,7 @@ def _render_html(blocks, title: str) -> str:
         if kind in ("h1", "h2"):
             body.append(f"<{kind}>{html.escape(x)}</{kind}>")
         elif kind == "headline":
-            body.append(f"<p class='headline' id='headline'>{_inline(x)}</p>")
+            body.append(headline_html(x))
         elif kind == "p":
             body.append(f"<p>{_inline(x)}</p>")
         elif kind == "ul":
@@ -363,8 +371,8 @@ def _render_html(blocks, title: str) -> str:
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}table{border-collapse:"
         "collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px;font-size:13px}img{max-width:100%}"
-        ".headline{font-size:1.15em;background:#eef5ff;border-left:4px solid #2a6ebb;padding:.6em 1em}"
-        "li{margin:.2em 0}code{font-size:90%}"
+        + HEADLINE_CSS
+        + "li{margin:.2em 0}code{font-size:90%}"
     )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

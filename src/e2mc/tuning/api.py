@@ -26,7 +26,9 @@ from pathlib import Path
 
 from e2mc.errors import ConfigError, DataError, TuneInterrupted
 from e2mc.fileio import atomic_write_json, atomic_write_text
-from e2mc.tuning import halving, scoring
+from e2mc.tuning import halving, power, scoring, seeds, select
+from e2mc.tuning.markdown import to_markdown
+from e2mc.tuning.outcomes import ensure_protocol
 from e2mc.tuning.probes import STAGE, Stopped, read_json, run_jobs
 from e2mc.tuning.space import SearchSpace, parse_space
 from e2mc.tuning.spec import Plan, TuneSpec
@@ -121,21 +123,22 @@ def _tune(spec: TuneSpec, log) -> dict:
     out = Path(spec.out)
     lock = RunLock.acquire(out, log)  # one tune per folder: a second process gets a clear error
     try:
-        _split_and_schedule(spec, plan, source, out)
         protocols = scoring.eval_protocols(plan.labels, plan.label_free)
         ev = {
-            "dataset": str(plan.split),
             "protocols": list(protocols),
             "seeds": [spec.seed],
             "ks": [scoring.K],
             "device": spec.device,
             "batch_size": spec.eval_batch_size,
             "use_cache": False,
-            "lidar_images": min(int(spec.lidar_images), int(plan.n_hold)),
+            "lidar_images": int(spec.lidar_images),
             "lidar_views": 8,
         }
         if spec.eval_precision == "bf16":
             ev["amp_dtype"] = "bf16"
+        ensure_protocol()
+        _split_and_schedule(spec, plan, source, out, ev, log)
+        ev = {"dataset": str(plan.split), **ev, "lidar_images": min(int(spec.lidar_images), int(plan.n_hold))}
         log(
             f"e2mc tune: {len(plan.space.points)} probes, {len(plan.rungs)} rung(s) at "
             f"{', '.join(f'{r.epochs:.3g}' for r in plan.rungs)} epoch(s) ({', '.join(map(str, plan.steps))} steps "
@@ -145,8 +148,18 @@ def _tune(spec: TuneSpec, log) -> dict:
         )
         start = _score_start(spec.checkpoint, ev, out, log)
         records, rung_log = _run_rungs(spec, plan, ev, out, log)
-        chosen_label = halving.advance(rung_log[-1]["scores"], 1, [p.label for p in plan.space.points])[0]
-        result = _assemble(spec, plan, records, rung_log, chosen_label, start)
+        last = rung_log[-1]
+        addon_of = {p.label: p.addon for p in plan.space.points}
+        order = [p.label for p in plan.space.points]
+        seed_log, scores, pairs = _final_seeds(spec, plan, ev, out, last, log)
+        choice = select.choose(scores, pairs, plan.ref, addon_of, order)
+        if seed_log and choice["distinguishable"]:
+            choice["verdict"] += f" (the worst of training seeds {', '.join(map(str, seed_log['seeds']))})"
+        log(f"verdict: {choice['verdict']}")
+        result = _assemble(spec, plan, records, rung_log, choice, start)
+        result["final_seeds"] = seed_log
+        if plan.power is not None:
+            plan.power["realised"] = power.realised(last, plan.ref, int(plan.n_hold))
         if spec.confirm:
             from e2mc.tuning.confirm import run_confirm
 
@@ -214,6 +227,9 @@ def _check(spec: TuneSpec) -> tuple[Plan, object]:
     base = _base_overrides(spec.checkpoint, method, spec.recipe, sets, spec.device, spec.seed)
     over = {**base, "mode": "continue", "data.dataset": str(spec.dataset)}
     cfg = load_config(spec.recipe, over)  # checks keys and values
+    sp = sp.with_base_lr(cfg.optim.lr)  # lr: {relative: [...]}: multiples of the recipe's LR
+    if spec.confirm_epochs is not None and not sp.epochs_given:  # the last rung is as long as the confirm runs
+        sp = sp.with_epochs(float(spec.confirm_epochs))
     source = build_dataset(str(spec.dataset), "train", root=cfg.data.root or spec.root)
     labels = scoring.has_labels(source.targets)
     if not labels and rule == "heldout":
@@ -221,16 +237,41 @@ def _check(spec: TuneSpec) -> tuple[Plan, object]:
             f"{spec.dataset} has no labels and no label-free metric was chosen; use --select "
             f"label-free:<metric> ({', '.join(scoring.LABEL_FREE)})"
         )
+    if spec.holdout is not None:  # before the power pilot trains anything
+        scoring.check_holdout(len(source), int(spec.holdout), spec.train_images)
+    power.check(spec.target_diff, spec.holdout_cap, spec.min_move)
+    halving.schedule(len(sp.points), sp.epochs, spec.budget, spec.eta)  # a bad --budget: before the pilot
     plan = Plan(sp, rule, label_free, method, workers, threads, base, cfg.optim.batch_size, labels)
     return plan, source
 
 
-def _split_and_schedule(spec: TuneSpec, plan: Plan, source, out: Path) -> None:
-    """The held-out split file, the probes' data size and the successive-halving schedule (in ``plan``)."""
+def _split_and_schedule(spec: TuneSpec, plan: Plan, source, out: Path, ev: dict, log) -> None:
+    """The power pilot, the held-out split file, the probes' data size and the halving schedule (in ``plan``)."""
     from e2mc.data.datasets import build_dataset
 
     plan.n = len(source)
-    plan.n_hold = spec.holdout if spec.holdout is not None else min(5000, max(scoring.K, round(0.1 * plan.n)))
+    plan.rungs = halving.schedule(len(plan.space.points), plan.space.epochs, spec.budget, spec.eta)
+    plan.ref = select.reference_label(plan.space.points)
+    if plan.labels and plan.rule == "heldout":
+        STAGE["now"] = "measuring the detection power (pilot)"
+        ref_over = next((p.overrides for p in plan.space.points if p.label == plan.ref), {"addon.name": "none"})
+        plan.power = power.pilot(spec, plan, source, plan.rungs[0].epochs, ev, ref_over, out, log)
+        plan.n_hold = plan.power["held_out"]
+        log(power.describe(plan.power))
+        longer = halving.lengthen_first(plan.rungs, len(plan.space.points), plan.power["first_epochs"], spec.eta)
+        if len(longer) < len(plan.rungs):
+            log(
+                f"first rung lengthened to {longer[0].epochs:.3g} epochs (base-only's features move by then); "
+                f"{len(longer)} rung(s), {halving.cost(longer):.3g} epochs of probe training"
+                + (
+                    f", over --budget {spec.budget}"
+                    if isinstance(spec.budget, (int, float)) and halving.cost(longer) > spec.budget
+                    else ""
+                )
+            )
+            plan.rungs = longer
+    else:
+        plan.n_hold = spec.holdout if spec.holdout is not None else min(5000, max(scoring.K, round(0.1 * plan.n)))
     plan.split = scoring.holdout_split(
         out / "split.json",
         str(spec.dataset),
@@ -247,19 +288,52 @@ def _split_and_schedule(spec: TuneSpec, plan: Plan, source, out: Path) -> None:
             f"the probes' training part has {plan.n_probe} images, fewer than one batch of {plan.batch}; lower "
             "optim.batch_size (--set optim.batch_size=...) or use more training images"
         )
-    plan.rungs = halving.schedule(len(plan.space.points), plan.space.epochs, spec.budget, spec.eta)
     plan.steps = [max(1, round(r.epochs * plan.bpe)) for r in plan.rungs]
 
 
-def _run_rungs(spec: TuneSpec, plan: Plan, ev: dict, out: Path, log) -> tuple[dict, list]:
-    """Train and score the probes rung by rung; the records per probe and the rungs' log."""
-    probe_over = {
+def _probe_over(plan: Plan) -> dict:
+    """The overrides every probe shares (its point's are added)."""
+    return {
         **plan.base,
         "data.dataset": str(plan.split),
         "data.split": "train",
         "train.epochs": math.ceil(plan.space.epochs),
         "train.checkpoint_every_epochs": 1000,
     }
+
+
+def _final_seeds(spec: TuneSpec, plan: Plan, ev: dict, out: Path, last: dict, log) -> tuple:
+    """The leaders and base-only with the extra training seeds (``tuning.seeds``); ``(log or None,
+    scores, paired intervals)`` the choice reads (worst case over seeds when they ran)."""
+    if plan.rule != "heldout" or int(spec.final_seeds) < 2 or not last.get("paired"):
+        return None, last["scores"], last.get("paired")
+    STAGE["now"] = "training the leaders with more seeds"
+    labs = seeds.leaders(last, plan.ref, spec.eta)
+    extra = list(range(spec.seed + 1, spec.seed + int(spec.final_seeds)))
+    by_label = {p.label: p for p in plan.space.points}
+    order = [p.label for p in plan.space.points]
+    recs = seeds.run_seeds(labs, by_label, _probe_over(plan), last["steps"], extra, ev, spec, plan, out, log)
+
+    def rule_score(m):
+        return scoring.score(m, plan.rule)
+
+    per_seed = {str(s): seeds.seed_rung(r, last["steps"], rule_score, plan.ref, order) for s, r in recs.items()}
+    first = {lab: last["paired"][lab] for lab in labs}
+    pairs = seeds.worst_case([first] + [e["paired"] for e in per_seed.values()])
+    seed_log = {
+        "seeds": [spec.seed, *extra],
+        "probes": labs,
+        "steps": last["steps"],
+        "per_seed": per_seed,
+        "trained_epochs": len(labs) * len(extra) * last["steps"] / plan.bpe,
+        "train_seconds": round(sum(rec["train_seconds"] for r in recs.values() for rec in r.values()), 1),
+    }
+    return seed_log, {lab: last["scores"][lab] for lab in labs}, pairs
+
+
+def _run_rungs(spec: TuneSpec, plan: Plan, ev: dict, out: Path, log) -> tuple[dict, list]:
+    """Train and score the probes rung by rung; the records per probe and the rungs' log."""
+    probe_over = _probe_over(plan)
     by_label = {p.label: p for p in plan.space.points}
     order = [p.label for p in plan.space.points]
     alive = list(order)
@@ -281,9 +355,13 @@ def _run_rungs(spec: TuneSpec, plan: Plan, ev: dict, out: Path, log) -> tuple[di
         for rec in run_jobs(jobs, plan.workers, log):
             records[rec["label"]] = rec
         scores = {lab: scoring.score(records[lab]["scores"][str(st)], plan.rule) for lab in alive}
-        rung_log.append({"rung": k, "epochs": st / plan.bpe, "steps": st, "probes": list(alive), "scores": scores})
+        entry = {"rung": k, "epochs": st / plan.bpe, "steps": st, "probes": list(alive), "scores": scores}
+        outcomes = {lab: (records[lab].get("outcomes") or {}).get(str(st)) for lab in alive}
+        if plan.rule == "heldout" and all(outcomes.values()):
+            entry["leader"], entry["paired"] = select.rung_pairs(outcomes, scores, plan.ref, order)
+        rung_log.append(entry)
         if k + 1 < len(plan.rungs):
-            alive = halving.advance(scores, plan.rungs[k + 1].probes, order)
+            alive = select.survivors(scores, plan.rungs[k + 1].probes, order, plan.ref, entry.get("paired"))
             log(f"rung {k}: {', '.join(alive)} advance")
     return records, rung_log
 
@@ -302,12 +380,14 @@ def _score_start(checkpoint, ev: dict, out: Path, log) -> dict:
     t0 = time.perf_counter()
     res = evaluate(str(checkpoint), dataset, tuple(protocols), evaluation_settings(**kw))
     metrics = scoring.probe_metrics(res)
+    if scoring.probe_outcomes(res) is not None:  # the start's per-image outcomes, for a paired look
+        metrics["outcomes"] = scoring.probe_outcomes(res)
     start = {"eval": ev, "metrics": metrics, "seconds": round(time.perf_counter() - t0, 2)}
     atomic_write_json(out / "start.json", start, indent=1, parents=True)
     return metrics
 
 
-def _assemble(spec: TuneSpec, plan: Plan, records: dict, rung_log: list, chosen_label: str, start: dict) -> dict:
+def _assemble(spec: TuneSpec, plan: Plan, records: dict, rung_log: list, choice: dict, start: dict) -> dict:
     """tune.json's dict (everything but ``confirm`` and the wall time)."""
     sp, steps, bpe, order = plan.space, plan.steps, plan.bpe, [p.label for p in plan.space.points]
     by_label = {p.label: p for p in sp.points}
@@ -338,6 +418,7 @@ def _assemble(spec: TuneSpec, plan: Plan, records: dict, rung_log: list, chosen_
         )
     for i, p in enumerate(probes):
         p["rank"] = i + 1
+    chosen_label = choice["label"]
     chosen = next(p for p in probes if p["label"] == chosen_label)
     base_only = [p for p in probes if p["addon"] == "none"]
     rung0 = {lab: records[lab]["scores"][str(steps[0])] for lab in order}
@@ -347,7 +428,11 @@ def _assemble(spec: TuneSpec, plan: Plan, records: dict, rung_log: list, chosen_
     confirm_arm = chosen_label
     note = None
     if chosen["addon"] == "none":
-        note = "no add-on scored above base-only on the selection rule: the tune found nothing that helps"
+        note = (
+            "no add-on is distinguishable from base-only on the held-out images"
+            if choice["distinguishable"] is False
+            else "no add-on scored above base-only on the selection rule: the tune found nothing that helps"
+        )
         best_addon = next((p for p in probes if p["addon"] != "none"), None)
         confirm_arm = best_addon["label"] if best_addon else chosen_label
     return {
@@ -376,6 +461,10 @@ def _assemble(spec: TuneSpec, plan: Plan, records: dict, rung_log: list, chosen_
         "rungs": rung_log,
         "probes": probes,
         "chosen": chosen,
+        "verdict": choice["verdict"],
+        "distinguishable": choice["distinguishable"],
+        "power": plan.power,
+        "reference": plan.ref,
         "note": note,
         "base_only": base_only[0] if base_only else None,
         "start": start,
@@ -394,106 +483,14 @@ def _assemble(spec: TuneSpec, plan: Plan, records: dict, rung_log: list, chosen_
     }
 
 
-def _fmt(v, pct=False) -> str:
-    if v is None:
-        return ""
-    return f"{100 * v:.2f}" if pct else f"{v:.4g}"
-
-
-def to_markdown(res: dict) -> str:
-    """tune.md's text: chosen setting, ranked probes, Kendall tau, cost, confirm table."""
-    ch = res["chosen"]
-    lines = [
-        f"# e2mc tune: `{res['checkpoint']}` on `{res['dataset']}`",
-        "",
-        f"Selection `{res['select']}` on a seeded stratified held-out part of the TRAIN split "
-        f"({res['heldout']['held_out']} of {res['heldout']['train_images']} images; the probes train on "
-        f"{res['heldout']['probe_train']}); the test split is never read while tuning.",
-        "",
-        f"**Chosen: `{ch['label']}`** (rank 1 of {len(res['probes'])}; {ch['epochs']:.3g} epochs): "
-        f"`{ch['overrides']}`.",
-    ]
-    if res.get("note"):
-        lines += ["", f"Note: {res['note']}."]
-    cols = ["knn_top1_k20", "linear_top1", "rankme", "entropy", "lidar", "alpha_req"]
-    pct = {"knn_top1_k20", "linear_top1"}
-    names = {
-        "knn_top1_k20": "kNN@20 %",
-        "linear_top1": "linear %",
-        "rankme": "RankMe",
-        "entropy": "entropy",
-        "lidar": "LiDAR",
-        "alpha_req": "alpha-ReQ",
-    }
-    used = [c for c in cols if any(c in p["metrics"] for p in res["probes"]) or c in res["start"]]
-    lines += [
-        "",
-        "## Probes (ranked: last rung first, then by score)",
-        "",
-        "| rank | probe | rung | epochs | " + " | ".join(names[c] for c in used) + " | score |",
-        "|" + "---|" * (5 + len(used)),
-    ]
-    for p in res["probes"]:
-        lines.append(
-            f"| {p['rank']} | {p['label']} | {p['rung']} | {p['epochs']:.3g} | "
-            + " | ".join(_fmt(p["metrics"].get(c), c in pct) for c in used)
-            + f" | {_fmt(p['score'])} |"
-        )
-    lines.append(
-        "| | start (no training) | | 0 | " + " | ".join(_fmt(res["start"].get(c), c in pct) for c in used) + " | |"
-    )
-    if res["kendall_tau"]:
-        lines += [
-            "",
-            f"## Can label-free selection be trusted here? Kendall tau vs held-out kNN@20 "
-            f"(rung 0: all {len(res['probes'])} probes at {res['rungs'][0]['epochs']:.3g} epochs)",
-            "",
-            "| metric (selection score) | tau | p | n |",
-            "|---|---|---|---|",
-        ]
-        for m, t in res["kendall_tau"].items():
-            shown = "-abs(alpha - 1)" if m == "alpha_req" else m
-            lines.append(f"| {shown} | {_fmt(t['tau'])} | {_fmt(t['p'])} | {t['n']} |")
-    c = res["cost"]
-    lines += [
-        "",
-        "## Cost",
-        "",
-        f"Schedule (eta {res['eta']}): "
-        + "; ".join(
-            f"rung {s['rung']}: {s['probes']} probe(s) to "
-            f"{s['steps']} steps = {s['steps'] / res['batches_per_epoch']:.3g} "
-            "epochs"
-            for s in res["schedule"]
-        )
-        + ".",
-        f"Trained {c['trained_epochs']:.3g} epochs of probe data = {100 * c['fraction_of_full_grid']:.1f}% of "
-        f"the full grid's {c['full_grid_epochs']:.3g}; probe training {c['probe_train_seconds']:.0f} s, "
-        f"scoring {c['probe_eval_seconds']:.0f} s (cumulative over invocations); this invocation "
-        f"{res.get('wall_seconds', 0):.0f} s.",
-    ]
-    if res.get("confirm"):
-        cf = res["confirm"]
-        lines += [
-            "",
-            f"## Confirmation on the test split ({cf['seeds']} training seeds, full train split, "
-            f"{cf['epochs']:.3g} epochs)",
-            "",
-        ]
-        if cf["arm"] != ch["label"]:
-            lines += [
-                f"The chosen setting is base-only, so the best add-on probe `{cf['arm']}` is confirmed against it.",
-                "",
-            ]
-        lines += [cf["markdown"].rstrip(), "", cf["verdict"]]
-    return "\n".join(lines) + "\n"
-
-
 def write_outputs(out: Path, res: dict) -> None:
-    """tune.json, tune.md, tune.html (atomic)."""
-    from e2mc.report.tune import write_tune_html
+    """tune.json, tune.md, tune.html (atomic; the html opens with the verdict and the paired plot)."""
+    from e2mc.report.tune import paired_figure_png, write_tune_html
+    from e2mc.tuning.markdown import verdict_line
 
     atomic_write_json(out / "tune.json", res, indent=1, parents=True)
     md = to_markdown(res)
     atomic_write_text(out / "tune.md", md)
-    write_tune_html(out / "tune.html", md, title="e2mc tune")
+    mde = (res.get("power") or {}).get("mde")
+    fig = paired_figure_png(res["rungs"], res.get("reference"), mde)
+    write_tune_html(out / "tune.html", md, title="e2mc tune", headline=verdict_line(res), figure=fig)

@@ -83,6 +83,15 @@ def schedule(n: int, max_epochs: float, budget: float | str | None = None, eta: 
     )
 
 
+def lengthen_first(rungs: list[Rung], n: int, min_first: float, eta: int = 3) -> list[Rung]:
+    """``rungs`` with as few rungs dropped (from the short end) as make the first at least ``min_first``
+    epochs (the last rung's length stays; one rung at most: the full grid)."""
+    s, last = len(rungs) - 1, rungs[-1].epochs
+    while s > 0 and last / eta**s < min_first * (1 - 1e-9):
+        s -= 1
+    return rungs_for(n, last, s, eta)
+
+
 def advance(scores: dict[str, float], keep: int, order: list[str] | None = None) -> list[str]:
     """The ``keep`` labels with the highest score (NaN/None last; ties: earlier in ``order``)."""
     order = list(order) if order is not None else list(scores)

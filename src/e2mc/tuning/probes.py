@@ -5,7 +5,7 @@ the steps trained, seconds spent, and its held-out/label-free metrics per step c
 ``steps``, a probe that has them already is skipped; one with ``checkpoints/last.pt`` is RESUMED
 (``out.resume``) up to ``train.max_steps = steps`` (successive halving's next rung adds epochs
 to the same run, it does not retrain); one without a checkpoint starts clean. Scores are stored
-per step count, so a rerun of ``e2mc tune`` re-trains and re-scores nothing.
+per step count (with labels also the per-image held-out kNN outcomes, ``outcomes``), so a rerun of ``e2mc tune`` re-trains and re-scores nothing.
 
 ``run_jobs`` runs a rung's probes one after another in this process (``workers=1``) or in
 ``workers`` spawned processes, each with ``threads`` torch threads.
@@ -107,7 +107,10 @@ def run_probe(job: dict) -> dict:
         atomic_write_json(marker, rec, indent=1, parents=True)
     if job.get("eval") and str(steps) not in rec["scores"]:
         from e2mc.evaluation.api import evaluate, evaluation_settings
-        from e2mc.tuning.scoring import probe_metrics
+        from e2mc.tuning.outcomes import ensure_protocol
+        from e2mc.tuning.scoring import probe_metrics, probe_outcomes
+
+        ensure_protocol()  # a spawned worker registers the tune's protocol itself
 
         STAGE["now"] = f"scoring probe {job['label']} at step {steps}"
         kw = dict(job["eval"])
@@ -116,6 +119,8 @@ def run_probe(job: dict) -> dict:
         res = evaluate(str(run_dir / "checkpoints" / "last.pt"), dataset, tuple(protocols), evaluation_settings(**kw))
         dt = time.perf_counter() - t0
         rec["scores"][str(steps)] = probe_metrics(res)
+        if probe_outcomes(res) is not None:
+            rec.setdefault("outcomes", {})[str(steps)] = probe_outcomes(res)
         rec["eval_seconds"] = round(rec["eval_seconds"] + dt, 2)
         atomic_write_json(marker, rec, indent=1, parents=True)
     return {**rec, "trained_now": trained_now}

@@ -19,6 +19,7 @@ from e2mc.fileio import atomic_write_json
 
 HELDOUT_KEY = "knn_top1_k20"
 K = 20
+OUTCOMES = "knn_outcomes"  # the tune's per-image kNN@K protocol (``tuning.outcomes``)
 
 
 def _alpha_score(m: dict) -> float:
@@ -88,17 +89,7 @@ def holdout_split(
             f"{dataset} has no labels, so --select heldout cannot score probes; choose a label-free "
             f"rule: --select label-free:<metric> ({', '.join(LABEL_FREE)})"
         )
-    if n_holdout < k or n_holdout >= n:
-        raise DataError(
-            f"the held-out part has {n_holdout} images, too few for kNN@{k} scoring (or not fewer than "
-            f"the {n} training images); give --holdout between {k} and {n - k}"
-        )
-    rest = n - n_holdout if n_train is None else min(int(n_train), n - n_holdout)
-    if rest < k:
-        raise DataError(
-            f"the probes' training part has {rest} images, fewer than k={k} for the kNN bank; lower "
-            f"--holdout or raise --train-images (the train split has {n})"
-        )
+    check_holdout(n, n_holdout, n_train, k)
     path = Path(path)
     request = {
         "dataset": str(dataset),
@@ -122,9 +113,30 @@ def holdout_split(
     return path
 
 
+def check_holdout(n: int, n_holdout: int, n_train: int | None = None, k: int = K) -> None:
+    """DataError (one line) when a held-out part of ``n_holdout`` of ``n`` train images, or the
+    probes' part left, is too small for kNN@``k``."""
+    if n_holdout < k or n_holdout >= n:
+        raise DataError(
+            f"the held-out part has {n_holdout} images, too few for kNN@{k} scoring (or not fewer than "
+            f"the {n} training images); give --holdout between {k} and {n - k}"
+        )
+    rest = n - n_holdout if n_train is None else min(int(n_train), n - n_holdout)
+    if rest < k:
+        raise DataError(
+            f"the probes' training part has {rest} images, fewer than k={k} for the kNN bank; lower "
+            f"--holdout or raise --train-images (the train split has {n})"
+        )
+
+
 def eval_protocols(labels: bool, label_free=LABEL_FREE) -> tuple[str, ...]:
-    """The ``evaluate`` protocols a probe is scored with."""
-    return (("knn", "linear") if labels else ()) + tuple(label_free)
+    """The ``evaluate`` protocols a probe is scored with (with labels: the per-image kNN outcomes too)."""
+    return (("knn", "linear", OUTCOMES) if labels else ()) + tuple(label_free)
+
+
+def probe_outcomes(res: dict) -> str | None:
+    """The per-image held-out kNN@20 outcomes (``"0101..."``) of an ``evaluate`` result, if scored."""
+    return res[OUTCOMES]["correct"] if OUTCOMES in res else None
 
 
 def probe_metrics(res: dict) -> dict:
@@ -148,7 +160,9 @@ def probe_metrics(res: dict) -> dict:
 
 def kendall(values: dict[str, dict], reference: str = HELDOUT_KEY, rules=LABEL_FREE) -> dict:
     """``{rule: {"tau", "p", "n"}}``: Kendall tau (scipy) between each label-free selection score and
-    ``reference`` across the probes in ``values`` (label -> metrics); rules with < 3 probes: tau None."""
+    ``reference`` across the probes in ``values`` (label -> metrics); rules with < 3 probes: tau None.
+    ``too_few``: even a perfect ranking of n probes could not reach p < 0.05 (exact two-sided p >= 2 / n!:
+    n < 5), so the tau says nothing and the report shows "too few probes"."""
     from scipy.stats import kendalltau
 
     out = {}
@@ -156,11 +170,16 @@ def kendall(values: dict[str, dict], reference: str = HELDOUT_KEY, rules=LABEL_F
         pairs = [(score(m, rule), m.get(reference)) for m in values.values()]
         pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
         if len(pairs) < 3:
-            out[rule] = {"tau": None, "p": None, "n": len(pairs)}
+            out[rule] = {"tau": None, "p": None, "n": len(pairs), "too_few": True}
             continue
         res = kendalltau([a for a, _ in pairs], [b for _, b in pairs])
         tau, p = float(res.statistic), float(res.pvalue)
-        out[rule] = {"tau": None if math.isnan(tau) else tau, "p": None if math.isnan(p) else p, "n": len(pairs)}
+        out[rule] = {
+            "tau": None if math.isnan(tau) else tau,
+            "p": None if math.isnan(p) else p,
+            "n": len(pairs),
+            "too_few": 2 / math.factorial(len(pairs)) >= 0.05,
+        }
     return out
 
 

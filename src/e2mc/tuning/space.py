@@ -9,19 +9,24 @@ A space is a YAML mapping (every key optional; the defaults are :data:`DEFAULT_S
       entropy_weight: {log: [1, 100, 3]}         # 1, 10, 100 (a list works too: [1, 10, 100])
       cov_weight: {log: [1, 10000, 3]}           # 1, 100, 10000; "auto" = addon.cov_weight=auto
       transform: [sigmoid]                       # null = the recipe's
-    lr: [null]                                   # LR grid; null = the recipe's LR
-    epochs: 2                                    # epochs of the longest probe (the last rung)
+    lr: {relative: [0.1, 0.316, 1]}             # LR grid: multiples of the recipe's optim.lr
+                                                 # (a list of LRs works too; null = the recipe's)
+    epochs: 2                                    # epochs of the longest probe (the last rung;
+                                                 # not given: --confirm-epochs when set)
     set: {optim.batch_size: 256}                 # overrides for every probe
 
 Every point is one probe: the cross product of the LRs with, for each add-on, its own grid (E2MC:
 entropy weight x covariance weight x transform; the other add-ons: their recipe defaults).
-``{log: [lo, hi, n]}`` is ``n`` values evenly spaced in log10 from ``lo`` to ``hi``.
+``{log: [lo, hi, n]}`` is ``n`` values evenly spaced in log10 from ``lo`` to ``hi``. The LR matters
+most for a continuation (the recipe's pre-training LR is often too high), so the default space
+tries the recipe's LR and two log-spaced fractions of it (1/10, 1/sqrt(10));
+:meth:`SearchSpace.with_base_lr` turns ``{relative: [...]}`` into LRs once the recipe is known.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +36,7 @@ from e2mc.errors import ConfigError
 DEFAULT_SPACE: dict = {
     "addons": ["none", "e2mc", "vc", "uniformity", "mmcr"],
     "e2mc": {"entropy_weight": {"log": [1, 100, 3]}, "cov_weight": {"log": [1, 10000, 3]}, "transform": [None]},
-    "lr": [None],
+    "lr": {"relative": [0.1, 0.316, 1.0]},
     "epochs": 2,
     "set": {},
 }
@@ -60,6 +65,19 @@ class SearchSpace:
     lr: list
     epochs: float
     sets: dict
+    lr_relative: list | None = None  # multiples of the recipe's LR (``lr`` is then filled by with_base_lr)
+    epochs_given: bool = True  # the space named its epochs (else --confirm-epochs may set them)
+
+    def with_base_lr(self, base_lr: float) -> "SearchSpace":
+        """This space with ``lr_relative`` resolved against the recipe's ``optim.lr``."""
+        if not self.lr_relative:
+            return self
+        lrs = [float(f"{f * float(base_lr):.4g}") for f in self.lr_relative]
+        return replace(self, lr=lrs, lr_relative=None)
+
+    def with_epochs(self, epochs: float) -> "SearchSpace":
+        """This space with the longest probe at ``epochs``."""
+        return replace(self, epochs=float(epochs), epochs_given=True)
 
     @property
     def points(self) -> list[Point]:
@@ -94,7 +112,7 @@ class SearchSpace:
                 "cov_weight": list(self.cov_weight),
                 "transform": list(self.transform),
             },
-            "lr": list(self.lr),
+            "lr": list(self.lr) if not self.lr_relative else {"relative": list(self.lr_relative)},
             "epochs": self.epochs,
             "set": dict(self.sets),
         }
@@ -185,7 +203,17 @@ def parse_space(source: str | Path | dict | None = None) -> SearchSpace:
     badt = [t for t in tr if t is not None and t not in TRANSFORMS]
     if badt:
         raise ConfigError(f"{where}: unknown transform(s) {badt}; choose from {', '.join(TRANSFORMS)} (or null)")
-    lrs = _grid(merged["lr"], "lr", where)
+    rel = None
+    if isinstance(merged["lr"], dict) and set(merged["lr"]) == {"relative"}:
+        rel = _grid(merged["lr"]["relative"], "lr.relative", where)
+        if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 100 for f in rel):
+            raise ConfigError(
+                f"{where}: lr: {{relative: [...]}} takes multiples of the recipe's LR in (0, 100], got {rel}"
+            )
+        rel = [float(f) for f in rel]
+        lrs = list(rel)  # placeholders until with_base_lr (labels and counts)
+    else:
+        lrs = _grid(merged["lr"], "lr", where)
     for v in lrs:
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1000):
             raise ConfigError(f"{where}: lr values must be numbers in (0, 1000] or null (the recipe's), got {v!r}")
@@ -213,7 +241,8 @@ def parse_space(source: str | Path | dict | None = None) -> SearchSpace:
     ]
     if owned:
         raise ConfigError(f"{where}: set may not fix {owned}: the search space or e2mc tune sets them")
-    space = SearchSpace(addons, ew, cw, tr, [None if v is None else float(v) for v in lrs], float(epochs), dict(sets))
+    lr_values = [None if v is None else float(v) for v in lrs]
+    space = SearchSpace(addons, ew, cw, tr, lr_values, float(epochs), dict(sets), rel, "epochs" in data)
     n = len(space.points)
     if n < 2:
         raise ConfigError(

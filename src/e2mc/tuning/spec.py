@@ -25,7 +25,15 @@ class TuneSpec:
         confirm: N > 0: also run the chosen setting and base-only with N training seeds on the full
             train split and evaluate them once on the test split (paired 95% intervals).
         recipe: the continue recipe/config every probe starts from (None: e2mc's defaults).
-        holdout: held-out TRAIN images (None: 10% of the train split, at most 5,000).
+        holdout: held-out TRAIN images (None: with labels, the size at which a paired kNN@20 difference
+            of ``target_diff`` points is detectable (``tuning.power``'s pilot), at most ``holdout_cap``
+            of the train split; without labels 10%, at most 5,000).
+        target_diff: kNN@20 points the paired comparison should detect (80% power, 5% level).
+        holdout_cap: the held-out part's largest fraction of the train split.
+        pilot_steps: steps of the power pilot's two base-only probes (None: the first rung's, lengthened
+            until base-only's features move by ``min_move``).
+        final_seeds: training seeds of the leaders and base-only at the last rung (1: no second seed).
+        min_move: the relative change of base-only's held-out RankMe the first rung must reach.
         train_images: the probes train on this many of the rest (stratified, seeded; None: all).
         label_free: the label-free metrics scored besides the rule's (``scoring.LABEL_FREE``).
         sets: extra config overrides for every probe and confirm run.
@@ -57,6 +65,11 @@ class TuneSpec:
     eval_batch_size: int = 256
     eval_precision: str = "fp32"
     lidar_images: int = 500
+    target_diff: float = 0.5
+    holdout_cap: float = 0.2
+    pilot_steps: int | None = None
+    min_move: float = 0.05
+    final_seeds: int = 2
 
 
 @dataclass
@@ -79,3 +92,5 @@ class Plan:
     rungs: list = field(default_factory=list)
     steps: list = field(default_factory=list)
     bpe: int = 0  # batches per epoch of the probes' data
+    power: dict | None = None  # tuning.power.pilot's result (held-out selection with labels)
+    ref: str | None = None  # the base-only probe every other is compared with
