@@ -106,7 +106,7 @@ def vit_bare(t):
 
     model = copy.deepcopy(t.model).train()
     opt = t.make_optimizer(model)
-    dino, e2mc, m = t.method.build_criterion(t.cfg), t.method.build_addon(t.cfg), t.cfg.method
+    dino, e2mc, m = t.method.build_criterion(t.cfg).to(t.device), t.method.build_addon(t.cfg).to(t.device), t.cfg.method
     center = torch.zeros_like(t.state.method_state.center)
     temp, ema = teacher_temp(t.cfg, 0), float(m.momentum)
     student = list(model.backbone.parameters()) + list(model.head.parameters())
@@ -175,7 +175,7 @@ def audio_bare(t):
     """The hand-written VICReg + E2MC step on pooled frames, on a copy of the trainer's model."""
     model = copy.deepcopy(t.model).train()
     opt = t.make_optimizer(model)
-    vicreg, e2mc = t.method.build_criterion(t.cfg), t.method.build_addon(t.cfg)
+    vicreg, e2mc = t.method.build_criterion(t.cfg).to(t.device), t.method.build_addon(t.cfg).to(t.device)
 
     def step(crops):
         views = t.views(crops)
