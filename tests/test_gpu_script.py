@@ -31,11 +31,13 @@ def test_gpu_check_dry_run(tmp_path):
         "c. E2MC's share of a VICReg step",
         "d. Trainer throughput vs a bare loop",
         "e. 2-process DDP equivalence",
+        "f. ViT-S/16 DINO Trainer throughput vs a bare loop",
     ):
         assert f"| {title} |" in text and f"## {title}" in text
-    assert text.count("| PASS |") == 3 and text.count("RAN (dry run: no goal)") == 4  # table + sections
+    assert text.count("| PASS |") == 3 and text.count("RAN (dry run: no goal)") == 6  # table + sections (c, d, f)
     assert "FAIL" not in text and "| fp16 | 2 | True | True |" in text
     assert "loss step 2" in text and "gloo on CPU" in text
+    assert "DINO head ({hidden: 32, bottleneck: 16, out: 64}) + EMA teacher" in text
 
 
 def test_gpu_check_refuses_without_cuda(tmp_path):

@@ -25,8 +25,11 @@ e. DDP: 2 processes (NCCL on 2 GPUs, else gloo with both processes on the one de
    in the dry run) vs 1 process on the concatenated batch: loss per step and weights after 2
    steps (BatchNorm swapped for per-sample norms and deterministic views, so both are exact
    up to float rounding).
+f. throughput of the Trainer's DINO + E2MC step on a ViT-S/16 at 224 px (2 x 224 + 8 x 96 crops,
+   the official DINO head and EMA teacher, batch 64, bf16) vs benchmarks/bench_steps.py's bare
+   loop with the same model, views and loss (goal >= 95%; issue 24 item 6).
 
-Exit status: 0 when every check passed (goals of c/d count only on a GPU run), 1 otherwise.
+Exit status: 0 when every check passed (goals of c/d/f count only on a GPU run), 1 otherwise.
 """
 
 from __future__ import annotations
@@ -68,6 +71,10 @@ GPU = dict(
     ddp_img=64,
     ddp_batch=16,
     ddp_timeout=240,
+    vit_arch="timm:vit_small_patch16_224",
+    vit_img=224,
+    vit_batch=64,
+    vit_heads="{}",
 )
 DRY = dict(
     arch="resnet_mini:8-16-32",
@@ -84,6 +91,10 @@ DRY = dict(
     ddp_img=16,
     ddp_batch=4,
     ddp_timeout=120,
+    vit_arch="resnet_mini:8-16-32",
+    vit_img=32,
+    vit_batch=8,
+    vit_heads="{hidden: 32, bottleneck: 16, out: 64}",
 )
 SHARE_GOAL, THROUGHPUT_GOAL = 0.03, 0.95
 
@@ -368,6 +379,90 @@ def check_speed(S, device, dry, tmp, results):
     )
 
 
+# ---------------------------------------------------------------------------------------- (f)
+def check_vit_speed(S, device, dry, tmp):
+    """The Trainer's DINO + E2MC step on a ViT-S/16 vs the bare loop of benchmarks/bench_steps.py
+    (same model copy, views, criteria, optimiser class); interleaved blocks, median block."""
+    from e2mc.config import load_config
+    from e2mc.train.loop import Trainer
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_steps import vit_bare
+
+    b, img = S["vit_batch"], S["vit_img"]
+    cfg = load_config(
+        None,
+        [
+            "data.dataset=digits",
+            f"data.image_size={img}",
+            f"data.limit={max(2 * b, 16)}",
+            "mode=pretrain",
+            f"model.init=random:{S['vit_arch']}",
+            f"model.head_sizes={S['vit_heads']}",
+            "method.name=dino",
+            "method.momentum_schedule=constant",
+            "addon.name=e2mc",
+            f"optim.batch_size={b}",
+            "optim.schedule=constant",
+            "train.precision=bf16",
+            "train.log_every=1000",
+            "train.probe_size=0",
+            "train.tensorboard=false",
+            f"train.device={device}",
+            f"out.dir={tmp / 'vit'}",
+            "out.overwrite=true",
+        ],
+    )
+    t = Trainer(cfg, quiet=True)
+    try:
+        t.model.train()
+        batches = images(dict(S, batch=b, img=img), device)
+        bare = vit_bare(t)
+        state = {"i": 0}
+
+        def nxt():
+            state["i"] += 1
+            return batches[state["i"] % len(batches)]
+
+        def trainer_step():
+            t.train_step(nxt(), scheduler=t.state.scheduler)
+
+        for _ in range(S["warm"]):
+            trainer_step()
+            bare(nxt())
+        times = {"trainer, DINO + E2MC": [], "bare loop, DINO + E2MC": []}
+        for r in range(S["reps"]):  # interleaved blocks, order alternating
+            order = list(times) if r % 2 == 0 else list(reversed(times))
+            for k in order:
+                times[k].append(
+                    timed(trainer_step if k.startswith("trainer") else lambda: bare(nxt()), S["steps"], device)
+                )
+        specs = t.views.specs
+        mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    finally:
+        t._close()
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    ratio = med["bare loop, DINO + E2MC"] / med["trainer, DINO + E2MC"]
+    blocks = [bt / tt for tt, bt in zip(*times.values())]
+    status = ("PASS" if ratio >= THROUGHPUT_GOAL else "MISS") if not dry else "RAN (dry run: no goal)"
+    crops = f"{sum(1 for s in specs if s[0] == img)} x {img} px + {sum(1 for s in specs if s[0] != img)} x {specs[-1][0]} px"
+    return status, [
+        f"{S['vit_arch']} + DINO head ({'official sizes' if S['vit_heads'] == '{}' else S['vit_heads']}) + EMA "
+        f"teacher, batch {b} x {len(specs)} crops ({crops}), DINO loss + E2MC on the global crops, per-parameter "
+        f"clip, LARS, bf16 autocast; {S['warm']} warm-up steps, then {S['reps']} interleaved blocks of "
+        f"{S['steps']} timed steps (median block)" + (f"; peak CUDA memory {mem:.1f} GiB" if mem else ""),
+        "",
+        "| step | median s/step | img/s |",
+        "|---|---|---|",
+        *(f"| {k} | {v:.4f} | {b / v:.1f} |" for k, v in med.items()),
+        "",
+        f"Trainer / bare-loop throughput: **{ratio:.1%}** (goal >= {THROUGHPUT_GOAL:.0%}); per block: "
+        f"{', '.join(f'{x:.1%}' for x in blocks)}. The bare loop is benchmarks/bench_steps.py's `vit_bare`: a copy "
+        "of the same SSLModel (student + teacher), the same views and DINOLoss / E2MC modules, LARS, the "
+        "centre and teacher EMA by hand, no GradScaler, scheduler or loss-term bookkeeping.",
+    ]
+
+
 # ---------------------------------------------------------------------------------------- (e)
 CHILD = "--ddp-child"
 
@@ -503,6 +598,7 @@ TITLES = {
     "c": "c. E2MC's share of a VICReg step",
     "d": "d. Trainer throughput vs a bare loop",
     "e": "e. 2-process DDP equivalence",
+    "f": "f. ViT-S/16 DINO Trainer throughput vs a bare loop",
 }
 
 
@@ -532,7 +628,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_check.md"), help="Markdown result file")
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes on CPU (gloo): checks the script end to end")
     ap.add_argument("--device", default=None, help="default: cuda (cpu with --dry-run)")
-    ap.add_argument("--only", default="abcde", help="checks to run, e.g. 'ace'")
+    ap.add_argument("--only", default="abcdef", help="checks to run, e.g. 'ace'")
     ap.add_argument(
         "--batch",
         type=int,
@@ -569,9 +665,15 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="e2mc_gpu_check_") as tmpdir:
         tmp = Path(tmpdir)
         # dry run: start the 2-process run now, so its start-up overlaps the other checks (on a GPU it
-        # runs alone, last, so that it cannot disturb the timings of c and d)
+        # runs alone, last, so that it cannot disturb the timings of c, d and f)
         ddp_proc = start_ddp(S, device, tmp) if args.dry_run and "e" in args.only else None
-        for key, fn in (("a", check_sort), ("b", check_precision), ("cd", check_speed), ("e", check_ddp)):
+        for key, fn in (
+            ("a", check_sort),
+            ("b", check_precision),
+            ("cd", check_speed),
+            ("f", check_vit_speed),
+            ("e", check_ddp),
+        ):
             if not set(key) & set(args.only):
                 continue
             t0 = time.perf_counter()
