@@ -82,6 +82,8 @@ class AudioEncoder(nn.Module):
         self.normalize = bool(normalize)
         self.out_dim = 2 * int(model.config.hidden_size)
         self.pretrained_source = source
+        self.keep_hidden = False  # per-layer evaluation: forward also keeps every layer's frames
+        self.kept_hidden: tuple = ()
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2:
@@ -99,7 +101,12 @@ class AudioEncoder(nn.Module):
         return self.model(self._prepare(x), output_hidden_states=True).hidden_states
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled utterance embedding (N, 2 x hidden) of waveforms (N, samples)."""
+        """Pooled utterance embedding (N, 2 x hidden) of waveforms (N, samples); with
+        ``keep_hidden`` set, ``kept_hidden`` holds :meth:`hidden_states`' frames of the same pass."""
+        if self.keep_hidden:
+            self.kept_hidden = self.hidden_states(x)
+            return pool_frames(self.kept_hidden[-1])
+        self.kept_hidden = ()
         return pool_frames(self.model(self._prepare(x)).last_hidden_state)
 
 
