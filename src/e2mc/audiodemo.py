@@ -16,6 +16,7 @@ The image demo's flow (:mod:`e2mc.demo`) on audio:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -27,7 +28,7 @@ from e2mc import __version__
 from e2mc.demo import BASE, E2MC_ARM, START, DemoConfig, continue_arms, demo_workers, headline, summarise
 
 SEGMENT_S, CROP_S = 1.0, 0.5
-DATA = dict(callers=4, clips=(12, 8), call_types=3, seconds=SEGMENT_S)  # per caller: train, test clips
+DATA = dict(callers=6, clips=(12, 8), call_types=3, seconds=SEGMENT_S)  # per caller: train, test clips
 WARM_MODULES = ("e2mc.train.loop", "e2mc.data.audioviews", "e2mc.models.audio", "transformers")
 
 
@@ -39,7 +40,7 @@ def _run_config(steps: int, addon: str = "none") -> dict:
         "addon": {"name": addon, "transform": "sigmoid", "entropy_weight": 10.0, "cov_weight": 1.0},
         "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "schedule": "constant", "batch_size": 16},
         "data": {"audio": {"segment_seconds": SEGMENT_S, "crop_seconds": CROP_S}},
-        "train": {"max_steps": steps, "precision": "fp32", "log_every": 10, "probe_size": 0, "tensorboard": False,
+        "train": {"epochs": 10**6, "max_steps": steps, "precision": "fp32", "log_every": 10, "probe_size": 0, "tensorboard": False,
                   "head_warmup_steps": 10},
     }  # fmt: skip
 
@@ -48,8 +49,8 @@ def _run_config(steps: int, addon: str = "none") -> dict:
 class AudioDemoConfig(DemoConfig):
     """The audio demo's settings; ``pretrain_epochs``/``continue_epochs`` are optimiser STEPS here."""
 
-    pretrain_epochs: int = 300
-    continue_epochs: int = 60
+    pretrain_epochs: int = 200
+    continue_epochs: int = 40
     protocols: tuple[str, ...] = ("knn", "linear")
     ks: tuple[int, ...] = (5,)
     data: dict = field(default_factory=lambda: dict(DATA))
@@ -104,9 +105,9 @@ def run_audio_demo(cfg: AudioDemoConfig, log: Callable[[str], None] = print) -> 
     try:
         calls, start, cached = pretrained_start(cfg, log)
         t_start = time.perf_counter()
-        cfg.continue_recipe = _run_config(cfg.continue_epochs)
-        cfg.extra = {"data.dataset": str(calls), **cfg.extra}
-        arms = continue_arms(cfg, start, log, pool=pool)
+        extra = {"data.dataset": str(calls), **cfg.extra}
+        arms_cfg = dataclasses.replace(cfg, continue_recipe=_run_config(cfg.continue_epochs), extra=extra)
+        arms = continue_arms(arms_cfg, start, log, pool=pool)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

@@ -32,7 +32,7 @@ class Voice:
 def voices(n: int, seed: int = 0) -> list[Voice]:
     """``n`` callers' voices, spread over f0 with distinct harmonic profiles (seeded)."""
     rng = np.random.default_rng([seed, 1])
-    f0s = np.geomspace(250.0, 1400.0, n) * rng.uniform(0.95, 1.05, n)
+    f0s = np.geomspace(300.0, 800.0, n) * rng.uniform(0.97, 1.03, n)  # neighbours ~1/n octave apart
     out = []
     for f0 in f0s:
         k = int(rng.integers(3, 7))
@@ -60,14 +60,14 @@ def vocalisation(voice: Voice, call_type: str, rate: int, seconds: float, rng) -
     t = np.arange(n) / rate
     u = np.clip((t - start) / dur, 0, 1)
     inside = (t >= start) & (t <= start + dur)
-    f0 = voice.f0 * rng.uniform(0.96, 1.04) * (1 + voice.depth * _contour(call_type, u))
+    f0 = voice.f0 * rng.uniform(0.92, 1.08) * (1 + voice.depth * _contour(call_type, u))
     f0 = f0 * (1 + 0.02 * np.sin(2 * np.pi * voice.vibrato_hz * t))
     phase = 2 * np.pi * np.cumsum(f0) / rate
     x = sum(a * np.sin((h + 1) * phase) for h, a in enumerate(voice.harmonics) if (h + 1) * f0.max() < rate / 2)
     env = np.minimum(1.0, np.minimum(u, 1 - u) * 10) * inside
     x = x * env
     rms = np.sqrt(np.mean(x[inside] ** 2)) if inside.any() else 1.0
-    snr_db = rng.uniform(5, 25)
+    snr_db = rng.uniform(0, 15)
     x = x + rng.standard_normal(n) * rms * 10 ** (-snr_db / 20)
     return (0.5 * x / np.abs(x).max()).astype(np.float32)
 
