@@ -36,7 +36,7 @@ def _run_config(steps: int, addon: str = "none") -> dict:
     """The continue config (pre-training stage and arms) on the synthetic calls, as a dict."""
     return {
         "mode": "continue",
-        "method": {"name": "vicreg"},
+        "method": {"name": BASE},  # the image demo's base method (its arms' names)
         "addon": {"name": addon, "transform": "sigmoid", "entropy_weight": 10.0, "cov_weight": 1.0},
         "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "schedule": "constant", "batch_size": 16},
         "data": {"audio": {"segment_seconds": SEGMENT_S, "crop_seconds": CROP_S}},
