@@ -96,5 +96,9 @@ def test_continue_then_its_hint_evaluates_per_layer(encoder_dir, tmp_path, capsy
     for proto, keys in (("knn", ("top1_k3", "uar_k3")), ("linear", ("top1", "uar"))):
         for layer, r in res[proto]["by_layer"].items():
             assert all(0.0 <= r[k] <= 1.0 for k in keys), (proto, layer, r)
+    # before (the save_pretrained folder itself) vs after, per layer, with the report's layer curve
+    before_after = ["compare", str(encoder_dir), str(out), *cmd[2:-2], "--out", str(tmp_path / "cmp")]
+    assert main(before_after) == 0 and (tmp_path / "cmp" / "layers.png").is_file()
+    assert "uar_k3 w2v" in capsys.readouterr().out
     assert main([*cmd[:-2], "--set", "eval.audio.min_seconds=2"]) == 2  # checked: one line, what to do
     assert "eval.audio.min_seconds=2.0 is longer than eval.audio.segment_seconds=0.5" in capsys.readouterr().err

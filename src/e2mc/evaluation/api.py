@@ -83,6 +83,10 @@ def _load(checkpoint_or_model):
         from e2mc.models.checkpoints import load_model, resolve_checkpoint_path
 
         path = str(checkpoint_or_model)
+        from e2mc.models.audio import is_audio_arch, is_hf_folder
+
+        if is_audio_arch(path) or is_hf_folder(path):  # an audio encoder before any continuation
+            return load_model(path)[0], None
         if os.path.isdir(path):  # a run folder; a folder of runs (the demo's) gets them named
             path = str(resolve_checkpoint_path(path))
         if not os.path.exists(path):
