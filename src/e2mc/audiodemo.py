@@ -54,6 +54,7 @@ class AudioDemoConfig(DemoConfig):
     protocols: tuple[str, ...] = ("knn", "linear")
     ks: tuple[int, ...] = (5,)
     data: dict = field(default_factory=lambda: dict(DATA))
+    length_unit: str = "steps"
 
 
 def start_dir(cfg: AudioDemoConfig) -> Path:
