@@ -132,7 +132,7 @@ def test_missing_cifar_advice_is_runnable(fake_cifar, tmp_path, capsys):
         {"root": str(data), "train": False, "download": True},
     ]
     res = json.loads(out)
-    assert set(res["knn"]) == {"top1_k1", "top1_k30"} and res["meta"]["n_train"] == 30
+    assert set(res["knn"]) == {"top1_k1", "top1_k30", "uar_k1", "uar_k30"} and res["meta"]["n_train"] == 30
 
 
 def test_compare_passes_data_root_download_and_ks(fake_cifar, tmp_path, capsys):
@@ -148,7 +148,7 @@ def test_compare_passes_data_root_download_and_ks(fake_cifar, tmp_path, capsys):
     assert rc == 0, err
     assert {(c["root"], c["download"]) for c in fake_cifar.calls} == {(str(data), True)}
     metrics = {r["metric"] for r in json.loads(out)["rows"]}
-    assert metrics == {"knn/top1_k2", "knn/top1_k5"}
+    assert metrics == {"knn/top1_k2", "knn/top1_k5", "knn/uar_k2", "knn/uar_k5"}
 
 
 def test_training_commands_pass_data_root_and_download(fake_cifar, tmp_path, capsys, monkeypatch):

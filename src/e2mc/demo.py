@@ -56,6 +56,7 @@ class DemoConfig:
     threads: int | None = 1  # intra-op CPU threads; 1 is robust on a shared machine (see run_demo)
     workers: int | None = None  # processes for the continue stage; None: one per core (demo_workers)
     extra: dict = field(default_factory=dict)  # dotted overrides for both stages (tests: tiny runs)
+    length_unit: str = "epochs"  # what pretrain_epochs / continue_epochs count (the audio demo: steps)
 
 
 def _cache_root(cache_dir: Path | None) -> Path:
@@ -192,7 +193,7 @@ def continue_arms(cfg: DemoConfig, start: Path, log: Callable[[str], None] = pri
             job["log"] = str(job["dir"] / "train.log")
         log(
             f"[2/4] continuing {total} runs ({BASE} and {E2MC_ARM}, seeds {', '.join(map(str, cfg.seeds))}; "
-            f"{cfg.continue_epochs} epochs each) in {workers} processes of {cfg.threads or 'default'} thread(s); "
+            f"{cfg.continue_epochs} {cfg.length_unit} each) in {workers} processes of {cfg.threads or 'default'} thread(s); "
             f"each run's log: {cfg.out / 'runs'}/<run>/train.log"
         )
         run_in_processes(
@@ -208,7 +209,7 @@ def continue_arms(cfg: DemoConfig, start: Path, log: Callable[[str], None] = pri
         for i, job in enumerate(jobs):
             log(
                 f"[2/4] continuing ({i + 1}/{total}): {job['arm']}, seed {job['seed']}, {cfg.continue_epochs} "
-                f"epochs -> {job['dir']}" + eta()
+                f"{cfg.length_unit} -> {job['dir']}" + eta()
             )
             finished(i, _continue_run(job))
     arms: dict[str, list[Path]] = {BASE: [], E2MC_ARM: []}

@@ -14,7 +14,7 @@ def test_evaluate_structure(tiny_net, colour_data, tmp_path):
     settings = EvalSettings(seeds=(0, 1), cache_dir=str(tmp_path), device="cpu")
     settings.knn.ks, settings.fewshot.shots = (1, 5), (1, 3)
     res = evaluate(tiny_net, colour_data, ("knn", "linear", "fewshot", "rankme", "uniformity", "spectrum"), settings)
-    assert set(res["knn"]) == {"top1_k1", "top1_k5"}
+    assert set(res["knn"]) == {"top1_k1", "top1_k5", "uar_k1", "uar_k5"}
     assert 0 <= res["linear"]["top1"] <= 1 and "weight_decay" in res["linear"]
     assert len(res["fewshot"]["per_seed"]["top1_3shot"]) == 2
     assert 1 <= res["rankme"]["backbone"] <= 8 and 1 <= res["rankme"]["projector"] <= 6

@@ -61,7 +61,7 @@ def test_cli_evaluate_json_and_compare(tmp_path, capsys, monkeypatch):
     )
     assert rc == 0, err
     res = json.loads(out)
-    assert set(res["knn"]) == {"top1_k10", "top1_k20", "top1_k100", "top1_k200"}
+    assert set(res["knn"]) == {f"{m}_k{k}" for m in ("top1", "uar") for k in (10, 20, 100, 200)}
     rc, out, err = _cli(
         capsys, "compare", a, f"two={b}", "--protocols", "knn,rankme", "--seeds", "0", "--out", str(tmp_path / "cmp")
     )

@@ -87,7 +87,7 @@ def test_old_keywords_still_work_with_a_deprecation_warning(tiny_net, colour_dat
     new = evaluate(tiny_net, colour_data, ("knn",), {"eval.knn.ks": [3], "eval.cache_dir": str(tmp_path)})
     with pytest.warns(DeprecationWarning, match=r"evaluate\(ks=, cache_dir=\) is deprecated"):
         old = evaluate(tiny_net, colour_data, protocols=("knn",), ks=(3,), cache_dir=str(tmp_path))
-    assert old["knn"] == new["knn"] == {"top1_k3": new["knn"]["top1_k3"]}
+    assert old["knn"] == new["knn"] == {"top1_k3": new["knn"]["top1_k3"], "uar_k3": new["knn"]["uar_k3"]}
     with pytest.raises(ConfigError, match="unknown argument 'kz'"):
         evaluate(tiny_net, colour_data, ("knn",), kz=(3,))
 

@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         return 3
     if main:
         nxt = (
-            f"e2mc evaluate {run_dir} --dataset {cfg.data.dataset}"
+            evaluate_hint(run_dir, cfg)
             if args.mode == "continue"
             else f"e2mc continue {os.path.join(run_dir, 'checkpoints', 'last.pt')} --addon e2mc"
         )
@@ -209,6 +209,21 @@ def run(args: argparse.Namespace) -> int:
             f"{trainer.epoch} epochs, {trainer.global_step} steps -> {run_dir} (next: {nxt})"
         )
     return 0
+
+
+def evaluate_hint(run_dir, cfg) -> str:
+    """The ``e2mc evaluate`` command a finished continue run suggests; an audio run's: per layer,
+    kNN and linear (UAR and accuracy), segments of the run's own length."""
+    hint = f"e2mc evaluate {run_dir} --dataset {cfg.data.dataset}"
+    from e2mc.data.audio import is_audio_folder
+
+    if os.path.isdir(str(cfg.data.dataset)) and is_audio_folder(str(cfg.data.dataset)):
+        a = cfg.data.audio
+        hint += (
+            f" --protocols knn,linear --layers all --set eval.audio.segment_seconds={a.segment_seconds:g}"
+            f" --set eval.audio.min_seconds={a.crop_seconds:g}"
+        )
+    return hint
 
 
 def addon_text(cfg) -> str:

@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from typing import Sequence
@@ -82,6 +83,10 @@ def _load(checkpoint_or_model):
         from e2mc.models.checkpoints import load_model, resolve_checkpoint_path
 
         path = str(checkpoint_or_model)
+        from e2mc.models.audio import is_audio_arch, is_hf_folder
+
+        if is_audio_arch(path) or is_hf_folder(path):  # an audio encoder before any continuation
+            return load_model(path)[0], None
         if os.path.isdir(path):  # a run folder; a folder of runs (the demo's) gets them named
             path = str(resolve_checkpoint_path(path))
         if not os.path.exists(path):
@@ -92,7 +97,21 @@ def _load(checkpoint_or_model):
     return checkpoint_or_model, None
 
 
-def _datasets(dataset, train_split, test_split, image_size, root=None, download=False):
+def audio_options(model, st: EvalSettings):
+    """The ``data.audio`` options an audio folder is read with for evaluation: the encoder's sample
+    rate, the segments of the settings' ``audio`` section (consecutive, deterministic; the last piece zero-padded)."""
+    from e2mc.config import AudioConfig
+
+    seg, least = float(st.audio.segment_seconds), float(st.audio.min_seconds)
+    if least > seg:
+        raise ConfigError(
+            f"eval.audio.min_seconds={least} is longer than eval.audio.segment_seconds={seg}; lower it or raise the segment"
+        )
+    rate = getattr(getattr(model, "backbone", model), "sample_rate", None) or AudioConfig.sample_rate
+    return AudioConfig(sample_rate=int(rate), segment_seconds=seg, crop_seconds=least)
+
+
+def _datasets(dataset, train_split, test_split, image_size, root=None, download=False, audio=None):
     if isinstance(dataset, (tuple, list)) and len(dataset) == 2:
         train, test, spec = dataset[0], dataset[1], "custom"
     elif not isinstance(dataset, (str, os.PathLike)):
@@ -100,7 +119,7 @@ def _datasets(dataset, train_split, test_split, image_size, root=None, download=
     else:
         from e2mc.data.datasets import build_dataset
 
-        kw = dict(image_size=image_size, root=root, download=download)
+        kw = dict(image_size=image_size, root=root, download=download, audio=audio)
         train, test, spec = (
             build_dataset(str(dataset), train_split, **kw),
             build_dataset(str(dataset), test_split, **kw),
@@ -160,7 +179,16 @@ def evaluate(
         from e2mc.evaluation.layers import resolve_layers
 
         layers = resolve_layers(getattr(model, "backbone", model), st.layers, st.token_pooling)
-    train_ds, test_ds, spec = _datasets(dataset, st.train_split, st.test_split, st.image_size, st.root, st.download)
+    splits = (st.train_split, st.test_split, st.image_size, st.root, st.download, audio_options(model, st))
+    train_ds, test_ds, spec = _datasets(dataset, *splits)
+    if hasattr(train_ds, "info"):  # images for an audio encoder, audio for an image backbone: one line
+        from e2mc.models.audio import check_input
+
+        check_input(getattr(model, "backbone", model), train_ds.info)
+    audio = getattr(getattr(train_ds, "info", None), "modality", "image") == "audio"
+    # the segments are part of what the features are: in the cache key
+    spec_key = f"{spec}|segments={st.audio.segment_seconds}s,min={st.audio.min_seconds}s" if audio else spec
+    st = dataclasses.replace(st, standardize=bool(audio if st.standardize is None else st.standardize))
     has_proj = getattr(model, "projector", None) is not None
     which = ("backbone", "projector") if has_proj and any(p.projector for p in chosen) else ("backbone",)
     kw = dict(
@@ -169,7 +197,7 @@ def evaluate(
         which=which,
         cache_dir=st.cache_dir,
         use_cache=st.use_cache,
-        cache_key_parts=(spec,),
+        cache_key_parts=(spec_key,),
         cache_dtype=st.feature_dtype,
         amp_dtype=st.amp_dtype,
     )
@@ -190,6 +218,7 @@ def evaluate(
             "seeds_used": seeds_used(protocols, st.seeds),
             "n_train": len(train_ds),
             "n_test": len(test_ds),
+            "standardized": st.standardize,
             "settings": {p.name: _section(st, p.name) for p in chosen if _section(st, p.name) is not None},
         }
     }

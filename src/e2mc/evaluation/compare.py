@@ -68,10 +68,15 @@ def parse_arm(spec) -> tuple[str | None, list]:
 
 
 def resolve_checkpoint(path) -> str:
-    """A run folder -> its ``checkpoints/last.pt``; a file -> itself. Raises DataError if absent."""
+    """A run folder -> its ``checkpoints/last.pt``; a file, an ``hf:``/``aves:`` name or a
+    ``save_pretrained`` audio folder -> itself. Raises DataError if absent."""
     from e2mc.models.checkpoints import resolve_checkpoint_path
 
     p = str(path)
+    from e2mc.models.audio import is_audio_arch, is_hf_folder
+
+    if is_audio_arch(p) or is_hf_folder(p):  # an audio encoder as published (before a continuation)
+        return p
     if os.path.isdir(p):  # a folder of runs (the demo's) gets them named
         p = str(resolve_checkpoint_path(p))
     if not os.path.isfile(p):

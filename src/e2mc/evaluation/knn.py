@@ -155,6 +155,7 @@ def knn_classify(
     chunk_size: int = 1024,
     num_classes: int | None = None,
     bank_chunk: int = 32768,
+    predictions: dict | None = None,
 ) -> dict[int, float]:
     """Top-1 accuracy of temperature-weighted kNN for every k in ``ks``.
 
@@ -167,6 +168,7 @@ def knn_classify(
         bank_chunk: training rows per similarity block; memory is about
             ``chunk_size * bank_chunk * 4`` bytes plus ``n_test * max(ks) * 12`` for the running top-k.
         num_classes: defaults to ``max(label) + 1``.
+        predictions: a dict filled with ``{k: predicted labels (n_test,)}`` (e.g. for UAR).
 
     Returns:
         ``{k: accuracy in [0, 1]}`` for the k used (each asked k clipped to the training size).
@@ -187,17 +189,25 @@ def knn_classify(
     if temperature <= 0:
         raise DataError(f"kNN: temperature must be > 0, got {temperature}")
 
-    kmax = ks[-1]
-    top_sim, top_idx = knn_topk(train_x, test_x, kmax, chunk_size, bank_chunk)
+    preds = _vote(train_x, train_y, test_x, ks, temperature, c, chunk_size, bank_chunk)
+    test_y = test_y.to(preds[ks[0]].device)
+    out = {k: int((preds[k] == test_y).sum()) / test_y.shape[0] for k in ks}
+    if predictions is not None:
+        predictions.update(preds)
+    return out
+
+
+def _vote(train_x, train_y, test_x, ks, temperature, c, chunk_size, bank_chunk) -> dict[int, torch.Tensor]:
+    """``{k: predicted labels (n_test,)}``: temperature-weighted votes of the k nearest rows."""
+    top_sim, top_idx = knn_topk(train_x, test_x, ks[-1], chunk_size, bank_chunk)
     dev = top_sim.device
-    train_y, test_y = train_y.to(dev), test_y.to(dev)
-    correct = {k: 0 for k in ks}
+    train_y = train_y.to(dev)
+    preds: dict[int, list] = {k: [] for k in ks}
     for start in range(0, top_sim.shape[0], chunk_size):
         top_lab = train_y[top_idx[start : start + chunk_size]]
         weight = (top_sim[start : start + chunk_size] / temperature).exp()
-        target = test_y[start : start + chunk_size]
         for k in ks:
-            votes = torch.zeros(target.shape[0], c, dtype=weight.dtype, device=dev)
+            votes = torch.zeros(top_lab.shape[0], c, dtype=weight.dtype, device=dev)
             votes.scatter_add_(1, top_lab[:, :k], weight[:, :k])
-            correct[k] += int((votes.argmax(dim=1) == target).sum())
-    return {k: correct[k] / test_y.shape[0] for k in ks}
+            preds[k].append(votes.argmax(dim=1))
+    return {k: torch.cat(v) for k, v in preds.items()}

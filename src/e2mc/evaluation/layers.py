@@ -17,6 +17,11 @@ model's norm and head pooling). An audio encoder declares its layers with one ca
                                 for i in range(len(bb.layers))] + [Layer("final", "final")])
 
 (frames (N, T, D) are "tokens" without prefix tokens: ``mean`` pooling averages over time).
+e2mc's own audio encoders (:class:`e2mc.models.audio.AudioEncoder`) are the built-in ``audio``
+family: their ``layers()`` (``features``, ``layer1``..``layerL``) as ``"frames"`` layers, each
+``hidden_states`` entry pooled as the bioacoustics papers do, mean and standard deviation over
+frames (``pool_frames``), whatever ``eval.token_pooling`` says; all come from the one forward of
+the encoder (its ``keep_hidden``), and the last one is the encoder's output (``final``).
 
 Selection strings (``eval.layers``; CLI ``--layers``): ``all``, names (``layer1,layer3``,
 ``blocks.3,blocks.11``, ``final``), or indices into the family's list (``-1``: the last). Torch is
@@ -40,10 +45,11 @@ class Layer:
     prefix: int = 0  # tokens: leading non-patch tokens (CLS + registers)
     cls: bool = False  # tokens: the first token is a CLS token
     final: bool = False  # served by the backbone's output (bit for bit today's features)
+    index: int = 0  # frames: position in the audio encoder's hidden_states
 
     def pooling(self, token_pooling: str) -> str:
         """What identifies this layer's pooling in the cache key and the results."""
-        return {"conv": "avg", "tokens": token_pooling}.get(self.kind, "model")
+        return {"conv": "avg", "tokens": token_pooling, "frames": "mean+std"}.get(self.kind, "model")
 
 
 @dataclass(frozen=True)
@@ -95,8 +101,18 @@ def _vit_layers(bb) -> list[Layer]:
     return blocks + [Layer("final", "final", final=True)]
 
 
+def _is_audio(bb) -> bool:
+    return getattr(bb, "input_ndim", 4) == 2 and hasattr(bb, "hidden_states") and hasattr(bb, "keep_hidden")
+
+
+def _audio_layers(bb) -> list[Layer]:
+    names = bb.layers()
+    return [Layer(n, "frames", final=(i == len(names) - 1), index=i) for i, n in enumerate(names)]
+
+
 register_family("resnet", _is_resnet, _resnet_layers)  # torchvision ResNets, resnet_mini
 register_family("vit", _is_vit, _vit_layers)  # timm VisionTransformer (registers: prefix tokens)
+register_family("audio", _is_audio, _audio_layers)  # e2mc.models.audio.AudioEncoder: mean+std of frames
 
 
 def family_of(backbone) -> Family:
@@ -159,12 +175,18 @@ def pool(layer: Layer, x, token_pooling: str):
         if token_pooling in ("mean", "cls+mean"):
             parts.append(x[:, layer.prefix :].mean(dim=1))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+    if layer.kind == "frames":  # (N, F, H) -> mean and std over frames, as AudioEncoder pools its output
+        from e2mc.models.audio import pool_frames
+
+        return pool_frames(x)
     raise ValueError(f"layer {layer.name} of kind {layer.kind} is not pooled from a hook")
 
 
 class Taps:
     """Forward hooks on the selected intermediate layers of ``backbone``: after one forward,
-    ``taps.out`` holds each hooked layer's pooled output (a context manager removing the hooks)."""
+    ``taps.out`` holds each hooked layer's pooled output (a context manager removing the hooks).
+    ``"frames"`` layers (audio encoders) are read from the encoder's ``kept_hidden`` by one hook
+    on the encoder itself."""
 
     def __init__(self, backbone, layers, token_pooling: str):
         self.backbone, self.token_pooling = backbone, token_pooling
@@ -174,9 +196,22 @@ class Taps:
 
     def __enter__(self) -> "Taps":
         mods = dict(self.backbone.named_modules())
+        frames = [la for la in self.layers if la.kind == "frames"]
         for la in self.layers:
-            self.handles.append(mods[la.name].register_forward_hook(self._hook(la)))
+            if la.kind != "frames":
+                self.handles.append(mods[la.name].register_forward_hook(self._hook(la)))
+        if frames:
+            self.backbone.keep_hidden = True
+            self.handles.append(self.backbone.register_forward_hook(self._frames_hook(frames)))
         return self
+
+    def _frames_hook(self, layers):
+        def hook(module, _inputs, _output):
+            for la in layers:
+                self.out[la.name] = pool(la, module.kept_hidden[la.index], self.token_pooling)
+            module.kept_hidden = ()
+
+        return hook
 
     def _hook(self, layer: Layer):
         def hook(_module, _inputs, output):
@@ -188,3 +223,5 @@ class Taps:
         for h in self.handles:
             h.remove()
         self.handles = []
+        if hasattr(self.backbone, "keep_hidden"):
+            self.backbone.keep_hidden = False

@@ -31,6 +31,7 @@ from e2mc.errors import DataError
 from e2mc.evaluation.knn import check_labelled
 from e2mc.evaluation.settings import DEFAULT_WEIGHT_DECAYS, SOLVER_NAMES
 from e2mc.evaluation.streaming import batched_logits, streaming_probe
+from e2mc.evaluation.uar import uar
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,8 @@ def linear_probe(
     ``"solver"`` names the one used. The streaming solver reports ``converged: None`` (it runs a
     fixed step budget; ``"streaming"`` holds its epochs, steps and step sizes).
 
-    Returns ``{"top1": test accuracy of the refitted selected model, "val_top1": its held-out
-    accuracy, "weight_decay": the selected penalty, "val_top1_per_weight_decay": {wd: acc},
+    Returns ``{"top1": test accuracy of the refitted selected model, "uar": its macro recall,
+    "val_top1": its held-out accuracy, "weight_decay": the selected penalty, "val_top1_per_weight_decay": {wd: acc},
     "selection": "held-out 10% stratified split of train", "seed": seed, "selected_at_grid_edge",
     "converged", "convergence": {wd: {"converged", "grad_max"}}, "refit": {...}, "iterations"}``.
 
@@ -204,6 +205,7 @@ def linear_probe(
         )
         return {
             "top1": r["top1"],
+            "uar": uar(r["test_pred"], test_y.cpu()),
             "val_top1": float(r["val_acc"][r["best"]]),
             "weight_decay": float(weight_decays[r["best"]]),
             "val_top1_per_weight_decay": {float(v): float(a) for v, a in zip(weight_decays, r["val_acc"])},
@@ -226,7 +228,8 @@ def linear_probe(
     xall, xte = _standardize(train_x, test_x.float())
     # one problem: the loss stalls later, so aim 10x below the tolerance (closer to the optimum)
     w1, b1, info1 = fit_logistic(xall, train_y, c, [wd], max_iter, return_info=True, stop_tol=GRAD_TOL / 10)
-    top1 = float((batched_logits(xte, w1, b1)[:, 0].argmax(dim=1) == test_y).float().mean())
+    pred = batched_logits(xte, w1, b1)[:, 0].argmax(dim=1)
+    top1 = float((pred == test_y).float().mean())
     converged = info["converged"][best] and info1["converged"][0]
     if not converged:
         log.warning(
@@ -243,6 +246,7 @@ def linear_probe(
         )
     return {
         "top1": top1,
+        "uar": uar(pred, test_y),
         "val_top1": float(val_acc[best]),
         "weight_decay": wd,
         "val_top1_per_weight_decay": {float(v): float(a) for v, a in zip(weight_decays, val_acc)},

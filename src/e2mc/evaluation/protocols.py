@@ -120,8 +120,20 @@ def _knn(ctx: Context) -> dict:
     from e2mc.evaluation.knn import knn_classify
 
     s, tr, te = ctx.settings.knn, ctx.train_f, ctx.test_f
-    acc = knn_classify(tr["backbone"], tr.labels, te["backbone"], te.labels, ks=s.ks, temperature=s.temperature)
-    return {f"top1_k{k}": v for k, v in acc.items()}
+    xtr, xte = tr["backbone"], te["backbone"]
+    if ctx.settings.standardize:  # with the training features' mean/std (evaluation.uar.standardize)
+        from e2mc.evaluation.uar import standardize
+
+        xtr, xte = standardize(xtr, xte)
+    preds: dict = {}
+    acc = knn_classify(xtr, tr.labels, xte, te.labels, ks=s.ks, temperature=s.temperature, predictions=preds)
+    return {**{f"top1_k{k}": v for k, v in acc.items()}, **{f"uar_k{k}": _uar(preds[k], te.labels) for k in acc}}
+
+
+def _uar(pred, labels) -> float:
+    from e2mc.evaluation.uar import uar
+
+    return uar(pred, labels)
 
 
 @register("linear", "logistic regression, penalty chosen on held-out train", needs_train=True, seeds="first")

@@ -91,6 +91,14 @@ class DecomposeSettings:
 
 
 @dataclass
+class AudioEvalSettings:
+    """How an audio folder is read for evaluation: fixed, deterministic segments (no random crop)."""
+
+    segment_seconds: float = 4.0  # each recording cut into consecutive segments of this length, one item each
+    min_seconds: float = 0.5  # a last piece (or a whole clip) shorter than this is skipped; longer: zero-padded
+
+
+@dataclass
 class EvalSettings:
     """Everything ``evaluate`` needs besides the model, the data and the protocol names."""
 
@@ -108,6 +116,8 @@ class EvalSettings:
     download: bool = False
     layers: Optional[str] = None  # None: the final features; all | layer1,layer3 | blocks.3 | -1
     token_pooling: str = "cls"  # transformer layers: cls | mean | cls+mean (mean of the patch tokens)
+    standardize: Optional[bool] = None  # kNN on features standardised with train mean/std; None: audio only
+    audio: AudioEvalSettings = field(default_factory=AudioEvalSettings)
     knn: KnnSettings = field(default_factory=KnnSettings)
     linear: LinearSettings = field(default_factory=LinearSettings)
     fewshot: FewshotSettings = field(default_factory=FewshotSettings)
@@ -162,6 +172,8 @@ RANGES: dict[str, Range] = {
     "decompose.epochs": ONE,
     "decompose.min_steps": ONE,
     "decompose.batch_size": ONE,
+    "audio.segment_seconds": POS,
+    "audio.min_seconds": POS,
 }
 CHOICES: dict[str, tuple] = {
     "feature_dtype": ("float16", "float32"),

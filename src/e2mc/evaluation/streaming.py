@@ -161,15 +161,19 @@ def batched_logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.T
     return (x @ w.permute(1, 0, 2).reshape(d, h * c)).view(-1, h, c) + b
 
 
-def accuracy_per_head(x, y, idx, w, b, mean, std, chunk: int = CHUNK) -> torch.Tensor:
-    """Accuracy (H,) of each head on rows ``idx`` of ``x`` (all rows if None), in row blocks."""
+def accuracy_per_head(x, y, idx, w, b, mean, std, chunk: int = CHUNK, preds: list | None = None) -> torch.Tensor:
+    """Accuracy (H,) of each head on rows ``idx`` of ``x`` (all rows if None), in row blocks;
+    ``preds`` (a list) gets the first head's predicted labels, block by block."""
     dev = w.device
     n = x.shape[0] if idx is None else idx.numel()
     correct = torch.zeros(w.shape[0], device=dev)
     for s in range(0, n, chunk):
         xb = (_take(x, idx, s, s + chunk).to(dev) - mean.to(dev)) / std.to(dev)
         yb = y[s : s + chunk] if idx is None else y[idx[s : s + chunk]]
-        correct += (batched_logits(xb, w, b).argmax(dim=2) == yb.to(dev).view(-1, 1)).sum(0)
+        pred = batched_logits(xb, w, b).argmax(dim=2)
+        correct += (pred == yb.to(dev).view(-1, 1)).sum(0)
+        if preds is not None:
+            preds.append(pred[:, 0].cpu())
     return correct / n
 
 
@@ -193,5 +197,13 @@ def streaming_probe(
     wd = float(weight_decays[best])
     mean, std = feature_stats(train_x)
     w1, b1, info1 = fit_streaming(train_x, train_y, None, num_classes, [wd], mean=mean, std=std, **fit_kw)
-    top1 = float(accuracy_per_head(test_x, test_y, None, w1, b1, mean, std)[0])
-    return {"top1": top1, "best": best, "val_acc": val_acc, "info": info, "refit_info": info1}
+    preds: list = []
+    top1 = float(accuracy_per_head(test_x, test_y, None, w1, b1, mean, std, preds=preds)[0])
+    return {
+        "top1": top1,
+        "test_pred": torch.cat(preds),
+        "best": best,
+        "val_acc": val_acc,
+        "info": info,
+        "refit_info": info1,
+    }

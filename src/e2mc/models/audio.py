@@ -82,6 +82,8 @@ class AudioEncoder(nn.Module):
         self.normalize = bool(normalize)
         self.out_dim = 2 * int(model.config.hidden_size)
         self.pretrained_source = source
+        self.keep_hidden = False  # per-layer evaluation: forward also keeps every layer's frames
+        self.kept_hidden: tuple = ()
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2:
@@ -99,7 +101,12 @@ class AudioEncoder(nn.Module):
         return self.model(self._prepare(x), output_hidden_states=True).hidden_states
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled utterance embedding (N, 2 x hidden) of waveforms (N, samples)."""
+        """Pooled utterance embedding (N, 2 x hidden) of waveforms (N, samples); with
+        ``keep_hidden`` set, ``kept_hidden`` holds :meth:`hidden_states`' frames of the same pass."""
+        if self.keep_hidden:
+            self.kept_hidden = self.hidden_states(x)
+            return pool_frames(self.kept_hidden[-1])
+        self.kept_hidden = ()
         return pool_frames(self.model(self._prepare(x)).last_hidden_state)
 
 
@@ -195,3 +202,25 @@ def build_audio_backbone(arch: str, pretrained: bool = False) -> AudioEncoder:
 
     model, src = aves.load(source, weights=pretrained, overrides=TRAINING_OVERRIDES)
     return AudioEncoder(model, sample_rate=DEFAULT_RATE, normalize=False, source=src)
+
+
+TINY_WAV2VEC2 = dict(  # the audio demo's encoder: 80x down-sampling (200 frames/s at 16 kHz), 2 layers
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    conv_dim=(32, 32, 32),
+    conv_kernel=(10, 4, 4),
+    conv_stride=(5, 4, 4),
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+)
+
+
+def save_tiny_wav2vec2(folder, seed: int = 0, **config) -> str:
+    """A randomly initialised tiny transformers ``Wav2Vec2Model`` (``TINY_WAV2VEC2``, overridden by
+    ``config``) written with ``save_pretrained`` into ``folder``; returns the folder."""
+    tf = _transformers()
+    torch.manual_seed(seed)
+    tf.Wav2Vec2Model(tf.Wav2Vec2Config(**{**TINY_WAV2VEC2, **config})).save_pretrained(str(folder))
+    return str(folder)
