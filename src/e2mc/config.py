@@ -492,10 +492,10 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def parse_override(item: str) -> tuple[str, Any]:
+def parse_override(item: str, what: str = "override", example: str = "optim.lr=0.1") -> tuple[str, Any]:
     """Split ``"a.b=value"`` into the key and the YAML-parsed value."""
     if "=" not in item:
-        raise ConfigError(f"override {item!r} must look like key=value, e.g. optim.lr=0.1")
+        raise ConfigError(f"{what} {item!r} must look like key=value, e.g. {example}")
     key, raw = item.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None

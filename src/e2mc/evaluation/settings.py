@@ -22,9 +22,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import yaml
-
-from e2mc.config import TRANSFORM_NAMES, Range
+from e2mc.config import TRANSFORM_NAMES, Range, parse_override
 from e2mc.errors import ConfigError
 
 PREFIX = "eval."
@@ -195,14 +193,7 @@ def keys(cls: type = EvalSettings, prefix: str = "") -> list[str]:
 
 def parse_item(item: str) -> tuple[str, Any]:
     """``"eval.knn.ks=[10,20]"`` -> (key, YAML-parsed value)."""
-    if "=" not in item:
-        raise ConfigError(f"setting {item!r} must look like key=value, e.g. eval.linear.weight_decays=[1e-5,1e-4]")
-    key, raw = item.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
+    return parse_override(item, "setting", "eval.linear.weight_decays=[1e-5,1e-4]")
 
 
 def set_key(settings: EvalSettings, key: str, value: Any) -> None:
