@@ -493,11 +493,12 @@ def set_aside_attempt(run_dir: str | Path) -> Path | None:
     dest = path / "stopped" / time.strftime("%Y%m%d-%H%M%S")
     try:
         dest.mkdir(parents=True, exist_ok=False)
-        for f in files:
-            os.replace(path / f, dest / f)
+        moves = [(path / f, dest / f) for f in files]
         if (path / "checkpoints" / BEST).is_file():  # the attempt's guard checkpoint goes with it
             (dest / "checkpoints").mkdir()
-            os.replace(path / "checkpoints" / BEST, dest / "checkpoints" / BEST)
+            moves.append((path / "checkpoints" / BEST, dest / "checkpoints" / BEST))
+        for src, dst in moves:
+            os.replace(src, dst)
     except OSError as exc:
         raise io_error("set aside the files of the stopped attempt in", dest, exc) from None
     return dest
