@@ -80,6 +80,12 @@ class Adapter:
         """
         raise NotImplementedError
 
+    def save(self, obj, path, error) -> Any:
+        """Write ``pack``'s ``obj`` at ``path`` for a layout that is not one pickled file (a
+        transformers ``save_pretrained`` folder), through ``e2mc.fileio`` with ``error`` (the
+        refused-write message); returns the path written. Default: None (e2mc pickles ``obj``)."""
+        return None
+
     def closeness(self, obj) -> float:
         """Overlap of ``obj``'s top-level keys with this layout's (for error messages)."""
         keys = set(obj) if isinstance(obj, dict) else set()

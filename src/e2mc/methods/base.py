@@ -179,6 +179,15 @@ class Method:
         """Head sizes read back from head state dicts ``{head: {key: tensor}}`` (those it can tell)."""
         return {}
 
+    def source_heads(self, arch: str) -> Any:
+        """The heads that a library or hub source holds next to its backbone (``arch``, e.g.
+        ``hf:<folder>``: a transformers pre-training folder's quantiser), read when a model is
+        built from such a name: a ``methods.adapter.Parts`` with ``heads`` (state dicts),
+        ``head_sizes``, ``notes`` and ``layout["format"]`` (the ``ADAPTERS`` layout that writes
+        the source back: the load report's format); raises ``CheckpointError`` when the source
+        cannot feed the method. Default: None (heads built fresh)."""
+        return None
+
     def forward_heads(self, model: Any, features: Any, sizes: list[int], images: Any) -> dict:
         """The heads' outputs ``{output key: list of per-view tensors}`` for one batch of backbone
         ``features`` holding views of ``sizes`` rows each (``tensor.split(sizes)``); ``images``: that

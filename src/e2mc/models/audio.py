@@ -84,6 +84,7 @@ class AudioEncoder(nn.Module):
         self.pretrained_source = source
         self.keep_hidden = False  # per-layer evaluation: forward also keeps every layer's frames
         self.kept_hidden: tuple = ()
+        self.frame_hook = None  # an objective's own encoder pass in training mode (see forward)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2:
@@ -102,7 +103,12 @@ class AudioEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled utterance embedding (N, 2 x hidden) of waveforms (N, samples); with
-        ``keep_hidden`` set, ``kept_hidden`` holds :meth:`hidden_states`' frames of the same pass."""
+        ``keep_hidden`` set, ``kept_hidden`` holds :meth:`hidden_states`' frames of the same pass.
+        In training mode with ``frame_hook`` set (an objective that masks frames itself, e.g.
+        ``methods.wav2vec2``), ``frame_hook(self, waveforms) -> last hidden state`` runs the pass."""
+        if self.frame_hook is not None and self.training:
+            self.kept_hidden = ()
+            return pool_frames(self.frame_hook(self, self._prepare(x)))
         if self.keep_hidden:
             self.kept_hidden = self.hidden_states(x)
             return pool_frames(self.kept_hidden[-1])

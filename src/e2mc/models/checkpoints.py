@@ -455,7 +455,9 @@ def _from_name(name: str, method, cifar_stem, head_sizes) -> tuple[SSLModel, Loa
     kind, arch = name.split(":", 1)
     arch = "timm:" + arch if kind == "timm" else name if is_audio_arch(name) else arch
     pretrained = kind != "random"
-    model = SSLModel.build(method, arch, cifar_stem=bool(cifar_stem), pretrained=pretrained, **(head_sizes or {}))
+    found = METHODS[method].source_heads(arch) if pretrained and method in METHODS else None
+    sizes = found.head_sizes if found is not None else head_sizes  # the source's heads (a quantiser)
+    model = SSLModel.build(method, arch, cifar_stem=bool(cifar_stem), pretrained=pretrained, **(sizes or {}))
     source = getattr(model.backbone, "pretrained_source", None) or {}
     report = LoadReport(
         path=source.get("cache_path") or name,
@@ -467,14 +469,21 @@ def _from_name(name: str, method, cifar_stem, head_sizes) -> tuple[SSLModel, Loa
         head_sizes=dict(model.head_sizes),
         source=dict(source),
     )
+    if found is not None:
+        for h, sd in found.heads.items():
+            getattr(model, h).load_state_dict(sd, strict=True)
+        report.format, report.layout = found.layout.get("format", kind), dict(found.layout)
+        report.heads = [h for h in model.head_names if h in found.heads]
+        report.heads_built = [h for h in model.head_names if h not in found.heads]
+        report.notes += found.notes
     if not pretrained:
         report.notes.append("random initialisation")
     else:
         report.notes.append(f"{kind} pretrained weights from {source.get('cache_path') or source.get('url')}")
         if cifar_stem:
             report.notes.append("the 3x3 CIFAR stem (conv1) is new and random; the rest is pretrained")
-    if model.head_names:
-        report.notes.append(f"heads built fresh: {', '.join(model.head_names)}; {WARMUP_NOTE}")
+    if report.heads_built:
+        report.notes.append(f"heads built fresh: {', '.join(report.heads_built)}; {WARMUP_NOTE}")
     return model, report
 
 

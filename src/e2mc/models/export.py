@@ -186,4 +186,7 @@ def export_model(
         "method_state": getattr(report, "method_state", None),  # e.g. DINO's centre
     }
     obj = ADAPTERS[fmt].pack(backbone, heads, meta)
+    written = ADAPTERS[fmt].save(obj, Path(path), refused)  # a layout of its own (a folder), or None
+    if written is not None:
+        return written
     return fileio.atomic_write(path, lambda tmp: safepickle.save(obj, tmp), parents=True, error=refused)

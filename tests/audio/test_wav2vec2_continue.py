@@ -1,0 +1,111 @@
+"""`e2mc continue <tiny Wav2Vec2ForPreTraining folder> --method wav2vec2 --addon e2mc`: the
+pre-training heads come from the folder, the run trains and resumes, and `export --to wav2vec2`
+writes a folder that transformers loads back with the same weights."""
+
+import csv
+
+import pytest
+import torch
+
+from e2mc.cli import main
+from e2mc.models.checkpoints import load_model
+from tests.audio.conftest import TINY, tiny_encoder
+
+PRETRAINING = dict(
+    codevector_dim=16, proj_codevector_dim=8, num_codevectors_per_group=12, num_codevector_groups=2,
+    num_negatives=5, mask_time_prob=0.3, mask_time_length=4,
+)  # fmt: skip
+
+
+def tiny_pretraining(folder, **extra):
+    """A tiny transformers ``Wav2Vec2ForPreTraining``, ``save_pretrained`` into ``folder``."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    tf.Wav2Vec2ForPreTraining(tf.Wav2Vec2Config(**TINY, **{**PRETRAINING, **extra})).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def pretraining_dir(tmp_path):
+    return tiny_pretraining(tmp_path / "w2v-pt")
+
+
+def _args(src, data, out, steps=2):
+    return [
+        "continue", str(src), "--dataset", str(data), "--method", "wav2vec2", "--addon", "e2mc",
+        "--batch-size", "4", "--device", "cpu", "--out", str(out),
+        "--set", "data.audio.segment_seconds=0.5", "--set", "data.audio.crop_seconds=0.25",
+        "--set", f"train.max_steps={steps}", "--set", "train.log_every=1",
+        "--set", "train.probe_size=8", "--set", "train.tensorboard=false",
+    ]  # fmt: skip
+
+
+def test_the_folder_s_quantizer_becomes_the_heads(pretraining_dir):
+    import transformers as tf
+
+    model, report = load_model(pretraining_dir, method="wav2vec2")
+    assert report.format == "wav2vec2" and report.heads_built == []
+    assert report.heads == ["mask_embed", "quantizer", "project_hid", "project_q"]
+    assert any("Wav2Vec2ForPreTraining heads" in n for n in report.notes)
+    ref = tf.Wav2Vec2ForPreTraining.from_pretrained(pretraining_dir)
+    for h in ("quantizer", "project_hid", "project_q"):
+        for k, v in getattr(ref, h).state_dict().items():
+            assert torch.equal(getattr(model, h).state_dict()[k], v), (h, k)
+    assert torch.equal(model.mask_embed.weight, ref.wav2vec2.masked_spec_embed)
+    assert report.head_sizes == {
+        "hidden": 16, "conv_dim": 8, "groups": 2, "per_group": 12, "codevector_dim": 16, "proj_dim": 8
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["wav2vec2", "hubert"])
+def test_a_source_without_a_quantizer_is_refused(kind, tmp_path, audio_dir, capsys):
+    src = tiny_encoder(tmp_path / kind, kind)  # a Wav2Vec2Model / HubertModel folder
+    assert main(_args(src, audio_dir, tmp_path / "run")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "quantizer" in err[0] and "--method vicreg" in err[0], err
+    assert not list((tmp_path / "run").rglob("*.pt"))  # nothing trained, nothing written
+
+
+def test_continue_resume_and_export(pretraining_dir, audio_dir, tmp_path, one_torch_thread):
+    import transformers as tf
+
+    out = tmp_path / "run"
+    assert main(_args(pretraining_dir, audio_dir, out)) == 0
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    train = [r for r in rows if r["phase"] == "train"]
+    assert [r["step"] for r in train] == ["1", "2"] and "warmup" not in [r["phase"] for r in rows]
+    for r in train:  # the objective's terms and the add-on, finite
+        assert 0 < float(r["base.contrastive"]) < 50 and 0 <= float(r["base.diversity"]) <= 1
+        assert float(r["base.gumbel_temp"]) == 0.5 and float(r["addon.entropy"]) == float(r["addon.entropy"])
+        assert 0 < float(r["base.masked"]) < 1
+    model, report = load_model(out)
+    assert report.method == "wav2vec2" and report.arch == f"hf:{pretraining_dir}"
+    start, _ = load_model(pretraining_dir, method="wav2vec2")
+    for part in ("backbone", "quantizer", "project_hid", "mask_embed"):
+        a, b = getattr(start, part).state_dict(), getattr(model, part).state_dict()
+        assert any(not torch.equal(a[k], b[k]) for k in a), part  # trained, not only carried
+
+    more = [a if a != "train.max_steps=2" else "train.max_steps=3" for a in _args(pretraining_dir, audio_dir, out)]
+    assert main([*more, "--resume"]) == 0
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r["step"] for r in rows if r["phase"] == "train"] == ["1", "2", "3"]
+
+    folder = tmp_path / "exported"
+    assert main(["export", str(out), "--to", "wav2vec2", "--out", str(folder)]) == 0
+    back = tf.Wav2Vec2ForPreTraining.from_pretrained(folder)
+    model, _ = load_model(out)
+    ours = {
+        f"wav2vec2.{k[len('backbone.model.') :]}": v for k, v in model.state_dict().items() if k.startswith("backbone.")
+    }
+    ours["wav2vec2.masked_spec_embed"] = model.mask_embed.weight
+    ours.update(
+        {k: v for k, v in model.state_dict().items() if k.split(".")[0] in ("quantizer", "project_hid", "project_q")}
+    )
+    theirs = back.state_dict()
+    assert set(ours) == set(theirs)
+    for k, v in ours.items():
+        assert torch.equal(theirs[k], v), k
+    assert back.config.mask_time_prob == 0.3 and back.config.num_negatives == 5  # the source's config
+    again, rep = load_model(folder, method="wav2vec2")  # and e2mc continues the exported folder too
+    assert rep.format == "wav2vec2" and torch.equal(again.quantizer.codevectors, model.quantizer.codevectors)
