@@ -109,3 +109,20 @@ def test_continue_resume_and_export(pretraining_dir, audio_dir, tmp_path, one_to
     assert back.config.mask_time_prob == 0.3 and back.config.num_negatives == 5  # the source's config
     again, rep = load_model(folder, method="wav2vec2")  # and e2mc continues the exported folder too
     assert rep.format == "wav2vec2" and torch.equal(again.quantizer.codevectors, model.quantizer.codevectors)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(pretraining_dir, audio_dir, tmp_path):
+    """Under torchrun (2 gloo processes) every parameter, the quantizer and the mask embedding
+    included, gets a gradient each step, so DDP runs past its second step."""
+    from tests.test_cli_torchrun import torchrun
+
+    out = tmp_path / "ddp"
+    args = _args(pretraining_dir, audio_dir, out, steps=3)
+    args[args.index("--batch-size") + 1] = "2"
+    args[args.index("train.probe_size=8")] = "train.probe_size=0"
+    proc = torchrun(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    train = [r for r in rows if r["phase"] == "train"]
+    assert [r["step"] for r in train] == ["1", "2", "3"] and all(float(r["base.contrastive"]) > 0 for r in train)
