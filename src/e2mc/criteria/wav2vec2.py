@@ -35,9 +35,8 @@ def contrastive_sum(c: torch.Tensor, q: torch.Tensor, negatives: torch.Tensor, m
     k = negatives.shape[-1]
     neg = q.reshape(-1, d)[negatives.long().reshape(-1)].view(n, t, k, d).permute(2, 0, 1, 3)
     logits = Wav2Vec2ForPreTraining.compute_contrastive_logits(q[None], neg, c, temperature)  # (K + 1, N, T)
-    neg_is_pos = (q == neg).all(-1)
-    if neg_is_pos.any():
-        logits[1:][neg_is_pos] = float("-inf")
+    neg_is_pos = (q == neg).all(-1)  # a negative equal to its positive (a small codebook in use): left out
+    logits = torch.cat([logits[:1], logits[1:].masked_fill(neg_is_pos, float("-inf"))])  # no host sync
     logits = logits.transpose(0, 2).reshape(-1, k + 1)
     target = ((1 - mask.long()) * -100).transpose(0, 1).flatten()
     return F.cross_entropy(logits.float(), target, reduction="sum"), mask.sum()

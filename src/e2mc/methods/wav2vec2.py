@@ -407,7 +407,7 @@ class Wav2Vec2(Method):
         q = ctx.model.quantizer if ctx.model is not None else None
         criterion.num_codevectors = q.num_groups * q.num_vars if q is not None else criterion.num_codevectors
         terms = criterion(out["c"], out["q"], out["neg"], out["mask"], out["ppl"])
-        terms["gumbel_temp"] = torch.tensor(s.gumbel_temp)
+        terms["gumbel_temp"] = torch.tensor(s.gumbel_temp, device=terms["loss"].device)
         return terms
 
     def check_model(self, model):
