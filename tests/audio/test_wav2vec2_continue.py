@@ -126,3 +126,25 @@ def test_torchrun_two_processes(pretraining_dir, audio_dir, tmp_path):
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     train = [r for r in rows if r["phase"] == "train"]
     assert [r["step"] for r in train] == ["1", "2", "3"] and all(float(r["base.contrastive"]) > 0 for r in train)
+
+
+def test_fresh_heads_are_explicit_and_warned(encoder_dir, audio_dir, tmp_path, capsys, one_torch_thread):
+    """A random quantizer only on request: --fresh-heads on a run of another method, sizes that fit
+    the encoder (a one-line error says which), and a warning in the log."""
+    common = ["--set", "data.audio.segment_seconds=0.5", "--set", "data.audio.crop_seconds=0.25",
+              "--set", "train.log_every=1", "--set", "train.tensorboard=false", "--set", "train.probe_size=0",
+              "--batch-size", "4", "--device", "cpu"]  # fmt: skip
+    vic = tmp_path / "vic"
+    assert main(["continue", str(encoder_dir), "--dataset", str(audio_dir), "--method", "vicreg", *common,
+                 "--set", "train.max_steps=1", "--out", str(vic)]) == 0  # fmt: skip
+    args = ["continue", str(vic), "--dataset", str(audio_dir), "--method", "wav2vec2", *common,
+            "--set", "train.max_steps=1", "--set", "method.mask_time_prob=0.3", "--set", "method.mask_time_length=4"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    assert "--fresh-heads" in capsys.readouterr().err  # the run's heads are VICReg's: a mismatch
+    assert main([*args, "--fresh-heads", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--set model.head_sizes={conv_dim: 8, hidden: 16}" in err, err
+    sizes = "model.head_sizes={conv_dim: 8, hidden: 16, per_group: 8, codevector_dim: 16, proj_dim: 8}"
+    assert main([*args, "--fresh-heads", "--set", sizes, "--out", str(tmp_path / "c")]) == 0
+    log = capsys.readouterr()
+    assert "warning: the wav2vec 2.0 quantizer and projections are random" in log.out + log.err

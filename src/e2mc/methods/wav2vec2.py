@@ -418,6 +418,14 @@ class Wav2Vec2(Method):
             raise CheckpointError(
                 f"the wav2vec 2.0 objective needs a transformers wav2vec2 encoder, not {kind}; {USE_VICREG}"
             )
+        fits = {"conv_dim": int(config.conv_dim[-1]), "hidden": int(config.hidden_size)}
+        has = {"conv_dim": model.quantizer.weight_proj.in_features, "hidden": model.project_hid.in_features}
+        if has != fits:  # fresh heads (--fresh-heads) built at sizes that do not fit this encoder
+            sizes = ", ".join(f"{k}: {v}" for k, v in fits.items())
+            raise CheckpointError(
+                f"the quantizer heads take {has} but this encoder gives {fits}; build them with "
+                f"--set model.head_sizes={{{sizes}}}"
+            )
 
     def build_state(self, cfg, model, world_size, global_batch, log):
         """The settings (resolved against the source's config) and the masked pass, installed as
