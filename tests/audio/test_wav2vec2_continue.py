@@ -88,8 +88,14 @@ def test_continue_resume_and_export(pretraining_dir, audio_dir, tmp_path, one_to
 
     more = [a if a != "train.max_steps=2" else "train.max_steps=3" for a in _args(pretraining_dir, audio_dir, out)]
     assert main([*more, "--resume"]) == 0
-    rows = list(csv.DictReader(open(out / "metrics.csv")))
-    assert [r["step"] for r in rows if r["phase"] == "train"] == ["1", "2", "3"]
+    rows = [r for r in csv.DictReader(open(out / "metrics.csv")) if r["phase"] == "train"]
+    assert [r["step"] for r in rows] == ["1", "2", "3"]
+    straight = tmp_path / "straight"  # 3 steps without a stop: the resumed run's step 3 is the same step
+    assert main(_args(pretraining_dir, audio_dir, straight, steps=3)) == 0
+    same = [r for r in csv.DictReader(open(straight / "metrics.csv")) if r["phase"] == "train"]
+    assert [same[2][k] for k in ("loss", "base.contrastive", "addon")] == [
+        rows[2][k] for k in ("loss", "base.contrastive", "addon")
+    ]
 
     folder = tmp_path / "exported"
     assert main(["export", str(out), "--to", "wav2vec2", "--out", str(folder)]) == 0
