@@ -98,7 +98,8 @@ def test_continue_resume_and_export(pretraining_dir, audio_dir, tmp_path, one_to
     ]
 
     folder = tmp_path / "exported"
-    assert main(["export", str(out), "--to", "wav2vec2", "--out", str(folder)]) == 0
+    assert main(["export", str(out), "--out", str(folder)]) == 0  # the original layout: the folder it came from
+    assert main(["export", str(out), "--to", "wav2vec2", "--out", str(folder / "config.json")]) == 2  # not a folder
     back = tf.Wav2Vec2ForPreTraining.from_pretrained(folder)
     model, _ = load_model(out)
     ours = {
