@@ -284,7 +284,12 @@ def checkpoint(case: str, hf_model, *, ctc: bool = False, seed: int = 0) -> dict
         model["w2v_encoder.proj.weight"] = torch.randn(5, opts["encoder_embed_dim"], generator=gen)
         model["w2v_encoder.proj.bias"] = torch.zeros(5)
         w2v_args = {"task": task, "model": model_cfg}
-        model_cfg = {"_name": f"{family}_ctc", "w2v_path": "/models/pretrained.pt", "w2v_args": w2v_args}
+        if form == "args":  # an argparse-era fine-tuning keeps the pre-training's Namespace
+            w2v_args = Namespace(
+                **{k: v for k, v in task.items() if k != "_name"}, task=task["_name"], **opts, arch=family
+            )
+        name = "wav2vec_ctc" if family == "wav2vec2" else "hubert_ctc"
+        model_cfg = {"_name": name, "w2v_path": "/models/pretrained.pt", "w2v_args": w2v_args}
         task = {"_name": "audio_finetuning", "data": "/data/manifest", "normalize": task["normalize"]}
         criterion = "CtcCriterion"
     history = [

@@ -199,7 +199,9 @@ def build_audio_backbone(arch: str, pretrained: bool = False) -> AudioEncoder:
     config alone (random weights, to be filled from an e2mc checkpoint)."""
     kind, _, source = arch.partition(":")
     if not source:
-        raise ConfigError(f"{arch!r} names no encoder; write hf:<folder or hub name>, aves:<file.pt> or fairseq:<file.pt>")
+        raise ConfigError(
+            f"{arch!r} names no encoder; write hf:<folder or hub name>, aves:<file.pt> or fairseq:<file.pt>"
+        )
     if kind == "hf":
         return _hf_encoder(source, pretrained)
     if kind == "fairseq":

@@ -188,7 +188,10 @@ def hf_config(family: str, model: dict, overrides: dict | None = None):
 
     bad = _unsupported(model)
     if bad:
-        raise CheckpointError(f"this fairseq {family} model uses {bad}, which e2mc cannot map to transformers")
+        raise CheckpointError(
+            f"this fairseq {family} model uses {bad}, which e2mc cannot map to transformers' {FAMILIES[family]}Model; "
+            "convert it with transformers' own conversion script and pass the save_pretrained folder"
+        )
     conv = conv_layers(model.get("conv_feature_layers") or DEFAULT_CONV)
     g = model.get
     kw = dict(
@@ -305,8 +308,8 @@ def load(path: str, weights: bool = True, overrides: dict | None = None):
         f"fairseq {family} ({'CTC fine-tuning, encoder read' if prefix else 'pre-training'}) -> transformers {type(model).__name__}"
     ]
     proj = "feature_projection.projection."
-    if f"{proj}weight" not in mapped and f"{proj}weight" in expected:  # the CNN width equals the encoder's
-        w = expected[f"{proj}weight"]
+    w = expected.get(f"{proj}weight")
+    if f"{proj}weight" not in mapped and w is not None and w.shape[0] == w.shape[1]:  # CNN width = encoder's
         mapped[f"{proj}weight"], mapped[f"{proj}bias"] = torch.eye(*w.shape), torch.zeros(w.shape[0])
         notes.append("no post_extract_proj in the file (CNN width = encoder width): an identity projection")
     missing = [k for k in expected if k not in mapped]
@@ -318,7 +321,8 @@ def load(path: str, weights: bool = True, overrides: dict | None = None):
             f"{extra[:3]}, {len(bad)} shape mismatches {bad[:3]}; the file may be cut short or edited"
         )
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in mapped.items()}, strict=True)
-    heads = sorted({k[len(prefix) :].split(".")[0] if k.startswith(prefix) else k.split(".")[0] for k in dropped})
+    bare = [k[len(prefix) :] if k.startswith(prefix) else k for k in dropped]
+    heads = sorted({next((h.rstrip(".") for h in HEADS if k.startswith(h)), k) for k in bare})
     if heads:
         notes.append(f"dropped the pre-training/fine-tuning heads {', '.join(heads)} (not part of the encoder)")
     if state.get("last_optimizer_state") is not None:
