@@ -183,3 +183,19 @@ def test_continue_and_inspect_from_the_cli(tmp_path, audio_dir, capsys, one_torc
     assert report.arch == f"fairseq:{path}" and report.method == "vicreg"
     start = load_model(str(path), method="vicreg")[0].backbone.state_dict()
     assert any(not torch.equal(v, model.backbone.state_dict()[k]) for k, v in start.items())
+
+
+def test_evaluate_a_fairseq_file_per_layer(tmp_path, capsys, one_torch_thread):
+    from tests.audio.test_audio_evaluate import _split_folder
+
+    path, ref = gen.write(tmp_path, "wav2vec2_args")
+    data = _split_folder(tmp_path / "calls")
+    cmd = [
+        "evaluate", str(path), "--dataset", str(data), "--protocols", "knn", "--layers", "all", "--ks", "3",
+        "--device", "cpu", "--json", "--no-cache",
+        "--set", "eval.audio.segment_seconds=0.5", "--set", "eval.audio.min_seconds=0.25",
+    ]  # fmt: skip
+    assert main(cmd) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["meta"]["layers"] == ["features", "layer1", "layer2"] and res["meta"]["n_test"] == 18
+    assert all(0.0 <= r["uar_k3"] <= 1.0 for r in res["knn"]["by_layer"].values())
