@@ -52,6 +52,8 @@ def test_each_form_loads_as_its_reference(tmp_path, case, ctc, one_torch_thread)
     text = report.summary()
     assert "format     : fairseq" in text and "dropped the pre-training/fine-tuning heads" in text
     assert "last_optimizer_state" in text  # said not to be carried over
+    how = {"args": "args (argparse.Namespace)", "cfg": "; config from cfg)", "dictcfg": "pickled omegaconf DictConfig"}
+    assert how[form] in text, text
 
 
 def test_weight_norm_as_parametrizations_and_no_projection(tmp_path, one_torch_thread):
@@ -199,3 +201,12 @@ def test_evaluate_a_fairseq_file_per_layer(tmp_path, capsys, one_torch_thread):
     res = json.loads(capsys.readouterr().out)
     assert res["meta"]["layers"] == ["features", "layer1", "layer2"] and res["meta"]["n_test"] == 18
     assert all(0.0 <= r["uar_k3"] <= 1.0 for r in res["knn"]["by_layer"].values())
+
+
+def test_feature_grad_mult_is_reported(tmp_path):
+    path = _cfg_file(tmp_path, lambda s: s["cfg"]["model"].update(feature_grad_mult=0.1))
+    report = load_model(path, method="vicreg")[1]
+    assert any("feature_grad_mult=0.1; e2mc trains it with its full gradient" in n for n in report.notes)
+    assert not any(
+        "feature_grad_mult=" in n for n in load_model(str(gen.write(tmp_path, "hubert_dictcfg")[0]))[1].notes
+    )

@@ -277,6 +277,18 @@ def _map_key(k: str) -> str | None:
     return None
 
 
+def _what(state: dict, family: str, prefix: str, target: str) -> str:
+    """The report's first note: what the file is and where its config was read from."""
+    raw = state.get("cfg")
+    cfg = omegapickle.plain(raw)
+    if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict):
+        how = "cfg, a pickled omegaconf DictConfig read as data" if isinstance(raw, omegapickle.Container) else "cfg"
+    else:
+        how = "args (argparse.Namespace)"
+    kind = "CTC fine-tuning, its encoder" if prefix else "pre-training"
+    return f"fairseq {family} ({kind}; config from {how}) -> transformers {target}"
+
+
 def load(path: str, weights: bool = True, overrides: dict | None = None):
     """``(model, info)`` of a fairseq checkpoint: the transformers model built from its config
     (with ``overrides``), its encoder weights loaded (all or nothing) when ``weights``; ``info``:
@@ -304,9 +316,12 @@ def load(path: str, weights: bool = True, overrides: dict | None = None):
         raise CheckpointError(f"{file}: its 'model' entry is not a state dict of tensors; re-download the checkpoint")
     expected = model.state_dict()
     mapped, dropped, unknown = to_transformers(sd, expected, prefix)
-    notes = [
-        f"fairseq {family} ({'CTC fine-tuning, encoder read' if prefix else 'pre-training'}) -> transformers {type(model).__name__}"
-    ]
+    notes = [_what(state, family, prefix, type(model).__name__)]
+    if float(options.get("feature_grad_mult", 1.0) or 0.0) != 1.0:
+        notes.append(
+            f"the pre-training scaled the CNN's gradient by feature_grad_mult={options['feature_grad_mult']}; "
+            "e2mc trains it with its full gradient"
+        )
     proj = "feature_projection.projection."
     w = expected.get(f"{proj}weight")
     if f"{proj}weight" not in mapped and w is not None and w.shape[0] == w.shape[1]:  # CNN width = encoder's
