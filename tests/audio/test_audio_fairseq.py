@@ -210,3 +210,12 @@ def test_feature_grad_mult_is_reported(tmp_path):
     assert not any(
         "feature_grad_mult=" in n for n in load_model(str(gen.write(tmp_path, "hubert_dictcfg")[0]))[1].notes
     )
+
+
+def test_a_legacy_torch_file(tmp_path, one_torch_thread):
+    """The 2020 releases predate torch's zip format: the same checkpoint in the legacy format."""
+    ref = gen.hf_model("wav2vec2_args")
+    torch.save(gen.checkpoint("wav2vec2_args", ref), tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    assert not (tmp_path / "old.pt").read_bytes().startswith(b"PK") and fairseq.looks_like(tmp_path / "old.pt")
+    model, report = load_model(str(tmp_path / "old.pt"), method="vicreg")
+    assert report.format == "fairseq" and _same_hidden(model.backbone.eval(), ref, torch.randn(2, 1600))
