@@ -29,7 +29,8 @@ lr_scheduler_state {"best": None} (polynomial_decay, the releases' schedule), nu
 exp_avg, exp_avg_sq}``, one group ``{lr, betas (a list), eps, weight_decay, amsgrad, params}``). ``ctc=True`` writes the encoder as a fine-tuned
 ``wav2vec_ctc`` / ``hubert_ctc`` model instead: keys under ``w2v_encoder.w2v_model.`` plus
 ``w2v_encoder.proj``, the pre-training config in ``cfg.model.w2v_args`` (pre-training heads removed,
-as fairseq's ``remove_pretraining_modules`` does); this form was not run against fairseq.
+as fairseq's ``remove_pretraining_modules`` does), ``w2v_args`` being the pre-training run's config
+with ``criterion`` and ``lr_scheduler`` set to None, as ``Wav2VecEncoder`` leaves it.
 
 Checked against the official code (facebookresearch/fairseq 3d262bb2, ``git archive`` into /tmp;
 omegaconf 2.0.6, sacrebleu, bitarray in a /tmp venv; Python 3.11 with the dataclass-default shim
@@ -50,7 +51,17 @@ tests/official/check/fairseq_outputs.py then loaded the official files with e2mc
 (``e2mc.models.fairseq``, no fairseq, no omegaconf): the transformers model's last hidden state
 equals fairseq's ``extract_features`` output within 4.8e-7 (wav2vec2_args, hubert_dictcfg) and
 7.2e-7 (wav2vec2_large_cfg), and the config e2mc reads from each official file equals the one it
-reads from the generated file.
+reads from the generated file. The CTC form (``write(..., "wav2vec2_large_cfg", ctc=True)``) was
+checked the same way against fairseq's ``Wav2VecCtc.build_model`` on the official
+``wav2vec2_large_cfg.pt`` (its ``Wav2VecEncoder`` reading that file through
+``load_checkpoint_to_cpu``), stepped and saved by ``Trainer.save_checkpoint``: pickle globals SAME;
+structure SAME except that fairseq's ``cfg.model`` holds all 44 other ``Wav2Vec2CtcConfig`` fields
+(fine-tuning dropouts, masking, freezing), of which the generator writes none (``_name``,
+``w2v_path``, ``w2v_args`` only; with ``cfg.model`` cut to those, SAME, ``w2v_args`` included);
+e2mc's encoder output equals fairseq's ``w2v_encoder.w2v_model`` within 2.4e-7 and the config it
+reads is the same. The ``args`` form's Namespace holds the task and model options and
+``arch``/``task``/``no_save_optimizer_state``, not the whole argparse namespace of a real run
+(the check builds the same subset: pre-Hydra argparse does not run against today's fairseq).
 """
 
 from __future__ import annotations
@@ -283,7 +294,7 @@ def checkpoint(case: str, hf_model, *, ctc: bool = False, seed: int = 0) -> dict
         model = collections.OrderedDict((f"w2v_encoder.w2v_model.{k}", v) for k, v in enc.items())
         model["w2v_encoder.proj.weight"] = torch.randn(5, opts["encoder_embed_dim"], generator=gen)
         model["w2v_encoder.proj.bias"] = torch.zeros(5)
-        w2v_args = {"task": task, "model": model_cfg}
+        w2v_args = {**_cfg(task, model_cfg, family), "criterion": None, "lr_scheduler": None}
         if form == "args":  # an argparse-era fine-tuning keeps the pre-training's Namespace
             w2v_args = Namespace(
                 **{k: v for k, v in task.items() if k != "_name"}, task=task["_name"], **opts, arch=family
@@ -312,15 +323,7 @@ def checkpoint(case: str, hf_model, *, ctc: bool = False, seed: int = 0) -> dict
             "extra_state": extra,
             "last_optimizer_state": adam_state(model),
         }
-    cfg = {
-        "common": {"fp16": False, "seed": 1},
-        "checkpoint": {"no_save_optimizer_state": False, "write_checkpoints_asynchronously": False},
-        "ema": {"store_ema": False},
-        "task": task,
-        "model": model_cfg,
-        "criterion": {"_name": "hubert" if family == "hubert" else "wav2vec"},
-        "optimizer": {"_name": "adam"},
-    }
+    cfg = _cfg(task, model_cfg, family)
     if form == "dictcfg":
         state = {
             "cfg": dictconfig(cfg),
@@ -332,6 +335,21 @@ def checkpoint(case: str, hf_model, *, ctc: bool = False, seed: int = 0) -> dict
         return {**state, "task_state": {}, "last_optimizer_state": adam_state(model)}
     state = {"args": None, "cfg": cfg, "model": model, "criterion": None, "optimizer_history": history}
     return {**state, "task_state": {}, "extra_state": extra, "last_optimizer_state": adam_state(model)}
+
+
+def _cfg(task: dict, model_cfg: dict, family: str) -> dict:
+    """The run's config as fairseq's Hydra entry point holds it (the sections a checkpoint needs)."""
+    criterion = "ctc" if model_cfg["_name"].endswith("_ctc") else "hubert" if family == "hubert" else "wav2vec"
+    return {
+        "common": {"fp16": False, "seed": 1},
+        "checkpoint": {"no_save_optimizer_state": False, "write_checkpoints_asynchronously": False},
+        "ema": {"store_ema": False},
+        "task": task,
+        "model": model_cfg,
+        "criterion": {"_name": criterion},
+        "optimizer": {"_name": "adam"},
+        "lr_scheduler": {"_name": "polynomial_decay"},
+    }
 
 
 def hf_model(case: str, seed: int = 0):
@@ -359,3 +377,4 @@ if __name__ == "__main__":  # python gen_fairseq.py OUT: every case, for check/c
     out.mkdir(parents=True, exist_ok=True)
     for c in CASES:
         print(write(out, c)[0])
+    print(write(out, "wav2vec2_large_cfg", ctc=True, name="wav2vec2_large_cfg_ctc")[0])

@@ -11,7 +11,12 @@ torch. Writes into OUT, for each case of ``gen_fairseq.CASES`` (the same model o
   fairseq/checkpoint_utils.py``) with the file writers they call (``torch_persistent_save``,
   ``_torch_persistent_save``) and exec'd in today's ``checkpoint_utils`` namespace;
 * ``<case>.ref.pt``: ``{"x": waveforms, "y": the model's extract_features output}`` (eval mode,
-  ``mask=False``), what e2mc's transformers model must reproduce from ``<case>.pt``.
+  ``mask=False``), what e2mc's transformers model must reproduce from ``<case>.pt``;
+* ``wav2vec2_large_cfg_ctc.pt`` / ``.ref.pt``: fairseq's ``Wav2VecCtc`` fine-tuning built on
+  ``wav2vec2_large_cfg.pt`` (``Wav2VecEncoder`` loads it), its encoder's output.
+
+Then: ``python gen_fairseq.py GEN`` and, per file, ``compare.py OUT/<case>.pt GEN/<case>.pt`` (with
+this venv's Python) and ``fairseq_outputs.py OUT GEN`` (with e2mc's).
 
 Python 3.11 refuses fairseq's dataclass defaults that are dataclass instances (and hydra 1.0's):
 ``_get_field`` is wrapped to make such a default's class hashable first (nothing else changes).
@@ -131,6 +136,7 @@ def save(case):
             "model": {"_name": family, **opts},
             "criterion": {"_name": "hubert" if family == "hubert" else "wav2vec"},
             "optimizer": {"_name": "adam"},
+            "lr_scheduler": {"_name": "polynomial_decay"},
         }
     )
     OmegaConf.set_struct(cfg, True)
@@ -158,8 +164,70 @@ def save(case):
     Trainer.save_checkpoint(fake, path, {k: extra[k] for k in ("train_iterator", "val_loss")})
 
 
+def save_ctc(case):
+    """fairseq's ``Wav2VecCtc`` fine-tuning of ``<case>.pt`` (its weights loaded from there by
+    ``Wav2VecEncoder``, pre-training modules removed), saved by ``Trainer.save_checkpoint``."""
+    from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
+
+    family, _, opts = CASES[case]
+    task = task_options(family, opts)
+    fields = dataclasses.asdict(Wav2Vec2CtcConfig(w2v_path=str(OUT / f"{case}.pt")))
+    fields.update(_name="wav2vec_ctc", normalize=task["normalize"], data=task["data"], ddp_backend="c10d")
+    model_cfg = OmegaConf.create(fields)
+    target = Dictionary()
+    target.add_symbol("a")
+    torch.manual_seed(0)
+    model = Wav2VecCtc.build_model(model_cfg, Namespace(target_dictionary=target)).eval()
+    params = list(model.parameters())
+    opt = FairseqAdam(OmegaConf.create(dict(dataclasses.asdict(FairseqAdamConfig(lr=[5e-4], tpu=False)))), params)
+    sched_cfg = dataclasses.asdict(PolynomialDecayLRScheduleConfig(lr=[5e-4], total_num_update=100))
+    sched = PolynomialDecayLRSchedule(OmegaConf.create(sched_cfg), opt)
+    for _ in range(N_UPDATES):
+        opt.zero_grad()
+        sum((p.float() ** 2).sum() for p in params).backward()
+        opt.step()
+    ref = torch.load(OUT / f"{case}.ref.pt")
+    with torch.no_grad():
+        y = model.w2v_encoder.w2v_model.extract_features(ref["x"], padding_mask=None, mask=False)["x"]
+    torch.save({"x": ref["x"], "y": y}, OUT / f"{case}_ctc.ref.pt")
+    cfg = OmegaConf.create(
+        {
+            "common": {"fp16": False, "seed": 1},
+            "checkpoint": {"no_save_optimizer_state": False, "write_checkpoints_asynchronously": False},
+            "ema": {"store_ema": False},
+            "task": {"_name": "audio_finetuning", "data": task["data"], "normalize": task["normalize"]},
+            "model": model_cfg,
+            "criterion": {"_name": "ctc"},
+            "optimizer": {"_name": "adam"},
+            "lr_scheduler": {"_name": "polynomial_decay"},
+        }
+    )
+    crit = Criterion()
+    crit.__class__.__name__ = "CtcCriterion"
+    extra = extra_state("cfg")
+    fake = Namespace(
+        cfg=cfg,
+        model=model,
+        criterion=crit,
+        _optim_history=None,
+        get_criterion=lambda: crit,
+        optimizer=opt,
+        lr_scheduler=sched,
+        get_num_updates=lambda: N_UPDATES,
+        task=Namespace(state_dict=lambda: {}),
+        cumulative_training_time=lambda: extra["previous_training_time"],
+        is_fsdp=False,
+        _gathered_optim_state=None,
+        should_save_checkpoint_on_current_rank=True,
+    )
+    fake.state_dict = lambda: Trainer.state_dict(fake)
+    Trainer.save_checkpoint(fake, str(OUT / f"{case}_ctc.pt"), {k: extra[k] for k in ("train_iterator", "val_loss")})
+
+
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
     for case in CASES:
         save(case)
         print("wrote", case)
+    save_ctc("wav2vec2_large_cfg")
+    print("wrote wav2vec2_large_cfg_ctc")
