@@ -187,20 +187,27 @@ def test_continue_and_inspect_from_the_cli(tmp_path, audio_dir, capsys, one_torc
     assert any(not torch.equal(v, model.backbone.state_dict()[k]) for k, v in start.items())
 
 
-def test_evaluate_a_fairseq_file_per_layer(tmp_path, capsys, one_torch_thread):
+def test_evaluate_and_compare_a_fairseq_file_per_layer(tmp_path, capsys, one_torch_thread):
     from tests.audio.test_audio_evaluate import _split_folder
 
-    path, ref = gen.write(tmp_path, "wav2vec2_args")
-    data = _split_folder(tmp_path / "calls")
-    cmd = [
-        "evaluate", str(path), "--dataset", str(data), "--protocols", "knn", "--layers", "all", "--ks", "3",
-        "--device", "cpu", "--json", "--no-cache",
-        "--set", "eval.audio.segment_seconds=0.5", "--set", "eval.audio.min_seconds=0.25",
-    ]  # fmt: skip
-    assert main(cmd) == 0
+    path, _ = gen.write(tmp_path, "wav2vec2_args")
+    data, out = _split_folder(tmp_path / "calls"), tmp_path / "run"
+    opts = ["--device", "cpu", "--set", "eval.audio.segment_seconds=0.5", "--set", "eval.audio.min_seconds=0.25"]
+    cmd = ["evaluate", str(path), "--dataset", str(data), "--protocols", "knn", "--layers", "all", "--ks", "3"]
+    assert main([*cmd, *opts, "--json", "--no-cache"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["meta"]["layers"] == ["features", "layer1", "layer2"] and res["meta"]["n_test"] == 18
     assert all(0.0 <= r["uar_k3"] <= 1.0 for r in res["knn"]["by_layer"].values())
+    train = [
+        "continue", str(path), "--dataset", str(data), "--method", "vicreg", "--batch-size", "4", "--device", "cpu",
+        "--out", str(out), "--set", "data.audio.segment_seconds=0.5", "--set", "data.audio.crop_seconds=0.25",
+        "--set", "train.max_steps=1", "--set", "train.head_warmup_steps=0",
+        "--set", "train.probe_size=0", "--set", "train.tensorboard=false",
+    ]  # fmt: skip
+    assert main(train) == 0
+    before_after = ["compare", str(path), str(out), "--dataset", str(data), "--protocols", "knn", "--layers", "all"]
+    assert main([*before_after, "--ks", "3", *opts, "--out", str(tmp_path / "cmp")]) == 0
+    assert (tmp_path / "cmp" / "layers.png").is_file()
 
 
 def test_feature_grad_mult_is_reported(tmp_path):
