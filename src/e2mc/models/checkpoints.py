@@ -519,7 +519,7 @@ def load_model(
     if os.path.isdir(text) and is_hf_folder(text):  # a transformers save_pretrained folder
         text = "hf:" + text
     elif format is None and is_fairseq_file(text):  # a fairseq wav2vec 2.0 / HuBERT checkpoint
-        text = "fairseq:" + text
+        text = "fairseq:" + os.path.abspath(text)  # the arch a run stores: found again from any folder
     if not os.path.exists(text) and text.startswith(NAME_PREFIXES):
         return _from_name(text, method, cifar_stem, head_sizes)
     source: dict = {}
