@@ -9,6 +9,10 @@ Archs (the string a run checkpoint stores, so the encoder can be rebuilt from it
   / ``*ForCTC`` folder loads its encoder (transformers drops the rest).
 * ``aves:<file.pt>``: AVES (a HuBERT saved as torchaudio's ``wav2vec2_model`` state dict) with its
   JSON config next to it (:mod:`e2mc.models.aves`), converted to transformers' ``HubertModel``.
+* ``fairseq:<file.pt>``: a fairseq wav2vec 2.0 or HuBERT checkpoint (pre-training or CTC
+  fine-tuning; :mod:`e2mc.models.fairseq`), its config read from the file's ``args``/``cfg``,
+  converted to ``Wav2Vec2Model`` / ``HubertModel``; sample rate and ``normalize`` from its task.
+  A fairseq file passed as a plain path is recognised (``checkpoints.load_model``).
 
 :class:`AudioEncoder` returns the mean and standard deviation over frames of the last hidden state
 (``out_dim = 2 x hidden``); ``hidden_states(x)`` gives every layer's frames (the CNN features after
@@ -34,7 +38,7 @@ from torch import nn
 
 from e2mc.errors import CheckpointError, ConfigError
 
-AUDIO_KINDS = ("hf", "aves")
+AUDIO_KINDS = ("hf", "aves", "fairseq")
 MODEL_TYPES = {  # config.model_type -> transformers class name
     "wav2vec2": "Wav2Vec2Model",
     "hubert": "HubertModel",
@@ -48,7 +52,7 @@ STD_FLOOR = 1e-12  # variance floor of the std pooling (a constant frame sequenc
 
 
 def is_audio_arch(arch) -> bool:
-    """True for ``hf:...`` / ``aves:...`` archs."""
+    """True for ``hf:...`` / ``aves:...`` / ``fairseq:...`` archs."""
     return isinstance(arch, str) and arch.split(":", 1)[0] in AUDIO_KINDS and ":" in arch
 
 
@@ -127,7 +131,7 @@ def check_input(backbone: nn.Module, info) -> None:
         )
     if audio_data and not audio_net:
         raise ConfigError(
-            "an audio folder needs an audio encoder: continue hf:<folder or hub name>, a save_pretrained folder or aves:<file.pt>"
+            "an audio folder needs an audio encoder: continue hf:<folder or hub name>, a save_pretrained folder, aves:<file.pt> or a fairseq .pt"
         )
     if audio_net and info.sample_rate != backbone.sample_rate:
         raise ConfigError(
@@ -197,13 +201,21 @@ def _hf_encoder(source: str, pretrained: bool) -> AudioEncoder:
 
 
 def build_audio_backbone(arch: str, pretrained: bool = False) -> AudioEncoder:
-    """The encoder of an ``hf:``/``aves:`` arch; ``pretrained=False`` builds it from its config
-    alone (random weights, to be filled from an e2mc checkpoint)."""
+    """The encoder of an ``hf:``/``aves:``/``fairseq:`` arch; ``pretrained=False`` builds it from its
+    config alone (random weights, to be filled from an e2mc checkpoint)."""
     kind, _, source = arch.partition(":")
     if not source:
-        raise ConfigError(f"{arch!r} names no encoder; write hf:<folder or hub name> or aves:<file.pt>")
+        raise ConfigError(
+            f"{arch!r} names no encoder; write hf:<folder or hub name>, aves:<file.pt> or fairseq:<file.pt>"
+        )
     if kind == "hf":
         return _hf_encoder(source, pretrained)
+    if kind == "fairseq":
+        from e2mc.models import fairseq
+
+        model, info = fairseq.load(source, weights=pretrained, overrides=TRAINING_OVERRIDES)
+        src = info["source"] if pretrained else None
+        return AudioEncoder(model, sample_rate=info["sample_rate"], normalize=info["normalize"], source=src)
     from e2mc.models import aves
 
     model, src = aves.load(source, weights=pretrained, overrides=TRAINING_OVERRIDES)

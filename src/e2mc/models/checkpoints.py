@@ -28,12 +28,13 @@ from e2mc.models import safepickle, zoo
 from e2mc.models.adapters import ADAPTERS
 from e2mc.models.audio import is_audio_arch, is_hf_folder
 from e2mc.models.backbones import canonical_arch
+from e2mc.models.fairseq import looks_like as is_fairseq_file
 from e2mc.models.heads import TEACHER_SLOTS
 from e2mc.models.layouts import CLASSIFIER_PREFIXES, detect_arch, infer_head_sizes
 from e2mc.models.model import SSLModel
 
 WARMUP_NOTE = "warm up heads with the backbone frozen before continued training"
-NAME_PREFIXES = ("random:", "torchvision:", "timm:", "hf:", "aves:")
+NAME_PREFIXES = ("random:", "torchvision:", "timm:", "hf:", "aves:", "fairseq:")
 
 
 @dataclass
@@ -437,6 +438,8 @@ def checkpoint_method(path_or_name, format: str | None = None) -> str | None:
     text = str(path_or_name)
     if (not os.path.exists(text) and text.startswith(NAME_PREFIXES)) or (os.path.isdir(text) and is_hf_folder(text)):
         return None
+    if format is None and is_fairseq_file(text):  # an audio encoder: no SSL heads of e2mc's methods
+        return None
     if zoo.is_zoo_name(text):
         row = zoo.get(text)
         return row.method if row.heads else None
@@ -467,7 +470,9 @@ def _from_name(name: str, method, cifar_stem, head_sizes) -> tuple[SSLModel, Loa
         cifar_stem=bool(cifar_stem),
         heads_built=model.head_names,
         head_sizes=dict(model.head_sizes),
-        source=dict(source),
+        source={k: v for k, v in source.items() if k not in ("dropped", "notes")},
+        dropped=list(source.get("dropped", [])),
+        notes=list(source.get("notes", [])),
     )
     if found is not None:
         for h, sd in found.heads.items():
@@ -502,7 +507,8 @@ def load_model(
         path_or_name: a file (any layout in :mod:`e2mc.models.adapters`); a published model by
             name (``vicreg:resnet50-full``, ...: :mod:`e2mc.models.zoo`, downloaded into torch
             hub's cache); ``hf:<folder or hub name>`` (or a ``save_pretrained`` folder itself) /
-            ``aves:<file.pt>`` (audio encoders, :mod:`e2mc.models.audio`); ``torchvision:<arch>`` / ``timm:<name>[.<tag>]`` (the library's
+            ``aves:<file.pt>`` / ``fairseq:<file.pt>`` or a fairseq checkpoint itself (audio encoders,
+            :mod:`e2mc.models.audio`); ``torchvision:<arch>`` / ``timm:<name>[.<tag>]`` (the library's
             pretrained weights, :mod:`e2mc.models.hub`); ``random:<arch>`` (random weights).
             ``report.source`` says where a name's weights came from (URL, file, sha256).
         method: ``vicreg``/``swav``/``simsiam``; default: the checkpoint's. Heads the checkpoint
@@ -521,6 +527,8 @@ def load_model(
     text = str(path_or_name)
     if os.path.isdir(text) and is_hf_folder(text):  # a transformers save_pretrained folder
         text = "hf:" + text
+    elif format is None and is_fairseq_file(text):  # a fairseq wav2vec 2.0 / HuBERT checkpoint
+        text = "fairseq:" + os.path.abspath(text)  # the arch a run stores: found again from any folder
     if not os.path.exists(text) and text.startswith(NAME_PREFIXES):
         return _from_name(text, method, cifar_stem, head_sizes)
     source: dict = {}
