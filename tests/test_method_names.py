@@ -24,6 +24,7 @@ NOT_YET = {
     "models/audio.py": "the encoder families (model_type wav2vec2, ...) and the demo's tiny wav2vec2",
     "models/aves.py": "AVES is a HuBERT read into transformers' key scheme (wav2vec2.* keys)",
     "audiodemo.py": "the audio demo's encoder is a tiny wav2vec2 (save_tiny_wav2vec2)",
+    "models/fairseq.py": "fairseq's model names (wav2vec2, hubert) select the transformers class",
 }
 WORD = re.compile(r"^[\w.-]+$")
 

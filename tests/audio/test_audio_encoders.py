@@ -63,6 +63,23 @@ def test_not_an_audio_model(tmp_path):
         load_model(f"hf:{tmp_path / 'bert'}", method="vicreg")
 
 
+def test_folder_report_and_missing_weights(tmp_path, capsys):
+    """A folder's tensors the encoder does not hold are listed in e2mc's report (transformers' own
+    load table stays silent); a folder that lacks an encoder weight is refused, not filled at random."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tiny_encoder(tmp_path / "w2v")
+    _, report = load_model(f"hf:{folder}", method="vicreg")
+    assert report.dropped == ["masked_spec_embed"] and any("not part of the" in n for n in report.notes)
+    assert "LOAD REPORT" not in capsys.readouterr().err
+    weights = next(folder.glob("*.safetensors"))
+    state = load_file(weights)
+    gone = next(k for k in state if k.startswith("encoder.layers.0.attention.q_proj.weight"))
+    save_file({k: v for k, v in state.items() if k != gone}, weights, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"lacks 1 weight\(s\).*q_proj"):
+        load_model(f"hf:{folder}", method="vicreg")
+
+
 def _torchaudio_layout(state: dict, weight_norm_gv: bool) -> dict:
     """transformers HubertModel keys -> torchaudio wav2vec2_model keys, by import_huggingface.py's
     scheme (feature_extractor <- feature_extractor, encoder.feature_projection <- feature_projection,

@@ -188,16 +188,43 @@ def _hf_encoder(source: str, pretrained: bool) -> AudioEncoder:
         ) from None
     cls = _hf_class(config, source)
     config.update(TRAINING_OVERRIDES)
+    info: dict = {}
     if pretrained:
-        try:
-            model = cls.from_pretrained(where, config=config)
-        except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"cannot load the weights of {source!r}: {exc}"[:300]) from None
+        model, info = _from_pretrained(tf, cls, where, config, source)
     else:
         model = cls(config)
     rate, normalize = _preprocessing(where)
     src = {"name": f"hf:{source}", "url": None, "cache_path": where if os.path.isdir(where) else None}
+    if info.get("unexpected_keys"):  # e2mc's report lists them; transformers' own table is silenced
+        src["dropped"] = sorted(info["unexpected_keys"])
+        src["notes"] = [
+            f"{len(src['dropped'])} tensor(s) of the folder are not part of the {cls.__name__} encoder "
+            "(e.g. masked_spec_embed with SpecAugment off, or pre-training heads): not loaded"
+        ]
     return AudioEncoder(model, sample_rate=rate, normalize=normalize, source=src if pretrained else None)
+
+
+def _from_pretrained(tf, cls, where: str, config, source: str):
+    """``cls.from_pretrained`` with transformers' load table silenced; ``(model, loading info)``.
+    A weight the encoder needs but the folder lacks is refused: transformers would initialise it at
+    random and say so only in a log line."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = cls.from_pretrained(where, config=config, output_loading_info=True)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"cannot load the weights of {source!r}: {exc}"[:300]) from None
+    finally:
+        hf_logging.set_verbosity(level)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise CheckpointError(
+            f"{source!r} lacks {len(missing)} weight(s) of its {cls.__name__} encoder (e.g. {missing[0]}); "
+            "it is not a complete save_pretrained folder of that model: re-save it, or pass its checkpoint file"
+        )
+    return model, info
 
 
 def build_audio_backbone(arch: str, pretrained: bool = False) -> AudioEncoder:
