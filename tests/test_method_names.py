@@ -22,6 +22,19 @@ NOT_YET = {
     "__init__.py": "the public API's lazy names include the criteria classes (VICRegLoss, ...)",
 }
 WORD = re.compile(r"^[\w.-]+$")
+# A method named after the encoder family it continues (a transformers ``model_type`` of
+# ``e2mc.models.audio.MODEL_TYPES``, e.g. HuBERT's own objective) may be named as that family in
+# the files that build or load the family's encoders: there the word names an architecture.
+FAMILY_FILES = ("models/audio.py", "models/aves.py", "audiodemo.py")
+
+
+def _selectors(rel: str) -> list[str]:
+    """The method names that are offences in the file ``rel``."""
+    if rel not in FAMILY_FILES:
+        return list(METHODS)
+    from e2mc.models.audio import MODEL_TYPES
+
+    return [m for m in METHODS if m not in MODEL_TYPES]
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
@@ -75,7 +88,7 @@ def test_generic_code_names_no_method():
         rel = path.relative_to(SRC).as_posix()
         if rel.split("/")[0] in OWN or rel in NOT_YET:
             continue
-        bad += [f"{rel}:{line}: {what}" for line, what in offences(path.read_text(), METHODS)]
+        bad += [f"{rel}:{line}: {what}" for line, what in offences(path.read_text(), _selectors(rel))]
     assert not bad, "method names in generic code (declare it in the method's file instead):\n" + "\n".join(bad)
 
 

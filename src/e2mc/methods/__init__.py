@@ -34,6 +34,7 @@ _MODULES = (
     "byol",
     "mocov3",
     "dino",
+    "hubert",
 )  # the registry lines: one module per method, in CLI order
 for _name in _MODULES:
     importlib.import_module(f"e2mc.methods.{_name}")
