@@ -73,11 +73,15 @@ def test_continue_a_tiny_hubert_with_e2mc_and_resume(tmp_path, audio_dir, one_to
     assert torch.equal(_ckpt(again)["hubert_kmeans"]["centroids"], cents)
 
 
-@pytest.mark.parametrize("family", ["wav2vec2", "wavlm", "data2vec-audio"])
-def test_every_audio_family_continues_with_masked_prediction(family, tmp_path, audio_dir, one_torch_thread, capsys):
+@pytest.mark.parametrize("family,precision", [("wav2vec2", "bf16"), ("wavlm", "fp32"), ("data2vec-audio", "fp32")])
+def test_every_audio_family_continues_with_masked_prediction(
+    family, precision, tmp_path, audio_dir, one_torch_thread, capsys
+):
+    """bf16: the masked pass's frames come out of autocast in bf16, the head is float32."""
     enc = tiny_encoder(tmp_path / family, family)
     run = tmp_path / "run"
-    assert main(_args(enc, audio_dir, run, 1, **{"method.kmeans_layer": "2"})) == 0
+    sets = {"method.kmeans_layer": "2", "train.precision": precision}
+    assert main(_args(enc, audio_dir, run, 1, **sets)) == 0
     err = capsys.readouterr().err
     assert "of layer 2 of the frozen start encoder" in err and "set train.head_warmup_steps" in err
     (row,) = _rows(run)
@@ -160,3 +164,29 @@ def test_torchrun_two_processes(tmp_path, audio_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["step"] for r in _rows(out)] == ["1", "2", "3"]
     assert torch.isfinite(_ckpt(out)["hubert_kmeans"]["centroids"]).all()
+
+
+def test_the_mask_embedding_is_read_from_aves_files_and_the_hub_cache(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from e2mc.methods.hubert import file_mask_embedding
+
+    emb = torch.arange(16.0)
+    aves_file = tmp_path / "aves.pt"  # torchaudio's HuBERT pre-training keys
+    torch.save({"mask_generator.mask_embedding": emb, "encoder.x": torch.zeros(1)}, aves_file)
+    assert torch.equal(file_mask_embedding({"name": f"aves:{aves_file}", "cache_path": str(aves_file)}), emb)
+    snap = tmp_path / "hub" / "models--someone--tiny-hubert" / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    save_file({"masked_spec_embed": emb, "encoder.w": torch.zeros(2)}, str(snap / "model.safetensors"))
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("0" * 40)
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert torch.equal(file_mask_embedding({"name": "hf:someone/tiny-hubert", "cache_path": None}), emb)
+    folder = tmp_path / "plain"  # a folder whose file has no mask embedding (mask_time_prob 0)
+    folder.mkdir()
+    save_file({"encoder.w": torch.zeros(2)}, str(folder / "model.safetensors"))
+    assert file_mask_embedding({"name": f"hf:{folder}", "cache_path": str(folder)}) is None
+    assert file_mask_embedding({"name": "hf:someone/not-cached", "cache_path": None}) is None
+    assert file_mask_embedding(None) is None

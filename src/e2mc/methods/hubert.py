@@ -284,7 +284,8 @@ class HuBERT(Method):
         targets = assign_clusters(layer_features(getattr(ctx.model, LABELLER), wave, state.layer), state.centroids)
         frames, mask = torch.cat(out["frames"]), torch.cat(out["mask"])
         pen = torch.stack(out["pen"]).mean()
-        return criterion(head.final_proj(frames), head.label_embs_concat, targets, mask, pen)
+        proj = head.final_proj(frames.to(head.final_proj.weight.dtype))  # the frames of an autocast pass: bf16/fp16
+        return criterion(proj, head.label_embs_concat, targets, mask, pen)
 
     def build_state(self, cfg, model, world_size, global_batch, log):
         """The k-means state; checks the encoder, sizes the label embeddings to ``kmeans_k``,
