@@ -67,6 +67,13 @@ def test_continue_a_tiny_hubert_with_e2mc_and_resume(tmp_path, audio_dir, one_to
     assert torch.equal(_ckpt(run)["hubert_kmeans"]["centroids"], cents)
     assert [r["step"] for r in _rows(run)] == ["1", "2", "3"]
 
+    # continuing this run's checkpoint continues its iteration: the same labeller and centroids
+    more = tmp_path / "more"
+    assert main(_args(run, audio_dir, more, 1)) == 0
+    assert "k-means: the file's centroids (k=8, layer 1), not refitted" in capsys.readouterr().err
+    assert torch.equal(_ckpt(more)["hubert_kmeans"]["centroids"], cents)
+    assert all(torch.equal(_ckpt(more)["model"][k], v) for k, v in model.items() if k.startswith("label_model."))
+
     # the same seed fits the same centroids (fairseq's MiniBatchKMeans, seeded)
     again = tmp_path / "again"
     assert main(_args(enc, audio_dir, again, 1, **{"train.head_warmup_steps": "1"})) == 0

@@ -12,7 +12,8 @@ objective is generic masked prediction):
 * **Labeller**: ``label_model``, a frozen copy of the encoder as the run starts (a momentum-free
   teacher slot: ``label_model.backbone.*``, saved with the model, never trained). HuBERT labels with
   a fixed previous-iteration model; the start is that model, so the targets do not drift with the
-  encoder being trained. It runs in eval mode under ``no_grad`` up to layer ``kmeans_layer``
+  encoder being trained (the current encoder would chase its own labels). Continuing a run
+  checkpoint of this method continues its iteration: its labeller, centroids and heads are kept. It runs in eval mode under ``no_grad`` up to layer ``kmeans_layer``
   (0: half the depth, ``round(L / 2)``: 6 of 12 for a base model, 12 of 24 for a large one).
 * **k-means** (``before_training``: before a heads warm-up, which needs the targets): the
   labeller's layer features of the training views of up to ``kmeans_batches`` batches, every frame
@@ -316,7 +317,7 @@ class HuBERT(Method):
         log(
             f"HuBERT masked prediction on a {type(enc).__name__} ({depth} layers, hidden {hidden}): targets are "
             f"k={k} k-means clusters of layer {layer} of the frozen start encoder; mask embedding "
-            + ("the file's" if emb is not None else "fresh (uniform)")
+            + ("the encoder file's" if emb is not None else "the head's (uniform when built fresh)")
         )
         state = _modules()[1](k, hidden, layer)
         state.log = log
@@ -397,7 +398,5 @@ class HuBERT(Method):
             "(saved in the checkpoints: a resume does not refit); the add-on sees the 2 crops' pooled embeddings"
         )
         if getattr(cfg, "mode", "pretrain") == "continue" and not warm:
-            text += (
-                "; fresh heads train with the encoder at once: set train.head_warmup_steps (e.g. 500) to warm them up"
-            )
+            text += "; fresh heads are not warmed up: set train.head_warmup_steps (e.g. 500) to train them first"
         return text
