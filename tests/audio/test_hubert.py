@@ -87,10 +87,11 @@ def test_every_audio_family_continues_with_masked_prediction(
     """bf16: the masked pass's frames come out of autocast in bf16, the head is float32."""
     enc = tiny_encoder(tmp_path / family, family)
     run = tmp_path / "run"
-    sets = {"method.kmeans_layer": "2", "train.precision": precision}
+    sets = {"method.kmeans_layer": "2", "train.precision": precision, "method.kmeans_max_frames": "1000"}
     assert main(_args(enc, audio_dir, run, 1, **sets)) == 0
     err = capsys.readouterr().err
     assert "of layer 2 of the frozen start encoder" in err and "set train.head_warmup_steps" in err
+    assert "k-means: 8 clusters fitted on 1000 frames of layer 2" in err  # 500 of each batch's 3192
     (row,) = _rows(run)
     assert 0 < float(row["base.masked"]) < 10
 
@@ -147,7 +148,8 @@ def test_bad_settings_are_one_line_errors(tmp_path, audio_dir, one_torch_thread,
     cases = [
         ({"method.kmeans_layer": "5"}, "method.kmeans_layer=5 but the encoder has 2 transformer layers; give 1..2"),
         ({"addon.cov_weight": "auto"}, "give a number (--set addon.cov_weight=1)"),
-        ({"method.kmeans_k": "100000"}, "raise method.kmeans_batches or lower method.kmeans_k"),
+        ({"method.kmeans_k": "100000"}, "frames but up to 2 batches gave 6384; raise method.kmeans_batches"),
+        ({"method.kmeans_max_frames": "6"}, "needs at least method.kmeans_k=8 frames but up to 2 batches gave 6;"),
     ]
     for i, (sets, want) in enumerate(cases):
         assert main(_args(enc, audio_dir, tmp_path / f"r{i}", 1, **sets)) == 2

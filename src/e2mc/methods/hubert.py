@@ -16,11 +16,15 @@ objective is generic masked prediction):
   checkpoint of this method continues its iteration: its labeller, centroids and heads are kept. It runs in eval mode under ``no_grad`` up to layer ``kmeans_layer``
   (0: half the depth, ``round(L / 2)``: 6 of 12 for a base model, 12 of 24 for a large one).
 * **k-means** (``before_training``: before a heads warm-up, which needs the targets): the
-  labeller's layer features of the training views of up to ``kmeans_batches`` batches, every frame
-  a row, fitted with ``learn_kmeans.py``'s ``MiniBatchKMeans`` settings (k-means++, ``max_iter``
-  100, ``batch_size`` 10000, ``tol`` 0, ``max_no_improvement`` 100, ``n_init`` 20,
-  ``reassignment_ratio`` 0), seeded with ``train.seed``. Under torchrun rank 0 fits on its own
-  batches and the centroids are broadcast (one all_reduce), so every rank labels alike. The
+  labeller's layer features of the training views of up to ``kmeans_batches`` (20) batches, every
+  frame a row, at most ``kmeans_max_frames`` (100,000; a seeded random subset of each batch's, as
+  ``learn_kmeans.py``'s ``percent`` samples utterances) fitted with ``learn_kmeans.py``'s
+  ``MiniBatchKMeans`` settings (k-means++, ``max_iter`` 100, ``batch_size`` 10000, ``tol`` 0,
+  ``max_no_improvement`` 100, ``n_init`` 20, ``reassignment_ratio`` 0), seeded with
+  ``train.seed``. Its cost is mostly the 20 k-means++ initialisations on 30,000 rows (measured:
+  about 30 s each for k = 500 on 768 features on one shared CPU core; scikit-learn uses all cores). Under torchrun
+  rank 0 fits on its own batches and the centroids are broadcast (one all_reduce that the other
+  ranks wait in: keep the fit within the process group's timeout), so every rank labels alike. The
   centroids are the method state (``"hubert_kmeans"``): saved in every checkpoint and restored on
   resume, never refit; a new continuation of a run checkpoint of this method keeps the file's.
 * **Masking**: per step, spans of ``mask_length`` 10 frames drawn by transformers'
@@ -232,6 +236,7 @@ class HuBERT(Method):
         "kmeans_k": Option(500, 2, help="k-means clusters (HuBERT's 2nd/3rd iterations: 500)"),
         "kmeans_layer": Option(0, 0, help="transformer layer labelled by k-means; 0: half the depth (6 of 12)"),
         "kmeans_batches": Option(20, 1, help="training batches whose frames the k-means is fitted on"),
+        "kmeans_max_frames": Option(100000, 1, help="at most this many of their frames (a seeded random subset)"),
         "mask_prob": Option(0.8, 0, lo_open=True, hi=1, help="HuBERT's mask_prob (span starts x length)"),
         "mask_length": Option(10, 1, help="frames per masked span"),
         "logit_temp": Option(0.1, 0, lo_open=True, help="cosine logits divided by this"),
@@ -359,11 +364,15 @@ class HuBERT(Method):
         k, want, dim = int(m.kmeans_k), int(m.kmeans_batches), int(state.centroids.shape[1])
         buf = torch.zeros(k * dim + 1, dtype=torch.float64, device=state.centroids.device)  # centroids, frames
         if not is_distributed() or rank() == 0:
-            feats, n = [], 0
+            feats, n, seed = [], 0, int(ctx.cfg.train.seed)
+            per_batch = -(-int(m.kmeans_max_frames) // want)  # frames kept per batch (a seeded random subset)
+            pick = np.random.default_rng(seed)
             for views in batches:
-                for v in views:
-                    h = layer_features(getattr(ctx.model, LABELLER), v, state.layer)
-                    feats.append(h.reshape(-1, h.shape[-1]).float().cpu())
+                h = torch.cat([layer_features(getattr(ctx.model, LABELLER), v, state.layer) for v in views])
+                h = h.reshape(-1, h.shape[-1]).float().cpu()
+                if len(h) > per_batch:
+                    h = h[torch.from_numpy(np.sort(pick.choice(len(h), per_batch, replace=False)))]
+                feats.append(h)
                 n += 1
                 if n >= want:
                     break
@@ -372,14 +381,14 @@ class HuBERT(Method):
             if len(x) >= k:
                 from sklearn.cluster import MiniBatchKMeans
 
-                km = MiniBatchKMeans(n_clusters=k, random_state=int(ctx.cfg.train.seed), **FAIRSEQ_KMEANS).fit(x)
+                km = MiniBatchKMeans(n_clusters=k, random_state=seed, **FAIRSEQ_KMEANS).fit(x)
                 buf[:-1] = torch.from_numpy(km.cluster_centers_.reshape(-1)).to(buf)
         all_reduce_sum(buf)  # rank 0's centroids and frame count on every rank
         rows = int(buf[-1].item())
         if rows < k:
             raise ConfigError(
                 f"k-means needs at least method.kmeans_k={k} frames but up to {want} batches gave {rows}; "
-                "raise method.kmeans_batches or lower method.kmeans_k"
+                "raise method.kmeans_batches (and method.kmeans_max_frames) or lower method.kmeans_k"
             )
         state.centroids.copy_(buf[:-1].reshape(k, dim).to(state.centroids))
         state.fitted = True
