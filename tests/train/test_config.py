@@ -41,6 +41,7 @@ def test_paper_defaults_table():
         "byol": (1.0, 25.0, "gaussian_cdf"),  # not in the paper: SimSiam's (the same predictor scheme)
         "mocov3": (10.0, 1.0, "sigmoid"),  # no MoCo v3 run in the paper: e2mc's choice (its VICReg values)
         "dino": (10.0, 1.0, "sigmoid"),  # no DINO run in the paper: e2mc's choice (its VICReg values)
+        "hubert": (10.0, 1.0, "sigmoid"),  # no HuBERT run in the paper: e2mc's choice (its VICReg values)
     }
 
 
