@@ -49,6 +49,21 @@ def test_loss_matches_a_hand_computation(temp, w_m, w_u, pen_w):
     assert out["masked_frames"].item() == pytest.approx(2 / 3)
 
 
+def test_loss_and_gradient_match_fairseqs_compute_nce_and_hubert_criterion():
+    """tests/official/check/hubert_official.py (fairseq 3d262bb2: its ``compute_nce`` exec'd from
+    the checkout, the criterion's sums / sample_size) printed these for the same inputs."""
+    torch.manual_seed(0)
+    proj = torch.randn(2, 6, 4, requires_grad=True)
+    label_embs = torch.randn(5, 4)
+    targets = torch.randint(0, 5, (2, 6))
+    mask = torch.rand(2, 6) < 0.6
+    crit = HuBERTLoss(logit_temp=0.1, pred_masked_weight=1.0, pred_nomask_weight=0.5, feature_pen_weight=10.0)
+    loss = crit(proj, label_embs, targets, mask, torch.tensor(0.3))["loss"]
+    loss.backward()
+    assert loss.item() == pytest.approx(7.751384735107422, rel=1e-6)
+    assert proj.grad.abs().sum().item() == pytest.approx(7.108354568481445, rel=1e-5)
+
+
 def test_the_loss_has_gradients_for_the_projection_and_the_label_embeddings():
     proj, embs = torch.tensor([PROJ], requires_grad=True), torch.tensor(EMBS, requires_grad=True)
     HuBERTLoss()(proj, embs, torch.tensor([TARGETS]), torch.tensor([MASK]))["loss"].backward()
