@@ -20,13 +20,21 @@ NOT_YET = {
     # not generic code
     "demo.py": "the demo is a VICReg experiment: its recipe, its arms and their names",
     "__init__.py": "the public API's lazy names include the criteria classes (VICRegLoss, ...)",
-    # transformers' model types and classes name encoder families; an audio objective shares its name
-    "models/audio.py": "the encoder families (model_type wav2vec2, ...) and the demo's tiny wav2vec2",
-    "models/aves.py": "AVES is a HuBERT read into transformers' key scheme (wav2vec2.* keys)",
-    "audiodemo.py": "the audio demo's encoder is a tiny wav2vec2 (save_tiny_wav2vec2)",
-    "models/fairseq.py": "fairseq's model names (wav2vec2, hubert) select the transformers class",
 }
 WORD = re.compile(r"^[\w.-]+$")
+# A method named after the encoder family it continues (a transformers ``model_type`` of
+# ``e2mc.models.audio.MODEL_TYPES``, e.g. HuBERT's own objective) may be named as that family in
+# the files that build or load the family's encoders: there the word names an architecture.
+FAMILY_FILES = ("models/audio.py", "models/aves.py", "models/fairseq.py", "audiodemo.py")
+
+
+def _selectors(rel: str) -> list[str]:
+    """The method names that are offences in the file ``rel``."""
+    if rel not in FAMILY_FILES:
+        return list(METHODS)
+    from e2mc.models.audio import MODEL_TYPES
+
+    return [m for m in METHODS if m not in MODEL_TYPES]
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
@@ -80,7 +88,7 @@ def test_generic_code_names_no_method():
         rel = path.relative_to(SRC).as_posix()
         if rel.split("/")[0] in OWN or rel in NOT_YET:
             continue
-        bad += [f"{rel}:{line}: {what}" for line, what in offences(path.read_text(), METHODS)]
+        bad += [f"{rel}:{line}: {what}" for line, what in offences(path.read_text(), _selectors(rel))]
     assert not bad, "method names in generic code (declare it in the method's file instead):\n" + "\n".join(bad)
 
 

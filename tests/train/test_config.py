@@ -42,6 +42,7 @@ def test_paper_defaults_table():
         "mocov3": (10.0, 1.0, "sigmoid"),  # no MoCo v3 run in the paper: e2mc's choice (its VICReg values)
         "dino": (10.0, 1.0, "sigmoid"),  # no DINO run in the paper: e2mc's choice (its VICReg values)
         "wav2vec2": (10.0, 1.0, "sigmoid"),  # no audio run in the paper: e2mc's choice (its VICReg values)
+        "hubert": (10.0, 1.0, "sigmoid"),  # no HuBERT run in the paper: e2mc's choice (its VICReg values)
     }
 
 

@@ -106,7 +106,7 @@ def test_vc_recipe_shares_the_vicreg_optimiser():
 
 def test_eps_config_key():
     assert E2MC_EPS == 1e-8 == E2MC().eps == load_config(None).addon.eps  # e2mc's own default
-    # Barlow Twins: no paper run; VICReg's value. BYOL: not in the paper; SimSiam's. MoCo v3, DINO: not in the paper; VICReg's
+    # Barlow Twins: no paper run; VICReg's value. BYOL: not in the paper; SimSiam's. MoCo v3, DINO, HuBERT: not in the paper; VICReg's
     assert PAPER_EPS == {
         "vicreg": 1e-7,
         "swav": F32_EPS,
@@ -116,6 +116,7 @@ def test_eps_config_key():
         "mocov3": 1e-7,
         "dino": 1e-7,
         "wav2vec2": 1e-7,  # no audio run in the paper: VICReg's
+        "hubert": 1e-7,
     }
     assert "addon.eps" in RANGES
     assert load_config(None, ["addon.eps=1e-7"]).addon.eps == 1e-7

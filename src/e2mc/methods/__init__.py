@@ -35,6 +35,7 @@ _MODULES = (
     "mocov3",
     "dino",
     "wav2vec2",
+    "hubert",
 )  # the registry lines: one module per method, in CLI order
 for _name in _MODULES:
     importlib.import_module(f"e2mc.methods.{_name}")

@@ -222,6 +222,11 @@ class Method:
         (``report.method_state``: the state the adapter read from the file, e.g. DINO's centre), or
         None for a random init. Default: nothing."""
 
+    def before_training(self, ctx: StepContext, batches: Any) -> None:
+        """Once as a run's training starts (before a heads warm-up, whose steps may need what it makes;
+        also on a resume, where the restored state usually makes it a no-op): ``batches`` as
+        ``prepare``'s, e.g. to fit targets from the data (HuBERT's k-means). Default: nothing."""
+
     def prepare(self, ctx: StepContext, batches: Any) -> None:
         """Once before the first step of a run's main phase (after a heads warm-up; also on a
         resume before any step): ``batches`` iterates the view lists of training batches (its own

@@ -468,7 +468,7 @@ def _from_name(name: str, method, cifar_stem, head_sizes) -> tuple[SSLModel, Loa
         arch=arch,
         method=method,
         cifar_stem=bool(cifar_stem),
-        heads_built=model.head_names,
+        heads_built=[h for h in model.head_names if h not in TEACHER_SLOTS.get(method, ())],  # teachers: copies
         head_sizes=dict(model.head_sizes),
         source={k: v for k, v in source.items() if k not in ("dropped", "notes")},
         dropped=list(source.get("dropped", [])),

@@ -507,6 +507,7 @@ class Trainer(GuardSteps, TrainerSetup):
         old = self._install_signals()
         s = self.state
         try:
+            self.method.before_training(self.step_context(), self._prepare_batches())  # e.g. targets the warm-up needs
             if self.need_warmup and not s.warmup_done:
                 self._warmup()
             self.method.prepare(self.step_context(), self._prepare_batches())  # e.g. DINO's missing centre
