@@ -293,3 +293,26 @@ def test_run_one_keeps_seconds_of_a_stopped_run_and_leaves_it_not_done(tmp_path,
     with pytest.raises(RunInterrupted):
         arms.run_one(job, {"recipe": "digits_vicreg_e2mc"}, log=lambda *_: None)
     assert json.loads((tmp_path / "r" / "harness.json").read_text())["train_seconds"] >= 12.7
+
+
+def test_table_shows_the_decomposition_in_percent_with_paired_intervals():
+    """``--protocols decompose``: the table carries the test error and its parts (errors, in %),
+    and each arm's paired difference to base-only, per component."""
+    from benchmarks.reproduce import results as R
+
+    def res(err, use, probe, enc):
+        return {"decompose": {"test_error": err, "usability": use, "probe_generalisation": probe,
+                              "encoder_generalisation": enc}}  # fmt: skip
+
+    per_label = {
+        "base": {0: res(0.40, 0.30, 0.06, 0.04), 1: res(0.42, 0.31, 0.07, 0.04)},
+        "e2mc": {0: res(0.39, 0.28, 0.07, 0.04), 1: res(0.41, 0.30, 0.07, 0.04)},
+    }
+    summary = R.summarise(per_label, {"base": None, "e2mc": "base"})
+    md = R.to_markdown(summary)
+    head = "| arm | decompose/test_error (%) | decompose/usability (%) | decompose/probe_generalisation (%) | "
+    assert head + "decompose/encoder_generalisation (%) |" in md
+    assert "| base | 41.00 ± 1.41 (2) | 30.50 ± 0.71 (2) | 6.50 ± 0.71 (2) | 4.00 ± 0.00 (2) |" in md
+    d = summary["e2mc"]["decompose/usability"]["diff"]
+    assert d["kind"].startswith("paired") and math.isclose(d["mean"], -0.015, abs_tol=1e-12)
+    assert "| e2mc | -1.00 " in md and "-1.50 [" in md

@@ -12,9 +12,20 @@ from e2mc.evaluation.stats import difference as stats_difference
 from e2mc.evaluation.stats import summarize
 from e2mc.tuning.scoring import select_best  # noqa: F401 - the selection rule lives in the package (e2mc tune)
 
-TABLE_METRICS = ("knn/top1_k20", "knn/top1_k200", "linear/top1", "rankme/backbone", "rankme/projector")
+TABLE_METRICS = (
+    "knn/top1_k20",
+    "knn/top1_k200",
+    "linear/top1",
+    "rankme/backbone",
+    "rankme/projector",
+    # the risk decomposition (``--protocols decompose``): the probe's test error and its parts, in %
+    "decompose/test_error",
+    "decompose/usability",
+    "decompose/probe_generalisation",
+    "decompose/encoder_generalisation",
+)
 START = "start"
-_ACCURACY = ("knn/", "linear/", "linear_finetune/", "fewshot/", "semisup/")
+_ACCURACY = ("knn/", "linear/", "linear_finetune/", "fewshot/", "semisup/", "decompose/")  # in % (errors too)
 
 
 def _is_accuracy(metric: str) -> bool:
@@ -57,7 +68,7 @@ def summarise(per_label: dict[str, dict[int, dict]], reference: dict[str, str | 
 
 
 def fmt_value(m: str, x: float | None, signed: bool = False) -> str:
-    """A metric value as the tables print it: accuracies in points (x100, 2 decimals), the rest 4 digits."""
+    """A metric value as the tables print it: accuracies and errors in points (x100, 2 decimals), the rest 4 digits."""
     if x is None:
         return "n/a"
     scale, fmt = (100.0, ".2f") if _is_accuracy(m) else (1.0, ".4g")
@@ -71,7 +82,14 @@ def to_markdown(summary: dict, metrics=TABLE_METRICS, title: str = "", notes: li
     head = "| arm | " + " | ".join(m + (" (%)" if _is_accuracy(m) else "") for m in mets) + " |"
     sep = "|---|" + "---|" * len(mets)
     lines = [f"# {title}", ""] if title else []
-    lines += [*notes, "", "Mean ± std (n training seeds); accuracies in %.", "", head, sep]
+    lines += [
+        *notes,
+        "",
+        "Mean ± std (n training seeds); accuracies and errors (`decompose/*`: lower is better) in %.",
+        "",
+        head,
+        sep,
+    ]
     for lab in labels:
         cells = []
         for m in mets:
