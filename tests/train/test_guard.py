@@ -77,6 +77,21 @@ def test_destructive_lr_is_caught_rolled_back_and_ends_on_the_best(tmp_path, tin
     assert section.count("| `r` |") == 3 and "| stopped |" in section and "< (1 - 0.5) x best" in section
 
 
+def test_from_random_init_the_score_has_no_agreement_term(tmp_path, tiny):
+    """A pre-training from ``random:`` leaves the random start's neighbours as it learns: its guard
+    scores RankMe and entropy only; a continuation (see the rollback tests) scores the agreement too."""
+    run = tmp_path / "r"
+    Trainer(tiny(run, "train.max_steps=4", "train.guard.interval=2")).fit()
+    rows = _guard_rows(run)
+    assert len(rows) == 3 and all(r["guard_rankme"] not in ("", None) for r in rows)
+    assert all(r["guard_agreement"] in ("", None) for r in rows)
+    g = Guard(SimpleNamespace(knn_k=3), from_scratch=False)
+    g.probe = SimpleNamespace(embed=lambda model, amp: (torch.randn(12, 4), None))
+    assert "agreement" in g.measure(None, None)
+    g.from_scratch = True
+    assert "agreement" not in g.measure(None, None)
+
+
 def test_lower_lr_continues_at_the_lower_lr(tmp_path, tiny):
     run = tmp_path / "r"
     extra = ["optim.lr=50", "train.max_steps=6", "train.guard.interval=2", "train.guard.action=lower_lr"]
