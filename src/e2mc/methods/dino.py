@@ -325,10 +325,21 @@ class DINO(Method):
         "freeze_last_layer": Option(1, 0, help="epochs with the last layer frozen (pre-training)"),
         "continue_freeze_last_layer": Option(0, 0, help="the same for a continuation"),
         "norm_last_layer": Option(True, help="weight_g of the last layer fixed at 1 (official default)"),
+        "local_crops_number": Option(8, 0, help="small (local) crops besides the 2 global ones (official 8)"),
         "koleo_weight": Option(0.0, 0, help="DINOv2's KoLeo on the global crops' backbone features (its 0.1); 0: off"),
         **momentum_options(0.996),
     }
     state_key = "dino_center"
+
+    def view_fields(self, cfg):
+        """The recipe with ``local_crops_number`` local crops (main_dino.py's ``--local_crops_number``)."""
+        k = int(cfg.method.local_crops_number)
+        fields = dict(self.view_recipe, n_small=k)
+        fields["blur_p"], fields["solarize_p"] = (
+            fields["blur_p"][:2] + (0.5,) * k,
+            fields["solarize_p"][:2] + (0.0,) * k,
+        )
+        return fields
 
     # -- heads ------------------------------------------------------------------------------
     def default_head_sizes(self, in_dim):
