@@ -4,14 +4,13 @@ the destructive one is caught, rolled back and ends on the best checkpoint, and 
 defaults are never stopped.
 
 Measured (digits at 16 px, ViT depth 2 / width 32 / patch 4, head 64-16-256, AdamW, batch 32,
-``train.deterministic``; docs/guard.md "DINO continuation"): the naive DINO options alone do not
-collapse at this scale, at the careful LR or 2.5x it, not even with no centring at all
-(``center_momentum=1``), teacher temperature 0.001 and momentum 0: the guard score stays >= 0.85
-over 80 steps. What reliably collapses is the naive continuation as users run it, with the
-pre-training's LR schedule restarted: at LR 0.05 (25x the continuation's 0.002) the score is 0.22
+``train.deterministic``, 80 steps checked every 5; README "Collapse guard"): the naive DINO options
+alone do not collapse at this scale (lowest score 0.92 at the continuation's LR 0.002; 0.82 even with
+no centring, teacher temperature 0.001 and momentum 0). What reliably collapses is the naive
+continuation as users run it, with the pre-training's LR restarted: at 0.05 (25x) the score is 0.22
 after 5 steps, 0.58 after the rollback, 0.10 next (stopped); the careful defaults at 0.002 score
-0.82-1.09 over 40 steps (threshold 0.54). An LR this high also collapses the careful DINO options
-(0.17 after 10 steps): the destructive part is the restarted LR, not the centre or temperature.
+0.82-1.09 over 40 steps (threshold 0.54). At 0.05 the careful DINO options collapse too (0.25): the
+destructive part is the restarted LR, not the centre or the temperature.
 """
 
 import json
