@@ -316,3 +316,43 @@ def test_table_shows_the_decomposition_in_percent_with_paired_intervals():
     d = summary["e2mc"]["decompose/usability"]["diff"]
     assert d["kind"].startswith("paired") and math.isclose(d["mean"], -0.015, abs_tol=1e-12)
     assert "| e2mc | -1.00 " in md and "-1.50 [" in md
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.nn.utils.weight_norm: DINO's official head
+def test_a_dino_start_runs_its_arms_the_naive_one_included(tmp_path):
+    """A tiny-ViT DINO start (head + teacher exported, the centre re-estimated by the careful arms):
+    the curve reads its epoch checkpoint, the arms run DINO only, + E2MC and the naive continuation
+    (its overrides reach the run's config), and a VICReg start refuses the naive arm in one line."""
+    torch.set_num_threads(1)
+    vit = "random:timm:vit_tiny_patch16_224:img_size=16,patch_size=4,depth=1,embed_dim=16,num_heads=2"
+    sizes = {"hidden": 32, "bottleneck": 8, "out": 64}
+    run = e2mc.pretrain(
+        "cifar10_dino_pretrain",
+        data__dataset="digits",
+        data__image_size=16,
+        data__limit=256,
+        model__init=vit,
+        model__head_sizes=sizes,
+        optim__batch_size=64,
+        train__epochs=1,
+        train__probe_size=0,
+        train__device="cpu",
+        out__dir=str(tmp_path / "pretrain"),
+    )
+    c = curve.update_curve(run, tmp_path / "curve", protocols=("knn", "rankme"), log=lambda *_: None)
+    assert [p["epoch"] for p in c["points"]] == [1] and "rankme/backbone" in c["points"][0]["metrics"]
+    assert "RankMe projector" not in (tmp_path / "curve.md").read_text()  # DINO has no projector
+    info = export_start(run / "checkpoints" / "last.pt", tmp_path / "starts" / "dino", log=lambda *_: None)
+    assert info["method"] == "dino" and info["heads"] == ["head", "teacher"]
+    argv = ["--start", str(tmp_path / "starts" / "dino"), "--out", str(tmp_path / "arms"), "--seeds", "0"]
+    argv += ["--recipe", "cifar10_dino_continue", "--batch-size", "64", "--lr", "0.0001", "--epochs", "1"]
+    argv += ["--set", "train.max_steps=2", "--set", "train.probe_size=0", "--set", "data.image_size=16"]
+    argv += ["--set", "method.center_batches=1", "--protocols", "knn,rankme"]
+    res = arms.main([*argv, "--arms", "base,e2mc,naive"], log=lambda *_: None)
+    assert set(res["arms"]) == {"start", "base", "e2mc", "naive"} and res["reference"]["naive"] == "base"
+    cfg = (tmp_path / "arms" / "runs" / "naive-seed0" / "config.yaml").read_text()
+    assert "center_init: zero" in cfg and "continue_temp_warmup: true" in cfg and "action: 'off'" in cfg
+    base = (tmp_path / "arms" / "runs" / "base-seed0" / "config.yaml").read_text()
+    assert "center_init: estimate" in base and "action: rollback" in base
+    with pytest.raises(ConfigError, match=r"arm\(s\) \['naive'\] need a start of method \['dino'\]"):
+        arms.plan(arms.parse(["--start", "s", "--out", "o", "--epochs", "1", "--lr", "1", "--arms", "naive"]))

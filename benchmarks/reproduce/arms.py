@@ -1,7 +1,10 @@
 """Continue one committed start in several arms, evaluate them, write the comparison.
 
 Every arm continues the SAME start with the same recipe, optimiser, LR, batch and epochs; arms
-differ only in the add-on (:data:`ARMS`). Each (arm, seed) is one e2mc run folder under
+differ only in the add-on (:data:`ARMS`), except ``naive`` (DINO starts only, :data:`ARM_METHODS`):
+DINO-only, as a user's continuation with the official pre-training's schedules restarted
+(teacher temperature warm-up, teacher momentum from 0.996, the last layer frozen for the first
+epoch), a zero centre and no collapse guard. Each (arm, seed) is one e2mc run folder under
 ``OUT/runs``; a finished one is skipped, an interrupted one resumes. Evaluations are memoised per
 checkpoint (``OUT/evals``), so arms can be added one invocation at a time and the table, JSON and
 plots are rewritten each time from everything finished so far.
@@ -35,8 +38,17 @@ ARMS: dict[str, dict] = {
     "vc": {"addon.name": "vc"},
     "uniformity": {"addon.name": "uniformity"},
     "mmcr": {"addon.name": "mmcr"},
+    "naive": {
+        "addon.name": "none",
+        "method.continue_temp_warmup": True,
+        "method.center_init": "zero",
+        "method.continue_momentum": 0.996,
+        "method.continue_freeze_last_layer": 1,
+        "train.guard.action": "off",
+    },
 }
-BASE = "base"
+ARM_METHODS = {"naive": ("dino",)}  # arms that only a start of these methods can run
+BASE = "base"  # the base loss alone (VICReg only, DINO only, ...): every other arm's reference
 TRANSFORM_TAGS = {"sigmoid": "sig", "gaussian_cdf": "cdf", "identity": "id"}
 
 
@@ -59,6 +71,13 @@ def plan(args) -> list[dict]:
     unknown = [a for a in args.arms if a not in ARMS]
     if unknown:
         raise ConfigError(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
+    method = getattr(args, "start_method", None)
+    wrong = [a for a in args.arms if a in ARM_METHODS and method not in ARM_METHODS[a]]
+    if wrong:
+        raise ConfigError(
+            f"arm(s) {wrong} need a start of method {sorted({m for a in wrong for m in ARM_METHODS[a]})}; "
+            f"this start is {method!r}: drop them from --arms"
+        )
     if (
         not args.select
         and max(len(args.lr), len(args.entropy_weight), len(args.cov_weight), len(args.transform), len(args.m)) > 1
@@ -296,7 +315,9 @@ def parse(argv=None) -> argparse.Namespace:
     )
     ap.add_argument("--seeds", type=_ints, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, required=True)
-    ap.add_argument("--lr", type=_floats, required=True, help="LARS base LR (comma list = grid, --select only)")
+    ap.add_argument(
+        "--lr", type=_floats, required=True, help="the recipe optimiser's base LR (comma list = grid, --select only)"
+    )
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--entropy-weight", type=_floats, default=[10.0], help="E2MC entropy weight (grid with --select)")
     ap.add_argument("--cov-weight", type=_floats, default=[1.0], help="E2MC covariance weight (grid with --select)")
@@ -309,7 +330,11 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument(
         "--m", type=_ints, default=[None], help="E2MC m-spacing(s) (default: round(sqrt(N)); grid with --select)"
     )
-    ap.add_argument("--recipe", default="cifar10_vicreg_e2mc", help="continue recipe every arm starts from")
+    ap.add_argument(
+        "--recipe",
+        default="cifar10_vicreg_e2mc",
+        help="continue recipe every arm starts from (a DINO start: cifar10_dino_continue)",
+    )
     ap.add_argument("--dataset", default=None, help="training data spec (default: the start's pre-training data)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="extra override key=value for every arm")
     ap.add_argument("--protocols", type=lambda s: [p for p in s.split(",") if p], default=["knn", "linear", "rankme"])
@@ -336,6 +361,7 @@ def main(argv=None, log=print) -> dict | None:
     t0 = time.perf_counter()
     out = Path(args.out)
     start_model, start_meta = start_paths(args.start)
+    args.start_method = start_meta.get("method")
     dataset = args.dataset or (start_meta.get("config") or {}).get("data", {}).get("dataset")
     if not dataset:
         raise ConfigError(f"{args.start}/start.json names no training data; pass --dataset")

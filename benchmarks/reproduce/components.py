@@ -4,7 +4,7 @@ Reads ``OUT/runs/*/metrics.csv`` (written by e2mc's trainer) of an ``arms.py`` r
 writes ``OUT/components.md`` / ``OUT/components.json``: for every run label, the mean over seeds of
 each loss component at the first logged training step and averaged over the last epoch's logged
 steps. This is the mechanism behind the accuracy table (does the E2MC covariance term bind? what
-does the entropy term do to VICReg's invariance / covariance terms?).
+does the entropy term do to VICReg's invariance / covariance terms, or to DINO's teacher entropy?).
 
     python -m benchmarks.reproduce.components benchmarks/results/cifar10_vicreg --runs /work/e2mc-runs/arms
 """
@@ -21,6 +21,8 @@ COLUMNS = (
     "base.invariance",
     "base.variance",
     "base.covariance",
+    "base.teacher_entropy",
+    "base.koleo",
     "addon",
     "addon.entropy",
     "addon.covariance",
@@ -76,20 +78,22 @@ def _fmt(x: float) -> str:
 
 
 def to_markdown(table: dict[str, dict], title: str) -> str:
+    cols = [c for c in COLUMNS if any(c in t["components"] for t in table.values())]  # the method's terms
     lines = [
         f"# {title}",
         "",
         "Loss components at the first logged step -> mean over the last epoch's logged steps (mean over seeds). "
-        "`base.*` are VICReg's terms before their weights (25, 25, 1); `addon` is the weighted add-on "
-        "loss; `addon.entropy` the mean marginal entropy (nats, maximised), `addon.covariance` E2MC's "
-        "(or VC's) off-diagonal covariance term before its weight.",
+        "`base.*` are the base loss's terms: VICReg's before their weights (25, 25, 1), DINO's "
+        "`teacher_entropy` (the centred, sharpened teacher output's entropy, nats; ln K when uniform); "
+        "`addon` is the weighted add-on loss; `addon.entropy` the mean marginal entropy (nats, maximised), "
+        "`addon.covariance` E2MC's (or VC's) off-diagonal covariance term before its weight.",
         "",
-        "| run | seeds | " + " | ".join(COLUMNS) + " |",
-        "|---|---|" + "---|" * len(COLUMNS),
+        "| run | seeds | " + " | ".join(cols) + " |",
+        "|---|---|" + "---|" * len(cols),
     ]
     for label in sorted(table):
         comp = table[label]["components"]
-        cells = [f"{_fmt(comp[c]['first'])} -> {_fmt(comp[c]['last_epoch'])}" if c in comp else "" for c in COLUMNS]
+        cells = [f"{_fmt(comp[c]['first'])} -> {_fmt(comp[c]['last_epoch'])}" if c in comp else "" for c in cols]
         lines.append(f"| {label} | {','.join(map(str, table[label]['seeds']))} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -27,6 +27,11 @@ COLUMNS = (
 )
 
 
+def columns(curve: dict) -> tuple:
+    """The ``COLUMNS`` some point has (a DINO model has no ``projector``: no RankMe projector column)."""
+    return tuple(c for c in COLUMNS if any(c[0] in p["metrics"] for p in curve["points"]))
+
+
 def _ext(stem: Path, ext: str) -> Path:
     return stem.parent / (stem.name + ext)
 
@@ -110,17 +115,18 @@ def update_curve(
 
 def write_markdown(curve: dict, path: Path) -> None:
     """One row per evaluated epoch."""
+    cols = columns(curve)
     lines = [
         f"# Pre-training curve: {curve['run']}",
         "",
         f"Evaluated on `{curve['eval_data']}` (kNN bank: its train part; scored: its test part). "
         "Epochs count completed epochs.",
         "",
-        "| epoch | " + " | ".join(n for _, n, _ in COLUMNS) + " | seconds |",
-        "|---|" + "---|" * (len(COLUMNS) + 1),
+        "| epoch | " + " | ".join(n for _, n, _ in cols) + " | seconds |",
+        "|---|" + "---|" * (len(cols) + 1),
     ]
     for p in curve["points"]:
-        cells = [f"{s * p['metrics'][k]:.4g}" if k in p["metrics"] else "" for k, _, s in COLUMNS]
+        cells = [f"{s * p['metrics'][k]:.4g}" if k in p["metrics"] else "" for k, _, s in cols]
         lines.append(f"| {p['epoch']} | " + " | ".join(cells) + f" | {p['seconds']} |")
     inv = curve.get("invocations", [])
     if inv:
@@ -143,7 +149,7 @@ def plot(curve: dict, path: Path) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("kNN top-1 (%)")
     ax2 = ax.twinx()
-    for (k, name, _), color in zip(COLUMNS[2:], ("C2", "C3")):
+    for (k, name, _), color in zip([c for c in columns(curve) if c in COLUMNS[2:]], ("C2", "C3")):
         ax2.plot(
             ep, [p["metrics"].get(k, float("nan")) for p in pts], linestyle="--", marker=".", color=color, label=name
         )

@@ -1,6 +1,7 @@
 """Export one pre-training checkpoint as the committed start of the reproduction.
 
-Writes ``<out-root>/<name>/model.safetensors`` (backbone + every head, floating tensors in fp16,
+Writes ``<out-root>/<name>/model.safetensors`` (backbone + every head and momentum teacher
+(``start_heads``), floating tensors in fp16,
 metadata ``arch``, ``cifar_stem``, ``method``, ``format``) and ``start.json`` (config, seed, git
 commit, source epoch, the kNN curve point of that epoch if a curve file is given, sha256, sizes).
 ``e2mc.load_model`` reads the safetensors file directly (heads included; nothing is built fresh),
@@ -30,6 +31,15 @@ def fp16_state(model) -> dict:
         k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()).contiguous().clone()
         for k, v in model.state_dict().items()
     }
+
+
+def start_heads(model) -> list[str]:
+    """The model's head slots and momentum-teacher slots (``projector``; DINO's ``head``, ``teacher``)."""
+    from e2mc.methods import METHODS
+
+    spec = METHODS.get(model.method or "")
+    slots = (*spec.heads, *spec.teacher) if spec is not None else ("projector", "predictor", "prototypes")
+    return [h for h in slots if getattr(model, h, None) is not None]
 
 
 def start_paths(start: str | Path) -> tuple[Path, dict]:
@@ -112,7 +122,7 @@ def export_start(
         "arch": model.arch,
         "cifar_stem": bool(model.cifar_stem),
         "head_sizes": model.head_sizes,
-        "heads": [h for h in ("projector", "predictor", "prototypes") if getattr(model, h, None) is not None],
+        "heads": start_heads(model),
         "seed": (cfg.get("train") or {}).get("seed"),
         "config": cfg,
         "run_info": run_info,

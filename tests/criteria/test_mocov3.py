@@ -165,7 +165,7 @@ def test_e2mc_files_keep_the_momentum_encoder(tmp_path):
     """An e2mc checkpoint holds the teacher slot (``layouts.HEADS`` lists the teachers): loading it
     gives the file's teacher back, not a copy of the online network."""
     from e2mc.models.checkpoints import load_model
-    from e2mc.models.export import export_model
+    from e2mc.models.export import export_model, save_backbone_safetensors
     from e2mc.models.model import SSLModel
 
     model = SSLModel.build("mocov3", "resnet_mini:8-8-16", proj_hidden=16, proj_dim=8, pred_hidden=16)
@@ -174,7 +174,12 @@ def test_e2mc_files_keep_the_momentum_encoder(tmp_path):
             p.add_(1.0)
     path = export_model(model, None, tmp_path / "m.pt", "e2mc")
     back, report = load_model(str(path))
-    assert report.heads == ["projector", "predictor", "momentum_encoder"] and not report.notes
+    assert report.heads == ["projector", "predictor"] and not report.notes
+    n = len(model.momentum_encoder.state_dict())
+    assert report.teachers == {"momentum_encoder": {"tensors": n, "loaded": True}}
+    save_backbone_safetensors(model, tmp_path / "b.safetensors")  # a backbone alone: the teacher is a copy
+    _, fresh = load_model(str(tmp_path / "b.safetensors"), method="mocov3")
+    assert fresh.teachers == {"momentum_encoder": {"tensors": n, "loaded": False}}
     for k, v in model.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
 

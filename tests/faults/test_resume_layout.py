@@ -29,6 +29,7 @@ SMALL = [
     "train.tensorboard=false",
     "train.deterministic=true",
 ]
+TINY_VIT = "timm:vit_tiny_patch16_224:img_size=8,patch_size=4,depth=1,embed_dim=16,num_heads=2"
 STOP_AT = 3  # mid-epoch 1; the resumed run crosses the epoch boundary
 
 
@@ -70,6 +71,10 @@ CASES = [  # (recipe, overrides): the bundled recipes that run on a CPU, at thei
     ("cifar10_vicreg_pretrain", ["model.init=random:resnet_mini:8-8-8", "model.cifar_stem=false"]),
     ("cifar10_vicreg_e2mc", []),
     ("cifar10_vicreg_e2mc", ["train.channels_last=false", "optim.name=adamw", "optim.lr=0.001"]),
+    (
+        "cifar10_dino_pretrain",
+        [f"model.init=random:{TINY_VIT}", "model.head_sizes={hidden: 16, bottleneck: 8, out: 32}"],
+    ),
 ]
 
 

@@ -139,7 +139,7 @@ def test_byol_checkpoint_continued_and_read_back_by_solo_learn(
         f.path, image_folder, tmp_path, capsys, "optim.name=lars", "optim.restore_state=true"
     )
     assert "restored the optimiser state of 72 parameters" in said  # all but the linear probe's 2
-    assert "heads      : projector, predictor, target" in said
+    assert "heads      : projector, predictor\n" in said and "teacher    : target: " in said
     got = reload(f, out)
     assert got["epoch"] == 1000 and got["pl_version"] == "2.1.2"  # 999 + 1 continued
     assert got["linear_missing"] == ["fc.bias", "fc.weight"] and not got["linear_unexpected"]

@@ -53,7 +53,10 @@ def test_checkpoint_loads_student_teacher_and_centre(dino, capsys, one_torch_thr
     f = dino["checkpoint"]
     model, report = load_model(f.path)
     assert (report.format, report.method, report.arch) == ("dino", "dino", "resnet18")
-    assert report.heads == ["head", "teacher"] and report.heads_built == [] and report.epoch == 100
+    assert report.heads == ["head"] and report.heads_built == [] and report.epoch == 100
+    n = len(model.teacher.state_dict())  # the momentum teacher on its own line, not among the heads
+    assert report.teachers == {"teacher": {"tensors": n, "loaded": True}}
+    assert f"\nteacher    : teacher: {n} tensors, loaded from {f.path}\n" in report.summary()
     assert report.head_sizes == {"hidden": 64, "bottleneck": 32, "out": 128, "nlayers": 3, "use_bn": 0}
     want = f.expected()
     sd = model.state_dict()
@@ -67,7 +70,8 @@ def test_checkpoint_loads_student_teacher_and_centre(dino, capsys, one_torch_thr
     assert not model.head.last_layer.weight_g.requires_grad  # norm_last_layer
     assert main(["inspect", str(f.path)]) == 0
     out = capsys.readouterr().out
-    assert "method     : dino" in out and "heads      : head, teacher" in out and "own state  : stored" in out
+    assert "method     : dino" in out and "\nheads      : head\n" in out and "own state  : stored" in out
+    assert f"\nteacher    : teacher: {n} tensors, loaded from {f.path}\n" in out  # `e2mc inspect`: its own line
 
 
 def test_backbone_release_and_a_file_without_its_centre(dino, tmp_path, one_torch_thread):
@@ -141,7 +145,9 @@ def test_vit_checkpoint_loaded_continued_exported_and_resumed(dino, image_folder
     f = dino["vit"]
     model, report = load_model(f.path)
     assert (report.format, report.method, report.arch) == ("dino", "dino", "timm:vit_tiny_patch16_224")
-    assert report.layout["teacher_module"] is False and report.heads == ["head", "teacher"]
+    assert (
+        report.layout["teacher_module"] is False and report.heads == ["head"] and report.teachers["teacher"]["loaded"]
+    )
     want, sd = f.expected(), model.state_dict()
     assert torch.equal(sd["teacher.backbone.pos_embed"], want["teacher.backbone.pos_embed"])  # no module.
     assert torch.equal(sd["backbone.cls_token"], want["student.module.backbone.cls_token"])

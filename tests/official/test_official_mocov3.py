@@ -42,7 +42,8 @@ def test_the_file_loads_with_its_momentum_encoder_and_optimiser(moco, capsys):
     assert max(scores, key=scores.get) == "mocov3" and scores["simsiam"] == scores["lightning"] == 0
     model, report = load_model(moco.path)
     assert (report.format, report.method, report.arch) == ("mocov3", "mocov3", "resnet18")
-    assert report.heads == ["projector", "predictor", "momentum_encoder"] and not report.heads_built
+    assert report.heads == ["projector", "predictor"] and not report.heads_built
+    assert report.teachers["momentum_encoder"]["loaded"]
     assert not report.notes  # the teacher came from the file, not copied from the online network
     assert report.head_sizes == {
         "proj_hidden": 64,

@@ -92,6 +92,8 @@ def test_recipes_load():
         "digits_vicreg_e2mc",
         "cifar10_vicreg_pretrain",
         "cifar10_vicreg_e2mc",
+        "cifar10_dino_pretrain",
+        "cifar10_dino_continue",
     ):
         assert n in names and names[n]
     v = load_config("vicreg_e2mc_imagenet")
@@ -100,6 +102,11 @@ def test_recipes_load():
     s = load_config("swav_e2mc_imagenet")
     assert s.addon.transform == "gaussian_cdf" and s.method.freeze_prototypes_iters > 0
     assert load_config("simsiam_e2mc_imagenet").addon.cov_weight == 25
+    d = load_config("cifar10_dino_pretrain")
+    assert d.method.name == "dino" and d.model.head_sizes["out"] == 4096 and d.method.local_crops_number == 4
+    c = load_config("cifar10_dino_continue")  # the careful continuation defaults, stated in the recipe
+    assert c.mode == "continue" and c.method.continue_momentum == 1.0 and not c.method.continue_temp_warmup
+    assert c.method.center_init == "estimate" and c.train.guard.action == "rollback"
 
 
 def test_output_folder_holding_a_run(tmp_path):

@@ -298,3 +298,22 @@ def test_fresh_heads_are_warmed_up_then_the_teacher_copied_and_the_centre_estima
     with open(tmp_path / "run" / "metrics.csv") as f:
         phases = [row["phase"] for row in csv.DictReader(f)]
     assert phases.count("warmup") == 2 and "train" in phases
+
+
+@pytest.mark.parametrize("k", [8, 4, 0])
+def test_local_crops_number_sets_the_local_views_and_their_probabilities(tmp_path, tiny, k):
+    """main_dino.py's ``--local_crops_number``: 2 global crops (blur 1.0 / 0.1, solarise 0 / 0.2 at
+    large sizes) + k local crops (blur 0.5); the trainer's views follow it."""
+    from e2mc.data.views import view_config
+    from e2mc.train.loop import Trainer
+
+    fields = DINO.view_fields(cfg(f"method.local_crops_number={k}"))
+    v = view_config("dino", 224, fields)
+    assert v.n_large == 2 and v.n_small == k and v.crop_specs()[2:] == [(96, (0.05, 0.4))] * k
+    assert v.per_view(v.blur_p, "blur_p") == [1.0, 0.1] + [0.5] * k
+    assert v.per_view(v.solarize_p, "solarize_p") == [0.0, 0.2] + [0.0] * k
+    assert fields["n_small"] == k and DINO.view_recipe["n_small"] == 8  # the declared recipe is unchanged
+    sets = ["method.name=dino", "addon.name=none", *SIZES, f"method.local_crops_number={k}", "optim.batch_size=16"]
+    t = Trainer(tiny(tmp_path / "r", *sets, "train.max_steps=1"), quiet=True)
+    views = t.views(torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8))
+    assert [tuple(x.shape[-2:]) for x in views] == [(16, 16)] * 2 + [(8, 8)] * k

@@ -111,19 +111,21 @@ def crop_sizes(image_size: int) -> tuple[int, int]:
     return large, small
 
 
-def view_config(recipe: str, image_size: int, **overrides) -> ViewConfig:
+def view_config(recipe: str, image_size: int, fields: Optional[dict] = None, **overrides) -> ViewConfig:
     """The named recipe (a method's ``view_recipe``, ``e2mc.methods``) scaled to ``image_size``.
 
     The values, with their sources in the official code, are declared in each method's file. Crop
     sizes follow the size rule above (``n_small`` views at the small crop size); the recipe's
     ``small_images`` fields replace its own for images of at most 64 px (blur off); all flip with
     p=0.5 and use ratio (3/4, 4/3), torchvision's default, unless the recipe says otherwise.
+    ``fields``: the recipe's fields for this run (``Method.view_fields``: DINO's
+    ``local_crops_number``) instead of the method's declared ``view_recipe``.
     """
     spec = METHODS.get(recipe) if isinstance(recipe, str) else None
     if spec is None:
         raise ConfigError(f"Unknown view recipe {recipe!r}; choose one of {RECIPES} or pass a ViewConfig.")
     large, small = crop_sizes(image_size)
-    fields = dict(spec.view_recipe)
+    fields = dict(spec.view_recipe if fields is None else fields)
     small_images = fields.pop("small_images", {})
     if image_size <= 64:
         fields.update(small_images)
@@ -268,9 +270,11 @@ class ViewGenerator:
         return out
 
 
-def make_views(recipe, info, image_size, device, audio=None):
+def make_views(recipe, info, image_size, device, audio=None, fields=None):
     """The trainer's views: ``AudioViews(audio)`` (two crops) for an audio dataset
-    (``info.modality == "audio"``; a multi-crop recipe, SwAV's or DINO's, is a ConfigError), else ``ViewGenerator(recipe, image_size, info.mean, info.std)``."""
+    (``info.modality == "audio"``; a multi-crop recipe, SwAV's or DINO's, is a ConfigError), else
+    ``ViewGenerator(recipe, image_size, info.mean, info.std)`` (``fields``: the recipe's fields for
+    this run, ``view_config``'s)."""
     if getattr(info, "modality", "image") == "audio":
         from e2mc.data.audioviews import AudioViews
 
@@ -282,6 +286,8 @@ def make_views(recipe, info, image_size, device, audio=None):
                 f"crops of one recording: use --method {two.replace(', ', '/')}"
             )
         return AudioViews(audio, n_views=2, device=device)
+    if fields is not None:
+        recipe = view_config(recipe, image_size, fields)
     return ViewGenerator(recipe, image_size, info.mean, info.std, device)
 
 

@@ -159,6 +159,11 @@ class Method:
         """Name of its view recipe (its own name)."""
         return self.name
 
+    def view_fields(self, cfg: Any) -> dict:
+        """Its view recipe's fields for the run ``cfg`` (default: ``view_recipe``; an option may
+        change them, e.g. DINO's ``local_crops_number``)."""
+        return dict(self.view_recipe)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, heads={self.heads})"
 

@@ -33,7 +33,8 @@ Continuation (``mode: continue``), each default stated here and in the README:
   ``continue_temp_warmup=true`` runs it);
 * the centre is the file's (``dino_loss.center``); a file without one (or with fresh heads) gets it
   re-estimated before the first step: the teacher's mean logits over ``center_batches`` (8)
-  training batches (global crops, all ranks);
+  training batches (global crops, all ranks) (``center_init: estimate``; ``zero`` starts it at zero
+  whatever the file holds, as a resume that drops ``dino_loss`` does: the naive continuation);
 * the last layer is not frozen (``continue_freeze_last_layer`` 0: the official resume at epoch >= 1
   does not freeze it);
 * fresh heads (a backbone-only file) are warmed up with the backbone frozen for
@@ -56,6 +57,7 @@ from e2mc.methods.momentum import momentum_options
 from e2mc.methods.release import Release
 
 N_GLOBAL = 2  # the official loss takes the teacher's 2 global crops
+CENTER_INITS = ("estimate", "zero")  # method.center_init: a continuation's centre
 
 
 def _modules():
@@ -316,14 +318,28 @@ class DINO(Method):
         "continue_temp_warmup": Option(False, help="true: a continuation runs the temperature warm-up again"),
         "center_momentum": Option(0.9, 0, hi=1),
         "center_batches": Option(8, 1, help="batches a continuation estimates a missing centre from"),
+        "center_init": Option(
+            "estimate", help="a continuation's centre: estimate (the file's, else estimated) or zero (naive)"
+        ),
         "clip_grad": Option(3.0, 0, help="per-parameter gradient norm cap (official); 0: off"),
         "freeze_last_layer": Option(1, 0, help="epochs with the last layer frozen (pre-training)"),
         "continue_freeze_last_layer": Option(0, 0, help="the same for a continuation"),
         "norm_last_layer": Option(True, help="weight_g of the last layer fixed at 1 (official default)"),
+        "local_crops_number": Option(8, 0, help="small (local) crops besides the 2 global ones (official 8)"),
         "koleo_weight": Option(0.0, 0, help="DINOv2's KoLeo on the global crops' backbone features (its 0.1); 0: off"),
         **momentum_options(0.996),
     }
     state_key = "dino_center"
+
+    def view_fields(self, cfg):
+        """The recipe with ``local_crops_number`` local crops (main_dino.py's ``--local_crops_number``)."""
+        k = int(cfg.method.local_crops_number)
+        fields = dict(self.view_recipe, n_small=k)
+        fields["blur_p"], fields["solarize_p"] = (
+            fields["blur_p"][:2] + (0.5,) * k,
+            fields["solarize_p"][:2] + (0.0,) * k,
+        )
+        return fields
 
     # -- heads ------------------------------------------------------------------------------
     def default_head_sizes(self, in_dim):
@@ -411,7 +427,10 @@ class DINO(Method):
         """The centre (zeros: known in a pre-training, to be estimated in a continuation until a
         file gives it); also sets ``norm_last_layer`` on the model's head."""
         model.head.last_layer.weight_g.requires_grad_(not cfg.method.norm_last_layer)
-        return _modules()[2](int(model.head.last_layer.weight_v.shape[0]), cfg.mode != "continue")
+        if cfg.method.center_init not in CENTER_INITS:
+            raise ConfigError(f"method.center_init={cfg.method.center_init!r}; use one of {list(CENTER_INITS)}")
+        zero = cfg.mode != "continue" or cfg.method.center_init == "zero"
+        return _modules()[2](int(model.head.last_layer.weight_v.shape[0]), zero)
 
     def save_state(self, state, per_device_batch):
         return {"center": state.center.detach().cpu().clone(), "known": state.known}
@@ -431,7 +450,9 @@ class DINO(Method):
         """A new run's centre from the file it starts from (its ``dino_loss.center``), unless its
         heads were built fresh; ``known`` stays False in a continuation without one."""
         saved = getattr(report, "method_state", None) if report is not None else None
-        if saved is not None and not getattr(report, "heads_built", None):
+        if cfg.mode == "continue" and cfg.method.center_init == "zero":
+            log("DINO centre: zero (method.center_init=zero: the file's centre, if any, is not used)")
+        elif saved is not None and not getattr(report, "heads_built", None):
             self.load_state(state, saved, 0, log)
             if state.known:
                 log("DINO centre: the file's")

@@ -47,7 +47,9 @@ class LoadReport:
     inert stand-ins or data-only values (:mod:`e2mc.models.safepickle`). ``optimizer_state`` (not in
     :meth:`to_dict`): the optimizer state stored in the file, for training to reuse if it wants.
     ``source``: for a name (zoo, torchvision, timm), where its weights came from: ``name``, ``url``,
-    ``cache_path``, ``sha256``, ``size``.
+    ``cache_path``, ``sha256``, ``size``. ``heads`` are the method's heads read from the file; its
+    momentum teachers (``Method.teacher`` slots) are ``teachers``: ``{slot: {"tensors": n,
+    "loaded": True (from the file) / False (a copy of the online network)}}``.
     """
 
     path: str
@@ -57,6 +59,7 @@ class LoadReport:
     cifar_stem: bool = False
     heads: list = field(default_factory=list)
     heads_built: list = field(default_factory=list)
+    teachers: dict = field(default_factory=dict)
     head_sizes: dict = field(default_factory=dict)
     missing: list = field(default_factory=list)
     unexpected: list = field(default_factory=list)
@@ -94,6 +97,11 @@ class LoadReport:
             f"method     : {self.method or '-'}",
             f"heads      : {few(self.heads)}"
             + (f"  (built fresh: {few(self.heads_built)})" if self.heads_built else ""),
+            *(
+                f"teacher    : {slot}: {t['tensors']} tensors, "
+                + (f"loaded from {self.path}" if t["loaded"] else "none in the file: a copy of the online network")
+                for slot, t in self.teachers.items()
+            ),
             f"head sizes : {json.dumps(self.head_sizes) if self.head_sizes else '-'}",
             f"epoch      : {self.epoch if self.epoch is not None else '-'}",
             f"missing    : {few(self.missing)}",
@@ -409,9 +417,14 @@ def model_from_parts(
     with torch.device("meta") if on_meta else contextlib.nullcontext():  # skip a useless random init
         model = SSLModel.build(method, arch, cifar_stem=report.cifar_stem, **sizes)
     report.head_sizes = dict(model.head_sizes)
-    report.heads = [h for h in model.head_names if h in heads]
+    report.heads = [h for h in model.head_names if h in heads and h not in teachers]
     report.heads_built = [h for h in model.head_names if h not in heads and h not in teachers]
     copied = [t for t in teachers if t not in heads]  # a teacher the file lacks: a copy of the online modules
+    report.teachers = {
+        t: {"tensors": len(heads[t]) if t in heads else len(getattr(model, t).state_dict()), "loaded": t in heads}
+        for t in teachers
+        if getattr(model, t, None) is not None
+    }
     parts.heads = {h: sd for h, sd in heads.items() if h in model.head_names}
     report.dropped += [f"{h}.{k}" for h, sd in heads.items() if h not in model.head_names for k in sd]
     if report.heads_built:

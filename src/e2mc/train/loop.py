@@ -191,8 +191,9 @@ class TrainerSetup:
             len(self.dataset), self.per_device_batch, cfg.train.seed, self.dist.rank, self.dist.world_size
         )
         self._check_batch()
+        fields = None if cfg.method.views else self.method.view_fields(cfg)  # the method's own recipe, for this run
         self.views = views_fn or make_views(  # an audio dataset: AudioViews (data.audio)
-            cfg.method.views or self.method.views, info, self.image_size, self.device, audio=d.audio
+            cfg.method.views or self.method.views, info, self.image_size, self.device, audio=d.audio, fields=fields
         )
         # streaming datasets cut the views' crops from the full image in the workers
         self.loader = DataLoader(
