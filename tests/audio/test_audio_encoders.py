@@ -70,7 +70,7 @@ def test_folder_report_and_missing_weights(tmp_path, capsys):
 
     folder = tiny_encoder(tmp_path / "w2v")
     _, report = load_model(f"hf:{folder}", method="vicreg")
-    assert report.dropped == ["masked_spec_embed"] and any("not part of the" in n for n in report.notes)
+    assert report.dropped == ["masked_spec_embed"] and any("not part of the backbone" in n for n in report.notes)
     assert "LOAD REPORT" not in capsys.readouterr().err
     weights = next(folder.glob("*.safetensors"))
     state = load_file(weights)

@@ -48,6 +48,9 @@ def test_the_folder_s_quantizer_becomes_the_heads(pretraining_dir):
     assert report.format == "wav2vec2" and report.heads_built == []
     assert report.heads == ["mask_embed", "quantizer", "project_hid", "project_q"]
     assert any("Wav2Vec2ForPreTraining heads" in n for n in report.notes)
+    assert report.dropped == []  # what the heads took is not listed as dropped as well
+    _, plain = load_model(f"hf:{pretraining_dir}", method="vicreg")  # another method: the heads are not the backbone's
+    assert {k.split(".")[0] for k in plain.dropped} >= {"quantizer", "project_hid", "project_q"}
     ref = tf.Wav2Vec2ForPreTraining.from_pretrained(pretraining_dir)
     for h in ("quantizer", "project_hid", "project_q"):
         for k, v in getattr(ref, h).state_dict().items():

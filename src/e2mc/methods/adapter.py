@@ -31,6 +31,7 @@ class Parts:
     dropped: list = field(default_factory=list)
     layout: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    taken: list = field(default_factory=list)  # a source's keys (its backbone's naming) that became heads
     method_state: Any = (
         None  # the method's own state the file holds (DINO's centre), as ``Method.save_state`` writes it
     )

@@ -350,15 +350,18 @@ class Wav2Vec2(Method):
             h: {k: t.detach().clone() for k, t in getattr(model, h).state_dict().items()} for h in PRETRAINING_HEADS
         }
         notes = [f"quantizer, project_hid, project_q: the Wav2Vec2ForPreTraining heads of {where}"]
+        taken = list(PRETRAINING_HEADS)
         embed = getattr(model.wav2vec2, "masked_spec_embed", None)
         if embed is not None and "wav2vec2.masked_spec_embed" not in info.get("missing_keys", ()):
             heads["mask_embed"] = {"weight": embed.detach().clone()}
             notes.append("mask_embed: its wav2vec2.masked_spec_embed")
+            taken += ["masked_spec_embed", "wav2vec2.masked_spec_embed"]
         else:
             notes.append("mask_embed: none in the file (its config masks nothing); a fresh uniform vector")
         sizes = self.head_sizes_from_weights(heads)
         sizes["hidden"] = int(config.hidden_size)
-        return Parts({}, heads, method=self.name, head_sizes=sizes, notes=notes, layout={"format": self.name})
+        layout = {"format": self.name}
+        return Parts({}, heads, method=self.name, head_sizes=sizes, notes=notes, layout=layout, taken=taken)
 
     def forward_heads(self, model, features, sizes, images):
         import torch

@@ -198,8 +198,8 @@ def _hf_encoder(source: str, pretrained: bool) -> AudioEncoder:
     if info.get("unexpected_keys"):  # e2mc's report lists them; transformers' own table is silenced
         src["dropped"] = sorted(info["unexpected_keys"])
         src["notes"] = [
-            f"{len(src['dropped'])} tensor(s) of the folder are not part of the {cls.__name__} encoder "
-            "(e.g. masked_spec_embed with SpecAugment off, or pre-training heads): not loaded"
+            f"the folder's tensors outside the {cls.__name__} encoder are not part of the backbone "
+            "(masked_spec_embed: e2mc switches SpecAugment off; pre-training heads, unless the method takes them)"
         ]
     return AudioEncoder(model, sample_rate=rate, normalize=normalize, source=src if pretrained else None)
 

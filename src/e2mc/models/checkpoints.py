@@ -494,6 +494,8 @@ def _from_name(name: str, method, cifar_stem, head_sizes) -> tuple[SSLModel, Loa
         report.heads = [h for h in model.head_names if h in found.heads]
         report.heads_built = [h for h in model.head_names if h not in found.heads]
         report.notes += found.notes
+        took = set(found.taken)  # what the heads took is not dropped (a key or a module prefix)
+        report.dropped = [k for k in report.dropped if k not in took and k.split(".")[0] not in took]
     if not pretrained:
         report.notes.append("random initialisation")
     else:
