@@ -11,7 +11,7 @@ checkpoint's model, optimiser, scaler and method state (progress, schedule and R
 then continues, lowers the LR or stops.
 
 The score is the geometric mean of ratios to the start (1.0 at the start): RankMe of the backbone
-features and of the projector output, ``exp`` of the fall of the E2MC marginal entropy (nats; a rise counts as 0),
+features and of the projector output, ``exp`` of the change of the E2MC marginal entropy (nats),
 the kNN agreement with the start's neighbours (fraction of each probe image's ``knn_k`` cosine
 neighbours still among them; not for a run from random initialisation, ``model.init: random:...``,
 whose start's neighbours are a random network's) and, with ``labels``, the leave-one-out kNN
@@ -144,10 +144,7 @@ class Guard:
                 continue  # nothing to compare with (e.g. a start whose metric failed)
             if not math.isfinite(v):
                 return math.nan
-            # entropy: nats = log ratio; a rise counts as no change: the box transform's marginal entropy
-            # also grows with the embedding's scale (a DINO head's output scale spike scored 5.95 and,
-            # as the best, made the next healthy check a drop), while a collapse lowers it
-            logs.append(min(v - s, 0.0) if k == "entropy" else math.log(max(v / s, FLOOR)))
+            logs.append(v - s if k == "entropy" else math.log(max(v / s, FLOOR)))  # entropy: nats = log ratio
         return math.exp(sum(logs) / len(logs)) if logs else 1.0
 
     def decide(self, score: float | None) -> str | None:
