@@ -332,7 +332,7 @@ class DINO(Method):
     state_key = "dino_center"
 
     def view_fields(self, cfg):
-        """The recipe with ``local_crops_number`` local crops (main_dino.py's ``--local_crops_number``)."""
+        """The recipe with ``local_crops_number`` local crops (the ``local_crops_number`` argument of main_dino.py)."""
         k = int(cfg.method.local_crops_number)
         fields = dict(self.view_recipe, n_small=k)
         fields["blur_p"], fields["solarize_p"] = (
