@@ -328,6 +328,8 @@ for _m in METHODS.values():
         OPTION_OWNERS.setdefault(_k, []).append(_m.name)
         if isinstance(_o.default, (int, float)) and not isinstance(_o.default, bool):
             RANGES.setdefault(f"method.{_k}", Range(_o.lo, _o.hi, lo_open=_o.lo_open))
+        if _o.choices:
+            _CHOICES.setdefault(f"method.{_k}", tuple(_o.choices))
 
 
 # Fields that also take the string "auto" (e2mc.train.calibrate measures them on the start checkpoint).
@@ -350,6 +352,8 @@ def validate(cfg: RunConfig) -> RunConfig:
             continue
         if not rng.ok(value):
             raise ConfigError(f"{key}={value} is out of range; give {rng.describe(isinstance(value, int))}")
+    for key, value in cfg.method.options.items():  # a method's string options with their choices
+        _check_choice(f"method.{key}", value)
     a = cfg.data.audio
     if a.noise_snr_min_db > a.noise_snr_max_db:
         raise ConfigError(
@@ -388,7 +392,15 @@ def _set_method_option(m: MethodConfig, key: str, value: Any, full: str) -> None
     rng = RANGES.get(full)
     if rng is not None and not rng.ok(value):
         raise ConfigError(f"{full}={value} is out of range; give {rng.describe(tp is int)}")
+    _check_choice(full, value)
     m.options[key] = value
+
+
+def _check_choice(full: str, value: Any) -> None:
+    """ConfigError when ``full`` has choices (``_CHOICES``) and ``value`` is not one of them."""
+    choices = _CHOICES.get(full)
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{full}={value!r} is not valid; use one of {list(choices)}.")
 
 
 def _suggest(key: str, valid: list[str]) -> str:

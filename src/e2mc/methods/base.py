@@ -47,13 +47,14 @@ def get_method(name: str) -> Method:
 class Option:
     """A method-specific config option (``method.<key>``): its default and, for numbers, the
     allowed range (finite, ``>= lo``, or ``> lo`` when ``lo_open``, and ``<= hi``; ``config.RANGES``
-    checks it)."""
+    checks it), for strings the allowed ``choices`` (checked by the config when set and validated)."""
 
     default: Any
     lo: float = -math.inf
     lo_open: bool = False
     help: str = ""
     hi: float = math.inf
+    choices: tuple = ()
 
 
 @dataclass

@@ -319,7 +319,9 @@ class DINO(Method):
         "center_momentum": Option(0.9, 0, hi=1),
         "center_batches": Option(8, 1, help="batches a continuation estimates a missing centre from"),
         "center_init": Option(
-            "estimate", help="a continuation's centre: estimate (the file's, else estimated) or zero (naive)"
+            "estimate",
+            help="a continuation's centre: estimate (the file's, else estimated) or zero (naive)",
+            choices=CENTER_INITS,
         ),
         "clip_grad": Option(3.0, 0, help="per-parameter gradient norm cap (official); 0: off"),
         "freeze_last_layer": Option(1, 0, help="epochs with the last layer frozen (pre-training)"),
@@ -427,8 +429,6 @@ class DINO(Method):
         """The centre (zeros: known in a pre-training, to be estimated in a continuation until a
         file gives it); also sets ``norm_last_layer`` on the model's head."""
         model.head.last_layer.weight_g.requires_grad_(not cfg.method.norm_last_layer)
-        if cfg.method.center_init not in CENTER_INITS:
-            raise ConfigError(f"method.center_init={cfg.method.center_init!r}; use one of {list(CENTER_INITS)}")
         zero = cfg.mode != "continue" or cfg.method.center_init == "zero"
         return _modules()[2](int(model.head.last_layer.weight_v.shape[0]), zero)
 
