@@ -6,17 +6,7 @@ import pytest
 pytest.importorskip("transformers")
 sf = pytest.importorskip("soundfile")
 
-TINY = dict(
-    hidden_size=16,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=32,
-    conv_dim=(8, 8),
-    conv_kernel=(10, 3),
-    conv_stride=(5, 2),
-    num_conv_pos_embeddings=4,
-    num_conv_pos_embedding_groups=2,
-)
+from tests.official.gen_fairseq import HF_TINY as TINY  # noqa: E402 - one tiny encoder config for the audio tests
 
 
 def tiny_encoder(folder, model_type="wav2vec2"):

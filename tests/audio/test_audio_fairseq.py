@@ -84,7 +84,7 @@ def test_weight_norm_as_parametrizations_and_no_projection(tmp_path, one_torch_t
 def test_identity_projection_when_widths_match(tmp_path, monkeypatch, one_torch_thread):
     opts = {**gen.CASES["hubert_dictcfg"][2], "conv_feature_layers": "[(16, 10, 5), (16, 3, 2)]"}
     monkeypatch.setitem(gen.CASES, "hubert_wide", ("hubert", "dictcfg", opts))
-    monkeypatch.setitem(gen._HF_TINY, "conv_dim", (16, 16))
+    monkeypatch.setitem(gen.HF_TINY, "conv_dim", (16, 16))
     ref = gen.hf_model("hubert_wide")
     state = gen.checkpoint("hubert_wide", ref)
     del state["model"]["post_extract_proj.weight"], state["model"]["post_extract_proj.bias"]

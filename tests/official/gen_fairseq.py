@@ -99,7 +99,7 @@ CASES = {  # case -> (fairseq model, save form, fairseq model options)
     ),
     "hubert_dictcfg": ("hubert", "dictcfg", {**_BASE, "label_rate": 50.0}),
 }
-_HF_TINY = dict(
+HF_TINY = dict(  # the tiny transformers audio encoder the audio tests share (tests/audio/conftest.py)
     hidden_size=16,
     num_hidden_layers=2,
     num_attention_heads=2,
@@ -118,7 +118,7 @@ def hf_config(case: str, **extra):
 
     family, _, opts = CASES[case]
     large = opts.get("layer_norm_first", False)
-    kw = dict(_HF_TINY, feat_extract_norm="layer" if large else "group", do_stable_layer_norm=large)
+    kw = dict(HF_TINY, feat_extract_norm="layer" if large else "group", do_stable_layer_norm=large)
     kw.update(conv_bias=bool(opts.get("conv_bias", False)), mask_time_prob=0.0, **extra)
     return (tf.Wav2Vec2Config if family == "wav2vec2" else tf.HubertConfig)(**kw)
 
