@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 24 start: DINO on the CIFAR-10 train split, a small timm ViT at 32 px (recipe
 # cifar10_dino_pretrain: patch 4, 3 blocks, width 64; 2 global + 4 local crops; head 512/128/4096),
-# batch 128, AdamW, warm-up + cosine over 60 epochs, one checkpoint per epoch kept (curve.py reads
+# batch 128, AdamW, warm-up + cosine over 30 epochs, one checkpoint per epoch kept (curve.py reads
 # them). Runs in the background with 1 thread at nice 10; rerun it to resume after a stop.
 #   RUNS=/work/e2mc-runs CIFAR10=/work/shared/data/cifar10 benchmarks/reproduce/pretrain_dino.sh
 set -euo pipefail

@@ -168,15 +168,20 @@ class OptimConfig:
 @dataclass
 class GuardConfig:
     """The collapse guard (``e2mc.train.guard``): every ``interval`` steps (and before the first)
-    rank 0 scores a fixed probe set without labels; a score below ``(1 - drop)`` x the best one
-    so far (or a non-finite loss) restores the best checkpoint and then, by ``action``:
+    rank 0 scores a fixed probe set without labels; a score below ``(1 - drop)`` x the reference
+    (``reference``: ``start``, the start's score 1.0, or ``best``, the best score so far) or a
+    non-finite loss restores the best checkpoint and then, by ``action``:
     ``rollback`` continues, ``lower_lr`` continues at ``lr_factor`` x the LR, ``stop`` ends the
     run; ``off`` disables the guard. After ``max_rollbacks`` restores the run stops (on the best)."""
 
     action: str = "rollback"  # rollback | lower_lr | stop | off
-    interval: int = 50  # steps between checks (docs/guard.md: cost < 5% of the step time)
+    interval: int = 50  # steps between checks (README "Collapse guard": cost < 5% of the step time)
     probe_size: int = 256  # images of the fixed probe set (the first of train.probe_size's draw)
-    drop: float = 0.5  # relative drop of the guard score below the best that triggers the action
+    drop: float = 0.5  # relative drop of the guard score below the reference that triggers the action
+    # start: below (1 - drop) x the start's score (1.0); best: below (1 - drop) x the best so far. start by
+    # default: a transient rise (a growing embedding scale raises the entropy term) made `best` stop healthy
+    # DINO runs (README "Collapse guard", benchmarks/bench_guard_rule.py)
+    reference: str = "start"
     lr_factor: float = 0.1  # lower_lr: the LR is multiplied by this at each event
     max_rollbacks: int = 3  # restores before the run stops on the best checkpoint
     knn_k: int = 10  # neighbours of the kNN agreement (and of the labelled kNN)
@@ -249,6 +254,7 @@ _CHOICES = {
     "data.on_error": ("raise", "skip"),
     "mode": ("pretrain", "continue"),
     "train.guard.action": ("rollback", "lower_lr", "stop", "off"),
+    "train.guard.reference": ("start", "best"),
 }
 
 

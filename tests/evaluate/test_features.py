@@ -70,3 +70,25 @@ def test_bf16_autocast_close(tiny_net, colour_data, tmp_path):
     b = extract_features(tiny_net, colour_data[0], amp_dtype="bf16", use_cache=False, cache_dtype="float32")
     assert b["backbone"].dtype == torch.float32
     assert torch.allclose(a["backbone"], b["backbone"], atol=0.05, rtol=0.05)
+
+
+def test_dino_head_bottleneck_is_the_projector_row(colour_data, tmp_path):
+    """A DINO model has no ``projector``: its head's bottleneck (``head.mlp``, before the L2
+    normalisation and the prototypes) is what the projector rows (features, RankMe) read, as the
+    collapse guard does; checked against ``head.mlp`` applied to the returned backbone features."""
+    from e2mc.evaluation.api import evaluate
+    from e2mc.metrics import rankme
+    from e2mc.models.model import SSLModel
+
+    torch.manual_seed(0)
+    m = SSLModel.build("dino", "resnet_mini:8-8-16", hidden=32, bottleneck=8, out=64).eval()
+    assert m.projector is None
+    train, test = colour_data
+    fs = extract_features(m, train, batch_size=16, which=("backbone", "projector"), cache_dir=tmp_path, cache_dtype="float32")
+    with torch.no_grad():
+        want = m.head.mlp(fs["backbone"])
+    assert fs["projector"].shape == (len(train), 8)
+    torch.testing.assert_close(fs["projector"], want, atol=1e-5, rtol=1e-4)
+    res = evaluate(m, (train, test), protocols=["rankme"], settings={"eval.use_cache": False})
+    ft = extract_features(m, test, batch_size=16, which=("backbone", "projector"), cache_dir=tmp_path, cache_dtype="float32")
+    assert res["rankme"]["projector"] == pytest.approx(float(rankme(ft["projector"])), rel=1e-4)

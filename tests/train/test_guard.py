@@ -42,7 +42,7 @@ def test_knn_agreement_and_accuracy():
 
 
 def test_score_and_decision_rule():
-    g = Guard(SimpleNamespace(action="rollback", drop=0.5, knn_k=5))
+    g = Guard(SimpleNamespace(action="rollback", drop=0.5, knn_k=5, reference="best"))
     start = {"rankme": 8.0, "rankme_proj": 4.0, "entropy": -5.0, "agreement": 1.0}
     assert g.score(start) == 1.0 and g.decide(1.0) == "best"
     g.best_score = 1.0
@@ -52,6 +52,19 @@ def test_score_and_decision_rule():
     assert math.isnan(g.score({**start, "rankme": math.nan})) and g.decide(math.nan) == "drop"
     assert g.score({**start, "agreement": 0.0}) == pytest.approx(1e-3 ** (1 / 4))  # a zero counts as FLOOR
     assert Guard(SimpleNamespace(action="off")).active is False
+
+
+@pytest.mark.parametrize("reference, verdicts", [("start", [None, None, "drop"]), ("best", ["drop", "drop", "drop"])])
+def test_a_transient_spike_is_no_drop_from_the_start(reference, verdicts):
+    """The measured false stop (README "Collapse guard"): a naive DINO continuation's score jumped to
+    5.95 (the head's embedding scale grew) and the next check's 1.98 counted as a drop from that best.
+    Measured from the start (the default) a drop is below (1 - drop) x 1.0: 1.98 and 0.6 are not, 0.4 is."""
+    g = Guard(SimpleNamespace(action="rollback", drop=0.5, knn_k=5, reference=reference))
+    g.best_score = 1.0
+    assert g.decide(5.95) == "best"
+    g.best_score = 5.95
+    assert [g.decide(s) for s in (1.98, 0.6, 0.4)] == verdicts
+    assert g.decide(math.nan) == "drop"  # non-finite: always acts
 
 
 def test_destructive_lr_is_caught_rolled_back_and_ends_on_the_best(tmp_path, tiny, capsys):
@@ -74,7 +87,7 @@ def test_destructive_lr_is_caught_rolled_back_and_ends_on_the_best(tmp_path, tin
     assert err.count("collapse guard at step") == 3 and "max_rollbacks=2 reached" in err
     md = write_report(tmp_path / "report", runs=[run])["markdown"].read_text()  # `e2mc report`'s section
     section = md.split("## Collapse guard")[1].split("## ")[0]
-    assert section.count("| `r` |") == 3 and "| stopped |" in section and "< (1 - 0.5) x best" in section
+    assert section.count("| `r` |") == 3 and "| stopped |" in section and "< (1 - 0.5) x the start's 1" in section
 
 
 def test_from_random_init_the_score_has_no_agreement_term(tmp_path, tiny):

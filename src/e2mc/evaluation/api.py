@@ -189,7 +189,9 @@ def evaluate(
     # the segments are part of what the features are: in the cache key
     spec_key = f"{spec}|segments={st.audio.segment_seconds}s,min={st.audio.min_seconds}s" if audio else spec
     st = dataclasses.replace(st, standardize=bool(audio if st.standardize is None else st.standardize))
-    has_proj = getattr(model, "projector", None) is not None
+    from e2mc.models.model import has_head_embedding
+
+    has_proj = has_head_embedding(model)  # a projector, or DINO's head bottleneck
     which = ("backbone", "projector") if has_proj and any(p.projector for p in chosen) else ("backbone",)
     kw = dict(
         batch_size=st.batch_size,

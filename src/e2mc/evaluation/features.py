@@ -153,7 +153,9 @@ def _forward(model, x: torch.Tensor, which: Sequence[str]) -> dict[str, torch.Te
     feats = model.embed(x) if hasattr(model, "embed") else model(x)
     out = {"backbone": feats}
     if "projector" in which:
-        out["projector"] = model.projector(feats)
+        from e2mc.models.model import head_embedding
+
+        out["projector"] = head_embedding(model, feats)
     return {k: out[k] for k in which}
 
 
@@ -271,7 +273,9 @@ def _model_and_hash(model, model_hash: str | None, which: tuple[str, ...]):
         model = load_model(str(model))[0]
     if model_hash is None:
         model_hash = state_dict_sha256(model)
-    if "projector" in which and getattr(model, "projector", None) is None:
+    from e2mc.models.model import has_head_embedding
+
+    if "projector" in which and not has_head_embedding(model):
         raise DataError("features: 'projector' requested but the model has no projector; use which=('backbone',)")
     return model, model_hash
 

@@ -31,6 +31,7 @@ def augmented_embeddings(
     """``{name: (n * n_views, D) float32}`` with rows ``i * n_views + j`` = view ``j`` of image ``i``."""
     from e2mc.data.views import ViewGenerator, view_config
     from e2mc.methods import DEFAULT_METHOD, get_method
+    from e2mc.models.model import has_head_embedding, head_embedding
 
     if n_views < 2 or n_images < 2:
         raise ConfigError(
@@ -49,7 +50,7 @@ def augmented_embeddings(
     pick = torch.randperm(len(dataset), generator=g)[:n].tolist()
     was_training = model.training
     model.eval()
-    want = [w for w in which if w == "backbone" or getattr(model, w, None) is not None]
+    want = [w for w in which if w == "backbone" or (w == "projector" and has_head_embedding(model))]
     out: dict[str, list] = {w: [] for w in want}
     per_call = max(1, cfg.n_large)
     chunk = max(1, batch_size // n_views)
@@ -64,7 +65,7 @@ def augmented_embeddings(
             if "backbone" in out:
                 out["backbone"].append(f.float().cpu())
             if "projector" in out:
-                out["projector"].append(model.projector(f).float().cpu())
+                out["projector"].append(head_embedding(model, f).float().cpu())
     finally:
         model.train(was_training)
     return {w: torch.cat(v) for w, v in out.items()}

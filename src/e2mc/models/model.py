@@ -116,3 +116,19 @@ class SSLModel(nn.Module):
                 for k, v in spec.forward_heads(self, feats, sizes, images).items():
                     out[k] += v
         return out
+
+
+def head_embedding(model: nn.Module, f: torch.Tensor) -> torch.Tensor | None:
+    """The head's embedding of backbone features ``f``: the projector's output, or a head's
+    bottleneck (DINO's ``head.mlp``, before its L2 normalisation and prototypes); None when the
+    model has neither. What the collapse guard, the monitor and evaluation's ``projector`` rows read."""
+    if getattr(model, "projector", None) is not None:
+        return model.projector(f)
+    head = getattr(model, "head", None)
+    return head.mlp(f) if head is not None and hasattr(head, "mlp") else None
+
+
+def has_head_embedding(model: nn.Module) -> bool:
+    """Whether ``head_embedding`` gives an embedding for ``model``."""
+    head = getattr(model, "head", None)
+    return getattr(model, "projector", None) is not None or (head is not None and hasattr(head, "mlp"))

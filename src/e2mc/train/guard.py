@@ -1,5 +1,5 @@
 """The collapse guard: label-free scores of a fixed probe set, the decision rule and the best
-checkpoint's bookkeeping (``train.guard.*``; docs/guard.md says how its defaults were measured).
+checkpoint's bookkeeping (``train.guard.*``; README "Collapse guard" says how its defaults were measured).
 
 ``Guard`` holds the probe set (fixed at the run's start: ``monitor.probe_indices`` of the run's
 seed), the start's values and its kNN neighbours, the best score so far and its step, the events
@@ -155,7 +155,12 @@ class Guard:
             return "drop" if self.best_score is not None else None
         if self.best_score is None or score > self.best_score:
             return "best"
-        return "drop" if score < (1 - self.cfg.drop) * self.best_score else None
+        return "drop" if score < (1 - self.cfg.drop) * self.reference_score else None
+
+    @property
+    def reference_score(self) -> float:
+        """What a drop is measured from: the start's score (1.0 by construction) or the best so far."""
+        return self.best_score if self.cfg.reference == "best" else 1.0
 
     def state_dict(self) -> dict:
         """What the run's checkpoints keep (plain tensors and builtins)."""
@@ -213,7 +218,8 @@ class GuardSteps:
             if score is None or not math.isfinite(score):
                 self._guard_act("guard score not finite (the probe's embeddings are NaN/Inf)")
             else:
-                self._guard_act(f"guard score {score:.3g} < (1 - {g.cfg.drop:g}) x best {g.best_score:.3g}")
+                ref = f"best {g.best_score:.3g}" if g.cfg.reference == "best" else "the start's 1"
+                self._guard_act(f"guard score {score:.3g} < (1 - {g.cfg.drop:g}) x {ref}")
         self._t_last = time.perf_counter()  # the probe's time does not count against img/s
 
     def _guard_act(self, reason: str) -> None:

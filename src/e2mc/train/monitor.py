@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from e2mc.metrics import marginal_entropy, rankme, uniformity
+from e2mc.models.model import head_embedding  # noqa: F401 - the monitor's embedding (also imported from here)
 
 
 def probe_indices(n: int, size: int, seed: int) -> list[int]:
@@ -83,15 +84,6 @@ class ProbeMonitor:
             out["entropy"] = _safe(marginal_entropy, z, self.entropy_transform)
             out["uniformity"] = _safe(uniformity, z)
         return out
-
-
-def head_embedding(model: nn.Module, f: torch.Tensor) -> torch.Tensor | None:
-    """The head's embedding of backbone features ``f``: the projector's output, or a head's bottleneck
-    (DINO's ``head.mlp``, before its L2 normalisation and prototypes); None when the model has neither."""
-    if getattr(model, "projector", None) is not None:
-        return model.projector(f)
-    head = getattr(model, "head", None)
-    return head.mlp(f) if head is not None and hasattr(head, "mlp") else None
 
 
 def _safe(fn, *args) -> float:
