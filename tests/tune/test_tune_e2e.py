@@ -13,6 +13,8 @@ import e2mc
 from e2mc.cli import main
 from e2mc.errors import ConfigError, DataError
 from e2mc.tuning import probes as probes_mod
+from e2mc.tuning.api import to_markdown, write_outputs
+from e2mc.tuning.paired import paired_interval
 from tests.conftest import tiny_digits_start
 
 SPACE = {
@@ -133,6 +135,53 @@ def test_paired_outcomes_match_the_knn_accuracy_and_the_intervals(tuned):
     moved = pilot[0]["scores"][str(pw["pilot_steps"])]["rankme"]
     assert pw["moved"][-1] == {"steps": pw["pilot_steps"], "rankme_change": pytest.approx(abs(moved - start) / start)}
     assert pw["moved"][-1]["rankme_change"] >= 0.05 or res["rungs"][0]["epochs"] == 1
+
+
+def test_linear_outcomes_give_linear_top1_and_the_rung_intervals(tuned):
+    """Each probe's per-image linear outcomes reproduce its linear probe's accuracy; tune.json's linear
+    interval to base-only is paired_interval of the stored strings, and tune.md shows it by each rung's kNN."""
+    root, _, res, _ = tuned
+    out = root / "out"
+    saved = json.loads((out / "tune.json").read_text())
+    md = (out / "tune.md").read_text()
+    assert "linear minus base-only [95%]" in md and "selected by kNN@20 (primary)" in md
+    for r in saved["rungs"]:
+        recs = {lab: json.loads((out / "probes" / lab / "probe.json").read_text()) for lab in r["probes"]}
+        lin = {lab: rec["linear_outcomes"][str(r["steps"])] for lab, rec in recs.items()}
+        for lab, o in lin.items():
+            acc = recs[lab]["scores"][str(r["steps"])]["linear_top1"]
+            assert len(o) == 120 and sum(map(int, o)) / 120 == pytest.approx(acc, abs=1e-6)
+        for lab in r["probes"]:
+            iv = r["paired"][lab]["linear_vs_base"]
+            if lab == saved["reference"]:
+                assert iv is None
+                continue
+            assert iv == paired_interval(lin[lab], lin[saved["reference"]])
+            d = [int(x) - int(y) for x, y in zip(lin[lab], lin[saved["reference"]])]
+            assert iv["diff"] == pytest.approx(sum(d) / 120)
+            cell = f"{100 * iv['diff']:+.2f} [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}]"
+            assert any(line.startswith(f"| {lab} |") and cell in line for line in md.splitlines())
+    for entry in saved["final_seeds"]["per_seed"].values():  # the extra seeds' probes carry them too
+        assert all("linear_vs_base" in pr for pr in entry["paired"].values())
+
+
+def test_an_old_tune_json_without_linear_outcomes_renders(tuned, tmp_path):
+    """tune.json of an older e2mc (no linear_vs_base; at worst no linear_top1 either): "-" in its cells."""
+    root, _, _, _ = tuned
+    old = json.loads((root / "out" / "tune.json").read_text())
+    for r in old["rungs"] + list(old["final_seeds"]["per_seed"].values()):
+        for pr in r["paired"].values():
+            pr.pop("linear_vs_base")
+    write_outputs(tmp_path, old)
+    md = (tmp_path / "tune.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| e2mc-") and line.count("|") == 9]
+    assert rows and all(line.endswith("| - | - |") for line in rows)
+    assert "<table>" in (tmp_path / "tune.html").read_text()
+    for p in old["probes"]:
+        for m in p["metrics_by_steps"].values():
+            m.pop("linear_top1")
+    rows = [line for line in to_markdown(old).splitlines() if line.startswith("| e2mc-") and line.count("|") == 9]
+    assert rows and all(line.endswith("| - | - | - |") for line in rows)
 
 
 def test_kendall_tau_matches_scipy(tuned):

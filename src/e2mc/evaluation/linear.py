@@ -155,6 +155,7 @@ def linear_probe(
     num_classes: int | None = None,
     solver: str = "auto",
     streaming: dict | None = None,
+    predictions: dict | None = None,
 ) -> dict:
     """Logistic-regression probe with L2 selection on a held-out split of the training set.
 
@@ -173,6 +174,9 @@ def linear_probe(
     selection fit, ``refit`` the selected penalty's refit on the full training set; ``converged``
     is True when both fits of the selected penalty reached the tolerance. When it is False the
     probe logs a one-line warning.
+
+    ``predictions``: a dict filled with ``{"test": the refitted probe's predicted label of every test
+    row (n_test,)}`` (e.g. per-image correctness: ``e2mc tune``'s paired scoring); ``top1`` is their accuracy.
     """
     train_y, test_y, c = check_labelled(train_x, train_y, test_x, test_y, "linear probe", num_classes)
     if not weight_decays:
@@ -203,6 +207,8 @@ def linear_probe(
             seed=seed,
             **(streaming or {}),
         )
+        if predictions is not None:
+            predictions["test"] = r["test_pred"]
         return {
             "top1": r["top1"],
             "uar": uar(r["test_pred"], test_y.cpu()),
@@ -230,6 +236,8 @@ def linear_probe(
     w1, b1, info1 = fit_logistic(xall, train_y, c, [wd], max_iter, return_info=True, stop_tol=GRAD_TOL / 10)
     pred = batched_logits(xte, w1, b1)[:, 0].argmax(dim=1)
     top1 = float((pred == test_y).float().mean())
+    if predictions is not None:
+        predictions["test"] = pred
     converged = info["converged"][best] and info1["converged"][0]
     if not converged:
         log.warning(

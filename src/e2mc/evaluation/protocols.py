@@ -138,6 +138,12 @@ def _uar(pred, labels) -> float:
 
 @register("linear", "logistic regression, penalty chosen on held-out train", needs_train=True, seeds="first")
 def _linear(ctx: Context) -> dict:
+    return linear_result(ctx)
+
+
+def linear_result(ctx: Context, predictions: dict | None = None) -> dict:
+    """The ``linear`` protocol's result on ``ctx``; ``predictions`` gets the probe's predicted test
+    labels (``linear_probe``'s ``predictions``), so ``e2mc tune`` reads per-image outcomes of ONE fit."""
     from e2mc.evaluation.linear import linear_probe
 
     s, tr, te = ctx.settings.linear, ctx.train_f, ctx.test_f
@@ -152,6 +158,7 @@ def _linear(ctx: Context) -> dict:
         max_iter=s.max_iter,
         solver=s.solver,
         streaming={"epochs": s.streaming_epochs, "batch_size": s.streaming_batch_size},
+        predictions=predictions,
     )
     if res["selected_at_grid_edge"]:
         res["advice"] = grid_edge_advice(res["weight_decay"], s.weight_decays, "eval.linear.weight_decays")

@@ -357,8 +357,9 @@ def _run_rungs(spec: TuneSpec, plan: Plan, ev: dict, out: Path, log) -> tuple[di
         scores = {lab: scoring.score(records[lab]["scores"][str(st)], plan.rule) for lab in alive}
         entry = {"rung": k, "epochs": st / plan.bpe, "steps": st, "probes": list(alive), "scores": scores}
         outcomes = {lab: (records[lab].get("outcomes") or {}).get(str(st)) for lab in alive}
+        linear = {lab: (records[lab].get("linear_outcomes") or {}).get(str(st)) for lab in alive}
         if plan.rule == "heldout" and all(outcomes.values()):
-            entry["leader"], entry["paired"] = select.rung_pairs(outcomes, scores, plan.ref, order)
+            entry["leader"], entry["paired"] = select.rung_pairs(outcomes, scores, plan.ref, order, linear)
         rung_log.append(entry)
         if k + 1 < len(plan.rungs):
             alive = select.survivors(scores, plan.rungs[k + 1].probes, order, plan.ref, entry.get("paired"))

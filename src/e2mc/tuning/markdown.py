@@ -26,11 +26,22 @@ def verdict_line(res: dict) -> str:
     return text
 
 
+def _linear_cells(lab: str, ref, pr: dict, metrics: dict) -> str:
+    """The linear probe's cells of a rung's row: accuracy %, minus base-only [95%], McNemar p ("-": not scored)."""
+    iv = pr.get("linear_vs_base")
+    acc = metrics.get("linear_top1")
+    diff = _iv(iv) if iv else "reference" if lab == ref and acc is not None else "-"
+    p = _fmt(iv["p"]) if iv else "" if diff == "reference" else "-"
+    return f"{_fmt(acc, True) if acc is not None else '-'} | {diff} | {p}"
+
+
 def paired_tables(res: dict) -> list[str]:
-    """Per rung: each probe's kNN@20 and its paired difference to base-only and to the leader."""
+    """Per rung: each probe's kNN@20 and its paired difference to base-only and to the leader, and its
+    linear probe's paired difference to base-only (a secondary check; "-" where not scored)."""
     if not any(r.get("paired") for r in res["rungs"]):
         return []
     ref = res.get("reference")
+    by_steps = {p["label"]: p.get("metrics_by_steps") or {} for p in res["probes"]}
     lines = [
         "",
         "## Paired differences on the held-out images, per rung",
@@ -39,7 +50,10 @@ def paired_tables(res: dict) -> list[str]:
         "interval over the same held-out images (difference of paired proportions) and McNemar's exact p. "
         "An interval that reaches zero: not distinguishable at this held-out size. Each interval is one "
         "comparison, not adjusted for how many probes are compared: with no true effect about 2.5% of the "
-        "probes would still land above zero by chance, which the second training seed (and `--confirm`) guards against.",
+        "probes would still land above zero by chance, which the second training seed (and `--confirm`) guards against. "
+        "Probes are selected by kNN@20 (primary); the linear columns (the linear probe's accuracy and its "
+        "paired difference to base-only on the same images, same interval and test) are a secondary check "
+        "that selects nothing.",
     ]
     for r in res["rungs"]:
         if not r.get("paired"):
@@ -49,15 +63,18 @@ def paired_tables(res: dict) -> list[str]:
             f"### Rung {r['rung']}: {len(r['probes'])} probe(s) at {r['epochs']:.3g} epochs ({r['steps']} steps); "
             f"leader `{r['leader']}`",
             "",
-            "| probe | kNN@20 % | minus base-only [95%] | McNemar p | minus leader [95%] |",
-            "|---|---|---|---|---|",
+            "| probe | kNN@20 % | minus base-only [95%] | McNemar p | minus leader [95%] | linear % "
+            "| linear minus base-only [95%] | linear McNemar p |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for lab in r["probes"]:
             pr, sc = r["paired"].get(lab, {}), r["scores"].get(lab)
             vb = pr.get("vs_base")
+            metrics = by_steps.get(lab, {}).get(str(r["steps"])) or {}
             lines.append(
                 f"| {lab} | {_fmt(sc, True)} | {_iv(vb) if vb else 'reference' if lab == ref else ''} | "
-                f"{_fmt(vb['p']) if vb else ''} | {_iv(pr.get('vs_leader')) or 'leader'} |"
+                f"{_fmt(vb['p']) if vb else ''} | {_iv(pr.get('vs_leader')) or 'leader'} | "
+                f"{_linear_cells(lab, ref, pr, metrics)} |"
             )
     return lines
 

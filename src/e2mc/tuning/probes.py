@@ -5,7 +5,9 @@ the steps trained, seconds spent, and its held-out/label-free metrics per step c
 ``steps``, a probe that has them already is skipped; one with ``checkpoints/last.pt`` is RESUMED
 (``out.resume``) up to ``train.max_steps = steps`` (successive halving's next rung adds epochs
 to the same run, it does not retrain); one without a checkpoint starts clean. Scores are stored
-per step count (with labels also the per-image held-out kNN outcomes, ``outcomes``), so a rerun of ``e2mc tune`` re-trains and re-scores nothing.
+per step count (with labels also the per-image held-out kNN and linear-probe outcomes, ``outcomes`` and
+``linear_outcomes``), so a rerun of ``e2mc tune`` re-trains and re-scores nothing (a probe scored by an
+older e2mc, without linear outcomes, keeps its scores: ``scoring.same_eval``).
 
 ``run_jobs`` runs a rung's probes one after another in this process (``workers=1``) or in
 ``workers`` spawned processes, each with ``threads`` torch threads.
@@ -79,7 +81,9 @@ def run_probe(job: dict) -> dict:
         "scores": {},
     }
     if job.get("eval"):
-        if rec.get("eval") not in (None, job["eval"]):
+        from e2mc.tuning.scoring import same_eval
+
+        if not same_eval(rec.get("eval"), job["eval"]):
             raise ConfigError(
                 f"probe {job['label']} in {run_dir} was scored with other evaluation settings "
                 f"({rec['eval']}); rerun with the same flags (--select's metrics, --eval-precision, "
@@ -108,7 +112,7 @@ def run_probe(job: dict) -> dict:
     if job.get("eval") and str(steps) not in rec["scores"]:
         from e2mc.evaluation.api import evaluate, evaluation_settings
         from e2mc.tuning.outcomes import ensure_protocol
-        from e2mc.tuning.scoring import probe_metrics, probe_outcomes
+        from e2mc.tuning.scoring import LINEAR_OUTCOMES, probe_metrics, probe_outcomes
 
         ensure_protocol()  # a spawned worker registers the tune's protocol itself
 
@@ -121,6 +125,8 @@ def run_probe(job: dict) -> dict:
         rec["scores"][str(steps)] = probe_metrics(res)
         if probe_outcomes(res) is not None:
             rec.setdefault("outcomes", {})[str(steps)] = probe_outcomes(res)
+        if probe_outcomes(res, LINEAR_OUTCOMES) is not None:
+            rec.setdefault("linear_outcomes", {})[str(steps)] = probe_outcomes(res, LINEAR_OUTCOMES)
         rec["eval_seconds"] = round(rec["eval_seconds"] + dt, 2)
         atomic_write_json(marker, rec, indent=1, parents=True)
     return {**rec, "trained_now": trained_now}

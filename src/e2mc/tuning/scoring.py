@@ -20,6 +20,8 @@ from e2mc.fileio import atomic_write_json
 HELDOUT_KEY = "knn_top1_k20"
 K = 20
 OUTCOMES = "knn_outcomes"  # the tune's per-image kNN@K protocol (``tuning.outcomes``)
+# the tune's linear probe: the ``linear`` protocol's result plus its per-image outcomes (``tuning.outcomes``)
+LINEAR_OUTCOMES = "linear_outcomes"
 
 
 def _alpha_score(m: dict) -> float:
@@ -130,13 +132,24 @@ def check_holdout(n: int, n_holdout: int, n_train: int | None = None, k: int = K
 
 
 def eval_protocols(labels: bool, label_free=LABEL_FREE) -> tuple[str, ...]:
-    """The ``evaluate`` protocols a probe is scored with (with labels: the per-image kNN outcomes too)."""
-    return (("knn", "linear", OUTCOMES) if labels else ()) + tuple(label_free)
+    """The ``evaluate`` protocols a probe is scored with (with labels: kNN and the linear probe, each
+    with its per-image outcomes; the linear probe is fitted once, by ``linear_outcomes``)."""
+    return (("knn", LINEAR_OUTCOMES, OUTCOMES) if labels else ()) + tuple(label_free)
 
 
-def probe_outcomes(res: dict) -> str | None:
-    """The per-image held-out kNN@20 outcomes (``"0101..."``) of an ``evaluate`` result, if scored."""
-    return res[OUTCOMES]["correct"] if OUTCOMES in res else None
+def same_eval(old: dict | None, new: dict) -> bool:
+    """True when a probe scored with ``old`` settings may keep its scores under ``new``: equal, or
+    equal once an older tune's ``linear`` (no per-image outcomes) is read as ``linear_outcomes``."""
+    if old is None or old == new:
+        return True
+    renamed = [LINEAR_OUTCOMES if p == "linear" else p for p in old.get("protocols", [])]
+    return {**old, "protocols": renamed} == new
+
+
+def probe_outcomes(res: dict, protocol: str = OUTCOMES) -> str | None:
+    """The per-image held-out outcomes (``"0101..."``) of an ``evaluate`` result, if scored: kNN@20's,
+    or with ``protocol=LINEAR_OUTCOMES`` the linear probe's."""
+    return res[protocol]["correct"] if protocol in res else None
 
 
 def probe_metrics(res: dict) -> dict:
@@ -145,8 +158,9 @@ def probe_metrics(res: dict) -> dict:
     out = {}
     if "knn" in res:
         out[HELDOUT_KEY] = float(res["knn"][f"top1_k{K}"])
-    if "linear" in res:
-        out["linear_top1"] = float(res["linear"]["top1"])
+    linear = res.get(LINEAR_OUTCOMES) or res.get("linear")
+    if linear is not None:
+        out["linear_top1"] = float(linear["top1"])
     if "rankme" in res:
         out["rankme"] = float(res["rankme"]["backbone"])
     if "entropy" in res:

@@ -55,7 +55,8 @@ def seed_rung(records: dict, steps: int, rule_score, ref: str | None, order: lis
     """One extra seed's scores, leader and paired intervals (as a rung's entry)."""
     scores = {lab: rule_score(rec["scores"][str(steps)]) for lab, rec in records.items()}
     outcomes = {lab: (rec.get("outcomes") or {}).get(str(steps)) for lab, rec in records.items()}
-    leader, pairs = select.rung_pairs(outcomes, scores, ref, order)
+    linear = {lab: (rec.get("linear_outcomes") or {}).get(str(steps)) for lab, rec in records.items()}
+    leader, pairs = select.rung_pairs(outcomes, scores, ref, order, linear)
     return {"probes": [lab for lab in order if lab in records], "scores": scores, "leader": leader, "paired": pairs}
 
 

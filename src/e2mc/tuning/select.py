@@ -3,7 +3,8 @@
 Pure functions over one rung's per-image held-out outcomes (``tuning.paired``), no I/O.
 
 * :func:`rung_pairs`: for every probe, its paired difference (95% Wald interval, McNemar p) to the
-  base-only reference (the first ``none`` probe of the space) and to the rung's leader (highest score).
+  base-only reference (the first ``none`` probe of the space) and to the rung's leader (highest score),
+  and its linear probe's paired difference to base-only's (reported, not used to select).
 * :func:`survivors`: successive halving's top ``keep`` plus the reference (the control every later
   rung is compared with) plus every probe whose paired interval to the leader contains 0 (halving
   never drops a probe it cannot tell from the leader).
@@ -22,16 +23,23 @@ def reference_label(points) -> str | None:
     return next((p.label for p in points if p.addon == "none"), None)
 
 
-def rung_pairs(outcomes: dict, scores: dict, ref: str | None, order: list) -> tuple[str | None, dict]:
-    """``(leader, {label: {"vs_base": interval or None, "vs_leader": interval or None}})`` for one rung."""
+def rung_pairs(
+    outcomes: dict, scores: dict, ref: str | None, order: list, linear: dict | None = None
+) -> tuple[str | None, dict]:
+    """``(leader, {label: {"vs_base": interval or None, "vs_leader": interval or None,
+    "linear_vs_base": interval or None}})`` for one rung. ``linear``: each probe's per-image
+    linear-probe outcomes (a secondary check, never selecting); ``linear_vs_base`` is None where the
+    probe's or base-only's are absent (a probe scored by an older e2mc)."""
+    linear = linear or {}
     have = [lab for lab in order if lab in scores and outcomes.get(lab)]
     leader = halving.advance({lab: scores[lab] for lab in have}, 1, order)[0] if have else None
     out = {}
     for lab in [lab for lab in order if lab in scores]:
-        o = outcomes.get(lab)
+        o, lo, lref = outcomes.get(lab), linear.get(lab), linear.get(ref)
         vs_base = paired_interval(o, outcomes[ref]) if o and ref in have and lab != ref else None
         vs_lead = paired_interval(o, outcomes[leader]) if o and leader and lab != leader else None
-        out[lab] = {"vs_base": vs_base, "vs_leader": vs_lead}
+        lin = paired_interval(lo, lref) if lo and lref and lab != ref else None
+        out[lab] = {"vs_base": vs_base, "vs_leader": vs_lead, "linear_vs_base": lin}
     return leader, out
 
 
