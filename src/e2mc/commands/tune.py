@@ -15,8 +15,9 @@ Before the search, two base-only pilot probes (training seeds differ) measure ho
 kNN outcomes flip; from that the held-out size is chosen so a paired difference of --target-diff
 kNN points is detectable (80% power, 5% level; at most --holdout-cap of the train split), and the
 minimum detectable difference is printed. Probes are scored on the SAME held-out images (kNN@20 per
-image, linear probe) and by label-free metrics (RankMe, E2MC entropy, LiDAR, alpha-ReQ); every rung
-compares each probe to base-only by a paired 95% interval (McNemar); base-only and every probe that
+image, linear probe per image) and by label-free metrics (RankMe, E2MC entropy, LiDAR, alpha-ReQ); every
+rung compares each probe to base-only by a paired 95% interval (McNemar) of kNN@20, which selects, and of
+the linear probe, a secondary check; base-only and every probe that
 cannot be told from the leader advance; the chosen setting is the best add-on whose interval to
 base-only is above zero, else base-only with "no probe is distinguishable". The Kendall tau of each label-free metric against held-out kNN@20
 says whether label-free selection can be trusted on this data. Writes OUT/tune.{json,md,html};
