@@ -84,11 +84,15 @@ def test_dino_head_bottleneck_is_the_projector_row(colour_data, tmp_path):
     m = SSLModel.build("dino", "resnet_mini:8-8-16", hidden=32, bottleneck=8, out=64).eval()
     assert m.projector is None
     train, test = colour_data
-    fs = extract_features(m, train, batch_size=16, which=("backbone", "projector"), cache_dir=tmp_path, cache_dtype="float32")
+    fs = extract_features(
+        m, train, batch_size=16, which=("backbone", "projector"), cache_dir=tmp_path, cache_dtype="float32"
+    )
     with torch.no_grad():
         want = m.head.mlp(fs["backbone"])
     assert fs["projector"].shape == (len(train), 8)
     torch.testing.assert_close(fs["projector"], want, atol=1e-5, rtol=1e-4)
     res = evaluate(m, (train, test), protocols=["rankme"], settings={"eval.use_cache": False})
-    ft = extract_features(m, test, batch_size=16, which=("backbone", "projector"), cache_dir=tmp_path, cache_dtype="float32")
+    ft = extract_features(
+        m, test, batch_size=16, which=("backbone", "projector"), cache_dir=tmp_path, cache_dtype="float32"
+    )
     assert res["rankme"]["projector"] == pytest.approx(float(rankme(ft["projector"])), rel=1e-4)
