@@ -45,38 +45,66 @@ def record(root: Path) -> dict:
 
     def checks(run: Path) -> list[dict]:
         rows = [r for r in read_metrics(run / "metrics.csv") if r["phase"] == "guard" and r.get("guard_score")]
-        return [{"step": int(float(r["step"])), **{k: float(r[f"guard_{k}"]) for k in KEYS if r.get(f"guard_{k}")}} for r in rows]
+        return [
+            {"step": int(float(r["step"])), **{k: float(r[f"guard_{k}"]) for k in KEYS if r.get(f"guard_{k}")}}
+            for r in rows
+        ]
 
     out: dict = {}
     common = {"train__device": "cpu", "train__log_every": 10, "train__probe_size": 0, "train__tensorboard": False}
-    start = e2mc.pretrain("digits_vicreg_pretrain", train__max_steps=40, train__guard__action="off",
-                          out__dir=str(root / "start"), out__overwrite=True, **common)
+    start = e2mc.pretrain(
+        "digits_vicreg_pretrain",
+        train__max_steps=40,
+        train__guard__action="off",
+        out__dir=str(root / "start"),
+        out__overwrite=True,
+        **common,
+    )
     ckpt = str(start / "checkpoints" / "last.pt")
     cases = [
         ("VICReg, LR 0.1", dict(method__name="vicreg", addon__name="none"), "healthy"),
         ("VICReg + E2MC, LR 0.1", dict(method__name="vicreg"), "healthy"),
         ("SimSiam + E2MC, LR 0.1", dict(method__name="simsiam", model__fresh_heads=True), "healthy"),
-        ("Barlow Twins, LR 0.1", dict(method__name="barlowtwins", addon__name="none", model__fresh_heads=True), "healthy"),
+        (
+            "Barlow Twins, LR 0.1",
+            dict(method__name="barlowtwins", addon__name="none", model__fresh_heads=True),
+            "healthy",
+        ),
         ("BYOL, LR 0.1", dict(method__name="byol", addon__name="none", model__fresh_heads=True), "healthy"),
         ("VICReg + MMCR, LR 0.1", dict(method__name="vicreg", addon__name="mmcr"), "healthy"),
         ("VICReg + E2MC, LR 100 (x 1000)", dict(method__name="vicreg", optim__lr=100.0), "destructive"),
         ("VICReg + E2MC, LR 10 (x 100)", dict(method__name="vicreg", optim__lr=10.0), "destructive"),
     ]
     for i, (name, kw, kind) in enumerate(cases):
-        run = e2mc.continue_training("digits_vicreg_e2mc", model__init=ckpt, train__max_steps=80,
-                                     train__guard__interval=2, train__guard__drop=0.999,
-                                     out__dir=str(root / f"v{i}"), out__overwrite=True, **common, **kw)
+        run = e2mc.continue_training(
+            "digits_vicreg_e2mc",
+            model__init=ckpt,
+            train__max_steps=80,
+            train__guard__interval=2,
+            train__guard__drop=0.999,
+            out__dir=str(root / f"v{i}"),
+            out__overwrite=True,
+            **common,
+            **kw,
+        )
         out[name] = {"kind": kind, "checks": checks(run)}
         print(name, flush=True)
     dstart = root / "dino_start"
     sets = [*VIT, "train.max_steps=20", "train.guard.action=off", f"optim.lr={CAREFUL_LR}", "out.overwrite=true"]
     Trainer(tiny_config(dstart, *sets), quiet=True).fit()
-    extreme = ["method.center_momentum=1.0", "method.warmup_teacher_temp=0.001", "method.continue_momentum=0.0",
-               "method.momentum_schedule=constant"]
+    extreme = [
+        "method.center_momentum=1.0",
+        "method.warmup_teacher_temp=0.001",
+        "method.continue_momentum=0.0",
+        "method.momentum_schedule=constant",
+    ]
     dino = {
         "DINO naive, LR 0.002": ([*NAIVE, f"optim.lr={CAREFUL_LR}"], "naive"),
         "DINO naive, LR 0.005": ([*NAIVE, f"optim.lr={CAREFUL_LR * 2.5}"], "naive"),
-        "DINO naive + no centring, T 0.001, momentum 0, LR 0.002": ([*NAIVE, *extreme, f"optim.lr={CAREFUL_LR}"], "naive"),
+        "DINO naive + no centring, T 0.001, momentum 0, LR 0.002": (
+            [*NAIVE, *extreme, f"optim.lr={CAREFUL_LR}"],
+            "naive",
+        ),
         "DINO careful, LR 0.002": ([f"optim.lr={CAREFUL_LR}"], "healthy"),
         "DINO careful, LR 0.005": ([f"optim.lr={CAREFUL_LR * 2.5}"], "healthy"),
         "DINO naive, LR 0.05 (restarted)": ([*NAIVE, "optim.lr=0.05"], "destructive"),
@@ -84,8 +112,15 @@ def record(root: Path) -> dict:
     }
     for i, (name, (extra, kind)) in enumerate(dino.items()):
         run = root / f"d{i}"
-        c = [f"model.init={dstart}/checkpoints/last.pt", "model.head_sizes={}", "train.epochs=3", "train.max_steps=80",
-             "train.guard.interval=5", "train.guard.drop=0.999", "out.overwrite=true"]
+        c = [
+            f"model.init={dstart}/checkpoints/last.pt",
+            "model.head_sizes={}",
+            "train.epochs=3",
+            "train.max_steps=80",
+            "train.guard.interval=5",
+            "train.guard.drop=0.999",
+            "out.overwrite=true",
+        ]
         Trainer(tiny_config(run, *VIT, *c, *extra, mode="continue"), quiet=True).fit()
         out[name] = {"kind": kind, "checks": checks(run)}
         print(name, flush=True)
@@ -112,7 +147,12 @@ def rules(checks: list[dict], drop: float = 0.5) -> dict:
     s0 = checks[0]
     plain = [score(c, s0) for c in checks]
     capped = [score(c, s0, 0.0) for c in checks]
-    out = {"best": [1.0, None], "start": [1.0, None], "capped": [1.0, None], "max": max(x for x in plain if math.isfinite(x))}
+    out = {
+        "best": [1.0, None],
+        "start": [1.0, None],
+        "capped": [1.0, None],
+        "max": max(x for x in plain if math.isfinite(x)),
+    }
     best = plain[0]
     for c, s, sc in zip(checks[1:], plain[1:], capped[1:]):
         for rule, val, ref in (("best", s, best), ("start", s, 1.0), ("capped", sc, 1.0)):
