@@ -3,7 +3,8 @@ the ranking and goes on; a base-only reference that diverges is a one-line error
 
 The divergence is real: an LR of 1000 on the tiny digits start (no mocking of the trainer). With 3
 steps the trainer's finiteness checks stop it (``TrainingDiverged``); after 1 step its weights are
-still finite but its features overflow float16 when the probe is scored.
+still finite but its features overflow float16 when the probe is scored; with ``train.guard.action=stop``
+checked every step the collapse guard stops it.
 """
 
 from __future__ import annotations
@@ -91,6 +92,29 @@ def test_a_probe_whose_features_overflow_is_left_out_of_the_next_rung(start):
     assert set(failed) == set(BAD) and all(f["kind"] == "diverged" and f["step"] == 1 for f in failed.values())
     assert not set(res["rungs"][1]["probes"]) & set(BAD) and res["chosen"]["label"] not in BAD
     assert sum(line.startswith("probe ") and "left out of the ranking" in line for line in lines) == 2
+
+
+def test_a_probe_the_collapse_guard_stopped_is_failed_too(start):
+    """train.guard.action=stop checked every step: LR 1000 collapses at step 1, the guard restores and stops it."""
+    root, ckpt = start
+    guard = {
+        "train.probe_size": 64,
+        "train.guard.action": "stop",
+        "train.guard.interval": 1,
+        "train.guard.probe_size": 64,
+    }
+    space = {**SPACE, "set": {**SET, **guard}}
+    lines, out = [], root / "guard"
+    res = run_tune(ckpt, out, lines.append, space=space, budget="full", final_seeds=1)
+    failed = {f["label"]: f["failed"] for f in res["failed"]}
+    assert set(failed) == set(BAD) and res["chosen"]["label"] not in BAD
+    md = (out / "tune.md").read_text()
+    for lab, f in failed.items():
+        assert f["kind"] == "guard_stopped" and f["reason"].startswith(f"collapse guard stopped it at step {f['step']}")
+        assert f"| {lab} | collapse guard stopped it at step {f['step']} | - |" in md
+        assert json.loads((out / "probes" / lab / "probe.json").read_text())["scores"] == {}
+        mine = [line for line in lines if line.startswith(f"probe {lab} ")]
+        assert len(mine) == 1 and mine[0].startswith(f"probe {lab} was stopped by the collapse guard at step")
 
 
 def test_the_reference_diverging_is_a_one_line_error_and_keeps_the_other_probes(start):
