@@ -94,6 +94,26 @@ def test_a_probe_whose_features_overflow_is_left_out_of_the_next_rung(start):
     assert sum(line.startswith("probe ") and "left out of the ranking" in line for line in lines) == 2
 
 
+def test_a_probe_that_fails_at_a_later_rung_keeps_its_earlier_score_on_a_rerun(start, monkeypatch):
+    """LR 100 trains 1 step fine (and advances), then diverges by step 3; a rerun rebuilds the same rungs."""
+    root, ckpt = start
+    space = {"addons": ["none"], "lr": [None, 3, 10, 30, 100], "epochs": 1, "set": SET}
+    out = root / "later"
+    res = run_tune(ckpt, out, lambda *a: None, space=space, final_seeds=1)
+    r0, r1 = res["rungs"]
+    assert "none-lr100" in r0["scores"] and "none-lr100" in r1["probes"] and set(r1["failed"]) == {"none-lr100"}
+    f = res["failed"][0]
+    assert f["label"] == "none-lr100" and f["rung"] == 1 and f["failed"]["step"] == r1["steps"]
+    assert f"| none-lr100 | diverged at step {r1['steps']} | - |" in (out / "tune.md").read_text()
+    monkeypatch.setattr(probes_mod, "_train", lambda *a: pytest.fail("a rerun trained a probe"))
+    lines = []
+    again = run_tune(ckpt, out, lines.append, space=space, final_seeds=1)
+    assert again["rungs"] == res["rungs"] and again["failed"] == res["failed"]
+    assert [line for line in lines if "left out of the ranking" in line] == [
+        line for line in lines if line.startswith("probe none-lr100 diverged")
+    ]
+
+
 def test_a_probe_the_collapse_guard_stopped_is_failed_too(start):
     """train.guard.action=stop checked every step: LR 1000 collapses at step 1, the guard restores and stops it."""
     root, ckpt = start

@@ -155,6 +155,12 @@ def _tune(spec: TuneSpec, log) -> dict:
         choice = select.choose(scores, pairs, plan.ref, addon_of, order)
         if seed_log and choice["distinguishable"]:
             choice["verdict"] += f" (the worst of training seeds {', '.join(map(str, seed_log['seeds']))})"
+        lost = [s for s, e in (seed_log or {}).get("per_seed", {}).items() if plan.ref in (e.get("failed") or {})]
+        if lost:  # with base-only failed, no probe has an interval with that seed: the verdict says why
+            choice["verdict"] += (
+                f"; base-only ({plan.ref}) itself failed with training seed {', '.join(lost)}, so no probe could be "
+                "compared with it there"
+            )
         log(f"verdict: {choice['verdict']}")
         result = _assemble(spec, plan, records, rung_log, choice, start)
         result["final_seeds"] = seed_log
@@ -162,6 +168,9 @@ def _tune(spec: TuneSpec, log) -> dict:
             plan.power["realised"] = power.realised(last, plan.ref, int(plan.n_hold))
         if spec.confirm:
             from e2mc.tuning.confirm import run_confirm
+
+            result["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+            write_outputs(out, result)  # the tune's result is kept whatever the confirmation meets
 
             STAGE["now"] = "confirming the chosen setting"
             by_label = {p.label: p for p in plan.space.points}

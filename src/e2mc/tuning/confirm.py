@@ -131,8 +131,8 @@ def run_confirm(
     if bad is not None:  # nothing to compare on the test split without both arms' checkpoints
         raise TrainingDiverged(
             f"the confirmation run {bad['label']} {failed_text(bad['failed'])} "
-            f"({bad['failed']['reason'].split(': ', 1)[-1]}) on the full train split; rerun the same command with "
-            "--confirm 0 for the tune's result (its probes are kept), or confirm at a lower LR"
+            f"({bad['failed']['reason'].split(': ', 1)[-1]}) on the full train split; the tune's result is in "
+            f"{out / 'tune.md'}; confirm at a lower LR (e2mc compare) or rerun with --confirm 0"
         )
     train_s = sum(r["train_seconds"] for r in recs)
     names = [name for name, _ in arms]

@@ -137,6 +137,8 @@ def run_probe(job: dict) -> dict:
             )
         rec["eval"] = job["eval"]
     if rec.get("failed"):  # a diverged or guard-stopped probe is a result: never trained again
+        if str(job["steps"]) in rec["scores"]:  # an earlier rung's score, from before it failed: it stands
+            return {**{k: v for k, v in rec.items() if k != "failed"}, "trained_now": 0}
         return {**rec, "trained_now": 0}
     steps = int(job["steps"])
     trained_now = 0
