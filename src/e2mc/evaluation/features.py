@@ -340,6 +340,9 @@ class _BadFeatures(DataError):
     """Non-finite features, or features beyond the cache dtype's range."""
 
 
+BadFeatures = _BadFeatures  # public: the tune records a probe whose features overflow as diverged
+
+
 def _check_batch(out: dict[str, torch.Tensor], first_row: int, dtype: str) -> None:
     for w, f in out.items():
         bad = ~torch.isfinite(f).all(dim=1)

@@ -24,12 +24,12 @@ import threading
 import time
 from pathlib import Path
 
-from e2mc.errors import ConfigError, DataError, TuneInterrupted
+from e2mc.errors import ConfigError, DataError, TrainingDiverged, TuneInterrupted
 from e2mc.fileio import atomic_write_json, atomic_write_text
 from e2mc.tuning import halving, power, scoring, seeds, select
 from e2mc.tuning.markdown import to_markdown
 from e2mc.tuning.outcomes import ensure_protocol
-from e2mc.tuning.probes import STAGE, Stopped, read_json, run_jobs
+from e2mc.tuning.probes import STAGE, Stopped, failed_line, failed_text, read_json, run_jobs
 from e2mc.tuning.space import SearchSpace, parse_space
 from e2mc.tuning.spec import Plan, TuneSpec
 
@@ -155,6 +155,12 @@ def _tune(spec: TuneSpec, log) -> dict:
         choice = select.choose(scores, pairs, plan.ref, addon_of, order)
         if seed_log and choice["distinguishable"]:
             choice["verdict"] += f" (the worst of training seeds {', '.join(map(str, seed_log['seeds']))})"
+        lost = [s for s, e in (seed_log or {}).get("per_seed", {}).items() if plan.ref in (e.get("failed") or {})]
+        if lost:  # with base-only failed, no probe has an interval with that seed: the verdict says why
+            choice["verdict"] += (
+                f"; base-only ({plan.ref}) itself failed with training seed {', '.join(lost)}, so no probe could be "
+                "compared with it there"
+            )
         log(f"verdict: {choice['verdict']}")
         result = _assemble(spec, plan, records, rung_log, choice, start)
         result["final_seeds"] = seed_log
@@ -162,6 +168,9 @@ def _tune(spec: TuneSpec, log) -> dict:
             plan.power["realised"] = power.realised(last, plan.ref, int(plan.n_hold))
         if spec.confirm:
             from e2mc.tuning.confirm import run_confirm
+
+            result["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+            write_outputs(out, result)  # the tune's result is kept whatever the confirmation meets
 
             STAGE["now"] = "confirming the chosen setting"
             by_label = {p.label: p for p in plan.space.points}
@@ -259,10 +268,10 @@ def _split_and_schedule(spec: TuneSpec, plan: Plan, source, out: Path, ev: dict,
         plan.n_hold = plan.power["held_out"]
         log(power.describe(plan.power))
         longer = halving.lengthen_first(plan.rungs, len(plan.space.points), plan.power["first_epochs"], spec.eta)
+        plan.power["first_rung"] = power.first_rung_note(plan.power, longer)
         if len(longer) < len(plan.rungs):
             log(
-                f"first rung lengthened to {longer[0].epochs:.3g} epochs (base-only's features move by then); "
-                f"{len(longer)} rung(s), {halving.cost(longer):.3g} epochs of probe training"
+                f"{plan.power['first_rung']}; {len(longer)} rung(s), {halving.cost(longer):.3g} epochs of probe training"
                 + (
                     f", over --budget {spec.budget}"
                     if isinstance(spec.budget, (int, float)) and halving.cost(longer) > spec.budget
@@ -354,10 +363,18 @@ def _run_rungs(spec: TuneSpec, plan: Plan, ev: dict, out: Path, log) -> tuple[di
         ]
         for rec in run_jobs(jobs, plan.workers, log):
             records[rec["label"]] = rec
-        scores = {lab: scoring.score(records[lab]["scores"][str(st)], plan.rule) for lab in alive}
+        failed = {lab: records[lab]["failed"] for lab in alive if records[lab].get("failed")}
+        for lab, f in failed.items():
+            log(failed_line(lab, f))
+        if plan.ref in failed:
+            raise reference_failed(plan.ref, failed[plan.ref], out)
+        ok = [lab for lab in alive if lab not in failed]  # a failed probe gets no score and never advances
+        scores = {lab: scoring.score(records[lab]["scores"][str(st)], plan.rule) for lab in ok}
         entry = {"rung": k, "epochs": st / plan.bpe, "steps": st, "probes": list(alive), "scores": scores}
-        outcomes = {lab: (records[lab].get("outcomes") or {}).get(str(st)) for lab in alive}
-        linear = {lab: (records[lab].get("linear_outcomes") or {}).get(str(st)) for lab in alive}
+        if failed:
+            entry["failed"] = failed
+        outcomes = {lab: (records[lab].get("outcomes") or {}).get(str(st)) for lab in ok}
+        linear = {lab: (records[lab].get("linear_outcomes") or {}).get(str(st)) for lab in ok}
         if plan.rule == "heldout" and all(outcomes.values()):
             entry["leader"], entry["paired"] = select.rung_pairs(outcomes, scores, plan.ref, order, linear)
         rung_log.append(entry)
@@ -365,6 +382,15 @@ def _run_rungs(spec: TuneSpec, plan: Plan, ev: dict, out: Path, log) -> tuple[di
             alive = select.survivors(scores, plan.rungs[k + 1].probes, order, plan.ref, entry.get("paired"))
             log(f"rung {k}: {', '.join(alive)} advance")
     return records, rung_log
+
+
+def reference_failed(ref: str, failed: dict, out: Path) -> TrainingDiverged:
+    """The one-line error of a base-only reference probe that diverged or was stopped by the guard."""
+    return TrainingDiverged(
+        f"the base-only reference probe {ref} {failed_text(failed)} ({failed['reason'].split(': ', 1)[-1]}), so "
+        "no probe can be paired with it; remove that LR from the space (or lower lr) and rerun: the other "
+        f"probes' files are kept in {out / 'probes'}"
+    )
 
 
 def _score_start(checkpoint, ev: dict, out: Path, log) -> dict:
@@ -395,8 +421,24 @@ def _assemble(spec: TuneSpec, plan: Plan, records: dict, rung_log: list, choice:
     reached = {lab: max(i for i, r in enumerate(rung_log) if lab in r["probes"]) for lab in order}
     ranked: list[str] = []
     for k in reversed(range(len(rung_log))):  # the last rung first, each rung by its score
-        here = {lab: rung_log[k]["scores"][lab] for lab in order if reached[lab] == k}
+        here = {lab: rung_log[k]["scores"][lab] for lab in order if reached[lab] == k and lab in rung_log[k]["scores"]}
         ranked += halving.advance(here, len(here), order)
+    failed = [
+        {
+            "label": lab,
+            "addon": by_label[lab].addon,
+            "overrides": by_label[lab].overrides,
+            "rung": reached[lab],
+            "epochs": records[lab]["steps"] / bpe,
+            "steps": records[lab]["steps"],
+            "failed": records[lab]["failed"],
+            "metrics_by_steps": records[lab]["scores"],
+            "train_seconds": records[lab]["train_seconds"],
+            "eval_seconds": records[lab]["eval_seconds"],
+        }
+        for lab in order
+        if records[lab].get("failed")
+    ]
     probes = []
     for lab in ranked:
         rec = records[lab]
@@ -422,9 +464,9 @@ def _assemble(spec: TuneSpec, plan: Plan, records: dict, rung_log: list, choice:
     chosen_label = choice["label"]
     chosen = next(p for p in probes if p["label"] == chosen_label)
     base_only = [p for p in probes if p["addon"] == "none"]
-    rung0 = {lab: records[lab]["scores"][str(steps[0])] for lab in order}
+    rung0 = {lab: records[lab]["scores"][str(steps[0])] for lab in order if str(steps[0]) in records[lab]["scores"]}
     tau = scoring.kendall(rung0, rules=plan.label_free) if plan.labels else {}
-    trained_epochs = sum(p["steps"] for p in probes) / bpe  # each probe's steps, counted once
+    trained_epochs = sum(p["steps"] for p in probes + failed) / bpe  # each probe's steps, counted once
     full = len(order) * sp.epochs
     confirm_arm = chosen_label
     note = None
@@ -461,6 +503,7 @@ def _assemble(spec: TuneSpec, plan: Plan, records: dict, rung_log: list, choice:
         "batches_per_epoch": bpe,
         "rungs": rung_log,
         "probes": probes,
+        "failed": failed,
         "chosen": chosen,
         "verdict": choice["verdict"],
         "distinguishable": choice["distinguishable"],
@@ -478,8 +521,8 @@ def _assemble(spec: TuneSpec, plan: Plan, records: dict, rung_log: list, choice:
             "trained_epochs": trained_epochs,
             "full_grid_epochs": full,
             "fraction_of_full_grid": trained_epochs / full,
-            "probe_train_seconds": round(sum(p["train_seconds"] for p in probes), 1),
-            "probe_eval_seconds": round(sum(p["eval_seconds"] for p in probes), 1),
+            "probe_train_seconds": round(sum(p["train_seconds"] for p in probes + failed), 1),
+            "probe_eval_seconds": round(sum(p["eval_seconds"] for p in probes + failed), 1),
         },
     }
 

@@ -15,8 +15,9 @@ import math
 import time
 from pathlib import Path
 
+from e2mc.errors import TrainingDiverged
 from e2mc.fileio import atomic_write_json
-from e2mc.tuning.probes import STAGE, read_json, run_jobs
+from e2mc.tuning.probes import STAGE, failed_text, read_json, run_jobs
 
 PROTOCOLS = ("knn", "linear", "rankme")
 KS = (20, 200)
@@ -126,6 +127,13 @@ def run_confirm(
     base_over = arms[0][1]
     t0 = time.perf_counter()
     recs = run_jobs(jobs, workers, log)
+    bad = next((r for r in recs if r.get("failed")), None)
+    if bad is not None:  # nothing to compare on the test split without both arms' checkpoints
+        raise TrainingDiverged(
+            f"the confirmation run {bad['label']} {failed_text(bad['failed'])} "
+            f"({bad['failed']['reason'].split(': ', 1)[-1]}) on the full train split; the tune's result is in "
+            f"{out / 'tune.md'}; confirm at a lower LR (e2mc compare) or rerun with --confirm 0"
+        )
     train_s = sum(r["train_seconds"] for r in recs)
     names = [name for name, _ in arms]
     ckpts = [[str(out / "confirm" / f"{name}-seed{s}" / "checkpoints" / "last.pt") for s in range(n)] for name in names]

@@ -4,6 +4,7 @@ probes, the Kendall taus, the cost and the confirmation."""
 from __future__ import annotations
 
 from e2mc.tuning import power
+from e2mc.tuning.probes import failed_text
 
 
 def _fmt(v, pct=False) -> str:
@@ -68,6 +69,9 @@ def paired_tables(res: dict) -> list[str]:
             "|---|---|---|---|---|---|---|---|",
         ]
         for lab in r["probes"]:
+            if lab in (r.get("failed") or {}):  # diverged or stopped by the guard: no values
+                lines.append(f"| {lab} | {failed_text(r['failed'][lab])} | - | - | - | - | - | - |")
+                continue
             pr, sc = r["paired"].get(lab, {}), r["scores"].get(lab)
             vb = pr.get("vs_base")
             metrics = by_steps.get(lab, {}).get(str(r["steps"])) or {}
@@ -84,7 +88,7 @@ def seed_table(res: dict) -> list[str]:
     fs = res.get("final_seeds")
     if not fs:
         return []
-    last = res["rungs"][-1]
+    last, ref = res["rungs"][-1], res.get("reference")
     per = [(str(res["final_seeds"]["seeds"][0]), last)] + list(fs["per_seed"].items())
     head = " | ".join(f"seed {s}: kNN@20 % | seed {s}: minus base-only [95%]" for s, _ in per)
     lines = [
@@ -100,15 +104,20 @@ def seed_table(res: dict) -> list[str]:
     for lab in fs["probes"]:
         cells = []
         for _, r in per:
+            if lab in (r.get("failed") or {}):
+                cells += [failed_text(r["failed"][lab]), "-"]
+                continue
             iv = (r["paired"].get(lab) or {}).get("vs_base")
-            cells += [_fmt(r["scores"].get(lab), True), _iv(iv) if iv else "reference"]
+            cells += [_fmt(r["scores"].get(lab), True), _iv(iv) if iv else "reference" if lab == ref else "-"]
         lines.append(f"| {lab} | " + " | ".join(cells) + " |")
     return lines
 
 
 def lr_table(res: dict) -> list[str]:
-    """Which LR won for each add-on: its best-ranked probe (furthest rung, then score)."""
-    if len({p["overrides"].get("optim.lr") for p in res["probes"]}) < 2:
+    """Which LR won for each add-on: its best-ranked probe (furthest rung, then score); failed probes
+    are ignored, and an add-on whose every LR failed says so."""
+    failed = res.get("failed") or []
+    if len({p["overrides"].get("optim.lr") for p in res["probes"] + failed}) < 2:
         return []
     lines = ["", "## Best LR per add-on", "", "| add-on | probe | LR | rung | kNN@20 % |", "|---|---|---|---|---|"]
     seen = set()
@@ -120,6 +129,12 @@ def lr_table(res: dict) -> list[str]:
         lr_text = "the recipe's" if lr is None else f"{lr:g}"
         knn = _fmt(p["metrics"].get("knn_top1_k20"), True)
         lines.append(f"| {p['addon']} | {p['label']} | {lr_text} | {p['rung']} | {knn} |")
+    for addon in dict.fromkeys(f["addon"] for f in failed):
+        if addon not in seen:  # every LR of this add-on failed
+            seen.add(addon)
+            kinds = {f["failed"]["kind"] for f in failed if f["addon"] == addon}
+            what = "diverged at every LR" if kinds == {"diverged"} else "failed at every LR (diverged or guard-stopped)"
+            lines.append(f"| {addon} | {what} | - | - | - |")
     return lines
 
 
@@ -165,6 +180,12 @@ def to_markdown(res: dict) -> str:
             + " | ".join(_fmt(p["metrics"].get(c), c in pct) for c in used)
             + f" | {_fmt(p['score'])} |"
         )
+    for f in res.get("failed") or []:  # left out of the ranking
+        lines.append(
+            f"| - | {f['label']} | {f['rung']} | {f['epochs']:.3g} | "
+            + " | ".join("-" for _ in used)
+            + f" | {failed_text(f['failed'])} |"
+        )
     lines.append(
         "| | start (no training) | | 0 | " + " | ".join(_fmt(res["start"].get(c), c in pct) for c in used) + " | |"
     )
@@ -198,7 +219,14 @@ def to_markdown(res: dict) -> str:
             for s in res["schedule"]
         )
         + ".",
-        f"Trained {c['trained_epochs']:.3g} epochs of probe data = {100 * c['fraction_of_full_grid']:.1f}% of "
+    ]
+    if (res.get("power") or {}).get("first_rung"):
+        lines.append(f"First rung: {res['power']['first_rung']}.")
+    n_failed = len(res.get("failed") or [])
+    lines += [
+        f"Trained {c['trained_epochs']:.3g} epochs of probe data"
+        + (f" (the {n_failed} failed probe(s) included)" if n_failed else "")
+        + f" = {100 * c['fraction_of_full_grid']:.1f}% of "
         f"the full grid's {c['full_grid_epochs']:.3g}; probe training {c['probe_train_seconds']:.0f} s, "
         f"scoring {c['probe_eval_seconds']:.0f} s (cumulative over invocations); this invocation "
         f"{res.get('wall_seconds', 0):.0f} s.",

@@ -18,10 +18,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from e2mc.errors import ConfigError
+from e2mc.errors import ConfigError, TrainingDiverged
 from e2mc.tuning import paired, scoring
 from e2mc.tuning.outcomes import NAME
-from e2mc.tuning.probes import run_jobs
+from e2mc.tuning.probes import failed_text, run_jobs
 
 
 def check(target: float, cap: float, min_move: float = 0.05) -> None:
@@ -71,7 +71,7 @@ def pilot(spec, plan, source, first_epochs: float, ev: dict, ref_overrides: dict
     start, start_outcomes = _start_scores(spec.checkpoint, ev, out / "pilot" / "start.json")
     moved = []
     while True:  # lengthen the first rung (x eta, resuming) until base-only's features move
-        rec = run_jobs([{**jobs[0], "steps": steps}], 1, log)[0]
+        rec = _pilot_ok(run_jobs([{**jobs[0], "steps": steps}], 1, log)[0], out)
         change = abs(rec["scores"][str(steps)]["rankme"] - start) / max(abs(start), 1e-12)
         moved.append({"steps": steps, "rankme_change": change})
         if spec.pilot_steps or change >= spec.min_move or steps >= final:
@@ -81,7 +81,7 @@ def pilot(spec, plan, source, first_epochs: float, ev: dict, ref_overrides: dict
         f"power pilot: base-only's RankMe moved {100 * change:.1f}% from the start's in {steps} steps "
         f"(needed {100 * spec.min_move:.0f}%); second training seed to {steps} steps"
     )
-    recs = [rec, run_jobs([{**jobs[1], "steps": steps}], 1, log)[0]]
+    recs = [rec, _pilot_ok(run_jobs([{**jobs[1], "steps": steps}], 1, log)[0], out)]
     a, b = (r["outcomes"][str(steps)] for r in recs)
     measured = paired.discordance(a, b)
     moved_images = paired.discordance(a, start_outcomes)
@@ -97,6 +97,7 @@ def pilot(spec, plan, source, first_epochs: float, ev: dict, ref_overrides: dict
         "train_seconds": round(sum(r["train_seconds"] for r in recs), 1),
         "moved": moved,
         "min_move": float(spec.min_move),
+        "moved_enough": None if spec.pilot_steps else change >= spec.min_move,
         "pilot_images": n_cap,
         "discordance": measured,
         "discordance_vs_start": moved_images,
@@ -111,6 +112,44 @@ def pilot(spec, plan, source, first_epochs: float, ev: dict, ref_overrides: dict
         "power": paired.POWER,
         "reaches_target": paired.mde(n_hold, p) <= target * (1 + 1e-9),
     }
+
+
+def _pilot_ok(rec: dict, out: Path) -> dict:
+    """The pilot probe's record, or the one-line error of a base-only pilot that diverged (or that the
+    collapse guard stopped): with base-only failing nothing can be paired."""
+    f = rec.get("failed")
+    if f is None:
+        return rec
+    raise TrainingDiverged(
+        f"the power pilot (base-only at the reference probe's settings, {out / 'pilot'}) {failed_text(f)} "
+        f"({f['reason'].split(': ', 1)[-1]}), so no probe can be paired with base-only; remove that LR from the "
+        "space (or lower lr) and rerun"
+    )
+
+
+def first_rung_note(pw: dict, rungs: list) -> str:
+    """Why the first rung is as long as it is (the pilot's log line and tune.md's sentence): ``rungs`` is
+    the schedule after ``halving.lengthen_first``."""
+    first, last = rungs[0].epochs, rungs[-1].epochs
+    moved = pw.get("moved") or [{}]
+    change = moved[-1].get("rankme_change")
+    enough = pw.get("moved_enough")
+    if "moved_enough" not in pw and change is not None and "min_move" in pw:  # a tune.json of an older e2mc
+        enough = change >= pw["min_move"]
+    need = f"{100 * pw.get('min_move', 0):.0f}%"
+    if enough is False:
+        return (
+            f"base-only's held-out RankMe did not move by {need} from the start's within the last rung's length "
+            f"({last:.3g} epochs, {pw['pilot_steps']} pilot steps; it moved {100 * change:.1f}%), so there is one "
+            f"rung: every probe is trained to the end (the full grid)"
+        )
+    if enough is None:
+        return f"the first rung is at least the pilot's {pw['pilot_steps']} steps: {first:.3g} epochs"
+    return (
+        f"base-only's held-out RankMe moved {100 * change:.1f}% (at least {need}) from the start's by "
+        f"{pw['first_epochs']:.3g} epochs, so the first rung is at least that long: {first:.3g} epochs"
+        + ("" if len(rungs) > 1 else " (one rung: the full grid)")
+    )
 
 
 def describe(pw: dict) -> str:

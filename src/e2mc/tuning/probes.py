@@ -9,6 +9,13 @@ per step count (with labels also the per-image held-out kNN and linear-probe out
 ``linear_outcomes``), so a rerun of ``e2mc tune`` re-trains and re-scores nothing (a probe scored by an
 older e2mc, without linear outcomes, keeps its scores: ``scoring.same_eval``).
 
+A probe whose training diverges (the trainer's ``TrainingDiverged``: a non-finite loss or state;
+or, found while scoring it, NaN/inf features or features beyond float16's range) or that the
+collapse guard stopped (``trainer.guard_stopped``) is a result, not an error: its
+``probe.json`` gets ``"failed": {"step", "reason", "kind": "diverged" | "guard_stopped"}``, it is
+never trained or scored again (a rerun returns the record as it is) and the tune leaves it out of
+the ranking (:func:`failed_line`). SIGTERM/SIGINT still raise :class:`Stopped`.
+
 ``run_jobs`` runs a rung's probes one after another in this process (``workers=1``) or in
 ``workers`` spawned processes, each with ``threads`` torch threads.
 """
@@ -16,10 +23,11 @@ older e2mc, without linear outcomes, keeps its scores: ``scoring.same_eval``).
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
-from e2mc.errors import ConfigError
+from e2mc.errors import ConfigError, TrainingDiverged
 from e2mc.fileio import atomic_write_json
 
 
@@ -40,7 +48,9 @@ class Stopped(BaseException):
         self.signame = signame
 
 
-def _train(source, overrides: dict, run_dir: Path) -> None:
+def _train(source, overrides: dict, run_dir: Path) -> dict | None:
+    """Train the probe's run up to ``train.max_steps``; None, or its ``failed`` entry when the
+    training diverged or the collapse guard stopped it."""
     from e2mc.train.api import build_config
     from e2mc.train.loop import Trainer
 
@@ -50,11 +60,47 @@ def _train(source, overrides: dict, run_dir: Path) -> None:
     )
     trainer = Trainer(cfg)
     trainer.resume_hint = "the probe's checkpoint is saved"  # the tune says how to resume, once
-    trainer.fit()
+    try:
+        trainer.fit()
+    except TrainingDiverged as exc:
+        return diverged_entry(str(exc))
     if trainer.stop_requested:  # the trainer's own SIGTERM/SIGINT handler saved and stopped
         raise Stopped(trainer.stop_signal or "a signal")
     for p in (run_dir / "checkpoints").glob("epoch_*.pt"):  # last.pt is what rungs resume from
         p.unlink()
+    if trainer.guard_stopped:
+        event = (trainer.guard.events or [{}])[-1]
+        step = event.get("step", trainer.state.global_step)
+        reason = event.get("reason") or "the guard score dropped"
+        return {"step": step, "reason": f"collapse guard stopped it at step {step}: {reason}", "kind": "guard_stopped"}
+    return None
+
+
+def diverged_entry(message: str) -> dict:
+    """The ``failed`` entry of a ``TrainingDiverged`` message: the step and what was not finite."""
+    m = re.search(r"training diverged: (.*?) is not finite at step (\d+)", message)
+    if m is None:
+        return {"step": None, "reason": message.split(";")[0].strip()[:200], "kind": "diverged"}
+    step = int(m.group(2))
+    return {"step": step, "reason": f"diverged at step {step}: {m.group(1)} is not finite", "kind": "diverged"}
+
+
+def failed_text(failed: dict) -> str:
+    """A failed probe's short state for a table cell: "diverged at step 3", "collapse guard stopped it at step 40"."""
+    at = "" if failed.get("step") is None else f" at step {failed['step']}"
+    return f"collapse guard stopped it{at}" if failed["kind"] == "guard_stopped" else f"diverged{at}"
+
+
+def failed_line(label: str, failed: dict) -> str:
+    """The tune's one log line for a failed probe."""
+    detail = failed["reason"].split(": ", 1)[-1]
+    if failed["kind"] == "guard_stopped":
+        what = (
+            f"was stopped by the collapse guard{'' if failed.get('step') is None else ' at step %d' % failed['step']}"
+        )
+    else:
+        what = "diverged" + ("" if failed.get("step") is None else f" at step {failed['step']}")
+    return f"probe {label} {what} ({detail}); left out of the ranking"
 
 
 def run_probe(job: dict) -> dict:
@@ -90,6 +136,10 @@ def run_probe(job: dict) -> dict:
                 "--lidar-images) or use another --out"
             )
         rec["eval"] = job["eval"]
+    if rec.get("failed"):  # a diverged or guard-stopped probe is a result: never trained again
+        if str(job["steps"]) in rec["scores"]:  # an earlier rung's score, from before it failed: it stands
+            return {**{k: v for k, v in rec.items() if k != "failed"}, "trained_now": 0}
+        return {**rec, "trained_now": 0}
     steps = int(job["steps"])
     trained_now = 0
     if rec["steps"] > steps and str(steps) not in rec["scores"]:
@@ -102,15 +152,21 @@ def run_probe(job: dict) -> dict:
         t0 = time.perf_counter()
         before = rec["steps"]
         try:
-            _train(job["source"], {**job["overrides"], "train.max_steps": steps}, run_dir)
+            failed = _train(job["source"], {**job["overrides"], "train.max_steps": steps}, run_dir)
         finally:
             rec["train_seconds"] = round(rec["train_seconds"] + time.perf_counter() - t0, 2)
             atomic_write_json(marker, rec, indent=1, parents=True)
+        if failed is not None:  # the steps it trained count in the tune's cost
+            rec["steps"] = steps if failed["step"] is None else max(before, min(steps, int(failed["step"])))
+            rec["failed"] = failed
+            atomic_write_json(marker, rec, indent=1, parents=True)
+            return {**rec, "trained_now": rec["steps"] - before}
         rec["steps"] = steps
         trained_now = steps - before
         atomic_write_json(marker, rec, indent=1, parents=True)
     if job.get("eval") and str(steps) not in rec["scores"]:
         from e2mc.evaluation.api import evaluate, evaluation_settings
+        from e2mc.evaluation.features import BadFeatures
         from e2mc.tuning.outcomes import ensure_protocol
         from e2mc.tuning.scoring import LINEAR_OUTCOMES, probe_metrics, probe_outcomes
 
@@ -120,7 +176,16 @@ def run_probe(job: dict) -> dict:
         kw = dict(job["eval"])
         dataset, protocols = kw.pop("dataset"), kw.pop("protocols")
         t0 = time.perf_counter()
-        res = evaluate(str(run_dir / "checkpoints" / "last.pt"), dataset, tuple(protocols), evaluation_settings(**kw))
+        try:
+            res = evaluate(
+                str(run_dir / "checkpoints" / "last.pt"), dataset, tuple(protocols), evaluation_settings(**kw)
+            )
+        except BadFeatures as exc:  # finite weights, but NaN/inf or overflowing features: diverged all the same
+            detail = str(exc).split(";")[0].removeprefix("feature extraction: ")
+            rec["failed"] = {"step": steps, "reason": f"diverged by step {steps}: {detail}", "kind": "diverged"}
+            rec["eval_seconds"] = round(rec["eval_seconds"] + time.perf_counter() - t0, 2)
+            atomic_write_json(marker, rec, indent=1, parents=True)
+            return {**rec, "trained_now": trained_now}
         dt = time.perf_counter() - t0
         rec["scores"][str(steps)] = probe_metrics(res)
         if probe_outcomes(res) is not None:

@@ -4,7 +4,9 @@ After the last rung, the leader, up to ``eta - 1`` probes that cannot be told fr
 are trained again from the start with training seeds ``seed + 1, ...`` (``final_seeds - 1`` more), to
 the last rung's steps, in ``OUT/probes/<label>-seed<S>/``, and scored on the same held-out images.
 Each seed's probes are compared with base-only of the SAME seed (paired over images); a probe is
-chosen only if its interval to base-only lies above zero with every seed (:func:`worst_case`).
+chosen only if its interval to base-only lies above zero with every seed (:func:`worst_case`). A seed's
+probe that diverges (or that the collapse guard stops) has no interval with that seed, so it is not
+chosen; base-only failing with a seed leaves every probe without one, and base-only is kept.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from e2mc.tuning import halving, select
-from e2mc.tuning.probes import run_jobs
+from e2mc.tuning.probes import failed_line, run_jobs
 
 
 def leaders(last: dict, ref: str | None, eta: int) -> list[str]:
@@ -48,16 +50,25 @@ def run_seeds(labels, by_label, probe_over: dict, steps: int, seeds, ev: dict, s
         ]
         log(f"training seed {s}: {', '.join(labels)} to {steps} steps")
         done[s] = dict(zip(labels, run_jobs(jobs, plan.workers, log)))
+        for rec in done[s].values():
+            if rec.get("failed"):
+                log(failed_line(rec["label"], rec["failed"]))
     return done
 
 
 def seed_rung(records: dict, steps: int, rule_score, ref: str | None, order: list) -> dict:
-    """One extra seed's scores, leader and paired intervals (as a rung's entry)."""
-    scores = {lab: rule_score(rec["scores"][str(steps)]) for lab, rec in records.items()}
-    outcomes = {lab: (rec.get("outcomes") or {}).get(str(steps)) for lab, rec in records.items()}
-    linear = {lab: (rec.get("linear_outcomes") or {}).get(str(steps)) for lab, rec in records.items()}
+    """One extra seed's scores, leader and paired intervals (as a rung's entry; a failed probe has
+    none and is listed under ``failed``)."""
+    failed = {lab: rec["failed"] for lab, rec in records.items() if rec.get("failed")}
+    ok = {lab: rec for lab, rec in records.items() if lab not in failed}
+    scores = {lab: rule_score(rec["scores"][str(steps)]) for lab, rec in ok.items()}
+    outcomes = {lab: (rec.get("outcomes") or {}).get(str(steps)) for lab, rec in ok.items()}
+    linear = {lab: (rec.get("linear_outcomes") or {}).get(str(steps)) for lab, rec in ok.items()}
     leader, pairs = select.rung_pairs(outcomes, scores, ref, order, linear)
-    return {"probes": [lab for lab in order if lab in records], "scores": scores, "leader": leader, "paired": pairs}
+    entry = {"probes": [lab for lab in order if lab in records], "scores": scores, "leader": leader, "paired": pairs}
+    if failed:
+        entry["failed"] = failed
+    return entry
 
 
 def worst_case(pair_sets: list[dict]) -> dict:
