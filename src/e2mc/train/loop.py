@@ -20,6 +20,7 @@ No checkpoint holding a NaN/Inf parameter, buffer or optimiser value is ever wri
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -52,6 +53,7 @@ from e2mc.models.model import SSLModel
 from e2mc.train import distributed as D
 from e2mc.train import monitor
 from e2mc.train import run as R
+from e2mc.train.cpuconv import refusal, watch_strided_1px
 from e2mc.train.datacheck import check_data, reschedule
 from e2mc.train.guard import EVENTS_FILE, Guard, GuardSteps
 from e2mc.train.optim import (
@@ -317,8 +319,15 @@ class TrainerSetup:
         if ctx is not None:
             self.method.before_forward(ctx)
         amp = self.amp_dtype
-        with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            out = model(views)
+        check = amp is not None and self.device.type == "cpu" and not getattr(self, "_conv_checked", False)
+        with watch_strided_1px(model) if check else contextlib.nullcontext([]) as hits:
+            with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                out = model(views)
+        if check:  # the first forward of a CPU half-precision run (train/cpuconv.py)
+            self._conv_checked = True
+            if hits:
+                sizes = [int(v.shape[-1]) for v in views if v.dim() == 4]
+                raise ConfigError(refusal(hits, self.cfg.train.precision, sizes))
         try:
             return self.method.compute_loss(out, self.criterion, addon, ctx)
         except (CriterionInputError, RuntimeError) as exc:  # e.g. an SVD of NaN input
