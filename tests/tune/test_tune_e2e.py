@@ -91,6 +91,10 @@ def test_tune_outputs_ranked_table_and_schedule(tuned):
     best = last["leader"]
     md = (out / "tune.md").read_text()
     assert "**Chosen: `" in md and "| rank | probe |" in md and "Kendall tau" in md
+    ch = res["chosen"]["label"]  # the headline's rank is the chosen probe's row (base-only kept: not 1)
+    row_rank = next(p["rank"] for p in res["probes"] if p["label"] == ch)
+    assert f"**Chosen: `{ch}`** (rank {row_rank} of {len(res['probes'])} by the selection score" in md
+    assert f"| {row_rank} | {ch} |" in md
     assert "minus base-only [95%]" in md and "minimum detectable paired kNN@20 difference" in md
     assert "too few probes" in md  # 3 probes: no ranking can reach p < 0.05
     fs = res["final_seeds"]  # the last rung's leaders and base-only again with training seed 1

@@ -150,7 +150,8 @@ def to_markdown(res: dict) -> str:
         f"({res['heldout']['held_out']} of {res['heldout']['train_images']} images; the probes train on "
         f"{res['heldout']['probe_train']}); the test split is never read while tuning.",
         "",
-        f"**Chosen: `{ch['label']}`** (rank 1 of {len(res['probes'])}; {ch['epochs']:.3g} epochs): "
+        f"**Chosen: `{ch['label']}`** (rank {ch.get('rank', 1)} of {len(res['probes'])} by the selection score; "
+        f"{ch['epochs']:.3g} epochs): "
         f"`{ch['overrides']}`.",
     ]
     if res.get("note"):
