@@ -341,7 +341,8 @@ def test_a_dino_start_runs_its_arms_the_naive_one_included(tmp_path):
     )
     c = curve.update_curve(run, tmp_path / "curve", protocols=("knn", "rankme"), log=lambda *_: None)
     assert [p["epoch"] for p in c["points"]] == [1] and "rankme/backbone" in c["points"][0]["metrics"]
-    assert "RankMe projector" not in (tmp_path / "curve.md").read_text()  # DINO has no projector
+    # DINO has no projector: the RankMe projector column is its head's bottleneck (models.model.head_embedding)
+    assert "rankme/projector" in c["points"][0]["metrics"] and "RankMe projector" in (tmp_path / "curve.md").read_text()
     info = export_start(run / "checkpoints" / "last.pt", tmp_path / "starts" / "dino", log=lambda *_: None)
     assert info["method"] == "dino" and info["heads"] == ["head", "teacher"]
     argv = ["--start", str(tmp_path / "starts" / "dino"), "--out", str(tmp_path / "arms"), "--seeds", "0"]

@@ -93,5 +93,11 @@ def test_difference_pairs_by_seed_only_when_the_seed_sets_match():
     one = difference([0.8], [0.83, 0.84], [0], [0, 1])
     assert one.low is None and one.kind == "n=1: no interval" and one.mean == pytest.approx(0.035)
     # no spread: the degenerate interval (scipy would return NaN)
-    flat = difference({0: 0.5, 1: 0.6}, {0: 0.7, 1: 0.8})
-    assert (flat.low, flat.high) == pytest.approx((0.2, 0.2))
+    flat = difference({0: 0.5, 1: 0.6}, {0: 0.7, 1: 0.8})  # +0.2 with every seed: no spread, no interval
+    assert (
+        flat.mean == pytest.approx(0.2)
+        and (flat.low, flat.high) == (None, None)
+        and "the same difference with every seed" in flat.kind
+    )
+    same = difference({0: 0.5, 1: 0.6}, {0: 0.5, 1: 0.6})  # identical arms: a zero difference, [0, 0]
+    assert (same.low, same.high) == (0.0, 0.0)

@@ -134,11 +134,12 @@ def test_report_table_states_intervals_and_spread(tmp_path):
     assert json.loads(json.dumps(comp.rows, allow_nan=False)) == comp.rows  # JSON-safe: no NaN, no tensors
     md = write_report(tmp_path, comp)["markdown"].read_text()
     # one checkpoint per arm: kNN has n=1 (no interval); few-shot is paired over evaluation seeds,
-    # the per-seed differences are all +5 points, and the table says what that spread measures
+    # the per-seed differences are all +5 points: no spread, so no (zero-width) interval, and the table
+    # says what that spread measures
     assert "| knn/top1_k20 (%) | 70.00 (1) | 75.00 (1) | +5.00 (n=1, no interval) |" in md
     assert (
         "| fewshot/top1_5shot (%) † | 60.33 ± 2.52 (3) | 65.33 ± 2.52 (3) | "
-        "+5.00 [+5.00, +5.00] (paired over evaluation seeds, n=3) |"
+        "+5.00 (paired over evaluation seeds, n=3, the same difference with every seed; no interval) |"
     ) in md
     assert "evaluation noise, not training variance" in md
 

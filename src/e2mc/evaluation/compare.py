@@ -192,7 +192,12 @@ class ComparisonResult:
                 text = fmt_difference(
                     r["diff"], r["diff_low"], r["diff_high"], percent=pct, ref=ref_row["mean"] if ref_row else None
                 )
-                cells.append(text + (" (n=1, no interval)" if r["diff_low"] is None else f" ({r['diff_kind']})"))
+                if r["diff_low"] is None and (r["diff_kind"] or "").startswith("n=1"):
+                    cells.append(text + " (n=1, no interval)")
+                elif r["diff_low"] is None:  # several seeds, the same difference with each: no spread, no interval
+                    cells.append(text + f" ({r['diff_kind'] or 'no interval'}; no interval)")
+                else:
+                    cells.append(text + f" ({r['diff_kind']})")
             lines.append("| " + " | ".join(cells) + " |")
         for flag in _FLAGS:
             per_arm = [[f[flag] for f in (flag_values(res) for res in arm) if flag in f] for arm in self.results]
@@ -375,7 +380,9 @@ def build_rows(
                 ref_xs, ref_seeds, ref_single = ref
                 if single and ref_single and len(xs) == len(ref_xs) > 1:
                     d = paired_difference(ref_xs, xs)
-                    kind = f"paired over evaluation seeds, n={d.n}"
+                    kind = f"paired over evaluation seeds, n={d.n}" + (
+                        ", the same difference with every seed" if d.low is None else ""
+                    )
                 else:
                     # a single checkpoint against several: its evaluation seeds are no training seeds
                     a_xs = [s.mean] if single else xs

@@ -89,7 +89,11 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
     if std is None:
         return Summary(mean, None, 1, None, None, "n=1: no interval")
     if _flat(std, mean):
-        return Summary(mean, 0.0, n, mean, mean, f"paired, n={n}")
+        if mean == 0:  # identical arms: no difference, and nothing to doubt
+            return Summary(mean, 0.0, n, mean, mean, f"paired, n={n}")
+        # the same non-zero difference in every pair (discrete outcomes on a small test set): the
+        # t-interval is 0/0, not certainty; no interval rather than a zero-width one "above zero"
+        return Summary(mean, 0.0, n, None, None, f"paired, n={n}, the same difference with every seed")
     ci = stats.ttest_rel(vb, va).confidence_interval(confidence)
     return Summary(mean, std, n, float(ci.low), float(ci.high), f"paired, n={n}")
 

@@ -125,7 +125,8 @@ def plot_training_curves(
 
 def accuracy_differences(arms: Sequence[str], metrics: Sequence[str], rows: Sequence[dict]) -> list[dict]:
     """What :func:`accuracy_figure` plots: for each metric and each arm after the first, the
-    difference to the first arm and its 95% interval in percentage points (low/high None: n=1)."""
+    difference to the first arm and its 95% interval in percentage points (low/high None: n=1, or the
+    same difference with every seed)."""
     out = []
     for m in metrics:
         for arm in list(arms)[1:]:
@@ -180,7 +181,7 @@ def accuracy_figure(arms: Sequence[str], metrics: Sequence[str], rows: Sequence[
                 "o",
                 mfc="none",
                 color=colour,
-                label=f"{arm} − {arms[0]} (n=1, no interval)",
+                label=f"{arm} − {arms[0]} (no interval: n=1 or no spread)",
             )
     ax.axvline(0.0, color="black", linewidth=1)
     ax.set_yticks(range(len(metrics)), metrics, fontsize=8)

@@ -62,7 +62,7 @@ def verdict(rows: list[dict], arm: str) -> str:
         if r is None or r["diff"] is None:
             continue
         if r["diff_low"] is None:
-            word = "no interval (n=1)"
+            word = "no interval: " + ("n=1" if r.get("n", 1) <= 1 else "the same difference with every seed")
         elif r["diff_low"] > 0:
             word = "interval above zero"
         elif r["diff_high"] < 0:
