@@ -27,6 +27,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -127,26 +128,24 @@ def record(root: Path) -> dict:
     return out
 
 
-def score(check: dict, start: dict, cap: float | None = None) -> float:
-    """The guard's score (``Guard.score``: geometric mean of the ratios to the start; entropy in
-    nats), optionally with each log-ratio capped at ``cap``; NaN when a value is not finite."""
-    logs = []
-    for k in KEYS:
-        s, v = start.get(k), check.get(k)
-        if s is None or v is None or not math.isfinite(s) or (k != "entropy" and s <= 0):
-            continue
-        if not math.isfinite(v):
-            return math.nan
-        lr = v - s if k == "entropy" else math.log(max(v / s, 1e-3))
-        logs.append(lr if cap is None else min(lr, cap))
-    return math.exp(sum(logs) / len(logs)) if logs else 1.0
+def score(check: dict, start: dict, capped: bool = False) -> float:
+    """The guard's own score (``Guard.score``) of ``check`` against ``start``; ``capped``: with no
+    rise counted (each value replaced by the smaller of it and the start's)."""
+    from e2mc.train.guard import Guard
+
+    values = {k: check[k] for k in KEYS if k in check}
+    if capped:
+        values = {k: min(v, start[k]) if k in start and math.isfinite(v) else v for k, v in values.items()}
+    g = Guard(SimpleNamespace(action="off"))
+    g.start = {k: start[k] for k in KEYS if k in start}
+    return g.score(values)
 
 
 def rules(checks: list[dict], drop: float = 0.5) -> dict:
     """Each rule's lowest margin (score / its reference) and the first step it acts at."""
     s0 = checks[0]
     plain = [score(c, s0) for c in checks]
-    capped = [score(c, s0, 0.0) for c in checks]
+    capped = [score(c, s0, capped=True) for c in checks]
     out = {
         "best": [1.0, None],
         "start": [1.0, None],

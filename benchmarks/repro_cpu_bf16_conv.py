@@ -1,10 +1,10 @@
 """PyTorch's CPU half-precision hazard that e2mc refuses (``e2mc.train.cpuconv``): the weight gradient
-of a strided convolution fed a 1-pixel input is not reproducible under CPU autocast to bfloat16.
+of a strided convolution fed a 1-pixel-wide input is not reproducible under CPU autocast to bfloat16.
 
     OMP_NUM_THREADS=1 python benchmarks/repro_cpu_bf16_conv.py [--reps 12]
 
 Pure PyTorch, no e2mc code: a ``Conv2d(256, 512, 3, stride=2, padding=1)`` (ResNet-18's
-``layer4.0.conv1``) on a batch of 512 random inputs of H x W pixels, backward with a fixed random
+``layer4.0.conv1``) on a batch of 512 random inputs of H x W pixels (square, and 4 x 1 / 1 x 4), backward with a fixed random
 output gradient, ``reps`` times with the same inputs (the allocator's memory dirtied in between);
 counts the repeats whose weight gradient differs from the first and the largest difference. Writes
 ``benchmarks/results/cpu_bf16_conv.md``.
@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 
-def trial(hw: int, channels_last: bool, stride: int, dtype, reps: int) -> tuple[int, float]:
+def trial(hw: tuple[int, int], channels_last: bool, stride: int, dtype, reps: int) -> tuple[int, float]:
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(256, 512, 3, stride=stride, padding=1, bias=False)
-    x0 = torch.randn(512, 256, hw, hw)
+    x0 = torch.randn(512, 256, *hw)
     if channels_last:
         conv, x0 = conv.to(memory_format=torch.channels_last), x0.contiguous(memory_format=torch.channels_last)
     amp = dict(device_type="cpu", dtype=dtype or torch.float32, enabled=dtype is not None)
@@ -56,17 +56,18 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []
-    cases = [(hw, cl, 2, torch.bfloat16) for cl in (True, False) for hw in (1, 2, 4)]
-    cases += [(1, True, 1, torch.bfloat16), (1, True, 2, None)]
+    sizes = ((1, 1), (2, 2), (4, 4), (4, 1), (1, 4))
+    cases = [(hw, cl, 2, torch.bfloat16) for cl in (True, False) for hw in sizes]
+    cases += [((1, 1), True, 1, torch.bfloat16), ((1, 1), True, 2, None)]
     for hw, cl, stride, dtype in cases:
         differ, worst = trial(hw, cl, stride, dtype, args.reps)
         rows.append(
-            f"| {hw} x {hw} | {'channels_last' if cl else 'contiguous'} | {stride} | {'bf16' if dtype else 'fp32'} "
+            f"| {hw[0]} x {hw[1]} | {'channels_last' if cl else 'contiguous'} | {stride} | {'bf16' if dtype else 'fp32'} "
             f"| {differ} of {args.reps - 1} | {worst:.3g} |"
         )
         print(rows[-1], flush=True)
     lines = [
-        "# CPU bf16: weight gradient of a strided convolution on a 1-pixel input",
+        "# CPU bf16: weight gradient of a strided convolution on a 1-pixel-wide input",
         "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M')}; machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}, 1 thread; command: `python benchmarks/repro_cpu_bf16_conv.py --reps {args.reps}`",

@@ -24,7 +24,12 @@ class CriterionInputError(E2MCError, ValueError):
 
 class TrainingDiverged(E2MCError):
     """The loss, or the state about to be checkpointed, became NaN or infinite; nothing non-finite
-    is written and the last good checkpoint is kept."""
+    is written and the last good checkpoint is kept. ``step`` and ``term`` (what was not finite) are
+    set when the trainer raises it (None otherwise)."""
+
+    def __init__(self, message: str, step: int | None = None, term: str | None = None):
+        super().__init__(message)
+        self.step, self.term = step, term
 
 
 class RunIOError(E2MCError):

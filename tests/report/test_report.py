@@ -189,3 +189,29 @@ def test_comparison_json_carries_wall_times_and_verdict_into_the_report(tmp_path
     md = write_report(tmp_path / "r", again)["markdown"].read_text()
     assert "**Headline (made by the demo): E2MC − base-only = +1.00 points**" in md
     assert "Wall time: evaluate 3.2 s, total 12 s." in md  # 3.21 -> 3.2; 12.5 -> 12 (round half to even)
+
+
+def test_headline_with_the_same_difference_every_seed_gives_no_verdict():
+    """Three training seeds, each +5 points on kNN@20: no spread, so no interval and no verdict, and
+    the headline says why instead of asking for 'more seeds' as for n=1."""
+    from e2mc.evaluation.compare import headline
+
+    names = ["base", "arm"]
+    results = [
+        [{"knn": {"top1_k20": 0.70 + 0.01 * s}} for s in range(3)],
+        [{"knn": {"top1_k20": 0.75 + 0.01 * s}} for s in range(3)],
+    ]
+    comp = ComparisonResult(
+        names,
+        [["a", "b", "c"], ["d", "e", "f"]],
+        "digits",
+        ["knn"],
+        [0],
+        results,
+        build_rows(names, results, [[0, 1, 2], [0, 1, 2]]),
+    )
+    row = comp.row("arm", "knn/top1_k20")
+    assert row["diff"] == pytest.approx(0.05) and row["diff_low"] is None
+    head = headline(comp)
+    assert "the same difference with every seed" in head["text"] and "run with more seeds" not in head["text"]
+    assert "the same difference with every seed; no interval)" in comp.to_markdown()

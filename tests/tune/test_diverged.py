@@ -159,13 +159,15 @@ def test_failed_probe_texts_and_their_parsing():
         "checkpoint; nothing was written); no good checkpoint of this run exists yet (none was written). Lower "
         "optim.lr, set train.grad_clip"
     )
-    f = probes_mod.diverged_entry(msg)
+    f = probes_mod.diverged_entry(TrainingDiverged(msg, step=3, term="model.backbone.layer4.0.conv1.weight"))
     assert f == {
         "step": 3,
         "reason": "diverged at step 3: model.backbone.layer4.0.conv1.weight is not finite",
         "kind": "diverged",
     }
     assert probes_mod.failed_text(f) == "diverged at step 3"
+    other = probes_mod.diverged_entry(TrainingDiverged(msg))  # raised elsewhere: no step, the first clause
+    assert other["step"] is None and other["reason"].startswith("training diverged: model.backbone")
     assert probes_mod.failed_line("none-lr0.0948", f) == (
         "probe none-lr0.0948 diverged at step 3 (model.backbone.layer4.0.conv1.weight is not finite); "
         "left out of the ranking"

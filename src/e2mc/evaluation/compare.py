@@ -192,10 +192,10 @@ class ComparisonResult:
                 text = fmt_difference(
                     r["diff"], r["diff_low"], r["diff_high"], percent=pct, ref=ref_row["mean"] if ref_row else None
                 )
-                if r["diff_low"] is None and (r["diff_kind"] or "").startswith("n=1"):
+                if r["diff_low"] is None and "the same difference" in (r["diff_kind"] or ""):
+                    cells.append(text + f" ({r['diff_kind']}; no interval)")  # no spread: no interval
+                elif r["diff_low"] is None:
                     cells.append(text + " (n=1, no interval)")
-                elif r["diff_low"] is None:  # several seeds, the same difference with each: no spread, no interval
-                    cells.append(text + f" ({r['diff_kind'] or 'no interval'}; no interval)")
                 else:
                     cells.append(text + f" ({r['diff_kind']})")
             lines.append("| " + " | ".join(cells) + " |")
@@ -293,7 +293,9 @@ def headline(
     subject = subject or f"`{arm}`"
     better = "helps" if is_accuracy(metric) else "is higher"
     worse = "hurts" if is_accuracy(metric) else "is lower"
-    if row["diff_low"] is None:
+    if row["diff_low"] is None and "the same difference" in (row.get("diff_kind") or ""):
+        verdict = "the same difference with every seed: no spread, no interval, no verdict (run more seeds or a larger test set)"
+    elif row["diff_low"] is None:
         verdict = "only one seed: no interval, no verdict (run with more seeds)"
     elif row["diff_low"] > 0:
         verdict = f"{subject} {better}: the 95% interval of the difference is above zero"

@@ -118,17 +118,22 @@ class SSLModel(nn.Module):
         return out
 
 
+def _embedding_module(model: nn.Module) -> nn.Module | None:
+    """The module whose output is the head's embedding: the projector, else DINO's ``head.mlp``."""
+    if getattr(model, "projector", None) is not None:
+        return model.projector
+    head = getattr(model, "head", None)
+    return head.mlp if head is not None and hasattr(head, "mlp") else None
+
+
 def head_embedding(model: nn.Module, f: torch.Tensor) -> torch.Tensor | None:
     """The head's embedding of backbone features ``f``: the projector's output, or a head's
     bottleneck (DINO's ``head.mlp``, before its L2 normalisation and prototypes); None when the
     model has neither. What the collapse guard, the monitor and evaluation's ``projector`` rows read."""
-    if getattr(model, "projector", None) is not None:
-        return model.projector(f)
-    head = getattr(model, "head", None)
-    return head.mlp(f) if head is not None and hasattr(head, "mlp") else None
+    m = _embedding_module(model)
+    return None if m is None else m(f)
 
 
 def has_head_embedding(model: nn.Module) -> bool:
     """Whether ``head_embedding`` gives an embedding for ``model``."""
-    head = getattr(model, "head", None)
-    return getattr(model, "projector", None) is not None or (head is not None and hasattr(head, "mlp"))
+    return _embedding_module(model) is not None

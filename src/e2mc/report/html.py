@@ -126,7 +126,7 @@ HOW_TO_READ = [
     "**Differences** (last columns, and the plot): each arm minus the first arm, with a 95% "
     "Student-t interval; *paired* when both arms ran the same training seeds, *Welch* otherwise. "
     'An interval that contains 0 means no detectable difference at this n, not "no effect"; '
-    "n = 1 gives no interval.",
+    "n = 1 gives no interval, and so does the same difference with every seed (no spread to estimate from).",
     "**Accuracies** (kNN@k, linear probe, few-shot, semi-supervised) are test-set top-1 in %; "
     "differences in accuracy points.",
     "**Label-free metrics**: RankMe (effective rank of the embeddings, higher: less collapsed), "

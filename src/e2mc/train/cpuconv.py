@@ -1,15 +1,15 @@
-"""A PyTorch CPU half-precision hazard the trainer refuses: a strided convolution on a 1-pixel input.
+"""A PyTorch CPU half-precision hazard the trainer refuses: a strided convolution on a 1-pixel-wide input.
 
 Measured (``benchmarks/repro_cpu_bf16_conv.py`` -> ``benchmarks/results/cpu_bf16_conv.md``, torch
 2.14.1, AMD EPYC): under CPU autocast to bfloat16, the weight gradient of a ``Conv2d`` with kernel 3,
-stride 2, padding 1 whose input is 1 x 1 (e.g. ResNet-18's ``layer4.0.conv1`` on 16 px images with
-the ImageNet stem) differs between identical calls (1 to 11 of 11 repeats, by up to 4.4e3 or inf;
-1.7e21 once in the trainer's case): uninitialised memory. Inputs of 2 x 2 and more, stride 1 and
-fp32 are exact. In e2mc it showed as probes that diverged at random
+stride 2, padding 1 whose input is 1 pixel wide (1 x 1: ResNet-18's ``layer4.0.conv1`` on 16 px
+images with the ImageNet stem; also 4 x 1) differs between identical calls (1 to 11 of 11 repeats,
+varying from run to run, by up to 1.7e24 or inf; 1.7e21 once in the trainer's case): uninitialised memory. 1 pixel high but
+wider (1 x 4, 1 x 8), 2 x 2 and more, stride 1 and fp32 are exact. In e2mc it showed as probes that diverged at random
 (``layer4.0.conv1.weight is not finite``) and runs that could not be repeated.
 
 ``watch_strided_1px(model)`` is a context manager that records, during one forward, the names of
-the strided ``Conv2d`` modules (kernel > 1) whose input is 1 pixel high or wide; the ``Trainer``
+the strided ``Conv2d`` modules (kernel > 1) whose input is 1 pixel wide; the ``Trainer``
 runs the first forward of a CPU half-precision run under it and raises ``ConfigError`` when any is found.
 """
 
@@ -21,15 +21,14 @@ import torch
 from torch import nn
 
 
-def _risky(m: nn.Module) -> bool:
-    k, s = m.kernel_size, m.stride
-    return isinstance(m, nn.Conv2d) and max(s) > 1 and max(k) > 1
+def _risky(m: nn.Conv2d) -> bool:
+    return max(m.stride) > 1 and max(m.kernel_size) > 1
 
 
 @contextlib.contextmanager
 def watch_strided_1px(model: nn.Module):
     """Yield a list that fills, during the block's forwards, with ``(name, input H x W)`` of every
-    strided ``Conv2d`` (kernel > 1) fed a 1-pixel-high or -wide input (``module.`` prefix removed)."""
+    strided ``Conv2d`` (kernel > 1) fed a 1-pixel-wide input (``module.`` prefix removed)."""
     hits: list[tuple[str, str]] = []
     handles = []
     for name, m in model.named_modules():
@@ -37,7 +36,7 @@ def watch_strided_1px(model: nn.Module):
 
             def hook(mod, args, name=name):
                 x = args[0] if args else None
-                if isinstance(x, torch.Tensor) and x.dim() == 4 and min(x.shape[-2:]) == 1:
+                if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[-1] == 1:  # 1 pixel wide
                     if all(n != name for n, _ in hits):
                         hits.append((name.removeprefix("module."), f"{x.shape[-2]} x {x.shape[-1]}"))
 

@@ -346,7 +346,9 @@ class TrainerSetup:
         )
         return TrainingDiverged(
             f"training diverged: {term} is not finite at step {step} ({detail}); {where}. Lower "
-            "optim.lr, set train.grad_clip, use precision fp32/bf16 instead of fp16, or check the data"
+            "optim.lr, set train.grad_clip, use precision fp32/bf16 instead of fp16, or check the data",
+            step=step,
+            term=term,
         )
 
     def _load_model(self, found: tuple | None) -> tuple[SSLModel, dict]:

@@ -23,7 +23,6 @@ the ranking (:func:`failed_line`). SIGTERM/SIGINT still raise :class:`Stopped`.
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
@@ -63,7 +62,7 @@ def _train(source, overrides: dict, run_dir: Path) -> dict | None:
     try:
         trainer.fit()
     except TrainingDiverged as exc:
-        return diverged_entry(str(exc))
+        return diverged_entry(exc)
     if trainer.stop_requested:  # the trainer's own SIGTERM/SIGINT handler saved and stopped
         raise Stopped(trainer.stop_signal or "a signal")
     for p in (run_dir / "checkpoints").glob("epoch_*.pt"):  # last.pt is what rungs resume from
@@ -76,13 +75,12 @@ def _train(source, overrides: dict, run_dir: Path) -> dict | None:
     return None
 
 
-def diverged_entry(message: str) -> dict:
-    """The ``failed`` entry of a ``TrainingDiverged`` message: the step and what was not finite."""
-    m = re.search(r"training diverged: (.*?) is not finite at step (\d+)", message)
-    if m is None:
-        return {"step": None, "reason": message.split(";")[0].strip()[:200], "kind": "diverged"}
-    step = int(m.group(2))
-    return {"step": step, "reason": f"diverged at step {step}: {m.group(1)} is not finite", "kind": "diverged"}
+def diverged_entry(exc: TrainingDiverged) -> dict:
+    """The ``failed`` entry of a ``TrainingDiverged``: the step and what was not finite (the trainer
+    sets both on the error; another's message is kept, shortened)."""
+    if exc.step is None or exc.term is None:
+        return {"step": None, "reason": str(exc).split(";")[0].strip()[:200], "kind": "diverged"}
+    return {"step": exc.step, "reason": f"diverged at step {exc.step}: {exc.term} is not finite", "kind": "diverged"}
 
 
 def failed_text(failed: dict) -> str:
