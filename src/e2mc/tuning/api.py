@@ -281,8 +281,12 @@ def _split_and_schedule(spec: TuneSpec, plan: Plan, source, out: Path, ev: dict,
             plan.rungs = longer
     else:
         plan.n_hold = spec.holdout if spec.holdout is not None else min(5000, max(scoring.K, round(0.1 * plan.n)))
+    # the pilot's held-out part is the tune's when it is as large (the cap): the same file, so the
+    # pilot's base-only probes are the reference probe's twins (``probes.adopt``); a tune folder
+    # begun by an older e2mc keeps its own split.json
+    same = plan.power is not None and plan.n_hold == plan.power["pilot_images"] and not (out / "split.json").exists()
     plan.split = scoring.holdout_split(
-        out / "split.json",
+        out / "pilot" / "split.json" if same else out / "split.json",
         str(spec.dataset),
         source.targets,
         int(plan.n_hold),
@@ -355,6 +359,7 @@ def _run_rungs(spec: TuneSpec, plan: Plan, ev: dict, out: Path, log) -> tuple[di
                 "dir": str(out / "probes" / lab),
                 "source": spec.recipe,
                 "overrides": {**probe_over, **by_label[lab].overrides},
+                "twin": power.twin(out, {**probe_over, **by_label[lab].overrides}),
                 "steps": st,
                 "eval": ev,
                 "threads": plan.threads,

@@ -21,7 +21,7 @@ from pathlib import Path
 from e2mc.errors import ConfigError, TrainingDiverged
 from e2mc.tuning import paired, scoring
 from e2mc.tuning.outcomes import NAME
-from e2mc.tuning.probes import failed_text, run_jobs
+from e2mc.tuning.probes import failed_text, read_json, run_jobs
 
 
 def check(target: float, cap: float, min_move: float = 0.05) -> None:
@@ -114,6 +114,15 @@ def pilot(spec, plan, source, first_epochs: float, ev: dict, ref_overrides: dict
     }
 
 
+def twin(out: Path, overrides: dict) -> str | None:
+    """The pilot probe folder trained with exactly ``overrides`` (a probe's ``twin``), or None."""
+    for marker in sorted((Path(out) / "pilot").glob("seed*/probe.json")):
+        rec = read_json(marker)
+        if rec is not None and rec.get("overrides") == overrides:
+            return str(marker.parent)
+    return None
+
+
 def _pilot_ok(rec: dict, out: Path) -> dict:
     """The pilot probe's record, or the one-line error of a base-only pilot that diverged (or that the
     collapse guard stopped): with base-only failing nothing can be paired."""
@@ -180,7 +189,6 @@ def _start_scores(checkpoint, ev: dict, memo: Path) -> tuple[float, str]:
     """The start's backbone RankMe and per-image kNN outcomes on the pilot's held-out part (memoised)."""
     from e2mc.evaluation.api import evaluate, evaluation_settings
     from e2mc.fileio import atomic_write_json
-    from e2mc.tuning.probes import read_json
 
     kw = {k: v for k, v in ev.items() if k not in ("dataset", "protocols")}
     old = read_json(memo)

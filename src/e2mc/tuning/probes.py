@@ -16,6 +16,11 @@ collapse guard stopped (``trainer.guard_stopped``) is a result, not an error: it
 never trained or scored again (a rerun returns the record as it is) and the tune leaves it out of
 the ranking (:func:`failed_line`). SIGTERM/SIGINT still raise :class:`Stopped`.
 
+A new probe whose job names a ``twin`` (a finished power-pilot probe with the same overrides: the
+pilot's base-only runs are the reference probe and its second seed) starts as a copy of it
+(:func:`adopt`): its run files are linked or copied and it resumes from there, so that training is
+done, and counted, once (in the pilot).
+
 ``run_jobs`` runs a rung's probes one after another in this process (``workers=1``) or in
 ``workers`` spawned processes, each with ``threads`` torch threads.
 """
@@ -23,6 +28,8 @@ the ranking (:func:`failed_line`). SIGTERM/SIGINT still raise :class:`Stopped`.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -75,6 +82,62 @@ def _train(source, overrides: dict, run_dir: Path) -> dict | None:
     return None
 
 
+def _link_or_copy(src, dst):
+    """A hard link (checkpoints are replaced, never written in place, so the twin is never
+    changed), or a copy where links are not possible."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
+def adopt(job: dict) -> bool:
+    """Start the new probe ``job`` as a copy of its ``twin`` (see the module docstring); True when it did.
+
+    Only a twin that finished, did not fail, holds the same overrides and is not past ``job["steps"]``
+    is adopted, and only into a folder with no probe and no run files; its scores are not (the
+    pilot scores with fewer metrics), so the probe is scored as any other."""
+    from e2mc.train.run import run_files
+
+    src = Path(job["twin"]) if job.get("twin") else None
+    dst = Path(job["dir"])
+    if src is None or (dst / "probe.json").exists() or (dst.is_dir() and run_files(dst)):
+        return False
+    rec = read_json(src / "probe.json")
+    if (
+        rec is None
+        or rec.get("failed")
+        or rec["overrides"] != job["overrides"]
+        or not 0 < int(rec["steps"]) <= int(job["steps"])
+        or not (src / "checkpoints" / "last.pt").is_file()
+    ):
+        return False
+    tmp = dst.with_name(dst.name + ".adopting")
+    shutil.rmtree(tmp, ignore_errors=True)
+    keep = [f for f in run_files(src) if f not in ("tb", "guard_events.json")]
+    tmp.mkdir(parents=True)
+    for f in keep:
+        if (src / f).is_dir():
+            shutil.copytree(src / f, tmp / f, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(src / f, tmp / f)
+    new = {
+        "label": job["label"],
+        "overrides": job["overrides"],
+        "steps": int(rec["steps"]),
+        "train_seconds": 0.0,  # counted in the pilot's
+        "eval_seconds": 0.0,
+        "scores": {},
+        "from_pilot": {"dir": str(src), "steps": int(rec["steps"]), "train_seconds": rec["train_seconds"]},
+    }
+    atomic_write_json(tmp / "probe.json", new, indent=1)
+    if dst.is_dir():
+        shutil.rmtree(dst)  # no probe and no run files: at most an empty attempt's folder
+    os.replace(tmp, dst)
+    return True
+
+
 def diverged_entry(exc: TrainingDiverged) -> dict:
     """The ``failed`` entry of a ``TrainingDiverged``: the step and what was not finite (the trainer
     sets both on the error; another's message is kept, shortened)."""
@@ -113,6 +176,7 @@ def run_probe(job: dict) -> dict:
         torch.set_num_threads(int(job["threads"]))
     run_dir = Path(job["dir"])
     marker = run_dir / "probe.json"
+    adopt(job)
     rec = read_json(marker)
     if rec is not None and rec["overrides"] != job["overrides"]:
         raise ConfigError(f"{run_dir} holds a probe with other settings ({marker}); use another --out")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from e2mc.tuning import halving, select
+from e2mc.tuning.power import twin
 from e2mc.tuning.probes import failed_line, run_jobs
 
 
@@ -42,6 +43,7 @@ def run_seeds(labels, by_label, probe_over: dict, steps: int, seeds, ev: dict, s
                 "dir": str(out / "probes" / f"{lab}-seed{s}"),
                 "source": spec.recipe,
                 "overrides": {**probe_over, **by_label[lab].overrides, "train.seed": int(s)},
+                "twin": twin(out, {**probe_over, **by_label[lab].overrides, "train.seed": int(s)}),
                 "steps": steps,
                 "eval": ev,
                 "threads": plan.threads,
