@@ -54,6 +54,31 @@ def test_score_and_decision_rule():
     assert Guard(SimpleNamespace(action="off")).active is False
 
 
+def test_a_term_the_loss_maximises_counts_only_when_it_falls():
+    """With the E2MC add-on the entropy term is what the loss raises: its rise cannot vouch for the run
+    (the measured DINO + E2MC case: +1.6 nats lifted the score to 1.16 while the agreement fell to 0.48)."""
+    start = {"rankme": 20.6, "rankme_proj": 5.3, "entropy": -2.8, "agreement": 1.0}
+    now = {"rankme": 17.9, "rankme_proj": 4.5, "entropy": -1.2, "agreement": 0.48}
+    plain = Guard(SimpleNamespace(action="rollback"))
+    e2mc = Guard(SimpleNamespace(action="rollback"), optimised=("entropy",))
+    for g in (plain, e2mc):
+        g.start = dict(start)
+    others = math.log(17.9 / 20.6) + math.log(4.5 / 5.3) + math.log(0.48)
+    assert plain.score(now) == pytest.approx(math.exp((others + 1.6) / 4)) and plain.score(now) > 1.1
+    assert e2mc.score(now) == pytest.approx(math.exp(others / 4))  # the rise counts as no change
+    assert e2mc.score({**start, "entropy": -4.8}) == pytest.approx(math.exp(-2.0 / 4))  # a fall counts
+
+
+def test_the_e2mc_addon_marks_its_entropy_as_optimised():
+    from e2mc.config import AddonConfig
+    from e2mc.train.guard import optimised_terms
+
+    assert optimised_terms(AddonConfig(name="e2mc")) == ("entropy",)  # None: the method's default weight
+    assert optimised_terms(AddonConfig(name="e2mc", entropy_weight=10.0)) == ("entropy",)
+    assert optimised_terms(AddonConfig(name="e2mc", entropy_weight=0.0)) == ()  # the covariance term only
+    assert optimised_terms(AddonConfig(name="mmcr")) == optimised_terms(AddonConfig(name="none")) == ()
+
+
 @pytest.mark.parametrize("reference, verdicts", [("start", [None, None, "drop"]), ("best", ["drop", "drop", "drop"])])
 def test_a_transient_spike_is_no_drop_from_the_start(reference, verdicts):
     """The measured false stop (README "Collapse guard"): a naive DINO continuation's score jumped to
@@ -74,6 +99,7 @@ def test_destructive_lr_is_caught_rolled_back_and_ends_on_the_best(tmp_path, tin
     cfg = tiny(run, "optim.lr=50", "train.max_steps=20", "train.guard.interval=2", "train.guard.max_rollbacks=2")
     t = Trainer(cfg)
     t.fit()
+    assert cfg.addon.name == "e2mc" and t.guard.optimised == ("entropy",)  # the run's guard knows its add-on
     events = json.loads((run / "guard_events.json").read_text())
     assert [e["rollback"] for e in events] == [1, 2, 3] and [e["restored_step"] for e in events] == [0, 0, 0]
     assert [e["action"] for e in events] == ["continued", "continued", "stopped"]

@@ -15,7 +15,10 @@ features and of the projector output, ``exp`` of the change of the E2MC marginal
 the kNN agreement with the start's neighbours (fraction of each probe image's ``knn_k`` cosine
 neighbours still among them; not for a run from random initialisation, ``model.init: random:...``,
 whose start's neighbours are a random network's) and, with ``labels``, the leave-one-out kNN
-accuracy on the probe.
+accuracy on the probe. A term the run's own loss maximises counts only when it falls: with the E2MC
+add-on (entropy weight not 0) the entropy term is capped at the start's value, since the add-on
+raises it whatever happens to the features (a DINO + E2MC run's +1.6 nats lifted its score to 1.16
+while the kNN agreement fell to 0.48; ``benchmarks/bench_guard_rule.py``).
 Every probe is computed under ``no_grad`` in eval mode with the RNG state kept, so a healthy run
 trains exactly as without the guard.
 """
@@ -61,6 +64,14 @@ def knn_accuracy(nn_idx: torch.Tensor, labels: torch.Tensor) -> float:
     return float((counts.argmax(dim=1) == labels).float().mean())
 
 
+def optimised_terms(addon: Any) -> tuple[str, ...]:
+    """The guard terms that the add-on ``addon`` (an ``AddonConfig``) maximises directly: E2MC's
+    entropy, unless its weight is 0."""
+    if addon.name == "e2mc" and addon.entropy_weight != 0:  # None: the method's default weight (not 0)
+        return ("entropy",)
+    return ()
+
+
 class Guard:
     """Scores and decisions of one run's collapse guard (see the module docstring).
 
@@ -70,6 +81,9 @@ class Guard:
             ``probe_size`` 0: then only a non-finite loss triggers the guard).
         labels: the probe images' labels (``cfg.labels``), or None.
         entropy_transform: the box transform of the E2MC entropy.
+        from_scratch: a run from random initialisation (no agreement term).
+        optimised: the terms the run's loss maximises (``("entropy",)`` with the E2MC add-on): their
+            rises are not counted.
     """
 
     def __init__(
@@ -79,8 +93,10 @@ class Guard:
         labels: torch.Tensor | None = None,
         entropy_transform: str = "sigmoid",
         from_scratch: bool = False,
+        optimised: tuple[str, ...] = (),
     ):
         self.cfg, self.probe, self.labels, self.transform = cfg, probe, labels, entropy_transform
+        self.optimised = tuple(optimised)
         # from random initialisation the start's neighbours are a random network's: a learning
         # network leaves them (agreement 1.0 -> 0.44 in 450 healthy DINO steps), so no agreement term
         self.from_scratch = from_scratch
@@ -107,7 +123,8 @@ class Guard:
                 targets = torch.tensor([int(setup.dataset.targets[i]) for i in idx])
                 labels = targets if bool((targets >= 0).all()) else None
         scratch = str(setup.cfg.model.init or "").startswith("random:")
-        guard = cls(cfg, probe, labels, setup.cfg.addon.transform or setup.method.e2mc_defaults[2], scratch)
+        transform = setup.cfg.addon.transform or setup.method.e2mc_defaults[2]
+        guard = cls(cfg, probe, labels, transform, scratch, optimised_terms(setup.cfg.addon))
         guard.load_state_dict(None if resumed is None else resumed.get("guard"))
         return guard
 
@@ -144,7 +161,8 @@ class Guard:
                 continue  # nothing to compare with (e.g. a start whose metric failed)
             if not math.isfinite(v):
                 return math.nan
-            logs.append(v - s if k == "entropy" else math.log(max(v / s, FLOOR)))  # entropy: nats = log ratio
+            log = v - s if k == "entropy" else math.log(max(v / s, FLOOR))  # entropy: nats = log ratio
+            logs.append(min(log, 0.0) if k in self.optimised else log)
         return math.exp(sum(logs) / len(logs)) if logs else 1.0
 
     def decide(self, score: float | None) -> str | None:
