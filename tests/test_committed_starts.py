@@ -1,6 +1,7 @@
 """The starts committed under ``benchmarks/starts`` (what the reproduction's tables continue) are intact:
-the file is the one ``start.json`` describes (sha256, size) and loads as its method with every head
-from the file, none built fresh."""
+the file is the one ``start.json`` describes (sha256, size) and, read by its path alone (the file's
+own metadata names its method), loads as that method with every head from the file, none built
+fresh (before 2026-12-06 the DINO start loaded as a bare backbone: evaluation had no projector row)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def test_a_committed_start_is_the_file_its_record_describes(start):
     data = (start / "model.safetensors").read_bytes()
     assert len(data) == meta["size_bytes"], "a Git LFS pointer or a truncated file?"
     assert hashlib.sha256(data).hexdigest() == meta["sha256"]
-    model, report = load_model(str(start / "model.safetensors"), method=meta["method"])
+    model, report = load_model(str(start / "model.safetensors"))  # by path alone, as `e2mc evaluate` reads it
     assert model.method == meta["method"]
     assert not report.heads_built, report.heads_built
     state, back = load_file(start / "model.safetensors"), model.state_dict()

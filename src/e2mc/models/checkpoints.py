@@ -438,6 +438,13 @@ def model_from_parts(
     return model, report
 
 
+def _method_from_metadata(parts: Parts, meta: dict | None) -> None:
+    """The method a safetensors file's metadata names, for a file that holds heads (a backbone-only
+    export names the model's method too, but has no heads of it: it stays a backbone)."""
+    if meta is not None and parts.heads and not parts.method:
+        parts.method = meta.get("method") or None
+
+
 def _parts_method(parts: Parts) -> str | None:
     if parts.method or not parts.heads:
         return parts.method
@@ -458,7 +465,9 @@ def checkpoint_method(path_or_name, format: str | None = None) -> str | None:
         return row.method if row.heads else None
     obj, meta = read_checkpoint(text)
     fmt = format if format not in (None, "safetensors") else detect_format(obj, (meta or {}).get("arch"))
-    return _parts_method(ADAPTERS[fmt].split(obj))
+    parts = ADAPTERS[fmt].split(obj)
+    _method_from_metadata(parts, meta)
+    return _parts_method(parts)
 
 
 def _method_heads(method):
@@ -557,8 +566,9 @@ def load_model(
         raise CheckpointError(f"unknown format {format!r}; known: {', '.join(ADAPTERS)}, safetensors")
     fmt = format if format not in (None, "safetensors") else detect_format(obj, arch or (meta or {}).get("arch"))
     parts = ADAPTERS[fmt].split(obj)
-    if meta is not None:
+    if meta is not None:  # what e2mc's own safetensors files (export, committed starts) say of themselves
         parts.arch = parts.arch or meta.get("arch") or None
+        _method_from_metadata(parts, meta)
         if "cifar_stem" in meta:
             parts.cifar_stem = meta["cifar_stem"] == "True"
         fmt = "safetensors"
