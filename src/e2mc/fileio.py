@@ -111,6 +111,14 @@ def move_into_place(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def move_dir_into_place(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Give a finished folder its final name atomically (``path`` must not exist or be an empty
+    folder): ``os.replace`` it, fsync the parent folder. Its files are the caller's to have synced."""
+    os.replace(tmp, path)
+    _fsync_path(Path(path).parent, directory=True)
+    return Path(path)
+
+
 def atomic_write_file(path: str | os.PathLike, write: Callable[[BinaryIO], Any], **kw: Any) -> Path:
     """:func:`atomic_write` for writers that take an open binary file (``torch.save``, ``np.save``);
     ``kw``: ``parents``, ``error``."""

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from e2mc.errors import ConfigError, TrainingDiverged
-from e2mc.fileio import atomic_write_json
+from e2mc.fileio import atomic_write_json, move_dir_into_place
 
 
 def read_json(path, default=None):
@@ -134,7 +134,7 @@ def adopt(job: dict) -> bool:
     atomic_write_json(tmp / "probe.json", new, indent=1)
     if dst.is_dir():
         shutil.rmtree(dst)  # no probe and no run files: at most an empty attempt's folder
-    os.replace(tmp, dst)
+    move_dir_into_place(tmp, dst)
     return True
 
 
