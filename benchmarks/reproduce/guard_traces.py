@@ -61,6 +61,9 @@ def main() -> int:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in sorted(p for p in Path(args.runs).iterdir() if (p / "metrics.csv").is_file()):
+        harness = run / "harness.json"  # arms.py's marker: a run still training is left out
+        if harness.is_file() and not yaml.safe_load(harness.read_text()).get("done"):
+            continue
         t = traces(run)
         if t is None:
             lines.append(f"| {run.name} | | 0 (guard off) | | | | | | | |")
