@@ -136,8 +136,10 @@ def record(root: Path) -> dict:
 def optimised(run: dict, name: str) -> tuple[str, ...]:
     """The terms the run's loss maximises (``Guard.optimised``): E2MC's entropy with the E2MC add-on
     (a study saved before ``addon`` was recorded: read from the run's name)."""
+    from e2mc.train.guard import optimised_terms
+
     addon = run.get("addon", "e2mc" if "E2MC" in name else "none")
-    return ("entropy",) if addon == "e2mc" else ()
+    return optimised_terms(SimpleNamespace(name=addon, entropy_weight=None))
 
 
 def score(check: dict, start: dict, capped: bool = False, optimised: tuple[str, ...] = ()) -> float:

@@ -12,6 +12,7 @@ rule, the step of the lowest, the last agreement and backbone RankMe ratio, and 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -62,7 +63,7 @@ def main() -> int:
     ]
     for run in sorted(p for p in Path(args.runs).iterdir() if (p / "metrics.csv").is_file()):
         harness = run / "harness.json"  # arms.py's marker: a run still training is left out
-        if harness.is_file() and not yaml.safe_load(harness.read_text()).get("done"):
+        if harness.is_file() and not json.loads(harness.read_text()).get("done"):
             continue
         t = traces(run)
         if t is None:

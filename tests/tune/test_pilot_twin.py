@@ -114,3 +114,7 @@ def test_adopt_refuses_what_is_not_a_finished_twin(both, tmp_path):
         got["steps"] == rec["steps"] and got["scores"] == {} and (tmp_path / "z" / "checkpoints" / "last.pt").is_file()
     )
     assert (pilot / "checkpoints" / "last.pt").is_file()  # the twin keeps its files
+    before = (pilot / "metrics.csv").read_bytes()
+    with open(tmp_path / "z" / "metrics.csv", "a") as f:  # a resumed probe appends to its log ...
+        f.write("appended\n")
+    assert (pilot / "metrics.csv").read_bytes() == before  # ... and the twin's log stays as it was

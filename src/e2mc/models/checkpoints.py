@@ -441,8 +441,8 @@ def model_from_parts(
 def _method_from_metadata(parts: Parts, meta: dict | None) -> None:
     """The method a safetensors file's metadata names, for a file that holds heads (a backbone-only
     export names the model's method too, but has no heads of it: it stays a backbone)."""
-    if meta is not None and parts.heads and not parts.method:
-        parts.method = meta.get("method") or None
+    if meta is not None and parts.heads and not parts.method and meta.get("method") in METHODS:
+        parts.method = meta["method"]  # another tool's "method" entry is not one of e2mc's: ignored
 
 
 def _parts_method(parts: Parts) -> str | None:

@@ -83,8 +83,8 @@ def _train(source, overrides: dict, run_dir: Path) -> dict | None:
 
 
 def _link_or_copy(src, dst):
-    """A hard link (checkpoints are replaced, never written in place, so the twin is never
-    changed), or a copy where links are not possible."""
+    """A hard link, or a copy where links are not possible. For checkpoints only: they are replaced,
+    never written in place, so the twin never changes (``metrics.csv`` is appended to: copied)."""
     try:
         os.link(src, dst)
     except OSError:
@@ -118,10 +118,12 @@ def adopt(job: dict) -> bool:
     keep = [f for f in run_files(src) if f not in ("tb", "guard_events.json")]
     tmp.mkdir(parents=True)
     for f in keep:
-        if (src / f).is_dir():
+        if f == "checkpoints":
             shutil.copytree(src / f, tmp / f, copy_function=_link_or_copy)
+        elif (src / f).is_dir():
+            shutil.copytree(src / f, tmp / f)
         else:
-            _link_or_copy(src / f, tmp / f)
+            shutil.copy2(src / f, tmp / f)
     new = {
         "label": job["label"],
         "overrides": job["overrides"],
