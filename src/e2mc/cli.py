@@ -6,6 +6,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from e2mc import __version__
 from e2mc.commands import COMMAND_MODULES
@@ -33,8 +34,27 @@ def did_you_mean(message: str) -> str:
     if not found or "maybe you meant" in message or "did you mean" in message:
         return message
     choices = [c.strip().strip("'\"") for c in found.group(2).split(",")]
-    close = difflib.get_close_matches(found.group(1), choices, n=1, cutoff=0.6)
-    return f"{message}; did you mean '{close[0]}'?" if close else message
+    lower = {c.lower(): c for c in choices}  # case counts for nothing in how close a name is
+    close = difflib.get_close_matches(found.group(1).lower(), list(lower), n=1, cutoff=0.6)
+    return f"{message}; did you mean '{lower[close[0]]}'?" if close else message
+
+
+_SAID: set = set()  # the warning texts this command has shown
+_PYTHON_FORMAT = warnings.formatwarning
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """``warnings.formatwarning`` while a command runs: e2mc's own warnings as one line each,
+    ``e2mc: warning: ...``, each text once (Python's default adds the file, the line number and
+    the source line, and repeats a text raised from two call sites); other libraries' warnings keep
+    Python's format. Recording (``catch_warnings(record=True)``, ``pytest.warns``) is unaffected."""
+    if f"{os.sep}e2mc{os.sep}" not in str(filename):
+        return _PYTHON_FORMAT(message, category, filename, lineno, line)
+    text = f"e2mc: warning: {message}\n"
+    if text in _SAID:
+        return ""
+    _SAID.add(text)
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +96,17 @@ def _command_line(argv: list[str] | None, resume: bool = False) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 2 user error, 3 interrupted run, 130 ^C)."""
+    """Run the command line; returns the exit code (0 ok, 2 user error, 3 interrupted run, 4 stopped by the
+    collapse guard, 130 ^C)."""
+    saved, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    _SAID.clear()
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = saved
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

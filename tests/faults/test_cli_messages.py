@@ -63,3 +63,40 @@ def test_folder_of_runs_names_them(tmp_path):
     with pytest.raises(CheckpointError) as exc:
         resolve_checkpoint_path(tmp_path / "empty")
     assert "holds the run folders" not in str(exc.value)
+
+
+def test_did_you_mean_ignores_case():
+    upper = PY312.replace("contineu", "CONTINUE")
+    assert did_you_mean(upper) == upper + "; did you mean 'continue'?"
+
+
+def test_e2mc_warnings_are_one_line_each_and_said_once():
+    """A warning of e2mc's own, raised twice while a command runs, is one line, once; another
+    library's keeps Python's format; the format is Python's again after the command. (A fresh
+    interpreter: pytest records warnings instead of printing them.)"""
+    import subprocess
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import warnings
+        import e2mc.evaluation.knn as knn
+        from e2mc import cli
+
+        def command(args):
+            for _ in range(2):
+                warnings.warn_explicit("kNN: k=200 > the 60 training samples", UserWarning, knn.__file__, 184)
+            warnings.warn_explicit("a library's", UserWarning, "/site-packages/lib/mod.py", 7)
+            return 0
+
+        import e2mc.commands.recipes as recipes
+        recipes.run = command  # `e2mc recipes` runs it (its parser is built when main runs)
+        warnings.simplefilter("always")
+        assert cli.main(["recipes"]) == 0
+        assert warnings.formatwarning is cli._PYTHON_FORMAT
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stderr.count("e2mc: warning: kNN: k=200 > the 60 training samples\n") == 1, res.stderr
+    assert "knn.py" not in res.stderr and "mod.py:7: UserWarning: a library's" in res.stderr

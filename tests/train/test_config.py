@@ -106,7 +106,7 @@ def test_recipes_load():
     assert d.method.name == "dino" and d.model.head_sizes["out"] == 4096 and d.method.local_crops_number == 4
     c = load_config("cifar10_dino_continue")  # the careful continuation defaults, stated in the recipe
     assert c.mode == "continue" and c.method.continue_momentum == 1.0 and not c.method.continue_temp_warmup
-    assert c.method.center_init == "estimate" and c.train.guard.action == "rollback"
+    assert c.method.center_init == "estimate" and c.train.guard.action == "lower_lr"
 
 
 def test_output_folder_holding_a_run(tmp_path):

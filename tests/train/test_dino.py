@@ -197,7 +197,7 @@ def test_init_state_takes_the_files_centre_unless_the_heads_are_fresh():
     assert not state.known
     state = DINO.build_state(c, model(), 1, 4, print)
     DINO.init_state(state, None, c, log.append)
-    assert not state.known and "re-estimated from 8 batches" in log[-1]  # center_batches' default
+    assert not state.known and "re-estimated from up to 8 batches" in log[-1]  # center_batches' default
 
 
 def test_a_continuation_without_a_centre_estimates_it_before_the_first_step(tmp_path, tiny):

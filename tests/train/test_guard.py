@@ -96,7 +96,8 @@ def test_destructive_lr_is_caught_rolled_back_and_ends_on_the_best(tmp_path, tin
     """LR x 1000 (0.05 -> 50): every check after it drops; the best checkpoint (the start) is restored,
     and after max_rollbacks the run stops with its last checkpoint equal to the best one."""
     run = tmp_path / "r"
-    cfg = tiny(run, "optim.lr=50", "train.max_steps=20", "train.guard.interval=2", "train.guard.max_rollbacks=2")
+    extra = ["train.guard.interval=2", "train.guard.max_rollbacks=2", "train.guard.action=rollback"]  # the same LR
+    cfg = tiny(run, "optim.lr=50", "train.max_steps=20", *extra)
     t = Trainer(cfg)
     t.fit()
     assert cfg.addon.name == "e2mc" and t.guard.optimised == ("entropy",)  # the run's guard knows its add-on
@@ -255,3 +256,23 @@ def test_resume_after_a_rollback_keeps_the_lowered_lr_and_the_events(tmp_path, t
     assert a["guard"]["events"] and a["guard"]["events"] == b["guard"]["events"]
     assert _equal(a["model"], b["model"]) and a["scheduler"]["base_lrs"] == b["scheduler"]["base_lrs"]
     assert json.loads((tmp_path / "b" / "guard_events.json").read_text()) == b["guard"]["events"]
+
+
+def test_compare_names_the_arm_whose_guard_acted(tmp_path):
+    """`e2mc compare`'s terminal says which arm's run the guard acted on; the report's section names
+    the arm beside the folder when they differ."""
+    from e2mc.report.html import guard_blocks, guard_lines
+
+    run = tmp_path / "runs" / "r7"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.csv").write_text("epoch,step,phase\n0,2,guard\n")
+    event = {"step": 2, "reason": "guard score 0.01 < (1 - 0.5) x the start's 1", "restored_step": 0}
+    (run / "guard_events.json").write_text(json.dumps([{**event, "action": "LR x 0.1", "lr": 5.0}]))
+    ck = run / "checkpoints" / "last.pt"
+    comparison = SimpleNamespace(names=["base", "collapsed"], checkpoints=[[tmp_path / "elsewhere.pt"], [ck]])
+    (line,) = guard_lines(comparison)
+    assert line.startswith("collapse guard: arm collapsed (") and "1 event(s), the last at step 2" in line
+    meta = {"r7": {"guard_events": json.loads((run / "guard_events.json").read_text())}}
+    table = dict(guard_blocks(meta, {"r7": "collapsed"}))["table"]
+    assert table[1][0] == "collapsed (`r7`)" and table[1][4] == "LR x 0.1 at lr 5"
+    assert dict(guard_blocks(meta))["table"][1][0] == "`r7`"

@@ -22,7 +22,8 @@ SCRIPT = textwrap.dedent("""
         "model.init=random:resnet_mini:8-16-32", "model.head_sizes={projector: [64, 64]}",
         "optim.batch_size=32", "optim.lr=50", "optim.schedule=constant", "train.log_every=1",
         "train.probe_size=0", "train.max_steps=12", "train.tensorboard=false",
-        "train.guard.interval=2", "train.guard.max_rollbacks=1", f"out.dir={sys.argv[1]}"])
+        "train.guard.interval=2", "train.guard.max_rollbacks=1", "train.guard.action=rollback",
+        f"out.dir={sys.argv[1]}"])
     t = Trainer(cfg)
     t.fit()
     print(f"rank done {t.dist.rank} step {t.state.global_step} stopped {t.guard_stopped}", flush=True)

@@ -75,7 +75,11 @@ def register(subparsers) -> None:
     p.add_argument("checkpoint", help="checkpoint file (any supported layout) or a name (`e2mc zoo`)")
     p.add_argument("--out", required=True, help="output file")
     p.add_argument(
-        "--to", default="original", choices=EXPORT_CHOICES, help="layout to write (default: the one it was loaded from)"
+        "--to",
+        default="original",
+        type=str.lower,
+        choices=EXPORT_CHOICES,
+        help="layout to write (default: the one it was loaded from)",
     )
     p.add_argument(
         "--with-optimizer",
@@ -125,4 +129,25 @@ def run_export(args) -> int:
     out = export_model(model, report, args.out, format=args.to, optimizer_state=opt)
     fmt, _, _, epoch = resolve_target(report, args.to)
     print(f"wrote {out} ({fmt} layout{'' if epoch is None else f', epoch {epoch}'}, from {report.format})")
+    if str(model.arch).startswith("timm:") and fmt not in ARCH_RECORDED and not _arch_from_weights(model):
+        print(
+            f"note: the {fmt} layout does not record the architecture and these weights do not tell it "
+            f"(a head count, say): load the file with --arch '{model.arch}'"
+        )
     return 0
+
+
+ARCH_RECORDED = ("e2mc", "safetensors", "dino")  # layouts whose files name a timm network (dino: args.arch)
+
+
+def _arch_from_weights(model) -> bool:
+    """Whether the loader can tell ``model``'s architecture from its backbone weights alone."""
+    from e2mc.errors import CheckpointError
+    from e2mc.models.backbones import canonical_arch
+    from e2mc.models.layouts import detect_arch
+
+    try:
+        found = detect_arch(model.backbone.state_dict())[0]
+    except CheckpointError:
+        return False
+    return bool(found) and canonical_arch(found) == canonical_arch(str(model.arch))

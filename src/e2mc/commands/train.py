@@ -179,6 +179,9 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
     return out + list(args.overrides)
 
 
+GUARD_STOPPED = 4  # exit status of a run the collapse guard stopped (3: interrupted, resumable)
+
+
 def run(args: argparse.Namespace) -> int:
     """Resolve the config (``e2mc.train.api.resolve_config``, as the Python API does) and train;
     print the run folder."""
@@ -204,11 +207,22 @@ def run(args: argparse.Namespace) -> int:
             if args.mode == "continue"
             else f"e2mc continue {os.path.join(run_dir, 'checkpoints', 'last.pt')} --addon e2mc"
         )
+        events = list(getattr(trainer.guard, "events", None) or [])
+        if trainer.guard_stopped:  # not a finished run: a script or a job array must be able to tell
+            last = events[-1] if events else {}
+            print(
+                f"stopped by the collapse guard at step {trainer.global_step} ({len(events)} event(s), the last: "
+                f"{last.get('reason', '?')}); the last checkpoint is the best one (step {last.get('restored_step')}). "
+                f"See {os.path.join(run_dir, 'guard_events.json')}; lower the LR (--lr) or change "
+                "train.guard.* and run again, or evaluate what was kept: " + nxt
+            )
+            return GUARD_STOPPED
+        acted = f"; the collapse guard acted {len(events)} time(s): see guard_events.json" if events else ""
         print(
             f"done: {args.mode} {cfg.method.name}{addon_text(cfg)}, "
-            f"{trainer.epoch} epochs, {trainer.global_step} steps -> {run_dir} (next: {nxt})"
+            f"{trainer.epoch} epochs, {trainer.global_step} steps -> {run_dir}{acted} (next: {nxt})"
         )
-    return 0
+    return GUARD_STOPPED if trainer.guard_stopped else 0
 
 
 def evaluate_hint(run_dir, cfg) -> str:
@@ -227,16 +241,25 @@ def evaluate_hint(run_dir, cfg) -> str:
 
 
 def addon_text(cfg) -> str:
-    """``" + e2mc (entropy_weight 10, cov_weight 1, transform sigmoid)"``, or ``" (no add-on)"``."""
+    """``" + e2mc (entropy_weight 10, cov_weight 1, transform sigmoid)"``, ``" + mmcr (weight 1)"``
+    (another add-on: its constructor's settings, ``addon.kwargs`` over the defaults), or
+    ``" (no add-on: the base loss only)"``."""
+    import inspect
+
+    from e2mc.criteria import ADDONS
+
     a = cfg.addon
     if a.name == "none":
         return " (no add-on: the base loss only)"
-    parts = [
-        f"{k} {getattr(a, k):g}" if isinstance(getattr(a, k), float) else f"{k} {getattr(a, k)}"
-        for k in ("entropy_weight", "cov_weight", "transform")
-        if getattr(a, k, None) is not None
-    ]
-    parts += [f"{k} {v}" for k, v in (a.kwargs or {}).items()] if getattr(a, "kwargs", None) else []
+    kwargs = dict(getattr(a, "kwargs", None) or {})
+    if a.name == "e2mc":
+        fields = [(k, getattr(a, k, None)) for k in ("entropy_weight", "cov_weight", "transform")]
+        fields = [(k, v) for k, v in fields if v is not None] + list(kwargs.items())
+    else:  # E2MC's typed fields do not apply (a recipe may still hold them)
+        params = inspect.signature(ADDONS[a.name]).parameters.values() if a.name in ADDONS else ()
+        shown = [p for p in params if p.name != "gather" and p.default is not inspect.Parameter.empty]
+        fields = [(p.name, kwargs.pop(p.name, p.default)) for p in shown] + list(kwargs.items())
+    parts = [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields]
     return f" + {a.name}" + (f" ({', '.join(parts)})" if parts else "")
 
 
@@ -249,5 +272,7 @@ def start_summary(trainer) -> str:
     told = METHODS[cfg.method.name].describe(cfg) if cfg.method.name in METHODS else None
     if told:
         lines.append(f"method : {told}")
-    lines.append(f"run    : {trainer.run_dir} ({cfg.train.epochs} epochs on {cfg.data.dataset})")
+    cap = getattr(cfg.train, "max_steps", None)
+    length = f"{cfg.train.epochs} epochs" + (f", at most {cap} steps" if cap else "")
+    lines.append(f"run    : {trainer.run_dir} ({length} on {cfg.data.dataset})")
     return "\n".join(lines)

@@ -262,7 +262,8 @@ class Method:
             text = f"teacher momentum {start:g}, constant"
             if cont and start >= 1.0:
                 text += (
-                    " (the teacher stays where the file left it; set method.continue_momentum, e.g. 0.996, to move it)"
+                    " (the teacher stays where it starts: the file's, or, for a file without one, a copy of the"
+                    " online network after any heads warm-up; set method.continue_momentum, e.g. 0.996, to move it)"
                 )
             return text
         return f"teacher momentum {start:g} -> {m.momentum_end:g} (cosine over the run)"

@@ -46,6 +46,8 @@ E2MC attaches to the head's bottleneck output (before L2 normalisation) of the 2
 
 from __future__ import annotations
 
+import re
+
 from e2mc.errors import CheckpointError, ConfigError
 from e2mc.methods.adapter import Adapter, Parts, epoch_of
 from e2mc.methods.base import Method, Option, register
@@ -151,15 +153,22 @@ def _unwrap(sd: dict) -> tuple[dict, bool]:
 
 def _dino_args(meta: dict):
     """The ``args`` Namespace an exported file carries (main_dino.py saves its argparse Namespace;
-    its resume path does not read it): the fields that describe the network."""
+    its resume path does not read it): the fields that describe the network. A timm ViT of an
+    official size is named as main_dino.py names it (``vit_small``, ``patch_size`` 16); any other
+    architecture keeps e2mc's full spec in ``arch`` (``timm:NAME:key=value,...``), which is how
+    ``DINOAdapter.split`` rebuilds a network its weights alone cannot describe (a head count)."""
     import argparse
 
     arch, sizes = str(meta.get("arch") or ""), meta.get("head_sizes") or {}
-    name, patch = arch.split(":")[-1], 16
-    if arch.startswith("timm:vit_"):
-        parts = name.split("_")  # vit_small_patch16_224 -> vit_small, 16
-        name = "_".join(parts[:2])
-        patch = int(next((p[5:] for p in parts if p.startswith("patch")), 16))
+    name, patch, fields = arch, 16, arch.split(":")  # a torchvision name (resnet50) as main_dino.py has it
+    if arch.startswith("timm:"):
+        kwargs = dict(kv.split("=", 1) for kv in fields[2].split(",") if "=" in kv) if len(fields) > 2 else {}
+        official = re.fullmatch(r"(vit_(?:tiny|small|base))_patch(\d+)_224", fields[1])
+        if official and not kwargs:
+            name, patch = official.group(1), int(official.group(2))
+        else:
+            named = re.search(r"_patch(\d+)", fields[1])
+            name, patch = arch, int(kwargs.get("patch_size") or (named.group(1) if named else 16))
     return argparse.Namespace(
         arch=name,
         patch_size=patch,
@@ -210,6 +219,9 @@ class DINOAdapter(Adapter):
         parts = Parts(
             backbone, heads, method="dino", epoch=epoch_of(obj), optimizer=obj.get("optimizer"), dropped=dropped
         )
+        arch = getattr(obj.get("args"), "arch", None)
+        if isinstance(arch, str) and arch.startswith("timm:"):  # e2mc's export of a ViT of no official size
+            parts.arch = arch
         center = obj.get("dino_loss", {}).get("center") if isinstance(obj.get("dino_loss"), dict) else None
         if center is not None:
             parts.method_state = {"center": center, "known": True}
@@ -458,7 +470,8 @@ class DINO(Method):
                 log("DINO centre: the file's")
         elif cfg.mode == "continue":
             log(
-                f"DINO centre: none in the file; re-estimated from {cfg.method.center_batches} batches before the first step"
+                f"DINO centre: none in the file; re-estimated from up to {cfg.method.center_batches} batches "
+                "(method.center_batches) before the first step"
             )
 
     def prepare(self, ctx, batches) -> None:

@@ -375,7 +375,11 @@ def model_from_parts(
         parts.arch = None
     arch = arch or parts.arch or det_arch
     if not arch:
-        raise CheckpointError(f"cannot tell the architecture of {path} from its weights; pass arch= (--arch)")
+        raise CheckpointError(
+            f"cannot tell the architecture of {path} from its weights; pass --arch NAME (arch= in Python): a "
+            "torchvision or timm name (resnet50, timm:vit_small_patch16_224), or timm:NAME:key=value,... for "
+            "another size: the arch `e2mc inspect` printed for the model the file was written from"
+        )
     stem = (
         cifar_stem if cifar_stem is not None else (parts.cifar_stem if parts.cifar_stem is not None else bool(det_stem))
     )

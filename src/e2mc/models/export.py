@@ -170,8 +170,10 @@ def export_model(
     wants = LAYOUT_METHODS.get(fmt)
     if wants and model.method not in (None, wants):
         raise CheckpointError(
-            f"the model has {model.method} heads; the {fmt} layout holds {wants} heads. Export with "
-            "format='torchvision' or 'safetensors' for the backbone alone, or 'e2mc' for everything"
+            f"the model has {model.method} heads; the {fmt} layout holds {wants} heads. Export to "
+            + "".join(f"{lay} (its own), " for lay, m in LAYOUT_METHODS.items() if m == model.method)
+            + "torchvision or safetensors for the backbone alone, or "
+            "e2mc for everything (--to NAME; format='NAME' in Python)"
         )
     backbone, heads = model_state(model)
     meta = {

@@ -87,8 +87,10 @@ def _guard_events(run_dir: Path) -> list[dict]:
     return [e for e in events if isinstance(e, dict)] if isinstance(events, list) else []
 
 
-def guard_blocks(run_meta: Mapping[str, dict]) -> list[tuple[str, object]]:
-    """The report's "Collapse guard" section: each event of each run, or one line saying none acted."""
+def guard_blocks(run_meta: Mapping[str, dict], arms: Mapping[str, str] | None = None) -> list[tuple[str, object]]:
+    """The report's "Collapse guard" section: each event of each run (named by its arm when the
+    comparison gave the run another name than its folder's), or one line saying none acted."""
+    arms = arms or {}
     if not any(m.get("guard_checks") or m.get("guard_events") for m in run_meta.values()):
         return []  # runs without the guard (older e2mc, or train.guard.action=off)
     table = [["run", "step", "why", "restored (step)", "then"]]
@@ -97,7 +99,8 @@ def guard_blocks(run_meta: Mapping[str, dict]) -> list[tuple[str, object]]:
             then = e.get("action", "")
             if e.get("lr") is not None and then != "stopped":
                 then += f" at lr {e['lr']:.3g}"
-            table.append([f"`{n}`", str(e.get("step", "")), e.get("reason", ""), str(e.get("restored_step", "")), then])
+            name = f"{arms[n]} (`{n}`)" if arms.get(n, n) != n else f"`{n}`"
+            table.append([name, str(e.get("step", "")), e.get("reason", ""), str(e.get("restored_step", "")), then])
     if len(table) == 1:
         checks = sum(m.get("guard_checks") or 0 for m in run_meta.values())
         return [("h2", "Collapse guard"), ("p", f"The collapse guard scored {checks} checks and never acted.")]
@@ -106,6 +109,20 @@ def guard_blocks(run_meta: Mapping[str, dict]) -> list[tuple[str, object]]:
         "dropped (or its loss was not finite); each event:"
     )
     return [("h2", "Collapse guard"), ("p", text), ("table", table)]
+
+
+def guard_lines(comparison) -> list[str]:
+    """One line per run of ``comparison`` whose collapse guard acted (`e2mc compare` prints them)."""
+    out = []
+    for arm, run in _runs_of(comparison):
+        events = _guard_events(run)
+        if events:
+            last = events[-1]
+            out.append(
+                f"collapse guard: arm {arm} ({run}): {len(events)} event(s), the last at step {last.get('step')}: "
+                f"{last.get('reason', '')}; {last.get('action', '')} (report.md, section 'Collapse guard')"
+            )
+    return out
 
 
 def _runs_of(comparison) -> list[tuple[str, Path]]:
@@ -289,7 +306,7 @@ def write_report(
             ),
             ("table", table),
         ]
-    blocks += guard_blocks(run_meta)
+    blocks += guard_blocks(run_meta, run_arm)
     blocks += [("h2", "Figures")] + [("figure", (c, p)) for c, p in figures]
     atomic_write_text(out / "report.md", _render_md(blocks), error=write_error)
     atomic_write_text(out / "report.html", _render_html(blocks, title), error=write_error)
