@@ -354,6 +354,6 @@ def test_a_dino_start_runs_its_arms_the_naive_one_included(tmp_path):
     cfg = (tmp_path / "arms" / "runs" / "naive-seed0" / "config.yaml").read_text()
     assert "center_init: zero" in cfg and "continue_temp_warmup: true" in cfg and "action: 'off'" in cfg
     base = (tmp_path / "arms" / "runs" / "base-seed0" / "config.yaml").read_text()
-    assert "center_init: estimate" in base and "action: rollback" in base
+    assert "center_init: estimate" in base and "action: lower_lr" in base
     with pytest.raises(ConfigError, match=r"arm\(s\) \['naive'\] need a start of method \['dino'\]"):
         arms.plan(arms.parse(["--start", "s", "--out", "o", "--epochs", "1", "--lr", "1", "--arms", "naive"]))

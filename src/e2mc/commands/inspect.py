@@ -129,15 +129,15 @@ def run_export(args) -> int:
     out = export_model(model, report, args.out, format=args.to, optimizer_state=opt)
     fmt, _, _, epoch = resolve_target(report, args.to)
     print(f"wrote {out} ({fmt} layout{'' if epoch is None else f', epoch {epoch}'}, from {report.format})")
-    if str(model.arch).startswith("timm:") and fmt not in ARCH_RECORDED and not _arch_from_weights(model):
+    from e2mc.models.adapters import ADAPTERS
+
+    named = fmt == "safetensors" or getattr(ADAPTERS.get(fmt), "names_arch", False)  # safetensors: its metadata
+    if str(model.arch).startswith("timm:") and not named and not _arch_from_weights(model):
         print(
             f"note: the {fmt} layout does not record the architecture and these weights do not tell it "
             f"(a head count, say): load the file with --arch '{model.arch}'"
         )
     return 0
-
-
-ARCH_RECORDED = ("e2mc", "safetensors", "dino")  # layouts whose files name a timm network (dino: args.arch)
 
 
 def _arch_from_weights(model) -> bool:

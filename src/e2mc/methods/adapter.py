@@ -58,12 +58,15 @@ def epoch_of(obj) -> int | None:
 
 class Adapter:
     """Base adapter. Subclasses set ``name`` (the ``--format``/``export --to`` name), ``expected``
-    (top-level keys), ``description`` and, when its files use a naming of their own, ``kind``."""
+    (top-level keys), ``description`` and, when its files use a naming of their own, ``kind``;
+    ``names_arch`` when its files name any timm network they hold (``split`` reads it back), so a
+    ViT whose weights do not tell its shape loads without ``--arch``."""
 
     name = ""
     expected: tuple = ()
     description = ""
     kind: FlatKind | None = None
+    names_arch = False
 
     def detect(self, obj) -> float:
         """Confidence in [0, 1] that ``obj`` is in this layout (>= 0.5 means recognised)."""

@@ -190,6 +190,7 @@ class DINOAdapter(Adapter):
     layouts."""
 
     name, expected = "dino", ("student", "teacher", "optimizer", "epoch", "args", "dino_loss")
+    names_arch = True  # args.arch: e2mc's spec for a ViT of no official size
     description = "DINO checkpoint {'student': {'module.backbone.*', 'module.head.*'}, 'teacher', 'dino_loss', ...}"
 
     def detect(self, obj):

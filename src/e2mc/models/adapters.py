@@ -42,6 +42,7 @@ _GENERIC_TOPS = ("module", "conv1", "patch_embed")  # where Lightning's descent 
 
 class E2MCAdapter(Adapter):
     name, expected = "e2mc", ("format", "method", "arch", "cifar_stem", "head_sizes", "model")
+    names_arch = True
     description = "e2mc run checkpoint {'format': 'e2mc', 'model': SSLModel state dict, ...}"
 
     def detect(self, obj):
