@@ -80,7 +80,7 @@ def test_cli_says_when_the_collapse_guard_stopped_the_run(tmp_path, capsys):
     rc = main(["pretrain", *_sets([*destructive, "train.guard.action=stop"]), "--out", str(out)])
     said = capsys.readouterr().out
     assert rc == GUARD_STOPPED == 4
-    assert said.startswith("stopped by the collapse guard at step 2 (1 event(s)") and "done:" not in said
+    assert said.startswith("stopped by the collapse guard at step 2 (1 event,") and "done:" not in said
     assert "the last checkpoint is the best one (step 0)" in said and str(out / "guard_events.json") in said
     out = tmp_path / "lowered"  # the default action: the LR x 0.1 at each event, the run goes on to its end
     extra = ["train.guard.lr_factor=0.0001", "train.guard.max_rollbacks=9"]

@@ -320,7 +320,7 @@ def _compare(args) -> int:
         res.to_json(out / "comparison.json")
         atomic_write_text(out / "comparison.md", res.to_markdown(), error=write_error)
         write_report(out, res)  # the one report; `e2mc report OUT/comparison.json` regenerates it
-        print(f"wrote {out / 'comparison.json'}, {out / 'report.md'}, {out / 'report.html'}", file=sys.stderr)
+        print(f"wrote {out}: comparison.json, comparison.md, report.md, report.html and the figures", file=sys.stderr)
     from e2mc.report.html import guard_lines
 
     for line in guard_lines(res):  # a run that collapsed and was rolled back: said here, not only in the report

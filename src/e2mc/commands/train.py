@@ -211,18 +211,22 @@ def run(args: argparse.Namespace) -> int:
         if trainer.guard_stopped:  # not a finished run: a script or a job array must be able to tell
             last = events[-1] if events else {}
             print(
-                f"stopped by the collapse guard at step {trainer.global_step} ({len(events)} event(s), the last: "
+                f"stopped by the collapse guard at step {trainer.global_step} ({_count(len(events), 'event')}, the last: "
                 f"{last.get('reason', '?')}); the last checkpoint is the best one (step {last.get('restored_step')}). "
                 f"See {os.path.join(run_dir, 'guard_events.json')}; lower the LR (--lr) or change "
                 "train.guard.* and run again, or evaluate what was kept: " + nxt
             )
             return GUARD_STOPPED
-        acted = f"; the collapse guard acted {len(events)} time(s): see guard_events.json" if events else ""
+        acted = f"; the collapse guard acted {_count(len(events), 'time')}: see guard_events.json" if events else ""
         print(
             f"done: {args.mode} {cfg.method.name}{addon_text(cfg)}, "
-            f"{trainer.epoch} epochs, {trainer.global_step} steps -> {run_dir}{acted} (next: {nxt})"
+            f"{_count(trainer.epoch, 'epoch')}, {_count(trainer.global_step, 'step')} -> {run_dir}{acted} (next: {nxt})"
         )
     return GUARD_STOPPED if trainer.guard_stopped else 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def evaluate_hint(run_dir, cfg) -> str:
