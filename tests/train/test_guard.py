@@ -276,3 +276,29 @@ def test_compare_names_the_arm_whose_guard_acted(tmp_path):
     table = dict(guard_blocks(meta, {"r7": "collapsed"}))["table"]
     assert table[1][0] == "collapsed (`r7`)" and table[1][4] == "LR x 0.1 at lr 5"
     assert dict(guard_blocks(meta))["table"][1][0] == "`r7`"
+
+
+def test_a_guard_check_before_a_log_row_leaves_its_img_per_s_right(tmp_path, tiny, monkeypatch):
+    """Steps logged after a check count their own time, not the check's and not nothing (a row
+    written after a check once read 65,728 img/s). A fake clock: 1 s a step, 100 s a check."""
+    import time
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    real_step, real_measure = Trainer.train_step, Guard.measure
+
+    def step(self, *a, **kw):
+        clock[0] += 1.0
+        return real_step(self, *a, **kw)
+
+    def measure(self, *a, **kw):
+        clock[0] += 100.0
+        return real_measure(self, *a, **kw)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    monkeypatch.setattr(Guard, "measure", measure)
+    run = tmp_path / "r"
+    t = Trainer(tiny(run, "train.max_steps=4", "train.log_every=100", "train.guard.interval=4"), quiet=True)
+    t.fit()
+    rows = [r for r in read_metrics(run / "metrics.csv") if r["phase"] == "train"]
+    assert rows and all(float(r["img_per_s"]) == pytest.approx(t.global_batch) for r in rows)

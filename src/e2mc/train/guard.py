@@ -215,6 +215,7 @@ class GuardSteps:
         g, s = self.guard, self.state
         if not g.active:
             return
+        t0 = time.perf_counter()
         score, values = None, {}
         if g.probe is not None:
             self._stage = f"the collapse guard's probe of train.guard.probe_size={g.cfg.probe_size} images"
@@ -238,7 +239,8 @@ class GuardSteps:
             else:
                 ref = f"best {g.best_score:.3g}" if g.cfg.reference == "best" else "the start's 1"
                 self._guard_act(f"guard score {score:.3g} < (1 - {g.cfg.drop:g}) x {ref}")
-        self._t_last = time.perf_counter()  # the probe's time does not count against img/s
+        # the check's time does not count against img/s; steps logged after it still count theirs
+        self._t_last += time.perf_counter() - t0
 
     def _guard_act(self, reason: str) -> None:
         """Restore the best checkpoint and continue, lower the LR or stop; one line, a row, an event."""
