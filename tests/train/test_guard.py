@@ -114,7 +114,11 @@ def test_destructive_lr_is_caught_rolled_back_and_ends_on_the_best(tmp_path, tin
     assert err.count("collapse guard at step") == 3 and "max_rollbacks=2 reached" in err
     md = write_report(tmp_path / "report", runs=[run])["markdown"].read_text()  # `e2mc report`'s section
     section = md.split("## Collapse guard")[1].split("## ")[0]
-    assert section.count("| `r` |") == 3 and "| stopped |" in section and "< (1 - 0.5) x the start's 1" in section
+    assert (
+        section.count("| `r` |") == 3
+        and "| stopped |" in section
+        and "< 0.5 x the start's score (scores are relative to the start: 1.0 there)" in section
+    )
 
 
 def test_from_random_init_the_score_has_no_agreement_term(tmp_path, tiny):
@@ -266,7 +270,7 @@ def test_compare_names_the_arm_whose_guard_acted(tmp_path):
     run = tmp_path / "runs" / "r7"
     (run / "checkpoints").mkdir(parents=True)
     (run / "metrics.csv").write_text("epoch,step,phase\n0,2,guard\n")
-    event = {"step": 2, "reason": "guard score 0.01 < (1 - 0.5) x the start's 1", "restored_step": 0}
+    event = {"step": 2, "reason": "guard score 0.01 < 0.5 x the start's score", "restored_step": 0}
     (run / "guard_events.json").write_text(json.dumps([{**event, "action": "LR x 0.1", "lr": 5.0}]))
     ck = run / "checkpoints" / "last.pt"
     comparison = SimpleNamespace(names=["base", "collapsed"], checkpoints=[[tmp_path / "elsewhere.pt"], [ck]])

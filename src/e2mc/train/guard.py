@@ -237,8 +237,11 @@ class GuardSteps:
             if score is None or not math.isfinite(score):
                 self._guard_act("guard score not finite (the probe's embeddings are NaN/Inf)")
             else:
-                ref = f"best {g.best_score:.3g}" if g.cfg.reference == "best" else "the start's 1"
-                self._guard_act(f"guard score {score:.3g} < (1 - {g.cfg.drop:g}) x {ref}")
+                if g.cfg.reference == "best":
+                    ref = f"the best score so far, {g.best_score:.3g}"
+                else:
+                    ref = "the start's score (scores are relative to the start: 1.0 there)"
+                self._guard_act(f"guard score {score:.3g} < {1 - g.cfg.drop:.3g} x {ref}")
         # the check's time does not count against img/s; steps logged after it still count theirs
         self._t_last += time.perf_counter() - t0
 
