@@ -33,6 +33,15 @@ def test_cli_messages(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(["pretrain", "--recipe", "digits_vicreg_pretrian"]) == 2
     assert "Did you mean 'digits_vicreg_pretrain'" in capsys.readouterr().err
+    text = tmp_path / "notes.pth"
+    text.write_text("not weights\n")
+    out = tmp_path / "never"  # the file is refused before the data (too small here) or the run folder
+    assert (
+        main(["continue", str(text), "--recipe", "digits_vicreg_e2mc", "--set", "data.limit=8", "--out", str(out)]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "not a PyTorch/safetensors checkpoint (a text file)" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
 
 
 def test_cli_pretrain_then_continue(tmp_path, capsys):

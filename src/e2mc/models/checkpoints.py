@@ -149,6 +149,18 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_header(path: str | os.PathLike) -> None:
+    """Raise the CheckpointError reading ``path`` would, before anything else is built, when its first
+    bytes are those of no format e2mc reads: a torch zip (``PK``), a pickle (protocol >= 2, as
+    ``torch.save`` writes), safetensors (a JSON header after 8 length bytes). Reads 9 bytes."""
+    path = resolve_checkpoint_path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if head.startswith(b"PK") or head[:1] == b"\x80" or head[8:9] == b"{" or path.suffix == ".safetensors":
+        return
+    raise CheckpointError(describe_unreadable(path, ValueError("no checkpoint header")))
+
+
 def read_checkpoint(path: str | os.PathLike, stand_ins: list | None = None) -> tuple[Any, dict | None]:
     """``(object, metadata)`` of a file, read safely (metadata: safetensors only, else ``None``).
 

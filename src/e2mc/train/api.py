@@ -75,6 +75,10 @@ def resolve_config(
             f"checkpoint {init} not found; give the path of a .pth/.pt/.safetensors "
             "file or a name like vicreg:resnet50-full (`e2mc zoo`) or torchvision:resnet50"
         )
+    if mode == "continue" and init and os.path.isfile(str(init)):  # a file that is no checkpoint: said first,
+        from e2mc.models.checkpoints import check_header  # not after the data and the run folder are set up
+
+        check_header(str(init))
     if mode == "continue" and source is None:
         if not init:
             raise ConfigError(
