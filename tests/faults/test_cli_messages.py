@@ -100,3 +100,24 @@ def test_e2mc_warnings_are_one_line_each_and_said_once():
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stderr.count("e2mc: warning: kNN: k=200 > the 60 training samples\n") == 1, res.stderr
     assert "knn.py" not in res.stderr and "mod.py:7: UserWarning: a library's" in res.stderr
+
+
+def test_an_unreadable_checkpoint_is_one_line(tmp_path, monkeypatch):
+    """check_header (run before a continuation builds anything): a file it cannot open is a
+    CheckpointError naming it, not an OSError traceback."""
+    import builtins
+
+    from e2mc.models.checkpoints import check_header
+
+    path = tmp_path / "locked.pth"
+    path.write_bytes(b"\x80\x02")
+    real = builtins.open
+
+    def denied(p, *a, **kw):
+        if str(p) == str(path):
+            raise PermissionError(13, "Permission denied")
+        return real(p, *a, **kw)
+
+    monkeypatch.setattr(builtins, "open", denied)
+    with pytest.raises(CheckpointError, match="cannot read .*locked.pth: Permission denied; check the file"):
+        check_header(path)

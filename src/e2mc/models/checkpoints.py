@@ -154,8 +154,13 @@ def check_header(path: str | os.PathLike) -> None:
     bytes are those of no format e2mc reads: a torch zip (``PK``), a pickle (protocol >= 2, as
     ``torch.save`` writes), safetensors (a JSON header after 8 length bytes). Reads 9 bytes."""
     path = resolve_checkpoint_path(path)
-    with open(path, "rb") as fh:
-        head = fh.read(9)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError as exc:  # unreadable (permissions, a device error): one line, not a traceback
+        raise CheckpointError(
+            f"cannot read {path}: {exc.strerror or exc}; check the file and its permissions"
+        ) from None
     if head.startswith(b"PK") or head[:1] == b"\x80" or head[8:9] == b"{" or path.suffix == ".safetensors":
         return
     raise CheckpointError(describe_unreadable(path, ValueError("no checkpoint header")))
