@@ -6,7 +6,6 @@ interrupted."""
 
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -43,14 +42,10 @@ def _env(**extra):
     return env
 
 
-# torch's gloo runs abort now and then at exit ("terminate called without an active exception",
-# SIGABRT after the last step; ~1 run in 15 on this machine, also without e2mc's fault handling):
-# a run that ends so is run again once, so that this test judges the rank that was killed.
-ABORT = "terminate called without an active exception"
-
-
-def _aborted(res, logs):
-    return res.returncode != 0 and any(ABORT in p.read_text() for p in Path(logs).glob("*/attempt_0/*/stderr.log"))
+# A finished run must exit 0: torch's gloo aborted the interpreter's shutdown ("terminate called
+# without an active exception", 6 of 40 runs of `ref` here) while the trainer's DDP wrapper was
+# still alive there. The child ends through ``e2mc.cli.main`` and sys.exit, as a script of one's
+# own would, not through the console script's os._exit, so no run here is rerun on that abort.
 
 
 def _torchrun(cwd, out, logs, **env):
@@ -69,9 +64,6 @@ def _rank_stderr(logs, rank):
 @pytest.mark.slow
 def test_one_rank_killed_the_survivor_says_so_in_one_line_and_the_command_resumes(tmp_path):
     ref = _torchrun(tmp_path, "ref", "ref_logs")
-    if _aborted(ref, tmp_path / "ref_logs"):
-        shutil.rmtree(tmp_path / "ref")
-        ref = _torchrun(tmp_path, "ref", "ref_logs2")
     assert ref.returncode == 0, ref.stderr[-3000:]
     res = _torchrun(tmp_path, "run", "logs", E2MC_KILL_RANK="1", E2MC_KILL_STEP="6")
     assert res.returncode != 0
@@ -87,8 +79,5 @@ def test_one_rank_killed_the_survivor_says_so_in_one_line_and_the_command_resume
     command = [sys.executable if c == "python" else c for c in command]
     command[command.index("logs")] = "resume_logs"
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, env=_env(), cwd=tmp_path)
-    if _aborted(again, tmp_path / "resume_logs"):  # the printed command resumes again from what is there
-        command[command.index("resume_logs")] = "resume_logs2"
-        again = subprocess.run(command, capture_output=True, text=True, timeout=300, env=_env(), cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert same_weights(weights(tmp_path / "ref"), weights(tmp_path / "run"))

@@ -44,3 +44,16 @@ def test_backbone_export_says_which_arch_reads_it_and_the_refusal_says_what_to_p
     capsys.readouterr()
     assert main(["export", str(src), "--to", "dino", "--out", str(tmp_path / "again.pth")]) == 0
     assert "note:" not in capsys.readouterr().out  # the DINO layout names it
+
+
+def test_a_file_naming_a_network_that_cannot_be_built_names_the_file(tmp_path, capsys, one_torch_thread):
+    model, report = load_model("random:" + VIT, method="dino")
+    path = export_model(model, report, tmp_path / "checkpoint.pth", "dino")
+    obj = torch.load(path, weights_only=False)
+    obj["args"].arch = "timm:vit_nonexistent_patch4:depth=1"  # a file edited by hand, or of a newer timm
+    torch.save(obj, path)
+    assert main(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err and "vit_nonexistent_patch4" in err, err
+    assert "pass --arch NAME" in err
+    assert main(["inspect", str(path), "--arch", VIT]) == 0  # what it says to do works

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from e2mc.errors import CheckpointError
+from e2mc.errors import CheckpointError, ConfigError
 from e2mc.methods import METHODS
 from e2mc.methods.adapter import Parts
 from e2mc.models import safepickle, zoo
@@ -390,6 +390,7 @@ def model_from_parts(
     if parts.arch and det_arch and canonical_arch(parts.arch) != canonical_arch(det_arch):
         parts.notes.append(f"the file says arch {parts.arch} but its weights are {det_arch}; using {det_arch}")
         parts.arch = None
+    named_by_file = bool(not arch and parts.arch)  # the file's own record of its network (DINO's args.arch)
     arch = arch or parts.arch or det_arch
     if not arch:
         raise CheckpointError(
@@ -435,8 +436,16 @@ def model_from_parts(
         and not is_audio_arch(arch)
         and all(h in heads for h in (*_method_heads(method), *teachers))
     )
-    with torch.device("meta") if on_meta else contextlib.nullcontext():  # skip a useless random init
-        model = SSLModel.build(method, arch, cifar_stem=report.cifar_stem, **sizes)
+    try:
+        with torch.device("meta") if on_meta else contextlib.nullcontext():  # skip a useless random init
+            model = SSLModel.build(method, arch, cifar_stem=report.cifar_stem, **sizes)
+    except ConfigError as exc:
+        if not named_by_file:
+            raise
+        raise CheckpointError(
+            f"{path} names its network {arch!r}, which cannot be built here ({exc}); pass --arch NAME (arch= in "
+            "Python) with the network the file was trained with"
+        ) from exc
     report.head_sizes = dict(model.head_sizes)
     report.heads = [h for h in model.head_names if h in heads and h not in teachers]
     report.heads_built = [h for h in model.head_names if h not in heads and h not in teachers]

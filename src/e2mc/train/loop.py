@@ -758,6 +758,7 @@ class Trainer(GuardSteps, TrainerSetup):
         finally:
             if self.bar is not None:
                 self.bar.close()
+            self.ddp_model = self.model  # drop the DDP wrapper before the group goes (see D.teardown)
             D.teardown(self.dist)
 
     # ---------------------------------------------------------------- signals
