@@ -207,8 +207,8 @@ def teardown(info: DistInfo) -> None:
     """Destroy the process group if ``setup`` created it, after freeing what no longer has a
     reference but still holds the group: a DDP wrapper (its reducer) sits in reference cycles, so
     without a collection here it is freed during the interpreter's shutdown, where gloo aborts the
-    process ("terminate called without an active exception": 6 of 40 finished 2-process CPU runs
-    before, 0 of 40 after; ``benchmarks/results/gloo_exit_abort.md``). The caller drops its
+    process ("terminate called without an active exception": 7 of 80 finished 2-process CPU runs
+    before, 0 of 80 after; ``benchmarks/results/gloo_exit_abort.md``). The caller drops its
     own references to its DDP wrappers first."""
     if info.world_size > 1:
         import gc
