@@ -1,6 +1,7 @@
 """Errors as a user meets them: every bad CLI input ends in ONE line on stderr that names the
 problem and the fix, no traceback, exit code 2. In-process ``e2mc.cli.main`` with tiny runs."""
 
+import os
 import shutil
 
 import pytest
@@ -267,3 +268,18 @@ def test_broken_pipe_is_quiet(runs, monkeypatch):
     monkeypatch.setattr(insp, "run_inspect", boom)
     code, _, err = cli("inspect", ckpt(runs))
     assert code == 0 and err == ""
+
+
+def test_export_never_replaces_an_existing_model_unasked(runs, tmp_path):
+    """The --out of an export may be the very file or transformers folder a run started from: it is
+    refused, untouched, unless --overwrite says to replace it."""
+    existing = tmp_path / "start.pth"
+    existing.write_bytes(b"the user's downloaded model")
+    folder = tmp_path / "hf_start"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    for out in (existing, folder):
+        fails("export", ckpt(runs), "--out", out, must=(f"--out {out} already exists", "--overwrite"))
+    assert existing.read_bytes() == b"the user's downloaded model" and os.listdir(folder) == ["config.json"]
+    code, said, err = cli("export", ckpt(runs), "--out", existing, "--overwrite")
+    assert code == 0 and existing.read_bytes() != b"the user's downloaded model", err

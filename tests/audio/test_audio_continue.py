@@ -75,3 +75,27 @@ def test_torchrun_two_processes(encoder_dir, audio_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert [r["step"] for r in rows if r["phase"] == "train"] == ["1", "2", "3"]
+
+
+def test_a_run_from_a_relative_folder_is_read_from_anywhere(encoder_dir, audio_dir, tmp_path, monkeypatch, capsys):
+    """A run continued from ``./tiny`` (a relative save_pretrained folder) records where the folder
+    is, not the relative name (which transformers would look up on the Hub from another directory);
+    a folder moved away afterwards is named in one line."""
+    monkeypatch.chdir(encoder_dir.parent)
+    args = ["continue", encoder_dir.name, "--dataset", str(audio_dir), "--method", "vicreg", "--batch-size", "4"]
+    args += ["--device", "cpu", "--out", str(tmp_path / "run"), "--set", "data.audio.segment_seconds=0.5"]
+    args += ["--set", "data.audio.crop_seconds=0.25", "--set", "train.max_steps=1", "--set", "train.probe_size=0"]
+    args += ["--set", "train.tensorboard=false", "--set", "train.head_warmup_steps=0"]
+    assert main(args) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    _, report = load_model(tmp_path / "run")
+    assert report.arch == f"hf:{encoder_dir}"  # absolute
+    _, named = load_model(f"hf:../{encoder_dir.name}")
+    assert named.arch == f"hf:{encoder_dir}"  # hf:<relative folder> too
+    encoder_dir.rename(encoder_dir.with_name("moved"))
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{encoder_dir} is not there" in err and "put the folder back" in err, err

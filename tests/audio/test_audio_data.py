@@ -60,7 +60,7 @@ def test_bad_options_and_folders(audio_dir, tmp_path):
         build_dataset(str(audio_dir), audio=AudioConfig(segment_seconds=0.5, crop_seconds=1.0))
     with pytest.raises(DataError, match="is an audio folder, read with data.audio"):
         build_dataset(str(audio_dir))
-    with pytest.raises(DataError, match="no 'test' split"):
+    with pytest.raises(DataError, match="no 'test' split.*--test-split NAME"):
         build_dataset(str(audio_dir), "test", audio=AudioConfig())
     quiet = tmp_path / "quiet" / "a"
     quiet.mkdir(parents=True)

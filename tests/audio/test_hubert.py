@@ -79,6 +79,15 @@ def test_continue_a_tiny_hubert_with_e2mc_and_resume(tmp_path, audio_dir, one_to
     assert main(_args(enc, audio_dir, again, 1, **{"train.head_warmup_steps": "1"})) == 0
     assert torch.equal(_ckpt(again)["hubert_kmeans"]["centroids"], cents)
 
+    # the wav2vec2 layout is not a HuBERT folder: refused, not written with weights transformers drops
+    capsys.readouterr()
+    out = tmp_path / "as_wav2vec2"
+    assert (
+        main(["export", str(run), "--to", "wav2vec2", "--method", "wav2vec2", "--fresh-heads", "--out", str(out)]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "is a 'hubert' model" in err and "wav2vec 2.0 encoders only" in err and not out.exists(), err
+
 
 @pytest.mark.parametrize("family,precision", [("wav2vec2", "bf16"), ("wavlm", "fp32"), ("data2vec-audio", "fp32")])
 def test_every_audio_family_continues_with_masked_prediction(

@@ -54,7 +54,7 @@ def run(out, addon, batch):
         f"out.dir={out}",
     ] + (["addon.m=3"] if addon == "e2mc" else [])
     t = Trainer(load_config(None, sets), model_fn=norms_per_sample_but_the_loss_bn, views_fn=mirrored_views, quiet=True)
-    real_step, real_save, steps, counter = t.train_step, t.save, [], Counter()
+    real_step, steps, counter = t.train_step, [], Counter()
 
     def step(images, **kw):
         counter.step += 1
@@ -63,14 +63,8 @@ def run(out, addon, batch):
         steps.append(({k: v.detach().clone() for k, v in terms.items()}, grads))
         return terms
 
-    def save(*args, **kwargs):
-        counter.active = False
-        try:
-            return real_save(*args, **kwargs)
-        finally:
-            counter.active = True
-
-    t.train_step, t.save, t.loader = step, save, counter.paused_loader(t.loader)
+    t.train_step, t.save, t._guard_check = step, counter.paused(t.save), counter.paused(t._guard_check)
+    t.loader = counter.paused_loader(t.loader)
     counter.install()
     try:
         t.fit()

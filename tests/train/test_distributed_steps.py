@@ -113,7 +113,7 @@ def run_case(out, method, addon, batch):
     from e2mc.train.loop import Trainer
 
     t = Trainer(config(out, method, addon, batch), model_fn=no_bn, views_fn=views, quiet=True)
-    real_step, real_save, steps, counter = t.train_step, t.save, [], Counter()
+    real_step, steps, counter = t.train_step, [], Counter()
 
     def step(images, **kw):
         counter.step += 1
@@ -122,14 +122,8 @@ def run_case(out, method, addon, batch):
         steps.append(({k: v.detach().clone() for k, v in terms.items()}, grads))
         return terms
 
-    def save(*args, **kwargs):  # the checkpoint at the end is not part of a step
-        counter.active = False
-        try:
-            return real_save(*args, **kwargs)
-        finally:
-            counter.active = True
-
-    t.train_step, t.save, t.loader = step, save, counter.paused_loader(t.loader)
+    t.train_step, t.save, t._guard_check = step, counter.paused(t.save), counter.paused(t._guard_check)
+    t.loader = counter.paused_loader(t.loader)
     counter.install()
     try:
         t.fit()
@@ -195,6 +189,18 @@ class Counter:
             return fn(*args, **kwargs)
 
         return wrapped
+
+    def paused(self, real):
+        """``real`` with counting paused (the checkpoints and the guard's checks around the steps)."""
+
+        def call(*args, **kwargs):
+            self.active = False
+            try:
+                return real(*args, **kwargs)
+            finally:
+                self.active = True
+
+        return call
 
     def paused_loader(self, loader):
         """The loader, with counting paused while it fetches a batch (CPU-side data work)."""

@@ -86,6 +86,7 @@ def register(subparsers) -> None:
         action="store_true",
         help="also write the optimizer state stored in the input (where the layout has one)",
     )
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused otherwise)")
     _load_args(p)
     p.set_defaults(func=run_export)
 
@@ -122,8 +123,17 @@ def run_inspect(args) -> int:
 
 def run_export(args) -> int:
     """Load a checkpoint and write it in the requested layout."""
+    import os
+
+    from e2mc.errors import ConfigError
     from e2mc.models.export import export_model, resolve_target
 
+    out = os.path.expanduser(args.out)  # a file, or a transformers folder (the wav2vec2 layout's)
+    if not args.overwrite and (os.path.isfile(out) or os.path.isfile(os.path.join(out, "config.json"))):
+        raise ConfigError(
+            f"--out {args.out} already exists (a model you may still need: the file or folder a run started from?); "
+            "choose another --out, or pass --overwrite to replace it"
+        )
     model, report = _load(args)
     opt = report.optimizer_state if args.with_optimizer else None
     out = export_model(model, report, args.out, format=args.to, optimizer_state=opt)

@@ -127,7 +127,11 @@ def _scan(root: str, split: str) -> tuple[list[str], list[tuple[str, int]]]:
     has_splits = os.path.isdir(train)
     base = os.path.join(root, split) if has_splits else root
     if not os.path.isdir(base) or (not has_splits and split != "train"):
-        raise DataError(f"{root} has no {split!r} split (no {split}/ folder); use data.split=train or add the folder")
+        raise DataError(
+            f"{root} has no {split!r} split (no {split}/ folder): add it (its recordings in class folders, held out "
+            "from training for a test split), or name another split (e2mc evaluate/compare: --test-split NAME; "
+            "training: --set data.split=NAME)"
+        )
     class_root = train if has_splits else root
     classes = sorted(d for d in os.listdir(class_root) if os.path.isdir(os.path.join(class_root, d)) and d[0] != ".")
     if has_splits and split != "train":
@@ -148,8 +152,8 @@ def audio_folder(root: str, split: str, opts, on_error: str = "raise", *, info_c
     if opts is None:
         raise DataError(
             f"{root} is an audio folder, read with data.audio's options: train on it with `e2mc continue`/"
-            "`pretrain`, or from Python build_dataset(..., audio=e2mc.config.AudioConfig()); e2mc evaluate "
-            "does not read audio folders yet"
+            "`pretrain`, evaluate with `e2mc evaluate`/`compare`, or from Python build_dataset(..., "
+            "audio=e2mc.config.AudioConfig()); this command (e2mc tune) reads image folders only, so far"
         )
     rate = int(opts.sample_rate)
     seg, crop = round(opts.segment_seconds * rate), round(opts.crop_seconds * rate)

@@ -208,6 +208,11 @@ class Wav2Vec2Folder(Adapter):
                 "of --method wav2vec2; export --to e2mc or safetensors instead"
             )
         config = source_config(meta.get("arch"))
+        if getattr(config, "model_type", None) != "wav2vec2":  # transformers would build its own class, untrained
+            raise CheckpointError(
+                f"the encoder is a {config.model_type!r} model ({meta.get('arch')}); the wav2vec2 layout writes "
+                "Wav2Vec2ForPreTraining folders of wav2vec 2.0 encoders only: export --to e2mc or safetensors instead"
+            )
         config.architectures = ["Wav2Vec2ForPreTraining"]
         sd = {"wav2vec2." + k[len("model.") :]: v for k, v in backbone.items()}
         sd["wav2vec2.masked_spec_embed"] = heads["mask_embed"]["weight"]

@@ -178,6 +178,11 @@ def _preprocessing(source: str) -> tuple[int, bool]:
 def _hf_encoder(source: str, pretrained: bool) -> AudioEncoder:
     tf = _transformers()
     where = os.path.expanduser(source)
+    if os.path.isabs(where) and not os.path.isdir(where):  # a local folder, as a run records it
+        raise CheckpointError(
+            f"the transformers folder {where} is not there (moved or deleted?): a run or checkpoint built on it "
+            "reads its config.json from there; put the folder back, or a symbolic link to its new place at that path"
+        )
     try:
         config = tf.AutoConfig.from_pretrained(where)
     except Exception as exc:  # noqa: BLE001 - transformers raises OSError/ValueError/HTTP errors

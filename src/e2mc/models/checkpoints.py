@@ -580,7 +580,10 @@ def load_model(
     """
     text = str(path_or_name)
     if os.path.isdir(text) and is_hf_folder(text):  # a transformers save_pretrained folder
-        text = "hf:" + text
+        text = "hf:" + os.path.abspath(text)  # the arch a run stores: found again from any folder
+    elif text.startswith(("hf:", "aves:", "fairseq:")) and os.path.exists(os.path.expanduser(text.split(":", 1)[1])):
+        kind, local = text.split(":", 1)  # a local folder or file named with its prefix: the same
+        text = f"{kind}:{os.path.abspath(os.path.expanduser(local))}"
     elif format is None and is_fairseq_file(text):  # a fairseq wav2vec 2.0 / HuBERT checkpoint
         text = "fairseq:" + os.path.abspath(text)  # the arch a run stores: found again from any folder
     if not os.path.exists(text) and text.startswith(NAME_PREFIXES):
