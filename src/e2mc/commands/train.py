@@ -276,6 +276,8 @@ def start_summary(trainer) -> str:
     told = METHODS[cfg.method.name].describe(cfg) if cfg.method.name in METHODS else None
     if told:
         lines.append(f"method : {told}")
+    o = cfg.optim
+    lines.append(f"optim  : {o.name} lr {o.lr:g}, weight decay {o.weight_decay:g}")
     cap = getattr(cfg.train, "max_steps", None)
     length = f"{cfg.train.epochs} epochs" + (f", at most {cap} steps" if cap else "")
     lines.append(f"run    : {trainer.run_dir} ({length} on {cfg.data.dataset})")
