@@ -161,7 +161,8 @@ def test_checkpoint_of_another_method(runs, tmp_path):
     )
     fails("inspect", ckpt(runs, "simsiam"), "--method", "vicreg", must=("--method simsiam", "--fresh-heads"))
     # the two fixes the message offers both work
-    code, _, err = cli("continue", ckpt(runs, "simsiam"), *SETS, "--out", tmp_path / "auto")
+    off = ("--set", "train.guard.action=off")  # 1 step at LARS 0.2 collapses the tiny net (guard score 0.17)
+    code, _, err = cli("continue", ckpt(runs, "simsiam"), *SETS, *off, "--out", tmp_path / "auto")
     assert code == 0, err  # no --method: the checkpoint's own (simsiam)
     code, _, err = cli(
         "continue",

@@ -167,7 +167,7 @@ class OptimConfig:
 
 @dataclass
 class GuardConfig:
-    """The collapse guard (``e2mc.train.guard``): every ``interval`` steps (and before the first)
+    """The collapse guard (``e2mc.train.guard``): every ``interval`` steps (and before the first and after the last)
     rank 0 scores a fixed probe set without labels; a score below ``(1 - drop)`` x the reference
     (``reference``: ``start``, the start's score 1.0, or ``best``, the best score so far) or a
     non-finite loss restores the best checkpoint and then, by ``action``:

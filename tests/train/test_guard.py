@@ -147,6 +147,22 @@ def test_lower_lr_continues_at_the_lower_lr(tmp_path, tiny):
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 6  # it went on to the end
 
 
+def test_a_run_shorter_than_an_interval_is_checked_after_its_last_step(tmp_path, tiny, capsys):
+    """4 steps under the default interval (50): without a check after the last step the guard would
+    only have scored the start (a new user's audio run collapsed so, unseen). LR x 1000 collapses it:
+    the last check restores the best (the start) and the run stops; a healthy run is only scored."""
+    run = tmp_path / "r"
+    t = Trainer(tiny(run, "optim.lr=50", "train.max_steps=4"))
+    t.fit()
+    (event,) = json.loads((run / "guard_events.json").read_text())
+    assert (event["step"], event["restored_step"], event["action"]) == (4, 0, "stopped") and t.guard_stopped
+    assert _equal(_weights(run), _weights(run, "best.pt")) and load_checkpoint(run / "checkpoints" / "last.pt")
+    assert "the check after the run's last step: no step left to continue" in capsys.readouterr().err
+    Trainer(tiny(tmp_path / "ok", "train.max_steps=4"), quiet=True).fit()
+    assert [r["step"] for r in _guard_rows(tmp_path / "ok")] == ["0", "4"]
+    assert not (tmp_path / "ok" / "guard_events.json").exists()
+
+
 def test_stop_action_stops_at_the_first_drop(tmp_path, tiny):
     run = tmp_path / "r"
     t = Trainer(tiny(run, "optim.lr=50", "train.max_steps=10", "train.guard.interval=2", "train.guard.action=stop"))

@@ -205,16 +205,19 @@ class GuardSteps:
     built by ``Guard.for_run``)."""
 
     guard_stopped: bool = False
+    _guard_at: int | None = None  # the step of the last check
 
     @property
     def _best_path(self):
         return self.run.path / "checkpoints" / R.BEST
 
-    def _guard_check(self) -> None:
-        """Score the model (rank 0), agree the decision, keep a new best or act on a drop."""
+    def _guard_check(self, last: bool = False) -> None:
+        """Score the model (rank 0), agree the decision, keep a new best or act on a drop (``last``:
+        the check after the run's last step, where a drop ends the run on the best checkpoint)."""
         g, s = self.guard, self.state
         if not g.active:
             return
+        self._guard_at = s.global_step
         t0 = time.perf_counter()
         score, values = None, {}
         if g.probe is not None:
@@ -235,24 +238,32 @@ class GuardSteps:
             self.run.write_best(state)
         elif drop:
             if score is None or not math.isfinite(score):
-                self._guard_act("guard score not finite (the probe's embeddings are NaN/Inf)")
+                self._guard_act("guard score not finite (the probe's embeddings are NaN/Inf)", last)
             else:
                 if g.cfg.reference == "best":
                     ref = f"the best score so far, {g.best_score:.3g}"
                 else:
                     ref = "the start's score (scores are relative to the start: 1.0 there)"
-                self._guard_act(f"guard score {score:.3g} < {1 - g.cfg.drop:.3g} x {ref}")
+                self._guard_act(f"guard score {score:.3g} < {1 - g.cfg.drop:.3g} x {ref}", last)
         # the check's time does not count against img/s; steps logged after it still count theirs
         self._t_last += time.perf_counter() - t0
 
-    def _guard_act(self, reason: str) -> None:
-        """Restore the best checkpoint and continue, lower the LR or stop; one line, a row, an event."""
+    def _guard_last(self) -> None:
+        """The check after the run's last step, unless one ran at that step (a run shorter than an
+        interval is otherwise scored only at its start); before the last checkpoint is written."""
+        if self._guard_at != self.state.global_step and not self.guard_stopped:
+            self._stage = "the collapse guard's check after the last step"
+            self._guard_check(last=True)
+
+    def _guard_act(self, reason: str, last: bool = False) -> None:
+        """Restore the best checkpoint and continue, lower the LR or stop (``last``: no step is left,
+        the run stops); one line, a row, an event."""
         g, s, cfg = self.guard, self.state, self.guard.cfg
         self._pending = []
         g.rollbacks += 1
         state = R.load_checkpoint(self._best_path)
         s.restore_training(state, self.per_device_batch, self.log)
-        stop = cfg.action == "stop" or g.rollbacks > cfg.max_rollbacks
+        stop = last or cfg.action == "stop" or g.rollbacks > cfg.max_rollbacks
         factor = cfg.lr_factor if cfg.action == "lower_lr" and not stop else 1.0
         lr = _set_lr(s, factor)
         action = "stopped" if stop else ("LR x %g" % factor if factor != 1.0 else "continued")
@@ -263,7 +274,9 @@ class GuardSteps:
             f"collapse guard at step {s.global_step}: {reason}; restored the best checkpoint (step "
             f"{g.best_step}), {action}" + ("" if stop else f" at lr {lr:.3g}")
         )
-        if stop and cfg.action != "stop":
+        if last and cfg.action != "stop":
+            line += " (the check after the run's last step: no step left to continue)"
+        elif stop and cfg.action != "stop":
             line += f" (train.guard.max_rollbacks={cfg.max_rollbacks} reached)"
         self.log(line)
         self.run.write_row({"epoch": s.epoch, "step": s.global_step, "phase": "guard", "guard_event": line})

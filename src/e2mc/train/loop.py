@@ -532,6 +532,7 @@ class Trainer(GuardSteps, TrainerSetup):
                 if self.stop_requested or self.guard_stopped:
                     break
             if not (self.stop_requested or self.guard_stopped):
+                self._guard_last()
                 self._stage = "writing the last checkpoint"
                 self.save()
         except (MemoryError, RuntimeError) as exc:
@@ -609,6 +610,8 @@ class Trainer(GuardSteps, TrainerSetup):
             if save_now or stop or self._done():
                 self.save_requested = False
                 self.stop_requested = stop
+                if self._done() and not stop:
+                    self._guard_last()
                 self._stage = "writing a checkpoint"
                 self.save()
                 if stop:
@@ -623,6 +626,8 @@ class Trainer(GuardSteps, TrainerSetup):
         s.epoch += 1
         s.step_in_epoch = 0
         self._epoch_metrics("epoch")
+        if s.epoch >= self.cfg.train.epochs:
+            self._guard_last()
         every = max(1, self.cfg.train.checkpoint_every_epochs)
         if s.epoch % every == 0 or s.epoch == self.cfg.train.epochs:
             self._stage = "writing a checkpoint"
