@@ -4,12 +4,13 @@ Runs a list of probes against the real command line (``python -m e2mc`` in subpr
 digits runs (resnet_mini 8-8-8 at 8 px, 128 images, batch 32) in a temporary folder, and sorts each
 outcome into one of:
 
-- ``OK``: it worked as it should (exit 0, state right; or exit 3 for a signal, as documented);
+- ``OK``: it worked as it should (exit 0, state right; exit 3 for a signal, or 4 with its line when
+  the collapse guard stopped the run on its best checkpoint, as documented);
 - ``clear error``: exit 2, one ``e2mc CMD: error: ...`` line, no traceback, no unsafe-loading hint;
 - ``LOST/CORRUPTED``: a run folder's earlier checkpoint or log gone or changed, a checkpoint with
   non-finite values, a log with duplicate or malformed rows, a resumed run that differs from the
   uninterrupted one, code from a pickle executed, or exit 0 where the input was wrong;
-- ``TRACEBACK``: "Traceback" in the output or an exit code outside {0, 2, 3};
+- ``TRACEBACK``: "Traceback" in the output or an exit code outside {0, 2, 3, 4};
 - ``WRONG``: anything else that is not what the probe expects (an error where the run should work,
   an unclear error, leftover temp files).
 
@@ -333,7 +334,7 @@ def verdict(p: Proc, expect: str, lost: list[str] = (), extra_wrong: str = "") -
     text = p.out + p.err
     if lost:
         return LOST, "; ".join(lost)[:200]
-    if "Traceback" in text or p.code not in (0, 2, 3):
+    if "Traceback" in text or p.code not in (0, 2, 3, 4):
         return TRACE, f"exit {p.code}"
     allowed = expect.replace("+", "|").split("|")
     if p.code == 2:
@@ -345,6 +346,9 @@ def verdict(p: Proc, expect: str, lost: list[str] = (), extra_wrong: str = "") -
         return (WRONG, extra_wrong) if extra_wrong else (CLEAR, "")
     if p.code == 3:
         return (OK, "") if "stop" in allowed else (WRONG, "exit 3 (interrupted) unexpectedly")
+    if p.code == 4:  # the collapse guard stopped the run on its best checkpoint, as documented
+        said = "stopped by the collapse guard" in p.out
+        return (OK, "exit 4: stopped by the collapse guard") if said else (WRONG, "exit 4 without its line")
     if "ok" not in allowed:  # exit 0 on an input that is wrong: misreported work
         return LOST, "exit 0 although the input is invalid"
     return (WRONG, extra_wrong) if extra_wrong else (OK, "")

@@ -158,9 +158,13 @@ def test_a_run_shorter_than_an_interval_is_checked_after_its_last_step(tmp_path,
     assert (event["step"], event["restored_step"], event["action"]) == (4, 0, "stopped") and t.guard_stopped
     assert _equal(_weights(run), _weights(run, "best.pt")) and load_checkpoint(run / "checkpoints" / "last.pt")
     assert "the check after the run's last step: no step left to continue" in capsys.readouterr().err
+    rows = _guard_rows(run)  # one row per check: the last check's scores and its event together
+    assert [(r["step"], bool(r["guard_score"]), bool(r["guard_event"])) for r in rows] == [("0", 1, 0), ("4", 1, 1)]
     Trainer(tiny(tmp_path / "ok", "train.max_steps=4"), quiet=True).fit()
     assert [r["step"] for r in _guard_rows(tmp_path / "ok")] == ["0", "4"]
     assert not (tmp_path / "ok" / "guard_events.json").exists()
+    Trainer(tiny(tmp_path / "ok", "train.max_steps=4", "out.resume=true"), quiet=True).fit()  # nothing left to do
+    assert [r["step"] for r in _guard_rows(tmp_path / "ok")] == ["0", "4"]  # the last check is not redone
 
 
 def test_stop_action_stops_at_the_first_drop(tmp_path, tiny):

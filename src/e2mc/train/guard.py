@@ -106,6 +106,7 @@ class Guard:
         self.best_step: int | None = None
         self.events: list[dict] = []
         self.rollbacks = 0
+        self.checked_step: int | None = None  # the step of the last check (kept: a resume does not redo it)
 
     @classmethod
     def for_run(cls, setup: Any, resumed: dict | None) -> Guard:
@@ -189,6 +190,7 @@ class Guard:
             "best_step": self.best_step,
             "events": [dict(e) for e in self.events],
             "rollbacks": self.rollbacks,
+            "checked_step": self.checked_step,
         }
 
     def load_state_dict(self, state: dict | None) -> None:
@@ -198,6 +200,7 @@ class Guard:
         self.start, self.start_nn = state.get("start"), state.get("start_nn")
         self.best_score, self.best_step = state.get("best_score"), state.get("best_step")
         self.events, self.rollbacks = list(state.get("events") or []), int(state.get("rollbacks", 0))
+        self.checked_step = state.get("checked_step")
 
 
 class GuardSteps:
@@ -205,7 +208,6 @@ class GuardSteps:
     built by ``Guard.for_run``)."""
 
     guard_stopped: bool = False
-    _guard_at: int | None = None  # the step of the last check
 
     @property
     def _best_path(self):
@@ -217,7 +219,7 @@ class GuardSteps:
         g, s = self.guard, self.state
         if not g.active:
             return
-        self._guard_at = s.global_step
+        g.checked_step = s.global_step
         t0 = time.perf_counter()
         score, values = None, {}
         if g.probe is not None:
@@ -228,9 +230,12 @@ class GuardSteps:
             score = g.score(values)
         verdict = g.decide(score)
         new_best, drop = D.any_flags((verdict == "best", verdict == "drop"), self.dist)
+        row = None  # one guard row per check: its scores, and on a drop the event too
         if score is not None:
-            row = {f"guard_{k}": v for k, v in values.items()}
-            self.run.write_row({"epoch": s.epoch, "step": s.global_step, "phase": "guard", "guard_score": score, **row})
+            row = {"epoch": s.epoch, "step": s.global_step, "phase": "guard", "guard_score": score}
+            row.update({f"guard_{k}": v for k, v in values.items()})
+            if not drop:
+                self.run.write_row(row)
         if new_best:
             g.best_score, g.best_step = score, s.global_step
             state = s.checkpoint(self.cfg, self.dist, self.per_device_batch, self.run.metrics_rows)
@@ -238,29 +243,30 @@ class GuardSteps:
             self.run.write_best(state)
         elif drop:
             if score is None or not math.isfinite(score):
-                self._guard_act("guard score not finite (the probe's embeddings are NaN/Inf)", last)
+                self._guard_act("guard score not finite (the probe's embeddings are NaN/Inf)", last, row)
             else:
                 if g.cfg.reference == "best":
                     ref = f"the best score so far, {g.best_score:.3g}"
                 else:
                     ref = "the start's score (scores are relative to the start: 1.0 there)"
-                self._guard_act(f"guard score {score:.3g} < {1 - g.cfg.drop:.3g} x {ref}", last)
+                self._guard_act(f"guard score {score:.3g} < {1 - g.cfg.drop:.3g} x {ref}", last, row)
         # the check's time does not count against img/s; steps logged after it still count theirs
         self._t_last += time.perf_counter() - t0
 
     def _guard_last(self) -> None:
         """The check after the run's last step, unless one ran at that step (a run shorter than an
         interval is otherwise scored only at its start); before the last checkpoint is written."""
-        if self._guard_at != self.state.global_step and not self.guard_stopped:
+        if self.guard.checked_step != self.state.global_step and not self.guard_stopped:
             self._stage = "the collapse guard's check after the last step"
             self._guard_check(last=True)
 
-    def _guard_act(self, reason: str, last: bool = False) -> None:
+    def _guard_act(self, reason: str, last: bool = False, row: dict | None = None) -> None:
         """Restore the best checkpoint and continue, lower the LR or stop (``last``: no step is left,
         the run stops); one line, a row, an event."""
         g, s, cfg = self.guard, self.state, self.guard.cfg
         self._pending = []
         g.rollbacks += 1
+        g.checked_step = s.global_step  # the restored best was scored: no other check at this step
         state = R.load_checkpoint(self._best_path)
         s.restore_training(state, self.per_device_batch, self.log)
         stop = last or cfg.action == "stop" or g.rollbacks > cfg.max_rollbacks
@@ -279,7 +285,8 @@ class GuardSteps:
         elif stop and cfg.action != "stop":
             line += f" (train.guard.max_rollbacks={cfg.max_rollbacks} reached)"
         self.log(line)
-        self.run.write_row({"epoch": s.epoch, "step": s.global_step, "phase": "guard", "guard_event": line})
+        base = row or {"epoch": s.epoch, "step": s.global_step, "phase": "guard"}  # the check's row, if it scored
+        self.run.write_row({**base, "guard_event": line})
         self.run.write_json(EVENTS_FILE, g.events)
         self.guard_stopped = stop
 
