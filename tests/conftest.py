@@ -1,7 +1,24 @@
 """Fixtures shared by every test folder."""
 
+import os
+
 import pytest
 import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """The suite's own ``$E2MC_CACHE`` (subprocesses inherit it): the tests must neither grow the
+    user's ``~/.cache/e2mc`` (every temporary image folder cached its decoded arrays and features
+    there, 1.3 GB after a few runs) nor pass because an earlier run left a warm cache there. A test
+    that sets its own keeps it (monkeypatch)."""
+    old = os.environ.get("E2MC_CACHE")
+    os.environ["E2MC_CACHE"] = str(tmp_path_factory.mktemp("e2mc_cache"))
+    yield
+    if old is None:
+        os.environ.pop("E2MC_CACHE", None)
+    else:
+        os.environ["E2MC_CACHE"] = old
 
 
 @pytest.fixture
