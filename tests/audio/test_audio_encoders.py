@@ -9,6 +9,7 @@ from e2mc.errors import CheckpointError
 from e2mc.models import aves
 from e2mc.models.audio import AudioEncoder, pool_frames
 from e2mc.models.checkpoints import load_model
+from e2mc.models.export import export_model
 
 from .conftest import tiny_encoder
 
@@ -139,6 +140,12 @@ def test_aves_torchaudio_layout(tmp_path, weight_norm_gv):
     assert model.backbone.pretrained_source["dropped"] == ["aux.weight", "aux.bias"]
     x = torch.randn(2, 1600)
     assert torch.allclose(enc.model(x).last_hidden_state, ref(x).last_hidden_state, atol=1e-6)
+    # exported: a HubertModel folder with the file's LayerDrop; no mask embedding in the file, SpecAugment off
+    out = export_model(model, report, tmp_path / "as_transformers")
+    back, info = HubertModel.from_pretrained(out, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    assert back.config.layerdrop == 0.05 and back.config.mask_time_prob == 0
+    assert torch.allclose(back.eval()(x).last_hidden_state, ref(x).last_hidden_state, atol=1e-6)
     (tmp_path / "aves-tiny.torchaudio.model_config.json").write_text(json.dumps({**args, "encoder_num_layers": 3}))
     with pytest.raises(CheckpointError, match="does not fit its config"):
         load_model(f"aves:{tmp_path / 'aves-tiny.torchaudio.pt'}", method="vicreg")

@@ -15,6 +15,7 @@ from e2mc.errors import CheckpointError
 from e2mc.models import fairseq, omegapickle
 from e2mc.models.audio import AudioEncoder
 from e2mc.models.checkpoints import load_model
+from e2mc.models.export import export_model
 from tests.official import gen_fairseq as gen
 
 
@@ -54,6 +55,15 @@ def test_each_form_loads_as_its_reference(tmp_path, case, ctc, one_torch_thread)
     assert "last_optimizer_state" in text  # said not to be carried over
     how = {"args": "args (argparse.Namespace)", "cfg": "; config from cfg)", "dictcfg": "pickled omegaconf DictConfig"}
     assert how[form] in text, text
+    # exported: the transformers folder of its class, with the file's mask embedding and normalisation
+    out = export_model(model, report, tmp_path / "as_transformers")
+    import transformers as tf
+
+    back, info = tf.AutoModel.from_pretrained(out, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    assert torch.equal(back.masked_spec_embed, fairseq.read(str(path))["model"][prefix + "mask_emb"])
+    assert tf.AutoFeatureExtractor.from_pretrained(out).do_normalize == enc.normalize
+    assert _same_hidden(enc, back.eval(), torch.randn(2, 1600))
 
 
 def test_weight_norm_as_parametrizations_and_no_projection(tmp_path, one_torch_thread):

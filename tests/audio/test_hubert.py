@@ -87,6 +87,18 @@ def test_continue_a_tiny_hubert_with_e2mc_and_resume(tmp_path, audio_dir, one_to
     )
     err = capsys.readouterr().err
     assert "is a 'hubert' model" in err and "wav2vec 2.0 encoders only" in err and not out.exists(), err
+    # its own layout: a HubertModel folder, with the mask embedding HuBERT's objective trained
+    assert "--to transformers" in err
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    import transformers as tf
+
+    back, info = tf.HubertModel.from_pretrained(out, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    trained = _ckpt(run)["model"]
+    assert torch.equal(back.masked_spec_embed, trained["hubert_head.mask_emb"])
+    assert all(
+        torch.equal(v, trained[f"backbone.model.{k}"]) for k, v in back.state_dict().items() if k != "masked_spec_embed"
+    )
 
 
 @pytest.mark.parametrize("family,precision", [("wav2vec2", "bf16"), ("wavlm", "fp32"), ("data2vec-audio", "fp32")])

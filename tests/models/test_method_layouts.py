@@ -113,7 +113,7 @@ def test_a_method_file_declares_its_layouts_and_releases(tmp_path):
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     # the methods' adapters between the generic ones, in registry order (detection ties keep this order)
     assert res["adapters"][:2] == ["e2mc", "lightning"]
-    assert res["adapters"][-4:] == ["toy_twin", "torchvision", "timm", "state_dict"]
+    assert res["adapters"][-5:] == ["toy_twin", "torchvision", "timm", "transformers", "state_dict"]
     assert res["export_choices"] and res["zoo"] == ["toy_twin", "a toy README", True]
     assert res["loaded"] == ["toy_twin", "toy_twin", ["projector"], 7] and res["same"] and res["round_trip"]
     assert res["lightning"] == ["lightning", "toy_twin", "net.", "toy_twin"] and res["lightning_back"]
@@ -191,3 +191,12 @@ def test_each_method_declares_its_own_layouts_and_releases():
         assert all(r.method == name and r.name.startswith(name + ":") for r in m.releases)
         assert all(zoo.ZOO[r.name] is r for r in m.releases) and (name in zoo.SOURCES) == bool(m.releases)
     assert len(zoo.ZOO) == sum(len(m.releases) for m in METHODS.values())
+
+
+def test_every_export_layout_is_a_cli_choice():
+    """`export --to` lists its choices without importing the adapters: the two lists must agree
+    (the transformers layout was missing from the CLI's when it was added)."""
+    from e2mc.commands.inspect import EXPORT_CHOICES
+    from e2mc.models.export import EXPORT_TARGETS
+
+    assert sorted(EXPORT_CHOICES) == sorted(EXPORT_TARGETS)

@@ -14,6 +14,7 @@ EXPORT_CHOICES = (
     *(layout for m in METHODS.values() for layout in m.layouts),  # each method's official layouts
     "torchvision",
     "timm",
+    "transformers",
     "lightning",
     "e2mc",
     "state_dict",
@@ -70,10 +71,11 @@ def register(subparsers) -> None:
             "e2mc export runs/e2mc/checkpoints/last.pt --out vicreg_e2mc.pth",
             "e2mc export runs/e2mc/checkpoints/last.pt --to safetensors --out backbone.safetensors",
             "e2mc export runs/e2mc/checkpoints/last.pt --to torchvision --out resnet50.pth",
+            "e2mc export runs/w2v/checkpoints/last.pt --out wav2vec2-continued/  # an audio run: a transformers folder",
         ],
     )
     p.add_argument("checkpoint", help="checkpoint file (any supported layout) or a name (`e2mc zoo`)")
-    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--out", required=True, help="output file (a folder for the transformers and wav2vec2 layouts)")
     p.add_argument(
         "--to",
         default="original",

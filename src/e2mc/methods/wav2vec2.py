@@ -205,13 +205,14 @@ class Wav2Vec2Folder(Adapter):
         if missing or not all(k.startswith("model.") for k in backbone):
             raise CheckpointError(
                 f"a Wav2Vec2ForPreTraining folder needs a transformers encoder and the heads {missing or ''} "
-                "of --method wav2vec2; export --to e2mc or safetensors instead"
+                "of --method wav2vec2; export --to transformers (the encoder alone), e2mc or safetensors instead"
             )
         config = source_config(meta.get("arch"))
         if getattr(config, "model_type", None) != "wav2vec2":  # transformers would build its own class, untrained
             raise CheckpointError(
                 f"the encoder is a {config.model_type!r} model ({meta.get('arch')}); the wav2vec2 layout writes "
-                "Wav2Vec2ForPreTraining folders of wav2vec 2.0 encoders only: export --to e2mc or safetensors instead"
+                "Wav2Vec2ForPreTraining folders of wav2vec 2.0 encoders only: export --to transformers (its own "
+                "encoder class), e2mc or safetensors instead"
             )
         config.architectures = ["Wav2Vec2ForPreTraining"]
         sd = {"wav2vec2." + k[len("model.") :]: v for k, v in backbone.items()}
@@ -220,23 +221,30 @@ class Wav2Vec2Folder(Adapter):
         return {"config": config.to_json_string(), "state_dict": sd, "preprocessor": _preprocessor(meta["arch"])}
 
     def save(self, obj, path, error):
-        from safetensors.torch import save_file
+        return write_folder(obj, path, error, self.name)
 
-        from e2mc import fileio
 
-        if path.exists() and not path.is_dir():
-            raise CheckpointError(f"{path} is a file; export --to wav2vec2 writes a folder: give a folder path")
-        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in obj["state_dict"].items()}
-        fileio.atomic_write(
-            path / "model.safetensors",
-            lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
-            parents=True,
-            error=error,
-        )
-        fileio.atomic_write_text(path / "config.json", obj["config"], error=error)
-        if obj.get("preprocessor"):
-            fileio.atomic_write_text(path / "preprocessor_config.json", obj["preprocessor"], error=error)
-        return path
+def write_folder(obj: dict, path, error, layout: str):
+    """Write a transformers ``save_pretrained`` folder at ``path``: ``obj``'s ``state_dict`` as
+    model.safetensors, its ``config`` (JSON text) as config.json and its ``preprocessor`` (JSON
+    text, when given) as preprocessor_config.json, each file atomically; returns ``path``."""
+    from safetensors.torch import save_file
+
+    from e2mc import fileio
+
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"{path} is a file; export --to {layout} writes a folder: give a folder path")
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in obj["state_dict"].items()}
+    fileio.atomic_write(
+        path / "model.safetensors",
+        lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
+        parents=True,
+        error=error,
+    )
+    fileio.atomic_write_text(path / "config.json", obj["config"], error=error)
+    if obj.get("preprocessor"):
+        fileio.atomic_write_text(path / "preprocessor_config.json", obj["preprocessor"], error=error)
+    return path
 
 
 def _preprocessor(arch: str) -> str | None:

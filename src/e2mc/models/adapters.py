@@ -20,6 +20,7 @@ lightning      ``{"state_dict": {<prefix>...}, "pytorch-lightning_version", "epo
 <method's>     each registered method's official layouts (``e2mc.methods.<name>``)
 torchvision    raw torchvision-named backbone (VICReg ``resnet50.pth``; ``fc.*`` dropped)
 timm           raw timm backbone (``head.*`` dropped)
+transformers   export only: an audio encoder's ``save_pretrained`` folder of its own class
 state_dict     raw SSLModel state dict (``backbone.*``, ``projector.*``, ...)
 safetensors    a ``.safetensors`` file (any of the raw layouts; metadata arch/cifar_stem)
 =============  =====================================================================================
@@ -243,6 +244,92 @@ class StateDictAdapter(Adapter):
         )
 
 
+class TransformersFolder(Adapter):
+    """``export --to transformers``: an audio encoder (``hf:``, ``aves:``, ``fairseq:``) as the
+    transformers ``save_pretrained`` folder of its own class (``Wav2Vec2Model``, ``HubertModel``,
+    ``WavLMModel``, ``Data2VecAudioModel``), which ``AutoModel.from_pretrained`` and e2mc load.
+    config.json is the source's as published (SpecAugment and LayerDrop as there, not e2mc's
+    training overrides) with ``masked_spec_embed`` from the run's own mask embedding (the
+    wav2vec 2.0 / HuBERT objectives train one) or else the source file's; with neither, SpecAugment
+    is written off and a warning says so. Not a file layout: loading detects nothing here."""
+
+    name = "transformers"
+    expected = ("config.json", "model.safetensors")
+    description = "transformers save_pretrained folder of an audio encoder (export only; load it by its path)"
+
+    def detect(self, obj):
+        return 0.0
+
+    def split(self, obj):
+        raise CheckpointError("a transformers folder is loaded by its path (or hf:<folder>), not as one file")
+
+    def pack(self, backbone, heads, meta):
+        from e2mc.models import audio
+
+        encoder = meta.get("encoder")
+        if not isinstance(encoder, audio.AudioEncoder) or not all(k.startswith("model.") for k in backbone):
+            raise CheckpointError(
+                f"the transformers layout writes audio encoders (hf:, aves:, fairseq:), not {meta.get('arch')}; "
+                "export --to torchvision, timm or safetensors for the backbone alone"
+            )
+        config = audio.published_config(encoder)
+        cls = audio.hf_class(config, str(meta.get("arch")))
+        state = {k[len("model.") :]: v for k, v in backbone.items()}
+        if (
+            float(getattr(config, "mask_time_prob", 0) or 0) > 0
+            or float(getattr(config, "mask_feature_prob", 0) or 0) > 0
+        ):
+            mask = _run_mask_embedding(heads)
+            if mask is None:
+                mask = audio.source_mask_embedding(meta["arch"])
+            if mask is None:
+                config.update({"mask_time_prob": 0.0, "mask_feature_prob": 0.0})
+                _log.warning(
+                    "neither the run nor %s holds a mask embedding (masked_spec_embed): the folder's config has "
+                    "SpecAugment off (mask_time_prob 0); set it in config.json to fine-tune with it (the embedding "
+                    "then starts at random)",
+                    meta["arch"],
+                )
+            else:
+                state["masked_spec_embed"] = mask
+        config.architectures = [cls.__name__]
+        import torch
+
+        with torch.device("meta"):  # the class built from this config takes exactly these tensors
+            want = cls(config).state_dict()
+        missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+        bad = [k for k in want if k in state and tuple(want[k].shape) != tuple(state[k].shape)]
+        if missing or extra or bad:
+            raise CheckpointError(
+                f"the encoder's weights do not fit a {cls.__name__} of its config: {len(missing)} missing "
+                f"{missing[:2]}, {len(extra)} unexpected {extra[:2]}, {len(bad)} of another shape {bad[:2]}; "
+                "export --to e2mc or safetensors instead"
+            )
+        pre = None
+        if str(meta["arch"]).startswith("hf:"):
+            from e2mc.methods.wav2vec2 import _preprocessor
+
+            pre = _preprocessor(meta["arch"])
+        return {
+            "config": config.to_json_string(),
+            "state_dict": state,
+            "preprocessor": pre or audio.feature_extractor_json(encoder),
+        }
+
+    def save(self, obj, path, error):
+        from e2mc.methods.wav2vec2 import write_folder
+
+        return write_folder(obj, path, error, self.name)
+
+
+def _run_mask_embedding(heads: dict):
+    """The mask embedding a run's objective trained (wav2vec 2.0's ``mask_embed``, HuBERT's
+    ``mask_emb``), or None."""
+    if "weight" in heads.get("mask_embed", {}):
+        return heads["mask_embed"]["weight"]
+    return next((v for h in heads.values() for k, v in h.items() if k == "mask_emb"), None)
+
+
 def _registry(*adapters: Adapter) -> dict[str, Adapter]:
     out: dict[str, Adapter] = {}
     for a in adapters:
@@ -258,5 +345,6 @@ ADAPTERS: dict[str, Adapter] = _registry(
     *(a for m in METHODS.values() for a in m.adapters),  # each method's official layouts, in registry order
     BackboneAdapter(),
     TimmAdapter(),
+    TransformersFolder(),
     StateDictAdapter(),
 )

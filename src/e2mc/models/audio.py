@@ -79,9 +79,18 @@ class AudioEncoder(nn.Module):
 
     input_ndim = 2  # (N, samples)
 
-    def __init__(self, model: nn.Module, *, sample_rate: int = DEFAULT_RATE, normalize: bool = False, source=None):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        sample_rate: int = DEFAULT_RATE,
+        normalize: bool = False,
+        source=None,
+        published: dict | None = None,
+    ):
         super().__init__()
         self.model = model
+        self.published = dict(published or {})  # TRAINING_OVERRIDES' keys as the source has them (export)
         self.sample_rate = int(sample_rate)
         self.normalize = bool(normalize)
         self.out_dim = 2 * int(model.config.hidden_size)
@@ -192,6 +201,7 @@ def _hf_encoder(source: str, pretrained: bool) -> AudioEncoder:
             "or a hub name (online once, or HF_HUB_OFFLINE=1 with it in the Hugging Face cache)"
         ) from None
     cls = _hf_class(config, source)
+    published = _published(config)
     config.update(TRAINING_OVERRIDES)
     info: dict = {}
     if pretrained:
@@ -206,7 +216,62 @@ def _hf_encoder(source: str, pretrained: bool) -> AudioEncoder:
             f"the folder's tensors outside the {cls.__name__} encoder are not part of the backbone "
             "(masked_spec_embed: e2mc switches SpecAugment off; pre-training heads, unless the method takes them)"
         ]
-    return AudioEncoder(model, sample_rate=rate, normalize=normalize, source=src if pretrained else None)
+    return AudioEncoder(
+        model, sample_rate=rate, normalize=normalize, source=src if pretrained else None, published=published
+    )
+
+
+def _published(config) -> dict:
+    """``TRAINING_OVERRIDES``' keys as ``config`` (a source's, before e2mc's overrides) has them."""
+    return {k: getattr(config, k) for k in TRAINING_OVERRIDES if hasattr(config, k)}
+
+
+def published_config(encoder: AudioEncoder):
+    """A copy of the encoder's transformers config as its source publishes it (SpecAugment and
+    LayerDrop as there, not e2mc's training overrides): what an exported folder is written with."""
+    import copy
+
+    config = copy.deepcopy(encoder.model.config)
+    config.update(encoder.published)
+    return config
+
+
+def source_mask_embedding(arch: str):
+    """The mask embedding (transformers' ``masked_spec_embed``) that the file behind an audio arch
+    holds, or None: a folder's or cached hub file's ``masked_spec_embed``, AVES'
+    ``mask_generator.mask_embedding``, a fairseq checkpoint's ``mask_emb``."""
+    from e2mc.methods.hubert import file_mask_embedding
+
+    kind, _, source = str(arch).partition(":")
+    where = os.path.expanduser(source)
+    if kind == "fairseq":
+        if not os.path.isfile(where):
+            return None
+        from e2mc.models import fairseq
+
+        sd = fairseq.read(where).get("model")
+        return next((v for k, v in (sd or {}).items() if k.split(".")[-1] == "mask_emb"), None)
+    return file_mask_embedding({"name": str(arch), "cache_path": where if os.path.exists(where) else None})
+
+
+def feature_extractor_json(encoder: AudioEncoder) -> str:
+    """A ``preprocessor_config.json`` text (transformers' ``Wav2Vec2FeatureExtractor``) of the
+    encoder's sample rate and normalisation; an attention mask for layer-norm CNNs, as transformers
+    advises (group-norm ones were trained without padding)."""
+    config = encoder.model.config
+    fe = _transformers().Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=encoder.sample_rate,
+        padding_value=0.0,
+        do_normalize=encoder.normalize,
+        return_attention_mask=getattr(config, "feat_extract_norm", "group") == "layer",
+    )
+    return fe.to_json_string()
+
+
+def hf_class(config, where: str):
+    """The transformers encoder class of ``config`` (``MODEL_TYPES``); CheckpointError for another."""
+    return _hf_class(config, where)
 
 
 def _from_pretrained(tf, cls, where: str, config, source: str):
@@ -247,11 +312,18 @@ def build_audio_backbone(arch: str, pretrained: bool = False) -> AudioEncoder:
 
         model, info = fairseq.load(source, weights=pretrained, overrides=TRAINING_OVERRIDES)
         src = info["source"] if pretrained else None
-        return AudioEncoder(model, sample_rate=info["sample_rate"], normalize=info["normalize"], source=src)
+        return AudioEncoder(
+            model,
+            sample_rate=info["sample_rate"],
+            normalize=info["normalize"],
+            source=src,
+            published=_published(info["config"]),
+        )
     from e2mc.models import aves
 
     model, src = aves.load(source, weights=pretrained, overrides=TRAINING_OVERRIDES)
-    return AudioEncoder(model, sample_rate=DEFAULT_RATE, normalize=False, source=src)
+    published = _published(aves.hubert_config(json.loads(aves.config_path(source).read_text())))
+    return AudioEncoder(model, sample_rate=DEFAULT_RATE, normalize=False, source=src, published=published)
 
 
 TINY_WAV2VEC2 = dict(  # the audio demo's encoder: 80x down-sampling (200 frames/s at 16 kHz), 2 layers

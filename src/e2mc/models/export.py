@@ -32,6 +32,7 @@ from e2mc.models.heads import HEAD_NAMES
 
 LAYOUT_METHODS = {layout: name for name, m in METHODS.items() for layout in m.layouts}  # official layout -> method
 EXPORT_TARGETS = ("original", "safetensors", *ADAPTERS)
+AUDIO_SOURCES = {"hf": "transformers", "aves": "transformers", "fairseq": "transformers"}  # what "original" writes
 
 
 def model_state(model) -> tuple[dict, dict]:
@@ -121,6 +122,7 @@ def resolve_target(
         origin = None  # nothing to go back to (a safetensors source keeps its own metadata)
     if fmt == "original":
         fmt = origin or (source if source and source != "random" else "e2mc")
+        fmt = AUDIO_SOURCES.get(fmt, fmt)  # an audio encoder goes back as a transformers folder
     if origin and fmt != "e2mc":  # leaving a run checkpoint for a published layout
         done, before = getattr(report, "epoch", None), layout.get("source_epoch")
         if epoch is None and done is not None and before is not None:
@@ -167,13 +169,20 @@ def export_model(
         return save_backbone_safetensors(model, path, source_format=layout.get("source_format") or source)
     if fmt not in ADAPTERS:
         raise CheckpointError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_TARGETS)}")
+    audio = hasattr(model.backbone, "published")  # an AudioEncoder (models.audio)
+    alone = "transformers" if audio else "torchvision"
     wants = LAYOUT_METHODS.get(fmt)
     if wants and model.method not in (None, wants):
         raise CheckpointError(
             f"the model has {model.method} heads; the {fmt} layout holds {wants} heads. Export to "
             + "".join(f"{lay} (its own), " for lay, m in LAYOUT_METHODS.items() if m == model.method)
-            + "torchvision or safetensors for the backbone alone, or "
+            + f"{alone} or safetensors for the backbone alone, or "
             "e2mc for everything (--to NAME; format='NAME' in Python)"
+        )
+    if audio and fmt in ("torchvision", "timm"):
+        raise CheckpointError(
+            f"the {fmt} layout holds image networks; this is an audio encoder ({model.arch}): export --to "
+            "transformers (a save_pretrained folder of its own class), safetensors or e2mc"
         )
     backbone, heads = model_state(model)
     meta = {
@@ -186,6 +195,7 @@ def export_model(
         "epoch": epoch if epoch is not None else getattr(report, "epoch", None),
         "layout": layout if source == fmt else None,
         "method_state": getattr(report, "method_state", None),  # e.g. DINO's centre
+        "encoder": model.backbone,  # what a layout of the network itself reads (transformers' config)
     }
     obj = ADAPTERS[fmt].pack(backbone, heads, meta)
     written = ADAPTERS[fmt].save(obj, Path(path), refused)  # a layout of its own (a folder), or None

@@ -292,7 +292,8 @@ def _what(state: dict, family: str, prefix: str, target: str) -> str:
 def load(path: str, weights: bool = True, overrides: dict | None = None):
     """``(model, info)`` of a fairseq checkpoint: the transformers model built from its config
     (with ``overrides``), its encoder weights loaded (all or nothing) when ``weights``; ``info``:
-    ``family``, ``sample_rate``, ``normalize`` (the task's), ``source`` (``name``, ``cache_path``,
+    ``config`` (the transformers config without ``overrides``), ``family``, ``sample_rate``,
+    ``normalize`` (the task's), ``source`` (``name``, ``cache_path``,
     ``dropped``, ``notes``: what was loaded, dropped and made up)."""
     import transformers
 
@@ -304,6 +305,7 @@ def load(path: str, weights: bool = True, overrides: dict | None = None):
     config = hf_config(family, options, overrides)
     model = getattr(transformers, f"{FAMILIES[family]}Model")(config)
     info = {
+        "config": hf_config(family, options),  # as the file has it (without ``overrides``)
         "family": family,
         "sample_rate": int(task.get("sample_rate", 16000) or 16000),
         "normalize": bool(task.get("normalize", False)),
