@@ -53,7 +53,7 @@ PAPER_EPS: dict[str, float] = {n: m.paper_eps for n, m in METHODS.items()}  # ea
 
 @dataclass
 class AudioConfig:
-    """Audio folders (wav/flac/ogg, used when data.dataset is one) and their training views."""
+    """Audio folders (wav/flac/ogg/mp3/..., used when data.dataset is one) and their training views."""
 
     sample_rate: int = 16000  # the encoder's rate (all bundled encoders: 16 kHz); recordings are resampled to it
     segment_seconds: float = 4.0  # long recordings are cut into segments of this length (one item each)

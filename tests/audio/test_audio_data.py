@@ -55,6 +55,30 @@ def test_skips_are_counted_and_errors_are_one_line(audio_dir, caplog):
     assert len(ds) == 8 and "skipped 3 of 11 files" in caplog.text
 
 
+@pytest.mark.skipif("MP3" not in sf.available_formats(), reason="this libsndfile neither writes nor reads mp3")
+def test_mp3_and_opus_are_read_and_unreadable_formats_are_named(tmp_path, caplog):
+    """Field recordings often come as mp3 (xeno-canto) or opus; libsndfile (1.1+) writes and reads
+    both. Formats it cannot read (m4a) are not silently dropped: they are counted and named."""
+    root = tmp_path / "calls"
+    for c, (ext, fmt) in enumerate([(".mp3", "MP3"), (".opus", "OGG")]):
+        (root / f"bird{c}").mkdir(parents=True)
+        for i in range(2):
+            x = tone(1.0, 48000, 400 + 300 * c + 50 * i, seed=i)
+            sf.write(root / f"bird{c}" / f"{i}{ext}", x, 48000, format=fmt, subtype="OPUS" if ext == ".opus" else None)
+    (root / "bird1" / "2.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A ")  # an AAC recording's first bytes
+    ds = build_dataset(str(root), audio=AudioConfig(segment_seconds=0.5, crop_seconds=0.25))
+    assert ds.targets == [0] * 4 + [1] * 4 and ds.skipped == []  # 1 s each: two 0.5 s segments
+    x = read_audio(str(root / "bird0" / "0.mp3"), 16000)
+    peak = np.argmax(np.abs(np.fft.rfft(x))) * 16000 / len(x)
+    assert abs(peak - 400) <= 2 and abs(len(x) - 16000) <= 16000 * 0.1  # the tone, about its length
+    assert "left out 1 recordings in formats soundfile cannot read (.m4a: 1)" in caplog.text
+    only = tmp_path / "phone" / "a"
+    only.mkdir(parents=True)
+    (only / "0.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A ")
+    with pytest.raises(DataError, match=r"no audio files \(wav/flac.*\) in .*holds recordings .*\.m4a: 1.*ffmpeg"):
+        build_dataset(str(only.parent), audio=AudioConfig())  # an audio folder still: not an image-folder error
+
+
 def test_bad_options_and_folders(audio_dir, tmp_path):
     with pytest.raises(DataError, match="longer than segment_seconds"):
         build_dataset(str(audio_dir), audio=AudioConfig(segment_seconds=0.5, crop_seconds=1.0))

@@ -1,4 +1,4 @@
-"""Audio folders: recordings (wav, flac, ogg through soundfile) as fixed-length float segments.
+"""Audio folders: recordings (wav, flac, ogg/opus, mp3, aiff through soundfile) as fixed-length float segments.
 
 ``audio_folder(root, split, opts, on_error="raise", info_cls=DatasetInfo) -> AudioDataset``; ``opts`` is the
 run config's ``data.audio`` (``e2mc.config.AudioConfig``: sample_rate, segment_seconds,
@@ -34,25 +34,37 @@ from torch.utils.data import Dataset
 from e2mc.errors import DataError
 
 log = logging.getLogger(__name__)
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aif", ".aiff")  # what libsndfile reads
+UNREAD_EXTENSIONS = (".m4a", ".aac", ".wma", ".amr", ".webm")  # recordings libsndfile cannot read
+FORMATS = "/".join(e[1:] for e in AUDIO_EXTENSIONS)
 
 
-def _is_audio(name: str) -> bool:
-    return name.lower().endswith(AUDIO_EXTENSIONS) and not name.startswith(".")
+def _is_audio(name: str, extensions: tuple = AUDIO_EXTENSIONS) -> bool:
+    return name.lower().endswith(extensions) and not name.startswith(".")
 
 
-def _audio_files(directory: str) -> list[str]:
+def _audio_files(directory: str, extensions: tuple = AUDIO_EXTENSIONS) -> list[str]:
     out = []
     for here, dirs, files in os.walk(directory, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        out += [os.path.join(here, f) for f in sorted(files) if _is_audio(f)]
+        out += [os.path.join(here, f) for f in sorted(files) if _is_audio(f, extensions)]
     return out
 
 
 def is_audio_folder(root: str) -> bool:
-    """True when the folder (or its ``train`` split) holds audio files."""
+    """True when the folder (or its ``train`` split) holds recordings (of a format soundfile reads,
+    or one it does not: the audio reader then says what to convert)."""
     base = os.path.join(root, "train") if os.path.isdir(os.path.join(root, "train")) else root
-    return os.path.isdir(base) and bool(_audio_files(base))
+    return os.path.isdir(base) and bool(_audio_files(base, AUDIO_EXTENSIONS + UNREAD_EXTENSIONS))
+
+
+def _unread(paths: list[str]) -> str:
+    """``".m4a: 3, .aac: 1"`` of recordings in formats soundfile cannot read."""
+    counts: dict[str, int] = {}
+    for p in paths:
+        ext = os.path.splitext(p)[1].lower()
+        counts[ext] = counts.get(ext, 0) + 1
+    return ", ".join(f"{e}: {n}" for e, n in sorted(counts.items()))
 
 
 def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
@@ -73,8 +85,13 @@ def read_audio(path: str, rate: int) -> np.ndarray:
         data, sr = sf.read(path, dtype="float32", always_2d=True)
     except Exception as exc:  # noqa: BLE001 - soundfile raises LibsndfileError/RuntimeError/TypeError
         first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        if path.lower().endswith(".mp3") and "MP3" not in sf.available_formats():
+            raise DataError(
+                f"cannot decode {path}: this soundfile's libsndfile ({sf.__libsndfile_version__}) reads no mp3; "
+                "pip install -U soundfile (its wheels bundle libsndfile 1.1 or later, which does), or convert to flac"
+            ) from None
         raise DataError(
-            f"cannot decode {path} ({first}); re-export it as wav/flac/ogg, remove it, or set data.on_error=skip"
+            f"cannot decode {path} ({first}); re-export it as wav or flac, remove it, or set data.on_error=skip"
         ) from None
     return resample(data.mean(axis=1), sr, rate)
 
@@ -141,8 +158,16 @@ def _scan(root: str, split: str) -> tuple[list[str], list[tuple[str, int]]]:
     files = [(os.path.join(base, f), -1) for f in sorted(os.listdir(base)) if _is_audio(f)]
     for i, c in enumerate(classes):
         files += [(p, i) for p in _audio_files(os.path.join(base, c))]
+    unread = [os.path.join(base, f) for f in os.listdir(base) if _is_audio(f, UNREAD_EXTENSIONS)]
+    unread += [p for c in classes for p in _audio_files(os.path.join(base, c), UNREAD_EXTENSIONS)]
+    convert = (
+        f"recordings in formats soundfile cannot read ({_unread(unread)}): convert them to flac or wav "
+        "(e.g. ffmpeg -i call.m4a call.flac)"
+    )
     if not files:
-        raise DataError(f"no audio files (.wav/.flac/.ogg) in {base}")
+        raise DataError(f"no audio files ({FORMATS}) in {base}" + (f"; it holds {convert}" if unread else ""))
+    if unread:
+        log.warning("%s: left out %d %s", base, len(unread), convert)
     return classes, files
 
 

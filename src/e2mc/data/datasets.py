@@ -7,7 +7,7 @@ API summary
   ``spec``: ``"digits"`` (scikit-learn, embedded), ``"cifar10"``, ``"cifar100"``, ``"stl10"``
   (train/test/unlabeled), ``"imagenet"`` (train/val), a path to an image folder, or a
   JSON split file (index subsets of another dataset's split; see ``splits.py``). A folder of
-  audio files (wav/flac/ogg) is an ``AudioDataset`` of float segments (``audio.py``; ``audio``:
+  audio files (wav/flac/ogg/opus/mp3/aiff) is an ``AudioDataset`` of float segments (``audio.py``; ``audio``:
   the ``data.audio`` options).
   Items ``(uint8 (3, H, W), int label)``, label -1 when unknown; attributes ``.classes``,
   ``.targets``, ``.info`` (:class:`DatasetInfo`), ``.skipped`` (unreadable files).

@@ -136,7 +136,7 @@ def check_input(backbone: nn.Module, info) -> None:
     audio_data = getattr(info, "modality", "image") == "audio"
     if audio_net and not audio_data:
         raise ConfigError(
-            "this audio encoder needs an audio folder (wav/flac/ogg files in class folders) as data.dataset"
+            "this audio encoder needs an audio folder (wav/flac/ogg/mp3 files in class folders) as data.dataset"
         )
     if audio_data and not audio_net:
         raise ConfigError(

@@ -735,14 +735,15 @@ class Trainer(GuardSteps, TrainerSetup):
             "img_per_s": n * self.global_batch / elapsed,
         }
         self.run.write_row(row, keys)
+        unit = "clips" if getattr(getattr(self.model, "backbone", None), "input_ndim", 4) == 2 else "img"  # audio
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{row['loss']:.4g}", img_s=f"{row['img_per_s']:.0f}", refresh=False)
+            self.bar.set_postfix({"loss": f"{row['loss']:.4g}", f"{unit}_s": f"{row['img_per_s']:.0f}"}, refresh=False)
         elif self.dist.is_main:
             left = divmod(round(max(self.total_steps - last_step, 0) * elapsed / n), 60)  # at this window's pace
             eta = f"/{self.total_steps}, ETA {left[0]}:{left[1]:02d}" if phase == "train" else ""
             self.log(
                 f"[{phase}] epoch {epoch} step {last_step}{eta} loss {row['loss']:.5g} "
-                f"lr {row['lr']:.3g} {row['img_per_s']:.0f} img/s"
+                f"lr {row['lr']:.3g} {row['img_per_s']:.0f} {unit}/s"
             )
 
     def _epoch_metrics(self, phase: str) -> None:
