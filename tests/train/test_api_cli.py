@@ -110,4 +110,4 @@ def test_run_header_names_each_addon_own_settings(tmp_path, capsys):
     assert addon_text(load_config(recipe, ["addon.name=uniformity"])) == " + uniformity (weight 1, t 2)"
     assert main(["pretrain", *_sets(["train.max_steps=1", "addon.name=mmcr"]), "--out", str(tmp_path / "r")]) == 0
     err = capsys.readouterr().err
-    assert "loss   : vicreg + mmcr (weight 1)" in err and "at most 1 steps" in err
+    assert "loss   : vicreg + mmcr (weight 1)" in err and "at most 1 step " in err

@@ -220,7 +220,8 @@ def run(args: argparse.Namespace) -> int:
         acted = f"; the collapse guard acted {_count(len(events), 'time')}: see guard_events.json" if events else ""
         print(
             f"done: {args.mode} {cfg.method.name}{addon_text(cfg)}, "
-            f"{_count(trainer.epoch, 'epoch')}, {_count(trainer.global_step, 'step')} -> {run_dir}{acted} (next: {nxt})"
+            f"{_count(trainer.global_step, 'step')} ({_count(trainer.epoch, 'full epoch')}) -> {run_dir}{acted} "
+            f"(next: {nxt})"
         )
     return GUARD_STOPPED if trainer.guard_stopped else 0
 
@@ -279,6 +280,6 @@ def start_summary(trainer) -> str:
     o = cfg.optim
     lines.append(f"optim  : {o.name} lr {o.lr:g}, weight decay {o.weight_decay:g}")
     cap = getattr(cfg.train, "max_steps", None)
-    length = f"{cfg.train.epochs} epochs" + (f", at most {cap} steps" if cap else "")
+    length = _count(cfg.train.epochs, "epoch") + (f", at most {_count(cap, 'step')}" if cap else "")
     lines.append(f"run    : {trainer.run_dir} ({length} on {cfg.data.dataset})")
     return "\n".join(lines)

@@ -113,7 +113,8 @@ class LoadReport:
         lines += [f"stand-in   : {s}" for s in self.stand_ins]
         if self.source:
             lines += [
-                f"source     : {self.source.get('name')} <- {self.source.get('url')}",
+                f"source     : {self.source.get('name')}"
+                + (f" <- {self.source['url']}" if self.source.get("url") else ""),
                 f"cached at  : {self.source.get('cache_path') or '-'}",
                 f"sha256     : {self.source.get('sha256') or '-'}",
             ]
