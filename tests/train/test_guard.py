@@ -253,6 +253,33 @@ def test_a_non_finite_loss_restores_the_best_checkpoint(tmp_path, tiny, capsys):
     assert last["step"] == 6 and all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step:UserWarning")  # the test's wrapper
+def test_weights_broken_by_an_epoch_s_last_step_restore_the_best_checkpoint(tmp_path, tiny, capsys):
+    """The epoch's last update makes a weight NaN while its loss was finite: the epoch-end checkpoint
+    finds it, and the guard restores the best checkpoint as for a NaN loss (it used to end the run)."""
+    run = tmp_path / "r"
+    t = Trainer(tiny(run, "data.limit=256", "train.epochs=3", "train.guard.interval=3", "train.log_every=1"))
+    per_epoch = len(t.loader)
+    assert per_epoch == 4  # the epoch ends at step 4, between the guard's checks at 3 and 6
+    opt, real = t.state.optimizer, t.state.optimizer.step
+
+    def step(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if t.state.global_step + 1 == per_epoch:  # the epoch's last step (counted after the update)
+            with torch.no_grad():
+                next(t.model.backbone.parameters()).view(-1)[0] = float("nan")
+        return out
+
+    opt.step = step
+    t.fit()
+    (event,) = json.loads((run / "guard_events.json").read_text())
+    assert event["step"] == 4 and event["restored_step"] == 3 and "not finite" in event["reason"]
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert last["step"] == 12 and all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    assert (run / "checkpoints" / "epoch_0001.pt").exists()  # the epoch's file: the restored state
+    assert "collapse guard at step 4" in capsys.readouterr().err
+
+
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.nn.utils.weight_norm: DINO's official head
 def test_dino_at_lr_x1000_is_rolled_back_with_its_centre(tmp_path, tiny):
     """DINO (its head's bottleneck is the embedding scored; its centre is method state): LR x 1000 is

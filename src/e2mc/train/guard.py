@@ -6,7 +6,8 @@ seed), the start's values and its kNN neighbours, the best score so far and its 
 and the rollbacks; ``state_dict``/``load_state_dict`` put all of it into the run's checkpoints.
 ``GuardSteps`` is the ``Trainer``'s side (a mixin): it scores the model before the first step and
 every ``interval`` steps, agrees the decision over the ranks (rank 0 scores), writes
-``checkpoints/best.pt`` on a new best and, on a drop or a non-finite loss, restores the best
+``checkpoints/best.pt`` on a new best and, on a drop, a non-finite loss or a non-finite state found
+before a checkpoint is written (an epoch's last update), restores the best
 checkpoint's model, optimiser, scaler and method state (progress, schedule and RNG streams go on),
 then continues, lowers the LR or stops.
 

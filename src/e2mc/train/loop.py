@@ -631,7 +631,11 @@ class Trainer(GuardSteps, TrainerSetup):
         every = max(1, self.cfg.train.checkpoint_every_epochs)
         if s.epoch % every == 0 or s.epoch == self.cfg.train.epochs:
             self._stage = "writing a checkpoint"
-            self.save(epoch_file=True)
+            try:
+                self.save(epoch_file=True)
+            except TrainingDiverged as exc:  # weights the epoch's last step broke: the guard's, as a NaN loss
+                self._guard_diverged(exc)  # re-raised when the guard cannot act
+                self.save(epoch_file=True)  # the best checkpoint's state, restored
 
     def _prepare_batches(self):
         """View lists of training batches in their own data order (for ``Method.prepare``)."""
