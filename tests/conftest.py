@@ -6,6 +6,27 @@ import pytest
 import torch
 
 
+TEMP_SPACE = 3 * 2**30  # the suite's peak in its temp folder: 2.2 GB measured (full-size official checkpoints)
+
+
+def pytest_sessionstart(session):
+    """Refuse to start, in one line, where the temp folder's disk cannot hold the suite: a full disk
+    fails dozens of tests at random with torch.save's "iostream error", far from the cause."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    where = Path(session.config.option.basetemp or tempfile.gettempdir()).resolve()
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if free < TEMP_SPACE:
+        raise pytest.UsageError(
+            f"the tests write up to {TEMP_SPACE / 2**30:.0f} GiB of temporary files and {where} has "
+            f"{free / 2**30:.1f} GiB free: free space there, or point --basetemp (or TMPDIR) at a disk with room"
+        )
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _session_cache(tmp_path_factory):
     """The suite's own ``$E2MC_CACHE`` (subprocesses inherit it): the tests must neither grow the
