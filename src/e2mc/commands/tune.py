@@ -211,10 +211,16 @@ def run(args: argparse.Namespace) -> int:
         min_move=args.min_move,
         final_seeds=args.final_seeds,
     )
-    res = tune(spec)
+    res = tune(spec, log=_progress)  # progress on stderr, as continue's; the result below on stdout, once
     print(f"chosen: {res['chosen']['label']}  {res['chosen']['overrides']}")
     print(f"verdict: {res['verdict']}")
     if res.get("confirm"):
         print(res["confirm"]["verdict"])
     print(f"{args.out}/tune.md")
     return 0
+
+
+def _progress(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr, flush=True)
