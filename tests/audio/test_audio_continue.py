@@ -80,7 +80,8 @@ def test_torchrun_two_processes(encoder_dir, audio_dir, tmp_path):
 def test_a_run_from_a_relative_folder_is_read_from_anywhere(encoder_dir, audio_dir, tmp_path, monkeypatch, capsys):
     """A run continued from ``./tiny`` (a relative save_pretrained folder) records where the folder
     is, not the relative name (which transformers would look up on the Hub from another directory);
-    a folder moved away afterwards is named in one line."""
+    the run outlives the folder (its checkpoint carries the encoder's config); the folder itself,
+    moved away, is named in one line."""
     monkeypatch.chdir(encoder_dir.parent)
     args = ["continue", encoder_dir.name, "--dataset", str(audio_dir), "--method", "vicreg", "--batch-size", "4"]
     args += ["--device", "cpu", "--out", str(tmp_path / "run"), "--set", "data.audio.segment_seconds=0.5"]
@@ -95,8 +96,9 @@ def test_a_run_from_a_relative_folder_is_read_from_anywhere(encoder_dir, audio_d
     _, named = load_model(f"hf:../{encoder_dir.name}")
     assert named.arch == f"hf:{encoder_dir}"  # hf:<relative folder> too
     encoder_dir.rename(encoder_dir.with_name("moved"))
+    assert main(["inspect", str(tmp_path / "run")]) == 0
     capsys.readouterr()
-    assert main(["inspect", str(tmp_path / "run")]) == 2
+    assert main(["inspect", f"hf:{encoder_dir}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{encoder_dir} is not there" in err and "put the folder back" in err, err
 

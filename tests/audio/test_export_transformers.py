@@ -115,3 +115,43 @@ def test_a_source_without_a_mask_embedding_is_written_with_specaugment_off(tmp_p
     assert "holds a mask embedding" in caplog.text
     assert json.loads((out / "config.json").read_text())["mask_time_prob"] == 0.0
     assert "masked_spec_embed" not in _loaded(out).state_dict()
+
+
+def test_a_run_outlives_its_source_folder(tmp_path, audio_dir, one_torch_thread):
+    """A run checkpoint carries its encoder's config (and the source's mask embedding): after the
+    source folder is moved away it still loads, resumes and exports; a checkpoint written before the
+    record existed is still built from its source folder."""
+    import shutil
+
+    import transformers as tf
+
+    src = _source(tmp_path / "w2v")
+    run = tmp_path / "run"
+    assert _continue(src, audio_dir, run) == 0
+    moved = tmp_path / "moved"
+    shutil.move(src, moved)
+    assert main(["inspect", str(run)]) == 0
+    sets = [a for k, v in {**SETS, "train.max_steps": "3"}.items() for a in ("--set", f"{k}={v}")]
+    assert main(["continue", "--out", str(run), "--resume", *sets]) == 0
+    out = tmp_path / "exported"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    back = _loaded(out)
+    start = tf.Wav2Vec2Model.from_pretrained(moved)
+    assert torch.equal(back.masked_spec_embed, start.masked_spec_embed) and back.config.mask_time_prob == 0.3
+    model, _ = load_model(run)
+    assert all(torch.equal(back.state_dict()[k[len("backbone.model.") :]], v) for k, v in model.state_dict().items()
+               if k.startswith("backbone.model."))  # fmt: skip
+
+    # a checkpoint without the record (an older e2mc's) is built from its source folder, as before
+    ck = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    ck.pop("encoder")
+    torch.save(ck, tmp_path / "old.pt")
+    from e2mc.models import audio
+
+    audio._RECORDS.clear()
+    with pytest.raises(CheckpointError, match="is not there"):
+        load_model(tmp_path / "old.pt")
+    shutil.move(moved, src)
+    again, _ = load_model(tmp_path / "old.pt")
+    assert torch.equal(again.backbone.model.feature_projection.projection.weight,
+                       model.backbone.model.feature_projection.projection.weight)  # fmt: skip

@@ -52,6 +52,10 @@ class E2MCAdapter(Adapter):
     def split(self, obj):
         if not is_tensor_dict(obj.get("model")):
             raise CheckpointError("e2mc checkpoint without a 'model' state dict")
+        if obj.get("encoder") is not None:  # an audio encoder's config: built from it, not from its source
+            from e2mc.models.audio import remember
+
+            remember(obj.get("arch"), obj["encoder"])
         parts = flat_parts(
             obj["model"],
             "model",
@@ -82,6 +86,7 @@ class E2MCAdapter(Adapter):
 
     def pack(self, backbone, heads, meta):
         from e2mc import __version__
+        from e2mc.models.audio import encoder_item
 
         written_by = (meta.get("layout") or {}).get("e2mc_version")  # an e2mc file exported again
         return {
@@ -92,6 +97,9 @@ class E2MCAdapter(Adapter):
             "arch": meta.get("arch"),
             "cifar_stem": bool(meta.get("cifar_stem")),
             "head_sizes": meta.get("head_sizes") or {},
+            **encoder_item(
+                meta.get("encoder"), meta.get("arch")
+            ),  # an audio encoder's config (models.audio.encoder_record)
             "model": join_flat(backbone, heads, {"kind": "model"}),
             "epoch": meta.get("epoch"),
             "source_format": meta.get("source_format"),
@@ -281,7 +289,7 @@ class TransformersFolder(Adapter):
         ):
             mask = _run_mask_embedding(heads)
             if mask is None:
-                mask = audio.source_mask_embedding(meta["arch"])
+                mask = encoder.source_mask(str(meta["arch"]))
             if mask is None:
                 config.update({"mask_time_prob": 0.0, "mask_feature_prob": 0.0})
                 _log.warning(

@@ -91,6 +91,7 @@ class AudioEncoder(nn.Module):
         super().__init__()
         self.model = model
         self.published = dict(published or {})  # TRAINING_OVERRIDES' keys as the source has them (export)
+        self._source_mask: tuple = ()  # (the source's mask embedding or None,) once read: source_mask
         self.sample_rate = int(sample_rate)
         self.normalize = bool(normalize)
         self.out_dim = 2 * int(model.config.hidden_size)
@@ -98,6 +99,13 @@ class AudioEncoder(nn.Module):
         self.keep_hidden = False  # per-layer evaluation: forward also keeps every layer's frames
         self.kept_hidden: tuple = ()
         self.frame_hook = None  # an objective's own encoder pass in training mode (see forward)
+
+    def source_mask(self, arch: str):
+        """The mask embedding (``masked_spec_embed``) of the source behind ``arch``, read once
+        (:func:`source_mask_embedding`; from a checkpoint's record when built from one), or None."""
+        if not self._source_mask:
+            self._source_mask = (source_mask_embedding(arch),)
+        return self._source_mask[0]
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2:
@@ -297,14 +305,60 @@ def _from_pretrained(tf, cls, where: str, config, source: str):
     return model, info
 
 
+_RECORDS: dict[str, dict] = {}  # arch -> the encoder record an e2mc checkpoint carries (see remember)
+
+
+def encoder_record(encoder: AudioEncoder, arch: str) -> dict:
+    """What rebuilds ``encoder`` (of ``arch``) without its source folder or file, stored in e2mc
+    checkpoints: its transformers config as built (e2mc's overrides applied), the published values
+    of those overrides, its sample rate and normalisation, the source's mask embedding (export)."""
+    mask = encoder.source_mask(arch)
+    return {
+        "config": json.loads(encoder.model.config.to_json_string()),
+        "published": dict(encoder.published),
+        "sample_rate": int(encoder.sample_rate),
+        "normalize": bool(encoder.normalize),
+        "mask_embedding": None if mask is None else mask.detach().cpu().clone(),
+    }
+
+
+def encoder_item(backbone, arch) -> dict:
+    """``{"encoder": encoder_record(backbone, arch)}`` for an audio encoder, else ``{}``: the entry
+    e2mc checkpoints (run and exported) carry."""
+    return {"encoder": encoder_record(backbone, str(arch))} if isinstance(backbone, AudioEncoder) else {}
+
+
+def remember(arch, record) -> None:
+    """Build ``arch``'s encoder from ``record`` (an e2mc checkpoint's ``encoder``) when it is built
+    to be filled from a checkpoint: the run's own config, so the checkpoint loads, resumes and exports
+    after its source folder, file or hub cache is gone (or was overwritten)."""
+    if is_audio_arch(arch) and isinstance(record, dict) and isinstance(record.get("config"), dict):
+        _RECORDS[str(arch)] = record
+
+
+def _from_record(record: dict) -> AudioEncoder:
+    tf = _transformers()
+    config = dict(record["config"])
+    kind = type(tf.AutoConfig.for_model(config.get("model_type", "")))
+    config = kind.from_dict(config)
+    model = _hf_class(config, "the checkpoint's encoder record")(config)
+    rate, normalize = int(record.get("sample_rate", DEFAULT_RATE)), bool(record.get("normalize", False))
+    encoder = AudioEncoder(model, sample_rate=rate, normalize=normalize, published=record.get("published"))
+    encoder._source_mask = (record.get("mask_embedding"),)
+    return encoder
+
+
 def build_audio_backbone(arch: str, pretrained: bool = False) -> AudioEncoder:
     """The encoder of an ``hf:``/``aves:``/``fairseq:`` arch; ``pretrained=False`` builds it from its
-    config alone (random weights, to be filled from an e2mc checkpoint)."""
+    config alone (random weights, to be filled from an e2mc checkpoint): the checkpoint's own record
+    when one was read (:func:`remember`), else the source's config."""
     kind, _, source = arch.partition(":")
     if not source:
         raise ConfigError(
             f"{arch!r} names no encoder; write hf:<folder or hub name>, aves:<file.pt> or fairseq:<file.pt>"
         )
+    if not pretrained and arch in _RECORDS:
+        return _from_record(_RECORDS[arch])
     if kind == "hf":
         return _hf_encoder(source, pretrained)
     if kind == "fairseq":

@@ -360,6 +360,10 @@ class TrainerSetup:
             state = found[1]
             check_version(state.get("e2mc_version"))  # the rule of e2mc checkpoints (models.adapters)
             R.check_resume_config(state.get("config", {}), cfg)
+            if state.get("encoder") is not None:  # an audio encoder: its own config, not its source's
+                from e2mc.models.audio import remember
+
+                remember(state["arch"], state["encoder"])
             model = SSLModel.build(
                 cfg.method.name, state["arch"], cifar_stem=state["cifar_stem"], **state["head_sizes"]
             )

@@ -18,6 +18,7 @@ import torch
 
 from e2mc.config import RunConfig
 from e2mc.methods import Method
+from e2mc.models.audio import encoder_item
 from e2mc.models.model import SSLModel
 from e2mc.train.distributed import DistInfo
 
@@ -68,6 +69,7 @@ class RunState:
             "arch": model.arch,
             "cifar_stem": bool(model.cifar_stem),
             "head_sizes": dict(model.head_sizes),
+            **encoder_item(model.backbone, model.arch),  # an audio encoder's config (models.audio.encoder_record)
             "model": model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "optimizer_params": optimizer_param_names(self.optimizer, model),
