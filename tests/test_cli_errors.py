@@ -196,7 +196,7 @@ def test_output_folder_that_holds_another_run(runs, tmp_path):
 
 
 def test_dataset_folder_missing_or_empty(runs, tmp_path):
-    for ds, frag in ((tmp_path / "no_such_data", "does not exist"), (runs / "empty", "No images found")):
+    for ds, frag in ((tmp_path / "no_such_data", "does not exist"), (runs / "empty", "No images or recordings found")):
         fails("pretrain", *SETS, "--dataset", ds, "--out", tmp_path / "o", must=(frag, str(ds), "Expected <root>/"))
         fails("evaluate", ckpt(runs), "--dataset", ds, "--protocols", "knn", "--seeds", "0", must=(frag,))
     fails("pretrain", *SETS, "--dataset", "digitz", "--out", tmp_path / "o", must=("Unknown dataset", "'digits'"))

@@ -118,3 +118,26 @@ def test_an_audio_encoder_is_continued_with_adamw_at_a_small_lr_unless_told(enco
     assert o.name == "sgd"
     o = resolve_config("continue", None, ["model.init=random:resnet_mini", "method.name=vicreg", out]).optim
     assert (o.name, o.lr) == ("lars", 0.2)  # images: unchanged
+
+
+def test_relative_paths_are_recorded_absolute_and_resume_from_anywhere(encoder_dir, audio_dir, tmp_path, monkeypatch):
+    """A new user's trial: a run started as `continue ../w2v --dataset ../calls/` from a sub-folder
+    could not be resumed from elsewhere (config.yaml held the relative paths), and `calls/` vs `calls`
+    counted as different settings."""
+    import yaml
+
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    monkeypatch.chdir(sub)
+    sets = ["--set", "data.audio.segment_seconds=0.5", "--set", "data.audio.crop_seconds=0.25"]
+    sets += ["--set", "train.probe_size=0", "--set", "train.tensorboard=false", "--set", "train.head_warmup_steps=0"]
+    args = ["continue", f"../{encoder_dir.name}/", "--dataset", f"../{audio_dir.name}/", "--method", "vicreg"]
+    args += ["--batch-size", "4", "--device", "cpu", "--out", "../run", *sets, "--set", "train.max_steps=1"]
+    assert main(args) == 0
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg["data"]["dataset"] == str(audio_dir) and cfg["model"]["init"] == str(encoder_dir)
+    monkeypatch.chdir(tmp_path)
+    assert main(["continue", "--out", "run", "--resume", "--set", "train.max_steps=2"]) == 0
+    again = ["continue", str(encoder_dir), "--dataset", f"{audio_dir.name}/", "--method", "vicreg", "--batch-size", "4"]
+    again += ["--device", "cpu", "--out", "run", "--resume", *sets, "--set", "train.max_steps=3"]
+    assert main(again) == 0  # the same folder spelled another way is the same setting

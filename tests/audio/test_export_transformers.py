@@ -90,8 +90,11 @@ def test_a_vicreg_run_goes_back_as_its_encoder_folder(tmp_path, audio_dir, one_t
     )
 
     # an audio encoder has no torchvision layout; an image network has no transformers one: one line each
-    assert main(["export", str(run), "--to", "torchvision", "--out", str(tmp_path / "r.pth")]) == 2
-    assert not (tmp_path / "r.pth").exists()
+    for layout in ("torchvision", "vicreg", "lightning"):  # image layouts (vicreg: the image VICReg repository's)
+        assert main(["export", str(run), "--to", layout, "--out", str(tmp_path / "r.pth")]) == 2
+        assert not (tmp_path / "r.pth").exists()
+    with pytest.raises(CheckpointError, match="needs the quantizer of a --method wav2vec2 run"):
+        export_model(model, load_model(run)[1], tmp_path / "w", format="wav2vec2")
     image, image_report = load_model("random:resnet_mini", method="vicreg")
     with pytest.raises(CheckpointError, match="writes audio encoders"):
         export_model(image, image_report, tmp_path / "img", format="transformers")

@@ -68,6 +68,14 @@ def test_corrupt_file_skip_counts_and_raise_names(tmp_path, caplog):
     assert "skipped 1 unreadable" in caplog.text
     with pytest.raises(DataError, match="broken.jpg"):
         build_dataset(str(tmp_path), image_size=8, cache_dir=str(tmp_path / "c2"), on_error="raise")
+    # read again from the cache: the skip is said again, and a reader that raises is not given the
+    # skipping read's cached images (a new user's trial: evaluation skipped silently from the 2nd read on)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        again = build_dataset(str(tmp_path), image_size=8, cache_dir=str(tmp_path / "c1"))
+    assert len(again) == 7 and "skipped 1 unreadable" in caplog.text
+    with pytest.raises(DataError, match="broken.jpg.*first decoded and cached"):
+        build_dataset(str(tmp_path), image_size=8, cache_dir=str(tmp_path / "c1"), on_error="raise")
 
 
 def test_flat_folder_has_unknown_labels(tmp_path):
@@ -81,7 +89,7 @@ def test_missing_and_empty_folder_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist.*<class>"):
         build_dataset(str(tmp_path / "nope"))
     (tmp_path / "empty" / "train" / "cat").mkdir(parents=True)
-    with pytest.raises(DataError, match="No images found.*Expected"):
+    with pytest.raises(DataError, match="No images or recordings found.*Expected"):
         build_dataset(str(tmp_path / "empty"))
 
 

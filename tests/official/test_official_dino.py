@@ -141,6 +141,64 @@ def test_a_file_trained_without_norm_last_layer_says_how_to_continue_it(dino, tm
     assert any("method.norm_last_layer=false" in n for n in report.notes)
 
 
+def test_a_vit_is_continued_with_adamw_at_a_small_lr_unless_told(dino, tmp_path):
+    """LARS at 0.2 (the ResNet methods' default) made a new user's DINO ViT and MoCo v3 ViT files
+    collapse in 2-3 steps: a ViT continued without an optimiser or LR of the user's gets AdamW at 1e-4,
+    weight decay 0.04, the file or the release alike; a ResNet keeps the method's default."""
+    from e2mc.train.api import resolve_config
+
+    out = f"out.dir={tmp_path / 'r'}"
+    for key in ("vit", "vit_release"):
+        o = resolve_config("continue", None, [f"model.init={dino[key].path}", out]).optim
+        assert (o.name, o.lr, o.weight_decay) == ("adamw", 1e-4, 0.04), key
+    o = resolve_config("continue", None, [f"model.init={dino['vit'].path}", "optim.lr=0.01", out]).optim
+    assert (o.name, o.lr) == ("lars", 0.01)  # the user's LR: the rest stays as configured
+    for key in ("checkpoint", "release"):  # DINO's ResNet files
+        o = resolve_config("continue", None, [f"model.init={dino[key].path}", "method.name=dino", out]).optim
+        assert o.name == "lars", key
+
+
+def test_evaluate_scores_the_teacher_on_request(dino, image_folder, tmp_path):
+    """DINO's own eval_knn.py / eval_linear.py score the teacher: eval.network=teacher scores it (the
+    same numbers as a model holding the teacher's weights as its backbone), in features of its own."""
+    import copy
+    import dataclasses
+
+    from e2mc.errors import ConfigError
+    from e2mc.evaluation.api import evaluate
+    from e2mc.evaluation.settings import EvalSettings
+
+    model, _ = load_model(dino["vit"].path)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a teacher far from the student (the generated file's differ by 1e-7)
+        for p in model.teacher["backbone"].parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    st = EvalSettings(test_split="train", cache_dir=str(tmp_path / "cache"), device="cpu")
+    student = evaluate(model, str(image_folder), ["rankme"], st)
+    teacher = evaluate(model, str(image_folder), ["rankme"], dataclasses.replace(st, network="teacher"))
+    same = copy.deepcopy(model)
+    same.backbone.load_state_dict(model.teacher["backbone"].state_dict())
+    same.head.load_state_dict(model.teacher["head"].state_dict())  # the head embedding: the teacher's too
+    ref = evaluate(same, str(image_folder), ["rankme"], dataclasses.replace(st, use_cache=False))
+    assert teacher["rankme"] == ref["rankme"] and teacher["rankme"] != student["rankme"]
+    assert teacher["meta"]["network"] == "teacher" and student["meta"]["has_teacher"]
+    plain, _ = load_model("random:resnet_mini", method="vicreg")
+    with pytest.raises(ConfigError, match="no momentum teacher"):
+        evaluate(plain, str(image_folder), ["rankme"], dataclasses.replace(st, network="teacher"))
+
+
+def test_a_dino_vit_is_not_written_in_the_dinov2_layout(dino, tmp_path):
+    """A DINO (v1) ViT has no LayerScale: the dinov2 layout's file would not load back (a new user's
+    trial: `inspect` refused it for its mask_token); refused, nothing written."""
+    from e2mc.errors import CheckpointError
+    from e2mc.models.export import export_model
+
+    model, report = load_model(dino["vit"].path)
+    with pytest.raises(CheckpointError, match="holds DINOv2 vision transformers.*export --to dino"):
+        export_model(model, report, tmp_path / "v2.pth", format="dinov2")
+    assert not (tmp_path / "v2.pth").exists()
+
+
 def test_vit_checkpoint_loaded_continued_exported_and_resumed(dino, image_folder, tmp_path, capsys):
     f = dino["vit"]
     model, report = load_model(f.path)

@@ -62,3 +62,19 @@ def test_calibration_measures_through_the_training_step_loss(tmp_path, tiny, mon
     assert calls == [(True, probe)] * CALIBRATION_BATCHES and probe is not t.addon and t.state.auto_cov_weight > 0
     t.fit()
     assert calls[CALIBRATION_BATCHES:] == [(False, t.addon)]
+
+
+def test_a_run_refused_before_it_began_leaves_no_folder(tmp_path, tiny):
+    """A refused setting (here a data folder that is not there) used to leave the run folder with its
+    lock file and an empty checkpoints/ behind; a folder that was there before stays."""
+    from e2mc.errors import DataError
+
+    new = tmp_path / "new"
+    with pytest.raises(DataError, match="does not exist"):
+        Trainer(tiny(new, f"data.dataset={tmp_path / 'nope'}"), quiet=True)
+    assert not new.exists()
+    old = tmp_path / "old"
+    (old / "notes").mkdir(parents=True)
+    with pytest.raises(DataError, match="does not exist"):
+        Trainer(tiny(old, f"data.dataset={tmp_path / 'nope'}"), quiet=True)
+    assert (old / "notes").is_dir()

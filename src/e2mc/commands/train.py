@@ -236,11 +236,16 @@ def evaluate_hint(run_dir, cfg) -> str:
     hint = f"e2mc evaluate {run_dir} --dataset {cfg.data.dataset}"
     from e2mc.data.audio import is_audio_folder
 
-    if os.path.isdir(str(cfg.data.dataset)) and is_audio_folder(str(cfg.data.dataset)):
+    folder = str(cfg.data.dataset)
+    if os.path.isdir(folder) and is_audio_folder(folder):
         a = cfg.data.audio
         hint += (
             f" --protocols knn,linear --layers all --set eval.audio.segment_seconds={a.segment_seconds:g}"
             f" --set eval.audio.min_seconds={a.crop_seconds:g}"
+        )
+    if os.path.isdir(folder) and not os.path.isdir(os.path.join(folder, "test")):  # no held-out split to score
+        hint = hint.replace(f"--dataset {folder}", "--dataset FOLDER", 1) + (
+            f", where FOLDER/train/ and FOLDER/test/ hold class folders: {folder} has no test/ split to score on"
         )
     return hint
 

@@ -53,6 +53,7 @@ _STATS = {
     "stl10": ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
 }
+DATASET_NAMES = ("digits", *_STATS)  # the built-in names (a folder of the same name is not read)
 _SPLITS = {
     "cifar10": ("train", "test"),
     "cifar100": ("train", "test"),
@@ -274,6 +275,12 @@ def _image_folder(path, split, image_size, cache_dir, on_error, limit, max_memor
     hit = _folder.load_cached(cache_dir, stem)
     if hit is not None:
         images, meta = hit
+        if meta["skipped"] and on_error == "raise":  # decoded by a run that skipped them: not this one's rule
+            _folder.fail_cached(meta["skipped"][0])
+        if meta["skipped"]:  # said on every read, not only the first (which decoded and cached the folder)
+            log.warning(
+                "skipped %d unreadable image(s) in %s, e.g. %s", len(meta["skipped"]), scan.root, meta["skipped"][0]
+            )
         info = DatasetInfo(**{**meta["info"], "mean": tuple(meta["info"]["mean"]), "std": tuple(meta["info"]["std"])})
         return ArrayDataset(images, meta["targets"], meta["classes"], info, meta["skipped"])
     images, kept, skipped = _folder.decode_files(paths, size, on_error)
@@ -340,7 +347,7 @@ def build_dataset(
     else:
         raise DataError(
             f"Unknown dataset {spec!r}: use 'digits', 'cifar10', 'cifar100', "
-            "'stl10', 'imagenet' or the path of an image folder."
+            "'stl10', 'imagenet' or the path of an image or audio folder."
         )
     if limit and isinstance(ds, ArrayDataset):
         ds = ds.subset(first_per_class(ds.targets, limit))

@@ -48,7 +48,7 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 SPLIT_DIRS = ("train", "val", "test")  # folder names that make a <root>/<split>/<class>/ layout
 LAYOUT_HELP = (
     "Expected <root>/<split>/<class>/*.jpg|png (e.g. train/, val/), <root>/<class>/*.jpg|png, "
-    "or a flat folder of images (no labels)."
+    "or a flat folder of images (no labels); for an audio encoder, recordings (wav/flac/ogg/mp3, ...) in class folders."
 )
 
 
@@ -128,7 +128,7 @@ def scan_folder(root: str, split: str = "train") -> FolderScan:
     """
     root = os.path.abspath(os.path.expanduser(str(root)))
     if not os.path.isdir(root):
-        raise DataError(f"Image folder {root!r} does not exist. {LAYOUT_HELP}")
+        raise DataError(f"Data folder {root!r} does not exist. {LAYOUT_HELP}")
     present = split_dirs(root, split)
     if present and split not in present:
         where = ", ".join(f"{s}/" for s in present)
@@ -164,7 +164,7 @@ def scan_folder(root: str, split: str = "train") -> FolderScan:
         paths = [p for p in paths if os.path.isfile(p)]
         targets, classes, layout = [-1] * len(paths), [], "flat"
     if not paths:
-        raise DataError(f"No images found in {base!r} (split {split!r}). {LAYOUT_HELP}")
+        raise DataError(f"No images or recordings found in {base!r} (split {split!r}). {LAYOUT_HELP}")
     return FolderScan(base, paths, targets, classes, layout)
 
 
@@ -320,6 +320,14 @@ def _fail(path: str, exc: Exception, on_error: str, skipped: list) -> None:
             "or skip unreadable images (training: --set data.on_error=skip; Python: on_error='skip')."
         ) from exc
     skipped.append(path)
+
+
+def fail_cached(path: str) -> None:
+    """``DataError`` for an unreadable image an earlier read (with ``on_error="skip"``) cached as skipped."""
+    raise DataError(
+        f"Cannot read image {path!r} (found unreadable when this folder was first decoded and cached). Remove or "
+        "replace the file, or skip unreadable images (training: --set data.on_error=skip; Python: on_error='skip')."
+    )
 
 
 def cache_key(parts: dict, paths: Sequence[str]) -> str:

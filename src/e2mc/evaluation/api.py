@@ -97,6 +97,42 @@ def _load(checkpoint_or_model):
     return checkpoint_or_model, None
 
 
+def _teacher_slot(model) -> str | None:
+    from e2mc.models.heads import TEACHER_SLOTS
+
+    method = getattr(model, "method", None)
+    for slot in TEACHER_SLOTS.get(method, ()) if method else ():
+        teacher = getattr(model, slot, None)
+        if teacher is not None and "backbone" in teacher and slot != "label_model":  # HuBERT's: a frozen start
+            return slot
+    return None
+
+
+def has_teacher(model) -> bool:
+    """Whether ``model`` holds a momentum teacher with a backbone (``eval.network=teacher`` scores it)."""
+    return _teacher_slot(model) is not None
+
+
+def teacher_view(model):
+    """A shallow copy of ``model`` whose modules are its momentum teacher's (DINO's ``teacher``,
+    BYOL's ``target``, MoCo v3's ``momentum_encoder``: the method's teacher slot holding a backbone),
+    for ``eval.network=teacher``: DINO's own eval_knn.py / eval_linear.py score the teacher."""
+    import copy
+
+    slot = _teacher_slot(model)
+    if slot is not None:
+        view = copy.copy(model)
+        view._modules = dict(model._modules)
+        for name, module in getattr(model, slot).items():
+            view._modules[name] = module
+        return view
+    method = getattr(model, "method", None)
+    raise ConfigError(
+        f"eval.network=teacher: this model ({method or 'a backbone alone'}) has no momentum teacher; "
+        "evaluate its online network (eval.network=online, the default)"
+    )
+
+
 def audio_options(model, st: EvalSettings):
     """The ``data.audio`` options an audio folder is read with for evaluation: the encoder's sample
     rate, the segments of the settings' ``audio`` section (consecutive, deterministic; the last piece zero-padded)."""
@@ -175,6 +211,7 @@ def evaluate(
 
     device = str(pick_device(st.device or "auto"))  # ConfigError for an unknown or absent device
     model, path = _load(checkpoint_or_model)
+    model = teacher_view(model) if st.network == "teacher" else model
     if st.layers is not None:  # a bad layer name fails before any data is read
         from e2mc.evaluation.layers import resolve_layers
 
@@ -188,6 +225,7 @@ def evaluate(
     audio = getattr(getattr(train_ds, "info", None), "modality", "image") == "audio"
     # the segments are part of what the features are: in the cache key
     spec_key = f"{spec}|segments={st.audio.segment_seconds}s,min={st.audio.min_seconds}s" if audio else spec
+    spec_key += "|network=teacher" if st.network == "teacher" else ""  # another network: other features
     st = dataclasses.replace(st, standardize=bool(audio if st.standardize is None else st.standardize))
     from e2mc.models.model import has_head_embedding
 
@@ -220,6 +258,8 @@ def evaluate(
             "seeds_used": seeds_used(protocols, st.seeds),
             "n_train": len(train_ds),
             "n_test": len(test_ds),
+            "network": st.network,
+            "has_teacher": has_teacher(model),
             "standardized": st.standardize,
             "settings": {p.name: _section(st, p.name) for p in chosen if _section(st, p.name) is not None},
         }

@@ -114,6 +114,7 @@ class EvalSettings:
     download: bool = False
     layers: Optional[str] = None  # None: the final features; all | layer1,layer3 | blocks.3 | -1
     token_pooling: str = "cls"  # transformer layers: cls | mean | cls+mean (mean of the patch tokens)
+    network: str = "online"  # online (the backbone trained by gradient) | teacher (a momentum teacher's: DINO's eval)
     standardize: Optional[bool] = None  # kNN on features standardised with train mean/std; None: audio only
     audio: AudioEvalSettings = field(default_factory=AudioEvalSettings)
     knn: KnnSettings = field(default_factory=KnnSettings)
@@ -179,6 +180,7 @@ CHOICES: dict[str, tuple] = {
     "linear.solver": SOLVER_NAMES,
     "entropy.transform": (None, *TRANSFORM_NAMES),
     "token_pooling": ("cls", "mean", "cls+mean"),
+    "network": ("online", "teacher"),
 }
 NONEMPTY = ("seeds", "knn.ks", "linear.weight_decays", "fewshot.shots", "semisup.fractions", "decompose.weight_decays")
 

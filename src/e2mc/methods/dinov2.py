@@ -143,6 +143,12 @@ class DINOv2Adapter(Adapter):
         return parts
 
     def pack(self, backbone, heads, meta):
+        if "blocks.0.ls1.gamma" not in backbone or "patch_embed.proj.weight" not in backbone:
+            raise CheckpointError(
+                f"the dinov2 layout holds DINOv2 vision transformers (LayerScale, blocks.*.ls1.gamma); "
+                f"{meta.get('arch')} is not one, and the file would not load back as one: export --to dino "
+                "(a DINO run's own layout), timm or safetensors"
+            )
         layout = meta.get("layout") or {}
         swiglu = layout.get("swiglu", "giant" in str(meta.get("arch") or ""))
         return from_timm(backbone, bool(swiglu))

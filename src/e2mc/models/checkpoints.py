@@ -361,11 +361,17 @@ def _fill(model: SSLModel, parts: Parts, report: LoadReport, copied=()) -> dict:
     ]
     if missing or extra or report.shape_mismatches:
         bad = [f"{k}: file {a} vs model {b}" for k, a, b in report.shape_mismatches[:3]]
+        arch_hint = (
+            "the file names this network itself (its own record, e.g. args.arch): pass --arch with the network "
+            "its weights were trained as (e.g. timm:vit_small_patch16_224:embed_dim=...,depth=...,patch_size=...)"
+            if getattr(report, "arch_from_file", False)
+            else "check --arch (leave it out to detect it from the weights)"
+        )
+        method = f"method {report.method}" if report.method else "no method's heads"
         raise CheckpointError(
-            f"{report.path} does not fit {report.arch} (method {report.method}): "
+            f"{report.path} does not fit {report.arch} ({method}): "
             f"{len(missing)} missing keys {missing[:3]}, {len(extra)} unexpected keys {extra[:3]}, "
-            f"{len(report.shape_mismatches)} shape mismatches {bad}. Nothing was loaded; check --arch "
-            "(leave it out to detect it from the weights) and --method."
+            f"{len(report.shape_mismatches)} shape mismatches {bad}. Nothing was loaded; {arch_hint}; and --method."
         )
     return loaded
 
@@ -415,6 +421,7 @@ def model_from_parts(
         optimizer_state=parts.optimizer,
         method_state=parts.method_state,
     )
+    report.arch_from_file = named_by_file  # a misfit names --arch (the error in _fill)
     heads = dict(parts.heads)
     if method and ckpt_method and heads and method != ckpt_method:
         if not fresh_heads:
@@ -486,19 +493,28 @@ def _parts_method(parts: Parts) -> str | None:
 
 def checkpoint_method(path_or_name, format: str | None = None) -> str | None:
     """The SSL method whose heads a checkpoint holds; ``None`` for a backbone alone or a hub name."""
+    return checkpoint_facts(path_or_name, format)[0]
+
+
+def checkpoint_facts(path_or_name, format: str | None = None) -> tuple[str | None, str | None]:
+    """``(method, arch)`` of a checkpoint without building its model: the SSL method whose heads
+    it holds (``None`` for a backbone alone or a hub name) and its network (the file's record or
+    read from its weights; a name's own; ``None`` when neither tells)."""
     text = str(path_or_name)
     if (not os.path.exists(text) and text.startswith(NAME_PREFIXES)) or (os.path.isdir(text) and is_hf_folder(text)):
-        return None
+        kind, _, rest = text.partition(":")
+        return None, ("timm:" + rest if kind == "timm" else text if kind != "torchvision" else rest)
     if format is None and is_fairseq_file(text):  # an audio encoder: no SSL heads of e2mc's methods
-        return None
+        return None, f"fairseq:{text}"
     if zoo.is_zoo_name(text):
         row = zoo.get(text)
-        return row.method if row.heads else None
+        return (row.method if row.heads else None), row.arch
     obj, meta = read_checkpoint(text)
     fmt = format if format not in (None, "safetensors") else detect_format(obj, (meta or {}).get("arch"))
     parts = ADAPTERS[fmt].split(obj)
     _method_from_metadata(parts, meta)
-    return _parts_method(parts)
+    arch = parts.arch or (detect_arch(parts.backbone)[0] if parts.backbone else None)
+    return _parts_method(parts), arch
 
 
 def _method_heads(method):

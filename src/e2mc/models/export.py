@@ -33,6 +33,7 @@ from e2mc.models.heads import HEAD_NAMES
 LAYOUT_METHODS = {layout: name for name, m in METHODS.items() for layout in m.layouts}  # official layout -> method
 EXPORT_TARGETS = ("original", "safetensors", *ADAPTERS)
 AUDIO_SOURCES = {"hf": "transformers", "aves": "transformers", "fairseq": "transformers"}  # what "original" writes
+AUDIO_LAYOUTS = ("transformers", "wav2vec2", "e2mc", "state_dict")  # the layouts that hold an audio encoder
 
 
 def model_state(model) -> tuple[dict, dict]:
@@ -170,19 +171,24 @@ def export_model(
     if fmt not in ADAPTERS:
         raise CheckpointError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_TARGETS)}")
     audio = hasattr(model.backbone, "published")  # an AudioEncoder (models.audio)
-    alone = "transformers" if audio else "torchvision"
-    wants = LAYOUT_METHODS.get(fmt)
-    if wants and model.method not in (None, wants):
-        raise CheckpointError(
-            f"the model has {model.method} heads; the {fmt} layout holds {wants} heads. Export to "
-            + "".join(f"{lay} (its own), " for lay, m in LAYOUT_METHODS.items() if m == model.method)
-            + f"{alone} or safetensors for the backbone alone, or "
-            "e2mc for everything (--to NAME; format='NAME' in Python)"
-        )
-    if audio and fmt in ("torchvision", "timm"):
+    if audio and fmt not in AUDIO_LAYOUTS:
         raise CheckpointError(
             f"the {fmt} layout holds image networks; this is an audio encoder ({model.arch}): export --to "
             "transformers (a save_pretrained folder of its own class), safetensors or e2mc"
+        )
+    wants = LAYOUT_METHODS.get(fmt)
+    if wants and model.method not in (None, wants):
+        if audio:  # the wav2vec2 layout: Wav2Vec2ForPreTraining, quantizer included
+            raise CheckpointError(
+                f"the {fmt} layout is a Wav2Vec2ForPreTraining folder: it needs the quantizer of a --method {wants} "
+                f"run, and this is a {model.method} run; export --to transformers for the encoder (its own class), "
+                "or e2mc for everything"
+            )
+        raise CheckpointError(
+            f"the model has {model.method} heads; the {fmt} layout holds {wants} heads. Export to "
+            + "".join(f"{lay} (its own), " for lay, m in LAYOUT_METHODS.items() if m == model.method)
+            + "torchvision or safetensors for the backbone alone, or "
+            "e2mc for everything (--to NAME; format='NAME' in Python)"
         )
     backbone, heads = model_state(model)
     meta = {

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from e2mc.config import RunConfig, load_config, parse_override
-from e2mc.errors import ConfigError
+from e2mc.errors import CheckpointError, ConfigError
 from e2mc.train.run import holds_run
 
 Source = str | Path | dict | RunConfig | None
@@ -34,6 +34,16 @@ def _overrides(mode: str, overrides: dict[str, Any]) -> dict[str, Any]:
 # wav2vec 2.0 / HuBERT papers train (the image methods' LARS at 0.2 took a tiny wav2vec 2.0 encoder's
 # backbone RankMe from 5.5 to 1.1 in 6 steps, with E2MC or without; README "Speech and bioacoustic").
 AUDIO_OPTIM = {"optim.name": "adamw", "optim.lr": 5e-5, "optim.weight_decay": 0.01}
+# A vision transformer likewise: DINO, MoCo v3 and DINOv2 train ViTs with AdamW, and LARS at 0.2 made
+# a new user's DINO ViT-Tiny and MoCo v3 ViT files collapse in 2-3 steps (guard scores 0.16, 0.05;
+# the guard stopped both). 1e-4 as the cifar10_dino_continue recipe, weight decay DINO's start, 0.04.
+VIT_OPTIM = {"optim.name": "adamw", "optim.lr": 1e-4, "optim.weight_decay": 0.04}
+
+
+def _is_vit(arch) -> bool:
+    """``arch`` is a vision transformer (a timm ViT, e.g. DINO's, MoCo v3's or DINOv2's)."""
+    name = str(arch or "").removeprefix("timm:")
+    return name.startswith(("vit_", "vit-", "deit", "eva", "beit")) or "dinov2" in name
 
 
 def _audio_encoder(init: str) -> bool:
@@ -63,6 +73,7 @@ def resolve_config(
       (``checkpoints.checkpoint_method``).
 
     Only ``overrides`` are read for ``out.dir``, ``out.resume``, ``model.init`` and ``method.name``.
+    A new run's ``data.dataset`` and ``model.init`` that name local paths are made absolute.
 
     Raises:
         ConfigError: no run folder for (auto-)resume, no run in it to resume, no checkpoint to
@@ -100,17 +111,43 @@ def resolve_config(
                 "continue needs a checkpoint: `e2mc continue CHECKPOINT [--method ...]`, or a "
                 "--recipe/--config that sets model.init"
             )
-        if given.get("method.name") is None:
-            from e2mc.models.checkpoints import checkpoint_method
+        from e2mc.models.checkpoints import checkpoint_facts
 
-            method = checkpoint_method(str(init))  # continue the checkpoint's own method
-            if method is not None:
-                extra["method.name"] = method
-        if not any(k in given for k in ("optim.name", "optim.lr")) and _audio_encoder(str(init)):
+        need_method = given.get("method.name") is None
+        need_optim = not any(k in given for k in ("optim.name", "optim.lr"))
+        if need_optim and _audio_encoder(str(init)):
             extra.update(AUDIO_OPTIM)
+            need_optim = False
+        method = arch = None
+        if need_method or need_optim:
+            try:
+                method, arch = checkpoint_facts(str(init))
+            except CheckpointError:
+                if need_method:
+                    raise
+        if need_method and method is not None:
+            extra["method.name"] = method  # continue the checkpoint's own method
+        if need_optim and _is_vit(given.get("model.arch") or arch):
+            extra.update(VIT_OPTIM)
     if isinstance(overrides, dict):
-        return load_config(source, {**extra, **overrides})  # the caller's own keys win
-    return load_config(source, [f"{k}={v}" for k, v in extra.items()] + list(overrides))
+        cfg = load_config(source, {**extra, **overrides})  # the caller's own keys win
+    else:
+        cfg = load_config(source, [f"{k}={v}" for k, v in extra.items()] + list(overrides))
+    if not cfg.out.resume:  # a new run records where its data and start are, not how they were typed
+        cfg.data.dataset = _absolute(cfg.data.dataset)
+        cfg.model.init = _absolute(cfg.model.init)
+    return cfg
+
+
+def _absolute(spec):
+    """A local path as an absolute, normalised one (``../calls/`` -> ``/home/u/calls``), so the run
+    resumes and its hints work from any directory; names (``cifar10``, ``hf:...``) as they are."""
+    from e2mc.data.datasets import DATASET_NAMES
+
+    text = str(spec or "")
+    if not text or text.lower() in DATASET_NAMES or not os.path.exists(os.path.expanduser(text)):
+        return spec
+    return os.path.abspath(os.path.expanduser(text))
 
 
 def build_config(mode: str, config_or_path: Source = None, *, auto_resume: bool = False, **overrides: Any) -> RunConfig:

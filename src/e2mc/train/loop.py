@@ -130,7 +130,7 @@ class TrainerSetup:
         try:
             self._build(found, model_fn, views_fn)
         except BaseException:
-            self.run.unlock()
+            self.run.discard()  # the lock released; a folder this attempt made and left empty removed
             raise
 
     def _build(self, found: tuple | None, model_fn: Callable | None, views_fn: Callable | None) -> None:

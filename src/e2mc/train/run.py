@@ -504,6 +504,13 @@ def set_aside_attempt(run_dir: str | Path) -> Path | None:
     return dest
 
 
+def _same_path(a, b) -> bool:
+    """Two spellings of one local path (``calls/``, ``./calls``, its absolute path from here)."""
+    if not isinstance(a, str) or not isinstance(b, str) or not (os.path.exists(a) or os.path.exists(b)):
+        return False
+    return os.path.abspath(os.path.expanduser(a)) == os.path.abspath(os.path.expanduser(b))
+
+
 def check_resume_config(stored: dict, cfg: Any) -> None:
     """``ConfigError`` when the settings that define a run differ from the checkpoint's."""
     if stored.get("mode") and stored["mode"] != cfg.mode:
@@ -515,7 +522,7 @@ def check_resume_config(stored: dict, cfg: Any) -> None:
     keys = RESUME_KEYS + (SCHEDULE_KEYS if (cfg.optim.schedule or "constant") != "constant" else ())
     for sec, key in keys:
         old, new = stored.get(sec, {}).get(key), getattr(getattr(cfg, sec), key)
-        if old is not None and old != new:
+        if old is not None and old != new and not _same_path(old, new):
             diffs.append(f"{sec}.{key}: checkpoint {old!r}, now {new!r}")
     if diffs:
         raise ConfigError(
@@ -555,6 +562,7 @@ class RunFolder:
         """
         path = self.path
         check_out_path(path)
+        self.created = not path.exists()  # a run that fails to start removes what it made (discard)
         if cfg.out.resume and not holds_run(path):
             raise ConfigError(
                 f"--resume: {path} holds no run to resume (no config.yaml, no "
@@ -686,6 +694,17 @@ class RunFolder:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+
+    def discard(self) -> None:
+        """After a run that failed before it began (a refused setting): release the lock and remove
+        the folder this run made, when it holds nothing but the lock file and empty folders; a
+        folder that was there before, or holds anything else, stays as it is."""
+        self.unlock()
+        if not (getattr(self, "created", False) and self.dist.is_main and self.path.is_dir()):
+            return
+        files = [p for p in self.path.rglob("*") if not p.is_dir()]
+        if all(p.name == RunLock.NAME and p.parent == self.path for p in files):
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def close(self) -> None:
         """Write the metrics rows still waiting, close TensorBoard, release the lock."""
