@@ -9,7 +9,7 @@ import sys
 import warnings
 
 from e2mc import __version__
-from e2mc.commands import COMMAND_MODULES
+from e2mc.commands import COMMAND_MODULES, command_line
 from e2mc.errors import E2MCError, RankStopped, RunInterrupted
 
 
@@ -70,31 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _command_line(argv: list[str] | None, resume: bool = False) -> str:
-    """This command as typed (under torchrun: the launcher's command line, which ends with ours),
-    with ``--resume`` added when ``resume`` and neither ``--resume`` nor ``--auto-resume`` is in it."""
-    import shlex
-
-    args = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    extra = ["--resume"] if resume and not {"--resume", "--auto-resume"} & set(args) else []
-    cmd = ["e2mc", *args]
-    if "TORCHELASTIC_RUN_ID" in os.environ:
-        try:  # the torchrun agent is our parent: its command line is what the user typed
-            with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
-                parent = [a.decode() for a in f.read().split(b"\0") if a]
-        except OSError:
-            parent = []
-        runner = [i for i, a in enumerate(parent) if os.path.basename(a) == "torchrun" or a == "torch.distributed.run"]
-        if runner and parent[len(parent) - len(args) :] == args:
-            i = runner[0]
-            cmd = (
-                ["torchrun", *parent[i + 1 :]] if parent[i] != "torch.distributed.run" else ["python", *parent[i - 1 :]]
-            )
-        else:
-            cmd = [*f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', '?')} -m e2mc".split(), *args]
-    return shlex.join(cmd + extra)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 2 user error, 3 interrupted run, 4 stopped by the
     collapse guard, 130 ^C)."""
@@ -112,17 +87,18 @@ def _main(argv: list[str] | None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    args._argv = argv  # what a command's own resume advice repeats (commands.command_line)
     try:
         return int(args.func(args) or 0)
     except RankStopped as exc:  # torchrun: another rank died; every surviving rank says so in one line
-        print(f"e2mc {args.command}: {exc}: resume with `{_command_line(argv, resume=True)}`", file=sys.stderr)
+        print(f"e2mc {args.command}: {exc}: resume with `{command_line(argv, resume=True)}`", file=sys.stderr)
         if "TORCHELASTIC_RUN_ID" in os.environ:  # skip the exit-time teardown of the broken group (it can abort)
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(3)
         return 3
     except RunInterrupted as exc:  # a signal stopped a run started through the Python API (the demo, tune)
-        print(f"e2mc {args.command}: {exc}; to resume, rerun the same command: {_command_line(argv)}", file=sys.stderr)
+        print(f"e2mc {args.command}: {exc}; to resume, rerun the same command: {command_line(argv)}", file=sys.stderr)
         return 3
     except E2MCError as exc:
         print(f"e2mc {args.command}: error: {exc}", file=sys.stderr)

@@ -90,6 +90,8 @@ def test_a_vicreg_run_goes_back_as_its_encoder_folder(tmp_path, audio_dir, one_t
     )
 
     # an audio encoder has no torchvision layout; an image network has no transformers one: one line each
+    assert main(["export", str(run), "--out", str(tmp_path / "model.pt")]) == 2  # a folder layout, a file's name
+    assert not (tmp_path / "model.pt").exists()
     for layout in ("torchvision", "vicreg", "lightning"):  # image layouts (vicreg: the image VICReg repository's)
         assert main(["export", str(run), "--to", layout, "--out", str(tmp_path / "r.pth")]) == 2
         assert not (tmp_path / "r.pth").exists()

@@ -47,6 +47,19 @@ def test_fewshot_structure_and_seeds():
     assert res["indices"]["5shot"]["1"] == balanced_subset(ytr, per_class=5, seed=1).tolist()
 
 
+def test_shots_above_the_smallest_class_are_left_out_with_a_warning():
+    """A small folder used to lose the whole evaluation to balanced_subset's error (a new user's
+    trial); like kNN's k above the training set, such shots are left out, and said."""
+    torch.manual_seed(0)
+    ytr, yte = torch.tensor([0] * 4 + [1] * 9), torch.tensor([0, 1] * 5)
+    xtr, xte = torch.randn(13, 4) + ytr[:, None], torch.randn(10, 4) + yte[:, None]
+    with pytest.warns(UserWarning, match=r"few-shot: k=5, 10 > the 4 samples of the smallest training class"):
+        res = fewshot(xtr, ytr, xte, yte, shots=(1, 5, 10), seeds=(0, 1))
+    assert "top1_1shot" in res and "top1_5shot" not in res
+    with pytest.raises(DataError, match=r"eval.fewshot.shots=\[1,4\]"):
+        fewshot(xtr, ytr, xte, yte, shots=(5,), seeds=(0,))
+
+
 def test_summarize_vs_scipy_by_hand():
     xs = [0.81, 0.84, 0.80, 0.86]
     s = summarize(xs)

@@ -62,10 +62,24 @@ def test_cli_evaluate_json_and_compare(tmp_path, capsys, monkeypatch):
     assert rc == 0, err
     res = json.loads(out)
     assert set(res["knn"]) == {f"{m}_k{k}" for m in ("top1", "uar") for k in (10, 20, 100, 200)}
-    rc, out, err = _cli(
-        capsys, "compare", a, f"two={b}", "--protocols", "knn,rankme", "--seeds", "0", "--out", str(tmp_path / "cmp")
-    )
+    args = ["compare", a, f"two={b}", "--protocols", "knn,rankme", "--seeds", "0", "--out", str(tmp_path / "cmp")]
+    rc, out, err = _cli(capsys, *args)  # checkpoint files of no run: no training data to default to
+    assert rc == 2 and "a dataset is required here (--dataset" in err and len(err.strip().splitlines()) == 1
+    rc, out, err = _cli(capsys, *args, "--dataset", "digits")
     assert rc == 0, err
     assert "| two |" in out and (tmp_path / "cmp" / "report.html").exists()
     rc, out, err = _cli(capsys, "evaluate", str(tmp_path / "missing.pt"))
     assert rc == 2 and "does not exist" in err
+
+
+def test_a_run_is_evaluated_on_its_own_data_without_dataset(tmp_path, capsys, monkeypatch):
+    """`evaluate RUN` used to score a run on digits whatever it was trained on, and say nothing: a
+    run folder (or its checkpoint) now defaults to its own training data; the output opens with the
+    dataset, its split sizes and where the dataset came from."""
+    from tests.conftest import tiny_digits_start
+
+    last = tiny_digits_start(tmp_path)  # a digits run: its config.yaml names the dataset
+    for target in (last.parent.parent, last):
+        rc, out, err = _cli(capsys, "evaluate", str(target), "--protocols", "rankme")
+        assert rc == 0, err
+        assert out.startswith("dataset: digits (train 1347, test 450; the run's own training data"), out

@@ -53,6 +53,13 @@ def test_compare_pairs_by_training_seed_per_layer():
     assert r["diff_kind"].startswith("paired")
     cr = ComparisonResult(["before", "after"], [["a"] * 3, ["b"] * 3], "digits", ["knn"], [0], results, rows)
     assert headline(cr)["metric"] == "knn/top1_k20@layer2"  # per layer: the deepest layer's kNN@20
+    small = [[{"knn": {"by_layer": {la: {"top1_k3": r["knn"]["by_layer"][la]["top1_k20"]} for la in ("layer1", "layer2")}}}
+              for r in arm] for arm in results]  # fmt: skip
+    cr3 = ComparisonResult(
+        ["before", "after"], [["a"] * 3, ["b"] * 3], "digits", ["knn"], [0], small,
+        build_rows(["before", "after"], small, [[0, 1, 2], [0, 1, 2]]),
+    )  # fmt: skip
+    assert headline(cr3)["metric"] == "knn/top1_k3@layer2"  # k clipped on a small set: still the deepest layer's
     md = cr.to_markdown()
     assert "**knn per layer** (%)" in md and md.count("| layer1 |") == 1 and md.count("| layer2 |") == 1
     from e2mc.report.plots import layer_curves

@@ -3,7 +3,9 @@
     torchrun ... rank_child.py e2mc-args...
 
 With ``E2MC_KILL_RANK=R`` and ``E2MC_KILL_STEP=N``, rank R sends itself SIGKILL right before its
-N-th training step (after the checkpoints of the steps before are written).
+N-th training step (after the checkpoints of the steps before are written). With
+``E2MC_TERM_LAUNCHER_STEP=N``, rank 0 sends SIGTERM to torchrun (its parent) right before its N-th
+step, as a scheduler's preemption does.
 """
 
 import os
@@ -27,6 +29,17 @@ def main() -> int:
             if count[0] == at:
                 sys.stderr.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
+            return real_step(self, images, **kw)
+
+        Trainer.train_step = train_step
+    term = os.environ.get("E2MC_TERM_LAUNCHER_STEP")
+    if term is not None and rank == "0":  # SIGTERM to torchrun itself (a scheduler's preemption)
+        real_step, count, at = Trainer.train_step, [0], int(term)
+
+        def train_step(self, images, **kw):
+            count[0] += 1
+            if count[0] == at:
+                os.kill(os.getppid(), signal.SIGTERM)
             return real_step(self, images, **kw)
 
         Trainer.train_step = train_step

@@ -63,6 +63,8 @@ def test_folder_of_runs_names_them(tmp_path):
     with pytest.raises(CheckpointError) as exc:
         resolve_checkpoint_path(tmp_path / "empty")
     assert "holds the run folders" not in str(exc.value)
+    inner = demo / "runs" / "e2mc_s0" / "checkpoints"  # a run's checkpoints/ folder itself: its last.pt
+    assert resolve_checkpoint_path(inner) == inner / "last.pt"
 
 
 def test_did_you_mean_ignores_case():

@@ -81,7 +81,7 @@ def test_paths_that_cannot_hold_a_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tempfile, "mkstemp", denied)  # what a folder of someone else gives a non-root user
     code, _, err = cli("pretrain", *SETS, "--out", tmp_path / "r")
-    one_line_error(code, err, "could not write", "Permission denied", "choose a folder you can write")
+    one_line_error(code, err, "could not write", "Permission denied", "make the folder writable", "--resume")
 
 
 def _mount(*args):

@@ -81,3 +81,29 @@ def test_one_rank_killed_the_survivor_says_so_in_one_line_and_the_command_resume
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, env=_env(), cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert same_weights(weights(tmp_path / "ref"), weights(tmp_path / "run"))
+
+
+def _rank_stdout(logs, rank):
+    (path,) = Path(logs).glob(f"*/attempt_0/{rank}/stdout.log")
+    return path.read_text()
+
+
+@pytest.mark.slow
+def test_torchrun_stopped_by_sigterm_prints_a_torchrun_resume_command(tmp_path):
+    """A new user's trial: SIGTERM to torchrun printed `e2mc pretrain --out run --resume`, which,
+    run as printed, resumed on ONE process (the schedule and data order of two: 43% of a run's steps
+    trained at LR 0). The printed command is the launcher's, and run as printed it finishes with the
+    weights of a run never interrupted."""
+    ref = _torchrun(tmp_path, "ref", "ref_logs")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    res = _torchrun(tmp_path, "run", "logs", E2MC_TERM_LAUNCHER_STEP="6")
+    assert res.returncode != 0
+    said = _rank_stdout(tmp_path / "logs", 0).strip().splitlines()[-1]
+    assert said.startswith("interrupted; checkpoint saved. Resume with: "), said
+    command = shlex.split(said.split("Resume with: ", 1)[1])
+    assert command[-1] == "--resume" and str(RANK_CHILD) in command and "--nproc_per_node=2" in command, command
+    command = [sys.executable if c == "python" else c for c in command]
+    command[command.index("logs")] = "resume_logs"
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, env=_env(), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert same_weights(weights(tmp_path / "ref"), weights(tmp_path / "run"))

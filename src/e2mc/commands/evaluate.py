@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from e2mc.commands import add_command
@@ -248,7 +247,7 @@ def _fmt(v, metric: str = "") -> str:
     from e2mc.evaluation.compare import is_accuracy
     from e2mc.evaluation.stats import decimals_for, fmt_number
 
-    if isinstance(v, float) and is_accuracy(metric) and "top1" in metric:
+    if isinstance(v, float) and is_accuracy(metric) and ("top1" in metric or "uar" in metric):  # as compare: %
         return f"{fmt_number(100 * v, 2)} %"
     if isinstance(v, float):
         return fmt_number(v, decimals_for(v))
@@ -263,44 +262,10 @@ def _fmt(v, metric: str = "") -> str:
     return str(v)
 
 
-def _run_dataset(path) -> str | None:
-    """``data.dataset`` of the run a checkpoint belongs to (its folder's config.yaml), or None."""
-    from pathlib import Path
-
-    import yaml
-
-    p = Path(os.path.expanduser(str(path)))
-    for cand in (p / "config.yaml", p.parent.parent / "config.yaml" if p.parent.name == "checkpoints" else None):
-        if cand is not None and cand.is_file():
-            try:
-                return str(((yaml.safe_load(cand.read_text()) or {}).get("data") or {}).get("dataset") or "") or None
-            except (OSError, yaml.YAMLError):
-                return None
-    return None
-
-
-def _dataset(args, paths) -> str:
-    """``--dataset``, else the runs' own training data (said on stderr); a one-line error when neither."""
-    from e2mc.errors import ConfigError
-
-    if args.dataset is not None:
-        return args.dataset
-    found = {_run_dataset(p) for p in paths}
-    if len(found) == 1 and None not in found:
-        (dataset,) = found
-        print(f"dataset: {dataset} (the run's training data; --dataset to evaluate on another)", file=sys.stderr)
-        return dataset
-    raise ConfigError(
-        "--dataset is required here: name the data to evaluate on (digits, cifar10, a folder, ...); only a run "
-        "folder (or its checkpoint) with one training dataset of its own is evaluated on it by default"
-    )
-
-
 def _evaluate(args) -> int:
     from e2mc.evaluation.api import evaluate
 
-    settings = _settings(args)
-    res = evaluate(args.checkpoint, _dataset(args, [args.checkpoint]), args.protocols, settings)
+    res = evaluate(args.checkpoint, args.dataset, args.protocols, _settings(args))
     if args.json:
         print(json.dumps(res, indent=2, default=float))
         return 0
@@ -309,7 +274,8 @@ def _evaluate(args) -> int:
 
     m = res.get("meta") or {}
     split = f"{m.get('train_split')} {m.get('n_train')}, {m.get('test_split')} {m.get('n_test')}"
-    print(f"dataset: {m.get('dataset')} ({split})")
+    own = "; the run's own training data, --dataset to choose another" if m.get("dataset_default") else ""
+    print(f"dataset: {m.get('dataset')} ({split}{own})")
     if m.get("network") == "teacher":
         print("network: the momentum teacher's (eval.network=teacher)")
     elif m.get("has_teacher"):
@@ -358,10 +324,7 @@ def _compare(args) -> int:
 
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out} is a file; give a folder for comparison.json and the report")
-    settings = _settings(args)
-    paths = [p for arm in args.arms for p in arm.split("=", 1)[-1].split(",") if p]
-    dataset = _dataset(args, paths)
-    res = compare(args.arms, names=args.names, dataset=dataset, protocols=args.protocols, settings=settings)
+    res = compare(args.arms, names=args.names, dataset=args.dataset, protocols=args.protocols, settings=_settings(args))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -199,7 +199,12 @@ def run(args: argparse.Namespace) -> int:
     run_dir = trainer.fit()
     if trainer.stop_requested:
         if main:
-            print(f"interrupted; checkpoint saved. Resume with: e2mc {args.mode} --out {run_dir} --resume")
+            again = f"e2mc {args.mode} --out {run_dir} --resume"
+            if trainer.dist.world_size > 1:  # the same launcher and process count: the run's schedule and data order
+                from e2mc.commands import command_line
+
+                again = command_line(getattr(args, "_argv", None), resume=True)
+            print(f"interrupted; checkpoint saved. Resume with: {again}")
         return 3
     if main:
         nxt = (
@@ -283,8 +288,19 @@ def start_summary(trainer) -> str:
     if told:
         lines.append(f"method : {told}")
     o = cfg.optim
-    lines.append(f"optim  : {o.name} lr {o.lr:g}, weight decay {o.weight_decay:g}")
+    lr = getattr(trainer, "lr", o.lr)
+    scaled = f" (scaled to {lr:g} for the global batch of {trainer.global_batch})" if lr != o.lr else ""
+    lines.append(f"optim  : {o.name} lr {o.lr:g}{scaled}, weight decay {o.weight_decay:g}")
     cap = getattr(cfg.train, "max_steps", None)
     length = _count(cfg.train.epochs, "epoch") + (f", at most {_count(cap, 'step')}" if cap else "")
     lines.append(f"run    : {trainer.run_dir} ({length} on {cfg.data.dataset})")
+    ds = getattr(getattr(trainer, "loader", None), "dataset", None)
+    if ds is not None:  # what the run trains on, counted (an audio folder: its segments)
+        audio = getattr(getattr(ds, "info", None), "modality", "image") == "audio"
+        seconds = f" of up to {cfg.data.audio.segment_seconds:g} s" if audio else ""
+        classes = len(getattr(ds, "classes", None) or [])
+        lines.append(
+            f"data   : {len(ds)} {'segments' if audio else 'images'}{seconds}"
+            + (f", {classes} class{'es' if classes != 1 else ''}" if classes else "")
+        )
     return "\n".join(lines)

@@ -219,7 +219,7 @@ def audio_folder(root: str, split: str, opts, on_error: str = "raise", *, info_c
         for _, why in skipped:
             key = why.split(" (")[0] if not why.startswith("cannot decode") else "cannot decode"
             reasons[key] = reasons.get(key, 0) + 1
-        log.warning("%s: skipped %d of %d files (%s)", root, len(skipped), len(files), reasons)
+        log.warning("%s (%s split): skipped %d of %d files (%s)", root, split, len(skipped), len(files), reasons)
     if not rows:
         raise DataError(
             f"no usable audio in {root} ({len(skipped)} files skipped, e.g. {skipped[0][0]}: {skipped[0][1]}); "

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
+from pathlib import Path
 from typing import Sequence
 
 from e2mc.errors import ConfigError, DataError
@@ -95,6 +96,38 @@ def _load(checkpoint_or_model):
             raise DataError(f"checkpoint {path} does not exist; pass a checkpoint file or a run folder")
         return load_model(path)[0], path
     return checkpoint_or_model, None
+
+
+def run_dataset(path) -> str | None:
+    """``data.dataset`` of the run a checkpoint belongs to (its folder's config.yaml), or None."""
+    import yaml
+
+    p = Path(os.path.expanduser(str(path)))
+    for cand in (p / "config.yaml", p.parent.parent / "config.yaml" if p.parent.name == "checkpoints" else None):
+        if cand is not None and cand.is_file():
+            try:
+                return str(((yaml.safe_load(cand.read_text()) or {}).get("data") or {}).get("dataset") or "") or None
+            except (OSError, yaml.YAMLError):
+                return None
+    return None
+
+
+def default_dataset(sources: Sequence) -> str:
+    """The dataset to evaluate ``sources`` (checkpoints, run folders, models) on when none is named:
+    the runs' own training data (their config.yaml) when they share one; else a one-line error. A
+    checkpoint that is not there is said first."""
+    paths = [s for s in sources if isinstance(s, (str, os.PathLike))]
+    for p in paths:
+        if not os.path.exists(os.path.expanduser(str(p))) and ":" not in str(p):
+            raise DataError(f"checkpoint {p} does not exist; pass a checkpoint file or a run folder")
+    found = {run_dataset(p) for p in paths}
+    if paths and len(paths) == len(sources) and len(found) == 1 and None not in found:
+        return found.pop()
+    raise ConfigError(
+        "a dataset is required here (--dataset; dataset= in Python): name the data to evaluate on (digits, "
+        "cifar10, a folder, ...); only run folders (or their checkpoints) with one training dataset of their "
+        "own are evaluated on it by default"
+    )
 
 
 def _teacher_slot(model) -> str | None:
@@ -175,7 +208,7 @@ def _datasets(dataset, train_split, test_split, image_size, root=None, download=
 
 def evaluate(
     checkpoint_or_model,
-    dataset="digits",
+    dataset=None,
     protocols: Sequence[str] = DEFAULT_PROTOCOLS,
     settings: EvalSettings | dict | None = None,
     **deprecated,
@@ -184,7 +217,8 @@ def evaluate(
 
     Args:
         dataset: spec for ``e2mc.data.build_dataset`` (any dataset: transfer evaluation), or a
-            ``(train_dataset, test_dataset)`` pair of datasets yielding ``(uint8 image, label)``.
+            ``(train_dataset, test_dataset)`` pair of datasets yielding ``(uint8 image, label)``;
+            None: a run's own training data (:func:`default_dataset`; ``meta["dataset_default"]``).
         protocols: names from :data:`PROTOCOLS` (``e2mc.evaluation.protocols``).
         settings: an :class:`~e2mc.evaluation.settings.EvalSettings` (seeds, device, splits,
             feature extraction, and one section per protocol: ``settings.linear.weight_decays``,
@@ -210,6 +244,8 @@ def evaluate(
     from e2mc.distributed import pick_device
 
     device = str(pick_device(st.device or "auto"))  # ConfigError for an unknown or absent device
+    defaulted = dataset is None
+    dataset = default_dataset([checkpoint_or_model]) if defaulted else dataset
     model, path = _load(checkpoint_or_model)
     model = teacher_view(model) if st.network == "teacher" else model
     if st.layers is not None:  # a bad layer name fails before any data is read
@@ -252,6 +288,7 @@ def evaluate(
         "meta": {
             "checkpoint": path if path is not None else str(checkpoint_or_model)[:200],
             "dataset": spec,
+            "dataset_default": defaulted,  # the run's own training data, no dataset named
             "train_split": st.train_split,
             "test_split": st.test_split,
             "seeds": [int(s) for s in st.seeds],

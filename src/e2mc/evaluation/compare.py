@@ -272,7 +272,8 @@ def headline(
     ref_label: str | None = None,
 ) -> dict | None:
     """The comparison's verdict: ``arm`` (default: the second arm) minus the first arm on ``metric``
-    (default kNN@20, per layer the last layer's, else the first accuracy, else the first metric), the table's own difference and
+    (default kNN@20, per layer the last layer's, else the first accuracy (per layer: its last layer's),
+    else the first metric), the table's own difference and
     95% interval, a verdict and the one-line ``text`` that the terminal and the report print.
     None when there is no second arm or no difference for that metric."""
     if len(comparison.names) < 2:
@@ -280,13 +281,10 @@ def headline(
     ref, arm = comparison.names[0], arm or comparison.names[1]
     mets = comparison.metrics()
     deepest = [m for m in mets if m.startswith(HEADLINE_METRIC + SEP)][-1:]  # per layer: the last layer's
-    metric = metric or (
-        HEADLINE_METRIC
-        if HEADLINE_METRIC in mets
-        else deepest[0]
-        if deepest
-        else next((m for m in mets if is_accuracy(m)), mets[0] if mets else None)
-    )
+    first = next((m for m in mets if is_accuracy(m)), mets[0] if mets else None)
+    if first and SEP in first:  # per layer (kNN@20 absent, e.g. k clipped on a small set): that metric's last layer
+        first = [m for m in mets if m.split(SEP)[0] == first.split(SEP)[0]][-1]
+    metric = metric or (HEADLINE_METRIC if HEADLINE_METRIC in mets else deepest[0] if deepest else first)
     base, row = comparison.row(ref, metric), comparison.row(arm, metric)
     if base is None or row is None or row["diff"] is None:
         return None
@@ -399,7 +397,7 @@ def build_rows(
 def compare(
     checkpoints: Sequence,
     names: Sequence[str] | None = None,
-    dataset="digits",
+    dataset=None,
     *,
     protocols: Sequence[str] = ("knn", "linear", "fewshot", "rankme"),
     settings=None,
@@ -408,7 +406,8 @@ def compare(
     """Evaluate every arm with the same protocols/settings/dataset and build the comparison table.
 
     ``checkpoints``: one entry per arm: a checkpoint file, a run folder, ``"name=p1,p2,..."``, a
-    list of paths, or an in-memory model. ``settings``: an ``EvalSettings`` or ``{"eval.<key>":
+    list of paths, or an in-memory model. ``dataset``: as :func:`~e2mc.evaluation.api.evaluate`'s
+    (None: the runs' own training data, when they share one). ``settings``: an ``EvalSettings`` or ``{"eval.<key>":
     value}`` overrides, as :func:`e2mc.evaluation.api.evaluate` takes them (its former keyword
     arguments, ``seeds=`` etc., still work for one release with a ``DeprecationWarning``).
     """
@@ -439,6 +438,10 @@ def compare(
     )
     if len(set(final_names)) != len(final_names):
         final_names = [f"{n}#{i}" for i, n in enumerate(final_names)]
+    if dataset is None:  # the runs' own training data, when they share one (else a one-line error)
+        from e2mc.evaluation.api import default_dataset
+
+        dataset = default_dataset([p for _, ps in arms for p in ps])
     paths = [[resolve_checkpoint(p) if isinstance(p, (str, os.PathLike)) else p for p in ps] for _, ps in arms]
     t0 = time.perf_counter()
     results = [[evaluate(p, dataset, protocols, settings) for p in ps] for ps in paths]

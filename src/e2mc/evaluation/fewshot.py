@@ -10,6 +10,7 @@ mean with a 95% t-interval over seeds.
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
@@ -44,6 +45,21 @@ def fewshot(
         raise DataError("few-shot: pass at least one seed")
     out: dict = {"per_seed": {}, "seeds": [int(s) for s in seeds], "weight_decay": float(weight_decay)}
     indices: dict = {}
+    counts = torch.bincount(train_y.long().cpu())
+    fewest = int(counts[counts > 0].min())
+    big = [int(k) for k in shots if int(k) > fewest]
+    if big:  # as kNN's k above the training set: left out with a warning, not the whole evaluation lost
+        shots = [k for k in shots if int(k) <= fewest]
+        if not shots:
+            raise DataError(
+                f"few-shot: the smallest class of the training split has {fewest} samples, fewer than every "
+                f"k asked ({', '.join(map(str, big))}); set eval.fewshot.shots=[1,{fewest}] or leave fewshot out"
+            )
+        warnings.warn(
+            f"few-shot: k={', '.join(map(str, big))} > the {fewest} samples of the smallest training class; "
+            f"left out (eval.fewshot.shots chooses)",
+            stacklevel=2,
+        )
     for k in shots:
         key = f"top1_{k}shot"
         accs = []

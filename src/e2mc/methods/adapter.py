@@ -67,6 +67,7 @@ class Adapter:
     description = ""
     kind: FlatKind | None = None
     names_arch = False
+    holds_audio = False  # export may write an audio encoder in this layout (a transformers folder, e2mc's)
 
     def detect(self, obj) -> float:
         """Confidence in [0, 1] that ``obj`` is in this layout (>= 0.5 means recognised)."""

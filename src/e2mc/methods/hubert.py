@@ -365,7 +365,7 @@ class HuBERT(Method):
             state.log("k-means: centroids restored from the checkpoint, not refitted")
             return
         k, want, dim = int(m.kmeans_k), int(m.kmeans_batches), int(state.centroids.shape[1])
-        buf = torch.zeros(k * dim + 1, dtype=torch.float64, device=state.centroids.device)  # centroids, frames
+        buf = torch.zeros(k * dim + 2, dtype=torch.float64, device=state.centroids.device)  # centroids, batches, frames
         if not is_distributed() or rank() == 0:
             feats, n, seed = [], 0, int(ctx.cfg.train.seed)
             per_batch = -(-int(m.kmeans_max_frames) // want)  # frames kept per batch (a seeded random subset)
@@ -380,22 +380,26 @@ class HuBERT(Method):
                 if n >= want:
                     break
             x = torch.cat(feats).numpy() if feats else np.zeros((0, dim), np.float32)
-            buf[-1] = len(x)
+            buf[-2], buf[-1] = n, len(x)
             if len(x) >= k:
                 from sklearn.cluster import MiniBatchKMeans
 
                 km = MiniBatchKMeans(n_clusters=k, random_state=seed, **FAIRSEQ_KMEANS).fit(x)
-                buf[:-1] = torch.from_numpy(km.cluster_centers_.reshape(-1)).to(buf)
+                buf[:-2] = torch.from_numpy(km.cluster_centers_.reshape(-1)).to(buf)
         all_reduce_sum(buf)  # rank 0's centroids and frame count on every rank
-        rows = int(buf[-1].item())
+        rows, used = int(buf[-1].item()), int(buf[-2].item())
         if rows < k:
             raise ConfigError(
                 f"k-means needs at least method.kmeans_k={k} frames but up to {want} batches gave {rows}; "
                 "raise method.kmeans_batches (and method.kmeans_max_frames) or lower method.kmeans_k"
             )
-        state.centroids.copy_(buf[:-1].reshape(k, dim).to(state.centroids))
+        state.centroids.copy_(buf[:-2].reshape(k, dim).to(state.centroids))
         state.fitted = True
-        state.log(f"k-means: {k} clusters fitted on {rows} frames of layer {state.layer} (seed {ctx.cfg.train.seed})")
+        short = f" of the {want} asked (method.kmeans_batches): the data holds no more" if used < want else ""
+        state.log(
+            f"k-means: {k} clusters fitted on {rows} frames of layer {state.layer} "
+            f"({used} batch{'es' if used != 1 else ''}{short}; seed {ctx.cfg.train.seed})"
+        )
 
     def before_forward(self, ctx):
         getattr(ctx.model, HEAD).masker.armed = True
@@ -406,7 +410,7 @@ class HuBERT(Method):
         warm = getattr(cfg.train, "head_warmup_steps", 0)
         text = (
             f"masked prediction (mask_prob {m.mask_prob:g}, span {m.mask_length}) of k={m.kmeans_k} k-means targets of "
-            f"layer {layer} of the frozen start encoder, fitted on {m.kmeans_batches} batches before the first step "
+            f"layer {layer} of the frozen start encoder, fitted on up to {m.kmeans_batches} batches before the first step "
             "(saved in the checkpoints: a resume does not refit); the add-on sees the 2 crops' pooled embeddings"
         )
         if getattr(cfg, "mode", "pretrain") == "continue" and not warm:

@@ -43,6 +43,7 @@ from typing import Any
 from e2mc.errors import CheckpointError, ConfigError
 from e2mc.methods.adapter import Adapter, Parts
 from e2mc.methods.base import Method, Option, register
+from e2mc.methods.hfolder import preprocessor_json, write_folder
 from e2mc.methods.layout import is_tensor_dict
 
 PRETRAINING_HEADS = ("quantizer", "project_hid", "project_q")
@@ -187,6 +188,7 @@ class Wav2Vec2Folder(Adapter):
     (the source's), model.safetensors (its key names) and the source's preprocessor_config.json."""
 
     name = "wav2vec2"
+    holds_audio = True
     expected = ("wav2vec2.feature_projection.projection.weight", "quantizer.codevectors", "project_q.weight")
     description = "transformers Wav2Vec2ForPreTraining folder (config.json + wav2vec2.*, quantizer.*, project_*)"
 
@@ -218,50 +220,10 @@ class Wav2Vec2Folder(Adapter):
         sd = {"wav2vec2." + k[len("model.") :]: v for k, v in backbone.items()}
         sd["wav2vec2.masked_spec_embed"] = heads["mask_embed"]["weight"]
         sd.update({f"{h}.{k}": v for h in PRETRAINING_HEADS for k, v in heads[h].items()})
-        return {"config": config.to_json_string(), "state_dict": sd, "preprocessor": _preprocessor(meta["arch"])}
+        return {"config": config.to_json_string(), "state_dict": sd, "preprocessor": preprocessor_json(meta)}
 
     def save(self, obj, path, error):
         return write_folder(obj, path, error, self.name)
-
-
-def write_folder(obj: dict, path, error, layout: str):
-    """Write a transformers ``save_pretrained`` folder at ``path``: ``obj``'s ``state_dict`` as
-    model.safetensors, its ``config`` (JSON text) as config.json and its ``preprocessor`` (JSON
-    text, when given) as preprocessor_config.json, each file atomically; returns ``path``."""
-    from safetensors.torch import save_file
-
-    from e2mc import fileio
-
-    if path.exists() and not path.is_dir():
-        raise CheckpointError(f"{path} is a file; export --to {layout} writes a folder: give a folder path")
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in obj["state_dict"].items()}
-    fileio.atomic_write(
-        path / "model.safetensors",
-        lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
-        parents=True,
-        error=error,
-    )
-    fileio.atomic_write_text(path / "config.json", obj["config"], error=error)
-    if obj.get("preprocessor"):
-        fileio.atomic_write_text(path / "preprocessor_config.json", obj["preprocessor"], error=error)
-    return path
-
-
-def _preprocessor(arch: str) -> str | None:
-    """The source's preprocessor_config.json text (sampling rate, do_normalize), or None."""
-    source = os.path.expanduser(arch[3:])
-    path = os.path.join(source, "preprocessor_config.json")
-    if not os.path.isdir(source):
-        try:
-            from huggingface_hub import hf_hub_download
-
-            path = hf_hub_download(source, "preprocessor_config.json")
-        except Exception:  # noqa: BLE001 - none published
-            return None
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return f.read()
 
 
 @register

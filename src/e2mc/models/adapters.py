@@ -43,7 +43,7 @@ _GENERIC_TOPS = ("module", "conv1", "patch_embed")  # where Lightning's descent 
 
 class E2MCAdapter(Adapter):
     name, expected = "e2mc", ("format", "method", "arch", "cifar_stem", "head_sizes", "model")
-    names_arch = True
+    names_arch = holds_audio = True
     description = "e2mc run checkpoint {'format': 'e2mc', 'model': SSLModel state dict, ...}"
 
     def detect(self, obj):
@@ -236,6 +236,7 @@ class TimmAdapter(BackboneAdapter):
 
 class StateDictAdapter(Adapter):
     name, expected = "state_dict", ("backbone.conv1.weight", "projector.0.weight")
+    holds_audio = True
     description = "raw SSLModel state dict {'backbone.*', 'projector.*', ...}"
 
     def detect(self, obj):
@@ -261,7 +262,7 @@ class TransformersFolder(Adapter):
     wav2vec 2.0 / HuBERT objectives train one) or else the source file's; with neither, SpecAugment
     is written off and a warning says so. Not a file layout: loading detects nothing here."""
 
-    name = "transformers"
+    name, holds_audio = "transformers", True
     expected = ("config.json", "model.safetensors")
     description = "transformers save_pretrained folder of an audio encoder (export only; load it by its path)"
 
@@ -313,19 +314,12 @@ class TransformersFolder(Adapter):
                 f"{missing[:2]}, {len(extra)} unexpected {extra[:2]}, {len(bad)} of another shape {bad[:2]}; "
                 "export --to e2mc or safetensors instead"
             )
-        pre = None
-        if str(meta["arch"]).startswith("hf:"):
-            from e2mc.methods.wav2vec2 import _preprocessor
+        from e2mc.methods.hfolder import preprocessor_json
 
-            pre = _preprocessor(meta["arch"])
-        return {
-            "config": config.to_json_string(),
-            "state_dict": state,
-            "preprocessor": pre or audio.feature_extractor_json(encoder),
-        }
+        return {"config": config.to_json_string(), "state_dict": state, "preprocessor": preprocessor_json(meta)}
 
     def save(self, obj, path, error):
-        from e2mc.methods.wav2vec2 import write_folder
+        from e2mc.methods.hfolder import write_folder
 
         return write_folder(obj, path, error, self.name)
 

@@ -144,7 +144,8 @@ def check_input(backbone: nn.Module, info) -> None:
     audio_data = getattr(info, "modality", "image") == "audio"
     if audio_net and not audio_data:
         raise ConfigError(
-            "this audio encoder needs an audio folder (wav/flac/ogg/mp3 files in class folders) as data.dataset"
+            f"this audio encoder needs an audio folder (wav/flac/ogg/mp3 files in class folders), not {info.name!r}: "
+            "pass it as --dataset (data.dataset)"
         )
     if audio_data and not audio_net:
         raise ConfigError(
@@ -260,21 +261,6 @@ def source_mask_embedding(arch: str):
         sd = fairseq.read(where).get("model")
         return next((v for k, v in (sd or {}).items() if k.split(".")[-1] == "mask_emb"), None)
     return file_mask_embedding({"name": str(arch), "cache_path": where if os.path.exists(where) else None})
-
-
-def feature_extractor_json(encoder: AudioEncoder) -> str:
-    """A ``preprocessor_config.json`` text (transformers' ``Wav2Vec2FeatureExtractor``) of the
-    encoder's sample rate and normalisation; an attention mask for layer-norm CNNs, as transformers
-    advises (group-norm ones were trained without padding)."""
-    config = encoder.model.config
-    fe = _transformers().Wav2Vec2FeatureExtractor(
-        feature_size=1,
-        sampling_rate=encoder.sample_rate,
-        padding_value=0.0,
-        do_normalize=encoder.normalize,
-        return_attention_mask=getattr(config, "feat_extract_norm", "group") == "layer",
-    )
-    return fe.to_json_string()
 
 
 def hf_class(config, where: str):

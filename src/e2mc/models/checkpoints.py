@@ -123,10 +123,13 @@ class LoadReport:
 
 
 def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
-    """``path`` itself, or ``<path>/checkpoints/last.pt`` for a run folder; CheckpointError otherwise."""
+    """``path`` itself, or ``<path>/checkpoints/last.pt`` for a run folder (``<path>/last.pt`` for its
+    ``checkpoints/`` folder); CheckpointError otherwise."""
     path = Path(path)
     if path.is_dir():
         last = path / "checkpoints" / "last.pt"
+        if not last.is_file() and path.name == "checkpoints" and (path / "last.pt").is_file():
+            last = path / "last.pt"  # a run's checkpoints/ folder itself
         if not last.is_file():
             runs = sorted(
                 {
@@ -391,8 +394,8 @@ def model_from_parts(
     det_arch, det_stem = detect_arch(parts.backbone) if parts.backbone else (None, None)
     if arch and det_arch and canonical_arch(arch) != canonical_arch(det_arch):
         raise CheckpointError(
-            f"arch mismatch: the weights in {path} look like {det_arch}, not {arch}; "
-            "leave --arch out to use the detected one"
+            f"arch mismatch: the weights in {path} look like {det_arch}, not {arch} (model.arch: --arch, or a "
+            "recipe's); leave --arch out, or --set model.arch=null over a recipe, to use the detected one"
         )
     if parts.arch and det_arch and canonical_arch(parts.arch) != canonical_arch(det_arch):
         parts.notes.append(f"the file says arch {parts.arch} but its weights are {det_arch}; using {det_arch}")

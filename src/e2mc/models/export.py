@@ -33,7 +33,6 @@ from e2mc.models.heads import HEAD_NAMES
 LAYOUT_METHODS = {layout: name for name, m in METHODS.items() for layout in m.layouts}  # official layout -> method
 EXPORT_TARGETS = ("original", "safetensors", *ADAPTERS)
 AUDIO_SOURCES = {"hf": "transformers", "aves": "transformers", "fairseq": "transformers"}  # what "original" writes
-AUDIO_LAYOUTS = ("transformers", "wav2vec2", "e2mc", "state_dict")  # the layouts that hold an audio encoder
 
 
 def model_state(model) -> tuple[dict, dict]:
@@ -171,7 +170,7 @@ def export_model(
     if fmt not in ADAPTERS:
         raise CheckpointError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_TARGETS)}")
     audio = hasattr(model.backbone, "published")  # an AudioEncoder (models.audio)
-    if audio and fmt not in AUDIO_LAYOUTS:
+    if audio and not ADAPTERS[fmt].holds_audio:
         raise CheckpointError(
             f"the {fmt} layout holds image networks; this is an audio encoder ({model.arch}): export --to "
             "transformers (a save_pretrained folder of its own class), safetensors or e2mc"

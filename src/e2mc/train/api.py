@@ -43,7 +43,7 @@ VIT_OPTIM = {"optim.name": "adamw", "optim.lr": 1e-4, "optim.weight_decay": 0.04
 def _is_vit(arch) -> bool:
     """``arch`` is a vision transformer (a timm ViT, e.g. DINO's, MoCo v3's or DINOv2's)."""
     name = str(arch or "").removeprefix("timm:")
-    return name.startswith(("vit_", "vit-", "deit", "eva", "beit")) or "dinov2" in name
+    return name.startswith(("vit_", "vit-", "deit", "eva", "beit"))  # DINOv2's timm names are vit_*
 
 
 def _audio_encoder(init: str) -> bool:
@@ -73,7 +73,7 @@ def resolve_config(
       (``checkpoints.checkpoint_method``).
 
     Only ``overrides`` are read for ``out.dir``, ``out.resume``, ``model.init`` and ``method.name``.
-    A new run's ``data.dataset`` and ``model.init`` that name local paths are made absolute.
+    A new run's ``data.dataset`` that names a local path is made absolute.
 
     Raises:
         ConfigError: no run folder for (auto-)resume, no run in it to resume, no checkpoint to
@@ -133,9 +133,8 @@ def resolve_config(
         cfg = load_config(source, {**extra, **overrides})  # the caller's own keys win
     else:
         cfg = load_config(source, [f"{k}={v}" for k, v in extra.items()] + list(overrides))
-    if not cfg.out.resume:  # a new run records where its data and start are, not how they were typed
+    if not cfg.out.resume:  # a new run records where its data is, not how it was typed (resumed from anywhere)
         cfg.data.dataset = _absolute(cfg.data.dataset)
-        cfg.model.init = _absolute(cfg.model.init)
     return cfg
 
 

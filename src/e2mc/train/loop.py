@@ -224,6 +224,12 @@ class TrainerSetup:
         fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         model.to(self.device, memory_format=fmt)
         self.need_warmup = bool(self.heads_built) and cfg.mode == "continue" and cfg.train.head_warmup_steps > 0
+        if self.heads_built and cfg.mode == "continue" and not self.need_warmup and found is None:
+            self.log(
+                f"note: fresh heads ({', '.join(self.heads_built)}) and train.head_warmup_steps=0: the backbone takes "
+                "the random heads' gradients from the first step; --set train.head_warmup_steps=N (e.g. 100-500) "
+                "trains them first with the backbone frozen"
+            )
         return model, origin
 
     def _build_optimisation(self, model: SSLModel, restore_source: bool) -> tuple:
@@ -522,6 +528,11 @@ class Trainer(GuardSteps, TrainerSetup):
         """Run warm-up (if heads were built), the epochs and the checkpoints; return the run folder."""
         old = self._install_signals()
         s = self.state
+        if s.global_step > 0 and (s.epoch >= self.cfg.train.epochs or self._done()):
+            self.log(
+                f"nothing to do: the run already ran its {s.global_step} steps ({s.epoch} full epochs); raise "
+                "train.epochs or train.max_steps (--set) to go on"
+            )
         try:
             self.method.before_training(self.step_context(), self._prepare_batches())  # e.g. targets the warm-up needs
             if self.need_warmup and not s.warmup_done:
@@ -653,7 +664,9 @@ class Trainer(GuardSteps, TrainerSetup):
     def _warmup(self) -> None:
         """Train only the heads for ``head_warmup_steps`` (backbone frozen, its BN in eval mode)."""
         steps = self.cfg.train.head_warmup_steps
-        self.log(f"heads warm-up: {steps} steps on {', '.join(self.heads_built)} (backbone frozen)")
+        self.log(
+            f"heads warm-up: {steps} step{'s' if steps != 1 else ''} on {', '.join(self.heads_built)} (backbone frozen)"
+        )
         backbone = self.model.backbone
         backbone.requires_grad_(False)
         params = [p for p in self.model.parameters() if p.requires_grad]

@@ -105,12 +105,13 @@ def prepare_run_dir(out_dir: str | Path, resume: bool, overwrite: bool) -> Path:
     return path
 
 
+_RESUME = "then rerun with --resume (a run goes on from its last checkpoint)"
 _ADVICE = {
-    errno.ENOSPC: "the disk is full: free space there or choose another --out",
-    errno.EDQUOT: "the disk quota is exceeded: free space there or choose another --out",
-    errno.EROFS: "the file system is read-only: choose another --out",
-    errno.EACCES: "permission denied: choose a folder you can write (--out)",
-    errno.EPERM: "permission denied: choose a folder you can write (--out)",
+    errno.ENOSPC: f"the disk is full: free space there, {_RESUME}, or choose another --out",
+    errno.EDQUOT: f"the disk quota is exceeded: free space there, {_RESUME}, or choose another --out",
+    errno.EROFS: f"the file system is read-only: make it writable, {_RESUME}, or choose another --out",
+    errno.EACCES: f"permission denied: make the folder writable, {_RESUME}, or choose one you can write (--out)",
+    errno.EPERM: f"permission denied: make the folder writable, {_RESUME}, or choose one you can write (--out)",
 }
 _SHORT_WRITE = ("unexpected pos", "file write failed")  # torch.save's messages for a failed write
 
@@ -245,7 +246,8 @@ def find_resume_checkpoint(run_dir: str | Path) -> tuple[Path, dict, list[str]] 
         try:
             state = load_checkpoint(p)
         except CheckpointError as exc:
-            passed.append(f"{p.name} is unreadable ({str(exc).splitlines()[0][:160]})")
+            why = str(exc).splitlines()[0].split("; pass ")[0]  # the reason, not continue's advice for a file
+            passed.append(f"{p.name} is unreadable ({why if len(why) <= 200 else why[:197] + '...'})")
             continue
         bad = nonfinite(state, ("model", "optimizer"))
         if bad:
@@ -630,7 +632,9 @@ class RunFolder:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard not installed: metrics.csv only
                 return
-            self.tb = SummaryWriter(str(self.path / "tb"))
+            # steps after the checkpoint resumed from were logged by the stopped attempt: hidden, as metrics.csv cuts them
+            purge = None if resumed is None else int(resumed["step"]) + 1
+            self.tb = SummaryWriter(str(self.path / "tb"), purge_step=purge)
 
     @property
     def metrics_rows(self) -> int | None:
