@@ -48,6 +48,13 @@ def test_permissions_are_those_open_gives(tmp_path):
     p = fileio.atomic_write_text(tmp_path / "m.txt", "z")
     (tmp_path / "plain.txt").write_text("z")
     assert stat.S_IMODE(os.stat(p).st_mode) == stat.S_IMODE(os.stat(tmp_path / "plain.txt").st_mode)
+    # a writer that makes its own file at the temp path (safetensors' save_file writes 0600: a new
+    # user's trial found exported .safetensors unreadable to the group, .pt files were not)
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    q = fileio.atomic_write(tmp_path / "w.safetensors", lambda tmp: save_file({"w": torch.zeros(2)}, tmp))
+    assert stat.S_IMODE(os.stat(q).st_mode) == stat.S_IMODE(os.stat(tmp_path / "plain.txt").st_mode)
 
 
 def test_every_writer_goes_through_fileio():

@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -630,3 +631,15 @@ def _read_source(src: str) -> str:
             f"config file {src} not found; check the path or use a recipe name (`e2mc recipes` lists them)"
         )
     return recipe_path(src).read_text()
+
+
+def run_dataset(path) -> str | None:
+    """``data.dataset`` of the run a checkpoint belongs to (its folder's config.yaml), or None."""
+    p = Path(os.path.expanduser(str(path)))
+    for cand in (p / "config.yaml", p.parent.parent / "config.yaml" if p.parent.name == "checkpoints" else None):
+        if cand is not None and cand.is_file():
+            try:
+                return str(((yaml.safe_load(cand.read_text()) or {}).get("data") or {}).get("dataset") or "") or None
+            except (OSError, yaml.YAMLError):
+                return None
+    return None

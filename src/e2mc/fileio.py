@@ -93,6 +93,7 @@ def _replace_atomically(path: Path, write: Callable[[str], Any]) -> None:
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # again: a writer may make its own file (safetensors' save_file: 0600)
         _fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:

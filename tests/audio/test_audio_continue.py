@@ -108,15 +108,15 @@ def test_an_audio_encoder_is_continued_with_adamw_at_a_small_lr_unless_told(enco
     5.5 -> 1.1): an audio encoder without an optimiser or LR of the user's gets AdamW at 5e-5."""
     from e2mc.train.api import resolve_config
 
-    out = f"out.dir={tmp_path / 'r'}"
+    out = f"out.dir={tmp_path / 'r'}", "data.dataset=digits"
     for init in (str(encoder_dir), f"hf:{encoder_dir}"):
-        o = resolve_config("continue", None, [f"model.init={init}", "method.name=vicreg", out]).optim
+        o = resolve_config("continue", None, [f"model.init={init}", "method.name=vicreg", *out]).optim
         assert (o.name, o.lr, o.weight_decay) == ("adamw", 5e-5, 0.01)
-    o = resolve_config("continue", None, [f"model.init={encoder_dir}", "optim.lr=0.01", out]).optim
+    o = resolve_config("continue", None, [f"model.init={encoder_dir}", "optim.lr=0.01", *out]).optim
     assert (o.name, o.lr) == ("lars", 0.01)  # the user's LR: the rest stays as configured
-    o = resolve_config("continue", None, [f"model.init={encoder_dir}", "optim.name=sgd", out]).optim
+    o = resolve_config("continue", None, [f"model.init={encoder_dir}", "optim.name=sgd", *out]).optim
     assert o.name == "sgd"
-    o = resolve_config("continue", None, ["model.init=random:resnet_mini", "method.name=vicreg", out]).optim
+    o = resolve_config("continue", None, ["model.init=random:resnet_mini", "method.name=vicreg", *out]).optim
     assert (o.name, o.lr) == ("lars", 0.2)  # images: unchanged
 
 

@@ -225,3 +225,16 @@ def test_cli_compare_pairs_by_training_seed(tmp_path, capsys, monkeypatch):
     assert (rb["diff_low"], rb["diff_high"]) == (float(ci.low), float(ci.high))
     assert rb["diff_kind"] == "paired, n=2"
     assert f"[{100 * ci.low:+.2f}, {100 * ci.high:+.2f}] (paired, n=2)" in comp.to_markdown()
+
+
+def test_compare_records_absolute_paths_and_warns_of_a_repeated_training_seed(tmp_path, monkeypatch):
+    """`e2mc report` read from another directory lost the runs of a comparison.json that held the
+    relative paths `compare` was given; an arm of two checkpoints of one training seed was counted as
+    n=2 without a word (a new user's trial)."""
+    monkeypatch.setenv("E2MC_CACHE", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    a = [_seeded_checkpoint(tmp_path / f"a{i}.pt", 10 + i, 0) for i in (0, 1)]  # both training seed 0
+    b = _seeded_checkpoint(tmp_path / "b.pt", 20, 0)
+    with pytest.warns(UserWarning, match="arm 'a' holds several checkpoints of training seed 0"):
+        comp = compare(["a=a0.pt,a1.pt", "b=b.pt"], dataset="digits", protocols=["rankme"])
+    assert comp.checkpoints == [[a[0], a[1]], [b]]  # absolute, as the files' own paths

@@ -200,3 +200,24 @@ def test_every_export_layout_is_a_cli_choice():
     from e2mc.models.export import EXPORT_TARGETS
 
     assert sorted(EXPORT_CHOICES) == sorted(EXPORT_TARGETS)
+
+
+def test_export_model_of_a_path_and_hand_built_settings_are_one_line_errors(tmp_path):
+    """A new user's trial: export_model("run.pt", ...) raised AttributeError and EvalSettings(seeds=0)
+    a TypeError deep inside evaluate; both are e2mc's one-line errors (a lone seed is a tuple of one)."""
+    import pytest
+
+    from e2mc.errors import CheckpointError, ConfigError
+    from e2mc.evaluation.api import evaluation_settings
+    from e2mc.evaluation.settings import EvalSettings
+    from e2mc.models.export import export_model
+
+    with pytest.raises(CheckpointError, match="takes a loaded model"):
+        export_model("run.pt", None, tmp_path / "x.pt")
+    assert evaluation_settings(EvalSettings(seeds=0)).seeds == (0,)
+    with pytest.raises(ConfigError, match="eval.batch_size=-3 is out of range"):
+        evaluation_settings(EvalSettings(batch_size=-3))
+    from e2mc.models.checkpoints import load_model
+
+    with pytest.raises(ConfigError, match="unknown method 'vicregg'; did you mean 'vicreg'"):
+        load_model("random:resnet_mini", method="vicregg")  # was: "build new vicregg heads"

@@ -147,14 +147,14 @@ def test_a_vit_is_continued_with_adamw_at_a_small_lr_unless_told(dino, tmp_path)
     weight decay 0.04, the file or the release alike; a ResNet keeps the method's default."""
     from e2mc.train.api import resolve_config
 
-    out = f"out.dir={tmp_path / 'r'}"
+    out = f"out.dir={tmp_path / 'r'}", "data.dataset=digits"
     for key in ("vit", "vit_release"):
-        o = resolve_config("continue", None, [f"model.init={dino[key].path}", out]).optim
+        o = resolve_config("continue", None, [f"model.init={dino[key].path}", *out]).optim
         assert (o.name, o.lr, o.weight_decay) == ("adamw", 1e-4, 0.04), key
-    o = resolve_config("continue", None, [f"model.init={dino['vit'].path}", "optim.lr=0.01", out]).optim
+    o = resolve_config("continue", None, [f"model.init={dino['vit'].path}", "optim.lr=0.01", *out]).optim
     assert (o.name, o.lr) == ("lars", 0.01)  # the user's LR: the rest stays as configured
     for key in ("checkpoint", "release"):  # DINO's ResNet files
-        o = resolve_config("continue", None, [f"model.init={dino[key].path}", "method.name=dino", out]).optim
+        o = resolve_config("continue", None, [f"model.init={dino[key].path}", "method.name=dino", *out]).optim
         assert o.name == "lars", key
 
 

@@ -1,8 +1,10 @@
 """The Python API and the CLI of the training engine (one tiny step each)."""
 
+import pytest
 import torch
 
 from e2mc.cli import main
+from e2mc.errors import ConfigError
 from e2mc.train.api import build_config, pretrain
 from e2mc.train.run import load_checkpoint
 
@@ -19,8 +21,11 @@ TINY = [
 
 
 def test_api_overrides_and_run(tmp_path):
-    cfg = build_config("continue", None, model__init="random:resnet_mini", optim__lr=0.5, **{"addon.name": "vc"})
+    cfg = build_config("continue", None, model__init="random:resnet_mini", optim__lr=0.5, data__dataset="digits",
+                       **{"addon.name": "vc"})  # fmt: skip
     assert cfg.mode == "continue" and cfg.optim.lr == 0.5 and cfg.addon.name == "vc"
+    with pytest.raises(ConfigError, match="continue needs the data to continue on: --dataset"):
+        build_config("continue", None, model__init="random:resnet_mini")  # not a run of e2mc's: was digits, silently
     kw = {k.replace(".", "__"): v for k, v in (o.split("=", 1) for o in TINY)}
     run = pretrain(None, **kw, train__max_steps=1, out__dir=str(tmp_path / "r"))
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 1

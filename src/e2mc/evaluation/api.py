@@ -29,12 +29,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from pathlib import Path
 from typing import Sequence
 
+from e2mc.config import run_dataset
 from e2mc.errors import ConfigError, DataError
 from e2mc.evaluation.protocols import LABEL_FREE, PROTOCOLS, Context, get, seeds_used
-from e2mc.evaluation.settings import EvalSettings
+from e2mc.evaluation.settings import EvalSettings, keys
 
 __all__ = ["evaluate", "evaluation_settings", "LABEL_FREE", "PROTOCOLS", "seeds_used", "DEFAULT_PROTOCOLS"]
 
@@ -66,6 +66,8 @@ def evaluation_settings(settings: EvalSettings | dict | None = None, **kwargs) -
     """An :class:`EvalSettings` from ``settings`` (an object, or ``{"eval.key": value}`` overrides of
     the defaults) with the former ``evaluate`` keyword arguments (``ks=``, ``linear_solver=``, ...)
     applied on top; ConfigError for an unknown argument."""
+    if isinstance(settings, EvalSettings):  # built by hand: every field coerced and checked as an override is
+        settings = EvalSettings().with_overrides({f"eval.{k}": _field(settings, k) for k in keys()})
     base = settings if isinstance(settings, EvalSettings) else EvalSettings().with_overrides(settings or {})
     over = {}
     for name, value in kwargs.items():
@@ -77,6 +79,13 @@ def evaluation_settings(settings: EvalSettings | dict | None = None, **kwargs) -
         for key in LEGACY_KWARGS[name]:
             over["eval." + key] = value
     return base.with_overrides(over)
+
+
+def _field(settings, key: str):
+    obj = settings
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def _load(checkpoint_or_model):
@@ -96,20 +105,6 @@ def _load(checkpoint_or_model):
             raise DataError(f"checkpoint {path} does not exist; pass a checkpoint file or a run folder")
         return load_model(path)[0], path
     return checkpoint_or_model, None
-
-
-def run_dataset(path) -> str | None:
-    """``data.dataset`` of the run a checkpoint belongs to (its folder's config.yaml), or None."""
-    import yaml
-
-    p = Path(os.path.expanduser(str(path)))
-    for cand in (p / "config.yaml", p.parent.parent / "config.yaml" if p.parent.name == "checkpoints" else None):
-        if cand is not None and cand.is_file():
-            try:
-                return str(((yaml.safe_load(cand.read_text()) or {}).get("data") or {}).get("dataset") or "") or None
-            except (OSError, yaml.YAMLError):
-                return None
-    return None
 
 
 def default_dataset(sources: Sequence) -> str:

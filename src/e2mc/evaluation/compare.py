@@ -446,9 +446,18 @@ def compare(
     t0 = time.perf_counter()
     results = [[evaluate(p, dataset, protocols, settings) for p in ps] for ps in paths]
     train_seeds = [[training_seed(p) for p in ps] for ps in paths]
+    for name, seeds_of in zip(final_names, train_seeds):
+        twice = sorted({s for s in seeds_of if s is not None and seeds_of.count(s) > 1})
+        if twice:
+            warnings.warn(
+                f"arm {name!r} holds several checkpoints of training seed {', '.join(map(str, twice))}: its n counts "
+                "them as independent runs; give one checkpoint per training seed",
+                stacklevel=2,
+            )
     return ComparisonResult(
         final_names,
-        [[str(p) if isinstance(p, str) else type(p).__name__ for p in ps] for ps in paths],
+        # absolute: `e2mc report` reads the runs' folders from comparison.json, from any directory
+        [[os.path.abspath(p) if isinstance(p, (str, os.PathLike)) else type(p).__name__ for p in ps] for ps in paths],
         str(dataset) if isinstance(dataset, (str, os.PathLike)) else "custom",
         list(protocols),
         [int(s) for s in seeds],

@@ -598,6 +598,15 @@ def load_model(
         >>> report.heads_built
         ['projector']
     """
+    if method is not None and method not in METHODS:
+        import difflib
+
+        close = difflib.get_close_matches(str(method), list(METHODS), n=1)
+        raise ConfigError(
+            f"unknown method {method!r}"
+            + (f"; did you mean {close[0]!r}?" if close else "")
+            + f" (methods: {', '.join(METHODS)})"
+        )
     text = str(path_or_name)
     if os.path.isdir(text) and is_hf_folder(text):  # a transformers save_pretrained folder
         text = "hf:" + os.path.abspath(text)  # the arch a run stores: found again from any folder

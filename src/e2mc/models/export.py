@@ -155,6 +155,11 @@ def export_model(
         epoch: epoch to store (default: the loaded one).
         optimizer_state: written where the layout has an optimizer (default: none written).
     """
+    if not hasattr(model, "backbone"):  # a path or a name: the file is read first
+        raise CheckpointError(
+            f"export_model takes a loaded model, not {type(model).__name__} {str(model)[:80]!r}: "
+            "model, report = e2mc.load_model(path); e2mc.export_model(model, report, out) (CLI: e2mc export)"
+        )
     run_layout = dict(getattr(report, "layout", None) or {})
     fmt, source, layout, epoch = resolve_target(report, format, epoch)
     template = layout.get("optimizer") if getattr(report, "format", None) == "e2mc" and source == fmt else None

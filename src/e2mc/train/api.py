@@ -70,7 +70,8 @@ def resolve_config(
     - resuming without a ``source``: the run folder's own ``config.yaml``.
     - ``continue``: a ``model.init`` path must exist; without a ``source``, ``model.init`` is required
       and, without ``method.name``, the checkpoint's own method is continued
-      (``checkpoints.checkpoint_method``).
+      (``checkpoints.checkpoint_method``); without ``data.dataset``, a run's own training data
+      (``config.run_dataset``), and a file of another origin is refused.
 
     Only ``overrides`` are read for ``out.dir``, ``out.resume``, ``model.init`` and ``method.name``.
     A new run's ``data.dataset`` that names a local path is made absolute.
@@ -127,6 +128,16 @@ def resolve_config(
                     raise
         if need_method and method is not None:
             extra["method.name"] = method  # continue the checkpoint's own method
+        if given.get("data.dataset") is None:  # a run of e2mc's goes on with its own data; else it must be named
+            from e2mc.config import run_dataset
+
+            own = run_dataset(str(init))
+            if own is None:
+                raise ConfigError(
+                    "continue needs the data to continue on: --dataset (digits, cifar10, a folder, ...) or a "
+                    "--recipe that sets data.dataset; only a run of e2mc's continues on its own training data by default"
+                )
+            extra["data.dataset"] = own
         if need_optim and _is_vit(given.get("model.arch") or arch):
             extra.update(VIT_OPTIM)
     if isinstance(overrides, dict):

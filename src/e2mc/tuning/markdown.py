@@ -228,7 +228,14 @@ def to_markdown(res: dict) -> str:
         f"Trained {c['trained_epochs']:.3g} epochs of probe data"
         + (f" (the {n_failed} failed probe(s) included)" if n_failed else "")
         + f" = {100 * c['fraction_of_full_grid']:.1f}% of "
-        f"the full grid's {c['full_grid_epochs']:.3g}; probe training {c['probe_train_seconds']:.0f} s, "
+        f"the full grid's {c['full_grid_epochs']:.3g}"
+        + (
+            f", over the planned {c['planned_epochs']:.3g} (--budget plans the schedule: a rung keeps every probe "
+            "it cannot tell from the leader: its paired interval to the leader contains zero)"
+            if c.get("planned_epochs") is not None and c["trained_epochs"] > c["planned_epochs"] + 1e-9
+            else ""
+        )
+        + f"; probe training {c['probe_train_seconds']:.0f} s, "
         f"scoring {c['probe_eval_seconds']:.0f} s (cumulative over invocations); this invocation "
         f"{res.get('wall_seconds', 0):.0f} s.",
     ]
