@@ -46,7 +46,9 @@ def test_torchrun_two_processes_through_the_cli(tmp_path, capsys):
     args = [
         "continue",
         tmp_path / "pre" / "checkpoints" / "last.pt",
-        *sets,
+        *sets,  # model.init=random:... wins over the checkpoint: no run's own data to default to
+        "--dataset",
+        "digits",
         "--addon",
         "e2mc",
         "--batch-size",

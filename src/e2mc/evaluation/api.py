@@ -66,8 +66,13 @@ def evaluation_settings(settings: EvalSettings | dict | None = None, **kwargs) -
     """An :class:`EvalSettings` from ``settings`` (an object, or ``{"eval.key": value}`` overrides of
     the defaults) with the former ``evaluate`` keyword arguments (``ks=``, ``linear_solver=``, ...)
     applied on top; ConfigError for an unknown argument."""
-    if isinstance(settings, EvalSettings):  # built by hand: every field coerced and checked as an override is
-        settings = EvalSettings().with_overrides({f"eval.{k}": _field(settings, k) for k in keys()})
+    if isinstance(settings, EvalSettings):  # built by hand: every plain field coerced and checked as an override is
+        given = {k: _field(settings, k) for k in keys()}
+        objects = {k: v for k, v in given.items() if not _plain(v)}  # e.g. decompose.reference: a model
+        settings = EvalSettings().with_overrides({f"eval.{k}": v for k, v in given.items() if k not in objects})
+        for key, value in objects.items():
+            *path, name = key.split(".")
+            setattr(_field(settings, ".".join(path)) if path else settings, name, value)
     base = settings if isinstance(settings, EvalSettings) else EvalSettings().with_overrides(settings or {})
     over = {}
     for name, value in kwargs.items():
@@ -79,6 +84,12 @@ def evaluation_settings(settings: EvalSettings | dict | None = None, **kwargs) -
         for key in LEGACY_KWARGS[name]:
             over["eval." + key] = value
     return base.with_overrides(over)
+
+
+def _plain(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
 
 
 def _field(settings, key: str):
