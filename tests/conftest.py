@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-TEMP_SPACE = 3 * 2**30  # the suite's peak in its temp folder: 2.2 GB measured (full-size official checkpoints)
+TEMP_SPACE = 4 * 2**30  # the suite's peak in its temp folder: 2.2-2.6 GB measured (full-size official checkpoints)
 
 
 def pytest_sessionstart(session):
