@@ -160,3 +160,16 @@ def test_a_run_outlives_its_source_folder(tmp_path, audio_dir, one_torch_thread)
     again, _ = load_model(tmp_path / "old.pt")
     assert torch.equal(again.backbone.model.feature_projection.projection.weight,
                        model.backbone.model.feature_projection.projection.weight)  # fmt: skip
+
+
+def test_an_unreadable_encoder_record_is_one_line(tmp_path, audio_dir, one_torch_thread):
+    """A checkpoint whose encoder record was edited (a model type transformers does not know)."""
+    src = _source(tmp_path / "w2v")
+    run = tmp_path / "run"
+    assert _continue(src, audio_dir, run) == 0
+    ck = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    ck["encoder"]["config"]["model_type"] = "no-such-model"
+    torch.save(ck, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError, match="encoder record is unreadable") as err:
+        load_model(tmp_path / "edited.pt")
+    assert "\n" not in str(err.value)

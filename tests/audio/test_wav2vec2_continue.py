@@ -158,3 +158,20 @@ def test_fresh_heads_are_explicit_and_warned(encoder_dir, audio_dir, tmp_path, c
     assert main([*args, "--fresh-heads", "--set", sizes, "--out", str(tmp_path / "c")]) == 0
     log = capsys.readouterr()
     assert "warning: the wav2vec 2.0 quantizer and projections are random" in log.out + log.err
+
+
+def test_a_wav2vec2_run_resumes_and_exports_after_its_source_moved(pretraining_dir, audio_dir, tmp_path):
+    """The objective's settings and the Wav2Vec2ForPreTraining export read the encoder's own config
+    (the checkpoint's record), not the source folder: both used to fail once the folder was moved."""
+    import shutil
+
+    import transformers as tf
+
+    out = tmp_path / "run"
+    assert main(_args(pretraining_dir, audio_dir, out, steps=1)) == 0
+    shutil.move(pretraining_dir, tmp_path / "moved")
+    assert main(["continue", "--out", str(out), "--resume", "--set", "train.max_steps=2"]) == 0  # as advised
+    folder = tmp_path / "exported"
+    assert main(["export", str(out), "--out", str(folder)]) == 0  # the default: the wav2vec2 layout
+    back = tf.Wav2Vec2ForPreTraining.from_pretrained(folder)
+    assert back.config.mask_time_prob == 0.3 and back.config.num_negatives == 5  # the source's, carried

@@ -1,7 +1,7 @@
 """transformers ``save_pretrained`` folders that export writes (the layouts of audio encoders):
 ``write_folder`` writes one atomically, ``preprocessor_json`` gives its preprocessor_config.json
-(the source's, else one written from the encoder's sample rate and normalisation). Generic: no
-method's own code."""
+(the source's, else one written from the encoder's sample rate and normalisation),
+``published_config`` the encoder's config as its source publishes it. Generic: no method's own code."""
 
 from __future__ import annotations
 
@@ -80,3 +80,14 @@ def preprocessor_json(meta: dict) -> str | None:
     if text is None and encoder is not None and hasattr(encoder, "sample_rate"):
         text = feature_extractor_json(encoder)
     return text
+
+
+def published_config(encoder):
+    """A copy of an audio encoder's transformers config (``models.audio.AudioEncoder``: ``.model.config``
+    as built, ``.published``) as its source publishes it: SpecAugment and LayerDrop as there, not
+    e2mc's training overrides. Read from the encoder, not its source, which may be gone."""
+    import copy
+
+    config = copy.deepcopy(encoder.model.config)
+    config.update(encoder.published)
+    return config

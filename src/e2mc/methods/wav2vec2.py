@@ -43,7 +43,7 @@ from typing import Any
 from e2mc.errors import CheckpointError, ConfigError
 from e2mc.methods.adapter import Adapter, Parts
 from e2mc.methods.base import Method, Option, register
-from e2mc.methods.hfolder import preprocessor_json, write_folder
+from e2mc.methods.hfolder import preprocessor_json, published_config, write_folder
 from e2mc.methods.layout import is_tensor_dict
 
 PRETRAINING_HEADS = ("quantizer", "project_hid", "project_q")
@@ -209,7 +209,8 @@ class Wav2Vec2Folder(Adapter):
                 f"a Wav2Vec2ForPreTraining folder needs a transformers encoder and the heads {missing or ''} "
                 "of --method wav2vec2; export --to transformers (the encoder alone), e2mc or safetensors instead"
             )
-        config = source_config(meta.get("arch"))
+        encoder = meta.get("encoder")  # its own config: the run's source may be gone
+        config = published_config(encoder) if hasattr(encoder, "published") else source_config(meta.get("arch"))
         if getattr(config, "model_type", None) != "wav2vec2":  # transformers would build its own class, untrained
             raise CheckpointError(
                 f"the encoder is a {config.model_type!r} model ({meta.get('arch')}); the wav2vec2 layout writes "
@@ -406,9 +407,9 @@ class Wav2Vec2(Method):
             )
 
     def build_state(self, cfg, model, world_size, global_batch, log):
-        """The settings (resolved against the source's config) and the masked pass, installed as
+        """The settings (resolved against the source's config, as the encoder carries it) and the masked pass, installed as
         the encoder's ``frame_hook``."""
-        settings = Settings(cfg, source_config(model.arch))
+        settings = Settings(cfg, published_config(model.backbone))  # the encoder's own: its source may be gone
         model.backbone.frame_hook = MaskedPass(settings, model.mask_embed)
         model.quantizer.temperature = settings.gumbel_temp
         log(settings.describe())

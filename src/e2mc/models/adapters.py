@@ -263,7 +263,7 @@ class TransformersFolder(Adapter):
     is written off and a warning says so. Not a file layout: loading detects nothing here."""
 
     name, holds_audio = "transformers", True
-    expected = ("config.json", "model.safetensors")
+    expected = ()  # export only: no file is compared with it
     description = "transformers save_pretrained folder of an audio encoder (export only; load it by its path)"
 
     def detect(self, obj):
@@ -281,7 +281,9 @@ class TransformersFolder(Adapter):
                 f"the transformers layout writes audio encoders (hf:, aves:, fairseq:), not {meta.get('arch')}; "
                 "export --to torchvision, timm or safetensors for the backbone alone"
             )
-        config = audio.published_config(encoder)
+        from e2mc.methods.hfolder import preprocessor_json, published_config
+
+        config = published_config(encoder)
         cls = audio.hf_class(config, str(meta.get("arch")))
         state = {k[len("model.") :]: v for k, v in backbone.items()}
         if (
@@ -314,8 +316,6 @@ class TransformersFolder(Adapter):
                 f"{missing[:2]}, {len(extra)} unexpected {extra[:2]}, {len(bad)} of another shape {bad[:2]}; "
                 "export --to e2mc or safetensors instead"
             )
-        from e2mc.methods.hfolder import preprocessor_json
-
         return {"config": config.to_json_string(), "state_dict": state, "preprocessor": preprocessor_json(meta)}
 
     def save(self, obj, path, error):

@@ -167,7 +167,8 @@ def _transformers():
     return transformers
 
 
-def _hf_class(config, where: str):
+def hf_class(config, where: str):
+    """The transformers encoder class of ``config`` (``MODEL_TYPES``); CheckpointError for another."""
     cls = MODEL_TYPES.get(getattr(config, "model_type", None))
     if cls is None:
         raise CheckpointError(
@@ -209,7 +210,7 @@ def _hf_encoder(source: str, pretrained: bool) -> AudioEncoder:
             f"cannot read the transformers config of {source!r} ({first}); pass a save_pretrained folder "
             "or a hub name (online once, or HF_HUB_OFFLINE=1 with it in the Hugging Face cache)"
         ) from None
-    cls = _hf_class(config, source)
+    cls = hf_class(config, source)
     published = _published(config)
     config.update(TRAINING_OVERRIDES)
     info: dict = {}
@@ -235,16 +236,6 @@ def _published(config) -> dict:
     return {k: getattr(config, k) for k in TRAINING_OVERRIDES if hasattr(config, k)}
 
 
-def published_config(encoder: AudioEncoder):
-    """A copy of the encoder's transformers config as its source publishes it (SpecAugment and
-    LayerDrop as there, not e2mc's training overrides): what an exported folder is written with."""
-    import copy
-
-    config = copy.deepcopy(encoder.model.config)
-    config.update(encoder.published)
-    return config
-
-
 def source_mask_embedding(arch: str):
     """The mask embedding (transformers' ``masked_spec_embed``) that the file behind an audio arch
     holds, or None: a folder's or cached hub file's ``masked_spec_embed``, AVES'
@@ -261,11 +252,6 @@ def source_mask_embedding(arch: str):
         sd = fairseq.read(where).get("model")
         return next((v for k, v in (sd or {}).items() if k.split(".")[-1] == "mask_emb"), None)
     return file_mask_embedding({"name": str(arch), "cache_path": where if os.path.exists(where) else None})
-
-
-def hf_class(config, where: str):
-    """The transformers encoder class of ``config`` (``MODEL_TYPES``); CheckpointError for another."""
-    return _hf_class(config, where)
 
 
 def _from_pretrained(tf, cls, where: str, config, source: str):
@@ -324,10 +310,15 @@ def remember(arch, record) -> None:
 
 def _from_record(record: dict) -> AudioEncoder:
     tf = _transformers()
-    config = dict(record["config"])
-    kind = type(tf.AutoConfig.for_model(config.get("model_type", "")))
-    config = kind.from_dict(config)
-    model = _hf_class(config, "the checkpoint's encoder record")(config)
+    try:
+        config = dict(record["config"])
+        config = type(tf.AutoConfig.for_model(config.get("model_type", ""))).from_dict(config)
+    except Exception as exc:  # noqa: BLE001 - transformers raises ValueError/KeyError/TypeError for a bad config
+        raise CheckpointError(
+            f"the checkpoint's encoder record is unreadable ({type(exc).__name__}: {str(exc)[:120]}); the file was "
+            "edited or cut short: use another checkpoint of the run (checkpoints/epoch_*.pt)"
+        ) from None
+    model = hf_class(config, "the checkpoint's encoder record")(config)
     rate, normalize = int(record.get("sample_rate", DEFAULT_RATE)), bool(record.get("normalize", False))
     encoder = AudioEncoder(model, sample_rate=rate, normalize=normalize, published=record.get("published"))
     encoder._source_mask = (record.get("mask_embedding"),)

@@ -170,14 +170,17 @@ def check_header(path: str | os.PathLike) -> None:
     raise CheckpointError(describe_unreadable(path, ValueError("no checkpoint header")))
 
 
-def read_checkpoint(path: str | os.PathLike, stand_ins: list | None = None) -> tuple[Any, dict | None]:
+def read_checkpoint(
+    path: str | os.PathLike, stand_ins: list | None = None, mmap: bool = False
+) -> tuple[Any, dict | None]:
     """``(object, metadata)`` of a file, read safely (metadata: safetensors only, else ``None``).
 
     A pickle whose globals torch's weights-only loader refuses is read again when every one of
     them is known to be inert (:mod:`e2mc.models.safepickle`: a filter function of an official
     training script, ``argparse.Namespace``, numpy values, paths); what stood in for them is
     appended to ``stand_ins``. Raises CheckpointError naming the file when it is missing,
-    truncated, not a checkpoint, or a pickle that would run code (naming those globals)."""
+    truncated, not a checkpoint, or a pickle that would run code (naming those globals). ``mmap``: a
+    zip checkpoint's tensors are memory-mapped, not read (for a look at keys and shapes only)."""
     path = resolve_checkpoint_path(path)
     with open(path, "rb") as fh:
         head = fh.read(9)
@@ -192,7 +195,10 @@ def read_checkpoint(path: str | os.PathLike, stand_ins: list | None = None) -> t
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: noise
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True), None
+            import zipfile
+
+            lazy = mmap and zipfile.is_zipfile(path)  # torch maps zip checkpoints only
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=lazy), None
     except Exception as exc:  # torch raises many types for garbage; its text suggests unsafe loading: not shown
         first = exc
     names = _file_globals(path)
@@ -512,7 +518,7 @@ def checkpoint_facts(path_or_name, format: str | None = None) -> tuple[str | Non
     if zoo.is_zoo_name(text):
         row = zoo.get(text)
         return (row.method if row.heads else None), row.arch
-    obj, meta = read_checkpoint(text)
+    obj, meta = read_checkpoint(text, mmap=True)  # keys and shapes: the run's own load reads the tensors
     fmt = format if format not in (None, "safetensors") else detect_format(obj, (meta or {}).get("arch"))
     parts = ADAPTERS[fmt].split(obj)
     _method_from_metadata(parts, meta)

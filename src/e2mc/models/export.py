@@ -174,7 +174,9 @@ def export_model(
         return save_backbone_safetensors(model, path, source_format=layout.get("source_format") or source)
     if fmt not in ADAPTERS:
         raise CheckpointError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_TARGETS)}")
-    audio = hasattr(model.backbone, "published")  # an AudioEncoder (models.audio)
+    from e2mc.models.audio import AudioEncoder
+
+    audio = isinstance(model.backbone, AudioEncoder)
     if audio and not ADAPTERS[fmt].holds_audio:
         raise CheckpointError(
             f"the {fmt} layout holds image networks; this is an audio encoder ({model.arch}): export --to "

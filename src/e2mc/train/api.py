@@ -34,9 +34,9 @@ def _overrides(mode: str, overrides: dict[str, Any]) -> dict[str, Any]:
 # wav2vec 2.0 / HuBERT papers train (the image methods' LARS at 0.2 took a tiny wav2vec 2.0 encoder's
 # backbone RankMe from 5.5 to 1.1 in 6 steps, with E2MC or without; README "Speech and bioacoustic").
 AUDIO_OPTIM = {"optim.name": "adamw", "optim.lr": 5e-5, "optim.weight_decay": 0.01}
-# A vision transformer likewise: DINO, MoCo v3 and DINOv2 train ViTs with AdamW, and LARS at 0.2 made
-# a new user's DINO ViT-Tiny and MoCo v3 ViT files collapse in 2-3 steps (guard scores 0.16, 0.05;
-# the guard stopped both). 1e-4 as the cifar10_dino_continue recipe, weight decay DINO's start, 0.04.
+# A vision transformer likewise: DINO, MoCo v3 and DINOv2 train ViTs with AdamW, and LARS at 0.2
+# collapsed a DINO ViT-Tiny file in 2 steps (guard score 0.16; 0.80 with this default) and a MoCo v3
+# ViT file in 3 (0.05; README). 1e-4 as the cifar10_dino_continue recipe, weight decay DINO's start, 0.04.
 VIT_OPTIM = {"optim.name": "adamw", "optim.lr": 1e-4, "optim.weight_decay": 0.04}
 
 

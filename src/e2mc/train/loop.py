@@ -530,7 +530,8 @@ class Trainer(GuardSteps, TrainerSetup):
         s = self.state
         if s.global_step > 0 and (s.epoch >= self.cfg.train.epochs or self._done()):
             self.log(
-                f"nothing to do: the run already ran its {s.global_step} steps ({s.epoch} full epochs); raise "
+                f"nothing to do: the run already ran its {s.global_step} steps ({s.epoch} full epoch"
+                f"{'' if s.epoch == 1 else 's'}); raise "
                 "train.epochs or train.max_steps (--set) to go on"
             )
         try:

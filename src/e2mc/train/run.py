@@ -552,6 +552,7 @@ class RunFolder:
         # the checkpoint resumed from or last written (both checked finite), and its step
         self.last_good: Path | None = None
         self.last_good_step: int | None = None
+        self.created = False  # open() made the folder: a run that fails to start removes it (discard)
 
     def open(self, cfg: Any) -> tuple[Path, dict] | None:
         """Lock the folder (rank 0) before touching any file in it, then find the checkpoint to
@@ -564,7 +565,7 @@ class RunFolder:
         """
         path = self.path
         check_out_path(path)
-        self.created = not path.exists()  # a run that fails to start removes what it made (discard)
+        self.created = not path.exists()
         if cfg.out.resume and not holds_run(path):
             raise ConfigError(
                 f"--resume: {path} holds no run to resume (no config.yaml, no "
@@ -703,12 +704,13 @@ class RunFolder:
         """After a run that failed before it began (a refused setting): release the lock and remove
         the folder this run made, when it holds nothing but the lock file and empty folders; a
         folder that was there before, or holds anything else, stays as it is."""
-        self.unlock()
-        if not (getattr(self, "created", False) and self.dist.is_main and self.path.is_dir()):
-            return
-        files = [p for p in self.path.rglob("*") if not p.is_dir()]
-        if all(p.name == RunLock.NAME and p.parent == self.path for p in files):
-            shutil.rmtree(self.path, ignore_errors=True)
+        try:  # removed while the lock is held: no other run can have taken the folder meanwhile
+            if self.created and self.dist.is_main and self.path.is_dir():
+                files = [p for p in self.path.rglob("*") if not p.is_dir()]
+                if all(p.name == RunLock.NAME and p.parent == self.path for p in files):
+                    shutil.rmtree(self.path, ignore_errors=True)
+        finally:
+            self.unlock()
 
     def close(self) -> None:
         """Write the metrics rows still waiting, close TensorBoard, release the lock."""
